@@ -1,0 +1,133 @@
+"""Ahead-of-time compilation of every kernel for GPU targets, on a machine without a GPU.
+
+Each kernel module lists its configurations in ``aot_specs()``; this module compiles each one to a cubin for
+sm_80 (A100) and sm_90 (H100) with ``triton.compile(ASTSource(...), target=GPUTarget(...))`` and reads the
+resource usage (registers, spills) with the ``cuobjdump`` shipped inside Triton.
+
+Run it as a program (the Triton interpreter must be OFF, so do not set ``TRITON_INTERPRET``)::
+
+    python -m kernels._aot            # a table
+    python -m kernels._aot --json     # one JSON object per line (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+TARGETS = (80, 90)
+MATRIX_INSTRUCTIONS = {80: "mma.sync", 90: "wgmma"}
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One kernel configuration to compile: the @triton.jit function, its argument types and constexprs."""
+
+    name: str
+    fn: Any  # triton.runtime.jit.JITFunction
+    signature: dict[str, str]  # runtime arguments: "*bf16", "*fp32", "i32", ...
+    constexprs: dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+    uses_dot: bool = False  # matrix-shaped kernels: the PTX must use the tensor cores
+
+
+@dataclass
+class CompileReport:
+    name: str
+    arch: int
+    registers: int
+    spill_bytes: int  # stack frame + local memory per thread: > 0 means register spills
+    shared_bytes: int
+    matrix_instruction: bool | None  # None when the kernel has no tl.dot
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_bytes > 0
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not path.exists():
+        raise FileNotFoundError(f"cuobjdump is not shipped with this Triton at {path}")
+    return str(path)
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        out = subprocess.run(
+            [_cuobjdump(), "--dump-resource-usage", str(path)], check=True, capture_output=True, text=True
+        ).stdout
+    usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out))
+    if "REG" not in usage:
+        raise RuntimeError(f"could not read the resource usage from cuobjdump:\n{out}")
+    return {k: int(v) for k, v in usage.items()}
+
+
+def compile_spec(spec: KernelSpec, arch: int) -> CompileReport:
+    """Compile one configuration for ``sm_{arch}`` and report its registers, spills and shared memory."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = dict(spec.signature)
+    signature.update({name: "constexpr" for name in spec.constexprs})
+    source = ASTSource(fn=spec.fn, signature=signature, constexprs=spec.constexprs)
+    compiled = triton.compile(
+        source,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+    )
+    usage = _resource_usage(compiled.asm["cubin"])
+    matrix = None
+    if spec.uses_dot:
+        matrix = MATRIX_INSTRUCTIONS[arch] in compiled.asm["ptx"]
+    spill = usage.get("STACK", 0) + usage.get("LOCAL", 0)  # ptxas puts spilled registers on the stack frame
+    return CompileReport(spec.name, arch, usage["REG"], spill, usage.get("SHARED", 0), matrix)
+
+
+def all_specs() -> list[KernelSpec]:
+    """The compile specs of every kernel module."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("ahead-of-time compilation needs the real Triton JIT: unset TRITON_INTERPRET")
+    from kernels import rational
+
+    return [*rational.aot_specs()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="print one JSON object per configuration")
+    parser.add_argument("--filter", default="", help="only kernels whose name contains this text")
+    args = parser.parse_args()
+    if not args.json:
+        print(f"{'kernel':<48} {'arch':>5} {'regs':>5} {'spill B':>8} {'smem B':>7} {'mma':>5}")
+    for spec in all_specs():
+        if args.filter not in spec.name:
+            continue
+        for arch in TARGETS:
+            report = compile_spec(spec, arch)
+            if args.json:
+                print(json.dumps(asdict(report)), flush=True)
+            else:
+                mma = "-" if report.matrix_instruction is None else str(report.matrix_instruction)
+                print(
+                    f"{report.name:<48} sm_{arch:<2} {report.registers:>5} {report.spill_bytes:>8} "
+                    f"{report.shared_bytes:>7} {mma:>5}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The one place that decides whether an op runs its Triton kernel or its PyTorch reference.
+
+Backends:
+
+* ``"torch"``: the plain-PyTorch reference (any device; autograd through PyTorch).
+* ``"triton"``: the hand-written Triton kernels. Needs a CUDA tensor, or a CPU tensor with the Triton
+  interpreter switched on (``TRITON_INTERPRET=1`` set before ``kernels`` is imported).
+* ``"auto"``: Triton when the tensor is on CUDA and Triton is installed, the reference otherwise. The
+  interpreter is never picked by ``auto``: it is only used when ``"triton"`` is asked for explicitly.
+
+Precedence: an explicit ``backend=`` argument (anything but ``"auto"``), then the environment variable
+``ZOO_BACKEND`` (read at every call), then ``auto``. Asking for ``triton`` where it cannot run raises a
+``ValueError``; there is never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+ENV_VAR = "ZOO_BACKEND"
+
+try:  # Triton ships with PyTorch on Linux; elsewhere the reference still works.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on machines without Triton
+    HAS_TRITON = False
+
+    class _MissingTriton:
+        """Stands in for ``triton`` / ``triton.language`` so kernel modules import without Triton.
+
+        Decorators return the function unchanged; any launch is prevented by :func:`resolve_backend`.
+        """
+
+        constexpr = Any
+
+        def __getattr__(self, name: str) -> Any:
+            return self
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            if len(args) == 1 and callable(args[0]) and not kwargs:
+                return args[0]
+            return self
+
+    triton = _MissingTriton()  # type: ignore[assignment]
+    tl = _MissingTriton()  # type: ignore[assignment]
+
+# triton.jit reads TRITON_INTERPRET when a kernel is defined, i.e. when the kernel modules are imported.
+# Record it at that moment: later changes to the variable do not change what the kernels are.
+INTERPRETER = HAS_TRITON and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check_name(backend: str, source: str) -> str:
+    if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
+    return backend.lower()
+
+
+def requested_backend(backend: str = "auto") -> str:
+    """The backend asked for, before looking at any tensor: the argument, else ``ZOO_BACKEND``, else auto."""
+    backend = _check_name(backend, "backend")
+    if backend != "auto":
+        return backend
+    return _check_name(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+    """Return ``"triton"`` or ``"torch"``: the backend that will run an op on ``tensor``.
+
+    Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this tensor.
+    """
+    choice = requested_backend(backend)
+    device = tensor.device.type
+    if choice == "auto":
+        return "triton" if (HAS_TRITON and device == "cuda") else "torch"
+    if choice == "torch":
+        return "torch"
+    if not HAS_TRITON:
+        raise ValueError("backend='triton' was asked for, but Triton is not installed; use backend='torch'")
+    if device == "cuda":
+        return "triton"
+    if device == "cpu":
+        if INTERPRETER:
+            return "triton"
+        raise ValueError(
+            "backend='triton' needs a CUDA tensor, got a CPU tensor. To run the Triton interpreter on the "
+            "CPU, set TRITON_INTERPRET=1 before importing `kernels` (slow; meant for tests), or use "
+            "backend='torch'."
+        )
+    raise ValueError(f"backend='triton' runs on CUDA (or CPU with TRITON_INTERPRET=1), got device {device!r}")
+
+
+def check_triton_device(*tensors: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless the tensors can go to a Triton launch (CUDA, or CPU under the interpreter)."""
+    if not HAS_TRITON:
+        raise ValueError("Triton is not installed")
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(str(d) for d in devices)}")
+    device = devices.pop()
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and INTERPRETER:
+        return
+    raise ValueError(
+        f"the Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
+        f"importing `kernels`), got device {str(device)!r}"
+    )

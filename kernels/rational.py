@@ -1,0 +1,464 @@
+"""Group-rational activation (GR-KAN, the KAT paper): a "safe Pade" rational function per channel group.
+
+    F(x) = (a0 + a1 x + a2 x^2 + a3 x^3 + a4 x^4 + a5 x^5)
+           / (1 + |b0| |x| + |b1| |x|^2 + |b2| |x|^3 + |b3| |x|^4)
+
+acting on the last dimension D of ``x``, split into G contiguous groups of D / G channels: channel d uses the
+denominator row ``weight_denominator[d // (D / G)]``; the numerator ``weight_numerator`` [1, 6] is shared by all
+groups. Derivatives of |x| and |b| are taken as +1 at exactly 0 (the released kernels' convention; it lets a
+denominator initialised at b = 0 learn).
+
+Layout of this file (the kernel contract, DESIGN.md): the reference, the Triton kernels, the launchers, the
+registered op.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import Tensor
+
+from kernels._backend import INTERPRETER, check_triton_device, resolve_backend, tl, triton
+
+NUMERATOR_TERMS = 6  # a0..a5: numerator order m = 5
+DENOMINATOR_TERMS = 4  # b0..b3: denominator order n = 4
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+__all__ = [
+    "group_rational",
+    "group_rational_reference",
+    "group_rational_forward",
+    "group_rational_backward",
+]
+
+
+def check_group_rational_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> None:
+    """Raise ``TypeError``/``ValueError`` naming what was expected when the inputs do not fit the op."""
+    for name, t in (("x", x), ("weight_numerator", weight_numerator), ("weight_denominator", weight_denominator)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    if weight_numerator.shape != (1, NUMERATOR_TERMS):
+        raise ValueError(
+            f"weight_numerator must have shape [1, {NUMERATOR_TERMS}] (shared by all groups), "
+            f"got {list(weight_numerator.shape)}"
+        )
+    if weight_denominator.dim() != 2 or weight_denominator.shape[1] != DENOMINATOR_TERMS or not weight_denominator.shape[0]:
+        raise ValueError(
+            f"weight_denominator must have shape [num_groups, {DENOMINATOR_TERMS}], got {list(weight_denominator.shape)}"
+        )
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (channels last), got a 0-d tensor")
+    groups = weight_denominator.shape[0]
+    if x.shape[-1] % groups:
+        raise ValueError(
+            f"the last dimension of x ({x.shape[-1]}) must be divisible by num_groups ({groups}); "
+            f"x has shape {list(x.shape)}"
+        )
+    devices = {x.device, weight_numerator.device, weight_denominator.device}
+    if len(devices) != 1:
+        raise ValueError(f"x and the coefficients must be on one device, got {sorted(str(d) for d in devices)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _abs_unit_slope_at_zero(t: Tensor) -> Tensor:
+    """|t| whose derivative is +1 at t = 0 (autograd's abs'(0) is 0; SPEC 1 wants +1)."""
+    return t * torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+
+
+def group_rational_reference(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+    """Plain-PyTorch group-rational activation; defines the meaning of the op and serves as its CPU path.
+
+    Args:
+        x: any shape ``[..., D]``, floating point; D divisible by ``num_groups``.
+        weight_numerator: ``[1, 6]`` coefficients a0..a5, shared by all groups.
+        weight_denominator: ``[num_groups, 4]`` coefficients b0..b3, one row per group.
+
+    Returns:
+        ``F(x)`` with the shape and dtype of ``x``. Arithmetic is in float32 (float64 for float64 inputs);
+        gradients flow through autograd with the +1-at-zero convention for |x| and |b|.
+    """
+    check_group_rational_inputs(x, weight_numerator, weight_denominator)
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    groups = weight_denominator.shape[0]
+    xg = x.to(compute_dtype).unflatten(-1, (groups, x.shape[-1] // groups))  # [..., G, D/G]
+    a = weight_numerator.to(compute_dtype).reshape(NUMERATOR_TERMS)
+    b = _abs_unit_slope_at_zero(weight_denominator.to(compute_dtype)).unsqueeze(-1)  # [G, 4, 1]
+    ax = _abs_unit_slope_at_zero(xg)
+    numerator = sum(a[i] * xg**i for i in range(NUMERATOR_TERMS))
+    denominator = 1 + sum(b[:, j] * ax ** (j + 1) for j in range(DENOMINATOR_TERMS))
+    return (numerator / denominator).flatten(-2).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Triton kernels
+#
+# Tiling: program (i, c) covers BLOCK_N rows of the [N, D] view of x and BLOCK_D columns of ONE group
+# (c = group * col_blocks + column block), so a program needs only its group's four denominator scalars and the
+# backward reduces a whole tile into that group's coefficient gradients without any cross-group bookkeeping.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_coefficients(a_ptr, b_ptr, group):
+    """The six shared numerator coefficients and the four |b| of ``group``, as fp32 scalars."""
+    a0 = tl.load(a_ptr + 0)
+    a1 = tl.load(a_ptr + 1)
+    a2 = tl.load(a_ptr + 2)
+    a3 = tl.load(a_ptr + 3)
+    a4 = tl.load(a_ptr + 4)
+    a5 = tl.load(a_ptr + 5)
+    b0 = tl.abs(tl.load(b_ptr + group * 4 + 0))
+    b1 = tl.abs(tl.load(b_ptr + group * 4 + 1))
+    b2 = tl.abs(tl.load(b_ptr + group * 4 + 2))
+    b3 = tl.abs(tl.load(b_ptr + group * 4 + 3))
+    return a0, a1, a2, a3, a4, a5, b0, b1, b2, b3
+
+
+@triton.jit
+def _numerator_denominator(x, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3):
+    """P(x) and Q(x) by Horner's rule, fp32."""
+    ax = tl.abs(x)
+    p = a0 + x * (a1 + x * (a2 + x * (a3 + x * (a4 + x * a5))))
+    q = 1.0 + ax * (b0 + ax * (b1 + ax * (b2 + ax * b3)))
+    return p, q, ax
+
+
+@triton.jit
+def _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3):
+    """P'(x) and Q'(x), with d|x|/dx = +1 at x = 0."""
+    dp = a1 + x * (2.0 * a2 + x * (3.0 * a3 + x * (4.0 * a4 + x * (5.0 * a5))))
+    sign_x = tl.where(x < 0, -1.0, 1.0)
+    dq = sign_x * (b0 + ax * (2.0 * b1 + ax * (3.0 * b2 + ax * (4.0 * b3))))
+    return dp, dq
+
+
+@triton.jit
+def _tile_offsets(row_start, pid_c, n_rows, group_size, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows, absolute columns, mask and group of the tile at ``row_start`` for column program ``pid_c``."""
+    col_blocks = tl.cdiv(group_size, BLOCK_D)
+    group = pid_c // col_blocks
+    cols_in_group = (pid_c % col_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols = group * group_size + cols_in_group
+    rows = (row_start + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask = (rows < n_rows)[:, None] & (cols_in_group < group_size)[None, :]
+    return rows, cols, mask, group
+
+
+@triton.jit
+def _group_rational_fwd_kernel(
+    x_ptr, y_ptr, a_ptr, b_ptr,
+    n_rows, D, group_size,
+    stride_xr, stride_xc,
+    TILE: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    BLOCK_N: tl.constexpr = TILE // BLOCK_D
+    rows, cols, mask, group = _tile_offsets(
+        tl.program_id(0) * BLOCK_N, tl.program_id(1), n_rows, group_size, BLOCK_N, BLOCK_D
+    )
+    a0, a1, a2, a3, a4, a5, b0, b1, b2, b3 = _load_coefficients(a_ptr, b_ptr, group)
+    x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+    p, q, _ax = _numerator_denominator(x.to(tl.float32), a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
+    y = p / q
+    tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _group_rational_bwd_kernel(
+    x_ptr, dy_ptr, dx_ptr, a_ptr, b_ptr, partial_ptr,
+    n_rows, D, group_size,
+    stride_xr, stride_xc, stride_dyr, stride_dyc,
+    TILE: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """dx per element; per program, the 10 coefficient-gradient sums of its tiles (6 numerator, 4 denominator
+    before the sign of b), written to ``partial_ptr[pid_n, pid_c, :]``: reduced in registers, no atomics."""
+    BLOCK_N: tl.constexpr = TILE // BLOCK_D
+    pid_n = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    num_n = tl.num_programs(0)
+    group = pid_c // tl.cdiv(group_size, BLOCK_D)
+    a0, a1, a2, a3, a4, a5, b0, b1, b2, b3 = _load_coefficients(a_ptr, b_ptr, group)
+    zero = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
+    acc_b0, acc_b1, acc_b2, acc_b3 = zero, zero, zero, zero
+    for row_start in range(pid_n * BLOCK_N, n_rows, num_n * BLOCK_N):
+        rows, cols, mask, _group = _tile_offsets(row_start, pid_c, n_rows, group_size, BLOCK_N, BLOCK_D)
+        x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        dy = dy.to(tl.float32)
+        p, q, ax = _numerator_denominator(x, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
+        dp, dq = _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3)
+        inv_q = 1.0 / q
+        f = p * inv_q
+        dx = (dp - f * dq) * inv_q * dy
+        tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        # dF/da_i = x^i / Q;  dF/d|b_j| = -F / Q * |x|^(j+1). Masked elements have dy = 0 and add nothing.
+        r = dy * inv_q
+        acc_a0 += r
+        r = r * x
+        acc_a1 += r
+        r = r * x
+        acc_a2 += r
+        r = r * x
+        acc_a3 += r
+        r = r * x
+        acc_a4 += r
+        r = r * x
+        acc_a5 += r
+        s = -(dy * inv_q) * f * ax
+        acc_b0 += s
+        s = s * ax
+        acc_b1 += s
+        s = s * ax
+        acc_b2 += s
+        s = s * ax
+        acc_b3 += s
+    out = partial_ptr + (pid_n * tl.num_programs(1) + pid_c) * 10
+    tl.store(out + 0, tl.sum(tl.sum(acc_a0, axis=1), axis=0))
+    tl.store(out + 1, tl.sum(tl.sum(acc_a1, axis=1), axis=0))
+    tl.store(out + 2, tl.sum(tl.sum(acc_a2, axis=1), axis=0))
+    tl.store(out + 3, tl.sum(tl.sum(acc_a3, axis=1), axis=0))
+    tl.store(out + 4, tl.sum(tl.sum(acc_a4, axis=1), axis=0))
+    tl.store(out + 5, tl.sum(tl.sum(acc_a5, axis=1), axis=0))
+    tl.store(out + 6, tl.sum(tl.sum(acc_b0, axis=1), axis=0))
+    tl.store(out + 7, tl.sum(tl.sum(acc_b1, axis=1), axis=0))
+    tl.store(out + 8, tl.sum(tl.sum(acc_b2, axis=1), axis=0))
+    tl.store(out + 9, tl.sum(tl.sum(acc_b3, axis=1), axis=0))
+
+
+def _configs(tiles_and_warps: tuple[tuple[int, int], ...]) -> list:
+    return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in tiles_and_warps]
+
+
+# A program covers TILE elements: TILE // BLOCK_D rows of BLOCK_D columns (BLOCK_D <= 128 <= TILE). Autotuned on
+# the GPU, keyed on the widths (not the batch). The backward keeps ten fp32 accumulators per element in registers,
+# so its tiles stay at <= 8 elements per thread (no spills: tests/kernels/test_compile_targets.py). One fixed
+# small tile under the interpreter keeps CPU tests fast.
+if INTERPRETER:
+    _FWD_CONFIGS = _BWD_CONFIGS = _configs(((128, 1),))
+else:
+    _FWD_CONFIGS = _configs(((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8)))
+    _BWD_CONFIGS = _configs(((512, 4), (1024, 4), (1024, 8), (2048, 8)))
+
+_group_rational_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["D", "group_size", "BLOCK_D"])(
+    _group_rational_fwd_kernel
+)
+_group_rational_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["D", "group_size", "BLOCK_D"])(
+    _group_rational_bwd_kernel
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _block_d(group_size: int) -> int:
+    """Columns per tile: the widest power of two <= 128 that covers a group with at most 1/8 of the lanes idle."""
+    if group_size <= 16:
+        return triton.next_power_of_2(group_size)
+    for block in (128, 64, 32, 16):
+        padded = triton.cdiv(group_size, block) * block
+        if 8 * (padded - group_size) <= padded:
+            return block
+    return 16
+
+
+def _rows_view(t: Tensor, width: int) -> Tensor:
+    """``t`` as [rows, width] without a copy where the strides allow one (any column stride is fine)."""
+    return t.reshape(-1, width)
+
+
+def _check_triton_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> None:
+    check_group_rational_inputs(x, weight_numerator, weight_denominator)
+    if x.dtype not in TRITON_DTYPES:
+        raise TypeError(
+            f"the Triton group-rational kernel takes x in {[str(d) for d in TRITON_DTYPES]}, got {x.dtype}; "
+            f"use backend='torch' for other dtypes"
+        )
+    check_triton_device(x, weight_numerator, weight_denominator)
+
+
+def _coefficients(weight_numerator: Tensor, weight_denominator: Tensor) -> tuple[Tensor, Tensor]:
+    return weight_numerator.float().contiguous(), weight_denominator.float().contiguous()
+
+
+def group_rational_forward(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+    """Triton forward: F(x), shape and dtype of ``x``, contiguous. Validates its inputs."""
+    _check_triton_inputs(x, weight_numerator, weight_denominator)
+    width = x.shape[-1]
+    groups = weight_denominator.shape[0]
+    group_size = width // groups
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    x2 = _rows_view(x, width)
+    a, b = _coefficients(weight_numerator, weight_denominator)
+    block_d = _block_d(group_size)
+    col_programs = groups * triton.cdiv(group_size, block_d)
+    n_rows = x2.shape[0]
+
+    def grid(meta):
+        return (triton.cdiv(n_rows, meta["TILE"] // block_d), col_programs)
+
+    _group_rational_fwd[grid](
+        x2, y, a, b, n_rows, width, group_size, x2.stride(0), x2.stride(1), BLOCK_D=block_d
+    )
+    return y
+
+
+def _row_programs(n_rows: int, block_d: int, col_programs: int, device: torch.device) -> int:
+    """How many row-chunk programs the backward launches: enough to fill the GPU a few times over, no more,
+    so each program reduces many tiles in registers and the partial sums stay tiny."""
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:  # interpreter: a couple of programs, each looping over several tiles
+        target = 2 * col_programs
+    min_block_n = min(c.kwargs["TILE"] for c in _BWD_CONFIGS) // block_d
+    return max(1, min(triton.cdiv(n_rows, min_block_n), triton.cdiv(target, col_programs)))
+
+
+def group_rational_backward(
+    grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton backward: (dx, d weight_numerator, d weight_denominator).
+
+    dx has the dtype of ``x``; the coefficient gradients are accumulated in float32 and returned in the dtype
+    of their coefficients.
+    """
+    _check_triton_inputs(x, weight_numerator, weight_denominator)
+    if grad_output.shape != x.shape:
+        raise ValueError(f"grad_output must have the shape of x {list(x.shape)}, got {list(grad_output.shape)}")
+    if grad_output.device != x.device or not grad_output.is_floating_point():
+        raise TypeError(f"grad_output must be a floating-point tensor on {x.device}, got {grad_output.dtype} on {grad_output.device}")
+    width = x.shape[-1]
+    groups = weight_denominator.shape[0]
+    group_size = width // groups
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return dx, torch.zeros_like(weight_numerator), torch.zeros_like(weight_denominator)
+    x2 = _rows_view(x, width)
+    dy2 = _rows_view(grad_output, width)
+    a, b = _coefficients(weight_numerator, weight_denominator)
+    block_d = _block_d(group_size)
+    col_blocks = triton.cdiv(group_size, block_d)
+    col_programs = groups * col_blocks
+    n_rows = x2.shape[0]
+    row_programs = _row_programs(n_rows, block_d, col_programs, x.device)
+    partials = torch.empty((row_programs, col_programs, 10), dtype=torch.float32, device=x.device)
+    _group_rational_bwd[(row_programs, col_programs)](
+        x2, dy2, dx, a, b, partials,
+        n_rows, width, group_size,
+        x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1),
+        BLOCK_D=block_d,
+    )  # fmt: skip
+    per_group = partials.sum(0).view(groups, col_blocks, 10).sum(1)  # [G, 10]
+    d_numerator = per_group[:, :NUMERATOR_TERMS].sum(0, keepdim=True)
+    d_denominator = per_group[:, NUMERATOR_TERMS:] * torch.where(b >= 0, 1.0, -1.0)
+    return dx, d_numerator.to(weight_numerator.dtype), d_denominator.to(weight_denominator.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The registered op
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::group_rational", mutates_args=())
+def _group_rational_op(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+    return group_rational_forward(x, weight_numerator, weight_denominator)
+
+
+@_group_rational_op.register_fake
+def _(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+    check_group_rational_inputs(x, weight_numerator, weight_denominator)
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("zoo::group_rational_backward", mutates_args=())
+def _group_rational_backward_op(
+    grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    return group_rational_backward(grad_output, x, weight_numerator, weight_denominator)
+
+
+@_group_rational_backward_op.register_fake
+def _(grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor):
+    return x.new_empty(x.shape), weight_numerator.new_empty(weight_numerator.shape), weight_denominator.new_empty(
+        weight_denominator.shape
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight_numerator, weight_denominator = inputs
+    ctx.save_for_backward(x, weight_numerator, weight_denominator)
+
+
+def _backward(ctx, grad_output: Tensor):
+    x, weight_numerator, weight_denominator = ctx.saved_tensors
+    return torch.ops.zoo.group_rational_backward(grad_output, x, weight_numerator, weight_denominator)
+
+
+_group_rational_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def group_rational(
+    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto"
+) -> Tensor:
+    """Group-rational activation F(x) over the last dimension of ``x`` (see the module docstring).
+
+    Args:
+        x: ``[..., D]`` float16/bfloat16/float32 (float64 on the reference backend); any strides.
+        weight_numerator: ``[1, 6]``, shared by all groups; kept in float32 under autocast.
+        weight_denominator: ``[num_groups, 4]``; D must be divisible by ``num_groups``.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+
+    Returns:
+        A tensor of the shape and dtype of ``x``; differentiable in all three inputs.
+    """
+    check_group_rational_inputs(x, weight_numerator, weight_denominator)
+    if resolve_backend(backend, x) == "triton":
+        return torch.ops.zoo.group_rational(x, weight_numerator, weight_denominator)
+    return group_rational_reference(x, weight_numerator, weight_denominator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def aot_specs() -> list:
+    """Every autotune configuration of both kernels for each input dtype (at the widest column tile, and at the
+    32-column tile of ViT widths for bf16)."""
+    from kernels._aot import KernelSpec
+
+    specs = []
+    for dtype in ("fp32", "bf16", "fp16"):
+        ints = dict.fromkeys(("n_rows", "D", "group_size", "stride_xr", "stride_xc"), "i32")
+        fwd_signature = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "a_ptr": "*fp32", "b_ptr": "*fp32", **ints}
+        bwd_signature = {
+            "x_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "a_ptr": "*fp32", "b_ptr": "*fp32",
+            "partial_ptr": "*fp32", **ints, "stride_dyr": "i32", "stride_dyc": "i32",
+        }  # fmt: skip
+        for kernel, signature, configs in (
+            (_group_rational_fwd_kernel, fwd_signature, _FWD_CONFIGS),
+            (_group_rational_bwd_kernel, bwd_signature, _BWD_CONFIGS),
+        ):
+            for config, block_d in itertools.product(configs, (128, 32) if dtype == "bf16" else (128,)):
+                constexprs = {**config.kwargs, "BLOCK_D": block_d}
+                specs.append(
+                    KernelSpec(
+                        name=f"{kernel.__name__}[{dtype},T{config.kwargs['TILE']},D{block_d},w{config.num_warps}]",
+                        fn=kernel,
+                        signature=signature,
+                        constexprs=constexprs,
+                        num_warps=config.num_warps,
+                    )
+                )
+    return specs

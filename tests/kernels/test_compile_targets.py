@@ -1,0 +1,57 @@
+"""Every kernel configuration compiles ahead of time for sm_80 and sm_90, without register spills.
+
+Compilation needs the real Triton JIT (not the interpreter the other tests use on a CPU), so it runs in a
+subprocess: ``python -m kernels._aot --json``. The registers and spills are printed in the test summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import conftest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def reports() -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "kernels._aot", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    lines = []
+    for r in rows:
+        mma = "" if r["matrix_instruction"] is None else f" mma={r['matrix_instruction']}"
+        lines.append(
+            f"{r['name']:<48} sm_{r['arch']}  registers={r['registers']:<4} spill_bytes={r['spill_bytes']}"
+            f" shared_bytes={r['shared_bytes']}{mma}"
+        )
+    conftest.COMPILE_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    conftest.COMPILE_REPORT.write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def test_every_configuration_compiles_for_sm80_and_sm90(reports):
+    archs_by_name: dict[str, set[int]] = {}
+    for r in reports:
+        archs_by_name.setdefault(r["name"], set()).add(r["arch"])
+    assert archs_by_name, "no kernel configuration was compiled"
+    assert all(archs == {80, 90} for archs in archs_by_name.values()), archs_by_name
+    for kernel in ("_group_rational_fwd_kernel", "_group_rational_bwd_kernel"):
+        for dtype in ("fp32", "bf16", "fp16"):
+            assert any(name.startswith(f"{kernel}[{dtype},") for name in archs_by_name), (kernel, dtype)
+
+
+def test_no_register_spills(reports):
+    spilled = [f"{r['name']} sm_{r['arch']}: {r['spill_bytes']} B" for r in reports if r["spill_bytes"] > 0]
+    assert not spilled, "register spills (local memory) in: " + ", ".join(spilled)

@@ -1,0 +1,294 @@
+"""zoo::group_rational: the Triton kernels (interpreter on CPU, compiled on GPU) against the PyTorch reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels._backend as backend_module
+from kernels.rational import group_rational, group_rational_reference
+from tests.helpers import DEVICE, assert_close, assert_relative_error
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+BACKENDS = ["torch", "triton"]
+# (shape of x, groups): KAT's 3 x 7 x 40 with 8 groups of 5; a single row; a 1-D input; a group of 96 (ViT-B/8)
+# split into column blocks; a group of 136 (tile of 16, 9 column blocks); more rows than one program's tile.
+CASES = [
+    ((3, 7, 40), 8),
+    ((1, 40), 8),
+    ((40,), 8),
+    ((2, 768), 8),
+    ((3, 272), 2),
+    ((2, 3, 5, 12), 4),
+]
+
+
+def _coefficients(groups: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    a = (0.5 * torch.randn(1, 6, generator=gen)).to(DEVICE)
+    b = (0.5 * torch.randn(groups, 4, generator=gen)).to(DEVICE)
+    return a, b
+
+
+def _run(x, a, b, dy, backend):
+    """Forward and the three gradients of ``group_rational`` on fresh leaves."""
+    x, a, b = (t.detach().clone().requires_grad_(True) for t in (x, a, b))
+    y = group_rational(x, a, b, backend=backend)
+    y.backward(dy)
+    return y.detach(), x.grad, a.grad, b.grad
+
+
+def _reference64(x, a, b, dy):
+    """Forward and gradients of the reference in float64: the ground truth for every comparison."""
+    return _run(x.double(), a.double(), b.double(), dy.double(), backend="torch")
+
+
+def _check_against_reference64(x, a, b, dy, backend, dtype):
+    y, dx, da, db = _run(x, a, b, dy, backend)
+    y64, dx64, da64, db64 = _reference64(x, a, b, dy)
+    assert y.dtype == dtype and dx.dtype == dtype and y.shape == x.shape
+    assert da.dtype == a.dtype and db.dtype == b.dtype
+    scale = float(y64.detach().abs().max().clamp_min(1.0))
+    assert_close(y, y64, dtype, scale=scale)
+    assert_close(dx, dx64, dtype, scale=float(dx64.abs().max().clamp_min(1.0)))
+    assert_relative_error(da, da64, 1e-4)
+    assert_relative_error(db, db64, 1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,groups", CASES, ids=str)
+def test_forward_and_gradients_match_float64_reference(shape, groups, dtype, backend):
+    torch.manual_seed(0)
+    x = torch.randn(shape, device=DEVICE).to(dtype)
+    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    a, b = _coefficients(groups)
+    _check_against_reference64(x, a, b, dy, backend, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_triton_matches_reference_in_same_dtype(dtype):
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, 40, device=DEVICE).to(dtype)
+    dy = torch.randn(3, 7, 40, device=DEVICE).to(dtype)
+    a, b = _coefficients(8, seed=1)
+    y_t, dx_t, da_t, db_t = _run(x, a, b, dy, "triton")
+    y_r, dx_r, da_r, db_r = _run(x, a, b, dy, "torch")
+    assert_close(y_t, y_r, dtype, scale=float(y_r.abs().max()))
+    assert_close(dx_t, dx_r, dtype, scale=float(dx_r.abs().max()))
+    assert_relative_error(da_t, da_r, 1e-4)
+    assert_relative_error(db_t, db_r, 1e-4)
+
+
+@pytest.mark.parametrize("layout", ["permuted", "strided-rows", "strided-columns", "expanded-grad"])
+def test_non_contiguous_inputs(layout):
+    torch.manual_seed(2)
+    a, b = _coefficients(4, seed=2)
+    dy = torch.randn(3, 5, 16, device=DEVICE)
+    if layout == "permuted":  # channels not innermost in memory: column stride != 1
+        x = torch.randn(16, 3, 5, device=DEVICE).permute(1, 2, 0)
+    elif layout == "strided-rows":  # every other row
+        x = torch.randn(3, 10, 16, device=DEVICE)[:, ::2]
+    elif layout == "strided-columns":  # every other channel
+        x = torch.randn(3, 5, 32, device=DEVICE)[..., ::2]
+    else:  # gradient broadcast from a scalar: all strides 0
+        x = torch.randn(3, 5, 16, device=DEVICE)
+        dy = torch.ones((), device=DEVICE).expand(3, 5, 16)
+    assert not x.is_contiguous() or not dy.is_contiguous()
+    _check_against_reference64(x, a, b, dy, "triton", torch.float32)
+
+
+@pytest.mark.parametrize("init", ["identity", "swish"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_large_inputs_stay_finite(init, dtype):
+    from zoo.layers.rational import RATIONAL_INITS
+
+    coefficients = RATIONAL_INITS[init]
+    a = torch.tensor([coefficients.numerator], device=DEVICE)
+    b = torch.tensor([coefficients.denominator] * 2, device=DEVICE)
+    x = torch.linspace(-1e4, 1e4, 64, device=DEVICE).to(dtype).view(2, 32)
+    dy = torch.ones_like(x)
+    for backend in BACKENDS:
+        outputs = _run(x, a, b, dy, backend)
+        for name, t in zip(("y", "dx", "d_numerator", "d_denominator"), outputs):
+            assert torch.isfinite(t).all(), f"{backend}: non-finite {name} for |x| up to 1e4"
+    _check_against_reference64(x, a, b, dy, "triton", dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identity_init_learns_its_denominator(backend):
+    """b = 0 exactly: d|b|/db = +1 at 0 gives dL/db_j = -sum dy * F/Q * |x|^(j+1) = -sum dy * x |x|^(j+1)."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 16, device=DEVICE)
+    dy = torch.randn(4, 16, device=DEVICE)
+    a = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0, 0.0]], device=DEVICE)
+    b = torch.zeros(2, 4, device=DEVICE)
+    y, _dx, _da, db = _run(x, a, b, dy, backend)
+    assert_close(y, x, torch.float32)
+    x64, dy64 = x.double().view(4, 2, 8), dy.double().view(4, 2, 8)
+    expected = torch.stack([-(dy64 * x64 * x64.abs() ** (j + 1)).sum((0, 2)) for j in range(4)], dim=1)
+    assert (db.abs() > 0).all()
+    assert_relative_error(db, expected, 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_subgradient_at_exact_zero(backend):
+    """At x = 0: F = a0, Q'(0) = +|b0| (d|x|/dx = +1 at 0, also for -0.0), so dF/dx = a1 - a0 |b0|."""
+    a = torch.tensor([[0.3, 0.7, 0.1, 0.2, -0.1, 0.05]], device=DEVICE)
+    b = torch.tensor([[0.5, -0.25, 0.0, -0.0]], device=DEVICE)
+    x = torch.tensor([[0.0, -0.0, 0.0, 0.0]], device=DEVICE)
+    dy = torch.ones_like(x)
+    y, dx, _da, db = _run(x, a, b, dy, backend)
+    assert_close(y, torch.full_like(x, 0.3), torch.float32)
+    assert_close(dx, torch.full_like(x, 0.7 - 0.3 * 0.5), torch.float32)
+    # Every |x|^(j+1) is 0 at x = 0, so the denominator gradient is exactly zero there.
+    assert (db == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_input(backend):
+    a, b = _coefficients(4)
+    x = torch.empty(0, 8, device=DEVICE, requires_grad=True)
+    y = group_rational(x, a.requires_grad_(), b.requires_grad_(), backend=backend)
+    y.sum().backward()
+    assert y.shape == (0, 8)
+    assert (a.grad == 0).all() and (b.grad == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_inputs_raise_clear_errors(backend):
+    a, b = _coefficients(8)
+    with pytest.raises(ValueError, match="divisible by num_groups"):
+        group_rational(torch.randn(2, 12, device=DEVICE), a, b, backend=backend)
+    with pytest.raises(TypeError, match="floating-point"):
+        group_rational(torch.ones(2, 16, dtype=torch.int32, device=DEVICE), a, b, backend=backend)
+    with pytest.raises(ValueError, match=r"weight_numerator must have shape \[1, 6\]"):
+        group_rational(torch.randn(2, 16, device=DEVICE), torch.randn(8, 6, device=DEVICE), b, backend=backend)
+    with pytest.raises(ValueError, match=r"weight_denominator must have shape \[num_groups, 4\]"):
+        group_rational(torch.randn(2, 16, device=DEVICE), a, torch.randn(8, 5, device=DEVICE), backend=backend)
+    with pytest.raises(ValueError, match="at least one dimension"):
+        group_rational(torch.tensor(1.0, device=DEVICE), a, b, backend=backend)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        group_rational(torch.randn(2, 16, device=DEVICE), a, b, backend="cuda")
+
+
+def test_triton_rejects_float64():
+    a, b = _coefficients(8)
+    with pytest.raises(TypeError, match="use backend='torch'"):
+        group_rational(torch.randn(2, 16, dtype=torch.float64, device=DEVICE), a, b, backend="triton")
+
+
+def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
+    monkeypatch.setattr(backend_module, "INTERPRETER", False)
+    a, b = _coefficients(8)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        group_rational(torch.randn(2, 16), a.cpu(), b.cpu(), backend="triton")
+    # The launcher itself refuses too (no crash inside Triton).
+    from kernels.rational import group_rational_forward
+
+    with pytest.raises(ValueError, match="CUDA"):
+        group_rational_forward(torch.randn(2, 16), a.cpu(), b.cpu())
+
+
+def test_triton_on_meta_device_is_an_error():
+    with pytest.raises(ValueError, match="device 'meta'"):
+        group_rational(
+            torch.empty(2, 16, device="meta"), torch.empty(1, 6, device="meta"), torch.empty(8, 4, device="meta"),
+            backend="triton",
+        )
+
+
+# ------------------------------------------------------------------------------------------------ registration
+
+
+def test_opcheck_forward_and_backward():
+    torch.manual_seed(4)
+    x = torch.randn(3, 7, 40, device=DEVICE, requires_grad=True)
+    a, b = _coefficients(8)
+    a.requires_grad_()
+    b.requires_grad_()
+    torch.library.opcheck(torch.ops.zoo.group_rational.default, (x, a, b))
+    dy = torch.randn(3, 7, 40, device=DEVICE)
+    torch.library.opcheck(torch.ops.zoo.group_rational_backward.default, (dy, x.detach(), a.detach(), b.detach()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    torch.manual_seed(5)
+    a, b = _coefficients(8)
+    x = torch.randn(3, 7, 40, device=DEVICE)
+    dy = torch.randn(3, 7, 40, device=DEVICE)
+
+    def fn(x, a, b):
+        return group_rational(x * 2.0, a, b, backend=backend) + 1.0
+
+    compiled = torch.compile(fn, fullgraph=True)
+    eager_out = [t.detach().clone().requires_grad_(True) for t in (x, a, b)]
+    comp_out = [t.detach().clone().requires_grad_(True) for t in (x, a, b)]
+    fn(*eager_out).backward(dy)
+    y = compiled(*comp_out)
+    y.backward(dy)
+    assert_close(y, fn(x, a, b), torch.float32)
+    for eager, comp in zip(eager_out, comp_out):
+        assert_relative_error(comp.grad, eager.grad, 1e-5)
+
+
+def test_autocast_keeps_activation_dtype_and_fp32_coefficients():
+    torch.manual_seed(6)
+    device_type = DEVICE.type
+    linear = torch.nn.Linear(16, 16).to(DEVICE)
+    a, b = _coefficients(4)
+    grads = {}
+    for backend in BACKENDS:
+        a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            h = linear(torch.randn(5, 16, device=DEVICE, generator=None))
+            assert h.dtype == torch.bfloat16
+            y = group_rational(h, a_, b_, backend=backend)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()
+        assert a_.grad.dtype == torch.float32 and b_.grad.dtype == torch.float32
+        grads[backend] = (h.detach(), a_.grad, b_.grad)
+    # Same activations into both backends -> same coefficient gradients.
+    h, _, _ = grads["torch"]
+    y_t, _, da_t, db_t = _run(h, a, b, torch.ones_like(h), "triton")
+    y_r, _, da_r, db_r = _run(h, a, b, torch.ones_like(h), "torch")
+    assert_relative_error(da_t, da_r, 1e-4)
+    assert_relative_error(db_t, db_r, 1e-4)
+
+
+def test_reference_is_plain_pytorch_on_any_dtype():
+    """The reference also runs float64 (the oracle above) and keeps the input dtype."""
+    a, b = _coefficients(2)
+    x = torch.randn(3, 4, dtype=torch.float64, device=DEVICE)
+    y = group_rational_reference(x, a, b)
+    assert y.dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", [768, 3072])
+def test_gpu_full_size_matches_reference(width, dtype):
+    torch.manual_seed(7)
+    x = torch.randn(8, 197, width, device="cuda").to(dtype)
+    dy = torch.randn(8, 197, width, device="cuda").to(dtype)
+    a, b = _coefficients(8)
+    _check_against_reference64(x, a, b, dy, "triton", dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_autotuned_backward_is_deterministic():
+    torch.manual_seed(8)
+    x = torch.randn(64, 197, 768, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn_like(x)
+    a, b = _coefficients(8)
+    first = _run(x, a, b, dy, "triton")
+    second = _run(x, a, b, dy, "triton")
+    for u, v in zip(first, second):
+        assert torch.equal(u, v)

@@ -1,0 +1,12 @@
+"""zoo: efficient architectures with hand-written Triton kernels, timm-compatible.
+
+Importing ``zoo`` pulls in only torch, triton, timm, einops and safetensors (no hydra, wandb, matplotlib or
+scikit-learn: those belong to the entry points).
+"""
+
+from zoo import layers
+from zoo.layers import KAN, GroupRational
+
+__version__ = "0.1.0"
+
+__all__ = ["layers", "GroupRational", "KAN", "__version__"]

@@ -1,0 +1,60 @@
+"""``KAN``: the group-rational MLP that replaces the ViT MLP in KAT (GR-KAN)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor, nn
+
+from zoo.layers.rational import GroupRational
+
+
+class KAN(nn.Module):
+    """act1 -> drop1 -> fc1 -> act2 -> drop2 -> norm -> fc2, with group-rational activations.
+
+    ``act1`` acts on the input (``in_features`` channels) from the identity init, ``act2`` on the hidden
+    features from ``act_init`` (swish in the released KAT models). Attribute names follow the official
+    checkpoints (``fc1``, ``act1``, ``act2``, ``fc2``); the signature follows ``timm.layers.Mlp``.
+
+    Args:
+        in_features: input channels (divisible by ``num_groups``).
+        hidden_features: hidden channels (divisible by ``num_groups``); default ``in_features``.
+        out_features: output channels; default ``in_features``.
+        num_groups: channel groups of both rational activations.
+        act_init: init of ``act2``: ``"swish"``, ``"gelu"`` or ``"identity"``.
+        norm_layer: optional norm on the hidden features before ``fc2`` (none in KAT).
+        bias: bias in ``fc1`` and ``fc2``.
+        drop: dropout after each activation.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` for the rational activations.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        num_groups: int = 8,
+        act_init: str = "swish",
+        norm_layer: Callable[[int], nn.Module] | None = None,
+        bias: bool = True,
+        drop: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        for name, size in (("in_features", in_features), ("hidden_features", hidden_features)):
+            if size % num_groups:
+                raise ValueError(f"{name} ({size}) must be divisible by num_groups ({num_groups})")
+        self.act1 = GroupRational(num_groups, init="identity", backend=backend)
+        self.drop1 = nn.Dropout(drop)
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act2 = GroupRational(num_groups, init=act_init, backend=backend)
+        self.drop2 = nn.Dropout(drop)
+        self.norm = norm_layer(hidden_features) if norm_layer is not None else nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.drop1(self.act1(x))
+        x = self.drop2(self.act2(self.fc1(x)))
+        return self.fc2(self.norm(x))
