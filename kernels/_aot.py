@@ -81,8 +81,12 @@ def compile_spec(spec: KernelSpec, arch: int) -> CompileReport:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    signature = dict(spec.signature)
-    signature.update({name: "constexpr" for name in spec.constexprs})
+    missing = set(spec.fn.arg_names) - set(spec.signature) - set(spec.constexprs)
+    if missing:
+        raise ValueError(f"{spec.name}: no type or constexpr value for arguments {sorted(missing)}")
+    signature = {
+        name: "constexpr" if name in spec.constexprs else spec.signature[name] for name in spec.fn.arg_names
+    }
     source = ASTSource(fn=spec.fn, signature=signature, constexprs=spec.constexprs)
     compiled = triton.compile(
         source,

@@ -99,26 +99,35 @@ def group_rational_reference(x: Tensor, weight_numerator: Tensor, weight_denomin
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Triton kernels
 #
-# Tiling: program (i, c) covers BLOCK_N rows of the [N, D] view of x and BLOCK_D columns of ONE group
-# (c = group * col_blocks + column block), so a program needs only its group's four denominator scalars and the
-# backward reduces a whole tile into that group's coefficient gradients without any cross-group bookkeeping.
+# Forward: program (i, j) covers BLOCK_N rows x BLOCK_D columns of the [N, D] view of x, columns spanning groups
+# (each column gathers its group's |b| from a 4 x G table that stays in L1).
+# Backward: program (r, c) covers `rows_per_program` rows of BLOCK_D columns of ONE group
+# (c = group * col_blocks + column block), so it reduces its coefficient gradients over the whole block in
+# registers and writes one partial sum of 10 values; a one-program kernel adds the partials up (no atomics,
+# deterministic).
 # ----------------------------------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _load_coefficients(a_ptr, b_ptr, group):
-    """The six shared numerator coefficients and the four |b| of ``group``, as fp32 scalars."""
+def _numerator_coefficients(a_ptr):
+    """The six shared numerator coefficients, fp32 scalars."""
     a0 = tl.load(a_ptr + 0)
     a1 = tl.load(a_ptr + 1)
     a2 = tl.load(a_ptr + 2)
     a3 = tl.load(a_ptr + 3)
     a4 = tl.load(a_ptr + 4)
     a5 = tl.load(a_ptr + 5)
-    b0 = tl.abs(tl.load(b_ptr + group * 4 + 0))
-    b1 = tl.abs(tl.load(b_ptr + group * 4 + 1))
-    b2 = tl.abs(tl.load(b_ptr + group * 4 + 2))
-    b3 = tl.abs(tl.load(b_ptr + group * 4 + 3))
-    return a0, a1, a2, a3, a4, a5, b0, b1, b2, b3
+    return a0, a1, a2, a3, a4, a5
+
+
+@triton.jit
+def _denominator_coefficients(b_ptr, group, mask):
+    """|b0|..|b3| of ``group`` (a scalar or a vector of group indices), fp32."""
+    b0 = tl.abs(tl.load(b_ptr + group * 4 + 0, mask=mask, other=0.0))
+    b1 = tl.abs(tl.load(b_ptr + group * 4 + 1, mask=mask, other=0.0))
+    b2 = tl.abs(tl.load(b_ptr + group * 4 + 2, mask=mask, other=0.0))
+    b3 = tl.abs(tl.load(b_ptr + group * 4 + 3, mask=mask, other=0.0))
+    return b0, b1, b2, b3
 
 
 @triton.jit
@@ -140,18 +149,6 @@ def _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3):
 
 
 @triton.jit
-def _tile_offsets(row_start, pid_c, n_rows, group_size, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Rows, absolute columns, mask and group of the tile at ``row_start`` for column program ``pid_c``."""
-    col_blocks = tl.cdiv(group_size, BLOCK_D)
-    group = pid_c // col_blocks
-    cols_in_group = (pid_c % col_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    cols = group * group_size + cols_in_group
-    rows = (row_start + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (rows < n_rows)[:, None] & (cols_in_group < group_size)[None, :]
-    return rows, cols, mask, group
-
-
-@triton.jit
 def _group_rational_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr,
     n_rows, D, group_size,
@@ -159,36 +156,46 @@ def _group_rational_fwd_kernel(
     TILE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
-    rows, cols, mask, group = _tile_offsets(
-        tl.program_id(0) * BLOCK_N, tl.program_id(1), n_rows, group_size, BLOCK_N, BLOCK_D
-    )
-    a0, a1, a2, a3, a4, a5, b0, b1, b2, b3 = _load_coefficients(a_ptr, b_ptr, group)
+    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    col_mask = cols < D
+    mask = (rows < n_rows)[:, None] & col_mask[None, :]
+    a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
+    b0, b1, b2, b3 = _denominator_coefficients(b_ptr, cols // group_size, col_mask)
     x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
-    p, q, _ax = _numerator_denominator(x.to(tl.float32), a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
-    y = p / q
-    tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+    p, q, _ax = _numerator_denominator(
+        x.to(tl.float32), a0, a1, a2, a3, a4, a5, b0[None, :], b1[None, :], b2[None, :], b3[None, :]
+    )
+    tl.store(y_ptr + rows[:, None] * D + cols[None, :], (p / q).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _group_rational_bwd_kernel(
     x_ptr, dy_ptr, dx_ptr, a_ptr, b_ptr, partial_ptr,
-    n_rows, D, group_size,
+    n_rows, D, group_size, rows_per_program,
     stride_xr, stride_xc, stride_dyr, stride_dyc,
     TILE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
-    """dx per element; per program, the 10 coefficient-gradient sums of its tiles (6 numerator, 4 denominator
-    before the sign of b), written to ``partial_ptr[pid_n, pid_c, :]``: reduced in registers, no atomics."""
+    """dx per element; per program, the 10 coefficient-gradient sums of its block (6 numerator, 4 denominator
+    before the sign of b), written to ``partial_ptr[pid_c, pid_r, :]``: reduced in registers, no atomics."""
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
-    pid_n = tl.program_id(0)
+    pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
-    num_n = tl.num_programs(0)
-    group = pid_c // tl.cdiv(group_size, BLOCK_D)
-    a0, a1, a2, a3, a4, a5, b0, b1, b2, b3 = _load_coefficients(a_ptr, b_ptr, group)
+    col_blocks = tl.cdiv(group_size, BLOCK_D)
+    group = pid_c // col_blocks
+    cols_in_group = (pid_c % col_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols = group * group_size + cols_in_group
+    col_mask = cols_in_group < group_size
+    a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
+    b0, b1, b2, b3 = _denominator_coefficients(b_ptr, group, True)
     zero = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
     acc_b0, acc_b1, acc_b2, acc_b3 = zero, zero, zero, zero
-    for row_start in range(pid_n * BLOCK_N, n_rows, num_n * BLOCK_N):
-        rows, cols, mask, _group = _tile_offsets(row_start, pid_c, n_rows, group_size, BLOCK_N, BLOCK_D)
+    row_begin = pid_r * rows_per_program
+    row_end = tl.minimum(row_begin + rows_per_program, n_rows)
+    for row_start in range(row_begin, row_end, BLOCK_N):
+        rows = (row_start + tl.arange(0, BLOCK_N)).to(tl.int64)
+        mask = (rows < row_end)[:, None] & col_mask[None, :]
         x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
         dy = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
         x = x.to(tl.float32)
@@ -197,10 +204,10 @@ def _group_rational_bwd_kernel(
         dp, dq = _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3)
         inv_q = 1.0 / q
         f = p * inv_q
-        dx = (dp - f * dq) * inv_q * dy
+        r = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
+        dx = (dp - f * dq) * r
         tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
-        # dF/da_i = x^i / Q;  dF/d|b_j| = -F / Q * |x|^(j+1). Masked elements have dy = 0 and add nothing.
-        r = dy * inv_q
+        # dF/da_i = x^i / Q;  dF/d|b_j| = -F / Q * |x|^(j+1)
         acc_a0 += r
         r = r * x
         acc_a1 += r
@@ -220,7 +227,7 @@ def _group_rational_bwd_kernel(
         acc_b2 += s
         s = s * ax
         acc_b3 += s
-    out = partial_ptr + (pid_n * tl.num_programs(1) + pid_c) * 10
+    out = partial_ptr + (pid_c * tl.num_programs(0) + pid_r) * 10
     tl.store(out + 0, tl.sum(tl.sum(acc_a0, axis=1), axis=0))
     tl.store(out + 1, tl.sum(tl.sum(acc_a1, axis=1), axis=0))
     tl.store(out + 2, tl.sum(tl.sum(acc_a2, axis=1), axis=0))
@@ -233,19 +240,43 @@ def _group_rational_bwd_kernel(
     tl.store(out + 9, tl.sum(tl.sum(acc_b3, axis=1), axis=0))
 
 
+@triton.jit
+def _coefficient_grads_kernel(partial_ptr, b_ptr, da_ptr, db_ptr, groups, partials_per_group, BLOCK: tl.constexpr):
+    """One program: add up each group's partial sums (contiguous), apply sign(b) (+1 at 0) to the denominator
+    part, and sum the numerator part over groups (the numerator is shared). Writes in the weights' dtype."""
+    k = tl.arange(0, 16)
+    is_numerator = k < 6
+    is_denominator = (k >= 6) & (k < 10)
+    d_numerator = tl.zeros((16,), dtype=tl.float32)
+    for group in range(groups):
+        acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
+        base = partial_ptr + group * partials_per_group * 10
+        for start in range(0, partials_per_group, BLOCK):
+            idx = start + tl.arange(0, BLOCK)
+            mask = (idx < partials_per_group)[:, None] & (k < 10)[None, :]
+            acc += tl.load(base + idx[:, None] * 10 + k[None, :], mask=mask, other=0.0)
+        total = tl.sum(acc, axis=0)
+        d_numerator += tl.where(is_numerator, total, 0.0)
+        b = tl.load(b_ptr + group * 4 + (k - 6), mask=is_denominator, other=0.0)
+        d_denominator = total * tl.where(b < 0, -1.0, 1.0)
+        tl.store(db_ptr + group * 4 + (k - 6), d_denominator.to(db_ptr.dtype.element_ty), mask=is_denominator)
+    tl.store(da_ptr + k, d_numerator.to(da_ptr.dtype.element_ty), mask=is_numerator)
+
+
 def _configs(tiles_and_warps: tuple[tuple[int, int], ...]) -> list:
     return [triton.Config({"TILE": tile}, num_warps=warps) for tile, warps in tiles_and_warps]
 
 
-# A program covers TILE elements: TILE // BLOCK_D rows of BLOCK_D columns (BLOCK_D <= 128 <= TILE). Autotuned on
-# the GPU, keyed on the widths (not the batch). The backward keeps ten fp32 accumulators per element in registers,
-# so its tiles stay at <= 8 elements per thread (no spills: tests/kernels/test_compile_targets.py). One fixed
-# small tile under the interpreter keeps CPU tests fast.
+# A program step covers TILE elements: TILE // BLOCK_D rows of BLOCK_D columns (BLOCK_D <= 256 <= TILE).
+# Autotuned on the GPU, keyed on the widths (not the batch). The backward keeps ten fp32 accumulators per
+# element in registers, so its tiles stay at <= 8 elements per thread (no spills:
+# tests/kernels/test_compile_targets.py). One fixed small tile under the interpreter keeps CPU tests fast.
 if INTERPRETER:
-    _FWD_CONFIGS = _BWD_CONFIGS = _configs(((128, 1),))
+    _FWD_CONFIGS = _configs(((256, 1),))
+    _BWD_CONFIGS = _configs(((128, 1),))
 else:
     _FWD_CONFIGS = _configs(((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8)))
-    _BWD_CONFIGS = _configs(((512, 4), (1024, 4), (1024, 8), (2048, 8)))
+    _BWD_CONFIGS = _configs(((256, 2), (512, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8)))
 
 _group_rational_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["D", "group_size", "BLOCK_D"])(
     _group_rational_fwd_kernel
@@ -260,15 +291,26 @@ _group_rational_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["D", "group_siz
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _block_d(group_size: int) -> int:
-    """Columns per tile: the widest power of two <= 128 that covers a group with at most 1/8 of the lanes idle."""
-    if group_size <= 16:
+def _forward_block_d(width: int) -> int:
+    """Columns per forward tile: the whole row up to 256 columns."""
+    return min(triton.next_power_of_2(width), 256)
+
+
+def _backward_block_d(group_size: int) -> int:
+    """Columns per backward tile (within one group): the widest power of two <= 128 leaving at most a quarter
+    of the lanes idle, but at least 64 when the group is that wide (narrower rows waste memory transactions)."""
+    if group_size <= 64:
         return triton.next_power_of_2(group_size)
-    for block in (128, 64, 32, 16):
+    for block in (128, 64):
         padded = triton.cdiv(group_size, block) * block
-        if 8 * (padded - group_size) <= padded:
+        if 4 * (padded - group_size) <= padded:
             return block
-    return 16
+    return 64
+
+
+# Elements of x each backward program reduces (rows_per_program * BLOCK_D): enough tiles per program to amortise
+# the final reduction, few enough that the grid fills the GPU many times over.
+_BWD_ELEMENTS_PER_PROGRAM = 512 if INTERPRETER else 16384
 
 
 def _rows_view(t: Tensor, width: int) -> Tensor:
@@ -290,79 +332,75 @@ def _coefficients(weight_numerator: Tensor, weight_denominator: Tensor) -> tuple
     return weight_numerator.float().contiguous(), weight_denominator.float().contiguous()
 
 
-def group_rational_forward(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
-    """Triton forward: F(x), shape and dtype of ``x``, contiguous. Validates its inputs."""
+def group_rational_forward(
+    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, block_d: int | None = None
+) -> Tensor:
+    """Triton forward: F(x), shape and dtype of ``x``, contiguous. Validates its inputs.
+
+    ``block_d`` (columns per tile, a power of two) overrides the default choice; for tuning experiments.
+    """
     _check_triton_inputs(x, weight_numerator, weight_denominator)
     width = x.shape[-1]
-    groups = weight_denominator.shape[0]
-    group_size = width // groups
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
     x2 = _rows_view(x, width)
     a, b = _coefficients(weight_numerator, weight_denominator)
-    block_d = _block_d(group_size)
-    col_programs = groups * triton.cdiv(group_size, block_d)
+    block_d = block_d or _forward_block_d(width)
     n_rows = x2.shape[0]
 
     def grid(meta):
-        return (triton.cdiv(n_rows, meta["TILE"] // block_d), col_programs)
+        return (triton.cdiv(n_rows, meta["TILE"] // block_d), triton.cdiv(width, block_d))
 
     _group_rational_fwd[grid](
-        x2, y, a, b, n_rows, width, group_size, x2.stride(0), x2.stride(1), BLOCK_D=block_d
-    )
+        x2, y, a, b, n_rows, width, width // weight_denominator.shape[0], x2.stride(0), x2.stride(1),
+        BLOCK_D=block_d,
+    )  # fmt: skip
     return y
 
 
-def _row_programs(n_rows: int, block_d: int, col_programs: int, device: torch.device) -> int:
-    """How many row-chunk programs the backward launches: enough to fill the GPU a few times over, no more,
-    so each program reduces many tiles in registers and the partial sums stay tiny."""
-    if device.type == "cuda":
-        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    else:  # interpreter: a couple of programs, each looping over several tiles
-        target = 2 * col_programs
-    min_block_n = min(c.kwargs["TILE"] for c in _BWD_CONFIGS) // block_d
-    return max(1, min(triton.cdiv(n_rows, min_block_n), triton.cdiv(target, col_programs)))
-
-
 def group_rational_backward(
-    grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor
+    grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, block_d: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Triton backward: (dx, d weight_numerator, d weight_denominator).
 
     dx has the dtype of ``x``; the coefficient gradients are accumulated in float32 and returned in the dtype
-    of their coefficients.
+    of their coefficients. ``block_d`` overrides the column tile (tuning experiments).
     """
     _check_triton_inputs(x, weight_numerator, weight_denominator)
     if grad_output.shape != x.shape:
         raise ValueError(f"grad_output must have the shape of x {list(x.shape)}, got {list(grad_output.shape)}")
     if grad_output.device != x.device or not grad_output.is_floating_point():
-        raise TypeError(f"grad_output must be a floating-point tensor on {x.device}, got {grad_output.dtype} on {grad_output.device}")
+        raise TypeError(
+            f"grad_output must be a floating-point tensor on {x.device}, got {grad_output.dtype} on {grad_output.device}"
+        )
     width = x.shape[-1]
     groups = weight_denominator.shape[0]
     group_size = width // groups
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    d_numerator = torch.empty_like(weight_numerator, memory_format=torch.contiguous_format)
+    d_denominator = torch.empty_like(weight_denominator, memory_format=torch.contiguous_format)
     if x.numel() == 0:
-        return dx, torch.zeros_like(weight_numerator), torch.zeros_like(weight_denominator)
+        return dx, d_numerator.zero_(), d_denominator.zero_()
     x2 = _rows_view(x, width)
     dy2 = _rows_view(grad_output, width)
     a, b = _coefficients(weight_numerator, weight_denominator)
-    block_d = _block_d(group_size)
+    block_d = block_d or _backward_block_d(group_size)
     col_blocks = triton.cdiv(group_size, block_d)
-    col_programs = groups * col_blocks
     n_rows = x2.shape[0]
-    row_programs = _row_programs(n_rows, block_d, col_programs, x.device)
-    partials = torch.empty((row_programs, col_programs, 10), dtype=torch.float32, device=x.device)
-    _group_rational_bwd[(row_programs, col_programs)](
+    rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
+    row_programs = triton.cdiv(n_rows, rows_per_program)
+    partials = torch.empty((groups * col_blocks, row_programs, 10), dtype=torch.float32, device=x.device)
+    _group_rational_bwd[(row_programs, groups * col_blocks)](
         x2, dy2, dx, a, b, partials,
-        n_rows, width, group_size,
+        n_rows, width, group_size, rows_per_program,
         x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1),
         BLOCK_D=block_d,
     )  # fmt: skip
-    per_group = partials.sum(0).view(groups, col_blocks, 10).sum(1)  # [G, 10]
-    d_numerator = per_group[:, :NUMERATOR_TERMS].sum(0, keepdim=True)
-    d_denominator = per_group[:, NUMERATOR_TERMS:] * torch.where(b >= 0, 1.0, -1.0)
-    return dx, d_numerator.to(weight_numerator.dtype), d_denominator.to(weight_denominator.dtype)
+    _coefficient_grads_kernel[(1,)](
+        partials, b, d_numerator, d_denominator, groups, col_blocks * row_programs, BLOCK=64 if INTERPRETER else 256
+    )
+    return dx, d_numerator, d_denominator
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -422,8 +460,9 @@ def group_rational(
     Returns:
         A tensor of the shape and dtype of ``x``; differentiable in all three inputs.
     """
-    check_group_rational_inputs(x, weight_numerator, weight_denominator)
-    if resolve_backend(backend, x) == "triton":
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if resolve_backend(backend, x) == "triton":  # both paths validate their inputs
         return torch.ops.zoo.group_rational(x, weight_numerator, weight_denominator)
     return group_rational_reference(x, weight_numerator, weight_denominator)
 
@@ -434,30 +473,39 @@ def group_rational(
 
 
 def aot_specs() -> list:
-    """Every autotune configuration of both kernels for each input dtype (at the widest column tile, and at the
-    32-column tile of ViT widths for bf16)."""
+    """Every autotune configuration of the forward and backward kernels for each input dtype, at their usual
+    column tiles (forward 256; backward 128, and 64 for bf16), and the final reduction kernel."""
     from kernels._aot import KernelSpec
 
-    specs = []
+    ints = ("n_rows", "D", "group_size", "rows_per_program", "stride_xr", "stride_xc", "stride_dyr", "stride_dyc")
+    specs = [
+        KernelSpec(
+            name="_coefficient_grads_kernel[fp32]",
+            fn=_coefficient_grads_kernel,
+            signature={"partial_ptr": "*fp32", "b_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32",
+                       "groups": "i32", "partials_per_group": "i32"},
+            constexprs={"BLOCK": 256},
+        )
+    ]  # fmt: skip
     for dtype in ("fp32", "bf16", "fp16"):
-        ints = dict.fromkeys(("n_rows", "D", "group_size", "stride_xr", "stride_xc"), "i32")
-        fwd_signature = {"x_ptr": f"*{dtype}", "y_ptr": f"*{dtype}", "a_ptr": "*fp32", "b_ptr": "*fp32", **ints}
-        bwd_signature = {
-            "x_ptr": f"*{dtype}", "dy_ptr": f"*{dtype}", "dx_ptr": f"*{dtype}", "a_ptr": "*fp32", "b_ptr": "*fp32",
-            "partial_ptr": "*fp32", **ints, "stride_dyr": "i32", "stride_dyc": "i32",
-        }  # fmt: skip
-        for kernel, signature, configs in (
-            (_group_rational_fwd_kernel, fwd_signature, _FWD_CONFIGS),
-            (_group_rational_bwd_kernel, bwd_signature, _BWD_CONFIGS),
+        pointers = {"x_ptr": dtype, "y_ptr": dtype, "dy_ptr": dtype, "dx_ptr": dtype}
+        pointers.update(a_ptr="fp32", b_ptr="fp32", partial_ptr="fp32")
+        for kernel, configs, block_ds in (
+            (_group_rational_fwd_kernel, _FWD_CONFIGS, (256,)),
+            (_group_rational_bwd_kernel, _BWD_CONFIGS, (128, 64) if dtype == "bf16" else (128,)),
         ):
-            for config, block_d in itertools.product(configs, (128, 32) if dtype == "bf16" else (128,)):
-                constexprs = {**config.kwargs, "BLOCK_D": block_d}
+            signature = {
+                name: f"*{pointers[name]}" if name in pointers else "i32"
+                for name in kernel.arg_names
+                if name in pointers or name in ints
+            }
+            for config, block_d in itertools.product(configs, block_ds):
                 specs.append(
                     KernelSpec(
                         name=f"{kernel.__name__}[{dtype},T{config.kwargs['TILE']},D{block_d},w{config.num_warps}]",
                         fn=kernel,
                         signature=signature,
-                        constexprs=constexprs,
+                        constexprs={**config.kwargs, "BLOCK_D": block_d},
                         num_warps=config.num_warps,
                     )
                 )

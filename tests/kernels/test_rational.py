@@ -12,7 +12,8 @@ from tests.helpers import DEVICE, assert_close, assert_relative_error
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 BACKENDS = ["torch", "triton"]
 # (shape of x, groups): KAT's 3 x 7 x 40 with 8 groups of 5; a single row; a 1-D input; a group of 96 (ViT-B/8)
-# split into column blocks; a group of 136 (tile of 16, 9 column blocks); more rows than one program's tile.
+# split into column blocks; a group of 136 (several column blocks, lanes masked); rows spread over several
+# backward programs, each looping over several tiles.
 CASES = [
     ((3, 7, 40), 8),
     ((1, 40), 8),
@@ -20,6 +21,7 @@ CASES = [
     ((2, 768), 8),
     ((3, 272), 2),
     ((2, 3, 5, 12), 4),
+    ((5, 13, 16), 2),
 ]
 
 

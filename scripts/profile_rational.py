@@ -1,0 +1,65 @@
+"""Where does the time of the group-rational op go on a GPU? Kernel timings per column tile, the host-side
+(CPU) cost of each layer of the call, and forward+backward timed eagerly and as CUDA-graph replays (device
+time without launch gaps). A measuring aid for tuning, not the benchmark of record (scripts/benchmark.py).
+
+    PYTHONPATH=. python scripts/profile_rational.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import triton
+
+from kernels.rational import group_rational, group_rational_backward, group_rational_forward
+
+
+def _cpu_us(fn, n: int = 200) -> float:
+    """Host time per call, without waiting for the GPU (what a launch-bound loop pays)."""
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / n * 1e6
+
+
+def main() -> None:
+    device = "cuda"
+    for width in (768, 3072):
+        x = torch.randn(128, 197, width, device=device, dtype=torch.bfloat16)
+        dy = torch.randn_like(x)
+        a = torch.randn(1, 6, device=device)
+        b = torch.randn(8, 4, device=device)
+        nbytes = x.numel() * x.element_size()
+        print(f"--- width {width}: x is {nbytes / 1e6:.1f} MB")
+        for block_d in (None, 64, 128, 256):
+            fwd = triton.testing.do_bench(lambda: group_rational_forward(x, a, b, block_d=block_d), return_mode="median")
+            print(f"fwd block_d={block_d}: {fwd * 1e3:7.1f} us ({2 * nbytes / fwd / 1e6:6.0f} GB/s)")
+        for block_d in (None, 32, 64, 128):
+            bwd = triton.testing.do_bench(lambda: group_rational_backward(dy, x, a, b, block_d=block_d),
+                                          return_mode="median")
+            print(f"bwd block_d={block_d}: {bwd * 1e3:7.1f} us ({3 * nbytes / bwd / 1e6:6.0f} GB/s)")
+        xr = x.clone().requires_grad_(True)
+        ar, br = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+
+        def step():
+            return torch.autograd.grad(group_rational(xr, ar, br, backend="triton"), (xr, ar, br), dy)
+
+        print(f"host us/call: forward launcher {_cpu_us(lambda: group_rational_forward(x, a, b)):.1f}, "
+              f"op {_cpu_us(lambda: torch.ops.zoo.group_rational(x, a, b)):.1f}, "
+              f"backward launcher {_cpu_us(lambda: group_rational_backward(dy, x, a, b)):.1f}, "
+              f"autograd fwd+bwd {_cpu_us(step):.1f}, "
+              f"x.mul(2) for scale {_cpu_us(lambda: x.mul(2)):.1f}")
+        eager = triton.testing.do_bench(step, return_mode="median")
+        graph = triton.testing.do_bench_cudagraph(step, return_mode="median")
+        print(f"fwd+bwd eager {eager * 1e3:.1f} us, CUDA graph {graph * 1e3:.1f} us "
+              f"({5 * nbytes / graph / 1e6:.0f} GB/s)")
+
+
+if __name__ == "__main__":
+    main()
