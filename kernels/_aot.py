@@ -32,7 +32,9 @@ class KernelSpec:
 
     name: str
     fn: Any  # triton.runtime.jit.JITFunction
-    signature: dict[str, str]  # runtime arguments: "*bf16", "*fp32", "i32", ...
+    # runtime arguments, as triton's AOT compiler writes them: "*bf16", "i32", with the launch-time
+    # specialisations the JIT would make: ":16" (pointer 16-byte aligned / int divisible by 16), ":1" (int == 1)
+    signature: dict[str, str]
     constexprs: dict[str, Any]
     num_warps: int = 4
     num_stages: int = 3
@@ -75,8 +77,8 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
     return {k: int(v) for k, v in usage.items()}
 
 
-def compile_spec(spec: KernelSpec, arch: int) -> CompileReport:
-    """Compile one configuration for ``sm_{arch}`` and report its registers, spills and shared memory."""
+def compile_kernel(spec: KernelSpec, arch: int):
+    """Compile one configuration for ``sm_{arch}``; returns Triton's compiled kernel (``.asm`` holds ptx, cubin)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -84,15 +86,33 @@ def compile_spec(spec: KernelSpec, arch: int) -> CompileReport:
     missing = set(spec.fn.arg_names) - set(spec.signature) - set(spec.constexprs)
     if missing:
         raise ValueError(f"{spec.name}: no type or constexpr value for arguments {sorted(missing)}")
-    signature = {
-        name: "constexpr" if name in spec.constexprs else spec.signature[name] for name in spec.fn.arg_names
-    }
-    source = ASTSource(fn=spec.fn, signature=signature, constexprs=spec.constexprs)
-    compiled = triton.compile(
+    constexprs = dict(spec.constexprs)
+    signature, attrs = {}, {}
+    for index, name in enumerate(spec.fn.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        kind, _, hint = spec.signature[name].partition(":")
+        if hint == "1":  # the JIT turns an int equal to 1 into a constant
+            constexprs[name] = 1
+            signature[name] = "constexpr"
+            continue
+        signature[name] = kind
+        if hint == "16":
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif hint:
+            raise ValueError(f"{spec.name}: unknown hint {hint!r} for {name} (use 1 or 16)")
+    source = ASTSource(fn=spec.fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(
         source,
         target=GPUTarget("cuda", arch, 32),
         options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
     )
+
+
+def compile_spec(spec: KernelSpec, arch: int) -> CompileReport:
+    """Compile one configuration for ``sm_{arch}`` and report its registers, spills and shared memory."""
+    compiled = compile_kernel(spec, arch)
     usage = _resource_usage(compiled.asm["cubin"])
     matrix = None
     if spec.uses_dot:

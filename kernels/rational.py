@@ -193,20 +193,27 @@ def _group_rational_bwd_kernel(
     acc_b0, acc_b1, acc_b2, acc_b3 = zero, zero, zero, zero
     row_begin = pid_r * rows_per_program
     row_end = tl.minimum(row_begin + rows_per_program, n_rows)
-    for row_start in range(row_begin, row_end, BLOCK_N):
-        rows = (row_start + tl.arange(0, BLOCK_N)).to(tl.int64)
+    # Software pipelining by hand: the next tile's loads are issued before this tile's arithmetic.
+    rows = (row_begin + tl.arange(0, BLOCK_N)).to(tl.int64)
+    mask = (rows < row_end)[:, None] & col_mask[None, :]
+    x_next = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+    dy_next = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
+    for _row_start in range(row_begin, row_end, BLOCK_N):
+        x = x_next.to(tl.float32)
+        dy = dy_next.to(tl.float32)
+        tile_rows = rows
+        tile_mask = mask
+        rows += BLOCK_N
         mask = (rows < row_end)[:, None] & col_mask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
-        x = x.to(tl.float32)
-        dy = dy.to(tl.float32)
+        x_next = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+        dy_next = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
         p, q, ax = _numerator_denominator(x, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
         dp, dq = _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3)
         inv_q = 1.0 / q
         f = p * inv_q
         r = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
         dx = (dp - f * dq) * r
-        tl.store(dx_ptr + rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + tile_rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_mask)
         # dF/da_i = x^i / Q;  dF/d|b_j| = -F / Q * |x|^(j+1)
         acc_a0 += r
         r = r * x
@@ -328,8 +335,12 @@ def _check_triton_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator
     check_triton_device(x, weight_numerator, weight_denominator)
 
 
+def _as_fp32_contiguous(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
 def _coefficients(weight_numerator: Tensor, weight_denominator: Tensor) -> tuple[Tensor, Tensor]:
-    return weight_numerator.float().contiguous(), weight_denominator.float().contiguous()
+    return _as_fp32_contiguous(weight_numerator), _as_fp32_contiguous(weight_denominator)
 
 
 def group_rational_forward(
@@ -477,12 +488,14 @@ def aot_specs() -> list:
     column tiles (forward 256; backward 128, and 64 for bf16), and the final reduction kernel."""
     from kernels._aot import KernelSpec
 
-    ints = ("n_rows", "D", "group_size", "rows_per_program", "stride_xr", "stride_xc", "stride_dyr", "stride_dyc")
+    # Launch-time specialisations of contiguous ViT activations (D, strides multiples of 16; unit column stride).
+    ints = {"n_rows": "i32", "D": "i32:16", "group_size": "i32:16", "rows_per_program": "i32:16",
+            "stride_xr": "i32:16", "stride_xc": "i32:1", "stride_dyr": "i32:16", "stride_dyc": "i32:1"}
     specs = [
         KernelSpec(
             name="_coefficient_grads_kernel[fp32]",
             fn=_coefficient_grads_kernel,
-            signature={"partial_ptr": "*fp32", "b_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32",
+            signature={"partial_ptr": "*fp32:16", "b_ptr": "*fp32:16", "da_ptr": "*fp32:16", "db_ptr": "*fp32:16",
                        "groups": "i32", "partials_per_group": "i32"},
             constexprs={"BLOCK": 256},
         )
@@ -495,7 +508,7 @@ def aot_specs() -> list:
             (_group_rational_bwd_kernel, _BWD_CONFIGS, (128, 64) if dtype == "bf16" else (128,)),
         ):
             signature = {
-                name: f"*{pointers[name]}" if name in pointers else "i32"
+                name: f"*{pointers[name]}:16" if name in pointers else ints[name]
                 for name in kernel.arg_names
                 if name in pointers or name in ints
             }

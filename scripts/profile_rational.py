@@ -40,7 +40,7 @@ def main() -> None:
         for block_d in (None, 64, 128, 256):
             fwd = triton.testing.do_bench(lambda: group_rational_forward(x, a, b, block_d=block_d), return_mode="median")
             print(f"fwd block_d={block_d}: {fwd * 1e3:7.1f} us ({2 * nbytes / fwd / 1e6:6.0f} GB/s)")
-        for block_d in (None, 32, 64, 128):
+        for block_d in (None, 32, 64, 128, None):
             bwd = triton.testing.do_bench(lambda: group_rational_backward(dy, x, a, b, block_d=block_d),
                                           return_mode="median")
             print(f"bwd block_d={block_d}: {bwd * 1e3:7.1f} us ({3 * nbytes / bwd / 1e6:6.0f} GB/s)")
@@ -54,7 +54,8 @@ def main() -> None:
               f"op {_cpu_us(lambda: torch.ops.zoo.group_rational(x, a, b)):.1f}, "
               f"backward launcher {_cpu_us(lambda: group_rational_backward(dy, x, a, b)):.1f}, "
               f"autograd fwd+bwd {_cpu_us(step):.1f}, "
-              f"x.mul(2) for scale {_cpu_us(lambda: x.mul(2)):.1f}")
+              f"x.mul(2) for scale {_cpu_us(lambda: x.mul(2)):.1f}, "
+              f"autograd of x*2 {_cpu_us(lambda: torch.autograd.grad(xr * 2, xr, dy)):.1f}")
         eager = triton.testing.do_bench(step, return_mode="median")
         graph = triton.testing.do_bench_cudagraph(step, return_mode="median")
         print(f"fwd+bwd eager {eager * 1e3:.1f} us, CUDA graph {graph * 1e3:.1f} us "
