@@ -57,9 +57,11 @@ def check_group_rational_inputs(x: Tensor, weight_numerator: Tensor, weight_deno
             f"the last dimension of x ({x.shape[-1]}) must be divisible by num_groups ({groups}); "
             f"x has shape {list(x.shape)}"
         )
-    devices = {x.device, weight_numerator.device, weight_denominator.device}
-    if len(devices) != 1:
-        raise ValueError(f"x and the coefficients must be on one device, got {sorted(str(d) for d in devices)}")
+    if not x.device == weight_numerator.device == weight_denominator.device:
+        raise ValueError(
+            f"x and the coefficients must be on one device, got x on {x.device}, weight_numerator on "
+            f"{weight_numerator.device}, weight_denominator on {weight_denominator.device}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -332,7 +334,7 @@ def _check_triton_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator
             f"the Triton group-rational kernel takes x in {[str(d) for d in TRITON_DTYPES]}, got {x.dtype}; "
             f"use backend='torch' for other dtypes"
         )
-    check_triton_device(x, weight_numerator, weight_denominator)
+    check_triton_device(x.device)
 
 
 def _as_fp32_contiguous(t: Tensor) -> Tensor:
@@ -457,6 +459,22 @@ def _backward(ctx, grad_output: Tensor):
 _group_rational_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _GroupRationalFunction(torch.autograd.Function):
+    """Eager autograd of the Triton path: the launchers are called directly, skipping two custom-op dispatches
+    per call (host time matters: the op is memory-bound and short). ``torch.compile`` traces the registered op
+    ``zoo::group_rational`` instead; both run the same launchers."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight_numerator, weight_denominator)
+        return group_rational_forward(x, weight_numerator, weight_denominator)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return group_rational_backward(grad_output, *ctx.saved_tensors)
+
+
 def group_rational(
     x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto"
 ) -> Tensor:
@@ -474,7 +492,9 @@ def group_rational(
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if resolve_backend(backend, x) == "triton":  # both paths validate their inputs
-        return torch.ops.zoo.group_rational(x, weight_numerator, weight_denominator)
+        if torch.compiler.is_compiling():
+            return torch.ops.zoo.group_rational(x, weight_numerator, weight_denominator)
+        return _GroupRationalFunction.apply(x, weight_numerator, weight_denominator)
     return group_rational_reference(x, weight_numerator, weight_denominator)
 
 
