@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--small", action="store_true", help="tiny sizes (default on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference rows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
+    parser.add_argument("--commit", default=None,
+                        help="commit to record (default: `git rev-parse HEAD`; give it where the checkout has no .git)")
     parser.add_argument("--readme", type=Path, default=None,
                         help="markdown table to regenerate (default: README.md beside the results folder)")
     args = parser.parse_args(argv)
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> Results:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}"
     datasheet = next((v for k, v in DATASHEET_BANDWIDTH_GBPS.items() if k in device_name), None)
     copy_bw = copy_bandwidth_gbps(device)
-    results = Results(device_name, torch.__version__, triton.__version__, platform.python_version(), _commit(),
+    results = Results(device_name, torch.__version__, triton.__version__, platform.python_version(),
+                      args.commit or _commit(),
                       _dt.date.today().isoformat(), copy_bw, datasheet)
     dtype = getattr(torch, args.dtype)
     for op in args.ops:
