@@ -43,6 +43,8 @@ class KernelSpec:
 
 @dataclass
 class CompileReport:
+    """Resource usage of one compiled configuration, read from its cubin."""
+
     name: str
     arch: int
     registers: int
@@ -131,12 +133,13 @@ def all_specs() -> list[KernelSpec]:
 
 
 def main() -> None:
+    """Compile every spec for every target and print a table (or JSON lines with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object per configuration")
     parser.add_argument("--filter", default="", help="only kernels whose name contains this text")
     args = parser.parse_args()
     if not args.json:
-        print(f"{'kernel':<48} {'arch':>5} {'regs':>5} {'spill B':>8} {'smem B':>7} {'mma':>5}")
+        print(f"{'kernel':<56} {'arch':>5} {'regs':>5} {'spill B':>8} {'smem B':>7} {'mma':>5}")
     for spec in all_specs():
         if args.filter not in spec.name:
             continue
@@ -147,7 +150,7 @@ def main() -> None:
             else:
                 mma = "-" if report.matrix_instruction is None else str(report.matrix_instruction)
                 print(
-                    f"{report.name:<48} sm_{arch:<2} {report.registers:>5} {report.spill_bytes:>8} "
+                    f"{report.name:<56} sm_{arch:<2} {report.registers:>5} {report.spill_bytes:>8} "
                     f"{report.shared_bytes:>7} {mma:>5}",
                     flush=True,
                 )

@@ -69,40 +69,34 @@ def requested_backend(backend: str = "auto") -> str:
     return _check_name(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
 
 
-def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
+def resolve_backend(backend: str, tensor: torch.Tensor, triton_dtypes: tuple[torch.dtype, ...] | None = None) -> str:
     """Return ``"triton"`` or ``"torch"``: the backend that will run an op on ``tensor``.
 
-    Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this tensor.
+    ``triton_dtypes``: the dtypes the op's kernels take; ``auto`` picks the reference for any other dtype
+    (e.g. float64 on CUDA). Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
     """
     choice = requested_backend(backend)
-    device = tensor.device.type
     if choice == "auto":
-        return "triton" if (HAS_TRITON and device == "cuda") else "torch"
-    if choice == "torch":
-        return "torch"
+        supported = triton_dtypes is None or tensor.dtype in triton_dtypes
+        return "triton" if (HAS_TRITON and tensor.device.type == "cuda" and supported) else "torch"
+    if choice == "triton":
+        check_triton_device(tensor.device)
+    return choice
+
+
+def check_triton_device(device: torch.device) -> None:
+    """Raise ``ValueError`` unless tensors on ``device`` can go to a Triton launch: CUDA, or CPU under the
+    interpreter."""
     if not HAS_TRITON:
         raise ValueError("backend='triton' was asked for, but Triton is not installed; use backend='torch'")
-    if device == "cuda":
-        return "triton"
-    if device == "cpu":
-        if INTERPRETER:
-            return "triton"
+    if device.type == "cuda" or (device.type == "cpu" and INTERPRETER):
+        return
+    if device.type == "cpu":
         raise ValueError(
             "backend='triton' needs a CUDA tensor, got a CPU tensor. To run the Triton interpreter on the "
             "CPU, set TRITON_INTERPRET=1 before importing `kernels` (slow; meant for tests), or use "
             "backend='torch'."
         )
-    raise ValueError(f"backend='triton' runs on CUDA (or CPU with TRITON_INTERPRET=1), got device {device!r}")
-
-
-def check_triton_device(device: torch.device) -> None:
-    """Raise ``ValueError`` unless tensors on ``device`` can go to a Triton launch (CUDA, or CPU under the
-    interpreter)."""
-    if not HAS_TRITON:
-        raise ValueError("Triton is not installed")
-    if device.type == "cuda" or (device.type == "cpu" and INTERPRETER):
-        return
     raise ValueError(
-        f"the Triton kernels run on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
-        f"importing `kernels`), got device {str(device)!r}"
+        f"backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {str(device)!r}"
     )

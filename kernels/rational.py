@@ -14,7 +14,7 @@ registered op.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 
 import torch
 from torch import Tensor
@@ -151,6 +151,18 @@ def _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3):
 
 
 @triton.jit
+def _load_tile(ptr, rows, cols, stride_rows, stride_cols, mask):
+    """Load a [rows, cols] tile of a strided 2-D view (64-bit offsets: any strides, any size)."""
+    offsets = rows.to(tl.int64)[:, None] * stride_rows + cols.to(tl.int64)[None, :] * stride_cols
+    return tl.load(ptr + offsets, mask=mask, other=0.0)
+
+
+@triton.jit
+def _tile_sum(acc):
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
+
+
+@triton.jit
 def _group_rational_fwd_kernel(
     x_ptr, y_ptr, a_ptr, b_ptr,
     n_rows, D, group_size,
@@ -158,13 +170,13 @@ def _group_rational_fwd_kernel(
     TILE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_mask = cols < D
     mask = (rows < n_rows)[:, None] & col_mask[None, :]
     a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
     b0, b1, b2, b3 = _denominator_coefficients(b_ptr, cols // group_size, col_mask)
-    x = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
+    x = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask)
     p, q, _ax = _numerator_denominator(
         x.to(tl.float32), a0, a1, a2, a3, a4, a5, b0[None, :], b1[None, :], b2[None, :], b3[None, :]
     )
@@ -193,13 +205,13 @@ def _group_rational_bwd_kernel(
     zero = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
     acc_b0, acc_b1, acc_b2, acc_b3 = zero, zero, zero, zero
-    row_begin = pid_r * rows_per_program
+    row_begin = pid_r.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_begin + rows_per_program, n_rows)
     # Software pipelining by hand: the next tile's loads are issued before this tile's arithmetic.
-    rows = (row_begin + tl.arange(0, BLOCK_N)).to(tl.int64)
+    rows = row_begin + tl.arange(0, BLOCK_N)
     mask = (rows < row_end)[:, None] & col_mask[None, :]
-    x_next = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
-    dy_next = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
+    x_next = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask)
+    dy_next = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask)
     for _row_start in range(row_begin, row_end, BLOCK_N):
         x = x_next.to(tl.float32)
         dy = dy_next.to(tl.float32)
@@ -207,46 +219,48 @@ def _group_rational_bwd_kernel(
         tile_mask = mask
         rows += BLOCK_N
         mask = (rows < row_end)[:, None] & col_mask[None, :]
-        x_next = tl.load(x_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=mask, other=0.0)
-        dy_next = tl.load(dy_ptr + rows[:, None] * stride_dyr + cols[None, :] * stride_dyc, mask=mask, other=0.0)
+        x_next = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask)
+        dy_next = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask)
         p, q, ax = _numerator_denominator(x, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
         dp, dq = _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3)
         inv_q = 1.0 / q
         f = p * inv_q
-        r = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
-        dx = (dp - f * dq) * r
+        dy_over_q = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
+        dx = (dp - f * dq) * dy_over_q
         tl.store(dx_ptr + tile_rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_mask)
-        # dF/da_i = x^i / Q;  dF/d|b_j| = -F / Q * |x|^(j+1)
-        acc_a0 += r
-        r = r * x
-        acc_a1 += r
-        r = r * x
-        acc_a2 += r
-        r = r * x
-        acc_a3 += r
-        r = r * x
-        acc_a4 += r
-        r = r * x
-        acc_a5 += r
-        s = -(dy * inv_q) * f * ax
-        acc_b0 += s
-        s = s * ax
-        acc_b1 += s
-        s = s * ax
-        acc_b2 += s
-        s = s * ax
-        acc_b3 += s
+        # dL/da_i = dy * x^i / Q
+        numerator_term = dy_over_q
+        acc_a0 += numerator_term
+        numerator_term *= x
+        acc_a1 += numerator_term
+        numerator_term *= x
+        acc_a2 += numerator_term
+        numerator_term *= x
+        acc_a3 += numerator_term
+        numerator_term *= x
+        acc_a4 += numerator_term
+        numerator_term *= x
+        acc_a5 += numerator_term
+        # dL/d|b_j| = -dy * F / Q * |x|^(j+1)
+        denominator_term = -dy_over_q * f * ax
+        acc_b0 += denominator_term
+        denominator_term *= ax
+        acc_b1 += denominator_term
+        denominator_term *= ax
+        acc_b2 += denominator_term
+        denominator_term *= ax
+        acc_b3 += denominator_term
     out = partial_ptr + (pid_c * tl.num_programs(0) + pid_r) * 10
-    tl.store(out + 0, tl.sum(tl.sum(acc_a0, axis=1), axis=0))
-    tl.store(out + 1, tl.sum(tl.sum(acc_a1, axis=1), axis=0))
-    tl.store(out + 2, tl.sum(tl.sum(acc_a2, axis=1), axis=0))
-    tl.store(out + 3, tl.sum(tl.sum(acc_a3, axis=1), axis=0))
-    tl.store(out + 4, tl.sum(tl.sum(acc_a4, axis=1), axis=0))
-    tl.store(out + 5, tl.sum(tl.sum(acc_a5, axis=1), axis=0))
-    tl.store(out + 6, tl.sum(tl.sum(acc_b0, axis=1), axis=0))
-    tl.store(out + 7, tl.sum(tl.sum(acc_b1, axis=1), axis=0))
-    tl.store(out + 8, tl.sum(tl.sum(acc_b2, axis=1), axis=0))
-    tl.store(out + 9, tl.sum(tl.sum(acc_b3, axis=1), axis=0))
+    tl.store(out + 0, _tile_sum(acc_a0))
+    tl.store(out + 1, _tile_sum(acc_a1))
+    tl.store(out + 2, _tile_sum(acc_a2))
+    tl.store(out + 3, _tile_sum(acc_a3))
+    tl.store(out + 4, _tile_sum(acc_a4))
+    tl.store(out + 5, _tile_sum(acc_a5))
+    tl.store(out + 6, _tile_sum(acc_b0))
+    tl.store(out + 7, _tile_sum(acc_b1))
+    tl.store(out + 8, _tile_sum(acc_b2))
+    tl.store(out + 9, _tile_sum(acc_b3))
 
 
 @triton.jit
@@ -306,8 +320,9 @@ def _forward_block_d(width: int) -> int:
 
 
 def _backward_block_d(group_size: int) -> int:
-    """Columns per backward tile (within one group): the widest power of two <= 128 leaving at most a quarter
-    of the lanes idle, but at least 64 when the group is that wide (narrower rows waste memory transactions)."""
+    """Columns per backward tile (within one group): a group of <= 64 channels in one tile; wider groups in
+    tiles of 128 when that leaves at most a quarter of the lanes idle, else of 64 (narrower rows waste memory
+    transactions)."""
     if group_size <= 64:
         return triton.next_power_of_2(group_size)
     for block in (128, 64):
@@ -320,11 +335,6 @@ def _backward_block_d(group_size: int) -> int:
 # Elements of x each backward program reduces (rows_per_program * BLOCK_D): enough tiles per program to amortise
 # the final reduction, few enough that the grid fills the GPU many times over.
 _BWD_ELEMENTS_PER_PROGRAM = 512 if INTERPRETER else 16384
-
-
-def _rows_view(t: Tensor, width: int) -> Tensor:
-    """``t`` as [rows, width] without a copy where the strides allow one (any column stride is fine)."""
-    return t.reshape(-1, width)
 
 
 def _check_triton_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> None:
@@ -341,8 +351,17 @@ def _as_fp32_contiguous(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
-def _coefficients(weight_numerator: Tensor, weight_denominator: Tensor) -> tuple[Tensor, Tensor]:
-    return _as_fp32_contiguous(weight_numerator), _as_fp32_contiguous(weight_denominator)
+def _check_block_d(block_d: int, configs: list) -> int:
+    """Validate a ``block_d`` override: a power of two no wider than the smallest tile."""
+    widest = min(c.kwargs["TILE"] for c in configs)
+    if not isinstance(block_d, int) or block_d < 1 or block_d & (block_d - 1) or block_d > widest:
+        raise ValueError(f"block_d must be a power of two between 1 and {widest}, got {block_d!r}")
+    return block_d
+
+
+def _device_guard(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def group_rational_forward(
@@ -357,18 +376,19 @@ def group_rational_forward(
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
-    x2 = _rows_view(x, width)
-    a, b = _coefficients(weight_numerator, weight_denominator)
-    block_d = block_d or _forward_block_d(width)
+    x2 = x.reshape(-1, width)  # a view where the strides allow one (any column stride is fine)
+    a, b = _as_fp32_contiguous(weight_numerator), _as_fp32_contiguous(weight_denominator)
+    block_d = _forward_block_d(width) if block_d is None else _check_block_d(block_d, _FWD_CONFIGS)
     n_rows = x2.shape[0]
 
     def grid(meta):
         return (triton.cdiv(n_rows, meta["TILE"] // block_d), triton.cdiv(width, block_d))
 
-    _group_rational_fwd[grid](
-        x2, y, a, b, n_rows, width, width // weight_denominator.shape[0], x2.stride(0), x2.stride(1),
-        BLOCK_D=block_d,
-    )  # fmt: skip
+    with _device_guard(x.device):
+        _group_rational_fwd[grid](
+            x2, y, a, b, n_rows, width, width // weight_denominator.shape[0], x2.stride(0), x2.stride(1),
+            BLOCK_D=block_d,
+        )  # fmt: skip
     return y
 
 
@@ -383,10 +403,10 @@ def group_rational_backward(
     _check_triton_inputs(x, weight_numerator, weight_denominator)
     if grad_output.shape != x.shape:
         raise ValueError(f"grad_output must have the shape of x {list(x.shape)}, got {list(grad_output.shape)}")
-    if grad_output.device != x.device or not grad_output.is_floating_point():
-        raise TypeError(
-            f"grad_output must be a floating-point tensor on {x.device}, got {grad_output.dtype} on {grad_output.device}"
-        )
+    if grad_output.device != x.device:
+        raise ValueError(f"grad_output must be on the device of x ({x.device}), got {grad_output.device}")
+    if not grad_output.is_floating_point():
+        raise TypeError(f"grad_output must have a floating-point dtype, got {grad_output.dtype}")
     width = x.shape[-1]
     groups = weight_denominator.shape[0]
     group_size = width // groups
@@ -395,24 +415,26 @@ def group_rational_backward(
     d_denominator = torch.empty_like(weight_denominator, memory_format=torch.contiguous_format)
     if x.numel() == 0:
         return dx, d_numerator.zero_(), d_denominator.zero_()
-    x2 = _rows_view(x, width)
-    dy2 = _rows_view(grad_output, width)
-    a, b = _coefficients(weight_numerator, weight_denominator)
-    block_d = block_d or _backward_block_d(group_size)
+    x2 = x.reshape(-1, width)
+    dy2 = grad_output.reshape(-1, width)
+    a, b = _as_fp32_contiguous(weight_numerator), _as_fp32_contiguous(weight_denominator)
+    block_d = _backward_block_d(group_size) if block_d is None else _check_block_d(block_d, _BWD_CONFIGS)
     col_blocks = triton.cdiv(group_size, block_d)
     n_rows = x2.shape[0]
     rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
     row_programs = triton.cdiv(n_rows, rows_per_program)
     partials = torch.empty((groups * col_blocks, row_programs, 10), dtype=torch.float32, device=x.device)
-    _group_rational_bwd[(row_programs, groups * col_blocks)](
-        x2, dy2, dx, a, b, partials,
-        n_rows, width, group_size, rows_per_program,
-        x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1),
-        BLOCK_D=block_d,
-    )  # fmt: skip
-    _coefficient_grads_kernel[(1,)](
-        partials, b, d_numerator, d_denominator, groups, col_blocks * row_programs, BLOCK=64 if INTERPRETER else 256
-    )
+    with _device_guard(x.device):
+        _group_rational_bwd[(row_programs, groups * col_blocks)](
+            x2, dy2, dx, a, b, partials,
+            n_rows, width, group_size, rows_per_program,
+            x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1),
+            BLOCK_D=block_d,
+        )  # fmt: skip
+        _coefficient_grads_kernel[(1,)](
+            partials, b, d_numerator, d_denominator, groups, col_blocks * row_programs,
+            BLOCK=64 if INTERPRETER else 256,
+        )  # fmt: skip
     return dx, d_numerator, d_denominator
 
 
@@ -491,7 +513,7 @@ def group_rational(
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if resolve_backend(backend, x) == "triton":  # both paths validate their inputs
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # both paths validate their inputs
         if torch.compiler.is_compiling():
             return torch.ops.zoo.group_rational(x, weight_numerator, weight_denominator)
         return _GroupRationalFunction.apply(x, weight_numerator, weight_denominator)
@@ -503,14 +525,22 @@ def group_rational(
 # ----------------------------------------------------------------------------------------------------------------
 
 
+KAT_WIDTHS = (192, 384, 768, 1536, 3072)  # the dims and 4x MLP widths of kat_t/s/b, in 8 groups
+
+
 def aot_specs() -> list:
-    """Every autotune configuration of the forward and backward kernels for each input dtype, at their usual
-    column tiles (forward 256; backward 128, and 64 for bf16), and the final reduction kernel."""
+    """Compile specs (kernels/_aot.py): every autotune configuration of the forward and backward kernels at the
+    column tiles the KAT widths use, for bf16 (the training dtype), and at the widest tile for fp32/fp16; one
+    spec per kernel with no stride specialisation (non-contiguous inputs); the final reduction kernel."""
     from kernels._aot import KernelSpec
 
-    # Launch-time specialisations of contiguous ViT activations (D, strides multiples of 16; unit column stride).
-    ints = {"n_rows": "i32", "D": "i32:16", "group_size": "i32:16", "rows_per_program": "i32:16",
-            "stride_xr": "i32:16", "stride_xc": "i32:1", "stride_dyr": "i32:16", "stride_dyc": "i32:1"}
+    fwd_block_ds = sorted({_forward_block_d(width) for width in KAT_WIDTHS})
+    bwd_block_ds = sorted({_backward_block_d(width // 8) for width in KAT_WIDTHS})
+    # The JIT's launch-time specialisations of contiguous ViT activations: D, row strides and the row count of
+    # a backward program are multiples of 16, the column stride is 1, the pointers 16-byte aligned.
+    contiguous = {"n_rows": "i32", "D": "i32:16", "group_size": "i32:16", "rows_per_program": "i32:16",
+                  "stride_xr": "i32:16", "stride_xc": "i32:1", "stride_dyr": "i32:16", "stride_dyc": "i32:1"}
+    strided = dict.fromkeys(contiguous, "i32")
     specs = [
         KernelSpec(
             name="_coefficient_grads_kernel[fp32]",
@@ -520,22 +550,25 @@ def aot_specs() -> list:
             constexprs={"BLOCK": 256},
         )
     ]  # fmt: skip
-    for dtype in ("fp32", "bf16", "fp16"):
-        pointers = {"x_ptr": dtype, "y_ptr": dtype, "dy_ptr": dtype, "dx_ptr": dtype}
-        pointers.update(a_ptr="fp32", b_ptr="fp32", partial_ptr="fp32")
+    for dtype in ("bf16", "fp32", "fp16"):
+        pointers = dict.fromkeys(("x_ptr", "y_ptr", "dy_ptr", "dx_ptr"), f"*{dtype}:16")
+        pointers.update(dict.fromkeys(("a_ptr", "b_ptr", "partial_ptr"), "*fp32:16"))
         for kernel, configs, block_ds in (
-            (_group_rational_fwd_kernel, _FWD_CONFIGS, (256,)),
-            (_group_rational_bwd_kernel, _BWD_CONFIGS, (128, 64) if dtype == "bf16" else (128,)),
+            (_group_rational_fwd_kernel, _FWD_CONFIGS, fwd_block_ds),
+            (_group_rational_bwd_kernel, _BWD_CONFIGS, bwd_block_ds),
         ):
-            signature = {
-                name: f"*{pointers[name]}:16" if name in pointers else ints[name]
-                for name in kernel.arg_names
-                if name in pointers or name in ints
-            }
-            for config, block_d in itertools.product(configs, block_ds):
+            if dtype != "bf16":
+                block_ds = block_ds[-1:]
+            variants = [("", contiguous, config, block_d) for config in configs for block_d in block_ds]
+            if dtype == "bf16":
+                variants.append((",strided", strided, configs[0], block_ds[-1]))
+            for label, ints, config, block_d in variants:
+                signature = {name: pointers.get(name) or ints[name] for name in kernel.arg_names
+                             if name in pointers or name in ints}  # fmt: skip
                 specs.append(
                     KernelSpec(
-                        name=f"{kernel.__name__}[{dtype},T{config.kwargs['TILE']},D{block_d},w{config.num_warps}]",
+                        name=f"{kernel.__name__}[{dtype},T{config.kwargs['TILE']},D{block_d},"
+                        f"w{config.num_warps}{label}]",
                         fn=kernel,
                         signature=signature,
                         constexprs={**config.kwargs, "BLOCK_D": block_d},

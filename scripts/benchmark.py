@@ -119,6 +119,7 @@ def rational_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
 
 
 def bench_rational(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+    """Rows for zoo::group_rational: reference (eager, compiled) and Triton, forward and forward+backward."""
     rows = []
     for case, shape, groups in rational_cases(small):
         x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
@@ -221,6 +222,7 @@ def render_markdown(results_dir: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> Results:
+    """Run the benchmarks, write the results file and the markdown table, print a summary; returns the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", nargs="+", default=sorted(OPS), choices=sorted(OPS), help="ops to time")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
@@ -228,9 +230,11 @@ def main(argv: list[str] | None = None) -> Results:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference rows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     parser.add_argument("--commit", default=None,
-                        help="commit to record (default: `git rev-parse HEAD`; give it where the checkout has no .git)")
+                        help="commit to record (default: the short hash of HEAD, +dirty for uncommitted changes; "
+                             "give it where the checkout has no .git)")
     parser.add_argument("--readme", type=Path, default=None,
-                        help="markdown table to regenerate (default: README.md beside the results folder)")
+                        help="markdown table to regenerate (default: benchmarks/README.md for the default results "
+                             "folder, else README.md inside --out)")
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> Results:
     path = args.out / f"{_slug(device_name)}-{results.date}.json"
     payload = asdict(results)
     path.write_text(json.dumps(payload, indent=1) + "\n")
-    readme = args.readme or args.out.parent / "README.md"
+    default_out = args.out.resolve() == (ROOT / "benchmarks" / "results").resolve()
+    readme = args.readme or (ROOT / "benchmarks" / "README.md" if default_out else args.out / "README.md")
     readme.write_text(render_markdown(args.out))
     print(f"{'op':<16} {'case':<16} {'pass':<8} {'impl':<18} {'eager ms':>9} {'device ms':>9} {'GB/s':>8} {'copy':>6}")
     for r in results.ops:

@@ -25,10 +25,12 @@ LOW, HIGH, POINTS = -3.0, 3.0, 6001
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
+    """The exact (erf) GELU."""
     return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
 
 def rational(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """F(x) of one group, in the dtype of the inputs (float64 here)."""
     numerator = sum(a[i] * x**i for i in range(6))
     denominator = 1.0 + sum(b[j].abs() * x.abs() ** (j + 1) for j in range(4))
     return numerator / denominator
@@ -43,6 +45,7 @@ def swish_start(scale: float = 1.702) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def refine(x, target, a, b, power: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """L-BFGS on the L^power norm of F - target over the grid, from (a, b)."""
     a = a.clone().requires_grad_(True)
     b = b.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS([a, b], lr=1.0, max_iter=steps, tolerance_grad=1e-14, tolerance_change=1e-16,
@@ -71,6 +74,7 @@ def fit() -> tuple[list[float], list[float], float]:
 
 
 def main() -> None:
+    """Fit, print, and with --check compare with the stored coefficients."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail unless the fit equals the stored coefficients")
     args = parser.parse_args()

@@ -2,7 +2,8 @@
 (CPU) cost of each layer of the call, and forward+backward timed eagerly and as CUDA-graph replays (device
 time without launch gaps). A measuring aid for tuning, not the benchmark of record (scripts/benchmark.py).
 
-    PYTHONPATH=. python scripts/profile_rational.py
+    PYTHONPATH=. python scripts/profile_rational.py          # kernels per tile width, host time, graph time
+    PYTHONPATH=. python scripts/profile_rational.py --host   # cProfile of the eager forward+backward
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def host_profile() -> None:
 
 
 def main() -> None:
+    """Kernel timings per column tile, host time per layer of the call, eager vs CUDA-graph fwd+bwd."""
     device = "cuda"
     for width in (768, 3072):
         x = torch.randn(128, 197, width, device=device, dtype=torch.bfloat16)
@@ -89,6 +91,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    host_profile() if "--host" in sys.argv else main()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", action="store_true", help="profile the host side of eager calls (cProfile)")
+    host_profile() if parser.parse_args().host else main()

@@ -9,15 +9,21 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import time  # noqa: E402
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-# tests/kernels/test_compile_targets.py writes its registers/spills table here (from any xdist worker); the
-# controlling process prints it in the terminal summary.
-COMPILE_REPORT = Path(__file__).resolve().parents[1] / ".pytest_cache" / "zoo-compile-report.txt"
-_SESSION_START = time.time()
+# tests/kernels/test_compile_targets.py writes its registers/spills table to a temporary file whose name the
+# controlling process puts in the environment before xdist starts its workers; the controller prints it in the
+# terminal summary.
+_REPORT_ENV = "ZOO_TEST_COMPILE_REPORT"
+if _REPORT_ENV not in os.environ:
+    os.environ[_REPORT_ENV] = os.path.join(tempfile.mkdtemp(prefix="zoo-tests-"), "compile-report.txt")
+
+
+def compile_report_path() -> Path:
+    return Path(os.environ[_REPORT_ENV])
 
 
 def pytest_collection_modifyitems(config, items):
@@ -30,6 +36,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if COMPILE_REPORT.exists() and COMPILE_REPORT.stat().st_mtime >= _SESSION_START:
+    report = compile_report_path()
+    if report.exists():
         terminalreporter.section("ahead-of-time compilation: registers and spills per kernel configuration")
-        terminalreporter.write_line(COMPILE_REPORT.read_text().rstrip())
+        terminalreporter.write_line(report.read_text().rstrip())

@@ -33,11 +33,10 @@ def reports() -> list[dict]:
     for r in rows:
         mma = "" if r["matrix_instruction"] is None else f" mma={r['matrix_instruction']}"
         lines.append(
-            f"{r['name']:<48} sm_{r['arch']}  registers={r['registers']:<4} spill_bytes={r['spill_bytes']}"
+            f"{r['name']:<56} sm_{r['arch']}  registers={r['registers']:<4} spill_bytes={r['spill_bytes']}"
             f" shared_bytes={r['shared_bytes']}{mma}"
         )
-    conftest.COMPILE_REPORT.parent.mkdir(parents=True, exist_ok=True)
-    conftest.COMPILE_REPORT.write_text("\n".join(lines) + "\n")
+    conftest.compile_report_path().write_text("\n".join(lines) + "\n")
     return rows
 
 

@@ -11,9 +11,9 @@ from tests.helpers import DEVICE, assert_close, assert_relative_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 BACKENDS = ["torch", "triton"]
-# (shape of x, groups): KAT's 3 x 7 x 40 with 8 groups of 5; a single row; a 1-D input; a group of 96 (ViT-B/8)
-# split into column blocks; a group of 136 (several column blocks, lanes masked); rows spread over several
-# backward programs, each looping over several tiles.
+# (shape of x, groups): KAT's 3 x 7 x 40 with 8 groups of 5; a single row; a 1-D input; groups of 96 (kat_b's
+# width 768 in 8 groups: forward tiles spanning groups, masked backward lanes); a group of 136 (three backward
+# column blocks of 64); 4-D input; rows spread over several backward programs, each looping over several tiles.
 CASES = [
     ((3, 7, 40), 8),
     ((1, 40), 8),
@@ -177,6 +177,33 @@ def test_bad_inputs_raise_clear_errors(backend):
         group_rational(torch.randn(2, 16, device=DEVICE), a, b, backend="cuda")
 
 
+def test_device_mismatch_and_bad_gradients_raise_clear_errors():
+    from kernels.rational import group_rational_backward
+
+    a, b = _coefficients(8)
+    with pytest.raises(ValueError, match="must be on one device"):
+        group_rational(torch.randn(2, 16, device="meta"), a, b, backend="torch")
+    x = torch.randn(2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"grad_output must have the shape of x \[2, 16\]"):
+        group_rational_backward(torch.randn(2, 8, device=DEVICE), x, a, b)
+    with pytest.raises(TypeError, match="grad_output must have a floating-point dtype"):
+        group_rational_backward(torch.ones(2, 16, dtype=torch.int64, device=DEVICE), x, a, b)
+    with pytest.raises(ValueError, match="grad_output must be on the device of x"):
+        group_rational_backward(torch.randn(2, 16, device="meta"), x, a, b)
+
+
+@pytest.mark.parametrize("block_d", [0, 3, 1024, 2.0])
+def test_block_d_override_is_validated(block_d):
+    from kernels.rational import group_rational_backward, group_rational_forward
+
+    a, b = _coefficients(8)
+    x = torch.randn(2, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="block_d must be a power of two"):
+        group_rational_forward(x, a, b, block_d=block_d)
+    with pytest.raises(ValueError, match="block_d must be a power of two"):
+        group_rational_backward(x, x, a, b, block_d=block_d)
+
+
 def test_triton_rejects_float64():
     a, b = _coefficients(8)
     with pytest.raises(TypeError, match="use backend='torch'"):
@@ -206,14 +233,17 @@ def test_triton_on_meta_device_is_an_error():
 # ------------------------------------------------------------------------------------------------ registration
 
 
-def test_opcheck_forward_and_backward():
+@pytest.mark.parametrize("layout", ["contiguous-fp32", "permuted-bf16"])
+def test_opcheck_forward_and_backward(layout):
     torch.manual_seed(4)
-    x = torch.randn(3, 7, 40, device=DEVICE, requires_grad=True)
+    if layout == "contiguous-fp32":
+        x = torch.randn(3, 7, 40, device=DEVICE)
+    else:
+        x = torch.randn(40, 3, 7, device=DEVICE).to(torch.bfloat16).permute(1, 2, 0)
+    dy = torch.randn(3, 7, 40, device=DEVICE).to(x.dtype)
     a, b = _coefficients(8)
-    a.requires_grad_()
-    b.requires_grad_()
-    torch.library.opcheck(torch.ops.zoo.group_rational.default, (x, a, b))
-    dy = torch.randn(3, 7, 40, device=DEVICE)
+    torch.library.opcheck(torch.ops.zoo.group_rational.default, (x.requires_grad_(), a.requires_grad_(),
+                                                                  b.requires_grad_()))
     torch.library.opcheck(torch.ops.zoo.group_rational_backward.default, (dy, x.detach(), a.detach(), b.detach()))
 
 
@@ -254,27 +284,33 @@ def test_torch_compile_fullgraph(backend):
 
 
 def test_autocast_keeps_activation_dtype_and_fp32_coefficients():
+    """Under autocast the activation arrives in bf16 (from a Linear) and stays bf16; the coefficients stay fp32
+    and both backends agree on the output and on every gradient."""
     torch.manual_seed(6)
-    device_type = DEVICE.type
     linear = torch.nn.Linear(16, 16).to(DEVICE)
+    inputs = torch.randn(5, 16, device=DEVICE)
     a, b = _coefficients(4)
-    grads = {}
+    results = {}
     for backend in BACKENDS:
+        linear.zero_grad()
         a_, b_ = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            h = linear(torch.randn(5, 16, device=DEVICE, generator=None))
-            assert h.dtype == torch.bfloat16
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            h = linear(inputs)
             y = group_rational(h, a_, b_, backend=backend)
-        assert y.dtype == torch.bfloat16
-        y.float().sum().backward()
-        assert a_.grad.dtype == torch.float32 and b_.grad.dtype == torch.float32
-        grads[backend] = (h.detach(), a_.grad, b_.grad)
-    # Same activations into both backends -> same coefficient gradients.
-    h, _, _ = grads["torch"]
-    y_t, _, da_t, db_t = _run(h, a, b, torch.ones_like(h), "triton")
-    y_r, _, da_r, db_r = _run(h, a, b, torch.ones_like(h), "torch")
+        assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
+        assert a_.dtype == torch.float32 and b_.dtype == torch.float32
+        y.float().sum().backward()  # dy = 1 exactly, so both backends get the same gradient in
+        results[backend] = (h.detach(), y.detach(), a_.grad, b_.grad, linear.weight.grad.clone())
+    h_t, y_t, da_t, db_t, dw_t = results["triton"]
+    h_r, y_r, da_r, db_r, dw_r = results["torch"]
+    assert torch.equal(h_t, h_r)
+    assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
+    # the bf16 output is F computed with the fp32 coefficients, rounded once
+    assert_close(y_t, group_rational_reference(h_t.double(), a.double(), b.double()), torch.bfloat16,
+                 scale=float(y_r.abs().max()))
     assert_relative_error(da_t, da_r, 1e-4)
     assert_relative_error(db_t, db_r, 1e-4)
+    assert_relative_error(dw_t, dw_r, 2e-2)  # through dx rounded to bf16
 
 
 def test_reference_is_plain_pytorch_on_any_dtype():
@@ -297,6 +333,15 @@ def test_gpu_full_size_matches_reference(width, dtype):
     dy = torch.randn(8, 197, width, device="cuda").to(dtype)
     a, b = _coefficients(8)
     _check_against_reference64(x, a, b, dy, "triton", dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_auto_backend_runs_float64_on_the_reference():
+    a, b = _coefficients(8)
+    x = torch.randn(4, 16, dtype=torch.float64, device="cuda", requires_grad=True)
+    y = group_rational(x, a.double(), b.double())  # auto: Triton takes fp16/bf16/fp32 only
+    assert y.dtype == torch.float64
+    assert torch.autograd.gradcheck(lambda t: group_rational(t, a.double(), b.double()), (x,))
 
 
 @pytest.mark.gpu
