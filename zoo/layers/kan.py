@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from zoo.layers.rational import GroupRational
@@ -14,7 +15,9 @@ class KAN(nn.Module):
 
     ``act1`` acts on the input (``in_features`` channels) from the identity init, ``act2`` on the hidden
     features from ``act_init`` (swish in the released KAT models). Attribute names follow the official
-    checkpoints (``fc1``, ``act1``, ``act2``, ``fc2``); the signature follows ``timm.layers.Mlp``.
+    checkpoints (``fc1``, ``act1``, ``act2``, ``fc2``); the signature follows ``timm.layers.Mlp``, so
+    ``partial(KAN, act_init=...)`` is a ``mlp_layer`` for timm's transformer blocks (their ``act_layer`` is not
+    used: the activations are the group-rational units).
 
     Args:
         in_features: input channels (divisible by ``num_groups``).
@@ -26,6 +29,8 @@ class KAN(nn.Module):
         bias: bias in ``fc1`` and ``fc2``.
         drop: dropout after each activation.
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` for the rational activations.
+        act_layer: accepted for timm's ``mlp_layer`` interface and ignored.
+        device, dtype: factory arguments for the linear layers (the rational coefficients stay float32).
     """
 
     def __init__(
@@ -39,20 +44,25 @@ class KAN(nn.Module):
         bias: bool = True,
         drop: float = 0.0,
         backend: str = "auto",
+        act_layer: object = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        del act_layer  # timm's blocks pass their activation; KAN's activations are group-rational
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         for name, size in (("in_features", in_features), ("hidden_features", hidden_features)):
             if size % num_groups:
                 raise ValueError(f"{name} ({size}) must be divisible by num_groups ({num_groups})")
-        self.act1 = GroupRational(num_groups, init="identity", backend=backend)
+        factory = dict(device=device, dtype=dtype)
+        self.act1 = GroupRational(num_groups, init="identity", backend=backend).to(device=device)
         self.drop1 = nn.Dropout(drop)
-        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
-        self.act2 = GroupRational(num_groups, init=act_init, backend=backend)
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias, **factory)
+        self.act2 = GroupRational(num_groups, init=act_init, backend=backend).to(device=device)
         self.drop2 = nn.Dropout(drop)
         self.norm = norm_layer(hidden_features) if norm_layer is not None else nn.Identity()
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop1(self.act1(x))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from functools import lru_cache
 from typing import NamedTuple
 
 import torch
@@ -39,6 +41,25 @@ RATIONAL_INITS: dict[str, RationalInit] = {
         (0.0758668558, 0.182492529, 0.03525754, -2.35760555e-11),
     ),
 }
+
+
+@lru_cache(maxsize=None)
+def variance_preserving_gain(init: str) -> float:
+    """sqrt(1 / E[F(x)^2]) for x ~ N(0, 1), F the rational activation at ``init``.
+
+    The weight after F drawn with std gain / sqrt(fan_in) keeps unit variance through F (KAT's
+    variance-preserving init). Computed by quadrature in float64 on [-12, 12]: swish 2.8108^(1/2), gelu
+    2.3516^(1/2) (the official code hard-codes 2.8178 and 2.3568).
+    """
+    if init not in RATIONAL_INITS:
+        raise ValueError(f"init must be one of {sorted(RATIONAL_INITS)}, got {init!r}")
+    coefficients = RATIONAL_INITS[init]
+    x = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
+    a = torch.tensor(coefficients.numerator, dtype=torch.float64).view(1, NUMERATOR_TERMS)
+    b = torch.tensor(coefficients.denominator, dtype=torch.float64).view(1, DENOMINATOR_TERMS)
+    f = group_rational(x.view(-1, 1), a, b, backend="torch").view(-1)
+    density = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return math.sqrt(1.0 / torch.trapezoid(f * f * density, x).item())
 
 
 class GroupRational(nn.Module):

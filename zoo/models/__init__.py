@@ -1,0 +1,7 @@
+"""The zoo's model families, registered with timm on import (``timm.create_model("kat_t")`` after ``import zoo``)."""
+
+from zoo.models import kat
+from zoo.models._registry import create_model, list_models, register_model
+from zoo.models.kat import KAT
+
+__all__ = ["KAT", "create_model", "kat", "list_models", "register_model"]
