@@ -1,0 +1,306 @@
+"""KAT models: the timm contract (the equivalents of timm's tests/test_models.py, minus TorchScript and
+downloads), the official parameter counts and key layout, offline checkpoint loading, the init, backends."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import timm
+import torch
+from timm.layers import resample_abs_pos_embed
+from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
+
+import zoo
+from tests.helpers import assert_close
+from zoo.layers import GroupRational
+from zoo.models.kat import KAT
+
+VARIANTS = {  # name: (embed_dim, heads, parameters of the official model)
+    "kat_t": (192, 3, 5_718_328),
+    "kat_s": (384, 6, 22_051_576),
+    "kat_b": (768, 12, 86_568_568),
+}
+
+
+def _input(batch: int = 1, size: int = 224, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def kat_t() -> KAT:
+    torch.manual_seed(0)
+    return timm.create_model("kat_t").eval()
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+
+def test_registered_with_timm_and_the_zoo():
+    assert zoo.list_models() == ["kat_b", "kat_s", "kat_t"]
+    assert zoo.list_models("kat_[ts]") == ["kat_s", "kat_t"]
+    for name in VARIANTS:
+        assert timm.is_model(name)
+        assert isinstance(zoo.create_model(name, img_size=32), KAT)
+    assert isinstance(zoo.create_model("kat_t.in1k", img_size=32), KAT)
+
+
+def test_unknown_name_lists_the_closest_names():
+    with pytest.raises(ValueError, match=r"unknown model 'kat_tiny'; closest names: .*kat_t"):
+        zoo.create_model("kat_tiny")
+
+
+def test_zoo_never_overwrites_a_timm_name():
+    from zoo.models import register_model
+
+    def vit_tiny_patch16_224(pretrained=False, **kwargs):  # a name timm owns
+        raise AssertionError("never called")
+
+    with pytest.raises(RuntimeError, match="timm already has a model named 'vit_tiny_patch16_224'"):
+        register_model(vit_tiny_patch16_224)
+
+
+# ------------------------------------------------------------------------------------------------ layout
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_parameter_count_equals_the_official_model(name):
+    model = timm.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == VARIANTS[name][2]
+
+
+def test_state_dict_keys_are_the_official_layout(kat_t):
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+                "norm.bias", "head.weight", "head.bias"}  # fmt: skip
+    block_keys = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+                  "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+                  "mlp.fc2.bias", "mlp.act1.weight_numerator", "mlp.act1.weight_denominator",
+                  "mlp.act2.weight_numerator", "mlp.act2.weight_denominator"]  # fmt: skip
+    expected |= {f"blocks.{i}.{key}" for i in range(12) for key in block_keys}
+    state = kat_t.state_dict()
+    assert set(state) == expected
+    assert state["blocks.3.mlp.act1.weight_numerator"].shape == (1, 6)
+    assert state["blocks.3.mlp.act1.weight_denominator"].shape == (8, 4)
+    assert state["blocks.3.mlp.fc1.weight"].shape == (768, 192)
+    assert state["pos_embed"].shape == (1, 197, 192)
+
+
+def test_constructor_arguments():
+    model = timm.create_model("kat_t", img_size=64, patch_size=8, num_classes=10, in_chans=1, drop_path_rate=0.1)
+    assert model.patch_embed.proj.weight.shape == (192, 1, 8, 8)
+    assert model.pos_embed.shape == (1, 1 + 64, 192)
+    assert model(_input(2, 64, channels=1)).shape == (2, 10)
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert model.blocks[0].mlp.act2.backend == "auto"
+    assert timm.create_model("kat_t", img_size=32, backend="torch").blocks[0].mlp.act1.backend == "torch"
+
+
+# ------------------------------------------------------------------------------------------------ timm contract
+
+
+def test_forward_and_gradient_checkpointing_give_equal_outputs(kat_t):
+    x = _input()
+    with torch.no_grad():
+        out = kat_t(x)
+        kat_t.set_grad_checkpointing()
+        out_checkpointed = kat_t(x)
+        kat_t.set_grad_checkpointing(False)
+    assert out.shape == (1, 1000) and not torch.isnan(out).any()
+    torch.testing.assert_close(out_checkpointed, out, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_reaches_every_parameter():
+    model = timm.create_model("kat_t", num_classes=42, img_size=64).train()
+    out = model(_input(2, 64))
+    out.mean().backward()
+    assert out.shape == (2, 42)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_default_cfg_and_heads(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    cfg = model.pretrained_cfg
+    assert cfg["url"].startswith("https://huggingface.co/adamdad/kat_pretained/")
+    assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000
+    state = model.state_dict()
+    assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state
+    x = _input()
+    with torch.no_grad():
+        features = model.forward_features(x)  # unpooled: [B, tokens, C]
+        pre_logits = model.forward_head(features, pre_logits=True)
+        assert features.shape == (1, 197, model.num_features) and model.num_features == VARIANTS[name][0]
+        assert pre_logits.shape == (1, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model.get_classifier() is not None
+        assert model(x).shape == pre_logits.shape
+        assert timm.create_model(name, num_classes=0).eval()(x).shape[-1] == model.num_features
+
+
+def test_features_only():
+    model = timm.create_model("kat_t", features_only=True, img_size=96).eval()
+    with torch.no_grad():
+        outputs = model(_input(2, 96))
+    channels = model.feature_info.channels()
+    reductions = model.feature_info.reduction()
+    assert len(outputs) >= 3 and len(outputs) == len(channels)
+    for out, ch, red in zip(outputs, channels, reductions):
+        assert out.shape[:2] == (2, ch)
+        assert out.shape[2] <= math.ceil(96 / red) + 1 and out.shape[3] <= math.ceil(96 / red) + 1
+
+
+def test_forward_intermediates_match_forward_features():
+    torch.manual_seed(0)
+    model = timm.create_model("kat_t", img_size=96).eval()
+    feature_info = FeatureInfo(model.feature_info, range(len(model.feature_info)))
+    x = _input(2, 96)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x, output_fmt="NCHW")
+        assert len(intermediates) == len(feature_info.channels()) >= 3
+        for out, ch in zip(intermediates, feature_info.channels()):
+            assert out.shape == (2, ch, 6, 6)
+        torch.testing.assert_close(final, model.forward_features(x))
+        model.set_grad_checkpointing()
+        final_checkpointed, _ = model.forward_intermediates(x, output_fmt="NCHW")
+    torch.testing.assert_close(final_checkpointed, final, rtol=1e-4, atol=1e-5)
+    only = model.forward_intermediates(x, indices=[2, 5], intermediates_only=True)
+    assert [t.shape for t in only] == [(2, 192, 6, 6)] * 2
+
+
+def _fx_model(model: torch.nn.Module, train: bool) -> torch.nn.Module:
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
+    )
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    nodes = train_nodes if train else eval_nodes
+    return create_feature_extractor(
+        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs
+    ), nodes[-1]
+
+
+def test_fx_forward_equals_eager(kat_t):
+    assert GroupRational in get_notrace_modules()
+    fx_model, node = _fx_model(kat_t, train=False)
+    x = _input()
+    with torch.no_grad():
+        assert torch.equal(fx_model(x)[node], kat_t(x))
+
+
+def test_fx_backward_reaches_every_parameter():
+    model = timm.create_model("kat_t", num_classes=42, img_size=64).train()
+    fx_model, node = _fx_model(model, train=True)
+    out = fx_model(_input(2, 64))[node]
+    out.mean().backward()
+    assert out.shape == (2, 42)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_optimizer_hooks(kat_t):
+    assert {"pos_embed", "cls_token"} <= kat_t.no_weight_decay()
+    groups = kat_t.group_matcher()
+    assert "stem" in groups and "blocks" in groups
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def _official_checkpoint(model: torch.nn.Module, container: str = "model") -> dict:
+    """The released KAT checkpoints are ``{"model": state_dict, ...}`` (torch.save of a training state)."""
+    return {container: {k: v.clone() for k, v in model.state_dict().items()}, "epoch": 299}
+
+
+@pytest.mark.parametrize("container", ["model", "state_dict", "model_ema"])
+def test_offline_pretrained_file_loads_strictly(tmp_path, kat_t, container):
+    path = tmp_path / "kat_t.pth"
+    torch.save(_official_checkpoint(kat_t, container), path)
+    loaded = timm.create_model("kat_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    for key, value in kat_t.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    x = _input()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), kat_t(x))
+
+
+def test_official_keys_load_with_strict_true(kat_t):
+    """An official checkpoint is a state dict with exactly our keys: load_state_dict(strict=True) accepts it."""
+    fresh = timm.create_model("kat_t")
+    checkpoint = _official_checkpoint(kat_t)
+    fresh.load_state_dict(zoo.models.kat.checkpoint_filter_fn(checkpoint, fresh), strict=True)
+    ddp = {"model": {f"module.{k}": v for k, v in checkpoint["model"].items()}}
+    fresh.load_state_dict(zoo.models.kat.checkpoint_filter_fn(ddp, fresh), strict=True)
+
+
+def test_fine_tune_at_another_size_and_class_count(tmp_path, kat_t):
+    path = tmp_path / "kat_t.pth"
+    torch.save(_official_checkpoint(kat_t), path)
+    model = timm.create_model(
+        "kat_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), img_size=160, num_classes=10
+    )
+    expected = resample_abs_pos_embed(kat_t.pos_embed.detach(), new_size=(10, 10), num_prefix_tokens=1)
+    assert model.pos_embed.shape == (1, 101, 192)
+    torch.testing.assert_close(model.pos_embed.detach(), expected)
+    assert model.head.weight.shape == (10, 192)
+    assert torch.equal(model.blocks[5].mlp.act2.weight_denominator, kat_t.blocks[5].mlp.act2.weight_denominator)
+
+
+# ------------------------------------------------------------------------------------------------ init
+
+
+def test_variance_preserving_init():
+    torch.manual_seed(1)
+    model = timm.create_model("kat_s")
+    dim, hidden = 384, 1536
+    block = model.blocks[4]
+    # gain^2 = 1 / E[F(x)^2], x ~ N(0, 1): checked against the exact swish, which the rational fits to 1e-6
+    x = torch.linspace(-12, 12, 48001, dtype=torch.float64)
+    density = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    swish_gain = math.sqrt(1 / torch.trapezoid((x * torch.sigmoid(x)) ** 2 * density, x).item())
+    assert zoo.layers.variance_preserving_gain("swish") == pytest.approx(swish_gain, rel=1e-4)
+    assert block.mlp.fc1.weight.std().item() == pytest.approx(1 / math.sqrt(dim), rel=0.02)
+    assert block.mlp.fc2.weight.std().item() == pytest.approx(swish_gain / math.sqrt(hidden), rel=0.02)
+    bound = math.sqrt(6 / (dim + dim))  # xavier-uniform of each [dim, dim] block of qkv
+    for q_k_or_v in block.attn.qkv.weight.chunk(3):
+        assert q_k_or_v.abs().max().item() <= bound
+        assert q_k_or_v.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert block.attn.proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.head.weight.std().item() == pytest.approx(0.02, rel=0.05)  # timm's trunc_normal_ cuts at +-2
+    assert all((m.bias == 0).all() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert torch.equal(block.mlp.act1.weight_denominator, torch.zeros(8, 4))  # identity init
+    # the activations keep the variance: one block's MLP on unit-variance tokens
+    with torch.no_grad():
+        out = block.mlp(torch.randn(64, 197, dim))
+    assert out.var().item() == pytest.approx(1.0, rel=0.1)
+
+
+def test_init_is_seeded_by_torch_alone():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(7)
+    np.random.seed(1)
+    random.seed(1)
+    first = timm.create_model("kat_t", img_size=32).state_dict()
+    torch.manual_seed(7)
+    np.random.seed(2)
+    random.seed(2)
+    second = timm.create_model("kat_t", img_size=32).state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+def test_logits_equal_with_torch_and_triton_backends():
+    torch.manual_seed(3)
+    reference = timm.create_model("kat_t", img_size=32, backend="torch").eval()
+    triton_model = timm.create_model("kat_t", img_size=32, backend="triton").eval()
+    triton_model.load_state_dict(reference.state_dict())
+    x = _input(2, 32)
+    with torch.no_grad():
+        assert_close(triton_model(x), reference(x), torch.float32, scale=10.0)
