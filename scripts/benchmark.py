@@ -1,4 +1,5 @@
-"""Benchmark the zoo's ops: PyTorch reference (eager and under torch.compile) against the Triton kernels.
+"""Benchmark the zoo's ops (PyTorch reference, eager and under torch.compile, against the Triton kernels) and
+models (training and inference images/s with each backend, beside their timm peers).
 
 On a GPU, times with ``triton.testing.do_bench`` (median, CUDA events), reports achieved GB/s and the fraction
 of the memory-bandwidth bound (measured device-to-device copy bandwidth, and the datasheet figure where the
@@ -62,6 +63,19 @@ class OpRow:
 
 
 @dataclass
+class ModelRow:
+    model: str
+    backend: str  # "triton", "torch" (the zoo's backends) or "timm" (a timm peer)
+    mode: str  # "train" (forward, loss, backward, AdamW step) or "infer" (forward, no grad)
+    batch: int
+    img_size: int
+    dtype: str  # the autocast dtype
+    ms: float  # one step, eager
+    images_per_s: float
+    note: str = ""
+
+
+@dataclass
 class Results:
     device: str
     torch: str
@@ -72,6 +86,7 @@ class Results:
     copy_bandwidth_gbps: float | None
     datasheet_bandwidth_gbps: float | None
     ops: list[OpRow] = field(default_factory=list)
+    models: list[ModelRow] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -154,6 +169,52 @@ def bench_rational(small: bool, dtype: torch.dtype, device: torch.device, compil
 
 OPS = {"rational": bench_rational}
 
+# (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peer.
+MODELS = [
+    ("kat_t", {"backend": "triton"}, "triton"),
+    ("kat_t", {"backend": "torch"}, "torch"),
+    ("vit_tiny_patch16_224", {}, "timm"),
+]
+
+
+def bench_models(small: bool, dtype: torch.dtype, device: torch.device) -> list[ModelRow]:
+    """Images/s of a training step (forward, cross-entropy, backward, AdamW) and of inference, under autocast.
+
+    On a CPU (small sizes) the Triton backend would run through the interpreter: those rows are skipped.
+    """
+    import timm
+
+    import zoo  # noqa: F401  (registers the zoo's models with timm)
+
+    batch, img_size = (2, 32) if small else (128, 224)
+    rows = []
+    for name, kwargs, backend in MODELS:
+        if backend == "triton" and device.type == "cpu":
+            continue
+        torch.manual_seed(0)
+        model = timm.create_model(name, img_size=img_size, **kwargs).to(device)
+        x = torch.randn(batch, 3, img_size, img_size, device=device)
+        target = torch.randint(0, model.num_classes, (batch,), device=device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=dtype):
+                loss = torch.nn.functional.cross_entropy(model(x), target)
+            loss.backward()
+            optimizer.step()
+
+        def infer_step():
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+                return model(x)
+
+        for mode, step in (("train", train_step), ("infer", infer_step)):
+            model.train(mode == "train")
+            ms = _time_ms(step, device)
+            rows.append(ModelRow(name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms,
+                                 batch / (ms * 1e-3)))
+    return rows
+
 
 # ------------------------------------------------------------------------------------------------ output
 
@@ -218,13 +279,29 @@ def render_markdown(results_dir: Path) -> str:
                 f"{speedup} | {r['note']} |"
             )
         lines.append("")
+        if data.get("models"):
+            lines += [
+                "Models (eager, autocast; `vs peer`: images/s over the timm peer's in the same mode):",
+                "",
+                "| model | backend | mode | batch | img | dtype | ms/step | images/s | vs peer |",
+                "|---|---|---|---:|---:|---|---:|---:|---:|",
+            ]
+            peer = {r["mode"]: r["images_per_s"] for r in data["models"] if r["backend"] == "timm"}
+            for r in data["models"]:
+                ratio = f"{r['images_per_s'] / peer[r['mode']]:.2f}x" if r["mode"] in peer and r["backend"] != "timm" else ""
+                lines.append(
+                    f"| {r['model']} | {r['backend']} | {r['mode']} | {r['batch']} | {r['img_size']} | {r['dtype']} | "
+                    f"{r['ms']:.2f} | {r['images_per_s']:.0f} | {ratio} |"
+                )
+            lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> Results:
     """Run the benchmarks, write the results file and the markdown table, print a summary; returns the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ops", nargs="+", default=sorted(OPS), choices=sorted(OPS), help="ops to time")
+    parser.add_argument("--ops", nargs="*", default=sorted(OPS), choices=sorted(OPS), help="ops to time")
+    parser.add_argument("--no-models", action="store_true", help="skip the model rows")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (default on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference rows")
@@ -248,6 +325,8 @@ def main(argv: list[str] | None = None) -> Results:
     dtype = getattr(torch, args.dtype)
     for op in args.ops:
         results.ops += OPS[op](small, dtype, device, compile_reference=not args.no_compile)
+    if not args.no_models:
+        results.models = bench_models(small, dtype, device)
     for row in results.ops:
         row.fraction_of_copy_bw = row.gbps / copy_bw if copy_bw else None
         row.fraction_of_datasheet_bw = row.gbps / datasheet if datasheet else None
@@ -264,6 +343,8 @@ def main(argv: list[str] | None = None) -> Results:
         frac = "" if r.fraction_of_copy_bw is None else f"{100 * r.fraction_of_copy_bw:.0f}%"
         graph = "" if r.graph_ms is None else f"{r.graph_ms:.3f}"
         print(f"{r.op:<16} {r.case:<16} {r.pass_:<8} {r.impl:<18} {r.ms:>9.3f} {graph:>9} {r.gbps:>8.1f} {frac:>6}")
+    for r in results.models:
+        print(f"{r.model:<22} {r.backend:<7} {r.mode:<6} batch {r.batch:<4} {r.ms:>9.2f} ms {r.images_per_s:>9.0f} img/s")
     print(f"wrote {path} and {readme}", file=sys.stderr)
     return results
 

@@ -27,3 +27,9 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
     table = (out / "README.md").read_text()
     assert "| group_rational | B2xL17x48 | bfloat16 | fwd+bwd | triton |" in table
+    # model rows: the zoo model with the reference backend (Triton would be the interpreter on a CPU) and its peer
+    models = {(r["model"], r["backend"], r["mode"]) for r in data["models"]}
+    assert models == {(m, b, mode) for m, b in (("kat_t", "torch"), ("vit_tiny_patch16_224", "timm"))
+                      for mode in ("train", "infer")}
+    assert all(r["images_per_s"] > 0 for r in data["models"])
+    assert "| kat_t | torch | train | 2 | 32 |" in table
