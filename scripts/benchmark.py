@@ -92,10 +92,10 @@ class Results:
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
+def _time_ms(fn: Callable[[], object], device: torch.device, warmup_ms: int = 50, rep_ms: int = 200) -> float:
     """Median milliseconds of ``fn``: CUDA events via do_bench on a GPU, wall clock on a CPU."""
     if device.type == "cuda":
-        return float(triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"))
+        return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
     fn()  # warm-up (compilation, caches)
     samples = []
     for _ in range(3):
@@ -210,7 +210,7 @@ def bench_models(small: bool, dtype: torch.dtype, device: torch.device) -> list[
 
         for mode, step in (("train", train_step), ("infer", infer_step)):
             model.train(mode == "train")
-            ms = _time_ms(step, device)
+            ms = _time_ms(step, device, warmup_ms=2000, rep_ms=4000)  # steps of tens of ms: many of each
             rows.append(ModelRow(name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms,
                                  batch / (ms * 1e-3)))
     return rows
