@@ -258,10 +258,15 @@ def render_markdown(results_dir: Path) -> str:
             f"copy bandwidth {_gbps(data['copy_bandwidth_gbps'])}, datasheet {_gbps(data['datasheet_bandwidth_gbps'])}. "
             f"File: `results/{path.name}`.",
             "",
-            "| op | case | dtype | pass | impl | eager ms | device ms | GB/s | copy | datasheet | triton speed-up | note |",
-            "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         rows = data["ops"]
+        if rows:
+            lines += [
+                "| op | case | dtype | pass | impl | eager ms | device ms | GB/s | copy | datasheet | triton speed-up "
+                "| note |",
+                "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+            ]
+
         def device_ms(r):
             return r["graph_ms"] or r["ms"]
 
@@ -278,7 +283,8 @@ def render_markdown(results_dir: Path) -> str:
                 f"{r['gbps']:.0f} | {pct(r['fraction_of_copy_bw'])} | {pct(r['fraction_of_datasheet_bw'])} | "
                 f"{speedup} | {r['note']} |"
             )
-        lines.append("")
+        if rows:
+            lines.append("")
         if data.get("models"):
             lines += [
                 "Models (eager, autocast; `vs peer`: images/s over the timm peer's in the same mode):",

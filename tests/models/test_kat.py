@@ -98,19 +98,22 @@ def test_constructor_arguments():
 # ------------------------------------------------------------------------------------------------ timm contract
 
 
-def test_forward_and_gradient_checkpointing_give_equal_outputs(kat_t):
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_forward_and_gradient_checkpointing_give_equal_outputs(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
     x = _input()
     with torch.no_grad():
-        out = kat_t(x)
-        kat_t.set_grad_checkpointing()
-        out_checkpointed = kat_t(x)
-        kat_t.set_grad_checkpointing(False)
+        out = model(x)
+        model.set_grad_checkpointing()
+        out_checkpointed = model(x)
     assert out.shape == (1, 1000) and not torch.isnan(out).any()
     torch.testing.assert_close(out_checkpointed, out, rtol=1e-4, atol=1e-5)
 
 
-def test_backward_reaches_every_parameter():
-    model = timm.create_model("kat_t", num_classes=42, img_size=64).train()
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_backward_reaches_every_parameter(name):
+    model = timm.create_model(name, num_classes=42, img_size=64).train()
     out = model(_input(2, 64))
     out.mean().backward()
     assert out.shape == (2, 42)
