@@ -68,7 +68,8 @@ class GroupRational(nn.Module):
     The last dimension D of the input is split into ``num_groups`` contiguous groups; each group has its own
     denominator coefficients, the numerator is shared. Parameters (named as in the official checkpoints):
     ``weight_numerator`` [1, 6] and ``weight_denominator`` [num_groups, 4], kept in float32 under AMP; the
-    output has the input's dtype and shape.
+    output has the input's dtype and shape. Both carry ``_optim = {"weight_decay": 0.0}``, the per-parameter
+    optimiser hint that ``zoo.training`` honours: the coefficients are never weight-decayed.
 
     Args:
         num_groups: number of channel groups; the input's last dimension must be divisible by it.
@@ -87,6 +88,8 @@ class GroupRational(nn.Module):
         self.backend = backend
         self.weight_numerator = nn.Parameter(torch.empty(1, NUMERATOR_TERMS))
         self.weight_denominator = nn.Parameter(torch.empty(num_groups, DENOMINATOR_TERMS))
+        for parameter in (self.weight_numerator, self.weight_denominator):
+            parameter._optim = {"weight_decay": 0.0}  # optimiser hint (state-spaces convention): never decayed
         self.reset_parameters()
 
     @torch.no_grad()

@@ -27,16 +27,20 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(fnmatch.filter(_ZOO_MODELS, pattern))
 
 
-def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+def create_model(name: str, pretrained: bool | None = None, **kwargs) -> nn.Module:
     """Create a registered model (the zoo's or timm's) through ``timm.create_model``.
 
-    ``name`` may carry a pretrained tag (``"kat_t.in1k"``) or a timm source prefix (``"local-dir:PATH"``,
-    ``"hf-hub:ORG/NAME"``). Keyword arguments go to the model (``num_classes``, ``img_size``,
-    ``drop_path_rate``, ``backend``, ``pretrained_cfg_overlay=dict(file=PATH)`` to load local weights, ...).
+    ``name`` may carry a pretrained tag (``"kat_t.in1k"``) or a timm source prefix (``"local-dir:PATH"``, e.g. a
+    training run's ``export/``, or ``"hf-hub:ORG/NAME"``). ``pretrained`` defaults to True for a source prefix
+    (its weights are what it is for) and False otherwise. Keyword arguments go to the model (``num_classes``,
+    ``img_size``, ``drop_path_rate``, ``backend``, ``pretrained_cfg_overlay=dict(file=PATH)`` for local
+    weights, ...).
 
     Raises:
         ValueError: unknown name; the message lists the closest registered names.
     """
+    if pretrained is None:
+        pretrained = ":" in name
     if ":" not in name:
         architecture = name.split(".", 1)[0]
         if not timm.is_model(architecture):

@@ -1,0 +1,151 @@
+"""train.py end to end through Hydra on tiny data: summary, files, export, exact resume after SIGKILL, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from hydra import compose, initialize_config_dir
+
+import zoo  # noqa: F401  (registers the zoo's models with timm)
+from tests.data.test_data import _fake_cifar, _image_folder, skip_cifar_md5  # noqa: F401  (a fixture)
+from zoo.training.checkpoint import CheckpointError, load_checkpoint
+from zoo.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A small KAT (2 blocks of 32 dims) on a digits subset: seconds per epoch on a CPU.
+TINY = [
+    "model=kat_t", "+model.kwargs.depth=2", "+model.kwargs.embed_dim=32", "+model.kwargs.num_heads=2",
+    "data.train_subset=256", "data.eval_subset=128", "batch_size=32", "progress=false", "sched.warmup_epochs=1",
+]  # fmt: skip
+
+
+def _compose(run_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("train", overrides=[*TINY, f"run_dir={run_dir}", *overrides])
+
+
+def _cli(run_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), *TINY, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
+            *overrides]  # fmt: skip
+
+
+def _model_state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_train_writes_checkpoints_metrics_and_an_export(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = train(_compose(run_dir, "epochs=2"))
+    assert summary["epochs"] == 2 and summary["run_dir"] == str(run_dir)
+    assert summary["checkpoint"] == str(run_dir / "last.pt")
+    assert 0 <= summary["final_top1"] <= summary["best_top1"] <= 100
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "export/model.safetensors", "export/config.json"):
+        assert (run_dir / name).is_file(), name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["top1"] == summary["final_top1"]
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,top1")
+    # the export rebuilds the trained model through timm's local-dir loader
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    rebuilt = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True).eval()
+    trained = timm.create_model("kat_t", img_size=8, patch_size=4, in_chans=1, num_classes=10, depth=2,
+                                embed_dim=32, num_heads=2).eval()  # fmt: skip
+    trained.load_state_dict(checkpoint["model"])
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), trained(x))
+
+
+def test_summary_is_the_last_stdout_line(tmp_path):
+    run_dir = tmp_path / "cli"
+    result = subprocess.run(_cli(run_dir, "epochs=1"), capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"best_top1", "final_top1", "epochs", "run_dir", "checkpoint"} <= set(summary)
+    assert Path(summary["checkpoint"]).is_file()
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    overrides = ("epochs=6", "deterministic=true", "ema.enabled=true", "mixup.mixup_alpha=0.2", "data.train_subset=512")
+    reference = train(_compose(tmp_path / "reference", *overrides))
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(_cli(run_dir, *overrides), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while not (run_dir / "last.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # somewhere inside the second epoch (or while writing its checkpoint)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = load_checkpoint(run_dir / "last.pt")["epoch"]
+    assert killed_at < 5, "the run finished before it was killed; the test did not test resuming"
+    result = subprocess.run(_cli(tmp_path / "unused", *overrides, f"resume={run_dir}"), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["run_dir"] == str(run_dir)
+    resumed, uninterrupted = _model_state(run_dir / "last.pt"), _model_state(Path(reference["checkpoint"]))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert summary["final_top1"] == reference["final_top1"]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+
+
+def test_corrupt_and_mismatched_checkpoints_are_errors(tmp_path):
+    bad = tmp_path / "bad" / "last.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        train(_compose(tmp_path / "x", "epochs=1", f"resume={bad}"))
+    good = train(_compose(tmp_path / "good", "epochs=1"))
+    with pytest.raises(CheckpointError, match="does not match"):
+        train(_compose(tmp_path / "y", "epochs=2", "model.kwargs.embed_dim=64", f"resume={good['run_dir']}"))
+    with pytest.raises(FileNotFoundError):
+        train(_compose(tmp_path / "z", "epochs=1", f"resume={tmp_path / 'nowhere'}"))
+
+
+def test_bad_names_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="closest names: .*kat_t"):
+        train(_compose(tmp_path / "a", "epochs=1", "model.name=kat_tt"))
+    with pytest.raises(ValueError, match="digits"):
+        train(_compose(tmp_path / "b", "epochs=1", "data.name=digitz"))
+    with pytest.raises(FileNotFoundError, match="data.download=true"):
+        train(_compose(tmp_path / "c", "epochs=1", "data=cifar10", f"data.root={tmp_path / 'empty'}"))
+    with pytest.raises(ValueError, match="amp must be one of"):
+        train(_compose(tmp_path / "d", "epochs=1", "amp=fp8"))
+
+
+def test_train_on_tiny_cifar10_files(tmp_path, skip_cifar_md5):  # noqa: F811
+    _fake_cifar(tmp_path / "cifar", "cifar10")  # torchvision's binary layout: 5 x 6 train, 5 test images
+    summary = train(_compose(tmp_path / "run", "data=cifar10", f"data.root={tmp_path / 'cifar'}", "epochs=1",
+                             "batch_size=8", "amp=bf16", "grad_clip=1.0", "accum_steps=2"))  # fmt: skip
+    assert 0 <= summary["final_top1"] <= 100
+    assert load_checkpoint(Path(summary["checkpoint"]))["step"] == 1  # 3 batches of 8, accumulated by 2
+
+
+def test_train_on_tiny_image_folder(tmp_path):
+    _image_folder(tmp_path / "imagenet")  # 3 classes: train 4 each, val 2 each
+    summary = train(_compose(tmp_path / "run", "data=imagenet", f"data.root={tmp_path / 'imagenet'}", "epochs=1",
+                             "batch_size=4", "data.img_size=32", "data.patch_size=8", "optim=sgd", "sched=constant",
+                             "mixup.cutmix_alpha=1.0", "mixup.label_smoothing=0.1"))  # fmt: skip
+    rebuilt = zoo.create_model(f"local-dir:{Path(summary['run_dir']) / 'export'}")  # weights by default
+    assert rebuilt.num_classes == 3 and rebuilt.patch_embed.patch_size == (8, 8)
+
+
+def test_wandb_is_optional(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ImportError, match=r'pip install -e ".\[wandb\]"'):
+        train(_compose(tmp_path / "w", "epochs=1", "logger=wandb"))
+
+
+def test_every_registered_model_has_a_config():
+    configs = {p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")}
+    assert set(zoo.list_models()) <= configs

@@ -1,0 +1,324 @@
+"""The training run behind ``train.py``: data, model, optimiser, loop, evaluation, checkpoints, export.
+
+``train(cfg)`` takes the resolved Hydra config (``configs/train.yaml``) and returns the run summary. Everything a
+run needs to continue exactly after a kill is in ``RUN_DIR/last.pt`` (written atomically at every epoch end):
+model, optimiser, scheduler, scaler, EMA, epoch, step, RNG states, metric history and the config.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger("zoo.train")
+
+AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for, but CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; with ``deterministic``, make torch pick deterministic kernels only."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(cfg: Any, info: Any) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``cfg.model`` with the data-derived arguments it takes; returns (model, model kwargs)."""
+    import zoo
+
+    data_args = {
+        "img_size": cfg.data.img_size,
+        "patch_size": cfg.data.get("patch_size"),
+        "in_chans": info.in_chans,
+        "num_classes": info.num_classes,
+    }
+    kwargs = {k: v for k, v in data_args.items() if k in cfg.model.get("data_args", []) and v is not None}
+    kwargs.update(dict(cfg.model.get("kwargs") or {}))
+    return zoo.create_model(cfg.model.name, **kwargs), kwargs
+
+
+def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
+    """(training loss, timm Mixup or None) from ``cfg.mixup``."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    m = cfg.mixup
+    if m.mixup_alpha > 0 or m.cutmix_alpha > 0:
+        mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
+                      label_smoothing=m.label_smoothing, num_classes=num_classes)  # fmt: skip
+        return SoftTargetCrossEntropy(), mixup
+    if m.label_smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=m.label_smoothing), None
+    return nn.CrossEntropyLoss(), None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    loss_sum = 0.0
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == targets).sum().item()
+        correct5 += (top == targets[:, None]).any(dim=1).sum().item()
+        total += targets.numel()
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """metrics.jsonl and metrics.csv rewritten from the whole history (atomic), so a resumed run never
+    duplicates or loses an epoch."""
+    for name, text in (
+        ("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history)),
+        ("metrics.csv", _csv_text(history)),
+    ):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / name)
+
+
+def _csv_text(history: list[dict[str, Any]]) -> str:
+    import io
+
+    if not history:
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[-1]))
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+class _Logger:
+    """Per-epoch metrics to an optional experiment tracker (``logger=wandb``; offline by default)."""
+
+    def __init__(self, cfg: Any, run_dir: Path, config: dict[str, Any]) -> None:
+        self.run = None
+        if cfg.logger.name == "none":
+            return
+        if cfg.logger.name != "wandb":
+            raise ValueError(f"logger must be none or wandb, got {cfg.logger.name!r}")
+        try:
+            import wandb
+        except ImportError as error:
+            raise ImportError('logger=wandb needs the wandb package: pip install -e ".[wandb]"') from error
+        self.run = wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=str(run_dir), config=config,
+                              name=run_dir.name, resume="allow", id=run_dir.name)  # fmt: skip
+
+    def log(self, row: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(row, step=row["step"])
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def _config_container(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def train(cfg: Any) -> dict[str, Any]:
+    """Run the training described by ``cfg`` (see ``configs/train.yaml``); returns the summary dict."""
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+    from tqdm import tqdm
+
+    from zoo.data import create_loaders
+    from zoo.training.checkpoint import (
+        CheckpointError,
+        capture_rng_state,
+        load_checkpoint,
+        resolve_checkpoint_path,
+        restore_rng_state,
+        save_checkpoint,
+    )
+    from zoo.training.export import export_model
+    from zoo.training.optim import create_optimizer
+
+    if cfg.amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
+    if cfg.accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
+    device = _resolve_device(cfg.device)
+    amp_dtype = AMP_DTYPES[cfg.amp]
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    resume_state = None
+    run_dir = Path(cfg.run_dir)
+    if cfg.resume:
+        checkpoint_path = resolve_checkpoint_path(cfg.resume)
+        resume_state = load_checkpoint(checkpoint_path)
+        saved_model = resume_state.get("config", {}).get("model", {}).get("name")
+        if saved_model != cfg.model.name:
+            raise CheckpointError(
+                f"{checkpoint_path} was written by a run of model {saved_model!r}, not {cfg.model.name!r}"
+            )
+        run_dir = checkpoint_path.parent  # a resumed run goes on in its own directory
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    train_loader, eval_loader, info = create_loaders(
+        cfg.data.name, root=cfg.data.root, download=cfg.data.download, img_size=cfg.data.img_size,
+        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+        num_workers=cfg.num_workers, seed=cfg.seed, augment=dict(cfg.data.augment or {}),
+        train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset,
+    )  # fmt: skip
+    model, model_kwargs = build_model(cfg, info)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
+    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_args)
+    updates_per_epoch = max(1, len(train_loader) // cfg.accum_steps)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=cfg.sched.name, num_epochs=cfg.epochs, warmup_epochs=cfg.sched.warmup_epochs,
+        warmup_lr=cfg.sched.warmup_lr, min_lr=cfg.sched.min_lr, step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
+    criterion, mixup = _criterion(cfg, info.num_classes)
+
+    start_epoch, step, best_top1, history = 0, 0, -1.0, []
+    if resume_state is not None:
+        try:
+            model.load_state_dict(resume_state["model"])
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            if scaler is not None:
+                scaler.load_state_dict(resume_state["scaler"])
+            if ema is not None:
+                ema.load_state_dict(resume_state["ema"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"{cfg.resume} does not match this run's model or settings: {error}") from error
+        start_epoch = resume_state["epoch"] + 1
+        step = resume_state["step"]
+        best_top1 = resume_state["best_top1"]
+        history = list(resume_state["history"])
+        restore_rng_state(resume_state["rng"])
+
+    train_model = torch.compile(model) if cfg.compile else model
+    config = _config_container(cfg)
+    logger = _Logger(cfg, run_dir, config)
+    checkpoint_path = run_dir / "last.pt"
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        train_model.train()
+        started = time.perf_counter()
+        seen, loss_sum = 0, 0.0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        optimizer.zero_grad(set_to_none=True)
+        for index, (images, targets) in enumerate(bar):
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                loss = criterion(train_model(images), targets)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; stopping")
+            scaled = loss / cfg.accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if (index + 1) % cfg.accum_steps == 0:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                scheduler.step_update(num_updates=step)
+                if ema is not None:
+                    ema.update(model, step=step)
+            seen += images.shape[0]
+            loss_sum += loss.item() * images.shape[0]
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate(model, eval_loader, device, amp_dtype, cfg.channels_last)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1), "top1": metrics["top1"],
+               "top5": metrics["top5"], "eval_loss": metrics["loss"], "lr": optimizer.param_groups[0]["lr"],
+               "images_per_s": seen / max(train_seconds, 1e-9)}  # fmt: skip
+        if ema is not None:
+            ema_metrics = evaluate(ema.module, eval_loader, device, amp_dtype, cfg.channels_last)
+            row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
+        history.append(row)
+        top1 = max(row["top1"], row.get("ema_top1", -1.0))
+        improved = top1 > best_top1
+        best_top1 = max(best_top1, top1)
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
+            "epoch": epoch, "step": step, "best_top1": best_top1, "history": history, "rng": capture_rng_state(),
+            "config": config,
+        }  # fmt: skip
+        save_checkpoint(checkpoint_path, state)
+        if improved:
+            save_checkpoint(run_dir / "best.pt", state)
+        _write_metrics(run_dir, history)
+        logger.log(row)
+        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, json.dumps(row))
+
+    logger.finish()
+    final = history[-1] if history else {"top1": float("nan")}
+    export_dir = export_model(
+        ema.module if ema is not None else model, run_dir / "export", architecture=cfg.model.name,
+        model_args=model_kwargs,
+        pretrained_cfg={"input_size": [info.in_chans, cfg.data.img_size, cfg.data.img_size], "mean": list(info.mean),
+                        "std": list(info.std), "num_classes": info.num_classes, "interpolation": "bilinear",
+                        "crop_pct": 1.0},
+    )  # fmt: skip
+    return {
+        "best_top1": best_top1,
+        "final_top1": final["top1"],
+        "epochs": cfg.epochs,
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint_path),
+        "export": str(export_dir),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+    }
