@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -233,6 +234,7 @@ def train(cfg: Any) -> dict[str, Any]:
         history = list(resume_state["history"])
         restore_rng_state(resume_state["rng"])
 
+    show_progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
     train_model = torch.compile(model) if cfg.compile else model
     config = _config_container(cfg)
     logger = _Logger(cfg, run_dir, config)
@@ -242,7 +244,7 @@ def train(cfg: Any) -> dict[str, Any]:
         train_model.train()
         started = time.perf_counter()
         seen, loss_sum = 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress, leave=False)
         optimizer.zero_grad(set_to_none=True)
         for index, (images, targets) in enumerate(bar):
             images = images.to(device, non_blocking=True)
