@@ -48,17 +48,26 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_model(cfg: Any, info: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of ``cfg.model`` with the data-derived arguments it takes; returns (model, model kwargs)."""
+def build_model(
+    cfg: Any, info: Any, img_size: int, inherited: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``cfg.model`` with the data-derived arguments it takes; returns (model, model kwargs).
+
+    ``inherited``: architecture arguments of a fine-tuning source (patch size, depth, ...), which the model
+    config's ``kwargs`` override.
+    """
     import zoo
 
+    inherited = dict(inherited or {})
     data_args = {
-        "img_size": cfg.data.img_size,
-        "patch_size": cfg.data.get("patch_size"),
+        "img_size": img_size,
+        "patch_size": inherited.pop("patch_size", None) or cfg.data.get("patch_size"),
         "in_chans": info.in_chans,
         "num_classes": info.num_classes,
     }
+    inherited.pop("img_size", None)
     kwargs = {k: v for k, v in data_args.items() if k in cfg.model.get("data_args", []) and v is not None}
+    kwargs.update(inherited)
     kwargs.update(dict(cfg.model.get("kwargs") or {}))
     return zoo.create_model(cfg.model.name, **kwargs), kwargs
 
@@ -171,6 +180,7 @@ def train(cfg: Any) -> dict[str, Any]:
         save_checkpoint,
     )
     from zoo.training.export import export_model
+    from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
     from zoo.training.optim import create_optimizer
 
     if cfg.amp not in AMP_DTYPES:
@@ -181,8 +191,13 @@ def train(cfg: Any) -> dict[str, Any]:
     amp_dtype = AMP_DTYPES[cfg.amp]
     seed_everything(cfg.seed, cfg.deterministic)
 
+    if cfg.resume and cfg.finetune:
+        raise ValueError("give either resume= (continue a run) or finetune= (start from its weights), not both")
     resume_state = None
     run_dir = Path(cfg.run_dir)
+    source = read_source(cfg.finetune) if cfg.finetune else None
+    inherited = inherited_model_args(source, cfg.model.name) if source is not None else {}
+    img_size = cfg.img_size or inherited.get("img_size") or cfg.data.img_size
     if cfg.resume:
         checkpoint_path = resolve_checkpoint_path(cfg.resume)
         resume_state = load_checkpoint(checkpoint_path)
@@ -195,17 +210,24 @@ def train(cfg: Any) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     train_loader, eval_loader, info = create_loaders(
-        cfg.data.name, root=cfg.data.root, download=cfg.data.download, img_size=cfg.data.img_size,
+        cfg.data.name, root=cfg.data.root, download=cfg.data.download, img_size=img_size,
         batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
         num_workers=cfg.num_workers, seed=cfg.seed, augment=dict(cfg.data.augment or {}),
         train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset,
     )  # fmt: skip
-    model, model_kwargs = build_model(cfg, info)
+    model, model_kwargs = build_model(cfg, info, img_size, inherited)
+    if source is not None:
+        fresh = load_finetune_weights(model, source)
+        log.info("fine-tuning from %s (left at init: %s)", source.path, fresh or "nothing")
+    frozen = freeze(model, cfg.freeze)
+    if frozen:
+        log.info("frozen: %s", frozen)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
-    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, **optim_args)
+    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
+                                 layer_decay=cfg.layer_decay, **optim_args)  # fmt: skip
     updates_per_epoch = max(1, len(train_loader) // cfg.accum_steps)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=cfg.sched.name, num_epochs=cfg.epochs, warmup_epochs=cfg.sched.warmup_epochs,
@@ -256,7 +278,11 @@ def train(cfg: Any) -> dict[str, Any]:
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 loss = criterion(train_model(images), targets)
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step}; stopping")
+                last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (lr {optimizer.param_groups[0]['lr']:.3e});"
+                    f" stopping without writing anything. Last good checkpoint: {last_good}"
+                )
             scaled = loss / cfg.accum_steps
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
             if (index + 1) % cfg.accum_steps == 0:
@@ -310,7 +336,7 @@ def train(cfg: Any) -> dict[str, Any]:
     export_dir = export_model(
         ema.module if ema is not None else model, run_dir / "export", architecture=cfg.model.name,
         model_args=model_kwargs,
-        pretrained_cfg={"input_size": [info.in_chans, cfg.data.img_size, cfg.data.img_size], "mean": list(info.mean),
+        pretrained_cfg={"input_size": [info.in_chans, img_size, img_size], "mean": list(info.mean),
                         "std": list(info.std), "num_classes": info.num_classes, "interpolation": "bilinear",
                         "crop_pct": 1.0},
     )  # fmt: skip
