@@ -149,3 +149,22 @@ def test_wandb_is_optional(tmp_path, monkeypatch):
 def test_every_registered_model_has_a_config():
     configs = {p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")}
     assert set(zoo.list_models()) <= configs
+
+
+def test_two_process_ddp_gives_one_summary_and_one_checkpoint(tmp_path):
+    """torchrun with 2 CPU processes (gloo): rank 0 alone prints and writes; accuracy close to one process with
+    the same global batch."""
+    single = train(_compose(tmp_path / "single", "epochs=2", "batch_size=32"))
+    run_dir = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               *_cli(run_dir, "epochs=2", "batch_size=16")[1:]]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0])
+    assert summary["run_dir"] == str(run_dir) and sorted(p.name for p in run_dir.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 2 * (256 // 32)  # 8 steps of a global batch of 32
+    assert abs(summary["final_top1"] - single["final_top1"]) <= 15.0
+    assert (run_dir / "report.png").read_bytes().startswith(b"\x89PNG")

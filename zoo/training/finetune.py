@@ -51,11 +51,8 @@ def read_source(path: str | Path) -> FinetuneSource:
     if path.is_dir() or _is_zoo_checkpoint(path):
         state = load_checkpoint(path)
         config = state.get("config") or {}
-        model_cfg, data_cfg = config.get("model", {}), config.get("data", {})
-        args = dict(model_cfg.get("kwargs") or {})
-        for name in ("img_size", "patch_size"):
-            if name in model_cfg.get("data_args", []) and data_cfg.get(name) is not None:
-                args.setdefault(name, data_cfg[name])
+        model_cfg = config.get("model", {})
+        args = dict(state.get("model_args") or {})  # the constructor arguments the run built its model with
         return FinetuneSource(path, state["model"], model_cfg.get("name"), args)
     return FinetuneSource(path, _load_foreign(path))
 

@@ -28,15 +28,6 @@ log = logging.getLogger("zoo.train")
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for, but CUDA is not available on this machine")
-    return device
-
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; with ``deterministic``, make torch pick deterministic kernels only."""
     random.seed(seed)
@@ -88,8 +79,13 @@ def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``loader``."""
+def evaluate(
+    model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool, ctx: Any = None
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``loader`` (summed over the ranks'
+    shards when ``ctx`` is a distributed context)."""
+    from zoo.training.distributed import all_reduce_sum
+
     model.eval()
     correct1 = correct5 = total = 0
     loss_sum = 0.0
@@ -106,6 +102,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype, channels
         correct1 += (top[:, 0] == targets).sum().item()
         correct5 += (top == targets[:, None]).any(dim=1).sum().item()
         total += targets.numel()
+    if ctx is not None and ctx.enabled:
+        correct1, correct5, total, loss_sum = all_reduce_sum([correct1, correct5, total, loss_sum], ctx)
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
 
 
@@ -164,8 +162,22 @@ def _config_container(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def train(cfg: Any) -> dict[str, Any]:
-    """Run the training described by ``cfg`` (see ``configs/train.yaml``); returns the summary dict."""
+def train(cfg: Any) -> dict[str, Any] | None:
+    """Run the training described by ``cfg`` (see ``configs/train.yaml``); returns the summary dict.
+
+    Under ``torchrun`` every process trains its shard (DistributedDataParallel); rank 0 alone writes the run
+    directory (checkpoints, metrics, report, export) and gets the summary; the other ranks get None.
+    """
+    from zoo.training.distributed import cleanup, init_distributed
+
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx)
+    finally:
+        cleanup(ctx)
+
+
+def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
     from tqdm import tqdm
@@ -181,13 +193,15 @@ def train(cfg: Any) -> dict[str, Any]:
     )
     from zoo.training.export import export_model
     from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
+    from zoo.training.distributed import all_reduce_sum, barrier, broadcast_object
     from zoo.training.optim import create_optimizer
+    from zoo.training.report import save_run_report
 
     if cfg.amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
     if cfg.accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
-    device = _resolve_device(cfg.device)
+    device = ctx.device
     amp_dtype = AMP_DTYPES[cfg.amp]
     seed_everything(cfg.seed, cfg.deterministic)
 
@@ -207,13 +221,15 @@ def train(cfg: Any) -> dict[str, Any]:
                 f"{checkpoint_path} was written by a run of model {saved_model!r}, not {cfg.model.name!r}"
             )
         run_dir = checkpoint_path.parent  # a resumed run goes on in its own directory
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(broadcast_object(str(run_dir), ctx))  # one directory for all ranks (${now:} differs per rank)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     train_loader, eval_loader, info = create_loaders(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download, img_size=img_size,
         batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
         num_workers=cfg.num_workers, seed=cfg.seed, augment=dict(cfg.data.augment or {}),
-        train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset,
+        train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset, distributed=ctx.enabled,
     )  # fmt: skip
     model, model_kwargs = build_model(cfg, info, img_size, inherited)
     if source is not None:
@@ -256,10 +272,15 @@ def train(cfg: Any) -> dict[str, Any]:
         history = list(resume_state["history"])
         restore_rng_state(resume_state["rng"])
 
-    show_progress = sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress)
-    train_model = torch.compile(model) if cfg.compile else model
+    show_progress = ctx.is_main and (sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress))
+    train_model = model
+    if ctx.enabled:
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
     config = _config_container(cfg)
-    logger = _Logger(cfg, run_dir, config)
+    logger = _Logger(cfg, run_dir, config) if ctx.is_main else None
     checkpoint_path = run_dir / "last.pt"
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.sampler.set_epoch(epoch)
@@ -306,12 +327,13 @@ def train(cfg: Any) -> dict[str, Any]:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
         train_seconds = time.perf_counter() - started
-        metrics = evaluate(model, eval_loader, device, amp_dtype, cfg.channels_last)
+        seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
+        metrics = evaluate(model, eval_loader, device, amp_dtype, cfg.channels_last, ctx)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1), "top1": metrics["top1"],
                "top5": metrics["top5"], "eval_loss": metrics["loss"], "lr": optimizer.param_groups[0]["lr"],
                "images_per_s": seen / max(train_seconds, 1e-9)}  # fmt: skip
         if ema is not None:
-            ema_metrics = evaluate(ema.module, eval_loader, device, amp_dtype, cfg.channels_last)
+            ema_metrics = evaluate(ema.module, eval_loader, device, amp_dtype, cfg.channels_last, ctx)
             row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
         history.append(row)
         top1 = max(row["top1"], row.get("ema_top1", -1.0))
@@ -322,15 +344,20 @@ def train(cfg: Any) -> dict[str, Any]:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "ema": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "step": step, "best_top1": best_top1, "history": history, "rng": capture_rng_state(),
-            "config": config,
+            "config": config, "model_args": model_kwargs,
         }  # fmt: skip
-        save_checkpoint(checkpoint_path, state)
-        if improved:
-            save_checkpoint(run_dir / "best.pt", state)
-        _write_metrics(run_dir, history)
-        logger.log(row)
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, json.dumps(row))
+        if ctx.is_main:
+            save_checkpoint(checkpoint_path, state)
+            if improved:
+                save_checkpoint(run_dir / "best.pt", state)
+            _write_metrics(run_dir, history)
+            save_run_report(history, run_dir / "report.png", title=f"{cfg.model.name} on {cfg.data.name}")
+            logger.log(row)
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, json.dumps(row))
+        barrier(ctx)
 
+    if not ctx.is_main:
+        return None
     logger.finish()
     final = history[-1] if history else {"top1": float("nan")}
     export_dir = export_model(

@@ -1,0 +1,488 @@
+"""Evaluation of a trained classifier: the run behind ``eval.py``.
+
+- :func:`load_model_for_eval` rebuilds a model from a train.py checkpoint (``last.pt`` / ``best.pt`` or a run
+  directory), from an export directory (``config.json`` + ``model.safetensors``), or from a registered model name
+  plus a local weights file.
+- :func:`evaluate_classifier` computes top-1/top-5, mean loss, per-class accuracy, the confusion matrix,
+  throughput and peak memory over a loader.
+- :func:`save_confusion_matrix_png` draws the confusion matrix (matplotlib, imported only there).
+- :func:`run_eval` glues them together for ``configs/eval.yaml`` and writes ``metrics.json`` and
+  ``confusion_matrix.png``.
+
+Imports only torch, numpy and timm at module level (matplotlib is imported inside the plotting function).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["load_model_for_eval", "evaluate_classifier", "save_confusion_matrix_png", "run_eval"]
+
+_EXPORT_FILES = ("config.json", "model.safetensors")
+AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was asked for, but CUDA is not available on this machine")
+    return device
+
+
+class _AttrDict(dict):
+    """A dict whose keys read as attributes (``cfg.model.name``), enough for ``trainer.build_model``."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            value = self[key]
+        except KeyError as error:
+            raise AttributeError(key) from error
+        return _AttrDict(value) if isinstance(value, dict) and not isinstance(value, _AttrDict) else value
+
+
+def _plain(value: Any) -> Any:
+    """An OmegaConf container as plain Python (resolved); anything else unchanged."""
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _is_export_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in _EXPORT_FILES)
+
+
+def _square(size: Any) -> Any:
+    """``[8, 8]`` / ``(8, 8)`` -> 8; other values unchanged."""
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        return int(size[0])
+    return size
+
+
+def _describe(model: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` completed with the model's num_classes / in_chans where the model knows them."""
+    out = dict(args)
+    for key in ("num_classes", "in_chans"):
+        value = getattr(model, key, None)
+        if isinstance(value, int) and out.get(key) is None:
+            out[key] = value
+    if "img_size" in out:
+        out["img_size"] = _square(out["img_size"])
+    return out
+
+
+def _classifier_classes(architecture: str, state: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes the classifier weight in ``state`` has (None if not found)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(architecture)
+    names = getattr(cfg, "classifier", None) if cfg is not None else None
+    for name in (names,) if isinstance(names, str) else tuple(names or ()):
+        weight = state.get(f"{name}.weight")
+        if isinstance(weight, torch.Tensor) and weight.ndim >= 1:
+            return int(weight.shape[0])
+    return None
+
+
+def _inherited_args(file: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The architecture arguments a fine-tuned run took over from its ``finetune`` source (as train.py does):
+    read from the source if it is still there, else from the run's ``export/config.json``."""
+    source_path = config.get("finetune")
+    if not source_path:
+        return {}
+    from zoo.training.checkpoint import CheckpointError
+
+    try:
+        from zoo.training.finetune import inherited_model_args, read_source
+
+        return inherited_model_args(read_source(source_path), config["model"]["name"])
+    except (FileNotFoundError, ValueError, CheckpointError, ImportError):
+        export_config = file.parent / "export" / "config.json"
+        if export_config.is_file():
+            from zoo.training.finetune import DATA_DERIVED
+
+            args = json.loads(export_config.read_text()).get("model_args") or {}
+            return {k: v for k, v in args.items() if k not in DATA_DERIVED}
+        raise CheckpointError(
+            f"{file} was fine-tuned from {source_path}, which is gone, and no export/config.json lies beside it: "
+            "its architecture arguments are unknown; evaluate the run's export directory instead"
+        ) from None
+
+
+def _load_train_checkpoint(file: Path, model_kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    from zoo.data.datasets import DATASETS, canonical_name
+    from zoo.training.checkpoint import CheckpointError, load_checkpoint
+    from zoo.training.trainer import build_model
+
+    state = load_checkpoint(file)
+    config = state.get("config")
+    if not isinstance(config, dict) or "model" not in config or "data" not in config or "model" not in state:
+        raise CheckpointError(f"{file} holds no model weights and train config ('model' and 'config' keys)")
+    cfg = _AttrDict(config)
+    info = DATASETS[canonical_name(config["data"]["name"])]
+    # ImageNet's class count is the number of class folders found at training time: read it off the classifier.
+    num_classes = _classifier_classes(config["model"]["name"], state["model"])
+    if num_classes is not None and num_classes != info.num_classes:
+        from zoo.data.datasets import replace_num_classes
+
+        info = replace_num_classes(info, num_classes)
+    saved = state.get("model_kwargs")
+    if isinstance(saved, dict):  # the exact arguments, where the trainer records them
+        import zoo
+
+        kwargs = {**saved, **model_kwargs}
+        model = zoo.create_model(config["model"]["name"], **kwargs)
+        img_size = kwargs.get("img_size") or config.get("img_size") or config["data"]["img_size"]
+    else:  # rebuild as train.py does: build_model(cfg, info, img_size, inherited)
+        if model_kwargs:
+            cfg["model"] = {**config["model"], "kwargs": {**(config["model"].get("kwargs") or {}), **model_kwargs}}
+        inherited = _inherited_args(file, config)
+        img_size = config.get("img_size") or inherited.get("img_size") or config["data"]["img_size"]
+        model, kwargs = build_model(cfg, info, img_size, inherited)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{file}: the weights do not fit the model its config describes: {error}") from error
+    args = {"architecture": config["model"]["name"], **kwargs, "img_size": img_size,
+            "data": config["data"]["name"], "source": str(file), "epoch": state.get("epoch")}  # fmt: skip
+    return model, _describe(model, args)
+
+
+def _load_export_dir(path: Path, model_kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    import zoo
+
+    config = json.loads((path / "config.json").read_text())
+    model = zoo.create_model(f"local-dir:{path}", **model_kwargs)
+    args = {"architecture": config.get("architecture"), **(config.get("model_args") or {}), **model_kwargs}
+    input_size = (config.get("pretrained_cfg") or {}).get("input_size")
+    if args.get("img_size") is None and input_size:
+        args["img_size"] = _square(list(input_size[1:]))
+    args["source"] = str(path)
+    return model, _describe(model, args)
+
+
+def _load_named(name: str, pretrained_file: str | None, model_kwargs: dict[str, Any]):
+    import zoo
+
+    if pretrained_file is None:
+        raise ValueError(f"model={name!r} needs pretrained_file=PATH (a state dict file for it); "
+                         "to evaluate a training run use checkpoint=PATH instead")  # fmt: skip
+    file = Path(pretrained_file).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(2, f"pretrained_file {file} does not exist", str(file))
+    # Make the overlay describe the file's classes and channels, so timm neither drops the classifier (it does
+    # when num_classes differs from the pretrained cfg's) nor adapts the first conv.
+    overlay: dict[str, Any] = {"file": str(file)}
+    if model_kwargs.get("num_classes") is not None:
+        overlay["num_classes"] = int(model_kwargs["num_classes"])
+    if model_kwargs.get("in_chans") is not None:
+        from timm.models import get_pretrained_cfg
+
+        default = get_pretrained_cfg(name.split(".", 1)[0])
+        size = tuple(getattr(default, "input_size", None) or (3, 224, 224))
+        overlay["input_size"] = (int(model_kwargs["in_chans"]), *size[1:])
+    model = zoo.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
+    args = {"architecture": name, **model_kwargs, "source": str(file)}
+    return model, _describe(model, args)
+
+
+def load_model_for_eval(
+    checkpoint: str | os.PathLike | None = None,
+    model: str | None = None,
+    pretrained_file: str | os.PathLike | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model to evaluate; returns ``(model in eval mode on the CPU, args)``.
+
+    Exactly one source:
+
+    - ``checkpoint`` = a ``last.pt`` / ``best.pt`` written by train.py, or a run directory (its ``last.pt``): the
+      model is rebuilt as train.py built it (``trainer.build_model`` with the saved config) and ``state["model"]``
+      is loaded strictly. These are the raw weights, not the EMA weights (train.py's ``export/`` holds the EMA
+      weights when ``ema.enabled`` was set: evaluate ``RUN_DIR/export`` for those).
+    - ``checkpoint`` = an export directory (``config.json`` + ``model.safetensors``, e.g. ``RUN_DIR/export``):
+      ``zoo.create_model("local-dir:" + dir)``.
+    - ``model`` = a registered name with ``pretrained_file`` = a state dict file (``.pth``, ``.safetensors``):
+      ``zoo.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=...), **model_kwargs)``.
+
+    ``model_kwargs`` are extra model arguments (e.g. ``backend="torch"``; for ``model=`` also ``num_classes``,
+    ``in_chans``, ``img_size`` ...). ``args`` holds what the model was built with: ``architecture``, its keyword
+    arguments, ``img_size`` (when known), ``num_classes``, ``in_chans`` and ``source``.
+
+    Raises:
+        ValueError: none or several sources; ``model`` without ``pretrained_file``; unknown model name.
+        FileNotFoundError: a missing file or directory (the message names the path looked for).
+        zoo.training.CheckpointError: a file that is not a train.py checkpoint, or weights that do not fit.
+    """
+    model_kwargs = dict(_plain(model_kwargs) or {})
+    if checkpoint is not None and model is not None:
+        raise ValueError(f"give either checkpoint=PATH or model=NAME with pretrained_file=PATH, not both "
+                         f"(got checkpoint={str(checkpoint)!r}, model={model!r})")  # fmt: skip
+    if checkpoint is None and model is None:
+        if pretrained_file is not None:
+            raise ValueError(f"pretrained_file={str(pretrained_file)!r} needs model=NAME (the registered architecture)")
+        raise ValueError("nothing to evaluate: give checkpoint=PATH (a train.py checkpoint, run directory or export "
+                         "directory) or model=NAME with pretrained_file=PATH")  # fmt: skip
+    if model is not None:
+        built, args = _load_named(str(model), None if pretrained_file is None else str(pretrained_file), model_kwargs)
+    else:
+        if pretrained_file is not None:
+            raise ValueError("pretrained_file goes with model=NAME, not with checkpoint=PATH")
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(2, f"checkpoint {path} does not exist", str(path))
+        if _is_export_dir(path):
+            built, args = _load_export_dir(path, model_kwargs)
+        elif path.is_dir():
+            if not (path / "last.pt").is_file():
+                raise FileNotFoundError(
+                    2, f"{path} is neither a run directory (no last.pt) nor an export directory "
+                    f"(needs {' and '.join(_EXPORT_FILES)})", str(path / "last.pt"),
+                )  # fmt: skip
+            built, args = _load_train_checkpoint(path / "last.pt", model_kwargs)
+        else:
+            built, args = _load_train_checkpoint(path, model_kwargs)
+    return built.eval(), args
+
+
+def _peak_rss_bytes() -> int | None:
+    """The process's peak resident set size in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: nn.Module,
+    loader,
+    num_classes: int,
+    device: torch.device | str,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``loader`` (batches of ``(images, int targets)``).
+
+    Returns a dict with ``top1``, ``top5`` (percent; top-5 is top-min(5, C)), ``loss`` (mean cross-entropy,
+    computed in fp32), ``num_images``, ``class_counts`` and ``per_class_accuracy`` (percent per class; None for a
+    class with no image), ``confusion_matrix`` (int64 tensor ``[C, C]`` on the CPU, rows = true class, columns =
+    predicted class), ``seconds`` and ``images_per_s`` (wall time of the whole loop, data loading included, CUDA
+    synchronised before the clock stops), ``peak_memory_bytes``: on CUDA ``torch.cuda.max_memory_allocated``
+    since the start of the loop; on the CPU the process's peak RSS (``resource.getrusage``; whole-process and
+    lifetime, so an upper bound for the evaluation; None where ``resource`` is missing).
+    """
+    device = torch.device(device)
+    model.eval()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    correct1 = correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0
+    started = time.perf_counter()
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        targets = torch.as_tensor(targets).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
+            logits = model(images)
+        logits = logits.float()
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise ValueError(f"the model returns logits of shape {tuple(logits.shape)}, expected [N, {num_classes}]")
+        if targets.numel() and (targets.min() < 0 or targets.max() >= num_classes):
+            raise ValueError(f"targets outside [0, {num_classes}): {targets.min().item()}..{targets.max().item()}")
+        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
+        top = logits.topk(min(5, num_classes), dim=1).indices
+        correct1 = correct1 + (top[:, 0] == targets).sum()
+        correct5 = correct5 + (top == targets[:, None]).any(dim=1).sum()
+        matrix += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes * num_classes)
+        total += targets.numel()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    if total == 0:
+        raise ValueError("the loader yielded no images")
+    matrix = matrix.view(num_classes, num_classes).cpu()
+    counts = matrix.sum(dim=1)
+    per_class = [100.0 * matrix[c, c].item() / counts[c].item() if counts[c] > 0 else None for c in range(num_classes)]
+    return {
+        "top1": 100.0 * correct1.item() / total,
+        "top5": 100.0 * correct5.item() / total,
+        "loss": loss_sum.item() / total,
+        "num_images": total,
+        "class_counts": counts.tolist(),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": matrix,
+        "seconds": seconds,
+        "images_per_s": total / max(seconds, 1e-9),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else _peak_rss_bytes(),
+    }
+
+
+def save_confusion_matrix_png(
+    matrix: torch.Tensor, path: str | os.PathLike, class_names: list[str] | None = None
+) -> Path:
+    """Draw ``matrix`` (``[C, C]``, rows = true class) to a PNG at ``path``; returns the path.
+
+    Colours are row-normalised (the fraction of each true class predicted as each class), so rare classes stay
+    visible; up to 20 classes every cell also shows its count. Above 20 classes the cell text is left out and
+    only about 20 tick labels per axis are drawn, which keeps ~100 classes readable. Uses matplotlib's Agg
+    canvas directly (no pyplot, no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = torch.as_tensor(matrix).detach().cpu().to(torch.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
+        raise ValueError(f"matrix must be square [C, C], got shape {tuple(counts.shape)}")
+    c = counts.shape[0]
+    names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(c)]
+    if len(names) != c:
+        raise ValueError(f"{len(names)} class names for a {c}-class matrix")
+    rows = counts.sum(dim=1, keepdim=True).clamp(min=1)
+    normalised = (counts.double() / rows).numpy()
+
+    side = min(max(5.0, 2.5 + 0.45 * c), 16.0) if c <= 20 else min(8.0 + 0.08 * c, 20.0)
+    fig = Figure(figsize=(side + 1.5, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    step = max(1, math.ceil(c / 20))
+    ticks = list(range(0, c, step))
+    fontsize = 9 if c <= 20 else 7
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels([names[i] for i in ticks], rotation=90 if max(map(len, names)) > 3 else 0, fontsize=fontsize)
+    ax.set_yticklabels([names[i] for i in ticks], fontsize=fontsize)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    accuracy = 100.0 * counts.diagonal().sum().item() / max(counts.sum().item(), 1)
+    ax.set_title(f"confusion matrix ({c} classes, {counts.sum().item()} images, top-1 {accuracy:.2f}%)")
+    if c <= 20:
+        for i in range(c):
+            for j in range(c):
+                value = int(counts[i, j])
+                if value:
+                    ax.text(j, i, str(value), ha="center", va="center", fontsize=fontsize,
+                            color="white" if normalised[i, j] > 0.5 else "black")  # fmt: skip
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _eval_dataset(cfg: Any, img_size: int):
+    from zoo.data.datasets import create_dataset, dataset_classes
+    from zoo.data.loaders import _subset  # the same fixed permutation as train.py's data.eval_subset
+
+    data = cfg.data
+    dataset = create_dataset(data.name, "test", root=data.get("root"), download=bool(data.get("download", False)),
+                             img_size=img_size, is_training=False)  # fmt: skip
+    class_names = dataset_classes(dataset) or getattr(dataset, "classes", None)
+    return _subset(dataset, data.get("eval_subset"), "data.eval_subset"), class_names
+
+
+def _model_config_kwargs(model_cfg: dict[str, Any], data_cfg: Any) -> dict[str, Any]:
+    """Model arguments from a model config (``configs/model/NAME.yaml``) and the data config, as in train.py:
+    the data-derived ones its ``data_args`` lists, then its ``kwargs``."""
+    from zoo.data.datasets import DATASETS, canonical_name
+
+    info = DATASETS[canonical_name(data_cfg.name)]
+    data_args = {"img_size": data_cfg.get("img_size"), "patch_size": data_cfg.get("patch_size"),
+                 "in_chans": info.in_chans, "num_classes": info.num_classes}  # fmt: skip
+    wanted = model_cfg.get("data_args") or []
+    kwargs = {k: v for k, v in data_args.items() if k in wanted and v is not None}
+    kwargs.update(model_cfg.get("kwargs") or {})
+    return kwargs
+
+
+def run_eval(cfg: Any) -> dict[str, Any]:
+    """Evaluate the model ``cfg`` names (see ``configs/eval.yaml``) on the test split of ``cfg.data``.
+
+    Writes ``cfg.out_dir/metrics.json`` (every metric, per-class accuracy, the confusion matrix as nested lists,
+    and what was evaluated) and ``cfg.out_dir/confusion_matrix.png``; returns the summary: ``top1``, ``top5``,
+    ``loss``, ``images_per_s``, ``peak_memory_bytes``, ``num_images``, ``out_dir``, ``metrics_file``,
+    ``confusion_matrix`` (the PNG's path). The images are made at the model's ``img_size`` (its training size),
+    else at ``cfg.data.img_size``; ``cfg.data.eval_subset`` selects the same subset train.py evaluates on.
+    """
+    from torch.utils.data import DataLoader
+
+    from zoo.data.datasets import DATASETS, canonical_name
+    if cfg.amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
+    if int(cfg.batch_size) <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
+    device = _resolve_device(cfg.device)
+    model_kwargs = dict(_plain(cfg.get("model_kwargs")) or {})
+    model_name = _plain(cfg.get("model"))
+    if isinstance(model_name, dict):  # configs/model/NAME.yaml: data-derived arguments as train.py fills them
+        model_kwargs = {**_model_config_kwargs(model_name, cfg.data), **model_kwargs}
+        model_name = model_name.get("name")
+    model, args = load_model_for_eval(cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"),
+                                      model_kwargs)  # fmt: skip
+    img_size = args.get("img_size")
+    if not isinstance(img_size, int):
+        img_size = cfg.data.img_size
+    dataset, class_names = _eval_dataset(cfg, img_size)
+    info = DATASETS[canonical_name(cfg.data.name)]
+    num_classes = len(class_names) if class_names else info.num_classes
+    model_classes = args.get("num_classes")
+    if model_classes is not None and model_classes != num_classes:
+        raise ValueError(f"the model predicts {model_classes} classes but {cfg.data.name} has {num_classes}: "
+                         f"evaluate it on the data it was trained for (data=...)")  # fmt: skip
+    if args.get("in_chans") is not None and args["in_chans"] != info.in_chans:
+        raise ValueError(f"the model takes {args['in_chans']}-channel images but {cfg.data.name} has {info.in_chans}")
+    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, drop_last=False,
+                        num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda",
+                        persistent_workers=False)  # fmt: skip
+    model.to(device)
+    metrics = evaluate_classifier(model, loader, num_classes, device, AMP_DTYPES[cfg.amp])
+
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = save_confusion_matrix_png(metrics["confusion_matrix"], out_dir / "confusion_matrix.png", class_names)
+    record = {
+        **{k: v for k, v in metrics.items() if k != "confusion_matrix"},
+        "confusion_matrix": metrics["confusion_matrix"].tolist(),
+        "class_names": list(class_names) if class_names else None,
+        "model": {k: v for k, v in args.items()},
+        "data": cfg.data.name,
+        "eval_subset": cfg.data.get("eval_subset"),
+        "img_size": img_size,
+        "device": str(device),
+        "amp": cfg.amp,
+        "batch_size": int(cfg.batch_size),
+    }
+    metrics_file = out_dir / "metrics.json"
+    tmp = out_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, metrics_file)
+    return {
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "loss": metrics["loss"],
+        "images_per_s": metrics["images_per_s"],
+        "peak_memory_bytes": metrics["peak_memory_bytes"],
+        "num_images": metrics["num_images"],
+        "out_dir": str(out_dir),
+        "metrics_file": str(metrics_file),
+        "confusion_matrix": str(png),
+    }
