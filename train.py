@@ -7,6 +7,7 @@ Multi-GPU / multi-node: ``torchrun --nproc_per_node=N train.py ...`` (rank 0 wri
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import hydra
@@ -23,5 +24,16 @@ def main(cfg: DictConfig) -> None:
         print(json.dumps(summary), flush=True)
 
 
+def _quiet_hydra_on_other_ranks() -> None:
+    """Under torchrun only rank 0 writes: the other ranks' Hydra writes no config, log or run directory of its
+    own (the run directory is rank 0's, shared by broadcast)."""
+    if os.environ.get("RANK", "0") == "0":
+        return
+    sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    if not any(arg.startswith("hydra.run.dir=") for arg in sys.argv):
+        sys.argv.append("hydra.run.dir=.")
+
+
 if __name__ == "__main__":
+    _quiet_hydra_on_other_ranks()
     main()

@@ -168,3 +168,15 @@ def test_two_process_ddp_gives_one_summary_and_one_checkpoint(tmp_path):
     assert load_checkpoint(run_dir / "last.pt")["step"] == 2 * (256 // 32)  # 8 steps of a global batch of 32
     assert abs(summary["final_top1"] - single["final_top1"]) <= 15.0
     assert (run_dir / "report.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("model,experiment,drop_path", [("kat_t", "kat_imagenet", 0.1), ("kat_b", "kat_b_imagenet", 0.4)])
+def test_paper_recipes_compose(model, experiment, drop_path):
+    """The KAT ImageNet recipe (SPEC 1) overrides the defaults; the command line still overrides the recipe."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"experiment={experiment}", "run_dir=x", "optim.lr=5e-4"])
+    assert (cfg.data.name, cfg.epochs, cfg.batch_size, cfg.amp) == ("imagenet", 300, 128, "bf16")
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.sched.name) == ("adamw", 5e-4, 0.05, "cosine")
+    assert (cfg.mixup.mixup_alpha, cfg.mixup.cutmix_alpha, cfg.mixup.label_smoothing) == (0.8, 1.0, 0.1)
+    assert cfg.data.augment == {"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25}
+    assert cfg.ema.enabled and cfg.model.kwargs.drop_path_rate == drop_path
