@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import zoo  # noqa: F401  (registers the zoo's models)
-from tests.data.test_data import _image_folder
-from tests.test_train import _compose
+pytest.importorskip("hydra")  # the entry points' dependency
+import zoo  # noqa: E402,F401  (registers the zoo's models)
+from tests.data.test_data import _image_folder  # noqa: E402
+from tests.test_train import _compose  # noqa: E402
 from zoo.training.checkpoint import load_checkpoint
 from zoo.training.optim import param_groups
 from zoo.training.trainer import train
@@ -63,11 +64,15 @@ def test_layer_decay_and_frozen_backbone(tmp_path, digits_run):
     assert scales["blocks.0.attn.qkv.weight"] == 0.25 and scales["patch_embed.proj.weight"] == 0.125
     assert "head" not in freeze(model, "backbone")
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
-    run = train(_compose(tmp_path / "f", "epochs=1", f"finetune={digits_run['run_dir']}", "freeze=backbone",
-                         "layer_decay=0.75"))  # fmt: skip
+    run = train(_compose(tmp_path / "f", "epochs=1", f"finetune={digits_run['run_dir']}", "freeze=backbone"))
     source, tuned = _weights(digits_run["checkpoint"]), _weights(run["checkpoint"])
     changed = {k for k in source if not torch.equal(source[k], tuned[k])}
     assert changed == {"head.weight", "head.bias"}
+    # layer decay is in force from the first step (constant schedule, no warmup)
+    run = train(_compose(tmp_path / "d", "epochs=1", f"finetune={digits_run['run_dir']}", "layer_decay=0.5",
+                         "sched=constant", "optim.lr=1e-3"))  # fmt: skip
+    lrs = sorted({round(g["lr"], 12) for g in load_checkpoint(run["checkpoint"])["optimizer"]["param_groups"]})
+    assert lrs == [1.25e-4, 2.5e-4, 5e-4, 1e-3]  # patch embedding, block 0, block 1, head (2 blocks)
 
 
 def test_bad_fine_tuning_requests(tmp_path, digits_run):

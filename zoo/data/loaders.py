@@ -185,7 +185,9 @@ def create_loaders(
         num_workers=int(num_workers),
         worker_init_fn=seed_worker,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=int(num_workers) > 0,
+        # no persistent workers: each epoch's worker seeds are drawn from the global RNG when the epoch starts,
+        # so a resumed run (RNG restored) gets the same augmentations
+        persistent_workers=False,
     )
     train_loader = DataLoader(train_set, batch_size=int(batch_size), sampler=train_sampler, drop_last=True,
                               **loader_args)

@@ -117,7 +117,9 @@ def init_distributed(device: str = "auto") -> DistributedContext:
         if local_rank >= count:
             raise ValueError(f"$LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s); "
                              f"use --nproc_per_node <= {count} (or device=cpu)")
-        torch_device = torch.device("cuda", local_rank)
+        explicit = torch.device(device) if str(device) not in ("auto", "cuda") else None
+        index = explicit.index if (world_size == 1 and explicit is not None and explicit.index is not None) else local_rank
+        torch_device = torch.device("cuda", index)
         torch.cuda.set_device(torch_device)
     else:
         torch_device = torch.device("cpu")
@@ -176,6 +178,15 @@ def all_reduce_sum(values: list[float] | torch.Tensor, ctx: DistributedContext) 
     buffer = torch.tensor(numbers, dtype=torch.float64, device=_collective_device(ctx))
     dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
     return buffer.cpu().tolist()
+
+
+def all_gather_object(obj: Any, ctx: DistributedContext) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` when not distributed)."""
+    if not ctx.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier(ctx: DistributedContext) -> None:

@@ -41,17 +41,6 @@ def _resolve_device(name: str) -> torch.device:
     return device
 
 
-class _AttrDict(dict):
-    """A dict whose keys read as attributes (``cfg.model.name``), enough for ``trainer.build_model``."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            value = self[key]
-        except KeyError as error:
-            raise AttributeError(key) from error
-        return _AttrDict(value) if isinstance(value, dict) and not isinstance(value, _AttrDict) else value
-
-
 def _plain(value: Any) -> Any:
     """An OmegaConf container as plain Python (resolved); anything else unchanged."""
     if type(value).__module__.startswith("omegaconf"):
@@ -84,74 +73,21 @@ def _describe(model: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _classifier_classes(architecture: str, state: dict[str, torch.Tensor]) -> int | None:
-    """The number of classes the classifier weight in ``state`` has (None if not found)."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(architecture)
-    names = getattr(cfg, "classifier", None) if cfg is not None else None
-    for name in (names,) if isinstance(names, str) else tuple(names or ()):
-        weight = state.get(f"{name}.weight")
-        if isinstance(weight, torch.Tensor) and weight.ndim >= 1:
-            return int(weight.shape[0])
-    return None
-
-
-def _inherited_args(file: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """The architecture arguments a fine-tuned run took over from its ``finetune`` source (as train.py does):
-    read from the source if it is still there, else from the run's ``export/config.json``."""
-    source_path = config.get("finetune")
-    if not source_path:
-        return {}
-    from zoo.training.checkpoint import CheckpointError
-
-    try:
-        from zoo.training.finetune import inherited_model_args, read_source
-
-        return inherited_model_args(read_source(source_path), config["model"]["name"])
-    except (FileNotFoundError, ValueError, CheckpointError, ImportError):
-        export_config = file.parent / "export" / "config.json"
-        if export_config.is_file():
-            from zoo.training.finetune import DATA_DERIVED
-
-            args = json.loads(export_config.read_text()).get("model_args") or {}
-            return {k: v for k, v in args.items() if k not in DATA_DERIVED}
-        raise CheckpointError(
-            f"{file} was fine-tuned from {source_path}, which is gone, and no export/config.json lies beside it: "
-            "its architecture arguments are unknown; evaluate the run's export directory instead"
-        ) from None
-
-
 def _load_train_checkpoint(file: Path, model_kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    from zoo.data.datasets import DATASETS, canonical_name
     from zoo.training.checkpoint import CheckpointError, load_checkpoint
-    from zoo.training.trainer import build_model
 
     state = load_checkpoint(file)
     config = state.get("config")
     if not isinstance(config, dict) or "model" not in config or "data" not in config or "model" not in state:
         raise CheckpointError(f"{file} holds no model weights and train config ('model' and 'config' keys)")
-    cfg = _AttrDict(config)
-    info = DATASETS[canonical_name(config["data"]["name"])]
-    # ImageNet's class count is the number of class folders found at training time: read it off the classifier.
-    num_classes = _classifier_classes(config["model"]["name"], state["model"])
-    if num_classes is not None and num_classes != info.num_classes:
-        from zoo.data.datasets import replace_num_classes
+    saved = state.get("model_args")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{file} does not record the arguments its model was built with ('model_args')")
+    import zoo
 
-        info = replace_num_classes(info, num_classes)
-    saved = state.get("model_kwargs")
-    if isinstance(saved, dict):  # the exact arguments, where the trainer records them
-        import zoo
-
-        kwargs = {**saved, **model_kwargs}
-        model = zoo.create_model(config["model"]["name"], **kwargs)
-        img_size = kwargs.get("img_size") or config.get("img_size") or config["data"]["img_size"]
-    else:  # rebuild as train.py does: build_model(cfg, info, img_size, inherited)
-        if model_kwargs:
-            cfg["model"] = {**config["model"], "kwargs": {**(config["model"].get("kwargs") or {}), **model_kwargs}}
-        inherited = _inherited_args(file, config)
-        img_size = config.get("img_size") or inherited.get("img_size") or config["data"]["img_size"]
-        model, kwargs = build_model(cfg, info, img_size, inherited)
+    kwargs = {**saved, **model_kwargs}  # the exact arguments the run built its model with
+    model = zoo.create_model(config["model"]["name"], **kwargs)
+    img_size = kwargs.get("img_size") or config.get("img_size") or config["data"]["img_size"]
     try:
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as error:
@@ -210,7 +146,7 @@ def load_model_for_eval(
     Exactly one source:
 
     - ``checkpoint`` = a ``last.pt`` / ``best.pt`` written by train.py, or a run directory (its ``last.pt``): the
-      model is rebuilt as train.py built it (``trainer.build_model`` with the saved config) and ``state["model"]``
+      model is rebuilt with the arguments the run recorded (``model_args``) and ``state["model"]``
       is loaded strictly. These are the raw weights, not the EMA weights (train.py's ``export/`` holds the EMA
       weights when ``ema.enabled`` was set: evaluate ``RUN_DIR/export`` for those).
     - ``checkpoint`` = an export directory (``config.json`` + ``model.safetensors``, e.g. ``RUN_DIR/export``):

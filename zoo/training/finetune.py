@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-# Model arguments that describe the data rather than the architecture: never inherited from a source.
-DATA_DERIVED = ("num_classes", "in_chans")
+# Model arguments never inherited from a source: those set by the data, regularisation, and the kernel backend.
+NOT_INHERITED = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate",
+                 "pos_drop_rate", "patch_drop_rate", "backend")
 
 
 @dataclass
@@ -85,7 +86,7 @@ def inherited_model_args(source: FinetuneSource, model_name: str) -> dict[str, A
         raise ValueError(
             f"finetune={source.path} holds a {source.architecture!r} model, but model={model_name!r} was asked for"
         )
-    return {k: v for k, v in source.model_args.items() if k not in DATA_DERIVED}
+    return {k: v for k, v in source.model_args.items() if k not in NOT_INHERITED}
 
 
 def load_finetune_weights(model: nn.Module, source: FinetuneSource) -> list[str]:
@@ -95,8 +96,6 @@ def load_finetune_weights(model: nn.Module, source: FinetuneSource) -> list[str]
 
     Raises ValueError when other weights are missing or do not fit.
     """
-    from timm.models import adapt_input_conv
-
     state = source.state_dict
     family = importlib.import_module(type(model).__module__)
     filter_fn = getattr(family, "checkpoint_filter_fn", None)
@@ -108,7 +107,7 @@ def load_finetune_weights(model: nn.Module, source: FinetuneSource) -> list[str]
         key = f"{first_conv}.weight"
         want = own[key].shape[1]
         if state[key].shape[1] != want:
-            state[key] = adapt_input_conv(want, state[key], base_chans=state[key].shape[1])
+            state[key] = adapt_input_channels(state[key], want)
     classifiers = model.pretrained_cfg.get("classifier", "head") if hasattr(model, "pretrained_cfg") else "head"
     classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
     reset = []
@@ -126,6 +125,13 @@ def load_finetune_weights(model: nn.Module, source: FinetuneSource) -> list[str]
     return sorted(set(reset) | {k for k in result.missing_keys if k.startswith(classifiers)})
 
 
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A first-layer kernel [out, c, ...] for ``channels`` inputs: the sum over the source's channels, split
+    equally over the new ones, so an image whose channels are all equal gives the same response as before."""
+    summed = weight.float().sum(dim=1, keepdim=True)
+    return (summed.repeat(1, channels, *([1] * (weight.dim() - 2))) / channels).to(weight.dtype)
+
+
 def freeze(model: nn.Module, what: str | list[str] | None) -> list[str]:
     """Freeze top-level children of ``model``: ``"backbone"`` (all but the classifier) or a list of names.
     Returns the frozen names."""
@@ -137,7 +143,7 @@ def freeze(model: nn.Module, what: str | list[str] | None) -> list[str]:
         head_root = classifier.split(".")[0]
         names = [n for n in children if n != head_root]
     else:
-        names = list(what)
+        names = [what] if isinstance(what, str) else list(what)
         unknown = [n for n in names if n not in children]
         if unknown:
             raise ValueError(f"freeze: no top-level modules {unknown}; the model has {list(children)}")

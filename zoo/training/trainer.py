@@ -193,7 +193,7 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     )
     from zoo.training.export import export_model
     from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
-    from zoo.training.distributed import all_reduce_sum, barrier, broadcast_object
+    from zoo.training.distributed import all_gather_object, all_reduce_sum, barrier, broadcast_object
     from zoo.training.optim import create_optimizer
     from zoo.training.report import save_run_report
 
@@ -225,12 +225,21 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
+    if ctx.enabled and cfg.data.download and not ctx.is_main:
+        barrier(ctx)  # rank 0 downloads first (below), the others wait for the files
     train_loader, eval_loader, info = create_loaders(
         cfg.data.name, root=cfg.data.root, download=cfg.data.download, img_size=img_size,
         batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
         num_workers=cfg.num_workers, seed=cfg.seed, augment=dict(cfg.data.augment or {}),
         train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset, distributed=ctx.enabled,
     )  # fmt: skip
+    if ctx.enabled and cfg.data.download and ctx.is_main:
+        barrier(ctx)
+    if len(train_loader) < cfg.accum_steps:
+        raise ValueError(
+            f"an epoch has {len(train_loader)} batches per process, fewer than accum_steps={cfg.accum_steps}: "
+            f"no optimiser step would ever run; lower accum_steps or batch_size"
+        )
     model, model_kwargs = build_model(cfg, info, img_size, inherited)
     if source is not None:
         fresh = load_finetune_weights(model, source)
@@ -241,50 +250,67 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    train_model = model
+    if ctx.enabled:  # DDP makes every rank start from rank 0's parameters
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        seed_everything(cfg.seed + ctx.rank, cfg.deterministic)  # each rank its own dropout/augmentation draws
     optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
     optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
                                  layer_decay=cfg.layer_decay, **optim_args)  # fmt: skip
     updates_per_epoch = max(1, len(train_loader) // cfg.accum_steps)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=cfg.sched.name, num_epochs=cfg.epochs, warmup_epochs=cfg.sched.warmup_epochs,
-        warmup_lr=cfg.sched.warmup_lr, min_lr=cfg.sched.min_lr, step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-    )  # fmt: skip
+    sched_args = {k: v for k, v in dict(cfg.sched).items() if k != "name"}
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched.name, num_epochs=cfg.epochs, step_on_epochs=False,
+                                       updates_per_epoch=updates_per_epoch, **sched_args)  # fmt: skip
+    if scheduler is None:
+        raise ValueError(f"timm has no scheduler {cfg.sched.name!r} (sched.name)")
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
     ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
     criterion, mixup = _criterion(cfg, info.num_classes)
 
-    start_epoch, step, best_top1, history = 0, 0, -1.0, []
+    start_epoch, step, best_top1, best_ema_top1, history = 0, 0, -1.0, -1.0, []
     if resume_state is not None:
         try:
             model.load_state_dict(resume_state["model"])
             optimizer.load_state_dict(resume_state["optimizer"])
-            scheduler.load_state_dict(resume_state["scheduler"])
-            if scaler is not None:
-                scaler.load_state_dict(resume_state["scaler"])
-            if ema is not None:
-                ema.load_state_dict(resume_state["ema"])
-        except (KeyError, RuntimeError, ValueError) as error:
+            for name, part in (("scaler", scaler), ("ema", ema)):
+                if (part is None) != (resume_state[name] is None):
+                    raise ValueError(f"the checkpoint {'has' if part is None else 'has no'} {name} state")
+                if part is not None:
+                    part.load_state_dict(resume_state[name])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise CheckpointError(f"{cfg.resume} does not match this run's model or settings: {error}") from error
         start_epoch = resume_state["epoch"] + 1
         step = resume_state["step"]
-        best_top1 = resume_state["best_top1"]
+        best_top1, best_ema_top1 = resume_state["best_top1"], resume_state["best_ema_top1"]
         history = list(resume_state["history"])
-        restore_rng_state(resume_state["rng"])
+        rng = resume_state["rng"]
+        if len(rng) != ctx.world_size:
+            log.warning("the checkpoint holds the RNG states of %d processes, this run has %d: the random draws "
+                        "will not repeat those of an uninterrupted run", len(rng), ctx.world_size)  # fmt: skip
+        restore_rng_state(rng[min(ctx.rank, len(rng) - 1)])
+    # The schedule is a function of the step (lr, warmup, per-layer lr_scale): set it for the first update; a
+    # resumed run may change epochs or the schedule.
+    scheduler.step_update(num_updates=step)
 
     show_progress = ctx.is_main and (sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress))
-    train_model = model
-    if ctx.enabled:
-        device_ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    ddp_model = train_model
     if cfg.compile:
         train_model = torch.compile(train_model)
     config = _config_container(cfg)
     logger = _Logger(cfg, run_dir, config) if ctx.is_main else None
     checkpoint_path = run_dir / "last.pt"
+
+    def current_lr() -> float:
+        return max(group["lr"] for group in optimizer.param_groups)
+
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.sampler.set_epoch(epoch)
         train_model.train()
+        for name in frozen:  # frozen modules stay in eval mode: no dropout, drop-path or BN statistics
+            module = getattr(model, name)
+            if isinstance(module, nn.Module):
+                module.eval()
         started = time.perf_counter()
         seen, loss_sum = 0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress, leave=False)
@@ -296,17 +322,25 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
                 images, targets = mixup(images, targets)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                loss = criterion(train_model(images), targets)
-            if not math.isfinite(loss.item()):
-                last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (lr {optimizer.param_groups[0]['lr']:.3e});"
-                    f" stopping without writing anything. Last good checkpoint: {last_good}"
-                )
-            scaled = loss / cfg.accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if (index + 1) % cfg.accum_steps == 0:
+            updates = (index + 1) % cfg.accum_steps == 0
+            # DDP: all-reduce gradients only on the micro-step that updates
+            sync = ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                    loss = criterion(train_model(images), targets)
+                finite = math.isfinite(loss.item())
+                if ctx.enabled:  # every rank stops together
+                    finite = all_reduce_sum([0.0 if finite else 1.0], ctx)[0] == 0.0
+                if not finite:
+                    last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
+                    raise FloatingPointError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (lr {current_lr():.3e}; NaN or inf "
+                        f"on at least one process); stopping without writing anything. Last good checkpoint: "
+                        f"{last_good}"
+                    )
+                scaled = loss / cfg.accum_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if updates:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 if cfg.grad_clip:
@@ -324,29 +358,30 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
             seen += images.shape[0]
             loss_sum += loss.item() * images.shape[0]
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{current_lr():.2e}",
                             img_s=f"{seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
         train_seconds = time.perf_counter() - started
         seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
         metrics = evaluate(model, eval_loader, device, amp_dtype, cfg.channels_last, ctx)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1), "top1": metrics["top1"],
-               "top5": metrics["top5"], "eval_loss": metrics["loss"], "lr": optimizer.param_groups[0]["lr"],
+               "top5": metrics["top5"], "eval_loss": metrics["loss"], "lr": current_lr(),
                "images_per_s": seen / max(train_seconds, 1e-9)}  # fmt: skip
         if ema is not None:
             ema_metrics = evaluate(ema.module, eval_loader, device, amp_dtype, cfg.channels_last, ctx)
             row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
+            best_ema_top1 = max(best_ema_top1, row["ema_top1"])
         history.append(row)
-        top1 = max(row["top1"], row.get("ema_top1", -1.0))
-        improved = top1 > best_top1
-        best_top1 = max(best_top1, top1)
-        state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch, "step": step, "best_top1": best_top1, "history": history, "rng": capture_rng_state(),
-            "config": config, "model_args": model_kwargs,
-        }  # fmt: skip
+        improved = row["top1"] > best_top1  # best.pt: the best raw weights (what eval.py and finetune= load)
+        best_top1 = max(best_top1, row["top1"])
+        rng = all_gather_object(capture_rng_state(), ctx)
         if ctx.is_main:
+            state = {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "ema": ema.state_dict() if ema is not None else None,
+                "epoch": epoch, "step": step, "best_top1": best_top1, "best_ema_top1": best_ema_top1,
+                "history": history, "rng": rng, "config": config, "model_args": model_kwargs,
+            }  # fmt: skip
             save_checkpoint(checkpoint_path, state)
             if improved:
                 save_checkpoint(run_dir / "best.pt", state)
@@ -360,9 +395,9 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         return None
     logger.finish()
     final = history[-1] if history else {"top1": float("nan")}
+    use_ema = ema is not None and final.get("ema_top1", -1.0) >= final["top1"]
     export_dir = export_model(
-        ema.module if ema is not None else model, run_dir / "export", architecture=cfg.model.name,
-        model_args=model_kwargs,
+        ema.module if use_ema else model, run_dir / "export", architecture=cfg.model.name, model_args=model_kwargs,
         pretrained_cfg={"input_size": [info.in_chans, img_size, img_size], "mean": list(info.mean),
                         "std": list(info.std), "num_classes": info.num_classes, "interpolation": "bilinear",
                         "crop_pct": 1.0},
@@ -370,6 +405,8 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     return {
         "best_top1": best_top1,
         "final_top1": final["top1"],
+        "best_ema_top1": best_ema_top1 if ema is not None else None,
+        "exported_weights": "ema" if use_ema else "model",
         "epochs": cfg.epochs,
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint_path),
