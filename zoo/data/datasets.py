@@ -48,7 +48,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
-_DEFAULT_IMG_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagenet": 224}
+_DEFAULT_IMG_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet": 224}
 _DEFAULT_ROOT = {"cifar10": "data", "cifar100": "data", "imagenet": os.path.join("data", "imagenet")}
 _EVAL_CROP_PCT = {"cifar10": 1.0, "cifar100": 1.0, "imagenet": 0.875}
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
@@ -83,7 +83,7 @@ def canonical_split(split: str) -> str:
 
 
 def default_img_size(name: str) -> int:
-    """The image side ``create_dataset`` uses when ``img_size`` is None (digits 16, CIFAR 32, ImageNet 224)."""
+    """The image side ``create_dataset`` uses when ``img_size`` is None (digits 8, CIFAR 32, ImageNet 224)."""
     return _DEFAULT_IMG_SIZE[canonical_name(name)]
 
 
