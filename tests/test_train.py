@@ -20,7 +20,8 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import zoo  # noqa: E402,F401  (registers the zoo's models with timm)
 from tests.data.test_data import _fake_cifar, _image_folder, skip_cifar_md5  # noqa: F401  (a fixture)
 from zoo.training.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
-from zoo.training.trainer import evaluate, train  # noqa: E402
+from zoo.training.evaluation import evaluate_classifier  # noqa: E402
+from zoo.training.trainer import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small KAT (2 blocks of 32 dims) on a digits subset: seconds per epoch on a CPU.
@@ -187,7 +188,7 @@ def test_two_process_ddp_gives_one_summary_and_one_checkpoint(tmp_path):
     model = timm.create_model("kat_t", **state["model_args"])
     model.load_state_dict(state["model"])
     _, eval_loader, _ = create_loaders("digits", img_size=8, batch_size=32, eval_subset=127, train_subset=256)
-    assert evaluate(model, eval_loader, torch.device("cpu"), None, False)["top1"] == summary["final_top1"]
+    assert evaluate_classifier(model, eval_loader, 10, "cpu")["top1"] == summary["final_top1"]
     assert (run_dir / "report.png").read_bytes().startswith(b"\x89PNG")
 
 

@@ -15,14 +15,15 @@ from zoo.training.checkpoint import (
 )
 from zoo.training.export import export_model
 from zoo.training.optim import create_optimizer, param_groups
-from zoo.training.trainer import evaluate, train
+from zoo.training.evaluation import evaluate_classifier
+from zoo.training.trainer import train
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
     "capture_rng_state",
     "create_optimizer",
-    "evaluate",
+    "evaluate_classifier",
     "export_model",
     "load_checkpoint",
     "param_groups",

@@ -211,8 +211,14 @@ def evaluate_classifier(
     num_classes: int,
     device: torch.device | str,
     amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    ctx: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``loader`` (batches of ``(images, int targets)``).
+    """Evaluate ``model`` on ``loader`` (batches of ``(images, int targets)``); the one evaluation loop of the
+    zoo (train.py's per-epoch evaluation and eval.py).
+
+    With a distributed context ``ctx`` (torchrun), every count is summed over the ranks' shards, so each rank
+    returns the metrics of the whole evaluation set.
 
     Returns a dict with ``top1``, ``top5`` (percent; top-5 is top-min(5, C)), ``loss`` (mean cross-entropy,
     computed in fp32), ``num_images``, ``class_counts`` and ``per_class_accuracy`` (percent per class; None for a
@@ -229,13 +235,14 @@ def evaluate_classifier(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     matrix = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    correct1 = correct5 = torch.zeros((), dtype=torch.int64, device=device)
+    correct5 = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    total = 0
     started = time.perf_counter()
     for images, targets in loader:
         images = images.to(device, non_blocking=True)
         targets = torch.as_tensor(targets).to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
             logits = model(images)
         logits = logits.float()
@@ -245,10 +252,15 @@ def evaluate_classifier(
             raise ValueError(f"targets outside [0, {num_classes}): {targets.min().item()}..{targets.max().item()}")
         loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").double()
         top = logits.topk(min(5, num_classes), dim=1).indices
-        correct1 = correct1 + (top[:, 0] == targets).sum()
         correct5 = correct5 + (top == targets[:, None]).any(dim=1).sum()
         matrix += torch.bincount(targets * num_classes + top[:, 0], minlength=num_classes * num_classes)
-        total += targets.numel()
+    if ctx is not None and ctx.enabled:
+        from zoo.training.distributed import all_reduce_sum
+
+        summed = all_reduce_sum(torch.cat([matrix.double(), torch.stack([correct5.double(), loss_sum])]), ctx)
+        matrix, correct5, loss_sum = summed[:-2].round().long(), summed[-2].round().long(), summed[-1]
+    total = int(matrix.sum().item())
+    correct1 = matrix.view(num_classes, num_classes).diagonal().sum()
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started

@@ -78,35 +78,6 @@ def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
     return nn.CrossEntropyLoss(), None
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, loader, device: torch.device, amp_dtype, channels_last: bool, ctx: Any = None
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (percent) and mean cross-entropy of ``model`` on ``loader`` (summed over the ranks'
-    shards when ``ctx`` is a distributed context)."""
-    from zoo.training.distributed import all_reduce_sum
-
-    model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top[:, 0] == targets).sum().item()
-        correct5 += (top == targets[:, None]).any(dim=1).sum().item()
-        total += targets.numel()
-    if ctx is not None and ctx.enabled:
-        correct1, correct5, total, loss_sum = all_reduce_sum([correct1, correct5, total, loss_sum], ctx)
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total}
-
-
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl and metrics.csv rewritten from the whole history (atomic), so a resumed run never
     duplicates or loses an epoch."""
@@ -191,6 +162,7 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         restore_rng_state,
         save_checkpoint,
     )
+    from zoo.training.evaluation import evaluate_classifier
     from zoo.training.export import export_model
     from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
     from zoo.training.distributed import all_gather_object, all_reduce_sum, barrier, broadcast_object
@@ -362,12 +334,13 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
                             img_s=f"{seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
         train_seconds = time.perf_counter() - started
         seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
-        metrics = evaluate(model, eval_loader, device, amp_dtype, cfg.channels_last, ctx)
+        metrics = evaluate_classifier(model, eval_loader, info.num_classes, device, amp_dtype, cfg.channels_last, ctx)
         row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1), "top1": metrics["top1"],
                "top5": metrics["top5"], "eval_loss": metrics["loss"], "lr": current_lr(),
                "images_per_s": seen / max(train_seconds, 1e-9)}  # fmt: skip
         if ema is not None:
-            ema_metrics = evaluate(ema.module, eval_loader, device, amp_dtype, cfg.channels_last, ctx)
+            ema_metrics = evaluate_classifier(ema.module, eval_loader, info.num_classes, device, amp_dtype,
+                                              cfg.channels_last, ctx)  # fmt: skip
             row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
             best_ema_top1 = max(best_ema_top1, row["ema_top1"])
         history.append(row)
