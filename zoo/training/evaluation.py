@@ -29,6 +29,7 @@ from torch import nn
 __all__ = ["load_model_for_eval", "evaluate_classifier", "save_confusion_matrix_png", "run_eval"]
 
 _EXPORT_FILES = ("config.json", "model.safetensors")
+# the `amp` setting of train.py and eval.py: autocast dtype (None: fp32)
 AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -49,21 +49,12 @@ def read_source(path: str | Path) -> FinetuneSource:
             raise FileNotFoundError(f"finetune={path}: the export has config.json but no {weights.name}")
         args = dict(config.get("model_args") or {})
         return FinetuneSource(path, load_file(str(weights)), config.get("architecture"), args)
-    if path.is_dir() or _is_zoo_checkpoint(path):
-        state = load_checkpoint(path)
-        config = state.get("config") or {}
-        model_cfg = config.get("model", {})
+    state = load_checkpoint(path) if path.is_dir() else _load_foreign(path)  # each file is read once
+    if isinstance(state, dict) and "format" in state and "model" in state:  # a train.py checkpoint
+        model_cfg = (state.get("config") or {}).get("model", {})
         args = dict(state.get("model_args") or {})  # the constructor arguments the run built its model with
         return FinetuneSource(path, state["model"], model_cfg.get("name"), args)
-    return FinetuneSource(path, _load_foreign(path))
-
-
-def _is_zoo_checkpoint(path: Path) -> bool:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - anything unreadable this way is not one of ours
-        return False
-    return isinstance(state, dict) and "format" in state and "model" in state
+    return FinetuneSource(path, state)
 
 
 def _load_foreign(path: Path) -> dict[str, Any]:

@@ -21,11 +21,38 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch import nn
+from tqdm import tqdm
+
+from zoo.data import create_loaders
+from zoo.training.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    resolve_checkpoint_path,
+    restore_rng_state,
+    save_checkpoint,
+)
+from zoo.training.distributed import (
+    all_gather_object,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+)
+from zoo.training.evaluation import AMP_DTYPES, evaluate_classifier
+from zoo.training.export import export_model
+from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
+from zoo.training.optim import create_optimizer
+from zoo.training.report import save_run_report
 
 log = logging.getLogger("zoo.train")
 
-AMP_DTYPES = {None: None, "none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -65,9 +92,6 @@ def build_model(
 
 def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
     """(training loss, timm Mixup or None) from ``cfg.mixup``."""
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     m = cfg.mixup
     if m.mixup_alpha > 0 or m.cutmix_alpha > 0:
         mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
@@ -139,8 +163,6 @@ def train(cfg: Any) -> dict[str, Any] | None:
     Under ``torchrun`` every process trains its shard (DistributedDataParallel); rank 0 alone writes the run
     directory (checkpoints, metrics, report, export) and gets the summary; the other ranks get None.
     """
-    from zoo.training.distributed import cleanup, init_distributed
-
     ctx = init_distributed(cfg.device)
     try:
         return _train(cfg, ctx)
@@ -149,26 +171,6 @@ def train(cfg: Any) -> dict[str, Any] | None:
 
 
 def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3
-    from tqdm import tqdm
-
-    from zoo.data import create_loaders
-    from zoo.training.checkpoint import (
-        CheckpointError,
-        capture_rng_state,
-        load_checkpoint,
-        resolve_checkpoint_path,
-        restore_rng_state,
-        save_checkpoint,
-    )
-    from zoo.training.evaluation import evaluate_classifier
-    from zoo.training.export import export_model
-    from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
-    from zoo.training.distributed import all_gather_object, all_reduce_sum, barrier, broadcast_object
-    from zoo.training.optim import create_optimizer
-    from zoo.training.report import save_run_report
-
     if cfg.amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
     if cfg.accum_steps < 1:
