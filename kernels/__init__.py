@@ -5,6 +5,16 @@ interpreter (tests); otherwise ``backend="auto"`` runs Triton on CUDA tensors an
 """
 
 from kernels._backend import BACKENDS, resolve_backend
+from kernels.dwconv import dwconv2d, dwconv2d_reference, inception_dwconv2d, inception_dwconv2d_reference
 from kernels.rational import group_rational, group_rational_reference
 
-__all__ = ["BACKENDS", "resolve_backend", "group_rational", "group_rational_reference"]
+__all__ = [
+    "BACKENDS",
+    "dwconv2d",
+    "dwconv2d_reference",
+    "group_rational",
+    "group_rational_reference",
+    "inception_dwconv2d",
+    "inception_dwconv2d_reference",
+    "resolve_backend",
+]

@@ -127,9 +127,9 @@ def all_specs() -> list[KernelSpec]:
     """The compile specs of every kernel module."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("ahead-of-time compilation needs the real Triton JIT: unset TRITON_INTERPRET")
-    from kernels import rational
+    from kernels import dwconv, rational
 
-    return [*rational.aot_specs()]
+    return [*rational.aot_specs(), *dwconv.aot_specs()]
 
 
 def main() -> None:

@@ -34,6 +34,12 @@ if not torch.cuda.is_available():  # the Triton rows run through the interpreter
 
 import triton  # noqa: E402
 
+from kernels.dwconv import (  # noqa: E402
+    dwconv2d,
+    dwconv2d_reference,
+    inception_dwconv2d,
+    inception_dwconv2d_reference,
+)
 from kernels.rational import group_rational, group_rational_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +70,7 @@ class OpRow:
 
 @dataclass
 class ModelRow:
+    group: str  # the family; "vs peer" compares with the timm rows of the same group
     model: str
     backend: str  # "triton", "torch" (the zoo's backends) or "timm" (a timm peer)
     mode: str  # "train" (forward, loss, backward, AdamW step) or "infer" (forward, no grad)
@@ -126,6 +133,31 @@ def copy_bandwidth_gbps(device: torch.device) -> float | None:
 # ------------------------------------------------------------------------------------------------ ops
 
 
+def _op_rows(op: str, case: str, dtype: torch.dtype, device: torch.device, impls: dict[str, Callable],
+             inputs: tuple[torch.Tensor, ...], grad_inputs: tuple[torch.Tensor, ...], dy: torch.Tensor,
+             moved: dict[str, int]) -> list[OpRow]:  # fmt: skip
+    """Rows of one case: ``impl(*inputs)`` forward (no grad) and forward+backward (the gradients of
+    ``grad_inputs`` for the output gradient ``dy``), eager and (on a GPU) as CUDA-graph replays."""
+    rows = []
+    for impl, fn in impls.items():
+
+        def forward(fn=fn):
+            with torch.no_grad():
+                return fn(*inputs)
+
+        def forward_backward(fn=fn):
+            return torch.autograd.grad(fn(*inputs), grad_inputs, dy)
+
+        for pass_, run in (("fwd", forward), ("fwd+bwd", forward_backward)):
+            ms = _time_ms(run, device)
+            graph_ms = _graph_ms(run, device)
+            note = "interpreter" if impl == "triton" and device.type == "cpu" else ""
+            gbps = moved[pass_] / ((graph_ms or ms) * 1e-3) / 1e9
+            rows.append(OpRow(op, case, str(dtype).removeprefix("torch."), pass_, impl, ms, graph_ms, moved[pass_],
+                              gbps, note=note))  # fmt: skip
+    return rows
+
+
 def rational_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
     """(case name, shape of x, groups): KAT's MLP inputs at batch 128 (ViT-B widths 768 and 3072)."""
     if small:
@@ -148,72 +180,138 @@ def bench_rational(small: bool, dtype: torch.dtype, device: torch.device, compil
         if compile_reference:
             impls["reference+compile"] = torch.compile(group_rational_reference, fullgraph=True)
         element = x.element_size() * x.numel()
-        for impl, fn in impls.items():
-
-            def forward(fn=fn):
-                with torch.no_grad():
-                    return fn(x, a, b)
-
-            def forward_backward(fn=fn):
-                return torch.autograd.grad(fn(x, a, b), (x, a, b), dy)
-
-            for pass_, run, moved in (("fwd", forward, 2 * element), ("fwd+bwd", forward_backward, 5 * element)):
-                ms = _time_ms(run, device)
-                graph_ms = _graph_ms(run, device)
-                note = "interpreter" if impl == "triton" and device.type == "cpu" else ""
-                gbps = moved / ((graph_ms or ms) * 1e-3) / 1e9
-                rows.append(OpRow("group_rational", case, str(dtype).removeprefix("torch."), pass_, impl, ms,
-                                  graph_ms, moved, gbps, note=note))
+        rows += _op_rows("group_rational", case, dtype, device, impls, (x, a, b), (x, a, b), dy,
+                         {"fwd": 2 * element, "fwd+bwd": 5 * element})  # fmt: skip
     return rows
 
 
-OPS = {"rational": bench_rational}
-
-# (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peer.
-MODELS = [
-    ("kat_t", {"backend": "triton"}, "triton"),
-    ("kat_t", {"backend": "torch"}, "torch"),
-    ("vit_tiny_patch16_224", {}, "timm"),
-]
+def dwconv_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
+    """(case name, shape of x, kernel size): the issue's depthwise shapes, batch 64, channels_last."""
+    if small:
+        return [("B2xC8x9x9xK3", (2, 8, 9, 9), 3)]
+    return [(f"B64xC{c}x{h}x{h}xK{k}", (64, c, h, h), k) for c, h in ((384, 56), (768, 14)) for k in (3, 7, 13, 31)]
 
 
-def bench_models(small: bool, dtype: torch.dtype, device: torch.device) -> list[ModelRow]:
+def bench_dwconv(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+    """Rows for zoo::dwconv2d: PyTorch's own depthwise convolution (the reference, F.conv2d) and Triton.
+    (torch.compile lowers a convolution to the same kernel, so there is no compiled-reference row.)"""
+    rows = []
+    for case, shape, k in dwconv_cases(small):
+        x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(shape[1], 1, k, k, dtype=dtype, device=device)
+        b = torch.randn(shape[1], dtype=dtype, device=device)
+        leaves = tuple(t.requires_grad_() for t in (x, w, b))
+        dy = torch.randn_like(x)
+        impls = {"reference": dwconv2d_reference, "triton": lambda x, w, b: dwconv2d(x, w, b, backend="triton")}
+        element = x.element_size() * x.numel()
+        # forward: x in, y out; backward: dy in, dx out (input gradient), x and dy in again (weight gradient)
+        rows += _op_rows("dwconv2d", case, dtype, device, impls, leaves, leaves, dy,
+                         {"fwd": 2 * element, "fwd+bwd": 6 * element})  # fmt: skip
+    return rows
+
+
+def inception_cases(small: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """(case name, shape of x): InceptionNeXt-T's mixer inputs at batch 128, stages 1-4."""
+    if small:
+        return [("B2xC16x9x9", (2, 16, 9, 9))]
+    return [(f"B128xC{c}x{h}x{h}", (128, c, h, h)) for c, h in ((96, 56), (192, 28), (384, 14), (768, 7))]
+
+
+def bench_inception(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+    """Rows for zoo::inception_dwconv2d: the eager split / conv / cat path (reference, also compiled) and the
+    fused Triton mixer (square 3, band 11, 1/8 of the channels per branch), channels_last."""
+    rows = []
+    for case, shape in inception_cases(small):
+        gc = shape[1] // 8
+        x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+        params = [torch.randn(gc, 1, 3, 3), torch.randn(gc), torch.randn(gc, 1, 1, 11), torch.randn(gc),
+                  torch.randn(gc, 1, 11, 1), torch.randn(gc)]  # fmt: skip
+        leaves = (x.requires_grad_(), *(p.to(device, dtype).requires_grad_() for p in params))
+        dy = torch.randn_like(x)
+        impls: dict[str, Callable] = {
+            "reference": inception_dwconv2d_reference,
+            "triton": lambda *args: inception_dwconv2d(*args, backend="triton"),
+        }
+        if compile_reference:
+            impls["reference+compile"] = torch.compile(inception_dwconv2d_reference, fullgraph=True)
+        element = x.element_size() * x.numel()
+        rows += _op_rows("inception_dwconv2d", case, dtype, device, impls, leaves, leaves, dy,
+                         {"fwd": 2 * element, "fwd+bwd": 6 * element})  # fmt: skip
+    return rows
+
+
+OPS = {"rational": bench_rational, "dwconv": bench_dwconv, "inception": bench_inception}
+
+# group -> (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peers.
+MODELS = {
+    "kat": [
+        ("kat_t", {"backend": "triton"}, "triton"),
+        ("kat_t", {"backend": "torch"}, "torch"),
+        ("vit_tiny_patch16_224", {}, "timm"),
+    ],
+    "inceptionnext": [
+        ("inceptionnext_t", {"backend": "triton"}, "triton"),
+        ("inceptionnext_t", {"backend": "torch"}, "torch"),
+        ("convnext_tiny", {}, "timm"),
+        ("inception_next_tiny", {}, "timm"),
+    ],
+}
+CHANNELS_LAST_GROUPS = {"inceptionnext"}  # convolutional networks run channels_last (ours and the peers)
+
+
+def bench_models(small: bool, dtype: torch.dtype, device: torch.device, groups: list[str] | None = None,
+                 batch: int | None = None, img_size: int | None = None) -> list[ModelRow]:  # fmt: skip
     """Images/s of a training step (forward, cross-entropy, backward, AdamW) and of inference, under autocast.
 
-    On a CPU (small sizes) the Triton backend would run through the interpreter: those rows are skipped.
+    On a CPU the Triton backend would run through the interpreter: those rows are skipped.
     """
     import timm
 
     import zoo  # noqa: F401  (registers the zoo's models with timm)
 
-    batch, img_size = (2, 32) if small else (128, 224)
+    default_batch, default_size = (2, 32) if small else (128, 224)
+    batch, img_size = batch or default_batch, img_size or default_size
     rows = []
-    for name, kwargs, backend in MODELS:
-        if backend == "triton" and device.type == "cpu":
-            continue
-        torch.manual_seed(0)
-        model = timm.create_model(name, img_size=img_size, **kwargs).to(device)
-        x = torch.randn(batch, 3, img_size, img_size, device=device)
-        target = torch.randint(0, model.num_classes, (batch,), device=device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def train_step():
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=dtype):
-                loss = torch.nn.functional.cross_entropy(model(x), target)
-            loss.backward()
-            optimizer.step()
-
-        def infer_step():
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
-                return model(x)
-
-        for mode, step in (("train", train_step), ("infer", infer_step)):
-            model.train(mode == "train")
-            ms = _time_ms(step, device, warmup_ms=2000, rep_ms=4000)  # steps of tens of ms: many of each
-            rows.append(ModelRow(name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms,
-                                 batch / (ms * 1e-3)))
+    for group in groups or list(MODELS):
+        for name, kwargs, backend in MODELS[group]:
+            if backend == "triton" and device.type == "cpu":
+                continue
+            rows += _bench_model(group, name, kwargs, backend, batch, img_size, dtype, device, timm)
     return rows
+
+
+def _bench_model(group: str, name: str, kwargs: dict, backend: str, batch: int, img_size: int,
+                 dtype: torch.dtype, device: torch.device, timm) -> list[ModelRow]:  # fmt: skip
+    """The train and infer rows of one model."""
+    rows = []
+    torch.manual_seed(0)
+    size_kwargs = {"img_size": img_size} if group == "kat" else {}
+    model = timm.create_model(name, **size_kwargs, **kwargs).to(device)
+    memory_format = torch.channels_last if group in CHANNELS_LAST_GROUPS else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
+    target = torch.randint(0, model.num_classes, (batch,), device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype):
+            loss = torch.nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        optimizer.step()
+
+    def infer_step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
+            return model(x)
+
+    for mode, step in (("train", train_step), ("infer", infer_step)):
+        model.train(mode == "train")
+        ms = _time_ms(step, device, warmup_ms=2000, rep_ms=4000)  # steps of tens of ms: many of each
+        rows.append(ModelRow(group, name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms,
+                             batch / (ms * 1e-3)))
+    return rows
+
+
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -287,14 +385,19 @@ def render_markdown(results_dir: Path) -> str:
             lines.append("")
         if data.get("models"):
             lines += [
-                "Models (eager, autocast; `vs peer`: images/s over the timm peer's in the same mode):",
+                "Models (eager, autocast; convolutional networks channels_last; `vs peers`: images/s over each timm "
+                "peer's in the same mode):",
                 "",
-                "| model | backend | mode | batch | img | dtype | ms/step | images/s | vs peer |",
-                "|---|---|---|---:|---:|---|---:|---:|---:|",
+                "| model | backend | mode | batch | img | dtype | ms/step | images/s | vs peers |",
+                "|---|---|---|---:|---:|---|---:|---|---|",
             ]
-            peer = {r["mode"]: r["images_per_s"] for r in data["models"] if r["backend"] == "timm"}
             for r in data["models"]:
-                ratio = f"{r['images_per_s'] / peer[r['mode']]:.2f}x" if r["mode"] in peer and r["backend"] != "timm" else ""
+                group = r.get("group", "kat")  # files written before model groups existed hold KAT rows only
+                peers = [p for p in data["models"] if p["backend"] == "timm" and p.get("group", "kat") == group
+                         and p["mode"] == r["mode"]]  # fmt: skip
+                ratio = "" if r["backend"] == "timm" else ", ".join(
+                    f"{r['images_per_s'] / p['images_per_s']:.2f}x {p['model']}" for p in peers
+                )
                 lines.append(
                     f"| {r['model']} | {r['backend']} | {r['mode']} | {r['batch']} | {r['img_size']} | {r['dtype']} | "
                     f"{r['ms']:.2f} | {r['images_per_s']:.0f} | {ratio} |"
@@ -308,6 +411,10 @@ def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", nargs="*", default=sorted(OPS), choices=sorted(OPS), help="ops to time")
     parser.add_argument("--no-models", action="store_true", help="skip the model rows")
+    parser.add_argument("--models", nargs="*", default=sorted(MODELS), choices=sorted(MODELS),
+                        help="model groups to time (each zoo model with both backends and its timm peers)")
+    parser.add_argument("--batch", type=int, default=None, help="model batch (default 128 on a GPU, 2 small)")
+    parser.add_argument("--img-size", type=int, default=None, help="model image size (default 224, 32 small)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (default on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference rows")
@@ -332,7 +439,7 @@ def main(argv: list[str] | None = None) -> Results:
     for op in args.ops:
         results.ops += OPS[op](small, dtype, device, compile_reference=not args.no_compile)
     if not args.no_models:
-        results.models = bench_models(small, dtype, device)
+        results.models = bench_models(small, dtype, device, args.models, args.batch, args.img_size)
     for row in results.ops:
         row.fraction_of_copy_bw = row.gbps / copy_bw if copy_bw else None
         row.fraction_of_datasheet_bw = row.gbps / datasheet if datasheet else None

@@ -21,15 +21,22 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     assert len(files) == 1
     data = json.loads(files[0].read_text())
     assert data["device"] == results.device and data["torch"] and data["triton"]
-    combos = {(r["impl"], r["pass_"]) for r in data["ops"]}
-    impls = {"reference", "reference+compile", "triton"}
-    assert combos == {(i, p) for i in impls for p in ("fwd", "fwd+bwd")}
+    combos = {(r["op"], r["impl"], r["pass_"]) for r in data["ops"]}
+    impls = {"group_rational": {"reference", "reference+compile", "triton"}, "dwconv2d": {"reference", "triton"},
+             "inception_dwconv2d": {"reference", "reference+compile", "triton"}}  # fmt: skip
+    assert combos == {(op, i, p) for op, names in impls.items() for i in names for p in ("fwd", "fwd+bwd")}
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
     table = (out / "README.md").read_text()
     assert "| group_rational | B2xL17x48 | bfloat16 | fwd+bwd | triton |" in table
-    # model rows: the zoo model with the reference backend (Triton would be the interpreter on a CPU) and its peer
-    models = {(r["model"], r["backend"], r["mode"]) for r in data["models"]}
-    assert models == {(m, b, mode) for m, b in (("kat_t", "torch"), ("vit_tiny_patch16_224", "timm"))
-                      for mode in ("train", "infer")}
+    assert "| inception_dwconv2d | B2xC16x9x9 | bfloat16 | fwd+bwd | triton |" in table
+    # model rows: each zoo model with the reference backend (Triton would be the interpreter on a CPU), its peers
+    models = {(r["group"], r["model"], r["backend"], r["mode"]) for r in data["models"]}
+    expected = [("kat", "kat_t", "torch"), ("kat", "vit_tiny_patch16_224", "timm"),
+                ("inceptionnext", "inceptionnext_t", "torch"), ("inceptionnext", "convnext_tiny", "timm"),
+                ("inceptionnext", "inception_next_tiny", "timm")]  # fmt: skip
+    assert models == {(*row, mode) for row in expected for mode in ("train", "infer")}
     assert all(r["images_per_s"] > 0 for r in data["models"])
     assert "| kat_t | torch | train | 2 | 32 |" in table
+    # each zoo row is compared with every timm peer of its family
+    row = next(line for line in table.splitlines() if line.startswith("| inceptionnext_t | torch | infer |"))
+    assert "x convnext_tiny, " in row and "x inception_next_tiny |" in row

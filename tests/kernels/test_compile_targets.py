@@ -46,9 +46,16 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
         archs_by_name.setdefault(r["name"], set()).add(r["arch"])
     assert archs_by_name, "no kernel configuration was compiled"
     assert all(archs == {80, 90} for archs in archs_by_name.values()), archs_by_name
-    for kernel in ("_group_rational_fwd_kernel", "_group_rational_bwd_kernel"):
+    kernels = ("_group_rational_fwd_kernel", "_group_rational_bwd_kernel", "_dwconv_kernel", "_dwconv_wgrad_kernel",
+               "_inception_kernel", "_inception_wgrad_kernel")  # fmt: skip
+    for kernel in kernels:
         for dtype in ("fp32", "bf16", "fp16"):
             assert any(name.startswith(f"{kernel}[{dtype},") for name in archs_by_name), (kernel, dtype)
+    for kernel in ("_dwconv_kernel", "_inception_kernel"):  # forward and input gradient, both layouts
+        for layout in ("channels_last", "nchw"):
+            for direction in ("fwd", "bwd"):
+                assert any(name.startswith(f"{kernel}[bf16,{layout},") and f",{direction}" in name
+                           for name in archs_by_name), (kernel, layout, direction)  # fmt: skip
 
 
 def test_no_register_spills(reports):

@@ -37,7 +37,8 @@ def kat_t() -> KAT:
 
 
 def test_registered_with_timm_and_the_zoo():
-    assert zoo.list_models() == ["kat_b", "kat_s", "kat_t"]
+    assert zoo.list_models("kat_*") == ["kat_b", "kat_s", "kat_t"]
+    assert {"kat_t", "inceptionnext_t"} <= set(zoo.list_models())
     assert zoo.list_models("kat_[ts]") == ["kat_s", "kat_t"]
     for name in VARIANTS:
         assert timm.is_model(name)

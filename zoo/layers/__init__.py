@@ -2,10 +2,12 @@
 
 from timm.layers import register_notrace_module
 
+from zoo.layers.inception import InceptionDWConv2d
 from zoo.layers.kan import KAN
 from zoo.layers.rational import RATIONAL_INITS, GroupRational, RationalInit, variance_preserving_gain
 
-# GroupRational checks shapes in Python and calls a custom op: a leaf for torch.fx tracing (timm's FX tests).
+# These modules check shapes in Python and call custom ops: leaves for torch.fx tracing (timm's FX tests).
 register_notrace_module(GroupRational)
+register_notrace_module(InceptionDWConv2d)
 
-__all__ = ["GroupRational", "KAN", "RATIONAL_INITS", "RationalInit", "variance_preserving_gain"]
+__all__ = ["KAN", "RATIONAL_INITS", "GroupRational", "InceptionDWConv2d", "RationalInit", "variance_preserving_gain"]

@@ -1,7 +1,8 @@
 """The zoo's model families, registered with timm on import (``timm.create_model("kat_t")`` after ``import zoo``)."""
 
-from zoo.models import kat
+from zoo.models import inceptionnext, kat
 from zoo.models._registry import create_model, list_models, register_model
+from zoo.models.inceptionnext import InceptionNeXt
 from zoo.models.kat import KAT
 
-__all__ = ["KAT", "create_model", "kat", "list_models", "register_model"]
+__all__ = ["KAT", "InceptionNeXt", "create_model", "inceptionnext", "kat", "list_models", "register_model"]

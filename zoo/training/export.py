@@ -66,7 +66,7 @@ def _timm_config(model: torch.nn.Module, model_args: dict[str, Any]) -> dict[str
         return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CONFIG_NAME
-        save_config_for_hf(model, str(path), model_args=dict(model_args) or None)
+        save_config_for_hf(model, path, model_args=dict(model_args) or None)  # a Path: timm 1.0.29 calls .open()
         return json.loads(path.read_text())
 
 

@@ -1,0 +1,360 @@
+"""zoo::dwconv2d and zoo::inception_dwconv2d: the Triton kernels (interpreter on CPU, compiled on GPU) against
+the PyTorch references, in float64 as the ground truth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels._backend as backend_module
+from kernels.dwconv import (
+    dwconv2d,
+    dwconv2d_backward,
+    dwconv2d_forward,
+    dwconv2d_reference,
+    inception_dwconv2d,
+    inception_dwconv2d_reference,
+)
+from tests.helpers import DEVICE, assert_close, assert_relative_error
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+LAYOUTS = ["nchw", "channels_last", "strided"]
+
+# (x shape, kernel (kh, kw), stride, dilation): none of the sizes is a multiple of the interpreter's tiles
+# (16 positions x 4 channels, 4 taps x 8 positions); square, band and rectangular kernels; stride 2 on odd maps;
+# dilation; kernels larger than the map (zeros outside keep their meaning).
+CONV_CASES = [
+    ((2, 5, 7, 9), (3, 3), 1, 1),
+    ((1, 6, 5, 6), (5, 3), 2, 1),
+    ((2, 3, 9, 8), (3, 5), 1, 2),
+    ((1, 4, 3, 4), (7, 7), 1, 1),
+    ((1, 7, 6, 5), (1, 11), (2, 1), 1),
+    ((2, 3, 11, 4), (13, 1), 1, (2, 1)),
+]
+
+
+def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every second column of a wider tensor: no dimension has stride 1
+        wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x.contiguous()
+
+
+def _grads(fn, inputs, dy):
+    """fn(*leaves) and the gradient of <fn, dy> with respect to each tensor input (None where the input is None)."""
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
+    y = fn(*leaves)
+    y.backward(dy)
+    return y.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _check(y, grads, y64, grads64, dtype):
+    assert_close(y, y64, dtype, scale=float(y64.abs().max().clamp_min(1.0)))
+    assert_close(grads[0], grads64[0], dtype, scale=float(grads64[0].abs().max().clamp_min(1.0)))
+    bound = 1e-5 if dtype == torch.float32 else 1e-2  # reductions of dtype products, summed in fp32
+    for g, g64 in zip(grads[1:], grads64[1:]):
+        assert (g is None) == (g64 is None)
+        if g is not None:
+            assert_relative_error(g, g64, bound)
+
+
+# ---------------------------------------------------------------------------------------------------- dwconv2d
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,kernel,stride,dilation", CONV_CASES, ids=str)
+def test_dwconv2d_matches_float64_reference(shape, kernel, stride, dilation, dtype, layout):
+    torch.manual_seed(0)
+    x = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
+    weight = torch.randn(shape[1], 1, *kernel, device=DEVICE).to(dtype)
+    bias = torch.randn(shape[1], device=DEVICE).to(dtype)
+    y64 = dwconv2d_reference(x.double(), weight.double(), bias.double(), stride, dilation)
+    dy = torch.randn(y64.shape, device=DEVICE).to(dtype)
+
+    def conv(backend):
+        return lambda x, w, b: dwconv2d(x, w, b, stride, dilation, backend=backend)
+
+    y, grads = _grads(conv("triton"), (x, weight, bias), dy)
+    y64, grads64 = _grads(conv("torch"), (x.double(), weight.double(), bias.double()), dy.double())
+    assert y.dtype == dtype and y.shape == y64.shape
+    assert all(g.dtype == dtype for g in grads)
+    if layout != "strided":  # the output and dx keep the memory format of x
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        assert y.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(memory_format=fmt)
+    _check(y, grads, y64, grads64, dtype)
+
+
+def test_dwconv2d_large_kernel_on_a_small_map():
+    """K = 31 (the largest kernel of the issue) on a 4 x 5 map: every tap but the centre ones reads padding."""
+    torch.manual_seed(1)
+    x = torch.randn(1, 3, 4, 5, device=DEVICE)
+    weight, bias = torch.randn(3, 1, 31, 31, device=DEVICE), torch.randn(3, device=DEVICE)
+    dy = torch.randn(1, 3, 4, 5, device=DEVICE)
+    y, grads = _grads(lambda *a: dwconv2d(*a, backend="triton"), (x, weight, bias), dy)
+    y64, grads64 = _grads(lambda *a: dwconv2d(*a, backend="torch"), (x.double(), weight.double(), bias.double()),
+                          dy.double())  # fmt: skip
+    _check(y, grads, y64, grads64, torch.float32)
+    assert torch.count_nonzero(grads[1][:, :, :12]) == 0  # taps that never meet the map get zero gradient
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dwconv2d_equals_nn_conv2d_without_bias(backend):
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(6, 6, (5, 3), stride=2, padding=(2, 1), groups=6, bias=False).to(DEVICE)
+    x = torch.randn(2, 6, 9, 7, device=DEVICE)
+    y = dwconv2d(x, conv.weight, None, stride=2, backend=backend)
+    assert_close(y, conv(x), torch.float32)
+    y.sum().backward()
+    assert conv.weight.grad is not None
+
+
+def test_dwconv2d_empty_batch():
+    x = torch.randn(0, 4, 5, 5, device=DEVICE, requires_grad=True)
+    weight = torch.randn(4, 1, 3, 3, device=DEVICE, requires_grad=True)
+    bias = torch.randn(4, device=DEVICE, requires_grad=True)
+    y = dwconv2d(x, weight, bias, backend="triton")
+    assert y.shape == (0, 4, 5, 5)
+    y.sum().backward()
+    assert torch.count_nonzero(weight.grad) == 0 and torch.count_nonzero(bias.grad) == 0
+
+
+# ------------------------------------------------------------------------------------------ inception mixer
+
+# (x shape, gc, square kernel, band): timm's tiny-style split (identity 7 of 13 channels), the atto split
+# (ratio 0.25, band 9), no identity channels at all (C = 3 gc), band 5 on a map narrower than the band.
+MIXER_CASES = [
+    ((2, 13, 6, 7), 2, 3, 11),
+    ((1, 16, 5, 9), 4, 3, 9),
+    ((2, 9, 7, 6), 3, 3, 5),
+    ((1, 10, 3, 4), 1, 5, 7),
+]
+
+
+def _mixer_inputs(shape, gc, square, band, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    params = [torch.randn(gc, 1, square, square, generator=gen), torch.randn(gc, generator=gen),
+              torch.randn(gc, 1, 1, band, generator=gen), torch.randn(gc, generator=gen),
+              torch.randn(gc, 1, band, 1, generator=gen), torch.randn(gc, generator=gen)]  # fmt: skip
+    return x.to(DEVICE, dtype), [p.to(DEVICE, dtype) for p in params]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,gc,square,band", MIXER_CASES, ids=str)
+def test_inception_mixer_matches_float64_reference(shape, gc, square, band, dtype, layout):
+    x, params = _mixer_inputs(shape, gc, square, band, dtype)
+    x = _layout(x, layout)
+    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    y, grads = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
+    y64, grads64 = _grads(lambda *a: inception_dwconv2d(*a, backend="torch"),
+                          (x.double(), *(p.double() for p in params)), dy.double())  # fmt: skip
+    assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    _check(y, grads, y64, grads64, dtype)
+    identity = shape[1] - 3 * gc
+    assert torch.equal(y[:, :identity], x[:, :identity])  # the identity slice is copied bit for bit
+    assert torch.equal(grads[0][:, :identity], dy[:, :identity])
+
+
+def test_inception_mixer_equals_the_branches_of_timm():
+    """The reference is timm's InceptionDWConv2d: split, three nn.Conv2d, cat."""
+    from timm.models.inception_next import InceptionDWConv2d
+
+    torch.manual_seed(3)
+    module = InceptionDWConv2d(24, band_kernel_size=9, branch_ratio=0.25).to(DEVICE)
+    x = torch.randn(2, 24, 7, 8, device=DEVICE)
+    args = [module.dwconv_hw.weight, module.dwconv_hw.bias, module.dwconv_w.weight, module.dwconv_w.bias,
+            module.dwconv_h.weight, module.dwconv_h.bias]  # fmt: skip
+    expected = module(x)
+    torch.testing.assert_close(inception_dwconv2d_reference(x, *args), expected, rtol=0, atol=0)
+    assert_close(inception_dwconv2d(x, *args, backend="triton"), expected, torch.float32)
+
+
+def test_inception_mixer_keeps_slices_apart():
+    """The kernels read whole aligned groups of 8 channels across slice boundaries: a non-finite value in one
+    slice must not reach another (only the slices' own channels are stored)."""
+    x, params = _mixer_inputs((1, 30, 5, 6), 3, 3, 5, torch.float32, seed=5)  # identity 21, branches at 21/24/27
+    x[:, 20] = float("inf")  # last identity channel, in the same 8-channel group as the first branch's
+    x[:, 25] = float("nan")  # inside the second branch
+    y = inception_dwconv2d(x, *params, backend="triton")
+    expected = inception_dwconv2d_reference(x.double(), *(p.double() for p in params))
+    assert torch.equal(torch.isfinite(y), torch.isfinite(expected))
+    finite = torch.isfinite(expected)
+    assert_close(y[finite], expected[finite], torch.float32, scale=float(expected[finite].abs().max()))
+
+
+def test_inception_mixer_without_biases():
+    x, params = _mixer_inputs((1, 13, 5, 6), 2, 3, 11, torch.float32, seed=4)
+    params[1] = params[3] = params[5] = None
+    dy = torch.randn(1, 13, 5, 6, device=DEVICE)
+    y, grads = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
+    y64, grads64 = _grads(lambda *a: inception_dwconv2d(*a, backend="torch"),
+                          (x.double(), *(None if p is None else p.double() for p in params)), dy.double())
+    _check(y, grads, y64, grads64, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = torch.randn(1, 4, 5, 5, device=DEVICE)
+    w = torch.randn(4, 1, 3, 3, device=DEVICE)
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match=r"odd kernel sizes, got 4 x 3"):
+            dwconv2d(x, torch.randn(4, 1, 4, 3, device=DEVICE), backend=backend)
+        with pytest.raises(ValueError, match=r"weight must have shape \[4, 1, kh, kw\].*got \[5, 1, 3, 3\]"):
+            dwconv2d(x, torch.randn(5, 1, 3, 3, device=DEVICE), backend=backend)
+        with pytest.raises(ValueError, match=r"4-D tensor \[N, C, H, W\].*got shape \[4, 5, 5\]"):
+            dwconv2d(x[0], w, backend=backend)
+        with pytest.raises(ValueError, match=r"bias must have shape \[4\], got \[3\]"):
+            dwconv2d(x, w, torch.randn(3, device=DEVICE), backend=backend)
+        with pytest.raises(ValueError, match="stride must be 1 or 2"):
+            dwconv2d(x, w, stride=3, backend=backend)
+        with pytest.raises(ValueError, match="dilation must be >= 1"):
+            dwconv2d(x, w, dilation=0, backend=backend)
+        with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+            dwconv2d(x.long(), w, backend=backend)
+    x13, params = _mixer_inputs((1, 13, 5, 6), 2, 3, 11, torch.float32)
+    bad_band = list(params)
+    bad_band[4] = torch.randn(2, 1, 9, 1, device=DEVICE)
+    with pytest.raises(ValueError, match=r"weight_h must have shape \[2, 1, 11, 1\], got \[2, 1, 9, 1\]"):
+        inception_dwconv2d(x13, *bad_band, backend="triton")
+    even = list(params)
+    even[0] = torch.randn(2, 1, 4, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="odd kernel sizes"):
+        inception_dwconv2d(x13, *even, backend="torch")
+    with pytest.raises(ValueError, match=r"3 x gc = 6 of them"):
+        inception_dwconv2d(x13[:, :5], *params, backend="triton")
+    partial_bias = list(params)
+    partial_bias[3] = None
+    with pytest.raises(ValueError, match="all be tensors or all be None"):
+        inception_dwconv2d(x13, *partial_bias, backend="triton")
+    with pytest.raises(TypeError, match="use backend='torch'"):
+        dwconv2d(x.double(), w.double(), backend="triton")
+
+
+def test_bad_gradients_raise_clear_errors():
+    x = torch.randn(1, 4, 5, 5, device=DEVICE)
+    w = torch.randn(4, 1, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match=r"grad_output must have the output's shape \[1, 4, 3, 3\]"):
+        dwconv2d_backward(torch.randn(1, 4, 5, 5, device=DEVICE), x, w, stride=2)
+    with pytest.raises(ValueError, match="device"):
+        dwconv2d_forward(x, w.to("meta"))
+
+
+def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
+    monkeypatch.setattr(backend_module, "INTERPRETER", False)
+    x, w = torch.randn(1, 4, 5, 5), torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        dwconv2d(x, w, backend="triton")
+
+
+# ------------------------------------------------------------------------------------------- registration
+
+
+def test_opcheck_dwconv2d():
+    torch.manual_seed(5)
+    x = torch.randn(2, 5, 6, 7, device=DEVICE).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(5, 1, 3, 5, device=DEVICE, requires_grad=True)
+    b = torch.randn(5, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.zoo.dwconv2d.default, (x, w, b, [2, 1], [1, 2]))
+    torch.library.opcheck(torch.ops.zoo.dwconv2d.default, (x, w, None, [1, 1], [1, 1]))
+    dy = torch.randn(2, 5, 3, 7, device=DEVICE)
+    torch.library.opcheck(torch.ops.zoo.dwconv2d_backward.default, (dy, x.detach(), w.detach(), [2, 1], [1, 2]))
+
+
+def test_opcheck_inception_mixer():
+    x, params = _mixer_inputs((1, 13, 5, 6), 2, 3, 5, torch.float32, seed=6)
+    leaves = [t.requires_grad_() for t in (x, *params)]
+    torch.library.opcheck(torch.ops.zoo.inception_dwconv2d.default, tuple(leaves))
+    dy = torch.randn(1, 13, 5, 6, device=DEVICE)
+    torch.library.opcheck(torch.ops.zoo.inception_dwconv2d_backward.default,
+                          (dy, x.detach(), params[0].detach(), params[2].detach(), params[4].detach()))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_torch_compile_fullgraph(backend):
+    x, params = _mixer_inputs((1, 13, 5, 6), 2, 3, 5, torch.float32, seed=7)
+    conv_w = torch.randn(13, 1, 3, 3, device=DEVICE)
+    dy = torch.randn(1, 13, 3, 3, device=DEVICE)
+
+    def fn(x, conv_w, *params):
+        mixed = inception_dwconv2d(x * 2.0, *params, backend=backend)
+        return dwconv2d(mixed, conv_w, None, stride=2, backend=backend) + 1.0
+
+    leaves_eager = [t.detach().clone().requires_grad_() for t in (x, conv_w, *params)]
+    leaves_compiled = [t.detach().clone().requires_grad_() for t in (x, conv_w, *params)]
+    expected = fn(*leaves_eager)
+    expected.backward(dy)
+    y = torch.compile(fn, fullgraph=True)(*leaves_compiled)
+    y.backward(dy)
+    assert_close(y, expected, torch.float32)
+    for eager, compiled in zip(leaves_eager, leaves_compiled):
+        assert_relative_error(compiled.grad, eager.grad, 1e-5)
+
+
+def test_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
+    """Under autocast the activation goes to bf16 (as F.conv2d's would); the fp32 weights are read as they are
+    (accumulation in fp32) and get fp32 gradients; both backends agree."""
+    torch.manual_seed(8)
+    x = torch.randn(2, 6, 7, 5, device=DEVICE)
+    w = torch.randn(6, 1, 5, 5, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    results = {}
+    for backend in ("torch", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            y = dwconv2d(*leaves, backend=backend)
+        assert y.dtype == torch.bfloat16
+        y.float().sum().backward()
+        assert all(t.grad.dtype == torch.float32 for t in leaves)
+        results[backend] = (y, *(t.grad for t in leaves))
+    y_t, *grads_t = results["triton"]
+    y_r, *grads_r = results["torch"]
+    assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
+    for g_t, g_r in zip(grads_t, grads_r):
+        assert_relative_error(g_t, g_r, 2e-2)
+
+
+def test_reference_matches_conv2d_semantics_in_float64():
+    """The reference is F.conv2d with 'same' padding d (k - 1) / 2, in the input's dtype."""
+    x = torch.randn(1, 3, 8, 6, dtype=torch.float64, device=DEVICE)
+    w = torch.randn(3, 1, 5, 3, dtype=torch.float64, device=DEVICE)
+    expected = F.conv2d(x, w, None, 1, (4, 1), (2, 1), groups=3)
+    torch.testing.assert_close(dwconv2d_reference(x, w, None, 1, (2, 1)), expected)
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel", [3, 7, 13, 31])
+def test_gpu_model_sizes_match_reference(kernel, dtype):
+    torch.manual_seed(9)
+    x = torch.randn(8, 96, 28, 28, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(96, 1, kernel, kernel, device="cuda").to(dtype)
+    b = torch.randn(96, device="cuda").to(dtype)
+    dy = torch.randn(8, 96, 28, 28, device="cuda").to(dtype)
+    y, grads = _grads(lambda *a: dwconv2d(*a, backend="triton"), (x, w, b), dy)
+    y64, grads64 = _grads(lambda *a: dwconv2d(*a, backend="torch"), (x.double(), w.double(), b.double()),
+                          dy.double())  # fmt: skip
+    _check(y, grads, y64, grads64, dtype)
+
+
+@pytest.mark.gpu
+def test_gpu_mixer_is_deterministic():
+    x, params = _mixer_inputs((16, 96, 56, 56), 12, 3, 11, torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(x)
+    first = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
+    second = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
+    assert torch.equal(first[0], second[0])
+    assert all(torch.equal(u, v) for u, v in zip(first[1], second[1]))
