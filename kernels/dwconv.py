@@ -957,10 +957,12 @@ def dwconv2d(
     """
     _check_tensor("x", x)
     x = _autocast_input(x)
-    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":
-        _kernel, stride, dilation = check_dwconv2d_inputs(x, weight, bias, stride, dilation)
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
+        stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
         if torch.compiler.is_compiling():
             return torch.ops.zoo.dwconv2d(x, weight, bias, list(stride), list(dilation))
+        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias)):
+            return dwconv2d_forward(x, weight, bias, stride, dilation)  # inference: no autograd node to build
         return _DwConv2dFunction.apply(x, weight, bias, stride, dilation)
     return dwconv2d_reference(x, weight, bias, stride, dilation)
 
@@ -988,10 +990,11 @@ def inception_dwconv2d(
     _check_tensor("x", x)
     x = _autocast_input(x)
     args = (x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
-    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":
-        check_inception_inputs(*args)
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
         if torch.compiler.is_compiling():
             return torch.ops.zoo.inception_dwconv2d(*args)
+        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in args):
+            return inception_dwconv2d_forward(*args)  # inference: no autograd node to build
         return _InceptionFunction.apply(*args)
     return inception_dwconv2d_reference(*args)
 
