@@ -72,7 +72,7 @@ class OpRow:
 class ModelRow:
     group: str  # the family; "vs peer" compares with the timm rows of the same group
     model: str
-    backend: str  # "triton", "torch" (the zoo's backends) or "timm" (a timm peer)
+    backend: str  # "triton", "torch" (the zoo's backends; "-deployed": re-parameterised form) or "timm" (a peer)
     mode: str  # "train" (forward, loss, backward, AdamW step) or "infer" (forward, no grad)
     batch: int
     img_size: int
@@ -255,8 +255,15 @@ MODELS = {
         ("convnext_tiny", {}, "timm"),
         ("inception_next_tiny", {}, "timm"),
     ],
+    "unireplknet": [
+        ("unireplknet_t", {"backend": "triton"}, "triton"),
+        ("unireplknet_t", {"backend": "torch"}, "torch"),
+        ("unireplknet_t", {"backend": "triton", "deploy": True}, "triton-deployed"),
+        ("unireplknet_t", {"backend": "torch", "deploy": True}, "torch-deployed"),
+        ("convnext_tiny", {}, "timm"),
+    ],
 }
-CHANNELS_LAST_GROUPS = {"inceptionnext"}  # convolutional networks run channels_last (ours and the peers)
+CHANNELS_LAST_GROUPS = {"inceptionnext", "unireplknet"}  # convolutional networks run channels_last (all of them)
 
 
 def bench_models(small: bool, dtype: torch.dtype, device: torch.device, groups: list[str] | None = None,
@@ -274,7 +281,7 @@ def bench_models(small: bool, dtype: torch.dtype, device: torch.device, groups: 
     rows = []
     for group in groups or list(MODELS):
         for name, kwargs, backend in MODELS[group]:
-            if backend == "triton" and device.type == "cpu":
+            if backend.startswith("triton") and device.type == "cpu":
                 continue
             rows += _bench_model(group, name, kwargs, backend, batch, img_size, dtype, device, timm)
     return rows

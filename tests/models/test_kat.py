@@ -12,7 +12,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
 
 import zoo
-from tests.helpers import assert_close
+from tests.helpers import DEVICE, assert_close
 from zoo.layers import GroupRational
 from zoo.models.kat import KAT
 
@@ -302,9 +302,9 @@ def test_init_is_seeded_by_torch_alone():
 
 def test_logits_equal_with_torch_and_triton_backends():
     torch.manual_seed(3)
-    reference = timm.create_model("kat_t", img_size=32, backend="torch").eval()
-    triton_model = timm.create_model("kat_t", img_size=32, backend="triton").eval()
+    reference = timm.create_model("kat_t", img_size=32, backend="torch").eval().to(DEVICE)
+    triton_model = timm.create_model("kat_t", img_size=32, backend="triton").eval().to(DEVICE)
     triton_model.load_state_dict(reference.state_dict())
-    x = _input(2, 32)
+    x = _input(2, 32).to(DEVICE)  # the GPU where there is one, else the CPU through the Triton interpreter
     with torch.no_grad():
         assert_close(triton_model(x), reference(x), torch.float32, scale=10.0)

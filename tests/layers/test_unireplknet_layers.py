@@ -1,0 +1,275 @@
+"""UniRepLKNet layers: the Dilated Reparam Block (official branch table and keys, equal to its re-parameterised
+form for every kernel size), the block (keys in both forms, re-parameterisation with GRN and layer scale),
+idempotence, kernels larger than the map, backends, bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.models import get_notrace_modules
+
+from tests.helpers import DEVICE, assert_close
+from zoo.layers import DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock, UniRepLKNetBlock
+from zoo.layers.unireplknet import dilate_kernel
+
+KERNELS = [5, 7, 9, 11, 13, 15, 17]
+TABLE = {  # SPEC 3: kernel size -> (branch kernel sizes, dilations)
+    17: ([5, 9, 3, 3, 3], [1, 2, 4, 5, 7]),
+    15: ([5, 7, 3, 3, 3], [1, 2, 3, 5, 7]),
+    13: ([5, 7, 3, 3, 3], [1, 2, 3, 4, 5]),
+    11: ([5, 5, 3, 3, 3], [1, 2, 3, 4, 5]),
+    9: ([5, 5, 3, 3], [1, 2, 3, 4]),
+    7: ([5, 3, 3], [1, 2, 3]),
+    5: ([3, 3], [1, 2]),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """One intra-op thread while these tests run: under ``pytest -n 2`` on two cores, two threads per worker spin
+    against each other (and any other load) and make these small convolutions many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def _randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Random weights, non-trivial batch-norm statistics and affine terms, non-zero GRN gamma/beta and layer scale."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if name.endswith(("gamma", "beta")):
+            p.copy_(0.2 + 0.3 * torch.rand(p.shape, generator=generator))
+        else:
+            p.copy_(0.2 * torch.randn(p.shape, generator=generator))
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=generator))
+            m.weight.copy_(0.5 + torch.rand(c, generator=generator))
+            m.bias.copy_(0.1 * torch.randn(c, generator=generator))
+    return module.eval()
+
+
+def _input(shape, seed: int = 1) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _official_forward(block: DilatedReparamBlock, x: torch.Tensor) -> torch.Tensor:
+    """The official training-form computation with nn.functional: each branch padded (r (k - 1) + 1) // 2."""
+    c, k_big = block.channels, block.kernel_size
+    out = block.origin_bn(F.conv2d(x, block.lk_origin.weight, None, 1, k_big // 2, 1, c))
+    for k, r in zip(TABLE[k_big][0], TABLE[k_big][1]):
+        conv, bn = getattr(block, f"dil_conv_k{k}_{r}"), getattr(block, f"dil_bn_k{k}_{r}")
+        out = out + bn(F.conv2d(x, conv.weight, None, 1, (r * (k - 1) + 1) // 2, r, c))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ Dilated Reparam Block
+
+
+def test_branch_table_is_the_official_one():
+    assert {k: (list(s), list(r)) for k, (s, r) in DILATED_BRANCHES.items()} == TABLE
+
+
+@pytest.mark.parametrize("kernel_size", KERNELS)
+def test_dilated_reparam_block_keys_in_both_forms(kernel_size):
+    block = DilatedReparamBlock(8, kernel_size)
+    sizes, rates = TABLE[kernel_size]
+    expected = {"lk_origin.weight"} | {
+        f"origin_bn.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    }
+    for k, r in zip(sizes, rates):
+        expected |= {f"dil_conv_k{k}_{r}.weight"}
+        expected |= {f"dil_bn_k{k}_{r}.{n}" for n in
+                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}  # fmt: skip
+    state = block.state_dict()
+    assert set(state) == expected
+    assert state["lk_origin.weight"].shape == (8, 1, kernel_size, kernel_size)
+    assert state[f"dil_conv_k{sizes[-1]}_{rates[-1]}.weight"].shape == (8, 1, sizes[-1], sizes[-1])
+    block.reparameterize()
+    deployed = DilatedReparamBlock(8, kernel_size, deploy=True)
+    assert set(block.state_dict()) == set(deployed.state_dict()) == {"lk_origin.weight", "lk_origin.bias"}
+    deployed.load_state_dict(block.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("kernel_size", KERNELS)
+def test_dilated_reparam_block_equals_its_merged_kernel(kernel_size):
+    block = _randomise(DilatedReparamBlock(6, kernel_size, backend="torch"), seed=kernel_size)
+    x = _input((2, 6, 19, 17))
+    with torch.no_grad():
+        expected = _official_forward(block, x)
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+        block.reparameterize()
+        assert block.deploy and not hasattr(block, "origin_bn")
+        assert block.lk_origin.weight.shape == (6, 1, kernel_size, kernel_size)
+        merged = block(x)
+        assert (merged - expected).abs().max() <= 1e-5
+        before = {k: v.clone() for k, v in block.state_dict().items()}
+        block.reparameterize()  # idempotent
+        assert all(torch.equal(block.state_dict()[k], v) for k, v in before.items())
+        assert set(block.state_dict()) == set(before)
+
+
+def test_kernel_larger_than_the_map():
+    """Stage 4 of UniRepLKNet at 224 px: a 7x7 map, K=13 (and dilated branches reaching 11 pixels): zero padding."""
+    block = _randomise(DilatedReparamBlock(8, 13, backend="torch"))
+    x = _input((1, 8, 7, 7))
+    with torch.no_grad():
+        expected = _official_forward(block, x)
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+        block.reparameterize()
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+        tiny = _input((1, 8, 2, 3))
+        assert block(tiny).shape == tiny.shape
+
+
+@pytest.mark.parametrize("k,r", [(3, 2), (3, 5), (5, 1), (9, 2)])
+def test_dilated_kernel_equals_the_dilated_convolution(k, r):
+    w = _input((4, 1, k, k), seed=k + r)
+    x = _input((1, 4, 23, 23))
+    dense = dilate_kernel(w, r)
+    assert dense.shape[-1] == r * (k - 1) + 1
+    expected = F.conv2d(x, w, None, 1, r * (k - 1) // 2, r, 4)
+    torch.testing.assert_close(F.conv2d(x, dense, None, 1, dense.shape[-1] // 2, 1, 4), expected)
+
+
+def test_training_mode_uses_batch_statistics_and_trains():
+    block = DilatedReparamBlock(4, 7, backend="torch").train()
+    x = _input((2, 4, 9, 9)).requires_grad_()
+    out = block(x)
+    out.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+    assert block.origin_bn.num_batches_tracked.item() == 1
+
+
+# ------------------------------------------------------------------------------------------------ the block
+
+
+def _block_keys(kernel_size: int, deploy: bool) -> set[str]:
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = {"se.down.weight", "se.down.bias", "se.up.weight", "se.up.bias", "pwconv1.1.weight", "pwconv1.1.bias",
+            "act.1.gamma", "pwconv2.0.weight"}  # fmt: skip
+    if deploy:
+        keys |= {"pwconv2.0.bias"}
+        keys |= (
+            {"dwconv.lk_origin.weight", "dwconv.lk_origin.bias"}
+            if kernel_size >= 7
+            else {"dwconv.weight", "dwconv.bias"}
+        )
+        return keys
+    keys |= {"act.1.beta", "gamma"} | {f"norm.{n}" for n in bn} | {f"pwconv2.2.{n}" for n in bn}
+    if kernel_size >= 7:
+        keys |= {f"dwconv.{k}" for k in DilatedReparamBlock(4, kernel_size).state_dict()}
+    else:
+        keys |= {"dwconv.weight"}
+    return keys
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 13])
+def test_block_keys_in_both_forms(kernel_size):
+    block = UniRepLKNetBlock(16, kernel_size)
+    state = block.state_dict()
+    assert set(state) == _block_keys(kernel_size, deploy=False)
+    assert state["act.1.gamma"].shape == state["act.1.beta"].shape == (1, 1, 1, 64)
+    assert state["se.down.weight"].shape == (4, 16, 1, 1) and state["pwconv1.1.weight"].shape == (64, 16)
+    assert state["pwconv2.0.weight"].shape == (16, 64) and state["gamma"].shape == (16,)
+    deployed = UniRepLKNetBlock(16, kernel_size, deploy=True)
+    assert set(deployed.state_dict()) == _block_keys(kernel_size, deploy=True)
+    block.reparameterize()
+    assert set(block.state_dict()) == _block_keys(kernel_size, deploy=True)
+    deployed.load_state_dict(block.state_dict(), strict=True)
+    assert block.deployed and deployed.deployed
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 13])
+def test_block_equals_its_reparameterised_form(kernel_size):
+    block = _randomise(UniRepLKNetBlock(12, kernel_size, backend="torch"), seed=kernel_size)
+    assert block.gamma.abs().min() > 0.1 and block.act[1].beta.abs().min() > 0.1
+    x = _input((2, 12, 11, 9))
+    with torch.no_grad():
+        expected = block(x)
+        assert (expected - x).std() > 0.1  # the residual branch matters
+        block.reparameterize()
+        assert block.gamma is None and isinstance(block.norm, torch.nn.Identity) and not block.act[1].use_bias
+        assert (block(x) - expected).abs().max() <= 1e-4
+        before = {k: v.clone() for k, v in block.state_dict().items()}
+        block.reparameterize()  # idempotent
+        if kernel_size >= 7:
+            block.dwconv.reparameterize()
+        assert {k: v for k, v in block.state_dict().items()}.keys() == before.keys()
+        assert all(torch.equal(block.state_dict()[k], v) for k, v in before.items())
+        deployed = UniRepLKNetBlock(12, kernel_size, deploy=True, backend="torch").eval()
+        deployed.load_state_dict(block.state_dict(), strict=True)
+        assert (deployed(x) - expected).abs().max() <= 1e-4
+
+
+def test_block_without_layer_scale_reparameterises():
+    block = _randomise(UniRepLKNetBlock(8, 7, layer_scale_init_value=None, backend="torch"))
+    assert block.gamma is None and "gamma" not in block.state_dict()
+    x = _input((1, 8, 6, 6))
+    with torch.no_grad():
+        expected = block(x)
+        block.reparameterize()
+        assert (block(x) - expected).abs().max() <= 1e-4
+
+
+def test_block_drop_path_and_backward():
+    block = UniRepLKNetBlock(8, 13, drop_path=0.2, layer_scale_init_value=0.5, backend="torch").train()
+    assert block.drop_path.drop_prob == pytest.approx(0.2)
+    out = block(_input((2, 8, 7, 7)))
+    out.square().mean().backward()
+    missing = [n for n, p in block.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+# ------------------------------------------------------------------------------------------------ backends, errors
+
+
+def test_modules_are_fx_leaves():
+    leaves = get_notrace_modules()
+    assert DepthwiseConv2d in leaves and DilatedReparamBlock in leaves
+
+
+def test_backend_reaches_every_depthwise_conv():
+    block = UniRepLKNetBlock(8, 13, backend="torch")
+    assert block.dwconv.backend == "torch"
+    assert {m.backend for m in block.modules() if isinstance(m, DepthwiseConv2d)} == {"torch"}
+    block.reparameterize()
+    assert block.dwconv.lk_origin.backend == "torch" and block.dwconv.backend == "torch"
+
+
+def test_torch_and_triton_backends_agree():
+    """A tiny K=7 block (branches with dilation 1, 2, 3) through the Triton kernel (the interpreter on CPU),
+    forward and input gradient, then its deployed form."""
+    torch.manual_seed(0)
+    reference = _randomise(UniRepLKNetBlock(4, 7, backend="torch")).to(DEVICE)
+    triton_block = UniRepLKNetBlock(4, 7, backend="triton").eval().to(DEVICE)
+    triton_block.load_state_dict(reference.state_dict())
+    x = _input((1, 4, 6, 6)).to(DEVICE)
+    x_ref, x_tri = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_tri = reference(x_ref), triton_block(x_tri)
+    assert_close(y_tri, y_ref, torch.float32, scale=10.0)
+    y_ref.square().sum().backward()
+    y_tri.square().sum().backward()
+    assert_close(x_tri.grad, x_ref.grad, torch.float32, scale=10.0)
+    with torch.no_grad():
+        triton_block.reparameterize()
+        assert_close(triton_block(x), y_ref.detach(), torch.float32, scale=10.0)
+
+
+def test_bad_arguments_and_input():
+    with pytest.raises(ValueError, match=r"kernel_size in \[5, 7, 9, 11, 13, 15, 17\], got 19"):
+        DilatedReparamBlock(8, 19)
+    with pytest.raises(ValueError, match="kernel_size must be 3, 5 or one of 7..17"):
+        UniRepLKNetBlock(8, 4)
+    with pytest.raises(ValueError, match="odd positive int"):
+        DepthwiseConv2d(8, 4)
+    with pytest.raises(ValueError, match=r"DilatedReparamBlock expects input \[N, C, H, W\] .* C = 8, got shape "
+                                         r"\[1, 4, 9, 9\]"):  # fmt: skip
+        DilatedReparamBlock(8, 7)(torch.randn(1, 4, 9, 9))
+    with pytest.raises(ValueError, match=r"DepthwiseConv2d expects input .* got shape \[8, 9, 9\]"):
+        DepthwiseConv2d(8, 3)(torch.randn(8, 9, 9))

@@ -1,0 +1,387 @@
+"""UniRepLKNet's layers (Ding et al., CVPR 2024): the Dilated Reparam Block and the UniRepLKNet block.
+
+Parameter names, shapes and the sub-module layout follow the official ``unireplknet.py`` (AILab-CVC/UniRepLKNet),
+so the released checkpoints load strictly, in both of their forms:
+
+* training form: a large kernel is ``lk_origin`` (K x K depthwise, no bias) + ``origin_bn`` plus dilated depthwise
+  branches ``dil_conv_k{k}_{r}`` + ``dil_bn_k{k}_{r}``; the block keeps its BN after the depthwise conv, GRN's
+  ``beta``, the BN after the second Linear and the layer scale ``gamma``;
+* deployed form (after :meth:`reparameterize`, or built with ``deploy=True``): one K x K depthwise kernel with bias
+  per block, GRN without ``beta``, the second Linear with a bias; no batch norm, no layer scale.
+
+Every depthwise convolution runs through :func:`kernels.dwconv.dwconv2d` (dilation included), so on a GPU the
+branches run on the Triton kernel. ``reparameterize()`` is idempotent: ``timm.utils.reparameterize_model`` calls it
+on a block and then again on the block's children.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from kernels.dwconv import dwconv2d
+
+__all__ = [
+    "DILATED_BRANCHES",
+    "DepthwiseConv2d",
+    "DilatedReparamBlock",
+    "GRN",
+    "NCHWtoNHWC",
+    "NHWCtoNCHW",
+    "SEBlock",
+    "UniRepLKNetBlock",
+    "dilate_kernel",
+    "fuse_bn",
+]
+
+# kernel size K: (branch kernel sizes, branch dilations); every branch covers r (k - 1) + 1 <= K
+DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    17: ((5, 9, 3, 3, 3), (1, 2, 4, 5, 7)),
+    15: ((5, 7, 3, 3, 3), (1, 2, 3, 5, 7)),
+    13: ((5, 7, 3, 3, 3), (1, 2, 3, 4, 5)),
+    11: ((5, 5, 3, 3, 3), (1, 2, 3, 4, 5)),
+    9: ((5, 5, 3, 3), (1, 2, 3, 4)),
+    7: ((5, 3, 3), (1, 2, 3)),
+    5: ((3, 3), (1, 2)),
+}
+
+
+def fuse_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """The weight and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics); weight ``[C_out, ...]``."""
+    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+    shift = bn.bias - bn.running_mean * scale
+    fused_bias = shift if bias is None else shift + bias * scale
+    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), fused_bias
+
+
+def dilate_kernel(weight: Tensor, dilation: int) -> Tensor:
+    """The dense kernel equal to ``weight`` ``[C, 1, k, k]`` applied with ``dilation`` r: zeros between the taps,
+    size r (k - 1) + 1."""
+    if dilation == 1:
+        return weight
+    c, g, kh, kw = weight.shape
+    dense = weight.new_zeros(c, g, dilation * (kh - 1) + 1, dilation * (kw - 1) + 1)
+    dense[:, :, ::dilation, ::dilation] = weight
+    return dense
+
+
+def _pad_to(weight: Tensor, size: int) -> Tensor:
+    """Zero-pad a centred odd kernel ``[..., k, k]`` to ``[..., size, size]``."""
+    pad = (size - weight.shape[-1]) // 2
+    return F.pad(weight, [pad] * 4) if pad > 0 else weight
+
+
+def _check_channels(module: str, x: Tensor, channels: int) -> None:
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"{module} expects input [N, C, H, W] (NCHW or channels_last) with C = {channels}, got shape "
+            f"{list(x.shape)}"
+        )
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` (parameters ``weight`` [C, 1, k, k] and optional ``bias`` [C], zero "same"
+    padding) whose forward pass is :func:`kernels.dwconv.dwconv2d` on the chosen backend.
+
+    Args:
+        channels: input = output channels C.
+        kernel_size: odd kernel side k.
+        bias: with a bias.
+        dilation: dilation r (padding r (k - 1) / 2 keeps the size).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        bias: bool = False,
+        dilation: int = 1,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be an odd positive int ('same' padding), got {kernel_size!r}")
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=channels,
+                         bias=bias, device=device, dtype=dtype)  # fmt: skip
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_channels("DepthwiseConv2d", x, self.in_channels)
+        return dwconv2d(x, self.weight, self.bias, dilation=self.dilation, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+
+class DilatedReparamBlock(nn.Module):
+    """Dilated Reparam Block: a K x K depthwise conv plus parallel dilated depthwise convs, each followed by BN.
+
+    Training form (keys as the official checkpoints): ``lk_origin.weight`` [C, 1, K, K] (no bias), ``origin_bn.*``,
+    and for each branch (k, r) of :data:`DILATED_BRANCHES` ``dil_conv_k{k}_{r}.weight`` [C, 1, k, k] and
+    ``dil_bn_k{k}_{r}.*``. The output is ``origin_bn(conv_K(x)) + sum_(k, r) dil_bn_k_r(conv_k,r(x))``, every conv
+    with zero "same" padding. :meth:`reparameterize` folds each BN into its conv, dilates every branch kernel (zeros
+    between taps, size r (k - 1) + 1), zero-pads it to K x K and adds it: the deployed form is ``lk_origin.weight``
+    [C, 1, K, K] + ``lk_origin.bias`` [C], one convolution equal to the training form in eval mode.
+
+    Args:
+        channels: C.
+        kernel_size: K, one of 5, 7, 9, 11, 13, 15, 17.
+        deploy: build the deployed form directly.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` for every depthwise convolution.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        deploy: bool = False,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if kernel_size not in DILATED_BRANCHES:
+            raise ValueError(
+                f"DilatedReparamBlock supports kernel_size in {sorted(DILATED_BRANCHES)}, got {kernel_size!r}"
+            )
+        factory = dict(device=device, dtype=dtype)
+        self.channels = channels
+        self.kernel_size = kernel_size
+        self.kernel_sizes, self.dilates = DILATED_BRANCHES[kernel_size]
+        self.backend = backend
+        self.deploy = deploy
+        self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy, backend=backend, **factory)
+        if not deploy:
+            self.origin_bn = nn.BatchNorm2d(channels, **factory)
+            for k, r in zip(self.kernel_sizes, self.dilates):
+                conv = DepthwiseConv2d(channels, k, dilation=r, backend=backend, **factory)
+                self.add_module(f"dil_conv_k{k}_{r}", conv)
+                self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels, **factory))
+
+    def branches(self) -> list[tuple[int, int, DepthwiseConv2d, nn.BatchNorm2d]]:
+        """(k, r, conv, bn) of every dilated branch (empty once deployed)."""
+        if self.deploy:
+            return []
+        return [(k, r, getattr(self, f"dil_conv_k{k}_{r}"), getattr(self, f"dil_bn_k{k}_{r}"))
+                for k, r in zip(self.kernel_sizes, self.dilates)]  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_channels("DilatedReparamBlock", x, self.channels)
+        if self.deploy:
+            return dwconv2d(x, self.lk_origin.weight, self.lk_origin.bias, backend=self.backend)
+        out = self.origin_bn(dwconv2d(x, self.lk_origin.weight, backend=self.backend))
+        for _, r, conv, bn in self.branches():
+            out = out + bn(dwconv2d(x, conv.weight, dilation=r, backend=self.backend))
+        return out
+
+    @torch.no_grad()
+    def merged_kernel(self) -> tuple[Tensor, Tensor]:
+        """The deployed (weight [C, 1, K, K], bias [C]) equal to this block in eval mode."""
+        if self.deploy:
+            return self.lk_origin.weight.detach(), self.lk_origin.bias.detach()
+        weight, bias = fuse_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
+        for _, r, conv, bn in self.branches():
+            branch_weight, branch_bias = fuse_bn(conv.weight, None, bn)
+            weight = weight + _pad_to(dilate_kernel(branch_weight, r), self.kernel_size)
+            bias = bias + branch_bias
+        return weight, bias
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Merge every branch and BN into ``lk_origin`` (weight + bias); a no-op once deployed."""
+        if self.deploy:
+            return
+        weight, bias = self.merged_kernel()
+        old = self.lk_origin
+        merged = DepthwiseConv2d(self.channels, self.kernel_size, bias=True, backend=self.backend,
+                                 device=old.weight.device, dtype=old.weight.dtype)  # fmt: skip
+        merged.weight.copy_(weight)
+        merged.bias.copy_(bias)
+        self.lk_origin = merged
+        del self.origin_bn
+        for k, r in zip(self.kernel_sizes, self.dilates):
+            delattr(self, f"dil_conv_k{k}_{r}")
+            delattr(self, f"dil_bn_k{k}_{r}")
+        self.deploy = True
+
+    def extra_repr(self) -> str:
+        return (f"channels={self.channels}, kernel_size={self.kernel_size}, branches={list(self.kernel_sizes)}/"
+                f"{list(self.dilates)}, deploy={self.deploy}, backend={self.backend!r}")  # fmt: skip
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation on NCHW: global average pool -> 1x1 conv ``down`` -> ReLU -> 1x1 conv ``up`` ->
+    sigmoid, times the input."""
+
+    def __init__(self, channels: int, internal: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(channels, internal, 1, bias=True, device=device, dtype=dtype)
+        self.up = nn.Conv2d(internal, channels, 1, bias=True, device=device, dtype=dtype)
+        self.channels = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.up(F.relu(self.down(s)))
+        return x * torch.sigmoid(s)
+
+
+class GRN(nn.Module):
+    """Global response normalisation on NHWC (ConvNeXt V2): ``(gamma * Nx + 1) * x + beta`` with
+    ``Gx = ||x||_2`` over (H, W) and ``Nx = Gx / (mean_C Gx + 1e-6)``. ``gamma`` and ``beta`` have the official shape
+    [1, 1, 1, C] and start at zero; ``use_bias=False`` (the deployed form) has no ``beta``."""
+
+    def __init__(self, dim: int, use_bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        self.use_bias = use_bias
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim, device=device, dtype=dtype))
+        if use_bias:
+            self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        out = (self.gamma * nx + 1) * x
+        return out + self.beta if self.use_bias else out
+
+
+class NCHWtoNHWC(nn.Module):
+    """``[N, C, H, W] -> [N, H, W, C]`` (a view)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class NHWCtoNCHW(nn.Module):
+    """``[N, H, W, C] -> [N, C, H, W]`` (a view)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+class UniRepLKNetBlock(nn.Module):
+    """UniRepLKNet block: ``x + DropPath(gamma * BN(Linear_2(GRN(GELU(Linear_1(SE(BN(dwconv(x)))))))))``.
+
+    ``dwconv`` is a :class:`DilatedReparamBlock` for K >= 7 and a plain :class:`DepthwiseConv2d` for K in (3, 5);
+    Linear_1 (C -> ffn_factor C) and Linear_2 (no bias) act on NHWC. Keys (training form): ``dwconv.*``,
+    ``norm.*``, ``se.down.*``, ``se.up.*``, ``pwconv1.1.*``, ``act.1.gamma``, ``act.1.beta``,
+    ``pwconv2.0.weight``, ``pwconv2.2.*``, ``gamma``. Deployed form: ``dwconv.lk_origin.{weight,bias}`` or
+    ``dwconv.{weight,bias}``, ``se.*``, ``pwconv1.1.*``, ``act.1.gamma``, ``pwconv2.0.{weight,bias}``.
+
+    Args:
+        dim: channels C.
+        kernel_size: 3, 5 (plain depthwise) or 7..17 (odd; Dilated Reparam Block).
+        drop_path: stochastic-depth probability.
+        layer_scale_init_value: initial ``gamma`` (None or <= 0: no layer scale).
+        deploy: build the deployed form.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` for the depthwise convolutions.
+        ffn_factor: hidden width of the MLP, in units of C.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int,
+        drop_path: float = 0.0,
+        layer_scale_init_value: float | None = 1e-6,
+        deploy: bool = False,
+        backend: str = "auto",
+        ffn_factor: int = 4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = dict(device=device, dtype=dtype)
+        self.dim = dim
+        self.kernel_size = kernel_size
+        self.backend = backend
+        if kernel_size >= 7:
+            self.dwconv: nn.Module = DilatedReparamBlock(dim, kernel_size, deploy=deploy, backend=backend, **factory)
+        elif kernel_size in (3, 5):
+            self.dwconv = DepthwiseConv2d(dim, kernel_size, bias=deploy, backend=backend, **factory)
+        else:
+            raise ValueError(f"UniRepLKNetBlock kernel_size must be 3, 5 or one of 7..17 (odd), got {kernel_size!r}")
+        self.norm: nn.Module = nn.Identity() if deploy else nn.BatchNorm2d(dim, **factory)
+        self.se = SEBlock(dim, dim // 4, **factory)
+        ffn_dim = int(ffn_factor * dim)
+        self.pwconv1 = nn.Sequential(NCHWtoNHWC(), nn.Linear(dim, ffn_dim, **factory))
+        self.act = nn.Sequential(nn.GELU(), GRN(ffn_dim, use_bias=not deploy, **factory))
+        if deploy:
+            self.pwconv2 = nn.Sequential(nn.Linear(ffn_dim, dim, **factory), NHWCtoNCHW())
+        else:
+            self.pwconv2 = nn.Sequential(
+                nn.Linear(ffn_dim, dim, bias=False, **factory), NHWCtoNCHW(), nn.BatchNorm2d(dim, **factory)
+            )
+        if not deploy and layer_scale_init_value is not None and layer_scale_init_value > 0:
+            self.gamma: nn.Parameter | None = nn.Parameter(layer_scale_init_value * torch.ones(dim, **factory))
+        else:
+            self.gamma = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    @property
+    def deployed(self) -> bool:
+        """True once the block is in its inference form (no batch norm, no GRN beta, no layer scale)."""
+        return len(self.pwconv2) == 2 and isinstance(self.norm, nn.Identity)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.se(self.norm(self.dwconv(x)))
+        y = self.pwconv2(self.act(self.pwconv1(y)))
+        if self.gamma is not None:
+            y = self.gamma.view(1, -1, 1, 1) * y
+        return x + self.drop_path(y)
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Switch to the inference form, equal in eval mode; a no-op once done.
+
+        Merges the dilated branches, folds the BN after the depthwise conv into it (which gains a bias), folds GRN
+        ``beta`` through the second Linear into a bias, then the last BN and ``gamma`` into that Linear.
+        """
+        if isinstance(self.dwconv, DilatedReparamBlock):
+            self.dwconv.reparameterize()
+        if isinstance(self.norm, nn.BatchNorm2d):
+            if isinstance(self.dwconv, DilatedReparamBlock):
+                conv = self.dwconv.lk_origin
+            else:
+                conv = self.dwconv
+            weight, bias = fuse_bn(conv.weight, conv.bias, self.norm)
+            fused = DepthwiseConv2d(conv.in_channels, conv.kernel_size[0], bias=True, backend=self.backend,
+                                    device=weight.device, dtype=weight.dtype)  # fmt: skip
+            fused.weight.copy_(weight)
+            fused.bias.copy_(bias)
+            if isinstance(self.dwconv, DilatedReparamBlock):
+                self.dwconv.lk_origin = fused
+            else:
+                self.dwconv = fused
+            self.norm = nn.Identity()
+        if len(self.pwconv2) == 3:
+            linear, bn = self.pwconv2[0], self.pwconv2[2]
+            grn = self.act[1]
+            bias = torch.zeros(linear.out_features, device=linear.weight.device, dtype=linear.weight.dtype)
+            if linear.bias is not None:
+                bias = bias + linear.bias
+            if grn.use_bias:  # Linear((..) + beta) = Linear(..) + W beta
+                bias = bias + linear.weight @ grn.beta.reshape(-1)
+                del grn.beta
+                grn.use_bias = False
+            weight, bias = fuse_bn(linear.weight, bias, bn)
+            if self.gamma is not None:
+                weight, bias = weight * self.gamma.reshape(-1, 1), bias * self.gamma
+                self.gamma = None
+            fused = nn.Linear(linear.in_features, linear.out_features, device=weight.device, dtype=weight.dtype)
+            fused.weight.copy_(weight)
+            fused.bias.copy_(bias)
+            self.pwconv2 = nn.Sequential(fused, NHWCtoNCHW())
+        elif self.gamma is not None:  # (only for a hand-made mix of forms) the layer scale into the Linear
+            linear = self.pwconv2[0]
+            linear.weight.mul_(self.gamma.reshape(-1, 1))
+            if linear.bias is not None:
+                linear.bias.mul_(self.gamma)
+            self.gamma = None
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, kernel_size={self.kernel_size}, deployed={self.deployed}"
