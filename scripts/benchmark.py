@@ -360,7 +360,8 @@ def render_markdown(results_dir: Path) -> str:
             f"## {data['device']} ({data['date']})",
             "",
             f"torch {data['torch']}, triton {data['triton']}, commit {data['commit']}; "
-            f"copy bandwidth {_gbps(data['copy_bandwidth_gbps'])}, datasheet {_gbps(data['datasheet_bandwidth_gbps'])}. "
+            f"copy bandwidth {_gbps(data['copy_bandwidth_gbps'])}, "
+            f"datasheet {_gbps(data['datasheet_bandwidth_gbps'])}. "
             f"File: `results/{path.name}`.",
             "",
         ]
@@ -464,7 +465,8 @@ def main(argv: list[str] | None = None) -> Results:
         graph = "" if r.graph_ms is None else f"{r.graph_ms:.3f}"
         print(f"{r.op:<16} {r.case:<16} {r.pass_:<8} {r.impl:<18} {r.ms:>9.3f} {graph:>9} {r.gbps:>8.1f} {frac:>6}")
     for r in results.models:
-        print(f"{r.model:<22} {r.backend:<7} {r.mode:<6} batch {r.batch:<4} {r.ms:>9.2f} ms {r.images_per_s:>9.0f} img/s")
+        print(f"{r.model:<22} {r.backend:<15} {r.mode:<6} batch {r.batch:<4} {r.ms:>9.2f} ms "
+              f"{r.images_per_s:>9.0f} img/s")
     print(f"wrote {path} and {readme}", file=sys.stderr)
     return results
 

@@ -34,7 +34,8 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     expected = [("kat", "kat_t", "torch"), ("kat", "vit_tiny_patch16_224", "timm"),
                 ("inceptionnext", "inceptionnext_t", "torch"), ("inceptionnext", "convnext_tiny", "timm"),
                 ("inceptionnext", "inception_next_tiny", "timm"), ("unireplknet", "unireplknet_t", "torch"),
-                ("unireplknet", "unireplknet_t", "torch-deployed"), ("unireplknet", "convnext_tiny", "timm")]  # fmt: skip
+                ("unireplknet", "unireplknet_t", "torch-deployed"),
+                ("unireplknet", "convnext_tiny", "timm")]  # fmt: skip
     assert models == {(*row, mode) for row in expected for mode in ("train", "infer")}
     assert all(r["images_per_s"] > 0 for r in data["models"])
     assert "| kat_t | torch | train | 2 | 32 |" in table
