@@ -6,15 +6,20 @@ interpreter (tests); otherwise ``backend="auto"`` runs Triton on CUDA tensors an
 
 from kernels._backend import BACKENDS, resolve_backend
 from kernels.dwconv import dwconv2d, dwconv2d_reference, inception_dwconv2d, inception_dwconv2d_reference
+from kernels.fftconv import fftconv_reference  # the op itself: kernels.fftconv.fftconv (the name is the module's)
 from kernels.rational import group_rational, group_rational_reference
+from kernels.ssm import s4d_kernel, s4d_kernel_reference
 
 __all__ = [
     "BACKENDS",
     "dwconv2d",
     "dwconv2d_reference",
+    "fftconv_reference",
     "group_rational",
     "group_rational_reference",
     "inception_dwconv2d",
     "inception_dwconv2d_reference",
     "resolve_backend",
+    "s4d_kernel",
+    "s4d_kernel_reference",
 ]

@@ -127,9 +127,11 @@ def all_specs() -> list[KernelSpec]:
     """The compile specs of every kernel module."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("ahead-of-time compilation needs the real Triton JIT: unset TRITON_INTERPRET")
-    from kernels import dwconv, rational
+    from importlib import import_module
 
-    return [*rational.aot_specs(), *dwconv.aot_specs()]
+    # by module path: `kernels` exports the function `fftconv`, which shadows the module of that name
+    modules = [import_module(f"kernels.{name}") for name in ("rational", "dwconv", "ssm", "fftconv")]
+    return [spec for module in modules for spec in module.aot_specs()]
 
 
 def main() -> None:

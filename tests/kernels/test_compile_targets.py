@@ -51,6 +51,15 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
     for kernel in kernels:
         for dtype in ("fp32", "bf16", "fp16"):
             assert any(name.startswith(f"{kernel}[{dtype},") for name in archs_by_name), (kernel, dtype)
+    fftconv_kernels = ("_fftconv_prologue_kernel", "_fftconv_fwd_kernel", "_fftconv_bwd_epilogue_kernel",
+                       "_fftconv_bwd_input_kernel")  # fmt: skip
+    for kernel in fftconv_kernels:  # the elementwise kernels around the FFT, every optional part on and off
+        for dtype in ("fp32", "bf16", "fp16"):
+            for label in (",all", ",plain"):
+                assert any(name.startswith(f"{kernel}[{dtype},") and label in name for name in archs_by_name), (
+                    kernel, dtype, label)  # fmt: skip
+    for kernel in ("_s4d_vandermonde_fwd_kernel", "_s4d_vandermonde_bwd_kernel"):  # fp32 arithmetic only
+        assert any(name.startswith(f"{kernel}[fp32,") for name in archs_by_name), kernel
     for kernel in ("_dwconv_kernel", "_inception_kernel"):  # forward and input gradient, both layouts
         for layout in ("channels_last", "nchw"):
             for direction in ("fwd", "bwd"):

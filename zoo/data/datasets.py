@@ -46,9 +46,19 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     # timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD.
     "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Sequence tasks (zoo.data.sequences): pixel sequences [S*S, C] and the copying task. native_size is the
+    # image side (the sequence has native_size**2 positions); for copying, the sequence length M + L + M.
+    "sdigits": DatasetInfo("sdigits", 10, 1, 8, (0.3054,), (0.3761,)),
+    "smnist": DatasetInfo("smnist", 10, 1, 28, (0.1307,), (0.3081,)),
+    "scifar": DatasetInfo("scifar", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # grey sCIFAR: luma of the RGB pixels; state-spaces' example normalises with 122.6 / 255 and 61.0 / 255
+    "scifargray": DatasetInfo("scifargray", 10, 1, 32, (0.4808,), (0.2392,)),
+    # one-hot inputs over a vocabulary of 10 (in_chans), 10 classes: see zoo.data.sequences.COPYING_DEFAULTS
+    "copying": DatasetInfo("copying", 10, 10, 120, (0.0,), (1.0,)),
 }
 
-_DEFAULT_IMG_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet": 224}
+_DEFAULT_IMG_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet": 224, "sdigits": 8, "smnist": 28,
+                     "scifar": 32, "scifargray": 32, "copying": 120}
 _DEFAULT_ROOT = {"cifar10": "data", "cifar100": "data", "imagenet": os.path.join("data", "imagenet")}
 _EVAL_CROP_PCT = {"cifar10": 1.0, "cifar100": 1.0, "imagenet": 0.875}
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
@@ -96,10 +106,13 @@ def create_dataset(
     is_training: bool = False,
     augment: dict | None = None,
 ) -> Dataset:
-    """Create one split of an image-classification dataset; items are ``(image [C, S, S] float tensor, int label)``.
+    """Create one split of a dataset; items are ``(image [C, S, S] float tensor, int label)`` for the image
+    datasets, ``(sequence [L, C], label)`` for the sequence tasks (see :mod:`zoo.data.sequences`).
 
     Args:
-        name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``.
+        name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``; sequence tasks ``"sdigits"``,
+            ``"smnist"``, ``"scifar"``, ``"scifar_gray"`` (pixel sequences; MNIST files under
+            ``<root>/MNIST/raw``, CIFAR-10 as for ``"cifar10"``; no augmentation) and ``"copying"``.
         split: ``"train"`` or ``"test"`` (``"val"`` is an alias of ``"test"``; for ImageNet both read ``<root>/val``).
         root: data directory. Ignored for digits (bundled with scikit-learn); CIFAR default ``"data"`` (files in
             ``<root>/cifar-10-batches-py`` or ``<root>/cifar-100-python``); ImageNet default ``"data/imagenet"``
@@ -125,6 +138,10 @@ def create_dataset(
     augmenting = is_training and enabled
     if key == "digits":
         return _create_digits(split, size, augmenting, options)
+    if key in ("sdigits", "smnist", "scifar", "scifargray", "copying"):
+        from zoo.data.sequences import create_sequence_dataset
+
+        return create_sequence_dataset(key, split, root, download, img_size, augmenting, options)
     transform = _timm_transform(key, size, is_training, enabled, options)
     root = _DEFAULT_ROOT[key] if root is None else os.fspath(root)
     if key in ("cifar10", "cifar100"):

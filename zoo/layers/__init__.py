@@ -5,6 +5,7 @@ from timm.layers import register_notrace_module
 from zoo.layers.inception import InceptionDWConv2d
 from zoo.layers.kan import KAN
 from zoo.layers.rational import RATIONAL_INITS, GroupRational, RationalInit, variance_preserving_gain
+from zoo.layers.s4d import S4D, S4D_INITS, S4DKernel, s4d_init
 from zoo.layers.unireplknet import (
     DILATED_BRANCHES,
     GRN,
@@ -19,6 +20,7 @@ register_notrace_module(GroupRational)
 register_notrace_module(InceptionDWConv2d)
 register_notrace_module(DepthwiseConv2d)
 register_notrace_module(DilatedReparamBlock)
+register_notrace_module(S4D)
 
 __all__ = [
     "DILATED_BRANCHES",
@@ -30,7 +32,11 @@ __all__ = [
     "GroupRational",
     "InceptionDWConv2d",
     "RationalInit",
+    "S4D",
+    "S4DKernel",
+    "S4D_INITS",
     "SEBlock",
     "UniRepLKNetBlock",
+    "s4d_init",
     "variance_preserving_gain",
 ]

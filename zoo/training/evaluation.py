@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["load_model_for_eval", "evaluate_classifier", "save_confusion_matrix_png", "run_eval"]
+__all__ = ["load_model_for_eval", "evaluate_classifier", "flatten_positions", "save_confusion_matrix_png", "run_eval"]
 
 _EXPORT_FILES = ("config.json", "model.safetensors")
 # the `amp` setting of train.py and eval.py: autocast dtype (None: fp32)
@@ -195,6 +195,14 @@ def load_model_for_eval(
     return built.eval(), args
 
 
+def flatten_positions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position predictions of a sequence task (logits [N, M, C] with targets [N, M], e.g. the copying task)
+    as N*M independent predictions ([N*M, C], [N*M]); other shapes unchanged."""
+    if logits.ndim == 3 and targets.ndim == 2 and logits.shape[:2] == targets.shape:
+        return logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    return logits, targets
+
+
 def _peak_rss_bytes() -> int | None:
     """The process's peak resident set size in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     try:
@@ -246,7 +254,7 @@ def evaluate_classifier(
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
             logits = model(images)
-        logits = logits.float()
+        logits, targets = flatten_positions(logits.float(), targets)  # sequence tasks: one prediction per position
         if logits.ndim != 2 or logits.shape[1] != num_classes:
             raise ValueError(f"the model returns logits of shape {tuple(logits.shape)}, expected [N, {num_classes}]")
         if targets.numel() and (targets.min() < 0 or targets.max() >= num_classes):

@@ -45,7 +45,7 @@ from zoo.training.distributed import (
     cleanup,
     init_distributed,
 )
-from zoo.training.evaluation import AMP_DTYPES, evaluate_classifier
+from zoo.training.evaluation import AMP_DTYPES, evaluate_classifier, flatten_positions
 from zoo.training.export import export_model
 from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
 from zoo.training.optim import create_optimizer
@@ -301,7 +301,7 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
             sync = ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
             with sync:
                 with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    loss = criterion(train_model(images), targets)
+                    loss = criterion(*flatten_positions(train_model(images), targets))
                 finite = math.isfinite(loss.item())
                 if ctx.enabled:  # every rank stops together
                     finite = all_reduce_sum([0.0 if finite else 1.0], ctx)[0] == 0.0

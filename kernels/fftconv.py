@@ -1,0 +1,544 @@
+"""Long (FFT) convolution with a fused epilogue: the sequence mixer of S4/S4D, long convolutions, H3 and Hyena.
+
+For u [B, H, L] and a per-channel kernel k (causal: [H, L'] with L' <= L, zero beyond; bidirectional:
+[2, H, L']), optional skip D [H], activation ``"none"`` or ``"gelu"`` (exact, erf) and optional gates
+``gate_in`` / ``gate_out`` [B, H, L]:
+
+    v = u * gate_in                                   (v = u without gate_in)
+    z[b, h, t] = sum_{0 <= d < L'} k[h, d] v[b, h, t - d] + D[h] v[b, h, t]           (causal)
+    z[b, h, t] = sum_{0 <= d < L'} k[0, h, d] v[b, h, t - d]
+               + sum_{0 <= m < L'} k[1, h, m] v[b, h, t + 1 + m] + D[h] v[b, h, t]   (bidirectional)
+    y = act(z) * gate_out                             (y = act(z) without gate_out)
+
+with v = 0 outside [0, L). The bidirectional form is state-spaces/s4's convention: the kernel
+pad(k[0], (0, L)) + pad(k[1].flip(-1), (L, 0)) of length 2L, applied circularly with FFT length 2L (k[1] is
+applied anti-causally, starting one step ahead). Any L works (not only powers of two).
+
+The convolution runs as an FFT (torch.fft, float32) of length n >= 2L; everything around it is fused in Triton:
+a prologue kernel (gate_in product, cast to float32), an epilogue kernel (slice [:L], + D v, activation,
+gate_out, cast to the dtype of u), and in the backward one kernel for the epilogue's gradients (dz, d gate_out,
+partial sums of dD per row: no atomics) and one for the input's (du, d gate_in, adding D dz); the kernel and
+input gradients of the convolution itself are FFT correlations.
+
+Layout of this file (the kernel contract, DESIGN.md): the reference, the Triton kernels, the launchers, the
+registered ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels._backend import INTERPRETER, check_triton_device, resolve_backend, tl, triton
+
+ACTIVATIONS = ("none", "gelu")
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+__all__ = [
+    "fftconv",
+    "fftconv_backward",
+    "fftconv_forward",
+    "fftconv_reference",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks (shared by the reference and the launchers)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_tensor(name: str, t: object) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    return t
+
+
+def check_fftconv_inputs(u: Tensor, k: Tensor, D: Tensor | None, bidirectional: bool, activation: str,
+                         gate_in: Tensor | None, gate_out: Tensor | None) -> int:  # fmt: skip
+    """Raise ``TypeError``/``ValueError`` naming the expected shapes; return the kernel length L'."""
+    _check_tensor("u", u)
+    if u.dim() != 3:
+        raise ValueError(f"u must be a 3-D tensor [B, H, L], got shape {list(u.shape)}")
+    _, H, L = u.shape
+    _check_tensor("k", k)
+    if bidirectional:
+        if k.dim() != 3 or k.shape[0] != 2 or k.shape[1] != H:
+            raise ValueError(f"bidirectional: k must have shape [2, H, L'] = [2, {H}, L'] with L' <= {L} "
+                             f"(k[0] causal, k[1] anti-causal), got {list(k.shape)}")  # fmt: skip
+    elif k.dim() != 2 or k.shape[0] != H:
+        raise ValueError(f"k must have shape [H, L'] = [{H}, L'] with L' <= {L} (causal), got {list(k.shape)}")
+    k_len = k.shape[-1]
+    if not 1 <= k_len <= L:
+        raise ValueError(f"the kernel length L' = {k_len} (k {list(k.shape)}) must be in [1, L = {L}]")
+    if D is not None:
+        _check_tensor("D", D)
+        if D.shape != (H,):
+            raise ValueError(f"D must have shape [H] = [{H}], got {list(D.shape)}")
+    for name, gate in (("gate_in", gate_in), ("gate_out", gate_out)):
+        if gate is not None:
+            _check_tensor(name, gate)
+            if gate.shape != u.shape:
+                raise ValueError(f"{name} must have the shape of u [B, H, L] = {list(u.shape)}, got {list(gate.shape)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    for name, t in (("k", k), ("D", D), ("gate_in", gate_in), ("gate_out", gate_out)):
+        if t is not None and t.device != u.device:
+            raise ValueError(f"{name} must be on the device of u ({u.device}), got {t.device}")
+    return k_len
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _full_kernel(k: Tensor, n: int, bidirectional: bool) -> Tensor:
+    """The kernel laid out on the FFT length n: k[0 or only] at 0..L'-1, k[1] flipped at n - L'..n - 1."""
+    if not bidirectional:
+        return F.pad(k, (0, n - k.shape[-1]))
+    return F.pad(k[0], (0, n - k.shape[-1])) + F.pad(k[1].flip(-1), (n - k.shape[-1], 0))
+
+
+def fftconv_reference(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
+                      activation: str = "none", gate_in: Tensor | None = None,
+                      gate_out: Tensor | None = None) -> Tensor:  # fmt: skip
+    """FFT convolution with D skip, activation and gates in plain PyTorch (see the module docstring).
+
+    Computes in float32 (float64 when u is float64) with FFT length 2L; returns the dtype of u."""
+    check_fftconv_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    L = u.shape[-1]
+    v = u.to(dtype) if gate_in is None else u.to(dtype) * gate_in.to(dtype)
+    n = 2 * L
+    kf = torch.fft.rfft(_full_kernel(k.to(dtype), n, bidirectional), n=n)
+    z = torch.fft.irfft(torch.fft.rfft(v, n=n) * kf, n=n)[..., :L]
+    if D is not None:
+        z = z + D.to(dtype)[:, None] * v
+    if activation == "gelu":
+        z = F.gelu(z)
+    if gate_out is not None:
+        z = z * gate_out.to(dtype)
+    return z.to(u.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Triton kernels
+#
+# Every kernel runs on a 2-D grid: axis 0 a row (b, h) of the [B, H, L] tensors, axis 1 a block of BLOCK_L
+# positions. The FFT buffers are contiguous float32 [B, H, n] (n >= L + L': the zero padding is written by the
+# kernels, so torch.fft does not copy); the other tensors are read with any strides.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _gelu_and_slope(z):
+    """Exact GELU z Phi(z) and its derivative Phi(z) + z phi(z)."""
+    cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+    return z * cdf, cdf + z * pdf
+
+
+@triton.jit
+def _row_offsets(r, H, s_b, s_h):
+    """Offset of row r = b H + h of a tensor with batch and channel strides s_b, s_h (64-bit)."""
+    r = r.to(tl.int64)
+    return (r // H) * s_b + (r % H) * s_h
+
+
+@triton.jit
+def _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN: tl.constexpr):
+    """(v, u) in float32 at positions l of row r: v = u * gate_in (v = u without gate_in)."""
+    u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos * su_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_GATE_IN:
+        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos * sgi_l, mask=mask, other=0.0)
+        return u * gin.to(tl.float32), u
+    return u, u
+
+
+@triton.jit
+def _fftconv_prologue_kernel(
+    u_ptr, gin_ptr, v_ptr, H, L, n,
+    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
+    HAS_GATE_IN: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """v_pad[r, l] = (u * gate_in)[r, l] in float32 for l < L, 0 for L <= l < n: the input of the rFFT."""
+    r = tl.program_id(0)
+    pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    v, _ = _load_v(u_ptr, gin_ptr, r, pos, pos < L, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+    tl.store(v_ptr + r.to(tl.int64) * n + pos, v, mask=pos < n)
+
+
+@triton.jit
+def _fftconv_fwd_kernel(
+    conv_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, y_ptr, H, L, n,
+    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
+    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, HAS_GATE_OUT: tl.constexpr, GELU: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """The epilogue: y = act(conv[:L] + D v) * gate_out, stored contiguous in the dtype of y."""
+    r = tl.program_id(0)
+    pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask = pos < L
+    z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
+    if HAS_D:
+        v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+        z += tl.load(d_ptr + r % H).to(tl.float32) * v
+    if GELU:
+        z, _ = _gelu_and_slope(z)
+    if HAS_GATE_OUT:
+        z *= tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos * sgo_l, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + r.to(tl.int64) * L + pos, z.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _fftconv_bwd_epilogue_kernel(
+    dy_ptr, conv_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, dz_ptr, dgout_ptr, dd_partial_ptr, H, L, n,
+    sdy_b, sdy_h, sdy_l, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
+    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, HAS_GATE_OUT: tl.constexpr, GELU: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """Gradients through the epilogue: dz (float32, zero-padded to n: the input of the rFFT of the backward),
+    d gate_out = dy act(z) (contiguous, dtype of gate_out), and this block's sum of dz v (the D gradient) in
+    ``dd_partial[r, block]``. The conv output is read only where it is needed (GELU or gate_out)."""
+    r = tl.program_id(0)
+    block = tl.program_id(1)
+    pos = block * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask = pos < L
+    g = tl.load(dy_ptr + _row_offsets(r, H, sdy_b, sdy_h) + pos * sdy_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_D or GELU or HAS_GATE_OUT:
+        v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+    if GELU or HAS_GATE_OUT:
+        z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
+        if HAS_D:
+            z += tl.load(d_ptr + r % H).to(tl.float32) * v
+        if GELU:
+            a, slope = _gelu_and_slope(z)
+        else:
+            a = z
+        if HAS_GATE_OUT:
+            gout = tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos * sgo_l, mask=mask, other=0.0)
+            tl.store(dgout_ptr + r.to(tl.int64) * L + pos, (g * a).to(dgout_ptr.dtype.element_ty), mask=mask)
+            g = g * gout.to(tl.float32)
+        if GELU:
+            g = g * slope
+    tl.store(dz_ptr + r.to(tl.int64) * n + pos, g, mask=pos < n)  # g is 0 for L <= l < n
+    if HAS_D:
+        tl.store(dd_partial_ptr + r.to(tl.int64) * tl.num_programs(1) + block, tl.sum(g * v, axis=0))
+
+
+@triton.jit
+def _fftconv_bwd_input_kernel(
+    dvc_ptr, dz_ptr, u_ptr, gin_ptr, d_ptr, du_ptr, dgin_ptr, H, L, n,
+    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
+    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """dv = (correlation of dz with k)[:L] + D dz; du = dv * gate_in, d gate_in = dv * u (contiguous, in the
+    dtypes of u and gate_in)."""
+    r = tl.program_id(0)
+    pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask = pos < L
+    row = r.to(tl.int64) * n
+    dv = tl.load(dvc_ptr + row + pos, mask=mask, other=0.0)
+    if HAS_D:
+        dv += tl.load(d_ptr + r % H).to(tl.float32) * tl.load(dz_ptr + row + pos, mask=mask, other=0.0)
+    if HAS_GATE_IN:
+        u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos * su_l, mask=mask, other=0.0).to(tl.float32)
+        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos * sgi_l, mask=mask, other=0.0)
+        tl.store(dgin_ptr + r.to(tl.int64) * L + pos, (dv * u).to(dgin_ptr.dtype.element_ty), mask=mask)
+        dv = dv * gin.to(tl.float32)
+    tl.store(du_ptr + r.to(tl.int64) * L + pos, dv.to(du_ptr.dtype.element_ty), mask=mask)
+
+
+# Elementwise kernels: one block size per launch (BLOCK_L elements, num_warps chosen from it). Under the
+# interpreter a tiny block, so odd test lengths span several blocks.
+BLOCK_L = 16 if INTERPRETER else 1024
+NUM_WARPS = 1 if INTERPRETER else 4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out) -> int:
+    k_len = check_fftconv_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
+    for name, t in (("u", u), ("k", k), ("D", D), ("gate_in", gate_in), ("gate_out", gate_out)):
+        if t is not None and t.dtype not in TRITON_DTYPES:
+            raise TypeError(f"the Triton FFT convolution takes {name} in {[str(d) for d in TRITON_DTYPES]}, got "
+                            f"{t.dtype}; use backend='torch' for other dtypes")  # fmt: skip
+    check_triton_device(u.device)
+    return k_len
+
+
+def fft_length(L: int, k_len: int) -> int:
+    """The FFT length: the smallest 2^a 3^b 5^c 7^d >= L + L' (no wrap-around into [0, L) for either the causal
+    or the anti-causal part of the kernel)."""
+    target = L + k_len
+    best = 1 << (target - 1).bit_length()
+    p2 = 1
+    while p2 < best:
+        p3 = p2
+        while p3 < best:
+            p5 = p3
+            while p5 < best:
+                p7 = p5
+                while p7 < target:
+                    p7 *= 7
+                best = min(best, p7)
+                p5 *= 5
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
+def _device_guard(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _strides(t: Tensor | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _kernel_spectrum(k: Tensor, n: int, bidirectional: bool) -> Tensor:
+    return torch.fft.rfft(_full_kernel(k.float(), n, bidirectional), n=n)
+
+
+def _input_spectrum(u: Tensor, gate_in: Tensor | None, n: int) -> Tensor:
+    """rFFT of v = u * gate_in, zero-padded to n by the prologue kernel."""
+    B, H, L = u.shape
+    v = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
+    _fftconv_prologue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
+        u, u if gate_in is None else gate_in, v, H, L, n, *_strides(u), *_strides(gate_in),
+        HAS_GATE_IN=gate_in is not None, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+    )  # fmt: skip
+    return torch.fft.rfft(v)
+
+
+def fftconv_forward(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
+                    activation: str = "none", gate_in: Tensor | None = None,
+                    gate_out: Tensor | None = None) -> Tensor:  # fmt: skip
+    """Triton forward of :func:`fftconv`: prologue kernel, rFFT products (torch.fft, float32), epilogue kernel.
+    The output is contiguous, in the dtype of u."""
+    k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
+    B, H, L = u.shape
+    y = torch.empty((B, H, L), dtype=u.dtype, device=u.device)
+    if y.numel() == 0:
+        return y
+    n = fft_length(L, k_len)
+    with _device_guard(u.device):
+        conv = torch.fft.irfft(_input_spectrum(u, gate_in, n) * _kernel_spectrum(k, n, bidirectional), n=n)
+        _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
+            conv, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
+            u if D is None else D, y, H, L, n, *_strides(u), *_strides(gate_in), *_strides(gate_out),
+            HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, HAS_GATE_OUT=gate_out is not None,
+            GELU=activation == "gelu", BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+        )  # fmt: skip
+    return y
+
+
+def _empty_grad(t: Tensor | None, like: Tensor) -> Tensor:
+    """The gradient slot of an absent optional input: an empty tensor (the registered op returns tensors only)."""
+    return like.new_empty(0) if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
+                     activation: str = "none", gate_in: Tensor | None = None,
+                     gate_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Triton backward of :func:`fftconv`: (du, dk, dD, d gate_in, d gate_out) in the dtypes of the inputs; the
+    gradient of an absent input (D, a gate) is an empty tensor.
+
+    The conv output is recomputed (one irFFT) only for GELU or gate_out; the epilogue's gradients come from one
+    kernel, the input's from another; dk and the conv part of dv are FFT correlations (torch.fft, float32)."""
+    k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
+    _check_tensor("grad_output", grad_output)
+    if grad_output.shape != u.shape or grad_output.device != u.device:
+        raise ValueError(f"grad_output must have the output's shape {list(u.shape)} on {u.device}, got "
+                         f"{list(grad_output.shape)} on {grad_output.device}")  # fmt: skip
+    B, H, L = u.shape
+    du = torch.empty((B, H, L), dtype=u.dtype, device=u.device)
+    d_gate_in, d_gate_out = _empty_grad(gate_in, u), _empty_grad(gate_out, u)
+    if du.numel() == 0:
+        zeros_d = torch.zeros_like(D) if D is not None else u.new_empty(0)
+        return du, torch.zeros_like(k), zeros_d, d_gate_in, d_gate_out
+    n = fft_length(L, k_len)
+    gelu = activation == "gelu"
+    grid = (B * H, triton.cdiv(L, BLOCK_L))
+    flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None)
+    with _device_guard(u.device):
+        v_f = _input_spectrum(u, gate_in, n)
+        k_f = _kernel_spectrum(k, n, bidirectional)
+        conv = torch.fft.irfft(v_f * k_f, n=n) if gelu or gate_out is not None else u
+        dz = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
+        dd_partial = torch.empty((B * H, triton.cdiv(n, BLOCK_L)), dtype=torch.float32, device=u.device)
+        _fftconv_bwd_epilogue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
+            grad_output, conv, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
+            u if D is None else D, dz, d_gate_out if gate_out is not None else dz, dd_partial, H, L, n,
+            *_strides(grad_output), *_strides(u), *_strides(gate_in), *_strides(gate_out),
+            **flags, HAS_GATE_OUT=gate_out is not None, GELU=gelu, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+        )  # fmt: skip
+        dz_f = torch.fft.rfft(dz)  # physical conjugates below: lazy conj() views break under AOTAutograd
+        dv_conv = torch.fft.irfft(dz_f * k_f.conj_physical(), n=n)
+        dk_full = torch.fft.irfft((dz_f * v_f.conj_physical()).sum(0), n=n)
+        _fftconv_bwd_input_kernel[grid](
+            dv_conv, dz, u, u if gate_in is None else gate_in, u if D is None else D, du,
+            d_gate_in if gate_in is not None else du, H, L, n, *_strides(u), *_strides(gate_in),
+            **flags, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+        )  # fmt: skip
+    if bidirectional:
+        dk = torch.stack((dk_full[:, :k_len], dk_full[:, n - k_len :].flip(-1)))
+    else:
+        dk = dk_full[:, :k_len]
+    dk = dk.to(k.dtype, copy=True)
+    dD = dd_partial.view(B, H, -1).sum((0, 2)).to(D.dtype) if D is not None else u.new_empty(0)
+    return du, dk, dD, d_gate_in, d_gate_out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The registered ops
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::fftconv", mutates_args=())
+def _fftconv_op(u: Tensor, k: Tensor, D: Tensor | None, gate_in: Tensor | None, gate_out: Tensor | None,
+                bidirectional: bool, activation: str) -> Tensor:  # fmt: skip
+    return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
+
+
+@_fftconv_op.register_fake
+def _(u, k, D, gate_in, gate_out, bidirectional, activation) -> Tensor:
+    check_fftconv_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
+    return u.new_empty(u.shape)
+
+
+@torch.library.custom_op("zoo::fftconv_backward", mutates_args=())
+def _fftconv_backward_op(
+    grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None, gate_in: Tensor | None, gate_out: Tensor | None,
+    bidirectional: bool, activation: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    return fftconv_backward(grad_output, u, k, D, bidirectional, activation, gate_in, gate_out)
+
+
+@_fftconv_backward_op.register_fake
+def _(grad_output, u, k, D, gate_in, gate_out, bidirectional, activation):
+    d_D = u.new_empty(0) if D is None else D.new_empty(D.shape)
+    return u.new_empty(u.shape), k.new_empty(k.shape), d_D, _empty_grad(gate_in, u), _empty_grad(gate_out, u)
+
+
+def _grads_of_present(grads, D, gate_in, gate_out):
+    du, dk, dD, d_gate_in, d_gate_out = grads
+    return (du, dk, None if D is None else dD, None if gate_in is None else d_gate_in,
+            None if gate_out is None else d_gate_out)  # fmt: skip
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    u, k, D, gate_in, gate_out, bidirectional, activation = inputs
+    ctx.save_for_backward(u, k, D, gate_in, gate_out)
+    ctx.bidirectional, ctx.activation = bidirectional, activation
+
+
+def _backward(ctx, grad_output: Tensor):
+    u, k, D, gate_in, gate_out = ctx.saved_tensors
+    grads = torch.ops.zoo.fftconv_backward(grad_output, u, k, D, gate_in, gate_out, ctx.bidirectional,
+                                           ctx.activation)  # fmt: skip
+    return (*_grads_of_present(grads, D, gate_in, gate_out), None, None)
+
+
+_fftconv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _FFTConvFunction(torch.autograd.Function):
+    """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call);
+    ``torch.compile`` traces the registered op ``zoo::fftconv``; both run the same launchers."""
+
+    @staticmethod
+    def forward(ctx, u, k, D, gate_in, gate_out, bidirectional, activation):
+        ctx.save_for_backward(u, k, D, gate_in, gate_out)
+        ctx.bidirectional, ctx.activation = bidirectional, activation
+        return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        u, k, D, gate_in, gate_out = ctx.saved_tensors
+        grads = fftconv_backward(grad_output, u, k, D, ctx.bidirectional, ctx.activation, gate_in, gate_out)
+        return (*_grads_of_present(grads, D, gate_in, gate_out), None, None)
+
+
+def fftconv(
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None = None,
+    *,
+    bidirectional: bool = False,
+    activation: str = "none",
+    gate_in: Tensor | None = None,
+    gate_out: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """y = act((v conv k)[..., :L] + D v) * gate_out with v = u * gate_in (see the module docstring).
+
+    Args:
+        u: ``[B, H, L]`` float32/bfloat16/float16 (float64 on the reference backend), any strides, any L.
+        k: causal ``[H, L']`` or, with ``bidirectional=True``, ``[2, H, L']`` (k[0] causal, k[1] anti-causal);
+            L' <= L, zero beyond.
+        D: ``[H]`` skip or None. activation: ``"none"`` or ``"gelu"`` (exact erf GELU).
+        gate_in, gate_out: ``[B, H, L]`` or None (H3/Hyena gating).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+
+    Returns:
+        ``[B, H, L]`` in the dtype of u (the FFT runs in float32); differentiable in every tensor argument.
+    """
+    _check_tensor("u", u)
+    if resolve_backend(backend, u, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
+        args = (u, k, D, gate_in, gate_out)
+        if torch.compiler.is_compiling():
+            return torch.ops.zoo.fftconv(*args, bidirectional, activation)
+        if not torch.is_grad_enabled() or not any(isinstance(t, Tensor) and t.requires_grad for t in args):
+            return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
+        return _FFTConvFunction.apply(*args, bidirectional, activation)
+    return fftconv_reference(u, k, D, bidirectional, activation, gate_in, gate_out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def aot_specs() -> list:
+    """Compile specs (kernels/_aot.py): the four elementwise kernels at the GPU block size, for u (and gates,
+    outputs) in bf16, fp32 and fp16, with every optional part on (D, both gates, GELU) and off, at the launch-time
+    specialisations of contiguous [B, H, L] tensors (H, L, n and the row strides multiples of 16, unit stride a
+    constant); and for bf16 once more with arbitrary sizes and strides."""
+    from kernels._aot import KernelSpec
+
+    kernels = (_fftconv_prologue_kernel, _fftconv_fwd_kernel, _fftconv_bwd_epilogue_kernel, _fftconv_bwd_input_kernel)
+    fp32_buffers = {"v_ptr", "conv_ptr", "dz_ptr", "dvc_ptr", "dd_partial_ptr", "d_ptr"}
+    specs = []
+    for kernel in kernels:
+        flag_names = [name for name in kernel.arg_names if name.startswith(("HAS_", "GELU"))]
+        variants = [(dtype, on, False) for dtype in ("bf16", "fp32", "fp16") for on in (True, False)]
+        variants.append(("bf16", True, True))
+        for dtype, on, strided in variants:
+            constexprs = {**dict.fromkeys(flag_names, on), "BLOCK_L": 1024}
+            signature = {}
+            for name in kernel.arg_names:
+                if name in constexprs:
+                    continue
+                if name.endswith("_ptr"):
+                    signature[name] = "*fp32:16" if name in fp32_buffers else f"*{dtype}:16"
+                elif strided:
+                    signature[name] = "i32"
+                elif name.endswith("_l"):
+                    signature[name] = "i32:1"
+                else:
+                    signature[name] = "i32:16"
+            label = ("all" if on else "plain") + (",strided" if strided else "")
+            specs.append(KernelSpec(name=f"{kernel.__name__}[{dtype},B1024,w4,{label}]", fn=kernel,
+                                    signature=signature, constexprs=constexprs, num_warps=4))  # fmt: skip
+    return specs

@@ -1,0 +1,151 @@
+"""Sequence tasks: images read as pixel sequences (sDigits, sMNIST, sCIFAR in colour and grey) and the copying task.
+
+Items are ``(sequence [L, C] float tensor, target)``: an int class label for the pixel sequences (L = S*S pixels
+in row-major order, C channels, normalised per channel), and for the copying task one-hot inputs [L, A] with the
+targets [M] (int64) that the model must output at the last M positions. As for the image datasets,
+scikit-learn and torchvision are imported only inside the functions that need them. S4 trains its pixel-sequence
+tasks without augmentation: these datasets take none.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from zoo.data.datasets import DATASETS, DigitsDataset, _create_cifar
+
+__all__ = ["COPYING_DEFAULTS", "CopyingDataset", "PixelSequences", "copying_batch", "create_sequence_dataset"]
+
+SEQUENCE_DATASETS = ("sdigits", "smnist", "scifar", "scifargray", "copying")
+# state-spaces/s4's copying task defaults: 100 noise positions, 10 tokens to memorise, vocabulary 10 (0 = blank,
+# 1..8 = tokens, 9 = marker); 10,000 train and 1,000 test sequences, generated from a seed.
+COPYING_DEFAULTS: dict[str, int] = {"l_noise": 100, "l_memorize": 10, "n_tokens": 10, "n_train": 10000,
+                                    "n_test": 1000, "seed": 0}  # fmt: skip
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte")  # fmt: skip
+_MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
+
+
+class PixelSequences(Dataset):
+    """Wraps an image dataset whose items are ``(image [C, S, S], label)`` (or PIL images with ``to_tensor``):
+    each image becomes the pixel sequence [S*S, C], row by row, normalised with ``mean``/``std``."""
+
+    def __init__(self, images: Dataset, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None,
+                 to_tensor: bool = False, gray: bool = False) -> None:  # fmt: skip
+        self.images = images
+        self.size = size
+        self.to_tensor = to_tensor
+        self.gray = gray
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.classes = getattr(images, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image, label = self.images[index]
+        if self.to_tensor:
+            from torchvision.transforms.functional import pil_to_tensor
+
+            image = pil_to_tensor(image).float().div_(255.0)
+        if self.gray and image.shape[0] == 3:  # ITU-R 601-2 luma, as torchvision's Grayscale
+            image = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).unsqueeze(0)
+        if self.size is not None and image.shape[-1] != self.size:
+            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                  antialias=True)[0]  # fmt: skip
+        sequence = image.flatten(1).transpose(0, 1)  # [S*S, C]
+        return (sequence - self.mean) / self.std, int(label)
+
+
+def copying_batch(batch_size: int, l_noise: int, l_memorize: int, n_tokens: int,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """A batch of the copying task (state-spaces/s4 ``torch_copying_data``): ``(x [B, M+L+M], y [B, M])`` int64.
+
+    x = M tokens drawn uniformly from 1..A-2, then L blanks (0), then M markers (A-1); y = the M tokens, which the
+    model must output at the last M positions (A = ``n_tokens``, L = ``l_noise``, M = ``l_memorize``).
+    """
+    if n_tokens < 3 or l_memorize < 1 or l_noise < 0 or batch_size < 1:
+        raise ValueError(f"copying task needs n_tokens >= 3, l_memorize >= 1, l_noise >= 0, batch_size >= 1; got "
+                         f"{n_tokens}, {l_memorize}, {l_noise}, {batch_size}")  # fmt: skip
+    tokens = torch.randint(1, n_tokens - 1, (batch_size, l_memorize), generator=generator)
+    blanks = torch.zeros(batch_size, l_noise, dtype=torch.int64)
+    markers = torch.full((batch_size, l_memorize), n_tokens - 1, dtype=torch.int64)
+    return torch.cat([tokens, blanks, markers], dim=1), tokens
+
+
+class CopyingDataset(Dataset):
+    """``n`` copying-task sequences generated up front from ``seed`` (deterministic): items are ``(one-hot x
+    [M+L+M, A] float32, y [M] int64)``, or token ids x [M+L+M] with ``one_hot=False``."""
+
+    def __init__(self, n: int, l_noise: int = 100, l_memorize: int = 10, n_tokens: int = 10, seed: int = 0,
+                 one_hot: bool = True) -> None:  # fmt: skip
+        if int(n) < 1:
+            raise ValueError(f"the copying task needs n >= 1 sequences, got {n!r}")
+        generator = torch.Generator().manual_seed(int(seed))
+        self.inputs, self.targets = copying_batch(int(n), int(l_noise), int(l_memorize), int(n_tokens), generator)
+        self.n_tokens = int(n_tokens)
+        self.one_hot = bool(one_hot)
+        self.classes = [str(i) for i in range(self.n_tokens)]
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x = self.inputs[index]
+        if self.one_hot:
+            x = F.one_hot(x, self.n_tokens).float()
+        return x, self.targets[index]
+
+
+def _check_no_augment(key: str, augmenting: bool, options: dict[str, Any]) -> None:
+    if augmenting and options:
+        raise ValueError(f"{key} is a sequence task and takes no augmentation options, got {sorted(options)}; "
+                         "leave data.augment empty")  # fmt: skip
+
+
+def _create_mnist(split: str, root: str):
+    from torchvision.datasets import MNIST
+
+    raw = os.path.join(root, "MNIST", "raw")
+    missing = [name for name in _MNIST_FILES if not os.path.isfile(os.path.join(raw, name))]
+    if missing:
+        raise FileNotFoundError(
+            f"smnist reads MNIST through torchvision: expected the uncompressed files {list(_MNIST_FILES)} in "
+            f"{raw!r} (missing: {missing}). Get them from {_MNIST_URL} (or torchvision.datasets.MNIST(root, "
+            f"download=True)) and un-gzip them there (root={root!r})."
+        )
+    return MNIST(root, train=(split == "train"), download=False)
+
+
+def create_sequence_dataset(key: str, split: str, root: str | None, download: bool, img_size: int | None,
+                            augmenting: bool, options: dict[str, Any]) -> Dataset:  # fmt: skip
+    """One split of a sequence task (``key`` canonical, ``split`` "train"/"test"); see ``create_dataset``."""
+    _check_no_augment(key, augmenting, options)
+    info = DATASETS[key]
+    size = info.native_size if img_size is None else int(img_size)
+    if key == "copying":
+        c = COPYING_DEFAULTS
+        n = c["n_train"] if split == "train" else c["n_test"]
+        seed = c["seed"] * 2 + (split == "test")  # the splits draw from different seeds
+        return CopyingDataset(n, c["l_noise"], c["l_memorize"], c["n_tokens"], seed=seed)
+    if key == "sdigits":
+        return PixelSequences(DigitsDataset(split, size), (0.0,), (1.0,))  # DigitsDataset normalises already
+    root = "data" if root is None else os.fspath(root)
+    if key == "smnist":
+        if download:
+            from torchvision.datasets import MNIST
+
+            MNIST(root, train=(split == "train"), download=True)
+        base = _create_mnist(split, root)
+        return PixelSequences(base, info.mean, info.std, size, to_tensor=True)
+    try:
+        base = _create_cifar("cifar10", split, root, download, transform=None)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{key} reads CIFAR-10: {error}") from error
+    return PixelSequences(base, info.mean, info.std, size, to_tensor=True, gray=(key == "scifargray"))
