@@ -15,6 +15,7 @@ Precedence: an explicit ``backend=`` argument (anything but ``"auto"``), then th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -100,3 +101,17 @@ def check_triton_device(device: torch.device) -> None:
     raise ValueError(
         f"backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {str(device)!r}"
     )
+
+
+def device_guard(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device); a no-op context elsewhere."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def check_float_tensor(name: str, t: object) -> torch.Tensor:
+    """Raise ``TypeError`` unless ``t`` is a floating-point tensor; return it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    return t

@@ -24,7 +24,6 @@ registered ops.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -33,7 +32,9 @@ from torch import Tensor
 
 from kernels._backend import (
     INTERPRETER,
+    check_float_tensor,
     check_triton_device,
+    device_guard,
     resolve_backend,
     tl,
     triton,
@@ -66,17 +67,10 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
-def _check_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
-    return t
-
 
 def _check_weight(name: str, weight: Tensor, channels: int, shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """Check a depthwise weight ``[channels, 1, kh, kw]`` with odd kernel sizes; return (kh, kw)."""
-    _check_tensor(name, weight)
+    check_float_tensor(name, weight)
     expected = f"[{channels}, 1, kh, kw]" if shape is None else f"[{channels}, 1, {shape[0]}, {shape[1]}]"
     if weight.dim() != 4 or weight.shape[0] != channels or weight.shape[1] != 1:
         raise ValueError(f"{name} must have shape {expected} (depthwise: one filter per channel), "
@@ -94,7 +88,7 @@ def _check_weight(name: str, weight: Tensor, channels: int, shape: tuple[int, in
 def _check_bias(name: str, bias: Tensor | None, channels: int) -> None:
     if bias is None:
         return
-    _check_tensor(name, bias)
+    check_float_tensor(name, bias)
     if bias.shape != (channels,):
         raise ValueError(f"{name} must have shape [{channels}], got {list(bias.shape)}")
 
@@ -109,7 +103,7 @@ def check_dwconv2d_inputs(
     x: Tensor, weight: Tensor, bias: Tensor | None, stride: int | Sequence[int], dilation: int | Sequence[int]
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
     """Validate the inputs of :func:`dwconv2d`; return ((kh, kw), stride, dilation) as pairs."""
-    _check_tensor("x", x)
+    check_float_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W] (any memory format), got shape {list(x.shape)}")
     channels = x.shape[1]
@@ -144,17 +138,17 @@ def check_inception_inputs(
     bias_h: Tensor | None,
 ) -> tuple[int, int, int]:
     """Validate the inputs of :func:`inception_dwconv2d`; return (branch channels gc, square size, band size)."""
-    _check_tensor("x", x)
+    check_float_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W] (any memory format), got shape {list(x.shape)}")
-    _check_tensor("weight_hw", weight_hw)
+    check_float_tensor("weight_hw", weight_hw)
     if weight_hw.dim() != 4:
         raise ValueError(f"weight_hw must have shape [gc, 1, k, k], got {list(weight_hw.shape)}")
     gc = weight_hw.shape[0]
     square, _ = _check_weight("weight_hw", weight_hw, gc)
     if weight_hw.shape[3] != square:
         raise ValueError(f"weight_hw must be square [gc, 1, k, k], got {list(weight_hw.shape)}")
-    _check_tensor("weight_w", weight_w)
+    check_float_tensor("weight_w", weight_w)
     band = weight_w.shape[3] if weight_w.dim() == 4 else -1
     _check_weight("weight_w", weight_w, gc, (1, band))
     _check_weight("weight_h", weight_h, gc, (band, 1))
@@ -578,7 +572,7 @@ def _check_triton_dtype(**tensors: Tensor | None) -> None:
 
 
 def _check_grad_output(grad_output: Tensor, expected_shape: Sequence[int], x: Tensor) -> None:
-    _check_tensor("grad_output", grad_output)
+    check_float_tensor("grad_output", grad_output)
     if tuple(grad_output.shape) != tuple(expected_shape):
         raise ValueError(
             f"grad_output must have the output's shape {list(expected_shape)}, got {list(grad_output.shape)}"
@@ -587,10 +581,6 @@ def _check_grad_output(grad_output: Tensor, expected_shape: Sequence[int], x: Te
         raise ValueError(f"grad_output must be on the device of x ({x.device}), got {grad_output.device}")
     _check_triton_dtype(grad_output=grad_output)
 
-
-def _device_guard(device: torch.device):
-    """Launch on ``device`` (Triton launches on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _weight_table(weight: Tensor) -> Tensor:
@@ -659,7 +649,7 @@ def dwconv2d_forward(
                  _output_size(w, kernel[1], stride[1], dilation[1]))  # fmt: skip
     y = _empty_like_format(x, out_shape)
     if y.numel():
-        with _device_guard(x.device):
+        with device_guard(x.device):
             _launch_conv(x, _weight_table(weight), bias, y, kernel, stride, dilation, False, _layout(x))
     return y
 
@@ -696,7 +686,7 @@ def dwconv2d_backward(
     def grid(meta):
         return (chunks, triton.cdiv(channels, meta["BLOCK_C"]), triton.cdiv(taps, meta["BLOCK_T"]))
 
-    with _device_guard(x.device):
+    with device_guard(x.device):
         _launch_conv(grad_output, _weight_table(weight), None, dx, kernel, stride, dilation, True, layout)
         _dwconv_wgrad[layout][grid](
             x, grad_output, partial, n_positions, per_program, channels, h, w, out_h, out_w,
@@ -724,7 +714,7 @@ def inception_dwconv2d_forward(
     check_triton_device(x.device)
     y = _empty_like_format(x, x.shape)
     if y.numel():
-        with _device_guard(x.device):
+        with device_guard(x.device):
             _launch_inception(x, y, (weight_hw, weight_w, weight_h), (bias_hw, bias_w, bias_h), gc, square, band,
                               transposed=False, layout=_layout(x))  # fmt: skip
     return y
@@ -775,7 +765,7 @@ def inception_dwconv2d_backward(
     def grid(meta):
         return (chunks, 3 * triton.cdiv(gc + 14, meta["BLOCK_C"]), triton.cdiv(max_taps, meta["BLOCK_T"]))
 
-    with _device_guard(x.device):
+    with device_guard(x.device):
         _launch_inception(grad_output, dx, weights, (None, None, None), gc, square, band, transposed=True,
                           layout=layout)  # fmt: skip
         _inception_wgrad[layout][grid](
@@ -955,7 +945,7 @@ def dwconv2d(
         ``[N, C, H_out, W_out]`` in the dtype of ``x`` (the autocast dtype under autocast); differentiable in x,
         weight and bias.
     """
-    _check_tensor("x", x)
+    check_float_tensor("x", x)
     x = _autocast_input(x)
     if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
         stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
@@ -987,7 +977,7 @@ def inception_dwconv2d(
         backend: ``"triton"`` runs one fused kernel (one more for each of the input and weight gradients);
             ``"torch"`` the split / conv / cat reference.
     """
-    _check_tensor("x", x)
+    check_float_tensor("x", x)
     x = _autocast_input(x)
     args = (x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
     if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs

@@ -26,13 +26,19 @@ registered ops.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._backend import INTERPRETER, check_triton_device, resolve_backend, tl, triton
+from kernels._backend import (
+    INTERPRETER,
+    check_float_tensor,
+    check_triton_device,
+    device_guard,
+    resolve_backend,
+    tl,
+    triton,
+)
 
 ACTIVATIONS = ("none", "gelu")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -50,22 +56,15 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_tensor(name: str, t: object) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
-    return t
-
 
 def check_fftconv_inputs(u: Tensor, k: Tensor, D: Tensor | None, bidirectional: bool, activation: str,
                          gate_in: Tensor | None, gate_out: Tensor | None) -> int:  # fmt: skip
     """Raise ``TypeError``/``ValueError`` naming the expected shapes; return the kernel length L'."""
-    _check_tensor("u", u)
+    check_float_tensor("u", u)
     if u.dim() != 3:
         raise ValueError(f"u must be a 3-D tensor [B, H, L], got shape {list(u.shape)}")
     _, H, L = u.shape
-    _check_tensor("k", k)
+    check_float_tensor("k", k)
     if bidirectional:
         if k.dim() != 3 or k.shape[0] != 2 or k.shape[1] != H:
             raise ValueError(f"bidirectional: k must have shape [2, H, L'] = [2, {H}, L'] with L' <= {L} "
@@ -76,12 +75,12 @@ def check_fftconv_inputs(u: Tensor, k: Tensor, D: Tensor | None, bidirectional: 
     if not 1 <= k_len <= L:
         raise ValueError(f"the kernel length L' = {k_len} (k {list(k.shape)}) must be in [1, L = {L}]")
     if D is not None:
-        _check_tensor("D", D)
+        check_float_tensor("D", D)
         if D.shape != (H,):
             raise ValueError(f"D must have shape [H] = [{H}], got {list(D.shape)}")
     for name, gate in (("gate_in", gate_in), ("gate_out", gate_out)):
         if gate is not None:
-            _check_tensor(name, gate)
+            check_float_tensor(name, gate)
             if gate.shape != u.shape:
                 raise ValueError(f"{name} must have the shape of u [B, H, L] = {list(u.shape)}, got {list(gate.shape)}")
     if activation not in ACTIVATIONS:
@@ -296,10 +295,6 @@ def fft_length(L: int, k_len: int) -> int:
     return best
 
 
-def _device_guard(device: torch.device):
-    """Launch on ``device`` (Triton launches on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
 
 def _strides(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
@@ -331,7 +326,7 @@ def fftconv_forward(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional
     if y.numel() == 0:
         return y
     n = fft_length(L, k_len)
-    with _device_guard(u.device):
+    with device_guard(u.device):
         conv = torch.fft.irfft(_input_spectrum(u, gate_in, n) * _kernel_spectrum(k, n, bidirectional), n=n)
         _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
             conv, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
@@ -356,7 +351,7 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
     The conv output is recomputed (one irFFT) only for GELU or gate_out; the epilogue's gradients come from one
     kernel, the input's from another; dk and the conv part of dv are FFT correlations (torch.fft, float32)."""
     k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
-    _check_tensor("grad_output", grad_output)
+    check_float_tensor("grad_output", grad_output)
     if grad_output.shape != u.shape or grad_output.device != u.device:
         raise ValueError(f"grad_output must have the output's shape {list(u.shape)} on {u.device}, got "
                          f"{list(grad_output.shape)} on {grad_output.device}")  # fmt: skip
@@ -370,7 +365,7 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
     gelu = activation == "gelu"
     grid = (B * H, triton.cdiv(L, BLOCK_L))
     flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None)
-    with _device_guard(u.device):
+    with device_guard(u.device):
         v_f = _input_spectrum(u, gate_in, n)
         k_f = _kernel_spectrum(k, n, bidirectional)
         conv = torch.fft.irfft(v_f * k_f, n=n) if gelu or gate_out is not None else u
@@ -494,7 +489,7 @@ def fftconv(
     Returns:
         ``[B, H, L]`` in the dtype of u (the FFT runs in float32); differentiable in every tensor argument.
     """
-    _check_tensor("u", u)
+    check_float_tensor("u", u)
     if resolve_backend(backend, u, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
         args = (u, k, D, gate_in, gate_out)
         if torch.compiler.is_compiling():

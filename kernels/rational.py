@@ -14,12 +14,10 @@ registered op.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
-from kernels._backend import INTERPRETER, check_triton_device, resolve_backend, tl, triton
+from kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
 
 NUMERATOR_TERMS = 6  # a0..a5: numerator order m = 5
 DENOMINATOR_TERMS = 4  # b0..b3: denominator order n = 4
@@ -359,10 +357,6 @@ def _check_block_d(block_d: int, configs: list) -> int:
     return block_d
 
 
-def _device_guard(device: torch.device):
-    """Launch on ``device`` (Triton launches on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
 
 def group_rational_forward(
     x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, block_d: int | None = None
@@ -384,7 +378,7 @@ def group_rational_forward(
     def grid(meta):
         return (triton.cdiv(n_rows, meta["TILE"] // block_d), triton.cdiv(width, block_d))
 
-    with _device_guard(x.device):
+    with device_guard(x.device):
         _group_rational_fwd[grid](
             x2, y, a, b, n_rows, width, width // weight_denominator.shape[0], x2.stride(0), x2.stride(1),
             BLOCK_D=block_d,
@@ -424,7 +418,7 @@ def group_rational_backward(
     rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
     row_programs = triton.cdiv(n_rows, rows_per_program)
     partials = torch.empty((groups * col_blocks, row_programs, 10), dtype=torch.float32, device=x.device)
-    with _device_guard(x.device):
+    with device_guard(x.device):
         _group_rational_bwd[(row_programs, groups * col_blocks)](
             x2, dy2, dx, a, b, partials,
             n_rows, width, group_size, rows_per_program,

@@ -24,12 +24,10 @@ registered ops.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor
 
-from kernels._backend import INTERPRETER, check_triton_device, resolve_backend, tl, triton
+from kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
 
 METHODS = ("zoh", "bilinear")
 
@@ -243,10 +241,6 @@ def _check_triton_inputs(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: 
     return H, N2
 
 
-def _device_guard(device: torch.device):
-    """Launch on ``device`` (Triton launches on the current CUDA device)."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
 
 def _float64(*params: Tensor) -> list[Tensor]:
     """The parameters in float64 for the O(H N2) maps around the kernels: (exp(dtA) - 1) / A and the chain rule
@@ -284,7 +278,7 @@ def s4d_kernel_forward(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Te
     def grid(meta):
         return (H, triton.cdiv(L, meta["BLOCK_L"]))
 
-    with _device_guard(log_dt.device):
+    with device_guard(log_dt.device):
         _s4d_fwd[grid](*planes, K, N2, L)
     return K
 
@@ -340,7 +334,7 @@ def s4d_kernel_backward(grad_K: Tensor, log_dt: Tensor, C: Tensor, log_A_real: T
     def grid(meta):
         return (H, triton.cdiv(N2, meta["BLOCK_N"]), chunks)
 
-    with _device_guard(log_dt.device):
+    with device_guard(log_dt.device):
         _s4d_bwd[grid](*planes, grad_K, partial, H, N2, L, per_program, grad_K.stride(0), grad_K.stride(1))
     sums = partial.sum(0).double()
     G_coeff = torch.complex(sums[0], sums[1])
