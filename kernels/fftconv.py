@@ -20,6 +20,11 @@ gate_out, cast to the dtype of u), and in the backward one kernel for the epilog
 partial sums of dD per row: no atomics) and one for the input's (du, d gate_in, adding D dz); the kernel and
 input gradients of the convolution itself are FFT correlations.
 
+Short kernels (at most ``DIRECT_MAX_TAPS`` taps per side) take a direct path instead: the same epilogue kernels
+sum the taps themselves (no FFT, no float32 buffers of length n in the forward), the input gradient kernel sums
+the taps of the correlation, and one more kernel reduces the kernel gradient per row in registers (the batch sum
+is a second pass). Both paths compute the same function; tests run both.
+
 Layout of this file (the kernel contract, DESIGN.md): the reference, the Triton kernels, the launchers, the
 registered ops.
 """
@@ -160,6 +165,47 @@ def _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi
 
 
 @triton.jit
+def _direct_conv(k_ptr, K_LEN, sk_c, sk_h, sk_l, u_ptr, gin_ptr, r, pos, mask, H, L,
+                 su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
+                 HAS_GATE_IN: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr):  # fmt: skip
+    """The convolution at positions ``pos`` of row r computed tap by tap (the short-kernel path):
+    sum_d k[h, d] v[pos - d] (+ sum_m k[1, h, m] v[pos + 1 + m] when bidirectional), float32."""
+    k_row = k_ptr + (r % H).to(tl.int64) * sk_h
+    acc = tl.zeros([BLOCK_L], dtype=tl.float32)
+    for d in range(0, K_LEN):
+        src = pos - d
+        v, _ = _load_v(u_ptr, gin_ptr, r, src, mask & (src >= 0), H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
+                       HAS_GATE_IN)  # fmt: skip
+        acc += tl.load(k_row + d * sk_l).to(tl.float32) * v
+    if BIDIRECTIONAL:
+        for m in range(0, K_LEN):
+            src = pos + 1 + m
+            v, _ = _load_v(u_ptr, gin_ptr, r, src, mask & (src < L), H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
+                           HAS_GATE_IN)  # fmt: skip
+            acc += tl.load(k_row + sk_c + m * sk_l).to(tl.float32) * v
+    return acc
+
+
+@triton.jit
+def _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n,
+                        BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr):  # fmt: skip
+    """The input gradient of :func:`_direct_conv` at positions ``pos`` of row r: sum_d k[h, d] dz[pos + d]
+    (+ sum_m k[1, h, m] dz[pos - 1 - m] when bidirectional); dz is a contiguous float32 [rows, n] buffer."""
+    k_row = k_ptr + (r % H).to(tl.int64) * sk_h
+    dz_row = dz_ptr + r.to(tl.int64) * n
+    acc = tl.zeros([BLOCK_L], dtype=tl.float32)
+    for d in range(0, K_LEN):
+        src = pos + d
+        acc += tl.load(k_row + d * sk_l).to(tl.float32) * tl.load(dz_row + src, mask=mask & (src < L), other=0.0)
+    if BIDIRECTIONAL:
+        for m in range(0, K_LEN):
+            src = pos - 1 - m
+            g = tl.load(dz_row + src, mask=mask & (src >= 0), other=0.0)
+            acc += tl.load(k_row + sk_c + m * sk_l).to(tl.float32) * g
+    return acc
+
+
+@triton.jit
 def _fftconv_prologue_kernel(
     u_ptr, gin_ptr, v_ptr, H, L, n,
     su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
@@ -174,16 +220,21 @@ def _fftconv_prologue_kernel(
 
 @triton.jit
 def _fftconv_fwd_kernel(
-    conv_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, y_ptr, H, L, n,
+    conv_ptr, k_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, y_ptr, H, L, n, K_LEN, sk_c, sk_h, sk_l,
     su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
     HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, HAS_GATE_OUT: tl.constexpr, GELU: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    DIRECT: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
-    """The epilogue: y = act(conv[:L] + D v) * gate_out, stored contiguous in the dtype of y."""
+    """The epilogue: y = act(conv[:L] + D v) * gate_out, stored contiguous in the dtype of y. The conv comes from
+    the FFT buffer, or with DIRECT from the taps of k (short kernels; conv_ptr unused)."""
     r = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = pos < L
-    z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
+    if DIRECT:
+        z = _direct_conv(k_ptr, K_LEN, sk_c, sk_h, sk_l, u_ptr, gin_ptr, r, pos, mask, H, L,
+                         su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN, BIDIRECTIONAL, BLOCK_L)  # fmt: skip
+    else:
+        z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
     if HAS_D:
         v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
         z += tl.load(d_ptr + r % H).to(tl.float32) * v
@@ -196,14 +247,15 @@ def _fftconv_fwd_kernel(
 
 @triton.jit
 def _fftconv_bwd_epilogue_kernel(
-    dy_ptr, conv_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, dz_ptr, dgout_ptr, dd_partial_ptr, H, L, n,
-    sdy_b, sdy_h, sdy_l, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
+    dy_ptr, conv_ptr, k_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, dz_ptr, dgout_ptr, dd_partial_ptr, H, L, n,
+    K_LEN, sk_c, sk_h, sk_l, sdy_b, sdy_h, sdy_l, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
     HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, HAS_GATE_OUT: tl.constexpr, GELU: tl.constexpr,
-    BLOCK_L: tl.constexpr,
+    DIRECT: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """Gradients through the epilogue: dz (float32, zero-padded to n: the input of the rFFT of the backward),
     d gate_out = dy act(z) (contiguous, dtype of gate_out), and this block's sum of dz v (the D gradient) in
-    ``dd_partial[r, block]``. The conv output is read only where it is needed (GELU or gate_out)."""
+    ``dd_partial[r, block]``. The conv output is read (or, with DIRECT, recomputed from the taps) only where it is
+    needed (GELU or gate_out)."""
     r = tl.program_id(0)
     block = tl.program_id(1)
     pos = block * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -212,7 +264,11 @@ def _fftconv_bwd_epilogue_kernel(
     if HAS_D or GELU or HAS_GATE_OUT:
         v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
     if GELU or HAS_GATE_OUT:
-        z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
+        if DIRECT:
+            z = _direct_conv(k_ptr, K_LEN, sk_c, sk_h, sk_l, u_ptr, gin_ptr, r, pos, mask, H, L,
+                             su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN, BIDIRECTIONAL, BLOCK_L)  # fmt: skip
+        else:
+            z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
         if HAS_D:
             z += tl.load(d_ptr + r % H).to(tl.float32) * v
         if GELU:
@@ -232,17 +288,22 @@ def _fftconv_bwd_epilogue_kernel(
 
 @triton.jit
 def _fftconv_bwd_input_kernel(
-    dvc_ptr, dz_ptr, u_ptr, gin_ptr, d_ptr, du_ptr, dgin_ptr, H, L, n,
+    dvc_ptr, dz_ptr, k_ptr, u_ptr, gin_ptr, d_ptr, du_ptr, dgin_ptr, H, L, n, K_LEN, sk_c, sk_h, sk_l,
     su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, DIRECT: tl.constexpr, BIDIRECTIONAL: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     """dv = (correlation of dz with k)[:L] + D dz; du = dv * gate_in, d gate_in = dv * u (contiguous, in the
-    dtypes of u and gate_in)."""
+    dtypes of u and gate_in). The correlation comes from the FFT buffer, or with DIRECT from the taps of k."""
     r = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = pos < L
     row = r.to(tl.int64) * n
-    dv = tl.load(dvc_ptr + row + pos, mask=mask, other=0.0)
+    if DIRECT:
+        dv = _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n, BIDIRECTIONAL,
+                                 BLOCK_L)  # fmt: skip
+    else:
+        dv = tl.load(dvc_ptr + row + pos, mask=mask, other=0.0)
     if HAS_D:
         dv += tl.load(d_ptr + r % H).to(tl.float32) * tl.load(dz_ptr + row + pos, mask=mask, other=0.0)
     if HAS_GATE_IN:
@@ -253,10 +314,48 @@ def _fftconv_bwd_input_kernel(
     tl.store(du_ptr + r.to(tl.int64) * L + pos, dv.to(du_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _direct_dk_kernel(
+    dz_ptr, u_ptr, gin_ptr, dk_partial_ptr, H, L, n, K_LEN,
+    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
+    HAS_GATE_IN: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """The kernel gradient of the short-kernel path, for row r = b H + h and a block of BLOCK_D taps of one side
+    (axis 1: causal blocks, then anti-causal ones): dk[d] = sum_t dz[t] v[t - d] (causal) or dz[t] v[t + 1 + d]
+    (anti-causal), reduced over the row's positions in a [BLOCK_D, BLOCK_T] register tile and stored in
+    ``dk_partial[r, side, d]`` (the batch sum is a second pass: no atomics)."""
+    r = tl.program_id(0)
+    n_blocks = tl.cdiv(K_LEN, BLOCK_D)
+    side = tl.program_id(1) // n_blocks
+    d = (tl.program_id(1) % n_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    shift = side + (2 * side - 1) * d  # v index = t + shift: t - d (causal), t + 1 + d (anti-causal)
+    dz_row = dz_ptr + r.to(tl.int64) * n
+    acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+    for t0 in range(0, L, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        g = tl.load(dz_row + t, mask=t < L, other=0.0)
+        src = t[None, :] + shift[:, None]
+        valid = (d[:, None] < K_LEN) & (t[None, :] < L) & (src >= 0) & (src < L)
+        v, _ = _load_v(u_ptr, gin_ptr, r, src, valid, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+        acc += v * g[None, :]
+    n_sides = 2 if BIDIRECTIONAL else 1
+    out = dk_partial_ptr + (r.to(tl.int64) * n_sides + side) * K_LEN + d
+    tl.store(out, tl.sum(acc, axis=1), mask=d < K_LEN)
+
+
 # Elementwise kernels: one block size per launch (BLOCK_L elements, num_warps chosen from it). Under the
 # interpreter a tiny block, so odd test lengths span several blocks.
-BLOCK_L = 16 if INTERPRETER else 1024
+BLOCK_L_GPU, BLOCK_D_GPU = 1024, (32, 64)
+BLOCK_L = 16 if INTERPRETER else BLOCK_L_GPU
 NUM_WARPS = 1 if INTERPRETER else 4
+# The kernel gradient of the short-kernel path: [BLOCK_D taps, BLOCK_T positions] register tiles.
+BLOCK_D, BLOCK_T = (4, 8) if INTERPRETER else BLOCK_D_GPU
+
+# Kernels of at most this many taps (per side) take the direct path (no FFT, no float32 [B, H, n] buffers): per
+# output element it costs L' cached loads and FMAs, against the FFT path's ~30 bytes of DRAM traffic per element
+# plus cuFFT's passes. The crossover is an estimate from the H100's L1 and DRAM bandwidths (~100 taps), taken
+# conservatively; it has not been measured yet (scripts/benchmark.py --ops fftconv measures both paths).
+DIRECT_MAX_TAPS = 64
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,24 +414,41 @@ def _input_spectrum(u: Tensor, gate_in: Tensor | None, n: int) -> Tensor:
     return torch.fft.rfft(v)
 
 
+def _kernel_strides(k: Tensor, bidirectional: bool) -> tuple[int, int, int]:
+    """(side, channel, tap) strides of k (side 0 for a causal kernel)."""
+    return (k.stride(0), k.stride(1), k.stride(2)) if bidirectional else (0, k.stride(0), k.stride(1))
+
+
+def use_direct(k_len: int) -> bool:
+    """Whether a kernel of k_len taps (per side) takes the direct path (see ``DIRECT_MAX_TAPS``)."""
+    return k_len <= DIRECT_MAX_TAPS
+
+
 def fftconv_forward(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
-                    activation: str = "none", gate_in: Tensor | None = None,
-                    gate_out: Tensor | None = None) -> Tensor:  # fmt: skip
-    """Triton forward of :func:`fftconv`: prologue kernel, rFFT products (torch.fft, float32), epilogue kernel.
-    The output is contiguous, in the dtype of u."""
+                    activation: str = "none", gate_in: Tensor | None = None, gate_out: Tensor | None = None,
+                    direct: bool | None = None) -> Tensor:  # fmt: skip
+    """Triton forward of :func:`fftconv`. FFT path: prologue kernel, rFFT products (torch.fft, float32), epilogue
+    kernel; direct path (``direct``; default: ``use_direct(L')``): one kernel, taps summed in registers. The output
+    is contiguous, in the dtype of u."""
     k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
     B, H, L = u.shape
     y = torch.empty((B, H, L), dtype=u.dtype, device=u.device)
     if y.numel() == 0:
         return y
-    n = fft_length(L, k_len)
+    direct = use_direct(k_len) if direct is None else direct
     with device_guard(u.device):
-        conv = torch.fft.irfft(_input_spectrum(u, gate_in, n) * _kernel_spectrum(k, n, bidirectional), n=n)
+        if direct:
+            n, conv = L, u  # conv_ptr is not read
+        else:
+            n = fft_length(L, k_len)
+            conv = torch.fft.irfft(_input_spectrum(u, gate_in, n) * _kernel_spectrum(k, n, bidirectional), n=n)
         _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
-            conv, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
-            u if D is None else D, y, H, L, n, *_strides(u), *_strides(gate_in), *_strides(gate_out),
+            conv, k, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
+            u if D is None else D, y, H, L, n, k_len, *_kernel_strides(k, bidirectional),
+            *_strides(u), *_strides(gate_in), *_strides(gate_out),
             HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, HAS_GATE_OUT=gate_out is not None,
-            GELU=activation == "gelu", BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+            GELU=activation == "gelu", DIRECT=direct, BIDIRECTIONAL=bidirectional, BLOCK_L=BLOCK_L,
+            num_warps=NUM_WARPS,
         )  # fmt: skip
     return y
 
@@ -343,13 +459,15 @@ def _empty_grad(t: Tensor | None, like: Tensor) -> Tensor:
 
 
 def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
-                     activation: str = "none", gate_in: Tensor | None = None,
-                     gate_out: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+                     activation: str = "none", gate_in: Tensor | None = None, gate_out: Tensor | None = None,
+                     direct: bool | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Triton backward of :func:`fftconv`: (du, dk, dD, d gate_in, d gate_out) in the dtypes of the inputs; the
     gradient of an absent input (D, a gate) is an empty tensor.
 
-    The conv output is recomputed (one irFFT) only for GELU or gate_out; the epilogue's gradients come from one
-    kernel, the input's from another; dk and the conv part of dv are FFT correlations (torch.fft, float32)."""
+    The epilogue's gradients come from one kernel (recomputing the conv output only for GELU or gate_out), the
+    input's from another. FFT path: the conv parts of dv and dk are FFT correlations (torch.fft, float32). Direct
+    path (``direct``; default: ``use_direct(L')``): dv sums the taps in the input kernel and dk is reduced per row
+    in registers, then over the batch."""
     k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
     check_float_tensor("grad_output", grad_output)
     if grad_output.shape != u.shape or grad_output.device != u.device:
@@ -361,34 +479,52 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
     if du.numel() == 0:
         zeros_d = torch.zeros_like(D) if D is not None else u.new_empty(0)
         return du, torch.zeros_like(k), zeros_d, d_gate_in, d_gate_out
-    n = fft_length(L, k_len)
-    gelu = activation == "gelu"
+    direct = use_direct(k_len) if direct is None else direct
+    n = L if direct else fft_length(L, k_len)
+    needs_conv = activation == "gelu" or gate_out is not None
     grid = (B * H, triton.cdiv(L, BLOCK_L))
-    flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None)
+    gin = u if gate_in is None else gate_in
+    k_args = (k_len, *_kernel_strides(k, bidirectional))
+    flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, DIRECT=direct, BIDIRECTIONAL=bidirectional)
     with device_guard(u.device):
-        v_f = _input_spectrum(u, gate_in, n)
-        k_f = _kernel_spectrum(k, n, bidirectional)
-        conv = torch.fft.irfft(v_f * k_f, n=n) if gelu or gate_out is not None else u
+        if direct:
+            conv = u  # not read: the epilogue kernel recomputes the taps where it needs them
+        else:
+            v_f = _input_spectrum(u, gate_in, n)
+            k_f = _kernel_spectrum(k, n, bidirectional)
+            conv = torch.fft.irfft(v_f * k_f, n=n) if needs_conv else u
         dz = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
         dd_partial = torch.empty((B * H, triton.cdiv(n, BLOCK_L)), dtype=torch.float32, device=u.device)
         _fftconv_bwd_epilogue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
-            grad_output, conv, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
-            u if D is None else D, dz, d_gate_out if gate_out is not None else dz, dd_partial, H, L, n,
+            grad_output, conv, k, u, gin, u if gate_out is None else gate_out,
+            u if D is None else D, dz, d_gate_out if gate_out is not None else dz, dd_partial, H, L, n, *k_args,
             *_strides(grad_output), *_strides(u), *_strides(gate_in), *_strides(gate_out),
-            **flags, HAS_GATE_OUT=gate_out is not None, GELU=gelu, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+            **flags, HAS_GATE_OUT=gate_out is not None, GELU=activation == "gelu", BLOCK_L=BLOCK_L,
+            num_warps=NUM_WARPS,
         )  # fmt: skip
-        dz_f = torch.fft.rfft(dz)  # physical conjugates below: lazy conj() views break under AOTAutograd
-        dv_conv = torch.fft.irfft(dz_f * k_f.conj_physical(), n=n)
-        dk_full = torch.fft.irfft((dz_f * v_f.conj_physical()).sum(0), n=n)
+        if direct:
+            dv_conv = dz  # not read
+            sides = 2 if bidirectional else 1
+            dk_partial = torch.empty((B, H, sides, k_len), dtype=torch.float32, device=u.device)
+            _direct_dk_kernel[(B * H, sides * triton.cdiv(k_len, BLOCK_D))](
+                dz, u, gin, dk_partial, H, L, n, k_len, *_strides(u), *_strides(gate_in),
+                HAS_GATE_IN=gate_in is not None, BIDIRECTIONAL=bidirectional, BLOCK_D=BLOCK_D, BLOCK_T=BLOCK_T,
+                num_warps=NUM_WARPS,
+            )  # fmt: skip
+            dk_sides = dk_partial.sum(0)  # [H, sides, L']
+            dk = dk_sides.permute(1, 0, 2).contiguous() if bidirectional else dk_sides[:, 0]
+        else:
+            dz_f = torch.fft.rfft(dz)  # physical conjugates below: lazy conj() views break under AOTAutograd
+            dv_conv = torch.fft.irfft(dz_f * k_f.conj_physical(), n=n)
+            dk_full = torch.fft.irfft((dz_f * v_f.conj_physical()).sum(0), n=n)
+            if bidirectional:
+                dk = torch.stack((dk_full[:, :k_len], dk_full[:, n - k_len :].flip(-1)))
+            else:
+                dk = dk_full[:, :k_len]
         _fftconv_bwd_input_kernel[grid](
-            dv_conv, dz, u, u if gate_in is None else gate_in, u if D is None else D, du,
-            d_gate_in if gate_in is not None else du, H, L, n, *_strides(u), *_strides(gate_in),
-            **flags, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
+            dv_conv, dz, k, u, gin, u if D is None else D, du, d_gate_in if gate_in is not None else du,
+            H, L, n, *k_args, *_strides(u), *_strides(gate_in), **flags, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
         )  # fmt: skip
-    if bidirectional:
-        dk = torch.stack((dk_full[:, :k_len], dk_full[:, n - k_len :].flip(-1)))
-    else:
-        dk = dk_full[:, :k_len]
     dk = dk.to(k.dtype, copy=True)
     dD = dd_partial.view(B, H, -1).sum((0, 2)).to(D.dtype) if D is not None else u.new_empty(0)
     return du, dk, dD, d_gate_in, d_gate_out
@@ -487,7 +623,8 @@ def fftconv(
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
 
     Returns:
-        ``[B, H, L]`` in the dtype of u (the FFT runs in float32); differentiable in every tensor argument.
+        ``[B, H, L]`` in the dtype of u (the FFT, or the direct sum for short kernels, runs in float32);
+        differentiable in every tensor argument.
     """
     check_float_tensor("u", u)
     if resolve_backend(backend, u, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
@@ -506,21 +643,30 @@ def fftconv(
 
 
 def aot_specs() -> list:
-    """Compile specs (kernels/_aot.py): the four elementwise kernels at the GPU block size, for u (and gates,
-    outputs) in bf16, fp32 and fp16, with every optional part on (D, both gates, GELU) and off, at the launch-time
+    """Compile specs (kernels/_aot.py): the five kernels at the GPU block sizes, for u (and gates, outputs) in bf16,
+    fp32 and fp16, with every optional part on (D, both gates, GELU, bidirectional) and off, at the launch-time
     specialisations of contiguous [B, H, L] tensors (H, L, n and the row strides multiples of 16, unit stride a
-    constant); and for bf16 once more with arbitrary sizes and strides."""
+    constant); the epilogue kernels in their FFT and direct forms; and for bf16 once more with arbitrary sizes and
+    strides. The kernel k and the float32 buffers are float32 pointers."""
     from kernels._aot import KernelSpec
 
-    kernels = (_fftconv_prologue_kernel, _fftconv_fwd_kernel, _fftconv_bwd_epilogue_kernel, _fftconv_bwd_input_kernel)
-    fp32_buffers = {"v_ptr", "conv_ptr", "dz_ptr", "dvc_ptr", "dd_partial_ptr", "d_ptr"}
+    kernels = (_fftconv_prologue_kernel, _fftconv_fwd_kernel, _fftconv_bwd_epilogue_kernel, _fftconv_bwd_input_kernel,
+               _direct_dk_kernel)  # fmt: skip
+    fp32_buffers = {"v_ptr", "conv_ptr", "dz_ptr", "dvc_ptr", "dd_partial_ptr", "dk_partial_ptr", "d_ptr", "k_ptr"}
+    blocks = {"BLOCK_L": BLOCK_L_GPU, "BLOCK_D": BLOCK_D_GPU[0], "BLOCK_T": BLOCK_D_GPU[1]}
     specs = []
     for kernel in kernels:
-        flag_names = [name for name in kernel.arg_names if name.startswith(("HAS_", "GELU"))]
-        variants = [(dtype, on, False) for dtype in ("bf16", "fp32", "fp16") for on in (True, False)]
-        variants.append(("bf16", True, True))
-        for dtype, on, strided in variants:
-            constexprs = {**dict.fromkeys(flag_names, on), "BLOCK_L": 1024}
+        flag_names = [name for name in kernel.arg_names if name.startswith(("HAS_", "GELU", "BIDIRECTIONAL"))]
+        variants = [(dtype, on, False, False) for dtype in ("bf16", "fp32", "fp16") for on in (True, False)]
+        variants.append(("bf16", True, True, False))
+        if "DIRECT" in kernel.arg_names:
+            variants += [("bf16", True, False, True), ("fp32", True, False, True), ("bf16", False, False, True),
+                         ("bf16", True, True, True)]  # fmt: skip
+        for dtype, on, strided, direct in variants:
+            constexprs = dict.fromkeys(flag_names, on)
+            constexprs.update({name: value for name, value in blocks.items() if name in kernel.arg_names})
+            if "DIRECT" in kernel.arg_names:
+                constexprs["DIRECT"] = direct
             signature = {}
             for name in kernel.arg_names:
                 if name in constexprs:
@@ -533,7 +679,8 @@ def aot_specs() -> list:
                     signature[name] = "i32:1"
                 else:
                     signature[name] = "i32:16"
-            label = ("all" if on else "plain") + (",strided" if strided else "")
-            specs.append(KernelSpec(name=f"{kernel.__name__}[{dtype},B1024,w4,{label}]", fn=kernel,
+            label = ("all" if on else "plain") + (",direct" if direct else "") + (",strided" if strided else "")
+            block = ",".join(f"{name[6:]}{constexprs[name]}" for name in blocks if name in constexprs)
+            specs.append(KernelSpec(name=f"{kernel.__name__}[{dtype},{block},w4,{label}]", fn=kernel,
                                     signature=signature, constexprs=constexprs, num_warps=4))  # fmt: skip
     return specs

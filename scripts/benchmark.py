@@ -40,7 +40,9 @@ from kernels.dwconv import (  # noqa: E402
     inception_dwconv2d,
     inception_dwconv2d_reference,
 )
+from kernels.fftconv import fftconv, fftconv_reference  # noqa: E402
 from kernels.rational import group_rational, group_rational_reference  # noqa: E402
+from kernels.ssm import s4d_kernel, s4d_kernel_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASHEET_BANDWIDTH_GBPS = {  # HBM bandwidth from the vendors' datasheets, by device-name substring
@@ -240,7 +242,79 @@ def bench_inception(small: bool, dtype: torch.dtype, device: torch.device, compi
     return rows
 
 
-OPS = {"rational": bench_rational, "dwconv": bench_dwconv, "inception": bench_inception}
+def ssm_cases(small: bool) -> list[tuple[str, int, int, int]]:
+    """(case name, H, N, L): the issue's S4D kernel generation size (N state dimensions = N/2 complex modes)."""
+    if small:
+        return [("H5xN8xL37", 5, 8, 37)]
+    return [("H1024xN64xL16384", 1024, 64, 16384), ("H768xN64xL4096", 768, 64, 4096)]
+
+
+def bench_ssm(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+    """Rows for zoo::s4d_kernel (always float32: the parameters and K are float32 whatever ``dtype``): the eager
+    reference (complex H x N/2 x L Vandermonde tensor), the same under torch.compile, the Triton kernel.
+    Bytes: K written (forward), grad_K read again (backward); the parameters are negligible."""
+    rows = []
+    for case, H, N, L in ssm_cases(small):
+        a_imag = torch.pi * torch.arange(N // 2, device=device, dtype=torch.float32).expand(H, -1)  # S4D-Lin
+        params = (torch.rand(H, device=device) * 4.6 - 6.9, torch.randn(H, N // 2, 2, device=device),
+                  torch.full((H, N // 2), -0.69, device=device), a_imag)  # log_dt in [log 1e-3, log 1e-1]
+        leaves = tuple(p.clone().requires_grad_() for p in params)
+        dy = torch.randn(H, L, device=device)
+        impls: dict[str, Callable] = {
+            "reference": lambda *p, L=L: s4d_kernel_reference(*p, L),
+            "triton": lambda *p, L=L: s4d_kernel(*p, L, backend="triton"),
+        }
+        if compile_reference:
+            impls["reference+compile"] = torch.compile(lambda *p, L=L: s4d_kernel_reference(*p, L), fullgraph=True)
+        rows += _op_rows("s4d_kernel", case, torch.float32, device, impls, leaves, leaves, dy,
+                         {"fwd": 4 * H * L, "fwd+bwd": 8 * H * L})  # fmt: skip
+    return rows
+
+
+def fftconv_cases(small: bool) -> list[tuple[str, int, int, int, int, bool]]:
+    """(case name, B, H, L, kernel length, gated): S4D's convolution (kernel as long as the input; D skip and
+    GELU) at B 32, H 768, L 1K-16K; FlashFFTConv's gated setting (B 64, H 768); short kernels (direct path)."""
+    if small:
+        return [("B2xH3xL37", 2, 3, 37, 37, False), ("B2xH3xL37xK5", 2, 3, 37, 5, True)]
+    cases = [(f"B32xH768xL{L}", 32, 768, L, L, False) for L in (1024, 2048, 4096, 8192, 16384)]
+    cases += [(f"B64xH768xL{L}-gated", 64, 768, L, L, True) for L in (1024, 4096)]
+    cases += [(f"B32xH768xL4096xK{k}", 32, 768, 4096, k, False) for k in (4, 64, 128)]
+    return cases
+
+
+def bench_fftconv(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+    """Rows for zoo::fftconv (causal, D skip, GELU; gated cases with gate_in and gate_out): the torch.fft
+    reference (eager and compiled) and the Triton op (the FFT path, or the direct path for short kernels).
+    Bytes: u (and gates) read, y written; backward: dy, u (and gates) read, du (and gate gradients) written."""
+    rows = []
+    for case, B, H, L, k_len, gated in fftconv_cases(small):
+        u = torch.randn(B, H, L, device=device, dtype=dtype)
+        k = torch.randn(H, k_len, device=device) / k_len**0.5
+        D = torch.randn(H, device=device)
+        gates = tuple(torch.randn(B, H, L, device=device, dtype=dtype) for _ in range(2 if gated else 0))
+        leaves = tuple(t.requires_grad_() for t in (u, k, D, *gates))
+        dy = torch.randn_like(u)
+
+        def reference(u, k, D, *gates):
+            gate_in, gate_out = gates or (None, None)
+            return fftconv_reference(u, k, D, activation="gelu", gate_in=gate_in, gate_out=gate_out)
+
+        def triton_op(u, k, D, *gates):
+            gate_in, gate_out = gates or (None, None)
+            return fftconv(u, k, D, activation="gelu", gate_in=gate_in, gate_out=gate_out, backend="triton")
+
+        impls: dict[str, Callable] = {"reference": reference, "triton": triton_op}
+        if compile_reference:
+            impls["reference+compile"] = torch.compile(reference, fullgraph=True)
+        element = u.element_size() * u.numel()
+        streams = 1 + len(gates)
+        rows += _op_rows("fftconv", case, dtype, device, impls, leaves, leaves, dy,
+                         {"fwd": (streams + 1) * element, "fwd+bwd": (3 * streams + 2) * element})  # fmt: skip
+    return rows
+
+
+OPS = {"rational": bench_rational, "dwconv": bench_dwconv, "inception": bench_inception, "ssm": bench_ssm,
+       "fftconv": bench_fftconv}  # fmt: skip
 
 # group -> (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peers.
 MODELS = {

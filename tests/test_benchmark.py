@@ -23,12 +23,16 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     assert data["device"] == results.device and data["torch"] and data["triton"]
     combos = {(r["op"], r["impl"], r["pass_"]) for r in data["ops"]}
     impls = {"group_rational": {"reference", "reference+compile", "triton"}, "dwconv2d": {"reference", "triton"},
-             "inception_dwconv2d": {"reference", "reference+compile", "triton"}}  # fmt: skip
+             "inception_dwconv2d": {"reference", "reference+compile", "triton"},
+             "s4d_kernel": {"reference", "reference+compile", "triton"},
+             "fftconv": {"reference", "reference+compile", "triton"}}  # fmt: skip
     assert combos == {(op, i, p) for op, names in impls.items() for i in names for p in ("fwd", "fwd+bwd")}
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
     table = (out / "README.md").read_text()
     assert "| group_rational | B2xL17x48 | bfloat16 | fwd+bwd | triton |" in table
     assert "| inception_dwconv2d | B2xC16x9x9 | bfloat16 | fwd+bwd | triton |" in table
+    assert "| s4d_kernel | H5xN8xL37 | float32 | fwd+bwd | triton |" in table
+    assert "| fftconv | B2xH3xL37xK5 | bfloat16 | fwd+bwd | triton |" in table
     # model rows: each zoo model with the reference backend (Triton would be the interpreter on a CPU), its peers
     models = {(r["group"], r["model"], r["backend"], r["mode"]) for r in data["models"]}
     expected = [("kat", "kat_t", "torch"), ("kat", "vit_tiny_patch16_224", "timm"),

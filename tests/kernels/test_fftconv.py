@@ -1,5 +1,6 @@
-"""zoo::fftconv: the Triton path (torch.fft plus the fused Triton prologue/epilogue kernels; interpreter on CPU)
-against the PyTorch reference in float64, and the reference against a direct (non-FFT) float64 convolution."""
+"""zoo::fftconv: both Triton paths (torch.fft plus the fused Triton prologue/epilogue kernels, and the direct
+short-kernel path; interpreter on CPU) against the PyTorch reference in float64, and the reference against a direct
+(non-FFT) float64 convolution."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels._backend as backend_module
+import kernels.fftconv as fftconv_module
 from kernels.fftconv import fft_length, fftconv, fftconv_backward, fftconv_forward, fftconv_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 
@@ -21,6 +23,13 @@ CASES = [
     (2, 3, 23, 23, True, True, False, True, "gelu"),
     (2, 2, 17, 5, True, True, True, False, "none"),
 ]
+
+
+@pytest.fixture(params=["fft", "direct"])
+def path(request, monkeypatch):
+    """Run the Triton op through the FFT path or the direct (tap-by-tap) path, whatever the kernel length."""
+    monkeypatch.setattr(fftconv_module, "DIRECT_MAX_TAPS", 0 if request.param == "fft" else 1 << 30)
+    return request.param
 
 
 def _case_id(case) -> str:
@@ -94,7 +103,7 @@ def _direct_convolution(u, k, D, bidirectional, activation, gate_in, gate_out):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_fftconv_matches_float64_reference(case, dtype):
+def test_fftconv_matches_float64_reference(case, dtype, path):
     B, H, L, k_len, bidirectional, has_D, gin, gout, act = case
     inputs = _inputs(B, H, L, k_len, bidirectional, has_D, gin, gout, dtype)
     dy = torch.randn(B, H, L, device=DEVICE).to(dtype)
@@ -108,7 +117,7 @@ def test_fftconv_matches_float64_reference(case, dtype):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_fftconv_equals_direct_convolution(case, backend):
+def test_fftconv_equals_direct_convolution(case, backend, path):
     B, H, L, k_len, bidirectional, has_D, gin, gout, act = case
     u, k, D, gate_in, gate_out = _inputs(B, H, L, k_len, bidirectional, has_D, gin, gout, torch.float32, seed=1)
     expected = _direct_convolution(u, k, D, bidirectional, act, gate_in, gate_out)
@@ -134,7 +143,7 @@ def test_bidirectional_is_the_state_spaces_convention():
     assert_close(y, expected, torch.float32, scale=float(expected.abs().max()))
 
 
-def test_non_contiguous_inputs():
+def test_non_contiguous_inputs(path):
     B, H, L = 2, 3, 18
     inputs = _inputs(B, H, L, L, True, True, True, True, torch.float32, seed=3)
     u, k, D, gate_in, gate_out = inputs
@@ -152,6 +161,20 @@ def test_non_contiguous_inputs():
     _check(y, grads, y64, grads64, torch.float32)
     direct = fftconv_backward(dy, strided[0], strided[1], D, True, "gelu", strided[3], strided[4])
     _check(y, list(direct), y64, grads64, torch.float32)
+
+
+def test_short_kernels_take_the_direct_path(monkeypatch):
+    """The default choice is by kernel length; the direct path never calls torch.fft."""
+    assert fftconv_module.use_direct(fftconv_module.DIRECT_MAX_TAPS)
+    assert not fftconv_module.use_direct(fftconv_module.DIRECT_MAX_TAPS + 1)
+    calls = []
+    monkeypatch.setattr(torch.fft, "rfft", lambda *a, **kw: calls.append("rfft"))
+    u = torch.randn(1, 2, 9, device=DEVICE, requires_grad=True)
+    k = torch.randn(2, 5, device=DEVICE, requires_grad=True)
+    fftconv(u, k, backend="triton").sum().backward()
+    assert calls == []
+    with pytest.raises(TypeError):  # the FFT path does call it (and gets None back)
+        fftconv_forward(u, k, direct=False)
 
 
 def test_fft_length_is_smooth_and_long_enough():
@@ -201,7 +224,7 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
         fftconv(torch.randn(1, 2, 5), torch.randn(2, 5), backend="triton")
 
 
-def test_empty_batch():
+def test_empty_batch(path):
     u = torch.randn(0, 3, 9, device=DEVICE, requires_grad=True)
     k = torch.randn(3, 9, device=DEVICE, requires_grad=True)
     D = torch.randn(3, device=DEVICE, requires_grad=True)
@@ -212,7 +235,7 @@ def test_empty_batch():
 
 
 @pytest.mark.parametrize("with_extras", [False, True], ids=["plain", "D-gates-gelu"])
-def test_opcheck(with_extras):
+def test_opcheck(with_extras, path):
     u, k, D, gate_in, gate_out = _inputs(2, 3, 13, 9, with_extras, with_extras, with_extras, with_extras,
                                          torch.float32, seed=4)  # fmt: skip
     act = "gelu" if with_extras else "none"
@@ -224,7 +247,7 @@ def test_opcheck(with_extras):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_torch_compile_fullgraph(backend):
+def test_torch_compile_fullgraph(backend, path):
     inputs = _inputs(2, 3, 14, 14, True, True, True, True, torch.float32, seed=5)
     dy = torch.randn(2, 3, 14, device=DEVICE)
 
@@ -261,7 +284,7 @@ def test_autocast_keeps_the_input_dtype():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("L", [1024, 3000])
-def test_gpu_model_sizes_match_reference(L, dtype):
+def test_gpu_model_sizes_match_reference(L, dtype, path):
     inputs = _inputs(4, 64, L, L, False, True, True, True, dtype, seed=6)
     dy = torch.randn(4, 64, L, device=DEVICE).to(dtype)
     y, grads = _grads(_conv("triton", False, "gelu"), inputs, dy)
