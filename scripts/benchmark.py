@@ -313,8 +313,62 @@ def bench_fftconv(small: bool, dtype: torch.dtype, device: torch.device, compile
     return rows
 
 
+def sequence_layer_cases(small: bool) -> list[tuple[str, int, int, int]]:
+    """(case name, B, H, L): S4D and LongConv layers of s4d_s / longconv_s's width at LRA-like lengths."""
+    if small:
+        return [("B2xH8xL37", 2, 8, 37)]
+    return [(f"B32xH256xL{L}", 32, 256, L) for L in (1024, 4096)]
+
+
+def _set_backend(module: torch.nn.Module, backend: str) -> torch.nn.Module:
+    """Switch every submodule that has a ``backend`` attribute (the zoo's layers) to ``backend``."""
+    for sub in module.modules():
+        if hasattr(sub, "backend"):
+            sub.backend = backend
+    return module
+
+
+def bench_sequence_layers(small: bool, dtype: torch.dtype, device: torch.device,
+                          compile_reference: bool) -> list[OpRow]:  # fmt: skip
+    """Rows for the S4D and LongConv layers (bidirectional, LongConv with 2 channels; under autocast ``dtype``):
+    the reference backend ("reference", also compiled) and the Triton backend (on a GPU only), forward and
+    forward+backward with the gradients of the input and of every parameter. LongConv's rows beside S4D's at the
+    same case answer "long conv vs S4D at the same size and length". Bytes: the activations in and out."""
+    from zoo.layers import S4D, LongConv
+
+    rows = []
+    for case, B, H, L in sequence_layer_cases(small):
+        u = torch.randn(B, H, L, device=device, requires_grad=True)
+        dy = torch.randn(B, H, L, device=device)
+        element = 2 * u.numel()  # the autocast dtype's bytes
+        for op, layer in (("s4d_layer", S4D(H, d_state=64, bidirectional=True)),
+                          ("longconv_layer", LongConv(H, L, bidirectional=True))):  # fmt: skip
+            layer = layer.to(device)
+
+            def forward(u, *params, layer=layer):
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    return layer(u).float()
+
+            def with_backend(backend, fn=forward, layer=layer):
+                def call(*args):
+                    _set_backend(layer, backend)  # outside the compiled region
+                    return fn(*args)
+
+                return call
+
+            impls: dict[str, Callable] = {"reference": with_backend("torch")}
+            if device.type == "cuda":  # a whole layer through the interpreter takes minutes: GPU only
+                impls["triton"] = with_backend("triton")
+            if compile_reference:
+                impls["reference+compile"] = with_backend("torch", torch.compile(forward, fullgraph=True))
+            leaves = (u, *layer.parameters())
+            rows += _op_rows(op, case, dtype, device, impls, leaves, leaves, dy,
+                             {"fwd": 2 * element, "fwd+bwd": 5 * element})  # fmt: skip
+    return rows
+
+
 OPS = {"rational": bench_rational, "dwconv": bench_dwconv, "inception": bench_inception, "ssm": bench_ssm,
-       "fftconv": bench_fftconv}  # fmt: skip
+       "fftconv": bench_fftconv, "sequence": bench_sequence_layers}  # fmt: skip
 
 # group -> (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peers.
 MODELS = {
@@ -336,7 +390,16 @@ MODELS = {
         ("unireplknet_t", {"backend": "torch", "deploy": True}, "torch-deployed"),
         ("convnext_tiny", {}, "timm"),
     ],
+    # ListOps training throughput (sequences/s): LRA-sized models on token sequences of LISTOPS_LENGTH
+    "listops": [
+        ("s4d_s", {"backend": "triton", "bidirectional": True}, "triton"),
+        ("s4d_s", {"backend": "torch", "bidirectional": True}, "torch"),
+        ("longconv_s", {"backend": "triton", "bidirectional": True, "l_max": 2048}, "triton"),
+        ("longconv_s", {"backend": "torch", "bidirectional": True, "l_max": 2048}, "torch"),
+    ],
 }
+SEQUENCE_GROUPS = {"listops": dict(vocab_size=18, num_classes=10)}  # token models: the batch is [B, L] ids
+LISTOPS_LENGTH = 2000  # LRA ListOps' longest sequences (small runs: 40)
 CHANNELS_LAST_GROUPS = {"inceptionnext", "unireplknet"}  # convolutional networks run channels_last (all of them)
 
 
@@ -354,10 +417,13 @@ def bench_models(small: bool, dtype: torch.dtype, device: torch.device, groups: 
     batch, img_size = batch or default_batch, img_size or default_size
     rows = []
     for group in groups or list(MODELS):
+        group_batch, group_size = batch, img_size
+        if group in SEQUENCE_GROUPS:  # sequences: batch 32 of LISTOPS_LENGTH tokens (the images' sizes do not apply)
+            group_batch, group_size = (2, 40) if small else (32, LISTOPS_LENGTH)
         for name, kwargs, backend in MODELS[group]:
             if backend.startswith("triton") and device.type == "cpu":
                 continue
-            rows += _bench_model(group, name, kwargs, backend, batch, img_size, dtype, device, timm)
+            rows += _bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm)
     return rows
 
 
@@ -366,11 +432,15 @@ def _bench_model(group: str, name: str, kwargs: dict, backend: str, batch: int, 
     """The train and infer rows of one model."""
     rows = []
     torch.manual_seed(0)
-    size_kwargs = {"img_size": img_size} if group == "kat" else {}
-    model = timm.create_model(name, **size_kwargs, **kwargs).to(device)
-    memory_format = torch.channels_last if group in CHANNELS_LAST_GROUPS else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
+    if group in SEQUENCE_GROUPS:  # img_size is the sequence length
+        model = timm.create_model(name, **SEQUENCE_GROUPS[group], **kwargs).to(device)
+        x = torch.randint(1, SEQUENCE_GROUPS[group]["vocab_size"], (batch, img_size), device=device)
+    else:
+        size_kwargs = {"img_size": img_size} if group == "kat" else {}
+        model = timm.create_model(name, **size_kwargs, **kwargs).to(device)
+        memory_format = torch.channels_last if group in CHANNELS_LAST_GROUPS else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
     target = torch.randint(0, model.num_classes, (batch,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -467,7 +537,8 @@ def render_markdown(results_dir: Path) -> str:
             lines.append("")
         if data.get("models"):
             lines += [
-                "Models (eager, autocast; convolutional networks channels_last; `vs peers`: images/s over each timm "
+                "Models (eager, autocast; convolutional networks channels_last; sequence models (ListOps): `img` is "
+                "the sequence length and images/s are sequences/s; `vs peers`: images/s over each timm "
                 "peer's in the same mode):",
                 "",
                 "| model | backend | mode | batch | img | dtype | ms/step | images/s | vs peers |",

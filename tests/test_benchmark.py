@@ -25,7 +25,9 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     impls = {"group_rational": {"reference", "reference+compile", "triton"}, "dwconv2d": {"reference", "triton"},
              "inception_dwconv2d": {"reference", "reference+compile", "triton"},
              "s4d_kernel": {"reference", "reference+compile", "triton"},
-             "fftconv": {"reference", "reference+compile", "triton"}}  # fmt: skip
+             "fftconv": {"reference", "reference+compile", "triton"},
+             "s4d_layer": {"reference", "reference+compile"},
+             "longconv_layer": {"reference", "reference+compile"}}  # fmt: skip
     assert combos == {(op, i, p) for op, names in impls.items() for i in names for p in ("fwd", "fwd+bwd")}
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
     table = (out / "README.md").read_text()
@@ -39,10 +41,12 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
                 ("inceptionnext", "inceptionnext_t", "torch"), ("inceptionnext", "convnext_tiny", "timm"),
                 ("inceptionnext", "inception_next_tiny", "timm"), ("unireplknet", "unireplknet_t", "torch"),
                 ("unireplknet", "unireplknet_t", "torch-deployed"),
-                ("unireplknet", "convnext_tiny", "timm")]  # fmt: skip
+                ("unireplknet", "convnext_tiny", "timm"), ("listops", "s4d_s", "torch"),
+                ("listops", "longconv_s", "torch")]  # fmt: skip
     assert models == {(*row, mode) for row in expected for mode in ("train", "infer")}
     assert all(r["images_per_s"] > 0 for r in data["models"])
     assert "| kat_t | torch | train | 2 | 32 |" in table
+    assert "| longconv_s | torch | train | 2 | 40 |" in table  # sequences: batch 2 of 40 tokens
     # each zoo row is compared with every timm peer of its family
     row = next(line for line in table.splitlines() if line.startswith("| inceptionnext_t | torch | infer |"))
     assert "x convnext_tiny, " in row and "x inception_next_tiny |" in row

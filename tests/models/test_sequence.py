@@ -1,5 +1,6 @@
-"""zoo.models.sequence: S4D backbones (s4d_t, s4d_s): registration, inputs, pooling, the timm contract parts that
-apply, and state-spaces' example key layout. Tiny widths keep it fast on a CPU."""
+"""zoo.models.sequence: S4D and long-conv backbones (s4d_t, s4d_s, longconv_t, longconv_s): registration, inputs,
+pooling, variable-length batches, the timm contract parts that apply, and state-spaces' example key layout. Tiny
+widths keep it fast on a CPU."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import zoo
 from zoo.models.sequence import SequenceModel
 
 TINY = dict(d_model=16, n_layers=2, d_state=8, backend="torch")
+TINY_LONGCONV = dict(d_model=16, n_layers=2, l_max=32, backend="torch")
 
 
 def test_registered_with_timm_and_the_zoo():
@@ -164,6 +166,126 @@ def test_fx_feature_extraction(kwargs):
 
     model = timm.create_model("s4d_t", in_chans=1, num_classes=3, **TINY, **kwargs).eval()
     x = torch.randint(0, 5, (2, 7)) if "vocab_size" in kwargs else torch.randn(2, 1, 4, 4)
+    last = get_graph_node_names(model)[1][-1]
+    with torch.no_grad():
+        torch.testing.assert_close(create_feature_extractor(model, return_nodes=[last])(x)[last], model(x))
+
+
+def test_longconv_registered_with_the_sizes_of_s4d():
+    assert zoo.list_models("longconv_*") == ["longconv_s", "longconv_t"]
+    for name, (width, depth) in {"longconv_t": (128, 4), "longconv_s": (256, 6)}.items():
+        model = timm.create_model(name, in_chans=1, num_classes=10)
+        assert isinstance(model, SequenceModel) and model.num_features == width and len(model.s4_layers) == depth
+        layer = model.s4_layers[0]
+        assert isinstance(layer, zoo.layers.LongConv) and (layer.l_max, layer.channels) == (1024, 2)
+        assert model.pretrained_cfg["architecture"] == name and model.pretrained_cfg["origin_url"].endswith("safari")
+    with pytest.raises(RuntimeError, match="features_only"):
+        timm.create_model("longconv_t", features_only=True)
+    with pytest.raises(ValueError, match="layer must be one of"):
+        SequenceModel(layer="s5")
+
+
+def test_parameter_count_of_longconv_t():
+    # encoder 3*128+128; per layer: kernel 2*128*1024, D 2*128, Linear(256, 256) 256*256+256, LayerNorm 256;
+    # decoder 128*10+10
+    per_layer = 2 * 128 * 1024 + 2 * 128 + 256 * 256 + 256 + 256
+    expected = 3 * 128 + 128 + 4 * per_layer + 128 * 10 + 10
+    model = timm.create_model("longconv_t", in_chans=3, num_classes=10)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    keys = set(model.state_dict())
+    for key in ("s4_layers.0.kernel.kernel", "s4_layers.3.D", "s4_layers.0.output_linear.0.weight", "norms.0.weight"):
+        assert key in keys, key
+
+
+def test_longconv_model_trains_with_kernel_param_group():
+    from zoo.training.optim import param_groups
+
+    model = timm.create_model("longconv_t", vocab_size=7, num_classes=3, kernel_lr=0.0005, **TINY_LONGCONV)
+    assert "s4_layers.1.kernel.kernel" in model.no_weight_decay()
+    groups = param_groups(model, weight_decay=0.05)
+    kernels = [g for g in groups if g.get("lr") == 0.0005]
+    assert len(kernels) == 1 and len(kernels[0]["params"]) == 2 and kernels[0]["weight_decay"] == 0.0
+    x = torch.randint(0, 7, (2, 40))  # longer than l_max: the kernel keeps l_max taps
+    y = model(x)
+    assert y.shape == (2, 3)
+    y.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+VARIABLE_CASES = {
+    "s4d-bidirectional-mean": dict(TINY, bidirectional=True),
+    "s4d-prenorm-last": dict(TINY, prenorm=True, global_pool="last"),
+    "longconv-bidirectional-mean": dict(TINY_LONGCONV, layer="longconv", bidirectional=True),
+    "longconv-batchnorm-last": dict(TINY_LONGCONV, layer="longconv", bidirectional=True, norm="batch",
+                                    global_pool="last"),
+}
+
+
+@pytest.mark.parametrize("kwargs", list(VARIABLE_CASES.values()), ids=list(VARIABLE_CASES))
+def test_padding_does_not_change_valid_outputs(kwargs):
+    """Pooled outputs and the features at valid positions do not depend on the padding's content or amount, and
+    equal those of each sequence run alone."""
+    torch.manual_seed(0)
+    model = SequenceModel(num_classes=4, vocab_size=9, dropout=0.0, **kwargs).eval()
+    if kwargs.get("norm") == "batch":  # non-trivial running statistics
+        for norm in model.norms:
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    x = torch.randint(1, 9, (3, 10))
+    lengths = torch.tensor([10, 6, 3])
+    x[1, 6:] = 0
+    x[2, 3:] = 0
+    other = x.clone()
+    other[1, 6:] = torch.randint(1, 9, (4,))
+    other[2, 3:] = 5
+    longer = torch.cat([x, torch.zeros(3, 5, dtype=x.dtype)], dim=1)
+    with torch.no_grad():
+        y = model(x, lengths)
+        features = model.forward_features(x, lengths)
+        torch.testing.assert_close(model(other, lengths), y, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(longer, lengths), y, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.forward_features(other, lengths), features, atol=1e-5, rtol=1e-5)
+        assert not features[1, 6:].any() and not features[2, 3:].any()  # padded positions are zero
+        for b, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(model(x[b:b + 1, :n]), y[b:b + 1], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model(other), model(x))  # without lengths the padding is read
+
+
+def test_full_lengths_equal_no_lengths_and_bad_lengths_raise():
+    model = timm.create_model("s4d_t", in_chans=3, num_classes=4, bidirectional=True, **TINY).eval()
+    x = torch.randn(2, 9, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.tensor([9, 9])), model(x))
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, L = 9\]"):
+        model(x, torch.tensor([9, 10]))
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, L = 9\]"):
+        model(x, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"integer tensor \[B\] = \[2\]"):
+        model(x, torch.tensor([[9, 9]]))
+
+
+def test_grad_checkpointing_with_lengths():
+    torch.manual_seed(0)
+    model = SequenceModel(num_classes=3, vocab_size=5, dropout=0.0, layer="longconv", kernel_dropout=0.0,
+                          **dict(TINY_LONGCONV, d_model=8))  # fmt: skip
+    x, lengths = torch.randint(1, 5, (2, 12)), torch.tensor([12, 5])
+    reference = model(x, lengths)
+    reference.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    out = model(x, lengths)
+    out.sum().backward()
+    torch.testing.assert_close(out, reference)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+def test_fx_feature_extraction_of_longconv():
+    from timm.layers import create_feature_extractor, get_graph_node_names
+
+    model = timm.create_model("longconv_t", in_chans=1, num_classes=3, **TINY_LONGCONV).eval()
+    x = torch.randn(2, 1, 4, 4)
     last = get_graph_node_names(model)[1][-1]
     with torch.no_grad():
         torch.testing.assert_close(create_feature_extractor(model, return_nodes=[last])(x)[last], model(x))

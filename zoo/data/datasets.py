@@ -28,7 +28,8 @@ class DatasetInfo:
     """What a model and a training loop need to know about a dataset.
 
     ``native_size`` is the side of the images as stored; ``mean``/``std`` are per channel, in [0, 1] units, and
-    are the constants the transforms normalise with.
+    are the constants the transforms normalise with. ``vocab_size``: token tasks (items of token ids), the number
+    of token ids (the models' ``vocab_size``); None for the others.
     """
 
     name: str
@@ -37,6 +38,7 @@ class DatasetInfo:
     native_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    vocab_size: int | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -55,10 +57,16 @@ DATASETS: dict[str, DatasetInfo] = {
     "scifargray": DatasetInfo("scifargray", 10, 1, 32, (0.4808,), (0.2392,)),
     # one-hot inputs over a vocabulary of 10 (in_chans), 10 classes: see zoo.data.sequences.COPYING_DEFAULTS
     "copying": DatasetInfo("copying", 10, 10, 120, (0.0,), (1.0,)),
+    # token tasks (ids [L]; in_chans 1 is a placeholder): ListOps (18 tokens, pad 0, 10 classes, lengths up to 2000
+    # + <eos>; the short variant up to 100) and associative recall (vocabulary 20, 42 tokens, 20 classes)
+    "listops": DatasetInfo("listops", 10, 1, 2001, (0.0,), (1.0,), vocab_size=18),
+    "listopsshort": DatasetInfo("listopsshort", 10, 1, 100, (0.0,), (1.0,), vocab_size=18),
+    "assocrecall": DatasetInfo("assocrecall", 20, 1, 42, (0.0,), (1.0,), vocab_size=20),
 }
 
 _DEFAULT_IMG_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet": 224, "sdigits": 8, "smnist": 28,
-                     "scifar": 32, "scifargray": 32, "copying": 120}
+                     "scifar": 32, "scifargray": 32, "copying": 120, "listops": 2001, "listopsshort": 100,
+                     "assocrecall": 42}
 _DEFAULT_ROOT = {"cifar10": "data", "cifar100": "data", "imagenet": os.path.join("data", "imagenet")}
 _EVAL_CROP_PCT = {"cifar10": 1.0, "cifar100": 1.0, "imagenet": 0.875}
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
@@ -112,7 +120,8 @@ def create_dataset(
     Args:
         name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``; sequence tasks ``"sdigits"``,
             ``"smnist"``, ``"scifar"``, ``"scifar_gray"`` (pixel sequences; MNIST files under
-            ``<root>/MNIST/raw``, CIFAR-10 as for ``"cifar10"``; no augmentation) and ``"copying"``.
+            ``<root>/MNIST/raw``, CIFAR-10 as for ``"cifar10"``; no augmentation), ``"copying"``, ``"listops"``
+            (LRA's generator, cached under ``root``, default ``"data"``), ``"listops_short"`` and ``"assoc_recall"``.
         split: ``"train"`` or ``"test"`` (``"val"`` is an alias of ``"test"``; for ImageNet both read ``<root>/val``).
         root: data directory. Ignored for digits (bundled with scikit-learn); CIFAR default ``"data"`` (files in
             ``<root>/cifar-10-batches-py`` or ``<root>/cifar-100-python``); ImageNet default ``"data/imagenet"``
@@ -138,7 +147,7 @@ def create_dataset(
     augmenting = is_training and enabled
     if key == "digits":
         return _create_digits(split, size, augmenting, options)
-    if key in ("sdigits", "smnist", "scifar", "scifargray", "copying"):
+    if key in ("sdigits", "smnist", "scifar", "scifargray", "copying", "listops", "listopsshort", "assocrecall"):
         from zoo.data.sequences import create_sequence_dataset
 
         return create_sequence_dataset(key, split, root, download, img_size, augmenting, options)

@@ -123,7 +123,8 @@ def create_loaders(
     ``augment`` are as in ``create_dataset`` (the train split gets ``is_training=True``, the test split never
     augments). ``train_subset``/``eval_subset`` keep the first N samples of a fixed permutation (seed 0) for tiny
     runs. ``eval_batch_size`` defaults to ``batch_size``. ``info`` is ``DATASETS[name]``, except that for an
-    ImageFolder (ImageNet) tree ``num_classes`` is the number of class folders found.
+    ImageFolder (ImageNet) tree ``num_classes`` is the number of class folders found. Datasets with a
+    ``collate_fn`` (variable-length token tasks) batch with it: ``(ids, targets, lengths)``.
 
     Raises:
         ValueError: as ``create_dataset``; bad batch sizes; a train split smaller than one batch (the train loader
@@ -155,6 +156,7 @@ def create_loaders(
             )
         info = replace_num_classes(info, len(train_classes))
 
+    collate_fn = getattr(train_set, "collate_fn", None)  # variable-length tasks: (ids, targets, lengths) batches
     train_set = _subset(train_set, train_subset, "train_subset")
     eval_set = _subset(eval_set, eval_subset, "eval_subset")
 
@@ -188,6 +190,7 @@ def create_loaders(
         # no persistent workers: each epoch's worker seeds are drawn from the global RNG when the epoch starts,
         # so a resumed run (RNG restored) gets the same augmentations
         persistent_workers=False,
+        collate_fn=collate_fn,
     )
     train_loader = DataLoader(train_set, batch_size=int(batch_size), sampler=train_sampler, drop_last=True,
                               **loader_args)

@@ -1,10 +1,13 @@
-"""Sequence tasks: images read as pixel sequences (sDigits, sMNIST, sCIFAR in colour and grey) and the copying task.
+"""Sequence tasks: images read as pixel sequences (sDigits, sMNIST, sCIFAR in colour and grey), the copying task,
+ListOps (:mod:`zoo.data.listops`) and associative recall.
 
 Items are ``(sequence [L, C] float tensor, target)``: an int class label for the pixel sequences (L = S*S pixels
 in row-major order, C channels, normalised per channel), and for the copying task one-hot inputs [L, A] with the
-targets [M] (int64) that the model must output at the last M positions. As for the image datasets,
-scikit-learn and torchvision are imported only inside the functions that need them. S4 trains its pixel-sequence
-tasks without augmentation: these datasets take none.
+targets [M] (int64) that the model must output at the last M positions. The token tasks yield ``(token ids [L]
+int64, int target)``: ListOps with variable lengths (its ``collate_fn``, :func:`pad_collate`, pads with id 0 and
+adds the lengths: batches ``(ids [B, L_max], targets [B], lengths [B])``), associative recall with a fixed
+length. As for the image datasets, scikit-learn and torchvision are imported only inside the functions that need
+them. S4 trains its pixel-sequence tasks without augmentation: these datasets take none.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -19,13 +23,25 @@ from torch.utils.data import Dataset
 
 from zoo.data.datasets import DATASETS, DigitsDataset, _create_cifar
 
-__all__ = ["COPYING_DEFAULTS", "CopyingDataset", "PixelSequences", "copying_batch", "create_sequence_dataset"]
+__all__ = ["ASSOC_RECALL_DEFAULTS", "AssocRecallDataset", "COPYING_DEFAULTS", "CopyingDataset", "LISTOPS_PRESETS",
+           "PixelSequences", "assoc_recall_example", "copying_batch", "create_sequence_dataset", "pad_collate"]
 
-SEQUENCE_DATASETS = ("sdigits", "smnist", "scifar", "scifargray", "copying")
+SEQUENCE_DATASETS = ("sdigits", "smnist", "scifar", "scifargray", "copying", "listops", "listopsshort",
+                     "assocrecall")
 # state-spaces/s4's copying task defaults: 100 noise positions, 10 tokens to memorise, vocabulary 10 (0 = blank,
 # 1..8 = tokens, 9 = marker); 10,000 train and 1,000 test sequences, generated from a seed.
 COPYING_DEFAULTS: dict[str, int] = {"l_noise": 100, "l_memorize": 10, "n_tokens": 10, "n_train": 10000,
                                     "n_test": 1000, "seed": 0}  # fmt: skip
+# ListOps generator settings per dataset name (zoo.data.listops.ListOpsConfig): LRA's, and a short variant that
+# trains in CPU minutes (lengths 50-100, a few thousand sequences).
+LISTOPS_PRESETS: dict[str, dict[str, int]] = {
+    "listops": {"n_train": 96000, "n_val": 2000, "n_test": 2000, "min_length": 500, "max_length": 2000, "seed": 0},
+    "listopsshort": {"n_train": 5000, "n_val": 500, "n_test": 1000, "min_length": 50, "max_length": 100, "seed": 0},
+}
+# Associative recall as HazyResearch/safari's ICL synthetics (configs/dataset/icl_synthetics.yaml): vocabulary 20
+# (18 symbols + the query marker "=>" + the no-op "."), 40 input tokens (20 key-value pairs), 5,000 train and 500
+# test sequences.
+ASSOC_RECALL_DEFAULTS: dict[str, int] = {"vocab_size": 20, "seq_len": 40, "n_train": 5000, "n_test": 500, "seed": 0}
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                 "t10k-labels-idx1-ubyte")  # fmt: skip
 _MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
@@ -103,6 +119,70 @@ class CopyingDataset(Dataset):
         return x, self.targets[index]
 
 
+def pad_collate(batch: list[tuple[Tensor, Any]], padding_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch variable-length token sequences: ``(ids [B, L_max] int64 padded with padding_id at the end, targets
+    [B] int64, lengths [B] int64)``."""
+    sequences, targets = zip(*batch)
+    lengths = torch.tensor([len(x) for x in sequences], dtype=torch.int64)
+    ids = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_id)
+    return ids, torch.as_tensor(targets, dtype=torch.int64), lengths
+
+
+def _assoc_vocab(vocab_size: int) -> tuple[list[str], list[str], list[str]]:
+    """safari's ``Vocab``: the symbols "0".."V-3" plus "=>" and ".", sorted as strings (ids = sorted positions);
+    keys are the first half of the sorted symbols, values the second half."""
+    symbols = sorted(str(v) for v in range(vocab_size - 2))
+    vocab = sorted(symbols + ["=>", "."])
+    return vocab, symbols[: len(symbols) // 2], symbols[len(symbols) // 2:]
+
+
+def assoc_recall_example(rng: np.random.Generator, vocab_size: int = 20, seq_len: int = 40) -> list[int]:
+    """One associative-recall sequence (safari's ``generate_assoc_recall``, one key per pair, ``allow_dot=False``):
+    a random key -> value map (keys and values from disjoint halves of the symbols), seq_len / 2 pairs ``k v``
+    drawn from it, then ``=>``, a key that occurs in the pairs and its value: seq_len + 3 token ids."""
+    vocab, keys, values = _assoc_vocab(vocab_size)
+    ids = {token: index for index, token in enumerate(vocab)}
+    kv_map = {k: rng.choice(values) for k in keys}
+    sequence, present = [], []
+    for _ in range(seq_len // 2):
+        k = rng.choice(keys)
+        sequence += [k, kv_map[k]]
+        present.append(k)
+    k = rng.choice(keys)
+    while k not in present:
+        k = rng.choice(present)
+    return [ids[t] for t in sequence + ["=>", k, kv_map[k]]]
+
+
+class AssocRecallDataset(Dataset):
+    """Associative recall (H3 / Hyena synthetics, HazyResearch/safari ``src/dataloaders/synthetics.py``): items are
+    ``(token ids [seq_len + 2] int64, target int)``: the pairs, ``=>`` and the query key; the target is the key's
+    value (classes = the vocabulary ids; predict it from the last position: ``global_pool="last"``).
+
+    ``n`` distinct sequences drawn from ``np.random.default_rng(seed)`` (safari: the test split comes from the
+    same generator after the train split; here from its own seed).
+    """
+
+    def __init__(self, n: int, vocab_size: int = 20, seq_len: int = 40, seed: int = 0) -> None:
+        if int(n) < 1 or int(vocab_size) < 6 or int(seq_len) < 2:
+            raise ValueError(f"associative recall needs n >= 1, vocab_size >= 6, seq_len >= 2; got {n}, {vocab_size}, "
+                             f"{seq_len}")  # fmt: skip
+        rng = np.random.default_rng(int(seed))
+        examples: dict[tuple[int, ...], None] = {}
+        while len(examples) < int(n):
+            examples.setdefault(tuple(assoc_recall_example(rng, int(vocab_size), int(seq_len))))
+        data = torch.tensor(list(examples), dtype=torch.int64)
+        self.inputs, self.targets = data[:, :-1].contiguous(), data[:, -1].contiguous()
+        self.vocab = _assoc_vocab(int(vocab_size))[0]
+        self.classes = list(self.vocab)
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.inputs[index], int(self.targets[index])
+
+
 def _check_no_augment(key: str, augmenting: bool, options: dict[str, Any]) -> None:
     if augmenting and options:
         raise ValueError(f"{key} is a sequence task and takes no augmentation options, got {sorted(options)}; "
@@ -134,6 +214,14 @@ def create_sequence_dataset(key: str, split: str, root: str | None, download: bo
         n = c["n_train"] if split == "train" else c["n_test"]
         seed = c["seed"] * 2 + (split == "test")  # the splits draw from different seeds
         return CopyingDataset(n, c["l_noise"], c["l_memorize"], c["n_tokens"], seed=seed)
+    if key in LISTOPS_PRESETS:
+        from zoo.data.listops import ListOpsDataset
+
+        return ListOpsDataset(split, "data" if root is None else os.fspath(root), **LISTOPS_PRESETS[key])
+    if key == "assocrecall":
+        c = ASSOC_RECALL_DEFAULTS
+        n = c["n_train"] if split == "train" else c["n_test"]
+        return AssocRecallDataset(n, c["vocab_size"], c["seq_len"], seed=c["seed"] * 2 + (split == "test"))
     if key == "sdigits":
         return PixelSequences(DigitsDataset(split, size), (0.0,), (1.0,))  # DigitsDataset normalises already
     root = "data" if root is None else os.fspath(root)

@@ -4,6 +4,7 @@ from timm.layers import register_notrace_module
 
 from zoo.layers.inception import InceptionDWConv2d
 from zoo.layers.kan import KAN
+from zoo.layers.longconv import LongConv, LongConvKernel
 from zoo.layers.rational import RATIONAL_INITS, GroupRational, RationalInit, variance_preserving_gain
 from zoo.layers.s4d import S4D, S4D_INITS, S4DKernel, s4d_init
 from zoo.layers.unireplknet import (
@@ -21,11 +22,14 @@ register_notrace_module(InceptionDWConv2d)
 register_notrace_module(DepthwiseConv2d)
 register_notrace_module(DilatedReparamBlock)
 register_notrace_module(S4D)
+register_notrace_module(LongConv)
 
 __all__ = [
     "DILATED_BRANCHES",
     "GRN",
     "KAN",
+    "LongConv",
+    "LongConvKernel",
     "RATIONAL_INITS",
     "DepthwiseConv2d",
     "DilatedReparamBlock",

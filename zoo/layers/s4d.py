@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from kernels.fftconv import fftconv
 from kernels.ssm import s4d_kernel
+from zoo.layers._padding import check_lengths, zero_padding
 
 __all__ = ["S4D", "S4DKernel", "S4D_INITS", "s4d_init"]
 
@@ -145,6 +146,10 @@ class S4D(nn.Module):
     convolution runs through :func:`kernels.fftconv.fftconv` (FFT of size 2L, D skip and GELU fused); a
     bidirectional layer adds an anti-causal kernel (S4's convention: its lag-1 tap is ``k[1, :, 0]``).
 
+    ``lengths`` (optional, [B] integers): a batch padded at the end; positions l >= lengths[b] of the input are
+    zeroed before the convolution, so that a bidirectional layer never reads padding as signal. Outputs at padded
+    positions are not meaningful.
+
     Recurrent inference (causal layers): ``state = layer.default_state(B)``, then ``y_t, state = layer.step(u_t,
     state)`` for u_t [B, H]; y_t is the full layer output at that position, equal to ``forward`` on the whole
     sequence at every position (in eval mode).
@@ -201,8 +206,8 @@ class S4D(nn.Module):
         return (f"d_model={self.h}, d_state={self.n}, transposed={self.transposed}, "
                 f"bidirectional={self.bidirectional}, backend={self.backend!r}")  # fmt: skip
 
-    def forward(self, u: Tensor) -> Tensor:
-        """u: [B, H, L] (transposed) or [B, L, H]; returns the same layout."""
+    def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """u: [B, H, L] (transposed) or [B, L, H]; lengths: None or [B] valid lengths; returns u's layout."""
         layout = "[B, H, L]" if self.transposed else "[B, L, H]"
         if u.ndim != 3:
             raise ValueError(f"S4D expects a 3-D input {layout} (transposed={self.transposed}), got shape "
@@ -215,6 +220,8 @@ class S4D(nn.Module):
         L = u.shape[-1]
         if L == 0:
             raise ValueError("S4D got an empty sequence (L = 0)")
+        check_lengths(lengths, u.shape[0], "S4D")
+        u = zero_padding(u, lengths)
         k = self.kernel(L)
         if self.bidirectional:
             k = k.view(2, self.h, L)

@@ -203,6 +203,20 @@ def flatten_positions(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     return logits, targets
 
 
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(inputs, targets, lengths or None)`` from a loader's batch: ``(inputs, targets)``, or ``(inputs, targets,
+    lengths)`` from a variable-length task's collate (``zoo.data.sequences.pad_collate``)."""
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    inputs, targets = batch
+    return inputs, targets, None
+
+
+def call_model(model: nn.Module, inputs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """``model(inputs)``, or ``model(inputs, lengths=lengths)`` for a padded variable-length batch."""
+    return model(inputs) if lengths is None else model(inputs, lengths=lengths)
+
+
 def _peak_rss_bytes() -> int | None:
     """The process's peak resident set size in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     try:
@@ -223,7 +237,8 @@ def evaluate_classifier(
     channels_last: bool = False,
     ctx: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``loader`` (batches of ``(images, int targets)``); the one evaluation loop of the
+    """Evaluate ``model`` on ``loader`` (batches of ``(images, int targets)``, or ``(token ids, targets,
+    lengths)`` for variable-length tasks: the model gets ``lengths=``); the one evaluation loop of the
     zoo (train.py's per-epoch evaluation and eval.py).
 
     With a distributed context ``ctx`` (torchrun), every count is summed over the ranks' shards, so each rank
@@ -247,13 +262,15 @@ def evaluate_classifier(
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     started = time.perf_counter()
-    for images, targets in loader:
+    for batch in loader:
+        images, targets, lengths = unpack_batch(batch)
         images = images.to(device, non_blocking=True)
+        lengths = None if lengths is None else lengths.to(device, non_blocking=True)
         targets = torch.as_tensor(targets).to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
-            logits = model(images)
+            logits = call_model(model, images, lengths)
         logits, targets = flatten_positions(logits.float(), targets)  # sequence tasks: one prediction per position
         if logits.ndim != 2 or logits.shape[1] != num_classes:
             raise ValueError(f"the model returns logits of shape {tuple(logits.shape)}, expected [N, {num_classes}]")
@@ -354,7 +371,8 @@ def _eval_dataset(cfg: Any, img_size: int):
     dataset = create_dataset(data.name, "test", root=data.get("root"), download=bool(data.get("download", False)),
                              img_size=img_size, is_training=False)  # fmt: skip
     class_names = dataset_classes(dataset) or getattr(dataset, "classes", None)
-    return _subset(dataset, data.get("eval_subset"), "data.eval_subset"), class_names
+    collate_fn = getattr(dataset, "collate_fn", None)  # variable-length tasks pad their batches
+    return _subset(dataset, data.get("eval_subset"), "data.eval_subset"), class_names, collate_fn
 
 
 def _model_config_kwargs(model_cfg: dict[str, Any], data_cfg: Any) -> dict[str, Any]:
@@ -364,7 +382,8 @@ def _model_config_kwargs(model_cfg: dict[str, Any], data_cfg: Any) -> dict[str, 
 
     info = DATASETS[canonical_name(data_cfg.name)]
     data_args = {"img_size": data_cfg.get("img_size"), "patch_size": data_cfg.get("patch_size"),
-                 "in_chans": info.in_chans, "num_classes": info.num_classes}  # fmt: skip
+                 "in_chans": info.in_chans, "num_classes": info.num_classes,
+                 "vocab_size": info.vocab_size}  # fmt: skip
     wanted = model_cfg.get("data_args") or []
     kwargs = {k: v for k, v in data_args.items() if k in wanted and v is not None}
     kwargs.update(model_cfg.get("kwargs") or {})
@@ -398,7 +417,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     img_size = args.get("img_size")
     if not isinstance(img_size, int):
         img_size = cfg.data.img_size
-    dataset, class_names = _eval_dataset(cfg, img_size)
+    dataset, class_names, collate_fn = _eval_dataset(cfg, img_size)
     info = DATASETS[canonical_name(cfg.data.name)]
     num_classes = len(class_names) if class_names else info.num_classes
     model_classes = args.get("num_classes")
@@ -409,7 +428,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         raise ValueError(f"the model takes {args['in_chans']}-channel images but {cfg.data.name} has {info.in_chans}")
     loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, drop_last=False,
                         num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda",
-                        persistent_workers=False)  # fmt: skip
+                        persistent_workers=False, collate_fn=collate_fn)  # fmt: skip
     model.to(device)
     metrics = evaluate_classifier(model, loader, num_classes, device, AMP_DTYPES[cfg.amp])
 

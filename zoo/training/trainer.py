@@ -45,7 +45,7 @@ from zoo.training.distributed import (
     cleanup,
     init_distributed,
 )
-from zoo.training.evaluation import AMP_DTYPES, evaluate_classifier, flatten_positions
+from zoo.training.evaluation import AMP_DTYPES, call_model, evaluate_classifier, flatten_positions, unpack_batch
 from zoo.training.export import export_model
 from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
 from zoo.training.optim import create_optimizer
@@ -82,6 +82,7 @@ def build_model(
         "patch_size": inherited.pop("patch_size", None) or cfg.data.get("patch_size"),
         "in_chans": info.in_chans,
         "num_classes": info.num_classes,
+        "vocab_size": getattr(info, "vocab_size", None),
     }
     inherited.pop("img_size", None)
     kwargs = {k: v for k, v in data_args.items() if k in cfg.model.get("data_args", []) and v is not None}
@@ -289,9 +290,11 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         seen, loss_sum = 0, 0.0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress, leave=False)
         optimizer.zero_grad(set_to_none=True)
-        for index, (images, targets) in enumerate(bar):
+        for index, batch in enumerate(bar):
+            images, targets, lengths = unpack_batch(batch)
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
+            lengths = None if lengths is None else lengths.to(device, non_blocking=True)
             if mixup is not None:
                 images, targets = mixup(images, targets)
             if cfg.channels_last:
@@ -301,7 +304,7 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
             sync = ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
             with sync:
                 with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    loss = criterion(*flatten_positions(train_model(images), targets))
+                    loss = criterion(*flatten_positions(call_model(train_model, images, lengths), targets))
                 finite = math.isfinite(loss.item())
                 if ctx.enabled:  # every rank stops together
                     finite = all_reduce_sum([0.0 if finite else 1.0], ctx)[0] == 0.0
