@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -136,10 +137,12 @@ def copy_bandwidth_gbps(device: torch.device) -> float | None:
 
 
 def _op_rows(op: str, case: str, dtype: torch.dtype, device: torch.device, impls: dict[str, Callable],
-             inputs: tuple[torch.Tensor, ...], grad_inputs: tuple[torch.Tensor, ...], dy: torch.Tensor,
-             moved: dict[str, int]) -> list[OpRow]:  # fmt: skip
+             inputs: tuple[torch.Tensor, ...], grad_inputs: tuple[torch.Tensor, ...], dy: torch.Tensor | None,
+             moved: dict[str, int], flops: dict[str, int] | None = None,
+             passes: tuple[str, ...] = ("fwd", "fwd+bwd")) -> list[OpRow]:  # fmt: skip
     """Rows of one case: ``impl(*inputs)`` forward (no grad) and forward+backward (the gradients of
-    ``grad_inputs`` for the output gradient ``dy``), eager and (on a GPU) as CUDA-graph replays."""
+    ``grad_inputs`` for the output gradient ``dy``), eager and (on a GPU) as CUDA-graph replays. With ``flops``
+    (the useful floating-point operations of each pass), the note gives the achieved TFLOP/s."""
     rows = []
     for impl, fn in impls.items():
 
@@ -151,12 +154,16 @@ def _op_rows(op: str, case: str, dtype: torch.dtype, device: torch.device, impls
             return torch.autograd.grad(fn(*inputs), grad_inputs, dy)
 
         for pass_, run in (("fwd", forward), ("fwd+bwd", forward_backward)):
+            if pass_ not in passes:
+                continue
             ms = _time_ms(run, device)
             graph_ms = _graph_ms(run, device)
-            note = "interpreter" if impl == "triton" and device.type == "cpu" else ""
+            notes = ["interpreter"] if impl == "triton" and device.type == "cpu" else []
+            if flops:
+                notes.append(f"{flops[pass_] / ((graph_ms or ms) * 1e-3) / 1e12:.1f} TFLOP/s")
             gbps = moved[pass_] / ((graph_ms or ms) * 1e-3) / 1e9
             rows.append(OpRow(op, case, str(dtype).removeprefix("torch."), pass_, impl, ms, graph_ms, moved[pass_],
-                              gbps, note=note))  # fmt: skip
+                              gbps, note=", ".join(notes)))  # fmt: skip
     return rows
 
 
@@ -367,8 +374,86 @@ def bench_sequence_layers(small: bool, dtype: torch.dtype, device: torch.device,
     return rows
 
 
+def neighborhood_cases(small: bool) -> list[tuple[str, int, tuple[int, ...], int, int, int, bool]]:
+    """(case name, B, spatial, heads, head_dim, kernel, with rpb): NAT's first stage (2-D, kernel 7, 56x56, batch
+    64, 2 and 4 heads of 32, with the bias), forward and backward."""
+    if small:
+        return [("B1xL20xH1xD16xK3", 1, (20,), 1, 16, 3, True)]
+    return [(f"B64x56x56xH{h}xD32xK7", 64, (56, 56), h, 32, 7, True) for h in (2, 4)]
+
+
+def _flex_na2d(q, k, v, rpb, kernel: int):
+    """PyTorch's FlexAttention with a neighbourhood block mask (2-D, dilation 1) and the bias as a score_mod, on
+    [B, H, W, heads, D] tensors: the built-in peer of the fused kernel (compile it)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, H, W, heads, D = q.shape
+    half = kernel // 2
+
+    def window(i, n):
+        return torch.clamp(i - half, 0, n - kernel)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qi, qj, ki, kj = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
+        si, sj = window(qi, H), window(qj, W)
+        return (ki >= si) & (ki < si + kernel) & (kj >= sj) & (kj < sj + kernel)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        qi, qj, ki, kj = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
+        return score + rpb[h, ki - qi + kernel - 1, kj - qj + kernel - 1]
+
+    block_mask = create_block_mask(mask_mod, None, None, H * W, H * W, device=q.device)
+    qf, kf, vf = (t.flatten(1, 2).transpose(1, 2) for t in (q, k, v))  # [B, heads, N, D]
+    out = flex_attention(qf, kf, vf, score_mod=score_mod, block_mask=block_mask)
+    return out.transpose(1, 2).reshape(q.shape)
+
+
+def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device,
+                       compile_reference: bool) -> list[OpRow]:  # fmt: skip
+    """Rows for zoo::neighborhood_attention: the reference (gathered windows), FlexAttention with a
+    neighbourhood block mask under torch.compile (GPU; the issue's peer), and Triton; and, on a GPU, the 1-D long
+    case (L 32768, window 2049, forward) beside dense SDPA, whose FLOP rate (note) is the "speed of light".
+    Bytes: q, k, v read and out written (backward: dout, q, k, v, out read, dq, dk, dv written). FLOPs: the useful
+    4 B heads N K head_dim of a forward (QK and PV over each window), 2.5x that for forward+backward."""
+    import torch.nn.functional as F
+
+    from kernels.neighborhood import na_reference, neighborhood_attention
+
+    rows = []
+    for case, B, spatial, heads, head_dim, kernel, has_rpb in neighborhood_cases(small):
+        shape = (B, *spatial, heads, head_dim)
+        q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        rpb = torch.zeros(heads, *(2 * kernel - 1,) * len(spatial), device=device, requires_grad=True)
+        dy = torch.randn(shape, device=device, dtype=dtype)
+        impls: dict[str, Callable] = {
+            "reference": lambda q, k, v, rpb, kernel=kernel: na_reference(q, k, v, kernel, rpb=rpb),
+            "triton": lambda q, k, v, rpb, kernel=kernel: neighborhood_attention(q, k, v, kernel, rpb=rpb,
+                                                                                backend="triton"),
+        }  # fmt: skip
+        if device.type == "cuda" and len(spatial) == 2:
+            impls["flex+compile"] = torch.compile(lambda q, k, v, rpb, kernel=kernel: _flex_na2d(q, k, v, rpb, kernel))
+        element = q.element_size() * q.numel()
+        useful = 4 * B * heads * math.prod(spatial) * kernel ** len(spatial) * head_dim
+        rows += _op_rows("neighborhood_attention", case, dtype, device, impls, (q, k, v, rpb), (q, k, v, rpb), dy,
+                         {"fwd": 4 * element, "fwd+bwd": 12 * element},
+                         flops={"fwd": useful, "fwd+bwd": int(2.5 * useful)})  # fmt: skip
+    if device.type == "cuda":  # 1-D, L 32768, window 2049, forward: NA's FLOP rate vs dense attention's
+        B, L, heads, head_dim, window = 1, 32768, 8, 64, 2049
+        q, k, v = (torch.randn(B, L, heads, head_dim, device=device, dtype=dtype) for _ in range(3))
+        case = f"B{B}xL{L}xH{heads}xD{head_dim}xK{window}"
+        impls = {"triton": lambda q, k, v: neighborhood_attention(q, k, v, window, backend="triton"),
+                 "sdpa-dense": lambda q, k, v: F.scaled_dot_product_attention(
+                     *(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)}  # fmt: skip
+        element = q.element_size() * q.numel()
+        for impl, fn in impls.items():
+            useful = 4 * B * heads * L * (window if impl == "triton" else L) * head_dim
+            rows += _op_rows("neighborhood_attention", case, dtype, device, {impl: fn}, (q, k, v), (), None,
+                             {"fwd": 4 * element}, flops={"fwd": useful}, passes=("fwd",))  # fmt: skip
+    return rows
+
+
 OPS = {"rational": bench_rational, "dwconv": bench_dwconv, "inception": bench_inception, "ssm": bench_ssm,
-       "fftconv": bench_fftconv, "sequence": bench_sequence_layers}  # fmt: skip
+       "fftconv": bench_fftconv, "sequence": bench_sequence_layers, "neighborhood": bench_neighborhood}  # fmt: skip
 
 # group -> (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peers.
 MODELS = {

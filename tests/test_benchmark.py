@@ -27,9 +27,11 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
              "s4d_kernel": {"reference", "reference+compile", "triton"},
              "fftconv": {"reference", "reference+compile", "triton"},
              "s4d_layer": {"reference", "reference+compile"},
-             "longconv_layer": {"reference", "reference+compile"}}  # fmt: skip
+             "longconv_layer": {"reference", "reference+compile"},
+             "neighborhood_attention": {"reference", "triton"}}  # fmt: skip
     assert combos == {(op, i, p) for op, names in impls.items() for i in names for p in ("fwd", "fwd+bwd")}
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
+    assert all("TFLOP/s" in r["note"] for r in data["ops"] if r["op"] == "neighborhood_attention")
     table = (out / "README.md").read_text()
     assert "| group_rational | B2xL17x48 | bfloat16 | fwd+bwd | triton |" in table
     assert "| inception_dwconv2d | B2xC16x9x9 | bfloat16 | fwd+bwd | triton |" in table

@@ -58,6 +58,14 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
             for label in (",all", ",plain"):
                 assert any(name.startswith(f"{kernel}[{dtype},") and label in name for name in archs_by_name), (
                     kernel, dtype, label)  # fmt: skip
+    for kernel in ("_fftconv_fwd_kernel", "_fftconv_bwd_epilogue_kernel", "_fftconv_bwd_input_kernel"):
+        assert any(name.startswith(f"{kernel}[bf16,") and ",direct" in name for name in archs_by_name), kernel
+    assert any(name.startswith("_direct_dk_kernel[bf16,") for name in archs_by_name)
+    for kernel in ("_na_fwd_kernel", "_na_bwd_kv_kernel", "_na_bwd_q_kernel"):  # 1-/2-/3-D, every dtype, causal
+        for dims in (1, 2, 3):
+            for dtype in ("bf16", "fp16", "fp32"):
+                assert f"{kernel}[{dims}d,{dtype},D32,rpb]" in archs_by_name, (kernel, dims, dtype)
+            assert f"{kernel}[{dims}d,bf16,D32,causal]" in archs_by_name, (kernel, dims)
     for kernel in ("_s4d_vandermonde_fwd_kernel", "_s4d_vandermonde_bwd_kernel"):  # fp32 arithmetic only
         assert any(name.startswith(f"{kernel}[fp32,") for name in archs_by_name), kernel
     for kernel in ("_dwconv_kernel", "_inception_kernel"):  # forward and input gradient, both layouts
@@ -65,6 +73,17 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
             for direction in ("fwd", "bwd"):
                 assert any(name.startswith(f"{kernel}[bf16,{layout},") and f",{direction}" in name
                            for name in archs_by_name), (kernel, layout, direction)  # fmt: skip
+
+
+def test_attention_kernels_use_the_tensor_cores(reports):
+    """bf16/fp16 neighborhood attention: mma.sync on sm_80, wgmma on sm_90 (the 64-query tiles; head_dim > 64
+    takes 32-query backward tiles, which use mma.sync)."""
+    for r in reports:
+        if not r["name"].startswith("_na_") or ",fp32," in r["name"]:
+            continue
+        if r["arch"] == 90 and "_bwd_" in r["name"] and ",D128," in r["name"]:
+            continue  # 32-query tiles: too small for wgmma's 64-row warpgroup tiles
+        assert r["matrix_instruction"], (r["name"], r["arch"])
 
 
 def test_no_register_spills(reports):

@@ -5,6 +5,12 @@ from timm.layers import register_notrace_module
 from zoo.layers.inception import InceptionDWConv2d
 from zoo.layers.kan import KAN
 from zoo.layers.longconv import LongConv, LongConvKernel
+from zoo.layers.neighborhood import (
+    NeighborhoodAttention,
+    NeighborhoodAttention1D,
+    NeighborhoodAttention2D,
+    NeighborhoodAttention3D,
+)
 from zoo.layers.rational import RATIONAL_INITS, GroupRational, RationalInit, variance_preserving_gain
 from zoo.layers.s4d import S4D, S4D_INITS, S4DKernel, s4d_init
 from zoo.layers.unireplknet import (
@@ -23,6 +29,8 @@ register_notrace_module(DepthwiseConv2d)
 register_notrace_module(DilatedReparamBlock)
 register_notrace_module(S4D)
 register_notrace_module(LongConv)
+for _module in (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D):
+    register_notrace_module(_module)
 
 __all__ = [
     "DILATED_BRANCHES",
@@ -30,6 +38,10 @@ __all__ = [
     "KAN",
     "LongConv",
     "LongConvKernel",
+    "NeighborhoodAttention",
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
     "RATIONAL_INITS",
     "DepthwiseConv2d",
     "DilatedReparamBlock",
