@@ -157,9 +157,9 @@ def _row_offsets(r, H, s_b, s_h):
 @triton.jit
 def _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN: tl.constexpr):
     """(v, u) in float32 at positions l of row r: v = u * gate_in (v = u without gate_in)."""
-    u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos * su_l, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos.to(tl.int64) * su_l, mask=mask, other=0.0).to(tl.float32)
     if HAS_GATE_IN:
-        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos * sgi_l, mask=mask, other=0.0)
+        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos.to(tl.int64) * sgi_l, mask=mask, other=0.0)
         return u * gin.to(tl.float32), u
     return u, u
 
@@ -241,7 +241,8 @@ def _fftconv_fwd_kernel(
     if GELU:
         z, _ = _gelu_and_slope(z)
     if HAS_GATE_OUT:
-        z *= tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos * sgo_l, mask=mask, other=0.0).to(tl.float32)
+        gout = tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos.to(tl.int64) * sgo_l, mask=mask, other=0.0)
+        z *= gout.to(tl.float32)
     tl.store(y_ptr + r.to(tl.int64) * L + pos, z.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -260,7 +261,8 @@ def _fftconv_bwd_epilogue_kernel(
     block = tl.program_id(1)
     pos = block * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = pos < L
-    g = tl.load(dy_ptr + _row_offsets(r, H, sdy_b, sdy_h) + pos * sdy_l, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + _row_offsets(r, H, sdy_b, sdy_h) + pos.to(tl.int64) * sdy_l, mask=mask, other=0.0)
+    g = g.to(tl.float32)
     if HAS_D or GELU or HAS_GATE_OUT:
         v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
     if GELU or HAS_GATE_OUT:
@@ -276,7 +278,7 @@ def _fftconv_bwd_epilogue_kernel(
         else:
             a = z
         if HAS_GATE_OUT:
-            gout = tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos * sgo_l, mask=mask, other=0.0)
+            gout = tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos.to(tl.int64) * sgo_l, mask=mask, other=0.0)
             tl.store(dgout_ptr + r.to(tl.int64) * L + pos, (g * a).to(dgout_ptr.dtype.element_ty), mask=mask)
             g = g * gout.to(tl.float32)
         if GELU:
@@ -307,8 +309,9 @@ def _fftconv_bwd_input_kernel(
     if HAS_D:
         dv += tl.load(d_ptr + r % H).to(tl.float32) * tl.load(dz_ptr + row + pos, mask=mask, other=0.0)
     if HAS_GATE_IN:
-        u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos * su_l, mask=mask, other=0.0).to(tl.float32)
-        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos * sgi_l, mask=mask, other=0.0)
+        u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos.to(tl.int64) * su_l, mask=mask, other=0.0)
+        u = u.to(tl.float32)
+        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos.to(tl.int64) * sgi_l, mask=mask, other=0.0)
         tl.store(dgin_ptr + r.to(tl.int64) * L + pos, (dv * u).to(dgin_ptr.dtype.element_ty), mask=mask)
         dv = dv * gin.to(tl.float32)
     tl.store(du_ptr + r.to(tl.int64) * L + pos, dv.to(du_ptr.dtype.element_ty), mask=mask)
@@ -436,6 +439,7 @@ def fftconv_forward(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional
     if y.numel() == 0:
         return y
     direct = use_direct(k_len) if direct is None else direct
+    D = None if D is None else D.contiguous()  # the kernels read D[h] at unit stride
     with device_guard(u.device):
         if direct:
             n, conv = L, u  # conv_ptr is not read
@@ -480,6 +484,7 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
         zeros_d = torch.zeros_like(D) if D is not None else u.new_empty(0)
         return du, torch.zeros_like(k), zeros_d, d_gate_in, d_gate_out
     direct = use_direct(k_len) if direct is None else direct
+    D = None if D is None else D.contiguous()  # the kernels read D[h] at unit stride
     n = L if direct else fft_length(L, k_len)
     needs_conv = activation == "gelu" or gate_out is not None
     grid = (B * H, triton.cdiv(L, BLOCK_L))

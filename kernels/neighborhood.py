@@ -14,11 +14,13 @@ spatial axis of length n with kernel size k (odd, >= 3), dilation d and a causal
 with an optional relative position bias ``rpb`` [heads, 2 k0 - 1 (, 2 k1 - 1 (, 2 k2 - 1))] (not with causal).
 
 The Triton kernels are fused (FlashAttention-style online softmax over each query's neighbourhood; the attention
-matrix is never materialised). A program owns a tile of queries of one dilation group (a box of group
-coordinates) and walks only the key tiles of the union of its queries' windows (key tiles no query of the tile can
-see are skipped), masking each (query, key) pair by the window test. The backward recomputes the probabilities
-from the saved log-sum-exp: one kernel per key tile walks the queries that can see it (dk, dv), one per query tile
-walks its keys (dq, and the logit gradients that make drpb, summed per relative offset afterwards).
+matrix is never materialised, except that the backward with a bias stores the float32 logit gradients
+[B, heads, N, prod(kernel_size)] to sum them per relative offset). A program owns a tile of queries of one
+dilation group (a box of group coordinates) and walks only the key tiles of the union of its queries' windows (key
+tiles no query of the tile can see are skipped), masking each (query, key) pair by the window test. The backward
+recomputes the probabilities from the saved log-sum-exp: one kernel per key tile walks the queries that can see it
+(dk, dv), one per query tile walks its keys (dq, and the logit gradients that make drpb, summed per relative
+offset afterwards).
 
 Layout of this file (the kernel contract, DESIGN.md): input checks, the reference, the Triton kernels, the
 launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``.
@@ -289,6 +291,43 @@ def _logits2(q, kt, qc0, qc1, qc2, kc0, kc1, kc2, ws0, ws1, ws2, q_ok, k_ok, k0,
 
 
 @triton.jit
+def _query_tile(pid, n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2,
+                CAUSAL0: tl.constexpr, CAUSAL1: tl.constexpr, CAUSAL2: tl.constexpr,
+                TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
+                TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr):  # fmt: skip
+    """A program's query box and the key region its windows cover: the dilation groups g_a, the queries' group
+    coordinates qc_a with their validity and window starts ws_a, and the region [lo_a, hi_a) walked in
+    ``n_tiles`` key boxes (nk1, nk2 of them along axes 1 and 2; none for an empty query box)."""
+    g0, t0, g1, t1, g2, t2 = _split_tile(pid, d0, d1, d2, tiles0, tiles1, tiles2)
+    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
+    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
+    qc0, qc1, qc2 = _box(f0, f1, f2, TQ0, TQ1, TQ2)
+    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
+    ws0 = _window_start(qc0, ng0, k0, CAUSAL0)
+    ws1 = _window_start(qc1, ng1, k1, CAUSAL1)
+    ws2 = _window_start(qc2, ng2, k2, CAUSAL2)
+    # from the first query's window start to the last query's window end, per axis
+    lo0 = tl.maximum(_window_start(f0, ng0, k0, CAUSAL0), 0)
+    lo1 = tl.maximum(_window_start(f1, ng1, k1, CAUSAL1), 0)
+    lo2 = tl.maximum(_window_start(f2, ng2, k2, CAUSAL2), 0)
+    hi0 = _window_start(tl.minimum(f0 + TQ0, ng0) - 1, ng0, k0, CAUSAL0) + k0
+    hi1 = _window_start(tl.minimum(f1 + TQ1, ng1) - 1, ng1, k1, CAUSAL1) + k1
+    hi2 = _window_start(tl.minimum(f2 + TQ2, ng2) - 1, ng2, k2, CAUSAL2) + k2
+    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
+    nk0, nk1, nk2 = tl.cdiv(hi0 - lo0, TK0), tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
+    n_tiles = tl.where(empty, 0, nk0 * nk1 * nk2)
+    return g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles
+
+
+@triton.jit
+def _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, n1, n2, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr):
+    """The t-th box (row-major; n1, n2 boxes along axes 1 and 2) of the region [lo_a, hi_a): its group
+    coordinates and which of them lie inside the region."""
+    c0, c1, c2 = _box(lo0 + (t // (n1 * n2)) * T0, lo1 + ((t // n2) % n1) * T1, lo2 + (t % n2) * T2, T0, T1, T2)
+    return c0, c1, c2, (c0 < hi0) & (c1 < hi1) & (c2 < hi2)
+
+
+@triton.jit
 def _na_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rpb_ptr, out_ptr, lse_ptr,
     heads, head_dim, scale2, n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2,
@@ -300,26 +339,12 @@ def _na_fwd_kernel(
 ):  # fmt: skip
     """Forward: out (dtype of q, layout of out's strides) and the base-2 log-sum-exp lse [B, heads, N] (float32)
     of one query tile, by an online softmax over the key tiles of the union of its windows."""
-    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(0), d0, d1, d2, tiles0, tiles1, tiles2)
+    g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
+        tl.program_id(0), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
+        TQ0, TQ1, TQ2, TK0, TK1, TK2)  # fmt: skip
     bh = tl.program_id(1)
     b = (bh // heads).to(tl.int64)
-    h = bh % heads
-    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
-    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
-    qc0, qc1, qc2 = _box(f0, f1, f2, TQ0, TQ1, TQ2)
-    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
-    ws0, ws1, ws2 = _window_start(qc0, ng0, k0, CAUSAL0), _window_start(qc1, ng1, k1, CAUSAL1), \
-        _window_start(qc2, ng2, k2, CAUSAL2)  # fmt: skip
-    # the key region: from the first query's window start to the last query's window end, per axis
-    lo0 = tl.maximum(_window_start(f0, ng0, k0, CAUSAL0), 0)
-    lo1 = tl.maximum(_window_start(f1, ng1, k1, CAUSAL1), 0)
-    lo2 = tl.maximum(_window_start(f2, ng2, k2, CAUSAL2), 0)
-    hi0 = _window_start(tl.minimum(f0 + TQ0, ng0) - 1, ng0, k0, CAUSAL0) + k0
-    hi1 = _window_start(tl.minimum(f1 + TQ1, ng1) - 1, ng1, k1, CAUSAL1) + k1
-    hi2 = _window_start(tl.minimum(f2 + TQ2, ng2) - 1, ng2, k2, CAUSAL2) + k2
-    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
-    nk0, nk1, nk2 = tl.cdiv(hi0 - lo0, TK0), tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
-    n_tiles = tl.where(empty, 0, nk0 * nk1 * nk2)
+    h = (bh % heads).to(tl.int64)
 
     dd = tl.arange(0, BLOCK_D)
     d_ok = dd < head_dim
@@ -332,9 +357,7 @@ def _na_fwd_kernel(
     row_sum = tl.zeros([TQ0 * TQ1 * TQ2], dtype=tl.float32)
     acc = tl.zeros([TQ0 * TQ1 * TQ2, BLOCK_D], dtype=tl.float32)
     for t in range(0, n_tiles):
-        kc0, kc1, kc2 = _box(lo0 + (t // (nk1 * nk2)) * TK0, lo1 + ((t // nk2) % nk1) * TK1, lo2 + (t % nk2) * TK2,
-                             TK0, TK1, TK2)  # fmt: skip
-        k_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
+        kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
         kv_mask = k_ok[:, None] & d_ok[None, :]
         kt = tl.load(k_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)[None, :]
                      + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)  # fmt: skip
@@ -372,7 +395,7 @@ def _na_bwd_kv_kernel(
     g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(0), d0, d1, d2, tiles0, tiles1, tiles2)
     bh = tl.program_id(1)
     b = (bh // heads).to(tl.int64)
-    h = bh % heads
+    h = (bh % heads).to(tl.int64)
     ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
     f0, f1, f2 = t0 * TK0, t1 * TK1, t2 * TK2
     kc0, kc1, kc2 = _box(f0, f1, f2, TK0, TK1, TK2)
@@ -399,9 +422,7 @@ def _na_bwd_kv_kernel(
     dv = tl.zeros([TK0 * TK1 * TK2, BLOCK_D], dtype=tl.float32)
     scale2 = scale * 1.4426950408889634
     for t in range(0, n_tiles):
-        qc0, qc1, qc2 = _box(lo0 + (t // (nq1 * nq2)) * TQ0, lo1 + ((t // nq2) % nq1) * TQ1, lo2 + (t % nq2) * TQ2,
-                             TQ0, TQ1, TQ2)  # fmt: skip
-        q_ok = (qc0 < hi0) & (qc1 < hi1) & (qc2 < hi2)
+        qc0, qc1, qc2, q_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nq1, nq2, TQ0, TQ1, TQ2)
         q_mask = q_ok[:, None] & d_ok[None, :]
         ws0, ws1, ws2 = _window_start(qc0, ng0, k0, CAUSAL0), _window_start(qc1, ng1, k1, CAUSAL1), \
             _window_start(qc2, ng2, k2, CAUSAL2)  # fmt: skip
@@ -437,25 +458,12 @@ def _na_bwd_q_kernel(
     """Backward for one query tile: dq = scale sum_k ds k over the key tiles of its windows; with a bias, the
     logit gradients ds also go to dlogit [B, heads, N, prod(k)] (float32) at each key's window slot, for the rpb
     gradient (summed per relative offset by the launcher)."""
-    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(0), d0, d1, d2, tiles0, tiles1, tiles2)
+    g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
+        tl.program_id(0), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
+        TQ0, TQ1, TQ2, TK0, TK1, TK2)  # fmt: skip
     bh = tl.program_id(1)
     b = (bh // heads).to(tl.int64)
-    h = bh % heads
-    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
-    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
-    qc0, qc1, qc2 = _box(f0, f1, f2, TQ0, TQ1, TQ2)
-    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
-    ws0, ws1, ws2 = _window_start(qc0, ng0, k0, CAUSAL0), _window_start(qc1, ng1, k1, CAUSAL1), \
-        _window_start(qc2, ng2, k2, CAUSAL2)  # fmt: skip
-    lo0 = tl.maximum(_window_start(f0, ng0, k0, CAUSAL0), 0)
-    lo1 = tl.maximum(_window_start(f1, ng1, k1, CAUSAL1), 0)
-    lo2 = tl.maximum(_window_start(f2, ng2, k2, CAUSAL2), 0)
-    hi0 = _window_start(tl.minimum(f0 + TQ0, ng0) - 1, ng0, k0, CAUSAL0) + k0
-    hi1 = _window_start(tl.minimum(f1 + TQ1, ng1) - 1, ng1, k1, CAUSAL1) + k1
-    hi2 = _window_start(tl.minimum(f2 + TQ2, ng2) - 1, ng2, k2, CAUSAL2) + k2
-    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
-    nk0, nk1, nk2 = tl.cdiv(hi0 - lo0, TK0), tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
-    n_tiles = tl.where(empty, 0, nk0 * nk1 * nk2)
+    h = (bh % heads).to(tl.int64)
 
     dd = tl.arange(0, BLOCK_D)
     d_ok = dd < head_dim
@@ -476,9 +484,7 @@ def _na_bwd_q_kernel(
     dq = tl.zeros([TQ0 * TQ1 * TQ2, BLOCK_D], dtype=tl.float32)
     scale2 = scale * 1.4426950408889634
     for t in range(0, n_tiles):
-        kc0, kc1, kc2 = _box(lo0 + (t // (nk1 * nk2)) * TK0, lo1 + ((t // nk2) % nk1) * TK1, lo2 + (t % nk2) * TK2,
-                             TK0, TK1, TK2)  # fmt: skip
-        k_ok = (kc0 < hi0) & (kc1 < hi1) & (kc2 < hi2)
+        kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
         kv_mask = k_ok[:, None] & d_ok[None, :]
         k_off = _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)
         kt = tl.load(k_base + k_off[None, :] + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)
@@ -639,6 +645,10 @@ def na_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, 
                          f"{list(grad_out.shape)} and {list(out.shape)}")  # fmt: skip
     B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
     N = math.prod(q.shape[1:-2])
+    if lse.shape != (B, heads, N) or lse.dtype != torch.float32:
+        raise ValueError(f"lse must be the forward's float32 [B, heads, N] = {[B, heads, N]}, got {lse.dtype} "
+                         f"{list(lse.shape)}")  # fmt: skip
+    grad_out, lse = grad_out.to(q.dtype), lse.contiguous()  # the dots pair dO with v in one dtype
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
         return dq, dk, dv, (torch.zeros_like(rpb) if rpb is not None else q.new_empty(0))

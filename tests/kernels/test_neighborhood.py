@@ -181,6 +181,19 @@ def test_non_contiguous_inputs():
     out, lse = na_forward(q, k, v, 3, 1, False, rpb)
     direct = na_backward(dy, q, k, v, out, lse, 3, 1, False, rpb)
     _check(out, list(direct), y64, grads64, torch.float32)
+    with pytest.raises(ValueError, match=r"lse must be the forward's float32 \[B, heads, N\] = \[2, 2, 35\]"):
+        na_backward(dy, q, k, v, out, lse[:, :1], 3, 1, False, rpb)
+
+
+def test_backward_takes_an_output_gradient_of_another_dtype():
+    """Called directly, the backward casts dO to the dtype of q (its dots pair dO with v)."""
+    q, k, v, rpb = _inputs(((11,), 1, 16, 3, 1, False, False), torch.bfloat16, seed=8)
+    out, lse = na_forward(q, k, v, 3)
+    dy = torch.randn(q.shape, device=DEVICE)
+    grads = na_backward(dy, q, k, v, out, lse, 3)
+    expected = na_backward(dy.to(torch.bfloat16), q, k, v, out, lse, 3)
+    for g, e in zip(grads[:3], expected[:3]):
+        assert g.dtype == torch.bfloat16 and torch.equal(g, e)
 
 
 def test_each_rank_has_its_function():
