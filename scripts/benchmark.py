@@ -475,6 +475,11 @@ MODELS = {
         ("unireplknet_t", {"backend": "torch", "deploy": True}, "torch-deployed"),
         ("convnext_tiny", {}, "timm"),
     ],
+    "nat": [
+        ("nat_m", {"backend": "triton"}, "triton"),
+        ("nat_m", {"backend": "torch"}, "torch"),
+        ("convnext_tiny", {}, "timm"),
+    ],
     # ListOps training throughput (sequences/s): LRA-sized models on token sequences of LISTOPS_LENGTH
     "listops": [
         ("s4d_s", {"backend": "triton", "bidirectional": True}, "triton"),

@@ -44,7 +44,8 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
                 ("inceptionnext", "inception_next_tiny", "timm"), ("unireplknet", "unireplknet_t", "torch"),
                 ("unireplknet", "unireplknet_t", "torch-deployed"),
                 ("unireplknet", "convnext_tiny", "timm"), ("listops", "s4d_s", "torch"),
-                ("listops", "longconv_s", "torch")]  # fmt: skip
+                ("listops", "longconv_s", "torch"), ("nat", "nat_m", "torch"),
+                ("nat", "convnext_tiny", "timm")]  # fmt: skip
     assert models == {(*row, mode) for row in expected for mode in ("train", "infer")}
     assert all(r["images_per_s"] > 0 for r in data["models"])
     assert "| kat_t | torch | train | 2 | 32 |" in table

@@ -159,6 +159,20 @@ def test_wandb_is_optional(tmp_path, monkeypatch):
         train(_compose(tmp_path / "w", "epochs=1", "logger=wandb"))
 
 
+def test_list_valued_model_arguments_reach_the_model_as_python_lists(tmp_path):
+    """``+model.kwargs.depths=[...]`` from the command line is an OmegaConf ListConfig: the model, the checkpoint
+    and the export must get a plain list."""
+    from zoo.data import DATASETS
+    from zoo.training.trainer import build_model
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["model=nat_m", "+model.kwargs.depths=[1,1,1,1]", f"run_dir={tmp_path}"])
+    model, kwargs = build_model(cfg, DATASETS["digits"], 32, {})
+    assert type(kwargs["depths"]) is list and kwargs["depths"] == [1, 1, 1, 1]
+    assert [len(level.blocks) for level in model.levels] == [1, 1, 1, 1]
+    json.dumps(kwargs)  # what the export's config.json holds: a ListConfig here is a TypeError
+
+
 def test_every_registered_model_has_a_config():
     configs = {p.stem for p in (ROOT / "configs" / "model").glob("*.yaml")}
     assert set(zoo.list_models()) <= configs

@@ -87,8 +87,20 @@ def build_model(
     inherited.pop("img_size", None)
     kwargs = {k: v for k, v in data_args.items() if k in cfg.model.get("data_args", []) and v is not None}
     kwargs.update(inherited)
-    kwargs.update(dict(cfg.model.get("kwargs") or {}))
+    kwargs.update(_plain(dict(cfg.model.get("kwargs") or {})))
     return zoo.create_model(cfg.model.name, **kwargs), kwargs
+
+
+def _plain(value: Any) -> Any:
+    """Config containers (OmegaConf's ListConfig / DictConfig from the command line) as plain lists and dicts, so
+    model arguments such as ``depths=[1,2,1,1]`` reach the model, the checkpoint and the export as Python values."""
+    from collections.abc import Mapping, Sequence
+
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
