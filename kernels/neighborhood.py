@@ -14,13 +14,13 @@ spatial axis of length n with kernel size k (odd, >= 3), dilation d and a causal
 with an optional relative position bias ``rpb`` [heads, 2 k0 - 1 (, 2 k1 - 1 (, 2 k2 - 1))] (not with causal).
 
 The Triton kernels are fused (FlashAttention-style online softmax over each query's neighbourhood; the attention
-matrix is never materialised, except that the backward with a bias stores the float32 logit gradients
-[B, heads, N, prod(kernel_size)] to sum them per relative offset). A program owns a tile of queries of one
-dilation group (a box of group coordinates) and walks only the key tiles of the union of its queries' windows (key
-tiles no query of the tile can see are skipped), masking each (query, key) pair by the window test. The backward
-recomputes the probabilities from the saved log-sum-exp: one kernel per key tile walks the queries that can see it
-(dk, dv), one per query tile walks its keys (dq, and the logit gradients that make drpb, summed per relative
-offset afterwards).
+matrix is never materialised, except that the backward with a bias stores the float32 logit gradients of a
+chunk of the batch, [chunk, heads, N, prod(kernel_size)] (at most 256 MiB, or one batch item), to sum them per
+relative offset). A program owns a tile of queries of one dilation group (a box of group coordinates) and walks
+only the key tiles of the union of its queries' windows (key tiles no query of the tile can see are skipped),
+masking each (query, key) pair by the window test. The backward recomputes the probabilities from the saved
+log-sum-exp: one kernel per key tile walks the queries that can see it (dk, dv), one per query tile walks its keys
+(dq, and the logit gradients that make drpb, summed per relative offset afterwards).
 
 Layout of this file (the kernel contract, DESIGN.md): input checks, the reference, the Triton kernels, the
 launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``.
@@ -522,6 +522,7 @@ _TILES_INTERPRETER = {
 _TILES_INTERPRETER["wide_fwd"] = _TILES_INTERPRETER["bwd"]
 _TILES_INTERPRETER["wide_bwd"] = _TILES_INTERPRETER["fp32"]
 _TILES = _TILES_INTERPRETER if INTERPRETER else _TILES_GPU
+DLOGIT_BYTES = 1 << 28  # the backward's buffer of logit gradients (with a bias): 256 MiB at most per launch
 
 
 def _num_warps(kind: str, kernel, dims: int) -> int:
@@ -653,25 +654,34 @@ def na_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, 
     if q.numel() == 0:
         return dq, dk, dv, (torch.zeros_like(rpb) if rpb is not None else q.new_empty(0))
     problem = _problem(q, ks, ds, cs)
-    K = math.prod(ks)
     with device_guard(q.device):
         delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
-        dlogit = torch.empty((B, heads, N, K), dtype=torch.float32, device=q.device) if rpb is not None else lse
         common = (heads, head_dim, scale, *problem["spatial"], *problem["kernel"], *problem["dilation"])
+        rpb_arg = q if rpb is None else rpb
         strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dq, with_last=False),
                    *_rpb_strides(rpb))  # fmt: skip
-        rpb_arg = q if rpb is None else rpb
         grid, tiles = _grid(problem, _tiles(problem, "bwd")[1], B * heads)
         _na_bwd_kv_kernel[grid](q, k, v, rpb_arg, grad_out, lse, delta, dk, dv, *common, *tiles, *strides,
                                 **_constexprs(problem, rpb is not None, "bwd", _na_bwd_kv_kernel))  # fmt: skip
-        grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], B * heads)
-        _na_bwd_q_kernel[grid](q, k, v, rpb_arg, grad_out, lse, delta, dq, dlogit, *common, *tiles, *strides,
-                               **_constexprs(problem, rpb is not None, "bwd", _na_bwd_q_kernel))  # fmt: skip
         if rpb is None:
+            grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], B * heads)
+            _na_bwd_q_kernel[grid](q, k, v, rpb_arg, grad_out, lse, delta, dq, lse, *common, *tiles, *strides,
+                                   **_constexprs(problem, False, "bwd", _na_bwd_q_kernel))  # fmt: skip
             return dq, dk, dv, q.new_empty(0)
+        # With a bias, the logit gradients of a chunk of the batch go to a float32 [chunk, heads, N, K] buffer
+        # (at most DLOGIT_BYTES, or one batch item), summed per relative offset after each chunk.
+        K = math.prod(ks)
+        chunk = max(1, min(B, DLOGIT_BYTES // (heads * N * K * 4)))
+        dlogit = torch.empty((chunk, heads, N, K), dtype=torch.float32, device=q.device)
         _, _, bias = neighborhood_table(q.shape[1:-2], ks, ds, cs, q.device)
         drpb = torch.zeros((heads, rpb[0].numel()), dtype=torch.float32, device=q.device)
-        drpb.index_add_(1, bias.flatten(), dlogit.sum(0).flatten(1))
+        for b0 in range(0, B, chunk):
+            b1 = min(b0 + chunk, B)
+            grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], (b1 - b0) * heads)
+            _na_bwd_q_kernel[grid](q[b0:b1], k[b0:b1], v[b0:b1], rpb, grad_out[b0:b1], lse[b0:b1], delta[b0:b1],
+                                   dq[b0:b1], dlogit, *common, *tiles, *strides,
+                                   **_constexprs(problem, True, "bwd", _na_bwd_q_kernel))  # fmt: skip
+            drpb.index_add_(1, bias.flatten(), dlogit[: b1 - b0].sum(0).flatten(1))
     return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
 
 

@@ -185,6 +185,19 @@ def test_non_contiguous_inputs():
         na_backward(dy, q, k, v, out, lse[:, :1], 3, 1, False, rpb)
 
 
+def test_bias_gradient_over_batch_chunks(monkeypatch):
+    """A buffer budget smaller than one batch item: the logit gradients go one item at a time."""
+    import kernels.neighborhood as na_module
+
+    monkeypatch.setattr(na_module, "DLOGIT_BYTES", 1)
+    case = ((4, 6), 2, 16, 3, (1, 2), False, True)
+    inputs = _inputs(case, torch.float32, batch=3, seed=9)
+    dy = torch.randn(inputs[0].shape, device=DEVICE)
+    y, grads = _grads(_attention(case, "triton"), inputs, dy)
+    y64, grads64 = _grads(_attention(case, "torch"), [t.double() for t in inputs], dy.double())
+    _check(y, grads, y64, grads64, torch.float32)
+
+
 def test_backward_takes_an_output_gradient_of_another_dtype():
     """Called directly, the backward casts dO to the dtype of q (its dots pair dO with v)."""
     q, k, v, rpb = _inputs(((11,), 1, 16, 3, 1, False, False), torch.bfloat16, seed=8)
