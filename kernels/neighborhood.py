@@ -340,9 +340,9 @@ def _na_fwd_kernel(
     """Forward: out (dtype of q, layout of out's strides) and the base-2 log-sum-exp lse [B, heads, N] (float32)
     of one query tile, by an online softmax over the key tiles of the union of its windows."""
     g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
-        tl.program_id(0), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
+        tl.program_id(1), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
         TQ0, TQ1, TQ2, TK0, TK1, TK2)  # fmt: skip
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
 
@@ -392,8 +392,8 @@ def _na_bwd_kv_kernel(
 ):  # fmt: skip
     """Backward for one key tile: dv = sum_q p dO and dk = scale sum_q ds q over the query tiles whose windows can
     hold its keys (dk and dv share the strides sg_*; unit head_dim stride)."""
-    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(0), d0, d1, d2, tiles0, tiles1, tiles2)
-    bh = tl.program_id(1)
+    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
+    bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
     ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
@@ -459,9 +459,9 @@ def _na_bwd_q_kernel(
     logit gradients ds also go to dlogit [B, heads, N, prod(k)] (float32) at each key's window slot, for the rpb
     gradient (summed per relative offset by the launcher)."""
     g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
-        tl.program_id(0), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
+        tl.program_id(1), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
         TQ0, TQ1, TQ2, TK0, TK1, TK2)  # fmt: skip
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
 
@@ -550,9 +550,6 @@ def _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     if not lo <= q.shape[-1] <= hi:
         raise ValueError(f"the Triton neighborhood attention takes head_dim in [{lo}, {hi}], got {q.shape[-1]} "
                          f"(q {list(q.shape)}); use backend='torch' for other head sizes")  # fmt: skip
-    if q.shape[0] * q.shape[-2] > 65535:
-        raise ValueError(f"batch x heads must be <= 65535 for the Triton kernels (a grid axis), got "
-                         f"{q.shape[0]} x {q.shape[-2]}")  # fmt: skip
     check_triton_device(q.device)
     return checked
 
@@ -593,9 +590,15 @@ def _problem(q: Tensor, ks, ds, cs) -> dict:
 
 
 def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
-    """(grid, boxes per dilation group and axis) for boxes of ``box`` group coordinates."""
+    """(grid, boxes per dilation group and axis) for boxes of ``box`` group coordinates. Axis 0 (up to 2^31 - 1
+    programs) holds the batch x heads rows: the programs that run together read neighbouring heads of one tile;
+    axis 1 (up to 65535) the boxes."""
     tiles = tuple(triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box))
-    return (math.prod(d * t for d, t in zip(problem["dilation"], tiles)), rows), tiles
+    boxes = math.prod(d * t for d, t in zip(problem["dilation"], tiles))
+    if boxes > 65535:
+        raise ValueError(f"{problem['spatial']} tokens make {boxes} query or key boxes, more than a grid axis takes "
+                         f"(65535); use backend='torch'")  # fmt: skip
+    return (rows, boxes), tiles
 
 
 def _tiles(problem: dict, pass_: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

@@ -242,6 +242,16 @@ def test_bad_inputs_raise_clear_errors():
     assert na1d(small, small, small, 3, backend="torch").shape == small.shape  # the reference takes any head_dim
 
 
+def test_grid_limits():
+    """Batch x heads rows go on the grid axis that takes 2^31 - 1 programs; the boxes on the one that takes 65535."""
+    from kernels.neighborhood import _grid
+
+    grid, tiles = _grid({"spatial": (1, 1, 64 * 1000), "dilation": (1, 1, 1)}, (1, 1, 64), 70000)
+    assert grid == (70000, 1000) and tiles == (1, 1, 1000)
+    with pytest.raises(ValueError, match="65536 query or key boxes, more than a grid axis takes"):
+        _grid({"spatial": (1, 1, 65536), "dilation": (1, 1, 1)}, (1, 1, 1), 1)
+
+
 def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
     monkeypatch.setattr(backend_module, "INTERPRETER", False)
     q = torch.randn(1, 9, 1, 16)
