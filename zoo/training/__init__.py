@@ -13,9 +13,9 @@ from zoo.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from zoo.training.evaluation import evaluate_classifier
 from zoo.training.export import export_model
 from zoo.training.optim import create_optimizer, param_groups
-from zoo.training.evaluation import evaluate_classifier
 from zoo.training.trainer import train
 
 __all__ = [
