@@ -30,3 +30,20 @@ def assert_relative_error(actual: torch.Tensor, expected: torch.Tensor, bound: f
     assert torch.isfinite(actual).all(), f"non-finite values in {actual}"
     error = (actual - expected).norm() / expected.norm().clamp_min(1e-30)
     assert error <= bound, f"relative error {error:.3e} > {bound:.1e}\nactual   {actual}\nexpected {expected}"
+
+
+def assert_backends_agree(layers: dict, u: torch.Tensor, grad_bound: float = 1e-4) -> None:
+    """``layers["triton"]`` and ``layers["torch"]`` (same parameters) give the same float32 output, input gradient
+    and parameter gradients (of the output's sum of squares) on ``u``."""
+    outputs = {}
+    for backend, layer in layers.items():
+        x = u.clone().requires_grad_(True)
+        y = layer(x)
+        y.square().sum().backward()
+        outputs[backend] = (y.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()})
+    y_t, dx_t, grads_t = outputs["triton"]
+    y_r, dx_r, grads_r = outputs["torch"]
+    assert_close(y_t, y_r, torch.float32, scale=float(y_r.abs().max()))
+    assert_close(dx_t, dx_r, torch.float32, scale=float(dx_r.abs().max()))
+    for name, grad in grads_r.items():
+        assert_relative_error(grads_t[name], grad, grad_bound)

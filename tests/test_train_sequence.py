@@ -46,6 +46,29 @@ def _compose(name: str, *overrides: str):
         return compose(name, overrides=list(overrides))
 
 
+def _train_copying(model, l_noise: int, l_memorize: int, n_tokens: int, max_steps: int = 400) -> tuple[float, int]:
+    """AdamW (lr 0.01) on batches of 32 fresh copying sequences; every 25 steps the token accuracy on 256 held-out
+    sequences, stopping at 99%. Returns (accuracy, steps)."""
+    optimizer = create_optimizer(model, "adamw", 0.01, 0.0)
+    generator = torch.Generator().manual_seed(0)
+    x_test, y_test = copying_batch(256, l_noise, l_memorize, n_tokens, torch.Generator().manual_seed(1))
+    accuracy = 0.0
+    for step in range(1, max_steps + 1):
+        x, y = copying_batch(32, l_noise, l_memorize, n_tokens, generator)
+        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, n_tokens), y.reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % 25 == 0:
+            model.eval()
+            with torch.no_grad():
+                accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
+            model.train()
+            if accuracy >= 0.99:
+                break
+    return accuracy, step
+
+
 def test_train_and_eval_on_sdigits(tmp_path, one_thread):
     run_dir = tmp_path / "run"
     summary = train(_compose("train", *TINY, "data=sdigits", "epochs=2", f"run_dir={run_dir}"))
@@ -98,23 +121,7 @@ def test_s4d_learns_a_short_copying_task(one_thread):
     l_noise, l_memorize, n_tokens = 100, 10, 10
     model = SequenceModel(num_classes=n_tokens, vocab_size=n_tokens, d_model=32, n_layers=2, d_state=64, dropout=0.0,
                           global_pool="", l_output=l_memorize, backend="torch")  # fmt: skip
-    optimizer = create_optimizer(model, "adamw", 0.01, 0.0)
-    generator = torch.Generator().manual_seed(0)
-    x_test, y_test = copying_batch(256, l_noise, l_memorize, n_tokens, torch.Generator().manual_seed(1))
-    accuracy = 0.0
-    for step in range(1, 401):
-        x, y = copying_batch(32, l_noise, l_memorize, n_tokens, generator)
-        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, n_tokens), y.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 25 == 0:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
-            model.train()
-            if accuracy >= 0.99:
-                break
+    accuracy, step = _train_copying(model, l_noise, l_memorize, n_tokens)
     assert accuracy >= 0.99, f"token accuracy {accuracy:.4f} after {step} steps"
 
 
@@ -136,23 +143,7 @@ def test_longconv_learns_a_short_copying_task(one_thread):
                           layer="longconv", l_max=120, smooth_window=None, global_pool="", l_output=l_memorize,
                           backend="torch")  # fmt: skip
     assert model.s4_layers[0].kernel.drop.p == 0.1 and model.s4_layers[0].kernel.lam == 0.003  # the defaults
-    optimizer = create_optimizer(model, "adamw", 0.01, 0.0)
-    generator = torch.Generator().manual_seed(0)
-    x_test, y_test = copying_batch(256, l_noise, l_memorize, n_tokens, torch.Generator().manual_seed(1))
-    accuracy = 0.0
-    for step in range(1, 401):
-        x, y = copying_batch(32, l_noise, l_memorize, n_tokens, generator)
-        loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, n_tokens), y.reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if step % 25 == 0:
-            model.eval()
-            with torch.no_grad():
-                accuracy = (model(x_test).argmax(-1) == y_test).float().mean().item()
-            model.train()
-            if accuracy >= 0.99:
-                break
+    accuracy, step = _train_copying(model, l_noise, l_memorize, n_tokens)
     assert accuracy >= 0.99, f"token accuracy {accuracy:.4f} after {step} steps"
 
 

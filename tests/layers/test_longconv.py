@@ -199,7 +199,7 @@ def test_autocast_keeps_the_kernel_in_fp32():
 def test_triton_backend_matches_torch_backend(bidirectional):
     """The layer on the Triton FFT-convolution epilogues (interpreter on a CPU) gives the reference's output and
     gradients."""
-    from tests.helpers import DEVICE, assert_close, assert_relative_error
+    from tests.helpers import DEVICE, assert_backends_agree
 
     layers = {}
     for backend in ("torch", "triton"):
@@ -207,15 +207,4 @@ def test_triton_backend_matches_torch_backend(bidirectional):
         layers[backend] = _randomise(LongConv(4, l_max=9, bidirectional=bidirectional, backend=backend), seed=5)
         layers[backend].to(DEVICE).eval()
     u = torch.randn(2, 4, 11, device=DEVICE)
-    outputs = {}
-    for backend, layer in layers.items():
-        x = u.clone().requires_grad_(True)
-        y = layer(x)
-        y.square().sum().backward()
-        outputs[backend] = (y.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()})
-    y_t, dx_t, grads_t = outputs["triton"]
-    y_r, dx_r, grads_r = outputs["torch"]
-    assert_close(y_t, y_r, torch.float32, scale=float(y_r.abs().max()))
-    assert_close(dx_t, dx_r, torch.float32, scale=float(dx_r.abs().max()))
-    for name, grad in grads_r.items():
-        assert_relative_error(grads_t[name], grad, 1e-4)
+    assert_backends_agree(layers, u)

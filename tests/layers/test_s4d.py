@@ -219,7 +219,7 @@ def test_autocast_keeps_the_ssm_in_fp32():
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_triton_backend_matches_torch_backend(bidirectional):
     """The layer on the Triton kernels (interpreter on a CPU) gives the reference's output and gradients."""
-    from tests.helpers import DEVICE, assert_close, assert_relative_error
+    from tests.helpers import DEVICE, assert_backends_agree
 
     torch.manual_seed(11)
     layers = {}
@@ -229,15 +229,4 @@ def test_triton_backend_matches_torch_backend(bidirectional):
         layers[backend].to(DEVICE).eval()
     layers["triton"].load_state_dict(layers["torch"].state_dict())
     u = torch.randn(2, 6, 13, device=DEVICE)
-    outputs = {}
-    for backend, layer in layers.items():
-        x = u.clone().requires_grad_(True)
-        y = layer(x)
-        y.square().sum().backward()
-        outputs[backend] = (y.detach(), x.grad, {n: p.grad for n, p in layer.named_parameters()})
-    y_t, dx_t, grads_t = outputs["triton"]
-    y_r, dx_r, grads_r = outputs["torch"]
-    assert_close(y_t, y_r, torch.float32, scale=float(y_r.abs().max()))
-    assert_close(dx_t, dx_r, torch.float32, scale=float(dx_r.abs().max()))
-    for name, grad in grads_r.items():
-        assert_relative_error(grads_t[name], grad, 1e-4)
+    assert_backends_agree(layers, u)

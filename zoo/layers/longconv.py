@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels.fftconv import fftconv
-from zoo.layers._padding import check_lengths, zero_padding
+from zoo.layers._padding import channels_first
 
 __all__ = ["LongConv", "LongConvKernel", "squash"]
 
@@ -160,21 +160,8 @@ class LongConv(nn.Module):
 
     def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
         """u: [B, H, L] (transposed) or [B, L, H]; lengths: None or [B] valid lengths; returns u's layout."""
-        layout = "[B, H, L]" if self.transposed else "[B, L, H]"
-        if u.ndim != 3:
-            raise ValueError(f"LongConv expects a 3-D input {layout} (transposed={self.transposed}), got shape "
-                             f"{tuple(u.shape)}")  # fmt: skip
-        if not self.transposed:
-            u = u.transpose(-1, -2)
-        if u.shape[1] != self.h:
-            shape = tuple(u.shape if self.transposed else u.transpose(-1, -2).shape)
-            raise ValueError(f"LongConv expects {layout} with H = d_model = {self.h} (transposed={self.transposed}), "
-                             f"got shape {shape}")  # fmt: skip
+        u = channels_first(u, self.h, self.transposed, lengths, "LongConv")
         L = u.shape[-1]
-        if L == 0:
-            raise ValueError("LongConv got an empty sequence (L = 0)")
-        check_lengths(lengths, u.shape[0], "LongConv")
-        u = zero_padding(u, lengths)
         if self.channels > 1:
             u = u.repeat(1, self.channels, 1)  # [B, C*H, L], channel c*H + h reads feature h
         y = fftconv(u.contiguous(), self.conv_kernel(L), self.D.reshape(-1), bidirectional=self.bidirectional,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from kernels.fftconv import fftconv
 from kernels.ssm import s4d_kernel
-from zoo.layers._padding import check_lengths, zero_padding
+from zoo.layers._padding import channels_first
 
 __all__ = ["S4D", "S4DKernel", "S4D_INITS", "s4d_init"]
 
@@ -208,20 +208,8 @@ class S4D(nn.Module):
 
     def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
         """u: [B, H, L] (transposed) or [B, L, H]; lengths: None or [B] valid lengths; returns u's layout."""
-        layout = "[B, H, L]" if self.transposed else "[B, L, H]"
-        if u.ndim != 3:
-            raise ValueError(f"S4D expects a 3-D input {layout} (transposed={self.transposed}), got shape "
-                             f"{tuple(u.shape)}")  # fmt: skip
-        if not self.transposed:
-            u = u.transpose(-1, -2)
-        if u.shape[1] != self.h:
-            raise ValueError(f"S4D expects {layout} with H = d_model = {self.h} (transposed={self.transposed}), got "
-                             f"shape {tuple(u.shape if self.transposed else u.transpose(-1, -2).shape)}")  # fmt: skip
+        u = channels_first(u, self.h, self.transposed, lengths, "S4D")
         L = u.shape[-1]
-        if L == 0:
-            raise ValueError("S4D got an empty sequence (L = 0)")
-        check_lengths(lengths, u.shape[0], "S4D")
-        u = zero_padding(u, lengths)
         k = self.kernel(L)
         if self.bidirectional:
             k = k.view(2, self.h, L)

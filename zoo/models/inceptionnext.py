@@ -24,6 +24,7 @@ from timm.models.inception_next import MetaNeXt
 from torch import Tensor, nn
 
 from zoo.layers import InceptionDWConv2d
+from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "inceptionnext_t",
 ]
 
-CHECKPOINT_CONTAINERS = ("state_dict", "model", "model_ema", "state_dict_ema")  # tried in this order
 
 
 @register_notrace_function  # a leaf for torch.fx: it branches on shapes
@@ -122,14 +122,10 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     """Adapt a checkpoint to ``model``: timm's ``inception_next_*`` weights, the official sail-sg releases, ours.
 
     timm's ports and the official checkpoints (bare state dicts saved from the official ``MetaNeXt``) already
-    carry exactly this model's keys. This unwraps a training checkpoint (the first of ``state_dict``, ``model``,
-    ``model_ema``, ``state_dict_ema`` found) and strips a ``module.`` prefix (DistributedDataParallel).
+    carry exactly this model's keys. This unwraps a training checkpoint and strips a ``module.`` prefix
+    (:func:`zoo.models._checkpoint.unwrap_state_dict`).
     """
-    for key in CHECKPOINT_CONTAINERS:
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return unwrap_state_dict(state_dict)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -22,11 +22,11 @@ from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoin
 from torch import nn
 
 from zoo.layers import KAN, GroupRational, variance_preserving_gain
+from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 
 __all__ = ["KAT", "checkpoint_filter_fn", "kat_t", "kat_s", "kat_b"]
 
-CHECKPOINT_CONTAINERS = ("state_dict", "model", "model_ema")  # tried in this order
 
 
 class KAT(VisionTransformer):
@@ -97,16 +97,11 @@ class KAT(VisionTransformer):
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: KAT) -> dict[str, torch.Tensor]:
     """Adapt a checkpoint to ``model``: our own, or the official KAT releases.
 
-    Unwraps a training checkpoint (the first of ``state_dict``, ``model``, ``model_ema`` found), strips a
-    ``module.`` prefix (DistributedDataParallel), then applies timm's ViT filter, which resamples the position
-    embedding to another image size (and the patch embedding to another patch size).
+    Unwraps a training checkpoint and strips a ``module.`` prefix (:func:`zoo.models._checkpoint.unwrap_state_dict`),
+    then applies timm's ViT filter, which resamples the position embedding to another image size (and the patch
+    embedding to another patch size).
     """
-    for key in CHECKPOINT_CONTAINERS:
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-            break
-    state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
-    return vit_checkpoint_filter_fn(state_dict, model)
+    return vit_checkpoint_filter_fn(unwrap_state_dict(state_dict), model)
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

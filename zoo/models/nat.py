@@ -37,6 +37,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from zoo.layers import NeighborhoodAttention2D
+from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "nat_t",
 ]
 
-CHECKPOINT_CONTAINERS = ("state_dict", "model", "model_ema", "state_dict_ema", "module")  # tried in this order
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -430,12 +430,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: NAT) -> dict[str, Te
     """Adapt a checkpoint to ``model``: the official releases (a bare state dict in the model's layout) and
     training checkpoints that wrap one (``state_dict``, ``model``, ``model_ema``, ``state_dict_ema`` or ``module``,
     nested at most twice), with a ``module.`` prefix (DistributedDataParallel) stripped."""
-    for _ in range(2):
-        for key in CHECKPOINT_CONTAINERS:
-            if key in state_dict and isinstance(state_dict[key], dict):
-                state_dict = state_dict[key]
-                break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+    return unwrap_state_dict(state_dict)
 
 
 # ---------------------------------------------------------------------------------------------- pretrained cfgs

@@ -27,6 +27,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from zoo.layers import DilatedReparamBlock, UniRepLKNetBlock
+from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
     "unireplknet_xl",
 ]
 
-CHECKPOINT_CONTAINERS = ("state_dict", "model", "model_ema", "state_dict_ema", "module")  # tried in this order
 
 
 def default_kernel_sizes(depths: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
@@ -317,14 +317,6 @@ class UniRepLKNet(nn.Module):
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
-def _unwrap(state_dict: dict[str, Any]) -> dict[str, Tensor]:
-    for _ in range(2):  # e.g. {"model": {...}} or {"state_dict": {"module": {...}}}
-        for key in CHECKPOINT_CONTAINERS:
-            if key in state_dict and isinstance(state_dict[key], dict):
-                state_dict = state_dict[key]
-                break
-    return {k.removeprefix("module."): v for k, v in state_dict.items()}
-
 
 def _is_training_form(state_dict: dict[str, Tensor]) -> bool:
     return any(k.startswith("stages.") and (k.endswith(".norm.running_var") or ".pwconv2.2." in k)
@@ -357,7 +349,7 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: UniRepLKNet) -> dict
     model as it is, and into a ``deploy=True`` model after block-by-block re-parameterisation; a deployed
     checkpoint loads into a ``deploy=True`` model (and cannot go back to the training form: a clear error).
     """
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     training_checkpoint = _is_training_form(state_dict)
     model_deployed = getattr(model, "deployed", False)
     if training_checkpoint and model_deployed:
