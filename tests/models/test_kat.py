@@ -9,10 +9,11 @@ import pytest
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
-from timm.models import FeatureInfo, get_notrace_functions, get_notrace_modules
+from timm.models import FeatureInfo, get_notrace_modules
 
 import zoo
 from tests.helpers import DEVICE, assert_close
+from tests.models.contract import trace_model
 from zoo.layers import GroupRational
 from zoo.models.kat import KAT
 
@@ -174,22 +175,9 @@ def test_forward_intermediates_match_forward_features():
     assert [t.shape for t in only] == [(2, 192, 6, 6)] * 2
 
 
-def _fx_model(model: torch.nn.Module, train: bool) -> torch.nn.Module:
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-
-    tracer_kwargs = dict(
-        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
-    )
-    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
-    nodes = train_nodes if train else eval_nodes
-    return create_feature_extractor(
-        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs
-    ), nodes[-1]
-
-
 def test_fx_forward_equals_eager(kat_t):
     assert GroupRational in get_notrace_modules()
-    fx_model, node = _fx_model(kat_t, train=False)
+    fx_model, node = trace_model(kat_t, train=False)
     x = _input()
     with torch.no_grad():
         assert torch.equal(fx_model(x)[node], kat_t(x))
@@ -197,7 +185,7 @@ def test_fx_forward_equals_eager(kat_t):
 
 def test_fx_backward_reaches_every_parameter():
     model = timm.create_model("kat_t", num_classes=42, img_size=64).train()
-    fx_model, node = _fx_model(model, train=True)
+    fx_model, node = trace_model(model, train=True)
     out = fx_model(_input(2, 64))[node]
     out.mean().backward()
     assert out.shape == (2, 42)

@@ -14,6 +14,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 
 import zoo
 from tests.helpers import DEVICE, assert_close
+from tests.models.contract import outputs_and_grads, trace_model
 from zoo.layers import NeighborhoodAttention2D
 from zoo.models.nat import NAT, check_images, checkpoint_filter_fn, dinat_dilations, stage_sizes
 
@@ -347,37 +348,18 @@ def test_gradient_checkpointing_gives_equal_outputs_and_gradients():
     model = _randomise(timm.create_model("dinat_m", depths=(2, 2, 2, 1), backend="torch", img_size=32)).train()
     x = _input(2, 32)
 
-    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        out = model(x)
-        out.square().mean().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
-
-    out, grads = run()
+    out, grads = outputs_and_grads(model, x)
     model.set_grad_checkpointing()
     assert model.grad_checkpointing
-    out_checkpointed, grads_checkpointed = run()
+    out_checkpointed, grads_checkpointed = outputs_and_grads(model, x)
     torch.testing.assert_close(out_checkpointed, out, rtol=1e-5, atol=1e-6)
     for g_checkpointed, g in zip(grads_checkpointed, grads, strict=True):
         torch.testing.assert_close(g_checkpointed, g, rtol=1e-4, atol=1e-6)
 
 
-def _fx_model(model: torch.nn.Module, train: bool) -> tuple[torch.nn.Module, str]:
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-
-    tracer_kwargs = dict(
-        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
-    )
-    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
-    nodes = train_nodes if train else eval_nodes
-    return create_feature_extractor(
-        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs
-    ), nodes[-1]
-
-
 def test_fx_forward_equals_eager(mini):
     assert NeighborhoodAttention2D in get_notrace_modules() and check_images in get_notrace_functions()
-    fx_model, node = _fx_model(mini, train=False)
+    fx_model, node = trace_model(mini, train=False)
     x = _input()
     with torch.no_grad():
         assert torch.equal(fx_model(x)[node], mini(x))
@@ -385,7 +367,7 @@ def test_fx_forward_equals_eager(mini):
 
 def test_fx_backward_reaches_every_parameter():
     model = _small("dinat_m", num_classes=42).train()
-    fx_model, node = _fx_model(model, train=True)
+    fx_model, node = trace_model(model, train=True)
     out = fx_model(_input(2, 32))[node]
     out.mean().backward()
     assert out.shape == (2, 42)

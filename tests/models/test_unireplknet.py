@@ -15,6 +15,7 @@ from timm.utils import reparameterize_model
 
 import zoo
 from tests.helpers import DEVICE, assert_close
+from tests.models.contract import outputs_and_grads, trace_model
 from zoo.layers import DepthwiseConv2d, DilatedReparamBlock, UniRepLKNetBlock
 from zoo.models.unireplknet import UniRepLKNet, check_images, checkpoint_filter_fn
 
@@ -384,39 +385,20 @@ def test_gradient_checkpointing_gives_equal_outputs_and_gradients():
     model = _randomise(timm.create_model("unireplknet_a", backend="torch")).train()  # batch statistics
     x = _input(2)
 
-    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.zero_grad()
-        out = model(x)
-        out.square().mean().backward()
-        return out.detach(), [p.grad.clone() for p in model.parameters()]
-
-    out, grads = run()
+    out, grads = outputs_and_grads(model, x)
     model.set_grad_checkpointing()
     assert model.grad_checkpointing
-    out_checkpointed, grads_checkpointed = run()
+    out_checkpointed, grads_checkpointed = outputs_and_grads(model, x)
     torch.testing.assert_close(out_checkpointed, out, rtol=1e-5, atol=1e-6)
     for g_checkpointed, g in zip(grads_checkpointed, grads, strict=True):
         torch.testing.assert_close(g_checkpointed, g, rtol=1e-4, atol=1e-6)
-
-
-def _fx_model(model: torch.nn.Module, train: bool) -> tuple[torch.nn.Module, str]:
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-
-    tracer_kwargs = dict(
-        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True
-    )
-    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
-    nodes = train_nodes if train else eval_nodes
-    return create_feature_extractor(
-        model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]], tracer_kwargs=tracer_kwargs
-    ), nodes[-1]
 
 
 @pytest.mark.parametrize("deploy", [False, True], ids=["training-form", "deployed"])
 def test_fx_forward_equals_eager(atto, deploy):
     assert DilatedReparamBlock in get_notrace_modules() and check_images in get_notrace_functions()
     model = reparameterize_model(atto) if deploy else atto
-    fx_model, node = _fx_model(model, train=False)
+    fx_model, node = trace_model(model, train=False)
     x = _input()
     with torch.no_grad():
         assert torch.equal(fx_model(x)[node], model(x))
@@ -424,7 +406,7 @@ def test_fx_forward_equals_eager(atto, deploy):
 
 def test_fx_backward_reaches_every_parameter():
     model = timm.create_model("unireplknet_a", num_classes=42).train()
-    fx_model, node = _fx_model(model, train=True)
+    fx_model, node = trace_model(model, train=True)
     out = fx_model(_input(2))[node]
     out.mean().backward()
     assert out.shape == (2, 42)
