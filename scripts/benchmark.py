@@ -35,15 +35,15 @@ if not torch.cuda.is_available():  # the Triton rows run through the interpreter
 
 import triton  # noqa: E402
 
-from kernels.dwconv import (  # noqa: E402
+from zoo.kernels.dwconv import (  # noqa: E402
     dwconv2d,
     dwconv2d_reference,
     inception_dwconv2d,
     inception_dwconv2d_reference,
 )
-from kernels.fftconv import fftconv, fftconv_reference  # noqa: E402
-from kernels.rational import group_rational, group_rational_reference  # noqa: E402
-from kernels.ssm import s4d_kernel, s4d_kernel_reference  # noqa: E402
+from zoo.kernels.fftconv import fftconv, fftconv_reference  # noqa: E402
+from zoo.kernels.rational import group_rational, group_rational_reference  # noqa: E402
+from zoo.kernels.ssm import s4d_kernel, s4d_kernel_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASHEET_BANDWIDTH_GBPS = {  # HBM bandwidth from the vendors' datasheets, by device-name substring
@@ -417,7 +417,7 @@ def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device,
     4 B heads N K head_dim of a forward (QK and PV over each window), 2.5x that for forward+backward."""
     import torch.nn.functional as F
 
-    from kernels.neighborhood import na_reference, neighborhood_attention
+    from zoo.kernels.neighborhood import na_reference, neighborhood_attention
 
     rows = []
     for case, B, spatial, heads, head_dim, kernel, has_rpb in neighborhood_cases(small):

@@ -6,10 +6,13 @@ The official "gelu" entry was fitted to a different denominator and is off by mo
 (SPEC 1), so we fit our own, in float64 on a dense grid of [-3, 3]. Start: GELU(x) ~ x sigmoid(1.702 x) =
 swish(1.702 x) / 1.702, i.e. the official swish fit with its coefficients rescaled; then L-BFGS on the L^2,
 L^8 and L^32 norms of the error (the last two push the worst point down, towards a minimax fit).
-Deterministic: the printed coefficients are the ones stored in ``zoo/layers/rational.py``.
+The coefficients stored in ``zoo/layers/rational.py`` came from one run of this fit. The path of 2,000 L-BFGS
+iterations depends on the floating-point summation order (thread count, BLAS, CPU), so a re-run on another machine
+may land on other coefficients; what it reproduces is the quality: a max error within 10% of the stored init's
+documented bound (``GELU_INIT_MAX_ERROR``, 2.1e-3).
 
     python scripts/fit_gelu_rational.py           # prints the coefficients and the max error
-    python scripts/fit_gelu_rational.py --check   # also fails unless they equal the stored ones
+    python scripts/fit_gelu_rational.py --check   # also fails unless the max error is within 10% of the bound
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import math
 
 import torch
 
-from zoo.layers.rational import RATIONAL_INITS
+from zoo.layers.rational import GELU_INIT_MAX_ERROR, RATIONAL_INITS
 
 LOW, HIGH, POINTS = -3.0, 3.0, 6001
+CHECK_TOLERANCE = 1.10  # --check: a re-run's max error may exceed the stored init's bound by at most 10%
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -74,21 +78,19 @@ def fit() -> tuple[list[float], list[float], float]:
 
 
 def main() -> None:
-    """Fit, print, and with --check compare with the stored coefficients."""
+    """Fit, print, and with --check compare the max error with the stored init's bound."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="fail unless the fit equals the stored coefficients")
+    parser.add_argument("--check", action="store_true", help="fail unless the max error is within 10%% of the bound")
     args = parser.parse_args()
     numerator, denominator, max_error = fit()
     print(f"numerator   = {numerator}")
     print(f"denominator = {denominator}")
     print(f"max |F - GELU| on [{LOW}, {HIGH}] = {max_error:.3e}")
     if args.check:
-        stored = RATIONAL_INITS["gelu"]
-        close = all(math.isclose(u, v, rel_tol=1e-4, abs_tol=1e-9) for u, v in zip(numerator + denominator,
-                                                                                 stored.numerator + stored.denominator))
-        if not close:
-            raise SystemExit(f"the fit differs from the stored gelu init: {stored}")
-        print("matches zoo.layers.rational.RATIONAL_INITS['gelu']")
+        limit = CHECK_TOLERANCE * GELU_INIT_MAX_ERROR
+        if max_error > limit:
+            raise SystemExit(f"the fit's max error {max_error:.3e} exceeds {limit:.3e} (bound {GELU_INIT_MAX_ERROR})")
+        print(f"within {limit:.3e} (the stored gelu init's bound {GELU_INIT_MAX_ERROR:.1e}, plus 10%)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 import torch
 import triton
 
-from kernels.rational import group_rational, group_rational_backward, group_rational_forward
+from zoo.kernels.rational import group_rational, group_rational_backward, group_rational_forward
 
 
 def _cpu_us(fn, n: int = 200) -> float:

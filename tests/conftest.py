@@ -4,7 +4,7 @@ import os
 
 import torch
 
-# Must happen before `kernels` (and so triton.jit) is imported anywhere: on a machine without CUDA the Triton
+# Must happen before `zoo.kernels` (and so triton.jit) is imported anywhere: on a machine without CUDA the Triton
 # kernels run through the interpreter, on CPU tensors. On a GPU machine they compile and run on the GPU.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

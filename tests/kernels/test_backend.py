@@ -1,12 +1,12 @@
-"""Backend selection (kernels/_backend.py): argument > ZOO_BACKEND (read per call) > auto."""
+"""Backend selection (zoo/kernels/_backend.py): argument > ZOO_BACKEND (read per call) > auto."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import kernels._backend as backend_module
-from kernels._backend import requested_backend, resolve_backend
+import zoo.kernels._backend as backend_module
+from zoo.kernels._backend import requested_backend, resolve_backend
 
 
 def test_auto_picks_reference_on_cpu_and_triton_on_cuda(monkeypatch):

@@ -1,7 +1,7 @@
 """Every kernel configuration compiles ahead of time for sm_80 and sm_90, without register spills.
 
 Compilation needs the real Triton JIT (not the interpreter the other tests use on a CPU), so it runs in a
-subprocess: ``python -m kernels._aot --json``. The registers and spills are printed in the test summary.
+subprocess: ``python -m zoo.kernels._aot --json``. The registers and spills are printed in the test summary.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def reports() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "kernels._aot", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "zoo.kernels._aot", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]

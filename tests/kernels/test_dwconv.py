@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels._backend as backend_module
-from kernels.dwconv import (
+import zoo.kernels._backend as backend_module
+from zoo.kernels.dwconv import (
     dwconv2d,
     dwconv2d_backward,
     dwconv2d_forward,

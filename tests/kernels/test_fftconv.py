@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels._backend as backend_module
-import kernels.fftconv as fftconv_module
-from kernels.fftconv import fft_length, fftconv, fftconv_backward, fftconv_forward, fftconv_reference
+import zoo.kernels._backend as backend_module
+import zoo.kernels.fftconv as fftconv_module
+from zoo.kernels.fftconv import fft_length, fftconv, fftconv_backward, fftconv_forward, fftconv_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

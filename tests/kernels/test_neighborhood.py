@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-import kernels._backend as backend_module
-from kernels.neighborhood import (
+import zoo.kernels._backend as backend_module
+from zoo.kernels.neighborhood import (
     na1d,
     na2d,
     na3d,
@@ -187,7 +187,7 @@ def test_non_contiguous_inputs():
 
 def test_bias_gradient_over_batch_chunks(monkeypatch):
     """A buffer budget smaller than one batch item: the logit gradients go one item at a time."""
-    import kernels.neighborhood as na_module
+    import zoo.kernels.neighborhood as na_module
 
     monkeypatch.setattr(na_module, "DLOGIT_BYTES", 1)
     case = ((4, 6), 2, 16, 3, (1, 2), False, True)
@@ -244,7 +244,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_grid_limits():
     """Batch x heads rows go on the grid axis that takes 2^31 - 1 programs; the boxes on the one that takes 65535."""
-    from kernels.neighborhood import _grid
+    from zoo.kernels.neighborhood import _grid
 
     grid, tiles = _grid({"spatial": (1, 1, 64 * 1000), "dilation": (1, 1, 1)}, (1, 1, 64), 70000)
     assert grid == (70000, 1000) and tiles == (1, 1, 1000)

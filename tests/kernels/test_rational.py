@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels._backend as backend_module
-from kernels.rational import group_rational, group_rational_reference
+import zoo.kernels._backend as backend_module
+from zoo.kernels.rational import group_rational, group_rational_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -178,7 +178,7 @@ def test_bad_inputs_raise_clear_errors(backend):
 
 
 def test_device_mismatch_and_bad_gradients_raise_clear_errors():
-    from kernels.rational import group_rational_backward
+    from zoo.kernels.rational import group_rational_backward
 
     a, b = _coefficients(8)
     with pytest.raises(ValueError, match="must be on one device"):
@@ -194,7 +194,7 @@ def test_device_mismatch_and_bad_gradients_raise_clear_errors():
 
 @pytest.mark.parametrize("block_d", [0, 3, 1 << 16, 2.0])
 def test_block_d_override_is_validated(block_d):
-    from kernels.rational import group_rational_backward, group_rational_forward
+    from zoo.kernels.rational import group_rational_backward, group_rational_forward
 
     a, b = _coefficients(8)
     x = torch.randn(2, 16, device=DEVICE)
@@ -216,7 +216,7 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         group_rational(torch.randn(2, 16), a.cpu(), b.cpu(), backend="triton")
     # The launcher itself refuses too (no crash inside Triton).
-    from kernels.rational import group_rational_forward
+    from zoo.kernels.rational import group_rational_forward
 
     with pytest.raises(ValueError, match="CUDA"):
         group_rational_forward(torch.randn(2, 16), a.cpu(), b.cpu())

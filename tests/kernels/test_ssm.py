@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-import kernels._backend as backend_module
-from kernels.ssm import s4d_kernel, s4d_kernel_backward, s4d_kernel_forward, s4d_kernel_reference
+import zoo.kernels._backend as backend_module
+from zoo.kernels.ssm import s4d_kernel, s4d_kernel_backward, s4d_kernel_forward, s4d_kernel_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 
 METHODS = ["zoh", "bilinear"]
@@ -186,7 +186,7 @@ def test_torch_compile_fullgraph(backend):
 
 def test_compile_with_dynamic_length_feeding_fftconv():
     """The S4D layer's pattern: L taken from the input's shape (a SymInt under dynamic shapes), K fed to fftconv."""
-    from kernels.fftconv import fftconv
+    from zoo.kernels.fftconv import fftconv
 
     params = _params(3, 4, seed=7)
     D = torch.randn(3, device=DEVICE)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.neighborhood import na_reference
+from zoo.kernels.neighborhood import na_reference
 from tests.helpers import assert_close
 from zoo.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 

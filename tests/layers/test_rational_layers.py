@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.layers import KAN, RATIONAL_INITS, GroupRational
+from zoo.layers.rational import GELU_INIT_MAX_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +36,7 @@ def test_parameters_named_and_shaped_as_official():
     [
         ("identity", lambda x: x, 1e-7),
         ("swish", lambda x: x * torch.sigmoid(x), 1e-5),
-        ("gelu", _gelu, 2.2e-3),  # our own fit for this form (2.09e-3); required: < 1e-2
+        ("gelu", _gelu, GELU_INIT_MAX_ERROR),  # our own fit for this form; the official one is off by > 1
     ],
 )
 def test_inits_approximate_their_function_on_minus3_3(init, target, bound):
@@ -44,15 +47,13 @@ def test_inits_approximate_their_function_on_minus3_3(init, target, bound):
     assert error < bound, f"max |F - {init}| on [-3, 3] = {error:.3e}"
 
 
-def test_gelu_fit_script_reproduces_the_stored_coefficients():
-    spec = importlib.util.spec_from_file_location("fit_gelu_rational", ROOT / "scripts" / "fit_gelu_rational.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    numerator, denominator, max_error = module.fit()
-    stored = RATIONAL_INITS["gelu"]
-    assert max_error < 1e-2
-    for fitted, kept in zip(numerator + denominator, stored.numerator + stored.denominator):
-        assert math.isclose(fitted, kept, rel_tol=1e-4, abs_tol=1e-9), (numerator, denominator, stored)
+def test_gelu_fit_script_reaches_the_documented_error_on_a_rerun():
+    """The fit may land on other coefficients on another machine (summation order); its quality must hold."""
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_gelu_rational.py"), "--check"], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    max_error = float(re.search(r"max \|F - GELU\| on \[-3.0, 3.0\] = (\S+)", run.stdout).group(1))
+    assert max_error <= 1.1 * GELU_INIT_MAX_ERROR
 
 
 def test_group_rational_bad_arguments():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from kernels.dwconv import inception_dwconv2d
+from zoo.kernels.dwconv import inception_dwconv2d
 
 
 def _check_kernel_size(name: str, size: int) -> None:
@@ -23,7 +23,7 @@ class InceptionDWConv2d(nn.Module):
     order. The three branches are ``nn.Conv2d`` modules with timm's (and the official code's) shapes, so the
     state-dict keys equal those of ``timm.models.inception_next.InceptionDWConv2d``
     (``dwconv_hw.weight`` [gc, 1, k, k], ``dwconv_w.weight`` [gc, 1, 1, b], ``dwconv_h.weight`` [gc, 1, b, 1] and
-    their biases [gc]). The forward pass is one call of :func:`kernels.dwconv.inception_dwconv2d`: on the Triton
+    their biases [gc]). The forward pass is one call of :func:`zoo.kernels.dwconv.inception_dwconv2d`: on the Triton
     backend a single fused kernel (no split and concatenation copies).
 
     Args:
@@ -33,7 +33,7 @@ class InceptionDWConv2d(nn.Module):
         branch_ratio: fraction of the channels given to each convolution branch (at most 1/3).
         dilation: only 1: the fused op has no dilation (timm's ``MetaNeXtBlock`` passes it by keyword; it is
             larger than 1 only for ``output_stride`` < 32).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
         device, dtype: factory arguments for the convolution parameters.
 
     Input: ``[N, C, H, W]`` (contiguous NCHW or channels_last); output: the same shape and dtype.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.fftconv import fftconv
+from zoo.kernels.fftconv import fftconv
 from zoo.layers._padding import channels_first
 
 __all__ = ["LongConv", "LongConvKernel", "squash"]
@@ -86,7 +86,7 @@ class LongConv(nn.Module):
     """The long-convolution layer: y = GLU(Linear(dropout(GELU(K * u + D u)))), K the regularised learned kernel.
 
     Input and output are [B, H, L] when ``transposed`` (safari's default), else [B, L, H]. The convolution runs
-    through :func:`kernels.fftconv.fftconv` (FFT of size 2L, D skip and GELU fused) on the C*H channels (input
+    through :func:`zoo.kernels.fftconv.fftconv` (FFT of size 2L, D skip and GELU fused) on the C*H channels (input
     feature h feeds channels h, H + h, ...). Inputs longer than ``l_max`` see a kernel of ``l_max`` taps; shorter
     ones its first L taps. Bidirectional: the stored kernel has 2 l_max taps; taps 0..l_max-1 are the causal
     kernel, taps 2 l_max - 1 - m (the second half read backwards) the anti-causal kernel of lag m + 1 (S4's
@@ -148,7 +148,7 @@ class LongConv(nn.Module):
                 f"bidirectional={self.bidirectional}, backend={self.backend!r}")  # fmt: skip
 
     def conv_kernel(self, L: int) -> Tensor:
-        """The kernel the convolution of a length-L input uses, in :func:`kernels.fftconv.fftconv`'s layout:
+        """The kernel the convolution of a length-L input uses, in :func:`zoo.kernels.fftconv.fftconv`'s layout:
         [C*H, L'] (causal) or [2, C*H, L'] (bidirectional), L' = min(L, l_max)."""
         k = self.kernel()  # [C, H, l_max] or [C, H, 2 l_max]
         taps = min(L, self.l_max)

@@ -1,6 +1,6 @@
 """Neighborhood attention layers (NAT, Hassani et al., CVPR 2023; DiNAT, Hassani & Shi, 2022): multi-head
 self-attention of every token over a window of its neighbours (SPEC.md section 5), on ``[B, *spatial, dim]``
-inputs (channels last), through :func:`kernels.neighborhood.neighborhood_attention`.
+inputs (channels last), through :func:`zoo.kernels.neighborhood.neighborhood_attention`.
 
 Parameters as in the released NAT / DiNAT checkpoints: ``qkv`` (Linear(dim, 3 dim)), ``rpb`` (relative position
 bias [heads, 2 k - 1 per axis]) and ``proj`` (Linear(dim, dim)).
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.neighborhood import neighborhood_attention
+from zoo.kernels.neighborhood import neighborhood_attention
 
 __all__ = ["NeighborhoodAttention1D", "NeighborhoodAttention2D", "NeighborhoodAttention3D", "NeighborhoodAttention"]
 
@@ -43,7 +43,7 @@ class NeighborhoodAttention(nn.Module):
         qk_scale: logit scale (default head_dim ** -0.5).
         rel_pos_bias: learn the relative position bias ``rpb`` (trunc-normal init, std 0.02).
         attn_drop: dropout on the attention probabilities (runs the reference path in training: the fused kernels
-            never form the probabilities; see :func:`kernels.neighborhood.neighborhood_attention`).
+            never form the probabilities; see :func:`zoo.kernels.neighborhood.neighborhood_attention`).
         proj_drop: dropout after ``proj``.
         backend: ``"auto"``, ``"triton"`` or ``"torch"``.
     """

@@ -5,7 +5,7 @@ Parameters are named as in the official layer, so its state dicts load strictly:
 - ``kernel.log_dt`` [C*H], ``kernel.C`` [C*H, N/2, 2] (a complex tensor stored with ``torch.view_as_real``),
   ``kernel.log_A_real`` [C*H, N/2], ``kernel.A_imag`` [C*H, N/2]: the SSM; C = 1 kernel channel (causal) or
   C = 2 (bidirectional: rows ``0..H-1`` generate the causal kernel, rows ``H..2H-1`` the anti-causal one, the
-  ``[2, H, L]`` layout of :func:`kernels.fftconv.fftconv`);
+  ``[2, H, L]`` layout of :func:`zoo.kernels.fftconv.fftconv`);
 - ``D`` [H]: the skip term;
 - ``output_linear.0.weight`` [2H, H, 1] / ``output_linear.0.bias`` [2H]: Conv1d(H, 2H, 1), then GLU over the
   channels (``output_linear.1``, no parameters).
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.fftconv import fftconv
-from kernels.ssm import s4d_kernel
+from zoo.kernels.fftconv import fftconv
+from zoo.kernels.ssm import s4d_kernel
 from zoo.layers._padding import channels_first
 
 __all__ = ["S4D", "S4DKernel", "S4D_INITS", "s4d_init"]
@@ -93,7 +93,7 @@ class S4DKernel(nn.Module):
         dt_min, dt_max: log_dt ~ U[log dt_min, log dt_max].
         lr: learning rate of log_dt, log_A_real, A_imag (``_optim``); None keeps the optimiser's lr; 0.0 freezes
             them (registered as buffers, as in the official code).
-        backend: kernel backend of :func:`kernels.ssm.s4d_kernel`.
+        backend: kernel backend of :func:`zoo.kernels.ssm.s4d_kernel`.
     """
 
     def __init__(
@@ -143,7 +143,7 @@ class S4D(nn.Module):
     """The S4D layer: y = GLU(Conv1d(dropout(GELU(K * u + D u)))), K the S4D kernel (SPEC.md section 4).
 
     Input and output are [B, H, L] when ``transposed`` (the official default), else [B, L, H]. The causal
-    convolution runs through :func:`kernels.fftconv.fftconv` (FFT of size 2L, D skip and GELU fused); a
+    convolution runs through :func:`zoo.kernels.fftconv.fftconv` (FFT of size 2L, D skip and GELU fused); a
     bidirectional layer adds an anti-causal kernel (S4's convention: its lag-1 tap is ``k[1, :, 0]``).
 
     ``lengths`` (optional, [B] integers): a batch padded at the end; positions l >= lengths[b] of the input are

@@ -9,7 +9,7 @@ so the released checkpoints load strictly, in both of their forms:
 * deployed form (after :meth:`reparameterize`, or built with ``deploy=True``): one K x K depthwise kernel with bias
   per block, GRN without ``beta``, the second Linear with a bias; no batch norm, no layer scale.
 
-Every depthwise convolution runs through :func:`kernels.dwconv.dwconv2d` (dilation included), so on a GPU the
+Every depthwise convolution runs through :func:`zoo.kernels.dwconv.dwconv2d` (dilation included), so on a GPU the
 branches run on the Triton kernel. ``reparameterize()`` is idempotent: ``timm.utils.reparameterize_model`` calls it
 on a block and then again on the block's children.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from kernels.dwconv import dwconv2d
+from zoo.kernels.dwconv import dwconv2d
 
 __all__ = [
     "DILATED_BRANCHES",
@@ -83,14 +83,14 @@ def _check_channels(module: str, x: Tensor, channels: int) -> None:
 
 class DepthwiseConv2d(nn.Conv2d):
     """A depthwise ``nn.Conv2d`` (parameters ``weight`` [C, 1, k, k] and optional ``bias`` [C], zero "same"
-    padding) whose forward pass is :func:`kernels.dwconv.dwconv2d` on the chosen backend.
+    padding) whose forward pass is :func:`zoo.kernels.dwconv.dwconv2d` on the chosen backend.
 
     Args:
         channels: input = output channels C.
         kernel_size: odd kernel side k.
         bias: with a bias.
         dilation: dilation r (padding r (k - 1) / 2 keeps the size).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
     """
 
     def __init__(

@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.inception_next import MetaNeXt
 from torch import Tensor, nn
 
-from zoo.layers import InceptionDWConv2d
+from zoo.layers.inception import InceptionDWConv2d
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 

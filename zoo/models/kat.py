@@ -21,7 +21,8 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 from torch import nn
 
-from zoo.layers import KAN, GroupRational, variance_preserving_gain
+from zoo.layers.kan import KAN
+from zoo.layers.rational import GroupRational, variance_preserving_gain
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 

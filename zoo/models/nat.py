@@ -36,7 +36,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from zoo.layers import NeighborhoodAttention2D
+from zoo.layers.neighborhood import NeighborhoodAttention2D
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 

@@ -32,7 +32,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from zoo.layers import S4D, LongConv
+from zoo.layers.longconv import LongConv
+from zoo.layers.s4d import S4D
 from zoo.layers._padding import check_lengths
 from zoo.models._registry import register_model
 

@@ -26,7 +26,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from zoo.layers import DilatedReparamBlock, UniRepLKNetBlock
+from zoo.layers.unireplknet import DilatedReparamBlock, UniRepLKNetBlock
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 

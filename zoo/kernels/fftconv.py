@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._backend import (
+from zoo.kernels._backend import (
     INTERPRETER,
     check_float_tensor,
     check_triton_device,
@@ -625,7 +625,7 @@ def fftconv(
             L' <= L, zero beyond.
         D: ``[H]`` skip or None. activation: ``"none"`` or ``"gelu"`` (exact erf GELU).
         gate_in, gate_out: ``[B, H, L]`` or None (H3/Hyena gating).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
 
     Returns:
         ``[B, H, L]`` in the dtype of u (the FFT, or the direct sum for short kernels, runs in float32);
@@ -643,17 +643,17 @@ def fftconv(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def aot_specs() -> list:
-    """Compile specs (kernels/_aot.py): the five kernels at the GPU block sizes, for u (and gates, outputs) in bf16,
+    """Compile specs (zoo/kernels/_aot.py): the five kernels at the GPU block sizes, for u (and gates, outputs) in bf16,
     fp32 and fp16, with every optional part on (D, both gates, GELU, bidirectional) and off, at the launch-time
     specialisations of contiguous [B, H, L] tensors (H, L, n and the row strides multiples of 16, unit stride a
     constant); the epilogue kernels in their FFT and direct forms; and for bf16 once more with arbitrary sizes and
     strides. The kernel k and the float32 buffers are float32 pointers."""
-    from kernels._aot import KernelSpec
+    from zoo.kernels._aot import KernelSpec
 
     kernels = (_fftconv_prologue_kernel, _fftconv_fwd_kernel, _fftconv_bwd_epilogue_kernel, _fftconv_bwd_input_kernel,
                _direct_dk_kernel)  # fmt: skip

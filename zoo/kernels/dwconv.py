@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._backend import (
+from zoo.kernels._backend import (
     INTERPRETER,
     check_float_tensor,
     check_triton_device,
@@ -939,7 +939,7 @@ def dwconv2d(
             any strides; the output has the memory format of ``x``.
         weight: ``[C, 1, kh, kw]``, odd kh and kw (square or band kernels); bias: ``[C]`` or None.
         stride: 1 or 2 per axis; dilation: >= 1 per axis.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
 
     Returns:
         ``[N, C, H_out, W_out]`` in the dtype of ``x`` (the autocast dtype under autocast); differentiable in x,
@@ -990,16 +990,16 @@ def inception_dwconv2d(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def aot_specs() -> list:
-    """Compile specs (kernels/_aot.py). For bf16 (the training dtype), in both layouts: every autotune
+    """Compile specs (zoo/kernels/_aot.py). For bf16 (the training dtype), in both layouts: every autotune
     configuration of every kernel with the launch-time specialisations of a contiguous model activation
     (strides and sizes divisible by 16, the unit stride a constant), forward and input-gradient variants, and
     again with arbitrary strides, 64-bit offsets and stride 2. For fp32 and fp16: the first configuration."""
-    from kernels._aot import KernelSpec
+    from zoo.kernels._aot import KernelSpec
 
     conv_flags = [dict(TRANSPOSED=False, HAS_BIAS=True), dict(TRANSPOSED=True, HAS_BIAS=False)]
     kernels = (

@@ -6,8 +6,8 @@ resource usage (registers, spills) with the ``cuobjdump`` shipped inside Triton.
 
 Run it as a program (the Triton interpreter must be OFF, so do not set ``TRITON_INTERPRET``)::
 
-    python -m kernels._aot            # a table
-    python -m kernels._aot --json     # one JSON object per line (used by the tests)
+    python -m zoo.kernels._aot            # a table
+    python -m zoo.kernels._aot --json     # one JSON object per line (used by the tests)
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def all_specs() -> list[KernelSpec]:
     from importlib import import_module
 
     # by module path: `kernels` exports the function `fftconv`, which shadows the module of that name
-    modules = [import_module(f"kernels.{name}") for name in ("rational", "dwconv", "ssm", "fftconv",
+    modules = [import_module(f"zoo.kernels.{name}") for name in ("rational", "dwconv", "ssm", "fftconv",
                                                                      "neighborhood")]
     return [spec for module in modules for spec in module.aot_specs()]
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels._backend import (
+from zoo.kernels._backend import (
     INTERPRETER,
     check_float_tensor,
     check_triton_device,
@@ -767,7 +767,7 @@ def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilatio
             must fit each axis. is_causal: one bool or one per axis.
         rpb: relative position bias ``[heads, 2 k0 - 1(, 2 k1 - 1(, 2 k2 - 1))]`` or None (not with causal).
         scale: logit scale (default head_dim ** -0.5).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
         dropout_p: attention dropout (pass 0 in eval). It needs the probabilities, which the fused kernels never
             form: with ``dropout_p > 0`` ``"auto"`` runs the reference, and ``"triton"`` is an error.
 
@@ -816,16 +816,16 @@ na3d = _na_of_rank(3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def aot_specs() -> list:
-    """Compile specs (kernels/_aot.py): the forward and both backward kernels at the GPU tiles of 1-, 2- and 3-D
+    """Compile specs (zoo/kernels/_aot.py): the forward and both backward kernels at the GPU tiles of 1-, 2- and 3-D
     problems, for q, k, v in bf16, fp16 and fp32 with a bias, bf16 causal without one, and the 2-D kernels at
     head_dim 64 and 128; contiguous [B, *spatial, heads, head_dim] tensors (unit head_dim stride, the other
     strides multiples of 16), float32 bias, log-sum-exp and buffers."""
-    from kernels._aot import KernelSpec
+    from zoo.kernels._aot import KernelSpec
 
     fp32_buffers = {"rpb_ptr", "lse_ptr", "delta_ptr", "dlogit_ptr"}
     variants = [(dims, dtype, True, False, 32) for dims in (1, 2, 3) for dtype in ("bf16", "fp16", "fp32")]

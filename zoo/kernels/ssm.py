@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
+from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
 
 METHODS = ("zoh", "bilinear")
 
@@ -409,7 +409,7 @@ def s4d_kernel(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L:
         log_dt: ``[H]``; C: ``[H, N2, 2]`` (``torch.view_as_real`` of the complex C [H, N2]);
             log_A_real, A_imag: ``[H, N2]``. Any strides; float32 (float64 on the reference backend).
         L: kernel length (>= 1). method: ``"zoh"`` (S4D's default) or ``"bilinear"``.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
 
     Returns:
         ``[H, L]`` float32 (float64 from the reference with float64 parameters); differentiable in all four
@@ -428,16 +428,16 @@ def s4d_kernel(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
 def aot_specs() -> list:
-    """Compile specs (kernels/_aot.py): every autotune configuration of the forward and backward Vandermonde
+    """Compile specs (zoo/kernels/_aot.py): every autotune configuration of the forward and backward Vandermonde
     kernels (float32 only: the kernels compute in fp32) with the launch-time specialisations of S4D's sizes (N2,
     L and the chunk length multiples of 16, grad_K contiguous), and the first configuration of each without
     them (odd sizes, a strided grad_K)."""
-    from kernels._aot import KernelSpec
+    from zoo.kernels._aot import KernelSpec
 
     specs = []
     for kernel, configs in ((_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS), (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS)):

@@ -4,7 +4,7 @@ Backends:
 
 * ``"torch"``: the plain-PyTorch reference (any device; autograd through PyTorch).
 * ``"triton"``: the hand-written Triton kernels. Needs a CUDA tensor, or a CPU tensor with the Triton
-  interpreter switched on (``TRITON_INTERPRET=1`` set before ``kernels`` is imported).
+  interpreter switched on (``TRITON_INTERPRET=1`` set before ``zoo.kernels`` is imported).
 * ``"auto"``: Triton when the tensor is on CUDA and Triton is installed, the reference otherwise. The
   interpreter is never picked by ``auto``: it is only used when ``"triton"`` is asked for explicitly.
 
@@ -95,7 +95,7 @@ def check_triton_device(device: torch.device) -> None:
     if device.type == "cpu":
         raise ValueError(
             "backend='triton' needs a CUDA tensor, got a CPU tensor. To run the Triton interpreter on the "
-            "CPU, set TRITON_INTERPRET=1 before importing `kernels` (slow; meant for tests), or use "
+            "CPU, set TRITON_INTERPRET=1 before importing `zoo.kernels` (slow; meant for tests), or use "
             "backend='torch'."
         )
     raise ValueError(

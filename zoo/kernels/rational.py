@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
+from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
 
 NUMERATOR_TERMS = 6  # a0..a5: numerator order m = 5
 DENOMINATOR_TERMS = 4  # b0..b3: denominator order n = 4
@@ -500,7 +500,7 @@ def group_rational(
         x: ``[..., D]`` float16/bfloat16/float32 (float64 on the reference backend); any strides.
         weight_numerator: ``[1, 6]``, shared by all groups; kept in float32 under autocast.
         weight_denominator: ``[num_groups, 4]``; D must be divisible by ``num_groups``.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
 
     Returns:
         A tensor of the shape and dtype of ``x``; differentiable in all three inputs.
@@ -515,7 +515,7 @@ def group_rational(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ahead-of-time compile specs (kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -523,10 +523,10 @@ KAT_WIDTHS = (192, 384, 768, 1536, 3072)  # the dims and 4x MLP widths of kat_t/
 
 
 def aot_specs() -> list:
-    """Compile specs (kernels/_aot.py): every autotune configuration of the forward and backward kernels at the
+    """Compile specs (zoo/kernels/_aot.py): every autotune configuration of the forward and backward kernels at the
     column tiles the KAT widths use, for bf16 (the training dtype), and at the widest tile for fp32/fp16; one
     spec per kernel with no stride specialisation (non-contiguous inputs); the final reduction kernel."""
-    from kernels._aot import KernelSpec
+    from zoo.kernels._aot import KernelSpec
 
     fwd_block_ds = sorted({_forward_block_d(width) for width in KAT_WIDTHS})
     bwd_block_ds = sorted({_backward_block_d(width // 8) for width in KAT_WIDTHS})
