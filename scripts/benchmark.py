@@ -136,10 +136,19 @@ def copy_bandwidth_gbps(device: torch.device) -> float | None:
 # ------------------------------------------------------------------------------------------------ ops
 
 
-def _op_rows(op: str, case: str, dtype: torch.dtype, device: torch.device, impls: dict[str, Callable],
-             inputs: tuple[torch.Tensor, ...], grad_inputs: tuple[torch.Tensor, ...], dy: torch.Tensor | None,
-             moved: dict[str, int], flops: dict[str, int] | None = None,
-             passes: tuple[str, ...] = ("fwd", "fwd+bwd")) -> list[OpRow]:  # fmt: skip
+def _op_rows(
+    op: str,
+    case: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    impls: dict[str, Callable],
+    inputs: tuple[torch.Tensor, ...],
+    grad_inputs: tuple[torch.Tensor, ...],
+    dy: torch.Tensor | None,
+    moved: dict[str, int],
+    flops: dict[str, int] | None = None,
+    passes: tuple[str, ...] = ("fwd", "fwd+bwd"),
+) -> list[OpRow]:
     """Rows of one case: ``impl(*inputs)`` forward (no grad) and forward+backward (the gradients of
     ``grad_inputs`` for the output gradient ``dy``), eager and (on a GPU) as CUDA-graph replays. With ``flops``
     (the useful floating-point operations of each pass), the note gives the achieved TFLOP/s."""
@@ -162,8 +171,20 @@ def _op_rows(op: str, case: str, dtype: torch.dtype, device: torch.device, impls
             if flops:
                 notes.append(f"{flops[pass_] / ((graph_ms or ms) * 1e-3) / 1e12:.1f} TFLOP/s")
             gbps = moved[pass_] / ((graph_ms or ms) * 1e-3) / 1e9
-            rows.append(OpRow(op, case, str(dtype).removeprefix("torch."), pass_, impl, ms, graph_ms, moved[pass_],
-                              gbps, note=", ".join(notes)))  # fmt: skip
+            rows.append(
+                OpRow(
+                    op,
+                    case,
+                    str(dtype).removeprefix("torch."),
+                    pass_,
+                    impl,
+                    ms,
+                    graph_ms,
+                    moved[pass_],
+                    gbps,
+                    note=", ".join(notes),
+                )
+            )
     return rows
 
 
@@ -189,8 +210,17 @@ def bench_rational(small: bool, dtype: torch.dtype, device: torch.device, compil
         if compile_reference:
             impls["reference+compile"] = torch.compile(group_rational_reference, fullgraph=True)
         element = x.element_size() * x.numel()
-        rows += _op_rows("group_rational", case, dtype, device, impls, (x, a, b), (x, a, b), dy,
-                         {"fwd": 2 * element, "fwd+bwd": 5 * element})  # fmt: skip
+        rows += _op_rows(
+            "group_rational",
+            case,
+            dtype,
+            device,
+            impls,
+            (x, a, b),
+            (x, a, b),
+            dy,
+            {"fwd": 2 * element, "fwd+bwd": 5 * element},
+        )
     return rows
 
 
@@ -214,8 +244,9 @@ def bench_dwconv(small: bool, dtype: torch.dtype, device: torch.device, compile_
         impls = {"reference": dwconv2d_reference, "triton": lambda x, w, b: dwconv2d(x, w, b, backend="triton")}
         element = x.element_size() * x.numel()
         # forward: x in, y out; backward: dy in, dx out (input gradient), x and dy in again (weight gradient)
-        rows += _op_rows("dwconv2d", case, dtype, device, impls, leaves, leaves, dy,
-                         {"fwd": 2 * element, "fwd+bwd": 6 * element})  # fmt: skip
+        rows += _op_rows(
+            "dwconv2d", case, dtype, device, impls, leaves, leaves, dy, {"fwd": 2 * element, "fwd+bwd": 6 * element}
+        )
     return rows
 
 
@@ -233,8 +264,14 @@ def bench_inception(small: bool, dtype: torch.dtype, device: torch.device, compi
     for case, shape in inception_cases(small):
         gc = shape[1] // 8
         x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
-        params = [torch.randn(gc, 1, 3, 3), torch.randn(gc), torch.randn(gc, 1, 1, 11), torch.randn(gc),
-                  torch.randn(gc, 1, 11, 1), torch.randn(gc)]  # fmt: skip
+        params = [
+            torch.randn(gc, 1, 3, 3),
+            torch.randn(gc),
+            torch.randn(gc, 1, 1, 11),
+            torch.randn(gc),
+            torch.randn(gc, 1, 11, 1),
+            torch.randn(gc),
+        ]
         leaves = (x.requires_grad_(), *(p.to(device, dtype).requires_grad_() for p in params))
         dy = torch.randn_like(x)
         impls: dict[str, Callable] = {
@@ -244,8 +281,17 @@ def bench_inception(small: bool, dtype: torch.dtype, device: torch.device, compi
         if compile_reference:
             impls["reference+compile"] = torch.compile(inception_dwconv2d_reference, fullgraph=True)
         element = x.element_size() * x.numel()
-        rows += _op_rows("inception_dwconv2d", case, dtype, device, impls, leaves, leaves, dy,
-                         {"fwd": 2 * element, "fwd+bwd": 6 * element})  # fmt: skip
+        rows += _op_rows(
+            "inception_dwconv2d",
+            case,
+            dtype,
+            device,
+            impls,
+            leaves,
+            leaves,
+            dy,
+            {"fwd": 2 * element, "fwd+bwd": 6 * element},
+        )
     return rows
 
 
@@ -263,8 +309,12 @@ def bench_ssm(small: bool, dtype: torch.dtype, device: torch.device, compile_ref
     rows = []
     for case, H, N, L in ssm_cases(small):
         a_imag = torch.pi * torch.arange(N // 2, device=device, dtype=torch.float32).expand(H, -1)  # S4D-Lin
-        params = (torch.rand(H, device=device) * 4.6 - 6.9, torch.randn(H, N // 2, 2, device=device),
-                  torch.full((H, N // 2), -0.69, device=device), a_imag)  # log_dt in [log 1e-3, log 1e-1]
+        params = (
+            torch.rand(H, device=device) * 4.6 - 6.9,
+            torch.randn(H, N // 2, 2, device=device),
+            torch.full((H, N // 2), -0.69, device=device),
+            a_imag,
+        )  # log_dt in [log 1e-3, log 1e-1]
         leaves = tuple(p.clone().requires_grad_() for p in params)
         dy = torch.randn(H, L, device=device)
         impls: dict[str, Callable] = {
@@ -273,8 +323,17 @@ def bench_ssm(small: bool, dtype: torch.dtype, device: torch.device, compile_ref
         }
         if compile_reference:
             impls["reference+compile"] = torch.compile(lambda *p, L=L: s4d_kernel_reference(*p, L), fullgraph=True)
-        rows += _op_rows("s4d_kernel", case, torch.float32, device, impls, leaves, leaves, dy,
-                         {"fwd": 4 * H * L, "fwd+bwd": 8 * H * L})  # fmt: skip
+        rows += _op_rows(
+            "s4d_kernel",
+            case,
+            torch.float32,
+            device,
+            impls,
+            leaves,
+            leaves,
+            dy,
+            {"fwd": 4 * H * L, "fwd+bwd": 8 * H * L},
+        )
     return rows
 
 
@@ -315,8 +374,17 @@ def bench_fftconv(small: bool, dtype: torch.dtype, device: torch.device, compile
             impls["reference+compile"] = torch.compile(reference, fullgraph=True)
         element = u.element_size() * u.numel()
         streams = 1 + len(gates)
-        rows += _op_rows("fftconv", case, dtype, device, impls, leaves, leaves, dy,
-                         {"fwd": (streams + 1) * element, "fwd+bwd": (3 * streams + 2) * element})  # fmt: skip
+        rows += _op_rows(
+            "fftconv",
+            case,
+            dtype,
+            device,
+            impls,
+            leaves,
+            leaves,
+            dy,
+            {"fwd": (streams + 1) * element, "fwd+bwd": (3 * streams + 2) * element},
+        )
     return rows
 
 
@@ -335,8 +403,9 @@ def _set_backend(module: torch.nn.Module, backend: str) -> torch.nn.Module:
     return module
 
 
-def bench_sequence_layers(small: bool, dtype: torch.dtype, device: torch.device,
-                          compile_reference: bool) -> list[OpRow]:  # fmt: skip
+def bench_sequence_layers(
+    small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool
+) -> list[OpRow]:
     """Rows for the S4D and LongConv layers (bidirectional, LongConv with 2 channels; under autocast ``dtype``):
     the reference backend ("reference", also compiled) and the Triton backend (on a GPU only), forward and
     forward+backward with the gradients of the input and of every parameter. LongConv's rows beside S4D's at the
@@ -348,8 +417,10 @@ def bench_sequence_layers(small: bool, dtype: torch.dtype, device: torch.device,
         u = torch.randn(B, H, L, device=device, requires_grad=True)
         dy = torch.randn(B, H, L, device=device)
         element = 2 * u.numel()  # the autocast dtype's bytes
-        for op, layer in (("s4d_layer", S4D(H, d_state=64, bidirectional=True)),
-                          ("longconv_layer", LongConv(H, L, bidirectional=True))):  # fmt: skip
+        for op, layer in (
+            ("s4d_layer", S4D(H, d_state=64, bidirectional=True)),
+            ("longconv_layer", LongConv(H, L, bidirectional=True)),
+        ):
             layer = layer.to(device)
 
             def forward(u, *params, layer=layer):
@@ -369,8 +440,9 @@ def bench_sequence_layers(small: bool, dtype: torch.dtype, device: torch.device,
             if compile_reference:
                 impls["reference+compile"] = with_backend("torch", torch.compile(forward, fullgraph=True))
             leaves = (u, *layer.parameters())
-            rows += _op_rows(op, case, dtype, device, impls, leaves, leaves, dy,
-                             {"fwd": 2 * element, "fwd+bwd": 5 * element})  # fmt: skip
+            rows += _op_rows(
+                op, case, dtype, device, impls, leaves, leaves, dy, {"fwd": 2 * element, "fwd+bwd": 5 * element}
+            )
     return rows
 
 
@@ -408,8 +480,7 @@ def _flex_na2d(q, k, v, rpb, kernel: int):
     return out.transpose(1, 2).reshape(q.shape)
 
 
-def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device,
-                       compile_reference: bool) -> list[OpRow]:  # fmt: skip
+def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
     """Rows for zoo::neighborhood_attention: the reference (gathered windows), FlexAttention with a
     neighbourhood block mask under torch.compile (GPU; the issue's peer), and Triton; and, on a GPU, the 1-D long
     case (L 32768, window 2049, forward) beside dense SDPA, whose FLOP rate (note) is the "speed of light".
@@ -427,33 +498,64 @@ def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device,
         dy = torch.randn(shape, device=device, dtype=dtype)
         impls: dict[str, Callable] = {
             "reference": lambda q, k, v, rpb, kernel=kernel: na_reference(q, k, v, kernel, rpb=rpb),
-            "triton": lambda q, k, v, rpb, kernel=kernel: neighborhood_attention(q, k, v, kernel, rpb=rpb,
-                                                                                backend="triton"),
-        }  # fmt: skip
+            "triton": lambda q, k, v, rpb, kernel=kernel: neighborhood_attention(
+                q, k, v, kernel, rpb=rpb, backend="triton"
+            ),
+        }
         if device.type == "cuda" and len(spatial) == 2:
             impls["flex+compile"] = torch.compile(lambda q, k, v, rpb, kernel=kernel: _flex_na2d(q, k, v, rpb, kernel))
         element = q.element_size() * q.numel()
         useful = 4 * B * heads * math.prod(spatial) * kernel ** len(spatial) * head_dim
-        rows += _op_rows("neighborhood_attention", case, dtype, device, impls, (q, k, v, rpb), (q, k, v, rpb), dy,
-                         {"fwd": 4 * element, "fwd+bwd": 12 * element},
-                         flops={"fwd": useful, "fwd+bwd": int(2.5 * useful)})  # fmt: skip
+        rows += _op_rows(
+            "neighborhood_attention",
+            case,
+            dtype,
+            device,
+            impls,
+            (q, k, v, rpb),
+            (q, k, v, rpb),
+            dy,
+            {"fwd": 4 * element, "fwd+bwd": 12 * element},
+            flops={"fwd": useful, "fwd+bwd": int(2.5 * useful)},
+        )
     if device.type == "cuda":  # 1-D, L 32768, window 2049, forward: NA's FLOP rate vs dense attention's
         B, L, heads, head_dim, window = 1, 32768, 8, 64, 2049
         q, k, v = (torch.randn(B, L, heads, head_dim, device=device, dtype=dtype) for _ in range(3))
         case = f"B{B}xL{L}xH{heads}xD{head_dim}xK{window}"
-        impls = {"triton": lambda q, k, v: neighborhood_attention(q, k, v, window, backend="triton"),
-                 "sdpa-dense": lambda q, k, v: F.scaled_dot_product_attention(
-                     *(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)}  # fmt: skip
+        impls = {
+            "triton": lambda q, k, v: neighborhood_attention(q, k, v, window, backend="triton"),
+            "sdpa-dense": lambda q, k, v: F.scaled_dot_product_attention(
+                *(t.transpose(1, 2) for t in (q, k, v))
+            ).transpose(1, 2),
+        }
         element = q.element_size() * q.numel()
         for impl, fn in impls.items():
             useful = 4 * B * heads * L * (window if impl == "triton" else L) * head_dim
-            rows += _op_rows("neighborhood_attention", case, dtype, device, {impl: fn}, (q, k, v), (), None,
-                             {"fwd": 4 * element}, flops={"fwd": useful}, passes=("fwd",))  # fmt: skip
+            rows += _op_rows(
+                "neighborhood_attention",
+                case,
+                dtype,
+                device,
+                {impl: fn},
+                (q, k, v),
+                (),
+                None,
+                {"fwd": 4 * element},
+                flops={"fwd": useful},
+                passes=("fwd",),
+            )
     return rows
 
 
-OPS = {"rational": bench_rational, "dwconv": bench_dwconv, "inception": bench_inception, "ssm": bench_ssm,
-       "fftconv": bench_fftconv, "sequence": bench_sequence_layers, "neighborhood": bench_neighborhood}  # fmt: skip
+OPS = {
+    "rational": bench_rational,
+    "dwconv": bench_dwconv,
+    "inception": bench_inception,
+    "ssm": bench_ssm,
+    "fftconv": bench_fftconv,
+    "sequence": bench_sequence_layers,
+    "neighborhood": bench_neighborhood,
+}
 
 # group -> (registered name, model kwargs, backend label): each zoo model with both backends, then its timm peers.
 MODELS = {
@@ -493,8 +595,14 @@ LISTOPS_LENGTH = 2000  # LRA ListOps' longest sequences (small runs: 40)
 CHANNELS_LAST_GROUPS = {"inceptionnext", "unireplknet"}  # convolutional networks run channels_last (all of them)
 
 
-def bench_models(small: bool, dtype: torch.dtype, device: torch.device, groups: list[str] | None = None,
-                 batch: int | None = None, img_size: int | None = None) -> list[ModelRow]:  # fmt: skip
+def bench_models(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    groups: list[str] | None = None,
+    batch: int | None = None,
+    img_size: int | None = None,
+) -> list[ModelRow]:
     """Images/s of a training step (forward, cross-entropy, backward, AdamW) and of inference, under autocast.
 
     On a CPU the Triton backend would run through the interpreter: those rows are skipped.
@@ -517,8 +625,17 @@ def bench_models(small: bool, dtype: torch.dtype, device: torch.device, groups: 
     return rows
 
 
-def _bench_model(group: str, name: str, kwargs: dict, backend: str, batch: int, img_size: int,
-                 dtype: torch.dtype, device: torch.device, timm) -> list[ModelRow]:  # fmt: skip
+def _bench_model(
+    group: str,
+    name: str,
+    kwargs: dict,
+    backend: str,
+    batch: int,
+    img_size: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    timm,
+) -> list[ModelRow]:
     """The train and infer rows of one model."""
     rows = []
     torch.manual_seed(0)
@@ -548,11 +665,12 @@ def _bench_model(group: str, name: str, kwargs: dict, backend: str, batch: int, 
     for mode, step in (("train", train_step), ("infer", infer_step)):
         model.train(mode == "train")
         ms = _time_ms(step, device, warmup_ms=2000, rep_ms=4000)  # steps of tens of ms: many of each
-        rows.append(ModelRow(group, name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms,
-                             batch / (ms * 1e-3)))
+        rows.append(
+            ModelRow(
+                group, name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms, batch / (ms * 1e-3)
+            )
+        )
     return rows
-
-
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -561,8 +679,9 @@ def _bench_model(group: str, name: str, kwargs: dict, backend: str, batch: int, 
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         return (out.stdout.strip() or "unknown") + ("+dirty" if dirty else "")
     except OSError:
         return "unknown"
@@ -636,10 +755,15 @@ def render_markdown(results_dir: Path) -> str:
             ]
             for r in data["models"]:
                 group = r.get("group", "kat")  # files written before model groups existed hold KAT rows only
-                peers = [p for p in data["models"] if p["backend"] == "timm" and p.get("group", "kat") == group
-                         and p["mode"] == r["mode"]]  # fmt: skip
-                ratio = "" if r["backend"] == "timm" else ", ".join(
-                    f"{r['images_per_s'] / p['images_per_s']:.2f}x {p['model']}" for p in peers
+                peers = [
+                    p
+                    for p in data["models"]
+                    if p["backend"] == "timm" and p.get("group", "kat") == group and p["mode"] == r["mode"]
+                ]
+                ratio = (
+                    ""
+                    if r["backend"] == "timm"
+                    else ", ".join(f"{r['images_per_s'] / p['images_per_s']:.2f}x {p['model']}" for p in peers)
                 )
                 lines.append(
                     f"| {r['model']} | {r['backend']} | {r['mode']} | {r['batch']} | {r['img_size']} | {r['dtype']} | "
@@ -654,20 +778,32 @@ def main(argv: list[str] | None = None) -> Results:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", nargs="*", default=sorted(OPS), choices=sorted(OPS), help="ops to time")
     parser.add_argument("--no-models", action="store_true", help="skip the model rows")
-    parser.add_argument("--models", nargs="*", default=sorted(MODELS), choices=sorted(MODELS),
-                        help="model groups to time (each zoo model with both backends and its timm peers)")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=sorted(MODELS),
+        choices=sorted(MODELS),
+        help="model groups to time (each zoo model with both backends and its timm peers)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="model batch (default 128 on a GPU, 2 small)")
     parser.add_argument("--img-size", type=int, default=None, help="model image size (default 224, 32 small)")
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (default on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference rows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
-    parser.add_argument("--commit", default=None,
-                        help="commit to record (default: the short hash of HEAD, +dirty for uncommitted changes; "
-                             "give it where the checkout has no .git)")
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="markdown table to regenerate (default: benchmarks/README.md for the default results "
-                             "folder, else README.md inside --out)")
+    parser.add_argument(
+        "--commit",
+        default=None,
+        help="commit to record (default: the short hash of HEAD, +dirty for uncommitted changes; "
+        "give it where the checkout has no .git)",
+    )
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="markdown table to regenerate (default: benchmarks/README.md for the default results "
+        "folder, else README.md inside --out)",
+    )
     args = parser.parse_args(argv)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -675,9 +811,16 @@ def main(argv: list[str] | None = None) -> Results:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}"
     datasheet = next((v for k, v in DATASHEET_BANDWIDTH_GBPS.items() if k in device_name), None)
     copy_bw = copy_bandwidth_gbps(device)
-    results = Results(device_name, torch.__version__, triton.__version__, platform.python_version(),
-                      args.commit or _commit(),
-                      _dt.date.today().isoformat(), copy_bw, datasheet)
+    results = Results(
+        device_name,
+        torch.__version__,
+        triton.__version__,
+        platform.python_version(),
+        args.commit or _commit(),
+        _dt.date.today().isoformat(),
+        copy_bw,
+        datasheet,
+    )
     dtype = getattr(torch, args.dtype)
     for op in args.ops:
         results.ops += OPS[op](small, dtype, device, compile_reference=not args.no_compile)
@@ -700,8 +843,9 @@ def main(argv: list[str] | None = None) -> Results:
         graph = "" if r.graph_ms is None else f"{r.graph_ms:.3f}"
         print(f"{r.op:<16} {r.case:<16} {r.pass_:<8} {r.impl:<18} {r.ms:>9.3f} {graph:>9} {r.gbps:>8.1f} {frac:>6}")
     for r in results.models:
-        print(f"{r.model:<22} {r.backend:<15} {r.mode:<6} batch {r.batch:<4} {r.ms:>9.2f} ms "
-              f"{r.images_per_s:>9.0f} img/s")
+        print(
+            f"{r.model:<22} {r.backend:<15} {r.mode:<6} batch {r.batch:<4} {r.ms:>9.2f} ms {r.images_per_s:>9.0f} img/s"
+        )
     print(f"wrote {path} and {readme}", file=sys.stderr)
     return results
 

@@ -52,8 +52,15 @@ def refine(x, target, a, b, power: int, steps: int) -> tuple[torch.Tensor, torch
     """L-BFGS on the L^power norm of F - target over the grid, from (a, b)."""
     a = a.clone().requires_grad_(True)
     b = b.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([a, b], lr=1.0, max_iter=steps, tolerance_grad=1e-14, tolerance_change=1e-16,
-                                  history_size=50, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        [a, b],
+        lr=1.0,
+        max_iter=steps,
+        tolerance_grad=1e-14,
+        tolerance_change=1e-16,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         optimizer.zero_grad()

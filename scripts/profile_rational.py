@@ -66,11 +66,14 @@ def main() -> None:
         nbytes = x.numel() * x.element_size()
         print(f"--- width {width}: x is {nbytes / 1e6:.1f} MB")
         for block_d in (None, 64, 128, 256):
-            fwd = triton.testing.do_bench(lambda: group_rational_forward(x, a, b, block_d=block_d), return_mode="median")
+            fwd = triton.testing.do_bench(
+                lambda: group_rational_forward(x, a, b, block_d=block_d), return_mode="median"
+            )
             print(f"fwd block_d={block_d}: {fwd * 1e3:7.1f} us ({2 * nbytes / fwd / 1e6:6.0f} GB/s)")
         for block_d in (None, 32, 64, 128, None):
-            bwd = triton.testing.do_bench(lambda: group_rational_backward(dy, x, a, b, block_d=block_d),
-                                          return_mode="median")
+            bwd = triton.testing.do_bench(
+                lambda: group_rational_backward(dy, x, a, b, block_d=block_d), return_mode="median"
+            )
             print(f"bwd block_d={block_d}: {bwd * 1e3:7.1f} us ({3 * nbytes / bwd / 1e6:6.0f} GB/s)")
         xr = x.clone().requires_grad_(True)
         ar, br = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
@@ -78,16 +81,19 @@ def main() -> None:
         def step():
             return torch.autograd.grad(group_rational(xr, ar, br, backend="triton"), (xr, ar, br), dy)
 
-        print(f"host us/call: forward launcher {_cpu_us(lambda: group_rational_forward(x, a, b)):.1f}, "
-              f"op {_cpu_us(lambda: torch.ops.zoo.group_rational(x, a, b)):.1f}, "
-              f"backward launcher {_cpu_us(lambda: group_rational_backward(dy, x, a, b)):.1f}, "
-              f"autograd fwd+bwd {_cpu_us(step):.1f}, "
-              f"x.mul(2) for scale {_cpu_us(lambda: x.mul(2)):.1f}, "
-              f"autograd of x*2 {_cpu_us(lambda: torch.autograd.grad(xr * 2, xr, dy)):.1f}")
+        print(
+            f"host us/call: forward launcher {_cpu_us(lambda: group_rational_forward(x, a, b)):.1f}, "
+            f"op {_cpu_us(lambda: torch.ops.zoo.group_rational(x, a, b)):.1f}, "
+            f"backward launcher {_cpu_us(lambda: group_rational_backward(dy, x, a, b)):.1f}, "
+            f"autograd fwd+bwd {_cpu_us(step):.1f}, "
+            f"x.mul(2) for scale {_cpu_us(lambda: x.mul(2)):.1f}, "
+            f"autograd of x*2 {_cpu_us(lambda: torch.autograd.grad(xr * 2, xr, dy)):.1f}"
+        )
         eager = triton.testing.do_bench(step, return_mode="median")
         graph = triton.testing.do_bench_cudagraph(step, return_mode="median")
-        print(f"fwd+bwd eager {eager * 1e3:.1f} us, CUDA graph {graph * 1e3:.1f} us "
-              f"({5 * nbytes / graph / 1e6:.0f} GB/s)")
+        print(
+            f"fwd+bwd eager {eager * 1e3:.1f} us, CUDA graph {graph * 1e3:.1f} us ({5 * nbytes / graph / 1e6:.0f} GB/s)"
+        )
 
 
 if __name__ == "__main__":

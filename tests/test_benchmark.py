@@ -22,13 +22,16 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     data = json.loads(files[0].read_text())
     assert data["device"] == results.device and data["torch"] and data["triton"]
     combos = {(r["op"], r["impl"], r["pass_"]) for r in data["ops"]}
-    impls = {"group_rational": {"reference", "reference+compile", "triton"}, "dwconv2d": {"reference", "triton"},
-             "inception_dwconv2d": {"reference", "reference+compile", "triton"},
-             "s4d_kernel": {"reference", "reference+compile", "triton"},
-             "fftconv": {"reference", "reference+compile", "triton"},
-             "s4d_layer": {"reference", "reference+compile"},
-             "longconv_layer": {"reference", "reference+compile"},
-             "neighborhood_attention": {"reference", "triton"}}  # fmt: skip
+    impls = {
+        "group_rational": {"reference", "reference+compile", "triton"},
+        "dwconv2d": {"reference", "triton"},
+        "inception_dwconv2d": {"reference", "reference+compile", "triton"},
+        "s4d_kernel": {"reference", "reference+compile", "triton"},
+        "fftconv": {"reference", "reference+compile", "triton"},
+        "s4d_layer": {"reference", "reference+compile"},
+        "longconv_layer": {"reference", "reference+compile"},
+        "neighborhood_attention": {"reference", "triton"},
+    }
     assert combos == {(op, i, p) for op, names in impls.items() for i in names for p in ("fwd", "fwd+bwd")}
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
     assert all("TFLOP/s" in r["note"] for r in data["ops"] if r["op"] == "neighborhood_attention")
@@ -39,13 +42,20 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     assert "| fftconv | B2xH3xL37xK5 | bfloat16 | fwd+bwd | triton |" in table
     # model rows: each zoo model with the reference backend (Triton would be the interpreter on a CPU), its peers
     models = {(r["group"], r["model"], r["backend"], r["mode"]) for r in data["models"]}
-    expected = [("kat", "kat_t", "torch"), ("kat", "vit_tiny_patch16_224", "timm"),
-                ("inceptionnext", "inceptionnext_t", "torch"), ("inceptionnext", "convnext_tiny", "timm"),
-                ("inceptionnext", "inception_next_tiny", "timm"), ("unireplknet", "unireplknet_t", "torch"),
-                ("unireplknet", "unireplknet_t", "torch-deployed"),
-                ("unireplknet", "convnext_tiny", "timm"), ("listops", "s4d_s", "torch"),
-                ("listops", "longconv_s", "torch"), ("nat", "nat_m", "torch"),
-                ("nat", "convnext_tiny", "timm")]  # fmt: skip
+    expected = [
+        ("kat", "kat_t", "torch"),
+        ("kat", "vit_tiny_patch16_224", "timm"),
+        ("inceptionnext", "inceptionnext_t", "torch"),
+        ("inceptionnext", "convnext_tiny", "timm"),
+        ("inceptionnext", "inception_next_tiny", "timm"),
+        ("unireplknet", "unireplknet_t", "torch"),
+        ("unireplknet", "unireplknet_t", "torch-deployed"),
+        ("unireplknet", "convnext_tiny", "timm"),
+        ("listops", "s4d_s", "torch"),
+        ("listops", "longconv_s", "torch"),
+        ("nat", "nat_m", "torch"),
+        ("nat", "convnext_tiny", "timm"),
+    ]
     assert models == {(*row, mode) for row in expected for mode in ("train", "infer")}
     assert all(r["images_per_s"] > 0 for r in data["models"])
     assert "| kat_t | torch | train | 2 | 32 |" in table

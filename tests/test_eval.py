@@ -28,9 +28,17 @@ from zoo.training.trainer import train  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 TINY_KWARGS = {"depth": 2, "embed_dim": 32, "num_heads": 2}
 TRAIN = [
-    "model=kat_t", "+model.kwargs.depth=2", "+model.kwargs.embed_dim=32", "+model.kwargs.num_heads=2",
-    "data.train_subset=256", "data.eval_subset=128", "batch_size=32", "progress=false", "epochs=1", "device=cpu",
-]  # fmt: skip
+    "model=kat_t",
+    "+model.kwargs.depth=2",
+    "+model.kwargs.embed_dim=32",
+    "+model.kwargs.num_heads=2",
+    "data.train_subset=256",
+    "data.eval_subset=128",
+    "batch_size=32",
+    "progress=false",
+    "epochs=1",
+    "device=cpu",
+]
 # train.py evaluates with eval_batch_size = 2 * batch_size: the same batches give bit-identical logits.
 EVAL = ["data.eval_subset=128", "batch_size=64", "device=cpu"]
 
@@ -103,8 +111,11 @@ def test_model_with_pretrained_file(run, tmp_path):
     assert summary["top1"] == pytest.approx(run["top1"], abs=1e-9)
     _check_outputs(summary, out_dir)
     # the Python API takes a plain name and every argument explicitly
-    model, args = load_model_for_eval(model="kat_t", pretrained_file=weights, model_kwargs=dict(
-        img_size=8, patch_size=4, in_chans=1, num_classes=10, **TINY_KWARGS))  # fmt: skip
+    model, args = load_model_for_eval(
+        model="kat_t",
+        pretrained_file=weights,
+        model_kwargs=dict(img_size=8, patch_size=4, in_chans=1, num_classes=10, **TINY_KWARGS),
+    )
     assert {"architecture": "kat_t", "img_size": 8, "num_classes": 10, "in_chans": 1}.items() <= args.items()
     trained = load_checkpoint(run["dir"] / "last.pt")["model"]
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())

@@ -29,8 +29,16 @@ def _weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def test_digits_model_fine_tunes_on_a_three_class_rgb_folder(tmp_path, digits_run):
     _image_folder(tmp_path / "images")  # 3 classes of RGB images
-    summary = train(_compose(tmp_path / "ft", "data=imagenet", f"data.root={tmp_path / 'images'}", "epochs=1",
-                             "batch_size=4", f"finetune={digits_run['run_dir']}"))  # fmt: skip
+    summary = train(
+        _compose(
+            tmp_path / "ft",
+            "data=imagenet",
+            f"data.root={tmp_path / 'images'}",
+            "epochs=1",
+            "batch_size=4",
+            f"finetune={digits_run['run_dir']}",
+        )
+    )
     source, tuned = _weights(digits_run["checkpoint"]), _weights(summary["checkpoint"])
     # the image size (8) and the patch size (4) come from the source; channels and classes from the data
     assert tuned["pos_embed"].shape == source["pos_embed"].shape == (1, 5, 32)
@@ -48,8 +56,9 @@ def test_sources_export_and_foreign_file_and_a_new_image_size(tmp_path, digits_r
     assert all(torch.equal(tuned[k], source[k]) for k in source)  # lr 0: the weights are the source's
     foreign = tmp_path / "official.pth"
     torch.save({"model": source, "epoch": 299}, foreign)  # the layout of the released KAT checkpoints
-    run = train(_compose(tmp_path / "b", "epochs=1", "optim.lr=0", "sched=constant", f"finetune={foreign}",
-                         "img_size=16"))  # fmt: skip
+    run = train(
+        _compose(tmp_path / "b", "epochs=1", "optim.lr=0", "sched=constant", f"finetune={foreign}", "img_size=16")
+    )
     tuned = _weights(run["checkpoint"])
     assert tuned["pos_embed"].shape == (1, 17, 32)  # resampled from 2x2 to 4x4 patches
     assert torch.equal(tuned["blocks.1.mlp.act2.weight_denominator"], source["blocks.1.mlp.act2.weight_denominator"])
@@ -69,16 +78,25 @@ def test_layer_decay_and_frozen_backbone(tmp_path, digits_run):
     changed = {k for k in source if not torch.equal(source[k], tuned[k])}
     assert changed == {"head.weight", "head.bias"}
     # layer decay is in force from the first step (constant schedule, no warmup)
-    run = train(_compose(tmp_path / "d", "epochs=1", f"finetune={digits_run['run_dir']}", "layer_decay=0.5",
-                         "sched=constant", "optim.lr=1e-3"))  # fmt: skip
+    run = train(
+        _compose(
+            tmp_path / "d",
+            "epochs=1",
+            f"finetune={digits_run['run_dir']}",
+            "layer_decay=0.5",
+            "sched=constant",
+            "optim.lr=1e-3",
+        )
+    )
     lrs = sorted({round(g["lr"], 12) for g in load_checkpoint(run["checkpoint"])["optimizer"]["param_groups"]})
     assert lrs == [1.25e-4, 2.5e-4, 5e-4, 1e-3]  # patch embedding, block 0, block 1, head (2 blocks)
 
 
 def test_bad_fine_tuning_requests(tmp_path, digits_run):
     with pytest.raises(ValueError, match="either resume= .* or finetune="):
-        train(_compose(tmp_path / "x", "epochs=1", f"finetune={digits_run['run_dir']}",
-                       f"resume={digits_run['run_dir']}"))  # fmt: skip
+        train(
+            _compose(tmp_path / "x", "epochs=1", f"finetune={digits_run['run_dir']}", f"resume={digits_run['run_dir']}")
+        )
     with pytest.raises(FileNotFoundError, match="no such file"):
         train(_compose(tmp_path / "y", "epochs=1", f"finetune={tmp_path / 'missing.pt'}"))
     with pytest.raises(ValueError, match="does not fit"):  # another architecture's weights

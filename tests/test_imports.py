@@ -34,7 +34,9 @@ def test_import_zoo_alone_loads_no_dependency():
     assert not _top_level(loaded) & {"torch", "triton", "timm"}, "`import zoo` must stay light; its parts load lazily"
 
 
-@pytest.mark.parametrize("code", ["import zoo\nimport timm", "import timm\nimport zoo", "import zoo.kernels\nimport timm"])
+@pytest.mark.parametrize(
+    "code", ["import zoo\nimport timm", "import timm\nimport zoo", "import zoo.kernels\nimport timm"]
+)
 def test_models_register_with_timm_whichever_is_imported_first(code):
     script = f"{code}\nassert timm.is_model('kat_t') and timm.is_model('nat_m'), 'not registered'"
     subprocess.run([sys.executable, "-c", script], check=True)
@@ -54,7 +56,6 @@ def test_lazy_attributes_and_clear_error_for_unknown_ones():
         "else:\n    raise SystemExit('no AttributeError')\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
-
 
 
 SUBPACKAGES = ["zoo.data", "zoo.kernels", "zoo.layers", "zoo.models", "zoo.training"]

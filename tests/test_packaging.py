@@ -115,8 +115,9 @@ print("ops:", " ".join(cases))
 
 
 def test_the_wheel_installs_beside_hugging_face_kernels_and_every_op_works(venv, tmp_path):
-    out = _run([str(venv / "bin" / "python"), "-c", OPS_SCRIPT], cwd=tmp_path,
-               env=_clean_env(TRITON_INTERPRET="1")).stdout.splitlines()  # fmt: skip
+    out = _run(
+        [str(venv / "bin" / "python"), "-c", OPS_SCRIPT], cwd=tmp_path, env=_clean_env(TRITON_INTERPRET="1")
+    ).stdout.splitlines()
     kernels_file, zoo_file = Path(out[0]), Path(out[1])
     assert kernels_file.parts[-2:] == ("kernels", "__init__.py") and str(venv) in str(kernels_file)
     assert str(venv) in str(zoo_file), f"zoo imported from {zoo_file}, not from the installed wheel"

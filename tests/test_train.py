@@ -26,10 +26,17 @@ from zoo.training.trainer import train  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 # A small KAT (2 blocks of 32 dims) on a digits subset: seconds per epoch on a CPU.
 TINY = [
-    "model=kat_t", "+model.kwargs.depth=2", "+model.kwargs.embed_dim=32", "+model.kwargs.num_heads=2",
-    "data.train_subset=256", "data.eval_subset=128", "batch_size=32", "progress=false", "sched.warmup_epochs=1",
+    "model=kat_t",
+    "+model.kwargs.depth=2",
+    "+model.kwargs.embed_dim=32",
+    "+model.kwargs.num_heads=2",
+    "data.train_subset=256",
+    "data.eval_subset=128",
+    "batch_size=32",
+    "progress=false",
+    "sched.warmup_epochs=1",
     "device=cpu",  # exact resume and the 2-process gloo run are CPU promises, also on a GPU machine
-]  # fmt: skip
+]
 
 
 def _compose(run_dir: Path, *overrides: str):
@@ -38,8 +45,7 @@ def _compose(run_dir: Path, *overrides: str):
 
 
 def _cli(run_dir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, str(ROOT / "train.py"), *TINY, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}",
-            *overrides]  # fmt: skip
+    return [sys.executable, str(ROOT / "train.py"), *TINY, f"run_dir={run_dir}", f"hydra.run.dir={run_dir}", *overrides]
 
 
 def _model_state(path: Path) -> dict[str, torch.Tensor]:
@@ -52,7 +58,14 @@ def test_train_writes_checkpoints_metrics_and_an_export(tmp_path):
     assert summary["epochs"] == 2 and summary["run_dir"] == str(run_dir)
     assert summary["checkpoint"] == str(run_dir / "last.pt")
     assert 0 <= summary["final_top1"] <= summary["best_top1"] <= 100
-    for name in ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "export/model.safetensors", "export/config.json"):
+    for name in (
+        "last.pt",
+        "best.pt",
+        "metrics.jsonl",
+        "metrics.csv",
+        "export/model.safetensors",
+        "export/config.json",
+    ):
         assert (run_dir / name).is_file(), name
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[-1]["top1"] == summary["final_top1"]
@@ -60,8 +73,9 @@ def test_train_writes_checkpoints_metrics_and_an_export(tmp_path):
     # the export rebuilds the trained model through timm's local-dir loader
     checkpoint = load_checkpoint(run_dir / "last.pt")
     rebuilt = timm.create_model(f"local-dir:{run_dir / 'export'}", pretrained=True).eval()
-    trained = timm.create_model("kat_t", img_size=8, patch_size=4, in_chans=1, num_classes=10, depth=2,
-                                embed_dim=32, num_heads=2).eval()  # fmt: skip
+    trained = timm.create_model(
+        "kat_t", img_size=8, patch_size=4, in_chans=1, num_classes=10, depth=2, embed_dim=32, num_heads=2
+    ).eval()
     trained.load_state_dict(checkpoint["model"])
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
@@ -81,8 +95,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     overrides = ("epochs=6", "deterministic=true", "ema.enabled=true", "mixup.mixup_alpha=0.2", "data.train_subset=512")
     reference = train(_compose(tmp_path / "reference", *overrides))
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen(_cli(run_dir, *overrides), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        _cli(run_dir, *overrides), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 240
     while not (run_dir / "last.pt").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -91,8 +106,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     process.wait()
     killed_at = load_checkpoint(run_dir / "last.pt")["epoch"]
     assert killed_at < 5, "the run finished before it was killed; the test did not test resuming"
-    result = subprocess.run(_cli(tmp_path / "unused", *overrides, f"resume={run_dir}"), cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = subprocess.run(
+        _cli(tmp_path / "unused", *overrides, f"resume={run_dir}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["run_dir"] == str(run_dir)
@@ -102,6 +122,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in uninterrupted["optimizer"]["state"].values()]
     resumed_moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in resumed["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for pair, other in zip(moments, resumed_moments) for a, b in zip(pair, other))
+
     def without_timing(history):
         return [{k: v for k, v in row.items() if k != "images_per_s"} for row in history]
 
@@ -138,17 +159,39 @@ def test_bad_names_are_clear_errors(tmp_path):
 
 def test_train_on_tiny_cifar10_files(tmp_path, skip_cifar_md5):  # noqa: F811
     _fake_cifar(tmp_path / "cifar", "cifar10")  # torchvision's binary layout: 5 x 6 train, 5 test images
-    summary = train(_compose(tmp_path / "run", "data=cifar10", f"data.root={tmp_path / 'cifar'}", "epochs=1",
-                             "batch_size=8", "amp=bf16", "grad_clip=1.0", "accum_steps=2"))  # fmt: skip
+    summary = train(
+        _compose(
+            tmp_path / "run",
+            "data=cifar10",
+            f"data.root={tmp_path / 'cifar'}",
+            "epochs=1",
+            "batch_size=8",
+            "amp=bf16",
+            "grad_clip=1.0",
+            "accum_steps=2",
+        )
+    )
     assert 0 <= summary["final_top1"] <= 100
     assert load_checkpoint(Path(summary["checkpoint"]))["step"] == 1  # 3 batches of 8, accumulated by 2
 
 
 def test_train_on_tiny_image_folder(tmp_path):
     _image_folder(tmp_path / "imagenet")  # 3 classes: train 4 each, val 2 each
-    summary = train(_compose(tmp_path / "run", "data=imagenet", f"data.root={tmp_path / 'imagenet'}", "epochs=1",
-                             "batch_size=4", "data.img_size=32", "data.patch_size=8", "optim=sgd", "sched=constant",
-                             "mixup.cutmix_alpha=1.0", "mixup.label_smoothing=0.1"))  # fmt: skip
+    summary = train(
+        _compose(
+            tmp_path / "run",
+            "data=imagenet",
+            f"data.root={tmp_path / 'imagenet'}",
+            "epochs=1",
+            "batch_size=4",
+            "data.img_size=32",
+            "data.patch_size=8",
+            "optim=sgd",
+            "sched=constant",
+            "mixup.cutmix_alpha=1.0",
+            "mixup.label_smoothing=0.1",
+        )
+    )
     rebuilt = zoo.create_model(f"local-dir:{Path(summary['run_dir']) / 'export'}")  # weights by default
     assert rebuilt.num_classes == 3 and rebuilt.patch_embed.patch_size == (8, 8)
 
@@ -183,10 +226,22 @@ def test_two_process_ddp_gives_one_summary_and_one_checkpoint(tmp_path):
     the same global batch."""
     single = train(_compose(tmp_path / "single", "epochs=2", "batch_size=32", "data.eval_subset=127"))
     run_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               *_cli(run_dir, "epochs=2", "batch_size=16", "data.eval_subset=127", "accum_steps=2")[1:]]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *_cli(run_dir, "epochs=2", "batch_size=16", "data.eval_subset=127", "accum_steps=2")[1:],
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1
@@ -206,7 +261,9 @@ def test_two_process_ddp_gives_one_summary_and_one_checkpoint(tmp_path):
     assert (run_dir / "report.png").read_bytes().startswith(b"\x89PNG")
 
 
-@pytest.mark.parametrize("model,experiment,drop_path", [("kat_t", "kat_imagenet", 0.1), ("kat_b", "kat_b_imagenet", 0.4)])
+@pytest.mark.parametrize(
+    "model,experiment,drop_path", [("kat_t", "kat_imagenet", 0.1), ("kat_b", "kat_b_imagenet", 0.4)]
+)
 def test_paper_recipes_compose(model, experiment, drop_path):
     """The KAT ImageNet recipe (SPEC 1) overrides the defaults; the command line still overrides the recipe."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

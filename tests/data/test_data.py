@@ -111,8 +111,7 @@ def test_epoch_sampler_is_deterministic_and_ignores_global_rng():
 
 def test_train_loader_order_follows_epoch():
     def labels(seed, epoch):
-        train, _, _ = create_loaders("digits", batch_size=16, seed=seed, train_subset=64,
-                                     augment={"enabled": False})
+        train, _, _ = create_loaders("digits", batch_size=16, seed=seed, train_subset=64, augment={"enabled": False})
         train.sampler.set_epoch(epoch)
         return torch.cat([y for _, y in train])
 
@@ -139,14 +138,23 @@ def _fake_cifar(root, kind, n_train_per_file=6, n_test=5):
     """
     rng = np.random.default_rng(0)
     if kind == "cifar10":
-        folder, train_files, label_key, classes = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
-            "labels", 10
+        folder, train_files, label_key, classes = (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            "labels",
+            10,
+        )
         meta_file, meta = "batches.meta", {"label_names": [f"class{i}" for i in range(10)]}
         test_file = "test_batch"
     else:
         folder, train_files, label_key, classes = "cifar-100-python", ["train"], "fine_labels", 100
-        meta_file, meta = "meta", {"fine_label_names": [f"fine{i}" for i in range(100)],
-                                   "coarse_label_names": [f"coarse{i}" for i in range(20)]}
+        meta_file, meta = (
+            "meta",
+            {
+                "fine_label_names": [f"fine{i}" for i in range(100)],
+                "coarse_label_names": [f"coarse{i}" for i in range(20)],
+            },
+        )
         test_file = "test"
     os.makedirs(root / folder)
     out = {"train": ([], []), "test": ([], [])}
@@ -182,12 +190,17 @@ def test_cifar_from_local_files(tmp_path, skip_cifar_md5, kind):
         x, y = test[i]
         assert x.shape == (3, 32, 32) and y == labels[i]
         # eval at 32 px keeps the whole image (crop_pct 1.0): exactly the normalised pixels
-        ref = (torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255 - torch.tensor(info.mean)[:, None, None])
+        ref = torch.from_numpy(images[i]).permute(2, 0, 1).float() / 255 - torch.tensor(info.mean)[:, None, None]
         ref = ref / torch.tensor(info.std)[:, None, None]
         torch.testing.assert_close(x, ref, atol=1e-5, rtol=1e-5)
 
-    train = create_dataset(kind, "train", root=tmp_path, is_training=True,
-                           augment={"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25, "scale": [0.5, 1.0]})
+    train = create_dataset(
+        kind,
+        "train",
+        root=tmp_path,
+        is_training=True,
+        augment={"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25, "scale": [0.5, 1.0]},
+    )
     assert len(train) == len(expected["train"][1])
     assert train[0][0].shape == (3, 32, 32) and train[0][1] == expected["train"][1][0]
 
@@ -225,8 +238,9 @@ def _image_folder(root, classes=("ant", "bee", "cat"), per_class=(4, 2), size=(4
 
 def test_imagenet_tiny_folder(tmp_path):
     _image_folder(tmp_path)
-    train_loader, eval_loader, info = create_loaders("imagenet", root=str(tmp_path), img_size=32, batch_size=4,
-                                                     eval_batch_size=5)
+    train_loader, eval_loader, info = create_loaders(
+        "imagenet", root=str(tmp_path), img_size=32, batch_size=4, eval_batch_size=5
+    )
     assert info.num_classes == 3 and DATASETS["imagenet"].num_classes == 1000
     assert (info.in_chans, info.mean) == (3, DATASETS["imagenet"].mean)
     assert len(train_loader) == 12 // 4

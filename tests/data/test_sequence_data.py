@@ -176,7 +176,7 @@ def test_listops_follows_lra_rules_and_values_check_out():
         tokens, offsets, targets = data[split]
         assert len(targets) == n and offsets.shape == (n + 1,) and tokens.dtype == torch.uint8
         for i in range(n):
-            ids = tokens[offsets[i]:offsets[i + 1]].tolist()
+            ids = tokens[offsets[i] : offsets[i + 1]].tolist()
             words = [LISTOPS_VOCAB[t] for t in ids]
             value, end, deepest = _parse(words)
             assert end == len(words) and 20 < len(words) < 60 and deepest <= 10

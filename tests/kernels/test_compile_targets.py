@@ -24,7 +24,11 @@ def reports() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "zoo.kernels._aot", "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "zoo.kernels._aot", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -46,18 +50,31 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
         archs_by_name.setdefault(r["name"], set()).add(r["arch"])
     assert archs_by_name, "no kernel configuration was compiled"
     assert all(archs == {80, 90} for archs in archs_by_name.values()), archs_by_name
-    kernels = ("_group_rational_fwd_kernel", "_group_rational_bwd_kernel", "_dwconv_kernel", "_dwconv_wgrad_kernel",
-               "_inception_kernel", "_inception_wgrad_kernel")  # fmt: skip
+    kernels = (
+        "_group_rational_fwd_kernel",
+        "_group_rational_bwd_kernel",
+        "_dwconv_kernel",
+        "_dwconv_wgrad_kernel",
+        "_inception_kernel",
+        "_inception_wgrad_kernel",
+    )
     for kernel in kernels:
         for dtype in ("fp32", "bf16", "fp16"):
             assert any(name.startswith(f"{kernel}[{dtype},") for name in archs_by_name), (kernel, dtype)
-    fftconv_kernels = ("_fftconv_prologue_kernel", "_fftconv_fwd_kernel", "_fftconv_bwd_epilogue_kernel",
-                       "_fftconv_bwd_input_kernel")  # fmt: skip
+    fftconv_kernels = (
+        "_fftconv_prologue_kernel",
+        "_fftconv_fwd_kernel",
+        "_fftconv_bwd_epilogue_kernel",
+        "_fftconv_bwd_input_kernel",
+    )
     for kernel in fftconv_kernels:  # the elementwise kernels around the FFT, every optional part on and off
         for dtype in ("fp32", "bf16", "fp16"):
             for label in (",all", ",plain"):
                 assert any(name.startswith(f"{kernel}[{dtype},") and label in name for name in archs_by_name), (
-                    kernel, dtype, label)  # fmt: skip
+                    kernel,
+                    dtype,
+                    label,
+                )
     for kernel in ("_fftconv_fwd_kernel", "_fftconv_bwd_epilogue_kernel", "_fftconv_bwd_input_kernel"):
         assert any(name.startswith(f"{kernel}[bf16,") and ",direct" in name for name in archs_by_name), kernel
     assert any(name.startswith("_direct_dk_kernel[bf16,") for name in archs_by_name)
@@ -71,8 +88,9 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
     for kernel in ("_dwconv_kernel", "_inception_kernel"):  # forward and input gradient, both layouts
         for layout in ("channels_last", "nchw"):
             for direction in ("fwd", "bwd"):
-                assert any(name.startswith(f"{kernel}[bf16,{layout},") and f",{direction}" in name
-                           for name in archs_by_name), (kernel, layout, direction)  # fmt: skip
+                assert any(
+                    name.startswith(f"{kernel}[bf16,{layout},") and f",{direction}" in name for name in archs_by_name
+                ), (kernel, layout, direction)
 
 
 def test_attention_kernels_use_the_tensor_cores(reports):

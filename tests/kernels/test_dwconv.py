@@ -96,8 +96,9 @@ def test_dwconv2d_large_kernel_on_a_small_map():
     weight, bias = torch.randn(3, 1, 31, 31, device=DEVICE), torch.randn(3, device=DEVICE)
     dy = torch.randn(1, 3, 4, 5, device=DEVICE)
     y, grads = _grads(lambda *a: dwconv2d(*a, backend="triton"), (x, weight, bias), dy)
-    y64, grads64 = _grads(lambda *a: dwconv2d(*a, backend="torch"), (x.double(), weight.double(), bias.double()),
-                          dy.double())  # fmt: skip
+    y64, grads64 = _grads(
+        lambda *a: dwconv2d(*a, backend="torch"), (x.double(), weight.double(), bias.double()), dy.double()
+    )
     _check(y, grads, y64, grads64, torch.float32)
     assert torch.count_nonzero(grads[1][:, :, :12]) == 0  # taps that never meet the map get zero gradient
 
@@ -138,9 +139,14 @@ MIXER_CASES = [
 def _mixer_inputs(shape, gc, square, band, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen)
-    params = [torch.randn(gc, 1, square, square, generator=gen), torch.randn(gc, generator=gen),
-              torch.randn(gc, 1, 1, band, generator=gen), torch.randn(gc, generator=gen),
-              torch.randn(gc, 1, band, 1, generator=gen), torch.randn(gc, generator=gen)]  # fmt: skip
+    params = [
+        torch.randn(gc, 1, square, square, generator=gen),
+        torch.randn(gc, generator=gen),
+        torch.randn(gc, 1, 1, band, generator=gen),
+        torch.randn(gc, generator=gen),
+        torch.randn(gc, 1, band, 1, generator=gen),
+        torch.randn(gc, generator=gen),
+    ]
     return x.to(DEVICE, dtype), [p.to(DEVICE, dtype) for p in params]
 
 
@@ -152,8 +158,9 @@ def test_inception_mixer_matches_float64_reference(shape, gc, square, band, dtyp
     x = _layout(x, layout)
     dy = torch.randn(shape, device=DEVICE).to(dtype)
     y, grads = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
-    y64, grads64 = _grads(lambda *a: inception_dwconv2d(*a, backend="torch"),
-                          (x.double(), *(p.double() for p in params)), dy.double())  # fmt: skip
+    y64, grads64 = _grads(
+        lambda *a: inception_dwconv2d(*a, backend="torch"), (x.double(), *(p.double() for p in params)), dy.double()
+    )
     assert y.dtype == dtype and all(g.dtype == dtype for g in grads)
     if layout == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
@@ -170,8 +177,14 @@ def test_inception_mixer_equals_the_branches_of_timm():
     torch.manual_seed(3)
     module = InceptionDWConv2d(24, band_kernel_size=9, branch_ratio=0.25).to(DEVICE)
     x = torch.randn(2, 24, 7, 8, device=DEVICE)
-    args = [module.dwconv_hw.weight, module.dwconv_hw.bias, module.dwconv_w.weight, module.dwconv_w.bias,
-            module.dwconv_h.weight, module.dwconv_h.bias]  # fmt: skip
+    args = [
+        module.dwconv_hw.weight,
+        module.dwconv_hw.bias,
+        module.dwconv_w.weight,
+        module.dwconv_w.bias,
+        module.dwconv_h.weight,
+        module.dwconv_h.bias,
+    ]
     expected = module(x)
     torch.testing.assert_close(inception_dwconv2d_reference(x, *args), expected, rtol=0, atol=0)
     assert_close(inception_dwconv2d(x, *args, backend="triton"), expected, torch.float32)
@@ -195,8 +208,11 @@ def test_inception_mixer_without_biases():
     params[1] = params[3] = params[5] = None
     dy = torch.randn(1, 13, 5, 6, device=DEVICE)
     y, grads = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
-    y64, grads64 = _grads(lambda *a: inception_dwconv2d(*a, backend="torch"),
-                          (x.double(), *(None if p is None else p.double() for p in params)), dy.double())
+    y64, grads64 = _grads(
+        lambda *a: inception_dwconv2d(*a, backend="torch"),
+        (x.double(), *(None if p is None else p.double() for p in params)),
+        dy.double(),
+    )
     _check(y, grads, y64, grads64, torch.float32)
 
 
@@ -275,8 +291,10 @@ def test_opcheck_inception_mixer():
     leaves = [t.requires_grad_() for t in (x, *params)]
     torch.library.opcheck(torch.ops.zoo.inception_dwconv2d.default, tuple(leaves))
     dy = torch.randn(1, 13, 5, 6, device=DEVICE)
-    torch.library.opcheck(torch.ops.zoo.inception_dwconv2d_backward.default,
-                          (dy, x.detach(), params[0].detach(), params[2].detach(), params[4].detach()))
+    torch.library.opcheck(
+        torch.ops.zoo.inception_dwconv2d_backward.default,
+        (dy, x.detach(), params[0].detach(), params[2].detach(), params[4].detach()),
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -344,8 +362,7 @@ def test_gpu_model_sizes_match_reference(kernel, dtype):
     b = torch.randn(96, device="cuda").to(dtype)
     dy = torch.randn(8, 96, 28, 28, device="cuda").to(dtype)
     y, grads = _grads(lambda *a: dwconv2d(*a, backend="triton"), (x, w, b), dy)
-    y64, grads64 = _grads(lambda *a: dwconv2d(*a, backend="torch"), (x.double(), w.double(), b.double()),
-                          dy.double())  # fmt: skip
+    y64, grads64 = _grads(lambda *a: dwconv2d(*a, backend="torch"), (x.double(), w.double(), b.double()), dy.double())
     _check(y, grads, y64, grads64, dtype)
 
 

@@ -59,8 +59,16 @@ def _grads(fn, inputs, dy):
 
 def _conv(backend, bidirectional, activation):
     def fn(u, k, D, gate_in, gate_out):
-        return fftconv(u, k, D, bidirectional=bidirectional, activation=activation, gate_in=gate_in,
-                       gate_out=gate_out, backend=backend)  # fmt: skip
+        return fftconv(
+            u,
+            k,
+            D,
+            bidirectional=bidirectional,
+            activation=activation,
+            gate_in=gate_in,
+            gate_out=gate_out,
+            backend=backend,
+        )
 
     return fn
 
@@ -122,13 +130,21 @@ def test_fftconv_equals_direct_convolution(case, backend, path):
     u, k, D, gate_in, gate_out = _inputs(B, H, L, k_len, bidirectional, has_D, gin, gout, torch.float32, seed=1)
     expected = _direct_convolution(u, k, D, bidirectional, act, gate_in, gate_out)
     if backend == "torch":  # the reference in float64 is the formula, to rounding
-        y = fftconv(u.double(), k.double(), None if D is None else D.double(), bidirectional=bidirectional,
-                    activation=act, gate_in=None if gate_in is None else gate_in.double(),
-                    gate_out=None if gate_out is None else gate_out.double(), backend="torch")  # fmt: skip
+        y = fftconv(
+            u.double(),
+            k.double(),
+            None if D is None else D.double(),
+            bidirectional=bidirectional,
+            activation=act,
+            gate_in=None if gate_in is None else gate_in.double(),
+            gate_out=None if gate_out is None else gate_out.double(),
+            backend="torch",
+        )
         torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
     else:
-        y = fftconv(u, k, D, bidirectional=bidirectional, activation=act, gate_in=gate_in, gate_out=gate_out,
-                    backend="triton")  # fmt: skip
+        y = fftconv(
+            u, k, D, bidirectional=bidirectional, activation=act, gate_in=gate_in, gate_out=gate_out, backend="triton"
+        )
         assert_close(y, expected, torch.float32, scale=float(expected.abs().max()))
 
 
@@ -236,8 +252,9 @@ def test_empty_batch(path):
 
 @pytest.mark.parametrize("with_extras", [False, True], ids=["plain", "D-gates-gelu"])
 def test_opcheck(with_extras, path):
-    u, k, D, gate_in, gate_out = _inputs(2, 3, 13, 9, with_extras, with_extras, with_extras, with_extras,
-                                         torch.float32, seed=4)  # fmt: skip
+    u, k, D, gate_in, gate_out = _inputs(
+        2, 3, 13, 9, with_extras, with_extras, with_extras, with_extras, torch.float32, seed=4
+    )
     act = "gelu" if with_extras else "none"
     leaves = [None if t is None else t.requires_grad_() for t in (u, k, D, gate_in, gate_out)]
     torch.library.opcheck(torch.ops.zoo.fftconv.default, (*leaves, with_extras, act))
@@ -252,8 +269,9 @@ def test_torch_compile_fullgraph(backend, path):
     dy = torch.randn(2, 3, 14, device=DEVICE)
 
     def fn(u, k, D, gate_in, gate_out):
-        y = fftconv(u * 2.0, k, D, bidirectional=True, activation="gelu", gate_in=gate_in, gate_out=gate_out,
-                    backend=backend)  # fmt: skip
+        y = fftconv(
+            u * 2.0, k, D, bidirectional=True, activation="gelu", gate_in=gate_in, gate_out=gate_out, backend=backend
+        )
         return fftconv(y, k[0], None, backend=backend) + 1.0
 
     y, grads = _grads(torch.compile(fn, fullgraph=True), inputs, dy)

@@ -39,7 +39,7 @@ CASES = [
 def _case_id(case) -> str:
     spatial, heads, head_dim, ks, ds, cs, rpb = case
     parts = ["x".join(map(str, spatial)), f"h{heads}d{head_dim}", f"k{ks}", f"dil{ds}"]
-    parts += (["causal" + (str(cs) if isinstance(cs, tuple) else "")] if any(_axes(cs, len(spatial))) else [])
+    parts += ["causal" + (str(cs) if isinstance(cs, tuple) else "")] if any(_axes(cs, len(spatial))) else []
     parts += ["rpb"] if rpb else []
     return "-".join(parts).replace(" ", "")
 
@@ -157,8 +157,7 @@ def test_triton_matches_reference(case, dtype):
     inputs = _inputs(case, dtype)
     dy = torch.randn(inputs[0].shape, device=DEVICE).to(dtype)
     y, grads = _grads(_attention(case, "triton"), inputs, dy)
-    y64, grads64 = _grads(_attention(case, "torch"), [None if t is None else t.double() for t in inputs],
-                          dy.double())  # fmt: skip
+    y64, grads64 = _grads(_attention(case, "torch"), [None if t is None else t.double() for t in inputs], dy.double())
     assert y.dtype == dtype and y.shape == inputs[0].shape
     for g, t in zip(grads, inputs):
         assert g is None or (g.dtype == t.dtype and g.shape == t.shape)
@@ -277,8 +276,10 @@ def test_opcheck(with_rpb):
     out, lse = na_forward(q.detach(), k.detach(), v.detach(), 3, 2, False, None if rpb is None else rpb.detach())
     dy = torch.randn_like(out)
     detached = [None if t is None else t.detach() for t in leaves]
-    torch.library.opcheck(torch.ops.zoo.neighborhood_attention_backward.default,
-                          (dy, *detached[:3], out, lse, detached[3], [3], [2], [False], 0.25))  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.zoo.neighborhood_attention_backward.default,
+        (dy, *detached[:3], out, lse, detached[3], [3], [2], [False], 0.25),
+    )
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -313,14 +314,18 @@ def test_autocast_keeps_a_float32_bias():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "case",
-    [((56, 56), 2, 32, 7, 1, False, True), ((28, 28), 4, 32, 7, 4, False, True), ((4096,), 2, 64, 129, 1, True, False),
-     ((8, 16, 16), 2, 32, (3, 5, 5), (1, 2, 1), False, True), ((14, 14), 2, 128, 7, 2, False, True)],
+    [
+        ((56, 56), 2, 32, 7, 1, False, True),
+        ((28, 28), 4, 32, 7, 4, False, True),
+        ((4096,), 2, 64, 129, 1, True, False),
+        ((8, 16, 16), 2, 32, (3, 5, 5), (1, 2, 1), False, True),
+        ((14, 14), 2, 128, 7, 2, False, True),
+    ],
     ids=_case_id,
-)  # fmt: skip
+)
 def test_gpu_model_sizes_match_reference(case, dtype):
     inputs = _inputs(case, dtype, batch=2, seed=6)
     dy = torch.randn(inputs[0].shape, device=DEVICE).to(dtype)
     y, grads = _grads(_attention(case, "triton"), inputs, dy)
-    y64, grads64 = _grads(_attention(case, "torch"), [None if t is None else t.double() for t in inputs],
-                          dy.double())  # fmt: skip
+    y64, grads64 = _grads(_attention(case, "torch"), [None if t is None else t.double() for t in inputs], dy.double())
     _check(y, grads, y64, grads64, dtype)

@@ -225,7 +225,9 @@ def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
 def test_triton_on_meta_device_is_an_error():
     with pytest.raises(ValueError, match="device 'meta'"):
         group_rational(
-            torch.empty(2, 16, device="meta"), torch.empty(1, 6, device="meta"), torch.empty(8, 4, device="meta"),
+            torch.empty(2, 16, device="meta"),
+            torch.empty(1, 6, device="meta"),
+            torch.empty(8, 4, device="meta"),
             backend="triton",
         )
 
@@ -242,8 +244,9 @@ def test_opcheck_forward_and_backward(layout):
         x = torch.randn(40, 3, 7, device=DEVICE).to(torch.bfloat16).permute(1, 2, 0)
     dy = torch.randn(3, 7, 40, device=DEVICE).to(x.dtype)
     a, b = _coefficients(8)
-    torch.library.opcheck(torch.ops.zoo.group_rational.default, (x.requires_grad_(), a.requires_grad_(),
-                                                                  b.requires_grad_()))
+    torch.library.opcheck(
+        torch.ops.zoo.group_rational.default, (x.requires_grad_(), a.requires_grad_(), b.requires_grad_())
+    )
     torch.library.opcheck(torch.ops.zoo.group_rational_backward.default, (dy, x.detach(), a.detach(), b.detach()))
 
 
@@ -306,8 +309,12 @@ def test_autocast_keeps_activation_dtype_and_fp32_coefficients():
     assert torch.equal(h_t, h_r)
     assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
     # the bf16 output is F computed with the fp32 coefficients, rounded once
-    assert_close(y_t, group_rational_reference(h_t.double(), a.double(), b.double()), torch.bfloat16,
-                 scale=float(y_r.abs().max()))
+    assert_close(
+        y_t,
+        group_rational_reference(h_t.double(), a.double(), b.double()),
+        torch.bfloat16,
+        scale=float(y_r.abs().max()),
+    )
     assert_relative_error(da_t, da_r, 1e-4)
     assert_relative_error(db_t, db_r, 1e-4)
     assert_relative_error(dw_t, dw_r, 2e-2)  # through dx rounded to bf16

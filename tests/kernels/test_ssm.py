@@ -64,8 +64,9 @@ def test_s4d_kernel_matches_float64_reference(H, N2, L, method):
     params = _params(H, N2)
     dK = torch.randn(H, L, device=DEVICE)
     K, grads = _grads(lambda *p: s4d_kernel(*p, L, method, backend="triton"), params, dK)
-    K64, grads64 = _grads(lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params],
-                          dK.double())  # fmt: skip
+    K64, grads64 = _grads(
+        lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params], dK.double()
+    )
     assert K.dtype == torch.float32 and K.shape == (H, L)
     assert_close(K, K64, torch.float32, scale=float(K64.abs().max().clamp_min(1.0)))
     for name, g, g64 in zip(("log_dt", "C", "log_A_real", "A_imag"), grads, grads64):
@@ -100,8 +101,9 @@ def test_long_kernel_stays_accurate():
         return float((a.double() - b).norm() / b.norm())
 
     assert error(K[:, -100:], K64[:, -100:]) <= 2e-4
-    for name, ours, ref32, ref64 in zip(("K", "log_dt", "C", "log_A_real", "A_imag"), (K, *grads), (K32, *grads32),
-                                        (K64, *grads64)):  # fmt: skip
+    for name, ours, ref32, ref64 in zip(
+        ("K", "log_dt", "C", "log_A_real", "A_imag"), (K, *grads), (K32, *grads32), (K64, *grads64)
+    ):
         assert error(ours, ref64) <= max(2 * error(ref32, ref64), 1e-5), name
 
 
@@ -219,8 +221,9 @@ def test_gpu_model_sizes_match_reference(method):
     L = 4096
     dK = torch.randn(256, L, device=DEVICE)
     K, grads = _grads(lambda *p: s4d_kernel(*p, L, method, backend="triton"), params, dK)
-    K64, grads64 = _grads(lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params],
-                          dK.double())  # fmt: skip
+    K64, grads64 = _grads(
+        lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params], dK.double()
+    )
     assert_relative_error(K, K64, 1e-5)
     for g, g64 in zip(grads, grads64):
         assert_relative_error(g, g64, 1e-4)

@@ -51,8 +51,9 @@ def _layer_formula(layer: LongConv, u: torch.Tensor) -> torch.Tensor:
     outputs = []
     for c in range(layer.channels):
         causal_taps = F.pad(k[c, :, :l_max], (0, max(0, L - l_max)))
-        y = torch.einsum("hts,bhs->bht", torch.where(lag >= 0, causal_taps[:, lag.clamp(min=0)], 0.0)
-                         * (lag < l_max), u)  # fmt: skip
+        y = torch.einsum(
+            "hts,bhs->bht", torch.where(lag >= 0, causal_taps[:, lag.clamp(min=0)], 0.0) * (lag < l_max), u
+        )
         if layer.bidirectional:  # y[t] += sum_{s > t} k1[s - t - 1] u[s], k1 = the second half read backwards
             anti_taps = F.pad(k[c, :, l_max:].flip(-1), (0, max(0, L - l_max)))
             anti = torch.where(lag < 0, anti_taps[:, (-lag - 1).clamp(min=0)], 0.0) * (-lag - 1 < l_max)
@@ -71,8 +72,9 @@ def _layer_formula(layer: LongConv, u: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("transposed", [True, False], ids=["BHL", "BLH"])
 def test_layer_equals_the_formula(transposed, bidirectional, channels, L):
     torch.manual_seed(0)
-    layer = LongConv(6, l_max=20, channels=channels, bidirectional=bidirectional, transposed=transposed,
-                     backend="torch").eval()  # fmt: skip
+    layer = LongConv(
+        6, l_max=20, channels=channels, bidirectional=bidirectional, transposed=transposed, backend="torch"
+    ).eval()
     _randomise(layer)
     u = torch.randn(3, 6, L)
     with torch.no_grad():
@@ -117,8 +119,12 @@ def test_init_and_safari_key_layout_load_strictly():
     torch.manual_seed(0)
     layer = LongConv(H, l_max=L, channels=C)
     shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
-    assert shapes == {"kernel.kernel": (C, H, L), "D": (C, H), "output_linear.0.weight": (2 * H, C * H),
-                      "output_linear.0.bias": (2 * H,)}  # fmt: skip
+    assert shapes == {
+        "kernel.kernel": (C, H, L),
+        "D": (C, H),
+        "output_linear.0.weight": (2 * H, C * H),
+        "output_linear.0.bias": (2 * H,),
+    }
     big = LongConv(64, l_max=256, channels=2).kernel.kernel
     assert abs(big.std().item() - 0.002) < 1e-4 and abs(big.mean().item()) < 1e-4  # randn * 0.002
     bidirectional = LongConv(H, l_max=L, channels=C, bidirectional=True).state_dict()

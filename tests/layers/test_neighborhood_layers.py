@@ -17,10 +17,18 @@ LAYERS = {1: NeighborhoodAttention1D, 2: NeighborhoodAttention2D, 3: Neighborhoo
 def test_parameters_are_named_as_in_the_nat_checkpoints():
     layer = NeighborhoodAttention2D(64, 2, kernel_size=7)
     shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
-    assert shapes == {"qkv.weight": (192, 64), "qkv.bias": (192,), "rpb": (2, 13, 13), "proj.weight": (64, 64),
-                      "proj.bias": (64,)}  # fmt: skip
+    assert shapes == {
+        "qkv.weight": (192, 64),
+        "qkv.bias": (192,),
+        "rpb": (2, 13, 13),
+        "proj.weight": (64, 64),
+        "proj.bias": (64,),
+    }
     assert set(NeighborhoodAttention1D(32, 2, 5, qkv_bias=False, rel_pos_bias=False).state_dict()) == {
-        "qkv.weight", "proj.weight", "proj.bias"}  # fmt: skip
+        "qkv.weight",
+        "proj.weight",
+        "proj.bias",
+    }
     assert NeighborhoodAttention3D(32, 2, (3, 5, 7)).rpb.shape == (2, 5, 9, 13)
 
 

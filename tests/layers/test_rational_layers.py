@@ -49,8 +49,12 @@ def test_inits_approximate_their_function_on_minus3_3(init, target, bound):
 
 def test_gelu_fit_script_reaches_the_documented_error_on_a_rerun():
     """The fit may land on other coefficients on another machine (summation order); its quality must hold."""
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fit_gelu_rational.py"), "--check"], cwd=ROOT,
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "fit_gelu_rational.py"), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     max_error = float(re.search(r"max \|F - GELU\| on \[-3.0, 3.0\] = (\S+)", run.stdout).group(1))
     assert max_error <= 1.1 * GELU_INIT_MAX_ERROR

@@ -155,10 +155,14 @@ def test_legs_init_is_the_normal_part_of_hippo_legs():
 def test_official_key_layout_loads_strictly():
     H, N = 6, 10
     official = {
-        "D": torch.randn(H), "kernel.log_dt": torch.randn(H), "kernel.C": torch.randn(H, N // 2, 2),
-        "kernel.log_A_real": torch.randn(H, N // 2), "kernel.A_imag": torch.randn(H, N // 2),
-        "output_linear.0.weight": torch.randn(2 * H, H, 1), "output_linear.0.bias": torch.randn(2 * H),
-    }  # fmt: skip
+        "D": torch.randn(H),
+        "kernel.log_dt": torch.randn(H),
+        "kernel.C": torch.randn(H, N // 2, 2),
+        "kernel.log_A_real": torch.randn(H, N // 2),
+        "kernel.A_imag": torch.randn(H, N // 2),
+        "output_linear.0.weight": torch.randn(2 * H, H, 1),
+        "output_linear.0.bias": torch.randn(2 * H),
+    }
     layer = S4D(H, d_state=N)
     shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in official.items()}
@@ -178,8 +182,12 @@ def test_ssm_parameters_carry_optim_and_param_groups_honour_it():
     assert len(ssm) == 1 and ssm[0]["weight_decay"] == 0.0
     assert sorted(ssm[0]["param_names"]) == ["kernel.A_imag", "kernel.log_A_real", "kernel.log_dt"]
     frozen = S4D(4, d_state=8, lr=0.0)  # the official convention: lr 0 registers buffers
-    assert {n for n, _ in frozen.named_parameters()} == {"D", "kernel.C", "output_linear.0.weight",
-                                                         "output_linear.0.bias"}
+    assert {n for n, _ in frozen.named_parameters()} == {
+        "D",
+        "kernel.C",
+        "output_linear.0.weight",
+        "output_linear.0.bias",
+    }
     assert "kernel.log_dt" in frozen.state_dict()
 
 

@@ -84,8 +84,9 @@ def test_dilated_reparam_block_keys_in_both_forms(kernel_size):
     }
     for k, r in zip(sizes, rates):
         expected |= {f"dil_conv_k{k}_{r}.weight"}
-        expected |= {f"dil_bn_k{k}_{r}.{n}" for n in
-                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}  # fmt: skip
+        expected |= {
+            f"dil_bn_k{k}_{r}.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+        }
     state = block.state_dict()
     assert set(state) == expected
     assert state["lk_origin.weight"].shape == (8, 1, kernel_size, kernel_size)
@@ -151,8 +152,16 @@ def test_training_mode_uses_batch_statistics_and_trains():
 
 def _block_keys(kernel_size: int, deploy: bool) -> set[str]:
     bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-    keys = {"se.down.weight", "se.down.bias", "se.up.weight", "se.up.bias", "pwconv1.1.weight", "pwconv1.1.bias",
-            "act.1.gamma", "pwconv2.0.weight"}  # fmt: skip
+    keys = {
+        "se.down.weight",
+        "se.down.bias",
+        "se.up.weight",
+        "se.up.bias",
+        "pwconv1.1.weight",
+        "pwconv1.1.bias",
+        "act.1.gamma",
+        "pwconv2.0.weight",
+    }
     if deploy:
         keys |= {"pwconv2.0.bias"}
         keys |= (
@@ -268,8 +277,11 @@ def test_bad_arguments_and_input():
         UniRepLKNetBlock(8, 4)
     with pytest.raises(ValueError, match="odd positive int"):
         DepthwiseConv2d(8, 4)
-    with pytest.raises(ValueError, match=r"DilatedReparamBlock expects input \[N, C, H, W\] .* C = 8, got shape "
-                                         r"\[1, 4, 9, 9\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"DilatedReparamBlock expects input \[N, C, H, W\] .* C = 8, got shape "
+        r"\[1, 4, 9, 9\]",
+    ):
         DilatedReparamBlock(8, 7)(torch.randn(1, 4, 9, 9))
     with pytest.raises(ValueError, match=r"DepthwiseConv2d expects input .* got shape \[8, 9, 9\]"):
         DepthwiseConv2d(8, 3)(torch.randn(8, 9, 9))

@@ -63,8 +63,10 @@ def test_registered_with_timm_and_the_zoo():
         assert isinstance(zoo.create_model(name, device="meta"), InceptionNeXt)
     assert type(timm.create_model("inception_next_atto", device="meta")) is timm.models.inception_next.MetaNeXt
     assert timm.create_model("inceptionnext_b.sail_in1k_384", device="meta").pretrained_cfg["input_size"] == (
-        3, 384, 384,
-    )  # fmt: skip
+        3,
+        384,
+        384,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -86,11 +88,22 @@ def test_keys_shapes_and_parameter_count_equal_timms(name):
 
 def test_official_key_names(atto):
     keys = set(atto.state_dict())
-    for key in ["stem.0.weight", "stem.1.running_var", "stages.1.downsample.0.weight", "stages.1.downsample.1.bias",
-                "stages.2.blocks.5.token_mixer.dwconv_hw.weight", "stages.2.blocks.5.token_mixer.dwconv_w.bias",
-                "stages.2.blocks.5.token_mixer.dwconv_h.weight", "stages.0.blocks.0.norm.weight",
-                "stages.0.blocks.0.mlp.fc1.weight", "stages.0.blocks.0.mlp.fc2.bias", "stages.3.blocks.1.gamma",
-                "head.fc1.weight", "head.norm.weight", "head.fc2.bias"]:  # fmt: skip
+    for key in [
+        "stem.0.weight",
+        "stem.1.running_var",
+        "stages.1.downsample.0.weight",
+        "stages.1.downsample.1.bias",
+        "stages.2.blocks.5.token_mixer.dwconv_hw.weight",
+        "stages.2.blocks.5.token_mixer.dwconv_w.bias",
+        "stages.2.blocks.5.token_mixer.dwconv_h.weight",
+        "stages.0.blocks.0.norm.weight",
+        "stages.0.blocks.0.mlp.fc1.weight",
+        "stages.0.blocks.0.mlp.fc2.bias",
+        "stages.3.blocks.1.gamma",
+        "head.fc1.weight",
+        "head.norm.weight",
+        "head.fc2.bias",
+    ]:
         assert key in keys, key
     assert "stages.0.downsample.0.weight" not in keys  # stage 0 has no downsampling
 
@@ -102,8 +115,11 @@ def test_constructor_arguments():
     assert model.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
     mixers = [m for m in model.modules() if isinstance(m, InceptionDWConv2d)]
     assert {m.backend for m in mixers} == {"torch"}
-    assert {m.backend for m in timm.create_model("inceptionnext_t", device="meta").modules()
-            if isinstance(m, InceptionDWConv2d)} == {"auto"}  # fmt: skip
+    assert {
+        m.backend
+        for m in timm.create_model("inceptionnext_t", device="meta").modules()
+        if isinstance(m, InceptionDWConv2d)
+    } == {"auto"}
     # lists from a config (OmegaConf ListConfig, plain lists) work like tuples
     small = timm.create_model("inceptionnext_a", depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], device="meta")
     assert [len(s.blocks) for s in small.stages] == [1, 1, 1, 1]
@@ -159,8 +175,9 @@ def test_offline_pretrained_file_loads_strictly(tmp_path, atto, wrap):
     }[wrap]
     path = tmp_path / "inceptionnext_atto.pth"
     torch.save(checkpoint, path)
-    loaded = timm.create_model("inceptionnext_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               backend="torch")  # fmt: skip
+    loaded = timm.create_model(
+        "inceptionnext_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), backend="torch"
+    )
     _assert_same_model(loaded, atto)
 
 
@@ -175,13 +192,15 @@ def test_checkpoint_filter_keeps_official_keys_for_strict_loading(atto):
 def test_pretrained_file_with_other_classes_and_channels(tmp_path, atto):
     path = tmp_path / "inceptionnext_atto.pth"
     torch.save(_official_checkpoint(atto), path)
-    model = timm.create_model("inceptionnext_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                              num_classes=10, in_chans=1)  # fmt: skip
+    model = timm.create_model(
+        "inceptionnext_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10, in_chans=1
+    )
     assert model.head.fc2.weight.shape == (10, 960)  # the classifier is left at init
     assert model.stem[0].weight.shape == (40, 1, 4, 4)  # timm sums the first conv over the input channels
     torch.testing.assert_close(model.stem[0].weight, atto.stem[0].weight.sum(1, keepdim=True))
-    assert torch.equal(model.stages[2].blocks[3].token_mixer.dwconv_w.weight,
-                       atto.stages[2].blocks[3].token_mixer.dwconv_w.weight)  # fmt: skip
+    assert torch.equal(
+        model.stages[2].blocks[3].token_mixer.dwconv_w.weight, atto.stages[2].blocks[3].token_mixer.dwconv_w.weight
+    )
 
 
 # ------------------------------------------------------------------------------------------------ timm contract
@@ -236,8 +255,12 @@ def test_forward_intermediates_match_forward_features(atto):
     x = _input(2, 96)
     with torch.no_grad():
         final, intermediates = atto.forward_intermediates(x)
-        assert [tuple(t.shape) for t in intermediates] == [(2, 40, 24, 24), (2, 80, 12, 12), (2, 160, 6, 6),
-                                                          (2, 320, 3, 3)]  # fmt: skip
+        assert [tuple(t.shape) for t in intermediates] == [
+            (2, 40, 24, 24),
+            (2, 80, 12, 12),
+            (2, 160, 6, 6),
+            (2, 320, 3, 3),
+        ]
         torch.testing.assert_close(final, atto.forward_features(x), rtol=0, atol=0)
         only = atto.forward_intermediates(x, indices=[1, 2], intermediates_only=True, stop_early=True)
     assert [tuple(t.shape) for t in only] == [(2, 80, 12, 12), (2, 160, 6, 6)]
@@ -337,19 +360,35 @@ def test_imagenet_recipe_composes(variant, drop_path):
     """The paper's recipe (official README and scripts) overrides the defaults; the command line overrides it."""
     cfg = _compose(f"model=inceptionnext_{variant}", "experiment=inceptionnext_imagenet", "run_dir=x")
     assert (cfg.data.name, cfg.data.img_size, cfg.epochs, cfg.batch_size, cfg.accum_steps) == (
-        "imagenet", 224, 300, 128, 4,
-    )  # fmt: skip
+        "imagenet",
+        224,
+        300,
+        128,
+        4,
+    )
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
     assert (cfg.sched.name, cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (
-        "cosine", 20, 1e-6, 1e-5,
-    )  # fmt: skip
+        "cosine",
+        20,
+        1e-6,
+        1e-5,
+    )
     assert (cfg.mixup.mixup_alpha, cfg.mixup.cutmix_alpha, cfg.mixup.label_smoothing) == (0.8, 1.0, 0.1)
-    assert cfg.data.augment == {"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "re_mode": "pixel",
-                                "interpolation": "random"}  # fmt: skip
+    assert cfg.data.augment == {
+        "auto_augment": "rand-m9-mstd0.5-inc1",
+        "re_prob": 0.25,
+        "re_mode": "pixel",
+        "interpolation": "random",
+    }
     assert not cfg.ema.enabled
     assert cfg.model.kwargs.drop_path_rate == drop_path
-    overridden = _compose(f"model=inceptionnext_{variant}", "experiment=inceptionnext_imagenet", "run_dir=x",
-                          "model.kwargs.drop_path_rate=0.2", "optim.lr=1e-3")  # fmt: skip
+    overridden = _compose(
+        f"model=inceptionnext_{variant}",
+        "experiment=inceptionnext_imagenet",
+        "run_dir=x",
+        "model.kwargs.drop_path_rate=0.2",
+        "optim.lr=1e-3",
+    )
     assert (overridden.model.kwargs.drop_path_rate, overridden.optim.lr) == (0.2, 1e-3)
 
 
@@ -358,8 +397,16 @@ def test_training_on_digits_needs_img_size_32(tmp_path):
     pytest.importorskip("hydra")
     from zoo.training.trainer import train
 
-    common = ["model=inceptionnext_a", "data.train_subset=128", "data.eval_subset=64", "batch_size=32",
-              "epochs=1", "progress=false", "device=cpu", "sched.warmup_epochs=0"]  # fmt: skip
+    common = [
+        "model=inceptionnext_a",
+        "data.train_subset=128",
+        "data.eval_subset=64",
+        "batch_size=32",
+        "epochs=1",
+        "progress=false",
+        "device=cpu",
+        "sched.warmup_epochs=0",
+    ]
     with pytest.raises(ValueError, match="at least 32x32, got 8x8.*img_size=32"):
         train(_compose(*common, f"run_dir={tmp_path / 'at8'}"))
     summary = train(_compose(*common, "img_size=32", f"run_dir={tmp_path / 'at32'}"))

@@ -72,12 +72,34 @@ def test_parameter_count_equals_the_official_model(name):
 
 
 def test_state_dict_keys_are_the_official_layout(kat_t):
-    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
-                "norm.bias", "head.weight", "head.bias"}  # fmt: skip
-    block_keys = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                  "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
-                  "mlp.fc2.bias", "mlp.act1.weight_numerator", "mlp.act1.weight_denominator",
-                  "mlp.act2.weight_numerator", "mlp.act2.weight_denominator"]  # fmt: skip
+    expected = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    }
+    block_keys = [
+        "norm1.weight",
+        "norm1.bias",
+        "attn.qkv.weight",
+        "attn.qkv.bias",
+        "attn.proj.weight",
+        "attn.proj.bias",
+        "norm2.weight",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc1.bias",
+        "mlp.fc2.weight",
+        "mlp.fc2.bias",
+        "mlp.act1.weight_numerator",
+        "mlp.act1.weight_denominator",
+        "mlp.act2.weight_numerator",
+        "mlp.act2.weight_denominator",
+    ]
     expected |= {f"blocks.{i}.{key}" for i in range(12) for key in block_keys}
     state = kat_t.state_dict()
     assert set(state) == expected

@@ -173,8 +173,10 @@ def test_dinat_models_carry_the_official_dilations():
     assert timm.create_model("dinat_t", img_size=384, device="meta").dilations[0] == (1, 13, 1)
     assert timm.create_model("dinat_m", img_size=32, device="meta").dilations == tuple((1,) * d for d in (3, 4, 6, 5))
     assert timm.create_model("dinat_m", img_size=(224, 112), device="meta").dilations[0] == (1, (8, 4), 1)
-    assert timm.create_model("dinat_m", dilations=1, device="meta").dilations == timm.create_model(
-        "nat_m", device="meta").dilations  # fmt: skip
+    assert (
+        timm.create_model("dinat_m", dilations=1, device="meta").dilations
+        == timm.create_model("nat_m", device="meta").dilations
+    )
     # at the input size they are built for, every window fits its map: no padding
     for name in VARIANTS:
         model = timm.create_model(name, device="meta")
@@ -204,8 +206,7 @@ def test_offline_pretrained_file_loads_strictly(tmp_path, mini, wrap):
     }[wrap]
     path = tmp_path / "nat_mini.pth"
     torch.save(checkpoint, path)
-    loaded = timm.create_model("nat_m", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               backend="torch")  # fmt: skip
+    loaded = timm.create_model("nat_m", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), backend="torch")
     for key, value in mini.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     _assert_same_outputs(loaded, mini)
@@ -222,8 +223,14 @@ def test_layer_scale_and_dilated_checkpoints_load_strictly(tmp_path):
     loaded = timm.create_model("dinat_b", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **small)
     _assert_same_outputs(loaded, source, size=32)
     with pytest.raises(RuntimeError, match="gamma1"):  # strict: a checkpoint with layer scale needs a model with it
-        timm.create_model("dinat_s", embed_dim=128, num_heads=(4, 8, 16, 32), pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(path)), **small)  # fmt: skip
+        timm.create_model(
+            "dinat_s",
+            embed_dim=128,
+            num_heads=(4, 8, 16, 32),
+            pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(path)),
+            **small,
+        )
 
 
 def test_checkpoint_filter_unwraps_the_containers(mini):
@@ -236,8 +243,9 @@ def test_checkpoint_filter_unwraps_the_containers(mini):
 def test_pretrained_file_with_other_classes_and_channels(tmp_path, mini):
     path = tmp_path / "nat_mini.pth"
     torch.save(mini.state_dict(), path)
-    model = timm.create_model("nat_m", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                              num_classes=10, in_chans=1)  # fmt: skip
+    model = timm.create_model(
+        "nat_m", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10, in_chans=1
+    )
     assert model.head.weight.shape == (10, 512)  # the classifier is left at init
     first = mini.patch_embed.proj[0].weight
     torch.testing.assert_close(model.patch_embed.proj[0].weight, first.sum(1, keepdim=True))
@@ -249,10 +257,9 @@ def test_default_cfgs_name_the_official_weights():
         "nat_m.in1k": "https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth",
         "nat_b.in1k": "https://shi-labs.com/projects/nat/checkpoints/CLS/nat_base.pth",
         "dinat_t.in1k": "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth",
-        "dinat_l.in22k_ft_in1k":
-            "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth",
+        "dinat_l.in22k_ft_in1k": "https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_large_in22k_in1k_224.pth",
         "dinat_l.in22k": "https://shi-labs.com/projects/dinat/checkpoints/imagenet22k/dinat_large_in22k_224.pth",
-    }  # fmt: skip
+    }
     for tag, url in expected.items():
         assert timm.models.get_pretrained_cfg(tag).url == url
     tags = timm.list_pretrained("*nat_*")
@@ -319,8 +326,12 @@ def test_forward_intermediates_match_forward_features(mini):
     x = _input(2, 64)
     with torch.no_grad():
         final, intermediates = mini.forward_intermediates(x)
-        assert [tuple(t.shape) for t in intermediates] == [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4),
-                                                          (2, 512, 2, 2)]  # fmt: skip
+        assert [tuple(t.shape) for t in intermediates] == [
+            (2, 64, 16, 16),
+            (2, 128, 8, 8),
+            (2, 256, 4, 4),
+            (2, 512, 2, 2),
+        ]
         torch.testing.assert_close(final, mini.forward_features(x), rtol=0, atol=0)
         only = mini.forward_intermediates(x, indices=[1, 2], intermediates_only=True, stop_early=True)
         torch.testing.assert_close(only[1], intermediates[2], rtol=0, atol=0)
@@ -441,8 +452,9 @@ def test_nat_m_logits_equal_with_torch_and_triton_backends():
 def test_backend_reaches_every_attention():
     model = timm.create_model("dinat_t", backend="torch", device="meta")
     assert {m.backend for m in model.modules() if isinstance(m, NeighborhoodAttention2D)} == {"torch"}
-    assert {m.backend for m in timm.create_model("nat_t", device="meta").modules()
-            if isinstance(m, NeighborhoodAttention2D)} == {"auto"}  # fmt: skip
+    assert {
+        m.backend for m in timm.create_model("nat_t", device="meta").modules() if isinstance(m, NeighborhoodAttention2D)
+    } == {"auto"}
 
 
 def test_bad_input_names_the_expected_layout(mini):
@@ -476,22 +488,39 @@ def _compose(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("name,drop_path", [("nat_m", 0.2), ("nat_t", 0.2), ("nat_s", 0.3), ("nat_b", 0.5),
-                                            ("dinat_m", 0.2), ("dinat_b", 0.5), ("dinat_l", 0.35)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,drop_path",
+    [
+        ("nat_m", 0.2),
+        ("nat_t", 0.2),
+        ("nat_s", 0.3),
+        ("nat_b", 0.5),
+        ("dinat_m", 0.2),
+        ("dinat_b", 0.5),
+        ("dinat_l", 0.35),
+    ],
+)
 def test_imagenet_recipe_composes(name, drop_path):
     """The official recipe (classification/configs/*.yml over train.py's defaults) overrides the defaults."""
     cfg = _compose(f"model={name}", "experiment=nat_imagenet", "run_dir=x")
     assert (cfg.data.name, cfg.data.img_size, cfg.epochs, cfg.batch_size * cfg.accum_steps) == (
-        "imagenet", 224, 300, 128,
-    )  # fmt: skip
+        "imagenet",
+        224,
+        300,
+        128,
+    )
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.grad_clip) == ("adamw", 1e-3, 0.05, 5.0)
     assert (cfg.sched.name, cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (
-        "cosine", 20, 1e-6, 5e-6,
-    )  # fmt: skip
+        "cosine",
+        20,
+        1e-6,
+        5e-6,
+    )
     assert (cfg.mixup.mixup_alpha, cfg.mixup.cutmix_alpha, cfg.mixup.label_smoothing) == (0.8, 1.0, 0.1)
     assert cfg.data.augment.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.data.augment.re_prob == 0.25
     assert cfg.data.augment.interpolation == "random" and not cfg.ema.enabled
     assert cfg.model.kwargs.drop_path_rate == drop_path
-    overridden = _compose(f"model={name}", "experiment=nat_imagenet", "run_dir=x",
-                          "model.kwargs.drop_path_rate=0.1", "optim.lr=5e-4")  # fmt: skip
+    overridden = _compose(
+        f"model={name}", "experiment=nat_imagenet", "run_dir=x", "model.kwargs.drop_path_rate=0.1", "optim.lr=5e-4"
+    )
     assert (overridden.model.kwargs.drop_path_rate, overridden.optim.lr) == (0.1, 5e-4)

@@ -39,8 +39,16 @@ def test_parameter_count_of_s4d_t_matches_the_example_model():
 
 def test_example_key_layout():
     keys = set(timm.create_model("s4d_t", in_chans=3).state_dict())
-    for key in ("encoder.weight", "s4_layers.3.kernel.log_dt", "s4_layers.0.kernel.C", "s4_layers.0.D",
-                "s4_layers.0.output_linear.0.weight", "norms.0.weight", "norms.3.bias", "decoder.weight"):  # fmt: skip
+    for key in (
+        "encoder.weight",
+        "s4_layers.3.kernel.log_dt",
+        "s4_layers.0.kernel.C",
+        "s4_layers.0.D",
+        "s4_layers.0.output_linear.0.weight",
+        "norms.0.weight",
+        "norms.3.bias",
+        "decoder.weight",
+    ):
         assert key in keys, key
 
 
@@ -115,8 +123,9 @@ def test_reset_classifier_and_get_classifier():
 
 def test_prenorm_batchnorm_bidirectional_and_grad_checkpointing():
     torch.manual_seed(0)
-    model = timm.create_model("s4d_t", in_chans=3, num_classes=4, prenorm=True, norm="batch", bidirectional=True,
-                              dropout=0.0, **TINY)  # fmt: skip
+    model = timm.create_model(
+        "s4d_t", in_chans=3, num_classes=4, prenorm=True, norm="batch", bidirectional=True, dropout=0.0, **TINY
+    )
     x = torch.randn(3, 11, 3)
     model.train()
     reference = model(x)
@@ -155,8 +164,12 @@ def test_bad_inputs():
         tokens(torch.randn(2, 5))
 
 
-FX_CASES = {"mean": {}, "last": {"global_pool": "last"}, "tokens": {"vocab_size": 5},
-            "per-position": {"global_pool": "", "prenorm": True}}
+FX_CASES = {
+    "mean": {},
+    "last": {"global_pool": "last"},
+    "tokens": {"vocab_size": 5},
+    "per-position": {"global_pool": "", "prenorm": True},
+}
 
 
 @pytest.mark.parametrize("kwargs", list(FX_CASES.values()), ids=list(FX_CASES))
@@ -216,8 +229,9 @@ VARIABLE_CASES = {
     "s4d-bidirectional-mean": dict(TINY, bidirectional=True),
     "s4d-prenorm-last": dict(TINY, prenorm=True, global_pool="last"),
     "longconv-bidirectional-mean": dict(TINY_LONGCONV, layer="longconv", bidirectional=True),
-    "longconv-batchnorm-last": dict(TINY_LONGCONV, layer="longconv", bidirectional=True, norm="batch",
-                                    global_pool="last"),
+    "longconv-batchnorm-last": dict(
+        TINY_LONGCONV, layer="longconv", bidirectional=True, norm="batch", global_pool="last"
+    ),
 }
 
 
@@ -247,7 +261,7 @@ def test_padding_does_not_change_valid_outputs(kwargs):
         torch.testing.assert_close(model.forward_features(other, lengths), features, atol=1e-5, rtol=1e-5)
         assert not features[1, 6:].any() and not features[2, 3:].any()  # padded positions are zero
         for b, n in enumerate(lengths.tolist()):
-            torch.testing.assert_close(model(x[b:b + 1, :n]), y[b:b + 1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(model(x[b : b + 1, :n]), y[b : b + 1], atol=1e-5, rtol=1e-5)
         assert not torch.allclose(model(other), model(x))  # without lengths the padding is read
 
 
@@ -266,8 +280,9 @@ def test_full_lengths_equal_no_lengths_and_bad_lengths_raise():
 
 def test_grad_checkpointing_with_lengths():
     torch.manual_seed(0)
-    model = SequenceModel(num_classes=3, vocab_size=5, dropout=0.0, layer="longconv", kernel_dropout=0.0,
-                          **dict(TINY_LONGCONV, d_model=8))  # fmt: skip
+    model = SequenceModel(
+        num_classes=3, vocab_size=5, dropout=0.0, layer="longconv", kernel_dropout=0.0, **dict(TINY_LONGCONV, d_model=8)
+    )
     x, lengths = torch.randint(1, 5, (2, 12)), torch.tensor([12, 5])
     reference = model(x, lengths)
     reference.sum().backward()

@@ -109,9 +109,16 @@ def test_parameter_counts_in_both_forms(name):
     }
 
 
-@pytest.mark.parametrize("name,stage3", [("unireplknet_a", (13,) * 6), ("unireplknet_n", (13,) * 8),
-                                         ("unireplknet_t", (13, 3) * 9), ("unireplknet_s", (13, 3, 3) * 9),
-                                         ("unireplknet_xl", (13, 3, 3) * 9)])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,stage3",
+    [
+        ("unireplknet_a", (13,) * 6),
+        ("unireplknet_n", (13,) * 8),
+        ("unireplknet_t", (13, 3) * 9),
+        ("unireplknet_s", (13, 3, 3) * 9),
+        ("unireplknet_xl", (13, 3, 3) * 9),
+    ],
+)
 def test_official_kernel_sizes(name, stage3):
     model = timm.create_model(name, device="meta")
     kernels = [tuple(block.kernel_size for block in stage) for stage in model.stages]
@@ -126,21 +133,45 @@ def test_official_kernel_sizes(name, stage3):
 def test_official_key_names_in_the_training_form(atto):
     keys = set(atto.state_dict())
     expected = [
-        "downsample_layers.0.0.weight", "downsample_layers.0.0.bias", "downsample_layers.0.1.weight",
-        "downsample_layers.0.1.bias", "downsample_layers.0.3.weight", "downsample_layers.0.4.bias",
-        "downsample_layers.3.0.weight", "downsample_layers.3.1.weight",
-        "stages.0.0.dwconv.weight", "stages.0.0.norm.running_var", "stages.0.0.se.down.weight",
-        "stages.0.0.se.up.bias", "stages.0.0.pwconv1.1.weight", "stages.0.0.pwconv1.1.bias", "stages.0.0.act.1.gamma",
-        "stages.0.0.act.1.beta", "stages.0.0.pwconv2.0.weight", "stages.0.0.pwconv2.2.running_mean",
-        "stages.0.0.gamma", "stages.2.5.dwconv.lk_origin.weight", "stages.2.5.dwconv.origin_bn.running_var",
-        "stages.2.5.dwconv.dil_conv_k5_1.weight", "stages.2.5.dwconv.dil_conv_k7_2.weight",
-        "stages.2.5.dwconv.dil_conv_k3_5.weight", "stages.2.5.dwconv.dil_bn_k3_4.bias", "norm.weight", "norm.bias",
-        "head.weight", "head.bias",
-    ]  # fmt: skip
+        "downsample_layers.0.0.weight",
+        "downsample_layers.0.0.bias",
+        "downsample_layers.0.1.weight",
+        "downsample_layers.0.1.bias",
+        "downsample_layers.0.3.weight",
+        "downsample_layers.0.4.bias",
+        "downsample_layers.3.0.weight",
+        "downsample_layers.3.1.weight",
+        "stages.0.0.dwconv.weight",
+        "stages.0.0.norm.running_var",
+        "stages.0.0.se.down.weight",
+        "stages.0.0.se.up.bias",
+        "stages.0.0.pwconv1.1.weight",
+        "stages.0.0.pwconv1.1.bias",
+        "stages.0.0.act.1.gamma",
+        "stages.0.0.act.1.beta",
+        "stages.0.0.pwconv2.0.weight",
+        "stages.0.0.pwconv2.2.running_mean",
+        "stages.0.0.gamma",
+        "stages.2.5.dwconv.lk_origin.weight",
+        "stages.2.5.dwconv.origin_bn.running_var",
+        "stages.2.5.dwconv.dil_conv_k5_1.weight",
+        "stages.2.5.dwconv.dil_conv_k7_2.weight",
+        "stages.2.5.dwconv.dil_conv_k3_5.weight",
+        "stages.2.5.dwconv.dil_bn_k3_4.bias",
+        "norm.weight",
+        "norm.bias",
+        "head.weight",
+        "head.bias",
+    ]
     for key in expected:
         assert key in keys, key
-    for absent in ["stages.0.0.dwconv.bias", "stages.0.0.pwconv2.0.bias", "stages.2.5.dwconv.lk_origin.bias",
-                   "downsample_layers.0.2.weight", "head_drop.weight"]:  # fmt: skip
+    for absent in [
+        "stages.0.0.dwconv.bias",
+        "stages.0.0.pwconv2.0.bias",
+        "stages.2.5.dwconv.lk_origin.bias",
+        "downsample_layers.0.2.weight",
+        "head_drop.weight",
+    ]:
         assert absent not in keys, absent
     assert atto.state_dict()["stages.1.0.dwconv.lk_origin.weight"].shape == (80, 1, 13, 13)
     assert atto.state_dict()["stages.1.0.act.1.gamma"].shape == (1, 1, 1, 320)
@@ -149,32 +180,53 @@ def test_official_key_names_in_the_training_form(atto):
 def test_official_key_names_in_the_deployed_form():
     model = timm.create_model("unireplknet_a", deploy=True)
     keys = set(model.state_dict())
-    for key in ["stages.0.0.dwconv.weight", "stages.0.0.dwconv.bias", "stages.2.5.dwconv.lk_origin.weight",
-                "stages.2.5.dwconv.lk_origin.bias", "stages.2.5.act.1.gamma", "stages.2.5.pwconv2.0.weight",
-                "stages.2.5.pwconv2.0.bias", "stages.2.5.se.down.weight", "norm.weight", "head.bias"]:  # fmt: skip
+    for key in [
+        "stages.0.0.dwconv.weight",
+        "stages.0.0.dwconv.bias",
+        "stages.2.5.dwconv.lk_origin.weight",
+        "stages.2.5.dwconv.lk_origin.bias",
+        "stages.2.5.act.1.gamma",
+        "stages.2.5.pwconv2.0.weight",
+        "stages.2.5.pwconv2.0.bias",
+        "stages.2.5.se.down.weight",
+        "norm.weight",
+        "head.bias",
+    ]:
         assert key in keys, key
     block_keys = {k.split(".", 3)[3] for k in keys if k.startswith("stages.")}
-    for gone in ["norm.weight", "norm.running_var", "gamma", "act.1.beta", "pwconv2.2.weight", "pwconv2.2.running_var",
-                 "dwconv.origin_bn.weight", "dwconv.dil_conv_k5_1.weight"]:  # fmt: skip
+    for gone in [
+        "norm.weight",
+        "norm.running_var",
+        "gamma",
+        "act.1.beta",
+        "pwconv2.2.weight",
+        "pwconv2.2.running_var",
+        "dwconv.origin_bn.weight",
+        "dwconv.dil_conv_k5_1.weight",
+    ]:
         assert gone not in block_keys, gone
     assert model.deployed and model.deploy
 
 
 def test_constructor_arguments():
-    model = timm.create_model("unireplknet_a", num_classes=10, in_chans=1, drop_path_rate=0.1, backend="torch",
-                              layer_scale_init_value=0.5)  # fmt: skip
+    model = timm.create_model(
+        "unireplknet_a", num_classes=10, in_chans=1, drop_path_rate=0.1, backend="torch", layer_scale_init_value=0.5
+    )
     assert model.downsample_layers[0][0].weight.shape == (20, 1, 3, 3)
     assert model(_input(2, 32, channels=1)).shape == (2, 10)
     assert model.stages[-1][-1].drop_path.drop_prob == pytest.approx(0.1)
     assert isinstance(model.stages[0][0].drop_path, torch.nn.Identity)  # linear from 0
     assert torch.equal(model.stages[2][3].gamma, torch.full((160,), 0.5))
-    assert {m.backend for m in model.modules() if isinstance(m, (UniRepLKNetBlock, DilatedReparamBlock,
-                                                                 DepthwiseConv2d))} == {"torch"}  # fmt: skip
-    assert {m.backend for m in timm.create_model("unireplknet_t", device="meta").modules()
-            if isinstance(m, DepthwiseConv2d)} == {"auto"}  # fmt: skip
+    assert {
+        m.backend for m in model.modules() if isinstance(m, (UniRepLKNetBlock, DilatedReparamBlock, DepthwiseConv2d))
+    } == {"torch"}
+    assert {
+        m.backend for m in timm.create_model("unireplknet_t", device="meta").modules() if isinstance(m, DepthwiseConv2d)
+    } == {"auto"}
     assert "stages.0.0.gamma" not in timm.create_model("unireplknet_a", layer_scale_init_value=0).state_dict()
-    small = timm.create_model("unireplknet_a", depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], device="meta",
-                              kernel_sizes=[[3], [7], [5], [9]])  # fmt: skip
+    small = timm.create_model(
+        "unireplknet_a", depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], device="meta", kernel_sizes=[[3], [7], [5], [9]]
+    )
     assert [block.kernel_size for stage in small.stages for block in stage] == [3, 7, 5, 9]
     with pytest.raises(ValueError, match="do not match depths"):
         UniRepLKNet(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (3,), (3,), (3, 3)))
@@ -231,8 +283,9 @@ def test_offline_pretrained_file_loads_strictly(tmp_path, atto, wrap):
     }[wrap]
     path = tmp_path / "unireplknet_a_in1k_224_acc77.03.pth"
     torch.save(checkpoint, path)
-    loaded = timm.create_model("unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               backend="torch")  # fmt: skip
+    loaded = timm.create_model(
+        "unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), backend="torch"
+    )
     for key, value in atto.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     _assert_same_outputs(loaded, atto)
@@ -241,8 +294,9 @@ def test_offline_pretrained_file_loads_strictly(tmp_path, atto, wrap):
 def test_training_checkpoint_loads_into_a_deploy_model(tmp_path, atto):
     path = tmp_path / "official.pth"
     torch.save({"model": _official_checkpoint(atto)}, path)
-    loaded = timm.create_model("unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               deploy=True, backend="torch")  # fmt: skip
+    loaded = timm.create_model(
+        "unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), deploy=True, backend="torch"
+    )
     assert loaded.deployed
     _assert_same_outputs(loaded, atto, atol=1e-4)
 
@@ -251,8 +305,9 @@ def test_deployed_checkpoint_loads_into_a_deploy_model_only(tmp_path, atto):
     deployed = reparameterize_model(atto)
     path = tmp_path / "deployed.pth"
     torch.save(deployed.state_dict(), path)
-    loaded = timm.create_model("unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                               deploy=True, backend="torch")  # fmt: skip
+    loaded = timm.create_model(
+        "unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), deploy=True, backend="torch"
+    )
     _assert_same_outputs(loaded, deployed)
     with pytest.raises(ValueError, match="deployed .* form .* build the model with deploy=True"):
         timm.create_model("unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
@@ -263,8 +318,9 @@ def test_deployed_checkpoint_loads_into_a_deploy_model_only(tmp_path, atto):
 def test_pretrained_file_with_other_classes_and_channels(tmp_path, atto):
     path = tmp_path / "unireplknet_a.pth"
     torch.save(_official_checkpoint(atto), path)
-    model = timm.create_model("unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                              num_classes=10, in_chans=1)  # fmt: skip
+    model = timm.create_model(
+        "unireplknet_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), num_classes=10, in_chans=1
+    )
     assert model.head.weight.shape == (10, 320)  # the classifier is left at init
     first = atto.downsample_layers[0][0].weight
     torch.testing.assert_close(model.downsample_layers[0][0].weight, first.sum(1, keepdim=True))
@@ -357,8 +413,12 @@ def test_forward_intermediates_match_forward_features(atto):
     x = _input(2, 96)
     with torch.no_grad():
         final, intermediates = atto.forward_intermediates(x)
-        assert [tuple(t.shape) for t in intermediates] == [(2, 40, 24, 24), (2, 80, 12, 12), (2, 160, 6, 6),
-                                                          (2, 320, 3, 3)]  # fmt: skip
+        assert [tuple(t.shape) for t in intermediates] == [
+            (2, 40, 24, 24),
+            (2, 80, 12, 12),
+            (2, 160, 6, 6),
+            (2, 320, 3, 3),
+        ]
         torch.testing.assert_close(final, atto.forward_features(x), rtol=0, atol=0)
         only = atto.forward_intermediates(x, indices=[1, 2], intermediates_only=True, stop_early=True)
         assert [tuple(t.shape) for t in only] == [(2, 80, 12, 12), (2, 160, 6, 6)]
@@ -475,23 +535,35 @@ def _compose(*overrides: str):
         return compose("train", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("variant,drop_path,mix", [("a", 0.0, 0.3), ("p", 0.1, 0.3), ("n", 0.1, 0.5),
-                                                   ("t", 0.2, 0.8), ("s", 0.4, 0.8)])  # fmt: skip
+@pytest.mark.parametrize(
+    "variant,drop_path,mix", [("a", 0.0, 0.3), ("p", 0.1, 0.3), ("n", 0.1, 0.5), ("t", 0.2, 0.8), ("s", 0.4, 0.8)]
+)
 def test_imagenet_recipe_composes(variant, drop_path, mix):
     """The official ImageNet-1k recipe (Image/README.md and main.py defaults) overrides the defaults."""
     cfg = _compose(f"model=unireplknet_{variant}", "experiment=unireplknet_imagenet", "run_dir=x")
     assert (cfg.data.name, cfg.data.img_size, cfg.epochs, cfg.batch_size * cfg.accum_steps) == (
-        "imagenet", 224, 300, 512,
-    )  # fmt: skip
+        "imagenet",
+        224,
+        300,
+        512,
+    )
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 4e-3, 0.05)
     assert (cfg.sched.name, cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == (
-        "cosine", 20, 0.0, 1e-6,
-    )  # fmt: skip
+        "cosine",
+        20,
+        0.0,
+        1e-6,
+    )
     assert (cfg.mixup.mixup_alpha, cfg.mixup.label_smoothing) == (mix, 0.1)
     assert cfg.mixup.cutmix_alpha == (1.0 if mix == 0.8 else mix)
     assert cfg.data.augment.auto_augment == "rand-m9-mstd0.5-inc1" and cfg.data.augment.re_prob == 0.25
     assert not cfg.ema.enabled
     assert cfg.model.kwargs.drop_path_rate == drop_path
-    overridden = _compose(f"model=unireplknet_{variant}", "experiment=unireplknet_imagenet", "run_dir=x",
-                          "model.kwargs.drop_path_rate=0.3", "optim.lr=1e-3")  # fmt: skip
+    overridden = _compose(
+        f"model=unireplknet_{variant}",
+        "experiment=unireplknet_imagenet",
+        "run_dir=x",
+        "model.kwargs.drop_path_rate=0.3",
+        "optim.lr=1e-3",
+    )
     assert (overridden.model.kwargs.drop_path_rate, overridden.optim.lr) == (0.3, 1e-3)

@@ -25,8 +25,16 @@ from zoo.training.distributed import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE",
-                 "GROUP_RANK", "TORCHELASTIC_RUN_ID")
+TORCHRUN_VARS = (
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+)
 
 WORKER = textwrap.dedent("""
     import json, sys
@@ -79,17 +87,30 @@ def test_two_processes_on_cpu():
     world, port = 2, _free_port()
     procs = []
     for rank in range(world):
-        env = _clean_env() | {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
-                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER], env=env, cwd=REPO, text=True,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        env = _clean_env() | {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER],
+                env=env,
+                cwd=REPO,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        )
     results = {}
     try:
         for rank, proc in enumerate(procs):
             stdout, stderr = proc.communicate(timeout=60)
             assert proc.returncode == 0, f"rank {rank} failed:\n{stderr[-3000:]}"
             line = next(line for line in stdout.splitlines() if line.startswith("RESULT "))
-            results[rank] = json.loads(line[len("RESULT "):])
+            results[rank] = json.loads(line[len("RESULT ") :])
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -147,12 +168,15 @@ def test_incomplete_environment_is_a_clear_error(no_torchrun_env, missing):
     assert not dist.is_initialized()
 
 
-@pytest.mark.parametrize(("env", "match"), [
-    ({"WORLD_SIZE": "two"}, "WORLD_SIZE"),
-    ({"WORLD_SIZE": "0"}, "WORLD_SIZE"),
-    ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "outside"),
-    ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK"),
-])
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE"),
+        ({"WORLD_SIZE": "0"}, "WORLD_SIZE"),
+        ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "outside"),
+        ({"WORLD_SIZE": "1", "RANK": "1"}, "RANK"),
+    ],
+)
 def test_bad_environment(no_torchrun_env, env, match):
     for name, value in env.items():
         no_torchrun_env.setenv(name, value)

@@ -20,9 +20,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _history(epochs: int, ema: bool = False) -> list[dict]:
     rows = []
     for epoch in range(1, epochs + 1):
-        row = {"epoch": epoch, "step": 22 * epoch, "train_loss": 2.3 / epoch + 0.05 * math.sin(epoch),
-               "eval_loss": 2.4 / epoch + 0.1, "top1": 100 * (1 - 1 / (epoch + 1)), "top5": 100 * (1 - 0.2 / epoch),
-               "lr": 1e-3 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)) + 1e-6, "images_per_s": 1234.5}
+        row = {
+            "epoch": epoch,
+            "step": 22 * epoch,
+            "train_loss": 2.3 / epoch + 0.05 * math.sin(epoch),
+            "eval_loss": 2.4 / epoch + 0.1,
+            "top1": 100 * (1 - 1 / (epoch + 1)),
+            "top5": 100 * (1 - 0.2 / epoch),
+            "lr": 1e-3 * 0.5 * (1 + math.cos(math.pi * epoch / epochs)) + 1e-6,
+            "images_per_s": 1234.5,
+        }
         if ema:
             row.update(ema_top1=row["top1"] + 0.5, ema_top5=row["top5"])
         rows.append(row)
@@ -89,9 +96,12 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
 
 
 def test_import_does_not_import_matplotlib():
-    code = ("import sys\nimport zoo.training.report, zoo.training\n"
-            "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)\n")
+    code = (
+        "import sys\nimport zoo.training.report, zoo.training\n"
+        "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)\n"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -64,9 +64,20 @@ DATASETS: dict[str, DatasetInfo] = {
     "assocrecall": DatasetInfo("assocrecall", 20, 1, 42, (0.0,), (1.0,), vocab_size=20),
 }
 
-_DEFAULT_IMG_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "imagenet": 224, "sdigits": 8, "smnist": 28,
-                     "scifar": 32, "scifargray": 32, "copying": 120, "listops": 2001, "listopsshort": 100,
-                     "assocrecall": 42}
+_DEFAULT_IMG_SIZE = {
+    "digits": 8,
+    "cifar10": 32,
+    "cifar100": 32,
+    "imagenet": 224,
+    "sdigits": 8,
+    "smnist": 28,
+    "scifar": 32,
+    "scifargray": 32,
+    "copying": 120,
+    "listops": 2001,
+    "listopsshort": 100,
+    "assocrecall": 42,
+}
 _DEFAULT_ROOT = {"cifar10": "data", "cifar100": "data", "imagenet": os.path.join("data", "imagenet")}
 _EVAL_CROP_PCT = {"cifar10": 1.0, "cifar100": 1.0, "imagenet": 0.875}
 _SPLITS = {"train": "train", "test": "test", "val": "test"}
@@ -76,9 +87,24 @@ _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _DIGITS_AUGMENT_DEFAULTS: dict[str, Any] = {"degrees": 10.0, "translate": (0.1, 0.1), "scale": None, "shear": None}
 # create_transform arguments that the dataset sets itself, or that change the output type: not accepted in augment.
 _TIMM_RESERVED = {
-    "input_size", "is_training", "mean", "std", "crop_pct", "crop_mode", "crop_border_pixels", "use_prefetcher",
-    "normalize", "separate", "naflex", "patch_size", "max_seq_len", "patchify", "patchify_channels_last",
-    "patchify_flatten", "tf_preprocessing", "no_aug",
+    "input_size",
+    "is_training",
+    "mean",
+    "std",
+    "crop_pct",
+    "crop_mode",
+    "crop_border_pixels",
+    "use_prefetcher",
+    "normalize",
+    "separate",
+    "naflex",
+    "patch_size",
+    "max_seq_len",
+    "patchify",
+    "patchify_channels_last",
+    "patchify_flatten",
+    "tf_preprocessing",
+    "no_aug",
 }
 
 
@@ -209,8 +235,9 @@ class DigitsDataset(Dataset):
     def __init__(self, split: str, img_size: int = 16, augment: dict[str, Any] | None = None):
         images, labels = _digits_arrays()[canonical_split(split)]
         if img_size != images.shape[-1]:
-            images = F.interpolate(images, size=(img_size, img_size), mode="bilinear", align_corners=False,
-                                   antialias=True)
+            images = F.interpolate(
+                images, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True
+            )
         info = DATASETS["digits"]
         self.images = images.contiguous()
         self.targets = labels
@@ -260,11 +287,13 @@ def _timm_transform(key: str, size: int, is_training: bool, enabled: bool, optio
         )
     info = DATASETS[key]
     if is_training:
-        return create_transform(input_size=size, is_training=True, no_aug=not enabled, mean=info.mean,
-                                std=info.std, **options)
+        return create_transform(
+            input_size=size, is_training=True, no_aug=not enabled, mean=info.mean, std=info.std, **options
+        )
     # Eval ignores augment: resize to size / crop_pct and centre-crop size (crop_pct 1.0 for CIFAR keeps it all).
-    return create_transform(input_size=size, is_training=False, mean=info.mean, std=info.std,
-                            crop_pct=_EVAL_CROP_PCT[key])
+    return create_transform(
+        input_size=size, is_training=False, mean=info.mean, std=info.std, crop_pct=_EVAL_CROP_PCT[key]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------- CIFAR

@@ -32,8 +32,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["LISTOPS_VOCAB", "ListOpsConfig", "ListOpsDataset", "generate_listops", "listops_tokenize",
-           "listops_value"]  # fmt: skip
+__all__ = ["LISTOPS_VOCAB", "ListOpsConfig", "ListOpsDataset", "generate_listops", "listops_tokenize", "listops_value"]
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,10 @@ class ListOpsConfig:
         if self.max_depth < 1 or self.max_args < 2:
             raise ValueError(f"ListOps needs max_depth >= 1 and max_args >= 2, got {self.max_depth}, {self.max_args}")
         if not 0 <= self.min_length < self.max_length - 1:
-            raise ValueError(f"ListOps keeps lengths with min_length < length < max_length: need 0 <= min_length < "
-                             f"max_length - 1, got {self.min_length}, {self.max_length}")  # fmt: skip
+            raise ValueError(
+                f"ListOps keeps lengths with min_length < length < max_length: need 0 <= min_length < "
+                f"max_length - 1, got {self.min_length}, {self.max_length}"
+            )
 
     def cache_name(self) -> str:
         return "listops-" + "-".join(f"{k}{v}" for k, v in asdict(self).items()) + ".pt"
@@ -129,8 +130,11 @@ def generate_listops(cfg: ListOpsConfig) -> dict[str, tuple[Tensor, Tensor, Tens
             chunks.append(data)
             lengths.append(len(out))
             targets.append(value)
-        tokens = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8) if chunks else torch.zeros(
-            0, dtype=torch.uint8)
+        tokens = (
+            torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+            if chunks
+            else torch.zeros(0, dtype=torch.uint8)
+        )
         offsets = torch.zeros(n + 1, dtype=torch.int64)
         offsets[1:] = torch.tensor(lengths, dtype=torch.int64).cumsum(0) if n else offsets[1:]
         result[split] = (tokens.clone(), offsets, torch.tensor(targets, dtype=torch.int64))
@@ -214,7 +218,7 @@ def listops_value(ids: list[int] | Tensor) -> int:
     """Evaluate a token-id sequence (prefix notation, ``X`` closing an operator; pad and ``<eos>`` ignored)."""
     stack: list[list] = []
     result = None
-    for i in (ids.tolist() if isinstance(ids, Tensor) else ids):
+    for i in ids.tolist() if isinstance(ids, Tensor) else ids:
         token = LISTOPS_VOCAB[i]
         if token in ("<pad>", "<eos>"):
             continue
@@ -224,8 +228,12 @@ def listops_value(ids: list[int] | Tensor) -> int:
         if token == "X":
             op, *args = stack.pop()
             ordered = sorted(args)
-            value = {"[MIN": min(args), "[MAX": max(args), "[SM": sum(args) % 10,
-                     "[MED": int((ordered[(len(args) - 1) // 2] + ordered[len(args) // 2]) / 2)}[op]  # fmt: skip
+            value = {
+                "[MIN": min(args),
+                "[MAX": max(args),
+                "[SM": sum(args) % 10,
+                "[MED": int((ordered[(len(args) - 1) // 2] + ordered[len(args) // 2]) / 2),
+            }[op]
         else:
             value = int(token)
         if stack:

@@ -165,11 +165,14 @@ def create_loaders(
         from torch.utils.data import DistributedSampler
 
         if not (dist.is_available() and dist.is_initialized()):
-            raise ValueError("distributed=True needs an initialised torch.distributed process group "
-                             "(call torch.distributed.init_process_group first, e.g. under torchrun)")
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group "
+                "(call torch.distributed.init_process_group first, e.g. under torchrun)"
+            )
         world, rank = dist.get_world_size(), dist.get_rank()
-        train_sampler: Sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
-                                                    seed=int(seed))
+        train_sampler: Sampler = DistributedSampler(
+            train_set, num_replicas=world, rank=rank, shuffle=True, seed=int(seed)
+        )
         eval_sampler: Sampler = ShardSampler(eval_set, world, rank)
     else:
         train_sampler = EpochRandomSampler(train_set, seed)
@@ -192,8 +195,10 @@ def create_loaders(
         persistent_workers=False,
         collate_fn=collate_fn,
     )
-    train_loader = DataLoader(train_set, batch_size=int(batch_size), sampler=train_sampler, drop_last=True,
-                              **loader_args)
-    eval_loader = DataLoader(eval_set, batch_size=int(eval_batch_size), sampler=eval_sampler, drop_last=False,
-                             **loader_args)
+    train_loader = DataLoader(
+        train_set, batch_size=int(batch_size), sampler=train_sampler, drop_last=True, **loader_args
+    )
+    eval_loader = DataLoader(
+        eval_set, batch_size=int(eval_batch_size), sampler=eval_sampler, drop_last=False, **loader_args
+    )
     return train_loader, eval_loader, info

@@ -23,15 +23,30 @@ from torch.utils.data import Dataset
 
 from zoo.data.datasets import DATASETS, DigitsDataset, _create_cifar
 
-__all__ = ["ASSOC_RECALL_DEFAULTS", "AssocRecallDataset", "COPYING_DEFAULTS", "CopyingDataset", "LISTOPS_PRESETS",
-           "PixelSequences", "assoc_recall_example", "copying_batch", "create_sequence_dataset", "pad_collate"]
+__all__ = [
+    "ASSOC_RECALL_DEFAULTS",
+    "AssocRecallDataset",
+    "COPYING_DEFAULTS",
+    "CopyingDataset",
+    "LISTOPS_PRESETS",
+    "PixelSequences",
+    "assoc_recall_example",
+    "copying_batch",
+    "create_sequence_dataset",
+    "pad_collate",
+]
 
-SEQUENCE_DATASETS = ("sdigits", "smnist", "scifar", "scifargray", "copying", "listops", "listopsshort",
-                     "assocrecall")
+SEQUENCE_DATASETS = ("sdigits", "smnist", "scifar", "scifargray", "copying", "listops", "listopsshort", "assocrecall")
 # state-spaces/s4's copying task defaults: 100 noise positions, 10 tokens to memorise, vocabulary 10 (0 = blank,
 # 1..8 = tokens, 9 = marker); 10,000 train and 1,000 test sequences, generated from a seed.
-COPYING_DEFAULTS: dict[str, int] = {"l_noise": 100, "l_memorize": 10, "n_tokens": 10, "n_train": 10000,
-                                    "n_test": 1000, "seed": 0}  # fmt: skip
+COPYING_DEFAULTS: dict[str, int] = {
+    "l_noise": 100,
+    "l_memorize": 10,
+    "n_tokens": 10,
+    "n_train": 10000,
+    "n_test": 1000,
+    "seed": 0,
+}
 # ListOps generator settings per dataset name (zoo.data.listops.ListOpsConfig): LRA's, and a short variant that
 # trains in CPU minutes (lengths 50-100, a few thousand sequences).
 LISTOPS_PRESETS: dict[str, dict[str, int]] = {
@@ -42,8 +57,12 @@ LISTOPS_PRESETS: dict[str, dict[str, int]] = {
 # (18 symbols + the query marker "=>" + the no-op "."), 40 input tokens (20 key-value pairs), 5,000 train and 500
 # test sequences.
 ASSOC_RECALL_DEFAULTS: dict[str, int] = {"vocab_size": 20, "seq_len": 40, "n_train": 5000, "n_test": 500, "seed": 0}
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                "t10k-labels-idx1-ubyte")  # fmt: skip
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 _MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
 
 
@@ -51,8 +70,15 @@ class PixelSequences(Dataset):
     """Wraps an image dataset whose items are ``(image [C, S, S], label)`` (or PIL images with ``to_tensor``):
     each image becomes the pixel sequence [S*S, C], row by row, normalised with ``mean``/``std``."""
 
-    def __init__(self, images: Dataset, mean: tuple[float, ...], std: tuple[float, ...], size: int | None = None,
-                 to_tensor: bool = False, gray: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: Dataset,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        size: int | None = None,
+        to_tensor: bool = False,
+        gray: bool = False,
+    ) -> None:
         self.images = images
         self.size = size
         self.to_tensor = to_tensor
@@ -73,22 +99,26 @@ class PixelSequences(Dataset):
         if self.gray and image.shape[0] == 3:  # ITU-R 601-2 luma, as torchvision's Grayscale
             image = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).unsqueeze(0)
         if self.size is not None and image.shape[-1] != self.size:
-            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                  antialias=True)[0]  # fmt: skip
+            image = F.interpolate(
+                image[None], size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+            )[0]
         sequence = image.flatten(1).transpose(0, 1)  # [S*S, C]
         return (sequence - self.mean) / self.std, int(label)
 
 
-def copying_batch(batch_size: int, l_noise: int, l_memorize: int, n_tokens: int,
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+def copying_batch(
+    batch_size: int, l_noise: int, l_memorize: int, n_tokens: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """A batch of the copying task (state-spaces/s4 ``torch_copying_data``): ``(x [B, M+L+M], y [B, M])`` int64.
 
     x = M tokens drawn uniformly from 1..A-2, then L blanks (0), then M markers (A-1); y = the M tokens, which the
     model must output at the last M positions (A = ``n_tokens``, L = ``l_noise``, M = ``l_memorize``).
     """
     if n_tokens < 3 or l_memorize < 1 or l_noise < 0 or batch_size < 1:
-        raise ValueError(f"copying task needs n_tokens >= 3, l_memorize >= 1, l_noise >= 0, batch_size >= 1; got "
-                         f"{n_tokens}, {l_memorize}, {l_noise}, {batch_size}")  # fmt: skip
+        raise ValueError(
+            f"copying task needs n_tokens >= 3, l_memorize >= 1, l_noise >= 0, batch_size >= 1; got "
+            f"{n_tokens}, {l_memorize}, {l_noise}, {batch_size}"
+        )
     tokens = torch.randint(1, n_tokens - 1, (batch_size, l_memorize), generator=generator)
     blanks = torch.zeros(batch_size, l_noise, dtype=torch.int64)
     markers = torch.full((batch_size, l_memorize), n_tokens - 1, dtype=torch.int64)
@@ -99,8 +129,9 @@ class CopyingDataset(Dataset):
     """``n`` copying-task sequences generated up front from ``seed`` (deterministic): items are ``(one-hot x
     [M+L+M, A] float32, y [M] int64)``, or token ids x [M+L+M] with ``one_hot=False``."""
 
-    def __init__(self, n: int, l_noise: int = 100, l_memorize: int = 10, n_tokens: int = 10, seed: int = 0,
-                 one_hot: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, n: int, l_noise: int = 100, l_memorize: int = 10, n_tokens: int = 10, seed: int = 0, one_hot: bool = True
+    ) -> None:
         if int(n) < 1:
             raise ValueError(f"the copying task needs n >= 1 sequences, got {n!r}")
         generator = torch.Generator().manual_seed(int(seed))
@@ -133,7 +164,7 @@ def _assoc_vocab(vocab_size: int) -> tuple[list[str], list[str], list[str]]:
     keys are the first half of the sorted symbols, values the second half."""
     symbols = sorted(str(v) for v in range(vocab_size - 2))
     vocab = sorted(symbols + ["=>", "."])
-    return vocab, symbols[: len(symbols) // 2], symbols[len(symbols) // 2:]
+    return vocab, symbols[: len(symbols) // 2], symbols[len(symbols) // 2 :]
 
 
 def assoc_recall_example(rng: np.random.Generator, vocab_size: int = 20, seq_len: int = 40) -> list[int]:
@@ -165,8 +196,9 @@ class AssocRecallDataset(Dataset):
 
     def __init__(self, n: int, vocab_size: int = 20, seq_len: int = 40, seed: int = 0) -> None:
         if int(n) < 1 or int(vocab_size) < 6 or int(seq_len) < 2:
-            raise ValueError(f"associative recall needs n >= 1, vocab_size >= 6, seq_len >= 2; got {n}, {vocab_size}, "
-                             f"{seq_len}")  # fmt: skip
+            raise ValueError(
+                f"associative recall needs n >= 1, vocab_size >= 6, seq_len >= 2; got {n}, {vocab_size}, {seq_len}"
+            )
         rng = np.random.default_rng(int(seed))
         examples: dict[tuple[int, ...], None] = {}
         while len(examples) < int(n):
@@ -185,8 +217,10 @@ class AssocRecallDataset(Dataset):
 
 def _check_no_augment(key: str, augmenting: bool, options: dict[str, Any]) -> None:
     if augmenting and options:
-        raise ValueError(f"{key} is a sequence task and takes no augmentation options, got {sorted(options)}; "
-                         "leave data.augment empty")  # fmt: skip
+        raise ValueError(
+            f"{key} is a sequence task and takes no augmentation options, got {sorted(options)}; "
+            "leave data.augment empty"
+        )
 
 
 def _create_mnist(split: str, root: str):
@@ -203,8 +237,15 @@ def _create_mnist(split: str, root: str):
     return MNIST(root, train=(split == "train"), download=False)
 
 
-def create_sequence_dataset(key: str, split: str, root: str | None, download: bool, img_size: int | None,
-                            augmenting: bool, options: dict[str, Any]) -> Dataset:  # fmt: skip
+def create_sequence_dataset(
+    key: str,
+    split: str,
+    root: str | None,
+    download: bool,
+    img_size: int | None,
+    augmenting: bool,
+    options: dict[str, Any],
+) -> Dataset:
     """One split of a sequence task (``key`` canonical, ``split`` "train"/"test"); see ``create_dataset``."""
     _check_no_augment(key, augmenting, options)
     info = DATASETS[key]

@@ -6,7 +6,9 @@ interpreter (tests); otherwise ``backend="auto"`` runs Triton on CUDA tensors an
 
 from zoo.kernels._backend import BACKENDS, resolve_backend
 from zoo.kernels.dwconv import dwconv2d, dwconv2d_reference, inception_dwconv2d, inception_dwconv2d_reference
-from zoo.kernels.fftconv import fftconv_reference  # the op itself: zoo.kernels.fftconv.fftconv (the name is the module's)
+from zoo.kernels.fftconv import (
+    fftconv_reference,
+)  # the op itself: zoo.kernels.fftconv.fftconv (the name is the module's)
 from zoo.kernels.rational import group_rational, group_rational_reference
 from zoo.kernels.ssm import s4d_kernel, s4d_kernel_reference
 

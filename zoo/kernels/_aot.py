@@ -130,8 +130,9 @@ def all_specs() -> list[KernelSpec]:
     from importlib import import_module
 
     # by module path: `kernels` exports the function `fftconv`, which shadows the module of that name
-    modules = [import_module(f"zoo.kernels.{name}") for name in ("rational", "dwconv", "ssm", "fftconv",
-                                                                     "neighborhood")]
+    modules = [
+        import_module(f"zoo.kernels.{name}") for name in ("rational", "dwconv", "ssm", "fftconv", "neighborhood")
+    ]
     return [spec for module in modules for spec in module.aot_specs()]
 
 

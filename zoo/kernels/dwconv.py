@@ -67,14 +67,14 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
 
 
-
 def _check_weight(name: str, weight: Tensor, channels: int, shape: tuple[int, int] | None = None) -> tuple[int, int]:
     """Check a depthwise weight ``[channels, 1, kh, kw]`` with odd kernel sizes; return (kh, kw)."""
     check_float_tensor(name, weight)
     expected = f"[{channels}, 1, kh, kw]" if shape is None else f"[{channels}, 1, {shape[0]}, {shape[1]}]"
     if weight.dim() != 4 or weight.shape[0] != channels or weight.shape[1] != 1:
-        raise ValueError(f"{name} must have shape {expected} (depthwise: one filter per channel), "
-                         f"got {list(weight.shape)}")  # fmt: skip
+        raise ValueError(
+            f"{name} must have shape {expected} (depthwise: one filter per channel), got {list(weight.shape)}"
+        )
     kh, kw = weight.shape[2], weight.shape[3]
     if shape is not None and (kh, kw) != shape:
         raise ValueError(f"{name} must have shape {expected}, got {list(weight.shape)}")
@@ -243,11 +243,36 @@ def _index(v, INT64: tl.constexpr):
 
 @triton.jit
 def _conv_tile(
-    src_ptr, w_ptr, w_stride, w_channel, w_mask, n, row, col, p_mask, c, c_mask,
-    src_h, src_w, s_n, s_c, s_h, s_w, KH, KW, dil_h, dil_w, pad_h, pad_w,
-    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, TRANSPOSED: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    src_ptr,
+    w_ptr,
+    w_stride,
+    w_channel,
+    w_mask,
+    n,
+    row,
+    col,
+    p_mask,
+    c,
+    c_mask,
+    src_h,
+    src_w,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    KH,
+    KW,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """fp32 [BLOCK_P, BLOCK_C]: sum over taps of weight[tap, w_channel] * src[..., c] at the tap's position (zero
     outside the map); src is read where ``c_mask``, the weights where ``w_mask`` (0 elsewhere).
 
@@ -289,13 +314,38 @@ def _tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64: tl.constexpr):
 
 @triton.jit
 def _dwconv_kernel(
-    src_ptr, w_ptr, b_ptr, dst_ptr,
-    n_positions, C, src_h, src_w, dst_h, dst_w,
-    s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w,
-    KH, KW, dil_h, dil_w, pad_h, pad_w,
-    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INT64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    src_ptr,
+    w_ptr,
+    b_ptr,
+    dst_ptr,
+    n_positions,
+    C,
+    src_h,
+    src_w,
+    dst_h,
+    dst_w,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    d_n,
+    d_c,
+    d_h,
+    d_w,
+    KH,
+    KW,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Forward (dst = y) or input gradient (TRANSPOSED: src = dy, dst = dx) of the depthwise convolution.
     One program per (position tile, channel block), channel blocks varying fastest: the programs that share
     a tile's rows run together and read them from L2 once."""
@@ -306,9 +356,36 @@ def _dwconv_kernel(
     c_mask = c < C
     n, row, col = _split_positions(p, dst_w, dst_h)
     acc = _conv_tile(
-        src_ptr, w_ptr, C, c, c_mask, n, row, col, p_mask, c, c_mask, src_h, src_w, s_n, s_c, s_h, s_w,
-        KH, KW, dil_h, dil_w, pad_h, pad_w, STRIDE_H, STRIDE_W, TRANSPOSED, INT64, BLOCK_P, BLOCK_C,
-    )  # fmt: skip
+        src_ptr,
+        w_ptr,
+        C,
+        c,
+        c_mask,
+        n,
+        row,
+        col,
+        p_mask,
+        c,
+        c_mask,
+        src_h,
+        src_w,
+        s_n,
+        s_c,
+        s_h,
+        s_w,
+        KH,
+        KW,
+        dil_h,
+        dil_w,
+        pad_h,
+        pad_w,
+        STRIDE_H,
+        STRIDE_W,
+        TRANSPOSED,
+        INT64,
+        BLOCK_P,
+        BLOCK_C,
+    )
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     offsets = _tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64)
@@ -317,11 +394,38 @@ def _dwconv_kernel(
 
 @triton.jit
 def _wgrad_tile_sums(
-    x_ptr, dy_ptr, p_begin, p_end, c, c_mask, tap,
-    H, W, Ho, Wo, x_n, x_c, x_h, x_w, g_n, g_c, g_h, g_w, KH, KW, dil_h, dil_w, pad_h, pad_w,
-    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    dy_ptr,
+    p_begin,
+    p_end,
+    c,
+    c_mask,
+    tap,
+    H,
+    W,
+    Ho,
+    Wo,
+    x_n,
+    x_c,
+    x_h,
+    x_w,
+    g_n,
+    g_c,
+    g_h,
+    g_w,
+    KH,
+    KW,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """(fp32 [BLOCK_T, BLOCK_C], fp32 [BLOCK_C]): for each tap of the block, the sum over output positions
     p_begin..p_end of dy[p, c] * x[p shifted by the tap, c]; and the sum of dy (the bias gradient). Accumulated
     elementwise in registers ([BLOCK_T, BLOCK_P, BLOCK_C]: one load of dy per tap block), reduced over positions
@@ -343,8 +447,9 @@ def _wgrad_tile_sums(
         q = col[None, :] * STRIDE_W - pad_w + kw[:, None] * dil_w
         ok = is_tap[:, None] & p_mask[None, :] & (r >= 0) & (r < H) & (q >= 0) & (q < W)
         offsets = (_index(n, INT64) * x_n)[None, :] + _index(r, INT64) * x_h + _index(q, INT64) * x_w
-        values = tl.load(x_ptr + offsets[:, :, None] + c_offsets, mask=ok[:, :, None] & c_mask[None, None, :],
-                         other=0.0)  # fmt: skip
+        values = tl.load(
+            x_ptr + offsets[:, :, None] + c_offsets, mask=ok[:, :, None] & c_mask[None, None, :], other=0.0
+        )
         acc += values.to(tl.float32) * dy[None, :, :]
     return tl.sum(acc, axis=1), tl.sum(acc_bias, axis=0)
 
@@ -361,13 +466,37 @@ def _store_wgrad_sums(partial_ptr, row, row_stride, taps, tap, c_mask, sums, bia
 
 @triton.jit
 def _dwconv_wgrad_kernel(
-    x_ptr, dy_ptr, partial_ptr,
-    n_positions, positions_per_program, C, H, W, Ho, Wo,
-    x_n, x_c, x_h, x_w, g_n, g_c, g_h, g_w,
-    KH, KW, dil_h, dil_w, pad_h, pad_w,
-    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    dy_ptr,
+    partial_ptr,
+    n_positions,
+    positions_per_program,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    x_n,
+    x_c,
+    x_h,
+    x_w,
+    g_n,
+    g_c,
+    g_h,
+    g_w,
+    KH,
+    KW,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Partial weight and bias gradients: ``partial[chunk, c, tap]`` for taps 0..KH*KW - 1 and the bias sum at
     ``partial[chunk, c, KH*KW]`` (written by the programs of the first tap block)."""
     chunk = tl.program_id(0)
@@ -377,11 +506,49 @@ def _dwconv_wgrad_kernel(
     p_begin = chunk * positions_per_program
     p_end = tl.minimum(p_begin + positions_per_program, n_positions)
     sums, bias_sums = _wgrad_tile_sums(
-        x_ptr, dy_ptr, p_begin, p_end, c, c_mask, tap, H, W, Ho, Wo, x_n, x_c, x_h, x_w, g_n, g_c, g_h, g_w,
-        KH, KW, dil_h, dil_w, pad_h, pad_w, STRIDE_H, STRIDE_W, INT64, BLOCK_T, BLOCK_P, BLOCK_C,
-    )  # fmt: skip
-    _store_wgrad_sums(partial_ptr, chunk.to(tl.int64) * C + c, KH * KW + 1, KH * KW, tap, c_mask, sums, bias_sums,
-                      tl.program_id(2) == 0)  # fmt: skip
+        x_ptr,
+        dy_ptr,
+        p_begin,
+        p_end,
+        c,
+        c_mask,
+        tap,
+        H,
+        W,
+        Ho,
+        Wo,
+        x_n,
+        x_c,
+        x_h,
+        x_w,
+        g_n,
+        g_c,
+        g_h,
+        g_w,
+        KH,
+        KW,
+        dil_h,
+        dil_w,
+        pad_h,
+        pad_w,
+        STRIDE_H,
+        STRIDE_W,
+        INT64,
+        BLOCK_T,
+        BLOCK_P,
+        BLOCK_C,
+    )
+    _store_wgrad_sums(
+        partial_ptr,
+        chunk.to(tl.int64) * C + c,
+        KH * KW + 1,
+        KH * KW,
+        tap,
+        c_mask,
+        sums,
+        bias_sums,
+        tl.program_id(2) == 0,
+    )
 
 
 @triton.jit
@@ -420,12 +587,36 @@ def _branch_window(branch, C, id_channels, gc, local_block, BLOCK_C: tl.constexp
 
 @triton.jit
 def _inception_kernel(
-    src_ptr, dst_ptr, w_hw, b_hw, w_w, b_w, w_h, b_h,
-    n_positions, H, W, C, id_channels, gc, square, band,
-    s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w,
-    TRANSPOSED: tl.constexpr, HAS_BIAS: tl.constexpr, INT64: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    src_ptr,
+    dst_ptr,
+    w_hw,
+    b_hw,
+    w_w,
+    b_w,
+    w_h,
+    b_h,
+    n_positions,
+    H,
+    W,
+    C,
+    id_channels,
+    gc,
+    square,
+    band,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    d_n,
+    d_c,
+    d_h,
+    d_w,
+    TRANSPOSED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """One launch for the whole mixer: each position tile has the channel blocks of the identity slice, then
     those of each conv branch (1 square, 2 1 x band, 3 band x 1); each program writes its channels of dst.
     Forward (src x, dst y) or input gradient (TRANSPOSED: src dy, dst dx; the identity slice of dx is the
@@ -442,19 +633,50 @@ def _inception_kernel(
         c = block * BLOCK_C + tl.arange(0, BLOCK_C)
         group_mask = p_mask[:, None] & ((c < ((id_channels + 7) // 8) * 8) & (c < C))[None, :]
         values = tl.load(src_ptr + _tile_offsets(n, row, col, c, s_n, s_c, s_h, s_w, INT64), mask=group_mask)
-        tl.store(dst_ptr + _tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64), values,
-                 mask=p_mask[:, None] & (c < id_channels)[None, :])  # fmt: skip
+        tl.store(
+            dst_ptr + _tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64),
+            values,
+            mask=p_mask[:, None] & (c < id_channels)[None, :],
+        )
     else:
         branch = (block - id_blocks) // conv_blocks + 1
-        first, c, load_mask, exact = _branch_window(branch, C, id_channels, gc, (block - id_blocks) % conv_blocks,
-                                                    BLOCK_C)  # fmt: skip
+        first, c, load_mask, exact = _branch_window(
+            branch, C, id_channels, gc, (block - id_blocks) % conv_blocks, BLOCK_C
+        )
         if tl.sum(exact.to(tl.int32), axis=0) > 0:
             kh, kw, w_ptr, b_ptr = _inception_branch(branch, square, band, w_hw, w_w, w_h, b_hw, b_w, b_h)
             w_channel = c - first  # contiguous (vector loads); lanes outside the slice are masked by `exact`
             acc = _conv_tile(
-                src_ptr, w_ptr, gc, w_channel, exact, n, row, col, p_mask, c, load_mask, H, W,
-                s_n, s_c, s_h, s_w, kh, kw, 1, 1, kh // 2, kw // 2, 1, 1, TRANSPOSED, INT64, BLOCK_P, BLOCK_C,
-            )  # fmt: skip
+                src_ptr,
+                w_ptr,
+                gc,
+                w_channel,
+                exact,
+                n,
+                row,
+                col,
+                p_mask,
+                c,
+                load_mask,
+                H,
+                W,
+                s_n,
+                s_c,
+                s_h,
+                s_w,
+                kh,
+                kw,
+                1,
+                1,
+                kh // 2,
+                kw // 2,
+                1,
+                1,
+                TRANSPOSED,
+                INT64,
+                BLOCK_P,
+                BLOCK_C,
+            )
             if HAS_BIAS and not TRANSPOSED:
                 acc += tl.load(b_ptr + w_channel, mask=exact, other=0.0).to(tl.float32)[None, :]
             offsets = _tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64)
@@ -463,11 +685,31 @@ def _inception_kernel(
 
 @triton.jit
 def _inception_wgrad_kernel(
-    x_ptr, dy_ptr, partial_ptr,
-    n_positions, positions_per_program, H, W, C, id_channels, gc, square, band,
-    x_n, x_c, x_h, x_w, g_n, g_c, g_h, g_w,
-    INT64: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    dy_ptr,
+    partial_ptr,
+    n_positions,
+    positions_per_program,
+    H,
+    W,
+    C,
+    id_channels,
+    gc,
+    square,
+    band,
+    x_n,
+    x_c,
+    x_h,
+    x_w,
+    g_n,
+    g_c,
+    g_h,
+    g_w,
+    INT64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """Partial weight and bias gradients of the three branches: ``partial[branch - 1, chunk, c, tap]`` (taps
     0..kh*kw - 1, then the bias sum; rows padded to max(square^2, band) + 1 columns); program axis 1 = (branch - 1)
     * channel blocks + channel block (aligned windows, as in the forward), axis 2 = tap block."""
@@ -483,9 +725,38 @@ def _inception_wgrad_kernel(
         p_begin = chunk * positions_per_program
         p_end = tl.minimum(p_begin + positions_per_program, n_positions)
         sums, bias_sums = _wgrad_tile_sums(
-            x_ptr, dy_ptr, p_begin, p_end, c, load_mask, tap, H, W, H, W, x_n, x_c, x_h, x_w, g_n, g_c, g_h, g_w,
-            kh, kw, 1, 1, kh // 2, kw // 2, 1, 1, INT64, BLOCK_T, BLOCK_P, BLOCK_C,
-        )  # fmt: skip
+            x_ptr,
+            dy_ptr,
+            p_begin,
+            p_end,
+            c,
+            load_mask,
+            tap,
+            H,
+            W,
+            H,
+            W,
+            x_n,
+            x_c,
+            x_h,
+            x_w,
+            g_n,
+            g_c,
+            g_h,
+            g_w,
+            kh,
+            kw,
+            1,
+            1,
+            kh // 2,
+            kw // 2,
+            1,
+            1,
+            INT64,
+            BLOCK_T,
+            BLOCK_P,
+            BLOCK_C,
+        )
         row = ((branch - 1).to(tl.int64) * tl.num_programs(0) + chunk) * gc + tl.where(exact, c - first, 0)
         _store_wgrad_sums(partial_ptr, row, max_taps + 1, kh * kw, tap, exact, sums, bias_sums, tap_block == 0)
 
@@ -501,8 +772,10 @@ _WGRAD_TILE = ("BLOCK_T", "BLOCK_P", "BLOCK_C")
 if INTERPRETER:
     _CONV_CONFIGS = {"channels_last": _configs(((16, 4, 1),), _TILE), "nchw": _configs(((16, 4, 1),), _TILE)}
     _INCEPTION_CONFIGS = _CONV_CONFIGS
-    _WGRAD_CONFIGS = {"channels_last": _configs(((4, 8, 4, 1),), _WGRAD_TILE),
-                      "nchw": _configs(((4, 8, 4, 1),), _WGRAD_TILE)}  # fmt: skip
+    _WGRAD_CONFIGS = {
+        "channels_last": _configs(((4, 8, 4, 1),), _WGRAD_TILE),
+        "nchw": _configs(((4, 8, 4, 1),), _WGRAD_TILE),
+    }
     _INCEPTION_WGRAD_CONFIGS = _WGRAD_CONFIGS
 else:
     _CONV_CONFIGS = {
@@ -582,7 +855,6 @@ def _check_grad_output(grad_output: Tensor, expected_shape: Sequence[int], x: Te
     _check_triton_dtype(grad_output=grad_output)
 
 
-
 def _weight_table(weight: Tensor) -> Tensor:
     """The weight as a contiguous [kh * kw, C] table: a tap's weights for a block of channels are one load."""
     return weight.reshape(weight.shape[0], -1).t().contiguous()
@@ -590,8 +862,11 @@ def _weight_table(weight: Tensor) -> Tensor:
 
 def _needs_int64(*tensors: Tensor) -> bool:
     """Whether some element offset of these tensors reaches 2^31 (the kernels then compute offsets in 64 bits)."""
-    return any(sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride())) >= 2**31 - 1
-               for t in tensors if t.numel())  # fmt: skip
+    return any(
+        sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride())) >= 2**31 - 1
+        for t in tensors
+        if t.numel()
+    )
 
 
 def _positions_per_program(n_positions: int, parallel_programs: int) -> int:
@@ -614,8 +889,17 @@ def _strides(t: Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
-def _launch_conv(src: Tensor, w_table: Tensor, bias: Tensor | None, dst: Tensor, kernel, stride, dilation,
-                 transposed: bool, layout: str) -> None:  # fmt: skip
+def _launch_conv(
+    src: Tensor,
+    w_table: Tensor,
+    bias: Tensor | None,
+    dst: Tensor,
+    kernel,
+    stride,
+    dilation,
+    transposed: bool,
+    layout: str,
+) -> None:
     n, channels, dst_h, dst_w = dst.shape
     n_positions = n * dst_h * dst_w
     padding = same_padding(kernel, dilation)
@@ -624,13 +908,30 @@ def _launch_conv(src: Tensor, w_table: Tensor, bias: Tensor | None, dst: Tensor,
         return (triton.cdiv(n_positions, meta["BLOCK_P"]) * triton.cdiv(channels, meta["BLOCK_C"]),)
 
     _dwconv[layout][grid](
-        src, w_table, w_table if bias is None else bias, dst,
-        n_positions, channels, src.shape[2], src.shape[3], dst_h, dst_w,
-        *_strides(src), *_strides(dst),
-        kernel[0], kernel[1], dilation[0], dilation[1], padding[0], padding[1],
-        STRIDE_H=stride[0], STRIDE_W=stride[1], TRANSPOSED=transposed, HAS_BIAS=bias is not None,
+        src,
+        w_table,
+        w_table if bias is None else bias,
+        dst,
+        n_positions,
+        channels,
+        src.shape[2],
+        src.shape[3],
+        dst_h,
+        dst_w,
+        *_strides(src),
+        *_strides(dst),
+        kernel[0],
+        kernel[1],
+        dilation[0],
+        dilation[1],
+        padding[0],
+        padding[1],
+        STRIDE_H=stride[0],
+        STRIDE_W=stride[1],
+        TRANSPOSED=transposed,
+        HAS_BIAS=bias is not None,
         INT64=_needs_int64(src, dst),
-    )  # fmt: skip
+    )
 
 
 def dwconv2d_forward(
@@ -645,8 +946,12 @@ def dwconv2d_forward(
     _check_triton_dtype(x=x, weight=weight, bias=bias)
     check_triton_device(x.device)
     n, channels, h, w = x.shape
-    out_shape = (n, channels, _output_size(h, kernel[0], stride[0], dilation[0]),
-                 _output_size(w, kernel[1], stride[1], dilation[1]))  # fmt: skip
+    out_shape = (
+        n,
+        channels,
+        _output_size(h, kernel[0], stride[0], dilation[0]),
+        _output_size(w, kernel[1], stride[1], dilation[1]),
+    )
     y = _empty_like_format(x, out_shape)
     if y.numel():
         with device_guard(x.device):
@@ -689,11 +994,28 @@ def dwconv2d_backward(
     with device_guard(x.device):
         _launch_conv(grad_output, _weight_table(weight), None, dx, kernel, stride, dilation, True, layout)
         _dwconv_wgrad[layout][grid](
-            x, grad_output, partial, n_positions, per_program, channels, h, w, out_h, out_w,
-            *_strides(x), *_strides(grad_output),
-            kernel[0], kernel[1], dilation[0], dilation[1], padding[0], padding[1],
-            STRIDE_H=stride[0], STRIDE_W=stride[1], INT64=_needs_int64(x, grad_output),
-        )  # fmt: skip
+            x,
+            grad_output,
+            partial,
+            n_positions,
+            per_program,
+            channels,
+            h,
+            w,
+            out_h,
+            out_w,
+            *_strides(x),
+            *_strides(grad_output),
+            kernel[0],
+            kernel[1],
+            dilation[0],
+            dilation[1],
+            padding[0],
+            padding[1],
+            STRIDE_H=stride[0],
+            STRIDE_W=stride[1],
+            INT64=_needs_int64(x, grad_output),
+        )
     sums = partial.sum(0)
     return dx, _gradient(sums[:, :taps], weight), _gradient(sums[:, taps], weight)
 
@@ -709,19 +1031,30 @@ def inception_dwconv2d_forward(
 ) -> Tensor:
     """Triton forward of :func:`inception_dwconv2d`: one launch writes all four channel slices."""
     gc, square, band = check_inception_inputs(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
-    _check_triton_dtype(x=x, weight_hw=weight_hw, weight_w=weight_w, weight_h=weight_h,
-                        bias_hw=bias_hw, bias_w=bias_w, bias_h=bias_h)  # fmt: skip
+    _check_triton_dtype(
+        x=x, weight_hw=weight_hw, weight_w=weight_w, weight_h=weight_h, bias_hw=bias_hw, bias_w=bias_w, bias_h=bias_h
+    )
     check_triton_device(x.device)
     y = _empty_like_format(x, x.shape)
     if y.numel():
         with device_guard(x.device):
-            _launch_inception(x, y, (weight_hw, weight_w, weight_h), (bias_hw, bias_w, bias_h), gc, square, band,
-                              transposed=False, layout=_layout(x))  # fmt: skip
+            _launch_inception(
+                x,
+                y,
+                (weight_hw, weight_w, weight_h),
+                (bias_hw, bias_w, bias_h),
+                gc,
+                square,
+                band,
+                transposed=False,
+                layout=_layout(x),
+            )
     return y
 
 
-def _launch_inception(src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int,
-                      transposed: bool, layout: str) -> None:  # fmt: skip
+def _launch_inception(
+    src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, transposed: bool, layout: str
+) -> None:
     n, channels, h, w = dst.shape
     n_positions = n * h * w
     id_channels = channels - 3 * gc
@@ -733,11 +1066,28 @@ def _launch_inception(src: Tensor, dst: Tensor, weights, biases, gc: int, square
         return (triton.cdiv(n_positions, meta["BLOCK_P"]) * blocks,)
 
     _inception[layout][grid](
-        src, dst, w_hw, b_hw, w_w, b_w, w_h, b_h,
-        n_positions, h, w, channels, id_channels, gc, square, band,
-        *_strides(src), *_strides(dst),
-        TRANSPOSED=transposed, HAS_BIAS=biases[0] is not None, INT64=_needs_int64(src, dst),
-    )  # fmt: skip
+        src,
+        dst,
+        w_hw,
+        b_hw,
+        w_w,
+        b_w,
+        w_h,
+        b_h,
+        n_positions,
+        h,
+        w,
+        channels,
+        id_channels,
+        gc,
+        square,
+        band,
+        *_strides(src),
+        *_strides(dst),
+        TRANSPOSED=transposed,
+        HAS_BIAS=biases[0] is not None,
+        INT64=_needs_int64(src, dst),
+    )
 
 
 def inception_dwconv2d_backward(
@@ -766,12 +1116,26 @@ def inception_dwconv2d_backward(
         return (chunks, 3 * triton.cdiv(gc + 14, meta["BLOCK_C"]), triton.cdiv(max_taps, meta["BLOCK_T"]))
 
     with device_guard(x.device):
-        _launch_inception(grad_output, dx, weights, (None, None, None), gc, square, band, transposed=True,
-                          layout=layout)  # fmt: skip
+        _launch_inception(
+            grad_output, dx, weights, (None, None, None), gc, square, band, transposed=True, layout=layout
+        )
         _inception_wgrad[layout][grid](
-            x, grad_output, partial, n_positions, per_program, h, w, channels, channels - 3 * gc, gc, square, band,
-            *_strides(x), *_strides(grad_output), INT64=_needs_int64(x, grad_output),
-        )  # fmt: skip
+            x,
+            grad_output,
+            partial,
+            n_positions,
+            per_program,
+            h,
+            w,
+            channels,
+            channels - 3 * gc,
+            gc,
+            square,
+            band,
+            *_strides(x),
+            *_strides(grad_output),
+            INT64=_needs_int64(x, grad_output),
+        )
     sums = partial.sum(1)
     grads = []
     for index, wt in enumerate(weights):
@@ -794,8 +1158,12 @@ def _dwconv2d_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[in
 def _(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], dilation: list[int]) -> Tensor:
     kernel, stride, dilation = check_dwconv2d_inputs(x, weight, bias, stride, dilation)
     n, channels, h, w = x.shape
-    out_shape = (n, channels, _output_size(h, kernel[0], stride[0], dilation[0]),
-                 _output_size(w, kernel[1], stride[1], dilation[1]))  # fmt: skip
+    out_shape = (
+        n,
+        channels,
+        _output_size(h, kernel[0], stride[0], dilation[0]),
+        _output_size(w, kernel[1], stride[1], dilation[1]),
+    )
     return _empty_like_format(x, out_shape)
 
 
@@ -1004,11 +1372,15 @@ def aot_specs() -> list:
     conv_flags = [dict(TRANSPOSED=False, HAS_BIAS=True), dict(TRANSPOSED=True, HAS_BIAS=False)]
     kernels = (
         (_dwconv_kernel, _CONV_CONFIGS, ("src_ptr", "w_ptr", "b_ptr", "dst_ptr"), conv_flags),
-        (_inception_kernel, _INCEPTION_CONFIGS, ("src_ptr", "dst_ptr", "w_hw", "b_hw", "w_w", "b_w", "w_h", "b_h"),
-         conv_flags),
+        (
+            _inception_kernel,
+            _INCEPTION_CONFIGS,
+            ("src_ptr", "dst_ptr", "w_hw", "b_hw", "w_w", "b_w", "w_h", "b_h"),
+            conv_flags,
+        ),
         (_dwconv_wgrad_kernel, _WGRAD_CONFIGS, ("x_ptr", "dy_ptr", "partial_ptr"), [{}]),
         (_inception_wgrad_kernel, _INCEPTION_WGRAD_CONFIGS, ("x_ptr", "dy_ptr", "partial_ptr"), [{}]),
-    )  # fmt: skip
+    )
     strides = {f"{t}_{d}" for t in ("s", "d", "x", "g") for d in ("n", "c", "h", "w")}
     divisible = strides | {"C", "n_positions", "positions_per_program"}
     unit_stride = {"channels_last": {"s_c", "d_c", "x_c", "g_c"}, "nchw": {"s_w", "d_w", "x_w", "g_w"}}

@@ -61,9 +61,15 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-
-def check_fftconv_inputs(u: Tensor, k: Tensor, D: Tensor | None, bidirectional: bool, activation: str,
-                         gate_in: Tensor | None, gate_out: Tensor | None) -> int:  # fmt: skip
+def check_fftconv_inputs(
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None,
+    bidirectional: bool,
+    activation: str,
+    gate_in: Tensor | None,
+    gate_out: Tensor | None,
+) -> int:
     """Raise ``TypeError``/``ValueError`` naming the expected shapes; return the kernel length L'."""
     check_float_tensor("u", u)
     if u.dim() != 3:
@@ -72,8 +78,10 @@ def check_fftconv_inputs(u: Tensor, k: Tensor, D: Tensor | None, bidirectional: 
     check_float_tensor("k", k)
     if bidirectional:
         if k.dim() != 3 or k.shape[0] != 2 or k.shape[1] != H:
-            raise ValueError(f"bidirectional: k must have shape [2, H, L'] = [2, {H}, L'] with L' <= {L} "
-                             f"(k[0] causal, k[1] anti-causal), got {list(k.shape)}")  # fmt: skip
+            raise ValueError(
+                f"bidirectional: k must have shape [2, H, L'] = [2, {H}, L'] with L' <= {L} "
+                f"(k[0] causal, k[1] anti-causal), got {list(k.shape)}"
+            )
     elif k.dim() != 2 or k.shape[0] != H:
         raise ValueError(f"k must have shape [H, L'] = [{H}, L'] with L' <= {L} (causal), got {list(k.shape)}")
     k_len = k.shape[-1]
@@ -108,9 +116,15 @@ def _full_kernel(k: Tensor, n: int, bidirectional: bool) -> Tensor:
     return F.pad(k[0], (0, n - k.shape[-1])) + F.pad(k[1].flip(-1), (n - k.shape[-1], 0))
 
 
-def fftconv_reference(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
-                      activation: str = "none", gate_in: Tensor | None = None,
-                      gate_out: Tensor | None = None) -> Tensor:  # fmt: skip
+def fftconv_reference(
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None = None,
+    bidirectional: bool = False,
+    activation: str = "none",
+    gate_in: Tensor | None = None,
+    gate_out: Tensor | None = None,
+) -> Tensor:
     """FFT convolution with D skip, activation and gates in plain PyTorch (see the module docstring).
 
     Computes in float32 (float64 when u is float64) with FFT length 2L; returns the dtype of u."""
@@ -165,30 +179,51 @@ def _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi
 
 
 @triton.jit
-def _direct_conv(k_ptr, K_LEN, sk_c, sk_h, sk_l, u_ptr, gin_ptr, r, pos, mask, H, L,
-                 su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-                 HAS_GATE_IN: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr):  # fmt: skip
+def _direct_conv(
+    k_ptr,
+    K_LEN,
+    sk_c,
+    sk_h,
+    sk_l,
+    u_ptr,
+    gin_ptr,
+    r,
+    pos,
+    mask,
+    H,
+    L,
+    su_b,
+    su_h,
+    su_l,
+    sgi_b,
+    sgi_h,
+    sgi_l,
+    HAS_GATE_IN: tl.constexpr,
+    BIDIRECTIONAL: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     """The convolution at positions ``pos`` of row r computed tap by tap (the short-kernel path):
     sum_d k[h, d] v[pos - d] (+ sum_m k[1, h, m] v[pos + 1 + m] when bidirectional), float32."""
     k_row = k_ptr + (r % H).to(tl.int64) * sk_h
     acc = tl.zeros([BLOCK_L], dtype=tl.float32)
     for d in range(0, K_LEN):
         src = pos - d
-        v, _ = _load_v(u_ptr, gin_ptr, r, src, mask & (src >= 0), H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-                       HAS_GATE_IN)  # fmt: skip
+        v, _ = _load_v(u_ptr, gin_ptr, r, src, mask & (src >= 0), H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
         acc += tl.load(k_row + d * sk_l).to(tl.float32) * v
     if BIDIRECTIONAL:
         for m in range(0, K_LEN):
             src = pos + 1 + m
-            v, _ = _load_v(u_ptr, gin_ptr, r, src, mask & (src < L), H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-                           HAS_GATE_IN)  # fmt: skip
+            v, _ = _load_v(
+                u_ptr, gin_ptr, r, src, mask & (src < L), H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN
+            )
             acc += tl.load(k_row + sk_c + m * sk_l).to(tl.float32) * v
     return acc
 
 
 @triton.jit
-def _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n,
-                        BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr):  # fmt: skip
+def _direct_correlation(
+    k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr
+):
     """The input gradient of :func:`_direct_conv` at positions ``pos`` of row r: sum_d k[h, d] dz[pos + d]
     (+ sum_m k[1, h, m] dz[pos - 1 - m] when bidirectional); dz is a contiguous float32 [rows, n] buffer."""
     k_row = k_ptr + (r % H).to(tl.int64) * sk_h
@@ -207,10 +242,21 @@ def _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H,
 
 @triton.jit
 def _fftconv_prologue_kernel(
-    u_ptr, gin_ptr, v_ptr, H, L, n,
-    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-    HAS_GATE_IN: tl.constexpr, BLOCK_L: tl.constexpr,
-):  # fmt: skip
+    u_ptr,
+    gin_ptr,
+    v_ptr,
+    H,
+    L,
+    n,
+    su_b,
+    su_h,
+    su_l,
+    sgi_b,
+    sgi_h,
+    sgi_l,
+    HAS_GATE_IN: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     """v_pad[r, l] = (u * gate_in)[r, l] in float32 for l < L, 0 for L <= l < n: the input of the rFFT."""
     r = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -220,19 +266,66 @@ def _fftconv_prologue_kernel(
 
 @triton.jit
 def _fftconv_fwd_kernel(
-    conv_ptr, k_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, y_ptr, H, L, n, K_LEN, sk_c, sk_h, sk_l,
-    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
-    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, HAS_GATE_OUT: tl.constexpr, GELU: tl.constexpr,
-    DIRECT: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr,
-):  # fmt: skip
+    conv_ptr,
+    k_ptr,
+    u_ptr,
+    gin_ptr,
+    gout_ptr,
+    d_ptr,
+    y_ptr,
+    H,
+    L,
+    n,
+    K_LEN,
+    sk_c,
+    sk_h,
+    sk_l,
+    su_b,
+    su_h,
+    su_l,
+    sgi_b,
+    sgi_h,
+    sgi_l,
+    sgo_b,
+    sgo_h,
+    sgo_l,
+    HAS_D: tl.constexpr,
+    HAS_GATE_IN: tl.constexpr,
+    HAS_GATE_OUT: tl.constexpr,
+    GELU: tl.constexpr,
+    DIRECT: tl.constexpr,
+    BIDIRECTIONAL: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     """The epilogue: y = act(conv[:L] + D v) * gate_out, stored contiguous in the dtype of y. The conv comes from
     the FFT buffer, or with DIRECT from the taps of k (short kernels; conv_ptr unused)."""
     r = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = pos < L
     if DIRECT:
-        z = _direct_conv(k_ptr, K_LEN, sk_c, sk_h, sk_l, u_ptr, gin_ptr, r, pos, mask, H, L,
-                         su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN, BIDIRECTIONAL, BLOCK_L)  # fmt: skip
+        z = _direct_conv(
+            k_ptr,
+            K_LEN,
+            sk_c,
+            sk_h,
+            sk_l,
+            u_ptr,
+            gin_ptr,
+            r,
+            pos,
+            mask,
+            H,
+            L,
+            su_b,
+            su_h,
+            su_l,
+            sgi_b,
+            sgi_h,
+            sgi_l,
+            HAS_GATE_IN,
+            BIDIRECTIONAL,
+            BLOCK_L,
+        )
     else:
         z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
     if HAS_D:
@@ -248,11 +341,43 @@ def _fftconv_fwd_kernel(
 
 @triton.jit
 def _fftconv_bwd_epilogue_kernel(
-    dy_ptr, conv_ptr, k_ptr, u_ptr, gin_ptr, gout_ptr, d_ptr, dz_ptr, dgout_ptr, dd_partial_ptr, H, L, n,
-    K_LEN, sk_c, sk_h, sk_l, sdy_b, sdy_h, sdy_l, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, sgo_b, sgo_h, sgo_l,
-    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, HAS_GATE_OUT: tl.constexpr, GELU: tl.constexpr,
-    DIRECT: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_L: tl.constexpr,
-):  # fmt: skip
+    dy_ptr,
+    conv_ptr,
+    k_ptr,
+    u_ptr,
+    gin_ptr,
+    gout_ptr,
+    d_ptr,
+    dz_ptr,
+    dgout_ptr,
+    dd_partial_ptr,
+    H,
+    L,
+    n,
+    K_LEN,
+    sk_c,
+    sk_h,
+    sk_l,
+    sdy_b,
+    sdy_h,
+    sdy_l,
+    su_b,
+    su_h,
+    su_l,
+    sgi_b,
+    sgi_h,
+    sgi_l,
+    sgo_b,
+    sgo_h,
+    sgo_l,
+    HAS_D: tl.constexpr,
+    HAS_GATE_IN: tl.constexpr,
+    HAS_GATE_OUT: tl.constexpr,
+    GELU: tl.constexpr,
+    DIRECT: tl.constexpr,
+    BIDIRECTIONAL: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     """Gradients through the epilogue: dz (float32, zero-padded to n: the input of the rFFT of the backward),
     d gate_out = dy act(z) (contiguous, dtype of gate_out), and this block's sum of dz v (the D gradient) in
     ``dd_partial[r, block]``. The conv output is read (or, with DIRECT, recomputed from the taps) only where it is
@@ -267,8 +392,29 @@ def _fftconv_bwd_epilogue_kernel(
         v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
     if GELU or HAS_GATE_OUT:
         if DIRECT:
-            z = _direct_conv(k_ptr, K_LEN, sk_c, sk_h, sk_l, u_ptr, gin_ptr, r, pos, mask, H, L,
-                             su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN, BIDIRECTIONAL, BLOCK_L)  # fmt: skip
+            z = _direct_conv(
+                k_ptr,
+                K_LEN,
+                sk_c,
+                sk_h,
+                sk_l,
+                u_ptr,
+                gin_ptr,
+                r,
+                pos,
+                mask,
+                H,
+                L,
+                su_b,
+                su_h,
+                su_l,
+                sgi_b,
+                sgi_h,
+                sgi_l,
+                HAS_GATE_IN,
+                BIDIRECTIONAL,
+                BLOCK_L,
+            )
         else:
             z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
         if HAS_D:
@@ -290,11 +436,33 @@ def _fftconv_bwd_epilogue_kernel(
 
 @triton.jit
 def _fftconv_bwd_input_kernel(
-    dvc_ptr, dz_ptr, k_ptr, u_ptr, gin_ptr, d_ptr, du_ptr, dgin_ptr, H, L, n, K_LEN, sk_c, sk_h, sk_l,
-    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-    HAS_D: tl.constexpr, HAS_GATE_IN: tl.constexpr, DIRECT: tl.constexpr, BIDIRECTIONAL: tl.constexpr,
+    dvc_ptr,
+    dz_ptr,
+    k_ptr,
+    u_ptr,
+    gin_ptr,
+    d_ptr,
+    du_ptr,
+    dgin_ptr,
+    H,
+    L,
+    n,
+    K_LEN,
+    sk_c,
+    sk_h,
+    sk_l,
+    su_b,
+    su_h,
+    su_l,
+    sgi_b,
+    sgi_h,
+    sgi_l,
+    HAS_D: tl.constexpr,
+    HAS_GATE_IN: tl.constexpr,
+    DIRECT: tl.constexpr,
+    BIDIRECTIONAL: tl.constexpr,
     BLOCK_L: tl.constexpr,
-):  # fmt: skip
+):
     """dv = (correlation of dz with k)[:L] + D dz; du = dv * gate_in, d gate_in = dv * u (contiguous, in the
     dtypes of u and gate_in). The correlation comes from the FFT buffer, or with DIRECT from the taps of k."""
     r = tl.program_id(0)
@@ -302,8 +470,7 @@ def _fftconv_bwd_input_kernel(
     mask = pos < L
     row = r.to(tl.int64) * n
     if DIRECT:
-        dv = _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n, BIDIRECTIONAL,
-                                 BLOCK_L)  # fmt: skip
+        dv = _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n, BIDIRECTIONAL, BLOCK_L)
     else:
         dv = tl.load(dvc_ptr + row + pos, mask=mask, other=0.0)
     if HAS_D:
@@ -319,10 +486,25 @@ def _fftconv_bwd_input_kernel(
 
 @triton.jit
 def _direct_dk_kernel(
-    dz_ptr, u_ptr, gin_ptr, dk_partial_ptr, H, L, n, K_LEN,
-    su_b, su_h, su_l, sgi_b, sgi_h, sgi_l,
-    HAS_GATE_IN: tl.constexpr, BIDIRECTIONAL: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
-):  # fmt: skip
+    dz_ptr,
+    u_ptr,
+    gin_ptr,
+    dk_partial_ptr,
+    H,
+    L,
+    n,
+    K_LEN,
+    su_b,
+    su_h,
+    su_l,
+    sgi_b,
+    sgi_h,
+    sgi_l,
+    HAS_GATE_IN: tl.constexpr,
+    BIDIRECTIONAL: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """The kernel gradient of the short-kernel path, for row r = b H + h and a block of BLOCK_D taps of one side
     (axis 1: causal blocks, then anti-causal ones): dk[d] = sum_t dz[t] v[t - d] (causal) or dz[t] v[t + 1 + d]
     (anti-causal), reduced over the row's positions in a [BLOCK_D, BLOCK_T] register tile and stored in
@@ -370,8 +552,10 @@ def _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out) 
     k_len = check_fftconv_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
     for name, t in (("u", u), ("k", k), ("D", D), ("gate_in", gate_in), ("gate_out", gate_out)):
         if t is not None and t.dtype not in TRITON_DTYPES:
-            raise TypeError(f"the Triton FFT convolution takes {name} in {[str(d) for d in TRITON_DTYPES]}, got "
-                            f"{t.dtype}; use backend='torch' for other dtypes")  # fmt: skip
+            raise TypeError(
+                f"the Triton FFT convolution takes {name} in {[str(d) for d in TRITON_DTYPES]}, got "
+                f"{t.dtype}; use backend='torch' for other dtypes"
+            )
     check_triton_device(u.device)
     return k_len
 
@@ -397,7 +581,6 @@ def fft_length(L: int, k_len: int) -> int:
     return best
 
 
-
 def _strides(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
 
@@ -411,9 +594,18 @@ def _input_spectrum(u: Tensor, gate_in: Tensor | None, n: int) -> Tensor:
     B, H, L = u.shape
     v = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
     _fftconv_prologue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
-        u, u if gate_in is None else gate_in, v, H, L, n, *_strides(u), *_strides(gate_in),
-        HAS_GATE_IN=gate_in is not None, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
-    )  # fmt: skip
+        u,
+        u if gate_in is None else gate_in,
+        v,
+        H,
+        L,
+        n,
+        *_strides(u),
+        *_strides(gate_in),
+        HAS_GATE_IN=gate_in is not None,
+        BLOCK_L=BLOCK_L,
+        num_warps=NUM_WARPS,
+    )
     return torch.fft.rfft(v)
 
 
@@ -427,9 +619,16 @@ def use_direct(k_len: int) -> bool:
     return k_len <= DIRECT_MAX_TAPS
 
 
-def fftconv_forward(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
-                    activation: str = "none", gate_in: Tensor | None = None, gate_out: Tensor | None = None,
-                    direct: bool | None = None) -> Tensor:  # fmt: skip
+def fftconv_forward(
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None = None,
+    bidirectional: bool = False,
+    activation: str = "none",
+    gate_in: Tensor | None = None,
+    gate_out: Tensor | None = None,
+    direct: bool | None = None,
+) -> Tensor:
     """Triton forward of :func:`fftconv`. FFT path: prologue kernel, rFFT products (torch.fft, float32), epilogue
     kernel; direct path (``direct``; default: ``use_direct(L')``): one kernel, taps summed in registers. The output
     is contiguous, in the dtype of u."""
@@ -447,13 +646,30 @@ def fftconv_forward(u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional
             n = fft_length(L, k_len)
             conv = torch.fft.irfft(_input_spectrum(u, gate_in, n) * _kernel_spectrum(k, n, bidirectional), n=n)
         _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
-            conv, k, u, u if gate_in is None else gate_in, u if gate_out is None else gate_out,
-            u if D is None else D, y, H, L, n, k_len, *_kernel_strides(k, bidirectional),
-            *_strides(u), *_strides(gate_in), *_strides(gate_out),
-            HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, HAS_GATE_OUT=gate_out is not None,
-            GELU=activation == "gelu", DIRECT=direct, BIDIRECTIONAL=bidirectional, BLOCK_L=BLOCK_L,
+            conv,
+            k,
+            u,
+            u if gate_in is None else gate_in,
+            u if gate_out is None else gate_out,
+            u if D is None else D,
+            y,
+            H,
+            L,
+            n,
+            k_len,
+            *_kernel_strides(k, bidirectional),
+            *_strides(u),
+            *_strides(gate_in),
+            *_strides(gate_out),
+            HAS_D=D is not None,
+            HAS_GATE_IN=gate_in is not None,
+            HAS_GATE_OUT=gate_out is not None,
+            GELU=activation == "gelu",
+            DIRECT=direct,
+            BIDIRECTIONAL=bidirectional,
+            BLOCK_L=BLOCK_L,
             num_warps=NUM_WARPS,
-        )  # fmt: skip
+        )
     return y
 
 
@@ -462,9 +678,17 @@ def _empty_grad(t: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if t is None else torch.empty(t.shape, dtype=t.dtype, device=t.device)
 
 
-def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None = None, bidirectional: bool = False,
-                     activation: str = "none", gate_in: Tensor | None = None, gate_out: Tensor | None = None,
-                     direct: bool | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def fftconv_backward(
+    grad_output: Tensor,
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None = None,
+    bidirectional: bool = False,
+    activation: str = "none",
+    gate_in: Tensor | None = None,
+    gate_out: Tensor | None = None,
+    direct: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Triton backward of :func:`fftconv`: (du, dk, dD, d gate_in, d gate_out) in the dtypes of the inputs; the
     gradient of an absent input (D, a gate) is an empty tensor.
 
@@ -475,8 +699,10 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
     k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
     check_float_tensor("grad_output", grad_output)
     if grad_output.shape != u.shape or grad_output.device != u.device:
-        raise ValueError(f"grad_output must have the output's shape {list(u.shape)} on {u.device}, got "
-                         f"{list(grad_output.shape)} on {grad_output.device}")  # fmt: skip
+        raise ValueError(
+            f"grad_output must have the output's shape {list(u.shape)} on {u.device}, got "
+            f"{list(grad_output.shape)} on {grad_output.device}"
+        )
     B, H, L = u.shape
     du = torch.empty((B, H, L), dtype=u.dtype, device=u.device)
     d_gate_in, d_gate_out = _empty_grad(gate_in, u), _empty_grad(gate_out, u)
@@ -501,21 +727,51 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
         dz = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
         dd_partial = torch.empty((B * H, triton.cdiv(n, BLOCK_L)), dtype=torch.float32, device=u.device)
         _fftconv_bwd_epilogue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
-            grad_output, conv, k, u, gin, u if gate_out is None else gate_out,
-            u if D is None else D, dz, d_gate_out if gate_out is not None else dz, dd_partial, H, L, n, *k_args,
-            *_strides(grad_output), *_strides(u), *_strides(gate_in), *_strides(gate_out),
-            **flags, HAS_GATE_OUT=gate_out is not None, GELU=activation == "gelu", BLOCK_L=BLOCK_L,
+            grad_output,
+            conv,
+            k,
+            u,
+            gin,
+            u if gate_out is None else gate_out,
+            u if D is None else D,
+            dz,
+            d_gate_out if gate_out is not None else dz,
+            dd_partial,
+            H,
+            L,
+            n,
+            *k_args,
+            *_strides(grad_output),
+            *_strides(u),
+            *_strides(gate_in),
+            *_strides(gate_out),
+            **flags,
+            HAS_GATE_OUT=gate_out is not None,
+            GELU=activation == "gelu",
+            BLOCK_L=BLOCK_L,
             num_warps=NUM_WARPS,
-        )  # fmt: skip
+        )
         if direct:
             dv_conv = dz  # not read
             sides = 2 if bidirectional else 1
             dk_partial = torch.empty((B, H, sides, k_len), dtype=torch.float32, device=u.device)
             _direct_dk_kernel[(B * H, sides * triton.cdiv(k_len, BLOCK_D))](
-                dz, u, gin, dk_partial, H, L, n, k_len, *_strides(u), *_strides(gate_in),
-                HAS_GATE_IN=gate_in is not None, BIDIRECTIONAL=bidirectional, BLOCK_D=BLOCK_D, BLOCK_T=BLOCK_T,
+                dz,
+                u,
+                gin,
+                dk_partial,
+                H,
+                L,
+                n,
+                k_len,
+                *_strides(u),
+                *_strides(gate_in),
+                HAS_GATE_IN=gate_in is not None,
+                BIDIRECTIONAL=bidirectional,
+                BLOCK_D=BLOCK_D,
+                BLOCK_T=BLOCK_T,
                 num_warps=NUM_WARPS,
-            )  # fmt: skip
+            )
             dk_sides = dk_partial.sum(0)  # [H, sides, L']
             dk = dk_sides.permute(1, 0, 2).contiguous() if bidirectional else dk_sides[:, 0]
         else:
@@ -527,9 +783,24 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
             else:
                 dk = dk_full[:, :k_len]
         _fftconv_bwd_input_kernel[grid](
-            dv_conv, dz, k, u, gin, u if D is None else D, du, d_gate_in if gate_in is not None else du,
-            H, L, n, *k_args, *_strides(u), *_strides(gate_in), **flags, BLOCK_L=BLOCK_L, num_warps=NUM_WARPS,
-        )  # fmt: skip
+            dv_conv,
+            dz,
+            k,
+            u,
+            gin,
+            u if D is None else D,
+            du,
+            d_gate_in if gate_in is not None else du,
+            H,
+            L,
+            n,
+            *k_args,
+            *_strides(u),
+            *_strides(gate_in),
+            **flags,
+            BLOCK_L=BLOCK_L,
+            num_warps=NUM_WARPS,
+        )
     dk = dk.to(k.dtype, copy=True)
     dD = dd_partial.view(B, H, -1).sum((0, 2)).to(D.dtype) if D is not None else u.new_empty(0)
     return du, dk, dD, d_gate_in, d_gate_out
@@ -541,8 +812,15 @@ def fftconv_backward(grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None
 
 
 @torch.library.custom_op("zoo::fftconv", mutates_args=())
-def _fftconv_op(u: Tensor, k: Tensor, D: Tensor | None, gate_in: Tensor | None, gate_out: Tensor | None,
-                bidirectional: bool, activation: str) -> Tensor:  # fmt: skip
+def _fftconv_op(
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None,
+    gate_in: Tensor | None,
+    gate_out: Tensor | None,
+    bidirectional: bool,
+    activation: str,
+) -> Tensor:
     return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
 
 
@@ -554,9 +832,15 @@ def _(u, k, D, gate_in, gate_out, bidirectional, activation) -> Tensor:
 
 @torch.library.custom_op("zoo::fftconv_backward", mutates_args=())
 def _fftconv_backward_op(
-    grad_output: Tensor, u: Tensor, k: Tensor, D: Tensor | None, gate_in: Tensor | None, gate_out: Tensor | None,
-    bidirectional: bool, activation: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    grad_output: Tensor,
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None,
+    gate_in: Tensor | None,
+    gate_out: Tensor | None,
+    bidirectional: bool,
+    activation: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return fftconv_backward(grad_output, u, k, D, bidirectional, activation, gate_in, gate_out)
 
 
@@ -568,8 +852,13 @@ def _(grad_output, u, k, D, gate_in, gate_out, bidirectional, activation):
 
 def _grads_of_present(grads, D, gate_in, gate_out):
     du, dk, dD, d_gate_in, d_gate_out = grads
-    return (du, dk, None if D is None else dD, None if gate_in is None else d_gate_in,
-            None if gate_out is None else d_gate_out)  # fmt: skip
+    return (
+        du,
+        dk,
+        None if D is None else dD,
+        None if gate_in is None else d_gate_in,
+        None if gate_out is None else d_gate_out,
+    )
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -580,8 +869,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_output: Tensor):
     u, k, D, gate_in, gate_out = ctx.saved_tensors
-    grads = torch.ops.zoo.fftconv_backward(grad_output, u, k, D, gate_in, gate_out, ctx.bidirectional,
-                                           ctx.activation)  # fmt: skip
+    grads = torch.ops.zoo.fftconv_backward(grad_output, u, k, D, gate_in, gate_out, ctx.bidirectional, ctx.activation)
     return (*_grads_of_present(grads, D, gate_in, gate_out), None, None)
 
 
@@ -655,8 +943,13 @@ def aot_specs() -> list:
     strides. The kernel k and the float32 buffers are float32 pointers."""
     from zoo.kernels._aot import KernelSpec
 
-    kernels = (_fftconv_prologue_kernel, _fftconv_fwd_kernel, _fftconv_bwd_epilogue_kernel, _fftconv_bwd_input_kernel,
-               _direct_dk_kernel)  # fmt: skip
+    kernels = (
+        _fftconv_prologue_kernel,
+        _fftconv_fwd_kernel,
+        _fftconv_bwd_epilogue_kernel,
+        _fftconv_bwd_input_kernel,
+        _direct_dk_kernel,
+    )
     fp32_buffers = {"v_ptr", "conv_ptr", "dz_ptr", "dvc_ptr", "dd_partial_ptr", "dk_partial_ptr", "d_ptr", "k_ptr"}
     blocks = {"BLOCK_L": BLOCK_L_GPU, "BLOCK_D": BLOCK_D_GPU[0], "BLOCK_T": BLOCK_D_GPU[1]}
     specs = []
@@ -665,8 +958,12 @@ def aot_specs() -> list:
         variants = [(dtype, on, False, False) for dtype in ("bf16", "fp32", "fp16") for on in (True, False)]
         variants.append(("bf16", True, True, False))
         if "DIRECT" in kernel.arg_names:
-            variants += [("bf16", True, False, True), ("fp32", True, False, True), ("bf16", False, False, True),
-                         ("bf16", True, True, True)]  # fmt: skip
+            variants += [
+                ("bf16", True, False, True),
+                ("fp32", True, False, True),
+                ("bf16", False, False, True),
+                ("bf16", True, True, True),
+            ]
         for dtype, on, strided, direct in variants:
             constexprs = dict.fromkeys(flag_names, on)
             constexprs.update({name: value for name, value in blocks.items() if name in kernel.arg_names})
@@ -686,6 +983,13 @@ def aot_specs() -> list:
                     signature[name] = "i32:16"
             label = ("all" if on else "plain") + (",direct" if direct else "") + (",strided" if strided else "")
             block = ",".join(f"{name[6:]}{constexprs[name]}" for name in blocks if name in constexprs)
-            specs.append(KernelSpec(name=f"{kernel.__name__}[{dtype},{block},w4,{label}]", fn=kernel,
-                                    signature=signature, constexprs=constexprs, num_warps=4))  # fmt: skip
+            specs.append(
+                KernelSpec(
+                    name=f"{kernel.__name__}[{dtype},{block},w4,{label}]",
+                    fn=kernel,
+                    signature=signature,
+                    constexprs=constexprs,
+                    num_warps=4,
+                )
+            )
     return specs

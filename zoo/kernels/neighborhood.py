@@ -69,14 +69,24 @@ __all__ = [
 def _per_axis(value, dims: int, name: str, kind: type) -> tuple:
     """One value for every axis, or one per axis: a tuple of ``dims`` values of ``kind``."""
     values = tuple(value) if isinstance(value, Sequence) else (value,) * dims
-    if len(values) != dims or not all(isinstance(x, kind) and (kind is bool or not isinstance(x, bool))
-                                      for x in values):  # fmt: skip
+    if len(values) != dims or not all(
+        isinstance(x, kind) and (kind is bool or not isinstance(x, bool)) for x in values
+    ):
         raise ValueError(f"{name} must be one {kind.__name__} or {dims} of them (one per spatial axis), got {value!r}")
     return values
 
 
-def check_na_inputs(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation, is_causal, rpb: Tensor | None,
-                    scale: float | None, dims: int | None = None) -> tuple[tuple, tuple, tuple, float]:  # fmt: skip
+def check_na_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation,
+    is_causal,
+    rpb: Tensor | None,
+    scale: float | None,
+    dims: int | None = None,
+) -> tuple[tuple, tuple, tuple, float]:
     """Validate the inputs of a neighborhood attention call; raise naming the expected values.
 
     Returns ``(kernel_size, dilation, is_causal, scale)`` as per-axis tuples and a float."""
@@ -88,8 +98,10 @@ def check_na_inputs(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation, is_c
         layout = "[B, " + ", ".join(f"X{i}" for i in range(dims if dims in (1, 2, 3) else 1)) + ", heads, head_dim]"
         raise ValueError(f"q must be laid out {layout} ({dims}-D neighborhood attention), got shape {list(q.shape)}")
     if k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k and v must have the same shape [B, *spatial, heads, head_dim], got q "
-                         f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")  # fmt: skip
+        raise ValueError(
+            f"q, k and v must have the same shape [B, *spatial, heads, head_dim], got q "
+            f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
+        )
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.device != q.device or v.device != q.device:
@@ -100,13 +112,16 @@ def check_na_inputs(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation, is_c
     cs = _per_axis(is_causal, dims, "is_causal", bool)
     for axis, (n, kk, dd) in enumerate(zip(spatial, ks, ds)):
         if kk < 3 or kk % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 3 on every axis, got {kk} on axis {axis} "
-                             f"(kernel_size={kernel_size!r})")  # fmt: skip
+            raise ValueError(
+                f"kernel_size must be odd and >= 3 on every axis, got {kk} on axis {axis} (kernel_size={kernel_size!r})"
+            )
         if dd < 1:
             raise ValueError(f"dilation must be >= 1 on every axis, got {dd} on axis {axis}")
         if kk * dd > n:
-            raise ValueError(f"kernel_size * dilation must be <= the axis length: axis {axis} has {n} tokens, "
-                             f"kernel_size {kk} x dilation {dd} = {kk * dd}")  # fmt: skip
+            raise ValueError(
+                f"kernel_size * dilation must be <= the axis length: axis {axis} has {n} tokens, "
+                f"kernel_size {kk} x dilation {dd} = {kk * dd}"
+            )
     heads = q.shape[-2]
     if rpb is not None:
         if any(cs):
@@ -145,8 +160,9 @@ def _axis_windows(n: int, k: int, d: int, causal: bool, device) -> tuple[Tensor,
     return key, valid, key_coord - coord[:, None] + k - 1
 
 
-def neighborhood_table(spatial: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int],
-                       is_causal: Sequence[bool], device=None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+def neighborhood_table(
+    spatial: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int], is_causal: Sequence[bool], device=None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The neighbourhoods of every query, over the flattened (row-major) spatial positions: key indices
     [N, K], validity [N, K] and flat indices into ``rpb[h].flatten()`` [N, K], K = prod(kernel_size)."""
     key, valid, bias = None, None, None
@@ -162,8 +178,17 @@ def neighborhood_table(spatial: Sequence[int], kernel_size: Sequence[int], dilat
     return key, valid, bias
 
 
-def na_reference(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation=1, is_causal=False, rpb: Tensor | None = None,
-                 scale: float | None = None, dropout_p: float = 0.0) -> Tensor:  # fmt: skip
+def na_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
     """Neighborhood attention in plain PyTorch (see the module docstring): gathers each query's keys and values
     ([B, N, K, heads, head_dim]: memory grows with the window) and applies a masked softmax; ``dropout_p`` drops
     attention probabilities (as ``F.dropout``, training only: pass 0 in eval).
@@ -247,8 +272,7 @@ def _box(first0, first1, first2, TILE0: tl.constexpr, TILE1: tl.constexpr, TILE2
 @triton.jit
 def _offsets(c0, c1, c2, g0, g1, g2, d0, d1, d2, s0, s1, s2):
     """Memory offsets (int64) of group coordinates c_a of groups g_a for spatial strides s_a."""
-    return ((c0 * d0 + g0).to(tl.int64) * s0 + (c1 * d1 + g1).to(tl.int64) * s1
-            + (c2 * d2 + g2).to(tl.int64) * s2)  # fmt: skip
+    return (c0 * d0 + g0).to(tl.int64) * s0 + (c1 * d1 + g1).to(tl.int64) * s1 + (c2 * d2 + g2).to(tl.int64) * s2
 
 
 @triton.jit
@@ -273,8 +297,31 @@ def _dot(a, b, EXACT_DOT: tl.constexpr):
 
 
 @triton.jit
-def _logits2(q, kt, qc0, qc1, qc2, kc0, kc1, kc2, ws0, ws1, ws2, q_ok, k_ok, k0, k1, k2, rpb_head,
-             sr0, sr1, sr2, scale2, HAS_RPB: tl.constexpr, EXACT_DOT: tl.constexpr):  # fmt: skip
+def _logits2(
+    q,
+    kt,
+    qc0,
+    qc1,
+    qc2,
+    kc0,
+    kc1,
+    kc2,
+    ws0,
+    ws1,
+    ws2,
+    q_ok,
+    k_ok,
+    k0,
+    k1,
+    k2,
+    rpb_head,
+    sr0,
+    sr1,
+    sr2,
+    scale2,
+    HAS_RPB: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
     """Base-2 logits [queries, keys] of a query tile against a key tile (kt: [head_dim, keys]), -inf outside the
     neighbourhoods; and the mask."""
     s = _dot(q, kt, EXACT_DOT)
@@ -282,19 +329,40 @@ def _logits2(q, kt, qc0, qc1, qc2, kc0, kc1, kc2, ws0, ws1, ws2, q_ok, k_ok, k0,
     mask = mask & q_ok[:, None] & k_ok[None, :]
     s = s * scale2
     if HAS_RPB:
-        rel = ((kc0[None, :] - qc0[:, None] + k0 - 1) * sr0 + (kc1[None, :] - qc1[:, None] + k1 - 1) * sr1
-               + (kc2[None, :] - qc2[:, None] + k2 - 1) * sr2)  # fmt: skip
+        rel = (
+            (kc0[None, :] - qc0[:, None] + k0 - 1) * sr0
+            + (kc1[None, :] - qc1[:, None] + k1 - 1) * sr1
+            + (kc2[None, :] - qc2[:, None] + k2 - 1) * sr2
+        )
         s += tl.load(rpb_head + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
     return tl.where(mask, s, float("-inf")), mask
 
 
-
-
 @triton.jit
-def _query_tile(pid, n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2,
-                CAUSAL0: tl.constexpr, CAUSAL1: tl.constexpr, CAUSAL2: tl.constexpr,
-                TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr,
-                TK0: tl.constexpr, TK1: tl.constexpr, TK2: tl.constexpr):  # fmt: skip
+def _query_tile(
+    pid,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+):
     """A program's query box and the key region its windows cover: the dilation groups g_a, the queries' group
     coordinates qc_a with their validity and window starts ws_a, and the region [lo_a, hi_a) walked in
     ``n_tiles`` key boxes (nk1, nk2 of them along axes 1 and 2; none for an empty query box)."""
@@ -329,19 +397,93 @@ def _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, n1, n2, T0: tl.constexpr, T1: t
 
 @triton.jit
 def _na_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, rpb_ptr, out_ptr, lse_ptr,
-    heads, head_dim, scale2, n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2,
-    s_b, s_0, s_1, s_2, s_h, s_d, sk_b, sk_0, sk_1, sk_2, sk_h, sk_d, sv_b, sv_0, sv_1, sv_2, sv_h, sv_d,
-    so_b, so_0, so_1, so_2, so_h, sr_h, sr0, sr1, sr2,
-    HAS_RPB: tl.constexpr, CAUSAL0: tl.constexpr, CAUSAL1: tl.constexpr, CAUSAL2: tl.constexpr,
-    TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr, TK0: tl.constexpr, TK1: tl.constexpr,
-    TK2: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DOT: tl.constexpr,
-):  # fmt: skip
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rpb_ptr,
+    out_ptr,
+    lse_ptr,
+    heads,
+    head_dim,
+    scale2,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    s_b,
+    s_0,
+    s_1,
+    s_2,
+    s_h,
+    s_d,
+    sk_b,
+    sk_0,
+    sk_1,
+    sk_2,
+    sk_h,
+    sk_d,
+    sv_b,
+    sv_0,
+    sv_1,
+    sv_2,
+    sv_h,
+    sv_d,
+    so_b,
+    so_0,
+    so_1,
+    so_2,
+    so_h,
+    sr_h,
+    sr0,
+    sr1,
+    sr2,
+    HAS_RPB: tl.constexpr,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
     """Forward: out (dtype of q, layout of out's strides) and the base-2 log-sum-exp lse [B, heads, N] (float32)
     of one query tile, by an online softmax over the key tiles of the union of its windows."""
     g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
-        tl.program_id(1), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
-        TQ0, TQ1, TQ2, TK0, TK1, TK2)  # fmt: skip
+        tl.program_id(1),
+        n0,
+        n1,
+        n2,
+        k0,
+        k1,
+        k2,
+        d0,
+        d1,
+        d2,
+        tiles0,
+        tiles1,
+        tiles2,
+        CAUSAL0,
+        CAUSAL1,
+        CAUSAL2,
+        TQ0,
+        TQ1,
+        TQ2,
+        TK0,
+        TK1,
+        TK2,
+    )
     bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
@@ -359,12 +501,41 @@ def _na_fwd_kernel(
     for t in range(0, n_tiles):
         kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
         kv_mask = k_ok[:, None] & d_ok[None, :]
-        kt = tl.load(k_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)[None, :]
-                     + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)  # fmt: skip
-        vv = tl.load(v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[:, None]
-                     + dd[None, :] * sv_d, mask=kv_mask, other=0.0)  # fmt: skip
-        s, _ = _logits2(q, kt, qc0, qc1, qc2, kc0, kc1, kc2, ws0, ws1, ws2, q_ok, k_ok, k0, k1, k2, rpb_head,
-                        sr0, sr1, sr2, scale2, HAS_RPB, EXACT_DOT)  # fmt: skip
+        kt = tl.load(
+            k_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)[None, :] + dd[:, None] * sk_d,
+            mask=kv_mask.T,
+            other=0.0,
+        )
+        vv = tl.load(
+            v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[:, None] + dd[None, :] * sv_d,
+            mask=kv_mask,
+            other=0.0,
+        )
+        s, _ = _logits2(
+            q,
+            kt,
+            qc0,
+            qc1,
+            qc2,
+            kc0,
+            kc1,
+            kc2,
+            ws0,
+            ws1,
+            ws2,
+            q_ok,
+            k_ok,
+            k0,
+            k1,
+            k2,
+            rpb_head,
+            sr0,
+            sr1,
+            sr2,
+            scale2,
+            HAS_RPB,
+            EXACT_DOT,
+        )
         m_new = tl.maximum(m, tl.max(s, axis=1))
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -374,22 +545,85 @@ def _na_fwd_kernel(
     l_safe = tl.where(q_ok, row_sum, 1.0)
     out = acc / l_safe[:, None]
     o_off = b * so_b + h * so_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, so_0, so_1, so_2)
-    tl.store(out_ptr + o_off[:, None] + dd[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=q_ok[:, None] & d_ok[None, :])  # fmt: skip
+    tl.store(
+        out_ptr + o_off[:, None] + dd[None, :], out.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :]
+    )
     n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
     tl.store(lse_ptr + bh.to(tl.int64) * (n0 * n1 * n2) + n_flat, m + tl.log2(l_safe), mask=q_ok)
 
 
 @triton.jit
 def _na_bwd_kv_kernel(
-    q_ptr, k_ptr, v_ptr, rpb_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    heads, head_dim, scale, n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2,
-    s_b, s_0, s_1, s_2, s_h, s_d, sk_b, sk_0, sk_1, sk_2, sk_h, sk_d, sv_b, sv_0, sv_1, sv_2, sv_h, sv_d,
-    sdo_b, sdo_0, sdo_1, sdo_2, sdo_h, sdo_d, sg_b, sg_0, sg_1, sg_2, sg_h, sr_h, sr0, sr1, sr2,
-    HAS_RPB: tl.constexpr, CAUSAL0: tl.constexpr, CAUSAL1: tl.constexpr, CAUSAL2: tl.constexpr,
-    TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr, TK0: tl.constexpr, TK1: tl.constexpr,
-    TK2: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DOT: tl.constexpr,
-):  # fmt: skip
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rpb_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    heads,
+    head_dim,
+    scale,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    s_b,
+    s_0,
+    s_1,
+    s_2,
+    s_h,
+    s_d,
+    sk_b,
+    sk_0,
+    sk_1,
+    sk_2,
+    sk_h,
+    sk_d,
+    sv_b,
+    sv_0,
+    sv_1,
+    sv_2,
+    sv_h,
+    sv_d,
+    sdo_b,
+    sdo_0,
+    sdo_1,
+    sdo_2,
+    sdo_h,
+    sdo_d,
+    sg_b,
+    sg_0,
+    sg_1,
+    sg_2,
+    sg_h,
+    sr_h,
+    sr0,
+    sr1,
+    sr2,
+    HAS_RPB: tl.constexpr,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
     """Backward for one key tile: dv = sum_q p dO and dk = scale sum_q ds q over the query tiles whose windows can
     hold its keys (dk and dv share the strides sg_*; unit head_dim stride)."""
     g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
@@ -424,18 +658,57 @@ def _na_bwd_kv_kernel(
     for t in range(0, n_tiles):
         qc0, qc1, qc2, q_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nq1, nq2, TQ0, TQ1, TQ2)
         q_mask = q_ok[:, None] & d_ok[None, :]
-        ws0, ws1, ws2 = _window_start(qc0, ng0, k0, CAUSAL0), _window_start(qc1, ng1, k1, CAUSAL1), \
-            _window_start(qc2, ng2, k2, CAUSAL2)  # fmt: skip
-        q = tl.load(q_ptr + b * s_b + h * s_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)[:, None]
-                    + dd[None, :] * s_d, mask=q_mask, other=0.0)  # fmt: skip
-        do = tl.load(do_ptr + b * sdo_b + h * sdo_h
-                     + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sdo_0, sdo_1, sdo_2)[:, None]
-                     + dd[None, :] * sdo_d, mask=q_mask, other=0.0)  # fmt: skip
+        ws0, ws1, ws2 = (
+            _window_start(qc0, ng0, k0, CAUSAL0),
+            _window_start(qc1, ng1, k1, CAUSAL1),
+            _window_start(qc2, ng2, k2, CAUSAL2),
+        )
+        q = tl.load(
+            q_ptr
+            + b * s_b
+            + h * s_h
+            + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)[:, None]
+            + dd[None, :] * s_d,
+            mask=q_mask,
+            other=0.0,
+        )
+        do = tl.load(
+            do_ptr
+            + b * sdo_b
+            + h * sdo_h
+            + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sdo_0, sdo_1, sdo_2)[:, None]
+            + dd[None, :] * sdo_d,
+            mask=q_mask,
+            other=0.0,
+        )
         n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
         lse = tl.load(lse_ptr + row + n_flat, mask=q_ok, other=0.0)
         delta = tl.load(delta_ptr + row + n_flat, mask=q_ok, other=0.0)
-        s, mask = _logits2(q, kt, qc0, qc1, qc2, kc0, kc1, kc2, ws0, ws1, ws2, q_ok, k_ok, k0, k1, k2, rpb_head,
-                           sr0, sr1, sr2, scale2, HAS_RPB, EXACT_DOT)  # fmt: skip
+        s, mask = _logits2(
+            q,
+            kt,
+            qc0,
+            qc1,
+            qc2,
+            kc0,
+            kc1,
+            kc2,
+            ws0,
+            ws1,
+            ws2,
+            q_ok,
+            k_ok,
+            k0,
+            k1,
+            k2,
+            rpb_head,
+            sr0,
+            sr1,
+            sr2,
+            scale2,
+            HAS_RPB,
+            EXACT_DOT,
+        )
         p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
         dv += _dot(tl.trans(p).to(do.dtype), do, EXACT_DOT)
         ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
@@ -447,20 +720,103 @@ def _na_bwd_kv_kernel(
 
 @triton.jit
 def _na_bwd_q_kernel(
-    q_ptr, k_ptr, v_ptr, rpb_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, dlogit_ptr,
-    heads, head_dim, scale, n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2,
-    s_b, s_0, s_1, s_2, s_h, s_d, sk_b, sk_0, sk_1, sk_2, sk_h, sk_d, sv_b, sv_0, sv_1, sv_2, sv_h, sv_d,
-    sdo_b, sdo_0, sdo_1, sdo_2, sdo_h, sdo_d, sg_b, sg_0, sg_1, sg_2, sg_h, sr_h, sr0, sr1, sr2,
-    HAS_RPB: tl.constexpr, CAUSAL0: tl.constexpr, CAUSAL1: tl.constexpr, CAUSAL2: tl.constexpr,
-    TQ0: tl.constexpr, TQ1: tl.constexpr, TQ2: tl.constexpr, TK0: tl.constexpr, TK1: tl.constexpr,
-    TK2: tl.constexpr, BLOCK_D: tl.constexpr, EXACT_DOT: tl.constexpr,
-):  # fmt: skip
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rpb_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    dlogit_ptr,
+    heads,
+    head_dim,
+    scale,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    s_b,
+    s_0,
+    s_1,
+    s_2,
+    s_h,
+    s_d,
+    sk_b,
+    sk_0,
+    sk_1,
+    sk_2,
+    sk_h,
+    sk_d,
+    sv_b,
+    sv_0,
+    sv_1,
+    sv_2,
+    sv_h,
+    sv_d,
+    sdo_b,
+    sdo_0,
+    sdo_1,
+    sdo_2,
+    sdo_h,
+    sdo_d,
+    sg_b,
+    sg_0,
+    sg_1,
+    sg_2,
+    sg_h,
+    sr_h,
+    sr0,
+    sr1,
+    sr2,
+    HAS_RPB: tl.constexpr,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
     """Backward for one query tile: dq = scale sum_k ds k over the key tiles of its windows; with a bias, the
     logit gradients ds also go to dlogit [B, heads, N, prod(k)] (float32) at each key's window slot, for the rpb
     gradient (summed per relative offset by the launcher)."""
     g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
-        tl.program_id(1), n0, n1, n2, k0, k1, k2, d0, d1, d2, tiles0, tiles1, tiles2, CAUSAL0, CAUSAL1, CAUSAL2,
-        TQ0, TQ1, TQ2, TK0, TK1, TK2)  # fmt: skip
+        tl.program_id(1),
+        n0,
+        n1,
+        n2,
+        k0,
+        k1,
+        k2,
+        d0,
+        d1,
+        d2,
+        tiles0,
+        tiles1,
+        tiles2,
+        CAUSAL0,
+        CAUSAL1,
+        CAUSAL2,
+        TQ0,
+        TQ1,
+        TQ2,
+        TK0,
+        TK1,
+        TK2,
+    )
     bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
@@ -488,16 +844,43 @@ def _na_bwd_q_kernel(
         kv_mask = k_ok[:, None] & d_ok[None, :]
         k_off = _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)
         kt = tl.load(k_base + k_off[None, :] + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)
-        vt = tl.load(v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[None, :]
-                     + dd[:, None] * sv_d, mask=kv_mask.T, other=0.0)  # fmt: skip
-        s, mask = _logits2(q, kt, qc0, qc1, qc2, kc0, kc1, kc2, ws0, ws1, ws2, q_ok, k_ok, k0, k1, k2, rpb_head,
-                           sr0, sr1, sr2, scale2, HAS_RPB, EXACT_DOT)  # fmt: skip
+        vt = tl.load(
+            v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[None, :] + dd[:, None] * sv_d,
+            mask=kv_mask.T,
+            other=0.0,
+        )
+        s, mask = _logits2(
+            q,
+            kt,
+            qc0,
+            qc1,
+            qc2,
+            kc0,
+            kc1,
+            kc2,
+            ws0,
+            ws1,
+            ws2,
+            q_ok,
+            k_ok,
+            k0,
+            k1,
+            k2,
+            rpb_head,
+            sr0,
+            sr1,
+            sr2,
+            scale2,
+            HAS_RPB,
+            EXACT_DOT,
+        )
         p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
         ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
         dq += _dot(ds.to(kt.dtype), tl.trans(kt), EXACT_DOT)
         if HAS_RPB:
-            slot = ((kc0[None, :] - ws0[:, None]) * k1 + (kc1[None, :] - ws1[:, None])) * k2 \
-                + (kc2[None, :] - ws2[:, None])  # fmt: skip
+            slot = ((kc0[None, :] - ws0[:, None]) * k1 + (kc1[None, :] - ws1[:, None])) * k2 + (
+                kc2[None, :] - ws2[:, None]
+            )
             tl.store(dlogit_rows[:, None] + slot, ds, mask=mask)
     g_off = b * sg_b + h * sg_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
     tl.store(dq_ptr + g_off[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
@@ -544,12 +927,16 @@ def _num_warps(kind: str, kernel, dims: int) -> int:
 def _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     checked = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     if q.dtype not in TRITON_DTYPES:
-        raise TypeError(f"the Triton neighborhood attention takes q, k, v in {[str(d) for d in TRITON_DTYPES]}, got "
-                        f"{q.dtype}; use backend='torch' for other dtypes")  # fmt: skip
+        raise TypeError(
+            f"the Triton neighborhood attention takes q, k, v in {[str(d) for d in TRITON_DTYPES]}, got "
+            f"{q.dtype}; use backend='torch' for other dtypes"
+        )
     lo, hi = HEAD_DIM_RANGE
     if not lo <= q.shape[-1] <= hi:
-        raise ValueError(f"the Triton neighborhood attention takes head_dim in [{lo}, {hi}], got {q.shape[-1]} "
-                         f"(q {list(q.shape)}); use backend='torch' for other head sizes")  # fmt: skip
+        raise ValueError(
+            f"the Triton neighborhood attention takes head_dim in [{lo}, {hi}], got {q.shape[-1]} "
+            f"(q {list(q.shape)}); use backend='torch' for other head sizes"
+        )
     check_triton_device(q.device)
     return checked
 
@@ -583,10 +970,16 @@ def _tile_kind(pass_: str, dtype: torch.dtype, head_dim: int) -> str:
 def _problem(q: Tensor, ks, ds, cs) -> dict:
     """Sizes and flags shared by the three kernels."""
     dims = q.dim() - 3
-    return dict(spatial=_three(q.shape[1 : 1 + dims], 1), kernel=_three(ks, 1), dilation=_three(ds, 1),
-                causal=_three(cs, False), kinds={p: _tile_kind(p, q.dtype, q.shape[-1]) for p in ("fwd", "bwd")},
-                dims=dims, block_d=max(16, triton.next_power_of_2(q.shape[-1])),
-                fp32=q.dtype == torch.float32)  # fmt: skip
+    return dict(
+        spatial=_three(q.shape[1 : 1 + dims], 1),
+        kernel=_three(ks, 1),
+        dilation=_three(ds, 1),
+        causal=_three(cs, False),
+        kinds={p: _tile_kind(p, q.dtype, q.shape[-1]) for p in ("fwd", "bwd")},
+        dims=dims,
+        block_d=max(16, triton.next_power_of_2(q.shape[-1])),
+        fp32=q.dtype == torch.float32,
+    )
 
 
 def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
@@ -596,8 +989,10 @@ def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[in
     tiles = tuple(triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box))
     boxes = math.prod(d * t for d, t in zip(problem["dilation"], tiles))
     if boxes > 65535:
-        raise ValueError(f"{problem['spatial']} tokens make {boxes} query or key boxes, more than a grid axis takes "
-                         f"(65535); use backend='torch'")  # fmt: skip
+        raise ValueError(
+            f"{problem['spatial']} tokens make {boxes} query or key boxes, more than a grid axis takes "
+            f"(65535); use backend='torch'"
+        )
     return (rows, boxes), tiles
 
 
@@ -609,13 +1004,33 @@ def _tiles(problem: dict, pass_: str) -> tuple[tuple[int, int, int], tuple[int, 
 def _constexprs(problem: dict, has_rpb: bool, pass_: str, kernel) -> dict:
     (tq, tk) = _tiles(problem, pass_)
     num_warps = _num_warps(problem["kinds"][pass_], kernel, problem["dims"])
-    return dict(HAS_RPB=has_rpb, CAUSAL0=problem["causal"][0], CAUSAL1=problem["causal"][1],
-                CAUSAL2=problem["causal"][2], TQ0=tq[0], TQ1=tq[1], TQ2=tq[2], TK0=tk[0], TK1=tk[1], TK2=tk[2],
-                BLOCK_D=problem["block_d"], EXACT_DOT=INTERPRETER or problem["fp32"], num_warps=num_warps)  # fmt: skip
+    return dict(
+        HAS_RPB=has_rpb,
+        CAUSAL0=problem["causal"][0],
+        CAUSAL1=problem["causal"][1],
+        CAUSAL2=problem["causal"][2],
+        TQ0=tq[0],
+        TQ1=tq[1],
+        TQ2=tq[2],
+        TK0=tk[0],
+        TK1=tk[1],
+        TK2=tk[2],
+        BLOCK_D=problem["block_d"],
+        EXACT_DOT=INTERPRETER or problem["fp32"],
+        num_warps=num_warps,
+    )
 
 
-def na_forward(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation=1, is_causal=False, rpb: Tensor | None = None,
-               scale: float | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+def na_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
     """Triton forward: (out [B, *spatial, heads, head_dim] contiguous in the dtype of q, lse [B, heads, N] float32:
     the base-2 log-sum-exp of each query's logits, kept for the backward)."""
     ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
@@ -628,30 +1043,58 @@ def na_forward(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation=1, is_caus
     grid, tiles = _grid(problem, _tiles(problem, "fwd")[0], B * heads)
     with device_guard(q.device):
         _na_fwd_kernel[grid](
-            q, k, v, q if rpb is None else rpb, out, lse, heads, head_dim, scale * LOG2E, *problem["spatial"],
-            *problem["kernel"], *problem["dilation"], *tiles, *_strides(q), *_strides(k), *_strides(v),
-            *_strides(out, with_last=False), *_rpb_strides(rpb),
+            q,
+            k,
+            v,
+            q if rpb is None else rpb,
+            out,
+            lse,
+            heads,
+            head_dim,
+            scale * LOG2E,
+            *problem["spatial"],
+            *problem["kernel"],
+            *problem["dilation"],
+            *tiles,
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(out, with_last=False),
+            *_rpb_strides(rpb),
             **_constexprs(problem, rpb is not None, "fwd", _na_fwd_kernel),
-        )  # fmt: skip
+        )
     return out, lse
 
 
-def na_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, kernel_size, dilation=1,
-                is_causal=False, rpb: Tensor | None = None,
-                scale: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def na_backward(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Triton backward: (dq, dk, dv, drpb) in the dtypes of the inputs (drpb an empty tensor without rpb), from
     the forward's ``out`` and ``lse``. dk and dv come from one kernel over key tiles, dq (and the logit gradients
     that give drpb, summed per relative offset) from one over query tiles; no atomics in the kernels."""
     ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     check_float_tensor("grad_out", grad_out)
     if grad_out.shape != q.shape or out.shape != q.shape or grad_out.device != q.device:
-        raise ValueError(f"grad_out and out must have the shape of q {list(q.shape)} on {q.device}, got "
-                         f"{list(grad_out.shape)} and {list(out.shape)}")  # fmt: skip
+        raise ValueError(
+            f"grad_out and out must have the shape of q {list(q.shape)} on {q.device}, got "
+            f"{list(grad_out.shape)} and {list(out.shape)}"
+        )
     B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
     N = math.prod(q.shape[1:-2])
     if lse.shape != (B, heads, N) or lse.dtype != torch.float32:
-        raise ValueError(f"lse must be the forward's float32 [B, heads, N] = {[B, heads, N]}, got {lse.dtype} "
-                         f"{list(lse.shape)}")  # fmt: skip
+        raise ValueError(
+            f"lse must be the forward's float32 [B, heads, N] = {[B, heads, N]}, got {lse.dtype} {list(lse.shape)}"
+        )
     grad_out, lse = grad_out.to(q.dtype), lse.contiguous()  # the dots pair dO with v in one dtype
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
@@ -661,15 +1104,47 @@ def na_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, 
         delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
         common = (heads, head_dim, scale, *problem["spatial"], *problem["kernel"], *problem["dilation"])
         rpb_arg = q if rpb is None else rpb
-        strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(dq, with_last=False),
-                   *_rpb_strides(rpb))  # fmt: skip
+        strides = (
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(grad_out),
+            *_strides(dq, with_last=False),
+            *_rpb_strides(rpb),
+        )
         grid, tiles = _grid(problem, _tiles(problem, "bwd")[1], B * heads)
-        _na_bwd_kv_kernel[grid](q, k, v, rpb_arg, grad_out, lse, delta, dk, dv, *common, *tiles, *strides,
-                                **_constexprs(problem, rpb is not None, "bwd", _na_bwd_kv_kernel))  # fmt: skip
+        _na_bwd_kv_kernel[grid](
+            q,
+            k,
+            v,
+            rpb_arg,
+            grad_out,
+            lse,
+            delta,
+            dk,
+            dv,
+            *common,
+            *tiles,
+            *strides,
+            **_constexprs(problem, rpb is not None, "bwd", _na_bwd_kv_kernel),
+        )
         if rpb is None:
             grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], B * heads)
-            _na_bwd_q_kernel[grid](q, k, v, rpb_arg, grad_out, lse, delta, dq, lse, *common, *tiles, *strides,
-                                   **_constexprs(problem, False, "bwd", _na_bwd_q_kernel))  # fmt: skip
+            _na_bwd_q_kernel[grid](
+                q,
+                k,
+                v,
+                rpb_arg,
+                grad_out,
+                lse,
+                delta,
+                dq,
+                lse,
+                *common,
+                *tiles,
+                *strides,
+                **_constexprs(problem, False, "bwd", _na_bwd_q_kernel),
+            )
             return dq, dk, dv, q.new_empty(0)
         # With a bias, the logit gradients of a chunk of the batch go to a float32 [chunk, heads, N, K] buffer
         # (at most DLOGIT_BYTES, or one batch item), summed per relative offset after each chunk.
@@ -681,9 +1156,21 @@ def na_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, 
         for b0 in range(0, B, chunk):
             b1 = min(b0 + chunk, B)
             grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], (b1 - b0) * heads)
-            _na_bwd_q_kernel[grid](q[b0:b1], k[b0:b1], v[b0:b1], rpb, grad_out[b0:b1], lse[b0:b1], delta[b0:b1],
-                                   dq[b0:b1], dlogit, *common, *tiles, *strides,
-                                   **_constexprs(problem, True, "bwd", _na_bwd_q_kernel))  # fmt: skip
+            _na_bwd_q_kernel[grid](
+                q[b0:b1],
+                k[b0:b1],
+                v[b0:b1],
+                rpb,
+                grad_out[b0:b1],
+                lse[b0:b1],
+                delta[b0:b1],
+                dq[b0:b1],
+                dlogit,
+                *common,
+                *tiles,
+                *strides,
+                **_constexprs(problem, True, "bwd", _na_bwd_q_kernel),
+            )
             drpb.index_add_(1, bias.flatten(), dlogit[: b1 - b0].sum(0).flatten(1))
     return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
 
@@ -694,8 +1181,16 @@ def na_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, 
 
 
 @torch.library.custom_op("zoo::neighborhood_attention", mutates_args=())
-def _na_op(q: Tensor, k: Tensor, v: Tensor, rpb: Tensor | None, kernel_size: list[int], dilation: list[int],
-           is_causal: list[bool], scale: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+def _na_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rpb: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+) -> tuple[Tensor, Tensor]:
     return na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
 
 
@@ -707,9 +1202,19 @@ def _(q, k, v, rpb, kernel_size, dilation, is_causal, scale):
 
 
 @torch.library.custom_op("zoo::neighborhood_attention_backward", mutates_args=())
-def _na_backward_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, rpb: Tensor | None,
-                    kernel_size: list[int], dilation: list[int], is_causal: list[bool],
-                    scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def _na_backward_op(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    rpb: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return na_backward(grad_out, q, k, v, out, lse, kernel_size, dilation, is_causal, rpb, scale)
 
 
@@ -755,9 +1260,18 @@ class _NAFunction(torch.autograd.Function):
         return dq, dk, dv, (None if rpb is None else drpb), None, None, None, None
 
 
-def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation=1, is_causal=False,
-                           rpb: Tensor | None = None, scale: float | None = None, backend: str = "auto",
-                           dropout_p: float = 0.0) -> Tensor:  # fmt: skip
+def neighborhood_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    dropout_p: float = 0.0,
+) -> Tensor:
     """Neighborhood attention over 1, 2 or 3 spatial axes (the rank of q; see the module docstring).
 
     Args:
@@ -779,8 +1293,10 @@ def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilatio
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     if dropout_p > 0.0:
         if requested_backend(backend) == "triton":
-            raise ValueError("the fused Triton neighborhood attention has no attention dropout (it never forms the "
-                             "probabilities): use dropout_p=0 or backend='torch'")  # fmt: skip
+            raise ValueError(
+                "the fused Triton neighborhood attention has no attention dropout (it never forms the "
+                "probabilities): use dropout_p=0 or backend='torch'"
+            )
         return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale, dropout_p)
     if resolve_backend(backend, q, TRITON_DTYPES) != "triton":
         return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
@@ -794,19 +1310,33 @@ def neighborhood_attention(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilatio
 
 
 def _na_of_rank(dims: int):
-    def na(q: Tensor, k: Tensor, v: Tensor, kernel_size, dilation=1, is_causal=False, rpb: Tensor | None = None,
-           scale: float | None = None, backend: str = "auto", dropout_p: float = 0.0) -> Tensor:  # fmt: skip
+    def na(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        kernel_size,
+        dilation=1,
+        is_causal=False,
+        rpb: Tensor | None = None,
+        scale: float | None = None,
+        backend: str = "auto",
+        dropout_p: float = 0.0,
+    ) -> Tensor:
         check_float_tensor("q", q)
         if q.dim() != dims + 3:
             axes = ", ".join(f"X{i}" for i in range(dims))
-            raise ValueError(f"na{dims}d takes q, k, v laid out [B, {axes}, heads, head_dim] ({dims + 3}-D), got q "
-                             f"of shape {list(q.shape)}")  # fmt: skip
+            raise ValueError(
+                f"na{dims}d takes q, k, v laid out [B, {axes}, heads, head_dim] ({dims + 3}-D), got q "
+                f"of shape {list(q.shape)}"
+            )
         return neighborhood_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale, backend, dropout_p)
 
     na.__name__ = na.__qualname__ = f"na{dims}d"
     axes = ", ".join(f"X{i}" for i in range(dims))
-    na.__doc__ = f"{dims}-D neighborhood attention on ``[B, {axes}, heads, head_dim]`` tensors: " \
-        ":func:`neighborhood_attention` with a rank check."  # fmt: skip
+    na.__doc__ = (
+        f"{dims}-D neighborhood attention on ``[B, {axes}, heads, head_dim]`` tensors: "
+        ":func:`neighborhood_attention` with a rank check."
+    )
     return na
 
 
@@ -837,9 +1367,20 @@ def aot_specs() -> list:
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
             kind = _tile_kind(pass_, torch_dtype, head_dim)
             (tq, tk) = _TILES_GPU[kind][dims]
-            constexprs = dict(HAS_RPB=has_rpb, CAUSAL0=causal, CAUSAL1=causal, CAUSAL2=causal, TQ0=tq[0], TQ1=tq[1],
-                              TQ2=tq[2], TK0=tk[0], TK1=tk[1], TK2=tk[2], BLOCK_D=head_dim,
-                              EXACT_DOT=dtype == "fp32")  # fmt: skip
+            constexprs = dict(
+                HAS_RPB=has_rpb,
+                CAUSAL0=causal,
+                CAUSAL1=causal,
+                CAUSAL2=causal,
+                TQ0=tq[0],
+                TQ1=tq[1],
+                TQ2=tq[2],
+                TK0=tk[0],
+                TK1=tk[1],
+                TK2=tk[2],
+                BLOCK_D=head_dim,
+                EXACT_DOT=dtype == "fp32",
+            )
             signature = {}
             for name in kernel.arg_names:
                 if name in constexprs:
@@ -855,7 +1396,14 @@ def aot_specs() -> list:
                 else:
                     signature[name] = "i32"
             label = f"{dims}d,{dtype},D{head_dim}," + ("causal" if causal else "rpb" if has_rpb else "plain")
-            specs.append(KernelSpec(name=f"{kernel.__name__}[{label}]", fn=kernel, signature=signature,
-                                    constexprs=constexprs, num_warps=_num_warps(kind, kernel, dims),
-                                    uses_dot=dtype != "fp32"))  # fmt: skip
+            specs.append(
+                KernelSpec(
+                    name=f"{kernel.__name__}[{label}]",
+                    fn=kernel,
+                    signature=signature,
+                    constexprs=constexprs,
+                    num_warps=_num_warps(kind, kernel, dims),
+                    uses_dot=dtype != "fp32",
+                )
+            )
     return specs

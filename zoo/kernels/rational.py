@@ -43,7 +43,11 @@ def check_group_rational_inputs(x: Tensor, weight_numerator: Tensor, weight_deno
             f"weight_numerator must have shape [1, {NUMERATOR_TERMS}] (shared by all groups), "
             f"got {list(weight_numerator.shape)}"
         )
-    if weight_denominator.dim() != 2 or weight_denominator.shape[1] != DENOMINATOR_TERMS or not weight_denominator.shape[0]:
+    if (
+        weight_denominator.dim() != 2
+        or weight_denominator.shape[1] != DENOMINATOR_TERMS
+        or not weight_denominator.shape[0]
+    ):
         raise ValueError(
             f"weight_denominator must have shape [num_groups, {DENOMINATOR_TERMS}], got {list(weight_denominator.shape)}"
         )
@@ -162,11 +166,18 @@ def _tile_sum(acc):
 
 @triton.jit
 def _group_rational_fwd_kernel(
-    x_ptr, y_ptr, a_ptr, b_ptr,
-    n_rows, D, group_size,
-    stride_xr, stride_xc,
-    TILE: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    y_ptr,
+    a_ptr,
+    b_ptr,
+    n_rows,
+    D,
+    group_size,
+    stride_xr,
+    stride_xc,
+    TILE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -183,11 +194,23 @@ def _group_rational_fwd_kernel(
 
 @triton.jit
 def _group_rational_bwd_kernel(
-    x_ptr, dy_ptr, dx_ptr, a_ptr, b_ptr, partial_ptr,
-    n_rows, D, group_size, rows_per_program,
-    stride_xr, stride_xc, stride_dyr, stride_dyc,
-    TILE: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    dy_ptr,
+    dx_ptr,
+    a_ptr,
+    b_ptr,
+    partial_ptr,
+    n_rows,
+    D,
+    group_size,
+    rows_per_program,
+    stride_xr,
+    stride_xc,
+    stride_dyr,
+    stride_dyc,
+    TILE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     """dx per element; per program, the 10 coefficient-gradient sums of its block (6 numerator, 4 denominator
     before the sign of b), written to ``partial_ptr[pid_c, pid_r, :]``: reduced in registers, no atomics."""
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
@@ -357,7 +380,6 @@ def _check_block_d(block_d: int, configs: list) -> int:
     return block_d
 
 
-
 def group_rational_forward(
     x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, block_d: int | None = None
 ) -> Tensor:
@@ -380,9 +402,17 @@ def group_rational_forward(
 
     with device_guard(x.device):
         _group_rational_fwd[grid](
-            x2, y, a, b, n_rows, width, width // weight_denominator.shape[0], x2.stride(0), x2.stride(1),
+            x2,
+            y,
+            a,
+            b,
+            n_rows,
+            width,
+            width // weight_denominator.shape[0],
+            x2.stride(0),
+            x2.stride(1),
             BLOCK_D=block_d,
-        )  # fmt: skip
+        )
     return y
 
 
@@ -420,15 +450,31 @@ def group_rational_backward(
     partials = torch.empty((groups * col_blocks, row_programs, 10), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
         _group_rational_bwd[(row_programs, groups * col_blocks)](
-            x2, dy2, dx, a, b, partials,
-            n_rows, width, group_size, rows_per_program,
-            x2.stride(0), x2.stride(1), dy2.stride(0), dy2.stride(1),
+            x2,
+            dy2,
+            dx,
+            a,
+            b,
+            partials,
+            n_rows,
+            width,
+            group_size,
+            rows_per_program,
+            x2.stride(0),
+            x2.stride(1),
+            dy2.stride(0),
+            dy2.stride(1),
             BLOCK_D=block_d,
-        )  # fmt: skip
+        )
         _coefficient_grads_kernel[(1,)](
-            partials, b, d_numerator, d_denominator, groups, col_blocks * row_programs,
+            partials,
+            b,
+            d_numerator,
+            d_denominator,
+            groups,
+            col_blocks * row_programs,
             BLOCK=64 if INTERPRETER else 256,
-        )  # fmt: skip
+        )
     return dx, d_numerator, d_denominator
 
 
@@ -457,8 +503,10 @@ def _group_rational_backward_op(
 
 @_group_rational_backward_op.register_fake
 def _(grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor):
-    return x.new_empty(x.shape), weight_numerator.new_empty(weight_numerator.shape), weight_denominator.new_empty(
-        weight_denominator.shape
+    return (
+        x.new_empty(x.shape),
+        weight_numerator.new_empty(weight_numerator.shape),
+        weight_denominator.new_empty(weight_denominator.shape),
     )
 
 
@@ -491,9 +539,7 @@ class _GroupRationalFunction(torch.autograd.Function):
         return group_rational_backward(grad_output, *ctx.saved_tensors)
 
 
-def group_rational(
-    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto"
-) -> Tensor:
+def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto") -> Tensor:
     """Group-rational activation F(x) over the last dimension of ``x`` (see the module docstring).
 
     Args:
@@ -532,18 +578,32 @@ def aot_specs() -> list:
     bwd_block_ds = sorted({_backward_block_d(width // 8) for width in KAT_WIDTHS})
     # The JIT's launch-time specialisations of contiguous ViT activations: D, row strides and the row count of
     # a backward program are multiples of 16, the column stride is 1, the pointers 16-byte aligned.
-    contiguous = {"n_rows": "i32", "D": "i32:16", "group_size": "i32:16", "rows_per_program": "i32:16",
-                  "stride_xr": "i32:16", "stride_xc": "i32:1", "stride_dyr": "i32:16", "stride_dyc": "i32:1"}
+    contiguous = {
+        "n_rows": "i32",
+        "D": "i32:16",
+        "group_size": "i32:16",
+        "rows_per_program": "i32:16",
+        "stride_xr": "i32:16",
+        "stride_xc": "i32:1",
+        "stride_dyr": "i32:16",
+        "stride_dyc": "i32:1",
+    }
     strided = dict.fromkeys(contiguous, "i32")
     specs = [
         KernelSpec(
             name="_coefficient_grads_kernel[fp32]",
             fn=_coefficient_grads_kernel,
-            signature={"partial_ptr": "*fp32:16", "b_ptr": "*fp32:16", "da_ptr": "*fp32:16", "db_ptr": "*fp32:16",
-                       "groups": "i32", "partials_per_group": "i32"},
+            signature={
+                "partial_ptr": "*fp32:16",
+                "b_ptr": "*fp32:16",
+                "da_ptr": "*fp32:16",
+                "db_ptr": "*fp32:16",
+                "groups": "i32",
+                "partials_per_group": "i32",
+            },
             constexprs={"BLOCK": 256},
         )
-    ]  # fmt: skip
+    ]
     for dtype in ("bf16", "fp32", "fp16"):
         pointers = dict.fromkeys(("x_ptr", "y_ptr", "dy_ptr", "dx_ptr"), f"*{dtype}:16")
         pointers.update(dict.fromkeys(("a_ptr", "b_ptr", "partial_ptr"), "*fp32:16"))
@@ -557,8 +617,11 @@ def aot_specs() -> list:
             if dtype == "bf16":
                 variants.append((",strided", strided, configs[0], block_ds[-1]))
             for label, ints, config, block_d in variants:
-                signature = {name: pointers.get(name) or ints[name] for name in kernel.arg_names
-                             if name in pointers or name in ints}  # fmt: skip
+                signature = {
+                    name: pointers.get(name) or ints[name]
+                    for name in kernel.arg_names
+                    if name in pointers or name in ints
+                }
                 specs.append(
                     KernelSpec(
                         name=f"{kernel.__name__}[{dtype},T{config.kwargs['TILE']},D{block_d},"

@@ -44,8 +44,9 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def check_s4d_kernel_inputs(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int,
-                            method: str) -> tuple[int, int]:  # fmt: skip
+def check_s4d_kernel_inputs(
+    log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str
+) -> tuple[int, int]:
     """Raise ``TypeError``/``ValueError`` naming the expected shapes; return (H, N2)."""
     tensors = (("log_dt", log_dt), ("C", C), ("log_A_real", log_A_real), ("A_imag", A_imag))
     for name, t in tensors:
@@ -57,8 +58,9 @@ def check_s4d_kernel_inputs(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_ima
         raise ValueError(f"log_dt must have shape [H], got {list(log_dt.shape)}")
     H = log_dt.shape[0]
     if C.dim() != 3 or C.shape[0] != H or C.shape[2] != 2:
-        raise ValueError(f"C must have shape [H, N2, 2] = [{H}, N2, 2] (view_as_real of complex [H, N2]), "
-                         f"got {list(C.shape)}")  # fmt: skip
+        raise ValueError(
+            f"C must have shape [H, N2, 2] = [{H}, N2, 2] (view_as_real of complex [H, N2]), got {list(C.shape)}"
+        )
     N2 = C.shape[1]
     for name, t in tensors[2:]:
         if t.shape != (H, N2):
@@ -89,8 +91,9 @@ def _coefficients(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor,
     return Cc * dt / (1 - dtA / 2), torch.log(1 + dtA / 2) - torch.log(1 - dtA / 2)
 
 
-def s4d_kernel_reference(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int,
-                         method: str = "zoh") -> Tensor:  # fmt: skip
+def s4d_kernel_reference(
+    log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh"
+) -> Tensor:
     """The S4D convolution kernel K [H, L] with complex tensors (see the module docstring).
 
     Computes in complex64 (complex128 when any parameter is float64) and returns float32 (float64). Forms the
@@ -139,9 +142,16 @@ def _powers(zr, zi, lf):
 
 @triton.jit
 def _s4d_vandermonde_fwd_kernel(
-    cr_ptr, ci_ptr, zr_ptr, zi_ptr, k_ptr, N2, L,
-    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-):  # fmt: skip
+    cr_ptr,
+    ci_ptr,
+    zr_ptr,
+    zi_ptr,
+    k_ptr,
+    N2,
+    L,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     """K[h, l] = 2 Re(sum_n C'[h, n] exp(z[h, n] l)) for one channel h (program axis 0) and BLOCK_L positions
     (axis 1), looping over the modes in blocks of BLOCK_N; the tile sums are reduced over n once at the end."""
     h = tl.program_id(0).to(tl.int64)
@@ -163,9 +173,21 @@ def _s4d_vandermonde_fwd_kernel(
 
 @triton.jit
 def _s4d_vandermonde_bwd_kernel(
-    cr_ptr, ci_ptr, zr_ptr, zi_ptr, dk_ptr, partial_ptr, H, N2, L, l_per_program, stride_dh, stride_dl,
-    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
-):  # fmt: skip
+    cr_ptr,
+    ci_ptr,
+    zr_ptr,
+    zi_ptr,
+    dk_ptr,
+    partial_ptr,
+    H,
+    N2,
+    L,
+    l_per_program,
+    stride_dh,
+    stride_dl,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
     """Gradients of the coefficients for one channel (axis 0), BLOCK_N modes (axis 1) and a chunk of
     l_per_program positions (axis 2): with S = sum_l dK[l] exp(z l) and T = sum_l dK[l] l exp(z l) (reduced in
     registers), d C' = 2 conj(S) and d z = 2 conj(C' T) (as d Re + i d Im), written to
@@ -230,16 +252,18 @@ _s4d_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["N2", "L", "l_per_program"
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_triton_inputs(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int,
-                         method: str) -> tuple[int, int]:  # fmt: skip
+def _check_triton_inputs(
+    log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str
+) -> tuple[int, int]:
     H, N2 = check_s4d_kernel_inputs(log_dt, C, log_A_real, A_imag, L, method)
     for name, t in (("log_dt", log_dt), ("C", C), ("log_A_real", log_A_real), ("A_imag", A_imag)):
         if t.dtype != torch.float32:
-            raise TypeError(f"the Triton S4D kernel takes {name} in torch.float32 (fp32 arithmetic), got {t.dtype}; "
-                            "use backend='torch' for other dtypes")  # fmt: skip
+            raise TypeError(
+                f"the Triton S4D kernel takes {name} in torch.float32 (fp32 arithmetic), got {t.dtype}; "
+                "use backend='torch' for other dtypes"
+            )
     check_triton_device(log_dt.device)
     return H, N2
-
 
 
 def _float64(*params: Tensor) -> list[Tensor]:
@@ -264,8 +288,9 @@ def _l_per_program(L: int, parallel_programs: int) -> int:
     return triton.cdiv(L, chunks)
 
 
-def s4d_kernel_forward(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int,
-                       method: str = "zoh") -> Tensor:  # fmt: skip
+def s4d_kernel_forward(
+    log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh"
+) -> Tensor:
     """Triton forward of :func:`s4d_kernel`: K [H, L] float32. The O(H N2) coefficients (C', z) are formed in
     PyTorch (complex128, rounded to float32), the O(H N2 L) Vandermonde product in one launch with O(H (N2 + L))
     memory."""
@@ -283,8 +308,9 @@ def s4d_kernel_forward(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Te
     return K
 
 
-def _parameter_grads(G_coeff: Tensor, G_z: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor,
-                     method: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def _parameter_grads(
+    G_coeff: Tensor, G_z: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, method: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Chain rule from the coefficient gradients (G = dL/dRe + i dL/dIm) to the parameters (complex128).
 
     For a holomorphic w = f(u): G_u = G_w conj(f'(u)); for a real x with w = f(x): dL/dx = Re(G_w conj(f'(x))).
@@ -311,8 +337,9 @@ def _parameter_grads(G_coeff: Tensor, G_z: Tensor, log_dt: Tensor, C: Tensor, lo
     return d_log_dt, torch.stack((G_C.real, G_C.imag), dim=-1), -a * G_A.real, G_A.imag.contiguous()
 
 
-def s4d_kernel_backward(grad_K: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int,
-                        method: str = "zoh") -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+def s4d_kernel_backward(
+    grad_K: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Triton backward of :func:`s4d_kernel`: (d log_dt, d C, d log_A_real, d A_imag), float32, given
     grad_K [H, L] (any strides). One launch reduces over l (per channel, block of modes and chunk of l), a
     second pass adds the chunks; the O(H N2) chain rule to the parameters runs in PyTorch."""
@@ -323,8 +350,7 @@ def s4d_kernel_backward(grad_K: Tensor, log_dt: Tensor, C: Tensor, log_A_real: T
     if grad_K.device != log_dt.device:
         raise ValueError(f"grad_K must be on the device of log_dt ({log_dt.device}), got {grad_K.device}")
     if H == 0 or N2 == 0:
-        return (torch.zeros_like(log_dt), torch.zeros_like(C), torch.zeros_like(log_A_real),
-                torch.zeros_like(A_imag))  # fmt: skip
+        return (torch.zeros_like(log_dt), torch.zeros_like(C), torch.zeros_like(log_A_real), torch.zeros_like(A_imag))
     params = _float64(log_dt, C, log_A_real, A_imag)
     planes = _planes(*_coefficients(*params, method))
     per_program = _l_per_program(L, H * triton.cdiv(N2, 32))
@@ -367,8 +393,12 @@ def _s4d_kernel_backward_op(
 
 @_s4d_kernel_backward_op.register_fake
 def _(grad_K, log_dt, C, log_A_real, A_imag, L, method):
-    return (torch.empty_like(log_dt, memory_format=torch.contiguous_format), C.new_empty(C.shape),
-            log_A_real.new_empty(log_A_real.shape), A_imag.new_empty(A_imag.shape))  # fmt: skip
+    return (
+        torch.empty_like(log_dt, memory_format=torch.contiguous_format),
+        C.new_empty(C.shape),
+        log_A_real.new_empty(log_A_real.shape),
+        A_imag.new_empty(A_imag.shape),
+    )
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -401,8 +431,9 @@ class _S4DKernelFunction(torch.autograd.Function):
         return (*s4d_kernel_backward(grad_K, *ctx.saved_tensors, ctx.L, ctx.method), None, None)
 
 
-def s4d_kernel(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh",
-               backend: str = "auto") -> Tensor:  # fmt: skip
+def s4d_kernel(
+    log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh", backend: str = "auto"
+) -> Tensor:
     """The S4D convolution kernel K [H, L] (float32) of SPEC 4 (see the module docstring).
 
     Args:
@@ -441,13 +472,22 @@ def aot_specs() -> list:
 
     specs = []
     for kernel, configs in ((_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS), (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS)):
-        aligned = {"N2": "i32:16", "L": "i32:16", "H": "i32", "l_per_program": "i32:16", "stride_dh": "i32:16",
-                   "stride_dl": "i32:1"}  # fmt: skip
+        aligned = {
+            "N2": "i32:16",
+            "L": "i32:16",
+            "H": "i32",
+            "l_per_program": "i32:16",
+            "stride_dh": "i32:16",
+            "stride_dl": "i32:1",
+        }
         generic = dict.fromkeys(aligned, "i32")
         variants = [("", aligned, config) for config in configs] + [(",odd", generic, configs[0])]
         for label, ints, config in variants:
-            signature = {name: "*fp32:16" if name.endswith("_ptr") else ints[name] for name in kernel.arg_names
-                         if name not in config.kwargs}  # fmt: skip
+            signature = {
+                name: "*fp32:16" if name.endswith("_ptr") else ints[name]
+                for name in kernel.arg_names
+                if name not in config.kwargs
+            }
             specs.append(
                 KernelSpec(
                     name=f"{kernel.__name__}[fp32,N{config.kwargs['BLOCK_N']},L{config.kwargs['BLOCK_L']},"

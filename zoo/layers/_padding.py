@@ -17,8 +17,10 @@ def check_lengths(lengths: Tensor | None, batch: int, who: str) -> None:
         return
     if not isinstance(lengths, Tensor) or lengths.ndim != 1 or lengths.shape[0] != batch:
         shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
-        raise ValueError(f"{who} expects lengths as an integer tensor [B] = [{batch}] (valid positions per "
-                         f"sequence, padding at the end), got {shape}")  # fmt: skip
+        raise ValueError(
+            f"{who} expects lengths as an integer tensor [B] = [{batch}] (valid positions per "
+            f"sequence, padding at the end), got {shape}"
+        )
     if lengths.is_floating_point() or lengths.is_complex():
         raise ValueError(f"{who} expects integer lengths [B], got {lengths.dtype}")
 
@@ -41,8 +43,9 @@ def channels_first(u: Tensor, d_model: int, transposed: bool, lengths: Tensor | 
         u = u.transpose(-1, -2)
     if u.shape[1] != d_model:
         shape = tuple(u.shape if transposed else u.transpose(-1, -2).shape)
-        raise ValueError(f"{who} expects {layout} with H = d_model = {d_model} (transposed={transposed}), got "
-                         f"shape {shape}")  # fmt: skip
+        raise ValueError(
+            f"{who} expects {layout} with H = d_model = {d_model} (transposed={transposed}), got shape {shape}"
+        )
     if u.shape[-1] == 0:
         raise ValueError(f"{who} got an empty sequence (L = 0)")
     check_lengths(lengths, u.shape[0], who)

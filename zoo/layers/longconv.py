@@ -51,12 +51,21 @@ class LongConvKernel(nn.Module):
         lr: the kernel's learning rate (its ``_optim``); None keeps the optimiser's (weight decay stays 0).
     """
 
-    def __init__(self, channels: int, d_model: int, length: int, lam: float = 0.003, smooth_window: int | None = 7,
-                 kernel_dropout: float = 0.1, lr: float | None = KERNEL_LR) -> None:  # fmt: skip
+    def __init__(
+        self,
+        channels: int,
+        d_model: int,
+        length: int,
+        lam: float = 0.003,
+        smooth_window: int | None = 7,
+        kernel_dropout: float = 0.1,
+        lr: float | None = KERNEL_LR,
+    ) -> None:
         super().__init__()
         if smooth_window is not None and (int(smooth_window) < 1 or int(smooth_window) % 2 == 0):
-            raise ValueError(f"smooth_window must be an odd positive int (or None: no smoothing), got "
-                             f"{smooth_window!r}")  # fmt: skip
+            raise ValueError(
+                f"smooth_window must be an odd positive int (or None: no smoothing), got {smooth_window!r}"
+            )
         if lam < 0:
             raise ValueError(f"lam (the squash threshold) must be >= 0, got {lam!r}")
         if not 0.0 <= kernel_dropout < 1.0:
@@ -144,8 +153,10 @@ class LongConv(nn.Module):
         self.output_linear = nn.Sequential(nn.Linear(channels * self.h, 2 * self.h), nn.GLU(dim=-1))
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.h}, l_max={self.l_max}, channels={self.channels}, transposed={self.transposed}, "
-                f"bidirectional={self.bidirectional}, backend={self.backend!r}")  # fmt: skip
+        return (
+            f"d_model={self.h}, l_max={self.l_max}, channels={self.channels}, transposed={self.transposed}, "
+            f"bidirectional={self.bidirectional}, backend={self.backend!r}"
+        )
 
     def conv_kernel(self, L: int) -> Tensor:
         """The kernel the convolution of a length-L input uses, in :func:`zoo.kernels.fftconv.fftconv`'s layout:
@@ -155,7 +166,7 @@ class LongConv(nn.Module):
         if not self.bidirectional:
             return k[..., :taps].reshape(self.channels * self.h, taps)
         causal = k[..., :taps]
-        anti = k[..., self.l_max:].flip(-1)[..., :taps]
+        anti = k[..., self.l_max :].flip(-1)[..., :taps]
         return torch.stack([causal, anti]).reshape(2, self.channels * self.h, taps)
 
     def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
@@ -164,7 +175,13 @@ class LongConv(nn.Module):
         L = u.shape[-1]
         if self.channels > 1:
             u = u.repeat(1, self.channels, 1)  # [B, C*H, L], channel c*H + h reads feature h
-        y = fftconv(u.contiguous(), self.conv_kernel(L), self.D.reshape(-1), bidirectional=self.bidirectional,
-                    activation="gelu", backend=self.backend)  # fmt: skip
+        y = fftconv(
+            u.contiguous(),
+            self.conv_kernel(L),
+            self.D.reshape(-1),
+            bidirectional=self.bidirectional,
+            activation="gelu",
+            backend=self.backend,
+        )
         y = self.output_linear(self.dropout(y).transpose(-1, -2))  # [B, L, H]
         return y.transpose(-1, -2) if self.transposed else y

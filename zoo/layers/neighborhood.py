@@ -50,9 +50,20 @@ class NeighborhoodAttention(nn.Module):
 
     dims: int = 0
 
-    def __init__(self, dim: int, num_heads: int, kernel_size, dilation=1, is_causal=False, qkv_bias: bool = True,
-                 qk_scale: float | None = None, rel_pos_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, backend: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size,
+        dilation=1,
+        is_causal=False,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        rel_pos_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -77,9 +88,11 @@ class NeighborhoodAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
-                f"dilation={self.dilation}, is_causal={self.is_causal}, rel_pos_bias={self.rpb is not None}, "
-                f"backend={self.backend!r}")  # fmt: skip
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, "
+            f"dilation={self.dilation}, is_causal={self.is_causal}, rel_pos_bias={self.rpb is not None}, "
+            f"backend={self.backend!r}"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         layout = "[B, " + ", ".join(f"X{i}" for i in range(self.dims)) + f", dim={self.dim}]"
@@ -92,9 +105,18 @@ class NeighborhoodAttention(nn.Module):
             x = F.pad(x, [0, 0] + [p for pad in reversed(pads) for p in (0, pad)])
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.unbind(-3)  # [B, *spatial, heads, head_dim] views of the fused projection
-        out = neighborhood_attention(q, k, v, self.kernel_size, self.dilation, self.is_causal, self.rpb,
-                                     self.scale, backend=self.backend,
-                                     dropout_p=self.attn_drop if self.training else 0.0)  # fmt: skip
+        out = neighborhood_attention(
+            q,
+            k,
+            v,
+            self.kernel_size,
+            self.dilation,
+            self.is_causal,
+            self.rpb,
+            self.scale,
+            backend=self.backend,
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )
         out = out.flatten(-2)
         if any(pads):
             out = out[(slice(None), *(slice(0, n) for n in spatial))]

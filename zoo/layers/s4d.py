@@ -203,8 +203,10 @@ class S4D(nn.Module):
         self.output_linear = nn.Sequential(nn.Conv1d(self.h, 2 * self.h, kernel_size=1), nn.GLU(dim=-2))
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.h}, d_state={self.n}, transposed={self.transposed}, "
-                f"bidirectional={self.bidirectional}, backend={self.backend!r}")  # fmt: skip
+        return (
+            f"d_model={self.h}, d_state={self.n}, transposed={self.transposed}, "
+            f"bidirectional={self.bidirectional}, backend={self.backend!r}"
+        )
 
     def forward(self, u: Tensor, lengths: Tensor | None = None) -> Tensor:
         """u: [B, H, L] (transposed) or [B, L, H]; lengths: None or [B] valid lengths; returns u's layout."""
@@ -213,8 +215,9 @@ class S4D(nn.Module):
         k = self.kernel(L)
         if self.bidirectional:
             k = k.view(2, self.h, L)
-        y = fftconv(u.contiguous(), k, self.D, bidirectional=self.bidirectional, activation="gelu",
-                    backend=self.backend)  # fmt: skip
+        y = fftconv(
+            u.contiguous(), k, self.D, bidirectional=self.bidirectional, activation="gelu", backend=self.backend
+        )
         y = self._output_linear(self.dropout(y).transpose(-1, -2))  # [B, L, H]
         return y.transpose(-1, -2) if self.transposed else y
 
@@ -242,8 +245,10 @@ class S4D(nn.Module):
             raise ValueError(f"S4D.step expects u_t of shape [B, H] with H = {self.h}, got {tuple(u_t.shape)}")
         expected = (u_t.shape[0], self.h, self.n // 2)
         if not torch.is_complex(state) or tuple(state.shape) != expected:
-            raise ValueError(f"S4D.step expects a complex state of shape {list(expected)} (see default_state), got "
-                             f"{state.dtype} {tuple(state.shape)}")  # fmt: skip
+            raise ValueError(
+                f"S4D.step expects a complex state of shape {list(expected)} (see default_state), got "
+                f"{state.dtype} {tuple(state.shape)}"
+            )
         dA, dB, C = self.kernel.discretize()
         u = u_t.float()
         state = dA * state + dB * u.unsqueeze(-1)
@@ -254,5 +259,7 @@ class S4D(nn.Module):
 
     def _check_causal(self) -> None:
         if self.bidirectional:
-            raise RuntimeError("S4D.step/default_state: a bidirectional layer sees future positions and has no "
-                               "recurrent mode; use forward() on the whole sequence")  # fmt: skip
+            raise RuntimeError(
+                "S4D.step/default_state: a bidirectional layer sees future positions and has no "
+                "recurrent mode; use forward() on the whole sequence"
+            )

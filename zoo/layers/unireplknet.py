@@ -106,8 +106,17 @@ class DepthwiseConv2d(nn.Conv2d):
         if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd positive int ('same' padding), got {kernel_size!r}")
         padding = dilation * (kernel_size - 1) // 2
-        super().__init__(channels, channels, kernel_size, padding=padding, dilation=dilation, groups=channels,
-                         bias=bias, device=device, dtype=dtype)  # fmt: skip
+        super().__init__(
+            channels,
+            channels,
+            kernel_size,
+            padding=padding,
+            dilation=dilation,
+            groups=channels,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
         self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,8 +176,10 @@ class DilatedReparamBlock(nn.Module):
         """(k, r, conv, bn) of every dilated branch (empty once deployed)."""
         if self.deploy:
             return []
-        return [(k, r, getattr(self, f"dil_conv_k{k}_{r}"), getattr(self, f"dil_bn_k{k}_{r}"))
-                for k, r in zip(self.kernel_sizes, self.dilates)]  # fmt: skip
+        return [
+            (k, r, getattr(self, f"dil_conv_k{k}_{r}"), getattr(self, f"dil_bn_k{k}_{r}"))
+            for k, r in zip(self.kernel_sizes, self.dilates)
+        ]
 
     def forward(self, x: Tensor) -> Tensor:
         _check_channels("DilatedReparamBlock", x, self.channels)
@@ -198,8 +209,14 @@ class DilatedReparamBlock(nn.Module):
             return
         weight, bias = self.merged_kernel()
         old = self.lk_origin
-        merged = DepthwiseConv2d(self.channels, self.kernel_size, bias=True, backend=self.backend,
-                                 device=old.weight.device, dtype=old.weight.dtype)  # fmt: skip
+        merged = DepthwiseConv2d(
+            self.channels,
+            self.kernel_size,
+            bias=True,
+            backend=self.backend,
+            device=old.weight.device,
+            dtype=old.weight.dtype,
+        )
         merged.weight.copy_(weight)
         merged.bias.copy_(bias)
         self.lk_origin = merged
@@ -210,8 +227,10 @@ class DilatedReparamBlock(nn.Module):
         self.deploy = True
 
     def extra_repr(self) -> str:
-        return (f"channels={self.channels}, kernel_size={self.kernel_size}, branches={list(self.kernel_sizes)}/"
-                f"{list(self.dilates)}, deploy={self.deploy}, backend={self.backend!r}")  # fmt: skip
+        return (
+            f"channels={self.channels}, kernel_size={self.kernel_size}, branches={list(self.kernel_sizes)}/"
+            f"{list(self.dilates)}, deploy={self.deploy}, backend={self.backend!r}"
+        )
 
 
 class SEBlock(nn.Module):
@@ -349,8 +368,14 @@ class UniRepLKNetBlock(nn.Module):
             else:
                 conv = self.dwconv
             weight, bias = fuse_bn(conv.weight, conv.bias, self.norm)
-            fused = DepthwiseConv2d(conv.in_channels, conv.kernel_size[0], bias=True, backend=self.backend,
-                                    device=weight.device, dtype=weight.dtype)  # fmt: skip
+            fused = DepthwiseConv2d(
+                conv.in_channels,
+                conv.kernel_size[0],
+                bias=True,
+                backend=self.backend,
+                device=weight.device,
+                dtype=weight.dtype,
+            )
             fused.weight.copy_(weight)
             fused.bias.copy_(bias)
             if isinstance(self.dwconv, DilatedReparamBlock):

@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 
-
 @register_notrace_function  # a leaf for torch.fx: it branches on shapes
 def check_images(x: Tensor, in_chans: int, min_size: int) -> Tensor:
     """Return ``x`` if it is an image batch ``[N, in_chans, H, W]`` with H, W >= ``min_size``; else raise ValueError.

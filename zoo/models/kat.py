@@ -29,7 +29,6 @@ from zoo.models._registry import register_model
 __all__ = ["KAT", "checkpoint_filter_fn", "kat_t", "kat_s", "kat_b"]
 
 
-
 class KAT(VisionTransformer):
     """Vision Transformer with group-rational KAN MLPs (GR-KAN).
 

@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 
-
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
@@ -77,8 +76,9 @@ def stage_sizes(img_size: int | tuple[int, int], num_levels: int = 4) -> list[tu
     return sizes
 
 
-def dinat_dilations(depths: tuple[int, ...], img_size: int | tuple[int, int] = 224,
-                    kernel_size: int = 7) -> tuple[tuple, ...]:  # fmt: skip
+def dinat_dilations(
+    depths: tuple[int, ...], img_size: int | tuple[int, int] = 224, kernel_size: int = 7
+) -> tuple[tuple, ...]:
     """DiNAT's dilations per layer: in every level the layers alternate dilation 1 (NA) and the largest dilation
     whose window still fits the level's map, floor(side / kernel_size) (DiNA), starting with 1.
 
@@ -137,17 +137,36 @@ class NATLayer(nn.Module):
     """A NAT / DiNAT layer (NHWC): x + gamma1 * NA(LN(x)), then x + gamma2 * MLP(LN(x)) (gammas only with layer
     scale; stochastic depth on both branches)."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int = 7, dilation: int | tuple[int, int] = 1,
-                 mlp_ratio: float = 4.0, qkv_bias: bool = True, qk_scale: float | None = None, proj_drop: float = 0.0,
-                 attn_drop: float = 0.0, drop_path: float = 0.0, layer_scale: float | None = None,
-                 backend: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int = 7,
+        dilation: int | tuple[int, int] = 1,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale: float | None = None,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         self.dim, self.num_heads, self.mlp_ratio = dim, num_heads, mlp_ratio
         self.kernel_size, self.dilation = kernel_size, dilation
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = NeighborhoodAttention2D(dim, num_heads, kernel_size, dilation=dilation, qkv_bias=qkv_bias,
-                                            qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=proj_drop,
-                                            backend=backend)  # fmt: skip
+        self.attn = NeighborhoodAttention2D(
+            dim,
+            num_heads,
+            kernel_size,
+            dilation=dilation,
+            qkv_bias=qkv_bias,
+            qk_scale=qk_scale,
+            attn_drop=attn_drop,
+            proj_drop=proj_drop,
+            backend=backend,
+        )
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
@@ -311,12 +330,14 @@ class NAT(nn.Module):
         # A level's downsampler ends it (it feeds the next level): it sorts after the level's layers.
         return dict(
             stem=r"^patch_embed",
-            blocks=r"^levels\.(\d+)" if coarse else [
+            blocks=r"^levels\.(\d+)"
+            if coarse
+            else [
                 (r"^levels\.(\d+)\.downsample", (99998,)),
                 (r"^levels\.(\d+)\.blocks\.(\d+)", None),
                 (r"^norm", (99999,)),
             ],
-        )  # fmt: skip
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -500,8 +521,14 @@ def _create_nat(variant: str, pretrained: bool = False, **kwargs: Any) -> NAT:
     )
 
 
-def _args(embed_dim: int, depths: tuple[int, ...], num_heads: tuple[int, ...], mlp_ratio: float,
-          kwargs: dict[str, Any], **extra: Any) -> dict[str, Any]:  # fmt: skip
+def _args(
+    embed_dim: int,
+    depths: tuple[int, ...],
+    num_heads: tuple[int, ...],
+    mlp_ratio: float,
+    kwargs: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
     return dict(dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio, **extra), **kwargs)
 
 

@@ -46,8 +46,9 @@ _POOL_ALIASES = {"avg": "mean", "mean": "mean", "last": "last", "": "", "none": 
 
 def _pool_name(global_pool: str | None) -> str:
     if global_pool not in _POOL_ALIASES:
-        raise ValueError(f"global_pool must be 'mean' (or 'avg'), 'last' or '' (per-position outputs), got "
-                         f"{global_pool!r}")  # fmt: skip
+        raise ValueError(
+            f"global_pool must be 'mean' (or 'avg'), 'last' or '' (per-position outputs), got {global_pool!r}"
+        )
     return _POOL_ALIASES[global_pool]
 
 
@@ -71,16 +72,20 @@ def to_sequence(x: Tensor, in_chans: int, vocab_size: int | None) -> Tensor:
     """Check the input and bring images [B, C, H, W] to pixel sequences [B, H*W, C] (row-major)."""
     if vocab_size is not None:
         if x.ndim != 2 or x.is_floating_point() or x.is_complex():
-            raise ValueError(f"with vocab_size={vocab_size} the model expects integer token ids [B, L], got "
-                             f"{x.dtype} {tuple(x.shape)}")  # fmt: skip
+            raise ValueError(
+                f"with vocab_size={vocab_size} the model expects integer token ids [B, L], got "
+                f"{x.dtype} {tuple(x.shape)}"
+            )
         return x
     if x.ndim == 4:
         if x.shape[1] != in_chans:
             raise ValueError(f"expected images [B, {in_chans}, H, W], got {tuple(x.shape)}")
         return x.flatten(2).transpose(1, 2)
     if x.ndim != 3 or x.shape[-1] != in_chans:
-        raise ValueError(f"expected images [B, {in_chans}, H, W] or sequences [B, L, {in_chans}] (token ids [B, L] "
-                         f"need vocab_size), got {tuple(x.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected images [B, {in_chans}, H, W] or sequences [B, L, {in_chans}] (token ids [B, L] "
+            f"need vocab_size), got {tuple(x.shape)}"
+        )
     return x
 
 
@@ -92,8 +97,10 @@ def padding_mask(x: Tensor, lengths: Tensor | None) -> Tensor | None:
     check_lengths(lengths, x.shape[0], "SequenceModel")
     L = x.shape[1]
     if lengths.numel() and (int(lengths.min()) < 1 or int(lengths.max()) > L):
-        raise ValueError(f"lengths must be in [1, L = {L}] (the padded length of the batch), got "
-                         f"{int(lengths.min())}..{int(lengths.max())}")  # fmt: skip
+        raise ValueError(
+            f"lengths must be in [1, L = {L}] (the padded length of the batch), got "
+            f"{int(lengths.min())}..{int(lengths.max())}"
+        )
     valid = torch.arange(L, device=x.device) < lengths.to(x.device)[:, None]
     return valid[:, None, :].to(x.dtype)
 
@@ -189,14 +196,37 @@ class SequenceModel(nn.Module):
 
         self.encoder = nn.Embedding(self.vocab_size, d_model) if vocab_size else nn.Linear(in_chans, d_model)
         if layer == "s4d":
+
             def make() -> nn.Module:
-                return S4D(d_model, d_state, dropout=dropout, transposed=True, init=init, bidirectional=bidirectional,
-                           dt_min=dt_min, dt_max=dt_max, lr=ssm_lr, backend=backend)  # fmt: skip
+                return S4D(
+                    d_model,
+                    d_state,
+                    dropout=dropout,
+                    transposed=True,
+                    init=init,
+                    bidirectional=bidirectional,
+                    dt_min=dt_min,
+                    dt_max=dt_max,
+                    lr=ssm_lr,
+                    backend=backend,
+                )
         else:
+
             def make() -> nn.Module:
-                return LongConv(d_model, l_max, channels=channels, bidirectional=bidirectional, lam=lam,
-                                smooth_window=smooth_window, kernel_dropout=kernel_dropout, kernel_lr=kernel_lr,
-                                transposed=True, dropout=dropout, backend=backend)  # fmt: skip
+                return LongConv(
+                    d_model,
+                    l_max,
+                    channels=channels,
+                    bidirectional=bidirectional,
+                    lam=lam,
+                    smooth_window=smooth_window,
+                    kernel_dropout=kernel_dropout,
+                    kernel_lr=kernel_lr,
+                    transposed=True,
+                    dropout=dropout,
+                    backend=backend,
+                )
+
         self.s4_layers = nn.ModuleList(make() for _ in range(n_layers))
         self.norms = nn.ModuleList(_channel_norm(d_model, norm) for _ in range(n_layers))
         self.dropouts = nn.ModuleList(nn.Dropout1d(dropout) if dropout > 0 else nn.Identity() for _ in range(n_layers))
@@ -208,8 +238,11 @@ class SequenceModel(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """The SSM parameters and long-conv kernels (they also carry ``_optim`` with weight decay 0)."""
-        return {name for name, _ in self.named_parameters()
-                if name.rsplit(".", 1)[-1] in ("log_dt", "log_A_real", "A_imag", "kernel")}  # fmt: skip
+        return {
+            name
+            for name, _ in self.named_parameters()
+            if name.rsplit(".", 1)[-1] in ("log_dt", "log_A_real", "A_imag", "kernel")
+        }
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -259,7 +292,7 @@ class SequenceModel(nn.Module):
         if self.global_pool in ("mean", "last"):
             x = pool_sequence(x, self.global_pool, lengths)
         elif self.l_output is not None:
-            x = x[:, -self.l_output:]
+            x = x[:, -self.l_output :]
         x = self.head_drop(x)
         return x if pre_logits else self.decoder(x)
 
@@ -288,8 +321,9 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 _LONGCONV = dict(paper_ids="arXiv:2302.06646", origin_url="https://github.com/HazyResearch/safari")
-default_cfgs = generate_default_cfgs({"s4d_t": _cfg(), "s4d_s": _cfg(), "longconv_t": _cfg(**_LONGCONV),
-                                      "longconv_s": _cfg(**_LONGCONV)})  # no released weights
+default_cfgs = generate_default_cfgs(
+    {"s4d_t": _cfg(), "s4d_s": _cfg(), "longconv_t": _cfg(**_LONGCONV), "longconv_s": _cfg(**_LONGCONV)}
+)  # no released weights
 
 
 def _create_sequence_model(variant: str, pretrained: bool = False, **kwargs: Any) -> SequenceModel:
@@ -313,12 +347,14 @@ def s4d_s(pretrained: bool = False, **kwargs: Any) -> SequenceModel:
 @register_model
 def longconv_t(pretrained: bool = False, **kwargs: Any) -> SequenceModel:
     """Long conv T: d_model 128, 4 post-norm layers of long convolutions (2 channels, l_max 1024)."""
-    return _create_sequence_model("longconv_t", pretrained,
-                                  **dict(dict(d_model=128, n_layers=4, layer="longconv", l_max=1024), **kwargs))
+    return _create_sequence_model(
+        "longconv_t", pretrained, **dict(dict(d_model=128, n_layers=4, layer="longconv", l_max=1024), **kwargs)
+    )
 
 
 @register_model
 def longconv_s(pretrained: bool = False, **kwargs: Any) -> SequenceModel:
     """Long conv S: d_model 256, 6 layers of long convolutions (2 channels, l_max 1024)."""
-    return _create_sequence_model("longconv_s", pretrained,
-                                  **dict(dict(d_model=256, n_layers=6, layer="longconv", l_max=1024), **kwargs))
+    return _create_sequence_model(
+        "longconv_s", pretrained, **dict(dict(d_model=256, n_layers=6, layer="longconv", l_max=1024), **kwargs)
+    )

@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 def default_kernel_sizes(depths: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
     """The official kernel sizes per block: stage 1 all 3, stages 2 and 4 all 13; stage 3 all 13 for up to 8
     blocks (A, F, P, N), (13, 3) repeated for 18 blocks (T), (13, 3, 3) repeated otherwise (S, B, L, XL)."""
@@ -143,10 +142,12 @@ class UniRepLKNet(nn.Module):
             )
             self.downsample_layers = nn.ModuleList([stem])
             for i in range(3):
-                self.downsample_layers.append(nn.Sequential(
-                    nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1),
-                    LayerNorm2d(dims[i + 1], eps=1e-6),
-                ))  # fmt: skip
+                self.downsample_layers.append(
+                    nn.Sequential(
+                        nn.Conv2d(dims[i], dims[i + 1], kernel_size=3, stride=2, padding=1),
+                        LayerNorm2d(dims[i + 1], eps=1e-6),
+                    )
+                )
             rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
             self.stages = nn.ModuleList()
             self.feature_info = []
@@ -161,7 +162,7 @@ class UniRepLKNet(nn.Module):
                         deploy=deploy,
                         backend=backend,
                         ffn_factor=ffn_factor,
-                    )  # fmt: skip
+                    )
                     for j in range(depths[i])
                 ]
                 self.stages.append(nn.Sequential(*blocks))
@@ -208,12 +209,14 @@ class UniRepLKNet(nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^downsample_layers\.0",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
                 (r"^downsample_layers\.(\d+)", (0,)),
                 (r"^stages\.(\d+)\.(\d+)", None),
                 (r"^norm", (99999,)),
             ],
-        )  # fmt: skip
+        )
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -317,10 +320,8 @@ class UniRepLKNet(nn.Module):
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
-
 def _is_training_form(state_dict: dict[str, Tensor]) -> bool:
-    return any(k.startswith("stages.") and (k.endswith(".norm.running_var") or ".pwconv2.2." in k)
-               for k in state_dict)  # fmt: skip
+    return any(k.startswith("stages.") and (k.endswith(".norm.running_var") or ".pwconv2.2." in k) for k in state_dict)
 
 
 @torch.no_grad()
@@ -333,8 +334,9 @@ def _deploy_state_dict(state_dict: dict[str, Tensor], model: UniRepLKNet) -> dic
             sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
             dtype = next(iter(sub.values())).dtype if sub else torch.float32
             layer_scale = 1.0 if "gamma" in sub else None
-            trained = UniRepLKNetBlock(block.dim, block.kernel_size, layer_scale_init_value=layer_scale,
-                                       device="cpu", dtype=torch.float32)  # fmt: skip
+            trained = UniRepLKNetBlock(
+                block.dim, block.kernel_size, layer_scale_init_value=layer_scale, device="cpu", dtype=torch.float32
+            )
             trained.load_state_dict({k: v.float().cpu() for k, v in sub.items()}, strict=True)
             trained.reparameterize()
             out.update({prefix + k: v.to(dtype) for k, v in trained.state_dict().items()})

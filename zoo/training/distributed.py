@@ -53,8 +53,10 @@ def _env_int(name: str, default: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         if default is None:
-            raise ValueError(f"distributed run (WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}) but ${name} is not set; "
-                             "launch with `torchrun --nproc_per_node=N train.py ...`")
+            raise ValueError(
+                f"distributed run (WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}) but ${name} is not set; "
+                "launch with `torchrun --nproc_per_node=N train.py ...`"
+            )
         return default
     try:
         return int(raw)
@@ -108,17 +110,23 @@ def init_distributed(device: str = "auto") -> DistributedContext:
             raise ValueError(f"$LOCAL_RANK={local_rank} must be >= 0")
         missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
         if missing and not (dist.is_available() and dist.is_initialized()):
-            raise ValueError(f"$WORLD_SIZE={world_size} but {' and '.join('$' + m for m in missing)} "
-                             f"{'is' if len(missing) == 1 else 'are'} not set; launch with "
-                             "`torchrun --nproc_per_node=N train.py ...` (it sets them) or set them yourself")
+            raise ValueError(
+                f"$WORLD_SIZE={world_size} but {' and '.join('$' + m for m in missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not set; launch with "
+                "`torchrun --nproc_per_node=N train.py ...` (it sets them) or set them yourself"
+            )
 
     if kind == "cuda":
         count = torch.cuda.device_count()
         if local_rank >= count:
-            raise ValueError(f"$LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s); "
-                             f"use --nproc_per_node <= {count} (or device=cpu)")
+            raise ValueError(
+                f"$LOCAL_RANK={local_rank} but this machine has {count} CUDA device(s); "
+                f"use --nproc_per_node <= {count} (or device=cpu)"
+            )
         explicit = torch.device(device) if str(device) not in ("auto", "cuda") else None
-        index = explicit.index if (world_size == 1 and explicit is not None and explicit.index is not None) else local_rank
+        index = (
+            explicit.index if (world_size == 1 and explicit is not None and explicit.index is not None) else local_rank
+        )
         torch_device = torch.device("cuda", index)
         torch.cuda.set_device(torch_device)
     else:
@@ -129,9 +137,11 @@ def init_distributed(device: str = "auto") -> DistributedContext:
             raise RuntimeError("WORLD_SIZE > 1 but torch.distributed is not available in this build of torch")
         if dist.is_initialized():
             if dist.get_world_size() != world_size or dist.get_rank() != rank:
-                raise RuntimeError(f"a process group is already initialised with world size {dist.get_world_size()}"
-                                   f" and rank {dist.get_rank()}, but the environment says WORLD_SIZE={world_size}, "
-                                   f"RANK={rank}")
+                raise RuntimeError(
+                    f"a process group is already initialised with world size {dist.get_world_size()}"
+                    f" and rank {dist.get_rank()}, but the environment says WORLD_SIZE={world_size}, "
+                    f"RANK={rank}"
+                )
         else:
             backend = "nccl" if kind == "cuda" else "gloo"
             dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)

@@ -93,8 +93,14 @@ def _load_train_checkpoint(file: Path, model_kwargs: dict[str, Any]) -> tuple[nn
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{file}: the weights do not fit the model its config describes: {error}") from error
-    args = {"architecture": config["model"]["name"], **kwargs, "img_size": img_size,
-            "data": config["data"]["name"], "source": str(file), "epoch": state.get("epoch")}  # fmt: skip
+    args = {
+        "architecture": config["model"]["name"],
+        **kwargs,
+        "img_size": img_size,
+        "data": config["data"]["name"],
+        "source": str(file),
+        "epoch": state.get("epoch"),
+    }
     return model, _describe(model, args)
 
 
@@ -115,8 +121,10 @@ def _load_named(name: str, pretrained_file: str | None, model_kwargs: dict[str, 
     import zoo
 
     if pretrained_file is None:
-        raise ValueError(f"model={name!r} needs pretrained_file=PATH (a state dict file for it); "
-                         "to evaluate a training run use checkpoint=PATH instead")  # fmt: skip
+        raise ValueError(
+            f"model={name!r} needs pretrained_file=PATH (a state dict file for it); "
+            "to evaluate a training run use checkpoint=PATH instead"
+        )
     file = Path(pretrained_file).expanduser()
     if not file.is_file():
         raise FileNotFoundError(2, f"pretrained_file {file} does not exist", str(file))
@@ -166,13 +174,17 @@ def load_model_for_eval(
     """
     model_kwargs = dict(_plain(model_kwargs) or {})
     if checkpoint is not None and model is not None:
-        raise ValueError(f"give either checkpoint=PATH or model=NAME with pretrained_file=PATH, not both "
-                         f"(got checkpoint={str(checkpoint)!r}, model={model!r})")  # fmt: skip
+        raise ValueError(
+            f"give either checkpoint=PATH or model=NAME with pretrained_file=PATH, not both "
+            f"(got checkpoint={str(checkpoint)!r}, model={model!r})"
+        )
     if checkpoint is None and model is None:
         if pretrained_file is not None:
             raise ValueError(f"pretrained_file={str(pretrained_file)!r} needs model=NAME (the registered architecture)")
-        raise ValueError("nothing to evaluate: give checkpoint=PATH (a train.py checkpoint, run directory or export "
-                         "directory) or model=NAME with pretrained_file=PATH")  # fmt: skip
+        raise ValueError(
+            "nothing to evaluate: give checkpoint=PATH (a train.py checkpoint, run directory or export "
+            "directory) or model=NAME with pretrained_file=PATH"
+        )
     if model is not None:
         built, args = _load_named(str(model), None if pretrained_file is None else str(pretrained_file), model_kwargs)
     else:
@@ -186,9 +198,11 @@ def load_model_for_eval(
         elif path.is_dir():
             if not (path / "last.pt").is_file():
                 raise FileNotFoundError(
-                    2, f"{path} is neither a run directory (no last.pt) nor an export directory "
-                    f"(needs {' and '.join(_EXPORT_FILES)})", str(path / "last.pt"),
-                )  # fmt: skip
+                    2,
+                    f"{path} is neither a run directory (no last.pt) nor an export directory "
+                    f"(needs {' and '.join(_EXPORT_FILES)})",
+                    str(path / "last.pt"),
+                )
             built, args = _load_train_checkpoint(path / "last.pt", model_kwargs)
         else:
             built, args = _load_train_checkpoint(path, model_kwargs)
@@ -354,8 +368,15 @@ def save_confusion_matrix_png(
             for j in range(c):
                 value = int(counts[i, j])
                 if value:
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=fontsize,
-                            color="white" if normalised[i, j] > 0.5 else "black")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        str(value),
+                        ha="center",
+                        va="center",
+                        fontsize=fontsize,
+                        color="white" if normalised[i, j] > 0.5 else "black",
+                    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,8 +389,14 @@ def _eval_dataset(cfg: Any, img_size: int):
     from zoo.data.loaders import _subset  # the same fixed permutation as train.py's data.eval_subset
 
     data = cfg.data
-    dataset = create_dataset(data.name, "test", root=data.get("root"), download=bool(data.get("download", False)),
-                             img_size=img_size, is_training=False)  # fmt: skip
+    dataset = create_dataset(
+        data.name,
+        "test",
+        root=data.get("root"),
+        download=bool(data.get("download", False)),
+        img_size=img_size,
+        is_training=False,
+    )
     class_names = dataset_classes(dataset) or getattr(dataset, "classes", None)
     collate_fn = getattr(dataset, "collate_fn", None)  # variable-length tasks pad their batches
     return _subset(dataset, data.get("eval_subset"), "data.eval_subset"), class_names, collate_fn
@@ -381,9 +408,13 @@ def _model_config_kwargs(model_cfg: dict[str, Any], data_cfg: Any) -> dict[str, 
     from zoo.data.datasets import DATASETS, canonical_name
 
     info = DATASETS[canonical_name(data_cfg.name)]
-    data_args = {"img_size": data_cfg.get("img_size"), "patch_size": data_cfg.get("patch_size"),
-                 "in_chans": info.in_chans, "num_classes": info.num_classes,
-                 "vocab_size": info.vocab_size}  # fmt: skip
+    data_args = {
+        "img_size": data_cfg.get("img_size"),
+        "patch_size": data_cfg.get("patch_size"),
+        "in_chans": info.in_chans,
+        "num_classes": info.num_classes,
+        "vocab_size": info.vocab_size,
+    }
     wanted = model_cfg.get("data_args") or []
     kwargs = {k: v for k, v in data_args.items() if k in wanted and v is not None}
     kwargs.update(model_cfg.get("kwargs") or {})
@@ -402,6 +433,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from zoo.data.datasets import DATASETS, canonical_name
+
     if cfg.amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
     if int(cfg.batch_size) <= 0:
@@ -412,8 +444,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     if isinstance(model_name, dict):  # configs/model/NAME.yaml: data-derived arguments as train.py fills them
         model_kwargs = {**_model_config_kwargs(model_name, cfg.data), **model_kwargs}
         model_name = model_name.get("name")
-    model, args = load_model_for_eval(cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"),
-                                      model_kwargs)  # fmt: skip
+    model, args = load_model_for_eval(cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"), model_kwargs)
     img_size = args.get("img_size")
     if not isinstance(img_size, int):
         img_size = cfg.data.img_size
@@ -422,13 +453,22 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     num_classes = len(class_names) if class_names else info.num_classes
     model_classes = args.get("num_classes")
     if model_classes is not None and model_classes != num_classes:
-        raise ValueError(f"the model predicts {model_classes} classes but {cfg.data.name} has {num_classes}: "
-                         f"evaluate it on the data it was trained for (data=...)")  # fmt: skip
+        raise ValueError(
+            f"the model predicts {model_classes} classes but {cfg.data.name} has {num_classes}: "
+            f"evaluate it on the data it was trained for (data=...)"
+        )
     if args.get("in_chans") is not None and args["in_chans"] != info.in_chans:
         raise ValueError(f"the model takes {args['in_chans']}-channel images but {cfg.data.name} has {info.in_chans}")
-    loader = DataLoader(dataset, batch_size=int(cfg.batch_size), shuffle=False, drop_last=False,
-                        num_workers=int(cfg.num_workers), pin_memory=device.type == "cuda",
-                        persistent_workers=False, collate_fn=collate_fn)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=int(cfg.batch_size),
+        shuffle=False,
+        drop_last=False,
+        num_workers=int(cfg.num_workers),
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        collate_fn=collate_fn,
+    )
     model.to(device)
     metrics = evaluate_classifier(model, loader, num_classes, device, AMP_DTYPES[cfg.amp])
 

@@ -19,8 +19,17 @@ import torch
 from torch import nn
 
 # Model arguments never inherited from a source: those set by the data, regularisation, and the kernel backend.
-NOT_INHERITED = ("num_classes", "in_chans", "drop_rate", "drop_path_rate", "proj_drop_rate", "attn_drop_rate",
-                 "pos_drop_rate", "patch_drop_rate", "backend")
+NOT_INHERITED = (
+    "num_classes",
+    "in_chans",
+    "drop_rate",
+    "drop_path_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "pos_drop_rate",
+    "patch_drop_rate",
+    "backend",
+)
 
 
 @dataclass

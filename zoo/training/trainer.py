@@ -54,7 +54,6 @@ from zoo.training.report import save_run_report
 log = logging.getLogger("zoo.train")
 
 
-
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; with ``deterministic``, make torch pick deterministic kernels only."""
     random.seed(seed)
@@ -107,8 +106,14 @@ def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
     """(training loss, timm Mixup or None) from ``cfg.mixup``."""
     m = cfg.mixup
     if m.mixup_alpha > 0 or m.cutmix_alpha > 0:
-        mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, prob=m.prob, switch_prob=m.switch_prob,
-                      label_smoothing=m.label_smoothing, num_classes=num_classes)  # fmt: skip
+        mixup = Mixup(
+            mixup_alpha=m.mixup_alpha,
+            cutmix_alpha=m.cutmix_alpha,
+            prob=m.prob,
+            switch_prob=m.switch_prob,
+            label_smoothing=m.label_smoothing,
+            num_classes=num_classes,
+        )
         return SoftTargetCrossEntropy(), mixup
     if m.label_smoothing > 0:
         return LabelSmoothingCrossEntropy(smoothing=m.label_smoothing), None
@@ -152,8 +157,15 @@ class _Logger:
             import wandb
         except ImportError as error:
             raise ImportError('logger=wandb needs the wandb package: pip install -e ".[wandb]"') from error
-        self.run = wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=str(run_dir), config=config,
-                              name=run_dir.name, resume="allow", id=run_dir.name)  # fmt: skip
+        self.run = wandb.init(
+            project=cfg.logger.project,
+            mode=cfg.logger.mode,
+            dir=str(run_dir),
+            config=config,
+            name=run_dir.name,
+            resume="allow",
+            id=run_dir.name,
+        )
 
     def log(self, row: dict[str, Any]) -> None:
         if self.run is not None:
@@ -215,11 +227,19 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     if ctx.enabled and cfg.data.download and not ctx.is_main:
         barrier(ctx)  # rank 0 downloads first (below), the others wait for the files
     train_loader, eval_loader, info = create_loaders(
-        cfg.data.name, root=cfg.data.root, download=cfg.data.download, img_size=img_size,
-        batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
-        num_workers=cfg.num_workers, seed=cfg.seed, augment=dict(cfg.data.augment or {}),
-        train_subset=cfg.data.train_subset, eval_subset=cfg.data.eval_subset, distributed=ctx.enabled,
-    )  # fmt: skip
+        cfg.data.name,
+        root=cfg.data.root,
+        download=cfg.data.download,
+        img_size=img_size,
+        batch_size=cfg.batch_size,
+        eval_batch_size=cfg.eval_batch_size or 2 * cfg.batch_size,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+        augment=dict(cfg.data.augment or {}),
+        train_subset=cfg.data.train_subset,
+        eval_subset=cfg.data.eval_subset,
+        distributed=ctx.enabled,
+    )
     if ctx.enabled and cfg.data.download and ctx.is_main:
         barrier(ctx)
     if len(train_loader) < cfg.accum_steps:
@@ -243,12 +263,19 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         seed_everything(cfg.seed + ctx.rank, cfg.deterministic)  # each rank its own dropout/augmentation draws
     optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
-    optimizer = create_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay,
-                                 layer_decay=cfg.layer_decay, **optim_args)  # fmt: skip
+    optimizer = create_optimizer(
+        model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, layer_decay=cfg.layer_decay, **optim_args
+    )
     updates_per_epoch = max(1, len(train_loader) // cfg.accum_steps)
     sched_args = {k: v for k, v in dict(cfg.sched).items() if k != "name"}
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.sched.name, num_epochs=cfg.epochs, step_on_epochs=False,
-                                       updates_per_epoch=updates_per_epoch, **sched_args)  # fmt: skip
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched.name,
+        num_epochs=cfg.epochs,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+        **sched_args,
+    )
     if scheduler is None:
         raise ValueError(f"timm has no scheduler {cfg.sched.name!r} (sched.name)")
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -273,8 +300,12 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         history = list(resume_state["history"])
         rng = resume_state["rng"]
         if len(rng) != ctx.world_size:
-            log.warning("the checkpoint holds the RNG states of %d processes, this run has %d: the random draws "
-                        "will not repeat those of an uninterrupted run", len(rng), ctx.world_size)  # fmt: skip
+            log.warning(
+                "the checkpoint holds the RNG states of %d processes, this run has %d: the random draws "
+                "will not repeat those of an uninterrupted run",
+                len(rng),
+                ctx.world_size,
+            )
         restore_rng_state(rng[min(ctx.rank, len(rng) - 1)])
     # The schedule is a function of the step (lr, warmup, per-layer lr_scale): set it for the first update; a
     # resumed run may change epochs or the schedule.
@@ -347,17 +378,26 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
             seen += images.shape[0]
             loss_sum += loss.item() * images.shape[0]
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{current_lr():.2e}",
-                            img_s=f"{seen / max(elapsed, 1e-9):.0f}")  # fmt: skip
+            bar.set_postfix(
+                loss=f"{loss.item():.3f}", lr=f"{current_lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}"
+            )
         train_seconds = time.perf_counter() - started
         seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
         metrics = evaluate_classifier(model, eval_loader, info.num_classes, device, amp_dtype, cfg.channels_last, ctx)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(seen, 1), "top1": metrics["top1"],
-               "top5": metrics["top5"], "eval_loss": metrics["loss"], "lr": current_lr(),
-               "images_per_s": seen / max(train_seconds, 1e-9)}  # fmt: skip
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": loss_sum / max(seen, 1),
+            "top1": metrics["top1"],
+            "top5": metrics["top5"],
+            "eval_loss": metrics["loss"],
+            "lr": current_lr(),
+            "images_per_s": seen / max(train_seconds, 1e-9),
+        }
         if ema is not None:
-            ema_metrics = evaluate_classifier(ema.module, eval_loader, info.num_classes, device, amp_dtype,
-                                              cfg.channels_last, ctx)  # fmt: skip
+            ema_metrics = evaluate_classifier(
+                ema.module, eval_loader, info.num_classes, device, amp_dtype, cfg.channels_last, ctx
+            )
             row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
             best_ema_top1 = max(best_ema_top1, row["ema_top1"])
         history.append(row)
@@ -366,12 +406,19 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         rng = all_gather_object(capture_rng_state(), ctx)
         if ctx.is_main:
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch, "step": step, "best_top1": best_top1, "best_ema_top1": best_ema_top1,
-                "history": history, "rng": rng, "config": config, "model_args": model_kwargs,
-            }  # fmt: skip
+                "epoch": epoch,
+                "step": step,
+                "best_top1": best_top1,
+                "best_ema_top1": best_ema_top1,
+                "history": history,
+                "rng": rng,
+                "config": config,
+                "model_args": model_kwargs,
+            }
             save_checkpoint(checkpoint_path, state)
             if improved:
                 save_checkpoint(run_dir / "best.pt", state)
@@ -387,11 +434,19 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     final = history[-1] if history else {"top1": float("nan")}
     use_ema = ema is not None and final.get("ema_top1", -1.0) >= final["top1"]
     export_dir = export_model(
-        ema.module if use_ema else model, run_dir / "export", architecture=cfg.model.name, model_args=model_kwargs,
-        pretrained_cfg={"input_size": [info.in_chans, img_size, img_size], "mean": list(info.mean),
-                        "std": list(info.std), "num_classes": info.num_classes, "interpolation": "bilinear",
-                        "crop_pct": 1.0},
-    )  # fmt: skip
+        ema.module if use_ema else model,
+        run_dir / "export",
+        architecture=cfg.model.name,
+        model_args=model_kwargs,
+        pretrained_cfg={
+            "input_size": [info.in_chans, img_size, img_size],
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "num_classes": info.num_classes,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+        },
+    )
     return {
         "best_top1": best_top1,
         "final_top1": final["top1"],
