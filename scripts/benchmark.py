@@ -24,9 +24,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -446,12 +446,12 @@ def bench_sequence_layers(
     return rows
 
 
-def neighborhood_cases(small: bool) -> list[tuple[str, int, tuple[int, ...], int, int, int, bool]]:
-    """(case name, B, spatial, heads, head_dim, kernel, with rpb): NAT's first stage (2-D, kernel 7, 56x56, batch
-    64, 2 and 4 heads of 32, with the bias), forward and backward."""
+def neighborhood_cases(small: bool) -> list[tuple[str, int, tuple[int, ...], int, int, int]]:
+    """(case name, B, spatial, heads, head_dim, kernel), each with the relative position bias: NAT's first stage
+    (2-D, kernel 7, 56x56, batch 64, 2 and 4 heads of 32), forward and backward."""
     if small:
-        return [("B1xL20xH1xD16xK3", 1, (20,), 1, 16, 3, True)]
-    return [(f"B64x56x56xH{h}xD32xK7", 64, (56, 56), h, 32, 7, True) for h in (2, 4)]
+        return [("B1xL20xH1xD16xK3", 1, (20,), 1, 16, 3)]
+    return [(f"B64x56x56xH{h}xD32xK7", 64, (56, 56), h, 32, 7) for h in (2, 4)]
 
 
 def _flex_na2d(q, k, v, rpb, kernel: int):
@@ -491,7 +491,7 @@ def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device, co
     from zoo.kernels.neighborhood import na_reference, neighborhood_attention
 
     rows = []
-    for case, B, spatial, heads, head_dim, kernel, has_rpb in neighborhood_cases(small):
+    for case, B, spatial, heads, head_dim, kernel in neighborhood_cases(small):
         shape = (B, *spatial, heads, head_dim)
         q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         rpb = torch.zeros(heads, *(2 * kernel - 1,) * len(spatial), device=device, requires_grad=True)

@@ -72,7 +72,7 @@ def _check_outputs(summary: dict, out_dir: Path) -> dict:
     assert metrics["class_counts"] == matrix.sum(dim=1).tolist()
     assert metrics["top1"] == pytest.approx(100.0 * matrix.diagonal().sum().item() / 128)
     # per-class accuracies weighted by class counts average to top-1
-    weighted = sum(a * n for a, n in zip(metrics["per_class_accuracy"], metrics["class_counts"]) if n)
+    weighted = sum(a * n for a, n in zip(metrics["per_class_accuracy"], metrics["class_counts"], strict=True) if n)
     assert weighted / 128 == pytest.approx(metrics["top1"])
     return metrics
 

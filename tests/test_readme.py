@@ -22,3 +22,10 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_them():
         assert "\n" not in command, f"each set-up command is one line: {command!r}"
         assert command in ci, f"README command not run verbatim by .ci/run: {command}"
     assert "python3 -m venv" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_ci_runs_the_readme_lint_command():
+    readme = (ROOT / "README.md").read_text()
+    lint = "ruff check . && ruff format --check ."
+    assert lint in " ".join(readme.split()), "README no longer documents the lint command"
+    assert lint in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -228,7 +228,7 @@ def _image_folder(root, classes=("ant", "bee", "cat"), per_class=(4, 2), size=(4
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for split, n in zip(("train", "val"), per_class):
+    for split, n in zip(("train", "val"), per_class, strict=True):
         for name in classes:
             os.makedirs(root / split / name)
             for i in range(n):

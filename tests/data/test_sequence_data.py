@@ -192,8 +192,8 @@ def test_listops_is_deterministic_and_eval_splits_do_not_depend_on_train_size():
     c = generate_listops(ListOpsConfig(**{**SMALL_LISTOPS, "n_train": 7}))
     d = generate_listops(ListOpsConfig(**{**SMALL_LISTOPS, "seed": 4}))
     for split in ("train", "val", "test"):
-        assert all(torch.equal(x, y) for x, y in zip(a[split], b[split]))
-    assert all(torch.equal(x, y) for x, y in zip(a["test"], c["test"]))
+        assert all(torch.equal(x, y) for x, y in zip(a[split], b[split], strict=True))
+    assert all(torch.equal(x, y) for x, y in zip(a["test"], c["test"], strict=True))
     assert torch.equal(c["train"][2], a["train"][2][:7])
     assert not torch.equal(a["test"][0][:50], d["test"][0][:50])
 
@@ -236,7 +236,7 @@ def test_pad_collate_and_listops_loaders(tmp_path, monkeypatch):
     assert (info.num_classes, info.vocab_size) == (10, 18)
     x, y, lengths = next(iter(train))
     assert x.shape[0] == 8 and x.shape[1] == lengths.max() and y.shape == (8,)
-    for row, n in zip(x, lengths.tolist()):
+    for row, n in zip(x, lengths.tolist(), strict=True):
         assert row[n - 1] == LISTOPS_VOCAB.index("<eos>") and not row[n:].any() and row[:n].all()
     assert sum(len(batch[1]) for batch in test) == 10
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo.kernels._backend as backend_module
+from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.kernels.dwconv import (
     dwconv2d,
     dwconv2d_backward,
@@ -16,7 +17,6 @@ from zoo.kernels.dwconv import (
     inception_dwconv2d,
     inception_dwconv2d_reference,
 )
-from tests.helpers import DEVICE, assert_close, assert_relative_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LAYOUTS = ["nchw", "channels_last", "strided"]
@@ -56,7 +56,7 @@ def _check(y, grads, y64, grads64, dtype):
     assert_close(y, y64, dtype, scale=float(y64.abs().max().clamp_min(1.0)))
     assert_close(grads[0], grads64[0], dtype, scale=float(grads64[0].abs().max().clamp_min(1.0)))
     bound = 1e-5 if dtype == torch.float32 else 1e-2  # reductions of dtype products, summed in fp32
-    for g, g64 in zip(grads[1:], grads64[1:]):
+    for g, g64 in zip(grads[1:], grads64[1:], strict=True):
         assert (g is None) == (g64 is None)
         if g is not None:
             assert_relative_error(g, g64, bound)
@@ -314,7 +314,7 @@ def test_torch_compile_fullgraph(backend):
     y = torch.compile(fn, fullgraph=True)(*leaves_compiled)
     y.backward(dy)
     assert_close(y, expected, torch.float32)
-    for eager, compiled in zip(leaves_eager, leaves_compiled):
+    for eager, compiled in zip(leaves_eager, leaves_compiled, strict=True):
         assert_relative_error(compiled.grad, eager.grad, 1e-5)
 
 
@@ -337,7 +337,7 @@ def test_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
     y_t, *grads_t = results["triton"]
     y_r, *grads_r = results["torch"]
     assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
-    for g_t, g_r in zip(grads_t, grads_r):
+    for g_t, g_r in zip(grads_t, grads_r, strict=True):
         assert_relative_error(g_t, g_r, 2e-2)
 
 
@@ -374,4 +374,4 @@ def test_gpu_mixer_is_deterministic():
     first = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
     second = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
     assert torch.equal(first[0], second[0])
-    assert all(torch.equal(u, v) for u, v in zip(first[1], second[1]))
+    assert all(torch.equal(u, v) for u, v in zip(first[1], second[1], strict=True))

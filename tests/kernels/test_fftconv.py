@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import zoo.kernels._backend as backend_module
 import zoo.kernels.fftconv as fftconv_module
-from zoo.kernels.fftconv import fft_length, fftconv, fftconv_backward, fftconv_forward, fftconv_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
+from zoo.kernels.fftconv import fft_length, fftconv, fftconv_backward, fftconv_forward, fftconv_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -81,7 +81,7 @@ def _check(y, grads, y64, grads64, dtype):
     """Elementwise outputs (y, du, d gate_in, d gate_out) within the dtype's rounding; the reductions (dk, dD),
     accumulated in float32 from the same inputs, within a relative error."""
     assert_close(y, y64, dtype, scale=float(y64.abs().max().clamp_min(1.0)))
-    for index, (g, g64) in enumerate(zip(grads, grads64)):
+    for index, (g, g64) in enumerate(zip(grads, grads64, strict=True)):
         assert (g is None) == (g64 is None), index
         if g is None:
             continue
@@ -118,7 +118,7 @@ def test_fftconv_matches_float64_reference(case, dtype, path):
     y, grads = _grads(_conv("triton", bidirectional, act), inputs, dy)
     y64, grads64 = _grads(_conv("torch", bidirectional, act), _double(inputs), dy.double())
     assert y.dtype == dtype and y.shape == (B, H, L)
-    for g, t in zip(grads, inputs):
+    for g, t in zip(grads, inputs, strict=True):
         assert g is None or (g.dtype == t.dtype and g.shape == t.shape)
     _check(y, grads, y64, grads64, dtype)
 
@@ -277,7 +277,7 @@ def test_torch_compile_fullgraph(backend, path):
     y, grads = _grads(torch.compile(fn, fullgraph=True), inputs, dy)
     expected, grads_eager = _grads(fn, inputs, dy)
     assert_close(y, expected, torch.float32, scale=float(expected.abs().max()))
-    for g, e in zip(grads, grads_eager):
+    for g, e in zip(grads, grads_eager, strict=True):
         assert_relative_error(g, e, 1e-5)
 
 
@@ -295,7 +295,7 @@ def test_autocast_keeps_the_input_dtype():
         results[backend] = (y, grads)
     (y_t, grads_t), (y_r, grads_r) = results["triton"], results["torch"]
     assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
-    for g_t, g_r in zip(grads_t, grads_r):
+    for g_t, g_r in zip(grads_t, grads_r, strict=True):
         assert_relative_error(g_t, g_r, 2e-2)
 
 

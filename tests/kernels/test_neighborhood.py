@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import zoo.kernels._backend as backend_module
+from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.kernels.neighborhood import (
     na1d,
     na2d,
@@ -20,7 +21,6 @@ from zoo.kernels.neighborhood import (
     na_reference,
     neighborhood_attention,
 )
-from tests.helpers import DEVICE, assert_close, assert_relative_error
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -87,10 +87,12 @@ def _dense_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     bias = torch.zeros(heads, N, N, dtype=torch.float64)
     for a, pi in enumerate(positions):
         for b, pj in enumerate(positions):
-            if all(_in_window(i, j, n, kk, dd, c) for i, j, n, kk, dd, c in zip(pi, pj, spatial, ks, ds, cs)):
+            if all(
+                _in_window(i, j, n, kk, dd, c) for i, j, n, kk, dd, c in zip(pi, pj, spatial, ks, ds, cs, strict=True)
+            ):
                 mask[a, b] = True
                 if rpb is not None:
-                    index = tuple((j - i) // dd + kk - 1 for i, j, kk, dd in zip(pi, pj, ks, ds))
+                    index = tuple((j - i) // dd + kk - 1 for i, j, kk, dd in zip(pi, pj, ks, ds, strict=True))
                     bias[:, a, b] = rpb[(slice(None), *index)].double()
     qf, kf, vf = (t.double().reshape(B, N, heads, head_dim).transpose(1, 2) for t in (q, k, v))
     logits = (qf @ kf.transpose(-1, -2)) * scale + bias
@@ -145,7 +147,7 @@ GRAD_BOUNDS = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
 def _check(y, grads, y64, grads64, dtype):
     assert_close(y, y64, dtype, scale=float(y64.abs().max()))
-    for g, g64 in zip(grads, grads64):
+    for g, g64 in zip(grads, grads64, strict=True):
         assert (g is None) == (g64 is None)
         if g is not None:
             assert_relative_error(g, g64, GRAD_BOUNDS[dtype])
@@ -159,7 +161,7 @@ def test_triton_matches_reference(case, dtype):
     y, grads = _grads(_attention(case, "triton"), inputs, dy)
     y64, grads64 = _grads(_attention(case, "torch"), [None if t is None else t.double() for t in inputs], dy.double())
     assert y.dtype == dtype and y.shape == inputs[0].shape
-    for g, t in zip(grads, inputs):
+    for g, t in zip(grads, inputs, strict=True):
         assert g is None or (g.dtype == t.dtype and g.shape == t.shape)
     _check(y, grads, y64, grads64, dtype)
 
@@ -204,7 +206,7 @@ def test_backward_takes_an_output_gradient_of_another_dtype():
     dy = torch.randn(q.shape, device=DEVICE)
     grads = na_backward(dy, q, k, v, out, lse, 3)
     expected = na_backward(dy.to(torch.bfloat16), q, k, v, out, lse, 3)
-    for g, e in zip(grads[:3], expected[:3]):
+    for g, e in zip(grads[:3], expected[:3], strict=True):
         assert g.dtype == torch.bfloat16 and torch.equal(g, e)
 
 
@@ -294,7 +296,7 @@ def test_torch_compile_fullgraph(backend):
     y, grads = _grads(torch.compile(fn, fullgraph=True), inputs, dy)
     expected, grads_eager = _grads(fn, inputs, dy)
     assert_close(y, expected, torch.float32, scale=float(expected.abs().max()))
-    for g, e in zip(grads, grads_eager):
+    for g, e in zip(grads, grads_eager, strict=True):
         assert_relative_error(g, e, 1e-5)
 
 

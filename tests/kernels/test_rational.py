@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import zoo.kernels._backend as backend_module
-from zoo.kernels.rational import group_rational, group_rational_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
+from zoo.kernels.rational import group_rational, group_rational_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 BACKENDS = ["torch", "triton"]
@@ -112,7 +112,7 @@ def test_large_inputs_stay_finite(init, dtype):
     dy = torch.ones_like(x)
     for backend in BACKENDS:
         outputs = _run(x, a, b, dy, backend)
-        for name, t in zip(("y", "dx", "d_numerator", "d_denominator"), outputs):
+        for name, t in zip(("y", "dx", "d_numerator", "d_denominator"), outputs, strict=True):
             assert torch.isfinite(t).all(), f"{backend}: non-finite {name} for |x| up to 1e4"
     _check_against_reference64(x, a, b, dy, "triton", dtype)
 
@@ -282,7 +282,7 @@ def test_torch_compile_fullgraph(backend):
     y = compiled(*comp_out)
     y.backward(dy)
     assert_close(y, fn(x, a, b), torch.float32)
-    for eager, comp in zip(eager_out, comp_out):
+    for eager, comp in zip(eager_out, comp_out, strict=True):
         assert_relative_error(comp.grad, eager.grad, 1e-5)
 
 
@@ -359,5 +359,5 @@ def test_gpu_autotuned_backward_is_deterministic():
     a, b = _coefficients(8)
     first = _run(x, a, b, dy, "triton")
     second = _run(x, a, b, dy, "triton")
-    for u, v in zip(first, second):
+    for u, v in zip(first, second, strict=True):
         assert torch.equal(u, v)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import zoo.kernels._backend as backend_module
-from zoo.kernels.ssm import s4d_kernel, s4d_kernel_backward, s4d_kernel_forward, s4d_kernel_reference
 from tests.helpers import DEVICE, assert_close, assert_relative_error
+from zoo.kernels.ssm import s4d_kernel, s4d_kernel_backward, s4d_kernel_forward, s4d_kernel_reference
 
 METHODS = ["zoh", "bilinear"]
 
@@ -69,7 +69,7 @@ def test_s4d_kernel_matches_float64_reference(H, N2, L, method):
     )
     assert K.dtype == torch.float32 and K.shape == (H, L)
     assert_close(K, K64, torch.float32, scale=float(K64.abs().max().clamp_min(1.0)))
-    for name, g, g64 in zip(("log_dt", "C", "log_A_real", "A_imag"), grads, grads64):
+    for name, g, g64 in zip(("log_dt", "C", "log_A_real", "A_imag"), grads, grads64, strict=True):
         assert g.dtype == torch.float32 and g.shape == g64.shape, name
         assert_relative_error(g, g64, 1e-4)
 
@@ -102,7 +102,7 @@ def test_long_kernel_stays_accurate():
 
     assert error(K[:, -100:], K64[:, -100:]) <= 2e-4
     for name, ours, ref32, ref64 in zip(
-        ("K", "log_dt", "C", "log_A_real", "A_imag"), (K, *grads), (K32, *grads32), (K64, *grads64)
+        ("K", "log_dt", "C", "log_A_real", "A_imag"), (K, *grads), (K32, *grads32), (K64, *grads64), strict=True
     ):
         assert error(ours, ref64) <= max(2 * error(ref32, ref64), 1e-5), name
 
@@ -118,10 +118,10 @@ def test_non_contiguous_inputs():
     K, grads = _grads(lambda *p: s4d_kernel(*p, L, backend="triton"), strided, dK)
     K64, grads64 = _grads(lambda *p: s4d_kernel(*p, L, backend="torch"), [p.double() for p in params], dK.double())
     assert_close(K, K64, torch.float32, scale=float(K64.abs().max()))
-    for g, g64 in zip(grads, grads64):
+    for g, g64 in zip(grads, grads64, strict=True):
         assert_relative_error(g, g64, 1e-4)
     direct = s4d_kernel_backward(dK, *strided, L)
-    for g, g64 in zip(direct, grads64):
+    for g, g64 in zip(direct, grads64, strict=True):
         assert_relative_error(g, g64, 1e-4)
 
 
@@ -182,7 +182,7 @@ def test_torch_compile_fullgraph(backend):
     y = torch.compile(fn, fullgraph=True)(*compiled)
     y.sum().backward()
     assert_close(y, expected, torch.float32, scale=float(expected.detach().abs().max()))
-    for e, c in zip(eager, compiled):
+    for e, c in zip(eager, compiled, strict=True):
         assert_relative_error(c.grad, e.grad, 1e-5)
 
 
@@ -225,5 +225,5 @@ def test_gpu_model_sizes_match_reference(method):
         lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params], dK.double()
     )
     assert_relative_error(K, K64, 1e-5)
-    for g, g64 in zip(grads, grads64):
+    for g, g64 in zip(grads, grads64, strict=True):
         assert_relative_error(g, g64, 1e-4)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zoo.kernels.neighborhood import na_reference
 from tests.helpers import assert_close
+from zoo.kernels.neighborhood import na_reference
 from zoo.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
 LAYERS = {1: NeighborhoodAttention1D, 2: NeighborhoodAttention2D, 3: NeighborhoodAttention3D}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import DEVICE, assert_close, assert_relative_error
-from zoo.layers import KAN, RATIONAL_INITS, GroupRational
+from zoo.layers import KAN, GroupRational
 from zoo.layers.rational import GELU_INIT_MAX_ERROR
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -62,7 +62,7 @@ def _official_forward(block: DilatedReparamBlock, x: torch.Tensor) -> torch.Tens
     """The official training-form computation with nn.functional: each branch padded (r (k - 1) + 1) // 2."""
     c, k_big = block.channels, block.kernel_size
     out = block.origin_bn(F.conv2d(x, block.lk_origin.weight, None, 1, k_big // 2, 1, c))
-    for k, r in zip(TABLE[k_big][0], TABLE[k_big][1]):
+    for k, r in zip(TABLE[k_big][0], TABLE[k_big][1], strict=True):
         conv, bn = getattr(block, f"dil_conv_k{k}_{r}"), getattr(block, f"dil_bn_k{k}_{r}")
         out = out + bn(F.conv2d(x, conv.weight, None, 1, (r * (k - 1) + 1) // 2, r, c))
     return out
@@ -82,7 +82,7 @@ def test_dilated_reparam_block_keys_in_both_forms(kernel_size):
     expected = {"lk_origin.weight"} | {
         f"origin_bn.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
     }
-    for k, r in zip(sizes, rates):
+    for k, r in zip(sizes, rates, strict=True):
         expected |= {f"dil_conv_k{k}_{r}.weight"}
         expected |= {
             f"dil_bn_k{k}_{r}.{n}" for n in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")

@@ -174,7 +174,7 @@ def test_features_only():
     channels = model.feature_info.channels()
     reductions = model.feature_info.reduction()
     assert len(outputs) >= 3 and len(outputs) == len(channels)
-    for out, ch, red in zip(outputs, channels, reductions):
+    for out, ch, red in zip(outputs, channels, reductions, strict=True):
         assert out.shape[:2] == (2, ch)
         assert out.shape[2] <= math.ceil(96 / red) + 1 and out.shape[3] <= math.ceil(96 / red) + 1
 
@@ -187,7 +187,7 @@ def test_forward_intermediates_match_forward_features():
     with torch.no_grad():
         final, intermediates = model.forward_intermediates(x, output_fmt="NCHW")
         assert len(intermediates) == len(feature_info.channels()) >= 3
-        for out, ch in zip(intermediates, feature_info.channels()):
+        for out, ch in zip(intermediates, feature_info.channels(), strict=True):
             assert out.shape == (2, ch, 6, 6)
         torch.testing.assert_close(final, model.forward_features(x))
         model.set_grad_checkpointing()

@@ -109,7 +109,9 @@ def test_parameter_counts_and_shapes(name):
     assert [len(level.blocks) for level in model.levels] == list(depths)
     assert [info["num_chs"] for info in model.feature_info] == [dim * 2**i for i in range(4)]
     layers = [layer for level in model.levels for layer in level.blocks]
-    assert [layer.attn.num_heads for layer in layers] == [h for h, d in zip(heads, depths) for _ in range(d)]
+    assert [layer.attn.num_heads for layer in layers] == [
+        h for h, d in zip(heads, depths, strict=True) for _ in range(d)
+    ]
     assert {layer.mlp.fc1.out_features / layer.dim for layer in layers} == {mlp_ratio}
     assert {layer.attn.kernel_size for layer in layers} == {(7, 7)}
     assert all(layer.layer_scale == layer_scale for layer in layers)
@@ -180,7 +182,7 @@ def test_dinat_models_carry_the_official_dilations():
     # at the input size they are built for, every window fits its map: no padding
     for name in VARIANTS:
         model = timm.create_model(name, device="meta")
-        for level, (h, w) in zip(model.levels, stage_sizes(224)):
+        for level, (h, w) in zip(model.levels, stage_sizes(224), strict=True):
             assert all(7 * layer.attn.dilation[0] <= min(h, w) for layer in level.blocks)
 
 

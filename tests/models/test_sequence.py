@@ -136,7 +136,7 @@ def test_prenorm_batchnorm_bidirectional_and_grad_checkpointing():
     out = model(x)
     out.sum().backward()
     torch.testing.assert_close(out, reference)
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g)
     assert isinstance(model.norms[0], torch.nn.BatchNorm1d) and model.s4_layers[0].bidirectional
 
@@ -292,7 +292,7 @@ def test_grad_checkpointing_with_lengths():
     out = model(x, lengths)
     out.sum().backward()
     torch.testing.assert_close(out, reference)
-    for p, g in zip(model.parameters(), grads):
+    for p, g in zip(model.parameters(), grads, strict=True):
         torch.testing.assert_close(p.grad, g)
 
 

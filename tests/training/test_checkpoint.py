@@ -51,7 +51,7 @@ def _assert_equal(a, b, where="state"):
             _assert_equal(a[k], b[k], f"{where}[{k!r}]")
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_equal(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
@@ -95,7 +95,7 @@ def test_round_trip_of_a_training_state(tmp_path):
         o.zero_grad()
         m(x).square().mean().backward()
         o.step()
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q)
     scheduler.step(4)
     scheduler2.step(4)

@@ -153,7 +153,7 @@ class CopyingDataset(Dataset):
 def pad_collate(batch: list[tuple[Tensor, Any]], padding_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     """Batch variable-length token sequences: ``(ids [B, L_max] int64 padded with padding_id at the end, targets
     [B] int64, lengths [B] int64)``."""
-    sequences, targets = zip(*batch)
+    sequences, targets = zip(*batch, strict=True)
     lengths = torch.tensor([len(x) for x in sequences], dtype=torch.int64)
     ids = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_id)
     return ids, torch.as_tensor(targets, dtype=torch.int64), lengths

@@ -764,7 +764,7 @@ def _inception_wgrad_kernel(
 # One fixed small configuration under the interpreter (CPU tests); on the GPU, configurations autotuned per layout:
 # channels_last tiles span channels (contiguous), NCHW tiles span positions (a row is contiguous).
 def _configs(rows: tuple[tuple[int, ...], ...], names: tuple[str, ...]) -> list:
-    return [triton.Config(dict(zip(names, row[:-1])), num_warps=row[-1]) for row in rows]
+    return [triton.Config(dict(zip(names, row[:-1], strict=True)), num_warps=row[-1]) for row in rows]
 
 
 _TILE = ("BLOCK_P", "BLOCK_C")
@@ -863,7 +863,7 @@ def _weight_table(weight: Tensor) -> Tensor:
 def _needs_int64(*tensors: Tensor) -> bool:
     """Whether some element offset of these tensors reaches 2^31 (the kernels then compute offsets in 64 bits)."""
     return any(
-        sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride())) >= 2**31 - 1
+        sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True)) >= 2**31 - 1
         for t in tensors
         if t.numel()
     )

@@ -110,7 +110,7 @@ def check_na_inputs(
     ks = _per_axis(kernel_size, dims, "kernel_size", int)
     ds = _per_axis(dilation, dims, "dilation", int)
     cs = _per_axis(is_causal, dims, "is_causal", bool)
-    for axis, (n, kk, dd) in enumerate(zip(spatial, ks, ds)):
+    for axis, (n, kk, dd) in enumerate(zip(spatial, ks, ds, strict=True)):
         if kk < 3 or kk % 2 == 0:
             raise ValueError(
                 f"kernel_size must be odd and >= 3 on every axis, got {kk} on axis {axis} (kernel_size={kernel_size!r})"
@@ -166,7 +166,7 @@ def neighborhood_table(
     """The neighbourhoods of every query, over the flattened (row-major) spatial positions: key indices
     [N, K], validity [N, K] and flat indices into ``rpb[h].flatten()`` [N, K], K = prod(kernel_size)."""
     key, valid, bias = None, None, None
-    for n, k, d, c in zip(spatial, kernel_size, dilation, is_causal):
+    for n, k, d, c in zip(spatial, kernel_size, dilation, is_causal, strict=True):
         a_key, a_valid, a_bias = _axis_windows(n, k, d, c, device)
         if key is None:
             key, valid, bias = a_key, a_valid, a_bias
@@ -986,8 +986,10 @@ def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[in
     """(grid, boxes per dilation group and axis) for boxes of ``box`` group coordinates. Axis 0 (up to 2^31 - 1
     programs) holds the batch x heads rows: the programs that run together read neighbouring heads of one tile;
     axis 1 (up to 65535) the boxes."""
-    tiles = tuple(triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box))
-    boxes = math.prod(d * t for d, t in zip(problem["dilation"], tiles))
+    tiles = tuple(
+        triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box, strict=True)
+    )
+    boxes = math.prod(d * t for d, t in zip(problem["dilation"], tiles, strict=True))
     if boxes > 65535:
         raise ValueError(
             f"{problem['spatial']} tokens make {boxes} query or key boxes, more than a grid axis takes "

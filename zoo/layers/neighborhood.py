@@ -99,8 +99,8 @@ class NeighborhoodAttention(nn.Module):
         if x.dim() != self.dims + 2 or x.shape[-1] != self.dim:
             raise ValueError(f"{type(self).__name__} expects {layout} (channels last), got shape {list(x.shape)}")
         spatial = x.shape[1:-1]
-        windows = [k * d for k, d in zip(self.kernel_size, self.dilation)]
-        pads = [max(w - n, 0) for w, n in zip(windows, spatial)]
+        windows = [k * d for k, d in zip(self.kernel_size, self.dilation, strict=True)]
+        pads = [max(w - n, 0) for w, n in zip(windows, spatial, strict=True)]
         if any(pads):  # F.pad lists the last axis first: channels (none), then the spatial axes in reverse
             x = F.pad(x, [0, 0] + [p for pad in reversed(pads) for p in (0, pad)])
         qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))

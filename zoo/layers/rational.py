@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import torch
@@ -48,7 +48,7 @@ RATIONAL_INITS: dict[str, RationalInit] = {
 GELU_INIT_MAX_ERROR = 2.1e-3
 
 
-@lru_cache(maxsize=None)
+@cache
 def variance_preserving_gain(init: str) -> float:
     """sqrt(1 / E[F(x)^2]) for x ~ N(0, 1), F the rational activation at ``init``.
 

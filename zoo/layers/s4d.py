@@ -17,7 +17,7 @@ The SSM parameters ``log_dt``, ``log_A_real`` and ``A_imag`` carry ``_optim = {"
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ __all__ = ["S4D", "S4DKernel", "S4D_INITS", "s4d_init"]
 S4D_INITS = ("lin", "inv", "legs", "real")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _legs_diagonal(d_state: int) -> tuple[Tensor, Tensor]:
     """Eigenvalues (imaginary parts) and projected B of the normal part of HiPPO-LegS, computed in float64.
 

@@ -167,7 +167,7 @@ class DilatedReparamBlock(nn.Module):
         self.lk_origin = DepthwiseConv2d(channels, kernel_size, bias=deploy, backend=backend, **factory)
         if not deploy:
             self.origin_bn = nn.BatchNorm2d(channels, **factory)
-            for k, r in zip(self.kernel_sizes, self.dilates):
+            for k, r in zip(self.kernel_sizes, self.dilates, strict=True):
                 conv = DepthwiseConv2d(channels, k, dilation=r, backend=backend, **factory)
                 self.add_module(f"dil_conv_k{k}_{r}", conv)
                 self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(channels, **factory))
@@ -178,7 +178,7 @@ class DilatedReparamBlock(nn.Module):
             return []
         return [
             (k, r, getattr(self, f"dil_conv_k{k}_{r}"), getattr(self, f"dil_bn_k{k}_{r}"))
-            for k, r in zip(self.kernel_sizes, self.dilates)
+            for k, r in zip(self.kernel_sizes, self.dilates, strict=True)
         ]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -221,7 +221,7 @@ class DilatedReparamBlock(nn.Module):
         merged.bias.copy_(bias)
         self.lk_origin = merged
         del self.origin_bn
-        for k, r in zip(self.kernel_sizes, self.dilates):
+        for k, r in zip(self.kernel_sizes, self.dilates, strict=True):
             delattr(self, f"dil_conv_k{k}_{r}")
             delattr(self, f"dil_bn_k{k}_{r}")
         self.deploy = True

@@ -88,7 +88,7 @@ def dinat_dilations(
     non-square ``img_size`` gets a (height, width) dilation where the two differ.
     """
     stages = []
-    for depth, (h, w) in zip(depths, stage_sizes(img_size, len(depths))):
+    for depth, (h, w) in zip(depths, stage_sizes(img_size, len(depths)), strict=True):
         dh, dw = max(h // kernel_size, 1), max(w // kernel_size, 1)
         dilated = dh if dh == dw else (dh, dw)
         stages.append(tuple(1 if j % 2 == 0 else dilated for j in range(depth)))

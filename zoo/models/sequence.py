@@ -32,9 +32,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from zoo.layers._padding import check_lengths
 from zoo.layers.longconv import LongConv
 from zoo.layers.s4d import S4D
-from zoo.layers._padding import check_lengths
 from zoo.models._registry import register_model
 
 __all__ = ["SequenceModel", "to_sequence"]

@@ -247,7 +247,7 @@ class UniRepLKNet(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """Unpooled features ``[N, num_features, ceil(H / 32), ceil(W / 32)]``."""
         x = self._check(x)
-        for downsample, stage in zip(self.downsample_layers, self.stages):
+        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = downsample(x)
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint_seq(stage, x)
@@ -285,7 +285,7 @@ class UniRepLKNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         last = len(self.stages) - 1 if not stop_early else max_index
-        for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages)):
+        for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages, strict=True)):
             if i > last:
                 break
             x = downsample(x)
