@@ -3,9 +3,9 @@
     F(x) = (a0 + a1 x + ... + a5 x^5) / (1 + |b0||x| + |b1||x|^2 + |b2||x|^3 + |b3||x|^4)
 
 The official "gelu" entry was fitted to a different denominator and is off by more than 1 on [-3, 3]
-(SPEC 1), so we fit our own, in float64 on a dense grid of [-3, 3]. Start: GELU(x) ~ x sigmoid(1.702 x) =
-swish(1.702 x) / 1.702, i.e. the official swish fit with its coefficients rescaled; then L-BFGS on the L^2,
-L^8 and L^32 norms of the error (the last two push the worst point down, towards a minimax fit).
+(docs/semantics.md §1.3), so we fit our own, in float64 on a dense grid of [-3, 3]. Start:
+GELU(x) ~ x sigmoid(1.702 x) = swish(1.702 x) / 1.702, i.e. the official swish fit with its coefficients rescaled;
+then L-BFGS on the L^2, L^8 and L^32 norms of the error (the last two push the worst point down, towards a minimax fit).
 The coefficients stored in ``zoo/layers/rational.py`` came from one run of this fit. The path of 2,000 L-BFGS
 iterations depends on the floating-point summation order (thread count, BLAS, CPU), so a re-run on another machine
 may land on other coefficients; what it reproduces is the quality: a max error within 10% of the stored init's

@@ -1,4 +1,5 @@
-"""Test set-up: the Triton interpreter on CPU-only machines, the `gpu` marker, the compile-report summary."""
+"""Test set-up: the Triton interpreter on CPU-only machines, the `gpu` marker, the compile-report summary, the
+one-thread fixture."""
 
 import os
 
@@ -40,3 +41,14 @@ def pytest_terminal_summary(terminalreporter):
     if report.exists():
         terminalreporter.section("ahead-of-time compilation: registers and spills per kernel configuration")
         terminalreporter.write_line(report.read_text().rstrip())
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """One intra-op thread while a module's tests run (``pytestmark = pytest.mark.usefixtures(...)``), or a test
+    (as an argument): on two shared cores (CI, ``pytest -n 2``) two threads per process spin against each other and
+    any other load, and make small convolutions and matrix products many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -47,3 +47,45 @@ def assert_backends_agree(layers: dict, u: torch.Tensor, grad_bound: float = 1e-
     assert_close(dx_t, dx_r, torch.float32, scale=float(dx_r.abs().max()))
     for name, grad in grads_r.items():
         assert_relative_error(grads_t[name], grad, grad_bound)
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def images(batch: int = 1, size: int = 64, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal image batch ``[batch, channels, size, size]``."""
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """The number of parameter elements of ``model`` (on any device, the meta device included)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# Parameter names (the last part) of layer scales and GRN terms, whose inits (1e-6, 1e-5, 0) hide what they scale.
+SCALE_PARAMETERS = ("gamma", "gamma1", "gamma2", "beta")
+
+
+@torch.no_grad()
+def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """``model`` in eval mode with non-trivial batch-norm statistics, normalisation affine terms, layer scales and
+    GRN terms (see ``SCALE_PARAMETERS``), drawn from a generator seeded with ``seed``: the inits (zero means, unit
+    variances and weights, scales of 1e-6) would hide whole blocks from a comparison."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def uniform(shape: torch.Size, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
+            module.running_var.copy_(uniform(module.running_var.shape, 0.5, 1.5))
+        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            if module.weight is not None:
+                module.weight.copy_(uniform(module.weight.shape, 0.5, 1.5))
+            if module.bias is not None:
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
+    for name, parameter in model.named_parameters():
+        if name.rsplit(".", 1)[-1] in SCALE_PARAMETERS:
+            parameter.copy_(uniform(parameter.shape, 0.2, 0.5))
+    return model.eval()

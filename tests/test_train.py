@@ -277,7 +277,8 @@ def test_two_process_ddp_gives_one_summary_and_one_checkpoint(tmp_path):
     "model,experiment,drop_path", [("kat_t", "kat_imagenet", 0.1), ("kat_b", "kat_b_imagenet", 0.4)]
 )
 def test_paper_recipes_compose(model, experiment, drop_path):
-    """The KAT ImageNet recipe (SPEC 1) overrides the defaults; the command line still overrides the recipe."""
+    """The KAT ImageNet recipe (docs/semantics.md §1.5) overrides the defaults; the command line still overrides
+    the recipe."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}", f"experiment={experiment}", "run_dir=x", "optim.lr=5e-4"])
     assert (cfg.data.name, cfg.epochs, cfg.batch_size, cfg.amp) == ("imagenet", 300, 128, "bf16")

@@ -39,16 +39,6 @@ TINY = [
 ]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one intra-op thread (no thread start-up per op, no oversubscription when
-    pytest-xdist runs two workers on two cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _compose(name: str, *overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return compose(name, overrides=list(overrides))
@@ -77,7 +67,7 @@ def _train_copying(model, l_noise: int, l_memorize: int, n_tokens: int, max_step
     return accuracy, step
 
 
-def test_train_and_eval_on_sdigits(tmp_path, one_thread):
+def test_train_and_eval_on_sdigits(tmp_path, one_intra_op_thread):
     run_dir = tmp_path / "run"
     summary = train(_compose("train", *TINY, "data=sdigits", "epochs=2", f"run_dir={run_dir}"))
     assert summary["model"] == "s4d_t" and summary["data"] == "sdigits" and summary["epochs"] == 2
@@ -149,7 +139,7 @@ def test_train_py_cli_on_sdigits(tmp_path):
     assert summary["model"] == "s4d_t" and Path(summary["checkpoint"]).is_file()
 
 
-def test_copying_recipe_trains_and_evaluates_per_token(tmp_path, one_thread):
+def test_copying_recipe_trains_and_evaluates_per_token(tmp_path, one_intra_op_thread):
     run_dir = tmp_path / "copy"
     summary = train(_compose("train", *TINY, "experiment=s4d_copying", "epochs=1", f"run_dir={run_dir}"))
     assert summary["data"] == "copying" and 0 <= summary["final_top1"] <= 100
@@ -168,7 +158,7 @@ def test_copying_recipe_trains_and_evaluates_per_token(tmp_path, one_thread):
     assert abs(out["top1"] - summary["final_top1"]) < 1e-9
 
 
-def test_s4d_learns_a_short_copying_task(one_thread):
+def test_s4d_learns_a_short_copying_task(one_intra_op_thread):
     """state-spaces' copying task (10 tokens from 1..8, 100 blanks, 10 markers): >= 99% token accuracy on 256 held-out
     sequences; a 2-layer, 32-channel S4D gets there in about 100 steps of 32 fresh sequences (seconds on a CPU)."""
     torch.manual_seed(0)
@@ -201,7 +191,7 @@ def test_scifar_recipe_composes():
     assert cfg.sched.name == "cosine" and cfg.model.kwargs.ssm_lr == 0.001 and cfg.model.kwargs.dropout == 0.1
 
 
-def test_longconv_learns_a_short_copying_task(one_thread):
+def test_longconv_learns_a_short_copying_task(one_intra_op_thread):
     """The copying task as above with a 2-layer, 32-channel long-conv model (kernel length 120, no smoothing as in
     safari's recipes: the 7-tap moving average blurs the lag-110 tap the task needs): >= 99% token accuracy on 256
     held-out sequences in about 100 steps (seconds on a CPU)."""
@@ -225,7 +215,7 @@ def test_longconv_learns_a_short_copying_task(one_thread):
     assert accuracy >= 0.99, f"token accuracy {accuracy:.4f} after {step} steps"
 
 
-def test_listops_trains_and_evaluates_with_padded_batches(tmp_path, one_thread, monkeypatch):
+def test_listops_trains_and_evaluates_with_padded_batches(tmp_path, one_intra_op_thread, monkeypatch):
     """ListOps through train.py and eval.py: padded batches with lengths reach the model in both loops."""
     from zoo.data import sequences
 
@@ -265,7 +255,7 @@ def test_listops_trains_and_evaluates_with_padded_batches(tmp_path, one_thread, 
     assert out["num_images"] == 32 and abs(out["top1"] - summary["final_top1"]) < 1e-9
 
 
-def test_assoc_recall_trains_with_a_longconv_model(tmp_path, one_thread):
+def test_assoc_recall_trains_with_a_longconv_model(tmp_path, one_intra_op_thread):
     tiny = [
         "model=longconv_t",
         "+model.kwargs.d_model=16",
@@ -284,7 +274,7 @@ def test_assoc_recall_trains_with_a_longconv_model(tmp_path, one_thread):
     assert summary["model"] == "longconv_t" and summary["data"] == "assoc_recall"
 
 
-def test_s4d_beats_the_majority_class_on_short_listops(tmp_path, one_thread):
+def test_s4d_beats_the_majority_class_on_short_listops(tmp_path, one_intra_op_thread):
     """experiment=s4d_listops_short for one epoch (156 steps on 5,000 sequences of 50-100 tokens): the test
     accuracy clearly beats the majority class (16.6% of the test split); measured 33.9% after one epoch, 37% best
     over the recipe's 10 epochs (about 3 minutes on 2 CPU cores)."""

@@ -1,12 +1,20 @@
-"""Backend selection (zoo/kernels/_backend.py): argument > ZOO_BACKEND (read per call) > auto."""
+"""Backend selection (zoo/kernels/_backend.py): argument > ZOO_BACKEND (read per call) > auto; then the Triton
+dispatch every op shares (registered op / launcher / autograd.Function) and the one set of Triton dtypes."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Callable
 
 import pytest
 import torch
 
 import zoo.kernels._backend as backend_module
-from zoo.kernels._backend import requested_backend, resolve_backend
+from tests.helpers import DEVICE
+from zoo.kernels import dwconv, fftconv, neighborhood, rational, ssm
+from zoo.kernels._backend import check_triton_dtypes, requested_backend, resolve_backend
 
 
 def test_auto_picks_reference_on_cpu_and_triton_on_cuda(monkeypatch):
@@ -59,3 +67,200 @@ def test_triton_where_it_cannot_run(monkeypatch):
     monkeypatch.setattr(backend_module, "HAS_TRITON", False)
     with pytest.raises(ValueError, match="Triton is not installed"):
         resolve_backend("triton", torch.empty(1))
+
+
+# ------------------------------------------------------------------------------------------- the Triton dispatch
+#
+# Every op's public function runs its Triton path through `dispatch_triton`: the registered op while compiling,
+# the forward launcher when no gradient is needed, the autograd.Function otherwise.
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCase:
+    """One op's public function on the Triton backend and the names of what it hands to ``dispatch_triton``."""
+
+    name: str
+    module: types.ModuleType
+    make: Callable[[torch.Generator], list[torch.Tensor]]  # the tensor arguments, float32 on DEVICE
+    call: Callable[[list[torch.Tensor]], torch.Tensor]  # the public function with backend="triton"
+    function: str  # the module's autograd.Function
+    launcher: str  # the module's function dispatch_triton calls on the no-gradient path
+    op: str  # "torch.ops.zoo.<name>", or the module's function that calls the registered op
+
+    def op_owner(self) -> tuple[object, str]:
+        """(object, attribute) of the registered-op path, for monkeypatching."""
+        prefix = "torch.ops.zoo."
+        if self.op.startswith(prefix):
+            return torch.ops.zoo, self.op[len(prefix) :]
+        return self.module, self.op
+
+
+def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return (scale * torch.randn(shape, generator=gen)).to(DEVICE)
+
+
+def _s4d_params(gen: torch.Generator) -> list[torch.Tensor]:
+    log_dt = torch.rand(2, generator=gen) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)
+    log_A_real = torch.rand(2, 4, generator=gen) - 1.0
+    A_imag = math.pi * torch.arange(4.0).expand(2, 4) + torch.randn(2, 4, generator=gen)
+    return [t.to(DEVICE) for t in (log_dt, torch.randn(2, 4, 2, generator=gen), log_A_real, A_imag)]
+
+
+OP_CASES = [
+    OpCase(
+        "group_rational",
+        rational,
+        lambda g: [_randn(g, 2, 16), _randn(g, 1, 6, scale=0.5), _randn(g, 2, 4, scale=0.5)],
+        lambda t: rational.group_rational(*t, backend="triton"),
+        "_GroupRationalFunction",
+        "group_rational_forward",
+        "torch.ops.zoo.group_rational",
+    ),
+    OpCase(
+        "dwconv2d",
+        dwconv,
+        lambda g: [_randn(g, 1, 4, 6, 6), _randn(g, 4, 1, 3, 3), _randn(g, 4)],
+        lambda t: dwconv.dwconv2d(*t, backend="triton"),
+        "_DwConv2dFunction",
+        "dwconv2d_forward",
+        "torch.ops.zoo.dwconv2d",
+    ),
+    OpCase(
+        "inception_dwconv2d",
+        dwconv,
+        lambda g: [
+            _randn(g, 1, 8, 6, 6),
+            _randn(g, 2, 1, 3, 3),
+            _randn(g, 2),
+            _randn(g, 2, 1, 1, 5),
+            _randn(g, 2),
+            _randn(g, 2, 1, 5, 1),
+            _randn(g, 2),
+        ],
+        lambda t: dwconv.inception_dwconv2d(*t, backend="triton"),
+        "_InceptionFunction",
+        "inception_dwconv2d_forward",
+        "torch.ops.zoo.inception_dwconv2d",
+    ),
+    OpCase(
+        "fftconv",
+        fftconv,
+        lambda g: [_randn(g, 1, 2, 8), _randn(g, 2, 4), _randn(g, 2), _randn(g, 1, 2, 8), _randn(g, 1, 2, 8)],
+        lambda t: fftconv.fftconv(t[0], t[1], t[2], activation="gelu", gate_in=t[3], gate_out=t[4], backend="triton"),
+        "_FFTConvFunction",
+        "_fftconv_forward_in_op_order",
+        "torch.ops.zoo.fftconv",
+    ),
+    OpCase(
+        "s4d_kernel",
+        ssm,
+        _s4d_params,
+        lambda t: ssm.s4d_kernel(*t, L=8, backend="triton"),
+        "_S4DKernelFunction",
+        "s4d_kernel_forward",
+        "torch.ops.zoo.s4d_kernel",
+    ),
+    OpCase(
+        "neighborhood_attention",
+        neighborhood,
+        lambda g: [_randn(g, 1, 8, 1, 16), _randn(g, 1, 8, 1, 16), _randn(g, 1, 8, 1, 16), _randn(g, 1, 5)],
+        lambda t: neighborhood.neighborhood_attention(t[0], t[1], t[2], 3, rpb=t[3], backend="triton"),
+        "_NAFunction",
+        "_na_inference",
+        "_na_traced",
+    ),
+]
+
+
+def _inputs(case: OpCase) -> list[torch.Tensor]:
+    return case.make(torch.Generator().manual_seed(0))
+
+
+# What the public function runs in: (compiling, grad mode, which tensor arguments require grad) -> path.
+SITUATIONS = {
+    "compiling": (True, True, "first", "op"),
+    "no_grad": (False, False, "all", "launcher"),
+    "nothing_requires_grad": (False, True, "none", "launcher"),
+    "first_requires_grad": (False, True, "first", "function"),
+    "last_requires_grad": (False, True, "last", "function"),  # a weight, bias, rpb, A_imag: not only x
+}
+
+
+@pytest.mark.parametrize("situation", list(SITUATIONS))
+@pytest.mark.parametrize("case", OP_CASES, ids=lambda c: c.name)
+def test_dispatch_picks_the_path(case, situation, monkeypatch):
+    compiling, grad_mode, requiring, expected = SITUATIONS[situation]
+    calls = []
+
+    def stub(path):
+        def run(*args):
+            calls.append(path)
+            return path
+
+        return run
+
+    monkeypatch.setattr(case.module, case.launcher, stub("launcher"))
+    monkeypatch.setattr(case.module, case.function, type("FunctionStub", (), {"apply": staticmethod(stub("function"))}))
+    monkeypatch.setattr(*case.op_owner(), stub("op"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    tensors = _inputs(case)
+    chosen = {"all": tensors, "none": [], "first": tensors[:1], "last": tensors[-1:]}[requiring]
+    for t in chosen:
+        t.requires_grad_(True)
+    with torch.set_grad_enabled(grad_mode):
+        result = case.call(tensors)
+    assert calls == [expected]
+    assert result == expected
+
+
+@pytest.mark.parametrize("how", ["no_grad", "nothing_requires_grad"])
+@pytest.mark.parametrize("case", OP_CASES, ids=lambda c: c.name)
+def test_no_gradient_path_matches_autograd_path(case, how, monkeypatch):
+    """The launcher path (group_rational's is new) gives the autograd path's result, with no autograd node."""
+    function = getattr(case.module, case.function)
+    applied = []
+
+    class Spy:
+        @staticmethod
+        def apply(*args):
+            applied.append(case.function)
+            return function.apply(*args)
+
+    monkeypatch.setattr(case.module, case.function, Spy)
+    tensors = _inputs(case)
+    leaves = [t.clone().requires_grad_(True) for t in tensors]
+    expected = case.call(leaves)
+    assert applied == [case.function]
+    assert type(expected.grad_fn).__name__ == f"{case.function}Backward"
+    if how == "no_grad":
+        with torch.no_grad():
+            result = case.call(leaves)
+    else:
+        result = case.call(tensors)
+    assert applied == [case.function]  # not applied again
+    assert result.grad_fn is None and not result.requires_grad
+    torch.testing.assert_close(result, expected.detach(), rtol=0, atol=0)
+
+
+def test_one_definition_of_the_triton_dtypes():
+    for module in (rational, dwconv, fftconv, neighborhood):
+        assert module.TRITON_DTYPES is backend_module.TRITON_DTYPES
+    message = (
+        r"the Triton thing takes u in \['torch.float16', 'torch.bfloat16', 'torch.float32'\], got torch.float64; "
+        r"use backend='torch' for other dtypes"
+    )
+    with pytest.raises(TypeError, match=message):
+        check_triton_dtypes("the Triton thing takes", {"D": None, "u": torch.empty(1, dtype=torch.float64)})
+    check_triton_dtypes("the Triton thing takes", {"D": None, "u": torch.empty(1, dtype=torch.bfloat16)})
+
+
+def test_every_op_is_covered():
+    """Each op's autograd.Function has a case above: a new op gets its dispatch tested."""
+    modules = (rational, dwconv, fftconv, ssm, neighborhood)
+    functions = {
+        (module.__name__, name)
+        for module in modules
+        for name, obj in vars(module).items()
+        if isinstance(obj, type) and issubclass(obj, torch.autograd.Function) and obj.__module__ == module.__name__
+    }
+    assert functions == {(case.module.__name__, case.function) for case in OP_CASES}

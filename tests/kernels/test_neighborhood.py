@@ -1,6 +1,6 @@
-"""zoo::neighborhood_attention: the reference against dense attention with an explicit mask built from the SPEC
-formulas, and the Triton kernels (interpreter on CPU) against the reference in float64, forward and every
-gradient."""
+"""zoo::neighborhood_attention: the reference against dense attention with an explicit mask built from the formulas of
+docs/semantics.md §5.1-§5.4, and the Triton kernels (interpreter on CPU) against the reference in float64, forward and
+every gradient."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def _inputs(case, dtype, batch=2, seed=0):
 
 
 def _in_window(i: int, j: int, n: int, k: int, d: int, causal: bool) -> bool:
-    """SPEC 5 for one axis, written out per pair of tokens."""
+    """docs/semantics.md §5.1-§5.2 for one axis, written out per pair of tokens."""
     if i % d != j % d:
         return False
     group = i % d
@@ -102,7 +102,7 @@ def _dense_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_reference_equals_dense_attention_with_the_spec_mask(case):
+def test_reference_equals_dense_attention_with_the_window_mask(case):
     q, k, v, rpb = _inputs(case, torch.float64, seed=1)
     _, _, head_dim, ks, ds, cs, _ = case
     expected, mask = _dense_attention(q, k, v, ks, ds, cs, rpb, head_dim**-0.5)

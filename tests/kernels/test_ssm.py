@@ -1,5 +1,5 @@
-"""zoo::s4d_kernel: the Triton Vandermonde kernels (interpreter on CPU, compiled on GPU) against the PyTorch
-reference in float64, and the reference against a direct float64 evaluation of the formula of SPEC 4."""
+"""zoo::s4d_kernel: the Triton Vandermonde kernels (interpreter on CPU, compiled on GPU) against the PyTorch reference
+in float64, and the reference against a direct float64 evaluation of the formula of docs/semantics.md §4.1."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def _grads(fn, params, dK):
 
 
 def _spec_formula(params, L: int, method: str) -> torch.Tensor:
-    """SPEC 4 written out with Python complex numbers in float64, one term at a time (bilinear: dA^l by repeated
-    multiplication, the recurrence's impulse response)."""
+    """docs/semantics.md §4.1 written out with Python complex numbers in float64, one term at a time (bilinear: dA^l by
+    repeated multiplication, the recurrence's impulse response)."""
     log_dt, C, log_A_real, A_imag = (t.double().cpu().tolist() for t in params)
     K = torch.zeros(len(log_dt), L, dtype=torch.float64)
     for h, ldt in enumerate(log_dt):

@@ -1,6 +1,6 @@
-"""zoo.layers.LongConv: the plain formula of SPEC 4 (explicit moving average, squash, direct convolution, float64),
-the order of the kernel's regularisations, safari's key layout, the ``_optim`` hints, padding masks and the input
-checks."""
+"""zoo.layers.LongConv: the plain formula of docs/semantics.md §4.5 (explicit moving average, squash, direct
+convolution, float64), the order of the kernel's regularisations, safari's key layout, the ``_optim`` hints,
+padding masks and the input checks."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def _moving_average(k: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def _layer_formula(layer: LongConv, u: torch.Tensor) -> torch.Tensor:
-    """SPEC 4 in float64 (eval mode: no kernel dropout): smoothing, squash, a direct Toeplitz convolution per
-    channel (+ the anti-causal kernel, S4's lags), D skip, GELU, channels stacked c*H + h, linear, GLU."""
+    """docs/semantics.md §4.5 in float64 (eval mode: no kernel dropout): smoothing, squash, a direct Toeplitz
+    convolution per channel (+ the anti-causal kernel, S4's lags), D skip, GELU, channels stacked c*H + h, linear,
+    GLU."""
     k = layer.kernel.kernel.double()
     if layer.kernel.smooth_window:
         k = _moving_average(k, layer.kernel.smooth_window)

@@ -110,7 +110,7 @@ def test_bad_inputs_raise_clear_errors():
 def test_fx_traces_the_layer_as_a_leaf():
     """Registered as a leaf, the layer (which checks shapes in Python) survives timm's FX feature extraction."""
     from timm.layers import get_notrace_modules
-    from timm.models._features_fx import create_feature_extractor
+    from timm.models import create_feature_extractor
 
     assert all(cls in get_notrace_modules() for cls in LAYERS.values())
     model = torch.nn.Sequential(torch.nn.Linear(32, 32), NeighborhoodAttention2D(32, 2, 3)).eval()

@@ -119,7 +119,7 @@ def test_kan_backends_agree_forward_and_backward():
 
 
 def test_kan_fx_traces_with_group_rational_as_leaf():
-    from timm.models._features_fx import create_feature_extractor
+    from timm.models import create_feature_extractor
 
     mlp = KAN(16, 32, backend="torch")
     extractor = create_feature_extractor(mlp, return_nodes={"act2": "hidden", "fc2": "out"})

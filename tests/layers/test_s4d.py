@@ -1,5 +1,5 @@
-"""zoo.layers.S4D: the plain formula of SPEC 4 (explicit Vandermonde + direct convolution, float64), recurrent
-step mode, inits, the official key layout, the ``_optim`` hints and the input checks."""
+"""zoo.layers.S4D: the plain formula of docs/semantics.md §4.4 (explicit Vandermonde + direct convolution,
+float64), recurrent step mode, inits, the official key layout, the ``_optim`` hints and the input checks."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _kernel_formula(log_dt, C, log_A_real, A_imag, L):
 
 
 def _layer_formula(layer: S4D, u: torch.Tensor) -> torch.Tensor:
-    """The SPEC 4 layer in float64 with a direct (Toeplitz) convolution; u [B, H, L]."""
+    """The layer of docs/semantics.md §4.4 in float64 with a direct (Toeplitz) convolution; u [B, H, L]."""
     H, L = layer.h, u.shape[-1]
     k = layer.kernel
     K = _kernel_formula(k.log_dt, k.C, k.log_A_real, k.A_imag, L)

@@ -14,7 +14,7 @@ from zoo.layers import DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock, U
 from zoo.layers.unireplknet import dilate_kernel
 
 KERNELS = [5, 7, 9, 11, 13, 15, 17]
-TABLE = {  # SPEC 3: kernel size -> (branch kernel sizes, dilations)
+TABLE = {  # docs/semantics.md §3.2: kernel size -> (branch kernel sizes, dilations)
     17: ([5, 9, 3, 3, 3], [1, 2, 4, 5, 7]),
     15: ([5, 7, 3, 3, 3], [1, 2, 3, 5, 7]),
     13: ([5, 7, 3, 3, 3], [1, 2, 3, 4, 5]),
@@ -25,14 +25,7 @@ TABLE = {  # SPEC 3: kernel size -> (branch kernel sizes, dilations)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """One intra-op thread while these tests run: under ``pytest -n 2`` on two cores, two threads per worker spin
-    against each other (and any other load) and make these small convolutions many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @torch.no_grad()

@@ -1,14 +1,21 @@
-"""Helpers for the timm-contract tests of every model family (FX feature extraction, gradient checkpointing)."""
+"""Helpers of the model-contract suite (tests/models/test_contract.py) and the family tests: FX tracing as timm
+does it, outputs and parameter gradients, module calls. (Images, parameter counts and ``randomise`` are in
+tests/helpers.py; the ``one_intra_op_thread`` fixture in tests/models/conftest.py.)"""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 from timm.layers import get_notrace_functions, get_notrace_modules
 
+T = TypeVar("T")
+
 
 def trace_model(model: torch.nn.Module, train: bool) -> tuple[torch.nn.Module, str]:
     """The model traced by torch.fx (timm's leaf modules and functions kept whole) returning its last node, and
-    that node's name, in train or eval mode."""
+    that node's name, in train or eval mode. The traced module shares the model's parameters."""
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
     tracer_kwargs = dict(
@@ -21,9 +28,36 @@ def trace_model(model: torch.nn.Module, train: bool) -> tuple[torch.nn.Module, s
     ), nodes[-1]
 
 
-def outputs_and_grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``model(x)`` and the gradients of every parameter for the loss mean(out^2) (gradients zeroed first)."""
-    model.zero_grad()
-    out = model(x)
-    out.square().mean().backward()
-    return out.detach(), [p.grad.clone() for p in model.parameters()]
+def outputs_and_grads(
+    forward: Callable[[], torch.Tensor | Sequence[torch.Tensor]],
+    parameters: Iterable[torch.nn.Parameter],
+    seed: int = 0,
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """The outputs of ``forward()`` (one tensor or several) and the gradients of ``parameters`` for the loss
+    sum(mean(out^2)) over the outputs. Gradients are zeroed first and torch is seeded with ``seed``, so dropout
+    draws the same masks in every call."""
+    parameters = list(parameters)
+    for p in parameters:
+        p.grad = None
+    torch.manual_seed(seed)
+    outputs = forward()
+    outputs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    sum(out.float().square().mean() for out in outputs).backward()
+    return [out.detach() for out in outputs], [None if p.grad is None else p.grad.clone() for p in parameters]
+
+
+def module_calls(run: Callable[[], T]) -> tuple[int, T]:
+    """How many module forward calls ``run()`` makes (a recomputation during backward counts again), and its
+    result."""
+    calls = 0
+
+    def count(module: torch.nn.Module, args: object, output: object) -> None:
+        nonlocal calls
+        calls += 1
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        result = run()
+    finally:
+        handle.remove()
+    return calls, result

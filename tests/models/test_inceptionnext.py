@@ -1,6 +1,6 @@
-"""InceptionNeXt models: timm's key layout and parameter counts, timm's weights give timm's logits, official and
-training checkpoints, the timm contract (the equivalents of timm's tests/test_models.py, minus TorchScript and
-downloads), backends, bad input, the training configs."""
+"""InceptionNeXt models: the variants, timm's key layout and parameter counts, timm's weights give timm's logits,
+official and training checkpoints, backends, bad input, the training configs. The timm contract (creation,
+forward/backward, heads, intermediates, features, gradient checkpointing, FX) is tests/models/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import torch
 from timm.models import get_notrace_functions, get_notrace_modules
 
 import zoo
-from tests.helpers import DEVICE, assert_close
-from tests.models.contract import outputs_and_grads, trace_model
+from tests.helpers import DEVICE, assert_close, count_parameters, images, randomise
 from zoo.layers import InceptionDWConv2d
 from zoo.models.inceptionnext import InceptionNeXt, check_images, checkpoint_filter_fn
 
@@ -24,49 +23,37 @@ VARIANTS = {  # name: (timm's name, depths, dims, parameters of the official mod
     "inceptionnext_s": ("inception_next_small", (3, 3, 27, 3), (96, 192, 384, 768), 49_374_016),
     "inceptionnext_b": ("inception_next_base", (3, 3, 27, 3), (128, 256, 512, 1024), 86_672_136),
 }
-SIZE = 64  # input side for the small forward passes: 2x2 after the last stage
-
-
-def _input(batch: int = 1, size: int = SIZE, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-@torch.no_grad()
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial layer scales (init 1e-6 would hide the blocks) and batch-norm statistics and affine terms."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            c = module.num_features
-            module.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
-            module.running_var.copy_(0.5 + torch.rand(c, generator=generator))
-            module.weight.copy_(0.5 + torch.rand(c, generator=generator))
-            module.bias.copy_(0.1 * torch.randn(c, generator=generator))
-        if getattr(module, "gamma", None) is not None:
-            module.gamma.copy_(0.2 + 0.3 * torch.rand(module.gamma.shape, generator=generator))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def atto() -> InceptionNeXt:
     torch.manual_seed(0)
-    return _randomise(timm.create_model("inceptionnext_a", backend="torch"))
+    return randomise(timm.create_model("inceptionnext_a", backend="torch"))
 
 
-# ------------------------------------------------------------------------------------------------ registry
+# ------------------------------------------------------------------------------------------------ variants
 
 
-def test_registered_with_timm_and_the_zoo():
+def test_variants_and_timms_own_names():
     assert zoo.list_models("inceptionnext_*") == sorted(VARIANTS)
-    for name, (timm_name, *_) in VARIANTS.items():
-        assert timm.is_model(name) and timm.is_model(timm_name)  # timm's own names stay timm's
-        assert isinstance(zoo.create_model(name, device="meta"), InceptionNeXt)
+    for timm_name, *_ in VARIANTS.values():
+        assert timm.is_model(timm_name) and timm_name not in zoo.list_models()  # timm's own names stay timm's
     assert type(timm.create_model("inception_next_atto", device="meta")) is timm.models.inception_next.MetaNeXt
     assert timm.create_model("inceptionnext_b.sail_in1k_384", device="meta").pretrained_cfg["input_size"] == (
         3,
         384,
         384,
     )
+
+
+def test_default_cfg_and_head_widths():
+    model = timm.create_model("inceptionnext_a", device="meta")
+    cfg = model.pretrained_cfg
+    assert cfg["url"] == "https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_atto.pth"
+    assert cfg["hf_hub_id"] == "timm/inception_next_atto.sail_in1k"
+    assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000 and cfg["pool_size"] == (7, 7)
+    assert model.num_features == 320 and model.head_hidden_size == 960  # the MLP head: 3 x the last width
+    assert [info["reduction"] for info in model.feature_info] == [4, 8, 16, 32]
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -78,7 +65,7 @@ def test_keys_shapes_and_parameter_count_equal_timms(name):
     ours = timm.create_model(name, device="meta")
     reference = timm.create_model(timm_name, device="meta")
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
-    assert sum(p.numel() for p in ours.parameters()) == parameters
+    assert count_parameters(ours) == parameters
     assert [len(stage.blocks) for stage in ours.stages] == list(depths)
     assert [info["num_chs"] for info in ours.feature_info] == list(dims)
     mixers = [m for m in ours.modules() if isinstance(m, InceptionDWConv2d)]
@@ -111,7 +98,7 @@ def test_official_key_names(atto):
 def test_constructor_arguments():
     model = timm.create_model("inceptionnext_a", num_classes=10, in_chans=1, drop_path_rate=0.1, backend="torch")
     assert model.stem[0].weight.shape == (40, 1, 4, 4)
-    assert model(_input(2, 32, channels=1)).shape == (2, 10)
+    assert model(images(2, 32, channels=1)).shape == (2, 10)
     assert model.stages[-1].blocks[-1].drop_path.drop_prob == pytest.approx(0.1)
     mixers = [m for m in model.modules() if isinstance(m, InceptionDWConv2d)]
     assert {m.backend for m in mixers} == {"torch"}
@@ -135,10 +122,10 @@ def test_constructor_arguments():
 @pytest.mark.parametrize("name", ["inceptionnext_a", "inceptionnext_t"])
 def test_timms_weights_load_strictly_and_give_timms_logits(name):
     torch.manual_seed(0)
-    reference = _randomise(timm.create_model(VARIANTS[name][0]))
+    reference = randomise(timm.create_model(VARIANTS[name][0]))
     ours = timm.create_model(name, backend="torch").eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
-    x = _input(2)
+    x = images(2)
     with torch.no_grad():
         expected = reference(x)
         assert expected.std() > 0.1  # the blocks matter: the layer scales are not ~0
@@ -158,7 +145,7 @@ def _assert_same_model(loaded: torch.nn.Module, expected: torch.nn.Module) -> No
     loaded.eval()
     for key, value in expected.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    x = _input()
+    x = images()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected(x), rtol=0, atol=0)
 
@@ -203,99 +190,11 @@ def test_pretrained_file_with_other_classes_and_channels(tmp_path, atto):
     )
 
 
-# ------------------------------------------------------------------------------------------------ timm contract
+# ------------------------------------------------------------------------------------------------ timm hooks
 
 
-def test_forward_backward_reach_every_parameter():
-    model = timm.create_model("inceptionnext_a", num_classes=42).train()
-    out = model(_input(2))
-    out.mean().backward()
-    assert out.shape == (2, 42) and not torch.isnan(out).any()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, missing
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_default_cfg_and_heads(atto):
-    cfg = atto.pretrained_cfg
-    assert cfg["url"] == "https://github.com/sail-sg/inceptionnext/releases/download/model/inceptionnext_atto.pth"
-    assert cfg["hf_hub_id"] == "timm/inception_next_atto.sail_in1k"
-    assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000 and cfg["pool_size"] == (7, 7)
-    state = atto.state_dict()
-    assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state
-    model = timm.create_model("inceptionnext_a").eval()
-    x = _input(1, 96)
-    with torch.no_grad():
-        features = model.forward_features(x)  # unpooled
-        assert features.shape == (1, 320, 3, 3) and model.num_features == 320
-        pre_logits = model.forward_head(features, pre_logits=True)
-        assert pre_logits.shape == (1, model.head_hidden_size) == (1, 960)
-        model.reset_classifier(0)
-        assert model.num_classes == 0
-        torch.testing.assert_close(model(x), pre_logits)
-        model.reset_classifier(7)
-        assert model(x).shape == (1, 7) and model.get_classifier().out_features == 7
-        headless = timm.create_model("inceptionnext_a", num_classes=0).eval()
-        assert headless(x).shape == (1, 960)
-        assert not any(k.startswith("head.fc2") for k in headless.state_dict())
-
-
-def test_features_only():
-    model = timm.create_model("inceptionnext_a", features_only=True).eval()
-    assert model.feature_info.channels() == [40, 80, 160, 320]
-    assert model.feature_info.reduction() == [4, 8, 16, 32]
-    with torch.no_grad():
-        outputs = model(_input(2, 96))
-    assert [tuple(o.shape) for o in outputs] == [(2, 40, 24, 24), (2, 80, 12, 12), (2, 160, 6, 6), (2, 320, 3, 3)]
-    picked = timm.create_model("inceptionnext_a", features_only=True, out_indices=(1, 3))
-    assert picked.feature_info.channels() == [80, 320]
-
-
-def test_forward_intermediates_match_forward_features(atto):
-    x = _input(2, 96)
-    with torch.no_grad():
-        final, intermediates = atto.forward_intermediates(x)
-        assert [tuple(t.shape) for t in intermediates] == [
-            (2, 40, 24, 24),
-            (2, 80, 12, 12),
-            (2, 160, 6, 6),
-            (2, 320, 3, 3),
-        ]
-        torch.testing.assert_close(final, atto.forward_features(x), rtol=0, atol=0)
-        only = atto.forward_intermediates(x, indices=[1, 2], intermediates_only=True, stop_early=True)
-    assert [tuple(t.shape) for t in only] == [(2, 80, 12, 12), (2, 160, 6, 6)]
-    torch.testing.assert_close(only[1], intermediates[2])
-
-
-def test_gradient_checkpointing_gives_equal_outputs_and_gradients():
-    torch.manual_seed(0)
-    model = _randomise(timm.create_model("inceptionnext_a", backend="torch")).train()  # batch statistics
-    x = _input(2)
-
-    out, grads = outputs_and_grads(model, x)
-    model.set_grad_checkpointing()
-    assert all(stage.grad_checkpointing for stage in model.stages)
-    out_checkpointed, grads_checkpointed = outputs_and_grads(model, x)
-    torch.testing.assert_close(out_checkpointed, out, rtol=1e-5, atol=1e-6)
-    for g_checkpointed, g in zip(grads_checkpointed, grads, strict=True):
-        torch.testing.assert_close(g_checkpointed, g, rtol=1e-4, atol=1e-6)
-
-
-def test_fx_forward_equals_eager(atto):
+def test_mixers_and_the_input_check_are_fx_leaves():
     assert InceptionDWConv2d in get_notrace_modules() and check_images in get_notrace_functions()
-    fx_model, node = trace_model(atto, train=False)
-    x = _input()
-    with torch.no_grad():
-        assert torch.equal(fx_model(x)[node], atto(x))
-
-
-def test_fx_backward_reaches_every_parameter():
-    model = timm.create_model("inceptionnext_a", num_classes=42).train()
-    fx_model, node = trace_model(model, train=True)
-    out = fx_model(_input(2))[node]
-    out.mean().backward()
-    assert out.shape == (2, 42)
-    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_optimizer_hooks(atto):
@@ -313,10 +212,10 @@ def test_logits_equal_with_torch_and_triton_backends(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference's convolutions in fp32 on a GPU
     torch.manual_seed(3)
     small = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), num_classes=10)
-    reference = _randomise(timm.create_model("inceptionnext_a", backend="torch", **small)).to(DEVICE)
+    reference = randomise(timm.create_model("inceptionnext_a", backend="torch", **small)).to(DEVICE)
     fused = timm.create_model("inceptionnext_a", backend="triton", **small).eval().to(DEVICE)
     fused.load_state_dict(reference.state_dict())
-    x = _input(1, 32).to(DEVICE)
+    x = images(1, 32).to(DEVICE)
     with torch.no_grad():
         expected = reference(x)
         assert expected.std() > 0.1
@@ -340,10 +239,9 @@ def test_bad_input_names_the_expected_layout(atto):
 
 
 @pytest.mark.parametrize("variant", ["a", "t", "s", "b"])
-def test_model_configs_name_their_model(variant):
+def test_model_configs_pass_no_image_size(variant):
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((ROOT / "configs" / "model" / f"inceptionnext_{variant}.yaml").read_text())
-    assert config["name"] == f"inceptionnext_{variant}" and timm.is_model(config["name"])
     assert config["data_args"] == ["in_chans", "num_classes"]  # MetaNeXt takes no image size
 
 

@@ -1,5 +1,6 @@
-"""KAT models: the timm contract (the equivalents of timm's tests/test_models.py, minus TorchScript and
-downloads), the official parameter counts and key layout, offline checkpoint loading, the init, backends."""
+"""KAT models: the official variants, parameter counts and key layout, offline checkpoint loading, the init,
+backends. The timm contract (creation, forward/backward, heads, intermediates, features, gradient checkpointing, FX)
+is tests/models/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import pytest
 import timm
 import torch
 from timm.layers import resample_abs_pos_embed
-from timm.models import FeatureInfo, get_notrace_modules
+from timm.models import get_notrace_modules
 
 import zoo
-from tests.helpers import DEVICE, assert_close
-from tests.models.contract import trace_model
+from tests.helpers import DEVICE, assert_close, count_parameters, images
 from zoo.layers import GroupRational
 from zoo.models.kat import KAT
 
@@ -24,42 +24,27 @@ VARIANTS = {  # name: (embed_dim, heads, parameters of the official model)
 }
 
 
-def _input(batch: int = 1, size: int = 224, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
-
-
 @pytest.fixture(scope="module")
 def kat_t() -> KAT:
     torch.manual_seed(0)
     return timm.create_model("kat_t").eval()
 
 
-# ------------------------------------------------------------------------------------------------ registry
+# ------------------------------------------------------------------------------------------------ variants
 
 
-def test_registered_with_timm_and_the_zoo():
-    assert zoo.list_models("kat_*") == ["kat_b", "kat_s", "kat_t"]
-    assert {"kat_t", "inceptionnext_t"} <= set(zoo.list_models())
-    assert zoo.list_models("kat_[ts]") == ["kat_s", "kat_t"]
-    for name in VARIANTS:
-        assert timm.is_model(name)
-        assert isinstance(zoo.create_model(name, img_size=32), KAT)
-    assert isinstance(zoo.create_model("kat_t.in1k", img_size=32), KAT)
-
-
-def test_unknown_name_lists_the_closest_names():
-    with pytest.raises(ValueError, match=r"unknown model 'kat_tiny'; closest names: .*kat_t"):
-        zoo.create_model("kat_tiny")
-
-
-def test_zoo_never_overwrites_a_timm_name():
-    from zoo.models import register_model
-
-    def vit_tiny_patch16_224(pretrained=False, **kwargs):  # a name timm owns
-        raise AssertionError("never called")
-
-    with pytest.raises(RuntimeError, match="timm already has a model named 'vit_tiny_patch16_224'"):
-        register_model(vit_tiny_patch16_224)
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variants_and_default_cfgs(name):
+    assert zoo.list_models("kat_*") == sorted(VARIANTS)
+    model = timm.create_model(name, device="meta")
+    cfg = model.pretrained_cfg
+    assert cfg["url"].startswith("https://huggingface.co/adamdad/kat_pretained/")
+    assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000
+    assert model.num_features == model.head_hidden_size == VARIANTS[name][0] and model.num_prefix_tokens == 1
+    assert [block.attn.num_heads for block in model.blocks] == [VARIANTS[name][1]] * 12
+    features = timm.create_model(name, features_only=True, device="meta")  # the last three blocks, at 1/16
+    assert features.feature_info.channels() == [VARIANTS[name][0]] * 3
+    assert features.feature_info.reduction() == [16] * 3
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -67,11 +52,10 @@ def test_zoo_never_overwrites_a_timm_name():
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_parameter_count_equals_the_official_model(name):
-    model = timm.create_model(name)
-    assert sum(p.numel() for p in model.parameters()) == VARIANTS[name][2]
+    assert count_parameters(timm.create_model(name, device="meta")) == VARIANTS[name][2]
 
 
-def test_state_dict_keys_are_the_official_layout(kat_t):
+def test_state_dict_keys_are_the_official_layout():
     expected = {
         "cls_token",
         "pos_embed",
@@ -101,7 +85,7 @@ def test_state_dict_keys_are_the_official_layout(kat_t):
         "mlp.act2.weight_denominator",
     ]
     expected |= {f"blocks.{i}.{key}" for i in range(12) for key in block_keys}
-    state = kat_t.state_dict()
+    state = timm.create_model("kat_t", device="meta").state_dict()
     assert set(state) == expected
     assert state["blocks.3.mlp.act1.weight_numerator"].shape == (1, 6)
     assert state["blocks.3.mlp.act1.weight_denominator"].shape == (8, 4)
@@ -113,105 +97,17 @@ def test_constructor_arguments():
     model = timm.create_model("kat_t", img_size=64, patch_size=8, num_classes=10, in_chans=1, drop_path_rate=0.1)
     assert model.patch_embed.proj.weight.shape == (192, 1, 8, 8)
     assert model.pos_embed.shape == (1, 1 + 64, 192)
-    assert model(_input(2, 64, channels=1)).shape == (2, 10)
+    assert model(images(2, 64, channels=1)).shape == (2, 10)
     assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
     assert model.blocks[0].mlp.act2.backend == "auto"
     assert timm.create_model("kat_t", img_size=32, backend="torch").blocks[0].mlp.act1.backend == "torch"
 
 
-# ------------------------------------------------------------------------------------------------ timm contract
+# ------------------------------------------------------------------------------------------------ timm hooks
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_forward_and_gradient_checkpointing_give_equal_outputs(name):
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
-    x = _input()
-    with torch.no_grad():
-        out = model(x)
-        model.set_grad_checkpointing()
-        out_checkpointed = model(x)
-    assert out.shape == (1, 1000) and not torch.isnan(out).any()
-    torch.testing.assert_close(out_checkpointed, out, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_backward_reaches_every_parameter(name):
-    model = timm.create_model(name, num_classes=42, img_size=64).train()
-    out = model(_input(2, 64))
-    out.mean().backward()
-    assert out.shape == (2, 42)
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, missing
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-@pytest.mark.parametrize("name", list(VARIANTS))
-def test_default_cfg_and_heads(name):
-    torch.manual_seed(0)
-    model = timm.create_model(name).eval()
-    cfg = model.pretrained_cfg
-    assert cfg["url"].startswith("https://huggingface.co/adamdad/kat_pretained/")
-    assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000
-    state = model.state_dict()
-    assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state
-    x = _input()
-    with torch.no_grad():
-        features = model.forward_features(x)  # unpooled: [B, tokens, C]
-        pre_logits = model.forward_head(features, pre_logits=True)
-        assert features.shape == (1, 197, model.num_features) and model.num_features == VARIANTS[name][0]
-        assert pre_logits.shape == (1, model.head_hidden_size)
-        model.reset_classifier(0)
-        assert model.num_classes == 0 and model.get_classifier() is not None
-        assert model(x).shape == pre_logits.shape
-        assert timm.create_model(name, num_classes=0).eval()(x).shape[-1] == model.num_features
-
-
-def test_features_only():
-    model = timm.create_model("kat_t", features_only=True, img_size=96).eval()
-    with torch.no_grad():
-        outputs = model(_input(2, 96))
-    channels = model.feature_info.channels()
-    reductions = model.feature_info.reduction()
-    assert len(outputs) >= 3 and len(outputs) == len(channels)
-    for out, ch, red in zip(outputs, channels, reductions, strict=True):
-        assert out.shape[:2] == (2, ch)
-        assert out.shape[2] <= math.ceil(96 / red) + 1 and out.shape[3] <= math.ceil(96 / red) + 1
-
-
-def test_forward_intermediates_match_forward_features():
-    torch.manual_seed(0)
-    model = timm.create_model("kat_t", img_size=96).eval()
-    feature_info = FeatureInfo(model.feature_info, range(len(model.feature_info)))
-    x = _input(2, 96)
-    with torch.no_grad():
-        final, intermediates = model.forward_intermediates(x, output_fmt="NCHW")
-        assert len(intermediates) == len(feature_info.channels()) >= 3
-        for out, ch in zip(intermediates, feature_info.channels(), strict=True):
-            assert out.shape == (2, ch, 6, 6)
-        torch.testing.assert_close(final, model.forward_features(x))
-        model.set_grad_checkpointing()
-        final_checkpointed, _ = model.forward_intermediates(x, output_fmt="NCHW")
-    torch.testing.assert_close(final_checkpointed, final, rtol=1e-4, atol=1e-5)
-    only = model.forward_intermediates(x, indices=[2, 5], intermediates_only=True)
-    assert [t.shape for t in only] == [(2, 192, 6, 6)] * 2
-
-
-def test_fx_forward_equals_eager(kat_t):
+def test_rational_activations_are_fx_leaves():
     assert GroupRational in get_notrace_modules()
-    fx_model, node = trace_model(kat_t, train=False)
-    x = _input()
-    with torch.no_grad():
-        assert torch.equal(fx_model(x)[node], kat_t(x))
-
-
-def test_fx_backward_reaches_every_parameter():
-    model = timm.create_model("kat_t", num_classes=42, img_size=64).train()
-    fx_model, node = trace_model(model, train=True)
-    out = fx_model(_input(2, 64))[node]
-    out.mean().backward()
-    assert out.shape == (2, 42)
-    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_optimizer_hooks(kat_t):
@@ -235,7 +131,7 @@ def test_offline_pretrained_file_loads_strictly(tmp_path, kat_t, container):
     loaded = timm.create_model("kat_t", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
     for key, value in kat_t.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    x = _input()
+    x = images(1, 224)
     with torch.no_grad():
         assert torch.equal(loaded(x), kat_t(x))
 
@@ -315,6 +211,6 @@ def test_logits_equal_with_torch_and_triton_backends():
     reference = timm.create_model("kat_t", img_size=32, backend="torch").eval().to(DEVICE)
     triton_model = timm.create_model("kat_t", img_size=32, backend="triton").eval().to(DEVICE)
     triton_model.load_state_dict(reference.state_dict())
-    x = _input(2, 32).to(DEVICE)  # the GPU where there is one, else the CPU through the Triton interpreter
+    x = images(2, 32).to(DEVICE)  # the GPU where there is one, else the CPU through the Triton interpreter
     with torch.no_grad():
         assert_close(triton_model(x), reference(x), torch.float32, scale=10.0)

@@ -1,6 +1,7 @@
 """NAT and DiNAT models: the official parameter counts, key layout and dilation schedule, official checkpoints
-(strict loading from a file in the official containers), small inputs (padding), the timm contract (the equivalents
-of timm's tests/test_models.py, minus TorchScript and downloads), backends, bad input, the training configs."""
+(strict loading from a file in the official containers), NHWC features and heads beyond the contract, small inputs
+(padding), backends, bad input, the training configs. The timm contract (creation, forward/backward, heads,
+intermediates, features, gradient checkpointing, FX) is tests/models/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import torch.nn.functional as F
 from timm.models import get_notrace_functions, get_notrace_modules
 
 import zoo
-from tests.helpers import DEVICE, assert_close
-from tests.models.contract import outputs_and_grads, trace_model
+from tests.helpers import DEVICE, assert_close, count_parameters, images, randomise
 from zoo.layers import NeighborhoodAttention2D
 from zoo.models.nat import NAT, check_images, checkpoint_filter_fn, dinat_dilations, stage_sizes
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = {  # name: (embed dim, depths, heads, mlp ratio, layer scale, parameters at 1000 classes) (SPEC 5)
+# docs/semantics.md §5.6. name: (embed dim, depths, heads, mlp ratio, layer scale, parameters at 1000 classes)
+VARIANTS = {
     "nat_m": (64, (3, 4, 6, 5), (2, 4, 8, 16), 3, False, 19_984_174),
     "nat_t": (64, (3, 4, 18, 5), (2, 4, 8, 16), 3, False, 27_901_582),
     "nat_s": (96, (3, 4, 18, 5), (3, 6, 12, 24), 2, True, 50_743_297),
@@ -42,60 +43,13 @@ OFFICIAL_DILATIONS = {
 SIZE = 64  # input side for the small forward passes: 2x2 after the last level
 
 
-def _input(batch: int = 1, size: int = SIZE, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial layer scales (1e-5 would hide the layers) and LayerNorm terms."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.LayerNorm):
-            module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=generator))
-            module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-    for name, p in model.named_parameters():
-        if name.endswith(("gamma1", "gamma2")):
-            p.copy_(0.2 + 0.3 * torch.rand(p.shape, generator=generator))
-    return model.eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """One intra-op thread while these tests run: under ``pytest -n 2`` on two cores, two threads per worker spin
-    against each other (and any other load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
 def mini() -> NAT:
     torch.manual_seed(0)
-    return _randomise(timm.create_model("nat_m", backend="torch"))
-
-
-def _small(name: str = "nat_m", **kwargs) -> NAT:
-    """A small model of the family: one layer per level (the variant's widths and heads)."""
-    return timm.create_model(name, depths=(1, 1, 1, 1), backend="torch", **kwargs)
-
-
-# ------------------------------------------------------------------------------------------------ registry
-
-
-def test_registered_with_timm_and_the_zoo():
-    assert zoo.list_models("nat_*") == ["nat_b", "nat_m", "nat_s", "nat_t"]
-    assert zoo.list_models("dinat_*") == ["dinat_b", "dinat_l", "dinat_m", "dinat_s", "dinat_t"]
-    for name in VARIANTS:
-        assert timm.is_model(name)
-        assert isinstance(zoo.create_model(name, device="meta"), NAT)
-    model = timm.create_model("dinat_l.in22k", device="meta")
-    assert model.num_classes == 21841
+    return randomise(timm.create_model("nat_m", backend="torch"))
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -103,9 +57,11 @@ def test_registered_with_timm_and_the_zoo():
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_parameter_counts_and_shapes(name):
+    assert zoo.list_models("nat_*") == sorted(n for n in VARIANTS if n.startswith("nat_"))
+    assert zoo.list_models("dinat_*") == sorted(n for n in VARIANTS if n.startswith("dinat_"))
     dim, depths, heads, mlp_ratio, layer_scale, count = VARIANTS[name]
     model = timm.create_model(name, device="meta")
-    assert _count(model) == count
+    assert count_parameters(model) == count
     assert [len(level.blocks) for level in model.levels] == list(depths)
     assert [info["num_chs"] for info in model.feature_info] == [dim * 2**i for i in range(4)]
     layers = [layer for level in model.levels for layer in level.blocks]
@@ -120,9 +76,9 @@ def test_parameter_counts_and_shapes(name):
         assert {layer.attn.dilation for layer in layers} == {(1, 1)}
 
 
-def test_dinat_l_11x11_parameter_count():
+def test_dinat_l_11x11_parametercount_parameters():
     model = timm.create_model("dinat_l", kernel_size=11, img_size=384, device="meta")
-    assert _count(model) == 201_144_250  # SPEC 5: the 11x11 variant
+    assert count_parameters(model) == 201_144_250  # docs/semantics.md §5.6: the 11x11 variant
     assert model.dilations == OFFICIAL_DILATIONS[((3, 4, 18, 5), 384, 11)]
 
 
@@ -191,7 +147,7 @@ def test_dinat_models_carry_the_official_dilations():
 
 def _assert_same_outputs(loaded: torch.nn.Module, expected: torch.nn.Module, size: int = SIZE) -> None:
     loaded.eval()
-    x = _input(1, size)
+    x = images(1, size)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected(x), rtol=0, atol=0)
 
@@ -218,7 +174,7 @@ def test_layer_scale_and_dilated_checkpoints_load_strictly(tmp_path):
     """A DiNAT-B-shaped model (layer scale, dilations) with fewer layers: strict load, equal logits."""
     torch.manual_seed(1)
     small = dict(depths=(2, 2, 1, 1), backend="torch")
-    source = _randomise(timm.create_model("dinat_b", **small))
+    source = randomise(timm.create_model("dinat_b", **small))
     assert "levels.3.blocks.0.gamma2" in source.state_dict() and source.dilations == ((1, 8), (1, 4), (1,), (1,))
     path = tmp_path / "dinat_base_in1k_224.pth"
     torch.save(source.state_dict(), path)
@@ -268,75 +224,45 @@ def test_default_cfgs_name_the_official_weights():
     assert len([t for t in tags if t.split(".")[0] in VARIANTS]) == 11
     cfg = timm.models.get_pretrained_cfg("dinat_l.in22k_ft_in1k_384")
     assert cfg.input_size == (3, 384, 384) and cfg.crop_pct == 1.0
+    assert timm.create_model("dinat_l.in22k", device="meta").num_classes == 21841
 
 
-# ------------------------------------------------------------------------------------------------ timm contract
-
-
-def test_forward_backward_reach_every_parameter():
-    model = _small("nat_s", num_classes=42).train()  # with layer scale
-    out = model(_input(2, 32))
-    out.mean().backward()
-    assert out.shape == (2, 42) and not torch.isnan(out).any()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, missing
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+# ------------------------------------------------------------------------------------------------ NHWC features
 
 
 def test_nhwc_features_and_heads(mini):
     cfg = mini.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000 and cfg["pool_size"] == (7, 7)
-    state = mini.state_dict()
-    assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state
     assert mini.output_fmt == "NHWC"
-    x = _input(1, 96)
+    assert mini.num_features == mini.head_hidden_size == 512
+    x = images(1, 96)
     with torch.no_grad():
         features = mini.forward_features(x)  # unpooled, normalised, channels last
-        assert features.shape == (1, 3, 3, 512) and mini.num_features == 512
-        pre_logits = mini.forward_head(features, pre_logits=True)
-        assert pre_logits.shape == (1, mini.head_hidden_size) == (1, 512)
-        torch.testing.assert_close(pre_logits, features.mean((1, 2)))
-        torch.testing.assert_close(mini(x), mini.head(pre_logits))
+        assert features.shape == (1, 3, 3, 512)
+        torch.testing.assert_close(mini.forward_head(features, pre_logits=True), features.mean((1, 2)))
     model = timm.create_model("nat_m", backend="torch").eval()
     with torch.no_grad():
-        model.reset_classifier(0)
-        assert model.num_classes == 0 and model(x).shape == (1, 512)
         model.reset_classifier(0, "")  # no pooling: NHWC out
         assert model(x).shape == (1, 3, 3, 512)
         model.reset_classifier(7, "avg")
         assert model(x).shape == (1, 7) and model.get_classifier().out_features == 7
-        headless = timm.create_model("nat_m", num_classes=0, backend="torch").eval()
-        assert headless(x).shape == (1, 512)
-        assert not any(k.startswith("head.") for k in headless.state_dict())
 
 
-def test_features_only():
-    model = timm.create_model("nat_m", features_only=True, backend="torch").eval()
+def test_feature_pyramid_and_pruned_features_only():
+    model = timm.create_model("nat_m", features_only=True, backend="torch")
     assert model.feature_info.channels() == [64, 128, 256, 512]
     assert model.feature_info.reduction() == [4, 8, 16, 32]
-    with torch.no_grad():
-        outputs = model(_input(2, 64))
-    assert [tuple(o.shape) for o in outputs] == [(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4), (2, 512, 2, 2)]
     picked = timm.create_model("dinat_m", features_only=True, out_indices=(1, 2), backend="torch")
     assert picked.feature_info.channels() == [128, 256]
     assert len(picked.model.levels) == 3 and picked.model.levels[-1].downsample is None  # the rest is pruned
     with torch.no_grad():
-        assert [tuple(o.shape) for o in picked(_input(1, 64))] == [(1, 128, 8, 8), (1, 256, 4, 4)]
+        assert [tuple(o.shape) for o in picked(images(1, 64))] == [(1, 128, 8, 8), (1, 256, 4, 4)]
 
 
-def test_forward_intermediates_match_forward_features(mini):
-    x = _input(2, 64)
+def test_nhwc_and_normalised_intermediates(mini):
+    x = images(2, 64)
     with torch.no_grad():
-        final, intermediates = mini.forward_intermediates(x)
-        assert [tuple(t.shape) for t in intermediates] == [
-            (2, 64, 16, 16),
-            (2, 128, 8, 8),
-            (2, 256, 4, 4),
-            (2, 512, 2, 2),
-        ]
-        torch.testing.assert_close(final, mini.forward_features(x), rtol=0, atol=0)
-        only = mini.forward_intermediates(x, indices=[1, 2], intermediates_only=True, stop_early=True)
-        torch.testing.assert_close(only[1], intermediates[2], rtol=0, atol=0)
+        final = mini.forward_features(x)
         nhwc = mini.forward_intermediates(x, indices=1, output_fmt="NHWC", norm=True, intermediates_only=True)
         torch.testing.assert_close(nhwc[0], final, rtol=0, atol=0)  # the last level, normalised
         with pytest.raises(ValueError, match="output_fmt"):
@@ -345,7 +271,7 @@ def test_forward_intermediates_match_forward_features(mini):
 
 def test_prune_intermediate_layers():
     model = timm.create_model("nat_m", backend="torch").eval()
-    x = _input(1, 64)
+    x = images(1, 64)
     with torch.no_grad():
         expected = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
         kept = model.prune_intermediate_layers([0, 1])
@@ -356,35 +282,8 @@ def test_prune_intermediate_layers():
         torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
-def test_gradient_checkpointing_gives_equal_outputs_and_gradients():
-    torch.manual_seed(0)
-    model = _randomise(timm.create_model("dinat_m", depths=(2, 2, 2, 1), backend="torch", img_size=32)).train()
-    x = _input(2, 32)
-
-    out, grads = outputs_and_grads(model, x)
-    model.set_grad_checkpointing()
-    assert model.grad_checkpointing
-    out_checkpointed, grads_checkpointed = outputs_and_grads(model, x)
-    torch.testing.assert_close(out_checkpointed, out, rtol=1e-5, atol=1e-6)
-    for g_checkpointed, g in zip(grads_checkpointed, grads, strict=True):
-        torch.testing.assert_close(g_checkpointed, g, rtol=1e-4, atol=1e-6)
-
-
-def test_fx_forward_equals_eager(mini):
+def test_attention_and_the_input_check_are_fx_leaves():
     assert NeighborhoodAttention2D in get_notrace_modules() and check_images in get_notrace_functions()
-    fx_model, node = trace_model(mini, train=False)
-    x = _input()
-    with torch.no_grad():
-        assert torch.equal(fx_model(x)[node], mini(x))
-
-
-def test_fx_backward_reaches_every_parameter():
-    model = _small("dinat_m", num_classes=42).train()
-    fx_model, node = trace_model(model, train=True)
-    out = fx_model(_input(2, 32))[node]
-    out.mean().backward()
-    assert out.shape == (2, 42)
-    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_optimizer_hooks(mini):
@@ -423,7 +322,7 @@ def test_small_inputs_are_padded_and_cropped_as_legacy_natten():
         padded = layer.attn(F.pad(x, (0, 0, 0, 40, 0, 40)))  # 56 = 7 x 8: no padding inside the layer
         torch.testing.assert_close(out, padded[:, :16, :16], rtol=1e-5, atol=1e-6)
         for size in (8, 33, 64):  # the last level runs on a 1x1 map (8 px): padded to 7x7
-            logits = model(_input(1, size))
+            logits = model(images(1, size))
             assert logits.shape == (1, 1000) and torch.isfinite(logits).all()
 
 
@@ -441,10 +340,10 @@ def test_nat_m_logits_equal_with_torch_and_triton_backends():
     head and map on CPU) through the fused Triton attention; every map padded to 7x7 at 16 px."""
     torch.manual_seed(3)
     small = dict(depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 4), num_classes=10)
-    reference = _randomise(timm.create_model("nat_m", backend="torch", **small)).to(DEVICE)
+    reference = randomise(timm.create_model("nat_m", backend="torch", **small)).to(DEVICE)
     fused = timm.create_model("nat_m", backend="triton", **small).eval().to(DEVICE)
     fused.load_state_dict(reference.state_dict())
-    x = _input(1, 16).to(DEVICE)
+    x = images(1, 16).to(DEVICE)
     with torch.no_grad():
         expected = reference(x)
         assert expected.std() > 0.05
@@ -474,10 +373,9 @@ def test_bad_input_names_the_expected_layout(mini):
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_model_configs_name_their_model(name):
+def test_model_configs_pass_the_image_size_to_dinat_only(name):
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())
-    assert config["name"] == name and timm.is_model(name)
     expected = ["img_size", "in_chans", "num_classes"] if name.startswith("dinat") else ["in_chans", "num_classes"]
     assert config["data_args"] == expected  # DiNAT's dilations follow the image size
 

@@ -1,7 +1,8 @@
 """UniRepLKNet models: the official parameter counts and key layouts in the training and the deployed form,
 re-parameterisation of whole models (timm.utils.reparameterize_model), official and training checkpoints of either
-form, the timm contract (the equivalents of timm's tests/test_models.py, minus TorchScript and downloads), backends,
-bad input, the training configs."""
+form, heads and features beyond the contract, backends, bad input, the training configs. The timm contract
+(creation, forward/backward, heads, intermediates, features, gradient checkpointing, FX) is
+tests/models/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from timm.utils import reparameterize_model
 
 import zoo
-from tests.helpers import DEVICE, assert_close
-from tests.models.contract import outputs_and_grads, trace_model
+from tests.helpers import DEVICE, assert_close, count_parameters, images, randomise
+from tests.models.contract import trace_model
 from zoo.layers import DepthwiseConv2d, DilatedReparamBlock, UniRepLKNetBlock
 from zoo.models.unireplknet import UniRepLKNet, check_images, checkpoint_filter_fn
 
 ROOT = Path(__file__).resolve().parents[2]
-VARIANTS = {  # name: (depths, dims, parameters in the training form, in the deployed form) (SPEC 3)
+VARIANTS = {  # name: (depths, dims, parameters in the training form, in the deployed form) (docs/semantics.md §3.4)
     "unireplknet_a": ((2, 2, 6, 2), (40, 80, 160, 320), 4_649_060, 4_437_300),
     "unireplknet_f": ((2, 2, 6, 2), (48, 96, 192, 384), 6_489_328, 6_235_216),
     "unireplknet_p": ((2, 2, 6, 2), (64, 128, 256, 512), 11_080_520, 10_741_704),
@@ -31,63 +32,16 @@ VARIANTS = {  # name: (depths, dims, parameters in the training form, in the dep
     "unireplknet_l": ((3, 3, 27, 3), (192, 384, 768, 1536), 220_076_056, 218_454_616),
     "unireplknet_xl": ((3, 3, 27, 3), (256, 512, 1024, 2048), 388_690_984, 386_529_064),
 }
-SIZE = 64  # input side for the small forward passes: 2x2 after the last stage
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _input(batch: int = 1, size: int = SIZE, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
-
-
-def _count(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial layer scales, GRN gamma/beta (init 1e-6 and 0 would hide the blocks) and batch-norm terms."""
-    generator = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            c = module.num_features
-            module.running_mean.copy_(0.1 * torch.randn(c, generator=generator))
-            module.running_var.copy_(0.5 + torch.rand(c, generator=generator))
-            module.weight.copy_(0.5 + torch.rand(c, generator=generator))
-            module.bias.copy_(0.1 * torch.randn(c, generator=generator))
-    for name, p in model.named_parameters():
-        if name.endswith(("gamma", "beta")):
-            p.copy_(0.2 + 0.3 * torch.rand(p.shape, generator=generator))
-    return model.eval()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """One intra-op thread while these tests run: under ``pytest -n 2`` on two cores, two threads per worker spin
-    against each other (and any other load) and make these small convolutions many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
 def atto() -> UniRepLKNet:
     torch.manual_seed(0)
-    return _randomise(timm.create_model("unireplknet_a", backend="torch"))
-
-
-# ------------------------------------------------------------------------------------------------ registry
-
-
-def test_registered_with_timm_and_the_zoo():
-    assert zoo.list_models("unireplknet_*") == sorted(VARIANTS)
-    for name in VARIANTS:
-        assert timm.is_model(name)
-        assert isinstance(zoo.create_model(name, device="meta"), UniRepLKNet)
-    cfg = timm.create_model("unireplknet_b.in22k_ft_in1k_384", device="meta").pretrained_cfg
-    assert cfg["input_size"] == (3, 384, 384) and cfg["crop_pct"] == 1.0
-    model = timm.create_model("unireplknet_l.in22k", device="meta")
-    assert model.num_classes == 21841 and model.pretrained_cfg["input_size"] == (3, 192, 192)
+    return randomise(timm.create_model("unireplknet_a", backend="torch"))
 
 
 # ------------------------------------------------------------------------------------------------ layout
@@ -95,15 +49,16 @@ def test_registered_with_timm_and_the_zoo():
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_parameter_counts_in_both_forms(name):
+    assert zoo.list_models("unireplknet_*") == sorted(VARIANTS)
     depths, dims, training, deployed = VARIANTS[name]
     model = timm.create_model(name, device="meta")
-    assert _count(model) == training
+    assert count_parameters(model) == training
     assert [len(stage) for stage in model.stages] == list(depths)
     assert [info["num_chs"] for info in model.feature_info] == list(dims)
     deploy_model = timm.create_model(name, device="meta", deploy=True)
-    assert _count(deploy_model) == deployed
+    assert count_parameters(deploy_model) == deployed
     model.reparameterize()
-    assert _count(model) == deployed
+    assert count_parameters(model) == deployed
     assert {k: v.shape for k, v in model.state_dict().items()} == {
         k: v.shape for k, v in deploy_model.state_dict().items()
     }
@@ -213,7 +168,7 @@ def test_constructor_arguments():
         "unireplknet_a", num_classes=10, in_chans=1, drop_path_rate=0.1, backend="torch", layer_scale_init_value=0.5
     )
     assert model.downsample_layers[0][0].weight.shape == (20, 1, 3, 3)
-    assert model(_input(2, 32, channels=1)).shape == (2, 10)
+    assert model(images(2, 32, channels=1)).shape == (2, 10)
     assert model.stages[-1][-1].drop_path.drop_prob == pytest.approx(0.1)
     assert isinstance(model.stages[0][0].drop_path, torch.nn.Identity)  # linear from 0
     assert torch.equal(model.stages[2][3].gamma, torch.full((160,), 0.5))
@@ -236,14 +191,14 @@ def test_constructor_arguments():
 
 
 def test_reparameterize_model_gives_equal_logits(atto):
-    x = _input(2)
+    x = images(2)
     with torch.no_grad():
         expected = atto(x)
         assert expected.std() > 0.1  # the blocks matter
         deployed = reparameterize_model(atto)  # a copy; parents before children, so every step is idempotent
         assert deployed.deployed and not atto.deployed
         assert (deployed(x) - expected).abs().max() <= 1e-4
-        assert _count(deployed) == VARIANTS["unireplknet_a"][3]
+        assert count_parameters(deployed) == VARIANTS["unireplknet_a"][3]
         again = reparameterize_model(deployed)
         assert set(again.state_dict()) == set(deployed.state_dict())
         assert all(torch.equal(again.state_dict()[k], v) for k, v in deployed.state_dict().items())
@@ -265,7 +220,7 @@ def _official_checkpoint(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _assert_same_outputs(loaded: torch.nn.Module, expected: torch.nn.Module, atol: float = 0.0) -> None:
     loaded.eval()
-    x = _input()
+    x = images()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected(x), rtol=0, atol=atol)
 
@@ -343,93 +298,67 @@ def test_default_cfgs_name_the_official_weights():
     tags = timm.list_pretrained("unireplknet_*")
     assert len(tags) == 14 and all(t.split(".")[0] in VARIANTS for t in tags)
     assert timm.models.get_pretrained_cfg("unireplknet_b.in22k").num_classes == 21841
+    cfg = timm.create_model("unireplknet_b.in22k_ft_in1k_384", device="meta").pretrained_cfg
+    assert cfg["input_size"] == (3, 384, 384) and cfg["crop_pct"] == 1.0
+    model = timm.create_model("unireplknet_l.in22k", device="meta")
+    assert model.num_classes == 21841 and model.pretrained_cfg["input_size"] == (3, 192, 192)
 
 
-# ------------------------------------------------------------------------------------------------ timm contract
+# ------------------------------------------------------------------------------------------------ heads, features
 
 
-def test_forward_backward_reach_every_parameter():
-    model = timm.create_model("unireplknet_a", num_classes=42).train()
-    out = model(_input(2))
-    out.mean().backward()
-    assert out.shape == (2, 42) and not torch.isnan(out).any()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, missing
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_default_cfg_and_heads(atto):
+def test_head_and_feature_pyramid(atto):
+    """The pre-logits are the LayerNorm of the pooled features; without pooling the head gives the normalised
+    NCHW map; the pyramid's widths and strides."""
     cfg = atto.pretrained_cfg
     assert cfg["input_size"] == (3, 224, 224) and cfg["num_classes"] == 1000 and cfg["pool_size"] == (7, 7)
-    state = atto.state_dict()
-    assert cfg["classifier"] + ".weight" in state and cfg["first_conv"] + ".weight" in state
+    assert atto.num_features == atto.head_hidden_size == 320
+    assert [info["num_chs"] for info in atto.feature_info] == [40, 80, 160, 320]
+    assert [info["reduction"] for info in atto.feature_info] == [4, 8, 16, 32]
     model = timm.create_model("unireplknet_a").eval()
-    x = _input(1, 96)
+    x = images(1, 96)
     with torch.no_grad():
-        features = model.forward_features(x)  # unpooled
-        assert features.shape == (1, 320, 3, 3) and model.num_features == 320
+        features = model.forward_features(x)
         pre_logits = model.forward_head(features, pre_logits=True)
-        assert pre_logits.shape == (1, model.head_hidden_size) == (1, 320)
         torch.testing.assert_close(pre_logits, model.norm(features.mean((2, 3))))
-        torch.testing.assert_close(model(x), model.head(pre_logits))
-        model.reset_classifier(0)
-        assert model.num_classes == 0
-        torch.testing.assert_close(model(x), pre_logits)
         model.reset_classifier(0, "")  # no pooling: NCHW out
         assert model(x).shape == (1, 320, 3, 3)
         model.reset_classifier(7, "avg")
         assert model(x).shape == (1, 7) and model.get_classifier().out_features == 7
-        headless = timm.create_model("unireplknet_a", num_classes=0).eval()
-        assert headless(x).shape == (1, 320)
-        assert not any(k.startswith("head.") for k in headless.state_dict())
 
 
 def test_stage4_map_smaller_than_the_kernel(atto):
     """224 px: stage 4 runs K=13 on a 7x7 map (and the dilated branches reach further): zero padding, no error."""
-    x = _input(1, 224)
+    x = images(1, 224)
     with torch.no_grad():
         features = atto.forward_features(x)
         assert features.shape == (1, 320, 7, 7)
         deployed = reparameterize_model(atto)
         assert (deployed(x) - atto(x)).abs().max() <= 1e-4
-        assert atto(_input(1, 20)).shape == (1, 1000)  # a 1x1 last stage works too
+        assert atto(images(1, 20)).shape == (1, 1000)  # a 1x1 last stage works too
 
 
-def test_features_only():
-    model = timm.create_model("unireplknet_a", features_only=True).eval()
-    assert model.feature_info.channels() == [40, 80, 160, 320]
-    assert model.feature_info.reduction() == [4, 8, 16, 32]
-    with torch.no_grad():
-        outputs = model(_input(2, 96))
-    assert [tuple(o.shape) for o in outputs] == [(2, 40, 24, 24), (2, 80, 12, 12), (2, 160, 6, 6), (2, 320, 3, 3)]
+def test_features_only_prunes_the_unused_stages():
     picked = timm.create_model("unireplknet_a", features_only=True, out_indices=(1, 2))
     assert picked.feature_info.channels() == [80, 160]
     assert len(picked.model.stages) == 3  # the last stage is pruned
     with torch.no_grad():
-        assert [tuple(o.shape) for o in picked(_input(1, 64))] == [(1, 80, 8, 8), (1, 160, 4, 4)]
+        assert [tuple(o.shape) for o in picked(images(1, 64))] == [(1, 80, 8, 8), (1, 160, 4, 4)]
 
 
-def test_forward_intermediates_match_forward_features(atto):
-    x = _input(2, 96)
+def test_fx_traces_the_deployed_form(atto):
+    """The re-parameterised model traces too (the contract traces the training form of a tiny model)."""
+    assert DilatedReparamBlock in get_notrace_modules() and check_images in get_notrace_functions()
+    deployed = reparameterize_model(atto)
+    fx_model, node = trace_model(deployed, train=False)
+    x = images()
     with torch.no_grad():
-        final, intermediates = atto.forward_intermediates(x)
-        assert [tuple(t.shape) for t in intermediates] == [
-            (2, 40, 24, 24),
-            (2, 80, 12, 12),
-            (2, 160, 6, 6),
-            (2, 320, 3, 3),
-        ]
-        torch.testing.assert_close(final, atto.forward_features(x), rtol=0, atol=0)
-        only = atto.forward_intermediates(x, indices=[1, 2], intermediates_only=True, stop_early=True)
-        assert [tuple(t.shape) for t in only] == [(2, 80, 12, 12), (2, 160, 6, 6)]
-        torch.testing.assert_close(only[1], intermediates[2])
-        last_two = atto.forward_intermediates(x, indices=2, intermediates_only=True)
-        torch.testing.assert_close(last_two[1], intermediates[3])
+        assert torch.equal(fx_model(x)[node], deployed(x))
 
 
 def test_prune_intermediate_layers():
     model = timm.create_model("unireplknet_a").eval()
-    x = _input(1, 64)
+    x = images(1, 64)
     with torch.no_grad():
         expected = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
         kept = model.prune_intermediate_layers([0, 1])
@@ -438,39 +367,6 @@ def test_prune_intermediate_layers():
         got = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=0, atol=0)
-
-
-def test_gradient_checkpointing_gives_equal_outputs_and_gradients():
-    torch.manual_seed(0)
-    model = _randomise(timm.create_model("unireplknet_a", backend="torch")).train()  # batch statistics
-    x = _input(2)
-
-    out, grads = outputs_and_grads(model, x)
-    model.set_grad_checkpointing()
-    assert model.grad_checkpointing
-    out_checkpointed, grads_checkpointed = outputs_and_grads(model, x)
-    torch.testing.assert_close(out_checkpointed, out, rtol=1e-5, atol=1e-6)
-    for g_checkpointed, g in zip(grads_checkpointed, grads, strict=True):
-        torch.testing.assert_close(g_checkpointed, g, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.parametrize("deploy", [False, True], ids=["training-form", "deployed"])
-def test_fx_forward_equals_eager(atto, deploy):
-    assert DilatedReparamBlock in get_notrace_modules() and check_images in get_notrace_functions()
-    model = reparameterize_model(atto) if deploy else atto
-    fx_model, node = trace_model(model, train=False)
-    x = _input()
-    with torch.no_grad():
-        assert torch.equal(fx_model(x)[node], model(x))
-
-
-def test_fx_backward_reaches_every_parameter():
-    model = timm.create_model("unireplknet_a", num_classes=42).train()
-    fx_model, node = trace_model(model, train=True)
-    out = fx_model(_input(2))[node]
-    out.mean().backward()
-    assert out.shape == (2, 42)
-    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_optimizer_hooks(atto):
@@ -497,10 +393,10 @@ def test_logits_equal_with_torch_and_triton_backends(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference's convolutions in fp32 on a GPU
     torch.manual_seed(3)
     small = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (7,), (5,), (3,)), num_classes=10)
-    reference = _randomise(timm.create_model("unireplknet_a", backend="torch", **small)).to(DEVICE)
+    reference = randomise(timm.create_model("unireplknet_a", backend="torch", **small)).to(DEVICE)
     fused = timm.create_model("unireplknet_a", backend="triton", **small).eval().to(DEVICE)
     fused.load_state_dict(reference.state_dict())
-    x = _input(1, 32).to(DEVICE)
+    x = images(1, 32).to(DEVICE)
     with torch.no_grad():
         expected = reference(x)
         assert expected.std() > 0.05
@@ -520,10 +416,9 @@ def test_bad_input_names_the_expected_layout(atto):
 
 
 @pytest.mark.parametrize("variant", ["a", "f", "p", "n", "t", "s", "b", "l", "xl"])
-def test_model_configs_name_their_model(variant):
+def test_model_configs_pass_no_image_size(variant):
     yaml = pytest.importorskip("yaml")
     config = yaml.safe_load((ROOT / "configs" / "model" / f"unireplknet_{variant}.yaml").read_text())
-    assert config["name"] == f"unireplknet_{variant}" and timm.is_model(config["name"])
     assert config["data_args"] == ["in_chans", "num_classes"]  # no image size argument
 
 

@@ -1,5 +1,5 @@
 """Image-classification datasets: scikit-learn's digits (offline), CIFAR-10/100 (torchvision) and ImageNet
-(an ImageFolder tree), each with its transforms.
+(an ImageFolder tree), each with its transforms; registered with :mod:`zoo.data.registry` on import.
 
 Only torch and the standard library are imported at module level; scikit-learn, torchvision and ``timm.data``
 are imported inside the functions that need them (``import zoo`` must not pull in scikit-learn).
@@ -8,79 +8,36 @@ are imported inside the functions that need them (``import zoo`` must not pull i
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["DatasetInfo", "DATASETS", "create_dataset", "default_img_size", "canonical_name", "canonical_split"]
+from zoo.data.registry import DatasetInfo, DatasetRequest, canonical_split, register_dataset
 
+__all__ = [
+    "CIFAR10_INFO",
+    "CIFAR100_INFO",
+    "DIGITS_INFO",
+    "IMAGENET_INFO",
+    "DigitsDataset",
+    "dataset_classes",
+    "replace_num_classes",
+]
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model and a training loop need to know about a dataset.
+# mean/std of the digits train split (1437 images, values / 16) at native 8x8 resolution.
+DIGITS_INFO = DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3761,))
+CIFAR10_INFO = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_INFO = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+# timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD.
+IMAGENET_INFO = DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-    ``native_size`` is the side of the images as stored; ``mean``/``std`` are per channel, in [0, 1] units, and
-    are the constants the transforms normalise with. ``vocab_size``: token tasks (items of token ids), the number
-    of token ids (the models' ``vocab_size``); None for the others.
-    """
-
-    name: str
-    num_classes: int
-    in_chans: int
-    native_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    vocab_size: int | None = None
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    # mean/std of the digits train split (1437 images, values / 16) at native 8x8 resolution.
-    "digits": DatasetInfo("digits", 10, 1, 8, (0.3054,), (0.3761,)),
-    "cifar10": DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    # timm's IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD.
-    "imagenet": DatasetInfo("imagenet", 1000, 3, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # Sequence tasks (zoo.data.sequences): pixel sequences [S*S, C] and the copying task. native_size is the
-    # image side (the sequence has native_size**2 positions); for copying, the sequence length M + L + M.
-    "sdigits": DatasetInfo("sdigits", 10, 1, 8, (0.3054,), (0.3761,)),
-    "smnist": DatasetInfo("smnist", 10, 1, 28, (0.1307,), (0.3081,)),
-    "scifar": DatasetInfo("scifar", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    # grey sCIFAR: luma of the RGB pixels; state-spaces' example normalises with 122.6 / 255 and 61.0 / 255
-    "scifargray": DatasetInfo("scifargray", 10, 1, 32, (0.4808,), (0.2392,)),
-    # one-hot inputs over a vocabulary of 10 (in_chans), 10 classes: see zoo.data.sequences.COPYING_DEFAULTS
-    "copying": DatasetInfo("copying", 10, 10, 120, (0.0,), (1.0,)),
-    # token tasks (ids [L]; in_chans 1 is a placeholder): ListOps (18 tokens, pad 0, 10 classes, lengths up to 2000
-    # + <eos>; the short variant up to 100) and associative recall (vocabulary 20, 42 tokens, 20 classes)
-    "listops": DatasetInfo("listops", 10, 1, 2001, (0.0,), (1.0,), vocab_size=18),
-    "listopsshort": DatasetInfo("listopsshort", 10, 1, 100, (0.0,), (1.0,), vocab_size=18),
-    "assocrecall": DatasetInfo("assocrecall", 20, 1, 42, (0.0,), (1.0,), vocab_size=20),
-}
-
-_DEFAULT_IMG_SIZE = {
-    "digits": 8,
-    "cifar10": 32,
-    "cifar100": 32,
-    "imagenet": 224,
-    "sdigits": 8,
-    "smnist": 28,
-    "scifar": 32,
-    "scifargray": 32,
-    "copying": 120,
-    "listops": 2001,
-    "listopsshort": 100,
-    "assocrecall": 42,
-}
 _DEFAULT_ROOT = {"cifar10": "data", "cifar100": "data", "imagenet": os.path.join("data", "imagenet")}
 _EVAL_CROP_PCT = {"cifar10": 1.0, "cifar100": 1.0, "imagenet": 0.875}
-_SPLITS = {"train": "train", "test": "test", "val": "test"}
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 # Digits augmentation: torchvision RandomAffine arguments and their defaults (a small random translation/rotation).
@@ -106,102 +63,6 @@ _TIMM_RESERVED = {
     "tf_preprocessing",
     "no_aug",
 }
-
-
-def canonical_name(name: str) -> str:
-    """Return the key of ``DATASETS`` for ``name`` (case, ``-`` and ``_`` ignored); ``ValueError`` if unknown."""
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
-    if key in DATASETS:
-        return key
-    close = difflib.get_close_matches(key, list(DATASETS), n=3, cutoff=0.5)
-    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown dataset {name!r}: expected one of {sorted(DATASETS)}.{hint}")
-
-
-def canonical_split(split: str) -> str:
-    """Return ``"train"`` or ``"test"`` (``"val"`` is an alias of ``"test"``); ``ValueError`` otherwise."""
-    key = str(split).strip().lower()
-    if key not in _SPLITS:
-        raise ValueError(f"unknown split {split!r}: expected one of {sorted(_SPLITS)} ('val' is an alias of 'test')")
-    return _SPLITS[key]
-
-
-def default_img_size(name: str) -> int:
-    """The image side ``create_dataset`` uses when ``img_size`` is None (digits 8, CIFAR 32, ImageNet 224)."""
-    return _DEFAULT_IMG_SIZE[canonical_name(name)]
-
-
-def create_dataset(
-    name: str,
-    split: str,
-    root: str | None = None,
-    download: bool = False,
-    img_size: int | None = None,
-    is_training: bool = False,
-    augment: dict | None = None,
-) -> Dataset:
-    """Create one split of a dataset; items are ``(image [C, S, S] float tensor, int label)`` for the image
-    datasets, ``(sequence [L, C], label)`` for the sequence tasks (see :mod:`zoo.data.sequences`).
-
-    Args:
-        name: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``; sequence tasks ``"sdigits"``,
-            ``"smnist"``, ``"scifar"``, ``"scifar_gray"`` (pixel sequences; MNIST files under
-            ``<root>/MNIST/raw``, CIFAR-10 as for ``"cifar10"``; no augmentation), ``"copying"``, ``"listops"``
-            (LRA's generator, cached under ``root``, default ``"data"``), ``"listops_short"`` and ``"assoc_recall"``.
-        split: ``"train"`` or ``"test"`` (``"val"`` is an alias of ``"test"``; for ImageNet both read ``<root>/val``).
-        root: data directory. Ignored for digits (bundled with scikit-learn); CIFAR default ``"data"`` (files in
-            ``<root>/cifar-10-batches-py`` or ``<root>/cifar-100-python``); ImageNet default ``"data/imagenet"``
-            (``<root>/train/<class>/*.JPEG`` and ``<root>/val/<class>/*.JPEG``).
-        download: CIFAR only: download the archive into ``root`` if missing (needs internet).
-        img_size: output side S; default ``default_img_size(name)``.
-        is_training: apply the training augmentation (and, for CIFAR/ImageNet, timm's random-resized crop).
-        augment: augmentation options, used only when ``is_training``. ``None`` or ``{}`` gives the defaults;
-            ``{"enabled": False}`` disables augmentation. Digits: RandomAffine arguments ``degrees``, ``translate``,
-            ``scale``, ``shear``. CIFAR/ImageNet: keyword arguments of ``timm.data.create_transform`` such as
-            ``auto_augment``, ``re_prob``, ``hflip``, ``scale``, ``color_jitter``, ``interpolation``.
-
-    Raises:
-        ValueError: unknown name, split, augment key or a bad ``img_size``.
-        FileNotFoundError: CIFAR/ImageNet files missing (the message names the expected path).
-    """
-    key = canonical_name(name)
-    split = canonical_split(split)
-    size = _DEFAULT_IMG_SIZE[key] if img_size is None else int(img_size)
-    if size <= 0:
-        raise ValueError(f"img_size must be a positive int, got {img_size!r}")
-    enabled, options = _split_augment(augment)
-    augmenting = is_training and enabled
-    if key == "digits":
-        return _create_digits(split, size, augmenting, options)
-    if key in ("sdigits", "smnist", "scifar", "scifargray", "copying", "listops", "listopsshort", "assocrecall"):
-        from zoo.data.sequences import create_sequence_dataset
-
-        return create_sequence_dataset(key, split, root, download, img_size, augmenting, options)
-    transform = _timm_transform(key, size, is_training, enabled, options)
-    root = _DEFAULT_ROOT[key] if root is None else os.fspath(root)
-    if key in ("cifar10", "cifar100"):
-        return _create_cifar(key, split, root, download, transform)
-    return _create_imagenet(split, root, download, transform)
-
-
-# ----------------------------------------------------------------------------------------------------------- augment
-
-
-def _split_augment(augment: Mapping | None) -> tuple[bool, dict[str, Any]]:
-    """Copy ``augment`` into a plain dict (lists from a config become tuples) and pop its ``enabled`` flag."""
-    if augment is None:
-        return True, {}
-    if not isinstance(augment, Mapping):
-        raise ValueError(f"augment must be a dict (or None), got {type(augment).__name__}")
-    options = {str(k): _to_plain(v) for k, v in augment.items()}
-    enabled = bool(options.pop("enabled", True))
-    return enabled, options
-
-
-def _to_plain(value: Any) -> Any:
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return tuple(_to_plain(v) for v in value)
-    return value
 
 
 # ------------------------------------------------------------------------------------------------------------ digits
@@ -238,7 +99,7 @@ class DigitsDataset(Dataset):
             images = F.interpolate(
                 images, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True
             )
-        info = DATASETS["digits"]
+        info = DIGITS_INFO
         self.images = images.contiguous()
         self.targets = labels
         self.img_size = img_size
@@ -263,21 +124,28 @@ class DigitsDataset(Dataset):
         return image, int(self.targets[index])
 
 
-def _create_digits(split: str, size: int, augmenting: bool, options: dict[str, Any]) -> DigitsDataset:
+@register_dataset(DIGITS_INFO)
+def _build_digits(request: DatasetRequest) -> DigitsDataset:
+    """Digits: ``augment`` options are RandomAffine arguments (over ``_DIGITS_AUGMENT_DEFAULTS``)."""
+    options = request.augment_options
     unknown = sorted(set(options) - set(_DIGITS_AUGMENT_DEFAULTS))
     if unknown:
         raise ValueError(
             f"unknown digits augment option(s) {unknown}: expected 'enabled' or {sorted(_DIGITS_AUGMENT_DEFAULTS)}"
         )
-    return DigitsDataset(split, size, {**_DIGITS_AUGMENT_DEFAULTS, **options} if augmenting else None)
+    augment = {**_DIGITS_AUGMENT_DEFAULTS, **options} if request.augmenting else None
+    return DigitsDataset(request.split, request.img_size, augment)
 
 
 # ------------------------------------------------------------------------------------------------- timm transforms
 
 
-def _timm_transform(key: str, size: int, is_training: bool, enabled: bool, options: dict[str, Any]):
+def _timm_transform(request: DatasetRequest):
+    """timm's train transform (augment options: ``create_transform`` arguments) or eval transform (resize and
+    centre crop) for a CIFAR / ImageNet split, normalising with the dataset's mean and std."""
     from timm.data import create_transform
 
+    key, size, options, info = request.name, request.img_size, request.augment_options, request.info
     allowed = set(inspect.signature(create_transform).parameters) - _TIMM_RESERVED
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -285,10 +153,9 @@ def _timm_transform(key: str, size: int, is_training: bool, enabled: bool, optio
             f"unknown {key} augment option(s) {unknown}: expected 'enabled' or create_transform arguments "
             f"{sorted(allowed)}"
         )
-    info = DATASETS[key]
-    if is_training:
+    if request.is_training:
         return create_transform(
-            input_size=size, is_training=True, no_aug=not enabled, mean=info.mean, std=info.std, **options
+            input_size=size, is_training=True, no_aug=not request.augment, mean=info.mean, std=info.std, **options
         )
     # Eval ignores augment: resize to size / crop_pct and centre-crop size (crop_pct 1.0 for CIFAR keeps it all).
     return create_transform(
@@ -297,6 +164,14 @@ def _timm_transform(key: str, size: int, is_training: bool, enabled: bool, optio
 
 
 # ------------------------------------------------------------------------------------------------------------- CIFAR
+
+
+@register_dataset(CIFAR10_INFO, CIFAR100_INFO)
+def _build_cifar(request: DatasetRequest) -> Dataset:
+    """CIFAR-10 / CIFAR-100 through torchvision, with timm's transforms."""
+    transform = _timm_transform(request)
+    root = _DEFAULT_ROOT[request.name] if request.root is None else os.fspath(request.root)
+    return _create_cifar(request.name, request.split, root, request.download, transform)
 
 
 def _create_cifar(key: str, split: str, root: str, download: bool, transform) -> Dataset:
@@ -323,6 +198,14 @@ def _create_cifar(key: str, split: str, root: str, download: bool, transform) ->
 
 
 # ---------------------------------------------------------------------------------------------------------- ImageNet
+
+
+@register_dataset(IMAGENET_INFO)
+def _build_imagenet(request: DatasetRequest) -> Dataset:
+    """ImageNet as an ImageFolder tree (``<root>/train``, ``<root>/val``), with timm's transforms."""
+    transform = _timm_transform(request)
+    root = _DEFAULT_ROOT["imagenet"] if request.root is None else os.fspath(request.root)
+    return _create_imagenet(request.split, root, request.download, transform)
 
 
 def _create_imagenet(split: str, root: str, download: bool, transform) -> Dataset:

@@ -15,7 +15,7 @@ them by frequency in its train split instead).
 
 Generation is deterministic by seed (Python's ``random.Random``); the test split is drawn first, then
 validation, then train, all distinct, so that changing the train size keeps the evaluation splits. The splits are
-cached in one file under ``root`` (written to a temporary file, then renamed).
+cached in one file under ``root`` (written atomically: :func:`zoo._io.atomic_write`).
 """
 
 from __future__ import annotations
@@ -24,15 +24,25 @@ import hashlib
 import logging
 import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["LISTOPS_VOCAB", "ListOpsConfig", "ListOpsDataset", "generate_listops", "listops_tokenize", "listops_value"]
+from zoo._io import atomic_write
+
+__all__ = [
+    "LISTOPS_VOCAB",
+    "ListOpsConfig",
+    "ListOpsDataset",
+    "generate_listops",
+    "listops_tokenize",
+    "listops_value",
+    "pad_collate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +160,7 @@ def _load_or_generate(cfg: ListOpsConfig, root: str | os.PathLike | None) -> dic
         return {split: tuple(stored[split]) for split in SPLITS}
     log.info("generating ListOps (%s) into %s", cfg, path)
     data = generate_listops(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".listops-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({split: list(data[split]) for split in SPLITS}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: torch.save({split: list(data[split]) for split in SPLITS}, f))
     return data
 
 
@@ -201,10 +200,18 @@ class ListOpsDataset(Dataset):
         return x, int(self.targets[index])
 
     @staticmethod
-    def collate_fn(batch):
-        from zoo.data.sequences import pad_collate
+    def collate_fn(batch: list[tuple[Tensor, Any]]) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`pad_collate` with pad id 0 (``<pad>``)."""
+        return pad_collate(batch, PAD)
 
-        return pad_collate(batch)
+
+def pad_collate(batch: list[tuple[Tensor, Any]], padding_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch variable-length token sequences: ``(ids [B, L_max] int64 padded with padding_id at the end, targets
+    [B] int64, lengths [B] int64)``."""
+    sequences, targets = zip(*batch, strict=True)
+    lengths = torch.tensor([len(x) for x in sequences], dtype=torch.int64)
+    ids = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_id)
+    return ids, torch.as_tensor(targets, dtype=torch.int64), lengths
 
 
 def listops_tokenize(source: str, eos: bool = True) -> list[int]:

@@ -10,14 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from zoo.data.datasets import (
-    DATASETS,
-    DatasetInfo,
-    canonical_name,
-    create_dataset,
-    dataset_classes,
-    replace_num_classes,
-)
+from zoo.data.datasets import dataset_classes, replace_num_classes
+from zoo.data.registry import DATASETS, DatasetInfo, canonical_name, create_dataset
 
 __all__ = ["create_loaders", "epoch_generator", "EpochRandomSampler", "ShardSampler", "seed_worker"]
 

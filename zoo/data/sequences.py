@@ -8,12 +8,15 @@ int64, int target)``: ListOps with variable lengths (its ``collate_fn``, :func:`
 adds the lengths: batches ``(ids [B, L_max], targets [B], lengths [B])``), associative recall with a fixed
 length. As for the image datasets, scikit-learn and torchvision are imported only inside the functions that need
 them. S4 trains its pixel-sequence tasks without augmentation: these datasets take none.
+
+Every task here is registered with :mod:`zoo.data.registry` on import (ListOps too: its generator and dataset
+live in :mod:`zoo.data.listops`, which imports nothing of this module; ``pad_collate`` is defined there).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from zoo.data.datasets import DATASETS, DigitsDataset, _create_cifar
+from zoo.data.datasets import CIFAR10_INFO, DIGITS_INFO, DigitsDataset, _create_cifar
+from zoo.data.listops import LISTOPS_VOCAB, ListOpsDataset, pad_collate
+from zoo.data.registry import DatasetInfo, DatasetRequest, register_dataset
 
 __all__ = [
     "ASSOC_RECALL_DEFAULTS",
@@ -32,11 +37,9 @@ __all__ = [
     "PixelSequences",
     "assoc_recall_example",
     "copying_batch",
-    "create_sequence_dataset",
     "pad_collate",
 ]
 
-SEQUENCE_DATASETS = ("sdigits", "smnist", "scifar", "scifargray", "copying", "listops", "listopsshort", "assocrecall")
 # state-spaces/s4's copying task defaults: 100 noise positions, 10 tokens to memorise, vocabulary 10 (0 = blank,
 # 1..8 = tokens, 9 = marker); 10,000 train and 1,000 test sequences, generated from a seed.
 COPYING_DEFAULTS: dict[str, int] = {
@@ -57,6 +60,39 @@ LISTOPS_PRESETS: dict[str, dict[str, int]] = {
 # (18 symbols + the query marker "=>" + the no-op "."), 40 input tokens (20 key-value pairs), 5,000 train and 500
 # test sequences.
 ASSOC_RECALL_DEFAULTS: dict[str, int] = {"vocab_size": 20, "seq_len": 40, "n_train": 5000, "n_test": 500, "seed": 0}
+
+# Pixel sequences [S*S, C]: native_size is the image side (the sequence has native_size**2 positions). sDigits
+# and sCIFAR normalise as digits and CIFAR-10 do; grey sCIFAR uses the luma of the RGB pixels (state-spaces'
+# example normalises with 122.6 / 255 and 61.0 / 255).
+SDIGITS_INFO = dataclasses.replace(DIGITS_INFO, name="sdigits")
+SMNIST_INFO = DatasetInfo("smnist", 10, 1, 28, (0.1307,), (0.3081,))
+SCIFAR_INFO = dataclasses.replace(CIFAR10_INFO, name="scifar")
+SCIFARGRAY_INFO = DatasetInfo("scifargray", 10, 1, 32, (0.4808,), (0.2392,))
+# The copying task: one-hot inputs over its vocabulary (in_chans), one class per token; native_size is the
+# sequence length M + L + M.
+COPYING_INFO = DatasetInfo(
+    "copying",
+    num_classes=COPYING_DEFAULTS["n_tokens"],
+    in_chans=COPYING_DEFAULTS["n_tokens"],
+    native_size=COPYING_DEFAULTS["l_noise"] + 2 * COPYING_DEFAULTS["l_memorize"],
+    mean=(0.0,),
+    std=(1.0,),
+)
+# Token tasks (ids [L]; in_chans 1 is a placeholder; native_size the longest sequence): ListOps (18 tokens, pad 0,
+# 10 classes, lengths up to 2000 + <eos>; the short variant up to 100) and associative recall (one class per
+# vocabulary id; seq_len tokens, "=>" and the query key).
+LISTOPS_INFO = DatasetInfo("listops", 10, 1, 2001, (0.0,), (1.0,), vocab_size=len(LISTOPS_VOCAB))
+LISTOPSSHORT_INFO = DatasetInfo("listopsshort", 10, 1, 100, (0.0,), (1.0,), vocab_size=len(LISTOPS_VOCAB))
+ASSOCRECALL_INFO = DatasetInfo(
+    "assocrecall",
+    num_classes=ASSOC_RECALL_DEFAULTS["vocab_size"],
+    in_chans=1,
+    native_size=ASSOC_RECALL_DEFAULTS["seq_len"] + 2,
+    mean=(0.0,),
+    std=(1.0,),
+    vocab_size=ASSOC_RECALL_DEFAULTS["vocab_size"],
+)
+
 _MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -150,15 +186,6 @@ class CopyingDataset(Dataset):
         return x, self.targets[index]
 
 
-def pad_collate(batch: list[tuple[Tensor, Any]], padding_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch variable-length token sequences: ``(ids [B, L_max] int64 padded with padding_id at the end, targets
-    [B] int64, lengths [B] int64)``."""
-    sequences, targets = zip(*batch, strict=True)
-    lengths = torch.tensor([len(x) for x in sequences], dtype=torch.int64)
-    ids = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=padding_id)
-    return ids, torch.as_tensor(targets, dtype=torch.int64), lengths
-
-
 def _assoc_vocab(vocab_size: int) -> tuple[list[str], list[str], list[str]]:
     """safari's ``Vocab``: the symbols "0".."V-3" plus "=>" and ".", sorted as strings (ids = sorted positions);
     keys are the first half of the sorted symbols, values the second half."""
@@ -215,11 +242,11 @@ class AssocRecallDataset(Dataset):
         return self.inputs[index], int(self.targets[index])
 
 
-def _check_no_augment(key: str, augmenting: bool, options: dict[str, Any]) -> None:
-    if augmenting and options:
+def _check_no_augment(request: DatasetRequest) -> None:
+    if request.augmenting and request.augment_options:
         raise ValueError(
-            f"{key} is a sequence task and takes no augmentation options, got {sorted(options)}; "
-            "leave data.augment empty"
+            f"{request.name} is a sequence task and takes no augmentation options, got "
+            f"{sorted(request.augment_options)}; leave data.augment empty"
         )
 
 
@@ -237,44 +264,51 @@ def _create_mnist(split: str, root: str):
     return MNIST(root, train=(split == "train"), download=False)
 
 
-def create_sequence_dataset(
-    key: str,
-    split: str,
-    root: str | None,
-    download: bool,
-    img_size: int | None,
-    augmenting: bool,
-    options: dict[str, Any],
-) -> Dataset:
-    """One split of a sequence task (``key`` canonical, ``split`` "train"/"test"); see ``create_dataset``."""
-    _check_no_augment(key, augmenting, options)
-    info = DATASETS[key]
-    size = info.native_size if img_size is None else int(img_size)
-    if key == "copying":
-        c = COPYING_DEFAULTS
-        n = c["n_train"] if split == "train" else c["n_test"]
-        seed = c["seed"] * 2 + (split == "test")  # the splits draw from different seeds
-        return CopyingDataset(n, c["l_noise"], c["l_memorize"], c["n_tokens"], seed=seed)
-    if key in LISTOPS_PRESETS:
-        from zoo.data.listops import ListOpsDataset
-
-        return ListOpsDataset(split, "data" if root is None else os.fspath(root), **LISTOPS_PRESETS[key])
-    if key == "assocrecall":
-        c = ASSOC_RECALL_DEFAULTS
-        n = c["n_train"] if split == "train" else c["n_test"]
-        return AssocRecallDataset(n, c["vocab_size"], c["seq_len"], seed=c["seed"] * 2 + (split == "test"))
+@register_dataset(SDIGITS_INFO, SMNIST_INFO, SCIFAR_INFO, SCIFARGRAY_INFO)
+def _build_pixel_sequences(request: DatasetRequest) -> PixelSequences:
+    """sDigits (bundled), sMNIST (torchvision's files under ``<root>/MNIST/raw``), sCIFAR in colour and grey
+    (CIFAR-10 as for ``"cifar10"``); ``root`` default ``"data"``."""
+    _check_no_augment(request)
+    key, split, size, info = request.name, request.split, request.img_size, request.info
     if key == "sdigits":
         return PixelSequences(DigitsDataset(split, size), (0.0,), (1.0,))  # DigitsDataset normalises already
-    root = "data" if root is None else os.fspath(root)
+    root = "data" if request.root is None else os.fspath(request.root)
     if key == "smnist":
-        if download:
+        if request.download:
             from torchvision.datasets import MNIST
 
             MNIST(root, train=(split == "train"), download=True)
         base = _create_mnist(split, root)
         return PixelSequences(base, info.mean, info.std, size, to_tensor=True)
     try:
-        base = _create_cifar("cifar10", split, root, download, transform=None)
+        base = _create_cifar("cifar10", split, root, request.download, transform=None)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{key} reads CIFAR-10: {error}") from error
     return PixelSequences(base, info.mean, info.std, size, to_tensor=True, gray=(key == "scifargray"))
+
+
+@register_dataset(COPYING_INFO)
+def _build_copying(request: DatasetRequest) -> CopyingDataset:
+    """The copying task with ``COPYING_DEFAULTS``; the splits draw from different seeds."""
+    _check_no_augment(request)
+    c = COPYING_DEFAULTS
+    n = c["n_train"] if request.split == "train" else c["n_test"]
+    seed = c["seed"] * 2 + (request.split == "test")
+    return CopyingDataset(n, c["l_noise"], c["l_memorize"], c["n_tokens"], seed=seed)
+
+
+@register_dataset(LISTOPS_INFO, LISTOPSSHORT_INFO)
+def _build_listops(request: DatasetRequest) -> ListOpsDataset:
+    """ListOps with the generator settings ``LISTOPS_PRESETS[name]``, cached under ``root`` (default ``"data"``)."""
+    _check_no_augment(request)
+    root = "data" if request.root is None else os.fspath(request.root)
+    return ListOpsDataset(request.split, root, **LISTOPS_PRESETS[request.name])
+
+
+@register_dataset(ASSOCRECALL_INFO)
+def _build_assoc_recall(request: DatasetRequest) -> AssocRecallDataset:
+    """Associative recall with ``ASSOC_RECALL_DEFAULTS``; the splits draw from different seeds."""
+    _check_no_augment(request)
+    c = ASSOC_RECALL_DEFAULTS
+    n = c["n_train"] if request.split == "train" else c["n_test"]
+    return AssocRecallDataset(n, c["vocab_size"], c["seq_len"], seed=c["seed"] * 2 + (request.split == "test"))

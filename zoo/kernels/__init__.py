@@ -1,4 +1,5 @@
-"""Triton kernels with plain-PyTorch references (one file per operator; see DESIGN.md); imports only torch and triton.
+"""Triton kernels with plain-PyTorch references (one file per operator; see docs/design.md §2); imports only torch and
+triton.
 
 Set ``TRITON_INTERPRET=1`` before importing this package to run the Triton kernels on CPU tensors through the
 interpreter (tests); otherwise ``backend="auto"`` runs Triton on CUDA tensors and the reference elsewhere.

@@ -11,18 +11,26 @@ Backends:
 Precedence: an explicit ``backend=`` argument (anything but ``"auto"``), then the environment variable
 ``ZOO_BACKEND`` (read at every call), then ``auto``. Asking for ``triton`` where it cannot run raises a
 ``ValueError``; there is never a silent fallback.
+
+Once an op's backend resolved to ``"triton"``, :func:`dispatch_triton` picks how its Triton path runs: the
+registered custom op under ``torch.compile``, the forward launcher when no gradient is needed, the op's
+``torch.autograd.Function`` otherwise. :data:`TRITON_DTYPES` are the dtypes the kernels take.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 BACKENDS = ("auto", "torch", "triton")
 ENV_VAR = "ZOO_BACKEND"
+# The dtypes the Triton kernels take (the S4D kernel, fp32 arithmetic only, takes float32 alone). ``auto`` runs the
+# reference for any other dtype; ``triton`` rejects it with a TypeError (:func:`check_triton_dtypes`).
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 try:  # Triton ships with PyTorch on Linux; elsewhere the reference still works.
     import triton
@@ -115,3 +123,44 @@ def check_float_tensor(name: str, t: object) -> torch.Tensor:
     if not t.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
     return t
+
+
+def check_triton_dtypes(
+    kernel_takes: str, tensors: Mapping[str, torch.Tensor | None], dtypes: tuple[torch.dtype, ...] = TRITON_DTYPES
+) -> None:
+    """Raise ``TypeError`` unless every tensor in ``tensors`` (name -> tensor; None is skipped) has a dtype in
+    ``dtypes``. ``kernel_takes`` starts the message, e.g. ``"the Triton FFT convolution takes"``."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in dtypes:
+            raise TypeError(
+                f"{kernel_takes} {name} in {[str(d) for d in dtypes]}, got {t.dtype}; use backend='torch' for other "
+                "dtypes"
+            )
+
+
+def dispatch_triton(
+    *args: Any,
+    op: Callable[..., Any],
+    function: type[torch.autograd.Function],
+    launcher: Callable[..., Any],
+) -> Any:
+    """Run an op's Triton path on ``args``; every op's public function calls this once its backend resolved to
+    ``"triton"``. One of three runs:
+
+    * ``op``, the registered custom op (``torch.ops.zoo.*``), while ``torch.compile`` traces: the compiled graph
+      holds the op, its fake implementation and its registered autograd;
+    * ``launcher``, the Triton forward launcher, when no gradient is needed (grad mode off, or no tensor in
+      ``args`` requires grad): no autograd node to build, the fast inference path;
+    * ``function.apply``, the op's ``torch.autograd.Function`` (calling the launchers directly, which skips two
+      custom-op dispatches per call), otherwise.
+
+    ``op``, ``launcher`` and ``function.apply`` all take ``args`` positionally and return the op's result; an op
+    whose registered op or launcher orders its arguments differently or returns more (attention's log-sum-exp)
+    passes a small adapter. The launchers validate the inputs, so a bad input raises the same error on the launcher
+    and autograd paths.
+    """
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return launcher(*args)
+    return function.apply(*args)

@@ -8,9 +8,9 @@ with zero "same" padding p = d (k - 1) / 2 per axis (odd kernels), stride s in {
 ``nn.Conv2d(C, C, k, stride, padding=p, dilation=d, groups=C)`` computes. Zeros outside the map keep their meaning
 when the kernel is larger than the map.
 
-``inception_dwconv2d(x, ...)``: InceptionNeXt's mixer (SPEC 2). The channels split into (C - 3 gc, gc, gc, gc):
-identity, a square k x k conv, a 1 x band conv and a band x 1 conv, each depthwise with bias and "same" padding,
-concatenated back. The fused kernel writes every slice of the output in one launch (no split, no cat).
+``inception_dwconv2d(x, ...)``: InceptionNeXt's mixer (docs/semantics.md §2.2). The channels split into (C - 3 gc, gc,
+gc, gc): identity, a square k x k conv, a 1 x band conv and a band x 1 conv, each depthwise with bias and "same"
+padding, concatenated back. The fused kernel writes every slice of the output in one launch (no split, no cat).
 
 The Triton kernels read any strides (NCHW and channels_last without a layout copy; the output takes the memory
 format of the input), load fp32/bf16/fp16 and accumulate in fp32. The weight gradient is reduced in registers
@@ -18,7 +18,7 @@ over a block of taps and a chunk of output positions per program (each input ele
 block, not once per tap); the per-program partial sums are added by a second pass (no atomics, deterministic).
 The bias gradient is the extra "tap" whose input is 1.
 
-Layout of this file (the kernel contract, DESIGN.md): the references, the Triton kernels, the launchers, the
+Layout of this file (the kernel contract, docs/design.md §2): the references, the Triton kernels, the launchers, the
 registered ops.
 """
 
@@ -32,15 +32,16 @@ from torch import Tensor
 
 from zoo.kernels._backend import (
     INTERPRETER,
+    TRITON_DTYPES,
     check_float_tensor,
     check_triton_device,
+    check_triton_dtypes,
     device_guard,
+    dispatch_triton,
     resolve_backend,
     tl,
     triton,
 )
-
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = [
     "dwconv2d",
@@ -836,12 +837,7 @@ def _empty_like_format(x: Tensor, shape: Sequence[int], dtype: torch.dtype | Non
 
 
 def _check_triton_dtype(**tensors: Tensor | None) -> None:
-    for name, t in tensors.items():
-        if t is not None and t.dtype not in TRITON_DTYPES:
-            raise TypeError(
-                f"the Triton depthwise-convolution kernels take {name} in {[str(d) for d in TRITON_DTYPES]}, "
-                f"got {t.dtype}; use backend='torch' for other dtypes"
-            )
+    check_triton_dtypes("the Triton depthwise-convolution kernels take", tensors)
 
 
 def _check_grad_output(grad_output: Tensor, expected_shape: Sequence[int], x: Tensor) -> None:
@@ -1317,11 +1313,16 @@ def dwconv2d(
     x = _autocast_input(x)
     if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
         stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
-        if torch.compiler.is_compiling():
-            return torch.ops.zoo.dwconv2d(x, weight, bias, list(stride), list(dilation))
-        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias)):
-            return dwconv2d_forward(x, weight, bias, stride, dilation)  # inference: no autograd node to build
-        return _DwConv2dFunction.apply(x, weight, bias, stride, dilation)
+        return dispatch_triton(
+            x,
+            weight,
+            bias,
+            list(stride),
+            list(dilation),
+            op=torch.ops.zoo.dwconv2d,
+            function=_DwConv2dFunction,
+            launcher=dwconv2d_forward,
+        )
     return dwconv2d_reference(x, weight, bias, stride, dilation)
 
 
@@ -1349,11 +1350,9 @@ def inception_dwconv2d(
     x = _autocast_input(x)
     args = (x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
     if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
-        if torch.compiler.is_compiling():
-            return torch.ops.zoo.inception_dwconv2d(*args)
-        if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in args):
-            return inception_dwconv2d_forward(*args)  # inference: no autograd node to build
-        return _InceptionFunction.apply(*args)
+        return dispatch_triton(
+            *args, op=torch.ops.zoo.inception_dwconv2d, function=_InceptionFunction, launcher=inception_dwconv2d_forward
+        )
     return inception_dwconv2d_reference(*args)
 
 

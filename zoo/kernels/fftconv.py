@@ -25,7 +25,7 @@ sum the taps themselves (no FFT, no float32 buffers of length n in the forward),
 the taps of the correlation, and one more kernel reduces the kernel gradient per row in registers (the batch sum
 is a second pass). Both paths compute the same function; tests run both.
 
-Layout of this file (the kernel contract, DESIGN.md): the reference, the Triton kernels, the launchers, the
+Layout of this file (the kernel contract, docs/design.md §2): the reference, the Triton kernels, the launchers, the
 registered ops.
 """
 
@@ -37,16 +37,18 @@ from torch import Tensor
 
 from zoo.kernels._backend import (
     INTERPRETER,
+    TRITON_DTYPES,
     check_float_tensor,
     check_triton_device,
+    check_triton_dtypes,
     device_guard,
+    dispatch_triton,
     resolve_backend,
     tl,
     triton,
 )
 
 ACTIVATIONS = ("none", "gelu")
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = [
     "fftconv",
@@ -550,12 +552,8 @@ DIRECT_MAX_TAPS = 64
 
 def _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out) -> int:
     k_len = check_fftconv_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
-    for name, t in (("u", u), ("k", k), ("D", D), ("gate_in", gate_in), ("gate_out", gate_out)):
-        if t is not None and t.dtype not in TRITON_DTYPES:
-            raise TypeError(
-                f"the Triton FFT convolution takes {name} in {[str(d) for d in TRITON_DTYPES]}, got "
-                f"{t.dtype}; use backend='torch' for other dtypes"
-            )
+    tensors = {"u": u, "k": k, "D": D, "gate_in": gate_in, "gate_out": gate_out}
+    check_triton_dtypes("the Triton FFT convolution takes", tensors)
     check_triton_device(u.device)
     return k_len
 
@@ -876,6 +874,11 @@ def _backward(ctx, grad_output: Tensor):
 _fftconv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _fftconv_forward_in_op_order(u, k, D, gate_in, gate_out, bidirectional, activation) -> Tensor:
+    """:func:`fftconv_forward` with the arguments in the order of ``zoo::fftconv`` (for :func:`dispatch_triton`)."""
+    return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
+
+
 class _FFTConvFunction(torch.autograd.Function):
     """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call);
     ``torch.compile`` traces the registered op ``zoo::fftconv``; both run the same launchers."""
@@ -921,12 +924,18 @@ def fftconv(
     """
     check_float_tensor("u", u)
     if resolve_backend(backend, u, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
-        args = (u, k, D, gate_in, gate_out)
-        if torch.compiler.is_compiling():
-            return torch.ops.zoo.fftconv(*args, bidirectional, activation)
-        if not torch.is_grad_enabled() or not any(isinstance(t, Tensor) and t.requires_grad for t in args):
-            return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
-        return _FFTConvFunction.apply(*args, bidirectional, activation)
+        return dispatch_triton(
+            u,
+            k,
+            D,
+            gate_in,
+            gate_out,
+            bidirectional,
+            activation,
+            op=torch.ops.zoo.fftconv,
+            function=_FFTConvFunction,
+            launcher=_fftconv_forward_in_op_order,
+        )
     return fftconv_reference(u, k, D, bidirectional, activation, gate_in, gate_out)
 
 

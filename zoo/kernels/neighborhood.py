@@ -1,4 +1,4 @@
-"""Neighborhood attention (NAT / DiNAT; SPEC.md section 5): each query attends to a window of keys around it.
+"""Neighborhood attention (NAT / DiNAT; docs/semantics.md §5): each query attends to a window of keys around it.
 
 For q, k, v laid out ``[B, *spatial, heads, head_dim]`` (1, 2 or 3 spatial axes; NATTEN's modern layout), per
 spatial axis of length n with kernel size k (odd, >= 3), dilation d and a causal flag:
@@ -22,7 +22,7 @@ masking each (query, key) pair by the window test. The backward recomputes the p
 log-sum-exp: one kernel per key tile walks the queries that can see it (dk, dv), one per query tile walks its keys
 (dq, and the logit gradients that make drpb, summed per relative offset afterwards).
 
-Layout of this file (the kernel contract, DESIGN.md): input checks, the reference, the Triton kernels, the
+Layout of this file (the kernel contract, docs/design.md §2): input checks, the reference, the Triton kernels, the
 launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``.
 """
 
@@ -37,16 +37,18 @@ from torch import Tensor
 
 from zoo.kernels._backend import (
     INTERPRETER,
+    TRITON_DTYPES,
     check_float_tensor,
     check_triton_device,
+    check_triton_dtypes,
     device_guard,
+    dispatch_triton,
     requested_backend,
     resolve_backend,
     tl,
     triton,
 )
 
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIM_RANGE = (16, 128)
 
 __all__ = [
@@ -926,11 +928,7 @@ def _num_warps(kind: str, kernel, dims: int) -> int:
 
 def _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     checked = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
-    if q.dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"the Triton neighborhood attention takes q, k, v in {[str(d) for d in TRITON_DTYPES]}, got "
-            f"{q.dtype}; use backend='torch' for other dtypes"
-        )
+    check_triton_dtypes("the Triton neighborhood attention takes", {"q, k, v": q})  # k, v have the dtype of q (checked)
     lo, hi = HEAD_DIM_RANGE
     if not lo <= q.shape[-1] <= hi:
         raise ValueError(
@@ -1243,6 +1241,18 @@ def _backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
 _na_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _na_traced(q, k, v, rpb, kernel_size, dilation, is_causal, scale) -> Tensor:
+    """The output of ``zoo::neighborhood_attention`` (for :func:`dispatch_triton`; the log-sum-exp stays inside
+    the traced graph for the backward)."""
+    return torch.ops.zoo.neighborhood_attention(q, k, v, rpb, kernel_size, dilation, is_causal, scale)[0]
+
+
+def _na_inference(q, k, v, rpb, kernel_size, dilation, is_causal, scale) -> Tensor:
+    """:func:`na_forward` in the argument order of ``zoo::neighborhood_attention``, without the log-sum-exp (no
+    backward will need it; for :func:`dispatch_triton`)."""
+    return na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)[0]
+
+
 class _NAFunction(torch.autograd.Function):
     """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call);
     ``torch.compile`` traces the registered op ``zoo::neighborhood_attention``; both run the same launchers."""
@@ -1303,12 +1313,19 @@ def neighborhood_attention(
     if resolve_backend(backend, q, TRITON_DTYPES) != "triton":
         return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     ks, ds, cs, scale = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
-    args = (q, k, v, rpb, list(ks), list(ds), list(cs), scale)
-    if torch.compiler.is_compiling():
-        return torch.ops.zoo.neighborhood_attention(*args)[0]
-    if not torch.is_grad_enabled() or not any(isinstance(t, Tensor) and t.requires_grad for t in (q, k, v, rpb)):
-        return na_forward(q, k, v, ks, ds, cs, rpb, scale)[0]
-    return _NAFunction.apply(*args)
+    return dispatch_triton(
+        q,
+        k,
+        v,
+        rpb,
+        list(ks),
+        list(ds),
+        list(cs),
+        scale,
+        op=_na_traced,
+        function=_NAFunction,
+        launcher=_na_inference,
+    )
 
 
 def _na_of_rank(dims: int):

@@ -8,7 +8,7 @@ denominator row ``weight_denominator[d // (D / G)]``; the numerator ``weight_num
 groups. Derivatives of |x| and |b| are taken as +1 at exactly 0 (the released kernels' convention; it lets a
 denominator initialised at b = 0 learn).
 
-Layout of this file (the kernel contract, DESIGN.md): the reference, the Triton kernels, the launchers, the
+Layout of this file (the kernel contract, docs/design.md §2): the reference, the Triton kernels, the launchers, the
 registered op.
 """
 
@@ -17,11 +17,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
+from zoo.kernels._backend import (
+    INTERPRETER,
+    TRITON_DTYPES,
+    check_triton_device,
+    check_triton_dtypes,
+    device_guard,
+    dispatch_triton,
+    resolve_backend,
+    tl,
+    triton,
+)
 
 NUMERATOR_TERMS = 6  # a0..a5: numerator order m = 5
 DENOMINATOR_TERMS = 4  # b0..b3: denominator order n = 4
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 __all__ = [
     "group_rational",
@@ -72,7 +81,7 @@ def check_group_rational_inputs(x: Tensor, weight_numerator: Tensor, weight_deno
 
 
 def _abs_unit_slope_at_zero(t: Tensor) -> Tensor:
-    """|t| whose derivative is +1 at t = 0 (autograd's abs'(0) is 0; SPEC 1 wants +1)."""
+    """|t| whose derivative is +1 at t = 0 (autograd's abs'(0) is 0; docs/semantics.md §1.2 wants +1)."""
     return t * torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
 
 
@@ -360,11 +369,7 @@ _BWD_ELEMENTS_PER_PROGRAM = 512 if INTERPRETER else 16384
 
 def _check_triton_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> None:
     check_group_rational_inputs(x, weight_numerator, weight_denominator)
-    if x.dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"the Triton group-rational kernel takes x in {[str(d) for d in TRITON_DTYPES]}, got {x.dtype}; "
-            f"use backend='torch' for other dtypes"
-        )
+    check_triton_dtypes("the Triton group-rational kernel takes", {"x": x})
     check_triton_device(x.device)
 
 
@@ -553,10 +558,15 @@ def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tens
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # both paths validate their inputs
-        if torch.compiler.is_compiling():
-            return torch.ops.zoo.group_rational(x, weight_numerator, weight_denominator)
-        return _GroupRationalFunction.apply(x, weight_numerator, weight_denominator)
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
+        return dispatch_triton(
+            x,
+            weight_numerator,
+            weight_denominator,
+            op=torch.ops.zoo.group_rational,
+            function=_GroupRationalFunction,
+            launcher=group_rational_forward,
+        )
     return group_rational_reference(x, weight_numerator, weight_denominator)
 
 

@@ -1,5 +1,5 @@
-"""S4D convolution kernel (SPEC 4): the Vandermonde product that turns diagonal state-space parameters into a
-length-L convolution kernel per channel.
+"""S4D convolution kernel (docs/semantics.md §4.1): the Vandermonde product that turns diagonal state-space parameters
+into a length-L convolution kernel per channel.
 
 Parameters of H channels with N2 = N / 2 complex modes each: ``log_dt`` [H], ``C`` [H, N2, 2] (``view_as_real``
 of complex [H, N2]), ``log_A_real`` [H, N2], ``A_imag`` [H, N2]. With dt = exp(log_dt), A = -exp(log_A_real) +
@@ -18,7 +18,7 @@ modes, chunk of l) and a second pass adds the chunks (no atomics, deterministic)
 the O(H N) map between the parameters and (C', z) and its chain rule run in PyTorch in complex128 (they cancel
 digits when |dtA| is small) and are rounded to float32 once.
 
-Layout of this file (the kernel contract, DESIGN.md): the reference, the Triton kernels, the launchers, the
+Layout of this file (the kernel contract, docs/design.md §2): the reference, the Triton kernels, the launchers, the
 registered ops.
 """
 
@@ -27,7 +27,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, resolve_backend, tl, triton
+from zoo.kernels._backend import (
+    INTERPRETER,
+    check_triton_device,
+    device_guard,
+    dispatch_triton,
+    resolve_backend,
+    tl,
+    triton,
+)
 
 METHODS = ("zoh", "bilinear")
 
@@ -434,7 +442,7 @@ class _S4DKernelFunction(torch.autograd.Function):
 def s4d_kernel(
     log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh", backend: str = "auto"
 ) -> Tensor:
-    """The S4D convolution kernel K [H, L] (float32) of SPEC 4 (see the module docstring).
+    """The S4D convolution kernel K [H, L] (float32) of docs/semantics.md §4.1 (see the module docstring).
 
     Args:
         log_dt: ``[H]``; C: ``[H, N2, 2]`` (``torch.view_as_real`` of the complex C [H, N2]);
@@ -449,12 +457,17 @@ def s4d_kernel(
     if not isinstance(log_dt, Tensor):
         raise TypeError(f"log_dt must be a torch.Tensor, got {type(log_dt).__name__}")
     if resolve_backend(backend, log_dt, (torch.float32,)) == "triton":  # the launchers validate their inputs
-        args = (log_dt, C, log_A_real, A_imag)
-        if torch.compiler.is_compiling():
-            return torch.ops.zoo.s4d_kernel(*args, L, method)
-        if not torch.is_grad_enabled() or not any(isinstance(t, Tensor) and t.requires_grad for t in args):
-            return s4d_kernel_forward(*args, L, method)  # inference: no autograd node to build
-        return _S4DKernelFunction.apply(*args, L, method)
+        return dispatch_triton(
+            log_dt,
+            C,
+            log_A_real,
+            A_imag,
+            L,
+            method,
+            op=torch.ops.zoo.s4d_kernel,
+            function=_S4DKernelFunction,
+            launcher=s4d_kernel_forward,
+        )
     return s4d_kernel_reference(log_dt, C, log_A_real, A_imag, L, method)
 
 

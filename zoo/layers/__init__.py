@@ -1,4 +1,4 @@
-"""Neural-network modules of the zoo; parameters are named as in the official checkpoints (SPEC.md)."""
+"""Neural-network modules of the zoo; parameters are named as in the official checkpoints (docs/semantics.md)."""
 
 from timm.layers import register_notrace_module
 

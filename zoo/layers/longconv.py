@@ -37,7 +37,7 @@ def squash(k: Tensor, lam: float) -> Tensor:
 
 
 class LongConvKernel(nn.Module):
-    """The learned kernel (key ``kernel``) and its regularisation, in this order (SPEC.md section 4): average-pool
+    """The learned kernel (key ``kernel``) and its regularisation, in this order (docs/semantics.md §4.5): average-pool
     smoothing over the length axis (window ``smooth_window``, stride 1, zero padding counted, as safari's
     ``nn.AvgPool1d``), the squash sign(k) max(|k| - lam, 0), then dropout on the kernel's entries.
 

@@ -1,5 +1,5 @@
 """Neighborhood attention layers (NAT, Hassani et al., CVPR 2023; DiNAT, Hassani & Shi, 2022): multi-head
-self-attention of every token over a window of its neighbours (SPEC.md section 5), on ``[B, *spatial, dim]``
+self-attention of every token over a window of its neighbours (docs/semantics.md §5), on ``[B, *spatial, dim]``
 inputs (channels last), through :func:`zoo.kernels.neighborhood.neighborhood_attention`.
 
 Parameters as in the released NAT / DiNAT checkpoints: ``qkv`` (Linear(dim, 3 dim)), ``rpb`` (relative position

@@ -59,9 +59,10 @@ def variance_preserving_gain(init: str) -> float:
     if init not in RATIONAL_INITS:
         raise ValueError(f"init must be one of {sorted(RATIONAL_INITS)}, got {init!r}")
     coefficients = RATIONAL_INITS[init]
-    x = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64)
-    a = torch.tensor(coefficients.numerator, dtype=torch.float64).view(1, NUMERATOR_TERMS)
-    b = torch.tensor(coefficients.denominator, dtype=torch.float64).view(1, DENOMINATOR_TERMS)
+    cpu = torch.device("cpu")  # a number, whatever the default device (models are also built under "meta")
+    x = torch.linspace(-12.0, 12.0, 48001, dtype=torch.float64, device=cpu)
+    a = torch.tensor(coefficients.numerator, dtype=torch.float64, device=cpu).view(1, NUMERATOR_TERMS)
+    b = torch.tensor(coefficients.denominator, dtype=torch.float64, device=cpu).view(1, DENOMINATOR_TERMS)
     f = group_rational(x.view(-1, 1), a, b, backend="torch").view(-1)
     density = torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
     return math.sqrt(1.0 / torch.trapezoid(f * f * density, x).item())

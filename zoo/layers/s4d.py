@@ -140,7 +140,7 @@ class S4DKernel(nn.Module):
 
 
 class S4D(nn.Module):
-    """The S4D layer: y = GLU(Conv1d(dropout(GELU(K * u + D u)))), K the S4D kernel (SPEC.md section 4).
+    """The S4D layer: y = GLU(Conv1d(dropout(GELU(K * u + D u)))), K the S4D kernel (docs/semantics.md §4.4).
 
     Input and output are [B, H, L] when ``transposed`` (the official default), else [B, L, H]. The causal
     convolution runs through :func:`zoo.kernels.fftconv.fftconv` (FFT of size 2L, D skip and GELU fused); a

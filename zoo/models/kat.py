@@ -63,7 +63,8 @@ class KAT(VisionTransformer):
 
     @torch.no_grad()
     def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
-        """KAT's variance-preserving init, as the paper intends (SPEC 1), drawn from torch's generator only.
+        """KAT's variance-preserving init, as the paper intends (docs/semantics.md §1.3), drawn from torch's generator
+        only.
 
         fc1: kaiming-normal, fan-in, gain 1 (its input passes act1, the identity at init); fc2: normal with
         std gain / sqrt(fan_in), gain^2 = 1 / E[act2(x)^2] for x ~ N(0, 1); qkv: xavier-uniform for each of

@@ -31,11 +31,10 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, register_notrace_function, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, resolve_pretrained_cfg
 from torch import Tensor, nn
 
+from zoo._timm import feature_take_indices
 from zoo.layers.neighborhood import NeighborhoodAttention2D
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model

@@ -17,9 +17,9 @@ and ``"last"`` pooling takes position ``lengths - 1``. So the outputs at valid p
 padding's content or amount (in training mode, BatchNorm's batch statistics do count padded positions, as in
 state-spaces; LayerNorm is per position).
 
-Registered sizes (SPEC 4): ``s4d_t`` (d_model 128, 4 layers, d_state 64: the example's sCIFAR model, 88-89% top-1)
-and ``s4d_s`` (d_model 256, 6 layers: the LRA size); ``longconv_t`` and ``longconv_s``, the same sizes with long
-convolutions (2 channels, l_max 1024 by default).
+Registered sizes (docs/semantics.md §4.6): ``s4d_t`` (d_model 128, 4 layers, d_state 64: the example's sCIFAR model,
+88-89% top-1) and ``s4d_s`` (d_model 256, 6 layers: the LRA size); ``longconv_t`` and ``longconv_s``, the same sizes
+with long convolutions (2 channels, l_max 1024 by default).
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d, register_notrace_function, trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from zoo._timm import feature_take_indices
 from zoo.layers.unireplknet import DilatedReparamBlock, UniRepLKNetBlock
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model

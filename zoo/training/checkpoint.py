@@ -3,9 +3,9 @@
 A checkpoint is a plain dict (model, optimizer, scheduler, scaler and EMA state dicts, step counters, RNG states,
 the resolved config as a plain dict, ...) plus ``"format": CHECKPOINT_FORMAT``.
 
-Writing: ``torch.save`` into a temporary file in the target's directory, flush, ``fsync``, ``os.replace`` onto the
-target, ``fsync`` the directory. A process killed at any moment leaves either the old checkpoint or the new one,
-never a partial one (at worst a stray ``.last.pt.tmp-*`` file beside it).
+Writing: ``torch.save`` through :func:`zoo._io.atomic_write` (a temporary file in the target's directory, flush,
+``fsync``, ``os.replace`` onto the target, ``fsync`` the directory). A process killed at any moment leaves either
+the old checkpoint or the new one, never a partial one (at worst a stray ``.last.pt.tmp-*`` file beside it).
 
 Reading: ``torch.load(..., weights_only=True)``. A checkpoint therefore holds only what PyTorch's restricted
 unpickler accepts: ``None``, bools, numbers, strings, bytes, tensors, ``torch.Size`` / ``dtype`` / ``device`` and
@@ -16,10 +16,8 @@ state as plain Python types for the same reason. Loading never executes arbitrar
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import uuid
 import warnings
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -27,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from zoo._io import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -86,39 +86,6 @@ def _sanitize(obj: Any, where: str) -> Any:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``target``, fsync it, rename it onto ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(target.parent)
-
-
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write ``state`` (plus ``"format": CHECKPOINT_FORMAT``) to ``path`` atomically; return the path written.
 
@@ -134,7 +101,7 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     state = _sanitize({**state, "format": CHECKPOINT_FORMAT}, "state")
     target = resolve_checkpoint_path(path)
-    _atomic_write(target, lambda f: torch.save(state, f))
+    atomic_write(target, lambda f: torch.save(state, f))
     return target
 
 

@@ -9,7 +9,8 @@
 - :func:`run_eval` glues them together for ``configs/eval.yaml`` and writes ``metrics.json`` and
   ``confusion_matrix.png``.
 
-Imports only torch, numpy and timm at module level (matplotlib is imported inside the plotting function).
+Imports only torch, numpy, timm and zoo.data at module level (matplotlib is imported inside the plotting
+function).
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoo._io import atomic_write
+from zoo.data.datasets import dataset_classes
+from zoo.data.loaders import _subset  # the same fixed permutation as train.py's data.eval_subset
+from zoo.data.registry import DATASETS, canonical_name, create_dataset
+from zoo.training.model_args import build_model_kwargs, plain
+
 __all__ = ["load_model_for_eval", "evaluate_classifier", "flatten_positions", "save_confusion_matrix_png", "run_eval"]
 
 _EXPORT_FILES = ("config.json", "model.safetensors")
@@ -40,15 +47,6 @@ def _resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name!r} was asked for, but CUDA is not available on this machine")
     return device
-
-
-def _plain(value: Any) -> Any:
-    """An OmegaConf container as plain Python (resolved); anything else unchanged."""
-    if type(value).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def _is_export_dir(path: Path) -> bool:
@@ -172,7 +170,7 @@ def load_model_for_eval(
         FileNotFoundError: a missing file or directory (the message names the path looked for).
         zoo.training.CheckpointError: a file that is not a train.py checkpoint, or weights that do not fit.
     """
-    model_kwargs = dict(_plain(model_kwargs) or {})
+    model_kwargs = dict(plain(model_kwargs) or {})
     if checkpoint is not None and model is not None:
         raise ValueError(
             f"give either checkpoint=PATH or model=NAME with pretrained_file=PATH, not both "
@@ -378,16 +376,12 @@ def save_confusion_matrix_png(
                         color="white" if normalised[i, j] > 0.5 else "black",
                     )
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def _eval_dataset(cfg: Any, img_size: int):
-    from zoo.data.datasets import create_dataset, dataset_classes
-    from zoo.data.loaders import _subset  # the same fixed permutation as train.py's data.eval_subset
-
+    """The test split of ``cfg.data`` at ``img_size`` (``data.eval_subset``: the same fixed subset as train.py's),
+    its class names and its ``collate_fn`` (None for fixed-size items)."""
     data = cfg.data
     dataset = create_dataset(
         data.name,
@@ -402,25 +396,6 @@ def _eval_dataset(cfg: Any, img_size: int):
     return _subset(dataset, data.get("eval_subset"), "data.eval_subset"), class_names, collate_fn
 
 
-def _model_config_kwargs(model_cfg: dict[str, Any], data_cfg: Any) -> dict[str, Any]:
-    """Model arguments from a model config (``configs/model/NAME.yaml``) and the data config, as in train.py:
-    the data-derived ones its ``data_args`` lists, then its ``kwargs``."""
-    from zoo.data.datasets import DATASETS, canonical_name
-
-    info = DATASETS[canonical_name(data_cfg.name)]
-    data_args = {
-        "img_size": data_cfg.get("img_size"),
-        "patch_size": data_cfg.get("patch_size"),
-        "in_chans": info.in_chans,
-        "num_classes": info.num_classes,
-        "vocab_size": info.vocab_size,
-    }
-    wanted = model_cfg.get("data_args") or []
-    kwargs = {k: v for k, v in data_args.items() if k in wanted and v is not None}
-    kwargs.update(model_cfg.get("kwargs") or {})
-    return kwargs
-
-
 def run_eval(cfg: Any) -> dict[str, Any]:
     """Evaluate the model ``cfg`` names (see ``configs/eval.yaml``) on the test split of ``cfg.data``.
 
@@ -432,17 +407,17 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     """
     from torch.utils.data import DataLoader
 
-    from zoo.data.datasets import DATASETS, canonical_name
-
     if cfg.amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
     if int(cfg.batch_size) <= 0:
         raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
     device = _resolve_device(cfg.device)
-    model_kwargs = dict(_plain(cfg.get("model_kwargs")) or {})
-    model_name = _plain(cfg.get("model"))
+    model_kwargs = dict(plain(cfg.get("model_kwargs")) or {})
+    model_name = plain(cfg.get("model"))
     if isinstance(model_name, dict):  # configs/model/NAME.yaml: data-derived arguments as train.py fills them
-        model_kwargs = {**_model_config_kwargs(model_name, cfg.data), **model_kwargs}
+        info = DATASETS[canonical_name(cfg.data.name)]
+        from_config = build_model_kwargs(model_name, info, cfg.data.get("img_size"), cfg.data.get("patch_size"))
+        model_kwargs = {**from_config, **model_kwargs}
         model_name = model_name.get("name")
     model, args = load_model_for_eval(cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"), model_kwargs)
     img_size = args.get("img_size")
@@ -487,10 +462,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         "amp": cfg.amp,
         "batch_size": int(cfg.batch_size),
     }
-    metrics_file = out_dir / "metrics.json"
-    tmp = out_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, metrics_file)
+    metrics_file = atomic_write(out_dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
     return {
         "top1": metrics["top1"],
         "top5": metrics["top5"],

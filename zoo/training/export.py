@@ -23,7 +23,8 @@ import timm
 import torch
 from timm.models import get_pretrained_cfg, split_model_name_tag
 
-from zoo.training.checkpoint import _atomic_write
+from zoo._io import atomic_write
+from zoo._timm import save_config_for_hf
 
 __all__ = ["export_model"]
 
@@ -60,13 +61,9 @@ def _timm_config(model: torch.nn.Module, model_args: dict[str, Any]) -> dict[str
     """The config timm's own ``save_config_for_hf`` writes for ``model`` (None when it cannot describe it)."""
     if not isinstance(getattr(model, "pretrained_cfg", None), dict) or "architecture" not in model.pretrained_cfg:
         return None
-    try:
-        from timm.models._hub import save_config_for_hf
-    except ImportError:  # pragma: no cover - every timm >= 1.0 has it
-        return None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / CONFIG_NAME
-        save_config_for_hf(model, path, model_args=dict(model_args) or None)  # a Path: timm 1.0.29 calls .open()
+        save_config_for_hf(model, path, model_args=dict(model_args) or None)
         return json.loads(path.read_text())
 
 
@@ -74,11 +71,11 @@ def _fallback_config(model: torch.nn.Module, architecture: str, model_args: dict
     """A config for a model timm did not build: the architecture's registered pretrained cfg, the model's sizes."""
     default = get_pretrained_cfg(architecture)
     pretrained_cfg = default.to_dict(remove_source=True) if default is not None else {}
-    try:  # timm >= 1.0.2x: in_chans, num_classes, global_pool (and img_size where recorded) of the model
-        from timm.models._input import get_model_args
+    try:  # timm >= 1.0.31: in_chans, num_classes, global_pool (and img_size where recorded) of the model
+        from timm.models import get_model_args
 
         args = get_model_args(model, model_args)
-    except ImportError:  # pragma: no cover - older timm
+    except ImportError:  # timm 1.0.29 and 1.0.30 do not have it
         args = dict(model_args)
     num_classes = getattr(model, "num_classes", None)
     in_chans = args.get("in_chans", getattr(model, "in_chans", None))
@@ -174,6 +171,6 @@ def export_model(
     tensors = _cpu_state_dict(model)
     payload = safetensors.torch.save(tensors, metadata={"format": "pt"})
     del tensors
-    _atomic_write(out_dir / WEIGHTS_NAME, lambda f: f.write(payload))
-    _atomic_write(out_dir / CONFIG_NAME, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(out_dir / WEIGHTS_NAME, payload)
+    atomic_write(out_dir / CONFIG_NAME, text)
     return out_dir

@@ -15,7 +15,7 @@ def _layer_scales(model: nn.Module, layer_decay: float) -> dict[str, float]:
     """Per-parameter lr scale for layer-wise lr decay: ``layer_decay ** (last layer - layer)``, layers from the
     model's ``group_matcher`` (timm's grouping: stem, blocks..., head)."""
     from timm.models import group_parameters
-    from timm.optim._param_groups import auto_group_layers
+    from timm.optim import auto_group_layers
 
     if hasattr(model, "group_matcher"):
         layer_map = group_parameters(model, model.group_matcher(coarse=False), reverse=True)

@@ -7,11 +7,11 @@ matplotlib is imported inside ``save_run_report`` only (Agg canvas, no pyplot), 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from zoo._io import atomic_write
 
 __all__ = ["save_run_report"]
 
@@ -69,15 +69,13 @@ def save_run_report(history: list[dict[str, Any]], path: str | Path, title: str 
 
     ``history`` is the trainer's metric history (one dict per epoch); rows that lack a key are skipped for that
     curve, a row without ``epoch`` is placed at its position (1-based). A learning rate spanning more than two
-    decades is drawn on a log axis. The file is written to a temporary file beside ``path`` and renamed over it,
-    so a reader never sees a half-written image; missing parent directories are created.
+    decades is drawn on a log axis. The file is written atomically (:func:`zoo._io.atomic_write`), so a reader
+    never sees a half-written image; missing parent directories are created.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     history = list(history)
 
     fig = Figure(figsize=(15, 4.2), dpi=100, layout="constrained")
@@ -96,19 +94,4 @@ def save_run_report(history: list[dict[str, Any]], path: str | Path, title: str 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes it 0600; a report is meant to be read
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))

@@ -16,6 +16,7 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
+from zoo._io import atomic_write
 from zoo.data import create_loaders
+from zoo.data.registry import DatasetInfo
 from zoo.training.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -48,6 +51,7 @@ from zoo.training.distributed import (
 from zoo.training.evaluation import AMP_DTYPES, call_model, evaluate_classifier, flatten_positions, unpack_batch
 from zoo.training.export import export_model
 from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
+from zoo.training.model_args import build_model_kwargs
 from zoo.training.optim import create_optimizer
 from zoo.training.report import save_run_report
 
@@ -66,40 +70,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_model(
-    cfg: Any, info: Any, img_size: int, inherited: dict[str, Any] | None = None
+    cfg: Any, info: DatasetInfo, img_size: int | None, inherited: dict[str, Any] | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of ``cfg.model`` with the data-derived arguments it takes; returns (model, model kwargs).
 
-    ``inherited``: architecture arguments of a fine-tuning source (patch size, depth, ...), which the model
-    config's ``kwargs`` override.
+    The arguments come from :func:`zoo.training.model_args.build_model_kwargs` (as in eval.py): the ones the model
+    config's ``data_args`` lists, from ``info``, ``img_size`` and ``cfg.data.patch_size``; then ``inherited``,
+    the architecture arguments of a fine-tuning source (patch size, depth, ...); then the config's ``kwargs``.
     """
     import zoo
 
-    inherited = dict(inherited or {})
-    data_args = {
-        "img_size": img_size,
-        "patch_size": inherited.pop("patch_size", None) or cfg.data.get("patch_size"),
-        "in_chans": info.in_chans,
-        "num_classes": info.num_classes,
-        "vocab_size": getattr(info, "vocab_size", None),
-    }
-    inherited.pop("img_size", None)
-    kwargs = {k: v for k, v in data_args.items() if k in cfg.model.get("data_args", []) and v is not None}
-    kwargs.update(inherited)
-    kwargs.update(_plain(dict(cfg.model.get("kwargs") or {})))
+    kwargs = build_model_kwargs(cfg.model, info, img_size, cfg.data.get("patch_size"), inherited)
     return zoo.create_model(cfg.model.name, **kwargs), kwargs
-
-
-def _plain(value: Any) -> Any:
-    """Config containers (OmegaConf's ListConfig / DictConfig from the command line) as plain lists and dicts, so
-    model arguments such as ``depths=[1,2,1,1]`` reach the model, the checkpoint and the export as Python values."""
-    from collections.abc import Mapping, Sequence
-
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
@@ -123,13 +105,8 @@ def _criterion(cfg: Any, num_classes: int) -> tuple[nn.Module, Any]:
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl and metrics.csv rewritten from the whole history (atomic), so a resumed run never
     duplicates or loses an epoch."""
-    for name, text in (
-        ("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history)),
-        ("metrics.csv", _csv_text(history)),
-    ):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, run_dir / name)
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    atomic_write(run_dir / "metrics.csv", _csv_text(history))
 
 
 def _csv_text(history: list[dict[str, Any]]) -> str:
@@ -195,22 +172,171 @@ def train(cfg: Any) -> dict[str, Any] | None:
         cleanup(ctx)
 
 
+@dataclass
+class _Run:
+    """One training run: what :func:`_set_up` builds, and the progress that a checkpoint stores (``start_epoch``,
+    ``step``, the best accuracies and the metric history), which :func:`_resume` restores and the epochs advance."""
+
+    cfg: Any
+    ctx: Any
+    run_dir: Path
+    img_size: int | None
+    train_loader: Any
+    eval_loader: Any
+    info: DatasetInfo
+    model: nn.Module
+    model_kwargs: dict[str, Any]
+    frozen: list[str]
+    train_model: nn.Module  # what the loop calls: the model, wrapped in DDP and/or torch.compile
+    ddp_model: nn.Module  # the DDP wrapper (for no_sync), or the model
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None
+    ema: ModelEmaV3 | None
+    criterion: nn.Module
+    mixup: Mixup | None
+    config: dict[str, Any] = field(default_factory=dict)
+    logger: _Logger | None = None
+    show_progress: bool = False
+    start_epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    best_ema_top1: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.cfg.amp]
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def current_lr(self) -> float:
+        """The largest learning rate of the optimiser's groups (groups with layer decay have smaller ones)."""
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+
 def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
+    """The run of :func:`train` in an initialised (possibly distributed) context: set up, resume, then per epoch
+    train and evaluate/checkpoint; rank 0 exports and returns the summary."""
+    run, resume_state = _set_up(cfg, ctx)
+    if resume_state is not None:
+        _resume(run, resume_state)
+    # The schedule is a function of the step (lr, warmup, per-layer lr_scale): set it for the first update; a
+    # resumed run may change epochs or the schedule.
+    run.scheduler.step_update(num_updates=run.step)
+
+    run.show_progress = ctx.is_main and (sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress))
+    run.ddp_model = run.train_model
+    if cfg.compile:
+        run.train_model = torch.compile(run.train_model)
+    run.config = _config_container(cfg)
+    run.logger = _Logger(cfg, run.run_dir, run.config) if ctx.is_main else None
+
+    for epoch in range(run.start_epoch, cfg.epochs):
+        seen, loss_sum, seconds = _train_one_epoch(run, epoch)
+        _evaluate_and_checkpoint(run, epoch, seen, loss_sum, seconds)
+
+    if not ctx.is_main:
+        return None
+    return _finish(run)
+
+
+# ------------------------------------------------------------------------------------------------------------ set-up
+
+
+def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
+    """Set-up: check the settings, seed, read the fine-tuning source and the checkpoint to resume from, make the
+    run directory and the loaders, then the model (fine-tuning weights, frozen parts, device, DDP), optimiser,
+    schedule, GradScaler, EMA and loss. Returns the run at step 0 and the checkpoint state (None: a new run).
+
+    Exact resume depends on the order of what draws random numbers here (the model's init, then under DDP the
+    per-rank reseed): a resumed run repeats it before :func:`_resume` restores the saved RNG states.
+    """
     if cfg.amp not in AMP_DTYPES:
         raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
     if cfg.accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
-    device = ctx.device
-    amp_dtype = AMP_DTYPES[cfg.amp]
     seed_everything(cfg.seed, cfg.deterministic)
-
     if cfg.resume and cfg.finetune:
         raise ValueError("give either resume= (continue a run) or finetune= (start from its weights), not both")
-    resume_state = None
-    run_dir = Path(cfg.run_dir)
     source = read_source(cfg.finetune) if cfg.finetune else None
     inherited = inherited_model_args(source, cfg.model.name) if source is not None else {}
     img_size = cfg.img_size or inherited.get("img_size") or cfg.data.img_size
+    run_dir, resume_state = _run_dir_and_resume_state(cfg, ctx)
+    train_loader, eval_loader, info = _loaders(cfg, ctx, img_size)
+
+    device = ctx.device
+    model, model_args = build_model(cfg, info, img_size, inherited)
+    if source is not None:
+        fresh = load_finetune_weights(model, source)
+        log.info("fine-tuning from %s (left at init: %s)", source.path, fresh or "nothing")
+    frozen = freeze(model, cfg.freeze)
+    if frozen:
+        log.info("frozen: %s", frozen)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = model
+    if ctx.enabled:  # DDP makes every rank start from rank 0's parameters
+        device_ids = [device.index] if device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        seed_everything(cfg.seed + ctx.rank, cfg.deterministic)  # each rank its own dropout/augmentation draws
+
+    optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
+    optimizer = create_optimizer(
+        model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, layer_decay=cfg.layer_decay, **optim_args
+    )
+    updates_per_epoch = max(1, len(train_loader) // cfg.accum_steps)
+    sched_args = {k: v for k, v in dict(cfg.sched).items() if k != "name"}
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched.name,
+        num_epochs=cfg.epochs,
+        step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+        **sched_args,
+    )
+    if scheduler is None:
+        raise ValueError(f"timm has no scheduler {cfg.sched.name!r} (sched.name)")
+    scaler = torch.amp.GradScaler(device.type) if AMP_DTYPES[cfg.amp] == torch.float16 else None
+    ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
+    criterion, mixup = _criterion(cfg, info.num_classes)
+    run = _Run(
+        cfg=cfg,
+        ctx=ctx,
+        run_dir=run_dir,
+        img_size=img_size,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        info=info,
+        model=model,
+        model_kwargs=model_args,
+        frozen=frozen,
+        train_model=train_model,
+        ddp_model=train_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        ema=ema,
+        criterion=criterion,
+        mixup=mixup,
+    )
+    return run, resume_state
+
+
+def _run_dir_and_resume_state(cfg: Any, ctx: Any) -> tuple[Path, dict[str, Any] | None]:
+    """The run directory (created on rank 0; the same on every rank) and the checkpoint to resume from.
+
+    A resumed run goes on in the directory of its checkpoint, whose model must be ``cfg.model.name``.
+    """
+    run_dir = Path(cfg.run_dir)
+    resume_state = None
     if cfg.resume:
         checkpoint_path = resolve_checkpoint_path(cfg.resume)
         resume_state = load_checkpoint(checkpoint_path)
@@ -223,7 +349,12 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     run_dir = Path(broadcast_object(str(run_dir), ctx))  # one directory for all ranks (${now:} differs per rank)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, resume_state
 
+
+def _loaders(cfg: Any, ctx: Any, img_size: int | None) -> tuple[Any, Any, DatasetInfo]:
+    """``create_loaders`` for ``cfg.data`` (under torchrun rank 0 downloads first while the others wait); checks
+    that an epoch has at least ``accum_steps`` batches."""
     if ctx.enabled and cfg.data.download and not ctx.is_main:
         barrier(ctx)  # rank 0 downloads first (below), the others wait for the files
     train_loader, eval_loader, info = create_loaders(
@@ -247,199 +378,193 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
             f"an epoch has {len(train_loader)} batches per process, fewer than accum_steps={cfg.accum_steps}: "
             f"no optimiser step would ever run; lower accum_steps or batch_size"
         )
-    model, model_kwargs = build_model(cfg, info, img_size, inherited)
-    if source is not None:
-        fresh = load_finetune_weights(model, source)
-        log.info("fine-tuning from %s (left at init: %s)", source.path, fresh or "nothing")
-    frozen = freeze(model, cfg.freeze)
-    if frozen:
-        log.info("frozen: %s", frozen)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    train_model = model
-    if ctx.enabled:  # DDP makes every rank start from rank 0's parameters
-        device_ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        seed_everything(cfg.seed + ctx.rank, cfg.deterministic)  # each rank its own dropout/augmentation draws
-    optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
-    optimizer = create_optimizer(
-        model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, layer_decay=cfg.layer_decay, **optim_args
+    return train_loader, eval_loader, info
+
+
+# ------------------------------------------------------------------------------------------------------------ resume
+
+
+def _resume(run: _Run, state: dict[str, Any]) -> None:
+    """Resume: load the checkpoint's model, optimiser, GradScaler and EMA states, take over its epoch, step, best
+    accuracies and history, and restore this rank's RNG state last, so that the random draws from here on are
+    those of the uninterrupted run."""
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        for name, part in (("scaler", run.scaler), ("ema", run.ema)):
+            if (part is None) != (state[name] is None):
+                raise ValueError(f"the checkpoint {'has' if part is None else 'has no'} {name} state")
+            if part is not None:
+                part.load_state_dict(state[name])
+    except (KeyError, RuntimeError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{run.cfg.resume} does not match this run's model or settings: {error}") from error
+    run.start_epoch = state["epoch"] + 1
+    run.step = state["step"]
+    run.best_top1, run.best_ema_top1 = state["best_top1"], state["best_ema_top1"]
+    run.history = list(state["history"])
+    rng = state["rng"]
+    if len(rng) != run.ctx.world_size:
+        log.warning(
+            "the checkpoint holds the RNG states of %d processes, this run has %d: the random draws "
+            "will not repeat those of an uninterrupted run",
+            len(rng),
+            run.ctx.world_size,
+        )
+    restore_rng_state(rng[min(run.ctx.rank, len(rng) - 1)])
+
+
+# --------------------------------------------------------------------------------------------------------- one epoch
+
+
+def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
+    """One epoch of training on this process's shard: forward and backward per batch (mixup, AMP, gradient
+    accumulation with DDP's all-reduce on the updating micro-step only), an optimiser update every
+    ``accum_steps`` batches (unscale, clip, step, schedule, EMA). Frozen modules stay in eval mode.
+
+    Returns this process's (samples seen, summed loss, seconds); ``run.step`` counts the updates.
+
+    Raises:
+        FloatingPointError: a non-finite loss on any process (all processes stop together, writing nothing).
+    """
+    cfg, ctx, model, optimizer, scaler = run.cfg, run.ctx, run.model, run.optimizer, run.scaler
+    device, amp_dtype = run.device, run.amp_dtype
+    run.train_loader.sampler.set_epoch(epoch)
+    run.train_model.train()
+    for name in run.frozen:  # frozen modules stay in eval mode: no dropout, drop-path or BN statistics
+        module = getattr(model, name)
+        if isinstance(module, nn.Module):
+            module.eval()
+    started = time.perf_counter()
+    seen, loss_sum = 0, 0.0
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.show_progress, leave=False)
+    optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(bar):
+        images, targets, lengths = unpack_batch(batch)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        lengths = None if lengths is None else lengths.to(device, non_blocking=True)
+        if run.mixup is not None:
+            images, targets = run.mixup(images, targets)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        updates = (index + 1) % cfg.accum_steps == 0
+        # DDP: all-reduce gradients only on the micro-step that updates
+        sync = run.ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                loss = run.criterion(*flatten_positions(call_model(run.train_model, images, lengths), targets))
+            finite = math.isfinite(loss.item())
+            if ctx.enabled:  # every rank stops together
+                finite = all_reduce_sum([0.0 if finite else 1.0], ctx)[0] == 0.0
+            if not finite:
+                checkpoint_path = run.checkpoint_path
+                last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {run.step} (lr {run.current_lr():.3e}; NaN "
+                    f"or inf on at least one process); stopping without writing anything. Last good checkpoint: "
+                    f"{last_good}"
+                )
+            scaled = loss / cfg.accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if updates:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            run.scheduler.step_update(num_updates=run.step)
+            if run.ema is not None:
+                run.ema.update(model, step=run.step)
+        seen += images.shape[0]
+        loss_sum += loss.item() * images.shape[0]
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}", lr=f"{run.current_lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}"
+        )
+    return seen, loss_sum, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------------ evaluate and checkpoint
+
+
+def _evaluate_and_checkpoint(run: _Run, epoch: int, seen: int, loss_sum: float, train_seconds: float) -> None:
+    """Evaluate and checkpoint after an epoch: sum the training counts over the processes, evaluate the model
+    (and the EMA weights) on the whole eval split, append the epoch's metrics to the history, gather every rank's
+    RNG state; rank 0 writes ``last.pt`` (and ``best.pt`` when the raw top-1 improved), the metric files, the
+    report and the tracker's row. All ranks wait for rank 0 at the end."""
+    cfg, ctx, info = run.cfg, run.ctx, run.info
+    seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
+    metrics = evaluate_classifier(
+        run.model, run.eval_loader, info.num_classes, run.device, run.amp_dtype, cfg.channels_last, ctx
     )
-    updates_per_epoch = max(1, len(train_loader) // cfg.accum_steps)
-    sched_args = {k: v for k, v in dict(cfg.sched).items() if k != "name"}
-    scheduler, _ = create_scheduler_v2(
-        optimizer,
-        sched=cfg.sched.name,
-        num_epochs=cfg.epochs,
-        step_on_epochs=False,
-        updates_per_epoch=updates_per_epoch,
-        **sched_args,
-    )
-    if scheduler is None:
-        raise ValueError(f"timm has no scheduler {cfg.sched.name!r} (sched.name)")
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    ema = ModelEmaV3(model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup) if cfg.ema.enabled else None
-    criterion, mixup = _criterion(cfg, info.num_classes)
-
-    start_epoch, step, best_top1, best_ema_top1, history = 0, 0, -1.0, -1.0, []
-    if resume_state is not None:
-        try:
-            model.load_state_dict(resume_state["model"])
-            optimizer.load_state_dict(resume_state["optimizer"])
-            for name, part in (("scaler", scaler), ("ema", ema)):
-                if (part is None) != (resume_state[name] is None):
-                    raise ValueError(f"the checkpoint {'has' if part is None else 'has no'} {name} state")
-                if part is not None:
-                    part.load_state_dict(resume_state[name])
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:
-            raise CheckpointError(f"{cfg.resume} does not match this run's model or settings: {error}") from error
-        start_epoch = resume_state["epoch"] + 1
-        step = resume_state["step"]
-        best_top1, best_ema_top1 = resume_state["best_top1"], resume_state["best_ema_top1"]
-        history = list(resume_state["history"])
-        rng = resume_state["rng"]
-        if len(rng) != ctx.world_size:
-            log.warning(
-                "the checkpoint holds the RNG states of %d processes, this run has %d: the random draws "
-                "will not repeat those of an uninterrupted run",
-                len(rng),
-                ctx.world_size,
-            )
-        restore_rng_state(rng[min(ctx.rank, len(rng) - 1)])
-    # The schedule is a function of the step (lr, warmup, per-layer lr_scale): set it for the first update; a
-    # resumed run may change epochs or the schedule.
-    scheduler.step_update(num_updates=step)
-
-    show_progress = ctx.is_main and (sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress))
-    ddp_model = train_model
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    config = _config_container(cfg)
-    logger = _Logger(cfg, run_dir, config) if ctx.is_main else None
-    checkpoint_path = run_dir / "last.pt"
-
-    def current_lr() -> float:
-        return max(group["lr"] for group in optimizer.param_groups)
-
-    for epoch in range(start_epoch, cfg.epochs):
-        train_loader.sampler.set_epoch(epoch)
-        train_model.train()
-        for name in frozen:  # frozen modules stay in eval mode: no dropout, drop-path or BN statistics
-            module = getattr(model, name)
-            if isinstance(module, nn.Module):
-                module.eval()
-        started = time.perf_counter()
-        seen, loss_sum = 0, 0.0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress, leave=False)
-        optimizer.zero_grad(set_to_none=True)
-        for index, batch in enumerate(bar):
-            images, targets, lengths = unpack_batch(batch)
-            images = images.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            lengths = None if lengths is None else lengths.to(device, non_blocking=True)
-            if mixup is not None:
-                images, targets = mixup(images, targets)
-            if cfg.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            updates = (index + 1) % cfg.accum_steps == 0
-            # DDP: all-reduce gradients only on the micro-step that updates
-            sync = ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
-            with sync:
-                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                    loss = criterion(*flatten_positions(call_model(train_model, images, lengths), targets))
-                finite = math.isfinite(loss.item())
-                if ctx.enabled:  # every rank stops together
-                    finite = all_reduce_sum([0.0 if finite else 1.0], ctx)[0] == 0.0
-                if not finite:
-                    last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
-                    raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (lr {current_lr():.3e}; NaN or inf "
-                        f"on at least one process); stopping without writing anything. Last good checkpoint: "
-                        f"{last_good}"
-                    )
-                scaled = loss / cfg.accum_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            if updates:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                scheduler.step_update(num_updates=step)
-                if ema is not None:
-                    ema.update(model, step=step)
-            seen += images.shape[0]
-            loss_sum += loss.item() * images.shape[0]
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(
-                loss=f"{loss.item():.3f}", lr=f"{current_lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}"
-            )
-        train_seconds = time.perf_counter() - started
-        seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
-        metrics = evaluate_classifier(model, eval_loader, info.num_classes, device, amp_dtype, cfg.channels_last, ctx)
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": loss_sum / max(seen, 1),
-            "top1": metrics["top1"],
-            "top5": metrics["top5"],
-            "eval_loss": metrics["loss"],
-            "lr": current_lr(),
-            "images_per_s": seen / max(train_seconds, 1e-9),
+    row = {
+        "epoch": epoch + 1,
+        "step": run.step,
+        "train_loss": loss_sum / max(seen, 1),
+        "top1": metrics["top1"],
+        "top5": metrics["top5"],
+        "eval_loss": metrics["loss"],
+        "lr": run.current_lr(),
+        "images_per_s": seen / max(train_seconds, 1e-9),
+    }
+    if run.ema is not None:
+        ema_metrics = evaluate_classifier(
+            run.ema.module, run.eval_loader, info.num_classes, run.device, run.amp_dtype, cfg.channels_last, ctx
+        )
+        row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
+        run.best_ema_top1 = max(run.best_ema_top1, row["ema_top1"])
+    run.history.append(row)
+    improved = row["top1"] > run.best_top1  # best.pt: the best raw weights (what eval.py and finetune= load)
+    run.best_top1 = max(run.best_top1, row["top1"])
+    rng = all_gather_object(capture_rng_state(), ctx)
+    if ctx.is_main:
+        state = {
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "epoch": epoch,
+            "step": run.step,
+            "best_top1": run.best_top1,
+            "best_ema_top1": run.best_ema_top1,
+            "history": run.history,
+            "rng": rng,
+            "config": run.config,
+            "model_args": run.model_kwargs,
         }
-        if ema is not None:
-            ema_metrics = evaluate_classifier(
-                ema.module, eval_loader, info.num_classes, device, amp_dtype, cfg.channels_last, ctx
-            )
-            row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
-            best_ema_top1 = max(best_ema_top1, row["ema_top1"])
-        history.append(row)
-        improved = row["top1"] > best_top1  # best.pt: the best raw weights (what eval.py and finetune= load)
-        best_top1 = max(best_top1, row["top1"])
-        rng = all_gather_object(capture_rng_state(), ctx)
-        if ctx.is_main:
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None,
-                "epoch": epoch,
-                "step": step,
-                "best_top1": best_top1,
-                "best_ema_top1": best_ema_top1,
-                "history": history,
-                "rng": rng,
-                "config": config,
-                "model_args": model_kwargs,
-            }
-            save_checkpoint(checkpoint_path, state)
-            if improved:
-                save_checkpoint(run_dir / "best.pt", state)
-            _write_metrics(run_dir, history)
-            save_run_report(history, run_dir / "report.png", title=f"{cfg.model.name} on {cfg.data.name}")
-            logger.log(row)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, json.dumps(row))
-        barrier(ctx)
+        save_checkpoint(run.checkpoint_path, state)
+        if improved:
+            save_checkpoint(run.run_dir / "best.pt", state)
+        _write_metrics(run.run_dir, run.history)
+        save_run_report(run.history, run.run_dir / "report.png", title=f"{cfg.model.name} on {cfg.data.name}")
+        run.logger.log(row)
+        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, json.dumps(row))
+    barrier(ctx)
 
-    if not ctx.is_main:
-        return None
-    logger.finish()
-    final = history[-1] if history else {"top1": float("nan")}
+
+# ------------------------------------------------------------------------------------------------------------ finish
+
+
+def _finish(run: _Run) -> dict[str, Any]:
+    """Finish on rank 0: close the tracker, export the better of the raw and EMA weights of the last epoch to
+    ``RUN_DIR/export`` (timm's local-dir layout) and return the run's summary."""
+    cfg, info, ema = run.cfg, run.info, run.ema
+    run.logger.finish()
+    final = run.history[-1] if run.history else {"top1": float("nan")}
     use_ema = ema is not None and final.get("ema_top1", -1.0) >= final["top1"]
     export_dir = export_model(
-        ema.module if use_ema else model,
-        run_dir / "export",
+        ema.module if use_ema else run.model,
+        run.run_dir / "export",
         architecture=cfg.model.name,
-        model_args=model_kwargs,
+        model_args=run.model_kwargs,
         pretrained_cfg={
-            "input_size": [info.in_chans, img_size, img_size],
+            "input_size": [info.in_chans, run.img_size, run.img_size],
             "mean": list(info.mean),
             "std": list(info.std),
             "num_classes": info.num_classes,
@@ -448,13 +573,13 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
         },
     )
     return {
-        "best_top1": best_top1,
+        "best_top1": run.best_top1,
         "final_top1": final["top1"],
-        "best_ema_top1": best_ema_top1 if ema is not None else None,
+        "best_ema_top1": run.best_ema_top1 if ema is not None else None,
         "exported_weights": "ema" if use_ema else "model",
         "epochs": cfg.epochs,
-        "run_dir": str(run_dir),
-        "checkpoint": str(checkpoint_path),
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint_path),
         "export": str(export_dir),
         "model": cfg.model.name,
         "data": cfg.data.name,
