@@ -9,12 +9,19 @@ nothing as timings).
 
     PYTHONPATH=. python scripts/benchmark.py                 # GPU: full sizes, writes the results file
     python scripts/benchmark.py --small --out /tmp/bench      # CPU smoke test
+
+``scripts/gpu_check.py`` reuses the pieces: each ``bench_<op>`` takes ``cases`` (names, or case tuples),
+``impls`` (which implementations) and ``kernels`` (other kernel packages, e.g. a frozen baseline, timed beside this
+checkout's); ``TIMING`` sets how long each measurement runs; ``bench_model`` times one model; ``render_markdown``
+builds the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import fnmatch
+import importlib
 import json
 import math
 import os
@@ -24,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,15 +42,10 @@ if not torch.cuda.is_available():  # the Triton rows run through the interpreter
 
 import triton  # noqa: E402
 
-from zoo.kernels.dwconv import (  # noqa: E402
-    dwconv2d,
-    dwconv2d_reference,
-    inception_dwconv2d,
-    inception_dwconv2d_reference,
-)
-from zoo.kernels.fftconv import fftconv, fftconv_reference  # noqa: E402
-from zoo.kernels.rational import group_rational, group_rational_reference  # noqa: E402
-from zoo.kernels.ssm import s4d_kernel, s4d_kernel_reference  # noqa: E402
+from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
+from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
+from zoo.kernels.rational import group_rational_reference  # noqa: E402
+from zoo.kernels.ssm import s4d_kernel_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASHEET_BANDWIDTH_GBPS = {  # HBM bandwidth from the vendors' datasheets, by device-name substring
@@ -102,25 +104,51 @@ class Results:
 # ------------------------------------------------------------------------------------------------ timing
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device, warmup_ms: int = 50, rep_ms: int = 200) -> float:
-    """Median milliseconds of ``fn``: CUDA events via do_bench on a GPU, wall clock on a CPU."""
+@dataclass
+class Timing:
+    """How long each measurement runs (milliseconds are do_bench's warm-up and repetition budgets)."""
+
+    warmup_ms: int = 50  # ops, eager
+    rep_ms: int = 200
+    graph_rep_ms: int = 200  # ops, CUDA-graph replays
+    graph_max_ms: float | None = None  # no graph replays for calls slower than this (eager ms): launch gaps vanish
+    model_warmup_ms: int = 2000  # models: steps of tens of ms, many of each
+    model_rep_ms: int = 4000
+    cpu_warmup: bool = True  # CPU: one untimed call first, then cpu_samples timed calls (median)
+    cpu_samples: int = 3
+
+
+TIMING = Timing()  # read at every call: replace it (scripts/gpu_check.py does) to shorten or lengthen the runs
+
+
+def _time_ms(
+    fn: Callable[[], object], device: torch.device, warmup_ms: int | None = None, rep_ms: int | None = None
+) -> float:
+    """Median milliseconds of ``fn``: CUDA events via do_bench on a GPU, wall clock on a CPU (``TIMING`` gives
+    the budgets not passed)."""
     if device.type == "cuda":
+        warmup_ms = TIMING.warmup_ms if warmup_ms is None else warmup_ms
+        rep_ms = TIMING.rep_ms if rep_ms is None else rep_ms
         return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-    fn()  # warm-up (compilation, caches)
+    if TIMING.cpu_warmup:
+        fn()  # warm-up (compilation, caches)
     samples = []
-    for _ in range(3):
+    for _ in range(max(1, TIMING.cpu_samples)):
         start = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     return statistics.median(samples)
 
 
-def _graph_ms(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Median milliseconds of CUDA-graph replays of ``fn``: the device time without host launch overhead."""
+def _graph_ms(fn: Callable[[], object], device: torch.device, eager_ms: float | None = None) -> float | None:
+    """Median milliseconds of CUDA-graph replays of ``fn``: the device time without host launch overhead. None on a
+    CPU, and for calls slower than ``TIMING.graph_max_ms`` (given ``eager_ms``), where launch gaps do not count."""
     if device.type != "cuda":
         return None
+    if TIMING.graph_max_ms is not None and eager_ms is not None and eager_ms > TIMING.graph_max_ms:
+        return None
     fn()  # compile / autotune outside the capture
-    return float(triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median"))
+    return float(triton.testing.do_bench_cudagraph(fn, rep=TIMING.graph_rep_ms, return_mode="median"))
 
 
 def copy_bandwidth_gbps(device: torch.device) -> float | None:
@@ -134,6 +162,28 @@ def copy_bandwidth_gbps(device: torch.device) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------ ops
+
+
+def _pick_cases(all_cases: list[tuple], cases: Sequence[str | tuple] | None) -> list[tuple]:
+    """The cases to run: all of ``all_cases`` (None), those whose name matches a pattern of ``cases`` (fnmatch
+    patterns or exact names), and any case tuple given in ``cases`` itself (the format of ``<op>_cases``)."""
+    if cases is None:
+        return all_cases
+    patterns = [c for c in cases if isinstance(c, str)]
+    explicit = [tuple(c) for c in cases if not isinstance(c, str)]
+    return explicit + [c for c in all_cases if any(fnmatch.fnmatchcase(c[0], p) for p in patterns)]
+
+
+def _pick_impls(impls: dict[str, Callable], only: Collection[str] | None) -> dict[str, Callable]:
+    """``impls`` restricted to the names in ``only`` (all of them for None)."""
+    return impls if only is None else {name: fn for name, fn in impls.items() if name in only}
+
+
+def _kernel_modules(kernels: Mapping[str, str] | None, module: str) -> list[tuple[str, object]]:
+    """(implementation label, module) for each kernels package: ``zoo.kernels.<module>`` as "triton" by default;
+    ``kernels`` maps labels to other packages with the same modules (a frozen baseline: scripts/gpu_check.py)."""
+    packages = {"triton": "zoo.kernels"} if kernels is None else kernels
+    return [(label, importlib.import_module(f"{package}.{module}")) for label, package in packages.items()]
 
 
 def _op_rows(
@@ -166,8 +216,8 @@ def _op_rows(
             if pass_ not in passes:
                 continue
             ms = _time_ms(run, device)
-            graph_ms = _graph_ms(run, device)
-            notes = ["interpreter"] if impl == "triton" and device.type == "cpu" else []
+            graph_ms = _graph_ms(run, device, ms)
+            notes = ["interpreter"] if impl.startswith("triton") and device.type == "cpu" else []
             if flops:
                 notes.append(f"{flops[pass_] / ((graph_ms or ms) * 1e-3) / 1e12:.1f} TFLOP/s")
             gbps = moved[pass_] / ((graph_ms or ms) * 1e-3) / 1e9
@@ -195,27 +245,38 @@ def rational_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
     return [("B128xL197x768", (128, 197, 768), 8), ("B128xL197x3072", (128, 197, 3072), 8)]
 
 
-def bench_rational(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
-    """Rows for zoo::group_rational: reference (eager, compiled) and Triton, forward and forward+backward."""
+def bench_rational(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows for zoo::group_rational: reference (eager, compiled) and Triton, forward and forward+backward.
+
+    ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
+    packages to time as Triton implementations (default: this checkout's, "triton")."""
     rows = []
-    for case, shape, groups in rational_cases(small):
+    for case, shape, groups in _pick_cases(rational_cases(small), cases):
         x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
         a = torch.randn(1, 6, device=device, requires_grad=True)
         b = torch.randn(groups, 4, device=device, requires_grad=True)
         dy = torch.randn(shape, dtype=dtype, device=device)
-        impls: dict[str, Callable] = {
-            "reference": group_rational_reference,
-            "triton": lambda x, a, b: group_rational(x, a, b, backend="triton"),
-        }
+        run: dict[str, Callable] = {"reference": group_rational_reference}
+        for label, mod in _kernel_modules(kernels, "rational"):
+            run[label] = lambda x, a, b, mod=mod: mod.group_rational(x, a, b, backend="triton")
         if compile_reference:
-            impls["reference+compile"] = torch.compile(group_rational_reference, fullgraph=True)
+            run["reference+compile"] = torch.compile(group_rational_reference, fullgraph=True)
         element = x.element_size() * x.numel()
         rows += _op_rows(
             "group_rational",
             case,
             dtype,
             device,
-            impls,
+            _pick_impls(run, impls),
             (x, a, b),
             (x, a, b),
             dy,
@@ -231,22 +292,35 @@ def dwconv_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
     return [(f"B64xC{c}x{h}x{h}xK{k}", (64, c, h, h), k) for c, h in ((384, 56), (768, 14)) for k in (3, 7, 13, 31)]
 
 
-def bench_dwconv(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+def bench_dwconv(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
     """Rows for zoo::dwconv2d: PyTorch's own depthwise convolution (the reference, F.conv2d) and Triton.
-    (torch.compile lowers a convolution to the same kernel, so there is no compiled-reference row.)"""
+    (torch.compile lowers a convolution to the same kernel, so there is no compiled-reference row.)
+
+    ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
+    packages to time as Triton implementations (default: this checkout's, "triton")."""
     rows = []
-    for case, shape, k in dwconv_cases(small):
+    for case, shape, k in _pick_cases(dwconv_cases(small), cases):
         x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
         w = torch.randn(shape[1], 1, k, k, dtype=dtype, device=device)
         b = torch.randn(shape[1], dtype=dtype, device=device)
         leaves = tuple(t.requires_grad_() for t in (x, w, b))
         dy = torch.randn_like(x)
-        impls = {"reference": dwconv2d_reference, "triton": lambda x, w, b: dwconv2d(x, w, b, backend="triton")}
+        run: dict[str, Callable] = {"reference": dwconv2d_reference}
+        for label, mod in _kernel_modules(kernels, "dwconv"):
+            run[label] = lambda x, w, b, mod=mod: mod.dwconv2d(x, w, b, backend="triton")
         element = x.element_size() * x.numel()
         # forward: x in, y out; backward: dy in, dx out (input gradient), x and dy in again (weight gradient)
-        rows += _op_rows(
-            "dwconv2d", case, dtype, device, impls, leaves, leaves, dy, {"fwd": 2 * element, "fwd+bwd": 6 * element}
-        )
+        moved = {"fwd": 2 * element, "fwd+bwd": 6 * element}
+        rows += _op_rows("dwconv2d", case, dtype, device, _pick_impls(run, impls), leaves, leaves, dy, moved)
     return rows
 
 
@@ -257,11 +331,23 @@ def inception_cases(small: bool) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"B128xC{c}x{h}x{h}", (128, c, h, h)) for c, h in ((96, 56), (192, 28), (384, 14), (768, 7))]
 
 
-def bench_inception(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+def bench_inception(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
     """Rows for zoo::inception_dwconv2d: the eager split / conv / cat path (reference, also compiled) and the
-    fused Triton mixer (square 3, band 11, 1/8 of the channels per branch), channels_last."""
+    fused Triton mixer (square 3, band 11, 1/8 of the channels per branch), channels_last.
+
+    ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
+    packages to time as Triton implementations (default: this checkout's, "triton")."""
     rows = []
-    for case, shape in inception_cases(small):
+    for case, shape in _pick_cases(inception_cases(small), cases):
         gc = shape[1] // 8
         x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
         params = [
@@ -274,19 +360,18 @@ def bench_inception(small: bool, dtype: torch.dtype, device: torch.device, compi
         ]
         leaves = (x.requires_grad_(), *(p.to(device, dtype).requires_grad_() for p in params))
         dy = torch.randn_like(x)
-        impls: dict[str, Callable] = {
-            "reference": inception_dwconv2d_reference,
-            "triton": lambda *args: inception_dwconv2d(*args, backend="triton"),
-        }
+        run: dict[str, Callable] = {"reference": inception_dwconv2d_reference}
+        for label, mod in _kernel_modules(kernels, "dwconv"):
+            run[label] = lambda *args, mod=mod: mod.inception_dwconv2d(*args, backend="triton")
         if compile_reference:
-            impls["reference+compile"] = torch.compile(inception_dwconv2d_reference, fullgraph=True)
+            run["reference+compile"] = torch.compile(inception_dwconv2d_reference, fullgraph=True)
         element = x.element_size() * x.numel()
         rows += _op_rows(
             "inception_dwconv2d",
             case,
             dtype,
             device,
-            impls,
+            _pick_impls(run, impls),
             leaves,
             leaves,
             dy,
@@ -302,12 +387,24 @@ def ssm_cases(small: bool) -> list[tuple[str, int, int, int]]:
     return [("H1024xN64xL16384", 1024, 64, 16384), ("H768xN64xL4096", 768, 64, 4096)]
 
 
-def bench_ssm(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+def bench_ssm(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
     """Rows for zoo::s4d_kernel (always float32: the parameters and K are float32 whatever ``dtype``): the eager
     reference (complex H x N/2 x L Vandermonde tensor), the same under torch.compile, the Triton kernel.
-    Bytes: K written (forward), grad_K read again (backward); the parameters are negligible."""
+    Bytes: K written (forward), grad_K read again (backward); the parameters are negligible.
+
+    ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
+    packages to time as Triton implementations (default: this checkout's, "triton")."""
     rows = []
-    for case, H, N, L in ssm_cases(small):
+    for case, H, N, L in _pick_cases(ssm_cases(small), cases):
         a_imag = torch.pi * torch.arange(N // 2, device=device, dtype=torch.float32).expand(H, -1)  # S4D-Lin
         params = (
             torch.rand(H, device=device) * 4.6 - 6.9,
@@ -317,18 +414,17 @@ def bench_ssm(small: bool, dtype: torch.dtype, device: torch.device, compile_ref
         )  # log_dt in [log 1e-3, log 1e-1]
         leaves = tuple(p.clone().requires_grad_() for p in params)
         dy = torch.randn(H, L, device=device)
-        impls: dict[str, Callable] = {
-            "reference": lambda *p, L=L: s4d_kernel_reference(*p, L),
-            "triton": lambda *p, L=L: s4d_kernel(*p, L, backend="triton"),
-        }
+        run: dict[str, Callable] = {"reference": lambda *p, L=L: s4d_kernel_reference(*p, L)}
+        for label, mod in _kernel_modules(kernels, "ssm"):
+            run[label] = lambda *p, L=L, mod=mod: mod.s4d_kernel(*p, L, backend="triton")
         if compile_reference:
-            impls["reference+compile"] = torch.compile(lambda *p, L=L: s4d_kernel_reference(*p, L), fullgraph=True)
+            run["reference+compile"] = torch.compile(lambda *p, L=L: s4d_kernel_reference(*p, L), fullgraph=True)
         rows += _op_rows(
             "s4d_kernel",
             case,
             torch.float32,
             device,
-            impls,
+            _pick_impls(run, impls),
             leaves,
             leaves,
             dy,
@@ -348,12 +444,24 @@ def fftconv_cases(small: bool) -> list[tuple[str, int, int, int, int, bool]]:
     return cases
 
 
-def bench_fftconv(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+def bench_fftconv(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
     """Rows for zoo::fftconv (causal, D skip, GELU; gated cases with gate_in and gate_out): the torch.fft
     reference (eager and compiled) and the Triton op (the FFT path, or the direct path for short kernels).
-    Bytes: u (and gates) read, y written; backward: dy, u (and gates) read, du (and gate gradients) written."""
+    Bytes: u (and gates) read, y written; backward: dy, u (and gates) read, du (and gate gradients) written.
+
+    ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
+    packages to time as Triton implementations (default: this checkout's, "triton")."""
     rows = []
-    for case, B, H, L, k_len, gated in fftconv_cases(small):
+    for case, B, H, L, k_len, gated in _pick_cases(fftconv_cases(small), cases):
         u = torch.randn(B, H, L, device=device, dtype=dtype)
         k = torch.randn(H, k_len, device=device) / k_len**0.5
         D = torch.randn(H, device=device)
@@ -365,13 +473,15 @@ def bench_fftconv(small: bool, dtype: torch.dtype, device: torch.device, compile
             gate_in, gate_out = gates or (None, None)
             return fftconv_reference(u, k, D, activation="gelu", gate_in=gate_in, gate_out=gate_out)
 
-        def triton_op(u, k, D, *gates):
+        def triton_op(u, k, D, *gates, mod):
             gate_in, gate_out = gates or (None, None)
-            return fftconv(u, k, D, activation="gelu", gate_in=gate_in, gate_out=gate_out, backend="triton")
+            return mod.fftconv(u, k, D, activation="gelu", gate_in=gate_in, gate_out=gate_out, backend="triton")
 
-        impls: dict[str, Callable] = {"reference": reference, "triton": triton_op}
+        run: dict[str, Callable] = {"reference": reference}
+        for label, mod in _kernel_modules(kernels, "fftconv"):
+            run[label] = lambda *args, mod=mod: triton_op(*args, mod=mod)
         if compile_reference:
-            impls["reference+compile"] = torch.compile(reference, fullgraph=True)
+            run["reference+compile"] = torch.compile(reference, fullgraph=True)
         element = u.element_size() * u.numel()
         streams = 1 + len(gates)
         rows += _op_rows(
@@ -379,7 +489,7 @@ def bench_fftconv(small: bool, dtype: torch.dtype, device: torch.device, compile
             case,
             dtype,
             device,
-            impls,
+            _pick_impls(run, impls),
             leaves,
             leaves,
             dy,
@@ -404,16 +514,28 @@ def _set_backend(module: torch.nn.Module, backend: str) -> torch.nn.Module:
 
 
 def bench_sequence_layers(
-    small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
 ) -> list[OpRow]:
     """Rows for the S4D and LongConv layers (bidirectional, LongConv with 2 channels; under autocast ``dtype``):
     the reference backend ("reference", also compiled) and the Triton backend (on a GPU only), forward and
     forward+backward with the gradients of the input and of every parameter. LongConv's rows beside S4D's at the
-    same case answer "long conv vs S4D at the same size and length". Bytes: the activations in and out."""
+    same case answer "long conv vs S4D at the same size and length". Bytes: the activations in and out.
+
+    ``cases`` and ``impls`` select as for the ops; the layers run this checkout's kernels only (``kernels`` must be
+    None)."""
     from zoo.layers import S4D, LongConv
 
+    if kernels is not None:
+        raise ValueError("the layer rows run this checkout's kernels only: kernels must be None")
     rows = []
-    for case, B, H, L in sequence_layer_cases(small):
+    for case, B, H, L in _pick_cases(sequence_layer_cases(small), cases):
         u = torch.randn(B, H, L, device=device, requires_grad=True)
         dy = torch.randn(B, H, L, device=device)
         element = 2 * u.numel()  # the autocast dtype's bytes
@@ -434,15 +556,14 @@ def bench_sequence_layers(
 
                 return call
 
-            impls: dict[str, Callable] = {"reference": with_backend("torch")}
+            run: dict[str, Callable] = {"reference": with_backend("torch")}
             if device.type == "cuda":  # a whole layer through the interpreter takes minutes: GPU only
-                impls["triton"] = with_backend("triton")
+                run["triton"] = with_backend("triton")
             if compile_reference:
-                impls["reference+compile"] = with_backend("torch", torch.compile(forward, fullgraph=True))
+                run["reference+compile"] = with_backend("torch", torch.compile(forward, fullgraph=True))
             leaves = (u, *layer.parameters())
-            rows += _op_rows(
-                op, case, dtype, device, impls, leaves, leaves, dy, {"fwd": 2 * element, "fwd+bwd": 5 * element}
-            )
+            moved = {"fwd": 2 * element, "fwd+bwd": 5 * element}
+            rows += _op_rows(op, case, dtype, device, _pick_impls(run, impls), leaves, leaves, dy, moved)
     return rows
 
 
@@ -452,6 +573,11 @@ def neighborhood_cases(small: bool) -> list[tuple[str, int, tuple[int, ...], int
     if small:
         return [("B1xL20xH1xD16xK3", 1, (20,), 1, 16, 3)]
     return [(f"B64x56x56xH{h}xD32xK7", 64, (56, 56), h, 32, 7) for h in (2, 4)]
+
+
+# The long 1-D neighborhood case (GPU only): B, L, heads, head_dim, window; forward, beside dense SDPA.
+NA_LONG = (1, 32768, 8, 64, 2049)
+NA_LONG_CASE = "B{}xL{}xH{}xD{}xK{}".format(*NA_LONG)
 
 
 def _flex_na2d(q, k, v, rpb, kernel: int):
@@ -480,30 +606,45 @@ def _flex_na2d(q, k, v, rpb, kernel: int):
     return out.transpose(1, 2).reshape(q.shape)
 
 
-def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device, compile_reference: bool) -> list[OpRow]:
+def bench_neighborhood(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
     """Rows for zoo::neighborhood_attention: the reference (gathered windows), FlexAttention with a
     neighbourhood block mask under torch.compile (GPU; the issue's peer), and Triton; and, on a GPU, the 1-D long
     case (L 32768, window 2049, forward) beside dense SDPA, whose FLOP rate (note) is the "speed of light".
     Bytes: q, k, v read and out written (backward: dout, q, k, v, out read, dq, dk, dv written). FLOPs: the useful
-    4 B heads N K head_dim of a forward (QK and PV over each window), 2.5x that for forward+backward."""
+    4 B heads N K head_dim of a forward (QK and PV over each window), 2.5x that for forward+backward.
+
+    ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
+    packages to time as Triton implementations (default: this checkout's, "triton"). The long 1-D case runs
+    where ``cases`` is None or names it (``NA_LONG_CASE``)."""
     import torch.nn.functional as F
 
-    from zoo.kernels.neighborhood import na_reference, neighborhood_attention
+    from zoo.kernels.neighborhood import na_reference
 
     rows = []
-    for case, B, spatial, heads, head_dim, kernel in neighborhood_cases(small):
+    modules = _kernel_modules(kernels, "neighborhood")
+    for case, B, spatial, heads, head_dim, kernel in _pick_cases(neighborhood_cases(small), cases):
         shape = (B, *spatial, heads, head_dim)
         q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         rpb = torch.zeros(heads, *(2 * kernel - 1,) * len(spatial), device=device, requires_grad=True)
         dy = torch.randn(shape, device=device, dtype=dtype)
-        impls: dict[str, Callable] = {
+        run: dict[str, Callable] = {
             "reference": lambda q, k, v, rpb, kernel=kernel: na_reference(q, k, v, kernel, rpb=rpb),
-            "triton": lambda q, k, v, rpb, kernel=kernel: neighborhood_attention(
-                q, k, v, kernel, rpb=rpb, backend="triton"
-            ),
         }
-        if device.type == "cuda" and len(spatial) == 2:
-            impls["flex+compile"] = torch.compile(lambda q, k, v, rpb, kernel=kernel: _flex_na2d(q, k, v, rpb, kernel))
+        for label, mod in modules:
+            run[label] = lambda q, k, v, rpb, kernel=kernel, mod=mod: mod.neighborhood_attention(
+                q, k, v, kernel, rpb=rpb, backend="triton"
+            )
+        if device.type == "cuda" and len(spatial) == 2 and (impls is None or "flex+compile" in impls):
+            run["flex+compile"] = torch.compile(lambda q, k, v, rpb, kernel=kernel: _flex_na2d(q, k, v, rpb, kernel))
         element = q.element_size() * q.numel()
         useful = 4 * B * heads * math.prod(spatial) * kernel ** len(spatial) * head_dim
         rows += _op_rows(
@@ -511,26 +652,28 @@ def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device, co
             case,
             dtype,
             device,
-            impls,
+            _pick_impls(run, impls),
             (q, k, v, rpb),
             (q, k, v, rpb),
             dy,
             {"fwd": 4 * element, "fwd+bwd": 12 * element},
             flops={"fwd": useful, "fwd+bwd": int(2.5 * useful)},
         )
-    if device.type == "cuda":  # 1-D, L 32768, window 2049, forward: NA's FLOP rate vs dense attention's
-        B, L, heads, head_dim, window = 1, 32768, 8, 64, 2049
+    long_case = cases is None or any(isinstance(c, str) and fnmatch.fnmatchcase(NA_LONG_CASE, c) for c in cases)
+    if device.type == "cuda" and long_case:  # 1-D, L 32768, window 2049, forward: NA's FLOP rate vs dense attention's
+        B, L, heads, head_dim, window = NA_LONG
         q, k, v = (torch.randn(B, L, heads, head_dim, device=device, dtype=dtype) for _ in range(3))
-        case = f"B{B}xL{L}xH{heads}xD{head_dim}xK{window}"
-        impls = {
-            "triton": lambda q, k, v: neighborhood_attention(q, k, v, window, backend="triton"),
-            "sdpa-dense": lambda q, k, v: F.scaled_dot_product_attention(
-                *(t.transpose(1, 2) for t in (q, k, v))
-            ).transpose(1, 2),
+        case = NA_LONG_CASE
+        run = {
+            label: (lambda q, k, v, mod=mod: mod.neighborhood_attention(q, k, v, window, backend="triton"))
+            for label, mod in modules
         }
+        run["sdpa-dense"] = lambda q, k, v: F.scaled_dot_product_attention(
+            *(t.transpose(1, 2) for t in (q, k, v))
+        ).transpose(1, 2)
         element = q.element_size() * q.numel()
-        for impl, fn in impls.items():
-            useful = 4 * B * heads * L * (window if impl == "triton" else L) * head_dim
+        for impl, fn in _pick_impls(run, impls).items():
+            useful = 4 * B * heads * L * (L if impl == "sdpa-dense" else window) * head_dim
             rows += _op_rows(
                 "neighborhood_attention",
                 case,
@@ -545,6 +688,25 @@ def bench_neighborhood(small: bool, dtype: torch.dtype, device: torch.device, co
                 passes=("fwd",),
             )
     return rows
+
+
+CASES = {
+    "rational": rational_cases,
+    "dwconv": dwconv_cases,
+    "inception": inception_cases,
+    "ssm": ssm_cases,
+    "fftconv": fftconv_cases,
+    "sequence": sequence_layer_cases,
+    "neighborhood": neighborhood_cases,
+}
+
+
+def case_names(op: str, small: bool, device: torch.device) -> list[str]:
+    """The names of the cases ``OPS[op]`` runs at this size on ``device`` (in order)."""
+    names = [case[0] for case in CASES[op](small)]
+    if op == "neighborhood" and device.type == "cuda":
+        names.append(NA_LONG_CASE)
+    return names
 
 
 OPS = {
@@ -621,11 +783,11 @@ def bench_models(
         for name, kwargs, backend in MODELS[group]:
             if backend.startswith("triton") and device.type == "cpu":
                 continue
-            rows += _bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm)
+            rows += bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm)
     return rows
 
 
-def _bench_model(
+def bench_model(
     group: str,
     name: str,
     kwargs: dict,
@@ -634,18 +796,35 @@ def _bench_model(
     img_size: int,
     dtype: torch.dtype,
     device: torch.device,
-    timm,
+    timm=None,
+    *,
+    sequence: dict | None = None,
+    channels_last: bool | None = None,
+    size_kwarg: bool | None = None,
+    modes: Sequence[str] = ("train", "infer"),
 ) -> list[ModelRow]:
-    """The train and infer rows of one model."""
+    """The train and infer rows of one model (``modes``), timed with ``TIMING``'s model budgets.
+
+    ``sequence`` (token models: the vocabulary and class arguments; ``img_size`` is then the sequence length),
+    ``channels_last`` and ``size_kwarg`` (pass ``img_size`` to the constructor) default to what ``group`` is in
+    ``SEQUENCE_GROUPS``, ``CHANNELS_LAST_GROUPS`` and KAT's group.
+    """
+    if timm is None:
+        import timm
+
+        import zoo  # noqa: F401  (registers the zoo's models with timm)
+    sequence = SEQUENCE_GROUPS.get(group) if sequence is None else sequence
+    channels_last = group in CHANNELS_LAST_GROUPS if channels_last is None else channels_last
+    size_kwarg = group == "kat" if size_kwarg is None else size_kwarg
     rows = []
     torch.manual_seed(0)
-    if group in SEQUENCE_GROUPS:  # img_size is the sequence length
-        model = timm.create_model(name, **SEQUENCE_GROUPS[group], **kwargs).to(device)
-        x = torch.randint(1, SEQUENCE_GROUPS[group]["vocab_size"], (batch, img_size), device=device)
+    if sequence:  # img_size is the sequence length
+        model = timm.create_model(name, **sequence, **kwargs).to(device)
+        x = torch.randint(1, sequence["vocab_size"], (batch, img_size), device=device)
     else:
-        size_kwargs = {"img_size": img_size} if group == "kat" else {}
+        size_kwargs = {"img_size": img_size} if size_kwarg else {}
         model = timm.create_model(name, **size_kwargs, **kwargs).to(device)
-        memory_format = torch.channels_last if group in CHANNELS_LAST_GROUPS else torch.contiguous_format
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
     target = torch.randint(0, model.num_classes, (batch,), device=device)
@@ -663,8 +842,10 @@ def _bench_model(
             return model(x)
 
     for mode, step in (("train", train_step), ("infer", infer_step)):
+        if mode not in modes:
+            continue
         model.train(mode == "train")
-        ms = _time_ms(step, device, warmup_ms=2000, rep_ms=4000)  # steps of tens of ms: many of each
+        ms = _time_ms(step, device, warmup_ms=TIMING.model_warmup_ms, rep_ms=TIMING.model_rep_ms)
         rows.append(
             ModelRow(
                 group, name, backend, mode, batch, img_size, str(dtype).removeprefix("torch."), ms, batch / (ms * 1e-3)
@@ -695,8 +876,9 @@ def _gbps(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f} GB/s"
 
 
-def render_markdown(results_dir: Path) -> str:
-    """The benchmarks/README.md table, regenerated from every results file in ``results_dir``."""
+def render_markdown(results_dir: Path, extra: Iterable[Path] = ()) -> str:
+    """The benchmarks/README.md table, regenerated from every results file in ``results_dir`` and the files in
+    ``extra`` (results kept elsewhere, e.g. a GPU check's output folder), in the order of their names."""
     lines = [
         "# Benchmarks",
         "",
@@ -707,7 +889,8 @@ def render_markdown(results_dir: Path) -> str:
         "fraction of the measured device-to-device copy bandwidth, `datasheet` of the vendor's HBM figure.",
         "",
     ]
-    for path in sorted(results_dir.glob("*.json")):
+    paths = {p.resolve(): p for p in [*results_dir.glob("*.json"), *extra]}
+    for path in sorted(paths.values(), key=lambda p: p.name):
         data = json.loads(path.read_text())
         lines += [
             f"## {data['device']} ({data['date']})",

@@ -1,7 +1,11 @@
 """Every kernel configuration compiles ahead of time for sm_80 and sm_90, without register spills.
 
 Compilation needs the real Triton JIT (not the interpreter the other tests use on a CPU), so it runs in a
-subprocess: ``python -m zoo.kernels._aot --json``. The registers and spills are printed in the test summary.
+subprocess: ``python -m zoo.kernels._aot --ci --json``. The registers and spills are printed in the test summary.
+
+``--ci`` is every coverage spec plus one representative configuration per kernel of the benchmark-shape specs
+(``KernelSpec.ci``): the other benchmark configurations (the loop report's, ``--loops``) add about 120
+compilations per target, which CI's two cores cannot afford; ``python -m zoo.kernels._aot`` compiles them all.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ def reports() -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "zoo.kernels._aot", "--json"],
+        [sys.executable, "-m", "zoo.kernels._aot", "--ci", "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -91,6 +95,28 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
                 assert any(
                     name.startswith(f"{kernel}[bf16,{layout},") and f",{direction}" in name for name in archs_by_name
                 ), (kernel, layout, direction)
+
+
+def test_benchmark_shapes_are_compiled(reports):
+    """A configuration of every kernel at a benchmarked shape, with the JIT's launch-time specialisations there
+    (``<spec>@<case>``; all of them in ``--loops``)."""
+    names = {r["name"] for r in reports}
+    kernels = (
+        "_group_rational_fwd_kernel[bf16,",
+        "_group_rational_bwd_kernel[bf16,",
+        "_dwconv_kernel[bf16,channels_last,",
+        "_dwconv_kernel[bf16,nchw,",
+        "_dwconv_wgrad_kernel[bf16,channels_last,",
+        "_dwconv_wgrad_kernel[bf16,nchw,",
+        "_inception_kernel[bf16,channels_last,",
+        "_inception_wgrad_kernel[bf16,channels_last,",
+        "_s4d_vandermonde_fwd_kernel[fp32,",
+        "_s4d_vandermonde_bwd_kernel[fp32,",
+        "_fftconv_fwd_kernel[bf16,",
+    )
+    for kernel in kernels:
+        assert any(name.startswith(kernel) and "]@" in name for name in names), kernel
+    assert any(name.startswith("_fftconv_fwd_kernel[bf16,") and ",direct]@" in name for name in names)
 
 
 def test_attention_kernels_use_the_tensor_cores(reports):

@@ -1415,4 +1415,259 @@ def aot_specs() -> list:
                         num_warps=config.num_warps,
                     )
                 )
+    return specs + benchmark_specs()
+
+
+# The benchmarked shapes (scripts/benchmark.py: dwconv_cases, inception_cases), bf16: (batch, channels, size, k)
+# for dwconv2d, (batch, channels, size) for InceptionNeXt-T's four mixer stages (square 3, band 11, gc = C / 8).
+DWCONV_BENCHMARKS = tuple((64, c, h, k) for c, h in ((384, 56), (768, 14)) for k in (3, 7, 13, 31))
+INCEPTION_BENCHMARKS = ((128, 96, 56), (128, 192, 28), (128, 384, 14), (128, 768, 7))
+
+
+def taps_on_map(size: int, k: int, dilation: int = 1) -> int:
+    """Useful work along one axis of a "same" convolution at stride 1: the (output position, tap) pairs whose
+    input lies on the map, not on the zero padding; a 2-D map has the product of its two axes'."""
+    pad = dilation * (k - 1) // 2
+    return sum(0 <= o - pad + t * dilation < size for o in range(size) for t in range(k))
+
+
+def _meta_strides(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return torch.empty(shape, device="meta", memory_format=memory_format).stride()
+
+
+def _named_strides(prefixes: Sequence[str], strides: tuple[int, ...]) -> dict[str, int]:
+    return {f"{prefix}_{axis}": stride for prefix in prefixes for axis, stride in zip("nchw", strides, strict=True)}
+
+
+def _average_trips(n_positions: int, per_program: int, block: int) -> float:
+    """Mean trip count of a loop over a program's chunk of positions in steps of ``block`` (the last chunk is
+    shorter)."""
+    chunks = [min(per_program, n_positions - start) for start in range(0, n_positions, per_program)]
+    return sum(triton.cdiv(length, block) for length in chunks) / len(chunks)
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops): every autotune configuration of the forward, input
+    gradient and weight gradient at the benchmarked shapes, with the arguments the launchers pass there (so the
+    JIT's specialisations: pad 1 of k = 3 and the unit dilation become constants, sizes that are multiples of 16
+    get the hint) and the useful work of a program: the multiply-adds of the taps that land on the map
+    (:func:`taps_on_map`), per program of the launch's grid. dwconv2d in both layouts; the mixer channels_last
+    (as the models run it). The first configuration of the K = 7, 56 x 56 case and of the mixer's first stage
+    is compiled in the tests too (``ci``)."""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    pointers = dict.fromkeys(("src_ptr", "w_ptr", "b_ptr", "dst_ptr"), "*bf16")
+    for n, c, h, k in DWCONV_BENCHMARKS:
+        case = f"B{n}xC{c}x{h}x{h}xK{k}"
+        positions, taps, pad = n * h * h, k * k, (k - 1) // 2
+        on_map = taps_on_map(h, k)
+        macs = n * c * on_map**2
+        size = dict(src_h=h, src_w=h, dst_h=h, dst_w=h, KH=k, KW=k, dil_h=1, dil_w=1, pad_h=pad, pad_w=pad)
+        stride = dict(STRIDE_H=1, STRIDE_W=1, INT64=False)
+        for layout in ("channels_last", "nchw"):
+            strides = _meta_strides((n, c, h, h), layout)
+            representative = ci = (k, h) == (7, 56)
+            for config in _CONV_CONFIGS[layout]:
+                block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
+                programs = triton.cdiv(positions, block_p) * triton.cdiv(c, block_c)
+                work = Work(
+                    case,
+                    "MAC",
+                    macs / programs,
+                    (k, k),
+                    f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {on_map}^2 = {macs}; programs = "
+                    f"cdiv({positions}, {block_p}) x cdiv({c}, {block_c}) = {programs}; loops kh {k}, kw {k}",
+                )
+                label = f"P{block_p},C{block_c},w{config.num_warps}"
+                for transposed, direction in ((False, "fwd"), (True, "bwd")):
+                    args = dict(
+                        **pointers,
+                        n_positions=positions,
+                        C=c,
+                        **_named_strides(("s", "d"), strides),
+                        **size,
+                        **stride,
+                        TRANSPOSED=transposed,
+                        HAS_BIAS=not transposed,
+                        **config.kwargs,
+                    )
+                    specs.append(
+                        launch_spec(
+                            f"_dwconv_kernel[bf16,{layout},{label},{direction}]@{case}",
+                            _dwconv_kernel,
+                            args,
+                            num_warps=config.num_warps,
+                            num_stages=config.num_stages,
+                            work=work,
+                            ci=ci,
+                        )
+                    )
+                ci = False
+            per_program = _positions_per_program(positions, triton.cdiv(c, 32) * triton.cdiv(taps, 8))
+            chunks = triton.cdiv(positions, per_program)
+            ci = representative
+            for config in _WGRAD_CONFIGS[layout]:
+                block_t, block_p, block_c = (config.kwargs[name] for name in _WGRAD_TILE)
+                programs = chunks * triton.cdiv(c, block_c) * triton.cdiv(taps, block_t)
+                trips = _average_trips(positions, per_program, block_p)
+                work = Work(
+                    case,
+                    "MAC",
+                    macs / programs,
+                    (trips,),
+                    f"MACs = {macs} (as the forward); programs = {chunks} chunks of {per_program} positions x "
+                    f"cdiv({c}, {block_c}) x cdiv({taps} taps, {block_t}) = {programs}; loop over a chunk's "
+                    f"positions in steps of {block_p}: {trips:g}",
+                )
+                args = dict(
+                    x_ptr="*bf16",
+                    dy_ptr="*bf16",
+                    partial_ptr="*fp32",
+                    n_positions=positions,
+                    positions_per_program=per_program,
+                    C=c,
+                    H=h,
+                    W=h,
+                    Ho=h,
+                    Wo=h,
+                    **_named_strides(("x", "g"), strides),
+                    **{name: value for name, value in size.items() if not name.startswith(("src", "dst"))},
+                    **stride,
+                    **config.kwargs,
+                )
+                label = f"T{block_t},P{block_p},C{block_c},w{config.num_warps}"
+                specs.append(
+                    launch_spec(
+                        f"_dwconv_wgrad_kernel[bf16,{layout},{label}]@{case}",
+                        _dwconv_wgrad_kernel,
+                        args,
+                        num_warps=config.num_warps,
+                        num_stages=config.num_stages,
+                        work=work,
+                        ci=ci,
+                    )
+                )
+                ci = False
+    specs += _inception_benchmark_specs()
+    return specs
+
+
+def _branch_blocks(id_channels: int, gc: int, channels: int, block_c: int) -> list[int]:
+    """Per conv branch, the channel blocks of the mixer whose aligned window meets the branch's slice (the
+    others return at once): the programs that run the taps (see ``_branch_window``)."""
+    counts = []
+    for branch in (1, 2, 3):
+        first = id_channels + (branch - 1) * gc
+        start = (first // 8) * 8
+        blocks = triton.cdiv(gc + 14, block_c)
+        counts.append(
+            sum(
+                any(first <= ch < first + gc and ch < channels for ch in range(lo, lo + block_c))
+                for lo in (start + j * block_c for j in range(blocks))
+            )
+        )
+    return counts
+
+
+def _inception_benchmark_specs() -> list:
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    layout, square, band = "channels_last", 3, 11
+    branches = ((square, square), (1, band), (band, 1))  # (kh, kw) of the square, 1 x band and band x 1 branches
+    for n, c, h in INCEPTION_BENCHMARKS:
+        case = f"B{n}xC{c}x{h}x{h}"
+        gc = c // 8
+        id_channels = c - 3 * gc
+        positions = n * h * h
+        macs = sum(n * gc * taps_on_map(h, kh) * taps_on_map(h, kw) for kh, kw in branches)
+        strides = _meta_strides((n, c, h, h), layout)
+        common = dict(n_positions=positions, H=h, W=h, C=c, id_channels=id_channels, gc=gc, square=square, band=band)
+        ci = c == 96
+        for config in _INCEPTION_CONFIGS[layout]:
+            block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
+            active = _branch_blocks(id_channels, gc, c, block_c)
+            programs = triton.cdiv(positions, block_p) * sum(active)
+            runs_kh = sum(a * kh for a, (kh, _) in zip(active, branches, strict=True)) / sum(active)
+            runs_taps = sum(a * kh * kw for a, (kh, kw) in zip(active, branches, strict=True)) / sum(active)
+            work = Work(
+                case,
+                "MAC",
+                macs / programs,
+                (runs_kh, runs_taps / runs_kh),
+                f"MACs = N gc (3x3 + 1x11 + 11x1 taps on map) = {macs}; programs = the conv-branch programs whose "
+                f"window meets their slice: cdiv({positions}, {block_p}) x {sum(active)} ({active} per branch; "
+                f"identity copies and empty windows excluded) = {programs}; loops: kh {runs_kh:g}, kw "
+                f"{runs_taps / runs_kh:g} (means over those programs)",
+            )
+            label = f"P{block_p},C{block_c},w{config.num_warps}"
+            for transposed, direction in ((False, "fwd"), (True, "bwd")):
+                args = dict(
+                    src_ptr="*bf16",
+                    dst_ptr="*bf16",
+                    **dict.fromkeys(("w_hw", "b_hw", "w_w", "b_w", "w_h", "b_h"), "*bf16"),
+                    **common,
+                    **_named_strides(("s", "d"), strides),
+                    TRANSPOSED=transposed,
+                    HAS_BIAS=not transposed,
+                    INT64=False,
+                    **config.kwargs,
+                )
+                specs.append(
+                    launch_spec(
+                        f"_inception_kernel[bf16,{layout},{label},{direction}]@{case}",
+                        _inception_kernel,
+                        args,
+                        num_warps=config.num_warps,
+                        num_stages=config.num_stages,
+                        work=work,
+                        ci=ci,
+                    )
+                )
+            ci = False
+        max_taps = max(square * square, band)
+        per_program = _positions_per_program(positions, 3 * triton.cdiv(gc, 32) * triton.cdiv(max_taps, 8))
+        chunks = triton.cdiv(positions, per_program)
+        ci = c == 96
+        for config in _INCEPTION_WGRAD_CONFIGS[layout]:
+            block_t, block_p, block_c = (config.kwargs[name] for name in _WGRAD_TILE)
+            active = _branch_blocks(id_channels, gc, c, block_c)
+            tap_blocks = [triton.cdiv(kh * kw, block_t) for kh, kw in branches]
+            programs = chunks * sum(a * t for a, t in zip(active, tap_blocks, strict=True))
+            trips = _average_trips(positions, per_program, block_p)
+            work = Work(
+                case,
+                "MAC",
+                macs / programs,
+                (trips,),
+                f"MACs = {macs} (as the forward); programs = {chunks} chunks x the (window, tap block) pairs that "
+                f"have work ({active} windows, {tap_blocks} tap blocks per branch) = {programs}; loop over a "
+                f"chunk's positions in steps of {block_p}: {trips:g}",
+            )
+            args = dict(
+                x_ptr="*bf16",
+                dy_ptr="*bf16",
+                partial_ptr="*fp32",
+                n_positions=positions,
+                positions_per_program=per_program,
+                **{name: value for name, value in common.items() if name != "n_positions"},
+                **_named_strides(("x", "g"), strides),
+                INT64=False,
+                **config.kwargs,
+            )
+            label = f"T{block_t},P{block_p},C{block_c},w{config.num_warps}"
+            specs.append(
+                launch_spec(
+                    f"_inception_wgrad_kernel[bf16,{layout},{label}]@{case}",
+                    _inception_wgrad_kernel,
+                    args,
+                    num_warps=config.num_warps,
+                    num_stages=config.num_stages,
+                    work=work,
+                    ci=ci,
+                )
+            )
+            ci = False
     return specs

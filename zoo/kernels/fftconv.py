@@ -1001,4 +1001,96 @@ def aot_specs() -> list:
                     num_warps=4,
                 )
             )
+    return specs + benchmark_specs()
+
+
+# The benchmarked shapes (scripts/benchmark.py: fftconv_cases), u in bf16, causal, D skip, GELU:
+# (B, H, L, kernel length, gated)
+FFTCONV_BENCHMARKS = (
+    tuple((32, 768, L, L, False) for L in (1024, 2048, 4096, 8192, 16384))
+    + tuple((64, 768, L, L, True) for L in (1024, 4096))
+    + tuple((32, 768, 4096, k, False) for k in (4, 64, 128))
+)
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops): the kernels each benchmarked call launches (forward:
+    prologue and epilogue, or the direct epilogue; backward: prologue, the two epilogue kernels and, direct, the
+    kernel gradient), with the arguments the launchers pass (contiguous u, gates, dy; float32 k and D) and the
+    useful work of a program: the elements of u (the FFT path's elementwise kernels; the zero padding up to the
+    FFT length is cost), or the multiply-adds of the taps that land on the sequence (direct path:
+    B H sum_t min(t + 1, L')). The first case's forward epilogue and the K = 4 case's direct forward are
+    compiled in the tests too (``ci``)."""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    for B, H, L, k_len, gated in FFTCONV_BENCHMARKS:
+        case = f"B{B}xH{H}xL{L}" + (f"xK{k_len}" if k_len != L else "") + ("-gated" if gated else "")
+        direct = use_direct(k_len)
+        n = L if direct else fft_length(L, k_len)
+        rows, elements = B * H, B * H * L
+        macs = B * H * sum(min(t + 1, k_len) for t in range(L))
+        contiguous = (H * L, L, 1)
+        gates = contiguous if gated else (0, 0, 0)
+        values = dict(
+            H=H,
+            L=L,
+            n=n,
+            K_LEN=k_len,
+            **dict(zip(("sk_c", "sk_h", "sk_l"), (0, k_len, 1), strict=True)),
+            **{f"{prefix}_{axis}": s for prefix in ("su", "sdy") for axis, s in zip("bhl", contiguous, strict=True)},
+            **{f"{prefix}_{axis}": s for prefix in ("sgi", "sgo") for axis, s in zip("bhl", gates, strict=True)},
+            HAS_D=True,
+            HAS_GATE_IN=gated,
+            HAS_GATE_OUT=gated,
+            GELU=True,
+            DIRECT=direct,
+            BIDIRECTIONAL=False,
+            BLOCK_L=BLOCK_L_GPU,
+            BLOCK_D=BLOCK_D_GPU[0],
+            BLOCK_T=BLOCK_D_GPU[1],
+            **dict.fromkeys(("u_ptr", "gin_ptr", "gout_ptr", "y_ptr", "dy_ptr", "du_ptr"), "*bf16"),
+            **dict.fromkeys(("k_ptr", "d_ptr", "v_ptr", "dz_ptr", "dd_partial_ptr", "dk_partial_ptr"), "*fp32"),
+            conv_ptr="*bf16" if direct else "*fp32",  # the direct path passes u (not read)
+            dvc_ptr="*fp32",
+            dgout_ptr="*bf16" if gated else "*fp32",
+            dgin_ptr="*bf16",
+        )
+        position_blocks, padded_blocks = triton.cdiv(L, BLOCK_L_GPU), triton.cdiv(n, BLOCK_L_GPU)
+        launches = []  # (kernel, programs, units, unit, trips, what a program does)
+        if not direct:
+            launches.append((_fftconv_prologue_kernel, rows * padded_blocks, elements, "element", ()))
+        for kernel, blocks in (
+            (_fftconv_fwd_kernel, position_blocks),
+            (_fftconv_bwd_epilogue_kernel, padded_blocks),
+            (_fftconv_bwd_input_kernel, position_blocks),
+        ):
+            launches.append(
+                (
+                    kernel,
+                    rows * blocks,
+                    macs if direct else elements,
+                    "MAC" if direct else "element",
+                    (k_len,) if direct else (),
+                )
+            )
+        if direct:
+            dk_programs = rows * triton.cdiv(k_len, BLOCK_D_GPU[0])
+            launches.append((_direct_dk_kernel, dk_programs, macs, "MAC", (triton.cdiv(L, BLOCK_D_GPU[1]),)))
+        for kernel, programs, units, unit, trips in launches:
+            names = {p.name for p in kernel.params}
+            formula = f"MACs = B H sum_t min(t + 1, L') = {macs}" if unit == "MAC" else f"elements = B H L = {units}"
+            formula += f"; programs = {programs}" + (f"; loop trips {trips[0]}" if trips else "; no loop")
+            label = "bf16,D,gelu" + (",gated" if gated else "") + (",direct" if direct else "")
+            specs.append(
+                launch_spec(
+                    f"{kernel.__name__}[{label}]@{case}",
+                    kernel,
+                    {name: value for name, value in values.items() if name in names},
+                    num_warps=4,
+                    work=Work(case, unit, units / programs, trips, formula),
+                    ci=(case == "B32xH768xL1024" and kernel is _fftconv_fwd_kernel)
+                    or (k_len == 4 and kernel is _fftconv_fwd_kernel),
+                )
+            )
     return specs

@@ -1425,4 +1425,129 @@ def aot_specs() -> list:
                     uses_dot=dtype != "fp32",
                 )
             )
+    return specs + benchmark_specs()
+
+
+# The benchmarked shapes (scripts/benchmark.py: neighborhood_cases and the long 1-D case), bf16:
+# (B, spatial, heads, head_dim, kernel, bias, passes)
+NA_BENCHMARKS = tuple(
+    (64, (56, 56), heads, 32, 7, bias, ("fwd", "bwd")) for heads in (2, 4) for bias in (True, False)
+) + ((1, (32768,), 8, 64, 2049, False, ("fwd",)),)
+
+
+def _tile_walks(n: int, k: int, d: int, causal: bool, own: int, other: int, by_query: bool) -> tuple[int, float]:
+    """One axis of the launch: (boxes of ``own`` group coordinates over the dilation groups, mean number of
+    ``other``-sized boxes each walks). By query (forward, dq): the key boxes that cover the union of the box's
+    windows; by key (dk, dv): the query boxes whose windows reach the key box. Mirrors ``_query_tile`` and
+    ``_na_bwd_kv_kernel``."""
+    walks = []
+    for g in range(d):
+        n_group = -(-(n - g) // d)
+        for first in range(0, n_group, own):
+            last = min(first + own, n_group) - 1
+            if by_query:
+                start = [c - k + 1 if causal else min(max(c - k // 2, 0), n_group - k) for c in (first, last)]
+                lo, hi = max(start[0], 0), start[1] + k
+            elif causal:
+                lo, hi = first, min(last + k - 1, n_group - 1) + 1
+            else:
+                lo = 0 if first <= k - 1 else first - k + 1 + k // 2
+                hi = (n_group - 1 if last >= n_group - k else last + k // 2) + 1
+            walks.append(-(-(hi - lo) // other))
+    return len(walks), sum(walks) / len(walks)
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops): the forward and both backward kernels at the
+    benchmarked shapes, with and without the bias, with the arguments the launchers pass (so the JIT's
+    specialisations: the unused leading axes' sizes 1 are constants, their strides 0 multiples of 16) and the
+    useful work of a program: the (query, key) pairs inside the windows, prod(kernel) per query, per program
+    of the grid; the loop over the walked boxes runs the mean number of boxes per program. (The benchmark runs
+    the 2-D cases with the bias; ``-plain`` names them without.)"""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    for B, spatial, heads, head_dim, kernel, bias, passes in NA_BENCHMARKS:
+        dims = len(spatial)
+        ks, ds, cs = (kernel,) * dims, (1,) * dims, (False,) * dims
+        extent = f"L{spatial[0]}" if dims == 1 else "x".join(map(str, spatial))  # scripts/benchmark.py's names
+        case = f"B{B}x{extent}xH{heads}xD{head_dim}xK{kernel}" + ("" if bias or dims == 1 else "-plain")
+        q = torch.empty((B, *spatial, heads, head_dim), dtype=torch.bfloat16, device="meta")
+        rpb = torch.empty((heads, *(2 * kernel - 1,) * dims), device="meta") if bias else None
+        problem = _problem(q, ks, ds, cs)
+        pairs = B * heads * math.prod(spatial) * kernel**dims
+        sizes = dict(
+            zip(("n0", "n1", "n2"), problem["spatial"], strict=True),
+            **dict(zip(("k0", "k1", "k2"), problem["kernel"], strict=True)),
+            **dict(zip(("d0", "d1", "d2"), problem["dilation"], strict=True)),
+        )
+        strides = dict(zip(("sr_h", "sr0", "sr1", "sr2"), _rpb_strides(rpb), strict=True))
+        for prefix in ("s", "sk", "sv", "sdo", "so", "sg"):
+            names = [f"{prefix}_{axis}" for axis in ("b", "0", "1", "2", "h", "d")]
+            strides.update(zip(names, _strides(q), strict=True))
+        kinds = [("fwd", _na_fwd_kernel, True)]
+        if "bwd" in passes:
+            kinds += [("bwd", _na_bwd_kv_kernel, False), ("bwd", _na_bwd_q_kernel, True)]
+        for pass_, fn, by_query in kinds:
+            tq, tk = _tiles(problem, pass_)
+            own, other = (tq, tk) if by_query else (tk, tq)
+            axes = [
+                _tile_walks(n, k, d, c, o, t, by_query)
+                for n, k, d, c, o, t in zip(
+                    problem["spatial"],
+                    problem["kernel"],
+                    problem["dilation"],
+                    problem["causal"],
+                    own,
+                    other,
+                    strict=True,
+                )
+            ]
+            (rows, boxes), tiles = _grid(problem, own, B * heads)
+            programs = rows * boxes
+            trips = math.prod(mean for _, mean in axes)
+            constexprs = _constexprs(problem, bias, pass_, fn)
+            num_warps = constexprs.pop("num_warps")
+            pointers = dict.fromkeys(
+                ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "do_ptr", "dk_ptr", "dv_ptr", "dq_ptr"), "*bf16"
+            )
+            pointers.update(
+                rpb_ptr="*fp32" if bias else "*bf16",
+                lse_ptr="*fp32",
+                delta_ptr="*fp32",
+                dlogit_ptr="*fp32",
+            )
+            values = {
+                **pointers,
+                **sizes,
+                **strides,
+                **dict(zip(("tiles0", "tiles1", "tiles2"), tiles, strict=True)),
+                "heads": heads,
+                "head_dim": head_dim,
+                "scale": head_dim**-0.5,
+                "scale2": head_dim**-0.5 * LOG2E,
+                **constexprs,
+            }
+            names = {p.name for p in fn.params}
+            walked = "key" if by_query else "query"
+            work = Work(
+                case,
+                "pair",
+                pairs / programs,
+                (trips,),
+                f"pairs = B heads N prod(kernel) = {B} x {heads} x {math.prod(spatial)} x {kernel}^{dims} = {pairs}; "
+                f"programs = {rows} x {boxes} boxes of {math.prod(own)} = {programs}; loop over the {walked} boxes "
+                f"of {math.prod(other)}: {' x '.join(f'{mean:g}' for _, mean in axes)} = {trips:g} per program",
+            )
+            label = f"{dims}d,bf16,D{head_dim}," + ("rpb" if bias else "plain")
+            specs.append(
+                launch_spec(
+                    f"{fn.__name__}[{label}]@{case}",
+                    fn,
+                    {name: value for name, value in values.items() if name in names},
+                    num_warps=num_warps,
+                    uses_dot=True,
+                    work=work,
+                )
+            )
     return specs

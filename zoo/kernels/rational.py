@@ -642,4 +642,114 @@ def aot_specs() -> list:
                         num_warps=config.num_warps,
                     )
                 )
+    return specs + benchmark_specs()
+
+
+RATIONAL_BENCHMARKS = ((128 * 197, 768, 8), (128 * 197, 3072, 8))  # scripts/benchmark.py: rational_cases
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops): every autotune configuration of the forward and backward
+    kernels, and the coefficient reduction, at KAT's benchmarked MLP inputs (B 128 x L 197 rows of D channels, 8
+    groups, bf16, contiguous), with the arguments the launchers pass and the useful work of a program: the
+    elements of x it covers (idle lanes of a column tile wider than a group are cost); the backward loops over
+    its rows in steps of TILE / BLOCK_D. The first configuration of each kernel at D 768 is compiled in the tests
+    too (``ci``)."""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    pointers = dict.fromkeys(("x_ptr", "y_ptr", "dy_ptr", "dx_ptr"), "*bf16")
+    pointers.update(dict.fromkeys(("a_ptr", "b_ptr", "partial_ptr", "da_ptr", "db_ptr"), "*fp32"))
+    for n_rows, width, groups in RATIONAL_BENCHMARKS:
+        case = f"B128xL197x{width}"
+        group_size = width // groups
+        elements = n_rows * width
+        block_d = _forward_block_d(width)
+        for index, config in enumerate(_FWD_CONFIGS):
+            tile = config.kwargs["TILE"]
+            programs = triton.cdiv(n_rows, tile // block_d) * triton.cdiv(width, block_d)
+            args = dict(
+                **{name: pointers[name] for name in ("x_ptr", "y_ptr", "a_ptr", "b_ptr")},
+                n_rows=n_rows,
+                D=width,
+                group_size=group_size,
+                stride_xr=width,
+                stride_xc=1,
+                TILE=tile,
+                BLOCK_D=block_d,
+            )
+            specs.append(
+                launch_spec(
+                    f"_group_rational_fwd_kernel[bf16,T{tile},D{block_d},w{config.num_warps}]@{case}",
+                    _group_rational_fwd_kernel,
+                    args,
+                    num_warps=config.num_warps,
+                    num_stages=config.num_stages,
+                    work=Work(
+                        case, "element", elements / programs, (), f"elements = {elements}; programs = {programs}"
+                    ),
+                    ci=index == 0 and width == 768,
+                )
+            )
+        block_d = _backward_block_d(group_size)
+        col_blocks = triton.cdiv(group_size, block_d)
+        rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
+        row_programs = triton.cdiv(n_rows, rows_per_program)
+        for index, config in enumerate(_BWD_CONFIGS):
+            tile = config.kwargs["TILE"]
+            programs = row_programs * groups * col_blocks
+            lengths = [min(rows_per_program, n_rows - start) for start in range(0, n_rows, rows_per_program)]
+            trips = sum(triton.cdiv(length, tile // block_d) for length in lengths) / row_programs
+            args = dict(
+                **{name: pointers[name] for name in ("x_ptr", "dy_ptr", "dx_ptr", "a_ptr", "b_ptr", "partial_ptr")},
+                n_rows=n_rows,
+                D=width,
+                group_size=group_size,
+                rows_per_program=rows_per_program,
+                stride_xr=width,
+                stride_xc=1,
+                stride_dyr=width,
+                stride_dyc=1,
+                TILE=tile,
+                BLOCK_D=block_d,
+            )
+            formula = (
+                f"elements = {elements}; programs = {row_programs} row chunks of {rows_per_program} x {groups} groups "
+                f"x {col_blocks} column blocks of {block_d} ({group_size} channels per group) = {programs}; loop over "
+                f"a chunk's rows in steps of {tile // block_d}: {trips:g}"
+            )
+            specs.append(
+                launch_spec(
+                    f"_group_rational_bwd_kernel[bf16,T{tile},D{block_d},w{config.num_warps}]@{case}",
+                    _group_rational_bwd_kernel,
+                    args,
+                    num_warps=config.num_warps,
+                    num_stages=config.num_stages,
+                    work=Work(case, "element", elements / programs, (trips,), formula),
+                    ci=index == 0 and width == 768,
+                )
+            )
+        partials_per_group = col_blocks * row_programs
+        block = 256
+        values = groups * partials_per_group * 10
+        specs.append(
+            launch_spec(
+                f"_coefficient_grads_kernel[fp32,B{block}]@{case}",
+                _coefficient_grads_kernel,
+                dict(
+                    **{name: pointers[name] for name in ("partial_ptr", "b_ptr", "da_ptr", "db_ptr")},
+                    groups=groups,
+                    partials_per_group=partials_per_group,
+                    BLOCK=block,
+                ),
+                work=Work(
+                    case,
+                    "partial",
+                    values,
+                    (groups, triton.cdiv(partials_per_group, block)),
+                    f"partial sums added = groups x {partials_per_group} x 10 = {values}; one program; loops over the "
+                    f"{groups} groups and cdiv({partials_per_group}, {block}) blocks of partials",
+                ),
+            )
+        )
     return specs

@@ -511,4 +511,68 @@ def aot_specs() -> list:
                     num_warps=config.num_warps,
                 )
             )
+    return specs + benchmark_specs()
+
+
+SSM_BENCHMARKS = ((1024, 64, 16384), (768, 64, 4096))  # scripts/benchmark.py: ssm_cases, (H, N, L)
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops): every autotune configuration of both Vandermonde kernels
+    at the benchmarked sizes, with the arguments the launchers pass (contiguous planes and grad_K) and the
+    useful work of a program: the H x N2 x L terms C'[h, n] exp(z[h, n] l) (mode-position pairs) over the grid.
+    The forward loops over the modes in blocks of BLOCK_N, the backward over its chunk of positions in blocks of
+    BLOCK_L. The first configuration of each kernel at the first size is compiled in the tests too (``ci``)."""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    planes = dict.fromkeys(("cr_ptr", "ci_ptr", "zr_ptr", "zi_ptr", "k_ptr", "dk_ptr", "partial_ptr"), "*fp32")
+    for H, N, L in SSM_BENCHMARKS:
+        N2 = N // 2
+        case = f"H{H}xN{N}xL{L}"
+        terms = H * N2 * L
+        per_program = _l_per_program(L, H * triton.cdiv(N2, 32))
+        chunks = triton.cdiv(L, per_program)
+        for kernel, configs in (
+            (_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS),
+            (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS),
+        ):
+            for index, config in enumerate(configs):
+                block_n, block_l = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_L"]
+                if kernel is _s4d_vandermonde_fwd_kernel:
+                    programs = H * triton.cdiv(L, block_l)
+                    trips = triton.cdiv(N2, block_n)
+                    what = f"programs = H cdiv(L, {block_l}) = {programs}; loop over cdiv({N2}, {block_n}) mode blocks"
+                else:
+                    programs = H * triton.cdiv(N2, block_n) * chunks
+                    lengths = [min(per_program, L - start) for start in range(0, L, per_program)]
+                    trips = sum(triton.cdiv(length, block_l) for length in lengths) / chunks
+                    what = (
+                        f"programs = H cdiv(N2, {block_n}) x {chunks} chunks of {per_program} = {programs}; loop over "
+                        f"a chunk in steps of {block_l}"
+                    )
+                args = dict(
+                    **planes,
+                    H=H,
+                    N2=N2,
+                    L=L,
+                    l_per_program=per_program,
+                    stride_dh=L,
+                    stride_dl=1,
+                    **config.kwargs,
+                )
+                names = {p.name for p in kernel.params}
+                specs.append(
+                    launch_spec(
+                        f"{kernel.__name__}[fp32,N{block_n},L{block_l},w{config.num_warps}]@{case}",
+                        kernel,
+                        {name: value for name, value in args.items() if name in names},
+                        num_warps=config.num_warps,
+                        num_stages=config.num_stages,
+                        work=Work(
+                            case, "term", terms / programs, (trips,), f"terms = H N2 L = {terms}; {what}: {trips:g}"
+                        ),
+                        ci=index == 0 and H == 1024,
+                    )
+                )
     return specs

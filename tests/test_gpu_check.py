@@ -1,0 +1,218 @@
+"""scripts/gpu_check.sh --smoke: the GPU check's whole path on a CPU (tiny sizes, Triton interpreter), with families
+made to fail on purpose; and the target table checked against the tiers' rows (no timings anywhere)."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.helpers import DEVICE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# the op names of each tier-2 family's rows, and the dtype its targets read
+OP_ROWS = {
+    "rational": ("group_rational", "bfloat16"),
+    "dwconv": ("dwconv2d", "bfloat16"),
+    "inception": ("inception_dwconv2d", "bfloat16"),
+    "ssm": ("s4d_kernel", "float32"),
+    "fftconv": ("fftconv", "bfloat16"),
+    "neighborhood": ("neighborhood_attention", "bfloat16"),
+}
+
+
+def _load(name: str):
+    """scripts/<name>.py as a module (gpu_check imports only the standard library at its top)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
+    """One --smoke run through the wrapper: a row for every family of every tier, rows from the families that ran,
+    the README table, the target lines last; four families fail in the four ways the check must survive."""
+    check = _load("gpu_check")
+    out = tmp_path / "out"
+    injected = {
+        "tests:fftconv": ("raise", "failed"),  # its pytest process fails; the other files' tests still run
+        "ops:ssm": ("raise", "failed"),  # an exception in the worker; the next family runs in the same worker
+        "models:unireplknet": ("crash", "crashed"),  # the worker dies; a fresh one takes the remaining families
+        "models:s4d": ("hang", "timeout"),  # stopped by its budget (2 s here)
+    }
+    cmd = ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--smoke", "--out", str(out)]
+    for key, (mode, _) in injected.items():
+        cmd += ["--inject-failure", f"{key}:{mode}"]
+    cmd += ["--family-budget", "models:s4d=2"]
+    check.freeze_baseline("issue19", root=tmp_path / "baseline")  # "today's" kernels: timed beside this checkout's
+    cmd += ["--baseline-dir", str(tmp_path / "baseline")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHON=sys.executable))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # 1: some family did not run cleanly
+
+    files = list(out.glob("*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["check"]["mode"] == "smoke" and data["check"]["finished"]
+    assert {tier: data["check"]["tiers"][tier]["status"] for tier in (*check.TIERS, "readme")} == dict.fromkeys(
+        (*check.TIERS, "readme"), "ok"
+    )
+    families = {f"{f['tier']}:{f['family']}": f for f in data["check"]["families"]}
+    assert set(families) == {f"{tier}:{f.name}" for tier in check.TIERS for f in check.FAMILIES[tier]}
+    for key, family in families.items():
+        expected = injected.get(key, (None, "ok"))[1]
+        assert family["status"] == expected, (key, family)
+    assert "injected failure" in families["ops:ssm"]["error"]
+    assert "exited with 70" in families["models:unireplknet"]["error"]
+    for key, family in families.items():
+        if key.startswith("tests:") and key not in injected:
+            assert family["tests"]["passed"] >= 1 and family["tests"]["failed"] == 0
+
+    # rows of every family that ran, none of those that failed before measuring
+    ops = {r["op"] for r in data["ops"]}
+    assert ops == {OP_ROWS[f.name][0] for f in check.OP_FAMILIES if f"ops:{f.name}" not in injected}
+    assert {r["impl"] for r in data["ops"]} == {"reference", "triton", "triton@issue19"}
+    with_baseline = {r["op"] for r in data["ops"] if r["impl"] == "triton@issue19"}
+    assert with_baseline == {"dwconv2d", "inception_dwconv2d"}  # the families that list it
+    groups = {r["group"] for r in data["models"]}
+    assert groups == {f.name for f in check.MODEL_FAMILIES if f"models:{f.name}" not in injected}
+    assert {(r["model"], r["backend"]) for r in data["models"] if r["group"] == "kat"} == {
+        ("kat_t", "triton"),  # the Triton backend through the interpreter
+        ("vit_tiny_patch16_224", "timm"),
+    }
+    assert all(r["ms"] > 0 for r in data["ops"] + data["models"])
+
+    # the target lines come last, one per target, in the table's order
+    lines = proc.stdout.strip().splitlines()[-len(check.TARGETS) :]
+    assert [line.split()[1] for line in lines] == [t.name for t in check.TARGETS]
+    by_name = dict(zip((t.name for t in check.TARGETS), lines, strict=True))
+    assert "not measured (ops:ssm failed)" in by_name["s4d_kernel_vs_reference"]
+    assert "not measured (models:unireplknet crashed)" in by_name["unireplknet_t_train_triton_vs_torch"]
+    assert "smoke run: not a measurement" in by_name["kat_t_train_vs_vit_tiny"]
+    assert [e["name"] for e in data["check"]["targets"]] == [t.name for t in check.TARGETS]
+
+    table = (out / "README.md").read_text()
+    assert f"File: `results/{files[0].name}`" in table and "| kat_t | triton | train | 2 | 32 |" in table
+    assert "## NVIDIA H100 80GB HBM3" in table  # the committed results come along
+    assert (out / "gpu-check.log").read_text().strip().splitlines()[-1] == lines[-1]
+
+
+def test_every_target_is_measured_by_the_tiers_rows():
+    """Rows for every case and implementation the op families run (at full size, on a GPU) and every model row
+    the model families produce: each target then has a ratio. Catches targets that name cases, impls or models the
+    tiers do not run."""
+    check = _load("gpu_check")
+    benchmark = _load("benchmark")
+    rows = []
+    for family in check.OP_FAMILIES:
+        op, dtype = OP_ROWS[family.name]
+        names = benchmark.case_names(family.name, False, torch.device("cuda"))
+        cases = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in family.cases)]
+        assert cases, family
+        impls = (*family.impls, *(f"triton@{tag}" for tag in family.baselines))
+        for case in cases:
+            for impl in impls:
+                for pass_ in ("fwd", "fwd+bwd"):
+                    rows.append(dict(op=op, case=case, dtype=dtype, pass_=pass_, impl=impl, ms=2.0, graph_ms=1.0))
+    models = [
+        dict(group=f.name, model=e.model, backend=e.backend, mode=mode, images_per_s=100.0)
+        for f in check.MODEL_FAMILIES
+        for e in f.entries
+        for mode in ("train", "infer")
+    ]
+    results = dict(ops=rows, models=models, check=dict(mode="gpu", families=[]))
+    for entry in check.evaluate_targets(results):
+        assert entry["ratio"] is not None, entry
+        assert entry["status"] in ("met", "not met", "reported")
+        assert check.target_line(entry).startswith(f"target {entry['name']} (#{entry['issue']}): ")
+    families = {f"{tier}:{f.name}" for tier in check.TIERS for f in check.FAMILIES[tier]}
+    assert all(t.family in families for t in check.TARGETS)
+
+
+def test_target_ratios_take_the_worst_case_and_name_what_is_missing():
+    """Ratios use the device time, take the worst case, and refuse to judge when a named case is missing."""
+    check = _load("gpu_check")
+
+    def row(case, impl, ms, pass_="fwd+bwd", graph_ms=None):
+        return dict(op="dwconv2d", case=case, dtype="bfloat16", pass_=pass_, impl=impl, ms=ms, graph_ms=graph_ms)
+
+    ratio = check.op_speedup("dwconv2d", ("*xK3", "*xK7"), ("fwd+bwd",), "reference")
+    rows = [row("AxK3", "reference", 4.0), row("AxK3", "triton", 9.0, graph_ms=2.0), row("AxK7", "reference", 3.0)]
+    rows.append(row("AxK7", "triton", 2.0))
+    value, detail = ratio(dict(ops=rows))
+    assert value == 1.5 and "worst of 2: AxK7 fwd+bwd" == detail  # device time (graph replays) where there is one
+    try:
+        ratio(dict(ops=rows[:3]))
+    except check.NotMeasured as missing:
+        assert "*xK7" in str(missing)
+    else:
+        raise AssertionError("a target with a missing case must not be measured")
+
+    target = check.Target("t", 0, "ops:dwconv", "", ratio, 2.0)
+    failed = dict(ops=rows[:3], check=dict(families=[dict(tier="ops", family="dwconv", status="timeout")]))
+    (entry,) = check.evaluate_targets(dict(failed, models=[]), (target,))
+    assert entry["status"] == "not measured" and entry["detail"] == "ops:dwconv timeout"
+    (entry,) = check.evaluate_targets(dict(ops=rows, models=[], check=dict(mode="gpu")), (target,))
+    assert entry["status"] == "not met" and check.target_line(entry).startswith("target t (#0): 1.50x, target >= 2x")
+
+    long_rows = [
+        dict(
+            op="neighborhood_attention", case="B1xL1000xH8xD64xK101", pass_="fwd", impl="triton", ms=1.0, graph_ms=None
+        ),
+        dict(
+            op="neighborhood_attention",
+            case="B1xL1000xH8xD64xK101",
+            pass_="fwd",
+            impl="sdpa-dense",
+            ms=5.0,
+            graph_ms=None,
+        ),
+    ]
+    value, _ = check.na_long_flop_fraction(dict(ops=long_rows))
+    assert abs(value - 101 / 1000 * 5) < 1e-12
+
+
+def test_test_outcomes_are_read_from_plain_and_xdist_output():
+    """Tier 1 reads outcomes from the verbose lines, so a pytest process killed at its budget still counts."""
+    check = _load("gpu_check")
+    text = "\n".join(
+        [
+            "tests/kernels/test_ssm.py::test_a[zoh] PASSED                    [ 50%]",
+            "[gw1] [ 75%] FAILED tests/kernels/test_ssm.py::test_b[x-1] ",
+            "[gw0] [100%] SKIPPED tests/kernels/test_ssm.py::test_c ",
+            "FAILED tests/kernels/test_ssm.py::test_b[x-1] - AssertionError: boom",
+        ]
+    )
+    assert check.parse_outcomes(text) == {
+        "tests/kernels/test_ssm.py::test_a[zoh]": "PASSED",
+        "tests/kernels/test_ssm.py::test_b[x-1]": "FAILED",
+        "tests/kernels/test_ssm.py::test_c": "SKIPPED",
+    }
+
+
+def test_a_frozen_baseline_runs_beside_this_checkouts_kernels(tmp_path):
+    """--freeze-baseline copies zoo/kernels; loading renames the package and its registered ops, so the copy's
+    Triton op runs beside this checkout's (here through the interpreter) and agrees with it."""
+    check = _load("gpu_check")
+    folder = check.freeze_baseline("selftest", root=tmp_path)
+    assert (folder / "dwconv.py").read_text() == (ROOT / "zoo" / "kernels" / "dwconv.py").read_text()
+    assert json.loads((folder / "frozen.json").read_text())["rev"] == "working tree"
+    package = check.load_baseline("selftest", root=tmp_path)
+    assert package == "zoo_baseline_selftest" and check.load_baseline("absent", root=tmp_path) is None
+    baseline = importlib.import_module(f"{package}.dwconv")
+    from zoo.kernels import dwconv
+
+    assert baseline.dwconv2d is not dwconv.dwconv2d
+    assert hasattr(torch.ops.zoo_baseline_selftest, "dwconv2d")
+    x = torch.randn(1, 4, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(4, 1, 3, 3, device=DEVICE), torch.randn(4, device=DEVICE)
+    torch.testing.assert_close(baseline.dwconv2d(x, w, b, backend="triton"), dwconv.dwconv2d(x, w, b, backend="triton"))
