@@ -4,6 +4,7 @@ files, atomicity under a failing write, RNG capture and restore."""
 from __future__ import annotations
 
 import argparse
+import fractions
 import random
 import subprocess
 import sys
@@ -151,9 +152,10 @@ def test_foreign_and_mismatched_files(tmp_path):
     torch.save({"format": "one"}, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="format 'one'"):
         load_checkpoint(tmp_path / "odd.pt")
-    torch.save({"format": CHECKPOINT_FORMAT, "args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pt")
-    with pytest.raises(CheckpointError, match="weights_only loading refuses.*argparse.Namespace"):
+    torch.save({"format": CHECKPOINT_FORMAT, "ratio": fractions.Fraction(1, 3)}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="pickled global fractions.Fraction.*trust_checkpoint=true"):
         load_checkpoint(tmp_path / "pickled.pt")
+    assert load_checkpoint(tmp_path / "pickled.pt", trust=True)["ratio"] == fractions.Fraction(1, 3)
 
 
 def test_save_refuses_what_weights_only_cannot_load(tmp_path):

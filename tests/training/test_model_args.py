@@ -68,7 +68,7 @@ def test_train_and_eval_derive_the_same_model_arguments(model, data, monkeypatch
     class Stop(Exception):
         pass
 
-    def capture(checkpoint, name, pretrained_file, model_kwargs):
+    def capture(checkpoint, name, pretrained_file, model_kwargs, trust=False):
         captured.update(name=name, kwargs=model_kwargs)
         raise Stop
 

@@ -6,9 +6,12 @@ Imports only torch, numpy, timm and safetensors (no hydra, wandb, matplotlib or 
 
 from zoo.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    SAFE_CHECKPOINT_GLOBALS,
     CheckpointError,
+    UntrustedCheckpointError,
     capture_rng_state,
     load_checkpoint,
+    load_weights_file,
     resolve_checkpoint_path,
     restore_rng_state,
     save_checkpoint,
@@ -21,11 +24,14 @@ from zoo.training.trainer import train
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "SAFE_CHECKPOINT_GLOBALS",
+    "UntrustedCheckpointError",
     "capture_rng_state",
     "create_optimizer",
     "evaluate_classifier",
     "export_model",
     "load_checkpoint",
+    "load_weights_file",
     "param_groups",
     "resolve_checkpoint_path",
     "restore_rng_state",

@@ -12,14 +12,25 @@ unpickler accepts: ``None``, bools, numbers, strings, bytes, tensors, ``torch.Si
 dicts, lists, tuples and sets of these. ``save_checkpoint`` checks this before writing (so a bad state fails at the
 first save, not at resume) and turns numpy scalars into Python numbers; ``capture_rng_state`` stores numpy's RNG
 state as plain Python types for the same reason. Loading never executes arbitrary pickled code.
+
+Every weights file the zoo reads (``resume=``, ``finetune=``, eval.py's ``checkpoint=`` and ``pretrained_file=``)
+goes through :func:`checkpoint_unpickling`: the restricted unpickler plus :data:`SAFE_CHECKPOINT_GLOBALS`, the plain
+types that the official releases of the zoo's families hold, allowed for that one call (never registered globally).
+Anything else raises :class:`UntrustedCheckpointError` (the file, the global it holds, the opt-in); ``trust=True``
+(``trust_checkpoint=true`` on the command line) reads the file with the full unpickler, which runs whatever code it
+holds. :func:`load_weights_file` reads any weights file that way; safetensors files hold tensors only.
 """
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import random
+import re
 import warnings
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +42,12 @@ from zoo._io import atomic_write
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointError",
+    "SAFE_CHECKPOINT_GLOBALS",
+    "UntrustedCheckpointError",
     "capture_rng_state",
+    "checkpoint_unpickling",
     "load_checkpoint",
+    "load_weights_file",
     "resolve_checkpoint_path",
     "restore_rng_state",
     "save_checkpoint",
@@ -107,35 +122,129 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 
 # ------------------------------------------------------------------------------------------------- loading
 
+# The one allow-list: globals (beyond tensors and plain Python values, which the restricted unpickler reads anyway)
+# that the official releases and training scripts of the zoo's five families pickle into their checkpoints. Passed
+# to each load through torch.serialization.safe_globals, never registered process-wide (add_safe_globals).
+SAFE_CHECKPOINT_GLOBALS: tuple[type, ...] = (
+    # argparse.Namespace: the training arguments, `args`, beside the state dicts.
+    # - KAT (Adamdad/kat train.py, timm 1.0), InceptionNeXt (sail-sg/inceptionnext train.py) and NAT/DiNAT
+    #   (SHI-Labs/Neighborhood-Attention-Transformer classification/train.py) train with timm's script, whose
+    #   utils.CheckpointSaver writes {"epoch", "arch", "state_dict", "optimizer", "version", "args", "state_dict_ema",
+    #   "metric", amp scaler state, "saver"}: save_state["args"] = args.
+    # - UniRepLKNet (AILab-CVC/UniRepLKNet main.py; utils.save_model from ConvNeXt/DeiT) writes {"model",
+    #   "optimizer", "epoch", "scaler", "args", "model_ema"}.
+    # The namespaces hold strings, numbers, bools, None, lists and dicts (args.device is a string such as "cuda:0").
+    argparse.Namespace,
+)
+# Not listed, because nothing else in those releases needs it:
+# - S4D: state-spaces/s4 example.py, whose backbone zoo.models.sequence follows, saves {"model", "acc", "epoch"}
+#   (plain); the released s4-wt103.pt is a bare state dict.
+# - PyTorch Lightning .ckpt files of state-spaces/s4 and HazyResearch/safari train.py: their hyper_parameters are
+#   the run's omegaconf DictConfig (save_hyperparameters(config)) plus hparams_type. Unpickling it needs DictConfig,
+#   ListConfig, ContainerMetadata, Metadata, AnyNode, typing.Any, collections.defaultdict and the builtins dict,
+#   list and int as callables, and runs omegaconf's __setstate__: not plain types. Their state dicts (the Lightning
+#   module's "model.layers.N...") are not laid out as the example backbone either. They need trust=True.
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", filename: str = "last.pt") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (with ``weights_only=True``).
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+
+
+class UntrustedCheckpointError(CheckpointError):
+    """A weights file or checkpoint holding a global the restricted unpickler refuses (unpickling it could run
+    code). ``file`` is the path, ``found`` the global's dotted name as torch reports it."""
+
+    def __init__(self, file: str | Path, found: str) -> None:
+        self.file = Path(file)
+        self.found = found
+        allowed = ", ".join(f"{kind.__module__}.{kind.__qualname__}" for kind in SAFE_CHECKPOINT_GLOBALS)
+        super().__init__(
+            f"{self.file} holds the pickled global {found}. Weights and checkpoints are read with the restricted "
+            f"unpickler, which takes tensors, plain Python values and {allowed} only, so that loading a file never "
+            "runs code from it. If you trust where this file comes from, load it with the full unpickler, which runs "
+            "whatever code the file holds: trust_checkpoint=true on the command line, trust=True in Python."
+        )
+
+
+@contextmanager
+def checkpoint_unpickling(file: str | Path, trust: bool = False) -> Iterator[bool]:
+    """The unpickling policy for reading ``file``: yields the ``weights_only`` value to pass to ``torch.load`` (or
+    timm's ``load_state_dict``) inside the block.
+
+    Without ``trust``: ``True``, with :data:`SAFE_CHECKPOINT_GLOBALS` allowed for this block only
+    (``torch.serialization.safe_globals``); the restricted unpickler's refusal becomes an
+    :class:`UntrustedCheckpointError` naming the file, the global it holds and the opt-in. Other errors pass through
+    unchanged: a truncated or corrupt file, or a pickle the restricted unpickler cannot parse (it is refused too,
+    e.g. protocol 4's ``Unsupported operand 149``, but names no global). With ``trust``: ``False``, the full unpickler (it runs the file's code).
+    """
+    if trust:
+        yield False
+        return
+    try:
+        with torch.serialization.safe_globals(list(SAFE_CHECKPOINT_GLOBALS)):
+            yield True
+    except pickle.UnpicklingError as error:
+        match = _UNSUPPORTED_GLOBAL.search(str(error))
+        if match is None:  # not a refused global: a corrupt pickle, or opcodes the restricted unpickler cannot parse
+            raise
+        raise UntrustedCheckpointError(file, match.group(1)) from error
+
+
+def load_weights_file(path: str | Path, *, trust: bool = False, map_location: Any = "cpu") -> Any:
+    """Read a weights file or training checkpoint as it is (a state dict, or a dict holding one).
+
+    ``.safetensors`` files hold tensors only and are read onto the CPU; anything else is read by ``torch.load``
+    under :func:`checkpoint_unpickling`: tensors, plain Python values and :data:`SAFE_CHECKPOINT_GLOBALS`, or,
+    with ``trust=True``, everything (the full unpickler, which runs whatever code the file holds).
+
+    Args:
+        path: the file.
+        trust: load with the full unpickler (the command line's ``trust_checkpoint=true``).
+        map_location: passed to ``torch.load`` (default: every tensor on the CPU).
+
+    Raises:
+        FileNotFoundError: no such file.
+        UntrustedCheckpointError: the file holds other objects and ``trust`` is not set.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(2, f"no weights file at {file}", str(file))
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    with checkpoint_unpickling(file, trust=trust) as weights_only:
+        return torch.load(file, map_location=map_location, weights_only=weights_only)
+
+
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", filename: str = "last.pt", *, trust: bool = False
+) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (restricted unpickler: :func:`checkpoint_unpickling`).
 
     Args:
         path: a checkpoint file, or a run directory (then ``path / filename``).
         map_location: passed to ``torch.load`` (default: every tensor on the CPU).
         filename: the file to read inside a run directory (``"last.pt"`` or ``"best.pt"``).
+        trust: read the file with the full unpickler (``trust_checkpoint=true``), which runs any code it holds.
 
     Returns:
         The saved dict, ``"format"`` key included.
 
     Raises:
         FileNotFoundError: no such file (the message names the path looked for).
-        CheckpointError: the file is corrupt or truncated, holds objects the restricted unpickler refuses, is not
-            a dict with a ``"format"`` key (not a zoo checkpoint), or has another format.
+        UntrustedCheckpointError: the file holds objects the restricted unpickler refuses (and ``trust`` is not set).
+        CheckpointError: the file is corrupt or truncated, is not a dict with a ``"format"`` key (not a zoo
+            checkpoint), or has another format.
     """
     file = resolve_checkpoint_path(path, filename)
     if not file.is_file():
         raise FileNotFoundError(2, f"no checkpoint at {file}", str(file))
     try:
-        state = torch.load(file, map_location=map_location, weights_only=True)
+        with checkpoint_unpickling(file, trust=trust) as weights_only:
+            state = torch.load(file, map_location=map_location, weights_only=weights_only)
+    except UntrustedCheckpointError:
+        raise
     except Exception as e:  # zip errors, EOFError, UnpicklingError, RuntimeError from the reader, ...
-        reason = _load_error_reason(e)
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in reason:
-            raise CheckpointError(
-                f"{file} is not a zoo checkpoint: it holds Python objects that weights_only loading refuses ({reason})"
-            ) from e
-        raise CheckpointError(f"{file} is corrupt or truncated: {reason}") from e
+        raise CheckpointError(f"{file} is corrupt or truncated: {_load_error_reason(e)}") from e
     if not isinstance(state, dict):
         raise CheckpointError(
             f"{file} is not a zoo checkpoint: expected a dict with a 'format' key, got {type(state).__name__}"

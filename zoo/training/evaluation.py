@@ -72,10 +72,12 @@ def _describe(model: nn.Module, args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _load_train_checkpoint(file: Path, model_kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def _load_train_checkpoint(
+    file: Path, model_kwargs: dict[str, Any], trust: bool = False
+) -> tuple[nn.Module, dict[str, Any]]:
     from zoo.training.checkpoint import CheckpointError, load_checkpoint
 
-    state = load_checkpoint(file)
+    state = load_checkpoint(file, trust=trust)
     config = state.get("config")
     if not isinstance(config, dict) or "model" not in config or "data" not in config or "model" not in state:
         raise CheckpointError(f"{file} holds no model weights and train config ('model' and 'config' keys)")
@@ -115,7 +117,25 @@ def _load_export_dir(path: Path, model_kwargs: dict[str, Any]) -> tuple[nn.Modul
     return model, _describe(model, args)
 
 
-def _load_named(name: str, pretrained_file: str | None, model_kwargs: dict[str, Any]):
+def _read_pretrained_file(file: Path, trust: bool) -> dict[str, torch.Tensor]:
+    """The state dict in ``file``, read by :func:`zoo.training.checkpoint.load_weights_file` (the zoo's unpickling
+    policy, not timm's) and picked as timm's file loader picks it: the first of ``state_dict_ema``, ``model_ema``,
+    ``state_dict``, ``model`` (EMA weights first), or the whole file; a ``module.`` prefix stripped."""
+    from timm.models import clean_state_dict
+
+    from zoo.training.checkpoint import load_weights_file
+
+    checkpoint = load_weights_file(file, trust=trust)
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if isinstance(checkpoint.get(key), dict):
+                return clean_state_dict(checkpoint[key])
+    return clean_state_dict(checkpoint)
+
+
+def _load_named(name: str, pretrained_file: str | None, model_kwargs: dict[str, Any], trust: bool = False):
+    import timm
+
     import zoo
 
     if pretrained_file is None:
@@ -128,7 +148,10 @@ def _load_named(name: str, pretrained_file: str | None, model_kwargs: dict[str, 
         raise FileNotFoundError(2, f"pretrained_file {file} does not exist", str(file))
     # Make the overlay describe the file's classes and channels, so timm neither drops the classifier (it does
     # when num_classes differs from the pretrained cfg's) nor adapts the first conv.
-    overlay: dict[str, Any] = {"file": str(file)}
+    if ":" not in name and not timm.is_model(name.split(".", 1)[0]):
+        zoo.create_model(name)  # an unknown name: the zoo's error (closest names) before the file is read
+    # The weights go in as a state dict read here, so that they are unpickled as every zoo path unpickles.
+    overlay: dict[str, Any] = {"state_dict": _read_pretrained_file(file, trust)}
     if model_kwargs.get("num_classes") is not None:
         overlay["num_classes"] = int(model_kwargs["num_classes"])
     if model_kwargs.get("in_chans") is not None:
@@ -138,6 +161,9 @@ def _load_named(name: str, pretrained_file: str | None, model_kwargs: dict[str, 
         size = tuple(getattr(default, "input_size", None) or (3, 224, 224))
         overlay["input_size"] = (int(model_kwargs["in_chans"]), *size[1:])
     model = zoo.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, **model_kwargs)
+    for cfg in (getattr(model, "pretrained_cfg", None), getattr(model, "default_cfg", None)):
+        if isinstance(cfg, dict):
+            cfg.pop("state_dict", None)  # timm keeps the overlay: not a second copy of the weights on the model
     args = {"architecture": name, **model_kwargs, "source": str(file)}
     return model, _describe(model, args)
 
@@ -147,6 +173,7 @@ def load_model_for_eval(
     model: str | None = None,
     pretrained_file: str | os.PathLike | None = None,
     model_kwargs: dict[str, Any] | None = None,
+    trust: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model to evaluate; returns ``(model in eval mode on the CPU, args)``.
 
@@ -159,7 +186,12 @@ def load_model_for_eval(
     - ``checkpoint`` = an export directory (``config.json`` + ``model.safetensors``, e.g. ``RUN_DIR/export``):
       ``zoo.create_model("local-dir:" + dir)``.
     - ``model`` = a registered name with ``pretrained_file`` = a state dict file (``.pth``, ``.safetensors``):
-      ``zoo.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=...), **model_kwargs)``.
+      ``zoo.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(state_dict=...), **model_kwargs)``
+      (the state dict read from the file as timm reads it, EMA weights first).
+
+    Pickled files are read with the restricted unpickler and the allow-list of ``zoo.training.checkpoint``;
+    ``trust=True`` (eval.py's ``trust_checkpoint=true``) reads them with the full unpickler, which runs any code
+    they hold.
 
     ``model_kwargs`` are extra model arguments (e.g. ``backend="torch"``; for ``model=`` also ``num_classes``,
     ``in_chans``, ``img_size`` ...). ``args`` holds what the model was built with: ``architecture``, its keyword
@@ -168,7 +200,8 @@ def load_model_for_eval(
     Raises:
         ValueError: none or several sources; ``model`` without ``pretrained_file``; unknown model name.
         FileNotFoundError: a missing file or directory (the message names the path looked for).
-        zoo.training.CheckpointError: a file that is not a train.py checkpoint, or weights that do not fit.
+        zoo.training.CheckpointError: a file that is not a train.py checkpoint, or weights that do not fit;
+            ``UntrustedCheckpointError`` (a subclass) for a file holding objects beyond the allow-list.
     """
     model_kwargs = dict(plain(model_kwargs) or {})
     if checkpoint is not None and model is not None:
@@ -184,7 +217,8 @@ def load_model_for_eval(
             "directory) or model=NAME with pretrained_file=PATH"
         )
     if model is not None:
-        built, args = _load_named(str(model), None if pretrained_file is None else str(pretrained_file), model_kwargs)
+        file = None if pretrained_file is None else str(pretrained_file)
+        built, args = _load_named(str(model), file, model_kwargs, trust)
     else:
         if pretrained_file is not None:
             raise ValueError("pretrained_file goes with model=NAME, not with checkpoint=PATH")
@@ -201,9 +235,9 @@ def load_model_for_eval(
                     f"(needs {' and '.join(_EXPORT_FILES)})",
                     str(path / "last.pt"),
                 )
-            built, args = _load_train_checkpoint(path / "last.pt", model_kwargs)
+            built, args = _load_train_checkpoint(path / "last.pt", model_kwargs, trust)
         else:
-            built, args = _load_train_checkpoint(path, model_kwargs)
+            built, args = _load_train_checkpoint(path, model_kwargs, trust)
     return built.eval(), args
 
 
@@ -419,7 +453,10 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         from_config = build_model_kwargs(model_name, info, cfg.data.get("img_size"), cfg.data.get("patch_size"))
         model_kwargs = {**from_config, **model_kwargs}
         model_name = model_name.get("name")
-    model, args = load_model_for_eval(cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"), model_kwargs)
+    trust = bool(cfg.get("trust_checkpoint") or False)
+    model, args = load_model_for_eval(
+        cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"), model_kwargs, trust=trust
+    )
     img_size = args.get("img_size")
     if not isinstance(img_size, int):
         img_size = cfg.data.img_size

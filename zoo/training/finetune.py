@@ -4,13 +4,16 @@ A source is one of: a checkpoint written by train.py (``last.pt``/``best.pt``, o
 directory (``config.json`` + ``model.safetensors``), or any other weights file of the same architecture (an
 official release: a state dict or a training checkpoint holding one), which goes through the model family's
 ``checkpoint_filter_fn``.
+
+Pickled files are read with the restricted unpickler and the allow-list of ``zoo.training.checkpoint``
+(``SAFE_CHECKPOINT_GLOBALS``: what the official checkpoints hold besides tensors and plain values); a file holding
+anything else is refused (``UntrustedCheckpointError``) unless ``trust=True`` (``trust_checkpoint=true``).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +45,14 @@ class FinetuneSource:
     model_args: dict[str, Any] = field(default_factory=dict)  # constructor arguments (img_size, patch_size, ...)
 
 
-def read_source(path: str | Path) -> FinetuneSource:
-    """Read a fine-tuning source (see the module docstring). Raises FileNotFoundError / ValueError."""
-    from zoo.training.checkpoint import load_checkpoint
+def read_source(path: str | Path, trust: bool = False) -> FinetuneSource:
+    """Read a fine-tuning source (see the module docstring).
+
+    ``trust=True`` reads pickled files with the full unpickler, which runs any code they hold (the command line's
+    ``trust_checkpoint=true``). Raises FileNotFoundError / ValueError, and ``UntrustedCheckpointError`` for a file
+    holding objects beyond the allow-list without ``trust``.
+    """
+    from zoo.training.checkpoint import load_checkpoint, load_weights_file
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -58,26 +66,13 @@ def read_source(path: str | Path) -> FinetuneSource:
             raise FileNotFoundError(f"finetune={path}: the export has config.json but no {weights.name}")
         args = dict(config.get("model_args") or {})
         return FinetuneSource(path, load_file(str(weights)), config.get("architecture"), args)
-    state = load_checkpoint(path) if path.is_dir() else _load_foreign(path)  # each file is read once
+    # each file is read once; a checkpoint file is recognised by its "format" key below
+    state = load_checkpoint(path, trust=trust) if path.is_dir() else load_weights_file(path, trust=trust)
     if isinstance(state, dict) and "format" in state and "model" in state:  # a train.py checkpoint
         model_cfg = (state.get("config") or {}).get("model", {})
         args = dict(state.get("model_args") or {})  # the constructor arguments the run built its model with
         return FinetuneSource(path, state["model"], model_cfg.get("name"), args)
     return FinetuneSource(path, state)
-
-
-def _load_foreign(path: Path) -> dict[str, Any]:
-    """A weights file from elsewhere: safetensors, or a torch pickle (restricted unpickler first; a full one,
-    with a warning, for training checkpoints that pickled other objects such as argparse namespaces)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        warnings.warn(f"{path} needs the full unpickler ({error}); load only files you trust", stacklevel=2)
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def inherited_model_args(source: FinetuneSource, model_name: str) -> dict[str, Any]:

@@ -265,7 +265,7 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.resume and cfg.finetune:
         raise ValueError("give either resume= (continue a run) or finetune= (start from its weights), not both")
-    source = read_source(cfg.finetune) if cfg.finetune else None
+    source = read_source(cfg.finetune, trust=_trust(cfg)) if cfg.finetune else None
     inherited = inherited_model_args(source, cfg.model.name) if source is not None else {}
     img_size = cfg.img_size or inherited.get("img_size") or cfg.data.img_size
     run_dir, resume_state = _run_dir_and_resume_state(cfg, ctx)
@@ -330,6 +330,11 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
     return run, resume_state
 
 
+def _trust(cfg: Any) -> bool:
+    """``cfg.trust_checkpoint``: read ``resume=`` / ``finetune=`` files with the full unpickler (runs their code)."""
+    return bool(cfg.get("trust_checkpoint") or False)
+
+
 def _run_dir_and_resume_state(cfg: Any, ctx: Any) -> tuple[Path, dict[str, Any] | None]:
     """The run directory (created on rank 0; the same on every rank) and the checkpoint to resume from.
 
@@ -339,7 +344,7 @@ def _run_dir_and_resume_state(cfg: Any, ctx: Any) -> tuple[Path, dict[str, Any] 
     resume_state = None
     if cfg.resume:
         checkpoint_path = resolve_checkpoint_path(cfg.resume)
-        resume_state = load_checkpoint(checkpoint_path)
+        resume_state = load_checkpoint(checkpoint_path, trust=_trust(cfg))
         saved_model = resume_state.get("config", {}).get("model", {}).get("name")
         if saved_model != cfg.model.name:
             raise CheckpointError(
