@@ -6,10 +6,13 @@ below registers them all, so any import of ``zoo.data`` (or of one of its module
 """
 
 from zoo.data import datasets, sequences  # noqa: F401  (register the image datasets and the sequence tasks)
-from zoo.data.loaders import EpochRandomSampler, create_loaders, epoch_generator
+from zoo.data.datasets import CorruptImageError
+from zoo.data.loaders import EpochRandomSampler, TooManyCorruptImagesError, create_loaders, epoch_generator
 from zoo.data.registry import DATASETS, DatasetInfo, create_dataset, default_img_size, register_dataset
 
 __all__ = [
+    "CorruptImageError",
+    "TooManyCorruptImagesError",
     "DatasetInfo",
     "DATASETS",
     "create_dataset",

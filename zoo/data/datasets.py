@@ -7,10 +7,12 @@ are imported inside the functions that need them (``import zoo`` must not pull i
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import inspect
 import os
+import re
 from typing import Any
 
 import torch
@@ -23,8 +25,11 @@ __all__ = [
     "CIFAR10_INFO",
     "CIFAR100_INFO",
     "DIGITS_INFO",
+    "CorruptImageError",
+    "SkippedSample",
     "IMAGENET_INFO",
     "DigitsDataset",
+    "ImageFolderDataset",
     "dataset_classes",
     "replace_num_classes",
 ]
@@ -199,18 +204,93 @@ def _create_cifar(key: str, split: str, root: str, download: bool, transform) ->
 
 # ---------------------------------------------------------------------------------------------------------- ImageNet
 
+_CORRUPT_PREFIX = "cannot read image file "
+# The worker's traceback ends with "<module>.CorruptImageError: cannot read image file '<path>': <reason>".
+_CORRUPT_LINE = re.compile(r"CorruptImageError: " + _CORRUPT_PREFIX + r"('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"): ")
+
+
+class CorruptImageError(RuntimeError):
+    """An image file of an ImageFolder dataset that cannot be decoded (truncated, empty, not an image).
+
+    ``path`` names the file, ``reason`` says what the decoder reported. Raised by ``__getitem__``; a DataLoader
+    worker's copy reaches the main process as this same type with the same one-line message (the worker's
+    traceback is kept in ``worker_traceback``), and the error pickles.
+    """
+
+    # DataLoader re-raises a worker's exception as ``type(message=text)`` when the type has a ``message``
+    # attribute; __init__ turns that text back into the path, the reason and the one-line message.
+    message = "an image file could not be decoded"
+
+    def __init__(self, path: str | None = None, reason: str | None = None, *, message: str | None = None):
+        self.worker_traceback = None
+        if message is not None:  # re-raised from a DataLoader worker
+            self.worker_traceback = message
+            found = list(_CORRUPT_LINE.finditer(message))
+            if found:
+                path = ast.literal_eval(found[-1].group(1))
+                reason = message[found[-1].end() :].strip()
+        self.path = path
+        self.reason = reason
+        text = f"{_CORRUPT_PREFIX}{path!r}: {reason}" if path is not None else str(message)
+        super().__init__(text)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason))
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedSample:
+    """What an ImageFolder dataset with ``skip_corrupt`` returns for an undecodable image: the marker that
+    :func:`zoo.data.loaders.skipping_collate` drops from the batch, recording ``path``."""
+
+    path: str
+    reason: str
+
+
+class ImageFolderDataset(Dataset):
+    """torchvision's ``ImageFolder`` (same ``classes``, ``class_to_idx``, ``samples``, ``targets``) whose
+    ``__getitem__`` turns a decoding error into :class:`CorruptImageError` naming the file, or, with
+    ``skip_corrupt``, returns a :class:`SkippedSample` marker; good images take the same path as ImageFolder."""
+
+    def __init__(self, root: str, transform=None, skip_corrupt: bool = False):
+        from torchvision.datasets import ImageFolder  # lazy: torchvision only where it is needed
+
+        folder = ImageFolder(root, transform=transform)
+        self.root = folder.root
+        self.loader = folder.loader
+        self.classes = folder.classes
+        self.class_to_idx = folder.class_to_idx
+        self.samples = folder.samples
+        self.targets = folder.targets
+        self.transform = transform
+        self.skip_corrupt = bool(skip_corrupt)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, empty or unidentified files
+            reason = f"{type(error).__name__}: {error}"
+            if self.skip_corrupt:
+                return SkippedSample(path, reason)
+            raise CorruptImageError(path, reason) from error
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample, target
+
 
 @register_dataset(IMAGENET_INFO)
 def _build_imagenet(request: DatasetRequest) -> Dataset:
     """ImageNet as an ImageFolder tree (``<root>/train``, ``<root>/val``), with timm's transforms."""
     transform = _timm_transform(request)
     root = _DEFAULT_ROOT["imagenet"] if request.root is None else os.fspath(request.root)
-    return _create_imagenet(request.split, root, request.download, transform)
+    return _create_imagenet(request.split, root, request.download, transform, request.skip_corrupt)
 
 
-def _create_imagenet(split: str, root: str, download: bool, transform) -> Dataset:
-    from torchvision.datasets import ImageFolder
-
+def _create_imagenet(split: str, root: str, download: bool, transform, skip_corrupt: bool = False) -> Dataset:
     folder = os.path.join(root, "train" if split == "train" else "val")
     if not os.path.isdir(folder):
         extra = " (ImageNet cannot be downloaded automatically: data.download does not apply)" if download else ""
@@ -219,7 +299,7 @@ def _create_imagenet(split: str, root: str, download: bool, transform) -> Datase
             f"{os.path.join(root, 'train', '<class>', '*.JPEG')} and {os.path.join(root, 'val', '<class>', '*.JPEG')}, "
             f"one sub-folder per class with the same class names in both{extra}."
         )
-    return ImageFolder(folder, transform=transform)
+    return ImageFolderDataset(folder, transform=transform, skip_corrupt=skip_corrupt)
 
 
 def dataset_classes(dataset: Dataset) -> list[str] | None:

@@ -8,12 +8,22 @@ from collections.abc import Iterator, Sized
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
-from zoo.data.datasets import dataset_classes, replace_num_classes
+from zoo.data.datasets import SkippedSample, dataset_classes, replace_num_classes
 from zoo.data.registry import DATASETS, DatasetInfo, canonical_name, create_dataset
 
-__all__ = ["create_loaders", "epoch_generator", "EpochRandomSampler", "ShardSampler", "seed_worker"]
+__all__ = [
+    "create_loaders",
+    "epoch_generator",
+    "EpochRandomSampler",
+    "ShardSampler",
+    "SkipCounter",
+    "TooManyCorruptImagesError",
+    "seed_worker",
+    "skipping_collate",
+    "strip_skipped",
+]
 
 _SEED_STRIDE = 1000003
 _SEED_MASK = (1 << 63) - 1
@@ -81,6 +91,70 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+# ------------------------------------------------------------------------------------------- skipping corrupt images
+
+SKIPPED_KEY = "skipped"
+
+
+def skipping_collate(samples: list) -> dict:
+    """Collate for ``skip_corrupt`` loaders: drop the ``SkippedSample`` markers and carry their paths with the
+    batch, ``{"batch": default_collate(good samples) or None, "skipped": [paths]}``, so that the count reaches
+    the main process from any worker (the loop strips it with :func:`strip_skipped`)."""
+    good = [sample for sample in samples if not isinstance(sample, SkippedSample)]
+    skipped = [sample.path for sample in samples if isinstance(sample, SkippedSample)]
+    return {"batch": default_collate(good) if good else None, SKIPPED_KEY: skipped}
+
+
+def strip_skipped(batch) -> tuple[object | None, list[str]]:
+    """``(batch, skipped paths)`` from a loader's batch: a :func:`skipping_collate` batch is unwrapped (its batch
+    is None when every sample was skipped); any other batch is returned as is, with no paths."""
+    if isinstance(batch, dict) and SKIPPED_KEY in batch:
+        return batch["batch"], list(batch[SKIPPED_KEY])
+    return batch, []
+
+
+class TooManyCorruptImagesError(RuntimeError):
+    """More than ``max_skipped_fraction`` of an epoch's samples were undecodable; ``paths`` lists them."""
+
+    def __init__(self, paths: list[str], total: int, max_fraction: float):
+        self.paths, self.total, self.max_fraction = list(paths), int(total), float(max_fraction)
+        listing = "\n".join(f"  {path}" for path in self.paths)
+        super().__init__(
+            f"{len(self.paths)} of {self.total} samples could not be decoded, more than data.max_skipped_fraction="
+            f"{self.max_fraction} allows; fix or remove these files:\n{listing}"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.paths, self.total, self.max_fraction))
+
+
+class SkipCounter:
+    """Counts the samples a ``skip_corrupt`` loader skipped in one pass over ``total`` samples, and stops (raises
+    :class:`TooManyCorruptImagesError` with the list of files) as soon as more than ``max_fraction`` of them
+    have been skipped."""
+
+    def __init__(self, total: int, max_fraction: float = 0.01):
+        self.total = int(total)
+        self.max_fraction = float(max_fraction)
+        self.paths: list[str] = []
+
+    def strip(self, batch):
+        """The batch without its skipped paths (None if all its samples were skipped), after counting them."""
+        batch, paths = strip_skipped(batch)
+        if paths:
+            self.paths.extend(paths)
+            if len(self.paths) > self.max_fraction * self.total:
+                raise TooManyCorruptImagesError(self.paths, self.total, self.max_fraction)
+        return batch
+
+    def iterate(self, loader):
+        """The loader's batches, stripped and counted, leaving out batches with no sample left."""
+        for batch in loader:
+            batch = self.strip(batch)
+            if batch is not None:
+                yield batch
+
+
 def _subset(dataset: Dataset, n: int | None, what: str) -> Dataset:
     """The first ``n`` indices of a fixed permutation (seed 0) of ``dataset``; all of it if ``n`` is None or larger."""
     if n is None:
@@ -107,6 +181,7 @@ def create_loaders(
     train_subset: int | None = None,
     eval_subset: int | None = None,
     distributed: bool = False,
+    skip_corrupt: bool = False,
 ) -> tuple[DataLoader, DataLoader, DatasetInfo]:
     """Create the train and eval loaders of a dataset and return ``(train_loader, eval_loader, info)``.
 
@@ -119,6 +194,11 @@ def create_loaders(
     runs. ``eval_batch_size`` defaults to ``batch_size``. ``info`` is ``DATASETS[name]``, except that for an
     ImageFolder (ImageNet) tree ``num_classes`` is the number of class folders found. Datasets with a
     ``collate_fn`` (variable-length token tasks) batch with it: ``(ids, targets, lengths)``.
+
+    An undecodable image of an ImageFolder tree raises ``CorruptImageError`` naming the file. With
+    ``skip_corrupt=True`` both loaders batch with :func:`skipping_collate` instead: each batch is a dict
+    ``{"batch": (images, targets) or None, "skipped": [paths]}``; strip it with :func:`strip_skipped` or
+    :class:`SkipCounter`.
 
     Raises:
         ValueError: as ``create_dataset``; bad batch sizes; a train split smaller than one batch (the train loader
@@ -134,7 +214,7 @@ def create_loaders(
     if int(num_workers) < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers!r}")
 
-    common = dict(root=root, download=download, img_size=img_size)
+    common = dict(root=root, download=download, img_size=img_size, skip_corrupt=bool(skip_corrupt))
     train_set = create_dataset(key, "train", is_training=True, augment=augment, **common)
     eval_set = create_dataset(key, "test", is_training=False, **common)
 
@@ -151,6 +231,8 @@ def create_loaders(
         info = replace_num_classes(info, len(train_classes))
 
     collate_fn = getattr(train_set, "collate_fn", None)  # variable-length tasks: (ids, targets, lengths) batches
+    if skip_corrupt and collate_fn is None:
+        collate_fn = skipping_collate
     train_set = _subset(train_set, train_subset, "train_subset")
     eval_set = _subset(eval_set, eval_subset, "eval_subset")
 

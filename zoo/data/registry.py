@@ -59,7 +59,8 @@ class DatasetRequest:
     ``name`` is the registered (canonical) name, ``split`` ``"train"`` or ``"test"``, ``img_size`` a positive int
     (the dataset's ``native_size`` unless given). ``augment`` is False when the config disabled augmentation
     (``augment={"enabled": False}``); ``augment_options`` are the other keys of the config's ``augment``, which
-    the builder validates. ``root`` is None when not given (each builder has its default).
+    the builder validates. ``root`` is None when not given (each builder has its default). ``skip_corrupt``:
+    image-file datasets return a ``SkippedSample`` marker for an undecodable file instead of raising.
     """
 
     name: str
@@ -70,6 +71,7 @@ class DatasetRequest:
     is_training: bool
     augment: bool = True
     augment_options: dict[str, Any] = field(default_factory=dict)
+    skip_corrupt: bool = False
 
     @property
     def info(self) -> DatasetInfo:
@@ -166,6 +168,7 @@ def create_dataset(
     img_size: int | None = None,
     is_training: bool = False,
     augment: dict | None = None,
+    skip_corrupt: bool = False,
 ) -> Dataset:
     """Create one split of a registered dataset; items are ``(image [C, S, S] float tensor, int label)`` for the
     image datasets (:mod:`zoo.data.datasets`), ``(sequence [L, C], label)`` or ``(token ids [L], label)`` for the
@@ -187,6 +190,8 @@ def create_dataset(
             ``{"enabled": False}`` disables augmentation. Digits: RandomAffine arguments ``degrees``, ``translate``,
             ``scale``, ``shear``. CIFAR/ImageNet: keyword arguments of ``timm.data.create_transform`` such as
             ``auto_augment``, ``re_prob``, ``hflip``, ``scale``, ``color_jitter``, ``interpolation``.
+        skip_corrupt: ImageNet (ImageFolder): an undecodable image gives a ``SkippedSample`` marker (dropped by
+            ``zoo.data.loaders.skipping_collate``) instead of raising ``CorruptImageError``. Ignored elsewhere.
 
     Raises:
         ValueError: unknown name, split, augment key or a bad ``img_size``.
@@ -198,7 +203,9 @@ def create_dataset(
     if size <= 0:
         raise ValueError(f"img_size must be a positive int, got {img_size!r}")
     enabled, options = _split_augment(augment)
-    request = DatasetRequest(key, split, root, bool(download), size, bool(is_training), enabled, options)
+    request = DatasetRequest(
+        key, split, root, bool(download), size, bool(is_training), enabled, options, bool(skip_corrupt)
+    )
     return _BUILDERS[key](request)
 
 

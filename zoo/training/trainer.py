@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from zoo._io import atomic_write
 from zoo.data import create_loaders
+from zoo.data.loaders import SkipCounter
 from zoo.data.registry import DatasetInfo
 from zoo.training.checkpoint import (
     CheckpointError,
@@ -203,6 +204,7 @@ class _Run:
     best_top1: float = -1.0
     best_ema_top1: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # this epoch's undecodable train images (data.skip_corrupt)
 
     @property
     def device(self) -> torch.device:
@@ -375,6 +377,7 @@ def _loaders(cfg: Any, ctx: Any, img_size: int | None) -> tuple[Any, Any, Datase
         train_subset=cfg.data.train_subset,
         eval_subset=cfg.data.eval_subset,
         distributed=ctx.enabled,
+        skip_corrupt=_skip_corrupt(cfg),
     )
     if ctx.enabled and cfg.data.download and ctx.is_main:
         barrier(ctx)
@@ -384,6 +387,20 @@ def _loaders(cfg: Any, ctx: Any, img_size: int | None) -> tuple[Any, Any, Datase
             f"no optimiser step would ever run; lower accum_steps or batch_size"
         )
     return train_loader, eval_loader, info
+
+
+def _skip_corrupt(cfg: Any) -> bool:
+    """``cfg.data.skip_corrupt``: skip (and count) undecodable images instead of stopping the run."""
+    return bool(cfg.data.get("skip_corrupt") or False)
+
+
+def _skip_counter(cfg: Any, loader: Any) -> SkipCounter | None:
+    """A :class:`SkipCounter` over one pass of ``loader`` (``data.max_skipped_fraction`` of its sampler's
+    samples, default 0.01), or None without ``data.skip_corrupt``."""
+    if not _skip_corrupt(cfg):
+        return None
+    max_fraction = cfg.data.get("max_skipped_fraction")
+    return SkipCounter(len(loader.sampler), 0.01 if max_fraction is None else float(max_fraction))
 
 
 # ------------------------------------------------------------------------------------------------------------ resume
@@ -428,8 +445,12 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
 
     Returns this process's (samples seen, summed loss, seconds); ``run.step`` counts the updates.
 
+    With ``data.skip_corrupt`` the batches carry the paths of the images they dropped: they are stripped and
+    counted into ``run.skipped`` (a batch left empty is passed over).
+
     Raises:
         FloatingPointError: a non-finite loss on any process (all processes stop together, writing nothing).
+        TooManyCorruptImagesError: more than ``data.max_skipped_fraction`` of the epoch's samples were skipped.
     """
     cfg, ctx, model, optimizer, scaler = run.cfg, run.ctx, run.model, run.optimizer, run.scaler
     device, amp_dtype = run.device, run.amp_dtype
@@ -443,7 +464,13 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
     seen, loss_sum = 0, 0.0
     bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.show_progress, leave=False)
     optimizer.zero_grad(set_to_none=True)
+    counter = _skip_counter(cfg, run.train_loader)
     for index, batch in enumerate(bar):
+        if counter is not None:
+            batch = counter.strip(batch)
+            run.skipped = counter.paths
+            if batch is None:  # every sample of this batch was undecodable
+                continue
         images, targets, lengths = unpack_batch(batch)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -504,9 +531,13 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int, seen: int, loss_sum: float, 
     RNG state; rank 0 writes ``last.pt`` (and ``best.pt`` when the raw top-1 improved), the metric files, the
     report and the tracker's row. All ranks wait for rank 0 at the end."""
     cfg, ctx, info = run.cfg, run.ctx, run.info
-    seen, loss_sum = all_reduce_sum([seen, loss_sum], ctx)
+    skipped_here = run.skipped
+    seen, loss_sum, skipped = all_reduce_sum([seen, loss_sum, len(skipped_here)], ctx)
+    run.skipped = []
+    eval_counter = _skip_counter(cfg, run.eval_loader)
+    eval_loader = run.eval_loader if eval_counter is None else eval_counter.iterate(run.eval_loader)
     metrics = evaluate_classifier(
-        run.model, run.eval_loader, info.num_classes, run.device, run.amp_dtype, cfg.channels_last, ctx
+        run.model, eval_loader, info.num_classes, run.device, run.amp_dtype, cfg.channels_last, ctx
     )
     row = {
         "epoch": epoch + 1,
@@ -518,9 +549,17 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int, seen: int, loss_sum: float, 
         "lr": run.current_lr(),
         "images_per_s": seen / max(train_seconds, 1e-9),
     }
+    if eval_counter is not None:  # data.skip_corrupt: the epoch's skipped images, summed over the processes
+        row["skipped"] = int(skipped)
+        row["eval_skipped"] = int(all_reduce_sum([len(eval_counter.paths)], ctx)[0])
+        for split, paths in (("train", skipped_here), ("eval", eval_counter.paths)):
+            if paths:
+                log.warning("epoch %d: skipped %d undecodable %s image(s): %s", epoch + 1, len(paths), split, paths)
     if run.ema is not None:
+        ema_counter = _skip_counter(cfg, run.eval_loader)
+        ema_loader = run.eval_loader if ema_counter is None else ema_counter.iterate(run.eval_loader)
         ema_metrics = evaluate_classifier(
-            run.ema.module, run.eval_loader, info.num_classes, run.device, run.amp_dtype, cfg.channels_last, ctx
+            run.ema.module, ema_loader, info.num_classes, run.device, run.amp_dtype, cfg.channels_last, ctx
         )
         row.update(ema_top1=ema_metrics["top1"], ema_top5=ema_metrics["top5"])
         run.best_ema_top1 = max(run.best_ema_top1, row["ema_top1"])
@@ -588,4 +627,13 @@ def _finish(run: _Run) -> dict[str, Any]:
         "export": str(export_dir),
         "model": cfg.model.name,
         "data": cfg.data.name,
+        **(_skipped_summary(run.history) if _skip_corrupt(cfg) else {}),
+    }
+
+
+def _skipped_summary(history: list[dict[str, Any]]) -> dict[str, int]:
+    """The summary's counts of skipped undecodable images (``data.skip_corrupt``), summed over the epochs."""
+    return {
+        "skipped_images": sum(int(row.get("skipped", 0)) for row in history),
+        "eval_skipped_images": sum(int(row.get("eval_skipped", 0)) for row in history),
     }
