@@ -285,13 +285,14 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-def _hot_summary(hot: dict) -> tuple[str, str, str]:
-    """(MMA, memory, overhead) cells of a hot region."""
+def _hot_summary(hot: dict) -> tuple[str, str, str, str]:
+    """(FFMA, MMA, memory, overhead) cells of a hot region."""
+    ffma = str(hot["ffma"]) + (f" + {hot['hfma2']} HFMA2" if hot["hfma2"] else "")
     mma = ", ".join(f"{n} {op}" for op, n in hot["mma"].items()) or "-"
     memory = ", ".join(f"{n} {op}" for op, n in hot["memory"].items()) or "-"
     cats = hot["categories"]
     overhead = f"{hot['overhead']} ({cats['int']} int, {cats['pred']} pred, {cats['move']} mov, {cats['const']} c)"
-    return mma, memory, overhead
+    return ffma, mma, memory, overhead
 
 
 _TILE_TOKEN = re.compile(r"^(?:[A-Z]\d+|w\d+)$")  # P64, C32, T8, N16, L128, D256, B256, w4: a configuration
@@ -359,8 +360,7 @@ def render_loop_table(data: dict) -> str:
         best = min(group, key=lambda r: r["per_unit"]["instructions"])
         values = [r["per_unit"]["instructions"] for r in group]
         hot = best["hot"]
-        mma, memory, overhead = _hot_summary(hot)
-        ffma = str(hot["ffma"]) + (f" + {hot['hfma2']} HFMA2" if hot["hfma2"] else "")
+        ffma, mma, memory, overhead = _hot_summary(hot)
         lines.append(
             f"| `{variant}` | {case} | {best['unit']} | {len(group)} | {_variant_and_config(best['name'])[1]} | "
             f"{hot['where']} | "
@@ -378,8 +378,7 @@ def render_loop_table(data: dict) -> str:
     ]
     for row in rows:
         hot = row["hot"]
-        mma, memory, _ = _hot_summary(hot)
-        ffma = str(hot["ffma"]) + (f" + {hot['hfma2']} HFMA2" if hot["hfma2"] else "")
+        ffma, mma, memory, _ = _hot_summary(hot)
         lines.append(
             f"| `{row['name'].split('@')[0]}` | {row['case']} | {row['registers']} | {hot['where']} | "
             f"{_fmt(hot['runs_per_program'], 2)} | {hot['instructions']} | {ffma} | {mma} | {memory} | "
@@ -400,7 +399,7 @@ def _report_json(data: dict) -> str:
 
 def _print_loop_row(row: dict) -> None:
     hot = row["hot"]
-    mma, memory, _ = _hot_summary(hot)
+    _, mma, memory, _ = _hot_summary(hot)
     per_unit = row.get("per_unit") or {}
     print(
         f"{row['name']:<80} {hot['where']:<20} {hot['instructions']:>5} {hot['fma']:>4} "
