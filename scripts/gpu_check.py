@@ -562,23 +562,25 @@ def _baseline_package(tag: str) -> str:
 
 
 def freeze_baseline(tag: str, rev: str | None = None, root: Path = BASELINES) -> Path:
-    """Copy ``zoo/kernels/*.py`` (the working tree's, or git revision ``rev``'s) to ``root/tag/`` unchanged; the
+    """Copy ``zoo/kernels/**/*.py`` (the working tree's, or git revision ``rev``'s) to ``root/tag/`` unchanged; the
     copy is renamed only when it is imported (:func:`load_baseline`), so the files stay diffable and lint-clean."""
     package = _baseline_package(tag)
     folder = root / tag
     if folder.exists():
         raise FileExistsError(f"{folder} exists: a baseline is frozen once (remove it to freeze again)")
+    kernels = ROOT / "zoo" / "kernels"
     if rev is None:
-        files = {p.name: p.read_text() for p in sorted((ROOT / "zoo" / "kernels").glob("*.py"))}
+        files = {p.relative_to(kernels).as_posix(): p.read_text() for p in sorted(kernels.rglob("*.py"))}
     else:
 
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
-        names = [n for n in git("ls-tree", "--name-only", rev, "zoo/kernels/").split() if n.endswith(".py")]
-        files = {Path(n).name: git("show", f"{rev}:{n}") for n in names}
+        names = [n for n in git("ls-tree", "-r", "--name-only", rev, "zoo/kernels/").split() if n.endswith(".py")]
+        files = {n[len("zoo/kernels/") :]: git("show", f"{rev}:{n}") for n in names}
     folder.mkdir(parents=True)
     for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     frozen = dict(tag=tag, package=package, rev=rev or "working tree", date=_dt.date.today().isoformat())
     (folder / "frozen.json").write_text(json.dumps(dict(frozen, files=sorted(files)), indent=1) + "\n")
@@ -598,17 +600,23 @@ class _BaselineLoader(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.package, self.folder = package, folder
 
     def _file(self, fullname: str) -> Path | None:
-        if fullname == self.package:
-            return self.folder / "__init__.py"
-        if fullname.startswith(self.package + ".") and "." not in fullname[len(self.package) + 1 :]:
-            return self.folder / (fullname[len(self.package) + 1 :] + ".py")
-        return None
+        """The frozen file of module ``fullname``: ``a/b.py``, or ``a/b/__init__.py`` for a package."""
+        if fullname != self.package and not fullname.startswith(self.package + "."):
+            return None
+        folder = self.folder.joinpath(*fullname.split(".")[1:])
+        if (folder / "__init__.py").exists():
+            return folder / "__init__.py"
+        module = folder.with_suffix(".py")
+        return module if module.exists() else None
 
     def find_spec(self, fullname, path=None, target=None):
         file = self._file(fullname)
-        if file is None or not file.exists():
+        if file is None:
             return None
-        return importlib.util.spec_from_loader(fullname, self, origin=str(file), is_package=fullname == self.package)
+        spec = importlib.util.spec_from_loader(fullname, self, origin=str(file), is_package=file.name == "__init__.py")
+        if file.name == "__init__.py":
+            spec.submodule_search_locations = [str(file.parent)]
+        return spec
 
     def create_module(self, spec):
         return None

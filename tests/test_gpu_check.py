@@ -204,7 +204,9 @@ def test_a_frozen_baseline_runs_beside_this_checkouts_kernels(tmp_path):
     Triton op runs beside this checkout's (here through the interpreter) and agrees with it."""
     check = _load("gpu_check")
     folder = check.freeze_baseline("selftest", root=tmp_path)
-    assert (folder / "dwconv.py").read_text() == (ROOT / "zoo" / "kernels" / "dwconv.py").read_text()
+    kernels = ROOT / "zoo" / "kernels"
+    assert (folder / "dwconv" / "ops.py").read_text() == (kernels / "dwconv" / "ops.py").read_text()
+    assert (folder / "rational.py").read_text() == (kernels / "rational.py").read_text()
     assert json.loads((folder / "frozen.json").read_text())["rev"] == "working tree"
     package = check.load_baseline("selftest", root=tmp_path)
     assert package == "zoo_baseline_selftest" and check.load_baseline("absent", root=tmp_path) is None

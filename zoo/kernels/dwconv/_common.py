@@ -1,0 +1,335 @@
+"""Helpers shared by the depthwise-convolution kernels: Triton tile routines (offsets, the generic tap loop, the
+weight-gradient sums), launcher helpers (layouts, output allocation, 64-bit offsets) and the benchmark shapes and
+useful-work arithmetic of the loop report (zoo/kernels/_aot.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from zoo.kernels._backend import INTERPRETER, check_float_tensor, check_triton_dtypes, tl, triton
+
+# ----------------------------------------------------------------------------------------------------------------
+# Triton tile routines
+#
+# A tile is BLOCK_P positions (flattened over n, row, column: small maps fill a tile) x BLOCK_C channels. The same
+# tile routine computes the forward ("gather": output position o reads the input at o s - p + k d) and the input
+# gradient ("scatter" read backwards: input position i reads the output gradient at (i + p - k d) / s where that is
+# an integer in range), looping over the taps; the shifted loads hit L1/L2.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def split_positions(p, width, height):
+    """Flattened position -> (image, row, column)."""
+    col = p % width
+    rest = p // width
+    return rest // height, rest % height, col
+
+
+@triton.jit
+def index(v, INT64: tl.constexpr):
+    """Offset arithmetic in 64 bits only for tensors whose offsets reach 2^31 (the launcher decides)."""
+    if INT64:
+        return v.to(tl.int64)
+    else:
+        return v
+
+
+@triton.jit
+def conv_tile(
+    src_ptr,
+    w_ptr,
+    w_stride,
+    w_channel,
+    w_mask,
+    n,
+    row,
+    col,
+    p_mask,
+    c,
+    c_mask,
+    src_h,
+    src_w,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    KH,
+    KW,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """fp32 [BLOCK_P, BLOCK_C]: sum over taps of weight[tap, w_channel] * src[..., c] at the tap's position (zero
+    outside the map); src is read where ``c_mask``, the weights where ``w_mask`` (0 elsewhere).
+
+    ``w_ptr`` is a [taps, w_stride] table (channels contiguous: one vector load per tap). Forward
+    (TRANSPOSED=False): src is x, (row, col) an output position. Input gradient (TRANSPOSED=True): src is the
+    output gradient, (row, col) an input position."""
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    base = src_ptr + (index(n, INT64) * s_n)[:, None] + (index(c, INT64) * s_c)[None, :]
+    for kh in range(KH):
+        if TRANSPOSED:
+            shifted = row + pad_h - kh * dil_h
+            r = shifted // STRIDE_H
+            row_ok = (shifted >= 0) & (r * STRIDE_H == shifted) & (r < src_h)
+        else:
+            r = row * STRIDE_H - pad_h + kh * dil_h
+            row_ok = (r >= 0) & (r < src_h)
+        row_ok = row_ok & p_mask
+        row_offset = index(r, INT64) * s_h
+        for kw in range(KW):
+            if TRANSPOSED:
+                shifted_w = col + pad_w - kw * dil_w
+                q = shifted_w // STRIDE_W
+                ok = row_ok & (shifted_w >= 0) & (q * STRIDE_W == shifted_w) & (q < src_w)
+            else:
+                q = col * STRIDE_W - pad_w + kw * dil_w
+                ok = row_ok & (q >= 0) & (q < src_w)
+            offsets = row_offset + index(q, INT64) * s_w
+            values = tl.load(base + offsets[:, None], mask=ok[:, None] & c_mask[None, :], other=0.0)
+            weights = tl.load(w_ptr + (kh * KW + kw) * w_stride + w_channel, mask=w_mask, other=0.0)
+            acc += values.to(tl.float32) * weights.to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64: tl.constexpr):
+    offsets = index(n, INT64) * d_n + index(row, INT64) * d_h + index(col, INT64) * d_w
+    return offsets[:, None] + (index(c, INT64) * d_c)[None, :]
+
+
+@triton.jit
+def wgrad_tile_sums(
+    x_ptr,
+    dy_ptr,
+    p_begin,
+    p_end,
+    c,
+    c_mask,
+    tap,
+    H,
+    W,
+    Ho,
+    Wo,
+    x_n,
+    x_c,
+    x_h,
+    x_w,
+    g_n,
+    g_c,
+    g_h,
+    g_w,
+    KH,
+    KW,
+    dil_h,
+    dil_w,
+    pad_h,
+    pad_w,
+    STRIDE_H: tl.constexpr,
+    STRIDE_W: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """(fp32 [BLOCK_T, BLOCK_C], fp32 [BLOCK_C]): for each tap of the block, the sum over output positions
+    p_begin..p_end of dy[p, c] * x[p shifted by the tap, c]; and the sum of dy (the bias gradient). Accumulated
+    elementwise in registers ([BLOCK_T, BLOCK_P, BLOCK_C]: one load of dy per tap block), reduced over positions
+    once at the end."""
+    kh = tap // KW
+    kw = tap % KW
+    is_tap = tap < KH * KW
+    c_offsets = (index(c, INT64) * x_c)[None, None, :]
+    acc = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc_bias = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in range(p_begin, p_end, BLOCK_P):
+        p = start + tl.arange(0, BLOCK_P)
+        p_mask = p < p_end
+        n, row, col = split_positions(p, Wo, Ho)
+        g_offsets = tile_offsets(n, row, col, c, g_n, g_c, g_h, g_w, INT64)
+        dy = tl.load(dy_ptr + g_offsets, mask=p_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
+        acc_bias += dy
+        r = row[None, :] * STRIDE_H - pad_h + kh[:, None] * dil_h  # [BLOCK_T, BLOCK_P]
+        q = col[None, :] * STRIDE_W - pad_w + kw[:, None] * dil_w
+        ok = is_tap[:, None] & p_mask[None, :] & (r >= 0) & (r < H) & (q >= 0) & (q < W)
+        offsets = (index(n, INT64) * x_n)[None, :] + index(r, INT64) * x_h + index(q, INT64) * x_w
+        values = tl.load(
+            x_ptr + offsets[:, :, None] + c_offsets, mask=ok[:, :, None] & c_mask[None, None, :], other=0.0
+        )
+        acc += values.to(tl.float32) * dy[None, :, :]
+    return tl.sum(acc, axis=1), tl.sum(acc_bias, axis=0)
+
+
+@triton.jit
+def store_wgrad_sums(partial_ptr, row, row_stride, taps, tap, c_mask, sums, bias_sums, with_bias):
+    """Write one program's sums into ``partial[row, tap]`` (rows of ``row_stride``); column ``taps`` takes the
+    bias sum when ``with_bias``."""
+    offsets = row[None, :] * row_stride + tap[:, None]
+    tl.store(partial_ptr + offsets, sums, mask=(tap < taps)[:, None] & c_mask[None, :])
+    if with_bias:
+        tl.store(partial_ptr + row * row_stride + taps, bias_sums, mask=c_mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Launcher helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_configs(rows: tuple[tuple[int, ...], ...], names: tuple[str, ...]) -> list:
+    return [triton.Config(dict(zip(names, row[:-1], strict=True)), num_warps=row[-1]) for row in rows]
+
+
+def layout_of(x: Tensor) -> str:
+    """Which tile family suits ``x``: "channels_last" when channels are the contiguous dimension."""
+    return "channels_last" if x.stride(1) == 1 and x.shape[1] > 1 else "nchw"
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """The memory format of the outputs: channels_last for a channels_last input, else contiguous."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_like_format(x: Tensor, shape: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+    return torch.empty(tuple(shape), dtype=dtype or x.dtype, device=x.device, memory_format=memory_format(x))
+
+
+def check_triton_dtype(**tensors: Tensor | None) -> None:
+    check_triton_dtypes("the Triton depthwise-convolution kernels take", tensors)
+
+
+def check_grad_output(grad_output: Tensor, expected_shape: Sequence[int], x: Tensor) -> None:
+    check_float_tensor("grad_output", grad_output)
+    if tuple(grad_output.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"grad_output must have the output's shape {list(expected_shape)}, got {list(grad_output.shape)}"
+        )
+    if grad_output.device != x.device:
+        raise ValueError(f"grad_output must be on the device of x ({x.device}), got {grad_output.device}")
+    check_triton_dtype(grad_output=grad_output)
+
+
+def weight_table(weight: Tensor) -> Tensor:
+    """The weight as a contiguous [kh * kw, C] table: a tap's weights for a block of channels are one load."""
+    return weight.reshape(weight.shape[0], -1).t().contiguous()
+
+
+def needs_int64(*tensors: Tensor) -> bool:
+    """Whether some element offset of these tensors reaches 2^31 (the kernels then compute offsets in 64 bits)."""
+    return any(
+        sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True)) >= 2**31 - 1
+        for t in tensors
+        if t.numel()
+    )
+
+
+def positions_per_program(n_positions: int, parallel_programs: int) -> int:
+    """Output positions each weight-gradient program reduces: enough programs to fill a GPU several times
+    (about 1000), each reducing at least 512 positions so the partial sums stay small."""
+    if INTERPRETER:
+        return 16  # several chunks even on tiny test inputs
+    chunks = max(1, min(triton.cdiv(1024, parallel_programs), triton.cdiv(n_positions, 512)))
+    return triton.cdiv(n_positions, chunks)
+
+
+def gradient(sums: Tensor, weight: Tensor) -> Tensor:
+    """A weight ([C, taps] -> the weight's shape) or bias gradient in the weight's dtype, in its own memory (the
+    registered op's outputs must not alias one another)."""
+    shape = weight.shape if sums.dim() == 2 else sums.shape
+    return sums.to(weight.dtype, copy=True).reshape(shape)
+
+
+def strides4(t: Tensor) -> tuple[int, int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark shapes and useful work (the loop report's specs)
+# ----------------------------------------------------------------------------------------------------------------
+
+DWCONV_BENCHMARKS = tuple((64, c, h, k) for c, h in ((384, 56), (768, 14)) for k in (3, 7, 13, 31))
+INCEPTION_BENCHMARKS = ((128, 96, 56), (128, 192, 28), (128, 384, 14), (128, 768, 7))
+
+
+def taps_on_map(size: int, k: int, dilation: int = 1) -> int:
+    """Useful work along one axis of a "same" convolution at stride 1: the (output position, tap) pairs whose
+    input lies on the map, not on the zero padding; a 2-D map has the product of its two axes'."""
+    pad = dilation * (k - 1) // 2
+    return sum(0 <= o - pad + t * dilation < size for o in range(size) for t in range(k))
+
+
+def meta_strides(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    return torch.empty(shape, device="meta", memory_format=memory_format).stride()
+
+
+def named_strides(prefixes: Sequence[str], strides: tuple[int, ...]) -> dict[str, int]:
+    return {f"{prefix}_{axis}": stride for prefix in prefixes for axis, stride in zip("nchw", strides, strict=True)}
+
+
+def average_trips(n_positions: int, per_program: int, block: int) -> float:
+    """Mean trip count of a loop over a program's chunk of positions in steps of ``block`` (the last chunk is
+    shorter)."""
+    chunks = [min(per_program, n_positions - start) for start in range(0, n_positions, per_program)]
+    return sum(triton.cdiv(length, block) for length in chunks) / len(chunks)
+
+
+def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], flag_sets: Sequence[dict]) -> list:
+    """Coverage compile specs (zoo/kernels/_aot.py) of one autotuned kernel, for bf16 (the training dtype) in both
+    layouts: every configuration with the launch-time specialisations of a contiguous model activation (strides
+    and sizes divisible by 16, the unit stride a constant), each set of flags, and again with arbitrary strides,
+    64-bit offsets and stride 2; for fp32 and fp16 the first configuration. ``pointers`` name the tensor arguments
+    (``partial_ptr`` is fp32)."""
+    from zoo.kernels._aot import KernelSpec
+
+    strides = {f"{t}_{d}" for t in ("s", "d", "x", "g") for d in ("n", "c", "h", "w")}
+    divisible = strides | {"C", "n_positions", "positions_per_program"}
+    unit_stride = {"channels_last": {"s_c", "d_c", "x_c", "g_c"}, "nchw": {"s_w", "d_w", "x_w", "g_w"}}
+    specs = []
+    for layout, configs in config_sets.items():
+        variants = [("bf16", config, flags, False) for config in configs for flags in flag_sets]
+        variants += [("bf16", config, flags, True) for config in configs for flags in flag_sets]
+        variants += [(dtype, configs[0], flags, False) for dtype in ("fp32", "fp16") for flags in flag_sets]
+        for dtype, config, flags, strided in variants:
+            constexprs = {**config.kwargs, **flags, "INT64": strided}
+            if "STRIDE_H" in kernel.arg_names:
+                constexprs.update(STRIDE_H=2 if strided else 1, STRIDE_W=2 if strided else 1)
+            signature = {}
+            for name in kernel.arg_names:
+                if name in constexprs:
+                    continue
+                if name in pointers:
+                    signature[name] = "*fp32:16" if name == "partial_ptr" else f"*{dtype}:16"
+                elif name in unit_stride[layout]:
+                    signature[name] = "i32:1"
+                else:
+                    signature[name] = "i32:16" if name in divisible and not strided else "i32"
+            label = ",".join(f"{k[6:]}{v}" for k, v in config.kwargs.items())  # "BLOCK_P64" -> "P64"
+            direction = {True: ",bwd", False: ",fwd"}.get(flags.get("TRANSPOSED"), "")
+            specs.append(
+                KernelSpec(
+                    name=f"{kernel.__name__}[{dtype},{layout},{label},w{config.num_warps}{direction}"
+                    f"{',strided' if strided else ''}]",
+                    fn=kernel,
+                    signature=signature,
+                    constexprs=constexprs,
+                    num_warps=config.num_warps,
+                )
+            )
+    return specs
+
+
+# The forward (bias) and input-gradient (transposed, no bias) variants of a convolution kernel.
+CONV_FLAGS = ({"TRANSPOSED": False, "HAS_BIAS": True}, {"TRANSPOSED": True, "HAS_BIAS": False})

@@ -1,0 +1,294 @@
+"""The depthwise convolution's Triton entry points and registered ops.
+
+``dwconv2d_forward`` / ``dwconv2d_backward`` validate their inputs, allocate the outputs in the memory format of
+``x`` and choose a kernel per call: the generic kernel for the forward and input gradient (any kernel size,
+stride, dilation, layout) and the weight-gradient kernel. ``zoo::dwconv2d`` and ``zoo::inception_dwconv2d`` are
+registered with ``torch.library`` (fake tensors, autograd) for ``torch.compile``; eager calls go through
+:class:`torch.autograd.Function` s that call the same launchers with fewer dispatches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from zoo.kernels._backend import (
+    TRITON_DTYPES,
+    check_float_tensor,
+    check_triton_device,
+    device_guard,
+    dispatch_triton,
+    resolve_backend,
+)
+from zoo.kernels.dwconv import _generic, _wgrad
+from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
+from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format
+from zoo.kernels.dwconv._inception import inception_dwconv2d_backward, inception_dwconv2d_forward
+from zoo.kernels.dwconv.reference import dwconv2d_reference, inception_dwconv2d_reference
+
+
+def _output_shape(x: Tensor, kernel, stride, dilation) -> tuple[int, int, int, int]:
+    n, channels, h, w = x.shape
+    return (
+        n,
+        channels,
+        output_size(h, kernel[0], stride[0], dilation[0]),
+        output_size(w, kernel[1], stride[1], dilation[1]),
+    )
+
+
+def dwconv2d_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """Triton forward of :func:`dwconv2d`; the output has the dtype and memory format of ``x``."""
+    kernel, stride, dilation = check_dwconv2d_inputs(x, weight, bias, stride, dilation)
+    check_triton_dtype(x=x, weight=weight, bias=bias)
+    check_triton_device(x.device)
+    y = empty_like_format(x, _output_shape(x, kernel, stride, dilation))
+    if y.numel():
+        with device_guard(x.device):
+            _generic.generic_conv(x, weight, bias, y, kernel, stride, dilation, transposed=False)
+    return y
+
+
+def dwconv2d_backward(
+    grad_output: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton backward of :func:`dwconv2d`: (dx, d weight, d bias).
+
+    dx has the dtype and memory format of ``x``; the weight and bias gradients are reduced in float32 and
+    returned in the dtype of ``weight`` (the bias gradient is computed whether or not there is a bias)."""
+    kernel, stride, dilation = check_dwconv2d_inputs(x, weight, None, stride, dilation)
+    check_triton_dtype(x=x, weight=weight)
+    check_triton_device(x.device)
+    check_grad_output(grad_output, _output_shape(x, kernel, stride, dilation), x)
+    dx = empty_like_format(x, x.shape)
+    if grad_output.numel() == 0:
+        return dx.zero_(), torch.zeros_like(weight), weight.new_zeros(x.shape[1])
+    with device_guard(x.device):
+        _generic.generic_conv(grad_output, weight, None, dx, kernel, stride, dilation, transposed=True)
+        dw, db = _wgrad.weight_grad(x, grad_output, weight, stride, dilation)
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The registered ops
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::dwconv2d", mutates_args=())
+def _dwconv2d_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], dilation: list[int]) -> Tensor:
+    return dwconv2d_forward(x, weight, bias, stride, dilation)
+
+
+@_dwconv2d_op.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], dilation: list[int]) -> Tensor:
+    kernel, stride, dilation = check_dwconv2d_inputs(x, weight, bias, stride, dilation)
+    return empty_like_format(x, _output_shape(x, kernel, stride, dilation))
+
+
+@torch.library.custom_op("zoo::dwconv2d_backward", mutates_args=())
+def _dwconv2d_backward_op(
+    grad_output: Tensor, x: Tensor, weight: Tensor, stride: list[int], dilation: list[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    return dwconv2d_backward(grad_output, x, weight, stride, dilation)
+
+
+@_dwconv2d_backward_op.register_fake
+def _(grad_output: Tensor, x: Tensor, weight: Tensor, stride: list[int], dilation: list[int]):
+    return empty_like_format(x, x.shape), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _dwconv2d_setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, stride, dilation = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias, ctx.stride, ctx.dilation = bias is not None, stride, dilation
+
+
+def _dwconv2d_autograd_backward(ctx, grad_output: Tensor):
+    x, weight = ctx.saved_tensors
+    dx, dw, db = torch.ops.zoo.dwconv2d_backward(grad_output, x, weight, ctx.stride, ctx.dilation)
+    return dx, dw, db if ctx.has_bias else None, None, None
+
+
+_dwconv2d_op.register_autograd(_dwconv2d_autograd_backward, setup_context=_dwconv2d_setup_context)
+
+
+@torch.library.custom_op("zoo::inception_dwconv2d", mutates_args=())
+def _inception_op(
+    x: Tensor,
+    weight_hw: Tensor,
+    bias_hw: Tensor | None,
+    weight_w: Tensor,
+    bias_w: Tensor | None,
+    weight_h: Tensor,
+    bias_h: Tensor | None,
+) -> Tensor:
+    return inception_dwconv2d_forward(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
+
+
+@_inception_op.register_fake
+def _(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h) -> Tensor:
+    check_inception_inputs(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
+    return empty_like_format(x, x.shape)
+
+
+@torch.library.custom_op("zoo::inception_dwconv2d_backward", mutates_args=())
+def _inception_backward_op(
+    grad_output: Tensor, x: Tensor, weight_hw: Tensor, weight_w: Tensor, weight_h: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return inception_dwconv2d_backward(grad_output, x, weight_hw, weight_w, weight_h)
+
+
+@_inception_backward_op.register_fake
+def _(grad_output, x, weight_hw, weight_w, weight_h):
+    grads = []
+    for weight in (weight_hw, weight_w, weight_h):
+        grads += [torch.empty_like(weight), weight.new_empty(weight.shape[0])]
+    return (empty_like_format(x, x.shape), *grads)
+
+
+def _inception_setup_context(ctx, inputs, output) -> None:
+    x, weight_hw, bias_hw, weight_w, _bias_w, weight_h, _bias_h = inputs
+    ctx.save_for_backward(x, weight_hw, weight_w, weight_h)
+    ctx.has_bias = bias_hw is not None
+
+
+def _inception_autograd_backward(ctx, grad_output: Tensor):
+    grads = torch.ops.zoo.inception_dwconv2d_backward(grad_output, *ctx.saved_tensors)
+    dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h = grads
+    if not ctx.has_bias:
+        db_hw = db_w = db_h = None
+    return dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h
+
+
+_inception_op.register_autograd(_inception_autograd_backward, setup_context=_inception_setup_context)
+
+
+class _DwConv2dFunction(torch.autograd.Function):
+    """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call);
+    ``torch.compile`` traces the registered op ``zoo::dwconv2d``; both run the same launchers."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias, ctx.stride, ctx.dilation = bias is not None, stride, dilation
+        return dwconv2d_forward(x, weight, bias, stride, dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        x, weight = ctx.saved_tensors
+        dx, dw, db = dwconv2d_backward(grad_output, x, weight, ctx.stride, ctx.dilation)
+        return dx, dw, db if ctx.has_bias else None, None, None
+
+
+class _InceptionFunction(torch.autograd.Function):
+    """Eager autograd of the fused mixer (see :class:`_DwConv2dFunction`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h):
+        ctx.save_for_backward(x, weight_hw, weight_w, weight_h)
+        ctx.has_bias = bias_hw is not None
+        return inception_dwconv2d_forward(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h = inception_dwconv2d_backward(grad_output, *ctx.saved_tensors)
+        if not ctx.has_bias:
+            db_hw = db_w = db_h = None
+        return dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h
+
+
+def _autocast_input(x: Tensor) -> Tensor:
+    """Under autocast, the activation goes to the autocast dtype (as for ``F.conv2d``); the weights stay in their
+    dtype (the kernels read them and accumulate in float32), so their gradients keep it too."""
+    device_type = x.device.type
+    if device_type in ("cuda", "cpu") and x.is_floating_point() and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        if x.dtype != dtype and x.dtype != torch.float64:
+            return x.to(dtype)
+    return x
+
+
+def dwconv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    backend: str = "auto",
+) -> Tensor:
+    """Depthwise 2-D convolution with zero "same" padding (see the module docstring).
+
+    Args:
+        x: ``[N, C, H, W]`` float16/bfloat16/float32 (float64 on the reference backend), NCHW or channels_last or
+            any strides; the output has the memory format of ``x``.
+        weight: ``[C, 1, kh, kw]``, odd kh and kw (square or band kernels); bias: ``[C]`` or None.
+        stride: 1 or 2 per axis; dilation: >= 1 per axis.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
+
+    Returns:
+        ``[N, C, H_out, W_out]`` in the dtype of ``x`` (the autocast dtype under autocast); differentiable in x,
+        weight and bias.
+    """
+    check_float_tensor("x", x)
+    x = _autocast_input(x)
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
+        stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+        return dispatch_triton(
+            x,
+            weight,
+            bias,
+            list(stride),
+            list(dilation),
+            op=torch.ops.zoo.dwconv2d,
+            function=_DwConv2dFunction,
+            launcher=dwconv2d_forward,
+        )
+    return dwconv2d_reference(x, weight, bias, stride, dilation)
+
+
+def inception_dwconv2d(
+    x: Tensor,
+    weight_hw: Tensor,
+    bias_hw: Tensor | None,
+    weight_w: Tensor,
+    bias_w: Tensor | None,
+    weight_h: Tensor,
+    bias_h: Tensor | None,
+    backend: str = "auto",
+) -> Tensor:
+    """InceptionNeXt's token mixer: identity on the first C - 3 gc channels, then a square, a 1 x band and a
+    band x 1 depthwise convolution on gc channels each (gc = ``weight_hw.shape[0]``), with "same" padding.
+
+    Args:
+        x: ``[N, C, H, W]``, NCHW or channels_last (the output keeps the memory format).
+        weight_hw ``[gc, 1, k, k]``, weight_w ``[gc, 1, 1, band]``, weight_h ``[gc, 1, band, 1]``; odd k and band.
+        bias_hw, bias_w, bias_h: ``[gc]`` each, or all None.
+        backend: ``"triton"`` runs one fused kernel (one more for each of the input and weight gradients);
+            ``"torch"`` the split / conv / cat reference.
+    """
+    check_float_tensor("x", x)
+    x = _autocast_input(x)
+    args = (x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
+        return dispatch_triton(
+            *args, op=torch.ops.zoo.inception_dwconv2d, function=_InceptionFunction, launcher=inception_dwconv2d_forward
+        )
+    return inception_dwconv2d_reference(*args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# ----------------------------------------------------------------------------------------------------------------
