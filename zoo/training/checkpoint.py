@@ -1,7 +1,10 @@
 """Atomic training checkpoints (``last.pt`` / ``best.pt``) and RNG state capture.
 
 A checkpoint is a plain dict (model, optimizer, scheduler, scaler and EMA state dicts, step counters, RNG states,
-the resolved config as a plain dict, ...) plus ``"format": CHECKPOINT_FORMAT``.
+the resolved config as a plain dict, ...) plus ``"format": CHECKPOINT_FORMAT``. The trainer's ``last.pt`` may be
+written within an epoch (``checkpoint_every``): its ``"epoch"`` is then the last epoch completed (-1 within the
+first) and ``"in_epoch"`` the position in the next one (batches done, the partial epoch's counts per process, the
+batch layout); at an epoch's end ``"in_epoch"`` is None, and a checkpoint without the key is one of an epoch's end.
 
 Writing: ``torch.save`` through :func:`zoo._io.atomic_write` (a temporary file in the target's directory, flush,
 ``fsync``, ``os.replace`` onto the target, ``fsync`` the directory). A process killed at any moment leaves either

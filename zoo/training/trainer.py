@@ -1,13 +1,20 @@
 """The training run behind ``train.py``: data, model, optimiser, loop, evaluation, checkpoints, export.
 
 ``train(cfg)`` takes the resolved Hydra config (``configs/train.yaml``) and returns the run summary. Everything a
-run needs to continue exactly after a kill is in ``RUN_DIR/last.pt`` (written atomically at every epoch end):
-model, optimiser, scheduler, scaler, EMA, epoch, step, RNG states, metric history and the config.
+run needs to continue exactly after a kill is in ``RUN_DIR/last.pt``, written atomically at every epoch end and,
+with ``checkpoint_every`` / ``checkpoint_every_minutes``, within an epoch: model, optimiser, scaler, EMA, epoch,
+step, RNG states, metric history and the config (the schedule is a function of the step), plus, within an epoch,
+the position in it (``in_epoch``: batches done, the partial epoch's counts). A resumed run goes on at the next
+batch; the batches already done are skipped by index, never loaded.
+
+``log_interval_s`` (default 30 s) logs one progress line per interval (step, images/s, the epoch's ETA) to the
+run's log, whether or not the progress bar shows.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import logging
 import math
@@ -27,6 +34,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from zoo._io import atomic_write
@@ -205,6 +213,9 @@ class _Run:
     best_ema_top1: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # this epoch's undecodable train images (data.skip_corrupt)
+    # a mid-epoch checkpoint's position, this rank's part (see _resume), until the epoch it interrupted goes on
+    in_epoch: dict[str, Any] | None = None
+    last_checkpoint_time: float = field(default_factory=time.monotonic)  # for checkpoint_every_minutes
 
     @property
     def device(self) -> torch.device:
@@ -425,6 +436,19 @@ def _resume(run: _Run, state: dict[str, Any]) -> None:
     run.best_top1, run.best_ema_top1 = state["best_top1"], state["best_ema_top1"]
     run.history = list(state["history"])
     rng = state["rng"]
+    in_epoch = state.get("in_epoch")
+    if in_epoch is not None:  # a mid-epoch checkpoint: the RNG state is restored when its epoch goes on
+        _check_in_epoch(run, in_epoch)
+        run.in_epoch = {**in_epoch["ranks"][run.ctx.rank], "rng": rng[run.ctx.rank], **_in_epoch_common(in_epoch)}
+        log.info(
+            "resuming epoch %d/%d at batch %d of %d (step %d)",
+            run.start_epoch + 1,
+            run.cfg.epochs,
+            in_epoch["batches_done"] + 1,
+            in_epoch["batches"],
+            run.step,
+        )
+        return
     if len(rng) != run.ctx.world_size:
         log.warning(
             "the checkpoint holds the RNG states of %d processes, this run has %d: the random draws "
@@ -433,6 +457,67 @@ def _resume(run: _Run, state: dict[str, Any]) -> None:
             run.ctx.world_size,
         )
     restore_rng_state(rng[min(run.ctx.rank, len(rng) - 1)])
+
+
+def _in_epoch_common(in_epoch: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a checkpoint's ``in_epoch`` that all ranks share (not the per-rank counts)."""
+    return {k: v for k, v in in_epoch.items() if k != "ranks"}
+
+
+def _check_in_epoch(run: _Run, in_epoch: dict[str, Any]) -> None:
+    """A mid-epoch checkpoint resumes at its next batch only in the same batch layout: the same number of processes,
+    batch size, accumulation and batches per epoch (else "the next batch" would be other samples)."""
+    now = {
+        "world_size": run.ctx.world_size,
+        "batch_size": int(run.cfg.batch_size),
+        "accum_steps": int(run.cfg.accum_steps),
+        "batches": len(run.train_loader),
+    }
+    differ = {k: (in_epoch.get(k), v) for k, v in now.items() if in_epoch.get(k) != v}
+    if differ:
+        listing = ", ".join(f"{k} {saved} (now {current})" for k, (saved, current) in differ.items())
+        raise CheckpointError(
+            f"{run.cfg.resume} was written within an epoch (batch {in_epoch['batches_done']} of "
+            f"{in_epoch['batches']}) by a run with {listing}: resume it with the same number of processes, "
+            "batch_size, accum_steps and data subset, so that its next batch is the same samples"
+        )
+
+
+def _skip_batches(loader: DataLoader, start: int) -> DataLoader:
+    """A loader for the rest of an epoch of ``loader``: its batches from index ``start`` on, in the same order.
+
+    The batches before ``start`` are skipped as lists of indices (the batch sampler's), so none of their samples is
+    read. The sampler must already be set to the epoch (``set_epoch``). The copy keeps the loader's workers, collate
+    function, worker seeding, pinning and generator."""
+    if loader.batch_sampler is None:
+        raise ValueError("only a loader that batches (batch_size set, or a batch_sampler) can skip batches")
+    return DataLoader(
+        loader.dataset,
+        batch_sampler=_BatchesFrom(loader.batch_sampler, start),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+        in_order=loader.in_order,
+    )
+
+
+class _BatchesFrom:
+    """The batches (index lists) of ``batch_sampler`` from number ``start`` on."""
+
+    def __init__(self, batch_sampler: Any, start: int) -> None:
+        self.batch_sampler, self.start = batch_sampler, int(start)
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.start)
 
 
 # --------------------------------------------------------------------------------------------------------- one epoch
@@ -448,6 +533,14 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
     With ``data.skip_corrupt`` the batches carry the paths of the images they dropped: they are stripped and
     counted into ``run.skipped`` (a batch left empty is passed over).
 
+    Within the epoch, after an update: a checkpoint every ``checkpoint_every`` updates or, on rank 0's clock (the
+    ranks agree through the per-batch all-reduce that checks the loss), every ``checkpoint_every_minutes``
+    (:func:`_save_within_epoch`); a progress line every ``log_interval_s`` seconds (:class:`_ProgressLog`). A run
+    resumed from a mid-epoch checkpoint of this epoch (``run.in_epoch``) starts at its next batch, the done ones
+    skipped by index (:func:`_skip_batches`), with the partial epoch's counts; this rank's RNG state is restored
+    once the loader's iterator exists, because creating it draws a seed from the global RNG, as it did when the
+    interrupted epoch began.
+
     Raises:
         FloatingPointError: a non-finite loss on any process (all processes stop together, writing nothing).
         TooManyCorruptImagesError: more than ``data.max_skipped_fraction`` of the epoch's samples were skipped.
@@ -460,12 +553,32 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
         module = getattr(model, name)
         if isinstance(module, nn.Module):
             module.eval()
-    started = time.perf_counter()
-    seen, loss_sum = 0, 0.0
-    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not run.show_progress, leave=False)
-    optimizer.zero_grad(set_to_none=True)
+    batches_per_epoch = len(run.train_loader)
     counter = _skip_counter(cfg, run.train_loader)
-    for index, batch in enumerate(bar):
+    resumed, run.in_epoch = run.in_epoch, None
+    start = resumed["batches_done"] if resumed is not None else 0
+    batches = iter(_skip_batches(run.train_loader, start) if start else run.train_loader)
+    seen, loss_sum, seconds_before = 0, 0.0, 0.0
+    if resumed is not None:
+        restore_rng_state(resumed["rng"])
+        seen, loss_sum, seconds_before = int(resumed["seen"]), float(resumed["loss_sum"]), float(resumed["seconds"])
+        if counter is not None:
+            counter.paths = list(resumed["skipped"])
+            run.skipped = counter.paths
+    started = time.perf_counter()
+    bar = tqdm(
+        batches,
+        total=batches_per_epoch,
+        initial=start,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not run.show_progress,
+        leave=False,
+    )
+    progress = _ProgressLog(run, epoch, batches_per_epoch, start, seen) if ctx.is_main else None
+    every_steps = int(cfg.get("checkpoint_every") or 0)
+    every_s = 60.0 * float(cfg.get("checkpoint_every_minutes") or 0.0)
+    optimizer.zero_grad(set_to_none=True)
+    for index, batch in enumerate(bar, start=start):
         if counter is not None:
             batch = counter.strip(batch)
             run.skipped = counter.paths
@@ -480,14 +593,16 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         updates = (index + 1) % cfg.accum_steps == 0
+        clock_due = every_s > 0 and ctx.is_main and time.monotonic() - run.last_checkpoint_time >= every_s
         # DDP: all-reduce gradients only on the micro-step that updates
         sync = run.ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 loss = run.criterion(*flatten_positions(call_model(run.train_model, images, lengths), targets))
-            finite = math.isfinite(loss.item())
-            if ctx.enabled:  # every rank stops together
-                finite = all_reduce_sum([0.0 if finite else 1.0], ctx)[0] == 0.0
+            flags = [0.0 if math.isfinite(loss.item()) else 1.0, 1.0 if clock_due else 0.0]
+            if ctx.enabled:  # every rank stops together, and checkpoints when rank 0's clock says so
+                flags = all_reduce_sum(flags, ctx)
+            finite, clock_due = flags[0] == 0.0, flags[1] > 0.0
             if not finite:
                 checkpoint_path = run.checkpoint_path
                 last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
@@ -519,7 +634,123 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
         bar.set_postfix(
             loss=f"{loss.item():.3f}", lr=f"{run.current_lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}"
         )
-    return seen, loss_sum, time.perf_counter() - started
+        if progress is not None:
+            progress.update(index + 1, seen, loss_sum)
+        # within the epoch only, and after an update (no gradient is accumulated); the epoch's end checkpoints anyway
+        due = clock_due or (every_steps > 0 and run.step % every_steps == 0)
+        if updates and due and index + 1 < batches_per_epoch:
+            seconds = seconds_before + time.perf_counter() - started
+            _save_within_epoch(run, epoch, index + 1, seen, loss_sum, seconds, counter)
+    return seen, loss_sum, seconds_before + time.perf_counter() - started
+
+
+class _ProgressLog:
+    """Progress lines of one epoch on rank 0, one every ``log_interval_s`` seconds (0: none), to the ``zoo.train``
+    logger (the run's ``train.log`` and the console, as the epoch lines), whether or not the tqdm bar shows::
+
+        epoch 3/300, step 2807, batch 305/1251: 2391.4 images/s, loss 6.5162, lr 1.64e-04, epoch ETA 0:06:35
+
+    images/s is the rate of all processes (this one's times the world size) since the epoch, or its resumption,
+    started; the ETA extrapolates it to the epoch's remaining batches; the loss is the epoch's mean so far."""
+
+    def __init__(self, run: _Run, epoch: int, batches: int, start: int, seen: int) -> None:
+        self.run, self.epoch, self.batches, self.start, self.seen_at_start = run, epoch, batches, start, seen
+        self.interval = float(run.cfg.get("log_interval_s") or 0.0)
+        self.started = self.last = time.perf_counter()
+
+    def update(self, done: int, seen: int, loss_sum: float) -> None:
+        """After batch number ``done`` of the epoch (``seen`` samples, ``loss_sum`` their summed loss): log a line
+        if ``log_interval_s`` has passed since the last one (or the epoch's start)."""
+        now = time.perf_counter()
+        if self.interval <= 0 or now - self.last < self.interval:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)
+        batches_per_s = (done - self.start) / elapsed
+        eta = (self.batches - done) / batches_per_s if batches_per_s > 0 else math.inf
+        images_per_s = (seen - self.seen_at_start) * self.run.ctx.world_size / elapsed
+        log.info(
+            "epoch %d/%d, step %d, batch %d/%d: %.1f images/s, loss %.4f, lr %.2e, epoch ETA %s",
+            self.epoch + 1,
+            self.run.cfg.epochs,
+            self.run.step,
+            done,
+            self.batches,
+            images_per_s,
+            loss_sum / max(seen, 1),
+            self.run.current_lr(),
+            _duration(eta),
+        )
+
+
+def _duration(seconds: float) -> str:
+    """``H:MM:SS`` (hours unbounded), or ``unknown`` for an infinite or NaN time."""
+    if not math.isfinite(seconds):
+        return "unknown"
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _save_within_epoch(
+    run: _Run, epoch: int, batches_done: int, seen: int, loss_sum: float, seconds: float, counter: SkipCounter | None
+) -> None:
+    """Checkpoint ``last.pt`` within ``epoch``, after its first ``batches_done`` batches and an optimiser update (so
+    no gradient is accumulated). Every rank's RNG state and partial-epoch counts (samples seen, summed loss, skipped
+    images) are gathered; rank 0 writes. ``epoch`` in the file stays the last epoch completed (``epoch - 1``: -1
+    within the first), the metric history that of the completed epochs; ``in_epoch`` holds the position and the
+    batch layout that it depends on (:func:`_check_in_epoch`)."""
+    cfg, ctx = run.cfg, run.ctx
+    mine = {
+        "rng": capture_rng_state(),
+        "seen": int(seen),
+        "loss_sum": float(loss_sum),
+        "skipped": list(counter.paths) if counter is not None else [],
+    }
+    gathered = all_gather_object(mine, ctx)
+    run.last_checkpoint_time = time.monotonic()
+    if not ctx.is_main:
+        return
+    in_epoch = {
+        "batches_done": int(batches_done),
+        "batches": len(run.train_loader),
+        "world_size": ctx.world_size,
+        "batch_size": int(cfg.batch_size),
+        "accum_steps": int(cfg.accum_steps),
+        "seconds": float(seconds),
+        "ranks": [{k: part[k] for k in ("seen", "loss_sum", "skipped")} for part in gathered],
+    }
+    state = _checkpoint_state(run, epoch - 1, [part["rng"] for part in gathered], in_epoch)
+    save_checkpoint(run.checkpoint_path, state)
+    log.info(
+        "epoch %d/%d: checkpoint at step %d, batch %d/%d: %s",
+        epoch + 1,
+        cfg.epochs,
+        run.step,
+        batches_done,
+        in_epoch["batches"],
+        run.checkpoint_path,
+    )
+
+
+def _checkpoint_state(run: _Run, epoch: int, rng: list[dict], in_epoch: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``last.pt`` holds: model, optimiser, scaler and EMA states, ``epoch`` (the last one completed, 0-based),
+    the step, best accuracies, metric history, every rank's RNG state, the config and model arguments, and
+    ``in_epoch`` (None at an epoch's end; the position within the next epoch otherwise)."""
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "epoch": epoch,
+        "step": run.step,
+        "best_top1": run.best_top1,
+        "best_ema_top1": run.best_ema_top1,
+        "history": run.history,
+        "rng": rng,
+        "config": run.config,
+        "model_args": run.model_kwargs,
+        "in_epoch": in_epoch,
+    }
 
 
 # ------------------------------------------------------------------------------------------ evaluate and checkpoint
@@ -567,21 +798,9 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int, seen: int, loss_sum: float, 
     improved = row["top1"] > run.best_top1  # best.pt: the best raw weights (what eval.py and finetune= load)
     run.best_top1 = max(run.best_top1, row["top1"])
     rng = all_gather_object(capture_rng_state(), ctx)
+    run.last_checkpoint_time = time.monotonic()
     if ctx.is_main:
-        state = {
-            "model": run.model.state_dict(),
-            "optimizer": run.optimizer.state_dict(),
-            "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-            "ema": run.ema.state_dict() if run.ema is not None else None,
-            "epoch": epoch,
-            "step": run.step,
-            "best_top1": run.best_top1,
-            "best_ema_top1": run.best_ema_top1,
-            "history": run.history,
-            "rng": rng,
-            "config": run.config,
-            "model_args": run.model_kwargs,
-        }
+        state = _checkpoint_state(run, epoch, rng, None)
         save_checkpoint(run.checkpoint_path, state)
         if improved:
             save_checkpoint(run.run_dir / "best.pt", state)
