@@ -5,6 +5,7 @@
 * ``zoo.kernels`` - the ops (Triton kernels and their PyTorch references); imports only torch and triton.
 * ``zoo.layers``, ``zoo.models``, ``zoo.create_model``, ``zoo.list_models`` - the modules and models (timm).
 * ``zoo.training``, ``zoo.data`` - the code behind ``train.py`` / ``zoo-train`` and ``eval.py`` / ``zoo-eval``.
+* ``zoo.export_onnx`` (``zoo.deploy``) - ONNX export of any model (``zoo-export``); needs the ``onnx`` extra.
 
 The model families register with timm as soon as both ``zoo`` and ``timm`` are imported, in either order, so
 ``import zoo; import timm; timm.create_model("kat_t")`` works without touching ``zoo.models`` by hand; a program
@@ -27,10 +28,11 @@ _LAZY_ATTRIBUTES = {
     "list_models": "zoo.models",
     "GroupRational": "zoo.layers",
     "KAN": "zoo.layers",
+    "export_onnx": "zoo.deploy.onnx",
 }
 _SUBPACKAGES = ("data", "kernels", "layers", "models", "training")
 
-__all__ = ["GroupRational", "KAN", "__version__", "create_model", "list_models", *_SUBPACKAGES]
+__all__ = ["GroupRational", "KAN", "__version__", "create_model", "export_onnx", "list_models", *_SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:
