@@ -20,13 +20,14 @@ The bias gradient is the extra "tap" whose input is 1.
 
 Layout of this package (the kernel contract, docs/design.md §2): ``reference`` (the meaning), ``_checks`` (input
 validation), ``_common`` (shared tile routines and launcher helpers), one module per kernel family (``_generic``
-forward / input gradient, ``_wgrad`` weight gradient, ``_inception`` the mixer), ``ops`` (the choice of kernel per
+forward / input gradient, ``_wgrad`` weight gradient, ``_igemm`` the tensor-core path of large kernels,
+``_inception`` the mixer), ``ops`` (the choice of kernel per
 call, the registered ops and the public functions).
 """
 
 from __future__ import annotations
 
-from zoo.kernels.dwconv import _generic, _inception, _wgrad
+from zoo.kernels.dwconv import _generic, _igemm, _inception, _wgrad
 from zoo.kernels.dwconv._common import DWCONV_BENCHMARKS, INCEPTION_BENCHMARKS, taps_on_map
 from zoo.kernels.dwconv.ops import (
     dwconv2d,
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 # every module that compiles kernels: its coverage specs and loop-report specs (zoo/kernels/_aot.py)
-_KERNEL_MODULES = (_generic, _wgrad, _inception)
+_KERNEL_MODULES = (_generic, _wgrad, _igemm, _inception)
 
 
 def aot_specs() -> list:

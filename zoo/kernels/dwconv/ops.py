@@ -1,8 +1,9 @@
 """The depthwise convolution's Triton entry points and registered ops.
 
 ``dwconv2d_forward`` / ``dwconv2d_backward`` validate their inputs, allocate the outputs in the memory format of
-``x`` and choose a kernel per call: the generic kernel for the forward and input gradient (any kernel size,
-stride, dilation, layout) and the weight-gradient kernel. ``zoo::dwconv2d`` and ``zoo::inception_dwconv2d`` are
+``x`` and choose the kernels per call: the tensor-core implicit GEMM (``_igemm``) for kernels of 13 and more at
+stride 1 without dilation (all three passes); otherwise the generic kernel for the forward and input gradient (any
+kernel size, stride, dilation, layout) and the weight-gradient kernel (``_wgrad``). ``zoo::dwconv2d`` and ``zoo::inception_dwconv2d`` are
 registered with ``torch.library`` (fake tensors, autograd) for ``torch.compile``; eager calls go through
 :class:`torch.autograd.Function` s that call the same launchers with fewer dispatches."""
 
@@ -21,9 +22,9 @@ from zoo.kernels._backend import (
     dispatch_triton,
     resolve_backend,
 )
-from zoo.kernels.dwconv import _generic, _wgrad
+from zoo.kernels.dwconv import _generic, _igemm, _wgrad
 from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
-from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format
+from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format, layout_of
 from zoo.kernels.dwconv._inception import inception_dwconv2d_backward, inception_dwconv2d_forward
 from zoo.kernels.dwconv.reference import dwconv2d_reference, inception_dwconv2d_reference
 
@@ -52,7 +53,10 @@ def dwconv2d_forward(
     y = empty_like_format(x, _output_shape(x, kernel, stride, dilation))
     if y.numel():
         with device_guard(x.device):
-            _generic.generic_conv(x, weight, bias, y, kernel, stride, dilation, transposed=False)
+            if _igemm.supports(kernel, stride, dilation, layout_of(x), x.dtype):
+                _igemm.forward(x, weight.contiguous(), bias, y, stride, dilation)
+            else:
+                _generic.generic_conv(x, weight, bias, y, kernel, stride, dilation, transposed=False)
     return y
 
 
@@ -75,8 +79,13 @@ def dwconv2d_backward(
     if grad_output.numel() == 0:
         return dx.zero_(), torch.zeros_like(weight), weight.new_zeros(x.shape[1])
     with device_guard(x.device):
-        _generic.generic_conv(grad_output, weight, None, dx, kernel, stride, dilation, transposed=True)
-        dw, db = _wgrad.weight_grad(x, grad_output, weight, stride, dilation)
+        if _igemm.supports(kernel, stride, dilation, layout_of(x), x.dtype):
+            weight = weight.contiguous()
+            _igemm.input_grad(grad_output, weight, dx, stride, dilation)
+            dw, db = _igemm.weight_grad(x, grad_output, weight, stride, dilation)
+        else:
+            _generic.generic_conv(grad_output, weight, None, dx, kernel, stride, dilation, transposed=True)
+            dw, db = _wgrad.weight_grad(x, grad_output, weight, stride, dilation)
     return dx, dw, db
 
 
