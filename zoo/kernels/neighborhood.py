@@ -23,7 +23,8 @@ log-sum-exp: one kernel per key tile walks the queries that can see it (dk, dv),
 (dq, and the logit gradients that make drpb, summed per relative offset afterwards).
 
 Layout of this file (the kernel contract, docs/design.md §2): input checks, the reference, the Triton kernels, the
-launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``.
+launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``. ``backend="auto"`` on CPU tensors
+runs the blocked dense path of zoo/kernels/neighborhood_cpu.py.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from zoo.kernels._backend import (
     tl,
     triton,
 )
+from zoo.kernels.neighborhood_cpu import na_blocked
 
 HEAD_DIM_RANGE = (16, 128)
 
@@ -1293,7 +1295,9 @@ def neighborhood_attention(
             must fit each axis. is_causal: one bool or one per axis.
         rpb: relative position bias ``[heads, 2 k0 - 1(, 2 k1 - 1(, 2 k2 - 1))]`` or None (not with causal).
         scale: logit scale (default head_dim ** -0.5).
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`). On CPU tensors
+            ``"auto"`` runs the blocked dense path of :mod:`zoo.kernels.neighborhood_cpu` (same results, without the
+            reference's copy of the keys and values per window slot); ``"torch"`` is always the gather reference.
         dropout_p: attention dropout (pass 0 in eval). It needs the probabilities, which the fused kernels never
             form: with ``dropout_p > 0`` ``"auto"`` runs the reference, and ``"triton"`` is an error.
 
@@ -1311,6 +1315,9 @@ def neighborhood_attention(
             )
         return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale, dropout_p)
     if resolve_backend(backend, q, TRITON_DTYPES) != "triton":
+        if q.device.type == "cpu" and requested_backend(backend) == "auto":  # the fast CPU path
+            ks, ds, cs, scale = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+            return na_blocked(q, k, v, ks, ds, cs, rpb, scale)
         return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     ks, ds, cs, scale = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     return dispatch_triton(

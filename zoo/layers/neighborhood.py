@@ -101,9 +101,16 @@ class NeighborhoodAttention(nn.Module):
         spatial = x.shape[1:-1]
         windows = [k * d for k, d in zip(self.kernel_size, self.dilation, strict=True)]
         pads = [max(w - n, 0) for w, n in zip(windows, spatial, strict=True)]
-        if any(pads):  # F.pad lists the last axis first: channels (none), then the spatial axes in reverse
-            x = F.pad(x, [0, 0] + [p for pad in reversed(pads) for p in (0, pad)])
-        qkv = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim))
+        if any(pads):
+            # a map smaller than the window is zero-padded; zero tokens project to the bias alone, so the projection
+            # runs on the real tokens and its output is padded (F.pad lists the last axis first: channels, none,
+            # then the spatial axes in reverse)
+            qkv = F.pad(F.linear(x, self.qkv.weight), [0, 0] + [p for pad in reversed(pads) for p in (0, pad)])
+            if self.qkv.bias is not None:
+                qkv = qkv + self.qkv.bias
+        else:
+            qkv = self.qkv(x)
+        qkv = qkv.unflatten(-1, (3, self.num_heads, self.head_dim))
         q, k, v = qkv.unbind(-3)  # [B, *spatial, heads, head_dim] views of the fused projection
         out = neighborhood_attention(
             q,
