@@ -13,8 +13,9 @@ import torch
 
 import zoo.kernels._backend as backend_module
 from tests.helpers import DEVICE
-from zoo.kernels import dwconv, fftconv, neighborhood, rational, ssm
+from zoo.kernels import fftconv, neighborhood, rational, ssm
 from zoo.kernels._backend import check_triton_dtypes, requested_backend, resolve_backend
+from zoo.kernels.dwconv import ops as dwconv
 
 
 def test_auto_picks_reference_on_cpu_and_triton_on_cuda(monkeypatch):

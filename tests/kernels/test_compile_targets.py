@@ -89,6 +89,8 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
             assert f"{kernel}[{dims}d,bf16,D32,causal]" in archs_by_name, (kernel, dims)
     for kernel in ("_s4d_vandermonde_fwd_kernel", "_s4d_vandermonde_bwd_kernel"):  # fp32 arithmetic only
         assert any(name.startswith(f"{kernel}[fp32,") for name in archs_by_name), kernel
+    for direction in ("fwd", "bwd"):  # the register-blocked small kernels (K <= 11)
+        assert any(name.startswith("_direct_kernel[bf16,") and f",{direction}" in name for name in archs_by_name)
     for kernel in ("_dwconv_kernel", "_inception_kernel"):  # forward and input gradient, both layouts
         for layout in ("channels_last", "nchw"):
             for direction in ("fwd", "bwd"):
@@ -110,6 +112,8 @@ def test_benchmark_shapes_are_compiled(reports):
         "_dwconv_wgrad_kernel[bf16,nchw,",
         "_inception_kernel[bf16,channels_last,",
         "_inception_wgrad_kernel[bf16,channels_last,",
+        "_igemm_conv_kernel[bf16,channels_last,",
+        "_igemm_wgrad_kernel[bf16,channels_last,",
         "_s4d_vandermonde_fwd_kernel[fp32,",
         "_s4d_vandermonde_bwd_kernel[fp32,",
         "_fftconv_fwd_kernel[bf16,",
@@ -128,6 +132,15 @@ def test_attention_kernels_use_the_tensor_cores(reports):
         if r["arch"] == 90 and "_bwd_" in r["name"] and ",D128," in r["name"]:
             continue  # 32-query tiles: too small for wgmma's 64-row warpgroup tiles
         assert r["matrix_instruction"], (r["name"], r["arch"])
+
+
+def test_large_depthwise_kernels_use_the_tensor_cores(reports):
+    """The implicit-GEMM path of K >= 13 (bf16): mma.sync on sm_80 (its 3-D dot lowers to mma.sync on sm_90 too,
+    which the loop report counts as HMMA)."""
+    igemm = [r for r in reports if r["name"].startswith("_igemm_") and r["arch"] == 80]
+    assert igemm
+    for r in igemm:
+        assert r["matrix_instruction"], r["name"]
 
 
 def test_no_register_spills(reports):

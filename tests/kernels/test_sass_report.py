@@ -204,7 +204,7 @@ def _aot(*args: str, timeout: int = 600) -> list[dict]:
 
 def test_aot_specs_cover_the_benchmarked_cases():
     """Every case of scripts/benchmark.py has specs for the kernels it launches (the issue's list: dwconv at K 3,
-    7, 13, 31 in both layouts, the mixer's four stages, 2-D attention with and without the bias, fftconv, s4d and
+    7 (the direct kernel), 13, 31 (the implicit GEMM) in both layouts, the mixer's four stages, 2-D attention with and without the bias, fftconv, s4d and
     group_rational at their sizes)."""
     bench = _benchmark_module()
     listed = _aot("--list")
@@ -213,12 +213,15 @@ def test_aot_specs_cover_the_benchmarked_cases():
         if row["case"] is not None:
             cases.setdefault(row["case"], set()).add(row["name"].split("@")[0])
     expected: list[tuple[str, str, str]] = []  # (case, name prefix, name suffix)
-    for case, *_ in bench.dwconv_cases(False):
+    for case, _, k in bench.dwconv_cases(False):  # the kernels ops._path picks: K <= 11 direct, K >= 13 igemm
+        conv, wgrad = (
+            ("_direct_kernel", "_dwconv_wgrad_kernel") if k <= 11 else ("_igemm_conv_kernel", "_igemm_wgrad_kernel")
+        )
         for layout in ("channels_last", "nchw"):
-            expected += [(case, f"_dwconv_kernel[bf16,{layout},", f",{d}]") for d in ("fwd", "bwd")]
-            expected.append((case, f"_dwconv_wgrad_kernel[bf16,{layout},", "]"))
+            expected += [(case, f"{conv}[bf16,{layout},", f",{d}]") for d in ("fwd", "bwd")]
+            expected.append((case, f"{wgrad}[bf16,{layout},", "]"))
     for case, _ in bench.inception_cases(False):
-        expected += [(case, "_inception_kernel[bf16,channels_last,", f",{d}]") for d in ("fwd", "bwd")]
+        expected += [(case, f"_inception_kernel[bf16,channels_last,{d},", "]") for d in ("fwd", "bwd")]
         expected.append((case, "_inception_wgrad_kernel[bf16,channels_last,", "]"))
     attention = ("_na_fwd_kernel", "_na_bwd_kv_kernel", "_na_bwd_q_kernel")
     for case, *_ in bench.neighborhood_cases(False):

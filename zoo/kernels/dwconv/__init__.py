@@ -13,21 +13,23 @@ gc, gc): identity, a square k x k conv, a 1 x band conv and a band x 1 conv, eac
 padding, concatenated back. The fused kernel writes every slice of the output in one launch (no split, no cat).
 
 The Triton kernels read any strides (NCHW and channels_last without a layout copy; the output takes the memory
-format of the input), load fp32/bf16/fp16 and accumulate in fp32. The weight gradient is reduced in registers
-over a block of taps and a chunk of output positions per program (each input element is read once per tap
-block, not once per tap); the per-program partial sums are added by a second pass (no atomics, deterministic).
-The bias gradient is the extra "tap" whose input is 1.
+format of the input), load fp32/bf16/fp16 and accumulate in fp32. Per call (``ops._path``, docs/design.md §12):
+kernels of 13 and more at stride 1 run an implicit GEMM on the tensor cores (``_igemm``); k x k, 1 x k and k x 1
+kernels up to 11 at stride 1 a register-blocked kernel with the kernel size a compile-time constant (``_direct``);
+the rest the generic kernel (``_generic``). Weight gradients (``_wgrad``, ``_igemm``, the mixer's) are one launch
+each: every program writes its partial sums, and the one that draws the last ticket adds them in a fixed order
+(deterministic, no per-element atomics). Forward one launch, backward two.
 
 Layout of this package (the kernel contract, docs/design.md §2): ``reference`` (the meaning), ``_checks`` (input
-validation), ``_common`` (shared tile routines and launcher helpers), one module per kernel family (``_generic``
-forward / input gradient, ``_wgrad`` weight gradient, ``_igemm`` the tensor-core path of large kernels,
-``_inception`` the mixer), ``ops`` (the choice of kernel per
-call, the registered ops and the public functions).
+validation), ``_common`` (shared tile routines, launcher and spec helpers), one module per kernel family
+(``_direct``, ``_generic``, ``_wgrad``, ``_igemm``, ``_inception`` the mixer), each with its configurations,
+launcher and ahead-of-time specs, and ``ops`` (the choice of kernel per call, the registered ops and the public
+functions).
 """
 
 from __future__ import annotations
 
-from zoo.kernels.dwconv import _generic, _igemm, _inception, _wgrad
+from zoo.kernels.dwconv import _direct, _generic, _igemm, _inception, _wgrad
 from zoo.kernels.dwconv._common import DWCONV_BENCHMARKS, INCEPTION_BENCHMARKS, taps_on_map
 from zoo.kernels.dwconv.ops import (
     dwconv2d,
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 # every module that compiles kernels: its coverage specs and loop-report specs (zoo/kernels/_aot.py)
-_KERNEL_MODULES = (_generic, _wgrad, _igemm, _inception)
+_KERNEL_MODULES = (_direct, _generic, _wgrad, _igemm, _inception)
 
 
 def aot_specs() -> list:

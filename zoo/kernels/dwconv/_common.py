@@ -109,76 +109,26 @@ def tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64: tl.constexpr):
     return offsets[:, None] + (index(c, INT64) * d_c)[None, :]
 
 
+# bf16 -> fp32 of a packed pair in one integer instruction per element (inline PTX; the interpreter cannot run it).
+_PTX_BF16: tl.constexpr = tl.constexpr(not INTERPRETER)
+
+
 @triton.jit
-def wgrad_tile_sums(
-    x_ptr,
-    dy_ptr,
-    p_begin,
-    p_end,
-    c,
-    c_mask,
-    tap,
-    H,
-    W,
-    Ho,
-    Wo,
-    x_n,
-    x_c,
-    x_h,
-    x_w,
-    g_n,
-    g_c,
-    g_h,
-    g_w,
-    KH,
-    KW,
-    dil_h,
-    dil_w,
-    pad_h,
-    pad_w,
-    STRIDE_H: tl.constexpr,
-    STRIDE_W: tl.constexpr,
-    INT64: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    """(fp32 [BLOCK_T, BLOCK_C], fp32 [BLOCK_C]): for each tap of the block, the sum over output positions
-    p_begin..p_end of dy[p, c] * x[p shifted by the tap, c]; and the sum of dy (the bias gradient). Accumulated
-    elementwise in registers ([BLOCK_T, BLOCK_P, BLOCK_C]: one load of dy per tap block), reduced over positions
-    once at the end."""
-    kh = tap // KW
-    kw = tap % KW
-    is_tap = tap < KH * KW
-    c_offsets = (index(c, INT64) * x_c)[None, None, :]
-    acc = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc_bias = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for start in range(p_begin, p_end, BLOCK_P):
-        p = start + tl.arange(0, BLOCK_P)
-        p_mask = p < p_end
-        n, row, col = split_positions(p, Wo, Ho)
-        g_offsets = tile_offsets(n, row, col, c, g_n, g_c, g_h, g_w, INT64)
-        dy = tl.load(dy_ptr + g_offsets, mask=p_mask[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
-        acc_bias += dy
-        r = row[None, :] * STRIDE_H - pad_h + kh[:, None] * dil_h  # [BLOCK_T, BLOCK_P]
-        q = col[None, :] * STRIDE_W - pad_w + kw[:, None] * dil_w
-        ok = is_tap[:, None] & p_mask[None, :] & (r >= 0) & (r < H) & (q >= 0) & (q < W)
-        offsets = (index(n, INT64) * x_n)[None, :] + index(r, INT64) * x_h + index(q, INT64) * x_w
-        values = tl.load(
-            x_ptr + offsets[:, :, None] + c_offsets, mask=ok[:, :, None] & c_mask[None, None, :], other=0.0
+def to_f32(x):
+    """fp32 of a loaded tile. bf16 widens with one integer instruction per element (a shift for the low half of each
+    packed pair, a mask for the high half; the default lowering spends two on the high half); fp16 converts, fp32
+    stays."""
+    if (x.dtype == tl.bfloat16) and _PTX_BF16:
+        return tl.inline_asm_elementwise(
+            "{ shl.b32 $0, $2, 16; and.b32 $1, $2, 0xffff0000; }",
+            "=r,=r,r",
+            [x],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=2,
         )
-        acc += values.to(tl.float32) * dy[None, :, :]
-    return tl.sum(acc, axis=1), tl.sum(acc_bias, axis=0)
-
-
-@triton.jit
-def store_wgrad_sums(partial_ptr, row, row_stride, taps, tap, c_mask, sums, bias_sums, with_bias):
-    """Write one program's sums into ``partial[row, tap]`` (rows of ``row_stride``); column ``taps`` takes the
-    bias sum when ``with_bias``."""
-    offsets = row[None, :] * row_stride + tap[:, None]
-    tl.store(partial_ptr + offsets, sums, mask=(tap < taps)[:, None] & c_mask[None, :])
-    if with_bias:
-        tl.store(partial_ptr + row * row_stride + taps, bias_sums, mask=c_mask)
+    else:
+        return x.to(tl.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,8 +136,10 @@ def store_wgrad_sums(partial_ptr, row, row_stride, taps, tap, c_mask, sums, bias
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def make_configs(rows: tuple[tuple[int, ...], ...], names: tuple[str, ...]) -> list:
-    return [triton.Config(dict(zip(names, row[:-1], strict=True)), num_warps=row[-1]) for row in rows]
+def make_configs(rows: tuple[tuple[int, ...], ...], names: tuple[str, ...], num_stages: int | None = None) -> list:
+    """``triton.Config`` s from rows of (the values of ``names``..., num_warps); ``num_stages`` when given."""
+    stages = {} if num_stages is None else {"num_stages": num_stages}
+    return [triton.Config(dict(zip(names, row[:-1], strict=True)), num_warps=row[-1], **stages) for row in rows]
 
 
 def layout_of(x: Tensor) -> str:
@@ -244,13 +196,6 @@ def positions_per_program(n_positions: int, parallel_programs: int) -> int:
     return triton.cdiv(n_positions, chunks)
 
 
-def gradient(sums: Tensor, weight: Tensor) -> Tensor:
-    """A weight ([C, taps] -> the weight's shape) or bias gradient in the weight's dtype, in its own memory (the
-    registered op's outputs must not alias one another)."""
-    shape = weight.shape if sums.dim() == 2 else sums.shape
-    return sums.to(weight.dtype, copy=True).reshape(shape)
-
-
 def strides4(t: Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
@@ -279,19 +224,13 @@ def named_strides(prefixes: Sequence[str], strides: tuple[int, ...]) -> dict[str
     return {f"{prefix}_{axis}": stride for prefix in prefixes for axis, stride in zip("nchw", strides, strict=True)}
 
 
-def average_trips(n_positions: int, per_program: int, block: int) -> float:
-    """Mean trip count of a loop over a program's chunk of positions in steps of ``block`` (the last chunk is
-    shorter)."""
-    chunks = [min(per_program, n_positions - start) for start in range(0, n_positions, per_program)]
-    return sum(triton.cdiv(length, block) for length in chunks) / len(chunks)
-
-
 def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], flag_sets: Sequence[dict]) -> list:
     """Coverage compile specs (zoo/kernels/_aot.py) of one autotuned kernel, for bf16 (the training dtype) in both
     layouts: every configuration with the launch-time specialisations of a contiguous model activation (strides
     and sizes divisible by 16, the unit stride a constant), each set of flags, and again with arbitrary strides,
-    64-bit offsets and stride 2; for fp32 and fp16 the first configuration. ``pointers`` name the tensor arguments
-    (``partial_ptr`` is fp32)."""
+    64-bit offsets and stride 2; for fp32 and fp16 the first configuration. The tests compile the first
+    configuration's specs (``ci``), the CLI all of them. ``pointers`` name the tensor arguments (``partial_ptr`` is
+    fp32)."""
     from zoo.kernels._aot import KernelSpec
 
     strides = {f"{t}_{d}" for t in ("s", "d", "x", "g") for d in ("n", "c", "h", "w")}
@@ -326,6 +265,7 @@ def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], 
                     signature=signature,
                     constexprs=constexprs,
                     num_warps=config.num_warps,
+                    ci=config is configs[0],
                 )
             )
     return specs
@@ -333,3 +273,22 @@ def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], 
 
 # The forward (bias) and input-gradient (transposed, no bias) variants of a convolution kernel.
 CONV_FLAGS = ({"TRANSPOSED": False, "HAS_BIAS": True}, {"TRANSPOSED": True, "HAS_BIAS": False})
+
+
+_TICKETS: dict[tuple, Tensor] = {}
+
+
+def ticket_counters(device: torch.device, size: int) -> Tensor:
+    """The int32 ticket counters of the one-launch reductions (weight gradients) on this device and stream.
+
+    Each program of such a reduction writes its partial sums, then takes a ticket (one acq_rel atomic on its
+    group's counter); the program that draws the last ticket adds the partials in a fixed order (deterministic)
+    and resets the counter to zero. So the counters are zero between launches: allocated once (grown when a
+    launch needs more groups), never cleared by a memset launch. Launches on one stream run in order and share
+    them; each stream has its own."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    counters = _TICKETS.get(key)
+    if counters is None or counters.numel() < size:
+        counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
+        _TICKETS[key] = counters
+    return counters

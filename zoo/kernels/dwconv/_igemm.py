@@ -35,12 +35,14 @@ from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
     layout_of,
+    make_configs,
     meta_strides,
     named_strides,
     needs_int64,
     positions_per_program,
     strides4,
     taps_on_map,
+    ticket_counters,
 )
 
 MIN_KERNEL = 13  # smaller kernels waste most of a tensor-core tile on the band's zeros: the direct kernels take them
@@ -264,13 +266,13 @@ _CONV_TILE = ("BLOCK_C", "BLOCK_G", "BLOCK_R", "BLOCK_N", "BLOCK_K")
 _WGRAD_TILE = ("BLOCK_C", "BLOCK_W")
 
 
-def _configs(rows: tuple[tuple[int, ...], ...], names: tuple[str, ...]) -> list:
-    return [triton.Config(dict(zip(names, row[:-1], strict=True)), num_warps=row[-1], num_stages=1) for row in rows]
-
-
 if INTERPRETER:
-    _CONV_CONFIGS = {layout: _configs(((2, 2, 8, 16, 16, 1),), _CONV_TILE) for layout in ("channels_last", "nchw")}
-    _WGRAD_CONFIGS = {layout: _configs(((2, 16, 1),), _WGRAD_TILE) for layout in ("channels_last", "nchw")}
+    _CONV_CONFIGS = {
+        layout: make_configs(((2, 2, 8, 16, 16, 1),), _CONV_TILE, num_stages=1) for layout in ("channels_last", "nchw")
+    }
+    _WGRAD_CONFIGS = {
+        layout: make_configs(((2, 16, 1),), _WGRAD_TILE, num_stages=1) for layout in ("channels_last", "nchw")
+    }
 else:
     # (channels, images, rows, columns, band chunk, warps): 64 GEMM rows (4 images of a small map, or 4 row tiles
     # of 16); channels_last vectors of 8 or 4 channels, NCHW a channel per warp (fewer channels than warps would
@@ -278,13 +280,17 @@ else:
     # the only one for fp32 operands (3xTF32 holds hi / lo parts) and for maps without a unit stride or with
     # 64-bit offsets (one address per element): the larger tiles spill there.
     _CONV_CONFIGS = {
-        "channels_last": _configs(((8, 4, 16, 16, 16, 8), (4, 4, 16, 32, 16, 4), (4, 1, 16, 16, 16, 4)), _CONV_TILE),
-        "nchw": _configs(((8, 4, 16, 16, 16, 8), (4, 4, 16, 16, 16, 4), (4, 1, 16, 16, 16, 4)), _CONV_TILE),
+        "channels_last": make_configs(
+            ((8, 4, 16, 16, 16, 8), (4, 4, 16, 32, 16, 4), (4, 1, 16, 16, 16, 4)), _CONV_TILE, num_stages=1
+        ),
+        "nchw": make_configs(
+            ((8, 4, 16, 16, 16, 8), (4, 4, 16, 16, 16, 4), (4, 1, 16, 16, 16, 4)), _CONV_TILE, num_stages=1
+        ),
     }
     # (channels, columns per step, warps)
     _WGRAD_CONFIGS = {
-        "channels_last": _configs(((8, 16, 4), (8, 32, 4), (16, 16, 8)), _WGRAD_TILE),
-        "nchw": _configs(((4, 16, 4), (4, 32, 4), (8, 16, 4)), _WGRAD_TILE),
+        "channels_last": make_configs(((8, 16, 4), (8, 32, 4), (16, 16, 8)), _WGRAD_TILE, num_stages=1),
+        "nchw": make_configs(((4, 16, 4), (4, 32, 4), (8, 16, 4)), _WGRAD_TILE, num_stages=1),
     }
 
 
@@ -376,20 +382,6 @@ def input_grad(grad_output: Tensor, weight: Tensor, dx: Tensor, stride, dilation
         _launch_conv(grad_output, weight, None, dx, flip=True)
 
 
-_COUNTERS: dict[torch.device, Tensor] = {}
-
-
-def _counters(device: torch.device, size: int) -> Tensor:
-    """The weight-gradient tickets of a device: int32 zeros, allocated once (grown when a launch needs more); each
-    launch leaves them at zero. Launches that use them are ordered on one stream (concurrent weight-gradient
-    launches on two streams of one device would share tickets)."""
-    counters = _COUNTERS.get(device)
-    if counters is None or counters.numel() < size:
-        counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
-        _COUNTERS[device] = counters
-    return counters
-
-
 def _chunks(n_rows: int, width: int, channels: int) -> tuple[int, int]:
     """(map rows per program, chunks) of the weight gradient over ``n_rows`` rows (images x rows) of ``width``
     columns: the same for every configuration (the partial buffer does not depend on the tile)."""
@@ -413,7 +405,7 @@ def weight_grad(x: Tensor, grad_output: Tensor, weight: Tensor, stride, dilation
         return dw.zero_(), db.zero_()
     per_program, chunks = _chunks(n * h, w, channels)
     partial = torch.empty((chunks, channels, kh * kw + 1), dtype=torch.float32, device=x.device)
-    counters = _counters(x.device, channels)  # one per channel block, blocks of at least one channel
+    counters = ticket_counters(x.device, channels)  # one per channel block, blocks of at least one channel
     block_j, block_i = _tap_blocks(kh, kw)
 
     def grid(meta):

@@ -1,7 +1,31 @@
 """The fused InceptionNeXt token mixer (docs/semantics.md §2.2): identity on the first C - 3 gc channels, a
-square, a 1 x band and a band x 1 depthwise convolution on gc channels each. The forward writes every slice of
-the output in one launch (no split, no cat); the backward is the input gradient plus one weight-gradient launch
-for the three branches."""
+square, a 1 x band and a band x 1 depthwise convolution on gc channels each.
+
+Channels go in groups of LANES: the largest power of two up to 8 that divides both C - 3 gc and gc, so every
+slice is whole groups (InceptionNeXt-T: 8 at stages 2-4, 4 at stage 1 where gc = 12; atto 2) and a group is one
+vector per thread and position (16 bytes of bf16 at LANES = 8); no group straddles two slices, nothing is masked
+per channel.
+
+Forward (and input gradient: the same kernel with the taps flipped and no bias): one launch. A program takes a
+block of anchors and walks every channel, CG groups per step: the identity groups are copied, then each branch's
+groups are convolved. A thread owns one anchor, a strip of T outputs along the axis its branch slides on (a row
+strip for the identity, the square and the 1 x band branch; a column strip for the band x 1 branch) x one group,
+and keeps the strip's outputs in registers while the input window passes once per kernel row: each loaded vector
+feeds up to (taps along the strip) FMAs. Kernel sizes and strip lengths are constexprs (the tap loops unroll; a
+strip that spans the whole map, ``FULL_*``, drops the taps on the zero padding at compile time). The weights are
+read from the module's own tensors once per program and group, out of the tap loops: no table to build or cache
+(see ``notes`` in docs/design.md for the trade-off).
+
+Weight and bias gradients: one launch over (chunks of strip blocks) x (the groups of the three branches). A thread
+sums dy x (shifted x) for every tap of its group over its strips in registers; the program reduces over its
+threads once and writes fp32 partials; the last program of a group (one acq_rel ticket per program) adds the
+chunks' partials in chunk order and writes the gradients in the weights' dtype: deterministic, no atomics on data,
+no extra launch. The tickets are a cached per-(device, stream) counter that this last program resets.
+
+channels_last activations whose strides are multiples of LANES take the vector path (``VEC = LANES``: spatial
+strides are passed in units of LANES so the compiler sees the alignment); NCHW and any other strides run the same
+kernels one element at a time (``VEC = 1``), with no layout copy.
+"""
 
 from __future__ import annotations
 
@@ -11,63 +35,198 @@ from torch import Tensor
 from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, tl, triton
 from zoo.kernels.dwconv._checks import check_inception_inputs
 from zoo.kernels.dwconv._common import (
-    CONV_FLAGS,
     INCEPTION_BENCHMARKS,
-    average_trips,
     check_grad_output,
     check_triton_dtype,
-    conv_tile,
     empty_like_format,
-    gradient,
-    layout_of,
-    layout_specs,
-    make_configs,
+    index,
     meta_strides,
     named_strides,
     needs_int64,
-    positions_per_program,
-    split_positions,
-    store_wgrad_sums,
     strides4,
     taps_on_map,
-    tile_offsets,
-    weight_table,
-    wgrad_tile_sums,
+    ticket_counters,
+    to_f32,
 )
 
+# ----------------------------------------------------------------------------------------------------------------
+# Triton routines
+# ----------------------------------------------------------------------------------------------------------------
+
 
 @triton.jit
-def _inception_branch(branch, square, band, w_hw, w_w, w_h, b_hw, b_w, b_h):
-    """(kh, kw, weight table, bias) of conv branch 1 (square), 2 (1 x band), 3 (band x 1)."""
-    if branch == 1:
-        kh = square
-        kw = square
-        w_ptr = w_hw
-        b_ptr = b_hw
-    elif branch == 2:
-        kh = 1
-        kw = band
-        w_ptr = w_w
-        b_ptr = b_w
+def _row_anchors(pid, N, H, W, TW: tl.constexpr, FULL_W: tl.constexpr, BLOCK_A: tl.constexpr):
+    """Anchors of row strips (1 x TW outputs): (image, row, first column, valid) of a program's BLOCK_A anchors,
+    flattened over (image, row, strip)."""
+    q = pid * BLOCK_A + tl.arange(0, BLOCK_A)
+    if FULL_W:
+        t = q
+        c0 = q * 0
+        strips = 1
     else:
-        kh = band
-        kw = 1
-        w_ptr = w_h
-        b_ptr = b_h
-    return kh, kw, w_ptr, b_ptr
+        strips = tl.cdiv(W, TW)
+        t = q // strips
+        c0 = (q % strips) * TW
+    return t // H, t % H, c0, q < N * H * strips
 
 
 @triton.jit
-def _branch_window(branch, C, id_channels, gc, local_block, BLOCK_C: tl.constexpr):
-    """Channels of one program of conv branch ``branch`` (1..3): its slice [first, first + gc) of the tensor,
-    walked in blocks that start at a multiple of 8 (so channels_last loads stay aligned 16-byte vectors however
-    the slices fall). Returns (first, c, load mask: whole 8-channel groups of the window, exact mask: the
-    slice)."""
-    first = id_channels + (branch - 1) * gc
-    start = (first // 8) * 8
-    end = ((first + gc + 7) // 8) * 8
-    c = start + local_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    return first, c, (c < end) & (c < C), (c >= first) & (c < first + gc)  # never past the last channel
+def _column_anchors(pid, N, H, W, TH: tl.constexpr, FULL_H: tl.constexpr, BLOCK_A: tl.constexpr):
+    """Anchors of column strips (TH x 1 outputs): (image, first row, column, valid), flattened over (image, strip,
+    column)."""
+    q = pid * BLOCK_A + tl.arange(0, BLOCK_A)
+    col = q % W
+    t = q // W
+    if FULL_H:
+        return t, t * 0, col, q < N * W
+    else:
+        strips = tl.cdiv(H, TH)
+        return t // strips, (t % strips) * TH, col, q < N * W * strips
+
+
+@triton.jit
+def _row_weights(w_ptr, lane, ki, KX: tl.constexpr, KA: tl.constexpr, FLIP: tl.constexpr):
+    """Kernel row ki of a group's weights (row KX - 1 - ki, reversed, with FLIP) as fp32 [1, CH] rows, one per tap
+    along the row, from the module's [gc, 1, KX, KA] tensor (``lane``: the channels' indices in the slice)."""
+    taps = ()
+    for kj in tl.static_range(KA):
+        if FLIP:
+            tap = (KX - 1 - ki) * KA + (KA - 1 - kj)
+        else:
+            tap = ki * KA + kj
+        taps = taps + (tl.load(w_ptr + lane * (KX * KA) + tap).to(tl.float32)[None, :],)
+    return taps
+
+
+@triton.jit
+def _strip_conv(
+    src_ptr,
+    base,
+    ch_off,
+    cross,
+    pos0,
+    valid,
+    cross_len,
+    along_len,
+    s_cross,
+    s_along,
+    w_ptr,
+    b_ptr,
+    lane,
+    KX: tl.constexpr,
+    KA: tl.constexpr,
+    T: tl.constexpr,
+    FULL: tl.constexpr,
+    FLIP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    VEC: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    CH: tl.constexpr,
+):
+    """One strip of T outputs (fp32 [BLOCK_A, CH] each) of a KX x KA kernel whose second axis runs along the strip:
+    output j = bias + sum over (ki, kj) of w[ki, kj] src[cross + ki - KX // 2, pos0 + j + kj - KA // 2] (zero off
+    the map). The strip's window is walked once per kernel row: each loaded vector updates the up to KA outputs
+    it reaches (a sliding window in registers). FLIP reads the taps reversed (the input gradient). The weights
+    (channels ``lane`` of the slice) are loaded once per kernel row, out of the window loop."""
+    init = tl.zeros((BLOCK_A, CH), dtype=tl.float32)
+    if HAS_BIAS:
+        init += tl.load(b_ptr + lane).to(tl.float32)[None, :]
+    acc = ()
+    for _j in tl.static_range(T):
+        acc = acc + (init,)
+    for ki in tl.static_range(KX):
+        taps = _row_weights(w_ptr, lane, ki, KX, KA, FLIP)
+        rr = cross + (ki - KX // 2)
+        row_ok = valid & (rr >= 0) & (rr < cross_len)
+        row_base = base + (ki - KX // 2) * s_cross
+        for m in tl.static_range(T + KA - 1):
+            # window column m - KA // 2 relative to pos0; a whole-map strip skips the padding at compile time
+            if (not FULL) or (m - KA // 2 >= 0 and m - KA // 2 < T):
+                if FULL:
+                    ok = row_ok
+                else:
+                    cc = pos0 + (m - KA // 2)
+                    ok = row_ok & (cc >= 0) & (cc < along_len)
+                offsets = (row_base + (m - KA // 2) * s_along) * VEC
+                v = to_f32(tl.load(src_ptr + offsets[:, None] + ch_off[None, :], mask=ok[:, None], other=0.0))
+                updated = ()
+                for j in tl.static_range(T):
+                    if m - j >= 0 and m - j < KA:  # tap (ki, m - j) of output j
+                        updated = updated + (tl.fma(taps[m - j], v, acc[j]),)
+                    else:
+                        updated = updated + (acc[j],)
+                acc = updated
+    return acc
+
+
+@triton.jit
+def _store_strip(
+    dst_ptr,
+    base,
+    ch_off,
+    pos0,
+    valid,
+    along_len,
+    d_along,
+    values,
+    T: tl.constexpr,
+    FULL: tl.constexpr,
+    VEC: tl.constexpr,
+):
+    """Store T outputs of a strip (each [BLOCK_A, CH]) in dst's dtype."""
+    for j in tl.static_range(T):
+        if FULL:
+            ok = valid
+        else:
+            ok = valid & (pos0 + j < along_len)
+        offsets = (base + j * d_along) * VEC
+        tl.store(dst_ptr + offsets[:, None] + ch_off[None, :], values[j].to(dst_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _branch_groups(
+    src_ptr,
+    dst_ptr,
+    w_ptr,
+    b_ptr,
+    sbase,
+    dbase,
+    cross,
+    pos0,
+    valid,
+    cross_len,
+    along_len,
+    s_c,
+    s_cross,
+    s_along,
+    d_c,
+    d_along,
+    first,
+    gc,
+    KX: tl.constexpr,
+    KA: tl.constexpr,
+    T: tl.constexpr,
+    FULL: tl.constexpr,
+    FLIP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    CG: tl.constexpr,
+):
+    """Every group of LANES channels of one branch (channels [first, first + gc), both multiples of LANES), CG
+    groups per step (CG divides the branch's groups: no masks)."""
+    CH: tl.constexpr = LANES * CG
+    ch = tl.arange(0, CH)
+    for g0 in range(0, gc // LANES, CG):
+        lane = g0 * LANES + ch
+        c = (first // LANES + g0) * LANES + ch
+        acc = _strip_conv(
+            src_ptr, sbase, index(c, INT64) * s_c, cross, pos0, valid, cross_len, along_len, s_cross, s_along, w_ptr,
+            b_ptr, lane, KX, KA, T, FULL, FLIP, HAS_BIAS, VEC, BLOCK_A, CH,
+        )  # fmt: skip
+        _store_strip(dst_ptr, dbase, index(c, INT64) * d_c, pos0, valid, along_len, d_along, acc, T, FULL, VEC)
 
 
 @triton.jit
@@ -80,14 +239,12 @@ def _inception_kernel(
     b_w,
     w_h,
     b_h,
-    n_positions,
+    N,
     H,
     W,
     C,
     id_channels,
     gc,
-    square,
-    band,
     s_n,
     s_c,
     s_h,
@@ -96,92 +253,135 @@ def _inception_kernel(
     d_c,
     d_h,
     d_w,
-    TRANSPOSED: tl.constexpr,
+    SQUARE: tl.constexpr,
+    BAND: tl.constexpr,
+    FLIP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    TW: tl.constexpr,
+    TH: tl.constexpr,
+    FULL_W: tl.constexpr,
+    FULL_H: tl.constexpr,
     INT64: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    CG: tl.constexpr,
 ):
-    """One launch for the whole mixer: each position tile has the channel blocks of the identity slice, then
-    those of each conv branch (1 square, 2 1 x band, 3 band x 1); each program writes its channels of dst.
-    Forward (src x, dst y) or input gradient (TRANSPOSED: src dy, dst dx; the identity slice of dx is the
-    identity slice of dy). Loads cover whole aligned 8-channel groups (vectorised); the lanes outside a slice
-    are computed and dropped, only the slice is stored."""
-    id_blocks = tl.cdiv(id_channels, BLOCK_C)
-    conv_blocks = tl.cdiv(gc + 14, BLOCK_C)  # an aligned window spans at most gc + 14 channels
-    blocks = id_blocks + 3 * conv_blocks  # channel blocks vary fastest (see _dwconv_kernel)
-    block = tl.program_id(0) % blocks
-    p = (tl.program_id(0) // blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_mask = p < n_positions
-    n, row, col = split_positions(p, W, H)
-    if block < id_blocks:
-        c = block * BLOCK_C + tl.arange(0, BLOCK_C)
-        group_mask = p_mask[:, None] & ((c < ((id_channels + 7) // 8) * 8) & (c < C))[None, :]
-        values = tl.load(src_ptr + tile_offsets(n, row, col, c, s_n, s_c, s_h, s_w, INT64), mask=group_mask)
-        tl.store(
-            dst_ptr + tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64),
-            values,
-            mask=p_mask[:, None] & (c < id_channels)[None, :],
-        )
-    else:
-        branch = (block - id_blocks) // conv_blocks + 1
-        first, c, load_mask, exact = _branch_window(
-            branch, C, id_channels, gc, (block - id_blocks) % conv_blocks, BLOCK_C
-        )
-        if tl.sum(exact.to(tl.int32), axis=0) > 0:
-            kh, kw, w_ptr, b_ptr = _inception_branch(branch, square, band, w_hw, w_w, w_h, b_hw, b_w, b_h)
-            w_channel = c - first  # contiguous (vector loads); lanes outside the slice are masked by `exact`
-            acc = conv_tile(
-                src_ptr,
-                w_ptr,
-                gc,
-                w_channel,
-                exact,
-                n,
-                row,
-                col,
-                p_mask,
-                c,
-                load_mask,
-                H,
-                W,
-                s_n,
-                s_c,
-                s_h,
-                s_w,
-                kh,
-                kw,
-                1,
-                1,
-                kh // 2,
-                kw // 2,
-                1,
-                1,
-                TRANSPOSED,
-                INT64,
-                BLOCK_P,
-                BLOCK_C,
-            )
-            if HAS_BIAS and not TRANSPOSED:
-                acc += tl.load(b_ptr + w_channel, mask=exact, other=0.0).to(tl.float32)[None, :]
-            offsets = tile_offsets(n, row, col, c, d_n, d_c, d_h, d_w, INT64)
-            tl.store(dst_ptr + offsets, acc.to(dst_ptr.dtype.element_ty), mask=p_mask[:, None] & exact[None, :])
+    """The whole mixer for one block of anchors, every channel: forward (src x, dst y) or input gradient (FLIP:
+    src dy, dst dx, no bias; the identity slice of dx is that of dy). Channels in groups of LANES (a power of two
+    that divides C - 3 gc and gc: every slice is whole groups). Spatial strides in units of VEC channels (VEC =
+    LANES: channels_last with LANES-aligned strides and s_c = d_c = 1; else 1)."""
+    pid = tl.program_id(0)
+    CH: tl.constexpr = LANES * CG
+    ch = tl.arange(0, CH)
+    # row strips: identity, square, 1 x band
+    n, r, c0, valid = _row_anchors(pid, N, H, W, TW, FULL_W, BLOCK_A)
+    sbase = index(n, INT64) * s_n + index(r, INT64) * s_h + index(c0, INT64) * s_w
+    dbase = index(n, INT64) * d_n + index(r, INT64) * d_h + index(c0, INT64) * d_w
+    id_groups = id_channels // LANES
+    for g0 in range(0, id_groups, CG):
+        c = g0 * LANES + ch
+        for j in tl.static_range(TW):
+            ok = valid if FULL_W else valid & (c0 + j < W)
+            mask = ok[:, None]
+            src = src_ptr + ((sbase + j * s_w) * VEC)[:, None] + (index(c, INT64) * s_c)[None, :]
+            values = tl.load(src, mask=mask)
+            tl.store(dst_ptr + ((dbase + j * d_w) * VEC)[:, None] + (index(c, INT64) * d_c)[None, :], values, mask=mask)
+    first = id_channels
+    _branch_groups(
+        src_ptr, dst_ptr, w_hw, b_hw, sbase, dbase, r, c0, valid, H, W, s_c, s_h, s_w, d_c, d_w, first, gc, SQUARE,
+        SQUARE, TW, FULL_W, FLIP, HAS_BIAS, LANES, VEC, INT64, BLOCK_A, CG,
+    )  # fmt: skip
+    first += gc
+    _branch_groups(
+        src_ptr, dst_ptr, w_w, b_w, sbase, dbase, r, c0, valid, H, W, s_c, s_h, s_w, d_c, d_w, first, gc, 1, BAND,
+        TW, FULL_W, FLIP, HAS_BIAS, LANES, VEC, INT64, BLOCK_A, CG,
+    )  # fmt: skip
+    first += gc
+    # column strips: band x 1
+    n, r0, col, valid = _column_anchors(pid, N, H, W, TH, FULL_H, BLOCK_A)
+    sbase = index(n, INT64) * s_n + index(r0, INT64) * s_h + index(col, INT64) * s_w
+    dbase = index(n, INT64) * d_n + index(r0, INT64) * d_h + index(col, INT64) * d_w
+    _branch_groups(
+        src_ptr, dst_ptr, w_h, b_h, sbase, dbase, col, r0, valid, W, H, s_c, s_w, s_h, d_c, d_h, first, gc, 1, BAND,
+        TH, FULL_H, FLIP, HAS_BIAS, LANES, VEC, INT64, BLOCK_A, CG,
+    )  # fmt: skip
 
 
 @triton.jit
-def _inception_wgrad_kernel(
+def _strip_wgrad(
     x_ptr,
-    dy_ptr,
-    partial_ptr,
-    n_positions,
-    positions_per_program,
+    g_ptr,
+    xbase,
+    gbase,
+    x_ch,
+    g_ch,
+    cross,
+    pos0,
+    valid,
+    cross_len,
+    along_len,
+    x_cross,
+    x_along,
+    g_along,
+    shift,
+    sums,
+    bias_sum,
+    KX: tl.constexpr,
+    KA: tl.constexpr,
+    T: tl.constexpr,
+    FULL: tl.constexpr,
+    VEC: tl.constexpr,
+):
+    """Add one strip's contributions to the per-thread tap sums (KX * KA fp32 [BLOCK_A, CH], the taps of a KX x KA
+    kernel whose second axis runs along the strip) and to the bias sum: sum over the strip's T outputs of
+    dy[j] x[cross + ki - KX // 2 + shift, pos0 + j + kj - KA // 2] (``shift``: one row of a taller kernel). The T output gradients stay in registers while the
+    input window passes once per kernel row."""
+    dys = ()
+    for j in tl.static_range(T):
+        if FULL:
+            ok = valid
+        else:
+            ok = valid & (pos0 + j < along_len)
+        dy = to_f32(
+            tl.load(g_ptr + ((gbase + j * g_along) * VEC)[:, None] + g_ch[None, :], mask=ok[:, None], other=0.0)
+        )
+        dys = dys + (dy,)
+        bias_sum += dy
+    for ki in tl.static_range(KX):
+        rr = cross + (ki - KX // 2 + shift)
+        row_ok = valid & (rr >= 0) & (rr < cross_len)
+        row_base = xbase + (ki - KX // 2 + shift) * x_cross
+        for m in tl.static_range(T + KA - 1):
+            if (not FULL) or (m - KA // 2 >= 0 and m - KA // 2 < T):
+                if FULL:
+                    ok = row_ok
+                else:
+                    cc = pos0 + (m - KA // 2)
+                    ok = row_ok & (cc >= 0) & (cc < along_len)
+                offsets = (row_base + (m - KA // 2) * x_along) * VEC
+                v = to_f32(tl.load(x_ptr + offsets[:, None] + x_ch[None, :], mask=ok[:, None], other=0.0))
+                updated = ()
+                for t in tl.static_range(KX * KA):
+                    if t // KA == ki and m - t % KA >= 0 and m - t % KA < T:  # output m - kj meets tap t
+                        updated = updated + (tl.fma(dys[m - t % KA], v, sums[t]),)
+                    else:
+                        updated = updated + (sums[t],)
+                sums = updated
+    return sums, bias_sum
+
+
+@triton.jit
+def _group_sums(
+    x_ptr,
+    g_ptr,
+    group,
+    shift,
+    chunk,
+    chunks,
+    N,
     H,
     W,
-    C,
-    id_channels,
-    gc,
-    square,
-    band,
     x_n,
     x_c,
     x_h,
@@ -190,92 +390,313 @@ def _inception_wgrad_kernel(
     g_c,
     g_h,
     g_w,
+    KX: tl.constexpr,
+    KA: tl.constexpr,
+    T: tl.constexpr,
+    FULL: tl.constexpr,
+    ROWS: tl.constexpr,
+    MAXT: tl.constexpr,
+    LANES: tl.constexpr,
+    VEC: tl.constexpr,
     INT64: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_A: tl.constexpr,
 ):
-    """Partial weight and bias gradients of the three branches: ``partial[branch - 1, chunk, c, tap]`` (taps
-    0..kh*kw - 1, then the bias sum; rows padded to max(square^2, band) + 1 columns); program axis 1 = (branch - 1)
-    * channel blocks + channel block (aligned windows, as in the forward), axis 2 = tap block."""
-    max_taps = tl.maximum(square * square, band)
-    conv_blocks = tl.cdiv(gc + 14, BLOCK_C)
+    """The per-thread tap sums (MAXT fp32 [BLOCK_A, LANES]: the KX x KA taps, then zeros) and bias sum of one group
+    of LANES channels over one chunk of the strip blocks (ROWS: row strips, else column strips); x is read
+    ``shift`` rows off (one row of a square kernel at a time)."""
+    ch = tl.arange(0, LANES)
+    c = group * LANES + ch
+    x_ch = index(c, INT64) * x_c
+    g_ch = index(c, INT64) * g_c
+    if ROWS:
+        strips = N * H * (1 if FULL else tl.cdiv(W, T))
+    else:
+        strips = N * W * (1 if FULL else tl.cdiv(H, T))
+    blocks = tl.cdiv(strips, BLOCK_A)
+    per_chunk = tl.cdiv(blocks, chunks)
+    sums = ()
+    for _t in tl.static_range(KX * KA):
+        sums = sums + (tl.zeros((BLOCK_A, LANES), dtype=tl.float32),)
+    bias_sum = tl.zeros((BLOCK_A, LANES), dtype=tl.float32)
+    for block in range(chunk * per_chunk, tl.minimum(blocks, (chunk + 1) * per_chunk)):
+        if ROWS:
+            n, cross, pos0, valid = _row_anchors(block, N, H, W, T, FULL, BLOCK_A)
+            xbase = index(n, INT64) * x_n + index(cross, INT64) * x_h + index(pos0, INT64) * x_w
+            gbase = index(n, INT64) * g_n + index(cross, INT64) * g_h + index(pos0, INT64) * g_w
+            sums, bias_sum = _strip_wgrad(
+                x_ptr, g_ptr, xbase, gbase, x_ch, g_ch, cross, pos0, valid, H, W, x_h, x_w, g_w, shift, sums, bias_sum, KX,
+                KA, T, FULL, VEC,
+            )  # fmt: skip
+        else:
+            n, pos0, cross, valid = _column_anchors(block, N, H, W, T, FULL, BLOCK_A)
+            xbase = index(n, INT64) * x_n + index(pos0, INT64) * x_h + index(cross, INT64) * x_w
+            gbase = index(n, INT64) * g_n + index(pos0, INT64) * g_h + index(cross, INT64) * g_w
+            sums, bias_sum = _strip_wgrad(
+                x_ptr, g_ptr, xbase, gbase, x_ch, g_ch, cross, pos0, valid, W, H, x_w, x_h, g_h, shift, sums, bias_sum, KX,
+                KA, T, FULL, VEC,
+            )  # fmt: skip
+    for _t in tl.static_range(KX * KA, MAXT):
+        sums = sums + (tl.zeros((BLOCK_A, LANES), dtype=tl.float32),)
+    return sums, bias_sum
+
+
+@triton.jit
+def _store_gradients(
+    dw_ptr,
+    db_ptr,
+    total,
+    k,
+    lane0,
+    tap0,
+    with_bias,
+    TAPS: tl.constexpr,
+    DW_TAPS: tl.constexpr,
+    MAXT: tl.constexpr,
+    LANES: tl.constexpr,
+):
+    """Write one group's channels (from ``lane0`` of the slice) of a branch's weight gradient, taps tap0 .. tap0 +
+    TAPS - 1 of its DW_TAPS, and (``with_bias``) its bias gradient, in their dtype. ``total``: fp32 [ROW], tap t
+    of lane l at t * 8 + l, the bias at MAXT * 8 + l."""
+    lane = lane0 + k % 8
+    tap = k // 8
+    in_slice = k % 8 < LANES
+    tl.store(dw_ptr + lane * DW_TAPS + tap0 + tap, total.to(dw_ptr.dtype.element_ty), mask=in_slice & (tap < TAPS))
+    tl.store(db_ptr + lane, total.to(db_ptr.dtype.element_ty), mask=in_slice & (tap == MAXT) & with_bias)
+
+
+@triton.jit
+def _inception_wgrad_kernel(
+    x_ptr,
+    g_ptr,
+    partial_ptr,
+    counter_ptr,
+    dw_hw,
+    db_hw,
+    dw_w,
+    db_w,
+    dw_h,
+    db_h,
+    N,
+    H,
+    W,
+    C,
+    id_channels,
+    gc,
+    chunks,
+    x_n,
+    x_c,
+    x_h,
+    x_w,
+    g_n,
+    g_c,
+    g_h,
+    g_w,
+    SQUARE: tl.constexpr,
+    BAND: tl.constexpr,
+    TW: tl.constexpr,
+    TH: tl.constexpr,
+    FULL_W: tl.constexpr,
+    FULL_H: tl.constexpr,
+    ROW: tl.constexpr,
+    SPLIT: tl.constexpr,
+    LANES: tl.constexpr,
+    VEC: tl.constexpr,
+    INT64: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    FIN_BLOCK: tl.constexpr,
+):
+    """Weight and bias gradients of the three branches in one launch. Program (chunk, slot); the slots are the
+    8-channel groups that meet the square branch's slice, then the 1 x band's, then the band x 1's. Each program
+    writes its group's fp32 partial sums over its chunk ([slot, chunk, ROW]: tap t of lane l at t * 8 + l, the
+    bias after the most taps of a branch) and takes a ticket (one acq_rel atomic); the last program of a group adds
+    the chunks' partials in chunk order and writes the gradients in the weights' dtype, then resets the ticket."""
+    # SPLIT: one program per row of the square kernel (its tap sums would not fit in registers)
+    SQ_TAPS: tl.constexpr = SQUARE if SPLIT else SQUARE * SQUARE
+    MAXT: tl.constexpr = SQ_TAPS if SQ_TAPS > BAND else BAND
+    ROWS_PER_GROUP: tl.constexpr = SQUARE if SPLIT else 1
     chunk = tl.program_id(0)
-    branch = tl.program_id(1) // conv_blocks + 1
-    first, c, load_mask, exact = _branch_window(branch, C, id_channels, gc, tl.program_id(1) % conv_blocks, BLOCK_C)
-    tap_block = tl.program_id(2)
-    tap = tap_block * BLOCK_T + tl.arange(0, BLOCK_T)
-    kh, kw, _w, _b = _inception_branch(branch, square, band, x_ptr, x_ptr, x_ptr, x_ptr, x_ptr, x_ptr)
-    if (tap_block * BLOCK_T < kh * kw) & (tl.sum(exact.to(tl.int32), axis=0) > 0):
-        p_begin = chunk * positions_per_program
-        p_end = tl.minimum(p_begin + positions_per_program, n_positions)
-        sums, bias_sums = wgrad_tile_sums(
-            x_ptr,
-            dy_ptr,
-            p_begin,
-            p_end,
-            c,
-            load_mask,
-            tap,
-            H,
-            W,
-            H,
-            W,
-            x_n,
-            x_c,
-            x_h,
-            x_w,
-            g_n,
-            g_c,
-            g_h,
-            g_w,
-            kh,
-            kw,
-            1,
-            1,
-            kh // 2,
-            kw // 2,
-            1,
-            1,
-            INT64,
-            BLOCK_T,
-            BLOCK_P,
-            BLOCK_C,
-        )
-        row = ((branch - 1).to(tl.int64) * tl.num_programs(0) + chunk) * gc + tl.where(exact, c - first, 0)
-        store_wgrad_sums(partial_ptr, row, max_taps + 1, kh * kw, tap, exact, sums, bias_sums, tap_block == 0)
+    slot = tl.program_id(1)
+    groups = gc // LANES
+    square_slots = groups * ROWS_PER_GROUP
+    if slot < square_slots:
+        lane0 = (slot // ROWS_PER_GROUP) * LANES  # the group's first channel in its slice
+        kernel_row = slot % ROWS_PER_GROUP
+        if SPLIT:
+            sums, bias_sum = _group_sums(
+                x_ptr, g_ptr, (id_channels + lane0) // LANES, kernel_row - SQUARE // 2, chunk, chunks, N, H, W, x_n,
+                x_c, x_h, x_w, g_n, g_c, g_h, g_w, 1, SQUARE, TW, FULL_W, True, MAXT, LANES, VEC, INT64, BLOCK_A,
+            )  # fmt: skip
+        else:
+            sums, bias_sum = _group_sums(
+                x_ptr, g_ptr, (id_channels + lane0) // LANES, 0, chunk, chunks, N, H, W, x_n, x_c, x_h, x_w, g_n, g_c,
+                g_h, g_w, SQUARE, SQUARE, TW, FULL_W, True, MAXT, LANES, VEC, INT64, BLOCK_A,
+            )  # fmt: skip
+    elif slot < square_slots + groups:
+        lane0 = (slot - square_slots) * LANES
+        kernel_row = 0
+        sums, bias_sum = _group_sums(
+            x_ptr, g_ptr, (id_channels + gc + lane0) // LANES, 0, chunk, chunks, N, H, W, x_n, x_c, x_h, x_w, g_n, g_c,
+            g_h, g_w, 1, BAND, TW, FULL_W, True, MAXT, LANES, VEC, INT64, BLOCK_A,
+        )  # fmt: skip
+    else:
+        lane0 = (slot - square_slots - groups) * LANES
+        kernel_row = 0
+        sums, bias_sum = _group_sums(
+            x_ptr, g_ptr, (id_channels + 2 * gc + lane0) // LANES, 0, chunk, chunks, N, H, W, x_n, x_c, x_h, x_w, g_n,
+            g_c, g_h, g_w, 1, BAND, TH, FULL_H, False, MAXT, LANES, VEC, INT64, BLOCK_A,
+        )  # fmt: skip
+    ch = tl.arange(0, LANES)
+    row = partial_ptr + (slot.to(tl.int64) * chunks + chunk) * ROW
+    for t in tl.static_range(MAXT):
+        tl.store(row + t * 8 + ch, tl.sum(sums[t], axis=0))
+    tl.store(row + MAXT * 8 + ch, tl.sum(bias_sum, axis=0))
+    tl.debug_barrier()  # every thread's partials are written before the ticket is taken
+    ticket = tl.atomic_add(counter_ptr + slot, 1, sem="acq_rel", scope="gpu")
+    if ticket == chunks - 1:  # the last program of this group: every chunk's partials are visible
+        k = tl.arange(0, ROW)
+        total = tl.zeros((FIN_BLOCK, ROW), dtype=tl.float32)
+        rows = partial_ptr + slot.to(tl.int64) * chunks * ROW
+        for start in range(0, chunks, FIN_BLOCK):
+            q = start + tl.arange(0, FIN_BLOCK)
+            mask = (q < chunks)[:, None] & ((k % 8 < LANES) & (k // 8 <= MAXT))[None, :]  # the written columns
+            # from L2 (.cg): the other programs' partials, visible after the ticket's acquire
+            total += tl.load(rows + q[:, None] * ROW + k[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+        total = tl.sum(total, axis=0)
+        if slot < square_slots:
+            _store_gradients(
+                dw_hw, db_hw, total, k, lane0, kernel_row * SQ_TAPS, kernel_row == 0, SQ_TAPS, SQUARE * SQUARE, MAXT,
+                LANES,
+            )  # fmt: skip
+        elif slot < square_slots + groups:
+            _store_gradients(dw_w, db_w, total, k, lane0, 0, True, BAND, BAND, MAXT, LANES)
+        else:
+            _store_gradients(dw_h, db_h, total, k, lane0, 0, True, BAND, BAND, MAXT, LANES)
+        tl.store(counter_ptr + slot, 0)  # ready for the next launch
 
 
-# One fixed small configuration under the interpreter (CPU tests); on the GPU, configurations autotuned per layout:
+# ----------------------------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+# One anchor and one group per thread, BLOCK_A x CG = 32 x warps. The interpreter (CPU tests) runs the same tiles:
+# few large programs are fastest there, and its small targets still give several groups per step and several
+# chunks per group on small test inputs.
+_WARPS = 4
+_TARGET_PROGRAMS = 8 if INTERPRETER else 2 * 132  # forward: at least two programs per SM of an H100
+_WGRAD_TARGET_PROGRAMS = 24 if INTERPRETER else 4 * 132
+_WGRAD_BLOCKS = 1 if INTERPRETER else 16
+_FIN_BLOCK = 4 if INTERPRETER else 16
 
 
-_TILE = ("BLOCK_P", "BLOCK_C")
-WGRAD_TILE = ("BLOCK_T", "BLOCK_P", "BLOCK_C")
-if INTERPRETER:
-    INCEPTION_CONFIGS = {layout: make_configs(((16, 4, 1),), _TILE) for layout in ("channels_last", "nchw")}
-    INCEPTION_WGRAD_CONFIGS = {
-        layout: make_configs(((4, 8, 4, 1),), WGRAD_TILE) for layout in ("channels_last", "nchw")
-    }
-else:
-    # the mixer kernels hold more state (two code paths, branch windows): the tiles that stay free of spills
-    INCEPTION_CONFIGS = {
-        "channels_last": make_configs(((64, 32, 4), (32, 64, 4)), _TILE),
-        "nchw": make_configs(((128, 2, 4), (256, 1, 4), (256, 2, 4), (512, 1, 4)), _TILE),
-    }
-    INCEPTION_WGRAD_CONFIGS = {
-        "channels_last": make_configs(((4, 32, 32, 4), (16, 16, 32, 8), (8, 32, 32, 8), (8, 16, 16, 4)), WGRAD_TILE),
-        "nchw": make_configs(((8, 128, 1, 4), (4, 128, 2, 4), (16, 64, 1, 4)), WGRAD_TILE),
-    }
-_INCEPTION_KEY = ["id_channels", "gc", "square", "band", "W", "TRANSPOSED"]
-_INCEPTION_WGRAD_KEY = ["gc", "square", "band", "W"]
-_inception = {
-    layout: triton.autotune(configs, key=_INCEPTION_KEY)(_inception_kernel)
-    for layout, configs in INCEPTION_CONFIGS.items()
-}
-_inception_wgrad = {
-    layout: triton.autotune(configs, key=_INCEPTION_WGRAD_KEY)(_inception_wgrad_kernel)
-    for layout, configs in INCEPTION_WGRAD_CONFIGS.items()
-}
+def _strip_length(size: int) -> tuple[int, bool]:
+    """Outputs per thread along an axis of the map (4..8, the fewest padded positions, ties to the longer), and
+    whether the strip is the whole axis (maps of at most 8: the taps on the padding vanish at compile time)."""
+    if size <= 8:
+        return size, True
+    length = min((7, 8, 6, 5, 4), key=lambda t: triton.cdiv(size, t) * t - size)
+    return length, False
+
+
+def _lanes(id_channels: int, gc: int, itemsize: int = 2) -> int:
+    """Channels per group: the largest power of two up to one 16-byte vector (8 of bf16 / fp16, 4 of fp32) that
+    divides the identity width and gc (every slice is whole groups: no group straddles two of them)."""
+    lanes = 16 // itemsize
+    while id_channels % lanes or gc % lanes:
+        lanes //= 2
+    return lanes
+
+
+def _vec(lanes: int, *tensors: Tensor) -> int:
+    """LANES when the channels of every tensor are contiguous and its other strides are multiples of LANES (the
+    kernels then read and write vectors of LANES channels), else 1 (any strides, one element at a time)."""
+    aligned = all(
+        t.stride(1) == 1 and all(s % lanes == 0 for s in (t.stride(0), t.stride(2), t.stride(3))) for t in tensors
+    )
+    return lanes if aligned else 1
+
+
+def _strides(t: Tensor, vec: int) -> tuple[int, int, int, int]:
+    n, c, h, w = strides4(t)
+    return (n // vec, 1, h // vec, w // vec) if vec > 1 else (n, c, h, w)
+
+
+def _geometry(x: Tensor, gc: int, square: int, *others: Tensor) -> dict:
+    """The constexprs shared by both kernels: channels per group (at most 4 for squares over 3, whose window and
+    weights would not fit in registers with 8), strip lengths, whole-map strips, the vector path, 64-bit
+    offsets."""
+    _, channels, h, w = x.shape
+    tw, full_w = _strip_length(w)
+    th, full_h = _strip_length(h)
+    lanes = _lanes(channels - 3 * gc, gc, max(t.element_size() for t in (x, *others)))
+    lanes = min(lanes, 4) if square > 3 else lanes
+    vec = _vec(lanes, x, *others)
+    return dict(
+        LANES=lanes if vec > 1 else 1,  # one element at a time: more channels per thread would only cost registers
+        VEC=vec,
+        TW=tw,
+        TH=th,
+        FULL_W=full_w,
+        FULL_H=full_h,
+        INT64=needs_int64(x, *others),
+    )
+
+
+def _strip_counts(n: int, h: int, w: int, geometry: dict) -> tuple[int, int]:
+    """(row strips, column strips) of a map."""
+    rows = n * h * (1 if geometry["FULL_W"] else triton.cdiv(w, geometry["TW"]))
+    columns = n * w * (1 if geometry["FULL_H"] else triton.cdiv(h, geometry["TH"]))
+    return rows, columns
+
+
+def _mixer_config(strips: int, groups: int, id_groups: int) -> tuple[int, int]:
+    """(BLOCK_A, CG): one anchor and one group per thread; CG groups per step when there are too few strips to
+    fill the GPU (small maps), a power of two up to 16 that divides the groups of a branch and of the identity (no
+    partly idle steps, no masks)."""
+    threads = 32 * _WARPS
+    cg = 1
+    while (
+        2 * cg <= 16
+        and groups % (2 * cg) == 0
+        and id_groups % (2 * cg) == 0
+        and triton.cdiv(strips, threads // cg) < _TARGET_PROGRAMS
+    ):
+        cg *= 2
+    return threads // cg, cg
+
+
+def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool) -> None:
+    n, channels, h, w = dst.shape
+    geometry = _geometry(src, gc, square, dst)
+    strips = max(_strip_counts(n, h, w, geometry))
+    block_a, cg = _mixer_config(strips, gc // geometry["LANES"], (channels - 3 * gc) // geometry["LANES"])
+    w_hw, w_w, w_h = weights
+    b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
+    _inception_kernel[(triton.cdiv(strips, block_a),)](
+        src,
+        dst,
+        w_hw,
+        b_hw,
+        w_w,
+        b_w,
+        w_h,
+        b_h,
+        n,
+        h,
+        w,
+        channels,
+        channels - 3 * gc,
+        gc,
+        *_strides(src, geometry["VEC"]),
+        *_strides(dst, geometry["VEC"]),
+        SQUARE=square,
+        BAND=band,
+        FLIP=flip,
+        HAS_BIAS=biases[0] is not None,
+        BLOCK_A=block_a,
+        CG=cg,
+        num_warps=_WARPS,
+        **geometry,
+    )
 
 
 def inception_dwconv2d_forward(
@@ -287,7 +708,8 @@ def inception_dwconv2d_forward(
     weight_h: Tensor,
     bias_h: Tensor | None,
 ) -> Tensor:
-    """Triton forward of :func:`inception_dwconv2d`: one launch writes all four channel slices."""
+    """Triton forward of :func:`inception_dwconv2d`: one launch writes all four channel slices (the output in the
+    memory format of ``x``)."""
     gc, square, band = check_inception_inputs(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
     check_triton_dtype(
         x=x, weight_hw=weight_hw, weight_w=weight_w, weight_h=weight_h, bias_hw=bias_hw, bias_w=bias_w, bias_h=bias_h
@@ -295,242 +717,276 @@ def inception_dwconv2d_forward(
     check_triton_device(x.device)
     y = empty_like_format(x, x.shape)
     if y.numel():
+        weights = tuple(t.contiguous() for t in (weight_hw, weight_w, weight_h))
+        biases = tuple(None if b is None else b.contiguous() for b in (bias_hw, bias_w, bias_h))
         with device_guard(x.device):
-            _launch_inception(
-                x,
-                y,
-                (weight_hw, weight_w, weight_h),
-                (bias_hw, bias_w, bias_h),
-                gc,
-                square,
-                band,
-                transposed=False,
-                layout=layout_of(x),
-            )
+            _launch_mixer(x, y, weights, biases, gc, square, band, flip=False)
     return y
 
 
-def _launch_inception(
-    src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, transposed: bool, layout: str
-) -> None:
-    n, channels, h, w = dst.shape
-    n_positions = n * h * w
-    id_channels = channels - 3 * gc
-    w_hw, w_w, w_h = (weight_table(t) for t in weights)
-    b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
+def _wgrad_chunks(strips: int, block_a: int, slots: int) -> int:
+    """Chunks of strip blocks per group: enough programs to fill the GPU, each with at least _WGRAD_BLOCKS blocks of
+    strips where the map allows (the program's final reduction over its threads then weighs little)."""
+    return max(1, min(triton.cdiv(_WGRAD_TARGET_PROGRAMS, slots), triton.cdiv(strips, block_a * _WGRAD_BLOCKS)))
 
-    def grid(meta):
-        blocks = triton.cdiv(id_channels, meta["BLOCK_C"]) + 3 * triton.cdiv(gc + 14, meta["BLOCK_C"])
-        return (triton.cdiv(n_positions, meta["BLOCK_P"]) * blocks,)
 
-    _inception[layout][grid](
-        src,
-        dst,
-        w_hw,
-        b_hw,
-        w_w,
-        b_w,
-        w_h,
-        b_h,
-        n_positions,
-        h,
-        w,
-        channels,
-        id_channels,
-        gc,
-        square,
-        band,
-        *strides4(src),
-        *strides4(dst),
-        TRANSPOSED=transposed,
-        HAS_BIAS=biases[0] is not None,
-        INT64=needs_int64(src, dst),
-    )
+def _wgrad_layout(square: int, band: int, gc: int, lanes: int) -> tuple[bool, int, int]:
+    """(SPLIT, slots, ROW) of the weight gradient: the square branch's groups run one kernel row per program when
+    its tap sums would pass 96 registers per thread (k = 5 at 4 or 8 channels per group); a partial row holds 8
+    lanes x (the most taps of a program + the bias), a power of two."""
+    split = square * square * lanes > 96
+    groups = gc // lanes
+    slots = groups * (square if split else 1) + 2 * groups
+    return split, slots, triton.next_power_of_2(8 * (max(square if split else square * square, band) + 1))
 
 
 def inception_dwconv2d_backward(
     grad_output: Tensor, x: Tensor, weight_hw: Tensor, weight_w: Tensor, weight_h: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Triton backward of :func:`inception_dwconv2d`: (dx, d weight_hw, d bias_hw, d weight_w, d bias_w,
-    d weight_h, d bias_h); two launches (input gradient; weight and bias gradients of all three branches)."""
+    d weight_h, d bias_h), the weight gradients in the weights' dtype. Two launches: the input gradient (the
+    mixer kernel with the taps flipped), and the weight and bias gradients of the three branches (reduced to
+    their final values inside that launch)."""
     gc, square, band = check_inception_inputs(x, weight_hw, None, weight_w, None, weight_h, None)
     check_triton_dtype(x=x, weight_hw=weight_hw, weight_w=weight_w, weight_h=weight_h)
     check_triton_device(x.device)
     check_grad_output(grad_output, x.shape, x)
     dx = empty_like_format(x, x.shape)
-    weights = (weight_hw, weight_w, weight_h)
+    weights = tuple(t.contiguous() for t in (weight_hw, weight_w, weight_h))
     if x.numel() == 0:
         zeros = [(torch.zeros_like(wt), wt.new_zeros(gc)) for wt in weights]
         return (dx, *zeros[0], *zeros[1], *zeros[2])
-    layout = layout_of(x)
+    grads = [(torch.empty_like(wt), torch.empty(gc, dtype=wt.dtype, device=wt.device)) for wt in weights]
     n, channels, h, w = x.shape
-    n_positions = n * h * w
-    max_taps = max(square * square, band)
-    per_program = positions_per_program(n_positions, 3 * triton.cdiv(gc, 32) * triton.cdiv(max_taps, 8))
-    chunks = triton.cdiv(n_positions, per_program)
-    partial = torch.empty((3, chunks, gc, max_taps + 1), dtype=torch.float32, device=x.device)
-
-    def grid(meta):
-        return (chunks, 3 * triton.cdiv(gc + 14, meta["BLOCK_C"]), triton.cdiv(max_taps, meta["BLOCK_T"]))
-
+    geometry = _geometry(x, gc, square, grad_output)
+    vec = geometry["VEC"]
+    block_a = 32 * _WARPS
+    split, slots, row = _wgrad_layout(square, band, gc, geometry["LANES"])
+    chunks = _wgrad_chunks(min(_strip_counts(n, h, w, geometry)), block_a, slots)
+    partial = torch.empty((slots, chunks, row), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
-        _launch_inception(
-            grad_output, dx, weights, (None, None, None), gc, square, band, transposed=True, layout=layout
-        )
-        _inception_wgrad[layout][grid](
+        _launch_mixer(grad_output, dx, weights, (None, None, None), gc, square, band, flip=True)
+        _inception_wgrad_kernel[(chunks, slots)](
             x,
             grad_output,
             partial,
-            n_positions,
-            per_program,
+            ticket_counters(x.device, slots),
+            *grads[0],
+            *grads[1],
+            *grads[2],
+            n,
             h,
             w,
             channels,
             channels - 3 * gc,
             gc,
-            square,
-            band,
-            *strides4(x),
-            *strides4(grad_output),
-            INT64=needs_int64(x, grad_output),
+            chunks,
+            *_strides(x, vec),
+            *_strides(grad_output, vec),
+            SQUARE=square,
+            BAND=band,
+            ROW=row,
+            SPLIT=split,
+            BLOCK_A=block_a,
+            FIN_BLOCK=_FIN_BLOCK,
+            num_warps=_WARPS,
+            **geometry,
         )
-    sums = partial.sum(1)
-    grads = []
-    for branch, wt in enumerate(weights):
-        taps = wt.shape[2] * wt.shape[3]
-        grads += [gradient(sums[branch, :, :taps], wt), gradient(sums[branch, :, taps], wt)]
-    return (dx, *grads)
+    return (dx, *grads[0], *grads[1], *grads[2])
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 4. The registered ops
+# Ahead-of-time compile specs (zoo/kernels/_aot.py)
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def aot_specs() -> list:
-    """Coverage compile specs of the mixer kernels (see :func:`zoo.kernels.dwconv._common.layout_specs`)."""
-    pointers = ("src_ptr", "dst_ptr", "w_hw", "b_hw", "w_w", "b_w", "w_h", "b_h")
-    return layout_specs(_inception_kernel, INCEPTION_CONFIGS, pointers, CONV_FLAGS) + layout_specs(
-        _inception_wgrad_kernel, INCEPTION_WGRAD_CONFIGS, ("x_ptr", "dy_ptr", "partial_ptr"), [{}]
+def _spec_geometry(
+    n: int, c: int, h: int, w: int, gc: int, layout: str, dtype: str, square: int
+) -> tuple[dict, tuple[int, ...]]:
+    """The launchers' constexprs and the (VEC-scaled) strides for a contiguous tensor of this shape and layout."""
+    tw, full_w = _strip_length(w)
+    th, full_h = _strip_length(h)
+    lanes = _lanes(c - 3 * gc, gc, 4 if dtype == "fp32" else 2) if layout == "channels_last" else 1
+    lanes = min(lanes, 4) if square > 3 else lanes
+    vec = lanes
+    strides = meta_strides((n, c, h, w), layout)
+    strides = (strides[0] // vec, 1, strides[2] // vec, strides[3] // vec) if vec > 1 else strides
+    geometry = dict(LANES=lanes, VEC=vec, TW=tw, TH=th, FULL_W=full_w, FULL_H=full_h, INT64=False)
+    return geometry, strides
+
+
+def _forward_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple, flip: bool, cg: int) -> dict:
+    """The arguments ``_launch_mixer`` passes (pointers as types)."""
+    n, c, h, w = shape
+    geometry, strides = _spec_geometry(n, c, h, w, gc, layout, dtype, kernels[0])
+    return dict(
+        src_ptr=f"*{dtype}",
+        dst_ptr=f"*{dtype}",
+        **dict.fromkeys(("w_hw", "b_hw", "w_w", "b_w", "w_h", "b_h"), f"*{dtype}"),
+        N=n,
+        H=h,
+        W=w,
+        C=c,
+        id_channels=c - 3 * gc,
+        gc=gc,
+        **named_strides(("s", "d"), strides),
+        SQUARE=kernels[0],
+        BAND=kernels[1],
+        FLIP=flip,
+        HAS_BIAS=not flip,
+        BLOCK_A=128 // cg,
+        CG=cg,
+        **geometry,
     )
 
 
-def _branch_blocks(id_channels: int, gc: int, channels: int, block_c: int) -> list[int]:
-    """Per conv branch, the channel blocks of the mixer whose aligned window meets the branch's slice (the
-    others return at once): the programs that run the taps (see ``_branch_window``)."""
-    counts = []
-    for branch in (1, 2, 3):
-        first = id_channels + (branch - 1) * gc
-        start = (first // 8) * 8
-        blocks = triton.cdiv(gc + 14, block_c)
-        counts.append(
-            sum(
-                any(first <= ch < first + gc and ch < channels for ch in range(lo, lo + block_c))
-                for lo in (start + j * block_c for j in range(blocks))
-            )
-        )
-    return counts
+def _wgrad_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple) -> dict:
+    """The arguments the backward passes to the weight-gradient kernel (pointers as types)."""
+    n, c, h, w = shape
+    geometry, strides = _spec_geometry(n, c, h, w, gc, layout, dtype, kernels[0])
+    split, slots, row = _wgrad_layout(*kernels, gc, geometry["LANES"])
+    return dict(
+        x_ptr=f"*{dtype}",
+        g_ptr=f"*{dtype}",
+        partial_ptr="*fp32",
+        counter_ptr="*i32",
+        **dict.fromkeys(("dw_hw", "db_hw", "dw_w", "db_w", "dw_h", "db_h"), f"*{dtype}"),
+        N=n,
+        H=h,
+        W=w,
+        C=c,
+        id_channels=c - 3 * gc,
+        gc=gc,
+        chunks=_wgrad_chunks(min(_strip_counts(n, h, w, geometry)), 128, slots),
+        **named_strides(("x", "g"), strides),
+        SQUARE=kernels[0],
+        BAND=kernels[1],
+        ROW=row,
+        SPLIT=split,
+        BLOCK_A=128,
+        FIN_BLOCK=16,
+        **geometry,
+    )
 
 
-def benchmark_specs() -> list:
-    """Loop-report specs of the mixer kernels at InceptionNeXt-T's four stages (channels_last, as the models run
-    it): forward, input gradient and weight gradient; the first stage is compiled in the tests too (``ci``)."""
-    from zoo.kernels._aot import Work, launch_spec
+def aot_specs() -> list:
+    """Coverage compile specs (bf16, the training dtype, unless named): the forward / input-gradient kernel and the
+    weight-gradient kernel for channels_last with 8, 4 and 2 channels per group, strips of 7 and 8 and whole-map
+    strips, 1 to 16 groups per step, and NCHW (one element at a time); fp32 and fp16 once each. The benchmark shapes
+    are in :func:`benchmark_specs`."""
+    from zoo.kernels._aot import launch_spec
 
     specs = []
-    layout, square, band = "channels_last", 3, 11
-    branches = ((square, square), (1, band), (band, 1))  # (kh, kw) of the square, 1 x band and band x 1 branches
-    for n, c, h in INCEPTION_BENCHMARKS:
-        case = f"B{n}xC{c}x{h}x{h}"
-        gc = c // 8
-        id_channels = c - 3 * gc
-        positions = n * h * h
-        macs = sum(n * gc * taps_on_map(h, kh) * taps_on_map(h, kw) for kh, kw in branches)
-        strides = meta_strides((n, c, h, h), layout)
-        common = dict(n_positions=positions, H=h, W=h, C=c, id_channels=id_channels, gc=gc, square=square, band=band)
-        ci = c == 96
-        for config in INCEPTION_CONFIGS[layout]:
-            block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
-            active = _branch_blocks(id_channels, gc, c, block_c)
-            programs = triton.cdiv(positions, block_p) * sum(active)
-            runs_kh = sum(a * kh for a, (kh, _) in zip(active, branches, strict=True)) / sum(active)
-            runs_taps = sum(a * kh * kw for a, (kh, kw) in zip(active, branches, strict=True)) / sum(active)
-            work = Work(
-                case,
-                "MAC",
-                macs / programs,
-                (runs_kh, runs_taps / runs_kh),
-                f"MACs = N gc (3x3 + 1x11 + 11x1 taps on map) = {macs}; programs = the conv-branch programs whose "
-                f"window meets their slice: cdiv({positions}, {block_p}) x {sum(active)} ({active} per branch; "
-                f"identity copies and empty windows excluded) = {programs}; loops: kh {runs_kh:g}, kw "
-                f"{runs_taps / runs_kh:g} (means over those programs)",
-            )
-            label = f"P{block_p},C{block_c},w{config.num_warps}"
-            for transposed, direction in ((False, "fwd"), (True, "bwd")):
-                args = dict(
-                    src_ptr="*bf16",
-                    dst_ptr="*bf16",
-                    **dict.fromkeys(("w_hw", "b_hw", "w_w", "b_w", "w_h", "b_h"), "*bf16"),
-                    **common,
-                    **named_strides(("s", "d"), strides),
-                    TRANSPOSED=transposed,
-                    HAS_BIAS=not transposed,
-                    INT64=False,
-                    **config.kwargs,
-                )
-                specs.append(
-                    launch_spec(
-                        f"_inception_kernel[bf16,{layout},{label},{direction}]@{case}",
-                        _inception_kernel,
-                        args,
-                        num_warps=config.num_warps,
-                        num_stages=config.num_stages,
-                        work=work,
-                        ci=ci,
-                    )
-                )
-            ci = False
-        max_taps = max(square * square, band)
-        per_program = positions_per_program(positions, 3 * triton.cdiv(gc, 32) * triton.cdiv(max_taps, 8))
-        chunks = triton.cdiv(positions, per_program)
-        ci = c == 96
-        for config in INCEPTION_WGRAD_CONFIGS[layout]:
-            block_t, block_p, block_c = (config.kwargs[name] for name in WGRAD_TILE)
-            active = _branch_blocks(id_channels, gc, c, block_c)
-            tap_blocks = [triton.cdiv(kh * kw, block_t) for kh, kw in branches]
-            programs = chunks * sum(a * t for a, t in zip(active, tap_blocks, strict=True))
-            trips = average_trips(positions, per_program, block_p)
-            work = Work(
-                case,
-                "MAC",
-                macs / programs,
-                (trips,),
-                f"MACs = {macs} (as the forward); programs = {chunks} chunks x the (window, tap block) pairs that "
-                f"have work ({active} windows, {tap_blocks} tap blocks per branch) = {programs}; loop over a "
-                f"chunk's positions in steps of {block_p}: {trips:g}",
-            )
-            args = dict(
-                x_ptr="*bf16",
-                dy_ptr="*bf16",
-                partial_ptr="*fp32",
-                n_positions=positions,
-                positions_per_program=per_program,
-                **{name: value for name, value in common.items() if name != "n_positions"},
-                **named_strides(("x", "g"), strides),
-                INT64=False,
-                **config.kwargs,
-            )
-            label = f"T{block_t},P{block_p},C{block_c},w{config.num_warps}"
+    # (dtype, layout, shape, gc, groups per step, (square, band), compiled in the tests): InceptionNeXt-T's stages
+    # 1 (gc = 12: groups of 4) and 3, a whole-map 7 x 7 stage, atto's split (groups of 2, band 9), NCHW, fp32 (groups
+    # of 4), square 5 with band 7 (the weight gradient one kernel row per program)
+    cases = [
+        ("bf16", "channels_last", (8, 96, 56, 56), 12, 1, (3, 11), True),
+        ("bf16", "channels_last", (8, 384, 14, 14), 48, 2, (3, 11), False),
+        ("bf16", "channels_last", (8, 768, 7, 7), 96, 4, (3, 11), True),
+        ("bf16", "channels_last", (8, 40, 56, 56), 10, 1, (3, 9), False),
+        ("bf16", "nchw", (8, 96, 28, 28), 12, 1, (3, 11), True),
+        ("fp32", "channels_last", (8, 192, 28, 28), 24, 1, (3, 11), True),
+        ("fp16", "channels_last", (8, 192, 13, 13), 24, 1, (5, 7), True),
+    ]
+    for dtype, layout, shape, gc, cg, kernels, ci in cases:
+        label = f"{dtype},{layout},{shape[2]}x{shape[3]},gc{gc},k{kernels[0]}-{kernels[1]}"
+        for flip, direction in ((False, "fwd"), (True, "bwd")):
             specs.append(
                 launch_spec(
-                    f"_inception_wgrad_kernel[bf16,{layout},{label}]@{case}",
-                    _inception_wgrad_kernel,
-                    args,
-                    num_warps=config.num_warps,
-                    num_stages=config.num_stages,
-                    work=work,
+                    f"_inception_kernel[{label},{direction},A{128 // cg},G{cg},w4]",
+                    _inception_kernel,
+                    _forward_args(dtype, shape, gc, layout, kernels, flip, cg),
+                    num_warps=4,
                     ci=ci,
                 )
             )
-            ci = False
+        specs.append(
+            launch_spec(
+                f"_inception_wgrad_kernel[{label},A128,w4]",
+                _inception_wgrad_kernel,
+                _wgrad_args(dtype, shape, gc, layout, kernels),
+                num_warps=4,
+                ci=ci,
+            )
+        )
+    return specs
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops) at InceptionNeXt-T's four mixer stages (bf16,
+    channels_last, square 3, band 11, gc = C / 8): the forward and the input gradient with the groups per step the
+    launcher picks (and 1 where that differs), and the weight gradient. Work: the multiply-adds of the taps that
+    land on the map, N gc (3x3 + 1x11 + 11x1 taps on the map), per program of the launch's grid; trips: each
+    loop's trip count per program, in code order."""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    kernels = (3, 11)
+    threads = 128
+    for n, c, h in INCEPTION_BENCHMARKS:
+        w = h
+        shape = (n, c, h, w)
+        case = f"B{n}xC{c}x{h}x{w}"
+        gc = c // 8
+        macs = n * gc * (taps_on_map(h, 3) * taps_on_map(w, 3) + h * taps_on_map(w, 11) + taps_on_map(h, 11) * w)
+        geometry, _ = _spec_geometry(n, c, h, w, gc, "channels_last", "bf16", kernels[0])
+        lanes = geometry["LANES"]
+        groups = gc // lanes
+        rows, columns = _strip_counts(n, h, w, geometry)
+        strips = max(rows, columns)
+        cg_chosen = _mixer_config(strips, groups, (c - 3 * gc) // lanes)[1] if not INTERPRETER else 1
+        for cg in sorted({1, cg_chosen}):
+            programs = triton.cdiv(strips, threads // cg)
+            trips = [triton.cdiv((c - 3 * gc) // lanes, cg)] + [triton.cdiv(groups, cg)] * 3
+            work = Work(
+                case,
+                "MAC",
+                macs / programs,
+                (tuple(trips),),
+                f"MACs = N gc (3x3 + 1x11 + 11x1 taps on map) = {macs}; programs = cdiv({strips} strips of "
+                f"{geometry['TW']} x 1 / 1 x {geometry['TH']} outputs, {threads // cg} per program) = {programs}; "
+                f"loops over groups of {lanes} channels, {cg} per step: identity, square, 1 x band, band x 1: {trips}",
+            )
+            for flip, direction in ((False, "fwd"), (True, "bwd")):
+                specs.append(
+                    launch_spec(
+                        f"_inception_kernel[bf16,channels_last,{direction},A{threads // cg},G{cg},w4]@{case}",
+                        _inception_kernel,
+                        _forward_args("bf16", shape, gc, "channels_last", kernels, flip, cg),
+                        num_warps=4,
+                        work=work,
+                        ci=c == 96 and cg == cg_chosen,
+                    )
+                )
+        args = _wgrad_args("bf16", shape, gc, "channels_last", kernels)
+        chunks = args["chunks"]
+        blocks = [triton.cdiv(rows, threads), triton.cdiv(rows, threads), triton.cdiv(columns, threads)]
+        per_chunk = [
+            sum(min(b, (q + 1) * triton.cdiv(b, chunks)) - min(b, q * triton.cdiv(b, chunks)) for q in range(chunks))
+            / chunks
+            for b in blocks
+        ]
+        trips = [t / 3 for t in per_chunk]  # a third of the programs run each branch's loop
+        trips.append(triton.cdiv(chunks, 16) / chunks)  # the last program of a group adds the chunks' partials
+        programs = chunks * _wgrad_layout(*kernels, gc, lanes)[1]
+        work = Work(
+            case,
+            "MAC",
+            macs / programs,
+            (tuple(trips),),
+            f"MACs = {macs} (as the forward); programs = {chunks} chunks x 3 x {groups} groups of {lanes} channels "
+            f"= {programs}; loops: the strip blocks of a chunk of each branch ({per_chunk}, a third of the programs "
+            f"each), the final sum (one program in {chunks}): {trips}",
+        )
+        specs.append(
+            launch_spec(
+                f"_inception_wgrad_kernel[bf16,channels_last,A128,w4]@{case}",
+                _inception_wgrad_kernel,
+                args,
+                num_warps=4,
+                work=work,
+                ci=c == 96,
+            )
+        )
     return specs

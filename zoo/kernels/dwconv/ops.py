@@ -1,9 +1,11 @@
 """The depthwise convolution's Triton entry points and registered ops.
 
 ``dwconv2d_forward`` / ``dwconv2d_backward`` validate their inputs, allocate the outputs in the memory format of
-``x`` and choose the kernels per call: the tensor-core implicit GEMM (``_igemm``) for kernels of 13 and more at
-stride 1 without dilation (all three passes); otherwise the generic kernel for the forward and input gradient (any
-kernel size, stride, dilation, layout) and the weight-gradient kernel (``_wgrad``). ``zoo::dwconv2d`` and ``zoo::inception_dwconv2d`` are
+``x`` and choose the kernels per call (:func:`_path`): the tensor-core implicit GEMM (``_igemm``) for kernels of 13
+and more at stride 1 without dilation (all three passes); the register-blocked direct kernel (``_direct``) for the
+forward and input gradient of k x k, 1 x k and k x 1 kernels with k <= 11 at stride 1 (any dilation); the generic
+kernel (``_generic``) for the rest (any kernel size, stride, dilation, layout); the weight gradient by ``_wgrad``
+wherever ``_igemm`` does not take it. ``zoo::dwconv2d`` and ``zoo::inception_dwconv2d`` are
 registered with ``torch.library`` (fake tensors, autograd) for ``torch.compile``; eager calls go through
 :class:`torch.autograd.Function` s that call the same launchers with fewer dispatches."""
 
@@ -22,7 +24,7 @@ from zoo.kernels._backend import (
     dispatch_triton,
     resolve_backend,
 )
-from zoo.kernels.dwconv import _generic, _igemm, _wgrad
+from zoo.kernels.dwconv import _direct, _generic, _igemm, _wgrad
 from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
 from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format, layout_of
 from zoo.kernels.dwconv._inception import inception_dwconv2d_backward, inception_dwconv2d_forward
@@ -39,6 +41,17 @@ def _output_shape(x: Tensor, kernel, stride, dilation) -> tuple[int, int, int, i
     )
 
 
+def _path(x: Tensor, kernel, stride, dilation):
+    """The module whose kernels compute this convolution's forward and input gradient: ``_igemm``, ``_direct`` or
+    ``_generic`` (the first that supports it)."""
+    layout = layout_of(x)
+    if _igemm.supports(kernel, stride, dilation, layout, x.dtype):
+        return _igemm
+    if _direct.supports(kernel, stride, dilation, layout):
+        return _direct
+    return _generic
+
+
 def dwconv2d_forward(
     x: Tensor,
     weight: Tensor,
@@ -53,10 +66,11 @@ def dwconv2d_forward(
     y = empty_like_format(x, _output_shape(x, kernel, stride, dilation))
     if y.numel():
         with device_guard(x.device):
-            if _igemm.supports(kernel, stride, dilation, layout_of(x), x.dtype):
-                _igemm.forward(x, weight.contiguous(), bias, y, stride, dilation)
-            else:
+            path = _path(x, kernel, stride, dilation)
+            if path is _generic:
                 _generic.generic_conv(x, weight, bias, y, kernel, stride, dilation, transposed=False)
+            else:
+                path.forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, stride, dilation)
     return y
 
 
@@ -79,13 +93,13 @@ def dwconv2d_backward(
     if grad_output.numel() == 0:
         return dx.zero_(), torch.zeros_like(weight), weight.new_zeros(x.shape[1])
     with device_guard(x.device):
-        if _igemm.supports(kernel, stride, dilation, layout_of(x), x.dtype):
-            weight = weight.contiguous()
-            _igemm.input_grad(grad_output, weight, dx, stride, dilation)
-            dw, db = _igemm.weight_grad(x, grad_output, weight, stride, dilation)
-        else:
+        path = _path(x, kernel, stride, dilation)
+        if path is _generic:
             _generic.generic_conv(grad_output, weight, None, dx, kernel, stride, dilation, transposed=True)
-            dw, db = _wgrad.weight_grad(x, grad_output, weight, stride, dilation)
+        else:
+            path.input_grad(grad_output, weight.contiguous(), dx, stride, dilation)
+        weight_grad = _igemm.weight_grad if path is _igemm else _wgrad.weight_grad
+        dw, db = weight_grad(x, grad_output, weight, stride, dilation)
     return dx, dw, db
 
 

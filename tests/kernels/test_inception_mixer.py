@@ -1,0 +1,195 @@
+"""The fused InceptionNeXt mixer kernels (zoo/kernels/dwconv/_inception.py) against the split / conv / cat
+reference in float64: the forward and every gradient, through the launchers the registered ops call (the
+interpreter on CPU, compiled on a GPU). The cases cover every compiled path: groups of 8, 4, 2 and 1 channels
+(gc and the identity width decide), whole-map strips (maps of at most 8) and strips with borders, several groups
+per step, channels_last (vectors) and NCHW / strided views (one element at a time), several chunks in the weight
+gradient's final sum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import DEVICE, assert_close, assert_relative_error
+from zoo.kernels.dwconv import _inception
+from zoo.kernels.dwconv._inception import inception_dwconv2d_backward, inception_dwconv2d_forward
+from zoo.kernels.dwconv.reference import inception_dwconv2d_reference
+
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
+
+def _inputs(shape, gc, square, band, dtype, bias=True, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen)
+    params = [
+        torch.randn(gc, 1, square, square, generator=gen),
+        torch.randn(gc, generator=gen) if bias else None,
+        torch.randn(gc, 1, 1, band, generator=gen),
+        torch.randn(gc, generator=gen) if bias else None,
+        torch.randn(gc, 1, band, 1, generator=gen),
+        torch.randn(gc, generator=gen) if bias else None,
+    ]
+    dy = torch.randn(shape, generator=gen)
+    return x.to(DEVICE, dtype), [None if p is None else p.to(DEVICE, dtype) for p in params], dy.to(DEVICE, dtype)
+
+
+def _layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # every second row of a taller channels_last tensor: no unit-stride-friendly view
+        tall = torch.zeros(t.shape[0], t.shape[1], 2 * t.shape[2], t.shape[3], dtype=t.dtype, device=t.device)
+        tall = tall.contiguous(memory_format=torch.channels_last)
+        tall[:, :, ::2] = t
+        return tall[:, :, ::2]
+    return t.contiguous()
+
+
+def _reference(x, params, dy):
+    """The float64 output and gradients (x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h) of the
+    reference at the (rounded) inputs."""
+    leaves = [x.double().requires_grad_()] + [None if p is None else p.double().requires_grad_() for p in params]
+    y = inception_dwconv2d_reference(*leaves)
+    y.backward(dy.double())
+    return y.detach(), [None if t is None else t.grad for t in leaves]
+
+
+def _check(x, params, dy, dtype):
+    y = inception_dwconv2d_forward(x, *params)
+    grads = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])
+    y64, grads64 = _reference(x, params, dy)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert_close(y, y64, dtype, scale=float(y64.abs().max()))
+    dx, weight_grads = grads[0], grads[1:]
+    assert dx.dtype == dtype
+    assert_close(dx, grads64[0], dtype, scale=float(grads64[0].abs().max()))
+    bound = 1e-5 if dtype == torch.float32 else 1e-2  # fp32 sums of products of rounded inputs
+    gc = params[0].shape[0]
+    for branch, weight in enumerate((params[0], params[2], params[4])):
+        dw, db = weight_grads[2 * branch], weight_grads[2 * branch + 1]
+        assert dw.dtype == db.dtype == weight.dtype and dw.shape == weight.shape and db.shape == (gc,)
+        assert_relative_error(dw, grads64[1 + 2 * branch], bound)
+        if params[2 * branch + 1] is None:  # without biases: still the sum of dy over the branch's slice
+            first = x.shape[1] - 3 * gc + branch * gc
+            assert_relative_error(db, dy.double()[:, first : first + gc].sum((0, 2, 3)), bound)
+        else:
+            assert_relative_error(db, grads64[2 + 2 * branch], bound)
+    return y, grads
+
+
+# (x shape, gc, square, band, layout): groups of 8 (C 40, gc 8) on a whole 6 x 7 map, two groups per step (gc 16,
+# identity 16) and four (gc 32, no identity); groups of 4 (InceptionNeXt-T's gc = C / 8 = 12 at C 96 scaled down: C 20, gc 4) on a map wider and
+# taller than 8 (strips with borders); an odd identity width (13 - 3 x 2 = 7: groups of 1); no identity at all
+# with an odd gc (groups of 1, three per branch); atto's band 9 with groups of 2 (identity 2, gc 2); square 5
+# with band 7 on an odd map narrower than the band.
+CASES = [
+    ((1, 40, 6, 7), 8, 3, 11, "channels_last"),
+    ((2, 64, 5, 6), 16, 3, 7, "nchw"),
+    ((1, 96, 4, 5), 32, 3, 7, "channels_last"),
+    ((2, 20, 9, 11), 4, 3, 11, "channels_last"),
+    ((2, 20, 9, 11), 4, 3, 11, "nchw"),
+    ((2, 13, 6, 7), 2, 3, 11, "channels_last"),
+    ((1, 9, 10, 9), 3, 5, 7, "channels_last"),
+    ((1, 8, 7, 13), 2, 3, 9, "channels_last"),
+    ((1, 8, 7, 13), 2, 3, 9, "nchw"),
+    ((1, 10, 3, 5), 2, 5, 7, "nchw"),
+]
+
+
+@pytest.mark.parametrize("shape,gc,square,band,layout", CASES, ids=str)
+def test_float32_matches_the_float64_reference(shape, gc, square, band, layout):
+    x, params, dy = _inputs(shape, gc, square, band, torch.float32)
+    x, dy = _layout(x, layout), _layout(dy, layout)
+    y, grads = _check(x, params, dy, torch.float32)
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous() and grads[0].is_contiguous()
+
+
+@pytest.mark.parametrize(
+    "dtype,layout,shape,gc,square,band",
+    [
+        (torch.bfloat16, "channels_last", (1, 24, 6, 9), 4, 3, 11),
+        (torch.bfloat16, "strided", (1, 13, 5, 6), 2, 5, 7),
+        (torch.float16, "channels_last", (1, 16, 7, 5), 4, 5, 7),
+        (torch.float16, "nchw", (1, 11, 5, 9), 3, 3, 11),
+    ],
+    ids=str,
+)
+def test_half_precision_matches_the_float64_reference(dtype, layout, shape, gc, square, band):
+    x, params, dy = _inputs(shape, gc, square, band, dtype, seed=1)
+    _check(_layout(x, layout), params, _layout(dy, layout), dtype)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided"])
+def test_without_biases(layout):
+    x, params, dy = _inputs((2, 22, 7, 10), 6, 3, 11, torch.float32, bias=False, seed=2)
+    _check(_layout(x, layout), params, _layout(dy, layout), torch.float32)
+
+
+def test_identity_slice_is_copied_bit_for_bit():
+    x, params, dy = _inputs((1, 17, 5, 9), 1, 3, 7, torch.float32, seed=3)  # identity 14: groups of 1
+    x, dy = _layout(x, "channels_last"), _layout(dy, "channels_last")
+    y = inception_dwconv2d_forward(x, *params)
+    dx = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])[0]
+    assert torch.equal(y[:, :14], x[:, :14])
+    assert torch.equal(dx[:, :14], dy[:, :14])
+
+
+def test_weight_gradient_sums_several_chunks_deterministically():
+    """A map large enough for several chunks per group: the last program's ordered sum equals the reference, and a
+    second call (the tickets reset by the first) gives the same bits."""
+    shape, gc = (4, 8, 40, 9), 2
+    x, params, dy = _inputs(shape, gc, 3, 11, torch.float32, seed=4)
+    x, dy = _layout(x, "channels_last"), _layout(dy, "channels_last")
+    geometry = _inception._geometry(x, gc, 3, dy)
+    rows, columns = _inception._strip_counts(shape[0], shape[2], shape[3], geometry)
+    slots = _inception._wgrad_layout(3, 11, gc, geometry["LANES"])[1]
+    assert _inception._wgrad_chunks(min(rows, columns), 32 * _inception._WARPS, slots) > 1
+    _, first = _check(x, params, dy, torch.float32)
+    second = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_float32_weights_with_a_bfloat16_input():
+    """Autocast's case: bf16 activations, fp32 weights; the weight gradients come back in fp32."""
+    x, params, dy = _inputs((1, 16, 6, 9), 4, 3, 11, torch.float32, seed=5)
+    x, dy = _layout(x.to(torch.bfloat16), "channels_last"), _layout(dy.to(torch.bfloat16), "channels_last")
+    y = inception_dwconv2d_forward(x, *params)
+    grads = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])
+    y64, grads64 = _reference(x, params, dy)
+    assert y.dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in grads[1:])
+    assert_close(y, y64, torch.bfloat16, scale=float(y64.abs().max()))
+    for g, g64 in zip(grads[1:], grads64[1:], strict=True):
+        assert_relative_error(g, g64, 1e-5)  # products of bf16 x and fp32 dy... summed in fp32
+
+
+def test_empty_batch():
+    x, params, dy = _inputs((0, 16, 5, 6), 4, 3, 7, torch.float32)
+    assert inception_dwconv2d_forward(x, *params).shape == (0, 16, 5, 6)
+    grads = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])
+    assert grads[0].shape == x.shape
+    assert all(torch.count_nonzero(g) == 0 for g in grads[1:])
+
+
+@pytest.mark.parametrize(
+    "identity,gc,lanes", [(60, 12, 4), (120, 24, 8), (0, 16, 8), (7, 2, 1), (10, 10, 2), (16, 3, 1)]
+)
+def test_group_width_divides_every_slice(identity, gc, lanes):
+    assert _inception._lanes(identity, gc) == lanes
+
+
+@pytest.mark.parametrize("size,length,full", [(7, 7, True), (8, 8, True), (1, 1, True), (56, 7, False), (16, 8, False),
+                                              (14, 7, False), (9, 5, False), (13, 7, False)])  # fmt: skip
+def test_strip_length(size, length, full):
+    assert _inception._strip_length(size) == (length, full)
+
+
+def test_groups_per_step_divide_every_slice():
+    """Several groups per step only on small maps, and only a power of two that divides the groups of a branch
+    and of the identity (the kernel masks no channel)."""
+    assert _inception._mixer_config(20, 4, 0) == (32, 4)
+    assert _inception._mixer_config(20, 2, 2) == (64, 2)
+    assert _inception._mixer_config(20, 3, 6) == (128, 1)
+    assert _inception._mixer_config(10**7, 4, 4) == (128, 1)
