@@ -89,3 +89,15 @@ def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         if name.rsplit(".", 1)[-1] in SCALE_PARAMETERS:
             parameter.copy_(uniform(parameter.shape, 0.2, 0.5))
     return model.eval()
+
+
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """``x`` (4-D) as "nchw" (contiguous), "channels_last", or "strided": every second column of a wider tensor, so
+    that no dimension has stride 1."""
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
+        wide[..., ::2] = x
+        return wide[..., ::2]
+    return x.contiguous()

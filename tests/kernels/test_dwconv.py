@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo.kernels._backend as backend_module
-from tests.helpers import DEVICE, assert_close, assert_relative_error
+from tests.helpers import DEVICE, assert_close, assert_relative_error, in_layout
 from zoo.kernels.dwconv import (
     dwconv2d,
     dwconv2d_backward,
@@ -32,16 +32,6 @@ CONV_CASES = [
     ((1, 7, 6, 5), (1, 11), (2, 1), 1),
     ((2, 3, 11, 4), (13, 1), 1, (2, 1)),
 ]
-
-
-def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # every second column of a wider tensor: no dimension has stride 1
-        wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
-        wide[..., ::2] = x
-        return wide[..., ::2]
-    return x.contiguous()
 
 
 def _grads(fn, inputs, dy):
@@ -70,7 +60,7 @@ def _check(y, grads, y64, grads64, dtype):
 @pytest.mark.parametrize("shape,kernel,stride,dilation", CONV_CASES, ids=str)
 def test_dwconv2d_matches_float64_reference(shape, kernel, stride, dilation, dtype, layout):
     torch.manual_seed(0)
-    x = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
+    x = in_layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
     weight = torch.randn(shape[1], 1, *kernel, device=DEVICE).to(dtype)
     bias = torch.randn(shape[1], device=DEVICE).to(dtype)
     y64 = dwconv2d_reference(x.double(), weight.double(), bias.double(), stride, dilation)
@@ -155,7 +145,7 @@ def _mixer_inputs(shape, gc, square, band, dtype, seed=0):
 @pytest.mark.parametrize("shape,gc,square,band", MIXER_CASES, ids=str)
 def test_inception_mixer_matches_float64_reference(shape, gc, square, band, dtype, layout):
     x, params = _mixer_inputs(shape, gc, square, band, dtype)
-    x = _layout(x, layout)
+    x = in_layout(x, layout)
     dy = torch.randn(shape, device=DEVICE).to(dtype)
     y, grads = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
     y64, grads64 = _grads(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import DEVICE, assert_close
+from tests.helpers import DEVICE, assert_close, in_layout
 from zoo.kernels.dwconv import _direct
 from zoo.kernels.dwconv.reference import dwconv2d_reference
 
@@ -37,16 +37,6 @@ CASES = [
 ]
 
 
-def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # every second column of a wider tensor: no dimension has stride 1
-        wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
-        wide[..., ::2] = x
-        return wide[..., ::2]
-    return x.contiguous()
-
-
 def _output_like(x: torch.Tensor) -> torch.Tensor:
     """An output in the memory format of x (contiguous for the strided view), filled with NaN: every element the
     kernel fails to write shows."""
@@ -59,10 +49,10 @@ def _output_like(x: torch.Tensor) -> torch.Tensor:
 def test_forward_and_input_gradient_match_float64_reference(shape, kernel, dilation, dtype, layout, with_bias):
     assert _direct.supports(kernel, (1, 1), dilation, "channels_last" if layout == "channels_last" else "nchw")
     torch.manual_seed(0)
-    x = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
+    x = in_layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
     weight = torch.randn(shape[1], 1, *kernel, device=DEVICE)  # fp32 weights, as under AMP
     bias = torch.randn(shape[1], device=DEVICE) if with_bias else None
-    dy = _layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
+    dy = in_layout(torch.randn(shape, device=DEVICE).to(dtype), layout)
 
     y = _output_like(x)
     _direct.forward(x, weight, bias, y, (1, 1), dilation)
@@ -83,7 +73,7 @@ def test_square_kernels_on_maps_with_interior_programs(k):
     CASES on small maps: the interpreter's cost grows with k^2 x the map)."""
     torch.manual_seed(k)
     shape = (1, 8, k + 8, k + 6)
-    x = _layout(torch.randn(shape, device=DEVICE), "channels_last")
+    x = in_layout(torch.randn(shape, device=DEVICE), "channels_last")
     weight = torch.randn(8, 1, k, k, device=DEVICE)
     bias = torch.randn(8, device=DEVICE)
     y = _output_like(x)

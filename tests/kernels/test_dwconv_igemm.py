@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import DEVICE
+from tests.helpers import DEVICE, in_layout
 from zoo.kernels.dwconv import _igemm
 from zoo.kernels.dwconv._common import ticket_counters
 from zoo.kernels.dwconv.reference import dwconv2d_reference
@@ -22,16 +22,6 @@ from zoo.kernels.dwconv.reference import dwconv2d_reference
 # which the interpreter converts by truncation
 UNIT_ROUNDOFF = {torch.float32: 0.0, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-11}
 ACCUMULATION = 1e-5  # fp32 sums of up to 961 taps x the positions, 3xTF32 products: relative to the magnitudes
-
-
-def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "channels_last":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # every second column of a wider tensor: no dimension has stride 1
-        wide = torch.zeros(*x.shape[:3], 2 * x.shape[3], dtype=x.dtype, device=x.device)
-        wide[..., ::2] = x
-        return wide[..., ::2]
-    return x.contiguous()
 
 
 def _exact(x, weight, bias, dy):
@@ -80,7 +70,7 @@ def _inputs(shape, kernel, dtype, layout, weight_dtype=None, seed=0):
     weight = (torch.randn(c, 1, *kernel, generator=gen) / kernel[0]).to(weight_dtype or dtype)
     bias = torch.randn(c, generator=gen).to(weight_dtype or dtype)
     dy = torch.randn(shape, generator=gen).to(dtype)
-    x, dy = (_layout(t.to(DEVICE), layout) for t in (x, dy))
+    x, dy = (in_layout(t.to(DEVICE), layout) for t in (x, dy))
     return x, weight.to(DEVICE), bias.to(DEVICE), dy
 
 
