@@ -92,12 +92,13 @@ def dwconv2d_backward(
     dx = empty_like_format(x, x.shape)
     if grad_output.numel() == 0:
         return dx.zero_(), torch.zeros_like(weight), weight.new_zeros(x.shape[1])
+    weight = weight.contiguous()  # the specialised kernels index [C, 1, kh, kw] directly (a no-op for parameters)
     with device_guard(x.device):
         path = _path(x, kernel, stride, dilation)
         if path is _generic:
             _generic.generic_conv(grad_output, weight, None, dx, kernel, stride, dilation, transposed=True)
         else:
-            path.input_grad(grad_output, weight.contiguous(), dx, stride, dilation)
+            path.input_grad(grad_output, weight, dx, stride, dilation)
         weight_grad = _igemm.weight_grad if path is _igemm else _wgrad.weight_grad
         dw, db = weight_grad(x, grad_output, weight, stride, dilation)
     return dx, dw, db
