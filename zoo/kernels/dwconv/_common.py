@@ -1,6 +1,6 @@
-"""Helpers shared by the depthwise-convolution kernels: Triton tile routines (offsets, the generic tap loop, the
-weight-gradient sums), launcher helpers (layouts, output allocation, 64-bit offsets) and the benchmark shapes and
-useful-work arithmetic of the loop report (zoo/kernels/_aot.py)."""
+"""Helpers shared by the depthwise-convolution kernels: Triton routines (offsets, the generic tap loop, the bf16
+widening ``to_f32``), launcher helpers (layouts, output allocation, 64-bit offsets, the one-launch reductions'
+``ticket_counters``) and the benchmark shapes and useful-work arithmetic of the loop report (zoo/kernels/_aot.py)."""
 
 from __future__ import annotations
 
