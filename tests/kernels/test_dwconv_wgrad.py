@@ -64,7 +64,8 @@ def _inputs(shape, kernel, stride, dilation, dtype, layout, seed=0):
 
 
 # every constexpr variant (square 3..11, bands), the generic one (13), maps smaller than the kernel, odd maps; the
-# interpreter's tiles are 3 columns wide: rows of 9 and 10 take the unmasked first / interior / last tiles (EDGES)
+# interpreter's tiles are 3 columns wide: rows of 9 and 10 take the unmasked first / interior / last tiles (EDGES);
+# rows of at most 4 (_wgrad.WHOLE_ROW_MAX under the interpreter) are one tile (WHOLE_ROW)
 @pytest.mark.parametrize(
     "shape,kernel",
     [
@@ -73,7 +74,11 @@ def _inputs(shape, kernel, stride, dilation, dtype, layout, seed=0):
         ((1, 6, 6, 5), (5, 5)),
         ((1, 5, 5, 9), (7, 7)),
         ((1, 5, 4, 8), (7, 7)),  # first, interior and last tiles would leave a gap: the masked path
-        ((1, 3, 4, 3), (7, 7)),  # smaller than the kernel
+        ((1, 3, 4, 3), (7, 7)),  # smaller than the kernel: one tile per row
+        ((1, 3, 4, 5), (7, 7)),  # smaller than the kernel, wider than WHOLE_ROW_MAX: the masked path
+        ((2, 5, 7, 4), (3, 3)),  # one tile per row
+        ((1, 5, 5, 4), (5, 5)),
+        ((1, 3, 6, 1), (3, 3)),  # a single column
         ((1, 5, 5, 9), (9, 9)),
         ((1, 3, 4, 12), (11, 11)),
         ((1, 6, 5, 9), (1, 5)),
@@ -147,3 +152,20 @@ def test_through_dwconv2d_autograd():
     dwconv2d(x, weight, bias, backend="triton").backward(dy)
     dw, db = _wgrad.weight_grad(x, dy, weight.detach(), (1, 1), (1, 1))
     assert torch.equal(weight.grad, dw) and torch.equal(bias.grad, db)
+
+
+def test_rows_up_to_whole_row_max_are_one_tile():
+    """At stride and dilation 1 a row of at most WHOLE_ROW_MAX columns is one column tile (its borders known at
+    compile time); wider rows, stride 2 and dilation do not take that path."""
+
+    def config(w, stride=(1, 1), dilation=(1, 1)):
+        x = torch.empty(1, 4, 6, w).contiguous(memory_format=torch.channels_last)
+        out_h, out_w = (6 - 1) // stride[0] + 1, (w - 1) // stride[1] + 1  # "same" padding
+        dy = torch.empty(1, 4, out_h, out_w).contiguous(memory_format=torch.channels_last)
+        return _wgrad._plan(x.shape, x.stride(), dy.shape, dy.stride(), (3, 3), stride, dilation, 4)["config"]
+
+    narrow = config(_wgrad.WHOLE_ROW_MAX)
+    assert narrow["WHOLE_ROW"] and not narrow["EDGES"] and narrow["TILE_W"] == _wgrad.WHOLE_ROW_MAX
+    assert not config(_wgrad.WHOLE_ROW_MAX + 1)["WHOLE_ROW"]
+    assert not config(_wgrad.WHOLE_ROW_MAX, stride=(2, 2))["WHOLE_ROW"]
+    assert not config(_wgrad.WHOLE_ROW_MAX, dilation=(2, 2))["WHOLE_ROW"]

@@ -12,10 +12,11 @@ loaded once: a sliding window in registers) and issues every multiply-add those 
 channels off the tensor read a cached run of zeros (their base pointers are redirected once per row step), so no
 column tile masks rows or channels. At stride and dilation 1 (EDGES) the first tile of a row starts at column 0 and
 the last ends at the last column: the window columns off the map are known at compile time, neither loaded nor
-multiplied, and every tile loads without masks. Otherwise (stride 2, dilation, maps narrower than a tile) the
-border tiles mask their columns and the interior ones do not; dilation along the columns is handled by walking
-them in phases (columns w, w + d, w + 2d, ... in one tile), so the window still slides by whole columns. No runtime
-division or modulo in the column loops. NCHW runs the same kernel: its unit stride is then along the row, where a
+multiplied, and every tile loads without masks; a row of at most ``WHOLE_ROW_MAX`` columns (the 14 x 14 and
+7 x 7 stages) is a single tile with both borders known at compile time (WHOLE_ROW: no column loop). Otherwise
+(stride 2, dilation, some narrow maps) the border tiles mask their columns and the interior ones do not; dilation
+along the columns is handled by walking them in phases (columns w, w + d, w + 2d, ... in one tile), so the window
+still slides by whole columns. No runtime division or modulo in the column loops. NCHW runs the same kernel: its unit stride is then along the row, where a
 thread's window lies (immediate load offsets); channels_last loads vectors along the channels.
 
 Every program writes its fp32 partial sums (its taps and, for the first kernel-row block, the sum of dy) to
@@ -157,6 +158,7 @@ def _dwconv_wgrad_kernel(
     BLOCK_C: tl.constexpr,
     TILE_W: tl.constexpr,
     EDGES: tl.constexpr,
+    WHOLE_ROW: tl.constexpr,
 ):
     """Grid (kernel-row blocks, channel blocks, strips); see the module docstring. ``zx_ptr`` / ``zg_ptr``: zeros
     of x's / dy's dtype spanning a row (channel stride ``zx_c`` / ``zg_c``: 1 in channels_last, else 0); the rows
@@ -194,7 +196,34 @@ def _dwconv_wgrad_kernel(
                 x_ptr + (index(n, INT64) * x_n + index(ih, INT64) * x_h)[:, None] + (index(c, INT64) * x_c)[None, :]
             )
             x_bases = x_bases + (tl.where(ih_ok[:, None] & c_mask[None, :], x_real, zx_ptr + (c * zx_c)[None, :]),)
-        if EDGES:
+        if WHOLE_ROW:
+            # stride and dilation 1, one tile is the whole row (TILE_W == W == Wo): the PAD window columns on each
+            # side are off the map, every other load is unmasked
+            PAD: tl.constexpr = (KW - 1) // 2
+            acc, acc_bias = _column_tile(
+                acc,
+                acc_bias,
+                g_base,
+                x_bases,
+                0,
+                0,
+                W,
+                Wo,
+                g_w,
+                x_w,
+                1,
+                PAD,
+                KR,
+                KW,
+                1,
+                TILE_W,
+                INT64,
+                False,
+                PAD,
+                PAD,
+                False,
+            )
+        elif EDGES:
             # stride and dilation 1, a row at least TILE_W + PAD wide (the launcher checks that these tiles leave
             # no gap): a first tile at column 0 (the PAD window columns left of the map skipped), interior tiles,
             # and a last tile ending at the last column (the PAD columns right of the map skipped; the output
@@ -390,9 +419,12 @@ def _dwconv_wgrad_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _config(kernel: tuple[int, int], layout: str, out_w: int, stride_w: int, element_size: int) -> dict:
+def _config(
+    kernel: tuple[int, int], layout: str, out_w: int, stride_w: int, element_size: int, whole_row: bool
+) -> dict:
     """Tile of a kernel size, layout and element size: BLOCK_S rows x BLOCK_C channels (4 warps), TILE_W output
-    columns per step (8 or 7, whichever wastes fewer columns of the row; 4 beyond 49 taps; 4 or 3 at stride 2), KR
+    columns per step (8 or 7, whichever wastes fewer columns of the row; 4 beyond 49 taps; 4 or 3 at stride 2; the
+    whole row when ``whole_row``: see :data:`WHOLE_ROW_MAX`), KR
     kernel rows per program (all of them up to 11, then one: the generic case), num_warps. A thread keeps the
     accumulators of all its taps for its channels in registers; the channels per thread shrink as the taps grow
     (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the bands, 2 channels at 7 x 7) and never
@@ -400,7 +432,7 @@ def _config(kernel: tuple[int, int], layout: str, out_w: int, stride_w: int, ele
     kh, kw = kernel
     kr = kh if kh <= 11 and kw <= 11 else 1
     if INTERPRETER:
-        return dict(BLOCK_S=4, BLOCK_C=4, TILE_W=3, KR=kr, num_warps=1)
+        return dict(BLOCK_S=4, BLOCK_C=4, TILE_W=out_w if whole_row else 3, KR=kr, num_warps=1)
     taps = kr * kw
     per_thread = 8 if taps <= 11 else 4 if taps <= 25 else 2 if taps <= 49 else 1  # channels x rows per thread
     per_thread = min(per_thread, 16 // element_size)  # at most one 16-byte vector (fp32: 4 channels)
@@ -411,9 +443,15 @@ def _config(kernel: tuple[int, int], layout: str, out_w: int, stride_w: int, ele
         tile_w = 4 if taps <= 9 else 3
     if tile_w == 8 and triton.cdiv(out_w, 7) * 7 < triton.cdiv(out_w, 8) * 8:
         tile_w = 7
+    if whole_row:
+        tile_w = out_w
     return dict(BLOCK_S=16, BLOCK_C=8 * per_thread, TILE_W=tile_w, KR=kr, num_warps=4)
 
 
+# Rows at most this wide (at stride and dilation 1) are one column tile: both borders' off-map window columns are
+# then known at compile time and the row step has no column loop (the 14 x 14 and 7 x 7 stages). Under the
+# interpreter the tiny tiles take it on maps up to 4 wide, so the tests run it.
+WHOLE_ROW_MAX = 4 if INTERPRETER else 16
 PROGRAMS = 512  # about two waves of two programs per SM on an H100
 MIN_TILES = 8  # column tiles of BLOCK_S rows per program at least (the partial sums and the ticket amortised)
 
@@ -436,12 +474,15 @@ def _plan(x_shape, x_strides, g_shape, g_strides, kernel, stride, dilation, elem
     n, channels, h, w = x_shape
     out_h, out_w = g_shape[2], g_shape[3]
     layout = "channels_last" if x_strides[1] == 1 and channels > 1 else "nchw"
-    config = _config(kernel, layout, out_w, stride[1], element_size)
+    whole_row = stride[1] == 1 and dilation[1] == 1 and out_w == w <= WHOLE_ROW_MAX
+    config = _config(kernel, layout, out_w, stride[1], element_size, whole_row)
     pad_w = dilation[1] * (kernel[1] - 1) // 2
     tile_w = config["TILE_W"]
     # the first tile, the interior ones and the last tile (ending at the last column) cover the row without a gap
     covered = (w - pad_w) // tile_w * tile_w
-    config["EDGES"] = stride[1] == 1 and dilation[1] == 1 and w >= tile_w + pad_w and covered >= w - tile_w
+    edges = stride[1] == 1 and dilation[1] == 1 and w >= tile_w + pad_w and covered >= w - tile_w
+    config["EDGES"] = edges and not whole_row
+    config["WHOLE_ROW"] = whole_row
     row_blocks = triton.cdiv(kernel[0], config["KR"])
     channel_blocks = triton.cdiv(channels, config["BLOCK_C"])
     tiles_per_step = triton.cdiv(out_w, config["TILE_W"])
@@ -590,7 +631,7 @@ def _args(n, c, h, w, kernel, stride, dilation, layout, dtype, strided, weight_d
         **config,
     )
     label = f"K{kernel[0]}x{kernel[1]},S{config['BLOCK_S']},C{config['BLOCK_C']},W{config['TILE_W']},w{num_warps}"
-    label += "" if config["EDGES"] else ",masked"  # the general border path
+    label += ",row" if config["WHOLE_ROW"] else "" if config["EDGES"] else ",masked"  # one tile / general borders
     return args, {**plan, "num_warps": num_warps}, label
 
 
@@ -601,8 +642,8 @@ _CI = (((3, 3), "bf16", False), ((3, 3), "fp32", False), ((3, 3), "fp16", False)
 def aot_specs() -> list:
     """Compile specs of every variant of the weight-gradient kernel: each constexpr kernel size (square 3..11, the
     1 x k and k x 1 bands, the generic K = 13) in both layouts, bf16, at a model-like shape (the JIT's
-    specialisations of a contiguous activation: unit strides constant, sizes divisible by 16) and on a 6 x 6 map
-    (narrower than a tile and its halo: the general masked border path); K = 3 and 7 also
+    specialisations of a contiguous activation: unit strides constant, sizes divisible by 16), on a 14 x 14 map
+    (one tile per row) and on a 6 x 6 map at dilation 2 (the general masked border path); K = 3 and 7 also
     with 7-column tiles (a 28 x 28 map), a strided input with stride 2, dilation 2 and 64-bit offsets, in fp32 and
     fp16, and with an fp32 weight under bf16 activations. Compiled by the tests (``ci``): channels_last at 32 x
     32, K = 3 in bf16, fp32 and fp16, K = 7 strided at stride 2."""
@@ -611,7 +652,8 @@ def aot_specs() -> list:
     specs = []
     for layout in ("channels_last", "nchw"):
         for kernel in _variants():
-            cases = [("bf16", None, (1, 1), (1, 1), False, 32), ("bf16", None, (1, 1), (1, 1), False, 6)]
+            cases = [("bf16", None, (1, 1), (1, 1), False, size) for size in (32, 14)]
+            cases.append(("bf16", None, (1, 1), (2, 2), False, 6))
             if kernel in ((3, 3), (7, 7)):
                 cases += [("bf16", None, (1, 1), (1, 1), False, 28), ("bf16", None, (2, 2), (2, 2), True, 32)]
                 cases += [("fp32", None, (1, 1), (1, 1), False, 32), ("fp16", None, (1, 1), (1, 1), False, 32)]
@@ -620,7 +662,8 @@ def aot_specs() -> list:
                 args, launch, label = _args(
                     64, 96, size, size, kernel, stride, dilation, layout, dtype, strided, weight_dtype
                 )
-                flags = ("" if stride == (1, 1) else ",stride2,dil2") + (",strided" if strided else "")
+                flags = "" if stride == (1, 1) else ",stride2"
+                flags += ("" if dilation == (1, 1) else ",dil2") + (",strided" if strided else "")
                 flags += f",dw_{weight_dtype}" if weight_dtype else ""
                 specs.append(
                     launch_spec(
@@ -673,7 +716,9 @@ def benchmark_specs() -> list:
             row_blocks, channel_blocks, strips = launch["grid"]
             programs = row_blocks * channel_blocks * strips
             steps = triton.cdiv(n * h, config["BLOCK_S"]) / strips
-            if config["EDGES"]:  # first and last tiles of a row in the row loop, the interior ones in a loop
+            if config["WHOLE_ROW"]:  # one column tile per row step: no column loop
+                columns = ()
+            elif config["EDGES"]:  # first and last tiles of a row in the row loop, the interior ones in a loop
                 columns = ((h - (k - 1) // 2) // config["TILE_W"] - 1,)
             else:  # the masked path: left border, interior, right border loops (each with its trips)
                 columns = _column_tiles(h, h, k, 1, 1, config["TILE_W"])
