@@ -150,7 +150,7 @@ OP_CASES = [
         lambda t: fftconv.fftconv(t[0], t[1], t[2], activation="gelu", gate_in=t[3], gate_out=t[4], backend="triton"),
         "_FFTConvFunction",
         "_fftconv_forward_in_op_order",
-        "torch.ops.zoo.fftconv",
+        "_fftconv_traced",
     ),
     OpCase(
         "s4d_kernel",

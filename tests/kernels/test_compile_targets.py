@@ -81,13 +81,13 @@ def test_every_configuration_compiles_for_sm80_and_sm90(reports):
                 )
     for kernel in ("_fftconv_fwd_kernel", "_fftconv_bwd_epilogue_kernel", "_fftconv_bwd_input_kernel"):
         assert any(name.startswith(f"{kernel}[bf16,") and ",direct" in name for name in archs_by_name), kernel
-    assert any(name.startswith("_direct_dk_kernel[bf16,") for name in archs_by_name)
+    assert any(name.startswith("_fftconv_bwd_spectral_kernel[fp32,") for name in archs_by_name)
     for kernel in ("_na_fwd_kernel", "_na_bwd_kv_kernel", "_na_bwd_q_kernel"):  # 1-/2-/3-D, every dtype, causal
         for dims in (1, 2, 3):
             for dtype in ("bf16", "fp16", "fp32"):
                 assert f"{kernel}[{dims}d,{dtype},D32,rpb]" in archs_by_name, (kernel, dims, dtype)
             assert f"{kernel}[{dims}d,bf16,D32,causal]" in archs_by_name, (kernel, dims)
-    for kernel in ("_s4d_vandermonde_fwd_kernel", "_s4d_vandermonde_bwd_kernel"):  # fp32 arithmetic only
+    for kernel in ("_s4d_vandermonde_fwd_kernel", "_s4d_vandermonde_bwd_kernel", "_s4d_chain_rule_kernel"):
         assert any(name.startswith(f"{kernel}[fp32,") for name in archs_by_name), kernel
     for direction in ("fwd", "bwd"):  # the register-blocked small kernels (K <= 11)
         assert any(name.startswith("_direct_kernel[bf16,") and f",{direction}" in name for name in archs_by_name)

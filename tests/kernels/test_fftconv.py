@@ -260,7 +260,9 @@ def test_opcheck(with_extras, path):
     torch.library.opcheck(torch.ops.zoo.fftconv.default, (*leaves, with_extras, act))
     dy = torch.randn(2, 3, 13, device=DEVICE)
     detached = [None if t is None else t.detach() for t in leaves]
-    torch.library.opcheck(torch.ops.zoo.fftconv_backward.default, (dy, *detached, with_extras, act))
+    _, z = torch.ops.zoo.fftconv(*detached, with_extras, act)  # the pre-activation, saved for GELU / gate_out
+    assert z.shape == ((2, 3, 13) if with_extras else (0,))
+    torch.library.opcheck(torch.ops.zoo.fftconv_backward.default, (dy, *detached, z, with_extras, act))
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -83,6 +83,25 @@ def test_reference_equals_the_spec_formula(method):
     torch.testing.assert_close(K.double().cpu(), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_large_steps_and_a_real_mode(method):
+    """dt of 3 to 20: |dt A| > 2, so bilinear's 1 + dt A / 2 lies left of the imaginary axis (the reflected branch
+    of the kernels' float64 argument, up to the real axis itself for a mode with A_imag = 0: angle pi, as the
+    reference's principal logarithm); ZOH's modes decay within a few steps."""
+    params = _params(3, 5, seed=7)
+    params[0] = torch.tensor([math.log(3.0), math.log(8.0), math.log(20.0)], device=DEVICE)
+    params[3][:, 0] = 0.0
+    L = 19
+    dK = torch.randn(3, L, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    K, grads = _grads(lambda *p: s4d_kernel(*p, L, method, backend="triton"), params, dK)
+    K64, grads64 = _grads(
+        lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params], dK.double()
+    )
+    assert_close(K, K64, torch.float32, scale=float(K64.abs().max().clamp_min(1.0)))
+    for g, g64 in zip(grads, grads64, strict=True):
+        assert_relative_error(g, g64, 1e-4)
+
+
 def test_long_kernel_stays_accurate():
     """exp(dtA l) is evaluated directly at every l: at L = 2000 with slowly decaying, fast rotating modes the
     errors of K and of every gradient stay at the float32 rounding of z l, within twice those of the complex64

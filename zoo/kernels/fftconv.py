@@ -14,16 +14,26 @@ with v = 0 outside [0, L). The bidirectional form is state-spaces/s4's conventio
 pad(k[0], (0, L)) + pad(k[1].flip(-1), (L, 0)) of length 2L, applied circularly with FFT length 2L (k[1] is
 applied anti-causally, starting one step ahead). Any L works (not only powers of two).
 
-The convolution runs as an FFT (torch.fft, float32) of length n >= 2L; everything around it is fused in Triton:
-a prologue kernel (gate_in product, cast to float32), an epilogue kernel (slice [:L], + D v, activation,
-gate_out, cast to the dtype of u), and in the backward one kernel for the epilogue's gradients (dz, d gate_out,
-partial sums of dD per row: no atomics) and one for the input's (du, d gate_in, adding D dz); the kernel and
-input gradients of the convolution itself are FFT correlations.
+The convolution runs as an FFT (torch.fft, float32) of length n >= L + L'; everything around it is fused in
+Triton, so that a call launches at most three kernels or ATen ops each way besides one rFFT and one inverse FFT
+(issue 21; tests/kernels/test_launch_counts.py):
 
-Short kernels (at most ``DIRECT_MAX_TAPS`` taps per side) take a direct path instead: the same epilogue kernels
-sum the taps themselves (no FFT, no float32 buffers of length n in the forward), the input gradient kernel sums
-the taps of the correlation, and one more kernel reduces the kernel gradient per row in registers (the batch sum
-is a second pass). Both paths compute the same function; tests run both.
+* forward: a prologue kernel writes v = u * gate_in and the kernel, both zero-padded to n, into one float32
+  buffer [B H + H, n]; one rFFT of it; one complex product (broadcast over the batch); the inverse FFT; the
+  epilogue kernel (slice [:L], + D v, activation, gate_out, cast to the dtype of u), which also stores the
+  pre-activation z (float32) when GELU or gate_out will need it in the backward (the backward never recomputes
+  the convolution);
+* backward: one kernel writes dz (the epilogue's gradient, also d gate_out) and again v and the padded kernel
+  into one buffer [2 B H + H, n]; one rFFT; a spectral kernel forms dZ conj(K) per row and sum_b dZ conj(V) per
+  channel (the batch sum in registers); one inverse FFT; one kernel writes du, d gate_in (adding D dz), dk (the
+  correlation's taps, cast to the dtype of k) and dD, which is the kernel gradient at lag 0 (sum_t dz v): no
+  reduction of its own.
+
+Short kernels (at most ``DIRECT_MAX_TAPS`` taps per side) take a direct path instead: the epilogue kernel sums
+the taps itself (one launch, no FFT, no float32 buffers of length n); the backward is the epilogue-gradient
+kernel and one kernel whose first programs sum the taps of the input gradient and whose last programs reduce the
+kernel gradient (and dD, its causal tap 0) over the batch and the positions in registers (deterministic, no
+second pass). Both paths compute the same function; tests run both.
 
 Layout of this file (the kernel contract, docs/design.md §2): the reference, the Triton kernels, the launchers, the
 registered ops.
@@ -149,9 +159,10 @@ def fftconv_reference(
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Triton kernels
 #
-# Every kernel runs on a 2-D grid: axis 0 a row (b, h) of the [B, H, L] tensors, axis 1 a block of BLOCK_L
-# positions. The FFT buffers are contiguous float32 [B, H, n] (n >= L + L': the zero padding is written by the
-# kernels, so torch.fft does not copy); the other tensors are read with any strides.
+# The elementwise kernels run on a 2-D grid: axis 0 a row (b, h) of the [B, H, L] tensors (or of a buffer that
+# stacks several such row sets), axis 1 a block of BLOCK_L positions; the backward's last kernel on a 1-D grid of
+# two program ranges. The FFT buffers are contiguous float32 [rows, n] (n >= L + L': the zero padding is written
+# by the kernels, so torch.fft does not copy); the other tensors are read with any strides.
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -243,13 +254,31 @@ def _direct_correlation(
 
 
 @triton.jit
+def _padded_kernel_row(k_ptr, h, pos, n, K_LEN, sk_c, sk_h, sk_l, BIDIRECTIONAL: tl.constexpr):
+    """The kernel of channel h laid out on the FFT length n (as :func:`_full_kernel`) at positions ``pos``:
+    k[0 or only][pos] for pos < L', plus k[1][n - 1 - pos] for pos >= n - L' when bidirectional; float32."""
+    row = k_ptr + h.to(tl.int64) * sk_h
+    val = tl.load(row + pos * sk_l, mask=pos < K_LEN, other=0.0).to(tl.float32)
+    if BIDIRECTIONAL:
+        m = n - 1 - pos
+        val += tl.load(row + sk_c + m * sk_l, mask=(m >= 0) & (m < K_LEN), other=0.0).to(tl.float32)
+    return val
+
+
+@triton.jit
 def _fftconv_prologue_kernel(
     u_ptr,
     gin_ptr,
-    v_ptr,
+    k_ptr,
+    buf_ptr,
+    BH,
     H,
     L,
     n,
+    K_LEN,
+    sk_c,
+    sk_h,
+    sk_l,
     su_b,
     su_h,
     su_l,
@@ -257,13 +286,18 @@ def _fftconv_prologue_kernel(
     sgi_h,
     sgi_l,
     HAS_GATE_IN: tl.constexpr,
+    BIDIRECTIONAL: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    """v_pad[r, l] = (u * gate_in)[r, l] in float32 for l < L, 0 for L <= l < n: the input of the rFFT."""
+    """The input of the forward's one rFFT, a float32 [B H + H, n] buffer: rows r < B H hold v = u * gate_in
+    zero-padded to n, rows B H + h the kernel of channel h on the FFT length (:func:`_padded_kernel_row`)."""
     r = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    v, _ = _load_v(u_ptr, gin_ptr, r, pos, pos < L, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
-    tl.store(v_ptr + r.to(tl.int64) * n + pos, v, mask=pos < n)
+    if r < BH:
+        val, _ = _load_v(u_ptr, gin_ptr, r, pos, pos < L, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+    else:
+        val = _padded_kernel_row(k_ptr, r - BH, pos, n, K_LEN, sk_c, sk_h, sk_l, BIDIRECTIONAL)
+    tl.store(buf_ptr + r.to(tl.int64) * n + pos, val, mask=pos < n)
 
 
 @triton.jit
@@ -275,6 +309,7 @@ def _fftconv_fwd_kernel(
     gout_ptr,
     d_ptr,
     y_ptr,
+    z_ptr,
     H,
     L,
     n,
@@ -297,10 +332,12 @@ def _fftconv_fwd_kernel(
     GELU: tl.constexpr,
     DIRECT: tl.constexpr,
     BIDIRECTIONAL: tl.constexpr,
+    STORE_Z: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    """The epilogue: y = act(conv[:L] + D v) * gate_out, stored contiguous in the dtype of y. The conv comes from
-    the FFT buffer, or with DIRECT from the taps of k (short kernels; conv_ptr unused)."""
+    """The epilogue: y = act(z) * gate_out with z = conv[:L] + D v, stored contiguous in the dtype of y; with
+    STORE_Z also z (float32 [B, H, L], for the backward of GELU / gate_out). The conv comes from the FFT buffer
+    (row stride n), or with DIRECT from the taps of k (short kernels; conv_ptr unused)."""
     r = tl.program_id(0)
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = pos < L
@@ -333,6 +370,8 @@ def _fftconv_fwd_kernel(
     if HAS_D:
         v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
         z += tl.load(d_ptr + r % H).to(tl.float32) * v
+    if STORE_Z:
+        tl.store(z_ptr + r.to(tl.int64) * L + pos, z, mask=mask)
     if GELU:
         z, _ = _gelu_and_slope(z)
     if HAS_GATE_OUT:
@@ -344,15 +383,15 @@ def _fftconv_fwd_kernel(
 @triton.jit
 def _fftconv_bwd_epilogue_kernel(
     dy_ptr,
-    conv_ptr,
+    z_ptr,
     k_ptr,
     u_ptr,
     gin_ptr,
     gout_ptr,
     d_ptr,
-    dz_ptr,
+    buf_ptr,
     dgout_ptr,
-    dd_partial_ptr,
+    BH,
     H,
     L,
     n,
@@ -376,69 +415,109 @@ def _fftconv_bwd_epilogue_kernel(
     HAS_GATE_IN: tl.constexpr,
     HAS_GATE_OUT: tl.constexpr,
     GELU: tl.constexpr,
+    HAS_Z: tl.constexpr,
     DIRECT: tl.constexpr,
     BIDIRECTIONAL: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    """Gradients through the epilogue: dz (float32, zero-padded to n: the input of the rFFT of the backward),
-    d gate_out = dy act(z) (contiguous, dtype of gate_out), and this block's sum of dz v (the D gradient) in
-    ``dd_partial[r, block]``. The conv output is read (or, with DIRECT, recomputed from the taps) only where it is
-    needed (GELU or gate_out)."""
+    """The first kernel of the backward. Rows r < B H: the gradients through the epilogue, dz (float32, zero-padded
+    to n, row r of ``buf``) and d gate_out = dy act(z) (contiguous, dtype of gate_out). The pre-activation z is
+    needed only for GELU or gate_out: read from the forward's z (HAS_Z) or, DIRECT, recomputed from the taps.
+    FFT path (not DIRECT): rows B H + r hold v of row r zero-padded, rows 2 B H + h the kernel of channel h on the
+    FFT length, so that one rFFT of ``buf`` [2 B H + H, n] gives every spectrum the backward needs."""
     r = tl.program_id(0)
-    block = tl.program_id(1)
-    pos = block * BLOCK_L + tl.arange(0, BLOCK_L)
+    pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     mask = pos < L
-    g = tl.load(dy_ptr + _row_offsets(r, H, sdy_b, sdy_h) + pos.to(tl.int64) * sdy_l, mask=mask, other=0.0)
-    g = g.to(tl.float32)
-    if HAS_D or GELU or HAS_GATE_OUT:
-        v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
-    if GELU or HAS_GATE_OUT:
-        if DIRECT:
-            z = _direct_conv(
-                k_ptr,
-                K_LEN,
-                sk_c,
-                sk_h,
-                sk_l,
-                u_ptr,
-                gin_ptr,
-                r,
-                pos,
-                mask,
-                H,
-                L,
-                su_b,
-                su_h,
-                su_l,
-                sgi_b,
-                sgi_h,
-                sgi_l,
-                HAS_GATE_IN,
-                BIDIRECTIONAL,
-                BLOCK_L,
-            )
+    if r < BH:
+        g = tl.load(dy_ptr + _row_offsets(r, H, sdy_b, sdy_h) + pos.to(tl.int64) * sdy_l, mask=mask, other=0.0)
+        g = g.to(tl.float32)
+        if GELU or HAS_GATE_OUT:
+            if HAS_Z:
+                z = tl.load(z_ptr + r.to(tl.int64) * L + pos, mask=mask, other=0.0)
+            else:
+                z = _direct_conv(
+                    k_ptr,
+                    K_LEN,
+                    sk_c,
+                    sk_h,
+                    sk_l,
+                    u_ptr,
+                    gin_ptr,
+                    r,
+                    pos,
+                    mask,
+                    H,
+                    L,
+                    su_b,
+                    su_h,
+                    su_l,
+                    sgi_b,
+                    sgi_h,
+                    sgi_l,
+                    HAS_GATE_IN,
+                    BIDIRECTIONAL,
+                    BLOCK_L,
+                )
+                if HAS_D:
+                    v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+                    z += tl.load(d_ptr + r % H).to(tl.float32) * v
+            if GELU:
+                a, slope = _gelu_and_slope(z)
+            else:
+                a = z
+            if HAS_GATE_OUT:
+                gout = tl.load(
+                    gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos.to(tl.int64) * sgo_l, mask=mask, other=0.0
+                )
+                tl.store(dgout_ptr + r.to(tl.int64) * L + pos, (g * a).to(dgout_ptr.dtype.element_ty), mask=mask)
+                g = g * gout.to(tl.float32)
+            if GELU:
+                g = g * slope
+        tl.store(buf_ptr + r.to(tl.int64) * n + pos, g, mask=pos < n)  # g is 0 for L <= l < n
+    elif not DIRECT:
+        if r < 2 * BH:
+            val, _ = _load_v(u_ptr, gin_ptr, r - BH, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
         else:
-            z = tl.load(conv_ptr + r.to(tl.int64) * n + pos, mask=mask, other=0.0)
-        if HAS_D:
-            z += tl.load(d_ptr + r % H).to(tl.float32) * v
-        if GELU:
-            a, slope = _gelu_and_slope(z)
-        else:
-            a = z
-        if HAS_GATE_OUT:
-            gout = tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos.to(tl.int64) * sgo_l, mask=mask, other=0.0)
-            tl.store(dgout_ptr + r.to(tl.int64) * L + pos, (g * a).to(dgout_ptr.dtype.element_ty), mask=mask)
-            g = g * gout.to(tl.float32)
-        if GELU:
-            g = g * slope
-    tl.store(dz_ptr + r.to(tl.int64) * n + pos, g, mask=pos < n)  # g is 0 for L <= l < n
-    if HAS_D:
-        tl.store(dd_partial_ptr + r.to(tl.int64) * tl.num_programs(1) + block, tl.sum(g * v, axis=0))
+            val = _padded_kernel_row(k_ptr, r - 2 * BH, pos, n, K_LEN, sk_c, sk_h, sk_l, BIDIRECTIONAL)
+        tl.store(buf_ptr + r.to(tl.int64) * n + pos, val, mask=pos < n)
+
+
+@triton.jit
+def _fftconv_bwd_spectral_kernel(
+    spec_ptr,
+    out_ptr,
+    B,
+    H,
+    F,
+    BLOCK_F: tl.constexpr,
+):
+    """The products of the backward in the frequency domain for channel h (axis 0) and BLOCK_F frequencies (axis 1),
+    complex numbers as float32 (re, im) pairs. ``spec`` [2 B H + H, F] holds the spectra of dz (rows b H + h), v
+    (rows B H + b H + h) and the padded kernel (rows 2 B H + h); this writes ``out`` [B H + H, F]: rows b H + h
+    dV = dZ conj(K) (the input gradient's correlation), rows B H + h dK = sum_b dZ conj(V) (the kernel gradient's,
+    the batch sum in registers: deterministic, no atomics)."""
+    h = tl.program_id(0)
+    f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    offs = f[:, None] * 2 + tl.arange(0, 2)[None, :]
+    fmask = (f < F)[:, None]
+    BH = B * H
+    row = 2 * F  # floats per spectrum row
+    kr, ki = tl.split(tl.load(spec_ptr + (2 * BH + h).to(tl.int64) * row + offs, mask=fmask, other=0.0))
+    acc_r = tl.zeros([BLOCK_F], dtype=tl.float32)
+    acc_i = tl.zeros([BLOCK_F], dtype=tl.float32)
+    for b in range(0, B):
+        r = (b * H + h).to(tl.int64)
+        gr, gi = tl.split(tl.load(spec_ptr + r * row + offs, mask=fmask, other=0.0))
+        vr, vi = tl.split(tl.load(spec_ptr + (BH + r) * row + offs, mask=fmask, other=0.0))
+        tl.store(out_ptr + r * row + offs, tl.join(gr * kr + gi * ki, gi * kr - gr * ki), mask=fmask)
+        acc_r += gr * vr + gi * vi
+        acc_i += gi * vr - gr * vi
+    tl.store(out_ptr + (BH + h).to(tl.int64) * row + offs, tl.join(acc_r, acc_i), mask=fmask)
 
 
 @triton.jit
 def _fftconv_bwd_input_kernel(
-    dvc_ptr,
+    corr_ptr,
     dz_ptr,
     k_ptr,
     u_ptr,
@@ -446,6 +525,9 @@ def _fftconv_bwd_input_kernel(
     d_ptr,
     du_ptr,
     dgin_ptr,
+    dk_ptr,
+    dd_ptr,
+    B,
     H,
     L,
     n,
@@ -464,79 +546,108 @@ def _fftconv_bwd_input_kernel(
     DIRECT: tl.constexpr,
     BIDIRECTIONAL: tl.constexpr,
     BLOCK_L: tl.constexpr,
-):
-    """dv = (correlation of dz with k)[:L] + D dz; du = dv * gate_in, d gate_in = dv * u (contiguous, in the
-    dtypes of u and gate_in). The correlation comes from the FFT buffer, or with DIRECT from the taps of k."""
-    r = tl.program_id(0)
-    pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask = pos < L
-    row = r.to(tl.int64) * n
-    if DIRECT:
-        dv = _direct_correlation(k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n, BIDIRECTIONAL, BLOCK_L)
-    else:
-        dv = tl.load(dvc_ptr + row + pos, mask=mask, other=0.0)
-    if HAS_D:
-        dv += tl.load(d_ptr + r % H).to(tl.float32) * tl.load(dz_ptr + row + pos, mask=mask, other=0.0)
-    if HAS_GATE_IN:
-        u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos.to(tl.int64) * su_l, mask=mask, other=0.0)
-        u = u.to(tl.float32)
-        gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos.to(tl.int64) * sgi_l, mask=mask, other=0.0)
-        tl.store(dgin_ptr + r.to(tl.int64) * L + pos, (dv * u).to(dgin_ptr.dtype.element_ty), mask=mask)
-        dv = dv * gin.to(tl.float32)
-    tl.store(du_ptr + r.to(tl.int64) * L + pos, dv.to(du_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _direct_dk_kernel(
-    dz_ptr,
-    u_ptr,
-    gin_ptr,
-    dk_partial_ptr,
-    H,
-    L,
-    n,
-    K_LEN,
-    su_b,
-    su_h,
-    su_l,
-    sgi_b,
-    sgi_h,
-    sgi_l,
-    HAS_GATE_IN: tl.constexpr,
-    BIDIRECTIONAL: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
-    """The kernel gradient of the short-kernel path, for row r = b H + h and a block of BLOCK_D taps of one side
-    (axis 1: causal blocks, then anti-causal ones): dk[d] = sum_t dz[t] v[t - d] (causal) or dz[t] v[t + 1 + d]
-    (anti-causal), reduced over the row's positions in a [BLOCK_D, BLOCK_T] register tile and stored in
-    ``dk_partial[r, side, d]`` (the batch sum is a second pass: no atomics)."""
-    r = tl.program_id(0)
-    n_blocks = tl.cdiv(K_LEN, BLOCK_D)
-    side = tl.program_id(1) // n_blocks
-    d = (tl.program_id(1) % n_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    shift = side + (2 * side - 1) * d  # v index = t + shift: t - d (causal), t + 1 + d (anti-causal)
-    dz_row = dz_ptr + r.to(tl.int64) * n
-    acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
-    for t0 in range(0, L, BLOCK_T):
-        t = t0 + tl.arange(0, BLOCK_T)
-        g = tl.load(dz_row + t, mask=t < L, other=0.0)
-        src = t[None, :] + shift[:, None]
-        valid = (d[:, None] < K_LEN) & (t[None, :] < L) & (src >= 0) & (src < L)
-        v, _ = _load_v(u_ptr, gin_ptr, r, src, valid, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
-        acc += v * g[None, :]
-    n_sides = 2 if BIDIRECTIONAL else 1
-    out = dk_partial_ptr + (r.to(tl.int64) * n_sides + side) * K_LEN + d
-    tl.store(out, tl.sum(acc, axis=1), mask=d < K_LEN)
+    """The last kernel of the backward, on a 1-D grid of two program ranges.
+
+    Programs [0, B H cdiv(L, BLOCK_L)), one per (row r, block of positions): dv = (correlation of dz with k)[:L]
+    + D dz; du = dv * gate_in, d gate_in = dv * u (contiguous, in the dtypes of u and gate_in). The correlation is
+    row r of the inverse FFT ``corr`` (row stride n), or with DIRECT summed from the taps of k.
+
+    The programs after them write the kernel gradient dk (contiguous, dtype of k; [2, H, L'] when bidirectional)
+    and dD (dtype of D) = the correlation of dz and v at lag 0, the causal tap 0 of dk. FFT path: one program per
+    (h, block of BLOCK_L taps) reads row B H + h of ``corr`` (the batch-summed correlation; the anti-causal side
+    lies flipped at the end). DIRECT: one per (h, side, block of BLOCK_D taps), reducing dz[t] v[t - d] (causal)
+    or dz[t] v[t + 1 + d] (anti-causal) over every b and t in a [BLOCK_D, BLOCK_T] register tile (deterministic)."""
+    pid = tl.program_id(0)
+    l_blocks = tl.cdiv(L, BLOCK_L)
+    input_programs = B * H * l_blocks
+    if pid < input_programs:
+        r = pid // l_blocks
+        pos = (pid % l_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+        mask = pos < L
+        row = r.to(tl.int64) * n
+        if DIRECT:
+            dv = _direct_correlation(
+                k_ptr, K_LEN, sk_c, sk_h, sk_l, dz_ptr, r, pos, mask, H, L, n, BIDIRECTIONAL, BLOCK_L
+            )
+        else:
+            dv = tl.load(corr_ptr + row + pos, mask=mask, other=0.0)
+        if HAS_D:
+            dv += tl.load(d_ptr + r % H).to(tl.float32) * tl.load(dz_ptr + row + pos, mask=mask, other=0.0)
+        if HAS_GATE_IN:
+            u = tl.load(u_ptr + _row_offsets(r, H, su_b, su_h) + pos.to(tl.int64) * su_l, mask=mask, other=0.0)
+            u = u.to(tl.float32)
+            gin = tl.load(gin_ptr + _row_offsets(r, H, sgi_b, sgi_h) + pos.to(tl.int64) * sgi_l, mask=mask, other=0.0)
+            tl.store(dgin_ptr + r.to(tl.int64) * L + pos, (dv * u).to(dgin_ptr.dtype.element_ty), mask=mask)
+            dv = dv * gin.to(tl.float32)
+        tl.store(du_ptr + r.to(tl.int64) * L + pos, dv.to(du_ptr.dtype.element_ty), mask=mask)
+    else:
+        q = pid - input_programs
+        side_plane = H * K_LEN  # dk[1] starts here when bidirectional
+        if DIRECT:
+            d_blocks = tl.cdiv(K_LEN, BLOCK_D)
+            n_sides = 2 if BIDIRECTIONAL else 1
+            h = q // (n_sides * d_blocks)
+            side = (q // d_blocks) % n_sides
+            block = q % d_blocks
+            d = block * BLOCK_D + tl.arange(0, BLOCK_D)
+            shift = side + (2 * side - 1) * d  # v index = t + shift: t - d (causal), t + 1 + d (anti-causal)
+            acc = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+            for b in range(0, B):
+                r = b * H + h
+                dz_row = dz_ptr + r.to(tl.int64) * n
+                for t0 in range(0, L, BLOCK_T):
+                    t = t0 + tl.arange(0, BLOCK_T)
+                    g = tl.load(dz_row + t, mask=t < L, other=0.0)
+                    src = t[None, :] + shift[:, None]
+                    valid = (d[:, None] < K_LEN) & (t[None, :] < L) & (src >= 0) & (src < L)
+                    v, _ = _load_v(u_ptr, gin_ptr, r, src, valid, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
+                    acc += v * g[None, :]
+            dk = tl.sum(acc, axis=1)
+            out = dk_ptr + side * side_plane + h.to(tl.int64) * K_LEN + d
+            tl.store(out, dk.to(dk_ptr.dtype.element_ty), mask=d < K_LEN)
+            if HAS_D:
+                if (side == 0) & (block == 0):
+                    tl.store(dd_ptr + h, tl.sum(tl.where(d == 0, dk, 0.0), axis=0).to(dd_ptr.dtype.element_ty))
+        else:
+            t_blocks = tl.cdiv(K_LEN, BLOCK_L)
+            h = q // t_blocks
+            d = (q % t_blocks) * BLOCK_L + tl.arange(0, BLOCK_L)
+            corr_row = corr_ptr + (B * H + h).to(tl.int64) * n
+            causal = tl.load(corr_row + d, mask=d < K_LEN, other=0.0)
+            out = dk_ptr + h.to(tl.int64) * K_LEN + d
+            tl.store(out, causal.to(dk_ptr.dtype.element_ty), mask=d < K_LEN)
+            if BIDIRECTIONAL:
+                anti = tl.load(corr_row + (n - 1 - d), mask=d < K_LEN, other=0.0)
+                tl.store(out + side_plane, anti.to(dk_ptr.dtype.element_ty), mask=d < K_LEN)
+            if HAS_D:
+                if q % t_blocks == 0:
+                    tl.store(dd_ptr + h, tl.load(corr_row).to(dd_ptr.dtype.element_ty))
 
 
 # Elementwise kernels: one block size per launch (BLOCK_L elements, num_warps chosen from it). Under the
 # interpreter a tiny block, so odd test lengths span several blocks.
-BLOCK_L_GPU, BLOCK_D_GPU = 1024, (32, 64)
+BLOCK_L_GPU, BLOCK_D_GPU, BLOCK_F_GPU = 1024, (32, 64), 256
 BLOCK_L = 16 if INTERPRETER else BLOCK_L_GPU
 NUM_WARPS = 1 if INTERPRETER else 4
-# The kernel gradient of the short-kernel path: [BLOCK_D taps, BLOCK_T positions] register tiles.
+# The kernel gradient of the short-kernel path: [BLOCK_D taps, BLOCK_T positions] register tiles of
+# BLOCK_D_GPU[0] x BLOCK_D_GPU[1] elements, BLOCK_D the kernel length rounded up to a power of two (at most
+# BLOCK_D_GPU[0]: no lanes wasted on absent taps), BLOCK_T the rest.
 BLOCK_D, BLOCK_T = (4, 8) if INTERPRETER else BLOCK_D_GPU
+
+
+def dk_tile(k_len: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_T) of the direct path's kernel-gradient programs for a kernel of k_len taps per side."""
+    if INTERPRETER:
+        return BLOCK_D, BLOCK_T
+    block_d = min(BLOCK_D_GPU[0], triton.next_power_of_2(k_len))
+    return block_d, BLOCK_D_GPU[0] * BLOCK_D_GPU[1] // block_d
+
+
+# The spectral products: BLOCK_F frequencies per program, the batch looped over.
+BLOCK_F = 8 if INTERPRETER else BLOCK_F_GPU
 
 # Kernels of at most this many taps (per side) take the direct path (no FFT, no float32 [B, H, n] buffers): per
 # output element it costs L' cached loads and FMAs, against the FFT path's ~30 bytes of DRAM traffic per element
@@ -583,30 +694,6 @@ def _strides(t: Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else (t.stride(0), t.stride(1), t.stride(2))
 
 
-def _kernel_spectrum(k: Tensor, n: int, bidirectional: bool) -> Tensor:
-    return torch.fft.rfft(_full_kernel(k.float(), n, bidirectional), n=n)
-
-
-def _input_spectrum(u: Tensor, gate_in: Tensor | None, n: int) -> Tensor:
-    """rFFT of v = u * gate_in, zero-padded to n by the prologue kernel."""
-    B, H, L = u.shape
-    v = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
-    _fftconv_prologue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
-        u,
-        u if gate_in is None else gate_in,
-        v,
-        H,
-        L,
-        n,
-        *_strides(u),
-        *_strides(gate_in),
-        HAS_GATE_IN=gate_in is not None,
-        BLOCK_L=BLOCK_L,
-        num_warps=NUM_WARPS,
-    )
-    return torch.fft.rfft(v)
-
-
 def _kernel_strides(k: Tensor, bidirectional: bool) -> tuple[int, int, int]:
     """(side, channel, tap) strides of k (side 0 for a causal kernel)."""
     return (k.stride(0), k.stride(1), k.stride(2)) if bidirectional else (0, k.stride(0), k.stride(1))
@@ -615,6 +702,92 @@ def _kernel_strides(k: Tensor, bidirectional: bool) -> tuple[int, int, int]:
 def use_direct(k_len: int) -> bool:
     """Whether a kernel of k_len taps (per side) takes the direct path (see ``DIRECT_MAX_TAPS``)."""
     return k_len <= DIRECT_MAX_TAPS
+
+
+def _needs_conv(activation: str, gate_out: Tensor | None) -> bool:
+    """Whether the backward needs the pre-activation z (GELU's slope, gate_out's gradient act(z))."""
+    return activation == "gelu" or gate_out is not None
+
+
+def _forward(
+    u: Tensor,
+    k: Tensor,
+    D: Tensor | None,
+    bidirectional: bool,
+    activation: str,
+    gate_in: Tensor | None,
+    gate_out: Tensor | None,
+    direct: bool | None,
+    store_z: bool,
+) -> tuple[Tensor, Tensor]:
+    """(y, z): the forward, and with ``store_z`` the pre-activation z (float32 [B, H, L]) where the backward needs
+    it (GELU or gate_out; otherwise z is an empty tensor). FFT path: the prologue kernel, one rFFT of the
+    [B H + H, n] buffer (v and the kernel), one complex product, the inverse FFT, the epilogue kernel; direct path:
+    the epilogue kernel alone."""
+    k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
+    B, H, L = u.shape
+    y = torch.empty((B, H, L), dtype=u.dtype, device=u.device)
+    store_z = store_z and _needs_conv(activation, gate_out)
+    z = torch.empty((B, H, L), dtype=torch.float32, device=u.device) if store_z else u.new_empty(0)
+    if y.numel() == 0:
+        return y, z
+    direct = use_direct(k_len) if direct is None else direct
+    D = None if D is None else D.contiguous()  # the kernels read D[h] at unit stride
+    gin = u if gate_in is None else gate_in
+    k_args = (k_len, *_kernel_strides(k, bidirectional))
+    with device_guard(u.device):
+        if direct:
+            n, conv = L, u  # conv_ptr is not read
+        else:
+            n = fft_length(L, k_len)
+            rows = B * H + H
+            buf = torch.empty((rows, n), dtype=torch.float32, device=u.device)
+            _fftconv_prologue_kernel[(rows, triton.cdiv(n, BLOCK_L))](
+                u,
+                gin,
+                k,
+                buf,
+                B * H,
+                H,
+                L,
+                n,
+                *k_args,
+                *_strides(u),
+                *_strides(gate_in),
+                HAS_GATE_IN=gate_in is not None,
+                BIDIRECTIONAL=bidirectional,
+                BLOCK_L=BLOCK_L,
+                num_warps=NUM_WARPS,
+            )
+            spectra = torch.fft.rfft(buf)
+            conv = torch.fft.irfft(spectra[: B * H].view(B, H, -1) * spectra[B * H :], n=n)
+        _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
+            conv,
+            k,
+            u,
+            gin,
+            u if gate_out is None else gate_out,
+            u if D is None else D,
+            y,
+            z if store_z else y,
+            H,
+            L,
+            n,
+            *k_args,
+            *_strides(u),
+            *_strides(gate_in),
+            *_strides(gate_out),
+            HAS_D=D is not None,
+            HAS_GATE_IN=gate_in is not None,
+            HAS_GATE_OUT=gate_out is not None,
+            GELU=activation == "gelu",
+            DIRECT=direct,
+            BIDIRECTIONAL=bidirectional,
+            STORE_Z=store_z,
+            BLOCK_L=BLOCK_L,
+            num_warps=NUM_WARPS,
+        )
+    return y, z
 
 
 def fftconv_forward(
@@ -627,48 +800,11 @@ def fftconv_forward(
     gate_out: Tensor | None = None,
     direct: bool | None = None,
 ) -> Tensor:
-    """Triton forward of :func:`fftconv`. FFT path: prologue kernel, rFFT products (torch.fft, float32), epilogue
-    kernel; direct path (``direct``; default: ``use_direct(L')``): one kernel, taps summed in registers. The output
-    is contiguous, in the dtype of u."""
-    k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
-    B, H, L = u.shape
-    y = torch.empty((B, H, L), dtype=u.dtype, device=u.device)
-    if y.numel() == 0:
-        return y
-    direct = use_direct(k_len) if direct is None else direct
-    D = None if D is None else D.contiguous()  # the kernels read D[h] at unit stride
-    with device_guard(u.device):
-        if direct:
-            n, conv = L, u  # conv_ptr is not read
-        else:
-            n = fft_length(L, k_len)
-            conv = torch.fft.irfft(_input_spectrum(u, gate_in, n) * _kernel_spectrum(k, n, bidirectional), n=n)
-        _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
-            conv,
-            k,
-            u,
-            u if gate_in is None else gate_in,
-            u if gate_out is None else gate_out,
-            u if D is None else D,
-            y,
-            H,
-            L,
-            n,
-            k_len,
-            *_kernel_strides(k, bidirectional),
-            *_strides(u),
-            *_strides(gate_in),
-            *_strides(gate_out),
-            HAS_D=D is not None,
-            HAS_GATE_IN=gate_in is not None,
-            HAS_GATE_OUT=gate_out is not None,
-            GELU=activation == "gelu",
-            DIRECT=direct,
-            BIDIRECTIONAL=bidirectional,
-            BLOCK_L=BLOCK_L,
-            num_warps=NUM_WARPS,
-        )
-    return y
+    """Triton forward of :func:`fftconv`. FFT path: a prologue kernel (v and the kernel zero-padded into one
+    float32 buffer), one rFFT, one complex product, the inverse FFT (torch.fft, float32), the epilogue kernel;
+    direct path (``direct``; default: ``use_direct(L')``): one kernel, taps summed in registers. The output is
+    contiguous, in the dtype of u."""
+    return _forward(u, k, D, bidirectional, activation, gate_in, gate_out, direct, store_z=False)[0]
 
 
 def _empty_grad(t: Tensor | None, like: Tensor) -> Tensor:
@@ -686,14 +822,18 @@ def fftconv_backward(
     gate_in: Tensor | None = None,
     gate_out: Tensor | None = None,
     direct: bool | None = None,
+    conv: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Triton backward of :func:`fftconv`: (du, dk, dD, d gate_in, d gate_out) in the dtypes of the inputs; the
     gradient of an absent input (D, a gate) is an empty tensor.
 
-    The epilogue's gradients come from one kernel (recomputing the conv output only for GELU or gate_out), the
-    input's from another. FFT path: the conv parts of dv and dk are FFT correlations (torch.fft, float32). Direct
-    path (``direct``; default: ``use_direct(L')``): dv sums the taps in the input kernel and dk is reduced per row
-    in registers, then over the batch."""
+    ``conv``: the forward's pre-activation z (float32 [B, H, L], contiguous), used for GELU or gate_out; when it
+    is None (or empty) and needed, the FFT path recomputes it with a forward, the direct path from the taps.
+    FFT path, three kernels around one rFFT and one inverse FFT: the epilogue gradients (dz) with v and the
+    kernel zero-padded into one buffer; the spectral products (the batch sum of the kernel gradient in
+    registers); du, d gate_in, dk and dD (dD = the kernel gradient's lag 0). Direct path (``direct``; default:
+    ``use_direct(L')``): the epilogue gradients, then one kernel for du, d gate_in and (reduced over the batch and
+    positions in registers) dk and dD."""
     k_len = _check_triton_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
     check_float_tensor("grad_output", grad_output)
     if grad_output.shape != u.shape or grad_output.device != u.device:
@@ -708,33 +848,40 @@ def fftconv_backward(
         zeros_d = torch.zeros_like(D) if D is not None else u.new_empty(0)
         return du, torch.zeros_like(k), zeros_d, d_gate_in, d_gate_out
     direct = use_direct(k_len) if direct is None else direct
+    needs_conv = _needs_conv(activation, gate_out)
+    if needs_conv and conv is not None and conv.numel() > 0:
+        if conv.shape != u.shape or conv.dtype != torch.float32 or not conv.is_contiguous():
+            raise ValueError(
+                f"conv must be the forward's contiguous float32 z of shape {list(u.shape)}, got "
+                f"{conv.dtype} {list(conv.shape)} with strides {conv.stride()}"
+            )
+        has_z = True
+    elif needs_conv and not direct:
+        conv, has_z = _forward(u, k, D, bidirectional, activation, gate_in, gate_out, False, store_z=True)[1], True
+    else:
+        has_z = False
     D = None if D is None else D.contiguous()  # the kernels read D[h] at unit stride
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dD = u.new_empty(0) if D is None else torch.empty(D.shape, dtype=D.dtype, device=D.device)
+    BH = B * H
     n = L if direct else fft_length(L, k_len)
-    needs_conv = activation == "gelu" or gate_out is not None
-    grid = (B * H, triton.cdiv(L, BLOCK_L))
+    rows = BH if direct else 2 * BH + H
     gin = u if gate_in is None else gate_in
     k_args = (k_len, *_kernel_strides(k, bidirectional))
     flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, DIRECT=direct, BIDIRECTIONAL=bidirectional)
     with device_guard(u.device):
-        if direct:
-            conv = u  # not read: the epilogue kernel recomputes the taps where it needs them
-        else:
-            v_f = _input_spectrum(u, gate_in, n)
-            k_f = _kernel_spectrum(k, n, bidirectional)
-            conv = torch.fft.irfft(v_f * k_f, n=n) if needs_conv else u
-        dz = torch.empty((B, H, n), dtype=torch.float32, device=u.device)
-        dd_partial = torch.empty((B * H, triton.cdiv(n, BLOCK_L)), dtype=torch.float32, device=u.device)
-        _fftconv_bwd_epilogue_kernel[(B * H, triton.cdiv(n, BLOCK_L))](
+        buf = torch.empty((rows, n), dtype=torch.float32, device=u.device)
+        _fftconv_bwd_epilogue_kernel[(rows, triton.cdiv(n, BLOCK_L))](
             grad_output,
-            conv,
+            conv if has_z else buf,
             k,
             u,
             gin,
             u if gate_out is None else gate_out,
             u if D is None else D,
-            dz,
-            d_gate_out if gate_out is not None else dz,
-            dd_partial,
+            buf,
+            d_gate_out if gate_out is not None else buf,
+            BH,
             H,
             L,
             n,
@@ -746,49 +893,41 @@ def fftconv_backward(
             **flags,
             HAS_GATE_OUT=gate_out is not None,
             GELU=activation == "gelu",
+            HAS_Z=has_z,
             BLOCK_L=BLOCK_L,
             num_warps=NUM_WARPS,
         )
         if direct:
-            dv_conv = dz  # not read
-            sides = 2 if bidirectional else 1
-            dk_partial = torch.empty((B, H, sides, k_len), dtype=torch.float32, device=u.device)
-            _direct_dk_kernel[(B * H, sides * triton.cdiv(k_len, BLOCK_D))](
-                dz,
-                u,
-                gin,
-                dk_partial,
+            corr = buf  # not read: the input kernel sums the taps
+            block_d, block_t = dk_tile(k_len)
+            dk_programs = H * (2 if bidirectional else 1) * triton.cdiv(k_len, block_d)
+        else:
+            freqs = n // 2 + 1
+            products = torch.empty((BH + H, freqs), dtype=torch.complex64, device=u.device)
+            _fftconv_bwd_spectral_kernel[(H, triton.cdiv(freqs, BLOCK_F))](
+                torch.view_as_real(torch.fft.rfft(buf)),
+                torch.view_as_real(products),
+                B,
                 H,
-                L,
-                n,
-                k_len,
-                *_strides(u),
-                *_strides(gate_in),
-                HAS_GATE_IN=gate_in is not None,
-                BIDIRECTIONAL=bidirectional,
-                BLOCK_D=BLOCK_D,
-                BLOCK_T=BLOCK_T,
+                freqs,
+                BLOCK_F=BLOCK_F,
                 num_warps=NUM_WARPS,
             )
-            dk_sides = dk_partial.sum(0)  # [H, sides, L']
-            dk = dk_sides.permute(1, 0, 2).contiguous() if bidirectional else dk_sides[:, 0]
-        else:
-            dz_f = torch.fft.rfft(dz)  # physical conjugates below: lazy conj() views break under AOTAutograd
-            dv_conv = torch.fft.irfft(dz_f * k_f.conj_physical(), n=n)
-            dk_full = torch.fft.irfft((dz_f * v_f.conj_physical()).sum(0), n=n)
-            if bidirectional:
-                dk = torch.stack((dk_full[:, :k_len], dk_full[:, n - k_len :].flip(-1)))
-            else:
-                dk = dk_full[:, :k_len]
-        _fftconv_bwd_input_kernel[grid](
-            dv_conv,
-            dz,
+            corr = torch.fft.irfft(products, n=n)
+            dk_programs = H * triton.cdiv(k_len, BLOCK_L)
+            block_d, block_t = BLOCK_D, BLOCK_T  # unused by the FFT path
+        _fftconv_bwd_input_kernel[(BH * triton.cdiv(L, BLOCK_L) + dk_programs,)](
+            corr,
+            buf,
             k,
             u,
             gin,
             u if D is None else D,
             du,
             d_gate_in if gate_in is not None else du,
+            dk,
+            dk if D is None else dD,
+            B,
             H,
             L,
             n,
@@ -797,10 +936,10 @@ def fftconv_backward(
             *_strides(gate_in),
             **flags,
             BLOCK_L=BLOCK_L,
+            BLOCK_D=block_d,
+            BLOCK_T=block_t,
             num_warps=NUM_WARPS,
         )
-    dk = dk.to(k.dtype, copy=True)
-    dD = dd_partial.view(B, H, -1).sum((0, 2)).to(D.dtype) if D is not None else u.new_empty(0)
     return du, dk, dD, d_gate_in, d_gate_out
 
 
@@ -818,14 +957,15 @@ def _fftconv_op(
     gate_out: Tensor | None,
     bidirectional: bool,
     activation: str,
-) -> Tensor:
-    return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
+) -> tuple[Tensor, Tensor]:
+    return _forward(u, k, D, bidirectional, activation, gate_in, gate_out, None, store_z=True)
 
 
 @_fftconv_op.register_fake
-def _(u, k, D, gate_in, gate_out, bidirectional, activation) -> Tensor:
+def _(u, k, D, gate_in, gate_out, bidirectional, activation):
     check_fftconv_inputs(u, k, D, bidirectional, activation, gate_in, gate_out)
-    return u.new_empty(u.shape)
+    z = u.new_empty(u.shape, dtype=torch.float32) if _needs_conv(activation, gate_out) else u.new_empty(0)
+    return u.new_empty(u.shape), z
 
 
 @torch.library.custom_op("zoo::fftconv_backward", mutates_args=())
@@ -836,14 +976,15 @@ def _fftconv_backward_op(
     D: Tensor | None,
     gate_in: Tensor | None,
     gate_out: Tensor | None,
+    conv: Tensor,
     bidirectional: bool,
     activation: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return fftconv_backward(grad_output, u, k, D, bidirectional, activation, gate_in, gate_out)
+    return fftconv_backward(grad_output, u, k, D, bidirectional, activation, gate_in, gate_out, conv=conv)
 
 
 @_fftconv_backward_op.register_fake
-def _(grad_output, u, k, D, gate_in, gate_out, bidirectional, activation):
+def _(grad_output, u, k, D, gate_in, gate_out, conv, bidirectional, activation):
     d_D = u.new_empty(0) if D is None else D.new_empty(D.shape)
     return u.new_empty(u.shape), k.new_empty(k.shape), d_D, _empty_grad(gate_in, u), _empty_grad(gate_out, u)
 
@@ -861,21 +1002,32 @@ def _grads_of_present(grads, D, gate_in, gate_out):
 
 def _setup_context(ctx, inputs, output) -> None:
     u, k, D, gate_in, gate_out, bidirectional, activation = inputs
-    ctx.save_for_backward(u, k, D, gate_in, gate_out)
+    _, z = output
+    ctx.save_for_backward(u, k, D, gate_in, gate_out, z)
     ctx.bidirectional, ctx.activation = bidirectional, activation
+    ctx.mark_non_differentiable(z)
 
 
-def _backward(ctx, grad_output: Tensor):
-    u, k, D, gate_in, gate_out = ctx.saved_tensors
-    grads = torch.ops.zoo.fftconv_backward(grad_output, u, k, D, gate_in, gate_out, ctx.bidirectional, ctx.activation)
+def _backward(ctx, grad_output: Tensor, grad_z: Tensor | None):
+    u, k, D, gate_in, gate_out, z = ctx.saved_tensors
+    grads = torch.ops.zoo.fftconv_backward(
+        grad_output, u, k, D, gate_in, gate_out, z, ctx.bidirectional, ctx.activation
+    )
     return (*_grads_of_present(grads, D, gate_in, gate_out), None, None)
 
 
 _fftconv_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _fftconv_traced(u, k, D, gate_in, gate_out, bidirectional, activation) -> Tensor:
+    """The output of ``zoo::fftconv`` (for :func:`dispatch_triton`; the pre-activation z stays inside the traced
+    graph for the backward)."""
+    return torch.ops.zoo.fftconv(u, k, D, gate_in, gate_out, bidirectional, activation)[0]
+
+
 def _fftconv_forward_in_op_order(u, k, D, gate_in, gate_out, bidirectional, activation) -> Tensor:
-    """:func:`fftconv_forward` with the arguments in the order of ``zoo::fftconv`` (for :func:`dispatch_triton`)."""
+    """:func:`fftconv_forward` with the arguments in the order of ``zoo::fftconv`` (for :func:`dispatch_triton`;
+    no z: no backward will need it)."""
     return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
 
 
@@ -885,15 +1037,16 @@ class _FFTConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, k, D, gate_in, gate_out, bidirectional, activation):
-        ctx.save_for_backward(u, k, D, gate_in, gate_out)
+        y, z = _forward(u, k, D, bidirectional, activation, gate_in, gate_out, None, store_z=True)
+        ctx.save_for_backward(u, k, D, gate_in, gate_out, z)
         ctx.bidirectional, ctx.activation = bidirectional, activation
-        return fftconv_forward(u, k, D, bidirectional, activation, gate_in, gate_out)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        u, k, D, gate_in, gate_out = ctx.saved_tensors
-        grads = fftconv_backward(grad_output, u, k, D, ctx.bidirectional, ctx.activation, gate_in, gate_out)
+        u, k, D, gate_in, gate_out, z = ctx.saved_tensors
+        grads = fftconv_backward(grad_output, u, k, D, ctx.bidirectional, ctx.activation, gate_in, gate_out, conv=z)
         return (*_grads_of_present(grads, D, gate_in, gate_out), None, None)
 
 
@@ -932,7 +1085,7 @@ def fftconv(
             gate_out,
             bidirectional,
             activation,
-            op=torch.ops.zoo.fftconv,
+            op=_fftconv_traced,
             function=_FFTConvFunction,
             launcher=_fftconv_forward_in_op_order,
         )
@@ -945,11 +1098,13 @@ def fftconv(
 
 
 def aot_specs() -> list:
-    """Compile specs (zoo/kernels/_aot.py): the five kernels at the GPU block sizes, for u (and gates, outputs) in bf16,
-    fp32 and fp16, with every optional part on (D, both gates, GELU, bidirectional) and off, at the launch-time
-    specialisations of contiguous [B, H, L] tensors (H, L, n and the row strides multiples of 16, unit stride a
-    constant); the epilogue kernels in their FFT and direct forms; and for bf16 once more with arbitrary sizes and
-    strides. The kernel k and the float32 buffers are float32 pointers."""
+    """Compile specs (zoo/kernels/_aot.py): the elementwise kernels at the GPU block sizes, for u (and gates,
+    outputs) in bf16, fp32 and fp16, with every optional part on (D, both gates, GELU, bidirectional, the saved z)
+    and off, at the launch-time specialisations of contiguous [B, H, L] tensors (sizes and row strides multiples
+    of 16, unit stride a constant); the epilogue kernels and the input-gradient kernel in their FFT and direct
+    forms (the backward epilogue once more recomputing z from the taps); and for bf16 once more with arbitrary
+    sizes and strides. The kernel k, D and the float32 buffers are float32 pointers. The spectral kernel (float32
+    only) at aligned and arbitrary sizes."""
     from zoo.kernels._aot import KernelSpec
 
     kernels = (
@@ -957,52 +1112,86 @@ def aot_specs() -> list:
         _fftconv_fwd_kernel,
         _fftconv_bwd_epilogue_kernel,
         _fftconv_bwd_input_kernel,
-        _direct_dk_kernel,
     )
-    fp32_buffers = {"v_ptr", "conv_ptr", "dz_ptr", "dvc_ptr", "dd_partial_ptr", "dk_partial_ptr", "d_ptr", "k_ptr"}
     blocks = {"BLOCK_L": BLOCK_L_GPU, "BLOCK_D": BLOCK_D_GPU[0], "BLOCK_T": BLOCK_D_GPU[1]}
+
+    def signature_of(kernel, constexprs, dtype, strided):
+        signature = {}
+        for name in kernel.arg_names:
+            if name in constexprs:
+                continue
+            if name.endswith("_ptr"):
+                signature[name] = "*fp32:16" if name in FP32_POINTERS else f"*{dtype}:16"
+            elif strided:
+                signature[name] = "i32"
+            elif name.endswith("_l"):
+                signature[name] = "i32:1"
+            else:
+                signature[name] = "i32:16"
+        return signature
+
     specs = []
     for kernel in kernels:
-        flag_names = [name for name in kernel.arg_names if name.startswith(("HAS_", "GELU", "BIDIRECTIONAL"))]
-        variants = [(dtype, on, False, False) for dtype in ("bf16", "fp32", "fp16") for on in (True, False)]
-        variants.append(("bf16", True, True, False))
+        flag_names = [name for name in kernel.arg_names if name.startswith(("HAS_", "GELU", "BIDIRECTIONAL", "STORE_"))]
+        variants = [(dtype, on, False, False, on) for dtype in ("bf16", "fp32", "fp16") for on in (True, False)]
+        variants.append(("bf16", True, True, False, True))
         if "DIRECT" in kernel.arg_names:
             variants += [
-                ("bf16", True, False, True),
-                ("fp32", True, False, True),
-                ("bf16", False, False, True),
-                ("bf16", True, True, True),
+                ("bf16", True, False, True, True),
+                ("fp32", True, False, True, True),
+                ("bf16", False, False, True, False),
+                ("bf16", True, True, True, True),
             ]
-        for dtype, on, strided, direct in variants:
+            if "HAS_Z" in kernel.arg_names:
+                variants.append(("bf16", True, False, True, False))  # z recomputed from the taps
+        for dtype, on, strided, direct, has_z in variants:
             constexprs = dict.fromkeys(flag_names, on)
+            if "HAS_Z" in constexprs:
+                constexprs["HAS_Z"] = has_z
             constexprs.update({name: value for name, value in blocks.items() if name in kernel.arg_names})
             if "DIRECT" in kernel.arg_names:
                 constexprs["DIRECT"] = direct
-            signature = {}
-            for name in kernel.arg_names:
-                if name in constexprs:
-                    continue
-                if name.endswith("_ptr"):
-                    signature[name] = "*fp32:16" if name in fp32_buffers else f"*{dtype}:16"
-                elif strided:
-                    signature[name] = "i32"
-                elif name.endswith("_l"):
-                    signature[name] = "i32:1"
-                else:
-                    signature[name] = "i32:16"
             label = ("all" if on else "plain") + (",direct" if direct else "") + (",strided" if strided else "")
+            label += ",recompute" if on and "HAS_Z" in constexprs and not has_z else ""
             block = ",".join(f"{name[6:]}{constexprs[name]}" for name in blocks if name in constexprs)
             specs.append(
                 KernelSpec(
                     name=f"{kernel.__name__}[{dtype},{block},w4,{label}]",
                     fn=kernel,
-                    signature=signature,
+                    signature=signature_of(kernel, constexprs, dtype, strided),
                     constexprs=constexprs,
                     num_warps=4,
                 )
             )
+    for strided in (False, True):
+        constexprs = {"BLOCK_F": BLOCK_F_GPU}
+        specs.append(
+            KernelSpec(
+                name=f"_fftconv_bwd_spectral_kernel[fp32,F{BLOCK_F_GPU},w4" + (",strided]" if strided else "]"),
+                fn=_fftconv_bwd_spectral_kernel,
+                signature=signature_of(_fftconv_bwd_spectral_kernel, constexprs, "fp32", strided),
+                constexprs=constexprs,
+                num_warps=4,
+            )
+        )
     return specs + benchmark_specs()
 
+
+# The pointers that are float32 whatever the dtype of u: the FFT buffers, the saved z, k and D (learned
+# parameters, float32 in the models) and their gradients.
+FP32_POINTERS = {
+    "buf_ptr",
+    "conv_ptr",
+    "z_ptr",
+    "corr_ptr",
+    "dz_ptr",
+    "spec_ptr",
+    "out_ptr",
+    "d_ptr",
+    "k_ptr",
+    "dk_ptr",
+    "dd_ptr",
+}
 
 # The benchmarked shapes (scripts/benchmark.py: fftconv_cases), u in bf16, causal, D skip, GELU:
 # (B, H, L, kernel length, gated)
@@ -1015,12 +1204,14 @@ FFTCONV_BENCHMARKS = (
 
 def benchmark_specs() -> list:
     """Loop-report specs (zoo/kernels/_aot.py --loops): the kernels each benchmarked call launches (forward:
-    prologue and epilogue, or the direct epilogue; backward: prologue, the two epilogue kernels and, direct, the
-    kernel gradient), with the arguments the launchers pass (contiguous u, gates, dy; float32 k and D) and the
-    useful work of a program: the elements of u (the FFT path's elementwise kernels; the zero padding up to the
-    FFT length is cost), or the multiply-adds of the taps that land on the sequence (direct path:
-    B H sum_t min(t + 1, L')). The first case's forward epilogue and the K = 4 case's direct forward are
-    compiled in the tests too (``ci``)."""
+    prologue and epilogue, or the direct epilogue; backward: the epilogue gradients, the spectral products and
+    the input kernel, or direct the epilogue gradients and the input kernel), with the arguments the launchers
+    pass (contiguous u, gates, dy; float32 k and D; the saved z) and the useful work of a program: the elements of
+    u (the FFT path's elementwise kernels; the zero padding up to the FFT length and the rows of v and k the
+    backward's buffer also holds are cost), the complex products (spectral kernel: two per (b, h, frequency)), or
+    the multiply-adds of the taps that land on the sequence (direct path: B H sum_t min(t + 1, L') per
+    correlation; the input kernel does two, the input's and the kernel's). The first case's forward epilogue and
+    the K = 4 case's direct forward are compiled in the tests too (``ci``)."""
     from zoo.kernels._aot import Work, launch_spec
 
     specs = []
@@ -1028,14 +1219,20 @@ def benchmark_specs() -> list:
         case = f"B{B}xH{H}xL{L}" + (f"xK{k_len}" if k_len != L else "") + ("-gated" if gated else "")
         direct = use_direct(k_len)
         n = L if direct else fft_length(L, k_len)
+        freqs = n // 2 + 1
+        block_d = min(BLOCK_D_GPU[0], triton.next_power_of_2(k_len)) if direct else BLOCK_D_GPU[0]
+        block_t = BLOCK_D_GPU[0] * BLOCK_D_GPU[1] // block_d
         rows, elements = B * H, B * H * L
         macs = B * H * sum(min(t + 1, k_len) for t in range(L))
         contiguous = (H * L, L, 1)
         gates = contiguous if gated else (0, 0, 0)
         values = dict(
+            B=B,
+            BH=B * H,
             H=H,
             L=L,
             n=n,
+            F=freqs,
             K_LEN=k_len,
             **dict(zip(("sk_c", "sk_h", "sk_l"), (0, k_len, 1), strict=True)),
             **{f"{prefix}_{axis}": s for prefix in ("su", "sdy") for axis, s in zip("bhl", contiguous, strict=True)},
@@ -1044,44 +1241,63 @@ def benchmark_specs() -> list:
             HAS_GATE_IN=gated,
             HAS_GATE_OUT=gated,
             GELU=True,
+            HAS_Z=True,
+            STORE_Z=True,
             DIRECT=direct,
             BIDIRECTIONAL=False,
             BLOCK_L=BLOCK_L_GPU,
-            BLOCK_D=BLOCK_D_GPU[0],
-            BLOCK_T=BLOCK_D_GPU[1],
+            BLOCK_D=block_d,
+            BLOCK_T=block_t,
+            BLOCK_F=BLOCK_F_GPU,
             **dict.fromkeys(("u_ptr", "gin_ptr", "gout_ptr", "y_ptr", "dy_ptr", "du_ptr"), "*bf16"),
-            **dict.fromkeys(("k_ptr", "d_ptr", "v_ptr", "dz_ptr", "dd_partial_ptr", "dk_partial_ptr"), "*fp32"),
-            conv_ptr="*bf16" if direct else "*fp32",  # the direct path passes u (not read)
-            dvc_ptr="*fp32",
+            **dict.fromkeys(sorted(FP32_POINTERS), "*fp32"),
             dgout_ptr="*bf16" if gated else "*fp32",
             dgin_ptr="*bf16",
         )
-        position_blocks, padded_blocks = triton.cdiv(L, BLOCK_L_GPU), triton.cdiv(n, BLOCK_L_GPU)
-        launches = []  # (kernel, programs, units, unit, trips, what a program does)
-        if not direct:
-            launches.append((_fftconv_prologue_kernel, rows * padded_blocks, elements, "element", ()))
-        for kernel, blocks in (
-            (_fftconv_fwd_kernel, position_blocks),
-            (_fftconv_bwd_epilogue_kernel, padded_blocks),
-            (_fftconv_bwd_input_kernel, position_blocks),
-        ):
-            launches.append(
-                (
-                    kernel,
-                    rows * blocks,
-                    macs if direct else elements,
-                    "MAC" if direct else "element",
-                    (k_len,) if direct else (),
-                )
-            )
         if direct:
-            dk_programs = rows * triton.cdiv(k_len, BLOCK_D_GPU[0])
-            launches.append((_direct_dk_kernel, dk_programs, macs, "MAC", (triton.cdiv(L, BLOCK_D_GPU[1]),)))
+            values["conv_ptr"] = "*bf16"  # the direct path passes u (not read)
+        position_blocks, padded_blocks = triton.cdiv(L, BLOCK_L_GPU), triton.cdiv(n, BLOCK_L_GPU)
+        launches = []  # (kernel, programs, units, unit, trips)
+        if direct:
+            dk_programs = H * triton.cdiv(k_len, block_d)
+            launches += [
+                (_fftconv_fwd_kernel, rows * position_blocks, macs, "MAC", (k_len,)),
+                (_fftconv_bwd_epilogue_kernel, rows * position_blocks, elements, "element", ()),
+                (
+                    _fftconv_bwd_input_kernel,
+                    rows * position_blocks + dk_programs,
+                    2 * macs,
+                    "MAC",
+                    ((k_len, B), triton.cdiv(L, block_t)),  # input taps | batch, then positions
+                ),
+            ]
+        else:
+            dk_programs = H * triton.cdiv(k_len, BLOCK_L_GPU)
+            launches += [
+                (_fftconv_prologue_kernel, (rows + H) * padded_blocks, elements, "element", ()),
+                (_fftconv_fwd_kernel, rows * position_blocks, elements, "element", ()),
+                (_fftconv_bwd_epilogue_kernel, (2 * rows + H) * padded_blocks, elements, "element", ()),
+                (
+                    _fftconv_bwd_spectral_kernel,
+                    H * triton.cdiv(freqs, BLOCK_F_GPU),
+                    2 * rows * freqs,
+                    "complex product",
+                    (B,),
+                ),
+                (_fftconv_bwd_input_kernel, rows * position_blocks + dk_programs, elements, "element", ()),
+            ]
         for kernel, programs, units, unit, trips in launches:
             names = {p.name for p in kernel.params}
-            formula = f"MACs = B H sum_t min(t + 1, L') = {macs}" if unit == "MAC" else f"elements = B H L = {units}"
-            formula += f"; programs = {programs}" + (f"; loop trips {trips[0]}" if trips else "; no loop")
+            if unit == "MAC":
+                formula = f"MACs = {units // macs} x B H sum_t min(t + 1, L') = {units}"
+            elif unit == "element":
+                formula = f"elements = B H L = {units}"
+            else:
+                formula = f"complex products = 2 B H (n / 2 + 1) = {units}"
+            formula += f"; programs = {programs}" + (f"; loop trips {trips}" if trips else "; no loop")
             label = "bf16,D,gelu" + (",gated" if gated else "") + (",direct" if direct else "")
+            if kernel is _fftconv_bwd_spectral_kernel:
+                label = "fp32"
             specs.append(
                 launch_spec(
                     f"{kernel.__name__}[{label}]@{case}",

@@ -13,10 +13,12 @@ Both are K[h, l] = 2 Re( sum_n C'[h, n] exp(z[h, n] l) ) with the per-mode coeff
 (z = dtA for ZOH, log dA for bilinear). The Triton kernels compute exactly that Vandermonde product with real and
 imaginary parts carried separately: exp(z l) = exp(Re z l) (cos(Im z l), sin(Im z l)) evaluated directly at
 every l (no repeated multiplication: accurate at large L), tiles over (h, l) looping over the modes, O(H (N + L))
-memory (the H x N x L tensor is never formed). The backward kernel reduces over l in registers per (h, block of
-modes, chunk of l) and a second pass adds the chunks (no atomics, deterministic). The kernels compute in fp32;
-the O(H N) map between the parameters and (C', z) and its chain rule run in PyTorch in complex128 (they cancel
-digits when |dtA| is small) and are rounded to float32 once.
+memory (the H x N x L tensor is never formed). The O(H N) map from the parameters to (C', z) runs inside the
+kernels in float64 (complex arithmetic by hand; it cancels digits when |dtA| is small), rounded to float32 once
+for the fp32 Vandermonde loops: the forward is one launch. The backward is two: the first reduces over l in
+registers per (h, block of modes, chunk of l); the second, one program per channel, adds the chunks and applies
+the chain rule to the parameters in float64 (d log_dt sums over the channel's modes in registers; deterministic,
+no atomics).
 
 Layout of this file (the kernel contract, docs/design.md §2): the reference, the Triton kernels, the launchers, the
 registered ops.
@@ -117,8 +119,117 @@ def s4d_kernel_reference(
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Triton kernels
 #
-# The per-mode coefficients arrive as four contiguous float32 [H, N2] planes: Re C', Im C', Re z, Im z.
+# The kernels read the parameters themselves (float32, any strides) and form the per-mode coefficient C' and
+# log-step z in float64 (complex arithmetic by hand): (exp(dtA) - 1) / A and its chain rule cancel digits when
+# |dtA| is small (dt ~ 1e-3). C' and z are rounded to float32 once for the Vandermonde loops (fp32).
 # ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _cmul(ar, ai, br, bi):
+    """(a b) as (real, imaginary)."""
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def _cdiv(ar, ai, br, bi):
+    """(a / b) as (real, imaginary)."""
+    den = br * br + bi * bi
+    return (ar * br + ai * bi) / den, (ai * br - ar * bi) / den
+
+
+@triton.jit
+def _arg(x, y):
+    """The principal argument atan2(y, x) in (-pi, pi] (float64; Triton has no atan2 the interpreter runs): a
+    point left of the imaginary axis is reflected through the origin (+-pi), then three half-angle steps
+    (x <- x + |(x, y)| halves the angle) leave |y / x| <= tan(pi / 16) < 0.2, where 14 terms of the atan series
+    are exact to double precision; the angle is 8 atan(y / x)."""
+    neg = x < 0.0
+    xr = tl.where(neg, -x, x)
+    yi = tl.where(neg, -y, y)
+    for _ in tl.static_range(3):
+        xr = xr + tl.sqrt(xr * xr + yi * yi)
+    t = yi / xr
+    t2 = t * t
+    series = tl.zeros_like(t) + 1.0 / 27.0
+    for j in tl.static_range(13):  # Horner: sum_k (-t^2)^k / (2 k + 1), k = 12 .. 0
+        series = series * -t2 + 1.0 / (2 * (12 - j) + 1)
+    half_turns = tl.where(neg, tl.where(y >= 0.0, 1.0, -1.0), 0.0).to(tl.float64)
+    return 8.0 * t * series + half_turns * 3.141592653589793
+
+
+@triton.jit
+def _cos_sin64(x):
+    """(cos x, sin x) in float64 with no slow path (libdevice's cos/sin keep a Payne-Hanek reduction on a
+    local-memory stack): x = q pi/2 + r with q = round(2 x / pi) and r by fdlibm's three-part Cody-Waite split of
+    pi/2 (33 + 33 + 53 bits: exact products for |q| < 2^20, |x| < 1.6e6), |r| <= pi/4; Taylor series to r^17 /
+    r^18 (remainders below 1e-17 relative); the quadrant q mod 4 picks the signs."""
+    q = tl.floor(x * 0.6366197723675814 + 0.5)
+    r = x - q * 1.57079632673412561417
+    r = r - q * 6.07710050630396597660e-11
+    r = r - q * 2.02226624871116645580e-21
+    z = r * r
+    s = tl.zeros_like(z) + 1.0
+    c = tl.zeros_like(z) + 1.0
+    for j in tl.static_range(8):  # Horner, k = 8 .. 1: s = sum (-z)^k / (2k + 1)!, c = sum (-z)^k / (2k)!
+        s = 1.0 - z * s * (1.0 / ((2 * (8 - j) + 1) * (2 * (8 - j))))
+        c = 1.0 - z * c * (1.0 / ((2 * (8 - j) - 1) * (2 * (8 - j))))
+    s = s * r
+    quadrant = q.to(tl.int32) & 3
+    cos = tl.where(quadrant == 0, c, tl.where(quadrant == 1, -s, tl.where(quadrant == 2, -c, s)))
+    sin = tl.where(quadrant == 0, s, tl.where(quadrant == 1, c, tl.where(quadrant == 2, -s, -c)))
+    return cos, sin
+
+
+@triton.jit
+def _load_params(log_dt_ptr, c_ptr, lar_ptr, aim_ptr, h, n, n_mask, s_dt, sc_h, sc_n, sc_c, sar_h, sar_n, sai_h, sai_n):
+    """(log_dt[h], Re C, Im C, log_A_real, A_imag) at modes n of channel h, in float64 (masked modes: zeros)."""
+    log_dt = tl.load(log_dt_ptr + h * s_dt).to(tl.float64)
+    c = c_ptr + h * sc_h + n * sc_n
+    c_re = tl.load(c, mask=n_mask, other=0.0).to(tl.float64)
+    c_im = tl.load(c + sc_c, mask=n_mask, other=0.0).to(tl.float64)
+    lar = tl.load(lar_ptr + h * sar_h + n * sar_n, mask=n_mask, other=0.0).to(tl.float64)
+    aim = tl.load(aim_ptr + h * sai_h + n * sai_n, mask=n_mask, other=0.0).to(tl.float64)
+    return log_dt, c_re, c_im, lar, aim
+
+
+@triton.jit
+def _discretize(log_dt, c_re, c_im, lar, aim, ZOH: tl.constexpr):
+    """(Re C', Im C', Re z, Im z) in float64 (the module docstring): w = dt A with dt = exp(log_dt),
+    A = -exp(log_A_real) + i A_imag; ZOH: C' = C (exp(w) - 1) / A, z = w; bilinear: C' = C dt / (1 - w / 2),
+    z = log(1 + w / 2) - log(1 - w / 2) (principal logarithms, as the reference)."""
+    dt = tl.exp(log_dt)
+    ar = -tl.exp(lar)
+    wr = ar * dt
+    wi = aim * dt
+    if ZOH:
+        e = tl.exp(wr)
+        cos, sin = _cos_sin64(wi)
+        br, bi = _cdiv(e * cos - 1.0, e * sin, ar, aim)
+        cr, ci = _cmul(c_re, c_im, br, bi)
+        zr = wr
+        zi = wi
+    else:
+        den_r = 1.0 - 0.5 * wr
+        den_i = -0.5 * wi
+        num_r = 1.0 + 0.5 * wr
+        num_i = 0.5 * wi
+        cr, ci = _cdiv(c_re * dt, c_im * dt, den_r, den_i)
+        zr = 0.5 * (tl.log(num_r * num_r + num_i * num_i) - tl.log(den_r * den_r + den_i * den_i))
+        zi = _arg(num_r, num_i) - _arg(den_r, den_i)
+    return cr, ci, zr, zi
+
+
+@triton.jit
+def _coefficients32(
+    log_dt_ptr, c_ptr, lar_ptr, aim_ptr, h, n, n_mask, s_dt, sc_h, sc_n, sc_c, sar_h, sar_n, sai_h, sai_n, ZOH
+):
+    """(Re C', Im C', Re z, Im z) of modes n of channel h, formed in float64 and rounded to float32."""
+    log_dt, c_re, c_im, lar, aim = _load_params(
+        log_dt_ptr, c_ptr, lar_ptr, aim_ptr, h, n, n_mask, s_dt, sc_h, sc_n, sc_c, sar_h, sar_n, sai_h, sai_n
+    )
+    cr, ci, zr, zi = _discretize(log_dt, c_re, c_im, lar, aim, ZOH)
+    return cr.to(tl.float32), ci.to(tl.float32), zr.to(tl.float32), zi.to(tl.float32)
 
 
 @triton.jit
@@ -150,41 +261,70 @@ def _powers(zr, zi, lf):
 
 @triton.jit
 def _s4d_vandermonde_fwd_kernel(
-    cr_ptr,
-    ci_ptr,
-    zr_ptr,
-    zi_ptr,
+    log_dt_ptr,
+    c_ptr,
+    lar_ptr,
+    aim_ptr,
     k_ptr,
+    scratch_ptr,
     N2,
     L,
+    l_per_program,
+    s_dt,
+    sc_h,
+    sc_n,
+    sc_c,
+    sar_h,
+    sar_n,
+    sai_h,
+    sai_n,
+    ZOH: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
-    """K[h, l] = 2 Re(sum_n C'[h, n] exp(z[h, n] l)) for one channel h (program axis 0) and BLOCK_L positions
-    (axis 1), looping over the modes in blocks of BLOCK_N; the tile sums are reduced over n once at the end."""
+    """K[h, l] = 2 Re(sum_n C'[h, n] exp(z[h, n] l)) for one channel h (program axis 0) and a chunk of
+    l_per_program positions (axis 1). The outer loop runs over the modes in blocks of BLOCK_N, forming each
+    block's C' and z from the parameters in float64 once (:func:`_discretize`; its cost is spread over the
+    chunk); the inner loop over the chunk in steps of BLOCK_L, reducing the [BLOCK_N, BLOCK_L] tile over the
+    modes. A mode block after the first adds to what the program stored before (its own positions: no race)."""
     h = tl.program_id(0).to(tl.int64)
-    pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    l_mask = pos < L
-    lf = tl.where(l_mask, pos, 0).to(tl.float32)
-    acc = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
-    for start in range(0, N2, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
+    l_begin = tl.program_id(1) * l_per_program
+    l_end = tl.minimum(l_begin + l_per_program, L)
+    scratch = scratch_ptr + (h * tl.num_programs(1) + tl.program_id(1)) * 4 * N2
+    for n_start in range(0, N2, BLOCK_N):
+        n = n_start + tl.arange(0, BLOCK_N)
         n_mask = n < N2
-        cr = tl.load(cr_ptr + h * N2 + n, mask=n_mask, other=0.0)
-        ci = tl.load(ci_ptr + h * N2 + n, mask=n_mask, other=0.0)
-        zr = tl.load(zr_ptr + h * N2 + n, mask=n_mask, other=0.0)
-        zi = tl.load(zi_ptr + h * N2 + n, mask=n_mask, other=0.0)
-        wr, wi = _powers(zr, zi, lf)
-        acc += cr[:, None] * wr - ci[:, None] * wi
-    tl.store(k_ptr + h * L + pos, 2.0 * tl.sum(acc, axis=0), mask=l_mask)
+        cr, ci, zr, zi = _coefficients32(
+            log_dt_ptr, c_ptr, lar_ptr, aim_ptr, h, n, n_mask, s_dt, sc_h, sc_n, sc_c, sar_h, sar_n, sai_h, sai_n, ZOH
+        )
+        # Through the program's scratch row: the float64 chain keeps a layout of its own (about one mode per
+        # thread) instead of the tile's (which holds several modes per thread: too many float64 registers).
+        tl.store(scratch + n, cr, mask=n_mask)
+        tl.store(scratch + N2 + n, ci, mask=n_mask)
+        tl.store(scratch + 2 * N2 + n, zr, mask=n_mask)
+        tl.store(scratch + 3 * N2 + n, zi, mask=n_mask)
+        tl.debug_barrier()
+        cr = tl.load(scratch + n, mask=n_mask, other=0.0)
+        ci = tl.load(scratch + N2 + n, mask=n_mask, other=0.0)
+        zr = tl.load(scratch + 2 * N2 + n, mask=n_mask, other=0.0)
+        zi = tl.load(scratch + 3 * N2 + n, mask=n_mask, other=0.0)
+        for start in range(l_begin, l_end, BLOCK_L):
+            pos = start + tl.arange(0, BLOCK_L)
+            l_mask = pos < l_end
+            lf = tl.where(l_mask, pos, 0).to(tl.float32)
+            wr, wi = _powers(zr, zi, lf)
+            out = k_ptr + h * L + pos
+            k = 2.0 * tl.sum(cr[:, None] * wr - ci[:, None] * wi, axis=0)
+            k += tl.load(out, mask=l_mask & (n_start > 0), other=0.0)
+            tl.store(out, k, mask=l_mask)
 
 
 @triton.jit
 def _s4d_vandermonde_bwd_kernel(
-    cr_ptr,
-    ci_ptr,
-    zr_ptr,
-    zi_ptr,
+    log_dt_ptr,
+    c_ptr,
+    lar_ptr,
+    aim_ptr,
     dk_ptr,
     partial_ptr,
     H,
@@ -193,21 +333,29 @@ def _s4d_vandermonde_bwd_kernel(
     l_per_program,
     stride_dh,
     stride_dl,
+    s_dt,
+    sc_h,
+    sc_n,
+    sc_c,
+    sar_h,
+    sar_n,
+    sai_h,
+    sai_n,
+    ZOH: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_L: tl.constexpr,
 ):
     """Gradients of the coefficients for one channel (axis 0), BLOCK_N modes (axis 1) and a chunk of
     l_per_program positions (axis 2): with S = sum_l dK[l] exp(z l) and T = sum_l dK[l] l exp(z l) (reduced in
     registers), d C' = 2 conj(S) and d z = 2 conj(C' T) (as d Re + i d Im), written to
-    ``partial[chunk, 0..3, h, n]``; the chunks are added by a second pass."""
+    ``partial[chunk, 0..3, h, n]``; :func:`_s4d_chain_rule_kernel` adds the chunks."""
     h = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     chunk = tl.program_id(2)
     n_mask = n < N2
-    cr = tl.load(cr_ptr + h * N2 + n, mask=n_mask, other=0.0)
-    ci = tl.load(ci_ptr + h * N2 + n, mask=n_mask, other=0.0)
-    zr = tl.load(zr_ptr + h * N2 + n, mask=n_mask, other=0.0)
-    zi = tl.load(zi_ptr + h * N2 + n, mask=n_mask, other=0.0)
+    cr, ci, zr, zi = _coefficients32(
+        log_dt_ptr, c_ptr, lar_ptr, aim_ptr, h, n, n_mask, s_dt, sc_h, sc_n, sc_c, sar_h, sar_n, sai_h, sai_n, ZOH
+    )
     s_re = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
     s_im = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
     t_re = tl.zeros((BLOCK_N, BLOCK_L), dtype=tl.float32)
@@ -238,20 +386,119 @@ def _s4d_vandermonde_bwd_kernel(
     tl.store(out + 3 * plane, -2.0 * (cr * ti + ci * tr), mask=n_mask)
 
 
+@triton.jit
+def _s4d_chain_rule_kernel(
+    partial_ptr,
+    log_dt_ptr,
+    c_ptr,
+    lar_ptr,
+    aim_ptr,
+    d_log_dt_ptr,
+    dc_ptr,
+    d_lar_ptr,
+    d_aim_ptr,
+    H,
+    N2,
+    chunks,
+    s_dt,
+    sc_h,
+    sc_n,
+    sc_c,
+    sar_h,
+    sar_n,
+    sai_h,
+    sai_n,
+    ZOH: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The second backward kernel, one program per channel h: adds the chunks of ``partial`` (float64) into the
+    coefficient gradients G_C' and G_z (G = dL/dRe + i dL/dIm) and applies the chain rule to the parameters in
+    float64 (for a holomorphic w = f(u): G_u = G_w conj(f'(u)); for a real x: dL/dx = Re(G_w conj(f'(x)))),
+    looping over all modes of the channel in blocks of BLOCK_N so that d log_dt (a sum over the modes) is reduced
+    in registers. Writes d log_dt [H], d C [H, N2, 2], d log_A_real, d A_imag [H, N2] (contiguous float32)."""
+    h = tl.program_id(0).to(tl.int64)
+    plane = H * N2
+    g_log_dt = tl.zeros([BLOCK_N], dtype=tl.float64)
+    for start in range(0, N2, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_mask = n < N2
+        gc_r = tl.zeros([BLOCK_N], dtype=tl.float64)
+        gc_i = tl.zeros([BLOCK_N], dtype=tl.float64)
+        gz_r = tl.zeros([BLOCK_N], dtype=tl.float64)
+        gz_i = tl.zeros([BLOCK_N], dtype=tl.float64)
+        for chunk in range(0, chunks):
+            at = partial_ptr + (chunk * 4 * H + h) * N2 + n
+            gc_r += tl.load(at, mask=n_mask, other=0.0).to(tl.float64)
+            gc_i += tl.load(at + plane, mask=n_mask, other=0.0).to(tl.float64)
+            gz_r += tl.load(at + 2 * plane, mask=n_mask, other=0.0).to(tl.float64)
+            gz_i += tl.load(at + 3 * plane, mask=n_mask, other=0.0).to(tl.float64)
+        log_dt, c_re, c_im, lar, aim = _load_params(
+            log_dt_ptr, c_ptr, lar_ptr, aim_ptr, h, n, n_mask, s_dt, sc_h, sc_n, sc_c, sar_h, sar_n, sai_h, sai_n
+        )
+        dt = tl.exp(log_dt)
+        a = tl.exp(lar)
+        ar = -a
+        wr = ar * dt
+        wi = aim * dt
+        if ZOH:  # C' = C (exp(w) - 1) / A, z = w = A dt
+            e = tl.exp(wr)
+            cos, sin = _cos_sin64(wi)
+            er = e * cos
+            ei = e * sin
+            br, bi = _cdiv(er - 1.0, ei, ar, aim)
+            gC_r, gC_i = _cmul(gc_r, gc_i, br, -bi)
+            gb_r, gb_i = _cmul(gc_r, gc_i, c_re, -c_im)
+            xr, xi = _cdiv(dt * er - br, dt * ei - bi, ar, aim)  # dB/dA
+            gA_r, gA_i = _cmul(gb_r, gb_i, xr, -xi)
+            gA_r += gz_r * dt
+            gA_i += gz_i * dt
+            g_dt = (gb_r * er + gb_i * ei) + (gz_r * ar + gz_i * aim)
+        else:  # C' = C dt / (1 - w / 2), z = log(1 + w / 2) - log(1 - w / 2)
+            den_r = 1.0 - 0.5 * wr
+            den_i = -0.5 * wi
+            num_r = 1.0 + 0.5 * wr
+            num_i = 0.5 * wi
+            yr, yi = _cdiv(dt, 0.0, den_r, den_i)
+            gC_r, gC_i = _cmul(gc_r, gc_i, yr, -yi)
+            d2_r, d2_i = _cmul(den_r, den_i, den_r, den_i)
+            pr, pi = _cdiv(c_re * dt, c_im * dt, 2.0 * d2_r, 2.0 * d2_i)
+            nd_r, nd_i = _cmul(num_r, num_i, den_r, den_i)
+            qr, qi = _cdiv(1.0, 0.0, nd_r, nd_i)
+            gw_r, gw_i = _cmul(gc_r, gc_i, pr, -pi)
+            t_r, t_i = _cmul(gz_r, gz_i, qr, -qi)
+            gw_r += t_r
+            gw_i += t_i
+            gA_r = gw_r * dt
+            gA_i = gw_i * dt
+            rr, ri = _cdiv(c_re, c_im, den_r, den_i)
+            g_dt = (gc_r * rr + gc_i * ri) + (gw_r * ar + gw_i * aim)
+        g_log_dt += tl.where(n_mask, g_dt * dt, 0.0)
+        out = h * N2 + n
+        tl.store(dc_ptr + 2 * out, gC_r.to(tl.float32), mask=n_mask)
+        tl.store(dc_ptr + 2 * out + 1, gC_i.to(tl.float32), mask=n_mask)
+        tl.store(d_lar_ptr + out, (-a * gA_r).to(tl.float32), mask=n_mask)
+        tl.store(d_aim_ptr + out, gA_i.to(tl.float32), mask=n_mask)
+    tl.store(d_log_dt_ptr + h, tl.sum(g_log_dt, axis=0).to(tl.float32))
+
+
 def _configs(rows: tuple[tuple[int, int, int], ...]) -> list:
     return [triton.Config(dict(BLOCK_N=n, BLOCK_L=block_l), num_warps=w) for n, block_l, w in rows]
 
 
 # A fixed tiny configuration under the interpreter (CPU tests: odd test sizes span several tiles); on the GPU,
-# tiles autotuned per (N2, L). The backward holds four accumulator tiles, so its tiles are smaller.
+# tiles autotuned per (N2, L). The backward holds four accumulator tiles, so its tiles are smaller. The chain
+# rule kernel loops over the modes of a channel in blocks of CHAIN_BLOCK_N.
 if INTERPRETER:
     _FWD_CONFIGS = _configs(((4, 8, 1),))
     _BWD_CONFIGS = _configs(((4, 8, 1),))
+    CHAIN_BLOCK_N, CHAIN_WARPS = 4, 1
 else:
     _FWD_CONFIGS = _configs(((16, 128, 4), (32, 128, 4), (32, 256, 8), (16, 256, 4), (32, 64, 4)))
     _BWD_CONFIGS = _configs(((16, 64, 4), (32, 64, 4), (16, 128, 8), (32, 128, 8), (64, 32, 8)))
+    CHAIN_BLOCK_N, CHAIN_WARPS = 32, 1
+CHAIN_BLOCK_N_GPU = 32
 
-_s4d_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["N2", "L"])(_s4d_vandermonde_fwd_kernel)
+_s4d_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["N2", "L", "l_per_program"])(_s4d_vandermonde_fwd_kernel)
 _s4d_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["N2", "L", "l_per_program"])(_s4d_vandermonde_bwd_kernel)
 
 
@@ -274,22 +521,15 @@ def _check_triton_inputs(
     return H, N2
 
 
-def _float64(*params: Tensor) -> list[Tensor]:
-    """The parameters in float64 for the O(H N2) maps around the kernels: (exp(dtA) - 1) / A and the chain rule
-    through it cancel digits when |dtA| is small (dt ~ 1e-3), so they run in complex128 and their results are
-    rounded to float32 once."""
-    return [t.double() for t in params]
-
-
-def _planes(coeff: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The four contiguous float32 [H, N2] planes the kernels read: Re C', Im C', Re z, Im z."""
-    stacked = torch.stack((coeff.real, coeff.imag, z.real, z.imag)).to(torch.float32).contiguous()
-    return stacked[0], stacked[1], stacked[2], stacked[3]
+def _param_strides(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor) -> tuple[int, ...]:
+    """The strides the kernels read the parameters with: log_dt; C (channel, mode, re/im); log_A_real, A_imag
+    (channel, mode)."""
+    return (log_dt.stride(0), *C.stride(), *log_A_real.stride(), *A_imag.stride())
 
 
 def _l_per_program(L: int, parallel_programs: int) -> int:
-    """Positions each backward program reduces: enough programs to fill a GPU (about 1000), each reducing at
-    least 1024 positions."""
+    """Positions each program of the Vandermonde kernels covers: enough programs to fill a GPU (about 1000),
+    each covering at least 1024 positions (which also spreads the float64 coefficients each program forms)."""
     if INTERPRETER:
         return 16  # several chunks even for tiny test lengths
     chunks = max(1, min(triton.cdiv(1024, parallel_programs), triton.cdiv(L, 1024)))
@@ -299,58 +539,41 @@ def _l_per_program(L: int, parallel_programs: int) -> int:
 def s4d_kernel_forward(
     log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh"
 ) -> Tensor:
-    """Triton forward of :func:`s4d_kernel`: K [H, L] float32. The O(H N2) coefficients (C', z) are formed in
-    PyTorch (complex128, rounded to float32), the O(H N2 L) Vandermonde product in one launch with O(H (N2 + L))
-    memory."""
+    """Triton forward of :func:`s4d_kernel`: K [H, L] float32, one launch. Each program (a channel and a chunk of
+    positions) forms the coefficients (C', z) of the channel's modes from the parameters in float64 (rounded to
+    float32 once) and the Vandermonde products of its positions; O(H (N2 + L)) memory."""
     H, N2 = _check_triton_inputs(log_dt, C, log_A_real, A_imag, L, method)
     K = torch.empty((H, L), dtype=torch.float32, device=log_dt.device)
     if H == 0 or N2 == 0:
         return K.zero_()
-    planes = _planes(*_coefficients(*_float64(log_dt, C, log_A_real, A_imag), method))
 
-    def grid(meta):
-        return (H, triton.cdiv(L, meta["BLOCK_L"]))
-
+    per_program = _l_per_program(L, H)
+    chunks = triton.cdiv(L, per_program)
+    scratch = torch.empty((H, chunks, 4, N2), dtype=torch.float32, device=log_dt.device)
     with device_guard(log_dt.device):
-        _s4d_fwd[grid](*planes, K, N2, L)
+        _s4d_fwd[(H, chunks)](
+            log_dt,
+            C,
+            log_A_real,
+            A_imag,
+            K,
+            scratch,
+            N2,
+            L,
+            per_program,
+            *_param_strides(log_dt, C, log_A_real, A_imag),
+            ZOH=method == "zoh",
+        )
     return K
-
-
-def _parameter_grads(
-    G_coeff: Tensor, G_z: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, method: str
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Chain rule from the coefficient gradients (G = dL/dRe + i dL/dIm) to the parameters (complex128).
-
-    For a holomorphic w = f(u): G_u = G_w conj(f'(u)); for a real x with w = f(x): dL/dx = Re(G_w conj(f'(x))).
-    Conjugates are physical: lazy ``conj()`` views gave wrong values when AOTAutograd runs the op (opcheck)."""
-    dt = torch.exp(log_dt)[:, None]
-    a = torch.exp(log_A_real)
-    A = torch.complex(-a, A_imag)
-    w = A * dt
-    Cc = torch.complex(C[..., 0], C[..., 1])
-    if method == "zoh":  # C' = C (exp(w) - 1) / A, z = w = A dt
-        E = torch.exp(w)
-        B = (E - 1) / A
-        G_C = G_coeff * B.conj_physical()
-        G_B = G_coeff * Cc.conj_physical()
-        G_A = G_B * ((dt * E - B) / A).conj_physical() + G_z * dt
-        g_dt = (G_B * E.conj_physical()).real + (G_z * A.conj_physical()).real
-    else:  # C' = C dt / (1 - w / 2), z = log(1 + w / 2) - log(1 - w / 2)
-        den, num = 1 - w / 2, 1 + w / 2
-        G_C = G_coeff * (dt / den).conj_physical()
-        G_w = G_coeff * (Cc * dt / (2 * den * den)).conj_physical() + G_z * (1 / (num * den)).conj_physical()
-        G_A = G_w * dt
-        g_dt = (G_coeff * (Cc / den).conj_physical()).real + (G_w * A.conj_physical()).real
-    d_log_dt = (g_dt * dt).sum(1)
-    return d_log_dt, torch.stack((G_C.real, G_C.imag), dim=-1), -a * G_A.real, G_A.imag.contiguous()
 
 
 def s4d_kernel_backward(
     grad_K: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str = "zoh"
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Triton backward of :func:`s4d_kernel`: (d log_dt, d C, d log_A_real, d A_imag), float32, given
-    grad_K [H, L] (any strides). One launch reduces over l (per channel, block of modes and chunk of l), a
-    second pass adds the chunks; the O(H N2) chain rule to the parameters runs in PyTorch."""
+    grad_K [H, L] (any strides). Two launches: the first reduces over l per (channel, block of modes, chunk of
+    l) into float32 partial sums; the second, one program per channel, adds the chunks and applies the chain rule
+    to the parameters in float64 (deterministic: no atomics)."""
     H, N2 = _check_triton_inputs(log_dt, C, log_A_real, A_imag, L, method)
     if not isinstance(grad_K, Tensor) or grad_K.shape != (H, L):
         shape = list(grad_K.shape) if isinstance(grad_K, Tensor) else type(grad_K).__name__
@@ -359,21 +582,56 @@ def s4d_kernel_backward(
         raise ValueError(f"grad_K must be on the device of log_dt ({log_dt.device}), got {grad_K.device}")
     if H == 0 or N2 == 0:
         return (torch.zeros_like(log_dt), torch.zeros_like(C), torch.zeros_like(log_A_real), torch.zeros_like(A_imag))
-    params = _float64(log_dt, C, log_A_real, A_imag)
-    planes = _planes(*_coefficients(*params, method))
     per_program = _l_per_program(L, H * triton.cdiv(N2, 32))
     chunks = triton.cdiv(L, per_program)
-    partial = torch.empty((chunks, 4, H, N2), dtype=torch.float32, device=log_dt.device)
+    device = log_dt.device
+    partial = torch.empty((chunks, 4, H, N2), dtype=torch.float32, device=device)
+    d_log_dt = torch.empty((H,), dtype=torch.float32, device=device)
+    d_C = torch.empty((H, N2, 2), dtype=torch.float32, device=device)
+    d_log_A_real = torch.empty((H, N2), dtype=torch.float32, device=device)
+    d_A_imag = torch.empty((H, N2), dtype=torch.float32, device=device)
+    strides = _param_strides(log_dt, C, log_A_real, A_imag)
+    zoh = method == "zoh"
 
     def grid(meta):
         return (H, triton.cdiv(N2, meta["BLOCK_N"]), chunks)
 
-    with device_guard(log_dt.device):
-        _s4d_bwd[grid](*planes, grad_K, partial, H, N2, L, per_program, grad_K.stride(0), grad_K.stride(1))
-    sums = partial.sum(0).double()
-    G_coeff = torch.complex(sums[0], sums[1])
-    G_z = torch.complex(sums[2], sums[3])
-    return tuple(g.float().contiguous() for g in _parameter_grads(G_coeff, G_z, *params, method))
+    with device_guard(device):
+        _s4d_bwd[grid](
+            log_dt,
+            C,
+            log_A_real,
+            A_imag,
+            grad_K,
+            partial,
+            H,
+            N2,
+            L,
+            per_program,
+            grad_K.stride(0),
+            grad_K.stride(1),
+            *strides,
+            ZOH=zoh,
+        )
+        _s4d_chain_rule_kernel[(H,)](
+            partial,
+            log_dt,
+            C,
+            log_A_real,
+            A_imag,
+            d_log_dt,
+            d_C,
+            d_log_A_real,
+            d_A_imag,
+            H,
+            N2,
+            chunks,
+            *strides,
+            ZOH=zoh,
+            BLOCK_N=CHAIN_BLOCK_N,
+            num_warps=CHAIN_WARPS,
+        )
+    return d_log_dt, d_C, d_log_A_real, d_A_imag
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -478,36 +736,53 @@ def s4d_kernel(
 
 def aot_specs() -> list:
     """Compile specs (zoo/kernels/_aot.py): every autotune configuration of the forward and backward Vandermonde
-    kernels (float32 only: the kernels compute in fp32) with the launch-time specialisations of S4D's sizes (N2,
-    L and the chunk length multiples of 16, grad_K contiguous), and the first configuration of each without
-    them (odd sizes, a strided grad_K)."""
+    kernels (float32 parameters and kernels; the coefficients in float64) for ZOH with the launch-time
+    specialisations of S4D's sizes (N2, L and the chunk length multiples of 16, contiguous parameters and grad_K),
+    the first configuration for bilinear, and the first of each without them (odd sizes, strided parameters and
+    grad_K); the chain-rule kernel for both methods, aligned and odd."""
     from zoo.kernels._aot import KernelSpec
 
+    aligned = {
+        "N2": "i32:16",
+        "L": "i32:16",
+        "H": "i32",
+        "chunks": "i32",
+        "l_per_program": "i32:16",
+        "stride_dh": "i32:16",
+        "stride_dl": "i32:1",
+        "s_dt": "i32:1",
+        "sc_h": "i32:16",
+        "sc_n": "i32",
+        "sc_c": "i32:1",
+        "sar_h": "i32:16",
+        "sar_n": "i32:1",
+        "sai_h": "i32:16",
+        "sai_n": "i32:1",
+    }
+    generic = dict.fromkeys(aligned, "i32")
+    chain = triton.Config(dict(BLOCK_N=CHAIN_BLOCK_N_GPU), num_warps=1)
     specs = []
-    for kernel, configs in ((_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS), (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS)):
-        aligned = {
-            "N2": "i32:16",
-            "L": "i32:16",
-            "H": "i32",
-            "l_per_program": "i32:16",
-            "stride_dh": "i32:16",
-            "stride_dl": "i32:1",
-        }
-        generic = dict.fromkeys(aligned, "i32")
-        variants = [("", aligned, config) for config in configs] + [(",odd", generic, configs[0])]
-        for label, ints, config in variants:
+    for kernel, configs in (
+        (_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS),
+        (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS),
+        (_s4d_chain_rule_kernel, [chain]),
+    ):
+        variants = [("", aligned, config, True) for config in configs]
+        variants += [(",bilinear", aligned, configs[0], False), (",odd", generic, configs[0], True)]
+        for label, ints, config, zoh in variants:
+            constexprs = dict(config.kwargs, ZOH=zoh)
             signature = {
                 name: "*fp32:16" if name.endswith("_ptr") else ints[name]
                 for name in kernel.arg_names
-                if name not in config.kwargs
+                if name not in constexprs
             }
+            tiles = ",".join(f"{name[6:]}{value}" for name, value in config.kwargs.items())
             specs.append(
                 KernelSpec(
-                    name=f"{kernel.__name__}[fp32,N{config.kwargs['BLOCK_N']},L{config.kwargs['BLOCK_L']},"
-                    f"w{config.num_warps}{label}]",
+                    name=f"{kernel.__name__}[fp32,{tiles},w{config.num_warps}{label}]",
                     fn=kernel,
                     signature=signature,
-                    constexprs=dict(config.kwargs),
+                    constexprs=constexprs,
                     num_warps=config.num_warps,
                 )
             )
@@ -519,58 +794,95 @@ SSM_BENCHMARKS = ((1024, 64, 16384), (768, 64, 4096))  # scripts/benchmark.py: s
 
 def benchmark_specs() -> list:
     """Loop-report specs (zoo/kernels/_aot.py --loops): every autotune configuration of both Vandermonde kernels
-    at the benchmarked sizes, with the arguments the launchers pass (contiguous planes and grad_K) and the
-    useful work of a program: the H x N2 x L terms C'[h, n] exp(z[h, n] l) (mode-position pairs) over the grid.
-    The forward loops over the modes in blocks of BLOCK_N, the backward over its chunk of positions in blocks of
-    BLOCK_L. The first configuration of each kernel at the first size is compiled in the tests too (``ci``)."""
+    at the benchmarked sizes (ZOH), with the arguments the launchers pass (contiguous parameters and grad_K) and
+    the useful work of a program: the H x N2 x L terms C'[h, n] exp(z[h, n] l) (mode-position pairs) over the
+    grid. The forward loops over the modes in blocks of BLOCK_N and inside over its chunk of positions in steps
+    of BLOCK_L, the backward over its chunk of positions in steps of BLOCK_L; the chain-rule kernel (one program
+    per channel) over the modes in blocks of CHAIN_BLOCK_N_GPU and, inside, over the chunks (its unit: a mode).
+    The first configuration of each kernel at
+    the first size is compiled in the tests too (``ci``)."""
     from zoo.kernels._aot import Work, launch_spec
 
     specs = []
-    planes = dict.fromkeys(("cr_ptr", "ci_ptr", "zr_ptr", "zi_ptr", "k_ptr", "dk_ptr", "partial_ptr"), "*fp32")
+    pointers = ("log_dt_ptr", "c_ptr", "lar_ptr", "aim_ptr", "k_ptr", "scratch_ptr", "dk_ptr", "partial_ptr")
+    pointers += ("d_log_dt_ptr", "dc_ptr", "d_lar_ptr", "d_aim_ptr")
+    chain = triton.Config(dict(BLOCK_N=CHAIN_BLOCK_N_GPU), num_warps=1)
     for H, N, L in SSM_BENCHMARKS:
         N2 = N // 2
         case = f"H{H}xN{N}xL{L}"
         terms = H * N2 * L
         per_program = _l_per_program(L, H * triton.cdiv(N2, 32))
         chunks = triton.cdiv(L, per_program)
+        fwd_per_program = _l_per_program(L, H)
+        fwd_chunks = triton.cdiv(L, fwd_per_program)
         for kernel, configs in (
             (_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS),
             (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS),
+            (_s4d_chain_rule_kernel, [chain]),
         ):
             for index, config in enumerate(configs):
-                block_n, block_l = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_L"]
+                block_n = config.kwargs["BLOCK_N"]
+                block_l = config.kwargs.get("BLOCK_L")
+                unit, units = "term", terms
+                l_per_program = per_program
                 if kernel is _s4d_vandermonde_fwd_kernel:
-                    programs = H * triton.cdiv(L, block_l)
-                    trips = triton.cdiv(N2, block_n)
-                    what = f"programs = H cdiv(L, {block_l}) = {programs}; loop over cdiv({N2}, {block_n}) mode blocks"
-                else:
+                    l_per_program = fwd_per_program
+                    programs = H * fwd_chunks
+                    lengths = [min(fwd_per_program, L - start) for start in range(0, L, fwd_per_program)]
+                    trips = (triton.cdiv(N2, block_n), sum(triton.cdiv(n, block_l) for n in lengths) / fwd_chunks)
+                    what = (
+                        f"programs = H x {fwd_chunks} chunks of {fwd_per_program} = {programs}; loop over "
+                        f"cdiv({N2}, {block_n}) mode blocks, inside over the chunk in steps of {block_l}"
+                    )
+                elif kernel is _s4d_vandermonde_bwd_kernel:
                     programs = H * triton.cdiv(N2, block_n) * chunks
                     lengths = [min(per_program, L - start) for start in range(0, L, per_program)]
-                    trips = sum(triton.cdiv(length, block_l) for length in lengths) / chunks
+                    trips = (sum(triton.cdiv(length, block_l) for length in lengths) / chunks,)
                     what = (
                         f"programs = H cdiv(N2, {block_n}) x {chunks} chunks of {per_program} = {programs}; loop over "
                         f"a chunk in steps of {block_l}"
                     )
+                else:
+                    unit, units, programs = "mode", H * N2, H
+                    trips = (triton.cdiv(N2, block_n), chunks)
+                    what = (
+                        f"programs = H = {H}; loop over cdiv({N2}, {block_n}) mode blocks, inside over {chunks} chunks"
+                    )
                 args = dict(
-                    **planes,
+                    **dict.fromkeys(pointers, "*fp32"),
                     H=H,
                     N2=N2,
                     L=L,
-                    l_per_program=per_program,
+                    chunks=chunks,
+                    l_per_program=l_per_program,
                     stride_dh=L,
                     stride_dl=1,
+                    s_dt=1,
+                    sc_h=2 * N2,
+                    sc_n=2,
+                    sc_c=1,
+                    sar_h=N2,
+                    sar_n=1,
+                    sai_h=N2,
+                    sai_n=1,
+                    ZOH=True,
                     **config.kwargs,
                 )
                 names = {p.name for p in kernel.params}
+                tiles = ",".join(f"{name[6:]}{value}" for name, value in config.kwargs.items())
                 specs.append(
                     launch_spec(
-                        f"{kernel.__name__}[fp32,N{block_n},L{block_l},w{config.num_warps}]@{case}",
+                        f"{kernel.__name__}[fp32,{tiles},w{config.num_warps}]@{case}",
                         kernel,
                         {name: value for name, value in args.items() if name in names},
                         num_warps=config.num_warps,
                         num_stages=config.num_stages,
                         work=Work(
-                            case, "term", terms / programs, (trips,), f"terms = H N2 L = {terms}; {what}: {trips:g}"
+                            case,
+                            unit,
+                            units / programs,
+                            trips,
+                            f"{unit}s = {'H N2 L' if unit == 'term' else 'H N2'} = {units}; {what}",
                         ),
                         ci=index == 0 and H == 1024,
                     )

@@ -1,0 +1,218 @@
+"""Launches per call of every Triton op (issue 21): the forward one launch, the backward at most two (the FFT
+convolution: at most three each way besides its torch.fft calls).
+
+A launch is a Triton kernel call or an ATen op that does real work: views, allocations without a fill and
+metadata ops are free. The counter is a ``TorchDispatchMode`` (it sees the ATen ops below autograd) plus a
+wrapper around the Triton kernels' ``run`` (the interpreter's ``InterpretedFunction`` on CPU, ``JITFunction`` on
+a GPU); ATen ops issued while a Triton call runs (the interpreter's copies) belong to that launch. Gradients are
+taken with ``torch.autograd.grad`` (no AccumulateGrad ``add_``), after one warm-up call (cached tables).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import pytest
+import torch
+import triton
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import zoo.kernels.fftconv as fftconv_module
+from tests.helpers import DEVICE
+from zoo.kernels._backend import INTERPRETER
+from zoo.kernels.dwconv import dwconv2d, inception_dwconv2d
+from zoo.kernels.fftconv import fftconv
+from zoo.kernels.rational import group_rational
+from zoo.kernels.ssm import s4d_kernel
+
+# Allocations without a fill and metadata: free. Views are recognised from the schema (``is_view``).
+FREE_OPS = {
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "detach",
+    "lift_fresh",
+    "alias",
+    "is_same_size",
+    "set_",
+}
+
+
+def _is_free(func) -> bool:
+    if func.overloadpacket.__name__ in FREE_OPS or func.is_view:
+        return True
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+
+
+@dataclasses.dataclass
+class Counts:
+    """What one call launched: Triton kernels (by name), FFT ops and the other ATen ops that do work."""
+
+    triton: list[str] = dataclasses.field(default_factory=list)
+    fft: list[str] = dataclasses.field(default_factory=list)
+    aten: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def launches(self) -> int:
+        """Triton kernels plus working ATen ops, the FFTs excluded."""
+        return len(self.triton) + len(self.aten)
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self, counts: Counts):
+        super().__init__()
+        self.counts = counts
+        self.inside_triton = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.inside_triton and not _is_free(func):
+            name = func.overloadpacket.__name__
+            (self.counts.fft if "fft" in name else self.counts.aten).append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def count(monkeypatch):
+    """``with count() as counts:`` records the launches of the body into ``counts``."""
+    if INTERPRETER:
+        from triton.runtime.interpreter import InterpretedFunction as kernel_class
+    else:
+        kernel_class = triton.runtime.jit.JITFunction
+    original = kernel_class.run
+    active: list[_Counter] = []
+
+    def run(self, *args, **kwargs):
+        if not active or kwargs.get("warmup"):
+            return original(self, *args, **kwargs)
+        active[-1].counts.triton.append(self.__name__)
+        active[-1].inside_triton += 1
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            active[-1].inside_triton -= 1
+
+    monkeypatch.setattr(kernel_class, "run", run)
+
+    @contextlib.contextmanager
+    def counting():
+        counter = _Counter(Counts())
+        active.append(counter)
+        try:
+            with counter:
+                yield counter.counts
+        finally:
+            active.pop()
+
+    return counting
+
+
+def _leaves(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.to(DEVICE).requires_grad_(True) for t in tensors]
+
+
+def _measure(count, call, leaves) -> tuple[Counts, Counts]:
+    """(forward, backward) counts of ``call(leaves)`` after one warm-up call and backward."""
+    y = call(leaves)
+    dy = torch.randn_like(y)
+    torch.autograd.grad(y, leaves, dy)
+    with count() as forward:
+        y = call(leaves)
+    with count() as backward:
+        grads = torch.autograd.grad(y, leaves, dy)
+    assert all(g is not None and g.shape == t.shape for g, t in zip(grads, leaves, strict=True))
+    return forward, backward
+
+
+def _describe(counts: Counts) -> str:
+    return f"triton {counts.triton}, aten {counts.aten}, fft {counts.fft}"
+
+
+def _s4d_params() -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    log_dt = torch.rand(3, generator=gen) * 4.6 - 6.9
+    log_A_real = torch.rand(3, 6, generator=gen) - 1.0
+    A_imag = 3.14159 * torch.arange(6.0).expand(3, 6) + torch.randn(3, 6, generator=gen)
+    return _leaves(log_dt, torch.randn(3, 6, 2, generator=gen), log_A_real, A_imag.contiguous())
+
+
+# name -> (leaves, call); every op here: forward 1 launch, backward at most 2.
+SMALL_OPS = {
+    "group_rational": (
+        lambda: _leaves(torch.randn(2, 16), 0.5 * torch.randn(1, 6), 0.5 * torch.randn(2, 4)),
+        lambda t: group_rational(*t, backend="triton"),
+    ),
+    "dwconv2d_channels_last": (
+        lambda: _leaves(
+            torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last), torch.randn(8, 1, 3, 3), torch.randn(8)
+        ),
+        lambda t: dwconv2d(*t, backend="triton"),
+    ),
+    "dwconv2d_nchw": (
+        lambda: _leaves(torch.randn(2, 8, 9, 9), torch.randn(8, 1, 3, 3), torch.randn(8)),
+        lambda t: dwconv2d(*t, backend="triton"),
+    ),
+    "inception_dwconv2d": (
+        lambda: _leaves(
+            torch.randn(1, 8, 6, 6),
+            torch.randn(2, 1, 3, 3),
+            torch.randn(2),
+            torch.randn(2, 1, 1, 5),
+            torch.randn(2),
+            torch.randn(2, 1, 5, 1),
+            torch.randn(2),
+        ),
+        lambda t: inception_dwconv2d(*t, backend="triton"),
+    ),
+    "s4d_kernel_zoh": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="zoh", backend="triton")),
+    "s4d_kernel_bilinear": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="bilinear", backend="triton")),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL_OPS))
+def test_one_forward_launch_and_at_most_two_backward(name, count):
+    make, call = SMALL_OPS[name]
+    forward, backward = _measure(count, call, make())
+    assert forward.launches == 1 and not forward.fft, _describe(forward)
+    assert backward.launches <= 2 and not backward.fft, _describe(backward)
+    assert backward.triton, _describe(backward)  # the work runs in Triton, not in ATen ops
+
+
+# (bidirectional, D / gates / GELU on)
+FFTCONV_CASES = [(False, True), (True, True), (False, False), (True, False)]
+
+
+@pytest.mark.parametrize("path", ["fft", "direct"])
+@pytest.mark.parametrize(
+    "bidirectional, extras", FFTCONV_CASES, ids=lambda v: {True: "on", False: "off"}.get(v, str(v))
+)
+def test_fftconv_launches(path, bidirectional, extras, count, monkeypatch):
+    """FFT path: at most 3 launches each way besides one rFFT and one inverse FFT each way; direct path: one
+    kernel forward, two backward, no FFT."""
+    monkeypatch.setattr(fftconv_module, "DIRECT_MAX_TAPS", 0 if path == "fft" else 1 << 30)
+    B, H, L, k_len = 2, 3, 20, 9
+    gen = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(B, H, L, generator=gen), torch.randn((2, H, k_len) if bidirectional else (H, k_len))]
+    if extras:
+        tensors += [torch.randn(H, generator=gen), torch.randn(B, H, L, generator=gen), torch.randn(B, H, L)]
+    leaves = _leaves(*tensors)
+
+    def call(t):
+        if not extras:
+            return fftconv(t[0], t[1], bidirectional=bidirectional, backend="triton")
+        return fftconv(
+            t[0], t[1], t[2], bidirectional=bidirectional, activation="gelu", gate_in=t[3], gate_out=t[4],
+            backend="triton",
+        )  # fmt: skip
+
+    forward, backward = _measure(count, call, leaves)
+    report = f"forward: {_describe(forward)}; backward: {_describe(backward)}"
+    if path == "fft":
+        assert forward.launches <= 3 and backward.launches <= 3, report
+        assert len(forward.fft) == 2 and len(backward.fft) == 2, report  # one rFFT and one inverse each way
+        assert len(forward.triton) == 2 and len(backward.triton) == 3, report
+    else:
+        assert forward.launches == 1 and backward.launches <= 2, report
+        assert not forward.fft and not backward.fft, report
