@@ -16,11 +16,16 @@ with an optional relative position bias ``rpb`` [heads, 2 k0 - 1 (, 2 k1 - 1 (, 
 The Triton kernels are fused (FlashAttention-style online softmax over each query's neighbourhood; the attention
 matrix is never materialised, except that the backward with a bias stores the float32 logit gradients of a
 chunk of the batch, [chunk, heads, N, prod(kernel_size)] (at most 256 MiB, or one batch item), to sum them per
-relative offset). A program owns a tile of queries of one dilation group (a box of group coordinates) and walks
-only the key tiles of the union of its queries' windows (key tiles no query of the tile can see are skipped),
-masking each (query, key) pair by the window test. The backward recomputes the probabilities from the saved
-log-sum-exp: one kernel per key tile walks the queries that can see it (dk, dv), one per query tile walks its keys
-(dq, and the logit gradients that make drpb, summed per relative offset afterwards).
+relative offset). A program owns a box of one dilation group (group coordinates) and walks only the boxes that
+its windows reach (key boxes covering the union of a query box's windows; the query boxes whose windows reach a
+key box). Kernel sizes, causal flags, head_dim and the boxes are compile-time constants; the per-pair work is kept
+to a minimum: the window mask is separable (per axis, one unsigned range check of key minus window start, from a
+per-query and a per-key vector), the bias index is one subtraction (per-key minus per-query index into a padded,
+pre-scaled copy of rpb that every walked offset lands in, so the gather needs no mask), loads are clamped into
+the map instead of masked, and with head_dim <= 32 a forward program serves two heads with one mask and index.
+The backward recomputes the probabilities from the saved log-sum-exp: one kernel per key box walks the queries
+that can see it (dk, dv), one per query box walks its keys (dq, and the logit gradients that make drpb, summed per
+relative offset afterwards).
 
 Layout of this file (the kernel contract, docs/design.md §2): input checks, the reference, the Triton kernels, the
 launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``. ``backend="auto"`` on CPU tensors
@@ -29,6 +34,7 @@ runs the blocked dense path of zoo/kernels/neighborhood_cpu.py.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -267,13 +273,6 @@ def _split_tile(pid, d0, d1, d2, tiles0, tiles1, tiles2):
 
 
 @triton.jit
-def _box(first0, first1, first2, TILE0: tl.constexpr, TILE1: tl.constexpr, TILE2: tl.constexpr):
-    """Group coordinates of the TILE0 x TILE1 x TILE2 box starting at (first0, first1, first2), row-major."""
-    r = tl.arange(0, TILE0 * TILE1 * TILE2)
-    return first0 + r // (TILE1 * TILE2), first1 + (r // TILE2) % TILE1, first2 + r % TILE2
-
-
-@triton.jit
 def _offsets(c0, c1, c2, g0, g1, g2, d0, d1, d2, s0, s1, s2):
     """Memory offsets (int64) of group coordinates c_a of groups g_a for spatial strides s_a."""
     return (c0 * d0 + g0).to(tl.int64) * s0 + (c1 * d1 + g1).to(tl.int64) * s1 + (c2 * d2 + g2).to(tl.int64) * s2
@@ -286,12 +285,6 @@ def _flat_index(c0, c1, c2, g0, g1, g2, d0, d1, d2, n1, n2):
 
 
 @triton.jit
-def _pair_mask(qc, ws, kc, k):
-    """[queries, keys]: key coordinate kc inside the window [ws, ws + k) of each query (one axis)."""
-    return (kc[None, :] >= ws[:, None]) & (kc[None, :] < ws[:, None] + k)
-
-
-@triton.jit
 def _dot(a, b, EXACT_DOT: tl.constexpr):
     """a @ b accumulated in float32: on the operands' tensor cores, or (EXACT_DOT: float32 inputs, and every dtype
     under the interpreter, whose bf16 dot is wrong) in full float32 precision, not TF32."""
@@ -301,102 +294,170 @@ def _dot(a, b, EXACT_DOT: tl.constexpr):
 
 
 @triton.jit
-def _logits2(
-    q,
-    kt,
-    qc0,
-    qc1,
-    qc2,
-    kc0,
-    kc1,
-    kc2,
-    ws0,
-    ws1,
-    ws2,
-    q_ok,
-    k_ok,
-    k0,
-    k1,
-    k2,
-    rpb_head,
-    sr0,
-    sr1,
-    sr2,
-    scale2,
-    HAS_RPB: tl.constexpr,
-    EXACT_DOT: tl.constexpr,
-):
-    """Base-2 logits [queries, keys] of a query tile against a key tile (kt: [head_dim, keys]), -inf outside the
-    neighbourhoods; and the mask."""
-    s = _dot(q, kt, EXACT_DOT)
-    mask = _pair_mask(qc0, ws0, kc0, k0) & _pair_mask(qc1, ws1, kc1, k1) & _pair_mask(qc2, ws2, kc2, k2)
-    mask = mask & q_ok[:, None] & k_ok[None, :]
-    s = s * scale2
-    if HAS_RPB:
-        rel = (
-            (kc0[None, :] - qc0[:, None] + k0 - 1) * sr0
-            + (kc1[None, :] - qc1[:, None] + k1 - 1) * sr1
-            + (kc2[None, :] - qc2[:, None] + k2 - 1) * sr2
-        )
-        s += tl.load(rpb_head + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
-    return tl.where(mask, s, float("-inf")), mask
+def _axis_coords(first, STEP: tl.constexpr, T: tl.constexpr, N: tl.constexpr):
+    """Group coordinates along one axis of the N-element row-major box whose axis has T entries, STEP elements
+    apart (a [N] vector), from ``first``."""
+    return first + (tl.arange(0, N) // STEP) % T
 
 
 @triton.jit
-def _query_tile(
-    pid,
-    n0,
-    n1,
-    n2,
-    k0,
-    k1,
-    k2,
-    d0,
-    d1,
-    d2,
-    tiles0,
-    tiles1,
-    tiles2,
-    CAUSAL0: tl.constexpr,
-    CAUSAL1: tl.constexpr,
-    CAUSAL2: tl.constexpr,
+def _window_ok(kc, ws, K: tl.constexpr):
+    """[queries, keys] on one axis: key coordinate kc inside the window [ws, ws + K) of each query (one unsigned
+    range check: kc - ws in [0, K))."""
+    return (kc[None, :] - ws[:, None]).to(tl.uint32, bitcast=True) < K
+
+
+@triton.jit
+def _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr):
+    """The neighbourhood mask [queries, keys]: separable, one range check per used axis (an axis of kernel 1 is
+    a padding axis of a 1-D or 2-D problem and is skipped)."""
+    ok = _window_ok(kc2, ws2, K2)
+    if K1 > 1:
+        ok = ok & _window_ok(kc1, ws1, K1)
+    if K0 > 1:
+        ok = ok & _window_ok(kc0, ws0, K0)
+    return ok
+
+
+@triton.jit
+def _bias_extent(TQ: tl.constexpr, K: tl.constexpr, TK: tl.constexpr):
+    """Length of one axis of the padded bias table of a kernel with query boxes of TQ and key boxes of TK
+    coordinates: every key-minus-query offset a pair of walked boxes can form lies in [-R, R], R = TQ + TK + K
+    (1 for a padding axis), so the bias gather needs no mask."""
+    if K == 1:
+        extent: tl.constexpr = 1
+    else:
+        extent: tl.constexpr = 2 * (TQ + TK + K) + 1
+    return extent
+
+
+@triton.jit
+def _bias_coord(
+    c0,
+    c1,
+    c2,
     TQ0: tl.constexpr,
     TQ1: tl.constexpr,
     TQ2: tl.constexpr,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
     TK0: tl.constexpr,
     TK1: tl.constexpr,
     TK2: tl.constexpr,
 ):
-    """A program's query box and the key region its windows cover: the dilation groups g_a, the queries' group
-    coordinates qc_a with their validity and window starts ws_a, and the region [lo_a, hi_a) walked in
-    ``n_tiles`` key boxes (nk1, nk2 of them along axes 1 and 2; none for an empty query box)."""
-    g0, t0, g1, t1, g2, t2 = _split_tile(pid, d0, d1, d2, tiles0, tiles1, tiles2)
-    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
-    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
-    qc0, qc1, qc2 = _box(f0, f1, f2, TQ0, TQ1, TQ2)
-    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
-    ws0 = _window_start(qc0, ng0, k0, CAUSAL0)
-    ws1 = _window_start(qc1, ng1, k1, CAUSAL1)
-    ws2 = _window_start(qc2, ng2, k2, CAUSAL2)
-    # from the first query's window start to the last query's window end, per axis
-    lo0 = tl.maximum(_window_start(f0, ng0, k0, CAUSAL0), 0)
-    lo1 = tl.maximum(_window_start(f1, ng1, k1, CAUSAL1), 0)
-    lo2 = tl.maximum(_window_start(f2, ng2, k2, CAUSAL2), 0)
-    hi0 = _window_start(tl.minimum(f0 + TQ0, ng0) - 1, ng0, k0, CAUSAL0) + k0
-    hi1 = _window_start(tl.minimum(f1 + TQ1, ng1) - 1, ng1, k1, CAUSAL1) + k1
-    hi2 = _window_start(tl.minimum(f2 + TQ2, ng2) - 1, ng2, k2, CAUSAL2) + k2
-    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
-    nk0, nk1, nk2 = tl.cdiv(hi0 - lo0, TK0), tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
-    n_tiles = tl.where(empty, 0, nk0 * nk1 * nk2)
-    return g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles
+    """sum_a c_a W_a with W_a the row-major strides of the padded bias table: the table index of a (query, key)
+    pair is this of the key minus this of the query plus ``_bias_origin`` (separable: a per-key and a per-query
+    vector, one subtraction per pair)."""
+    W1: tl.constexpr = _bias_extent(TQ2, K2, TK2)
+    W0: tl.constexpr = _bias_extent(TQ1, K1, TK1) * W1
+    return c0 * W0 + c1 * W1 + c2
 
 
 @triton.jit
-def _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, n1, n2, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr):
-    """The t-th box (row-major; n1, n2 boxes along axes 1 and 2) of the region [lo_a, hi_a): its group
-    coordinates and which of them lie inside the region."""
-    c0, c1, c2 = _box(lo0 + (t // (n1 * n2)) * T0, lo1 + ((t // n2) % n1) * T1, lo2 + (t % n2) * T2, T0, T1, T2)
-    return c0, c1, c2, (c0 < hi0) & (c1 < hi1) & (c2 < hi2)
+def _bias_origin(
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+):
+    """The table index of the offset (0, 0, 0): R_a = (extent_a - 1) / 2 per axis."""
+    return _bias_coord(
+        (_bias_extent(TQ0, K0, TK0) - 1) // 2,
+        (_bias_extent(TQ1, K1, TK1) - 1) // 2,
+        (_bias_extent(TQ2, K2, TK2) - 1) // 2,
+        TQ0,
+        TQ1,
+        TQ2,
+        K0,
+        K1,
+        K2,
+        TK0,
+        TK1,
+        TK2,
+    )
+
+
+@triton.jit
+def _gather_bias(rows, cols, ASM: tl.constexpr):
+    """[queries, keys] float32 entries at ``rows[q] + cols[k]`` (rows: per-query pointers into the bias table,
+    cols: per-key int32 indices). On a GPU one wide multiply-add and one read-only load per pair (inline PTX: the
+    address arithmetic stays one instruction and the load is not pipelined through shared memory); under the
+    interpreter a plain gather."""
+    if ASM:
+        addr = rows.to(tl.int64)[:, None] + (cols.to(tl.int64) * 4)[None, :]
+        x = tl.inline_asm_elementwise(
+            "ld.global.nc.f32 $0, [$1];", "=f,l", [addr], dtype=tl.float32, is_pure=True, pack=1
+        )
+    else:
+        x = tl.load(rows[:, None] + cols[None, :])
+    return x
+
+
+@triton.jit
+def _scatter_logits(rows, cols, x, mask, ASM: tl.constexpr):
+    """Store x [queries, keys] (float32) at ``rows[q] + cols[k]`` where ``mask``. On a GPU inline PTX in the
+    layout the values are in (no trip through shared memory to a store layout): one wide multiply-add, a
+    predicate and a store per pair."""
+    if ASM:
+        addr = rows.to(tl.int64)[:, None] + (cols.to(tl.int64) * 4)[None, :]
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p st.global.f32 [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,f,r",
+            [addr, x, mask.to(tl.int32)],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )
+    else:
+        tl.store(rows[:, None] + cols[None, :], x, mask=mask)
+
+
+@triton.jit
+def _clamped_offsets(c0, c1, c2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s0, s1, s2):
+    """Memory offsets (int64) of group coordinates c_a clamped into their groups: loads need no mask (the clamped
+    rows are masked out of every window by their true coordinates)."""
+    c0 = tl.minimum(c0, ng0 - 1)
+    c1 = tl.minimum(c1, ng1 - 1)
+    c2 = tl.minimum(c2, ng2 - 1)
+    return _offsets(c0, c1, c2, g0, g1, g2, d0, d1, d2, s0, s1, s2)
+
+
+@triton.jit
+def _load_rows(base, off, dd, s_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """[rows, BLOCK_D] (or its transpose) at row offsets ``off``: no mask unless head_dim is not a power of two."""
+    if TRANSPOSED:
+        ptrs = base + off[None, :] + dd[:, None] * s_d
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=(dd < HEAD_DIM)[:, None], other=0.0)
+    else:
+        ptrs = base + off[:, None] + dd[None, :] * s_d
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=(dd < HEAD_DIM)[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _region(f, ng, K: tl.constexpr, CAUSAL: tl.constexpr, TQ: tl.constexpr, BY_QUERY: tl.constexpr):
+    """The walked region [lo, hi) along one axis for the box of TQ coordinates from f: by query, the union of the
+    box's windows (keys); by key, the queries whose windows hold a key of the box."""
+    last = tl.minimum(f + TQ, ng) - 1
+    if BY_QUERY:
+        lo = tl.maximum(_window_start(f, ng, K, CAUSAL), 0)
+        hi = _window_start(last, ng, K, CAUSAL) + K
+    else:
+        lo = _first_query(f, K, CAUSAL)
+        hi = _last_query(last, ng, K, CAUSAL) + 1
+    return lo, hi
 
 
 @triton.jit
@@ -408,14 +469,10 @@ def _na_fwd_kernel(
     out_ptr,
     lse_ptr,
     heads,
-    head_dim,
     scale2,
     n0,
     n1,
     n2,
-    k0,
-    k1,
-    k2,
     d0,
     d1,
     d2,
@@ -445,10 +502,9 @@ def _na_fwd_kernel(
     so_1,
     so_2,
     so_h,
-    sr_h,
-    sr0,
-    sr1,
-    sr2,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
     HAS_RPB: tl.constexpr,
     CAUSAL0: tl.constexpr,
     CAUSAL1: tl.constexpr,
@@ -459,101 +515,97 @@ def _na_fwd_kernel(
     TK0: tl.constexpr,
     TK1: tl.constexpr,
     TK2: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    HPP: tl.constexpr,
     EXACT_DOT: tl.constexpr,
+    ASM: tl.constexpr,
 ):
-    """Forward: out (dtype of q, layout of out's strides) and the base-2 log-sum-exp lse [B, heads, N] (float32)
-    of one query tile, by an online softmax over the key tiles of the union of its windows."""
-    g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
-        tl.program_id(1),
-        n0,
-        n1,
-        n2,
-        k0,
-        k1,
-        k2,
-        d0,
-        d1,
-        d2,
-        tiles0,
-        tiles1,
-        tiles2,
-        CAUSAL0,
-        CAUSAL1,
-        CAUSAL2,
-        TQ0,
-        TQ1,
-        TQ2,
-        TK0,
-        TK1,
-        TK2,
+    """Forward of one query box and HPP heads: out (dtype of q, out's strides) and the base-2 log-sum-exp lse
+    [B, heads, N] (float32), by an online softmax over the key boxes that cover the union of the box's windows.
+    The mask and the bias index are computed once per key box for all HPP heads, from per-query and per-key
+    vectors (separable per axis); the bias is rpb_ptr's padded table (``_bias_table``), pre-scaled by log2 e."""
+    TQN: tl.constexpr = TQ0 * TQ1 * TQ2
+    TKN: tl.constexpr = TK0 * TK1 * TK2
+    RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)
+    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
+    hg = tl.program_id(0)
+    b = (hg // (heads // HPP)).to(tl.int64)
+    h0 = ((hg % (heads // HPP)) * HPP).to(tl.int64)
+    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
+    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
+    qc0 = _axis_coords(f0, TQ1 * TQ2, TQ0, TQN)
+    qc1 = _axis_coords(f1, TQ2, TQ1, TQN)
+    qc2 = _axis_coords(f2, 1, TQ2, TQN)
+    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
+    ws0 = _window_start(qc0, ng0, K0, CAUSAL0)
+    ws1 = _window_start(qc1, ng1, K1, CAUSAL1)
+    ws2 = _window_start(qc2, ng2, K2, CAUSAL2)
+    lo0, hi0 = _region(f0, ng0, K0, CAUSAL0, TQ0, True)
+    lo1, hi1 = _region(f1, ng1, K1, CAUSAL1, TQ1, True)
+    lo2, hi2 = _region(f2, ng2, K2, CAUSAL2, TQ2, True)
+    nk1, nk2 = tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
+    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
+    n_tiles = tl.where(empty, 0, tl.cdiv(hi0 - lo0, TK0) * nk1 * nk2)
+    bias_q = _bias_origin(TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2) - _bias_coord(
+        qc0, qc1, qc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2
     )
-    bh = tl.program_id(0)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
 
     dd = tl.arange(0, BLOCK_D)
-    d_ok = dd < head_dim
-    q_off = b * s_b + h * s_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)
-    q = tl.load(q_ptr + q_off[:, None] + dd[None, :] * s_d, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-    k_base = k_ptr + b * sk_b + h * sk_h
-    v_base = v_ptr + b * sv_b + h * sv_h
-    rpb_head = rpb_ptr + h * sr_h
-    m = tl.full([TQ0 * TQ1 * TQ2], -1.0e30, dtype=tl.float32)
-    row_sum = tl.zeros([TQ0 * TQ1 * TQ2], dtype=tl.float32)
-    acc = tl.zeros([TQ0 * TQ1 * TQ2, BLOCK_D], dtype=tl.float32)
+    q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
+    q_base = q_ptr + b * s_b + h0 * s_h
+    k_base = k_ptr + b * sk_b + h0 * sk_h
+    v_base = v_ptr + b * sv_b + h0 * sv_h
+    rpb_base = rpb_ptr + h0 * RPB_HEAD
+    qs = ()
+    ms = ()
+    sums = ()
+    accs = ()
+    for i in tl.static_range(HPP):
+        qs = qs + (_load_rows(q_base + i * s_h, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False),)
+        ms = ms + (tl.full([TQN], -1.0e30, dtype=tl.float32),)
+        sums = sums + (tl.zeros([TQN], dtype=tl.float32),)
+        accs = accs + (tl.zeros([TQN, BLOCK_D], dtype=tl.float32),)
     for t in range(0, n_tiles):
-        kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
-        kv_mask = k_ok[:, None] & d_ok[None, :]
-        kt = tl.load(
-            k_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)[None, :] + dd[:, None] * sk_d,
-            mask=kv_mask.T,
-            other=0.0,
-        )
-        vv = tl.load(
-            v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[:, None] + dd[None, :] * sv_d,
-            mask=kv_mask,
-            other=0.0,
-        )
-        s, _ = _logits2(
-            q,
-            kt,
-            qc0,
-            qc1,
-            qc2,
-            kc0,
-            kc1,
-            kc2,
-            ws0,
-            ws1,
-            ws2,
-            q_ok,
-            k_ok,
-            k0,
-            k1,
-            k2,
-            rpb_head,
-            sr0,
-            sr1,
-            sr2,
-            scale2,
-            HAS_RPB,
-            EXACT_DOT,
-        )
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        row_sum = row_sum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + _dot(p.to(vv.dtype), vv, EXACT_DOT)
-        m = m_new
-    l_safe = tl.where(q_ok, row_sum, 1.0)
-    out = acc / l_safe[:, None]
-    o_off = b * so_b + h * so_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, so_0, so_1, so_2)
-    tl.store(
-        out_ptr + o_off[:, None] + dd[None, :], out.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :]
-    )
+        kc0 = _axis_coords(lo0 + (t // (nk1 * nk2)) * TK0, TK1 * TK2, TK0, TKN)
+        kc1 = _axis_coords(lo1 + ((t // nk2) % nk1) * TK1, TK2, TK1, TKN)
+        kc2 = _axis_coords(lo2 + (t % nk2) * TK2, 1, TK2, TKN)
+        k_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sk_0, sk_1, sk_2)
+        v_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sv_0, sv_1, sv_2)
+        ok = _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0, K1, K2)
+        if HAS_RPB:
+            bias_k = _bias_coord(kc0, kc1, kc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+        new_ms = ()
+        new_sums = ()
+        new_accs = ()
+        for i in tl.static_range(HPP):
+            kt = _load_rows(k_base + i * sk_h, k_rows, dd, sk_d, HEAD_DIM, BLOCK_D, True)
+            vv = _load_rows(v_base + i * sv_h, v_rows, dd, sv_d, HEAD_DIM, BLOCK_D, False)
+            s = _dot(qs[i], kt, EXACT_DOT)
+            if HAS_RPB:
+                s = s * scale2 + _gather_bias(rpb_base + i * RPB_HEAD + bias_q, bias_k, ASM)
+            else:
+                s = s * scale2
+            s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(ms[i], tl.max(s, axis=1))
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(ms[i] - m_new)
+            new_sums = new_sums + (sums[i] * alpha + tl.sum(p, axis=1),)
+            new_accs = new_accs + (accs[i] * alpha[:, None] + _dot(p.to(vv.dtype), vv, EXACT_DOT),)
+            new_ms = new_ms + (m_new,)
+        ms = new_ms
+        sums = new_sums
+        accs = new_accs
+    o_rows = _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, so_0, so_1, so_2)
     n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
-    tl.store(lse_ptr + bh.to(tl.int64) * (n0 * n1 * n2) + n_flat, m + tl.log2(l_safe), mask=q_ok)
+    store_ok = q_ok[:, None] & (dd < HEAD_DIM)[None, :]
+    for i in tl.static_range(HPP):
+        l_safe = tl.where(q_ok, sums[i], 1.0)
+        out = accs[i] / l_safe[:, None]
+        o_ptrs = out_ptr + b * so_b + (h0 + i) * so_h + o_rows[:, None] + dd[None, :]
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_ok)
+        lse_row = (b * heads + h0 + i) * (n0 * n1 * n2)
+        tl.store(lse_ptr + lse_row + n_flat, ms[i] + tl.log2(l_safe), mask=q_ok)
 
 
 @triton.jit
@@ -568,14 +620,10 @@ def _na_bwd_kv_kernel(
     dk_ptr,
     dv_ptr,
     heads,
-    head_dim,
     scale,
     n0,
     n1,
     n2,
-    k0,
-    k1,
-    k2,
     d0,
     d1,
     d2,
@@ -611,10 +659,9 @@ def _na_bwd_kv_kernel(
     sg_1,
     sg_2,
     sg_h,
-    sr_h,
-    sr0,
-    sr1,
-    sr2,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
     HAS_RPB: tl.constexpr,
     CAUSAL0: tl.constexpr,
     CAUSAL1: tl.constexpr,
@@ -625,99 +672,78 @@ def _na_bwd_kv_kernel(
     TK0: tl.constexpr,
     TK1: tl.constexpr,
     TK2: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     EXACT_DOT: tl.constexpr,
+    ASM: tl.constexpr,
 ):
-    """Backward for one key tile: dv = sum_q p dO and dk = scale sum_q ds q over the query tiles whose windows can
-    hold its keys (dk and dv share the strides sg_*; unit head_dim stride)."""
+    """Backward for one key box: dv = sum_q p dO and dk = scale sum_q ds q over the query boxes whose windows
+    can hold its keys (dk and dv share the strides sg_*; unit head_dim stride). The mask and the bias index are
+    separable per axis, as in the forward; loads are clamped into the map instead of masked."""
+    TQN: tl.constexpr = TQ0 * TQ1 * TQ2
+    TKN: tl.constexpr = TK0 * TK1 * TK2
+    RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)
     g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
     bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
     ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
     f0, f1, f2 = t0 * TK0, t1 * TK1, t2 * TK2
-    kc0, kc1, kc2 = _box(f0, f1, f2, TK0, TK1, TK2)
+    kc0 = _axis_coords(f0, TK1 * TK2, TK0, TKN)
+    kc1 = _axis_coords(f1, TK2, TK1, TKN)
+    kc2 = _axis_coords(f2, 1, TK2, TKN)
     k_ok = (kc0 < ng0) & (kc1 < ng1) & (kc2 < ng2)
-    # the query region: queries whose windows can hold a key of this tile
-    lo0, lo1, lo2 = _first_query(f0, k0, CAUSAL0), _first_query(f1, k1, CAUSAL1), _first_query(f2, k2, CAUSAL2)
-    hi0 = _last_query(tl.minimum(f0 + TK0, ng0) - 1, ng0, k0, CAUSAL0) + 1
-    hi1 = _last_query(tl.minimum(f1 + TK1, ng1) - 1, ng1, k1, CAUSAL1) + 1
-    hi2 = _last_query(tl.minimum(f2 + TK2, ng2) - 1, ng2, k2, CAUSAL2) + 1
+    lo0, hi0 = _region(f0, ng0, K0, CAUSAL0, TK0, False)
+    lo1, hi1 = _region(f1, ng1, K1, CAUSAL1, TK1, False)
+    lo2, hi2 = _region(f2, ng2, K2, CAUSAL2, TK2, False)
+    nq1, nq2 = tl.cdiv(hi1 - lo1, TQ1), tl.cdiv(hi2 - lo2, TQ2)
     empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
-    nq0, nq1, nq2 = tl.cdiv(hi0 - lo0, TQ0), tl.cdiv(hi1 - lo1, TQ1), tl.cdiv(hi2 - lo2, TQ2)
-    n_tiles = tl.where(empty, 0, nq0 * nq1 * nq2)
+    n_tiles = tl.where(empty, 0, tl.cdiv(hi0 - lo0, TQ0) * nq1 * nq2)
 
     dd = tl.arange(0, BLOCK_D)
-    d_ok = dd < head_dim
-    kv_mask = k_ok[:, None] & d_ok[None, :]
-    k_off = b * sk_b + h * sk_h + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)
-    v_off = b * sv_b + h * sv_h + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)
-    kt = tl.load(k_ptr + k_off[None, :] + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)
-    vt = tl.load(v_ptr + v_off[None, :] + dd[:, None] * sv_d, mask=kv_mask.T, other=0.0)
-    rpb_head = rpb_ptr + h * sr_h
+    k_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sk_0, sk_1, sk_2)
+    v_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sv_0, sv_1, sv_2)
+    kt = _load_rows(k_ptr + b * sk_b + h * sk_h, k_rows, dd, sk_d, HEAD_DIM, BLOCK_D, True)
+    vt = _load_rows(v_ptr + b * sv_b + h * sv_h, v_rows, dd, sv_d, HEAD_DIM, BLOCK_D, True)
+    bias_k = _bias_coord(kc0, kc1, kc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+    bias_base = rpb_ptr + h * RPB_HEAD + _bias_origin(TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+    q_base = q_ptr + b * s_b + h * s_h
+    do_base = do_ptr + b * sdo_b + h * sdo_h
     row = bh.to(tl.int64) * (n0 * n1 * n2)
-    dk = tl.zeros([TK0 * TK1 * TK2, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([TK0 * TK1 * TK2, BLOCK_D], dtype=tl.float32)
+    dk = tl.zeros([TKN, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([TKN, BLOCK_D], dtype=tl.float32)
     scale2 = scale * 1.4426950408889634
     for t in range(0, n_tiles):
-        qc0, qc1, qc2, q_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nq1, nq2, TQ0, TQ1, TQ2)
-        q_mask = q_ok[:, None] & d_ok[None, :]
-        ws0, ws1, ws2 = (
-            _window_start(qc0, ng0, k0, CAUSAL0),
-            _window_start(qc1, ng1, k1, CAUSAL1),
-            _window_start(qc2, ng2, k2, CAUSAL2),
+        qc0 = _axis_coords(lo0 + (t // (nq1 * nq2)) * TQ0, TQ1 * TQ2, TQ0, TQN)
+        qc1 = _axis_coords(lo1 + ((t // nq2) % nq1) * TQ1, TQ2, TQ1, TQN)
+        qc2 = _axis_coords(lo2 + (t % nq2) * TQ2, 1, TQ2, TQN)
+        ws0 = _window_start(qc0, ng0, K0, CAUSAL0)
+        ws1 = _window_start(qc1, ng1, K1, CAUSAL1)
+        ws2 = _window_start(qc2, ng2, K2, CAUSAL2)
+        q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
+        q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
+        do_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
+        q = _load_rows(q_base, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False)
+        do = _load_rows(do_base, do_rows, dd, sdo_d, HEAD_DIM, BLOCK_D, False)
+        n_flat = _flat_index(
+            tl.minimum(qc0, ng0 - 1), tl.minimum(qc1, ng1 - 1), tl.minimum(qc2, ng2 - 1), g0, g1, g2, d0, d1, d2, n1, n2
         )
-        q = tl.load(
-            q_ptr
-            + b * s_b
-            + h * s_h
-            + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)[:, None]
-            + dd[None, :] * s_d,
-            mask=q_mask,
-            other=0.0,
-        )
-        do = tl.load(
-            do_ptr
-            + b * sdo_b
-            + h * sdo_h
-            + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sdo_0, sdo_1, sdo_2)[:, None]
-            + dd[None, :] * sdo_d,
-            mask=q_mask,
-            other=0.0,
-        )
-        n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
-        lse = tl.load(lse_ptr + row + n_flat, mask=q_ok, other=0.0)
-        delta = tl.load(delta_ptr + row + n_flat, mask=q_ok, other=0.0)
-        s, mask = _logits2(
-            q,
-            kt,
-            qc0,
-            qc1,
-            qc2,
-            kc0,
-            kc1,
-            kc2,
-            ws0,
-            ws1,
-            ws2,
-            q_ok,
-            k_ok,
-            k0,
-            k1,
-            k2,
-            rpb_head,
-            sr0,
-            sr1,
-            sr2,
-            scale2,
-            HAS_RPB,
-            EXACT_DOT,
-        )
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
+        lse = tl.load(lse_ptr + row + n_flat)
+        delta = tl.load(delta_ptr + row + n_flat)
+        # queries outside the map (clamped rows) and keys outside it: out of every window
+        ok = _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0, K1, K2) & q_ok[:, None]
+        s = _dot(q, kt, EXACT_DOT)
+        if HAS_RPB:
+            bias_q = bias_base - _bias_coord(qc0, qc1, qc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+            s = s * scale2 + _gather_bias(bias_q, bias_k, ASM)
+        else:
+            s = s * scale2
+        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         dv += _dot(tl.trans(p).to(do.dtype), do, EXACT_DOT)
         ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
         dk += _dot(tl.trans(ds).to(q.dtype), q, EXACT_DOT)
     g_off = b * sg_b + h * sg_h + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
+    kv_mask = k_ok[:, None] & (dd < HEAD_DIM)[None, :]
     tl.store(dk_ptr + g_off[:, None] + dd[None, :], (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + g_off[:, None] + dd[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
@@ -734,14 +760,10 @@ def _na_bwd_q_kernel(
     dq_ptr,
     dlogit_ptr,
     heads,
-    head_dim,
     scale,
     n0,
     n1,
     n2,
-    k0,
-    k1,
-    k2,
     d0,
     d1,
     d2,
@@ -777,10 +799,9 @@ def _na_bwd_q_kernel(
     sg_1,
     sg_2,
     sg_h,
-    sr_h,
-    sr0,
-    sr1,
-    sr2,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
     HAS_RPB: tl.constexpr,
     CAUSAL0: tl.constexpr,
     CAUSAL1: tl.constexpr,
@@ -791,136 +812,87 @@ def _na_bwd_q_kernel(
     TK0: tl.constexpr,
     TK1: tl.constexpr,
     TK2: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     EXACT_DOT: tl.constexpr,
+    ASM: tl.constexpr,
 ):
-    """Backward for one query tile: dq = scale sum_k ds k over the key tiles of its windows; with a bias, the
-    logit gradients ds also go to dlogit [B, heads, N, prod(k)] (float32) at each key's window slot, for the rpb
-    gradient (summed per relative offset by the launcher)."""
-    g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
-        tl.program_id(1),
-        n0,
-        n1,
-        n2,
-        k0,
-        k1,
-        k2,
-        d0,
-        d1,
-        d2,
-        tiles0,
-        tiles1,
-        tiles2,
-        CAUSAL0,
-        CAUSAL1,
-        CAUSAL2,
-        TQ0,
-        TQ1,
-        TQ2,
-        TK0,
-        TK1,
-        TK2,
-    )
+    """Backward for one query box: dq = scale sum_k ds k over the key boxes of its windows; with a bias, the
+    logit gradients ds also go to dlogit [B, heads, N, prod(K)] (float32) at each key's window slot (a separable
+    index: per-key minus per-query), for the rpb gradient (summed per relative offset by the launcher)."""
+    TQN: tl.constexpr = TQ0 * TQ1 * TQ2
+    TKN: tl.constexpr = TK0 * TK1 * TK2
+    RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)
+    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
     bh = tl.program_id(0)
     b = (bh // heads).to(tl.int64)
     h = (bh % heads).to(tl.int64)
+    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
+    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
+    qc0 = _axis_coords(f0, TQ1 * TQ2, TQ0, TQN)
+    qc1 = _axis_coords(f1, TQ2, TQ1, TQN)
+    qc2 = _axis_coords(f2, 1, TQ2, TQN)
+    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
+    ws0 = _window_start(qc0, ng0, K0, CAUSAL0)
+    ws1 = _window_start(qc1, ng1, K1, CAUSAL1)
+    ws2 = _window_start(qc2, ng2, K2, CAUSAL2)
+    lo0, hi0 = _region(f0, ng0, K0, CAUSAL0, TQ0, True)
+    lo1, hi1 = _region(f1, ng1, K1, CAUSAL1, TQ1, True)
+    lo2, hi2 = _region(f2, ng2, K2, CAUSAL2, TQ2, True)
+    nk1, nk2 = tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
+    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
+    n_tiles = tl.where(empty, 0, tl.cdiv(hi0 - lo0, TK0) * nk1 * nk2)
 
     dd = tl.arange(0, BLOCK_D)
-    d_ok = dd < head_dim
-    q_mask = q_ok[:, None] & d_ok[None, :]
-    q_off = b * s_b + h * s_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)
-    do_off = b * sdo_b + h * sdo_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
-    q = tl.load(q_ptr + q_off[:, None] + dd[None, :] * s_d, mask=q_mask, other=0.0)
-    do = tl.load(do_ptr + do_off[:, None] + dd[None, :] * sdo_d, mask=q_mask, other=0.0)
-    n_total = n0 * n1 * n2
-    n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
-    row = bh.to(tl.int64) * n_total
-    lse = tl.load(lse_ptr + row + n_flat, mask=q_ok, other=0.0)
-    delta = tl.load(delta_ptr + row + n_flat, mask=q_ok, other=0.0)
+    q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
+    do_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
+    q = _load_rows(q_ptr + b * s_b + h * s_h, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False)
+    do = _load_rows(do_ptr + b * sdo_b + h * sdo_h, do_rows, dd, sdo_d, HEAD_DIM, BLOCK_D, False)
+    n_flat = _flat_index(
+        tl.minimum(qc0, ng0 - 1), tl.minimum(qc1, ng1 - 1), tl.minimum(qc2, ng2 - 1), g0, g1, g2, d0, d1, d2, n1, n2
+    )
+    row = bh.to(tl.int64) * (n0 * n1 * n2)
+    lse = tl.load(lse_ptr + row + n_flat)
+    delta = tl.load(delta_ptr + row + n_flat)
     k_base = k_ptr + b * sk_b + h * sk_h
     v_base = v_ptr + b * sv_b + h * sv_h
-    rpb_head = rpb_ptr + h * sr_h
-    dlogit_rows = dlogit_ptr + (row + n_flat) * (k0 * k1 * k2)
-    dq = tl.zeros([TQ0 * TQ1 * TQ2, BLOCK_D], dtype=tl.float32)
+    bias_q = (
+        rpb_ptr
+        + h * RPB_HEAD
+        + _bias_origin(TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+        - _bias_coord(qc0, qc1, qc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+    )
+    # the window slot of a key: sum_a (kc_a - ws_a) S_a, S the row-major strides of [K0, K1, K2]
+    slot_q = dlogit_ptr + (row + n_flat) * (K0 * K1 * K2) - ((ws0 * K1 + ws1) * K2 + ws2)
+    dq = tl.zeros([TQN, BLOCK_D], dtype=tl.float32)
     scale2 = scale * 1.4426950408889634
     for t in range(0, n_tiles):
-        kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
-        kv_mask = k_ok[:, None] & d_ok[None, :]
-        k_off = _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)
-        kt = tl.load(k_base + k_off[None, :] + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)
-        vt = tl.load(
-            v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[None, :] + dd[:, None] * sv_d,
-            mask=kv_mask.T,
-            other=0.0,
-        )
-        s, mask = _logits2(
-            q,
-            kt,
-            qc0,
-            qc1,
-            qc2,
-            kc0,
-            kc1,
-            kc2,
-            ws0,
-            ws1,
-            ws2,
-            q_ok,
-            k_ok,
-            k0,
-            k1,
-            k2,
-            rpb_head,
-            sr0,
-            sr1,
-            sr2,
-            scale2,
-            HAS_RPB,
-            EXACT_DOT,
-        )
-        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
+        kc0 = _axis_coords(lo0 + (t // (nk1 * nk2)) * TK0, TK1 * TK2, TK0, TKN)
+        kc1 = _axis_coords(lo1 + ((t // nk2) % nk1) * TK1, TK2, TK1, TKN)
+        kc2 = _axis_coords(lo2 + (t % nk2) * TK2, 1, TK2, TKN)
+        k_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sk_0, sk_1, sk_2)
+        v_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sv_0, sv_1, sv_2)
+        kt = _load_rows(k_base, k_rows, dd, sk_d, HEAD_DIM, BLOCK_D, True)
+        vt = _load_rows(v_base, v_rows, dd, sv_d, HEAD_DIM, BLOCK_D, True)
+        ok = _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0, K1, K2)
+        s = _dot(q, kt, EXACT_DOT)
+        if HAS_RPB:
+            bias_k = _bias_coord(kc0, kc1, kc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+            s = s * scale2 + _gather_bias(bias_q, bias_k, ASM)
+        else:
+            s = s * scale2
+        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
         ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
         dq += _dot(ds.to(kt.dtype), tl.trans(kt), EXACT_DOT)
         if HAS_RPB:
-            slot = ((kc0[None, :] - ws0[:, None]) * k1 + (kc1[None, :] - ws1[:, None])) * k2 + (
-                kc2[None, :] - ws2[:, None]
-            )
-            tl.store(dlogit_rows[:, None] + slot, ds, mask=mask)
+            slot_k = (kc0 * K1 + kc1) * K2 + kc2
+            _scatter_logits(slot_q, slot_k, ds, ok & q_ok[:, None], ASM)
     g_off = b * sg_b + h * sg_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
+    q_mask = q_ok[:, None] & (dd < HEAD_DIM)[None, :]
     tl.store(dq_ptr + g_off[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
-# Tiles (query box, key box) per number of spatial axes, as three-axis boxes (leading axes of length 1). GPU: 64
-# queries x 64 keys (tl.dot needs >= 16 per side); under the interpreter small boxes, so odd test sizes span
-# several tiles and borders.
-_TILES_GPU = {
-    "fwd": {1: ((1, 1, 64), (1, 1, 64)), 2: ((1, 8, 8), (1, 8, 8)), 3: ((4, 4, 4), (4, 4, 4))},
-    "bwd": {1: ((1, 1, 64), (1, 1, 32)), 2: ((1, 8, 8), (1, 4, 8)), 3: ((4, 4, 4), (2, 4, 4))},
-    # float32 (full-precision dots on the CUDA cores): 32 x 32, so nothing spills
-    "fp32": {1: ((1, 1, 32), (1, 1, 32)), 2: ((1, 4, 8), (1, 4, 8)), 3: ((2, 4, 4), (2, 2, 4))},
-}
-_TILES_GPU["wide_fwd"] = _TILES_GPU["bwd"]  # head_dim > 64: 64 queries x 32 keys (forward), 32 x 32 (backward)
-_TILES_GPU["wide_bwd"] = _TILES_GPU["fp32"]
-_TILES_INTERPRETER = {
-    "fwd": {1: ((1, 1, 16), (1, 1, 16)), 2: ((1, 4, 4), (1, 4, 4)), 3: ((2, 2, 4), (2, 4, 2))},
-    "bwd": {1: ((1, 1, 16), (1, 1, 8)), 2: ((1, 4, 4), (1, 2, 4)), 3: ((2, 2, 4), (2, 2, 2))},
-    "fp32": {1: ((1, 1, 8), (1, 1, 8)), 2: ((1, 2, 4), (1, 4, 2)), 3: ((2, 2, 2), (2, 2, 2))},
-}
-_TILES_INTERPRETER["wide_fwd"] = _TILES_INTERPRETER["bwd"]
-_TILES_INTERPRETER["wide_bwd"] = _TILES_INTERPRETER["fp32"]
-_TILES = _TILES_INTERPRETER if INTERPRETER else _TILES_GPU
 DLOGIT_BYTES = 1 << 28  # the backward's buffer of logit gradients (with a bias): 256 MiB at most per launch
-
-
-def _num_warps(kind: str, kernel, dims: int) -> int:
-    """Warps per program on a GPU: 8, but 4 for the float32 forward and the 1-/2-D float32 query-tile backward
-    (the choices without spills on sm_80 and sm_90, from the ahead-of-time compile reports); 1 under the
-    interpreter."""
-    if INTERPRETER:
-        return 1
-    if kind == "fp32" and (kernel is _na_fwd_kernel or (kernel is _na_bwd_q_kernel and dims < 3)):
-        return 4
-    return 8
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -953,20 +925,6 @@ def _strides(t: Tensor, with_last: bool = True) -> tuple[int, ...]:
     return (*strides, t.stride(-1)) if with_last else strides
 
 
-def _rpb_strides(rpb: Tensor | None) -> tuple[int, int, int, int]:
-    if rpb is None:
-        return (0, 0, 0, 0)
-    return (rpb.stride(0), *_three(rpb.stride()[1:], 0))
-
-
-def _tile_kind(pass_: str, dtype: torch.dtype, head_dim: int) -> str:
-    """The tiles of a pass: "fwd" or "bwd" (64 queries, bf16/fp16 dots on the tensor cores), smaller boxes for
-    float32 ("fp32") and for head_dim > 64 ("wide_fwd", "wide_bwd")."""
-    if dtype == torch.float32:
-        return "fp32"
-    return f"wide_{pass_}" if head_dim > 64 else pass_
-
-
 def _problem(q: Tensor, ks, ds, cs) -> dict:
     """Sizes and flags shared by the three kernels."""
     dims = q.dim() - 3
@@ -975,8 +933,8 @@ def _problem(q: Tensor, ks, ds, cs) -> dict:
         kernel=_three(ks, 1),
         dilation=_three(ds, 1),
         causal=_three(cs, False),
-        kinds={p: _tile_kind(p, q.dtype, q.shape[-1]) for p in ("fwd", "bwd")},
         dims=dims,
+        head_dim=q.shape[-1],
         block_d=max(16, triton.next_power_of_2(q.shape[-1])),
         fp32=q.dtype == torch.float32,
     )
@@ -998,15 +956,59 @@ def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[in
     return (rows, boxes), tiles
 
 
-def _tiles(problem: dict, pass_: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """(query box, key box) of a pass."""
-    return _TILES[problem["kinds"][pass_]][problem["dims"]]
+def _np2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
 
 
-def _constexprs(problem: dict, has_rpb: bool, pass_: str, kernel) -> dict:
-    (tq, tk) = _tiles(problem, pass_)
-    num_warps = _num_warps(problem["kinds"][pass_], kernel, problem["dims"])
-    return dict(
+def _cover(tq: tuple, ks: tuple, cap: int) -> tuple[int, int, int]:
+    """A key box for a query box: per axis the union of the box's windows (tq + k - 1, a power of two up), cut
+    down from the leading axis by halves until it holds at most ``cap`` keys (the box then steps along it)."""
+    tk = [_np2(t + k - 1) if k > 1 else 1 for t, k in zip(tq, ks, strict=True)]
+    axis = 0
+    while math.prod(tk) > cap:
+        while tk[axis] == 1:
+            axis += 1
+        tk[axis] //= 2
+    return tuple(tk)
+
+
+# A program's own box (three axes; leading axes of length 1): the query box of the forward and of the dq kernel,
+# the key box of the dk/dv kernel; the walked boxes cover the reach of the own box's windows (``_cover``) up to a
+# number of tokens. GPU, bf16/fp16: 64 own tokens (a wgmma warpgroup tile over 4 warps) and walked boxes of 64
+# (32 in the backward for head_dim > 32, with 32-token own boxes for head_dim > 64); two heads per forward
+# program for 2-D/3-D head_dim <= 32; float32 (CUDA-core dots): 32 x 32. The pipeline depths are the choices without spills on sm_80 and sm_90 (the AOT
+# reports). Interpreter: small boxes so that the test sizes span several boxes and their borders.
+_OWN_GPU = {1: (1, 1, 64), 2: (1, 8, 8), 3: (4, 4, 4)}
+_OWN_GPU_SMALL = {1: (1, 1, 32), 2: (1, 4, 8), 3: (2, 4, 4)}
+_OWN_INTERPRETER = {1: (1, 1, 8), 2: (1, 2, 4), 3: (2, 2, 2)}
+
+
+def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
+    """Every constexpr of a launch of ``kernel`` with num_warps and num_stages: the kernel sizes, causal flags,
+    head_dim, the query box TQ* and key box TK* (the own box and the walked boxes that cover its windows' reach),
+    heads per program HPP (forward only: 2 when head_dim <= 32 and the heads pair up, so that the mask and the
+    bias index serve both)."""
+    dims, ks = problem["dims"], problem["kernel"]
+    forward = kernel is _na_fwd_kernel
+    hpp, stages = 1, 3
+    if INTERPRETER:
+        own, cap, warps = _OWN_INTERPRETER[dims], 16, 1
+        hpp = 2 if forward and heads % 2 == 0 else 1
+    elif problem["fp32"]:
+        own, cap, warps, stages = _OWN_GPU_SMALL[dims], 32, 4, (1 if forward else 3)
+    elif forward:
+        own, cap, warps = _OWN_GPU[dims], 64, 4
+        hpp = 2 if dims > 1 and problem["block_d"] <= 32 and heads % 2 == 0 else 1
+        stages = 3 if hpp == 1 and dims > 1 and problem["block_d"] <= 32 else 2
+    else:
+        own = _OWN_GPU_SMALL[dims] if problem["block_d"] > 64 else _OWN_GPU[dims]
+        cap, warps, stages = (64 if problem["block_d"] <= 32 else 32), 4, (3 if dims == 3 else 2)
+    other = _cover(own, ks, cap)
+    tq, tk = (other, own) if kernel is _na_bwd_kv_kernel else (own, other)
+    config = dict(
+        K0=ks[0],
+        K1=ks[1],
+        K2=ks[2],
         HAS_RPB=has_rpb,
         CAUSAL0=problem["causal"][0],
         CAUSAL1=problem["causal"][1],
@@ -1017,10 +1019,52 @@ def _constexprs(problem: dict, has_rpb: bool, pass_: str, kernel) -> dict:
         TK0=tk[0],
         TK1=tk[1],
         TK2=tk[2],
+        HEAD_DIM=problem["head_dim"],
         BLOCK_D=problem["block_d"],
         EXACT_DOT=INTERPRETER or problem["fp32"],
-        num_warps=num_warps,
+        ASM=not INTERPRETER,
+        num_warps=warps,
+        num_stages=stages,
     )
+    if forward:
+        config["HPP"] = hpp
+    return config
+
+
+def _boxes(config: dict, kernel) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(own box, walked box) of a launch configuration."""
+    tq, tk = (tuple(config[f"{p}{a}"] for a in range(3)) for p in ("TQ", "TK"))
+    return (tk, tq) if kernel is _na_bwd_kv_kernel else (tq, tk)
+
+
+def _bias_extent_host(tq: int, k: int, tk: int) -> int:
+    """``_bias_extent`` on the host."""
+    return 1 if k == 1 else 2 * (tq + tk + k) + 1
+
+
+@functools.lru_cache(maxsize=64)
+def _bias_index(spatial: tuple, ks: tuple, ds: tuple, cs: tuple, device: torch.device) -> Tensor:
+    """The flat rpb index of every (query, window slot), [N K] (``neighborhood_table``'s third table), cached per
+    problem: the bias gradient's scatter needs it on every backward call."""
+    return neighborhood_table(spatial, ks, ds, cs, device)[2].flatten()
+
+
+def _bias_table(rpb: Tensor | None, like: Tensor, constexprs: dict) -> Tensor:
+    """The bias as a kernel reads it: float32 [heads, E0, E1, E2], pre-scaled by log2 e, zeros around rpb, with
+    E_a = ``_bias_extent`` of the kernel's boxes and the offset 0 (rpb's index k_a - 1) at (E_a - 1) / 2: every
+    (query, key) offset of the walked box pairs lands inside, so the gather needs no mask. ``like`` stands in
+    without a bias."""
+    if rpb is None:
+        return like
+    heads = rpb.shape[0]
+    table = rpb.float().reshape(heads, *_three(rpb.shape[1:], 1)) * LOG2E
+    pad = []
+    for axis in (2, 1, 0):  # F.pad lists the last axis first
+        tq, kk, tk = constexprs[f"TQ{axis}"], constexprs[f"K{axis}"], constexprs[f"TK{axis}"]
+        extent = _bias_extent_host(tq, kk, tk)
+        before = (extent - 1) // 2 - (kk - 1)
+        pad += [before, extent - before - (2 * kk - 1)]
+    return F.pad(table, pad).contiguous()
 
 
 def na_forward(
@@ -1036,34 +1080,32 @@ def na_forward(
     """Triton forward: (out [B, *spatial, heads, head_dim] contiguous in the dtype of q, lse [B, heads, N] float32:
     the base-2 log-sum-exp of each query's logits, kept for the backward)."""
     ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
-    B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    B, heads = q.shape[0], q.shape[-2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, heads, math.prod(q.shape[1:-2])), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
     problem = _problem(q, ks, ds, cs)
-    grid, tiles = _grid(problem, _tiles(problem, "fwd")[0], B * heads)
+    constexprs = _launch_config(problem, heads, rpb is not None, _na_fwd_kernel)
+    grid, tiles = _grid(problem, _boxes(constexprs, _na_fwd_kernel)[0], B * heads // constexprs["HPP"])
     with device_guard(q.device):
         _na_fwd_kernel[grid](
             q,
             k,
             v,
-            q if rpb is None else rpb,
+            _bias_table(rpb, q, constexprs),
             out,
             lse,
             heads,
-            head_dim,
             scale * LOG2E,
             *problem["spatial"],
-            *problem["kernel"],
             *problem["dilation"],
             *tiles,
             *_strides(q),
             *_strides(k),
             *_strides(v),
             *_strides(out, with_last=False),
-            *_rpb_strides(rpb),
-            **_constexprs(problem, rpb is not None, "fwd", _na_fwd_kernel),
+            **constexprs,
         )
     return out, lse
 
@@ -1091,7 +1133,7 @@ def na_backward(
             f"grad_out and out must have the shape of q {list(q.shape)} on {q.device}, got "
             f"{list(grad_out.shape)} and {list(out.shape)}"
         )
-    B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    B, heads = q.shape[0], q.shape[-2]
     N = math.prod(q.shape[1:-2])
     if lse.shape != (B, heads, N) or lse.dtype != torch.float32:
         raise ValueError(
@@ -1104,22 +1146,22 @@ def na_backward(
     problem = _problem(q, ks, ds, cs)
     with device_guard(q.device):
         delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
-        common = (heads, head_dim, scale, *problem["spatial"], *problem["kernel"], *problem["dilation"])
-        rpb_arg = q if rpb is None else rpb
+        common = (heads, scale, *problem["spatial"], *problem["dilation"])
         strides = (
             *_strides(q),
             *_strides(k),
             *_strides(v),
             *_strides(grad_out),
             *_strides(dq, with_last=False),
-            *_rpb_strides(rpb),
         )
-        grid, tiles = _grid(problem, _tiles(problem, "bwd")[1], B * heads)
+        has_rpb = rpb is not None
+        config = _launch_config(problem, heads, has_rpb, _na_bwd_kv_kernel)
+        grid, tiles = _grid(problem, _boxes(config, _na_bwd_kv_kernel)[0], B * heads)
         _na_bwd_kv_kernel[grid](
             q,
             k,
             v,
-            rpb_arg,
+            _bias_table(rpb, q, config),
             grad_out,
             lse,
             delta,
@@ -1128,41 +1170,29 @@ def na_backward(
             *common,
             *tiles,
             *strides,
-            **_constexprs(problem, rpb is not None, "bwd", _na_bwd_kv_kernel),
+            **config,
         )
+        config = _launch_config(problem, heads, has_rpb, _na_bwd_q_kernel)
         if rpb is None:
-            grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], B * heads)
-            _na_bwd_q_kernel[grid](
-                q,
-                k,
-                v,
-                rpb_arg,
-                grad_out,
-                lse,
-                delta,
-                dq,
-                lse,
-                *common,
-                *tiles,
-                *strides,
-                **_constexprs(problem, False, "bwd", _na_bwd_q_kernel),
-            )
+            grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], B * heads)
+            _na_bwd_q_kernel[grid](q, k, v, q, grad_out, lse, delta, dq, lse, *common, *tiles, *strides, **config)
             return dq, dk, dv, q.new_empty(0)
         # With a bias, the logit gradients of a chunk of the batch go to a float32 [chunk, heads, N, K] buffer
         # (at most DLOGIT_BYTES, or one batch item), summed per relative offset after each chunk.
         K = math.prod(ks)
         chunk = max(1, min(B, DLOGIT_BYTES // (heads * N * K * 4)))
         dlogit = torch.empty((chunk, heads, N, K), dtype=torch.float32, device=q.device)
-        _, _, bias = neighborhood_table(q.shape[1:-2], ks, ds, cs, q.device)
+        bias = _bias_index(tuple(q.shape[1:-2]), tuple(ks), tuple(ds), tuple(cs), q.device)
         drpb = torch.zeros((heads, rpb[0].numel()), dtype=torch.float32, device=q.device)
+        table = _bias_table(rpb, q, config)
         for b0 in range(0, B, chunk):
             b1 = min(b0 + chunk, B)
-            grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], (b1 - b0) * heads)
+            grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], (b1 - b0) * heads)
             _na_bwd_q_kernel[grid](
                 q[b0:b1],
                 k[b0:b1],
                 v[b0:b1],
-                rpb,
+                table,
                 grad_out[b0:b1],
                 lse[b0:b1],
                 delta[b0:b1],
@@ -1171,9 +1201,9 @@ def na_backward(
                 *common,
                 *tiles,
                 *strides,
-                **_constexprs(problem, True, "bwd", _na_bwd_q_kernel),
+                **config,
             )
-            drpb.index_add_(1, bias.flatten(), dlogit[: b1 - b0].sum(0).flatten(1))
+            drpb.index_add_(1, bias, dlogit[: b1 - b0].sum(0).flatten(1))
     return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
 
 
@@ -1376,6 +1406,9 @@ na3d = _na_of_rank(3)
 # ----------------------------------------------------------------------------------------------------------------
 
 
+AOT_KERNEL = {1: 7, 2: 7, 3: 3}  # the kernel sizes of the compile specs (constexprs of the kernels)
+
+
 def aot_specs() -> list:
     """Compile specs (zoo/kernels/_aot.py): the forward and both backward kernels at the GPU tiles of 1-, 2- and 3-D
     problems, for q, k, v in bf16, fp16 and fp32 with a bias, bf16 causal without one, and the 2-D kernels at
@@ -1384,29 +1417,19 @@ def aot_specs() -> list:
     from zoo.kernels._aot import KernelSpec
 
     fp32_buffers = {"rpb_ptr", "lse_ptr", "delta_ptr", "dlogit_ptr"}
-    variants = [(dims, dtype, True, False, 32) for dims in (1, 2, 3) for dtype in ("bf16", "fp16", "fp32")]
-    variants += [(dims, "bf16", False, True, 32) for dims in (1, 2, 3)]
-    variants += [(2, "bf16", True, False, 64), (2, "bf16", True, False, 128)]
+    variants = [(dims, dtype, True, False, 32, 2) for dims in (1, 2, 3) for dtype in ("bf16", "fp16", "fp32")]
+    variants += [(dims, "bf16", False, True, 32, 2) for dims in (1, 2, 3)]
+    variants += [(2, "bf16", True, False, 64, 2), (2, "bf16", True, False, 128, 2), (2, "bf16", True, False, 48, 2)]
+    variants += [(2, "bf16", True, False, 32, 3)]  # an odd number of heads: one head per forward program
     specs = []
-    for kernel, pass_ in ((_na_fwd_kernel, "fwd"), (_na_bwd_kv_kernel, "bwd"), (_na_bwd_q_kernel, "bwd")):
-        for dims, dtype, has_rpb, causal, head_dim in variants:
+    for kernel in (_na_fwd_kernel, _na_bwd_kv_kernel, _na_bwd_q_kernel):
+        for dims, dtype, has_rpb, causal, head_dim, heads in variants:
             torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-            kind = _tile_kind(pass_, torch_dtype, head_dim)
-            (tq, tk) = _TILES_GPU[kind][dims]
-            constexprs = dict(
-                HAS_RPB=has_rpb,
-                CAUSAL0=causal,
-                CAUSAL1=causal,
-                CAUSAL2=causal,
-                TQ0=tq[0],
-                TQ1=tq[1],
-                TQ2=tq[2],
-                TK0=tk[0],
-                TK1=tk[1],
-                TK2=tk[2],
-                BLOCK_D=head_dim,
-                EXACT_DOT=dtype == "fp32",
-            )
+            ks = (AOT_KERNEL[dims],) * dims
+            q = torch.empty((1, *(32,) * dims, heads, head_dim), dtype=torch_dtype, device="meta")
+            constexprs = _launch_config(_problem(q, ks, (1,) * dims, (causal,) * dims), heads, has_rpb, kernel)
+            num_warps = constexprs.pop("num_warps")
+            num_stages = constexprs.pop("num_stages")
             signature = {}
             for name in kernel.arg_names:
                 if name in constexprs:
@@ -1422,13 +1445,15 @@ def aot_specs() -> list:
                 else:
                     signature[name] = "i32"
             label = f"{dims}d,{dtype},D{head_dim}," + ("causal" if causal else "rpb" if has_rpb else "plain")
+            label += ",H3" if heads % 2 else ""
             specs.append(
                 KernelSpec(
                     name=f"{kernel.__name__}[{label}]",
                     fn=kernel,
                     signature=signature,
                     constexprs=constexprs,
-                    num_warps=_num_warps(kind, kernel, dims),
+                    num_warps=num_warps,
+                    num_stages=num_stages,
                     uses_dot=dtype != "fp32",
                 )
             )
@@ -1445,8 +1470,7 @@ NA_BENCHMARKS = tuple(
 def _tile_walks(n: int, k: int, d: int, causal: bool, own: int, other: int, by_query: bool) -> tuple[int, float]:
     """One axis of the launch: (boxes of ``own`` group coordinates over the dilation groups, mean number of
     ``other``-sized boxes each walks). By query (forward, dq): the key boxes that cover the union of the box's
-    windows; by key (dk, dv): the query boxes whose windows reach the key box. Mirrors ``_query_tile`` and
-    ``_na_bwd_kv_kernel``."""
+    windows; by key (dk, dv): the query boxes whose windows reach the key box. Mirrors ``_region``."""
     walks = []
     for g in range(d):
         n_group = -(-(n - g) // d)
@@ -1480,24 +1504,23 @@ def benchmark_specs() -> list:
         extent = f"L{spatial[0]}" if dims == 1 else "x".join(map(str, spatial))  # scripts/benchmark.py's names
         case = f"B{B}x{extent}xH{heads}xD{head_dim}xK{kernel}" + ("" if bias or dims == 1 else "-plain")
         q = torch.empty((B, *spatial, heads, head_dim), dtype=torch.bfloat16, device="meta")
-        rpb = torch.empty((heads, *(2 * kernel - 1,) * dims), device="meta") if bias else None
         problem = _problem(q, ks, ds, cs)
         pairs = B * heads * math.prod(spatial) * kernel**dims
         sizes = dict(
             zip(("n0", "n1", "n2"), problem["spatial"], strict=True),
-            **dict(zip(("k0", "k1", "k2"), problem["kernel"], strict=True)),
             **dict(zip(("d0", "d1", "d2"), problem["dilation"], strict=True)),
         )
-        strides = dict(zip(("sr_h", "sr0", "sr1", "sr2"), _rpb_strides(rpb), strict=True))
+        strides = {}
         for prefix in ("s", "sk", "sv", "sdo", "so", "sg"):
             names = [f"{prefix}_{axis}" for axis in ("b", "0", "1", "2", "h", "d")]
             strides.update(zip(names, _strides(q), strict=True))
-        kinds = [("fwd", _na_fwd_kernel, True)]
+        kinds = [(_na_fwd_kernel, True)]
         if "bwd" in passes:
-            kinds += [("bwd", _na_bwd_kv_kernel, False), ("bwd", _na_bwd_q_kernel, True)]
-        for pass_, fn, by_query in kinds:
-            tq, tk = _tiles(problem, pass_)
-            own, other = (tq, tk) if by_query else (tk, tq)
+            kinds += [(_na_bwd_kv_kernel, False), (_na_bwd_q_kernel, True)]
+        for fn, by_query in kinds:
+            constexprs = _launch_config(problem, heads, bias, fn)
+            own, other = _boxes(constexprs, fn)
+            hpp = constexprs.get("HPP", 1)
             axes = [
                 _tile_walks(n, k, d, c, o, t, by_query)
                 for n, k, d, c, o, t in zip(
@@ -1510,11 +1533,11 @@ def benchmark_specs() -> list:
                     strict=True,
                 )
             ]
-            (rows, boxes), tiles = _grid(problem, own, B * heads)
+            (rows, boxes), tiles = _grid(problem, own, B * heads // hpp)
             programs = rows * boxes
             trips = math.prod(mean for _, mean in axes)
-            constexprs = _constexprs(problem, bias, pass_, fn)
             num_warps = constexprs.pop("num_warps")
+            num_stages = constexprs.pop("num_stages")
             pointers = dict.fromkeys(
                 ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "do_ptr", "dk_ptr", "dv_ptr", "dq_ptr"), "*bf16"
             )
@@ -1530,7 +1553,6 @@ def benchmark_specs() -> list:
                 **strides,
                 **dict(zip(("tiles0", "tiles1", "tiles2"), tiles, strict=True)),
                 "heads": heads,
-                "head_dim": head_dim,
                 "scale": head_dim**-0.5,
                 "scale2": head_dim**-0.5 * LOG2E,
                 **constexprs,
@@ -1553,6 +1575,7 @@ def benchmark_specs() -> list:
                     fn,
                     {name: value for name, value in values.items() if name in names},
                     num_warps=num_warps,
+                    num_stages=num_stages,
                     uses_dot=True,
                     work=work,
                 )
