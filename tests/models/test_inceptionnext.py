@@ -291,7 +291,8 @@ def test_imagenet_recipe_composes(variant, drop_path):
 
 
 def test_training_on_digits_needs_img_size_32(tmp_path):
-    """The 8 px digits default stops at once with the fix in the message; img_size=32 trains (one tiny epoch)."""
+    """Digits at 8 px (the data's own size; the model's recipe picks 32) stops at once with the fix in the message;
+    img_size=32 trains (one tiny epoch)."""
     pytest.importorskip("hydra")
     from zoo.training.trainer import train
 
@@ -306,7 +307,7 @@ def test_training_on_digits_needs_img_size_32(tmp_path):
         "sched.warmup_epochs=0",
     ]
     with pytest.raises(ValueError, match="at least 32x32, got 8x8.*img_size=32"):
-        train(_compose(*common, f"run_dir={tmp_path / 'at8'}"))
+        train(_compose(*common, "img_size=8", f"run_dir={tmp_path / 'at8'}"))
     summary = train(_compose(*common, "img_size=32", f"run_dir={tmp_path / 'at32'}"))
     assert summary["epochs"] == 1 and 0 <= summary["final_top1"] <= 100
     rebuilt = timm.create_model(f"local-dir:{tmp_path / 'at32' / 'export'}", pretrained=True)

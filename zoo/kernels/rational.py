@@ -24,10 +24,12 @@ from zoo.kernels._backend import (
     check_triton_dtypes,
     device_guard,
     dispatch_triton,
+    requested_backend,
     resolve_backend,
     tl,
     triton,
 )
+from zoo.kernels.rational_cpu import group_rational_cpu
 
 NUMERATOR_TERMS = 6  # a0..a5: numerator order m = 5
 DENOMINATOR_TERMS = 4  # b0..b3: denominator order n = 4
@@ -544,6 +546,12 @@ class _GroupRationalFunction(torch.autograd.Function):
         return group_rational_backward(grad_output, *ctx.saved_tensors)
 
 
+def _tracing() -> bool:
+    """Whether torch.compile / torch.export or torch.jit.trace is tracing: they take the reference, whose ops they
+    record (Inductor fuses them itself), rather than the CPU path's compiled function."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto") -> Tensor:
     """Group-rational activation F(x) over the last dimension of ``x`` (see the module docstring).
 
@@ -551,7 +559,9 @@ def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tens
         x: ``[..., D]`` float16/bfloat16/float32 (float64 on the reference backend); any strides.
         weight_numerator: ``[1, 6]``, shared by all groups; kept in float32 under autocast.
         weight_denominator: ``[num_groups, 4]``; D must be divisible by ``num_groups``.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`); on CPU tensors
+            ``"auto"`` runs the fused CPU path of :mod:`zoo.kernels.rational_cpu` (same results, one pass where a
+            C++ compiler is available), ``"torch"`` the reference.
 
     Returns:
         A tensor of the shape and dtype of ``x``; differentiable in all three inputs.
@@ -567,6 +577,10 @@ def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tens
             function=_GroupRationalFunction,
             launcher=group_rational_forward,
         )
+    if x.device.type == "cpu" and requested_backend(backend) == "auto" and not _tracing():
+        check_group_rational_inputs(x, weight_numerator, weight_denominator)
+        if x.numel():  # the fused CPU path (zoo/kernels/rational_cpu.py)
+            return group_rational_cpu(x, weight_numerator, weight_denominator)
     return group_rational_reference(x, weight_numerator, weight_denominator)
 
 

@@ -22,11 +22,13 @@ from zoo.kernels._backend import (
     check_triton_device,
     device_guard,
     dispatch_triton,
+    requested_backend,
     resolve_backend,
 )
 from zoo.kernels.dwconv import _direct, _generic, _igemm, _wgrad
 from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
 from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format, layout_of
+from zoo.kernels.dwconv._cpu import dwconv2d_cpu
 from zoo.kernels.dwconv._inception import inception_dwconv2d_backward, inception_dwconv2d_forward
 from zoo.kernels.dwconv.reference import dwconv2d_reference, inception_dwconv2d_reference
 
@@ -260,7 +262,9 @@ def dwconv2d(
             any strides; the output has the memory format of ``x``.
         weight: ``[C, 1, kh, kw]``, odd kh and kw (square or band kernels); bias: ``[C]`` or None.
         stride: 1 or 2 per axis; dilation: >= 1 per axis.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`); ``"auto"`` on CPU
+            tensors runs :func:`zoo.kernels.dwconv._cpu.dwconv2d_cpu` (the same convolution, in the fastest
+            measured formulation).
 
     Returns:
         ``[N, C, H_out, W_out]`` in the dtype of ``x`` (the autocast dtype under autocast); differentiable in x,
@@ -280,6 +284,8 @@ def dwconv2d(
             function=_DwConv2dFunction,
             launcher=dwconv2d_forward,
         )
+    if x.device.type == "cpu" and requested_backend(backend) == "auto" and not torch.compiler.is_compiling():
+        return dwconv2d_cpu(x, weight, bias, stride, dilation)  # zoo/kernels/dwconv/_cpu.py
     return dwconv2d_reference(x, weight, bias, stride, dilation)
 
 
@@ -301,7 +307,8 @@ def inception_dwconv2d(
         weight_hw ``[gc, 1, k, k]``, weight_w ``[gc, 1, 1, band]``, weight_h ``[gc, 1, band, 1]``; odd k and band.
         bias_hw, bias_w, bias_h: ``[gc]`` each, or all None.
         backend: ``"triton"`` runs one fused kernel (one more for each of the input and weight gradients);
-            ``"torch"`` the split / conv / cat reference.
+            ``"torch"`` the split / conv / cat reference (also what ``"auto"`` runs on CPU tensors: see
+            :mod:`zoo.kernels.dwconv._cpu` for the formulations measured against it).
     """
     check_float_tensor("x", x)
     x = _autocast_input(x)

@@ -1,0 +1,202 @@
+"""The group-rational activation on the CPU (docs/semantics.md §1): what ``backend="auto"`` runs on CPU tensors.
+
+The reference (``backend="torch"``, :func:`zoo.kernels.rational.group_rational_reference`) builds every power of x
+and of |x| as its own tensor and lets autograd record about twenty elementwise passes forward and more backward.
+This path evaluates the same function with Horner's rule,
+
+    N(x) = a0 + x (a1 + x (a2 + x (a3 + x (a4 + x a5))))
+    D(x) = 1 + |x| (|b0| + |x| (|b1| + |x| (|b2| + |x| |b3|)))
+
+and writes the backward out by hand (:func:`rational_backward_math`): with q = dy / D and y = N / D,
+
+    dx = q (N'(x) - y D'(|x|) s(x)),   da_i = sum q x^i,   db_j = -s(b_j) sum_group q y |x|^(j+1)
+
+(s the sign with s(0) = +1, the op's convention for |x| and |b|). Both functions are written once in PyTorch and
+run one of two ways, chosen per call:
+
+* **compiled** (the default where it works, for calls on at least ``COMPILE_MIN_ELEMENTS`` elements): each
+  function compiled once per (kind, dtype, thread count) by
+  ``torch.compile``'s CPU backend (Inductor, dynamic shapes: one compile serves every size), which fuses it into a
+  single vectorised C++ loop that reads each element once (the backward into a few fused loops: dx and the
+  coefficient sums). It needs a C++ compiler; the first call of each kind pays the compile (measured on a loaded 2-core
+  EPYC, ``scripts/benchmark_cpu.py first-call``: 34 s forward and 9 s backward with an empty Inductor cache, 6 s and
+  1 s in a later process that finds Inductor's disk cache);
+* **eager** (no compiler, ``torch.compile`` unavailable, a failed compile, or ``ZOO_CPU_COMPILE=0``): the same
+  functions run op by op, in place (Horner: about ten passes forward, no autograd graph), about 10x faster than
+  the reference and still exact to rounding.
+
+Inside ``torch.compile`` / ``torch.export`` (a user compiling the model) and under ``torch.jit.trace`` the dispatch
+takes the reference instead (:func:`zoo.kernels.rational.group_rational`): its ops are what those tracers record.
+Arithmetic in float32 (float64 for float64 inputs), outputs in the dtypes of their inputs, as the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "COMPILE_ENV_VAR",
+    "compile_enabled",
+    "group_rational_cpu",
+    "rational_backward_math",
+    "rational_forward_math",
+]
+
+COMPILE_ENV_VAR = "ZOO_CPU_COMPILE"  # "0": never torch.compile the CPU paths (read at every call)
+# Calls on fewer elements run eagerly: the compile (seconds, once per process and kind) pays back only on large
+# activations (KAT-T at 224 px, batch 8: 0.3M and 1.2M elements), while the eager Horner passes over a small one take
+# well under a millisecond; training on the 8 px digits (at most 0.25M elements a call) and the tests never compile.
+COMPILE_MIN_ELEMENTS = 1 << 18
+
+_COMPILED: dict[tuple, Callable] = {}
+_COMPILE_FAILED: list[str] = []  # the first failure's message; non-empty: compiling is off for this process
+_COMPILE_WORKED: list[str] = []  # non-empty once a compiled call returned: later failures are per call
+
+
+def compile_enabled() -> bool:
+    """Whether the CPU paths use ``torch.compile`` now: not switched off by ``ZOO_CPU_COMPILE=0``, no compile has
+    failed in this process, and ``torch.compile`` is supported here."""
+    if os.environ.get(COMPILE_ENV_VAR, "1").strip() == "0" or _COMPILE_FAILED:
+        return False
+    return torch._dynamo.is_dynamo_supported()
+
+
+def _sign(t: Tensor) -> Tensor:
+    """+1 where t >= 0, -1 elsewhere (the op's sign: +1 at 0)."""
+    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+
+
+def _compute(x: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """x, the 6 numerator and the [G, 4] denominator coefficients in the compute dtype (float32, or float64)."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    return x.to(dtype), a.to(dtype).reshape(6), b.to(dtype)
+
+
+def rational_forward_math(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """F(x) on ``x`` [M, G, D/G] for coefficients ``a`` [1, 6] and ``b`` [G, 4] by Horner's rule, in place after
+    the first product (no autograd graph is meant to be recorded). Returns [M, G, D/G] in the dtype of ``x``."""
+    xc, a, b = _compute(x, a, b)
+    bb = b.abs().unsqueeze(-1)  # [G, 4, 1]
+    num = xc * a[5]
+    for i in (4, 3, 2, 1):
+        num.add_(a[i]).mul_(xc)
+    num.add_(a[0])
+    ax = xc.abs()
+    den = ax * bb[:, 3]
+    for j in (2, 1, 0):
+        den.add_(bb[:, j]).mul_(ax)
+    den.add_(1.0)
+    return num.div_(den).to(x.dtype)
+
+
+def rational_backward_math(dy: Tensor, x: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The gradients (dx, da, db) of F for output gradient ``dy``, both [M, G, D/G], and ``a`` [1, 6], ``b``
+    [G, 4] (see the module docstring for the formulas). dx has the dtype of ``x``, da and db those of ``a``, ``b``;
+    the sums are taken in the compute dtype."""
+    xc, a6, bc = _compute(x, a, b)
+    g = dy.to(xc.dtype)
+    sb = _sign(bc)
+    bb = (bc * sb).unsqueeze(-1)  # |b| [G, 4, 1]
+    sx = _sign(xc)
+    ax = xc * sx
+    num = xc * a6[5]
+    dnum = xc * (5 * a6[5])
+    for i in (4, 3, 2, 1):
+        num.add_(a6[i]).mul_(xc)
+    num.add_(a6[0])
+    for i in (4, 3, 2):
+        dnum.add_(i * a6[i]).mul_(xc)
+    dnum.add_(a6[1])
+    den = ax * bb[:, 3]
+    dden = ax * (4 * bb[:, 3])
+    for j in (2, 1, 0):
+        den.add_(bb[:, j]).mul_(ax)
+    den.add_(1.0)
+    for j in (2, 1):
+        dden.add_((j + 1) * bb[:, j]).mul_(ax)
+    dden.add_(bb[:, 0])
+    q = g.div(den)
+    y = num.div_(den)
+    dx = (q * dnum).sub_(q * y * dden * sx)
+    power, da = q, [q.sum()]
+    for _ in range(5):
+        power = power * xc
+        da.append(power.sum())
+    power, db = q * y, []
+    for _ in range(4):
+        power = power * ax
+        db.append(power.sum((0, 2)))
+    db = torch.stack(db, -1).mul_(sb).neg_()
+    return dx.to(x.dtype), torch.stack(da).reshape(a.shape).to(a.dtype), db.to(b.dtype)
+
+
+def _compiled(kind: str, fn: Callable, args: tuple[Tensor, ...]) -> Callable:
+    """``fn`` compiled once per (kind, dtypes, thread count): Inductor's C++ loops take their thread count when they
+    are generated. Each key compiles its own copy of ``fn`` (a new code object): Dynamo keeps its compiled entries,
+    and their recompile limit, per code object."""
+    key = (kind, *(t.dtype for t in args), torch.get_num_threads())
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+        compiled = _COMPILED[key] = torch.compile(copy, dynamic=True, fullgraph=True)
+    return compiled
+
+
+def _run(kind: str, fn: Callable, *args: Tensor):
+    """``fn(*args)`` compiled when :func:`compile_enabled` and the call is large (``COMPILE_MIN_ELEMENTS``), eagerly
+    otherwise. A compile that fails before any has
+    worked (no C++ compiler, say) switches compiling off for the process, with a warning; a later failure (a
+    recompile limit on an unusual shape, say) runs that call eagerly."""
+    args = tuple(t.detach().contiguous() for t in args)  # one compiled graph per dtype: no grad or stride guards
+    if args[0].numel() >= COMPILE_MIN_ELEMENTS and compile_enabled():
+        try:
+            out = _compiled(kind, fn, args)(*args)
+            if not _COMPILE_WORKED:
+                _COMPILE_WORKED.append(kind)
+            return out
+        except Exception as error:  # noqa: BLE001 - any compile failure falls back to the same math, eagerly
+            if not _COMPILE_WORKED:
+                _COMPILE_FAILED.append(f"{type(error).__name__}: {error}")
+                warnings.warn(
+                    f"torch.compile of the CPU group-rational failed ({_COMPILE_FAILED[0][:300]}); running it "
+                    f"eagerly (set {COMPILE_ENV_VAR}=0 to skip the attempt)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    return fn(*args)
+
+
+class _GroupRationalCPU(torch.autograd.Function):
+    """Autograd for the CPU path: the forward saves x and the coefficients, the backward recomputes N, D from them
+    (one fused loop) instead of keeping intermediates."""
+
+    @staticmethod
+    def forward(ctx, x3: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(x3, a, b)
+        return _run("forward", rational_forward_math, x3, a, b)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x3, a, b = ctx.saved_tensors
+        return _run("backward", rational_backward_math, grad_output.contiguous(), x3, a, b)
+
+
+def group_rational_cpu(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+    """The group-rational activation on validated CPU inputs (see the module docstring and
+    :func:`zoo.kernels.rational.group_rational`): ``x`` [..., D], ``weight_numerator`` [1, 6],
+    ``weight_denominator`` [G, 4]. Returns F(x) in the shape and dtype of ``x``, differentiable in all three."""
+    groups = weight_denominator.shape[0]
+    x3 = x.reshape(-1, groups, x.shape[-1] // groups)  # x non-empty: the dispatch sends empty tensors elsewhere
+    args = (x3, weight_numerator, weight_denominator)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+        y = _GroupRationalCPU.apply(*args)
+    else:
+        y = _run("forward", rational_forward_math, *args)
+    return y.reshape(x.shape)
