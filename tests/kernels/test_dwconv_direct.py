@@ -12,11 +12,10 @@ from zoo.kernels.dwconv.reference import dwconv2d_reference
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
-# (x shape, kernel, dilation, dtype, layout, bias). The interpreter's tile is 5 rows x 1 column group of 2 columns
-# x 4 channels for square kernels (2 groups x 8 channels for the bands): no map size is a multiple of it, channel
-# counts 3, 5, 6 leave a partial channel block, and the maps with full channel blocks have programs whose window
-# lies inside the map (the unmasked loop; the row loop makes several trips at 5 rows) and, square, first and last
-# strips with their off-map window columns skipped at compile time. Maps smaller than the kernel, dilations up to 7 (past the map),
+# (x shape, kernel, dilation, dtype, layout, bias). The interpreter's tile is 5 rows x 2 column groups of 2
+# columns x 8 channels: no map size is a multiple of it, channel counts 3, 5, 6 leave a partial channel block,
+# and the maps with C = 8 and W >= 4 + 2 (k - 1) have programs whose window lies inside the map (the unmasked
+# loop; the row loop makes several trips at 5 rows). Maps smaller than the kernel, dilations up to 7 (past the map),
 # 1 x k and k x 1 bands, fp32 / bf16 / fp16, channels_last, NCHW and a strided view with no unit stride.
 CASES = [
     ((1, 5, 7, 9), (3, 3), (1, 1), F32, "channels_last", True),
@@ -81,22 +80,6 @@ def test_square_kernels_on_maps_with_interior_programs(k):
     _direct.forward(x, weight, bias, y, (1, 1), (1, 1))
     y64 = dwconv2d_reference(x.double(), weight.double(), bias.double())
     assert_close(y, y64, F32, scale=float(y64.abs().max()))
-
-
-@pytest.mark.parametrize("k", (3, 5))
-def test_every_copy_of_the_row_loop(k):
-    """A square kernel with one column group compiles its row loop four times: interior, first strip, last strip
-    (moved back to end at the last column, overlapping the strip before it; both write the same values) and masked.
-    Maps where every copy runs (by the kernel's own choice, ``strip_kinds``) match the reference."""
-    meta = _direct.configs((k, k), "channels_last")[0].kwargs
-    width = 2 * k + 3  # the last strip overlaps: width is not a multiple of the 2-column strips
-    shares = [_direct.strip_kinds(c, width, k, meta) for c in (8, 6)]
-    assert all(share > 0 for share in shares[0][:3]) and shares[1][3] > 0
-    for channels in (8, 6):  # 6: a partial block of 4 channels, the masked copy
-        for layout in ("channels_last", "nchw"):
-            test_forward_and_input_gradient_match_float64_reference(
-                (1, channels, 7, width), (k, k), (1, 1), F32, layout, True
-            )
 
 
 def test_input_gradient_flips_the_kernel():

@@ -13,13 +13,9 @@ bf16 pairs are unpacked with one instruction per element (inline PTX; the plain 
 interpreter).
 
 Borders: the loop only visits input rows on the map (rows off the map are zeros: skipped), so rows need no masks
-in the loop; a program whose column window and channel block lie inside the map runs unmasked loads and stores.
-With one column group (G = 1: every square kernel) the first strip of a row and the last one (moved back to end
-at the last column: it overlaps the strip before it, and both write the same values) run copies of the loop in
-which the PW window columns off the map are known at compile time: neither loaded nor multiplied, no masks. The
-others (a partial channel block, maps narrower than a strip and its halo, G > 1 borders) run the masked copy
-(a scalar branch per program picks the copy). The last KH - 1 steps (fewer than a loop trip) and the final
-stores run after the loop, masked.
+in the loop; a program whose column window and channel block lie inside the map runs unmasked loads and stores,
+the others (scalar branch per program) the masked copy of the same loop. The last KH - 1 steps (fewer than a
+loop trip) and the final stores run after the loop, masked.
 
 Dilation d: the output columns of a thread are d apart (o, o + d, ...), and so are the rows a program walks, so
 the input window is again a run of BW + KW - 1 consecutive taps' columns: a program works on one residue class
@@ -59,49 +55,25 @@ SHAPES = tuple((k, k) for k in KERNEL_SIZES) + tuple((1, k) for k in KERNEL_SIZE
 
 
 @triton.jit
-def _load_row(
-    cols,
-    row_off,
-    col_ok,
-    c_ok,
-    row_ok,
-    MASKED: tl.constexpr,
-    N: tl.constexpr,
-    SKIP_LO: tl.constexpr = 0,
-    SKIP_HI: tl.constexpr = 0,
-):
+def _load_row(cols, row_off, col_ok, c_ok, row_ok, MASKED: tl.constexpr, N: tl.constexpr):
     """The N columns of one input row's window as fp32 tiles [G, BLOCK_C] (a tuple): ``cols[q]`` points at column q
     of the first row, ``row_off`` (a scalar) moves to this row. MASKED: columns off the map, channels past C and
-    rows past the last (``row_ok``, a scalar) read zero. The first SKIP_LO and last SKIP_HI columns are known to be
-    off the map (a border strip): not loaded (their entries are never read, see :func:`_step`)."""
+    rows past the last (``row_ok``, a scalar) read zero."""
     xs = ()
     for q in tl.static_range(N):
         ptrs = cols[q] + row_off
-        if q < SKIP_LO or q >= N - SKIP_HI:
-            xs = xs + (0.0,)
-        elif MASKED:
-            xs = xs + (to_f32(tl.load(ptrs, mask=col_ok[q] & c_ok & row_ok, other=0.0)),)
+        if MASKED:
+            v = tl.load(ptrs, mask=col_ok[q] & c_ok & row_ok, other=0.0)
         else:
-            xs = xs + (to_f32(tl.load(ptrs)),)
+            v = tl.load(ptrs)
+        xs = xs + (to_f32(v),)
     return xs
 
 
 @triton.jit
-def _step(
-    acc,
-    xs,
-    w,
-    bias,
-    u: tl.constexpr,
-    KH: tl.constexpr,
-    KW: tl.constexpr,
-    BW: tl.constexpr,
-    SKIP_LO: tl.constexpr = 0,
-    SKIP_HI: tl.constexpr = 0,
-):
+def _step(acc, xs, w, bias, u: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr):
     """One input row into the KH rotating accumulator rows (``acc[slot * BW + t]``, column t): at step u of a
-    trip, slot j takes kernel row (u - j) mod KH; kernel row 0 starts a new output row (from the bias). The taps on
-    the SKIP_LO / SKIP_HI window columns (off the map) are not issued."""
+    trip, slot j takes kernel row (u - j) mod KH; kernel row 0 starts a new output row (from the bias)."""
     new = ()
     for slot in tl.static_range(KH):
         for t in tl.static_range(BW):
@@ -110,8 +82,7 @@ def _step(
             else:
                 a = acc[slot * BW + t]
             for kw in tl.static_range(KW):
-                if t + kw >= SKIP_LO and t + kw < BW + KW - 1 - SKIP_HI:
-                    a = a + xs[t + kw] * w[((u - slot + KH) % KH) * KW + kw]
+                a = a + xs[t + kw] * w[((u - slot + KH) % KH) * KW + kw]
             new = new + (a,)
     return new
 
@@ -146,19 +117,16 @@ def _walk_rows(
     KH: tl.constexpr,
     KW: tl.constexpr,
     BW: tl.constexpr,
-    SKIP_LO: tl.constexpr = 0,
-    SKIP_HI: tl.constexpr = 0,
 ):
     """Steps s_lo..s_hi (input row r0 - KH // 2 + s, all on the map) in whole trips of KH; output row m = s - KH + 1
-    is complete after step s. Returns the accumulators (:func:`_finish_rows` does the rest). SKIP_LO / SKIP_HI:
-    window columns known to be off the map (:func:`_load_row`)."""
+    is complete after step s. Returns the accumulators (:func:`_finish_rows` does the rest)."""
     trips = (s_hi - s_lo + 1) // KH
     for i in range(trips):
         base = s_lo + i * KH
         for u in tl.static_range(KH):
             s = base + u
-            xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1, SKIP_LO, SKIP_HI)
-            acc = _step(acc, xs, w, bias, u, KH, KW, BW, SKIP_LO, SKIP_HI)
+            xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1)
+            acc = _step(acc, xs, w, bias, u, KH, KW, BW)
             m = s - (KH - 1)
             ok = (m >= 0) & (m < rows)
             _store_row(acc, (u + 1) % KH, dst_cols, m * dst_step, out_ok, c_ok, ok, MASKED, BW)
@@ -253,13 +221,7 @@ def _direct_kernel(
     j0 = strip * (G * BW)
     PH: tl.constexpr = (KH - 1) // 2
     PW: tl.constexpr = (KW - 1) // 2
-    # one column per thread group (G == 1) and a kernel wider than one column: the first and last strips of a row
-    # have their off-map window columns at compile-time positions (the last strip is moved back to end at the last
-    # column; it overlaps the one before, and both write the same values)
-    BORDERS: tl.constexpr = (G == 1) and (PW > 0)
     if (r0 < Hs) & (j0 < Ws):
-        if BORDERS:
-            j0 = tl.maximum(tl.minimum(j0, Ws - BW), 0)
         rows = tl.minimum(ROWS, Hs - r0)
         c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
         c_ok = (c < C)[None, :]
@@ -295,8 +257,8 @@ def _direct_kernel(
             acc = acc + (bias,)
         s_lo = tl.maximum(PH - r0, 0)  # steps whose input row is on the map
         s_hi = tl.minimum(rows + KH - 2, Hs - 1 - r0 + PH)
-        full_c = cb * BLOCK_C + BLOCK_C <= C
-        if (j0 >= PW) & (j0 + G * BW + PW <= Ws) & full_c:  # interior: no masks
+        interior = (cb * BLOCK_C + BLOCK_C <= C) & (j0 >= PW) & (j0 + G * BW + PW <= Ws)
+        if interior:
             acc = _walk_rows(
                 acc,
                 w,
@@ -316,71 +278,6 @@ def _direct_kernel(
                 KW,
                 BW,
             )
-        elif BORDERS:
-            if (j0 == 0) & (BW + PW <= Ws) & full_c:  # the first strip: its PW leftmost window columns are off the map
-                acc = _walk_rows(
-                    acc,
-                    w,
-                    bias,
-                    src_cols,
-                    dst_cols,
-                    src_step,
-                    dst_step,
-                    s_lo,
-                    s_hi,
-                    rows,
-                    col_ok,
-                    out_ok,
-                    c_ok,
-                    False,
-                    KH,
-                    KW,
-                    BW,
-                    PW,
-                    0,
-                )
-            elif (j0 + BW == Ws) & (j0 >= PW) & full_c:  # the last strip: its PW rightmost ones are
-                acc = _walk_rows(
-                    acc,
-                    w,
-                    bias,
-                    src_cols,
-                    dst_cols,
-                    src_step,
-                    dst_step,
-                    s_lo,
-                    s_hi,
-                    rows,
-                    col_ok,
-                    out_ok,
-                    c_ok,
-                    False,
-                    KH,
-                    KW,
-                    BW,
-                    0,
-                    PW,
-                )
-            else:
-                acc = _walk_rows(
-                    acc,
-                    w,
-                    bias,
-                    src_cols,
-                    dst_cols,
-                    src_step,
-                    dst_step,
-                    s_lo,
-                    s_hi,
-                    rows,
-                    col_ok,
-                    out_ok,
-                    c_ok,
-                    True,
-                    KH,
-                    KW,
-                    BW,
-                )
         else:
             acc = _walk_rows(
                 acc,
@@ -458,9 +355,8 @@ def _gpu_configs(kernel: tuple[int, int], layout: str) -> list:
 
 def configs(kernel: tuple[int, int], layout: str) -> list:
     """The autotune configurations of one kernel shape and layout (one small fixed tile under the interpreter)."""
-    if INTERPRETER:  # the bands run two column groups on the GPU, square kernels one (and its border strips)
-        g = 2 if 1 in kernel else 1
-        return [triton.Config(dict(ROWS=5, BW=2, G=g, BLOCK_C=4 * g), num_warps=1)]
+    if INTERPRETER:
+        return [triton.Config(dict(ROWS=5, BW=2, G=2, BLOCK_C=8), num_warps=1)]
     return _gpu_configs(kernel, layout)
 
 
@@ -611,28 +507,15 @@ def aot_specs() -> list:
     return specs
 
 
-def strip_kinds(c: int, w: int, kw: int, meta: dict) -> tuple[float, ...]:
-    """The shares of programs whose row loop is the interior, the first-strip and the last-strip copy (no masks) and
-    the masked one, on a map w columns wide (dilation 1): the kernel's choice, for the static report and the
-    tests."""
+def _interior_fraction(n: int, c: int, h: int, k: int, meta: dict) -> float:
+    """The share of programs that take the unmasked loop (column window and channel block inside the map)."""
     strip = meta["G"] * meta["BW"]
-    pad = (kw - 1) // 2
-    borders = meta["G"] == 1 and pad > 0
-    counts = [0, 0, 0, 0]
-    strips = triton.cdiv(w, strip)
-    for s in range(strips):
-        j0 = max(min(s * strip, w - strip), 0) if borders else s * strip
-        if j0 >= pad and j0 + strip + pad <= w:
-            counts[0] += 1
-        elif borders and j0 == 0 and strip + pad <= w:
-            counts[1] += 1
-        elif borders and j0 + strip == w and j0 >= pad:
-            counts[2] += 1
-        else:
-            counts[3] += 1
-    full = (c // meta["BLOCK_C"]) / triton.cdiv(c, meta["BLOCK_C"])  # channel blocks without a channel mask
-    unmasked = [count / strips * full for count in counts[:3]]
-    return (*unmasked, 1 - sum(unmasked))
+    pad = (k - 1) // 2
+    strips = triton.cdiv(h, strip)
+    inner_strips = sum(1 for s in range(strips) if s * strip >= pad and s * strip + strip + pad <= h)
+    blocks = triton.cdiv(c, meta["BLOCK_C"])
+    full_blocks = c // meta["BLOCK_C"]
+    return inner_strips / strips * full_blocks / blocks
 
 
 def _average_loop_trips(h: int, k: int, rows: int) -> float:
@@ -649,10 +532,9 @@ def _average_loop_trips(h: int, k: int, rows: int) -> float:
 def benchmark_specs() -> list:
     """Loop-report specs at the benchmarked shapes with K = 3 and 7 (bf16, both layouts, forward and input
     gradient, every GPU configuration): the arguments the launcher passes there and the useful multiply-adds per
-    program (the taps that land on the map, :func:`taps_on_map`). The row loop is compiled four times with one
-    column group (interior, first strip, last strip: unmasked; then masked), twice with more (interior, masked);
-    each copy's trips are the mean over all programs (its share of programs, :func:`strip_kinds`, x the mean trip
-    count)."""
+    program (the taps that land on the map, :func:`taps_on_map`). The row loop is compiled twice (unmasked, then
+    masked for border programs); each copy's trips are the mean over all programs (its share of programs x the
+    mean trip count)."""
     from zoo.kernels._aot import Work, launch_spec
 
     specs = []
@@ -667,17 +549,14 @@ def benchmark_specs() -> list:
                 meta = config.kwargs
                 programs = _programs((n, c, h, h), (1, 1), meta)
                 trips = _average_loop_trips(h, k, meta["ROWS"])
-                kinds, copies = strip_kinds(c, h, k, meta), "interior, first strip, last strip, masked"
-                if meta["G"] > 1:  # no border copies
-                    kinds, copies = (kinds[0], kinds[3]), "interior, masked"
+                inner = _interior_fraction(n, c, h, k, meta)
                 work = Work(
                     case,
                     "MAC",
                     macs / programs,
-                    (tuple(trips * share for share in kinds),),
+                    ((trips * inner, trips * (1 - inner)),),
                     f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {taps_on_map(h, k)}^2 = {macs}; programs = "
-                    f"{programs}; row loop {trips:g} trips of {k} rows; shares of the programs in its copies "
-                    f"({copies}): {', '.join(f'{share:.3f}' for share in kinds)}",
+                    f"{programs}; row loop {trips:g} trips of {k} rows, unmasked in {inner:.3f} of the programs",
                 )
                 label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**meta)
                 for flip in (False, True):
