@@ -65,7 +65,7 @@ def _inputs(shape, kernel, stride, dilation, dtype, layout, seed=0):
 
 # every constexpr variant (square 3..11, bands), the generic one (13), maps smaller than the kernel, odd maps; the
 # interpreter's tiles are 3 columns wide: rows of 9 and 10 take the unmasked first / interior / last tiles (EDGES);
-# rows of at most 4 (_wgrad.WHOLE_ROW_MAX under the interpreter) are one tile (WHOLE_ROW)
+# NCHW rows of at most 4 (_wgrad.WHOLE_ROW_MAX under the interpreter) are one tile (WHOLE_ROW)
 @pytest.mark.parametrize(
     "shape,kernel",
     [
@@ -155,13 +155,13 @@ def test_through_dwconv2d_autograd():
 
 
 def test_rows_up_to_whole_row_max_are_one_tile():
-    """At stride and dilation 1 a row of at most WHOLE_ROW_MAX columns is one column tile (its borders known at
-    compile time); wider rows, stride 2 and dilation do not take that path."""
+    """At stride and dilation 1 an NCHW row of at most WHOLE_ROW_MAX columns is one column tile (its borders known
+    at compile time); wider rows, stride 2, dilation and channels_last do not take that path."""
 
-    def config(w, stride=(1, 1), dilation=(1, 1)):
-        x = torch.empty(1, 4, 6, w).contiguous(memory_format=torch.channels_last)
+    def config(w, stride=(1, 1), dilation=(1, 1), layout=torch.contiguous_format):
+        x = torch.empty(1, 4, 6, w).contiguous(memory_format=layout)
         out_h, out_w = (6 - 1) // stride[0] + 1, (w - 1) // stride[1] + 1  # "same" padding
-        dy = torch.empty(1, 4, out_h, out_w).contiguous(memory_format=torch.channels_last)
+        dy = torch.empty(1, 4, out_h, out_w).contiguous(memory_format=layout)
         return _wgrad._plan(x.shape, x.stride(), dy.shape, dy.stride(), (3, 3), stride, dilation, 4)["config"]
 
     narrow = config(_wgrad.WHOLE_ROW_MAX)
@@ -169,3 +169,4 @@ def test_rows_up_to_whole_row_max_are_one_tile():
     assert not config(_wgrad.WHOLE_ROW_MAX + 1)["WHOLE_ROW"]
     assert not config(_wgrad.WHOLE_ROW_MAX, stride=(2, 2))["WHOLE_ROW"]
     assert not config(_wgrad.WHOLE_ROW_MAX, dilation=(2, 2))["WHOLE_ROW"]
+    assert not config(_wgrad.WHOLE_ROW_MAX, layout=torch.channels_last)["WHOLE_ROW"]
