@@ -29,8 +29,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -44,6 +42,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from scripts._host import commit, cpu_name, load, percentile, slug  # noqa: E402
 
 # model -> (peer, constructor arguments for inference, for the training step)
 MODELS = {
@@ -62,57 +62,25 @@ OPS = ("rational", "dwconv", "inception", "neighborhood")
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
 def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int) -> dict[str, dict]:
     """Time every function of ``fns`` ``reps`` times, one call of each in turn per repetition, after ``warmup``
     calls of each. Returns, per name, the median / p10 / p90 wall milliseconds and the load around the group."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    load_before = _load()
+    load_before = load()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    load_after = _load()
+    load_after = load()
     return {
         name: {
             "ms": round(statistics.median(t), 3),
-            "ms_p10": round(_percentile(t, 0.1), 3),
-            "ms_p90": round(_percentile(t, 0.9), 3),
+            "ms_p10": round(percentile(t, 0.1), 3),
+            "ms_p90": round(percentile(t, 0.9), 3),
             "reps": reps,
             "load_before": load_before,
             "load_after": load_after,
@@ -180,7 +148,7 @@ def run_models(args) -> list[dict]:
                         torch.manual_seed(0)
                         fns[label] = _model_step(_build(name, mode, backend), mode, batch)
                         forms[label] = "deployed" if mode == "infer" and MODELS.get(name, ("", {}))[1] else "as built"
-                print(f"{mode} batch {batch} threads {threads}: {', '.join(fns)} (load {_load()})", flush=True)
+                print(f"{mode} batch {batch} threads {threads}: {', '.join(fns)} (load {load()})", flush=True)
                 timed = interleaved(fns, args.reps, args.warmup)
                 for label, result in timed.items():
                     name = label.split(" ")[0]
@@ -366,14 +334,14 @@ def run_first_call(args) -> dict:
     cache (the compile from scratch) and again with the cache that run left (a later process's first call)."""
     threads = max(_thread_counts(args))
     code = _FIRST_CALL.format(threads=threads, batch=max(args.batches))
-    results = {"threads": threads, "load_before": _load()}
+    results = {"threads": threads, "load_before": load()}
     with tempfile.TemporaryDirectory(prefix="zoo-inductor-cache-") as cache:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
         for run in ("cold_cache", "warm_cache"):
             done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
             results[run] = {k: round(v, 3) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
             print(f"  first call, {run}: {results[run]}", flush=True)
-    results["load_after"] = _load()
+    results["load_after"] = load()
     return results
 
 
@@ -435,30 +403,30 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     results = {
-        "device": _cpu_name(),
+        "device": cpu_name(),
         "date": _dt.date.today().isoformat(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "load_average_before": _load(),
+        "load_average_before": load(),
         "torch": torch.__version__,
         "python": sys.version.split()[0],
-        "commit": _commit(),
+        "commit": commit(),
         "rational_compiled": rational_cpu.compile_enabled(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets": {m: f"inference, batch 8, all threads: <= {r}x the peer" for m, r in TARGETS.items()},
     }
-    print(f"{results['device']}, {os.cpu_count()} CPUs, torch {torch.__version__}, load {_load()}", flush=True)
+    print(f"{results['device']}, {os.cpu_count()} CPUs, torch {torch.__version__}, load {load()}", flush=True)
     if args.what in ("ops", "all"):
         results["ops"] = run_ops(args)
     if args.what in ("first-call", "all") and not args.quick:
         results["first_call"] = run_first_call(args)
     if args.what in ("models", "all"):
         results["models"] = run_models(args)
-    results["load_average_after"] = _load()
+    results["load_average_after"] = load()
     results["seconds"] = round(time.perf_counter() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = args.what + ("-quick" if args.quick else "")
-    path = args.out / f"{_slug(results['device'])}-{results['date']}-{suffix}.json"
+    path = args.out / f"{slug(results['device'])}-{results['date']}-{suffix}.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print_readme_rows(results)
     print(f"\nresults: {path} ({results['seconds']} s)")

@@ -20,10 +20,7 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,36 +29,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts._host import commit, cpu_name, load, percentile, slug  # noqa: E402
+
 DEFAULT_MODELS = ("inceptionnext_t", "unireplknet_t")
 DEPLOY_ARGS = {"unireplknet": dict(deploy=True)}  # model-name prefix -> constructor arguments of the deployed form
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _build(name: str, num_classes: int) -> tuple[torch.nn.Module, str]:
@@ -128,8 +101,8 @@ def bench_model(
                 "img_size": img_size,
                 "threads": threads,
                 "ms": round(ms, 3),
-                "ms_p10": round(_percentile(values, 0.1), 3),
-                "ms_p90": round(_percentile(values, 0.9), 3),
+                "ms_p10": round(percentile(values, 0.1), 3),
+                "ms_p90": round(percentile(values, 0.9), 3),
                 "images_per_s": round(1e3 * batch / ms, 2),
                 "speedup_vs_eager": round(eager_ms / ms, 3),
                 "calls": len(values),
@@ -158,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     import onnxruntime
 
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    load_before = load()
     rows = []
     with tempfile.TemporaryDirectory(prefix="zoo-onnx-bench-") as tmp:
         for name in args.models:
@@ -166,21 +139,21 @@ def main(argv: list[str] | None = None) -> dict:
                 name, args.batch, args.img_size, args.threads, args.rounds, args.calls, args.warmup, Path(tmp)
             )
     results = {
-        "device": _cpu_name(),
+        "device": cpu_name(),
         "date": _dt.date.today().isoformat(),
         "threads": args.threads,
         "cpu_count": os.cpu_count(),
-        "load_average_before": [round(v, 2) for v in load_before],
-        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "load_average_before": load_before,
+        "load_average_after": load(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
         "python": sys.version.split()[0],
-        "commit": _commit(),
+        "commit": commit(),
         "models": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{_slug(results['device'])}-{results['date']}-{args.threads}threads.json"
+    path = args.out / f"{slug(results['device'])}-{results['date']}-{args.threads}threads.json"
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(
         f"{results['device']}, {args.threads} threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"

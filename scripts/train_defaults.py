@@ -31,6 +31,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # zoo from this checkout, installed or not
+
+from scripts._host import cpu_name  # noqa: E402
+
 MODELS = ("kat_t", "inceptionnext_a", "unireplknet_a", "nat_m", "dinat_m", "s4d_t", "longconv_t")
 """Every family's smallest model, in the README's order."""
 START_MARKER = "<!-- train-defaults:start -->"
@@ -42,16 +45,9 @@ def machine() -> dict[str, Any]:
     """The machine the runs timed: CPU model, the cores this process may use, Python and torch versions."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": cores,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

@@ -196,10 +196,14 @@ def _dwconv_wgrad_kernel(
                 x_ptr + (index(n, INT64) * x_n + index(ih, INT64) * x_h)[:, None] + (index(c, INT64) * x_c)[None, :]
             )
             x_bases = x_bases + (tl.where(ih_ok[:, None] & c_mask[None, :], x_real, zx_ptr + (c * zx_c)[None, :]),)
-        if WHOLE_ROW:
-            # stride and dilation 1, one tile is the whole row (TILE_W == W == Wo): the PAD window columns on each
-            # side are off the map, every other load is unmasked
-            PAD: tl.constexpr = (KW - 1) // 2
+        PAD: tl.constexpr = (KW - 1) // 2
+        if EDGES or WHOLE_ROW:
+            # stride and dilation 1. EDGES: a row at least TILE_W + PAD wide (the launcher checks that these tiles
+            # leave no gap): a first tile at column 0 (the PAD window columns left of the map skipped), interior
+            # tiles, and a last tile ending at the last column (the PAD columns right of the map skipped; the
+            # output columns an earlier tile covered read zeros). WHOLE_ROW: the first tile is the whole row
+            # (TILE_W == W == Wo), the PAD columns on both sides skipped.
+            FIRST_HI: tl.constexpr = PAD if WHOLE_ROW else 0
             acc, acc_bias = _column_tile(
                 acc,
                 acc_bias,
@@ -220,38 +224,10 @@ def _dwconv_wgrad_kernel(
                 INT64,
                 False,
                 PAD,
-                PAD,
+                FIRST_HI,
                 False,
             )
-        elif EDGES:
-            # stride and dilation 1, a row at least TILE_W + PAD wide (the launcher checks that these tiles leave
-            # no gap): a first tile at column 0 (the PAD window columns left of the map skipped), interior tiles,
-            # and a last tile ending at the last column (the PAD columns right of the map skipped; the output
-            # columns an earlier tile covered read zeros)
-            PAD: tl.constexpr = (KW - 1) // 2
-            acc, acc_bias = _column_tile(
-                acc,
-                acc_bias,
-                g_base,
-                x_bases,
-                0,
-                0,
-                W,
-                Wo,
-                g_w,
-                x_w,
-                1,
-                PAD,
-                KR,
-                KW,
-                1,
-                TILE_W,
-                INT64,
-                False,
-                PAD,
-                0,
-                False,
-            )
+        if EDGES:
             covered = ((W - PAD) // TILE_W) * TILE_W
             for w0 in range(TILE_W, covered, TILE_W):
                 acc, acc_bias = _column_tile(
@@ -301,7 +277,7 @@ def _dwconv_wgrad_kernel(
                     PAD,
                     True,
                 )
-        else:
+        elif not WHOLE_ROW:
             for phase in range(0, dil_w):
                 # tiles w0 = phase + m step; the interior ones (every column of the window on the map, every output
                 # column < Wo) load without masks: m in [m_lo, m_hi)
