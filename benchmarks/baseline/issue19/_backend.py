@@ -1,0 +1,166 @@
+"""The one place that decides whether an op runs its Triton kernel or its PyTorch reference.
+
+Backends:
+
+* ``"torch"``: the plain-PyTorch reference (any device; autograd through PyTorch).
+* ``"triton"``: the hand-written Triton kernels. Needs a CUDA tensor, or a CPU tensor with the Triton
+  interpreter switched on (``TRITON_INTERPRET=1`` set before ``zoo.kernels`` is imported).
+* ``"auto"``: Triton when the tensor is on CUDA and Triton is installed, the reference otherwise. The
+  interpreter is never picked by ``auto``: it is only used when ``"triton"`` is asked for explicitly.
+
+Precedence: an explicit ``backend=`` argument (anything but ``"auto"``), then the environment variable
+``ZOO_BACKEND`` (read at every call), then ``auto``. Asking for ``triton`` where it cannot run raises a
+``ValueError``; there is never a silent fallback.
+
+Once an op's backend resolved to ``"triton"``, :func:`dispatch_triton` picks how its Triton path runs: the
+registered custom op under ``torch.compile``, the forward launcher when no gradient is needed, the op's
+``torch.autograd.Function`` otherwise. :data:`TRITON_DTYPES` are the dtypes the kernels take.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton")
+ENV_VAR = "ZOO_BACKEND"
+# The dtypes the Triton kernels take (the S4D kernel, fp32 arithmetic only, takes float32 alone). ``auto`` runs the
+# reference for any other dtype; ``triton`` rejects it with a TypeError (:func:`check_triton_dtypes`).
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+try:  # Triton ships with PyTorch on Linux; elsewhere the reference still works.
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # pragma: no cover - exercised only on machines without Triton
+    HAS_TRITON = False
+
+    class _MissingTriton:
+        """Stands in for ``triton`` / ``triton.language`` so kernel modules import without Triton.
+
+        Decorators return the function unchanged; any launch is prevented by :func:`resolve_backend`.
+        """
+
+        constexpr = Any
+
+        def __getattr__(self, name: str) -> Any:
+            return self
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            if len(args) == 1 and callable(args[0]) and not kwargs:
+                return args[0]
+            return self
+
+    triton = _MissingTriton()  # type: ignore[assignment]
+    tl = _MissingTriton()  # type: ignore[assignment]
+
+# triton.jit reads TRITON_INTERPRET when a kernel is defined, i.e. when the kernel modules are imported.
+# Record it at that moment: later changes to the variable do not change what the kernels are.
+INTERPRETER = HAS_TRITON and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _check_name(backend: str, source: str) -> str:
+    if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+        raise ValueError(f"{source} must be one of {BACKENDS}, got {backend!r}")
+    return backend.lower()
+
+
+def requested_backend(backend: str = "auto") -> str:
+    """The backend asked for, before looking at any tensor: the argument, else ``ZOO_BACKEND``, else auto."""
+    backend = _check_name(backend, "backend")
+    if backend != "auto":
+        return backend
+    return _check_name(os.environ.get(ENV_VAR, "auto") or "auto", f"environment variable {ENV_VAR}")
+
+
+def resolve_backend(backend: str, tensor: torch.Tensor, triton_dtypes: tuple[torch.dtype, ...] | None = None) -> str:
+    """Return ``"triton"`` or ``"torch"``: the backend that will run an op on ``tensor``.
+
+    ``triton_dtypes``: the dtypes the op's kernels take; ``auto`` picks the reference for any other dtype
+    (e.g. float64 on CUDA). Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
+    """
+    choice = requested_backend(backend)
+    if choice == "auto":
+        supported = triton_dtypes is None or tensor.dtype in triton_dtypes
+        return "triton" if (HAS_TRITON and tensor.device.type == "cuda" and supported) else "torch"
+    if choice == "triton":
+        check_triton_device(tensor.device)
+    return choice
+
+
+def check_triton_device(device: torch.device) -> None:
+    """Raise ``ValueError`` unless tensors on ``device`` can go to a Triton launch: CUDA, or CPU under the
+    interpreter."""
+    if not HAS_TRITON:
+        raise ValueError("backend='triton' was asked for, but Triton is not installed; use backend='torch'")
+    if device.type == "cuda" or (device.type == "cpu" and INTERPRETER):
+        return
+    if device.type == "cpu":
+        raise ValueError(
+            "backend='triton' needs a CUDA tensor, got a CPU tensor. To run the Triton interpreter on the "
+            "CPU, set TRITON_INTERPRET=1 before importing `zoo.kernels` (slow; meant for tests), or use "
+            "backend='torch'."
+        )
+    raise ValueError(
+        f"backend='triton' runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got device {str(device)!r}"
+    )
+
+
+def device_guard(device: torch.device):
+    """Launch on ``device`` (Triton launches on the current CUDA device); a no-op context elsewhere."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def check_float_tensor(name: str, t: object) -> torch.Tensor:
+    """Raise ``TypeError`` unless ``t`` is a floating-point tensor; return it."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
+    return t
+
+
+def check_triton_dtypes(
+    kernel_takes: str, tensors: Mapping[str, torch.Tensor | None], dtypes: tuple[torch.dtype, ...] = TRITON_DTYPES
+) -> None:
+    """Raise ``TypeError`` unless every tensor in ``tensors`` (name -> tensor; None is skipped) has a dtype in
+    ``dtypes``. ``kernel_takes`` starts the message, e.g. ``"the Triton FFT convolution takes"``."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in dtypes:
+            raise TypeError(
+                f"{kernel_takes} {name} in {[str(d) for d in dtypes]}, got {t.dtype}; use backend='torch' for other "
+                "dtypes"
+            )
+
+
+def dispatch_triton(
+    *args: Any,
+    op: Callable[..., Any],
+    function: type[torch.autograd.Function],
+    launcher: Callable[..., Any],
+) -> Any:
+    """Run an op's Triton path on ``args``; every op's public function calls this once its backend resolved to
+    ``"triton"``. One of three runs:
+
+    * ``op``, the registered custom op (``torch.ops.zoo.*``), while ``torch.compile`` traces: the compiled graph
+      holds the op, its fake implementation and its registered autograd;
+    * ``launcher``, the Triton forward launcher, when no gradient is needed (grad mode off, or no tensor in
+      ``args`` requires grad): no autograd node to build, the fast inference path;
+    * ``function.apply``, the op's ``torch.autograd.Function`` (calling the launchers directly, which skips two
+      custom-op dispatches per call), otherwise.
+
+    ``op``, ``launcher`` and ``function.apply`` all take ``args`` positionally and return the op's result; an op
+    whose registered op or launcher orders its arguments differently or returns more (attention's log-sum-exp)
+    passes a small adapter. The launchers validate the inputs, so a bad input raises the same error on the launcher
+    and autograd paths.
+    """
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+        return launcher(*args)
+    return function.apply(*args)

@@ -1,0 +1,1553 @@
+"""Neighborhood attention (NAT / DiNAT; docs/semantics.md §5): each query attends to a window of keys around it.
+
+For q, k, v laid out ``[B, *spatial, heads, head_dim]`` (1, 2 or 3 spatial axes; NATTEN's modern layout), per
+spatial axis of length n with kernel size k (odd, >= 3), dilation d and a causal flag:
+
+* token i belongs to dilation group g = i mod d, with group coordinate i' = i div d; the group holds
+  n_g = ceil((n - g) / d) tokens;
+* its keys are the group coordinates start .. start + k - 1 with start = clamp(i' - k // 2, 0, n_g - k) (the window
+  shifts inward at the borders: always k keys, no padding); causal: max(i' - k + 1, 0) .. i';
+* a key's absolute index is coordinate * d + g; the neighbourhood of a query is the product of its axes' windows.
+
+    out[q] = sum_{j in N(q)} softmax_j(scale <q, k_j> + rpb[h, (j - q) / d + k - 1 per axis]) v_j
+
+with an optional relative position bias ``rpb`` [heads, 2 k0 - 1 (, 2 k1 - 1 (, 2 k2 - 1))] (not with causal).
+
+The Triton kernels are fused (FlashAttention-style online softmax over each query's neighbourhood; the attention
+matrix is never materialised, except that the backward with a bias stores the float32 logit gradients of a
+chunk of the batch, [chunk, heads, N, prod(kernel_size)] (at most 256 MiB, or one batch item), to sum them per
+relative offset). A program owns a tile of queries of one dilation group (a box of group coordinates) and walks
+only the key tiles of the union of its queries' windows (key tiles no query of the tile can see are skipped),
+masking each (query, key) pair by the window test. The backward recomputes the probabilities from the saved
+log-sum-exp: one kernel per key tile walks the queries that can see it (dk, dv), one per query tile walks its keys
+(dq, and the logit gradients that make drpb, summed per relative offset afterwards).
+
+Layout of this file (the kernel contract, docs/design.md §2): input checks, the reference, the Triton kernels, the
+launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.kernels._backend import (
+    INTERPRETER,
+    TRITON_DTYPES,
+    check_float_tensor,
+    check_triton_device,
+    check_triton_dtypes,
+    device_guard,
+    dispatch_triton,
+    requested_backend,
+    resolve_backend,
+    tl,
+    triton,
+)
+
+HEAD_DIM_RANGE = (16, 128)
+
+__all__ = [
+    "na1d",
+    "na2d",
+    "na3d",
+    "na_backward",
+    "na_forward",
+    "na_reference",
+    "neighborhood_attention",
+    "neighborhood_table",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Input checks (shared by the reference and the launchers)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _per_axis(value, dims: int, name: str, kind: type) -> tuple:
+    """One value for every axis, or one per axis: a tuple of ``dims`` values of ``kind``."""
+    values = tuple(value) if isinstance(value, Sequence) else (value,) * dims
+    if len(values) != dims or not all(
+        isinstance(x, kind) and (kind is bool or not isinstance(x, bool)) for x in values
+    ):
+        raise ValueError(f"{name} must be one {kind.__name__} or {dims} of them (one per spatial axis), got {value!r}")
+    return values
+
+
+def check_na_inputs(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation,
+    is_causal,
+    rpb: Tensor | None,
+    scale: float | None,
+    dims: int | None = None,
+) -> tuple[tuple, tuple, tuple, float]:
+    """Validate the inputs of a neighborhood attention call; raise naming the expected values.
+
+    Returns ``(kernel_size, dilation, is_causal, scale)`` as per-axis tuples and a float."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float_tensor(name, t)
+    if dims is None:
+        dims = q.dim() - 3
+    if dims not in (1, 2, 3) or q.dim() != dims + 3:
+        layout = "[B, " + ", ".join(f"X{i}" for i in range(dims if dims in (1, 2, 3) else 1)) + ", heads, head_dim]"
+        raise ValueError(f"q must be laid out {layout} ({dims}-D neighborhood attention), got shape {list(q.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k and v must have the same shape [B, *spatial, heads, head_dim], got q "
+            f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}"
+        )
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    spatial = tuple(q.shape[1 : 1 + dims])
+    ks = _per_axis(kernel_size, dims, "kernel_size", int)
+    ds = _per_axis(dilation, dims, "dilation", int)
+    cs = _per_axis(is_causal, dims, "is_causal", bool)
+    for axis, (n, kk, dd) in enumerate(zip(spatial, ks, ds, strict=True)):
+        if kk < 3 or kk % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd and >= 3 on every axis, got {kk} on axis {axis} (kernel_size={kernel_size!r})"
+            )
+        if dd < 1:
+            raise ValueError(f"dilation must be >= 1 on every axis, got {dd} on axis {axis}")
+        if kk * dd > n:
+            raise ValueError(
+                f"kernel_size * dilation must be <= the axis length: axis {axis} has {n} tokens, "
+                f"kernel_size {kk} x dilation {dd} = {kk * dd}"
+            )
+    heads = q.shape[-2]
+    if rpb is not None:
+        if any(cs):
+            raise ValueError("a relative position bias (rpb) cannot be used with causal attention")
+        check_float_tensor("rpb", rpb)
+        expected = (heads, *(2 * kk - 1 for kk in ks))
+        if tuple(rpb.shape) != expected:
+            raise ValueError(f"rpb must have shape [heads, 2 k - 1 per axis] = {list(expected)}, got {list(rpb.shape)}")
+        if rpb.device != q.device:
+            raise ValueError(f"rpb must be on the device of q ({q.device}), got {rpb.device}")
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number or None (head_dim ** -0.5), got {scale!r}")
+    return ks, ds, cs, float(scale)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. Reference
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _axis_windows(n: int, k: int, d: int, causal: bool, device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per axis: the absolute key index [n, k], whether it is a key [n, k] (causal windows near the start are
+    shorter) and the rpb index (j - i) / d + k - 1 [n, k] of each window slot."""
+    i = torch.arange(n, device=device)
+    group, coord = i % d, i // d
+    n_group = (n - group + d - 1) // d
+    if causal:
+        start = coord - k + 1
+    else:
+        start = torch.minimum((coord - k // 2).clamp_min(0), n_group - k)
+    key_coord = start[:, None] + torch.arange(k, device=device)
+    valid = key_coord >= 0
+    key = key_coord.clamp_min(0) * d + group[:, None]
+    return key, valid, key_coord - coord[:, None] + k - 1
+
+
+def neighborhood_table(
+    spatial: Sequence[int], kernel_size: Sequence[int], dilation: Sequence[int], is_causal: Sequence[bool], device=None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The neighbourhoods of every query, over the flattened (row-major) spatial positions: key indices
+    [N, K], validity [N, K] and flat indices into ``rpb[h].flatten()`` [N, K], K = prod(kernel_size)."""
+    key, valid, bias = None, None, None
+    for n, k, d, c in zip(spatial, kernel_size, dilation, is_causal, strict=True):
+        a_key, a_valid, a_bias = _axis_windows(n, k, d, c, device)
+        if key is None:
+            key, valid, bias = a_key, a_valid, a_bias
+            continue
+        # combine with the axes so far: queries (N, n) -> N * n, slots (K, k) -> K * k
+        key = (key[:, None, :, None] * n + a_key[None, :, None, :]).flatten(2).flatten(0, 1)
+        valid = (valid[:, None, :, None] & a_valid[None, :, None, :]).flatten(2).flatten(0, 1)
+        bias = (bias[:, None, :, None] * (2 * k - 1) + a_bias[None, :, None, :]).flatten(2).flatten(0, 1)
+    return key, valid, bias
+
+
+def na_reference(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Neighborhood attention in plain PyTorch (see the module docstring): gathers each query's keys and values
+    ([B, N, K, heads, head_dim]: memory grows with the window) and applies a masked softmax; ``dropout_p`` drops
+    attention probabilities (as ``F.dropout``, training only: pass 0 in eval).
+
+    Computes in float32 (float64 for float64 inputs); returns the dtype of q."""
+    ks, ds, cs, scale = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    spatial = q.shape[1:-2]
+    key, valid, bias = neighborhood_table(spatial, ks, ds, cs, q.device)
+    qf, kf, vf = (t.reshape(B, -1, heads, head_dim).to(dtype) for t in (q, k, v))
+    logits = torch.einsum("bnhd,bnkhd->bnhk", qf * scale, kf[:, key])
+    if rpb is not None:
+        logits = logits + rpb.to(dtype).flatten(1)[:, bias].permute(1, 0, 2)
+    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+    probs = logits.softmax(-1)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p)
+    out = torch.einsum("bnhk,bnkhd->bnhd", probs, vf[:, key])
+    return out.reshape(q.shape).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. Triton kernels
+#
+# Every kernel sees three spatial axes (a 1-D or 2-D problem has leading axes of length 1, kernel 1, dilation 1).
+# A tile is a box of TILE0 x TILE1 x TILE2 group coordinates of one dilation group, flattened row-major; the
+# program ids are (tile over groups and boxes, batch * heads). Logits are carried in base 2 (scaled by log2 e).
+# ----------------------------------------------------------------------------------------------------------------
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _window_start(c, n_group, k, CAUSAL: tl.constexpr):
+    """First group coordinate of the window of the query at group coordinate c (negative for a short causal one)."""
+    if CAUSAL:
+        start = c - k + 1
+    else:
+        start = tl.minimum(tl.maximum(c - k // 2, 0), n_group - k)
+    return start
+
+
+@triton.jit
+def _first_query(c, k, CAUSAL: tl.constexpr):
+    """The first query coordinate whose window holds key coordinate c (queries' windows are monotone in c)."""
+    if CAUSAL:
+        first = c
+    else:
+        first = tl.where(c <= k - 1, 0, c - k + 1 + k // 2)
+    return first
+
+
+@triton.jit
+def _last_query(c, n_group, k, CAUSAL: tl.constexpr):
+    """The last query coordinate whose window holds key coordinate c."""
+    if CAUSAL:
+        last = tl.minimum(c + k - 1, n_group - 1)
+    else:
+        last = tl.where(c >= n_group - k, n_group - 1, c + k // 2)
+    return last
+
+
+@triton.jit
+def _split_tile(pid, d0, d1, d2, tiles0, tiles1, tiles2):
+    """(group, box index) per axis of a program id over prod(d_a * tiles_a)."""
+    i2 = pid % (d2 * tiles2)
+    rest = pid // (d2 * tiles2)
+    i1 = rest % (d1 * tiles1)
+    i0 = rest // (d1 * tiles1)
+    return i0 % d0, i0 // d0, i1 % d1, i1 // d1, i2 % d2, i2 // d2
+
+
+@triton.jit
+def _box(first0, first1, first2, TILE0: tl.constexpr, TILE1: tl.constexpr, TILE2: tl.constexpr):
+    """Group coordinates of the TILE0 x TILE1 x TILE2 box starting at (first0, first1, first2), row-major."""
+    r = tl.arange(0, TILE0 * TILE1 * TILE2)
+    return first0 + r // (TILE1 * TILE2), first1 + (r // TILE2) % TILE1, first2 + r % TILE2
+
+
+@triton.jit
+def _offsets(c0, c1, c2, g0, g1, g2, d0, d1, d2, s0, s1, s2):
+    """Memory offsets (int64) of group coordinates c_a of groups g_a for spatial strides s_a."""
+    return (c0 * d0 + g0).to(tl.int64) * s0 + (c1 * d1 + g1).to(tl.int64) * s1 + (c2 * d2 + g2).to(tl.int64) * s2
+
+
+@triton.jit
+def _flat_index(c0, c1, c2, g0, g1, g2, d0, d1, d2, n1, n2):
+    """Row-major flat spatial index of group coordinates c_a of groups g_a."""
+    return ((c0 * d0 + g0) * n1 + (c1 * d1 + g1)) * n2 + (c2 * d2 + g2)
+
+
+@triton.jit
+def _pair_mask(qc, ws, kc, k):
+    """[queries, keys]: key coordinate kc inside the window [ws, ws + k) of each query (one axis)."""
+    return (kc[None, :] >= ws[:, None]) & (kc[None, :] < ws[:, None] + k)
+
+
+@triton.jit
+def _dot(a, b, EXACT_DOT: tl.constexpr):
+    """a @ b accumulated in float32: on the operands' tensor cores, or (EXACT_DOT: float32 inputs, and every dtype
+    under the interpreter, whose bf16 dot is wrong) in full float32 precision, not TF32."""
+    if EXACT_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _logits2(
+    q,
+    kt,
+    qc0,
+    qc1,
+    qc2,
+    kc0,
+    kc1,
+    kc2,
+    ws0,
+    ws1,
+    ws2,
+    q_ok,
+    k_ok,
+    k0,
+    k1,
+    k2,
+    rpb_head,
+    sr0,
+    sr1,
+    sr2,
+    scale2,
+    HAS_RPB: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
+    """Base-2 logits [queries, keys] of a query tile against a key tile (kt: [head_dim, keys]), -inf outside the
+    neighbourhoods; and the mask."""
+    s = _dot(q, kt, EXACT_DOT)
+    mask = _pair_mask(qc0, ws0, kc0, k0) & _pair_mask(qc1, ws1, kc1, k1) & _pair_mask(qc2, ws2, kc2, k2)
+    mask = mask & q_ok[:, None] & k_ok[None, :]
+    s = s * scale2
+    if HAS_RPB:
+        rel = (
+            (kc0[None, :] - qc0[:, None] + k0 - 1) * sr0
+            + (kc1[None, :] - qc1[:, None] + k1 - 1) * sr1
+            + (kc2[None, :] - qc2[:, None] + k2 - 1) * sr2
+        )
+        s += tl.load(rpb_head + rel, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    return tl.where(mask, s, float("-inf")), mask
+
+
+@triton.jit
+def _query_tile(
+    pid,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+):
+    """A program's query box and the key region its windows cover: the dilation groups g_a, the queries' group
+    coordinates qc_a with their validity and window starts ws_a, and the region [lo_a, hi_a) walked in
+    ``n_tiles`` key boxes (nk1, nk2 of them along axes 1 and 2; none for an empty query box)."""
+    g0, t0, g1, t1, g2, t2 = _split_tile(pid, d0, d1, d2, tiles0, tiles1, tiles2)
+    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
+    f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
+    qc0, qc1, qc2 = _box(f0, f1, f2, TQ0, TQ1, TQ2)
+    q_ok = (qc0 < ng0) & (qc1 < ng1) & (qc2 < ng2)
+    ws0 = _window_start(qc0, ng0, k0, CAUSAL0)
+    ws1 = _window_start(qc1, ng1, k1, CAUSAL1)
+    ws2 = _window_start(qc2, ng2, k2, CAUSAL2)
+    # from the first query's window start to the last query's window end, per axis
+    lo0 = tl.maximum(_window_start(f0, ng0, k0, CAUSAL0), 0)
+    lo1 = tl.maximum(_window_start(f1, ng1, k1, CAUSAL1), 0)
+    lo2 = tl.maximum(_window_start(f2, ng2, k2, CAUSAL2), 0)
+    hi0 = _window_start(tl.minimum(f0 + TQ0, ng0) - 1, ng0, k0, CAUSAL0) + k0
+    hi1 = _window_start(tl.minimum(f1 + TQ1, ng1) - 1, ng1, k1, CAUSAL1) + k1
+    hi2 = _window_start(tl.minimum(f2 + TQ2, ng2) - 1, ng2, k2, CAUSAL2) + k2
+    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
+    nk0, nk1, nk2 = tl.cdiv(hi0 - lo0, TK0), tl.cdiv(hi1 - lo1, TK1), tl.cdiv(hi2 - lo2, TK2)
+    n_tiles = tl.where(empty, 0, nk0 * nk1 * nk2)
+    return g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles
+
+
+@triton.jit
+def _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, n1, n2, T0: tl.constexpr, T1: tl.constexpr, T2: tl.constexpr):
+    """The t-th box (row-major; n1, n2 boxes along axes 1 and 2) of the region [lo_a, hi_a): its group
+    coordinates and which of them lie inside the region."""
+    c0, c1, c2 = _box(lo0 + (t // (n1 * n2)) * T0, lo1 + ((t // n2) % n1) * T1, lo2 + (t % n2) * T2, T0, T1, T2)
+    return c0, c1, c2, (c0 < hi0) & (c1 < hi1) & (c2 < hi2)
+
+
+@triton.jit
+def _na_fwd_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rpb_ptr,
+    out_ptr,
+    lse_ptr,
+    heads,
+    head_dim,
+    scale2,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    s_b,
+    s_0,
+    s_1,
+    s_2,
+    s_h,
+    s_d,
+    sk_b,
+    sk_0,
+    sk_1,
+    sk_2,
+    sk_h,
+    sk_d,
+    sv_b,
+    sv_0,
+    sv_1,
+    sv_2,
+    sv_h,
+    sv_d,
+    so_b,
+    so_0,
+    so_1,
+    so_2,
+    so_h,
+    sr_h,
+    sr0,
+    sr1,
+    sr2,
+    HAS_RPB: tl.constexpr,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
+    """Forward: out (dtype of q, layout of out's strides) and the base-2 log-sum-exp lse [B, heads, N] (float32)
+    of one query tile, by an online softmax over the key tiles of the union of its windows."""
+    g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
+        tl.program_id(1),
+        n0,
+        n1,
+        n2,
+        k0,
+        k1,
+        k2,
+        d0,
+        d1,
+        d2,
+        tiles0,
+        tiles1,
+        tiles2,
+        CAUSAL0,
+        CAUSAL1,
+        CAUSAL2,
+        TQ0,
+        TQ1,
+        TQ2,
+        TK0,
+        TK1,
+        TK2,
+    )
+    bh = tl.program_id(0)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < head_dim
+    q_off = b * s_b + h * s_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)
+    q = tl.load(q_ptr + q_off[:, None] + dd[None, :] * s_d, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = k_ptr + b * sk_b + h * sk_h
+    v_base = v_ptr + b * sv_b + h * sv_h
+    rpb_head = rpb_ptr + h * sr_h
+    m = tl.full([TQ0 * TQ1 * TQ2], -1.0e30, dtype=tl.float32)
+    row_sum = tl.zeros([TQ0 * TQ1 * TQ2], dtype=tl.float32)
+    acc = tl.zeros([TQ0 * TQ1 * TQ2, BLOCK_D], dtype=tl.float32)
+    for t in range(0, n_tiles):
+        kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
+        kv_mask = k_ok[:, None] & d_ok[None, :]
+        kt = tl.load(
+            k_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)[None, :] + dd[:, None] * sk_d,
+            mask=kv_mask.T,
+            other=0.0,
+        )
+        vv = tl.load(
+            v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[:, None] + dd[None, :] * sv_d,
+            mask=kv_mask,
+            other=0.0,
+        )
+        s, _ = _logits2(
+            q,
+            kt,
+            qc0,
+            qc1,
+            qc2,
+            kc0,
+            kc1,
+            kc2,
+            ws0,
+            ws1,
+            ws2,
+            q_ok,
+            k_ok,
+            k0,
+            k1,
+            k2,
+            rpb_head,
+            sr0,
+            sr1,
+            sr2,
+            scale2,
+            HAS_RPB,
+            EXACT_DOT,
+        )
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        row_sum = row_sum * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _dot(p.to(vv.dtype), vv, EXACT_DOT)
+        m = m_new
+    l_safe = tl.where(q_ok, row_sum, 1.0)
+    out = acc / l_safe[:, None]
+    o_off = b * so_b + h * so_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, so_0, so_1, so_2)
+    tl.store(
+        out_ptr + o_off[:, None] + dd[None, :], out.to(out_ptr.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :]
+    )
+    n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
+    tl.store(lse_ptr + bh.to(tl.int64) * (n0 * n1 * n2) + n_flat, m + tl.log2(l_safe), mask=q_ok)
+
+
+@triton.jit
+def _na_bwd_kv_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rpb_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    heads,
+    head_dim,
+    scale,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    s_b,
+    s_0,
+    s_1,
+    s_2,
+    s_h,
+    s_d,
+    sk_b,
+    sk_0,
+    sk_1,
+    sk_2,
+    sk_h,
+    sk_d,
+    sv_b,
+    sv_0,
+    sv_1,
+    sv_2,
+    sv_h,
+    sv_d,
+    sdo_b,
+    sdo_0,
+    sdo_1,
+    sdo_2,
+    sdo_h,
+    sdo_d,
+    sg_b,
+    sg_0,
+    sg_1,
+    sg_2,
+    sg_h,
+    sr_h,
+    sr0,
+    sr1,
+    sr2,
+    HAS_RPB: tl.constexpr,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
+    """Backward for one key tile: dv = sum_q p dO and dk = scale sum_q ds q over the query tiles whose windows can
+    hold its keys (dk and dv share the strides sg_*; unit head_dim stride)."""
+    g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
+    bh = tl.program_id(0)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
+    f0, f1, f2 = t0 * TK0, t1 * TK1, t2 * TK2
+    kc0, kc1, kc2 = _box(f0, f1, f2, TK0, TK1, TK2)
+    k_ok = (kc0 < ng0) & (kc1 < ng1) & (kc2 < ng2)
+    # the query region: queries whose windows can hold a key of this tile
+    lo0, lo1, lo2 = _first_query(f0, k0, CAUSAL0), _first_query(f1, k1, CAUSAL1), _first_query(f2, k2, CAUSAL2)
+    hi0 = _last_query(tl.minimum(f0 + TK0, ng0) - 1, ng0, k0, CAUSAL0) + 1
+    hi1 = _last_query(tl.minimum(f1 + TK1, ng1) - 1, ng1, k1, CAUSAL1) + 1
+    hi2 = _last_query(tl.minimum(f2 + TK2, ng2) - 1, ng2, k2, CAUSAL2) + 1
+    empty = (f0 >= ng0) | (f1 >= ng1) | (f2 >= ng2)
+    nq0, nq1, nq2 = tl.cdiv(hi0 - lo0, TQ0), tl.cdiv(hi1 - lo1, TQ1), tl.cdiv(hi2 - lo2, TQ2)
+    n_tiles = tl.where(empty, 0, nq0 * nq1 * nq2)
+
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < head_dim
+    kv_mask = k_ok[:, None] & d_ok[None, :]
+    k_off = b * sk_b + h * sk_h + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)
+    v_off = b * sv_b + h * sv_h + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)
+    kt = tl.load(k_ptr + k_off[None, :] + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)
+    vt = tl.load(v_ptr + v_off[None, :] + dd[:, None] * sv_d, mask=kv_mask.T, other=0.0)
+    rpb_head = rpb_ptr + h * sr_h
+    row = bh.to(tl.int64) * (n0 * n1 * n2)
+    dk = tl.zeros([TK0 * TK1 * TK2, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([TK0 * TK1 * TK2, BLOCK_D], dtype=tl.float32)
+    scale2 = scale * 1.4426950408889634
+    for t in range(0, n_tiles):
+        qc0, qc1, qc2, q_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nq1, nq2, TQ0, TQ1, TQ2)
+        q_mask = q_ok[:, None] & d_ok[None, :]
+        ws0, ws1, ws2 = (
+            _window_start(qc0, ng0, k0, CAUSAL0),
+            _window_start(qc1, ng1, k1, CAUSAL1),
+            _window_start(qc2, ng2, k2, CAUSAL2),
+        )
+        q = tl.load(
+            q_ptr
+            + b * s_b
+            + h * s_h
+            + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)[:, None]
+            + dd[None, :] * s_d,
+            mask=q_mask,
+            other=0.0,
+        )
+        do = tl.load(
+            do_ptr
+            + b * sdo_b
+            + h * sdo_h
+            + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sdo_0, sdo_1, sdo_2)[:, None]
+            + dd[None, :] * sdo_d,
+            mask=q_mask,
+            other=0.0,
+        )
+        n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
+        lse = tl.load(lse_ptr + row + n_flat, mask=q_ok, other=0.0)
+        delta = tl.load(delta_ptr + row + n_flat, mask=q_ok, other=0.0)
+        s, mask = _logits2(
+            q,
+            kt,
+            qc0,
+            qc1,
+            qc2,
+            kc0,
+            kc1,
+            kc2,
+            ws0,
+            ws1,
+            ws2,
+            q_ok,
+            k_ok,
+            k0,
+            k1,
+            k2,
+            rpb_head,
+            sr0,
+            sr1,
+            sr2,
+            scale2,
+            HAS_RPB,
+            EXACT_DOT,
+        )
+        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
+        dv += _dot(tl.trans(p).to(do.dtype), do, EXACT_DOT)
+        ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
+        dk += _dot(tl.trans(ds).to(q.dtype), q, EXACT_DOT)
+    g_off = b * sg_b + h * sg_h + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
+    tl.store(dk_ptr + g_off[:, None] + dd[None, :], (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptr + g_off[:, None] + dd[None, :], dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _na_bwd_q_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    rpb_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    dlogit_ptr,
+    heads,
+    head_dim,
+    scale,
+    n0,
+    n1,
+    n2,
+    k0,
+    k1,
+    k2,
+    d0,
+    d1,
+    d2,
+    tiles0,
+    tiles1,
+    tiles2,
+    s_b,
+    s_0,
+    s_1,
+    s_2,
+    s_h,
+    s_d,
+    sk_b,
+    sk_0,
+    sk_1,
+    sk_2,
+    sk_h,
+    sk_d,
+    sv_b,
+    sv_0,
+    sv_1,
+    sv_2,
+    sv_h,
+    sv_d,
+    sdo_b,
+    sdo_0,
+    sdo_1,
+    sdo_2,
+    sdo_h,
+    sdo_d,
+    sg_b,
+    sg_0,
+    sg_1,
+    sg_2,
+    sg_h,
+    sr_h,
+    sr0,
+    sr1,
+    sr2,
+    HAS_RPB: tl.constexpr,
+    CAUSAL0: tl.constexpr,
+    CAUSAL1: tl.constexpr,
+    CAUSAL2: tl.constexpr,
+    TQ0: tl.constexpr,
+    TQ1: tl.constexpr,
+    TQ2: tl.constexpr,
+    TK0: tl.constexpr,
+    TK1: tl.constexpr,
+    TK2: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    EXACT_DOT: tl.constexpr,
+):
+    """Backward for one query tile: dq = scale sum_k ds k over the key tiles of its windows; with a bias, the
+    logit gradients ds also go to dlogit [B, heads, N, prod(k)] (float32) at each key's window slot, for the rpb
+    gradient (summed per relative offset by the launcher)."""
+    g0, g1, g2, qc0, qc1, qc2, q_ok, ws0, ws1, ws2, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, n_tiles = _query_tile(
+        tl.program_id(1),
+        n0,
+        n1,
+        n2,
+        k0,
+        k1,
+        k2,
+        d0,
+        d1,
+        d2,
+        tiles0,
+        tiles1,
+        tiles2,
+        CAUSAL0,
+        CAUSAL1,
+        CAUSAL2,
+        TQ0,
+        TQ1,
+        TQ2,
+        TK0,
+        TK1,
+        TK2,
+    )
+    bh = tl.program_id(0)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < head_dim
+    q_mask = q_ok[:, None] & d_ok[None, :]
+    q_off = b * s_b + h * s_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, s_0, s_1, s_2)
+    do_off = b * sdo_b + h * sdo_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
+    q = tl.load(q_ptr + q_off[:, None] + dd[None, :] * s_d, mask=q_mask, other=0.0)
+    do = tl.load(do_ptr + do_off[:, None] + dd[None, :] * sdo_d, mask=q_mask, other=0.0)
+    n_total = n0 * n1 * n2
+    n_flat = _flat_index(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, n1, n2)
+    row = bh.to(tl.int64) * n_total
+    lse = tl.load(lse_ptr + row + n_flat, mask=q_ok, other=0.0)
+    delta = tl.load(delta_ptr + row + n_flat, mask=q_ok, other=0.0)
+    k_base = k_ptr + b * sk_b + h * sk_h
+    v_base = v_ptr + b * sv_b + h * sv_h
+    rpb_head = rpb_ptr + h * sr_h
+    dlogit_rows = dlogit_ptr + (row + n_flat) * (k0 * k1 * k2)
+    dq = tl.zeros([TQ0 * TQ1 * TQ2, BLOCK_D], dtype=tl.float32)
+    scale2 = scale * 1.4426950408889634
+    for t in range(0, n_tiles):
+        kc0, kc1, kc2, k_ok = _region_box(t, lo0, lo1, lo2, hi0, hi1, hi2, nk1, nk2, TK0, TK1, TK2)
+        kv_mask = k_ok[:, None] & d_ok[None, :]
+        k_off = _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sk_0, sk_1, sk_2)
+        kt = tl.load(k_base + k_off[None, :] + dd[:, None] * sk_d, mask=kv_mask.T, other=0.0)
+        vt = tl.load(
+            v_base + _offsets(kc0, kc1, kc2, g0, g1, g2, d0, d1, d2, sv_0, sv_1, sv_2)[None, :] + dd[:, None] * sv_d,
+            mask=kv_mask.T,
+            other=0.0,
+        )
+        s, mask = _logits2(
+            q,
+            kt,
+            qc0,
+            qc1,
+            qc2,
+            kc0,
+            kc1,
+            kc2,
+            ws0,
+            ws1,
+            ws2,
+            q_ok,
+            k_ok,
+            k0,
+            k1,
+            k2,
+            rpb_head,
+            sr0,
+            sr1,
+            sr2,
+            scale2,
+            HAS_RPB,
+            EXACT_DOT,
+        )
+        p = tl.where(mask, tl.exp2(s - lse[:, None]), 0.0)
+        ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
+        dq += _dot(ds.to(kt.dtype), tl.trans(kt), EXACT_DOT)
+        if HAS_RPB:
+            slot = ((kc0[None, :] - ws0[:, None]) * k1 + (kc1[None, :] - ws1[:, None])) * k2 + (
+                kc2[None, :] - ws2[:, None]
+            )
+            tl.store(dlogit_rows[:, None] + slot, ds, mask=mask)
+    g_off = b * sg_b + h * sg_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
+    tl.store(dq_ptr + g_off[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+
+
+# Tiles (query box, key box) per number of spatial axes, as three-axis boxes (leading axes of length 1). GPU: 64
+# queries x 64 keys (tl.dot needs >= 16 per side); under the interpreter small boxes, so odd test sizes span
+# several tiles and borders.
+_TILES_GPU = {
+    "fwd": {1: ((1, 1, 64), (1, 1, 64)), 2: ((1, 8, 8), (1, 8, 8)), 3: ((4, 4, 4), (4, 4, 4))},
+    "bwd": {1: ((1, 1, 64), (1, 1, 32)), 2: ((1, 8, 8), (1, 4, 8)), 3: ((4, 4, 4), (2, 4, 4))},
+    # float32 (full-precision dots on the CUDA cores): 32 x 32, so nothing spills
+    "fp32": {1: ((1, 1, 32), (1, 1, 32)), 2: ((1, 4, 8), (1, 4, 8)), 3: ((2, 4, 4), (2, 2, 4))},
+}
+_TILES_GPU["wide_fwd"] = _TILES_GPU["bwd"]  # head_dim > 64: 64 queries x 32 keys (forward), 32 x 32 (backward)
+_TILES_GPU["wide_bwd"] = _TILES_GPU["fp32"]
+_TILES_INTERPRETER = {
+    "fwd": {1: ((1, 1, 16), (1, 1, 16)), 2: ((1, 4, 4), (1, 4, 4)), 3: ((2, 2, 4), (2, 4, 2))},
+    "bwd": {1: ((1, 1, 16), (1, 1, 8)), 2: ((1, 4, 4), (1, 2, 4)), 3: ((2, 2, 4), (2, 2, 2))},
+    "fp32": {1: ((1, 1, 8), (1, 1, 8)), 2: ((1, 2, 4), (1, 4, 2)), 3: ((2, 2, 2), (2, 2, 2))},
+}
+_TILES_INTERPRETER["wide_fwd"] = _TILES_INTERPRETER["bwd"]
+_TILES_INTERPRETER["wide_bwd"] = _TILES_INTERPRETER["fp32"]
+_TILES = _TILES_INTERPRETER if INTERPRETER else _TILES_GPU
+DLOGIT_BYTES = 1 << 28  # the backward's buffer of logit gradients (with a bias): 256 MiB at most per launch
+
+
+def _num_warps(kind: str, kernel, dims: int) -> int:
+    """Warps per program on a GPU: 8, but 4 for the float32 forward and the 1-/2-D float32 query-tile backward
+    (the choices without spills on sm_80 and sm_90, from the ahead-of-time compile reports); 1 under the
+    interpreter."""
+    if INTERPRETER:
+        return 1
+    if kind == "fp32" and (kernel is _na_fwd_kernel or (kernel is _na_bwd_q_kernel and dims < 3)):
+        return 4
+    return 8
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3. Launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
+    checked = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    check_triton_dtypes("the Triton neighborhood attention takes", {"q, k, v": q})  # k, v have the dtype of q (checked)
+    lo, hi = HEAD_DIM_RANGE
+    if not lo <= q.shape[-1] <= hi:
+        raise ValueError(
+            f"the Triton neighborhood attention takes head_dim in [{lo}, {hi}], got {q.shape[-1]} "
+            f"(q {list(q.shape)}); use backend='torch' for other head sizes"
+        )
+    check_triton_device(q.device)
+    return checked
+
+
+def _three(values: Sequence, fill) -> tuple:
+    """Per-axis values padded to three axes with leading ``fill``."""
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def _strides(t: Tensor, with_last: bool = True) -> tuple[int, ...]:
+    """(batch, three spatial, heads[, head_dim]) strides of a [B, *spatial, heads, head_dim] tensor."""
+    dims = t.dim() - 3
+    strides = (t.stride(0), *_three(t.stride()[1 : 1 + dims], 0), t.stride(-2))
+    return (*strides, t.stride(-1)) if with_last else strides
+
+
+def _rpb_strides(rpb: Tensor | None) -> tuple[int, int, int, int]:
+    if rpb is None:
+        return (0, 0, 0, 0)
+    return (rpb.stride(0), *_three(rpb.stride()[1:], 0))
+
+
+def _tile_kind(pass_: str, dtype: torch.dtype, head_dim: int) -> str:
+    """The tiles of a pass: "fwd" or "bwd" (64 queries, bf16/fp16 dots on the tensor cores), smaller boxes for
+    float32 ("fp32") and for head_dim > 64 ("wide_fwd", "wide_bwd")."""
+    if dtype == torch.float32:
+        return "fp32"
+    return f"wide_{pass_}" if head_dim > 64 else pass_
+
+
+def _problem(q: Tensor, ks, ds, cs) -> dict:
+    """Sizes and flags shared by the three kernels."""
+    dims = q.dim() - 3
+    return dict(
+        spatial=_three(q.shape[1 : 1 + dims], 1),
+        kernel=_three(ks, 1),
+        dilation=_three(ds, 1),
+        causal=_three(cs, False),
+        kinds={p: _tile_kind(p, q.dtype, q.shape[-1]) for p in ("fwd", "bwd")},
+        dims=dims,
+        block_d=max(16, triton.next_power_of_2(q.shape[-1])),
+        fp32=q.dtype == torch.float32,
+    )
+
+
+def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[int, int], tuple[int, int, int]]:
+    """(grid, boxes per dilation group and axis) for boxes of ``box`` group coordinates. Axis 0 (up to 2^31 - 1
+    programs) holds the batch x heads rows: the programs that run together read neighbouring heads of one tile;
+    axis 1 (up to 65535) the boxes."""
+    tiles = tuple(
+        triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box, strict=True)
+    )
+    boxes = math.prod(d * t for d, t in zip(problem["dilation"], tiles, strict=True))
+    if boxes > 65535:
+        raise ValueError(
+            f"{problem['spatial']} tokens make {boxes} query or key boxes, more than a grid axis takes "
+            f"(65535); use backend='torch'"
+        )
+    return (rows, boxes), tiles
+
+
+def _tiles(problem: dict, pass_: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(query box, key box) of a pass."""
+    return _TILES[problem["kinds"][pass_]][problem["dims"]]
+
+
+def _constexprs(problem: dict, has_rpb: bool, pass_: str, kernel) -> dict:
+    (tq, tk) = _tiles(problem, pass_)
+    num_warps = _num_warps(problem["kinds"][pass_], kernel, problem["dims"])
+    return dict(
+        HAS_RPB=has_rpb,
+        CAUSAL0=problem["causal"][0],
+        CAUSAL1=problem["causal"][1],
+        CAUSAL2=problem["causal"][2],
+        TQ0=tq[0],
+        TQ1=tq[1],
+        TQ2=tq[2],
+        TK0=tk[0],
+        TK1=tk[1],
+        TK2=tk[2],
+        BLOCK_D=problem["block_d"],
+        EXACT_DOT=INTERPRETER or problem["fp32"],
+        num_warps=num_warps,
+    )
+
+
+def na_forward(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Triton forward: (out [B, *spatial, heads, head_dim] contiguous in the dtype of q, lse [B, heads, N] float32:
+    the base-2 log-sum-exp of each query's logits, kept for the backward)."""
+    ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, heads, math.prod(q.shape[1:-2])), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    problem = _problem(q, ks, ds, cs)
+    grid, tiles = _grid(problem, _tiles(problem, "fwd")[0], B * heads)
+    with device_guard(q.device):
+        _na_fwd_kernel[grid](
+            q,
+            k,
+            v,
+            q if rpb is None else rpb,
+            out,
+            lse,
+            heads,
+            head_dim,
+            scale * LOG2E,
+            *problem["spatial"],
+            *problem["kernel"],
+            *problem["dilation"],
+            *tiles,
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(out, with_last=False),
+            *_rpb_strides(rpb),
+            **_constexprs(problem, rpb is not None, "fwd", _na_fwd_kernel),
+        )
+    return out, lse
+
+
+def na_backward(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton backward: (dq, dk, dv, drpb) in the dtypes of the inputs (drpb an empty tensor without rpb), from
+    the forward's ``out`` and ``lse``. dk and dv come from one kernel over key tiles, dq (and the logit gradients
+    that give drpb, summed per relative offset) from one over query tiles; no atomics in the kernels."""
+    ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    check_float_tensor("grad_out", grad_out)
+    if grad_out.shape != q.shape or out.shape != q.shape or grad_out.device != q.device:
+        raise ValueError(
+            f"grad_out and out must have the shape of q {list(q.shape)} on {q.device}, got "
+            f"{list(grad_out.shape)} and {list(out.shape)}"
+        )
+    B, heads, head_dim = q.shape[0], q.shape[-2], q.shape[-1]
+    N = math.prod(q.shape[1:-2])
+    if lse.shape != (B, heads, N) or lse.dtype != torch.float32:
+        raise ValueError(
+            f"lse must be the forward's float32 [B, heads, N] = {[B, heads, N]}, got {lse.dtype} {list(lse.shape)}"
+        )
+    grad_out, lse = grad_out.to(q.dtype), lse.contiguous()  # the dots pair dO with v in one dtype
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    if q.numel() == 0:
+        return dq, dk, dv, (torch.zeros_like(rpb) if rpb is not None else q.new_empty(0))
+    problem = _problem(q, ks, ds, cs)
+    with device_guard(q.device):
+        delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
+        common = (heads, head_dim, scale, *problem["spatial"], *problem["kernel"], *problem["dilation"])
+        rpb_arg = q if rpb is None else rpb
+        strides = (
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(grad_out),
+            *_strides(dq, with_last=False),
+            *_rpb_strides(rpb),
+        )
+        grid, tiles = _grid(problem, _tiles(problem, "bwd")[1], B * heads)
+        _na_bwd_kv_kernel[grid](
+            q,
+            k,
+            v,
+            rpb_arg,
+            grad_out,
+            lse,
+            delta,
+            dk,
+            dv,
+            *common,
+            *tiles,
+            *strides,
+            **_constexprs(problem, rpb is not None, "bwd", _na_bwd_kv_kernel),
+        )
+        if rpb is None:
+            grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], B * heads)
+            _na_bwd_q_kernel[grid](
+                q,
+                k,
+                v,
+                rpb_arg,
+                grad_out,
+                lse,
+                delta,
+                dq,
+                lse,
+                *common,
+                *tiles,
+                *strides,
+                **_constexprs(problem, False, "bwd", _na_bwd_q_kernel),
+            )
+            return dq, dk, dv, q.new_empty(0)
+        # With a bias, the logit gradients of a chunk of the batch go to a float32 [chunk, heads, N, K] buffer
+        # (at most DLOGIT_BYTES, or one batch item), summed per relative offset after each chunk.
+        K = math.prod(ks)
+        chunk = max(1, min(B, DLOGIT_BYTES // (heads * N * K * 4)))
+        dlogit = torch.empty((chunk, heads, N, K), dtype=torch.float32, device=q.device)
+        _, _, bias = neighborhood_table(q.shape[1:-2], ks, ds, cs, q.device)
+        drpb = torch.zeros((heads, rpb[0].numel()), dtype=torch.float32, device=q.device)
+        for b0 in range(0, B, chunk):
+            b1 = min(b0 + chunk, B)
+            grid, tiles = _grid(problem, _tiles(problem, "bwd")[0], (b1 - b0) * heads)
+            _na_bwd_q_kernel[grid](
+                q[b0:b1],
+                k[b0:b1],
+                v[b0:b1],
+                rpb,
+                grad_out[b0:b1],
+                lse[b0:b1],
+                delta[b0:b1],
+                dq[b0:b1],
+                dlogit,
+                *common,
+                *tiles,
+                *strides,
+                **_constexprs(problem, True, "bwd", _na_bwd_q_kernel),
+            )
+            drpb.index_add_(1, bias.flatten(), dlogit[: b1 - b0].sum(0).flatten(1))
+    return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. The registered ops and the public functions
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("zoo::neighborhood_attention", mutates_args=())
+def _na_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rpb: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    return na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+
+
+@_na_op.register_fake
+def _(q, k, v, rpb, kernel_size, dilation, is_causal, scale):
+    check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    lse = q.new_empty((q.shape[0], q.shape[-2], math.prod(q.shape[1:-2])), dtype=torch.float32)
+    return q.new_empty(q.shape), lse
+
+
+@torch.library.custom_op("zoo::neighborhood_attention_backward", mutates_args=())
+def _na_backward_op(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    rpb: Tensor | None,
+    kernel_size: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return na_backward(grad_out, q, k, v, out, lse, kernel_size, dilation, is_causal, rpb, scale)
+
+
+@_na_backward_op.register_fake
+def _(grad_out, q, k, v, out, lse, rpb, kernel_size, dilation, is_causal, scale):
+    drpb = q.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), drpb
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, rpb, kernel_size, dilation, is_causal, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, rpb, out, lse)
+    ctx.args = (kernel_size, dilation, is_causal, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, grad_out: Tensor, grad_lse: Tensor | None):
+    q, k, v, rpb, out, lse = ctx.saved_tensors
+    dq, dk, dv, drpb = torch.ops.zoo.neighborhood_attention_backward(grad_out, q, k, v, out, lse, rpb, *ctx.args)
+    return dq, dk, dv, (None if rpb is None else drpb), None, None, None, None
+
+
+_na_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _na_traced(q, k, v, rpb, kernel_size, dilation, is_causal, scale) -> Tensor:
+    """The output of ``zoo::neighborhood_attention`` (for :func:`dispatch_triton`; the log-sum-exp stays inside
+    the traced graph for the backward)."""
+    return torch.ops.zoo.neighborhood_attention(q, k, v, rpb, kernel_size, dilation, is_causal, scale)[0]
+
+
+def _na_inference(q, k, v, rpb, kernel_size, dilation, is_causal, scale) -> Tensor:
+    """:func:`na_forward` in the argument order of ``zoo::neighborhood_attention``, without the log-sum-exp (no
+    backward will need it; for :func:`dispatch_triton`)."""
+    return na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)[0]
+
+
+class _NAFunction(torch.autograd.Function):
+    """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call);
+    ``torch.compile`` traces the registered op ``zoo::neighborhood_attention``; both run the same launchers."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, rpb, kernel_size, dilation, is_causal, scale):
+        out, lse = na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+        ctx.save_for_backward(q, k, v, rpb, out, lse)
+        ctx.args = (kernel_size, dilation, is_causal, scale)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, rpb, out, lse = ctx.saved_tensors
+        dq, dk, dv, drpb = na_backward(grad_out, q, k, v, out, lse, *ctx.args[:3], rpb, ctx.args[3])
+        return dq, dk, dv, (None if rpb is None else drpb), None, None, None, None
+
+
+def neighborhood_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    kernel_size,
+    dilation=1,
+    is_causal=False,
+    rpb: Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Neighborhood attention over 1, 2 or 3 spatial axes (the rank of q; see the module docstring).
+
+    Args:
+        q, k, v: ``[B, *spatial, heads, head_dim]`` float32/bfloat16/float16 (float64 on the reference backend),
+            any strides; head_dim 16-128 on Triton.
+        kernel_size: odd, >= 3; one int or one per axis. dilation: >= 1, one or per axis; kernel_size x dilation
+            must fit each axis. is_causal: one bool or one per axis.
+        rpb: relative position bias ``[heads, 2 k0 - 1(, 2 k1 - 1(, 2 k2 - 1))]`` or None (not with causal).
+        scale: logit scale (default head_dim ** -0.5).
+        backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`).
+        dropout_p: attention dropout (pass 0 in eval). It needs the probabilities, which the fused kernels never
+            form: with ``dropout_p > 0`` ``"auto"`` runs the reference, and ``"triton"`` is an error.
+
+    Returns:
+        ``[B, *spatial, heads, head_dim]`` in the dtype of q; differentiable in q, k, v and rpb.
+    """
+    check_float_tensor("q", q)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0.0:
+        if requested_backend(backend) == "triton":
+            raise ValueError(
+                "the fused Triton neighborhood attention has no attention dropout (it never forms the "
+                "probabilities): use dropout_p=0 or backend='torch'"
+            )
+        return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale, dropout_p)
+    if resolve_backend(backend, q, TRITON_DTYPES) != "triton":
+        return na_reference(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    ks, ds, cs, scale = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    return dispatch_triton(
+        q,
+        k,
+        v,
+        rpb,
+        list(ks),
+        list(ds),
+        list(cs),
+        scale,
+        op=_na_traced,
+        function=_NAFunction,
+        launcher=_na_inference,
+    )
+
+
+def _na_of_rank(dims: int):
+    def na(
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        kernel_size,
+        dilation=1,
+        is_causal=False,
+        rpb: Tensor | None = None,
+        scale: float | None = None,
+        backend: str = "auto",
+        dropout_p: float = 0.0,
+    ) -> Tensor:
+        check_float_tensor("q", q)
+        if q.dim() != dims + 3:
+            axes = ", ".join(f"X{i}" for i in range(dims))
+            raise ValueError(
+                f"na{dims}d takes q, k, v laid out [B, {axes}, heads, head_dim] ({dims + 3}-D), got q "
+                f"of shape {list(q.shape)}"
+            )
+        return neighborhood_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale, backend, dropout_p)
+
+    na.__name__ = na.__qualname__ = f"na{dims}d"
+    axes = ", ".join(f"X{i}" for i in range(dims))
+    na.__doc__ = (
+        f"{dims}-D neighborhood attention on ``[B, {axes}, heads, head_dim]`` tensors: "
+        ":func:`neighborhood_attention` with a rank check."
+    )
+    return na
+
+
+na1d = _na_of_rank(1)
+na2d = _na_of_rank(2)
+na3d = _na_of_rank(3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ahead-of-time compile specs (zoo/kernels/_aot.py; tests/kernels/test_compile_targets.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def aot_specs() -> list:
+    """Compile specs (zoo/kernels/_aot.py): the forward and both backward kernels at the GPU tiles of 1-, 2- and 3-D
+    problems, for q, k, v in bf16, fp16 and fp32 with a bias, bf16 causal without one, and the 2-D kernels at
+    head_dim 64 and 128; contiguous [B, *spatial, heads, head_dim] tensors (unit head_dim stride, the other
+    strides multiples of 16), float32 bias, log-sum-exp and buffers."""
+    from zoo.kernels._aot import KernelSpec
+
+    fp32_buffers = {"rpb_ptr", "lse_ptr", "delta_ptr", "dlogit_ptr"}
+    variants = [(dims, dtype, True, False, 32) for dims in (1, 2, 3) for dtype in ("bf16", "fp16", "fp32")]
+    variants += [(dims, "bf16", False, True, 32) for dims in (1, 2, 3)]
+    variants += [(2, "bf16", True, False, 64), (2, "bf16", True, False, 128)]
+    specs = []
+    for kernel, pass_ in ((_na_fwd_kernel, "fwd"), (_na_bwd_kv_kernel, "bwd"), (_na_bwd_q_kernel, "bwd")):
+        for dims, dtype, has_rpb, causal, head_dim in variants:
+            torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+            kind = _tile_kind(pass_, torch_dtype, head_dim)
+            (tq, tk) = _TILES_GPU[kind][dims]
+            constexprs = dict(
+                HAS_RPB=has_rpb,
+                CAUSAL0=causal,
+                CAUSAL1=causal,
+                CAUSAL2=causal,
+                TQ0=tq[0],
+                TQ1=tq[1],
+                TQ2=tq[2],
+                TK0=tk[0],
+                TK1=tk[1],
+                TK2=tk[2],
+                BLOCK_D=head_dim,
+                EXACT_DOT=dtype == "fp32",
+            )
+            signature = {}
+            for name in kernel.arg_names:
+                if name in constexprs:
+                    continue
+                if name.endswith("_ptr"):
+                    signature[name] = "*fp32:16" if name in fp32_buffers else f"*{dtype}:16"
+                elif name.startswith("scale"):
+                    signature[name] = "fp32"
+                elif name.endswith("_d"):
+                    signature[name] = "i32:1"
+                elif name.startswith(("s", "head_dim")):
+                    signature[name] = "i32:16"
+                else:
+                    signature[name] = "i32"
+            label = f"{dims}d,{dtype},D{head_dim}," + ("causal" if causal else "rpb" if has_rpb else "plain")
+            specs.append(
+                KernelSpec(
+                    name=f"{kernel.__name__}[{label}]",
+                    fn=kernel,
+                    signature=signature,
+                    constexprs=constexprs,
+                    num_warps=_num_warps(kind, kernel, dims),
+                    uses_dot=dtype != "fp32",
+                )
+            )
+    return specs + benchmark_specs()
+
+
+# The benchmarked shapes (scripts/benchmark.py: neighborhood_cases and the long 1-D case), bf16:
+# (B, spatial, heads, head_dim, kernel, bias, passes)
+NA_BENCHMARKS = tuple(
+    (64, (56, 56), heads, 32, 7, bias, ("fwd", "bwd")) for heads in (2, 4) for bias in (True, False)
+) + ((1, (32768,), 8, 64, 2049, False, ("fwd",)),)
+
+
+def _tile_walks(n: int, k: int, d: int, causal: bool, own: int, other: int, by_query: bool) -> tuple[int, float]:
+    """One axis of the launch: (boxes of ``own`` group coordinates over the dilation groups, mean number of
+    ``other``-sized boxes each walks). By query (forward, dq): the key boxes that cover the union of the box's
+    windows; by key (dk, dv): the query boxes whose windows reach the key box. Mirrors ``_query_tile`` and
+    ``_na_bwd_kv_kernel``."""
+    walks = []
+    for g in range(d):
+        n_group = -(-(n - g) // d)
+        for first in range(0, n_group, own):
+            last = min(first + own, n_group) - 1
+            if by_query:
+                start = [c - k + 1 if causal else min(max(c - k // 2, 0), n_group - k) for c in (first, last)]
+                lo, hi = max(start[0], 0), start[1] + k
+            elif causal:
+                lo, hi = first, min(last + k - 1, n_group - 1) + 1
+            else:
+                lo = 0 if first <= k - 1 else first - k + 1 + k // 2
+                hi = (n_group - 1 if last >= n_group - k else last + k // 2) + 1
+            walks.append(-(-(hi - lo) // other))
+    return len(walks), sum(walks) / len(walks)
+
+
+def benchmark_specs() -> list:
+    """Loop-report specs (zoo/kernels/_aot.py --loops): the forward and both backward kernels at the
+    benchmarked shapes, with and without the bias, with the arguments the launchers pass (so the JIT's
+    specialisations: the unused leading axes' sizes 1 are constants, their strides 0 multiples of 16) and the
+    useful work of a program: the (query, key) pairs inside the windows, prod(kernel) per query, per program
+    of the grid; the loop over the walked boxes runs the mean number of boxes per program. (The benchmark runs
+    the 2-D cases with the bias; ``-plain`` names them without.)"""
+    from zoo.kernels._aot import Work, launch_spec
+
+    specs = []
+    for B, spatial, heads, head_dim, kernel, bias, passes in NA_BENCHMARKS:
+        dims = len(spatial)
+        ks, ds, cs = (kernel,) * dims, (1,) * dims, (False,) * dims
+        extent = f"L{spatial[0]}" if dims == 1 else "x".join(map(str, spatial))  # scripts/benchmark.py's names
+        case = f"B{B}x{extent}xH{heads}xD{head_dim}xK{kernel}" + ("" if bias or dims == 1 else "-plain")
+        q = torch.empty((B, *spatial, heads, head_dim), dtype=torch.bfloat16, device="meta")
+        rpb = torch.empty((heads, *(2 * kernel - 1,) * dims), device="meta") if bias else None
+        problem = _problem(q, ks, ds, cs)
+        pairs = B * heads * math.prod(spatial) * kernel**dims
+        sizes = dict(
+            zip(("n0", "n1", "n2"), problem["spatial"], strict=True),
+            **dict(zip(("k0", "k1", "k2"), problem["kernel"], strict=True)),
+            **dict(zip(("d0", "d1", "d2"), problem["dilation"], strict=True)),
+        )
+        strides = dict(zip(("sr_h", "sr0", "sr1", "sr2"), _rpb_strides(rpb), strict=True))
+        for prefix in ("s", "sk", "sv", "sdo", "so", "sg"):
+            names = [f"{prefix}_{axis}" for axis in ("b", "0", "1", "2", "h", "d")]
+            strides.update(zip(names, _strides(q), strict=True))
+        kinds = [("fwd", _na_fwd_kernel, True)]
+        if "bwd" in passes:
+            kinds += [("bwd", _na_bwd_kv_kernel, False), ("bwd", _na_bwd_q_kernel, True)]
+        for pass_, fn, by_query in kinds:
+            tq, tk = _tiles(problem, pass_)
+            own, other = (tq, tk) if by_query else (tk, tq)
+            axes = [
+                _tile_walks(n, k, d, c, o, t, by_query)
+                for n, k, d, c, o, t in zip(
+                    problem["spatial"],
+                    problem["kernel"],
+                    problem["dilation"],
+                    problem["causal"],
+                    own,
+                    other,
+                    strict=True,
+                )
+            ]
+            (rows, boxes), tiles = _grid(problem, own, B * heads)
+            programs = rows * boxes
+            trips = math.prod(mean for _, mean in axes)
+            constexprs = _constexprs(problem, bias, pass_, fn)
+            num_warps = constexprs.pop("num_warps")
+            pointers = dict.fromkeys(
+                ("q_ptr", "k_ptr", "v_ptr", "out_ptr", "do_ptr", "dk_ptr", "dv_ptr", "dq_ptr"), "*bf16"
+            )
+            pointers.update(
+                rpb_ptr="*fp32" if bias else "*bf16",
+                lse_ptr="*fp32",
+                delta_ptr="*fp32",
+                dlogit_ptr="*fp32",
+            )
+            values = {
+                **pointers,
+                **sizes,
+                **strides,
+                **dict(zip(("tiles0", "tiles1", "tiles2"), tiles, strict=True)),
+                "heads": heads,
+                "head_dim": head_dim,
+                "scale": head_dim**-0.5,
+                "scale2": head_dim**-0.5 * LOG2E,
+                **constexprs,
+            }
+            names = {p.name for p in fn.params}
+            walked = "key" if by_query else "query"
+            work = Work(
+                case,
+                "pair",
+                pairs / programs,
+                (trips,),
+                f"pairs = B heads N prod(kernel) = {B} x {heads} x {math.prod(spatial)} x {kernel}^{dims} = {pairs}; "
+                f"programs = {rows} x {boxes} boxes of {math.prod(own)} = {programs}; loop over the {walked} boxes "
+                f"of {math.prod(other)}: {' x '.join(f'{mean:g}' for _, mean in axes)} = {trips:g} per program",
+            )
+            label = f"{dims}d,bf16,D{head_dim}," + ("rpb" if bias else "plain")
+            specs.append(
+                launch_spec(
+                    f"{fn.__name__}[{label}]@{case}",
+                    fn,
+                    {name: value for name, value in values.items() if name in names},
+                    num_warps=num_warps,
+                    uses_dot=True,
+                    work=work,
+                )
+            )
+    return specs
