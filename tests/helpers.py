@@ -29,7 +29,12 @@ def assert_relative_error(actual: torch.Tensor, expected: torch.Tensor, bound: f
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), f"non-finite values in {actual}"
     error = (actual - expected).norm() / expected.norm().clamp_min(1e-30)
-    assert error <= bound, f"relative error {error:.3e} > {bound:.1e}\nactual   {actual}\nexpected {expected}"
+    if error > bound:
+        worst = (actual - expected).abs().flatten().argmax().item()
+        raise AssertionError(
+            f"relative error {error:.3e} > {bound:.1e} over {expected.numel()} elements; largest difference at flat "
+            f"index {worst}: {actual.flatten()[worst].item():.6e} vs {expected.flatten()[worst].item():.6e}"
+        )
 
 
 def assert_backends_agree(layers: dict, u: torch.Tensor, grad_bound: float = 1e-4) -> None:

@@ -319,16 +319,13 @@ def _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0: tl.constexpr, K1: tl.constexpr, K
     return ok
 
 
-@triton.jit
-def _bias_extent(TQ: tl.constexpr, K: tl.constexpr, TK: tl.constexpr):
-    """Length of one axis of the padded bias table of a kernel with query boxes of TQ and key boxes of TK
-    coordinates: every key-minus-query offset a pair of walked boxes can form lies in [-R, R], R = TQ + TK + K
-    (1 for a padding axis), so the bias gather needs no mask."""
-    if K == 1:
-        extent: tl.constexpr = 1
-    else:
-        extent: tl.constexpr = 2 * (TQ + TK + K) + 1
-    return extent
+@triton.constexpr_function
+def _bias_extent(tq, k, tk):
+    """Length of one axis of the padded bias table of a kernel with query boxes of ``tq`` and key boxes of ``tk``
+    coordinates: every key-minus-query offset a pair of walked boxes can form lies in [-R, R], R = tq + tk + k
+    (1 for a padding axis), so the bias gather needs no mask. A constexpr function: a compile-time constant in
+    the kernels (a ``@triton.jit`` helper returns a tensor on Triton 3.6) and the same function on the host."""
+    return 1 if k == 1 else 2 * (tq + tk + k) + 1
 
 
 @triton.jit
@@ -1037,11 +1034,6 @@ def _boxes(config: dict, kernel) -> tuple[tuple[int, int, int], tuple[int, int, 
     return (tk, tq) if kernel is _na_bwd_kv_kernel else (tq, tk)
 
 
-def _bias_extent_host(tq: int, k: int, tk: int) -> int:
-    """``_bias_extent`` on the host."""
-    return 1 if k == 1 else 2 * (tq + tk + k) + 1
-
-
 @functools.lru_cache(maxsize=64)
 def _bias_index(spatial: tuple, ks: tuple, ds: tuple, cs: tuple, device: torch.device) -> Tensor:
     """The flat rpb index of every (query, window slot), [N K] (``neighborhood_table``'s third table), cached per
@@ -1061,7 +1053,7 @@ def _bias_table(rpb: Tensor | None, like: Tensor, constexprs: dict) -> Tensor:
     pad = []
     for axis in (2, 1, 0):  # F.pad lists the last axis first
         tq, kk, tk = constexprs[f"TQ{axis}"], constexprs[f"K{axis}"], constexprs[f"TK{axis}"]
-        extent = _bias_extent_host(tq, kk, tk)
+        extent = _bias_extent(tq, kk, tk)
         before = (extent - 1) // 2 - (kk - 1)
         pad += [before, extent - before - (2 * kk - 1)]
     return F.pad(table, pad).contiguous()
