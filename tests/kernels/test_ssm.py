@@ -243,6 +243,8 @@ def test_gpu_model_sizes_match_reference(method):
     K64, grads64 = _grads(
         lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params], dK.double()
     )
-    assert_relative_error(K, K64, 1e-5)
+    # K = 2 Re sum C' exp(l z): the fp32 rounding of z (for bilinear the log of a complex ratio, two roundings
+    # more than ZOH's dt A) is multiplied by l, up to 4096 here; the H200 measured 1.2e-5 for bilinear
+    assert_relative_error(K, K64, 3e-5)
     for g, g64 in zip(grads, grads64, strict=True):
         assert_relative_error(g, g64, 1e-4)

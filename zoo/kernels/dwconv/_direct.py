@@ -22,7 +22,9 @@ the input window is again a run of BW + KW - 1 consecutive taps' columns: a prog
 (row mod d, column mod d) of the map, a dilation-1 convolution of that sub-map; d is a runtime value.
 
 Input gradient (stride 1, "same" padding, odd kernel): dx = the correlation of dy with the kernel flipped on both
-axes; ``FLIP`` reads the weights in reverse tap order, nothing else changes.
+axes; ``flip`` reads the weights in reverse tap order, nothing else changes. ``flip``, ``has_bias`` and ``ROWS``
+are runtime arguments, so one compile per kernel size, layout and dtype serves the forward (with or without a
+bias), the input gradient and every autotuned row count (at 7 x 7 a compile takes about a minute).
 
 NCHW and other strides: the same kernel (lanes still run over channels; in NCHW the loads are 2-byte scalars,
 each thread's columns contiguous in one row; static cost 1.7 instructions per FFMA at 3 x 3, 1.25 at 7 x 7).
@@ -167,7 +169,7 @@ def _finish_rows(
         _store_row(acc, j, dst_cols, m * dst_step, out_ok, c_ok, m < rows, True, BW)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["flip", "has_bias"])  # 0 and 1 would be two specialisations, two compiles
 def _direct_kernel(
     src_ptr,
     w_ptr,
@@ -186,19 +188,24 @@ def _direct_kernel(
     d_w,
     dil_h,
     dil_w,
+    flip,
+    has_bias,
+    ROWS,
     KH: tl.constexpr,
     KW: tl.constexpr,
-    FLIP: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
     INT64: tl.constexpr,
-    ROWS: tl.constexpr,
     BW: tl.constexpr,
     G: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """dst = src (*) weight (+ bias) at stride 1 with "same" padding and dilation (dil_h, dil_w); FLIP: the kernel
-    flipped on both axes (the input gradient, src = dy, dst = dx). Program id, fastest first: channel block,
-    column strip, column phase (mod dil_w), row segment of ROWS rows, row phase (mod dil_h), image."""
+    """dst = src (*) weight (+ bias where has_bias) at stride 1 with "same" padding and dilation (dil_h, dil_w);
+    flip: the kernel flipped on both axes (the input gradient, src = dy, dst = dx). Program id, fastest first:
+    channel block, column strip, column phase (mod dil_w), row segment of ROWS rows, row phase (mod dil_h), image.
+
+    flip, has_bias and ROWS are runtime values: they change a few instructions per program (the weights' and the
+    bias's addresses, the segment's extent), and as constexprs they multiplied the compiles of this kernel, which
+    take a minute each at 7 x 7 (Triton's coalescing pass grows with the square of the unrolled row loop), by six:
+    forward with and without a bias, input gradient, two row-segment sizes."""
     pid = tl.program_id(0)
     c_blocks = tl.cdiv(C, BLOCK_C)
     sub_h = tl.cdiv(H, dil_h)
@@ -227,12 +234,9 @@ def _direct_kernel(
         c_ok = (c < C)[None, :]
         w = ()
         for tap in tl.static_range(KH * KW):
-            wt = tl.load(w_ptr + c * (KH * KW) + ((KH * KW - 1 - tap) if FLIP else tap), mask=c < C, other=0.0)
+            wt = tl.load(w_ptr + c * (KH * KW) + (tap + flip * (KH * KW - 1 - 2 * tap)), mask=c < C, other=0.0)
             w = w + (wt.to(tl.float32)[None, :],)
-        if HAS_BIAS:
-            b = tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
-        else:
-            b = tl.zeros((1, BLOCK_C), dtype=tl.float32)
+        b = tl.load(b_ptr + c, mask=(c < C) & (has_bias != 0), other=0.0).to(tl.float32)[None, :]
         bias = b + tl.zeros((G, BLOCK_C), dtype=tl.float32)
         src_step = index(dil_h, INT64) * s_h
         dst_step = index(dil_h, INT64) * d_h
@@ -422,10 +426,10 @@ def _launch(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, dilat
         *strides4(dst),
         dilation[0],
         dilation[1],
+        int(flip),
+        int(bias is not None),
         KH=kernel[0],
         KW=kernel[1],
-        FLIP=flip,
-        HAS_BIAS=bias is not None,
         INT64=needs_int64(src, dst),
     )
 
@@ -457,9 +461,11 @@ def _signature(dtype: str, layout: str, strided: bool) -> dict[str, str]:
     unit = {"channels_last": {"s_c", "d_c"}, "nchw": {"s_w", "d_w"}}[layout]
     signature = {}
     for name in _direct_kernel.arg_names:
-        if name in _NAMES or name in ("KH", "KW", "FLIP", "HAS_BIAS", "INT64"):
+        if name in _NAMES and name != "ROWS" or name in ("KH", "KW", "INT64"):
             continue
-        if name in ("w_ptr", "b_ptr"):
+        if name in ("flip", "has_bias"):
+            signature[name] = "i32"
+        elif name in ("w_ptr", "b_ptr"):
             signature[name] = "*fp32:16"
         elif name in _POINTERS:
             signature[name] = f"*{dtype}:16"
@@ -487,9 +493,8 @@ def aot_specs() -> list:
             variants = [("bf16", False, False), ("bf16", True, False), ("fp32", False, False), ("fp16", False, False)]
             variants.append(("bf16", True, True))
             for dtype, flip, strided in variants:
-                constexprs = dict(
-                    KH=kernel[0], KW=kernel[1], FLIP=flip, HAS_BIAS=not flip, INT64=strided, **config.kwargs
-                )
+                tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
+                constexprs = dict(KH=kernel[0], KW=kernel[1], INT64=strided, **tile)
                 label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**config.kwargs)
                 ci = layout == "channels_last" and kernel == (3, 3) and dtype == "bf16" and not strided
                 specs.append(
@@ -573,8 +578,8 @@ def benchmark_specs() -> list:
                         dil_w=1,
                         KH=k,
                         KW=k,
-                        FLIP=flip,
-                        HAS_BIAS=not flip,
+                        flip=int(flip),
+                        has_bias=int(not flip),
                         INT64=False,
                         **meta,
                     )
