@@ -46,6 +46,10 @@ from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference 
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
 from zoo.kernels.rational import group_rational_reference  # noqa: E402
 from zoo.kernels.ssm import s4d_kernel_reference  # noqa: E402
+from zoo.training.step import TrainStep  # noqa: E402
+
+# Model rows' training modes: the row's mode -> TrainStep's mode
+TRAIN_MODES = {"train": "eager", "train-compile": "compile", "train-graph": "graph"}
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASHEET_BANDWIDTH_GBPS = {  # HBM bandwidth from the vendors' datasheets, by device-name substring
@@ -78,7 +82,7 @@ class ModelRow:
     group: str  # the family; "vs peer" compares with the timm rows of the same group
     model: str
     backend: str  # "triton", "torch" (the zoo's backends; "-deployed": re-parameterised form) or "timm" (a peer)
-    mode: str  # "train" (forward, loss, backward, AdamW step) or "infer" (forward, no grad)
+    mode: str  # "infer" (forward, no grad) or a training step (TRAIN_MODES: "train", "train-compile", "train-graph")
     batch: int
     img_size: int
     dtype: str  # the autocast dtype
@@ -764,10 +768,12 @@ def bench_models(
     groups: list[str] | None = None,
     batch: int | None = None,
     img_size: int | None = None,
+    modes: Sequence[str] = ("train", "infer"),
 ) -> list[ModelRow]:
-    """Images/s of a training step (forward, cross-entropy, backward, AdamW) and of inference, under autocast.
+    """Images/s of inference and of the training steps in ``modes`` (:func:`bench_model`), under autocast.
 
-    On a CPU the Triton backend would run through the interpreter: those rows are skipped.
+    On a CPU the Triton backend would run through the interpreter, and no CUDA graph can be captured: those rows
+    are skipped.
     """
     import timm
 
@@ -783,7 +789,10 @@ def bench_models(
         for name, kwargs, backend in MODELS[group]:
             if backend.startswith("triton") and device.type == "cpu":
                 continue
-            rows += bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm)
+            group_modes = [m for m in modes if m != "train-graph" or device.type == "cuda"]
+            rows += bench_model(
+                group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=group_modes
+            )
     return rows
 
 
@@ -803,7 +812,10 @@ def bench_model(
     size_kwarg: bool | None = None,
     modes: Sequence[str] = ("train", "infer"),
 ) -> list[ModelRow]:
-    """The train and infer rows of one model (``modes``), timed with ``TIMING``'s model budgets.
+    """The rows of one model in ``modes``, timed with ``TIMING``'s model budgets: ``"infer"`` (forward, no
+    gradients) and the training steps of ``TRAIN_MODES`` (zoo.training.step.TrainStep: forward, cross-entropy,
+    backward, AdamW), eager (``"train"``), compiled (``"train-compile"``) and captured in a CUDA graph
+    (``"train-graph"``).
 
     ``sequence`` (token models: the vocabulary and class arguments; ``img_size`` is then the sequence length),
     ``channels_last`` and ``size_kwarg`` (pass ``img_size`` to the constructor) default to what ``group`` is in
@@ -828,23 +840,23 @@ def bench_model(
         model = model.to(memory_format=memory_format)
         x = torch.randn(batch, 3, img_size, img_size, device=device).contiguous(memory_format=memory_format)
     target = torch.randint(0, model.num_classes, (batch,), device=device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype):
-            loss = torch.nn.functional.cross_entropy(model(x), target)
-        loss.backward()
-        optimizer.step()
 
     def infer_step():
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype):
             return model(x)
 
-    for mode, step in (("train", train_step), ("infer", infer_step)):
-        if mode not in modes:
-            continue
-        model.train(mode == "train")
+    for mode in modes:
+        if mode == "infer":
+            model.eval()
+            step = infer_step
+        elif mode in TRAIN_MODES:  # a fresh optimiser per mode (the graph's must be capturable)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=mode == "train-graph")
+            train_step = TrainStep(model.train(), optimizer, TRAIN_MODES[mode], amp_dtype=dtype)
+
+            def step(train_step=train_step):
+                return train_step(x, target)
+        else:
+            raise ValueError(f"unknown model mode {mode!r}: 'infer' or one of {sorted(TRAIN_MODES)}")
         ms = _time_ms(step, device, warmup_ms=TIMING.model_warmup_ms, rep_ms=TIMING.model_rep_ms)
         rows.append(
             ModelRow(
@@ -970,6 +982,14 @@ def main(argv: list[str] | None = None) -> Results:
     )
     parser.add_argument("--batch", type=int, default=None, help="model batch (default 128 on a GPU, 2 small)")
     parser.add_argument("--img-size", type=int, default=None, help="model image size (default 224, 32 small)")
+    parser.add_argument(
+        "--model-modes",
+        nargs="*",
+        default=["train", "infer"],
+        choices=["infer", *TRAIN_MODES],
+        help="model rows: inference and the training step eager (train), compiled (train-compile) or captured in "
+        "a CUDA graph (train-graph, CUDA only)",
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--small", action="store_true", help="tiny sizes (default on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile reference rows")
@@ -1008,7 +1028,9 @@ def main(argv: list[str] | None = None) -> Results:
     for op in args.ops:
         results.ops += OPS[op](small, dtype, device, compile_reference=not args.no_compile)
     if not args.no_models:
-        results.models = bench_models(small, dtype, device, args.models, args.batch, args.img_size)
+        results.models = bench_models(
+            small, dtype, device, args.models, args.batch, args.img_size, modes=tuple(args.model_modes)
+        )
     for row in results.ops:
         row.fraction_of_copy_bw = row.gbps / copy_bw if copy_bw else None
         row.fraction_of_datasheet_bw = row.gbps / datasheet if datasheet else None

@@ -26,8 +26,10 @@ Targets. ``TARGETS`` is the one table of the issues' performance targets; each i
 a ratio computed from the result rows, a threshold or None for "reported only"). A ratio over several cases or
 modes is the worst of them, and every case it names must have been measured. Later work adds rows here and, where
 new measurements are needed, to the tier tables: compiled modes and FlexAttention as implementations of an op
-family (``impls``; "reference+compile" and "flex+compile" exist in benchmark.py), graph-captured steps and host
-time per call as new row kinds.
+family (``impls``; "reference+compile" and "flex+compile" exist in benchmark.py), host time per call as a new
+row kind. A model family's ``modes`` choose its rows: inference and the training step eager, captured in a CUDA
+graph or compiled (``benchmark.TRAIN_MODES``); the compiled KAT rows are a family of their own, the last (each
+model's first compile takes tens of seconds), so that a short run still measures the others.
 
 "Faster than today's". ``--freeze-baseline TAG`` copies ``zoo/kernels/`` (of the working tree, or of
 ``--baseline-rev``) to ``benchmarks/baseline/TAG/``; commit it with the target. An op family that lists TAG in
@@ -191,7 +193,7 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """Tier 3: one zoo model family beside its timm peers (train and infer rows, group = name)."""
+    """Tier 3: one zoo model family beside its timm peers (rows of ``modes``, group = name)."""
 
     name: str
     entries: tuple[ModelEntry, ...]
@@ -199,6 +201,7 @@ class ModelFamily:
     channels_last: bool = False
     size_kwarg: bool = False  # the constructor takes img_size (KAT and its ViT peer)
     budget_s: float = 30.0
+    modes: tuple[str, ...] = ("train", "infer")  # benchmark.bench_model's modes ("train-graph" only on a GPU)
 
 
 def _zoo(model: str, backend: str, smoke: bool = True, **kwargs) -> ModelEntry:
@@ -225,7 +228,11 @@ MODEL_FAMILIES = (
     ),
     ModelFamily("s4d", (_zoo("s4d_t", "triton", smoke=False), _zoo("s4d_t", "torch")), sequence=True, budget_s=20),
     ModelFamily(
-        "kat", (_zoo("kat_t", "triton"), ModelEntry("vit_tiny_patch16_224", "timm")), size_kwarg=True, budget_s=20
+        "kat",
+        (_zoo("kat_t", "triton"), ModelEntry("vit_tiny_patch16_224", "timm")),
+        size_kwarg=True,
+        budget_s=25,
+        modes=("train", "train-graph", "infer"),
     ),
     ModelFamily(
         "inceptionnext",
@@ -236,6 +243,14 @@ MODEL_FAMILIES = (
         ),
         channels_last=True,
         budget_s=25,
+    ),
+    # last: torch.compile's first compile of each model takes tens of seconds
+    ModelFamily(
+        "kat-compile",
+        (_zoo("kat_t", "triton"), ModelEntry("vit_tiny_patch16_224", "timm")),
+        size_kwarg=True,
+        budget_s=60,
+        modes=("train-compile",),
     ),
 )
 
@@ -498,6 +513,22 @@ TARGETS = (
         "models:kat",
         "kat_t (Triton) training images/s / vit_tiny_patch16_224's, eager",
         model_speedup("kat", "kat_t", "triton", "vit_tiny_patch16_224"),
+        1.0,
+    ),
+    Target(
+        "kat_t_train_graph_vs_vit_tiny",
+        21,
+        "models:kat",
+        "kat_t (Triton) training images/s / vit_tiny_patch16_224's, both steps captured in CUDA graphs",
+        model_speedup("kat", "kat_t", "triton", "vit_tiny_patch16_224", modes=("train-graph",)),
+        1.0,
+    ),
+    Target(
+        "kat_t_train_compile_vs_vit_tiny",
+        21,
+        "models:kat-compile",
+        "kat_t (Triton) training images/s / vit_tiny_patch16_224's, both compiled (torch.compile, fullgraph)",
+        model_speedup("kat-compile", "kat_t", "triton", "vit_tiny_patch16_224", modes=("train-compile",)),
         1.0,
     ),
     Target(
@@ -879,7 +910,17 @@ def _model_family(family: ModelFamily, ctx: dict, notes: list[str]) -> Iterator[
         kwargs = dict(entry.kwargs, **(SMOKE_MODEL_KWARGS.get(entry.model, {}) if ctx["smoke"] else {}))
         batch, size = (sizes.seq_batch, sizes.seq_len) if family.sequence else (sizes.batch, sizes.img_size)
         key = json.dumps(
-            [entry.model, entry.backend, kwargs, family.sequence, family.channels_last, family.size_kwarg, batch, size],
+            [
+                entry.model,
+                entry.backend,
+                kwargs,
+                family.sequence,
+                family.channels_last,
+                family.size_kwarg,
+                batch,
+                size,
+                family.modes,
+            ],
             sort_keys=True,
             default=str,
         )
@@ -900,6 +941,7 @@ def _model_family(family: ModelFamily, ctx: dict, notes: list[str]) -> Iterator[
                 sequence=SEQUENCE if family.sequence else {},
                 channels_last=family.channels_last,
                 size_kwarg=family.size_kwarg,
+                modes=[m for m in family.modes if m != "train-graph" or ctx["device"].type == "cuda"],
             )
             shared[key] = (family.name, rows)
         yield "models", [asdict(r) for r in rows]

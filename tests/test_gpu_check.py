@@ -127,7 +127,7 @@ def test_every_target_is_measured_by_the_tiers_rows():
         dict(group=f.name, model=e.model, backend=e.backend, mode=mode, images_per_s=100.0)
         for f in check.MODEL_FAMILIES
         for e in f.entries
-        for mode in ("train", "infer")
+        for mode in f.modes
     ]
     results = dict(ops=rows, models=models, check=dict(mode="gpu", families=[]))
     for entry in check.evaluate_targets(results):

@@ -27,6 +27,7 @@ register_notrace_module(GroupRational)
 register_notrace_module(InceptionDWConv2d)
 register_notrace_module(DepthwiseConv2d)
 register_notrace_module(DilatedReparamBlock)
+register_notrace_module(GRN)  # chooses its norm's formulation by device and dtype
 register_notrace_module(S4D)
 register_notrace_module(LongConv)
 for _module in (NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D):
