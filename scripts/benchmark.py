@@ -75,6 +75,7 @@ class OpRow:
     fraction_of_copy_bw: float | None = None
     fraction_of_datasheet_bw: float | None = None
     note: str = ""
+    host_us: float | None = None  # host time per eager call (GPU only: _host_us)
 
 
 @dataclass
@@ -155,6 +156,27 @@ def _graph_ms(fn: Callable[[], object], device: torch.device, eager_ms: float | 
     return float(triton.testing.do_bench_cudagraph(fn, rep=TIMING.graph_rep_ms, return_mode="median"))
 
 
+HOST_CALLS = 32  # calls per host-time sample: few enough launches that the GPU's queue never fills
+
+
+def _host_us(fn: Callable[[], object], device: torch.device, samples: int = 5) -> float | None:
+    """Median host microseconds per eager call of ``fn`` (Python, dispatch, launches): ``HOST_CALLS`` calls queued
+    without waiting, timed on the host clock, the device drained between samples. While the queue has room the
+    host never waits for the GPU, so this is the host's cost whatever the device time. None on a CPU."""
+    if device.type != "cuda":
+        return None
+    fn()
+    times = []
+    for _ in range(samples):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(HOST_CALLS):
+            fn()
+        times.append((time.perf_counter() - start) / HOST_CALLS * 1e6)
+    torch.cuda.synchronize(device)
+    return statistics.median(times)
+
+
 def copy_bandwidth_gbps(device: torch.device) -> float | None:
     """Device-to-device copy bandwidth (bytes read + written), the practical memory-bound ceiling."""
     if device.type != "cuda":
@@ -221,7 +243,10 @@ def _op_rows(
                 continue
             ms = _time_ms(run, device)
             graph_ms = _graph_ms(run, device, ms)
+            host_us = _host_us(run, device) if impl.startswith("triton") else None
             notes = ["interpreter"] if impl.startswith("triton") and device.type == "cpu" else []
+            if host_us is not None:
+                notes.append(f"host {host_us:.0f} us/call")
             if flops:
                 notes.append(f"{flops[pass_] / ((graph_ms or ms) * 1e-3) / 1e12:.1f} TFLOP/s")
             gbps = moved[pass_] / ((graph_ms or ms) * 1e-3) / 1e9
@@ -237,6 +262,7 @@ def _op_rows(
                     moved[pass_],
                     gbps,
                     note=", ".join(notes),
+                    host_us=host_us,
                 )
             )
     return rows

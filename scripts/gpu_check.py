@@ -8,9 +8,9 @@
 
 Tiers, in this order (each family of each tier is one step; a failing step is reported and the next one runs):
 
-1. ``tests``: the ``gpu``-marked tests of each op file (``TEST_FAMILIES``), one pytest process per file, all at
-   once (``--smoke``: one process for all); their autotuning is shortened (this file is loaded as a pytest plugin,
-   ``-p gpu_check``).
+1. ``tests``: the ``gpu``-marked tests of each op file and of the training step (``TEST_FAMILIES``), one pytest
+   process per file, all at once (``--smoke``: one process for all); their autotuning is shortened (this file is
+   loaded as a pytest plugin, ``-p gpu_check``).
 2. ``ops``: the benchmark rows the targets name (``OP_FAMILIES``): ``scripts/benchmark.py``'s ``bench_<op>``
    functions restricted to those cases and implementations, one case at a time, in one worker process.
 3. ``models``: training and inference steps of the zoo's models beside their timm peers (``MODEL_FAMILIES``),
@@ -123,7 +123,7 @@ NA_LONG_CASE = "B1xL32768xH8xD64xK2049"
 
 @dataclass(frozen=True)
 class PytestFamily:
-    """Tier 1: the gpu-marked tests of one op file."""
+    """Tier 1: the gpu-marked tests of one test file (each op's, and the CUDA-graph training step's)."""
 
     name: str
     path: str  # the test file, relative to the repository
@@ -142,6 +142,7 @@ TEST_FAMILIES = (
     ),
     PytestFamily("rational", "tests/kernels/test_rational.py", "test_triton_matches_reference_in_same_dtype and 32"),
     PytestFamily("dwconv", "tests/kernels/test_dwconv.py", "test_dwconv2d_equals_nn_conv2d_without_bias and triton", 2),
+    PytestFamily("training", "tests/training/test_train_step.py", "bad_modes or restored"),  # the CUDA-graph step
 )
 
 
@@ -329,6 +330,21 @@ def op_speedup(
     return ratio
 
 
+def host_budget(op: str, case: str, pass_: str, budget_us: float, dtype: str = "bfloat16"):
+    """Ratio: ``budget_us`` over the host microseconds per eager call of the Triton row (``host_us``), so that a
+    ratio >= 1 means within the budget."""
+
+    def ratio(results: dict) -> tuple[float, str]:
+        for r in results["ops"]:
+            if (r["op"], r["case"], r["pass_"], r["impl"], r["dtype"]) == (op, case, pass_, "triton", dtype):
+                if r.get("host_us") is None:
+                    break
+                return budget_us / r["host_us"], f"{case} {pass_}: {r['host_us']:.0f} us per call"
+        raise NotMeasured(f"no host time of the triton {op} {pass_} row for {case}")
+
+    return ratio
+
+
 def model_speedup(
     group: str, model: str, backend: str, peer: str, peer_backend: str = "timm", modes: tuple[str, ...] = ("train",)
 ) -> Callable[[dict], tuple[float, str]]:
@@ -418,6 +434,14 @@ TARGETS = (
         "group_rational fwd+bwd bf16 B128 L197 D768/D3072, eager reference / Triton, worst width",
         op_speedup("group_rational", ("*",), ("fwd+bwd",), "reference"),
         None,
+    ),
+    Target(
+        "rational_host_time",
+        21,
+        "ops:rational",
+        "group_rational eager fwd+bwd, 100 us / the host's time per call (B128 L197 D768, bf16)",
+        host_budget("group_rational", "B128xL197x768", "fwd+bwd", 100.0),
+        1.0,
     ),
     Target(
         "dwconv_k3_k7_fwd_bwd_vs_pytorch",

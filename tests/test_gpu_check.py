@@ -122,7 +122,12 @@ def test_every_target_is_measured_by_the_tiers_rows():
         for case in cases:
             for impl in impls:
                 for pass_ in ("fwd", "fwd+bwd"):
-                    rows.append(dict(op=op, case=case, dtype=dtype, pass_=pass_, impl=impl, ms=2.0, graph_ms=1.0))
+                    host_us = 50.0 if impl == "triton" else None
+                    rows.append(
+                        dict(
+                            op=op, case=case, dtype=dtype, pass_=pass_, impl=impl, ms=2.0, graph_ms=1.0, host_us=host_us
+                        )
+                    )
     models = [
         dict(group=f.name, model=e.model, backend=e.backend, mode=mode, images_per_s=100.0)
         for f in check.MODEL_FAMILIES

@@ -108,17 +108,32 @@ class TrainStep:
         static_targets = targets.clone()
         # the warm-up updates are undone, so that every call is one update (capture records, it does not run)
         model_state = copy.deepcopy(self.model.state_dict())
-        optimizer_state = copy.deepcopy(self.optimizer.state_dict())
+        optimizer_state = {p: copy.deepcopy(state) for p, state in self.optimizer.state.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 self._eager_step(static_inputs, static_targets, set_to_none=False)
         torch.cuda.current_stream().wait_stream(side)
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer_state)
+        self.model.load_state_dict(model_state)  # in place: the captured kernels read these tensors
+        self._restore_optimizer_state(optimizer_state)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=False)
         with torch.cuda.graph(graph):
             static_loss = self._eager_step(static_inputs, static_targets, set_to_none=False)
         self._graph, self._static = graph, (static_inputs, static_targets, static_loss)
+
+    def _restore_optimizer_state(self, saved: dict) -> None:
+        """Put the optimiser's state back to ``saved`` in place, keeping the tensors the warm-up created (a state
+        created during the capture would be re-initialised by every replay). A parameter that had no state yet gets
+        zeros: Adam's fresh state (moments and step count)."""
+        for param, state in self.optimizer.state.items():
+            before = saved.get(param, {})
+            for key, value in state.items():
+                if not isinstance(value, Tensor):
+                    if key in before:
+                        state[key] = before[key]
+                elif key in before:
+                    value.copy_(before[key])
+                else:
+                    value.zero_()
