@@ -149,6 +149,30 @@ def test_the_default_task_trains(model, tmp_path, one_intra_op_thread):
     assert losses[-1] < losses[0] - 0.05, losses  # measured drops: 0.1 (S4D, LongConv) to 1.2 (InceptionNeXt)
 
 
+@pytest.mark.parametrize("model", ["kat_t", "inceptionnext_a"])
+def test_the_default_task_trains_compiled(model, tmp_path, one_intra_op_thread):
+    """``compile=true``: the trainer runs the model through torch.compile (fullgraph) and its training loss falls
+    as in eager mode (every family's compiled step: tests/training/test_train_step.py)."""
+    overrides = [f"++model.kwargs.{key}={value}" for key, value in SMALL[model].items()]
+    cfg = _compose(
+        f"model={model}",
+        *overrides,
+        "compile=true",
+        "data.train_subset=128",
+        "data.eval_subset=32",
+        "batch_size=32",
+        "epochs=2",
+        "sched.warmup_epochs=0",
+        "optim.lr=3e-3",
+        "progress=false",
+        "device=cpu",
+        run_dir=tmp_path,
+    )
+    summary = train(cfg)
+    losses = [row["train_loss"] for row in load_checkpoint(Path(summary["checkpoint"]))["history"]]
+    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0], losses
+
+
 def test_the_readme_table_goes_between_the_markers():
     import importlib.util
 

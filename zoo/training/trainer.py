@@ -246,8 +246,8 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
 
     run.show_progress = ctx.is_main and (sys.stderr.isatty() if cfg.progress == "auto" else bool(cfg.progress))
     run.ddp_model = run.train_model
-    if cfg.compile:
-        run.train_model = torch.compile(run.train_model)
+    if cfg.compile:  # every family traces as one graph (tests/training/test_train_step.py); DDP splits its graph
+        run.train_model = torch.compile(run.train_model, fullgraph=not ctx.enabled)
     run.config = _config_container(cfg)
     run.logger = _Logger(cfg, run.run_dir, run.config) if ctx.is_main else None
 
