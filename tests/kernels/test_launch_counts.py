@@ -23,6 +23,7 @@ from tests.helpers import DEVICE
 from zoo.kernels._backend import INTERPRETER
 from zoo.kernels.dwconv import dwconv2d, inception_dwconv2d
 from zoo.kernels.fftconv import fftconv
+from zoo.kernels.neighborhood import neighborhood_attention
 from zoo.kernels.rational import group_rational
 from zoo.kernels.ssm import s4d_kernel
 
@@ -168,6 +169,15 @@ SMALL_OPS = {
     ),
     "s4d_kernel_zoh": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="zoh", backend="triton")),
     "s4d_kernel_bilinear": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="bilinear", backend="triton")),
+    # without a bias (the bias gradient's reduction over the batch is not folded into the kernels yet)
+    "neighborhood_attention_1d_causal": (
+        lambda: _leaves(*(torch.randn(2, 11, 2, 16) for _ in range(3))),
+        lambda t: neighborhood_attention(*t, kernel_size=5, is_causal=True, backend="triton"),
+    ),
+    "neighborhood_attention_2d_dilated": (
+        lambda: _leaves(*(torch.randn(1, 7, 9, 2, 16) for _ in range(3))),
+        lambda t: neighborhood_attention(*t, kernel_size=3, dilation=2, backend="triton"),
+    ),
 }
 
 

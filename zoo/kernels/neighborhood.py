@@ -752,6 +752,7 @@ def _na_bwd_q_kernel(
     v_ptr,
     rpb_ptr,
     do_ptr,
+    out_ptr,
     lse_ptr,
     delta_ptr,
     dq_ptr,
@@ -791,6 +792,12 @@ def _na_bwd_q_kernel(
     sdo_2,
     sdo_h,
     sdo_d,
+    so_b,
+    so_0,
+    so_1,
+    so_2,
+    so_h,
+    so_d,
     sg_b,
     sg_0,
     sg_1,
@@ -814,9 +821,11 @@ def _na_bwd_q_kernel(
     EXACT_DOT: tl.constexpr,
     ASM: tl.constexpr,
 ):
-    """Backward for one query box: dq = scale sum_k ds k over the key boxes of its windows; with a bias, the
-    logit gradients ds also go to dlogit [B, heads, N, prod(K)] (float32) at each key's window slot (a separable
-    index: per-key minus per-query), for the rpb gradient (summed per relative offset by the launcher)."""
+    """Backward for one query box: first delta = rowsum(dO * O) of its queries (without a bias: computed here and
+    stored to ``delta_ptr`` for the dk/dv kernel, launched after this one; with one, read), then dq = scale sum_k ds k over the key boxes of its windows; with a
+    bias, the logit gradients ds also go to dlogit [B, heads, N, prod(K)] (float32) at each key's window slot (a
+    separable index: per-key minus per-query), for the rpb gradient (summed per relative offset by the
+    launcher)."""
     TQN: tl.constexpr = TQ0 * TQ1 * TQ2
     TKN: tl.constexpr = TK0 * TK1 * TK2
     RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)
@@ -841,16 +850,22 @@ def _na_bwd_q_kernel(
     n_tiles = tl.where(empty, 0, tl.cdiv(hi0 - lo0, TK0) * nk1 * nk2)
 
     dd = tl.arange(0, BLOCK_D)
-    q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
-    do_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
-    q = _load_rows(q_ptr + b * s_b + h * s_h, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False)
-    do = _load_rows(do_ptr + b * sdo_b + h * sdo_h, do_rows, dd, sdo_d, HEAD_DIM, BLOCK_D, False)
     n_flat = _flat_index(
         tl.minimum(qc0, ng0 - 1), tl.minimum(qc1, ng1 - 1), tl.minimum(qc2, ng2 - 1), g0, g1, g2, d0, d1, d2, n1, n2
     )
     row = bh.to(tl.int64) * (n0 * n1 * n2)
+    do_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
+    do = _load_rows(do_ptr + b * sdo_b + h * sdo_h, do_rows, dd, sdo_d, HEAD_DIM, BLOCK_D, False)
+    if HAS_RPB:  # the launcher computed delta: beside the bias's registers this spilled on sm_80
+        delta = tl.load(delta_ptr + row + n_flat)
+    else:
+        o_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, so_0, so_1, so_2)
+        o = _load_rows(out_ptr + b * so_b + h * so_h, o_rows, dd, so_d, HEAD_DIM, BLOCK_D, False)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        tl.store(delta_ptr + row + n_flat, delta, mask=q_ok)
+    q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
+    q = _load_rows(q_ptr + b * s_b + h * s_h, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False)
     lse = tl.load(lse_ptr + row + n_flat)
-    delta = tl.load(delta_ptr + row + n_flat)
     k_base = k_ptr + b * sk_b + h * sk_h
     v_base = v_ptr + b * sv_b + h * sv_h
     bias_q = (
@@ -1137,37 +1152,24 @@ def na_backward(
         return dq, dk, dv, (torch.zeros_like(rpb) if rpb is not None else q.new_empty(0))
     problem = _problem(q, ks, ds, cs)
     with device_guard(q.device):
-        delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
+        # delta = rowsum(dO * O): without a bias written by the dq kernel (which loads dO anyway), read by the dk/dv
+        # kernel after it; with a bias computed here (in the dq kernel it spilled on sm_80)
+        if rpb is None:
+            delta = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)
+        else:
+            delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
         common = (heads, scale, *problem["spatial"], *problem["dilation"])
-        strides = (
-            *_strides(q),
-            *_strides(k),
-            *_strides(v),
-            *_strides(grad_out),
-            *_strides(dq, with_last=False),
-        )
+        inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+        q_strides = (*inputs, *_strides(out), *_strides(dq, with_last=False))
+        kv_strides = (*inputs, *_strides(dq, with_last=False))  # dk, dv have dq's layout
         has_rpb = rpb is not None
-        config = _launch_config(problem, heads, has_rpb, _na_bwd_kv_kernel)
-        grid, tiles = _grid(problem, _boxes(config, _na_bwd_kv_kernel)[0], B * heads)
-        _na_bwd_kv_kernel[grid](
-            q,
-            k,
-            v,
-            _bias_table(rpb, q, config),
-            grad_out,
-            lse,
-            delta,
-            dk,
-            dv,
-            *common,
-            *tiles,
-            *strides,
-            **config,
-        )
         config = _launch_config(problem, heads, has_rpb, _na_bwd_q_kernel)
         if rpb is None:
             grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], B * heads)
-            _na_bwd_q_kernel[grid](q, k, v, q, grad_out, lse, delta, dq, lse, *common, *tiles, *strides, **config)
+            _na_bwd_q_kernel[grid](
+                q, k, v, q, grad_out, out, lse, delta, dq, lse, *common, *tiles, *q_strides, **config
+            )
+            _backward_dk_dv(q, k, v, None, grad_out, lse, delta, dk, dv, problem, common, kv_strides)
             return dq, dk, dv, q.new_empty(0)
         # With a bias, the logit gradients of a chunk of the batch go to a float32 [chunk, heads, N, K] buffer
         # (at most DLOGIT_BYTES, or one batch item), summed per relative offset after each chunk.
@@ -1186,17 +1188,27 @@ def na_backward(
                 v[b0:b1],
                 table,
                 grad_out[b0:b1],
+                out[b0:b1],
                 lse[b0:b1],
                 delta[b0:b1],
                 dq[b0:b1],
                 dlogit,
                 *common,
                 *tiles,
-                *strides,
+                *q_strides,
                 **config,
             )
             drpb.index_add_(1, bias, dlogit[: b1 - b0].sum(0).flatten(1))
+        _backward_dk_dv(q, k, v, rpb, grad_out, lse, delta, dk, dv, problem, common, kv_strides)
     return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
+
+
+def _backward_dk_dv(q, k, v, rpb, grad_out, lse, delta, dk, dv, problem, common, strides) -> None:
+    """The dk/dv kernel, launched after the dq kernel has written ``delta``."""
+    config = _launch_config(problem, q.shape[-2], rpb is not None, _na_bwd_kv_kernel)
+    grid, tiles = _grid(problem, _boxes(config, _na_bwd_kv_kernel)[0], q.shape[0] * q.shape[-2])
+    table = _bias_table(rpb, q, config)
+    _na_bwd_kv_kernel[grid](q, k, v, table, grad_out, lse, delta, dk, dv, *common, *tiles, *strides, **config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
