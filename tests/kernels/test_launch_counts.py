@@ -169,7 +169,8 @@ SMALL_OPS = {
     ),
     "s4d_kernel_zoh": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="zoh", backend="triton")),
     "s4d_kernel_bilinear": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="bilinear", backend="triton")),
-    # without a bias (the bias gradient's reduction over the batch is not folded into the kernels yet)
+    # without a bias (with one, the bias gradient's reduction over the batch is not folded into the kernels yet:
+    # test_neighborhood_forward_with_a_bias_is_one_launch)
     "neighborhood_attention_1d_causal": (
         lambda: _leaves(*(torch.randn(2, 11, 2, 16) for _ in range(3))),
         lambda t: neighborhood_attention(*t, kernel_size=5, is_causal=True, backend="triton"),
@@ -226,3 +227,30 @@ def test_fftconv_launches(path, bidirectional, extras, count, monkeypatch):
     else:
         assert forward.launches == 1 and backward.launches <= 2, report
         assert not forward.fft and not backward.fft, report
+
+
+def test_neighborhood_forward_with_a_bias_is_one_launch(count):
+    """The padded, pre-scaled bias table is cached per version of rpb: an inference call with an unchanged bias
+    launches the forward kernel alone; an in-place update of rpb (an optimiser step) rebuilds it once."""
+    q, k, v = (torch.randn(1, 7, 9, 2, 16, device=DEVICE) for _ in range(3))
+    rpb = torch.randn(2, 5, 5, device=DEVICE)
+
+    def call():
+        return neighborhood_attention(q, k, v, kernel_size=3, rpb=rpb, backend="triton")
+
+    first = call()
+    with count() as again:
+        second = call()
+    assert again.launches == 1 and again.triton, _describe(again)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+    with torch.no_grad():
+        rpb.mul_(2.0)
+    with count() as updated:
+        changed = call()
+    assert updated.launches > 1, _describe(updated)  # the table is rebuilt from the new values
+    expected = neighborhood_attention(q, k, v, kernel_size=3, rpb=rpb, backend="torch")
+    torch.testing.assert_close(changed, expected, rtol=2e-5, atol=2e-5)
+    with torch.inference_mode():  # inference tensors have no version counter: the table is built per call
+        inference_rpb = rpb.clone()
+        out = neighborhood_attention(q, k, v, kernel_size=3, rpb=inference_rpb, backend="triton")
+    torch.testing.assert_close(out, expected, rtol=2e-5, atol=2e-5)

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import torch
@@ -164,3 +165,30 @@ def dispatch_triton(
     if not torch.is_grad_enabled() or not any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
         return launcher(*args)
     return function.apply(*args)
+
+
+# Tables derived from weights (the padded, pre-scaled attention bias): (id(weight), key) -> (weakref, version, table)
+_DERIVED: dict[tuple[int, Hashable], tuple[weakref.ref, int, torch.Tensor]] = {}
+_DERIVED_MAX = 64
+
+
+def derived_from_weight(weight: torch.Tensor, key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, a tensor computed from ``weight`` for a kernel to read, kept until ``weight`` changes: cached per
+    (weight object, ``key``) and rebuilt once the weight's version counter moves (an in-place update such as an
+    optimiser step) or the weight is gone, so that an inference call launches no table-building ops. Inference
+    tensors (no version counter) build every call. At most ``_DERIVED_MAX`` tables, the oldest dropped first."""
+    try:
+        version = weight._version
+    except RuntimeError:  # an inference tensor
+        return build()
+    slot = (id(weight), key)
+    hit = _DERIVED.get(slot)
+    if hit is not None and hit[0]() is weight and hit[1] == version:
+        return hit[2]
+    with torch.no_grad():
+        table = build()
+    _DERIVED.pop(slot, None)
+    while len(_DERIVED) >= _DERIVED_MAX:
+        _DERIVED.pop(next(iter(_DERIVED)))
+    _DERIVED[slot] = (weakref.ref(weight), version, table)
+    return table

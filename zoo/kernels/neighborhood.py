@@ -48,6 +48,7 @@ from zoo.kernels._backend import (
     check_float_tensor,
     check_triton_device,
     check_triton_dtypes,
+    derived_from_weight,
     device_guard,
     dispatch_triton,
     requested_backend,
@@ -1060,18 +1061,22 @@ def _bias_table(rpb: Tensor | None, like: Tensor, constexprs: dict) -> Tensor:
     """The bias as a kernel reads it: float32 [heads, E0, E1, E2], pre-scaled by log2 e, zeros around rpb, with
     E_a = ``_bias_extent`` of the kernel's boxes and the offset 0 (rpb's index k_a - 1) at (E_a - 1) / 2: every
     (query, key) offset of the walked box pairs lands inside, so the gather needs no mask. ``like`` stands in
-    without a bias."""
+    without a bias. Cached per version of rpb (:func:`derived_from_weight`): built once per weight update, not per
+    call."""
     if rpb is None:
         return like
-    heads = rpb.shape[0]
-    table = rpb.float().reshape(heads, *_three(rpb.shape[1:], 1)) * LOG2E
     pad = []
     for axis in (2, 1, 0):  # F.pad lists the last axis first
         tq, kk, tk = constexprs[f"TQ{axis}"], constexprs[f"K{axis}"], constexprs[f"TK{axis}"]
         extent = _bias_extent(tq, kk, tk)
         before = (extent - 1) // 2 - (kk - 1)
         pad += [before, extent - before - (2 * kk - 1)]
-    return F.pad(table, pad).contiguous()
+
+    def build() -> Tensor:
+        table = rpb.float().reshape(rpb.shape[0], *_three(rpb.shape[1:], 1)) * LOG2E
+        return F.pad(table, pad).contiguous()
+
+    return derived_from_weight(rpb, ("na_bias_table", tuple(pad)), build)
 
 
 def na_forward(
