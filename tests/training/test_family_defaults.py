@@ -124,25 +124,31 @@ def test_an_experiment_chooses_its_own_data_and_no_recipe_applies(model, experim
     assert _without_hydra(cfg) == _without_hydra(_compose(f"model={model}", f"experiment={experiment}", "~recipe"))
 
 
-@pytest.mark.parametrize("model", list(DEFAULT_DATA))
-def test_the_default_task_trains(model, tmp_path, one_intra_op_thread):
-    """The model's default config (a smaller member of the family, a subset of the data, four short epochs without
-    warm-up) runs through the trainer and its training loss falls."""
+def _short_run(model: str, run_dir: Path, *extra: str, samples: int = 256, epochs: int = 4):
+    """The model's default config for a short CPU run: its smaller member (``SMALL``), ``samples`` training images
+    (a quarter as many for evaluation), batches of 32, ``epochs`` epochs without warm-up."""
     overrides = [f"++model.kwargs.{key}={value}" for key, value in SMALL[model].items()]
-    cfg = _compose(
+    return _compose(
         f"model={model}",
         *overrides,
-        "data.train_subset=256",
-        "data.eval_subset=64",
+        *extra,
+        f"data.train_subset={samples}",
+        f"data.eval_subset={samples // 4}",
         "batch_size=32",
-        "epochs=4",
+        f"epochs={epochs}",
         "sched.warmup_epochs=0",
         "optim.lr=3e-3",
         "progress=false",
         "device=cpu",
-        run_dir=tmp_path,
+        run_dir=run_dir,
     )
-    summary = train(cfg)
+
+
+@pytest.mark.parametrize("model", list(DEFAULT_DATA))
+def test_the_default_task_trains(model, tmp_path, one_intra_op_thread):
+    """The model's default config (a smaller member of the family, a subset of the data, four short epochs without
+    warm-up) runs through the trainer and its training loss falls."""
+    summary = train(_short_run(model, tmp_path))
     assert (summary["model"], summary["data"], summary["epochs"]) == (model, DEFAULT_DATA[model], 4)
     losses = [row["train_loss"] for row in load_checkpoint(Path(summary["checkpoint"]))["history"]]
     assert all(math.isfinite(loss) for loss in losses), losses
@@ -153,22 +159,7 @@ def test_the_default_task_trains(model, tmp_path, one_intra_op_thread):
 def test_the_default_task_trains_compiled(model, tmp_path, one_intra_op_thread):
     """``compile=true``: the trainer runs the model through torch.compile (fullgraph) and its training loss falls
     as in eager mode (every family's compiled step: tests/training/test_train_step.py)."""
-    overrides = [f"++model.kwargs.{key}={value}" for key, value in SMALL[model].items()]
-    cfg = _compose(
-        f"model={model}",
-        *overrides,
-        "compile=true",
-        "data.train_subset=128",
-        "data.eval_subset=32",
-        "batch_size=32",
-        "epochs=2",
-        "sched.warmup_epochs=0",
-        "optim.lr=3e-3",
-        "progress=false",
-        "device=cpu",
-        run_dir=tmp_path,
-    )
-    summary = train(cfg)
+    summary = train(_short_run(model, tmp_path, "compile=true", samples=128, epochs=2))
     losses = [row["train_loss"] for row in load_checkpoint(Path(summary["checkpoint"]))["history"]]
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0], losses
 
