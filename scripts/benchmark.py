@@ -815,10 +815,7 @@ def bench_models(
         for name, kwargs, backend in MODELS[group]:
             if backend.startswith("triton") and device.type == "cpu":
                 continue
-            group_modes = [m for m in modes if m != "train-graph" or device.type == "cuda"]
-            rows += bench_model(
-                group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=group_modes
-            )
+            rows += bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=modes)
     return rows
 
 
@@ -841,7 +838,7 @@ def bench_model(
     """The rows of one model in ``modes``, timed with ``TIMING``'s model budgets: ``"infer"`` (forward, no
     gradients) and the training steps of ``TRAIN_MODES`` (zoo.training.step.TrainStep: forward, cross-entropy,
     backward, AdamW), eager (``"train"``), compiled (``"train-compile"``) and captured in a CUDA graph
-    (``"train-graph"``).
+    (``"train-graph"``, skipped off CUDA).
 
     ``sequence`` (token models: the vocabulary and class arguments; ``img_size`` is then the sequence length),
     ``channels_last`` and ``size_kwarg`` (pass ``img_size`` to the constructor) default to what ``group`` is in
@@ -872,6 +869,8 @@ def bench_model(
             return model(x)
 
     for mode in modes:
+        if mode == "train-graph" and device.type != "cuda":
+            continue  # no CUDA graph to capture
         if mode == "infer":
             model.eval()
             step = infer_step
