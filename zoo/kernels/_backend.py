@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
@@ -113,8 +114,11 @@ def check_triton_device(device: torch.device) -> None:
 
 
 def device_guard(device: torch.device):
-    """Launch on ``device`` (Triton launches on the current CUDA device); a no-op context elsewhere."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    """Launch on ``device`` (Triton launches on the current CUDA device); a no-op context elsewhere and while
+    tracing (:func:`tracing_kernels`: the compiled graph launches on its tensors' device)."""
+    if device.type != "cuda" or tracing_kernels():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def check_float_tensor(name: str, t: object) -> torch.Tensor:
@@ -148,8 +152,8 @@ def dispatch_triton(
     """Run an op's Triton path on ``args``; every op's public function calls this once its backend resolved to
     ``"triton"``. One of three runs:
 
-    * ``op``, the registered custom op (``torch.ops.zoo.*``), while ``torch.compile`` traces: the compiled graph
-      holds the op, its fake implementation and its registered autograd;
+    * ``op``, the registered op (``torch.ops.zoo.*``), while ``torch.compile`` traces: its registered autograd
+      and fake implementation, and on CUDA its kernels in the compiled graph (:func:`triton_op`);
     * ``launcher``, the Triton forward launcher, when no gradient is needed (grad mode off, or no tensor in
       ``args`` requires grad): no autograd node to build, the fast inference path;
     * ``function.apply``, the op's ``torch.autograd.Function`` (calling the launchers directly, which skips two
@@ -176,7 +180,10 @@ def derived_from_weight(weight: torch.Tensor, key: Hashable, build: Callable[[],
     """``build()``, a tensor computed from ``weight`` for a kernel to read, kept until ``weight`` changes: cached per
     (weight object, ``key``) and rebuilt once the weight's version counter moves (an in-place update such as an
     optimiser step) or the weight is gone, so that an inference call launches no table-building ops. Inference
-    tensors (no version counter) build every call. At most ``_DERIVED_MAX`` tables, the oldest dropped first."""
+    tensors (no version counter) build every call, and so does a traced call (:func:`tracing_kernels`). At most
+    ``_DERIVED_MAX`` tables, the oldest dropped first."""
+    if tracing_kernels():
+        return build()
     try:
         version = weight._version
     except RuntimeError:  # an inference tensor
@@ -192,3 +199,82 @@ def derived_from_weight(weight: torch.Tensor, key: Hashable, build: Callable[[],
         _DERIVED.pop(next(iter(_DERIVED)))
     _DERIVED[slot] = (weakref.ref(weight), version, table)
     return table
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registered ops that torch.compile traces into their kernels (issue 21)
+# ----------------------------------------------------------------------------------------------------------------
+
+DECOMPOSE_ENV_VAR = "ZOO_TRACE_KERNELS"
+_TRACING_KERNELS = threading.local()
+
+
+def tracing_kernels() -> bool:
+    """True while a registered op's implementation is being traced into a compiled graph (see
+    :func:`triton_op`): launchers then wrap their kernels (:func:`launchable`) and build per call what they
+    otherwise cache across calls (tables derived from weights, zero buffers, ticket counters), since a cached
+    tensor cannot enter a traced graph."""
+    return getattr(_TRACING_KERNELS, "on", False)
+
+
+def launchable(kernel: Any) -> Any:
+    """``kernel`` (a ``triton.jit`` function or ``triton.autotune`` wrapper) as the launcher should call it:
+    itself when running, ``torch.library.wrap_triton(kernel)`` while :func:`tracing_kernels`, so that the launch
+    enters the graph as a Triton-kernel node which Inductor compiles and launches itself."""
+    if getattr(_TRACING_KERNELS, "on", False):
+        return torch.library.wrap_triton(kernel)
+    return kernel
+
+
+def _decomposes(args: tuple, kwargs: dict) -> bool:
+    """Whether a registered op called with these (functional) arguments is traced into its kernels: CUDA
+    tensors of static shapes (a launcher picks tiles from concrete sizes; with symbolic sizes, and on CPU tensors,
+    where the interpreter cannot run on fake tensors, the op stays one opaque node), unless ``ZOO_TRACE_KERNELS=0``.
+    """
+    if os.environ.get(DECOMPOSE_ENV_VAR, "1") == "0":
+        return False
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    return any(t.device.type == "cuda" for t in tensors) and all(
+        isinstance(size, int) for t in tensors for size in t.shape
+    )
+
+
+def _export_keeps_ops() -> bool:
+    """torch.export keeps ops that torch.library.triton_op registers as single nodes (serialisable); so do we."""
+    try:
+        from torch.export._trace import custom_triton_ops_decomposition_disabled
+    except ImportError:  # pragma: no cover - torch versions without the switch
+        return False
+    return custom_triton_ops_decomposition_disabled()
+
+
+def triton_op(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """Register ``fn`` (typed, it runs the op's Triton launchers) as the custom op ``name`` (no mutated arguments).
+
+    Like ``torch.library.triton_op``, the op is visible to ``torch.compile``: when AOTAutograd functionalises a
+    graph holding it on CUDA tensors, ``fn`` itself is traced, every kernel it launches through
+    :func:`launchable` becoming a ``triton_kernel_wrapper_functional`` node that Inductor compiles, launches
+    without Python and captures in CUDA graphs, and the allocations and casts around them ordinary graph ops.
+    Unlike ``torch.library.triton_op``, the fake implementation is registered separately (``register_fake``, a
+    shape function) and CPU tensors keep the op opaque: the Triton interpreter, which runs the kernels on CPU
+    tensors, cannot run on the fake tensors that tracing passes (tests/kernels/test_traced_ops.py)."""
+
+    def register(fn: Callable[..., Any]) -> Any:
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+        def decompose(mode, func, types, args, kwargs):
+            if _export_keeps_ops() or not _decomposes(args, kwargs):
+                return mode.__torch_dispatch__(func, types, args, kwargs)
+            previous = tracing_kernels()
+            _TRACING_KERNELS.on = True
+            try:
+                with mode:
+                    return fn(*args, **kwargs)
+            finally:
+                _TRACING_KERNELS.on = previous
+
+        op.register_torch_dispatch(FunctionalTensorMode, decompose)
+        return op
+
+    return register

@@ -53,9 +53,11 @@ from zoo.kernels._backend import (
     check_triton_dtypes,
     device_guard,
     dispatch_triton,
+    launchable,
     resolve_backend,
     tl,
     triton,
+    triton_op,
 )
 
 ACTIVATIONS = ("none", "gelu")
@@ -742,7 +744,7 @@ def _forward(
             n = fft_length(L, k_len)
             rows = B * H + H
             buf = torch.empty((rows, n), dtype=torch.float32, device=u.device)
-            _fftconv_prologue_kernel[(rows, triton.cdiv(n, BLOCK_L))](
+            launchable(_fftconv_prologue_kernel)[(rows, triton.cdiv(n, BLOCK_L))](
                 u,
                 gin,
                 k,
@@ -761,7 +763,7 @@ def _forward(
             )
             spectra = torch.fft.rfft(buf)
             conv = torch.fft.irfft(spectra[: B * H].view(B, H, -1) * spectra[B * H :], n=n)
-        _fftconv_fwd_kernel[(B * H, triton.cdiv(L, BLOCK_L))](
+        launchable(_fftconv_fwd_kernel)[(B * H, triton.cdiv(L, BLOCK_L))](
             conv,
             k,
             u,
@@ -871,7 +873,7 @@ def fftconv_backward(
     flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, DIRECT=direct, BIDIRECTIONAL=bidirectional)
     with device_guard(u.device):
         buf = torch.empty((rows, n), dtype=torch.float32, device=u.device)
-        _fftconv_bwd_epilogue_kernel[(rows, triton.cdiv(n, BLOCK_L))](
+        launchable(_fftconv_bwd_epilogue_kernel)[(rows, triton.cdiv(n, BLOCK_L))](
             grad_output,
             conv if has_z else buf,
             k,
@@ -904,7 +906,7 @@ def fftconv_backward(
         else:
             freqs = n // 2 + 1
             products = torch.empty((BH + H, freqs), dtype=torch.complex64, device=u.device)
-            _fftconv_bwd_spectral_kernel[(H, triton.cdiv(freqs, BLOCK_F))](
+            launchable(_fftconv_bwd_spectral_kernel)[(H, triton.cdiv(freqs, BLOCK_F))](
                 torch.view_as_real(torch.fft.rfft(buf)),
                 torch.view_as_real(products),
                 B,
@@ -916,7 +918,7 @@ def fftconv_backward(
             corr = torch.fft.irfft(products, n=n)
             dk_programs = H * triton.cdiv(k_len, BLOCK_L)
             block_d, block_t = BLOCK_D, BLOCK_T  # unused by the FFT path
-        _fftconv_bwd_input_kernel[(BH * triton.cdiv(L, BLOCK_L) + dk_programs,)](
+        launchable(_fftconv_bwd_input_kernel)[(BH * triton.cdiv(L, BLOCK_L) + dk_programs,)](
             corr,
             buf,
             k,
@@ -948,7 +950,7 @@ def fftconv_backward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("zoo::fftconv", mutates_args=())
+@triton_op("zoo::fftconv")
 def _fftconv_op(
     u: Tensor,
     k: Tensor,
@@ -968,7 +970,7 @@ def _(u, k, D, gate_in, gate_out, bidirectional, activation):
     return u.new_empty(u.shape), z
 
 
-@torch.library.custom_op("zoo::fftconv_backward", mutates_args=())
+@triton_op("zoo::fftconv_backward")
 def _fftconv_backward_op(
     grad_output: Tensor,
     u: Tensor,

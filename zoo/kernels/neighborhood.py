@@ -34,6 +34,7 @@ runs the blocked dense path of zoo/kernels/neighborhood_cpu.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -51,10 +52,13 @@ from zoo.kernels._backend import (
     derived_from_weight,
     device_guard,
     dispatch_triton,
+    launchable,
     requested_backend,
     resolve_backend,
     tl,
+    tracing_kernels,
     triton,
+    triton_op,
 )
 from zoo.kernels.neighborhood_cpu import na_blocked
 
@@ -821,6 +825,7 @@ def _na_bwd_q_kernel(
     BLOCK_D: tl.constexpr,
     EXACT_DOT: tl.constexpr,
     ASM: tl.constexpr,
+    SCATTER_ASM: tl.constexpr,
 ):
     """Backward for one query box: first delta = rowsum(dO * O) of its queries (without a bias: computed here and
     stored to ``delta_ptr`` for the dk/dv kernel, launched after this one; with one, read), then dq = scale sum_k ds k over the key boxes of its windows; with a
@@ -899,7 +904,7 @@ def _na_bwd_q_kernel(
         dq += _dot(ds.to(kt.dtype), tl.trans(kt), EXACT_DOT)
         if HAS_RPB:
             slot_k = (kc0 * K1 + kc1) * K2 + kc2
-            _scatter_logits(slot_q, slot_k, ds, ok & q_ok[:, None], ASM)
+            _scatter_logits(slot_q, slot_k, ds, ok & q_ok[:, None], SCATTER_ASM)
     g_off = b * sg_b + h * sg_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
     q_mask = q_ok[:, None] & (dd < HEAD_DIM)[None, :]
     tl.store(dq_ptr + g_off[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
@@ -1041,6 +1046,10 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     )
     if forward:
         config["HPP"] = hpp
+    if kernel is _na_bwd_q_kernel:
+        # the logit scatter's inline PTX is a store that torch.compile's analysis of a traced kernel cannot see
+        # (it would then assume that the kernel writes to every input, and copy them first): tl.store there
+        config["SCATTER_ASM"] = not INTERPRETER and not tracing_kernels()
     return config
 
 
@@ -1050,10 +1059,16 @@ def _boxes(config: dict, kernel) -> tuple[tuple[int, int, int], tuple[int, int, 
     return (tk, tq) if kernel is _na_bwd_kv_kernel else (tq, tk)
 
 
-@functools.lru_cache(maxsize=64)
 def _bias_index(spatial: tuple, ks: tuple, ds: tuple, cs: tuple, device: torch.device) -> Tensor:
     """The flat rpb index of every (query, window slot), [N K] (``neighborhood_table``'s third table), cached per
-    problem: the bias gradient's scatter needs it on every backward call."""
+    problem: the bias gradient's scatter needs it on every backward call (a traced call builds it in its graph)."""
+    if tracing_kernels():
+        return neighborhood_table(spatial, ks, ds, cs, device)[2].flatten()
+    return _cached_bias_index(spatial, ks, ds, cs, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_bias_index(spatial: tuple, ks: tuple, ds: tuple, cs: tuple, device: torch.device) -> Tensor:
     return neighborhood_table(spatial, ks, ds, cs, device)[2].flatten()
 
 
@@ -1101,7 +1116,7 @@ def na_forward(
     constexprs = _launch_config(problem, heads, rpb is not None, _na_fwd_kernel)
     grid, tiles = _grid(problem, _boxes(constexprs, _na_fwd_kernel)[0], B * heads // constexprs["HPP"])
     with device_guard(q.device):
-        _na_fwd_kernel[grid](
+        launchable(_na_fwd_kernel)[grid](
             q,
             k,
             v,
@@ -1171,7 +1186,7 @@ def na_backward(
         config = _launch_config(problem, heads, has_rpb, _na_bwd_q_kernel)
         if rpb is None:
             grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], B * heads)
-            _na_bwd_q_kernel[grid](
+            launchable(_na_bwd_q_kernel)[grid](
                 q, k, v, q, grad_out, out, lse, delta, dq, lse, *common, *tiles, *q_strides, **config
             )
             _backward_dk_dv(q, k, v, None, grad_out, lse, delta, dk, dv, problem, common, kv_strides)
@@ -1187,7 +1202,7 @@ def na_backward(
         for b0 in range(0, B, chunk):
             b1 = min(b0 + chunk, B)
             grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], (b1 - b0) * heads)
-            _na_bwd_q_kernel[grid](
+            launchable(_na_bwd_q_kernel)[grid](
                 q[b0:b1],
                 k[b0:b1],
                 v[b0:b1],
@@ -1213,7 +1228,9 @@ def _backward_dk_dv(q, k, v, rpb, grad_out, lse, delta, dk, dv, problem, common,
     config = _launch_config(problem, q.shape[-2], rpb is not None, _na_bwd_kv_kernel)
     grid, tiles = _grid(problem, _boxes(config, _na_bwd_kv_kernel)[0], q.shape[0] * q.shape[-2])
     table = _bias_table(rpb, q, config)
-    _na_bwd_kv_kernel[grid](q, k, v, table, grad_out, lse, delta, dk, dv, *common, *tiles, *strides, **config)
+    launchable(_na_bwd_kv_kernel)[grid](
+        q, k, v, table, grad_out, lse, delta, dk, dv, *common, *tiles, *strides, **config
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1221,7 +1238,7 @@ def _backward_dk_dv(q, k, v, rpb, grad_out, lse, delta, dk, dv, problem, common,
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("zoo::neighborhood_attention", mutates_args=())
+@triton_op("zoo::neighborhood_attention")
 def _na_op(
     q: Tensor,
     k: Tensor,
@@ -1242,7 +1259,7 @@ def _(q, k, v, rpb, kernel_size, dilation, is_causal, scale):
     return q.new_empty(q.shape), lse
 
 
-@torch.library.custom_op("zoo::neighborhood_attention_backward", mutates_args=())
+@triton_op("zoo::neighborhood_attention_backward")
 def _na_backward_op(
     grad_out: Tensor,
     q: Tensor,
@@ -1466,6 +1483,14 @@ def aot_specs() -> list:
                     uses_dot=dtype != "fp32",
                 )
             )
+    traced = next(s for s in specs if s.name == "_na_bwd_q_kernel[2d,bf16,D32,rpb]")
+    specs.append(
+        dataclasses.replace(
+            traced,
+            name="_na_bwd_q_kernel[2d,bf16,D32,rpb,traced]",
+            constexprs={**traced.constexprs, "SCATTER_ASM": False},
+        )
+    )  # the variant a torch.compile graph launches (_launch_config)
     return specs + benchmark_specs()
 
 

@@ -24,10 +24,12 @@ from zoo.kernels._backend import (
     check_triton_dtypes,
     device_guard,
     dispatch_triton,
+    launchable,
     requested_backend,
     resolve_backend,
     tl,
     triton,
+    triton_op,
 )
 from zoo.kernels.rational_cpu import group_rational_cpu
 
@@ -408,7 +410,7 @@ def group_rational_forward(
         return (triton.cdiv(n_rows, meta["TILE"] // block_d), triton.cdiv(width, block_d))
 
     with device_guard(x.device):
-        _group_rational_fwd[grid](
+        launchable(_group_rational_fwd)[grid](
             x2,
             y,
             a,
@@ -456,7 +458,7 @@ def group_rational_backward(
     row_programs = triton.cdiv(n_rows, rows_per_program)
     partials = torch.empty((groups * col_blocks, row_programs, 10), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
-        _group_rational_bwd[(row_programs, groups * col_blocks)](
+        launchable(_group_rational_bwd)[(row_programs, groups * col_blocks)](
             x2,
             dy2,
             dx,
@@ -473,7 +475,7 @@ def group_rational_backward(
             dy2.stride(1),
             BLOCK_D=block_d,
         )
-        _coefficient_grads_kernel[(1,)](
+        launchable(_coefficient_grads_kernel)[(1,)](
             partials,
             b,
             d_numerator,
@@ -490,7 +492,7 @@ def group_rational_backward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("zoo::group_rational", mutates_args=())
+@triton_op("zoo::group_rational")
 def _group_rational_op(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
     return group_rational_forward(x, weight_numerator, weight_denominator)
 
@@ -501,7 +503,7 @@ def _(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("zoo::group_rational_backward", mutates_args=())
+@triton_op("zoo::group_rational_backward")
 def _group_rational_backward_op(
     grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -34,9 +34,11 @@ from zoo.kernels._backend import (
     check_triton_device,
     device_guard,
     dispatch_triton,
+    launchable,
     resolve_backend,
     tl,
     triton,
+    triton_op,
 )
 
 METHODS = ("zoh", "bilinear")
@@ -551,7 +553,7 @@ def s4d_kernel_forward(
     chunks = triton.cdiv(L, per_program)
     scratch = torch.empty((H, chunks, 4, N2), dtype=torch.float32, device=log_dt.device)
     with device_guard(log_dt.device):
-        _s4d_fwd[(H, chunks)](
+        launchable(_s4d_fwd)[(H, chunks)](
             log_dt,
             C,
             log_A_real,
@@ -597,7 +599,7 @@ def s4d_kernel_backward(
         return (H, triton.cdiv(N2, meta["BLOCK_N"]), chunks)
 
     with device_guard(device):
-        _s4d_bwd[grid](
+        launchable(_s4d_bwd)[grid](
             log_dt,
             C,
             log_A_real,
@@ -613,7 +615,7 @@ def s4d_kernel_backward(
             *strides,
             ZOH=zoh,
         )
-        _s4d_chain_rule_kernel[(H,)](
+        launchable(_s4d_chain_rule_kernel)[(H,)](
             partial,
             log_dt,
             C,
@@ -639,7 +641,7 @@ def s4d_kernel_backward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("zoo::s4d_kernel", mutates_args=())
+@triton_op("zoo::s4d_kernel")
 def _s4d_kernel_op(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str) -> Tensor:
     return s4d_kernel_forward(log_dt, C, log_A_real, A_imag, L, method)
 
@@ -650,7 +652,7 @@ def _(log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, met
     return log_dt.new_empty((H, L), dtype=torch.float32)
 
 
-@torch.library.custom_op("zoo::s4d_kernel_backward", mutates_args=())
+@triton_op("zoo::s4d_kernel_backward")
 def _s4d_kernel_backward_op(
     grad_K: Tensor, log_dt: Tensor, C: Tensor, log_A_real: Tensor, A_imag: Tensor, L: int, method: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:

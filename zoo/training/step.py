@@ -5,8 +5,8 @@ on the model's device, never read on the host (no synchronisation inside the ste
 
 * ``"eager"``: the model as it is, one Python call per module and kernel.
 * ``"compile"``: the forward and the loss through ``torch.compile`` (AOTAutograd compiles the backward with it;
-  ``fullgraph=True`` by default: every model family of the zoo traces as one graph, its ops as registered custom
-  ops on CUDA and as their references on the CPU); the optimiser update stays eager.
+  ``fullgraph=True`` by default: every model family of the zoo traces as one graph, its ops as their Triton
+  kernels on CUDA (docs/design.md §20) and as their references on the CPU); the optimiser update stays eager.
 * ``"graph"`` (CUDA only): the whole step - forward, backward and the optimiser's update - captured once in a CUDA
   graph and replayed: inputs are copied into static buffers, the gradients are never freed (``set_to_none=False``),
   and the optimiser must be capturable (``torch.optim.Adam``/``AdamW`` with ``capturable=True``, a tensor ``lr``

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_float_tensor, check_triton_dtypes, tl, triton
+from zoo.kernels._backend import INTERPRETER, check_float_tensor, check_triton_dtypes, tl, tracing_kernels, triton
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton tile routines
@@ -285,7 +285,9 @@ def ticket_counters(device: torch.device, size: int) -> Tensor:
     group's counter); the program that draws the last ticket adds the partials in a fixed order (deterministic)
     and resets the counter to zero. So the counters are zero between launches: allocated once (grown when a
     launch needs more groups), never cleared by a memset launch. Launches on one stream run in order and share
-    them; each stream has its own."""
+    them; each stream has its own. A traced call (``tracing_kernels``) allocates zeroed counters in its graph."""
+    if tracing_kernels():
+        return torch.zeros(size, dtype=torch.int32, device=device)
     key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
     counters = _TICKETS.get(key)
     if counters is None or counters.numel() < size:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, tl, triton
+from zoo.kernels._backend import INTERPRETER, launchable, tl, triton
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
@@ -414,7 +414,7 @@ def _launch(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, dilat
     def grid(meta):
         return (_programs(dst.shape, dilation, meta),)
 
-    _kernel_for(kernel, layout_of(src))[grid](
+    launchable(_kernel_for(kernel, layout_of(src)))[grid](
         src,
         weight,
         weight if bias is None else bias,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, tl, triton
+from zoo.kernels._backend import INTERPRETER, launchable, tl, triton
 from zoo.kernels.dwconv._checks import same_padding
 from zoo.kernels.dwconv._common import (
     CONV_FLAGS,
@@ -142,7 +142,7 @@ def generic_conv(
     def grid(meta):
         return (triton.cdiv(n_positions, meta["BLOCK_P"]) * triton.cdiv(channels, meta["BLOCK_C"]),)
 
-    _dwconv[layout_of(src)][grid](
+    launchable(_dwconv[layout_of(src)])[grid](
         src,
         w_table,
         w_table if bias is None else bias,

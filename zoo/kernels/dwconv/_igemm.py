@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, tl, triton
+from zoo.kernels._backend import INTERPRETER, launchable, tl, triton
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
@@ -346,7 +346,7 @@ def _launch_conv(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, 
         tiles = triton.cdiv(n, meta["BLOCK_G"]) * triton.cdiv(h, meta["BLOCK_R"]) * triton.cdiv(w, meta["BLOCK_N"])
         return (tiles * triton.cdiv(channels, meta["BLOCK_C"]),)
 
-    _conv[layout_of(src)][grid](
+    launchable(_conv[layout_of(src)])[grid](
         src,
         weight,
         weight if bias is None else bias,
@@ -411,7 +411,7 @@ def weight_grad(x: Tensor, grad_output: Tensor, weight: Tensor, stride, dilation
     def grid(meta):
         return (chunks, triton.cdiv(channels, meta["BLOCK_C"]))
 
-    _wgrad[layout_of(x)][grid](
+    launchable(_wgrad[layout_of(x)])[grid](
         x,
         grad_output,
         partial,

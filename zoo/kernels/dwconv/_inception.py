@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, tl, triton
+from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, launchable, tl, triton
 from zoo.kernels.dwconv._checks import check_inception_inputs
 from zoo.kernels.dwconv._common import (
     INCEPTION_BENCHMARKS,
@@ -671,7 +671,7 @@ def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: in
     block_a, cg = _mixer_config(strips, gc // geometry["LANES"], (channels - 3 * gc) // geometry["LANES"])
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
-    _inception_kernel[(triton.cdiv(strips, block_a),)](
+    launchable(_inception_kernel)[(triton.cdiv(strips, block_a),)](
         src,
         dst,
         w_hw,
@@ -766,7 +766,7 @@ def inception_dwconv2d_backward(
     partial = torch.empty((slots, chunks, row), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
         _launch_mixer(grad_output, dx, weights, (None, None, None), gc, square, band, flip=True)
-        _inception_wgrad_kernel[(chunks, slots)](
+        launchable(_inception_wgrad_kernel)[(chunks, slots)](
             x,
             grad_output,
             partial,

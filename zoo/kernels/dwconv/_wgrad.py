@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, tl, triton
+from zoo.kernels._backend import INTERPRETER, launchable, tl, tracing_kernels, triton
 from zoo.kernels.dwconv._checks import output_size, pair, same_padding
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
@@ -484,7 +484,10 @@ _ZEROS: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 
 def _zeros(device: torch.device, dtype: torch.dtype, size: int) -> Tensor:
-    """A cached run of zeros (read only): what the rows and channels off the tensor read."""
+    """A cached run of zeros (read only): what the rows and channels off the tensor read (allocated in the graph
+    of a traced call)."""
+    if tracing_kernels():
+        return torch.zeros(size, dtype=dtype, device=device)
     zeros = _ZEROS.get((device, dtype))
     if zeros is None or zeros.numel() < size:
         zeros = torch.zeros(max(size, 1 << 16), dtype=dtype, device=device)
@@ -510,7 +513,7 @@ def weight_grad(
     partial = torch.empty((strips, kernel[0] * kernel[1] + 1, channels), dtype=torch.float32, device=x.device)
     padding = same_padding(kernel, dilation)
     config = plan["config"]
-    _dwconv_wgrad_kernel[grid](
+    launchable(_dwconv_wgrad_kernel)[grid](
         x,
         grad_output,
         _zeros(x.device, x.dtype, plan["zeros"][0]),

@@ -24,6 +24,7 @@ from zoo.kernels._backend import (
     dispatch_triton,
     requested_backend,
     resolve_backend,
+    triton_op,
 )
 from zoo.kernels.dwconv import _direct, _generic, _igemm, _wgrad
 from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
@@ -111,7 +112,7 @@ def dwconv2d_backward(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("zoo::dwconv2d", mutates_args=())
+@triton_op("zoo::dwconv2d")
 def _dwconv2d_op(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], dilation: list[int]) -> Tensor:
     return dwconv2d_forward(x, weight, bias, stride, dilation)
 
@@ -122,7 +123,7 @@ def _(x: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], dilatio
     return empty_like_format(x, _output_shape(x, kernel, stride, dilation))
 
 
-@torch.library.custom_op("zoo::dwconv2d_backward", mutates_args=())
+@triton_op("zoo::dwconv2d_backward")
 def _dwconv2d_backward_op(
     grad_output: Tensor, x: Tensor, weight: Tensor, stride: list[int], dilation: list[int]
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -149,7 +150,7 @@ def _dwconv2d_autograd_backward(ctx, grad_output: Tensor):
 _dwconv2d_op.register_autograd(_dwconv2d_autograd_backward, setup_context=_dwconv2d_setup_context)
 
 
-@torch.library.custom_op("zoo::inception_dwconv2d", mutates_args=())
+@triton_op("zoo::inception_dwconv2d")
 def _inception_op(
     x: Tensor,
     weight_hw: Tensor,
@@ -168,7 +169,7 @@ def _(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h) -> Tensor:
     return empty_like_format(x, x.shape)
 
 
-@torch.library.custom_op("zoo::inception_dwconv2d_backward", mutates_args=())
+@triton_op("zoo::inception_dwconv2d_backward")
 def _inception_backward_op(
     grad_output: Tensor, x: Tensor, weight_hw: Tensor, weight_w: Tensor, weight_h: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
