@@ -165,6 +165,15 @@ def test_bad_names_are_clear_errors(tmp_path):
         train(_compose(tmp_path / "d", "epochs=1", "amp=fp8"))
 
 
+def test_cuda_graph_says_what_it_needs(tmp_path):
+    """cuda_graph=true refuses, before any work and in one message, everything a captured update cannot do."""
+    overrides = ("epochs=1", "cuda_graph=true", "accum_steps=2", "amp=fp16", "optim=sgd")
+    expected = "cuda_graph=true needs a CUDA device .*; accum_steps=1 .*; amp=bf16 or null .*; optim adam or adamw"
+    with pytest.raises(ValueError, match=expected):
+        train(_compose(tmp_path / "run", *overrides))
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_on_tiny_cifar10_files(tmp_path, skip_cifar_md5):  # noqa: F811
     _fake_cifar(tmp_path / "cifar", "cifar10")  # torchvision's binary layout: 5 x 6 train, 5 test images
     summary = train(

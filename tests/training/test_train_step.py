@@ -1,6 +1,7 @@
 """zoo.training.step.TrainStep: the compiled step (torch.compile, fullgraph) follows the eager one for a reduced
 model of every family, and the CUDA-graph step refuses what it cannot capture (it is checked against the eager
-step where a GPU is at hand)."""
+step where a GPU is at hand); zoo.training.graphed.GraphedUpdates, the trainer's cuda_graph=true: its learning-rate
+tensors follow the schedule, and (on a GPU) its updates follow eager ones."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import timm
 import torch
 
 import zoo  # noqa: F401  (registers the zoo's models with timm)
-from zoo.training.step import TrainStep
+from zoo.training.graphed import GraphedUpdates, host_learning_rates
+from zoo.training.step import TrainStep, cross_entropy_loss
 
 # A reduced member of each family and its input ([B, C, H, W]; the sequence models read pixel sequences), without
 # dropout: torch.compile draws its dropout masks from another generator than eager mode does.
@@ -91,3 +93,78 @@ def test_graph_step_follows_eager(name):
     eager = _losses(name, "eager", device="cuda", capturable=True)
     graphed = _losses(name, "graph", device="cuda", capturable=True)
     assert graphed == pytest.approx(eager, rel=1e-3), (eager, graphed)
+
+
+def _scheduled_adamw(model: torch.nn.Module, **kwargs):
+    """AdamW under a timm cosine schedule with warm-up, as the trainer builds them (the schedule writes floats)."""
+    from timm.scheduler import create_scheduler_v2
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **kwargs)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched="cosine", num_epochs=2, warmup_epochs=1, step_on_epochs=False, updates_per_epoch=4
+    )
+    scheduler.step_update(num_updates=0)
+    return optimizer, scheduler
+
+
+def test_graphed_updates_keep_the_schedule_in_device_tensors():
+    """cuda_graph=true's optimiser: capturable, each group's rate a tensor that follows the floats timm's schedule
+    writes (checked on CPU: no update is captured here); checkpoints get the rates back as floats."""
+    model = torch.nn.Linear(4, 3)
+    optimizer, scheduler = _scheduled_adamw(model)
+    graphed = GraphedUpdates(model, optimizer, cross_entropy_loss)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert all(
+        isinstance(rate, torch.Tensor) and group["capturable"]
+        for rate, group in zip(rates, optimizer.param_groups, strict=True)
+    )
+    for update in range(1, 8):
+        scheduler.step_update(num_updates=update)
+        expected = [group["lr"] for group in optimizer.param_groups]  # the floats the schedule just wrote
+        assert all(isinstance(value, float) for value in expected)
+        assert graphed.learning_rates() == expected
+        assert [group["lr"] for group in optimizer.param_groups] == rates  # the same tensors, now holding them
+        assert [float(rate) for rate in rates] == pytest.approx(expected, rel=1e-6)
+    saved = host_learning_rates(optimizer.state_dict())
+    assert [group["lr"] for group in saved["param_groups"]] == pytest.approx(expected, rel=1e-6)
+    assert all(isinstance(group["lr"], float) for group in saved["param_groups"])
+    assert optimizer.param_groups[0]["lr"] is rates[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graphed_updates_follow_eager_updates():
+    """GraphedUpdates (replays; one batch of another size runs eagerly between them) gives the losses of eager
+    AdamW updates under the same schedule, read back from the device every two updates."""
+    kwargs, (channels, side) = FAMILIES["kat_t"]
+    generator = torch.Generator().manual_seed(3)
+    sizes = [4, 4, 4, 3, 4, 4, 4, 4]
+    batches = [
+        (torch.randn(n, channels, side, side, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+        for n in sizes
+    ]
+    sums = {}
+    for graph in (False, True):
+        torch.manual_seed(0)
+        model = timm.create_model("kat_t", num_classes=10, **kwargs).cuda().train()
+        optimizer, scheduler = _scheduled_adamw(model, capturable=True)
+        step = GraphedUpdates(model, optimizer, cross_entropy_loss, grad_clip=1.0) if graph else None
+        eager = TrainStep(model, optimizer, grad_clip=1.0)
+        totals = []
+        for update, (inputs, targets) in enumerate(batches, start=1):
+            inputs, targets = inputs.cuda(), targets.cuda()
+            if graph:
+                step(inputs, targets)
+                if update % 2 == 0:
+                    total, non_finite = step.read()
+                    assert not non_finite
+                    totals.append(total)
+            else:
+                loss = eager(inputs, targets)
+                if update % 2 == 1:
+                    totals.append(float(loss) * len(targets))
+                else:
+                    totals[-1] += float(loss) * len(targets)
+            scheduler.step_update(num_updates=update)
+        sums[graph] = totals
+    assert sums[True] == pytest.approx(sums[False], rel=1e-3), sums

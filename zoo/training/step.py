@@ -45,6 +45,8 @@ class TrainStep:
         loss_fn: ``loss_fn(model(inputs), targets)``, a 0-dim tensor (default: cross entropy).
         amp_dtype: run the forward under ``torch.autocast`` in this dtype (None: no autocast).
         fullgraph: ``torch.compile``'s ``fullgraph`` in ``"compile"`` mode.
+        grad_clip: clip the global gradient norm to this value before the update (None: no clipping; on the
+            device, no host synchronisation, so also inside a captured step).
     """
 
     def __init__(
@@ -55,11 +57,12 @@ class TrainStep:
         loss_fn: Callable[[Tensor, Tensor], Tensor] = cross_entropy_loss,
         amp_dtype: torch.dtype | None = None,
         fullgraph: bool = True,
+        grad_clip: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.model, self.optimizer, self.mode = model, optimizer, mode
-        self.loss_fn, self.amp_dtype = loss_fn, amp_dtype
+        self.loss_fn, self.amp_dtype, self.grad_clip = loss_fn, amp_dtype, grad_clip
         self._forward = self._forward_loss
         if mode == "compile":
             # static shapes: a training step sees one input shape, and a second TrainStep in the process (another
@@ -78,8 +81,15 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=set_to_none)
         loss = self._forward(inputs, targets)
         loss.backward()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.optimizer.step()
         return loss.detach()
+
+    def update_eagerly(self, inputs: Tensor, targets: Tensor) -> Tensor:
+        """One eager update whatever the mode, keeping the gradient tensors in graph mode (a captured step's replays
+        read and write those same tensors): for a batch of another shape between replays."""
+        return self._eager_step(inputs, targets, set_to_none=self.mode != "graph")
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """One update on (inputs, targets); returns the loss (0-dim, on the device; in graph mode the static

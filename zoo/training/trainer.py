@@ -60,6 +60,7 @@ from zoo.training.distributed import (
 from zoo.training.evaluation import AMP_DTYPES, call_model, evaluate_classifier, flatten_positions, unpack_batch
 from zoo.training.export import export_model
 from zoo.training.finetune import freeze, inherited_model_args, load_finetune_weights, read_source
+from zoo.training.graphed import CAPTURABLE_OPTIMIZERS, GraphedUpdates, host_learning_rates
 from zoo.training.model_args import build_model_kwargs
 from zoo.training.optim import create_optimizer
 from zoo.training.report import save_run_report
@@ -216,6 +217,7 @@ class _Run:
     # a mid-epoch checkpoint's position, this rank's part (see _resume), until the epoch it interrupted goes on
     in_epoch: dict[str, Any] | None = None
     last_checkpoint_time: float = field(default_factory=time.monotonic)  # for checkpoint_every_minutes
+    graphed: GraphedUpdates | None = None  # cuda_graph=true: the updates by CUDA-graph replay
 
     @property
     def device(self) -> torch.device:
@@ -231,6 +233,8 @@ class _Run:
 
     def current_lr(self) -> float:
         """The largest learning rate of the optimiser's groups (groups with layer decay have smaller ones)."""
+        if self.graphed is not None:  # the groups hold device tensors; their values are kept on the host too
+            return max(self.graphed.learning_rates())
         return max(group["lr"] for group in self.optimizer.param_groups)
 
 
@@ -248,6 +252,14 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     run.ddp_model = run.train_model
     if cfg.compile:  # every family traces as one graph (tests/training/test_train_step.py); DDP splits its graph
         run.train_model = torch.compile(run.train_model, fullgraph=not ctx.enabled)
+    if cfg.get("cuda_graph"):
+        run.graphed = GraphedUpdates(
+            run.model,
+            run.optimizer,
+            lambda outputs, targets: run.criterion(*flatten_positions(outputs, targets)),
+            amp_dtype=run.amp_dtype,
+            grad_clip=cfg.grad_clip,
+        )
     run.config = _config_container(cfg)
     run.logger = _Logger(cfg, run.run_dir, run.config) if ctx.is_main else None
 
@@ -275,6 +287,8 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
         raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
     if cfg.accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
+    if cfg.get("cuda_graph"):
+        _check_cuda_graph(cfg, ctx)
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.resume and cfg.finetune:
         raise ValueError("give either resume= (continue a run) or finetune= (start from its weights), not both")
@@ -302,6 +316,8 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
         seed_everything(cfg.seed + ctx.rank, cfg.deterministic)  # each rank its own dropout/augmentation draws
 
     optim_args = {k: v for k, v in dict(cfg.optim).items() if k not in ("name", "lr", "weight_decay")}
+    if cfg.get("cuda_graph"):
+        optim_args["capturable"] = True
     optimizer = create_optimizer(
         model, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, layer_decay=cfg.layer_decay, **optim_args
     )
@@ -341,6 +357,27 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
         mixup=mixup,
     )
     return run, resume_state
+
+
+def _check_cuda_graph(cfg: Any, ctx: Any) -> None:
+    """Raise ``ValueError`` unless ``cuda_graph=true`` can capture this run's updates (zoo/training/graphed.py)."""
+    problems = []
+    if ctx.device.type != "cuda":
+        problems.append(f"a CUDA device (device={cfg.device} gives {ctx.device})")
+    if ctx.enabled:
+        problems.append("one process (not torchrun/DDP)")
+    if cfg.accum_steps != 1:
+        problems.append(f"accum_steps=1 (got {cfg.accum_steps})")
+    if cfg.amp == "fp16":
+        problems.append("amp=bf16 or null (fp16's GradScaler reads the gradients on the host)")
+    if cfg.compile:
+        problems.append("compile=false (the graph captures the eager step)")
+    if str(cfg.optim.name).lower() not in CAPTURABLE_OPTIMIZERS:
+        problems.append(f"optim adam or adamw (got {cfg.optim.name!r})")
+    if int(cfg.get("cuda_graph_sync") or 0) < 1:
+        problems.append(f"cuda_graph_sync >= 1 (got {cfg.get('cuda_graph_sync')!r})")
+    if problems:
+        raise ValueError("cuda_graph=true needs " + "; ".join(problems))
 
 
 def _trust(cfg: Any) -> bool:
@@ -530,6 +567,10 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
 
     Returns this process's (samples seen, summed loss, seconds); ``run.step`` counts the updates.
 
+    With ``cuda_graph=true`` each update is one replay of a captured step (:mod:`zoo.training.graphed`); its losses
+    stay on the device and are read (NaN check, progress, the epoch's sum) every ``cuda_graph_sync`` updates and
+    whenever a progress line or a checkpoint is due.
+
     With ``data.skip_corrupt`` the batches carry the paths of the images they dropped: they are stripped and
     counted into ``run.skipped`` (a batch left empty is passed over).
 
@@ -578,6 +619,7 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
     every_steps = int(cfg.get("checkpoint_every") or 0)
     every_s = 60.0 * float(cfg.get("checkpoint_every_minutes") or 0.0)
     optimizer.zero_grad(set_to_none=True)
+    pending, read_seen = 0, seen  # cuda_graph=true: updates whose losses are still on the device; samples read
     for index, batch in enumerate(bar, start=start):
         if counter is not None:
             batch = counter.strip(batch)
@@ -594,54 +636,91 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
             images = images.contiguous(memory_format=torch.channels_last)
         updates = (index + 1) % cfg.accum_steps == 0
         clock_due = every_s > 0 and ctx.is_main and time.monotonic() - run.last_checkpoint_time >= every_s
-        # DDP: all-reduce gradients only on the micro-step that updates
-        sync = run.ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
-        with sync:
-            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
-                loss = run.criterion(*flatten_positions(call_model(run.train_model, images, lengths), targets))
-            flags = [0.0 if math.isfinite(loss.item()) else 1.0, 1.0 if clock_due else 0.0]
-            if ctx.enabled:  # every rank stops together, and checkpoints when rank 0's clock says so
-                flags = all_reduce_sum(flags, ctx)
-            finite, clock_due = flags[0] == 0.0, flags[1] > 0.0
-            if not finite:
-                checkpoint_path = run.checkpoint_path
-                last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {run.step} (lr {run.current_lr():.3e}; NaN "
-                    f"or inf on at least one process); stopping without writing anything. Last good checkpoint: "
-                    f"{last_good}"
-                )
-            scaled = loss / cfg.accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if updates:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            run.step += 1
-            run.scheduler.step_update(num_updates=run.step)
-            if run.ema is not None:
-                run.ema.update(model, step=run.step)
+        shown_loss = None  # the loss the progress bar shows, once it is on the host
         seen += images.shape[0]
-        loss_sum += loss.item() * images.shape[0]
-        elapsed = time.perf_counter() - started
-        bar.set_postfix(
-            loss=f"{loss.item():.3f}", lr=f"{run.current_lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}"
-        )
-        if progress is not None:
-            progress.update(index + 1, seen, loss_sum)
+        if run.graphed is not None:  # one replay per update; the losses are read every cuda_graph_sync updates
+            if lengths is not None:
+                raise ValueError("cuda_graph=true takes fixed-length batches; this data pads variable lengths")
+            run.graphed(images, targets)
+            _after_update(run)
+            pending += 1
+            step_due = every_steps > 0 and run.step % every_steps == 0
+            last_batch = index + 1 == batches_per_epoch
+            progress_due = progress is not None and progress.due()
+            if clock_due or step_due or last_batch or progress_due or pending >= cfg.cuda_graph_sync:
+                total = _read_graphed_losses(run, epoch, pending)
+                loss_sum += total
+                shown_loss, pending, read_seen = total / (seen - read_seen), 0, seen
+        else:
+            # DDP: all-reduce gradients only on the micro-step that updates
+            sync = run.ddp_model.no_sync() if (ctx.enabled and not updates) else nullcontext()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+                    loss = run.criterion(*flatten_positions(call_model(run.train_model, images, lengths), targets))
+                flags = [0.0 if math.isfinite(loss.item()) else 1.0, 1.0 if clock_due else 0.0]
+                if ctx.enabled:  # every rank stops together, and checkpoints when rank 0's clock says so
+                    flags = all_reduce_sum(flags, ctx)
+                finite, clock_due = flags[0] == 0.0, flags[1] > 0.0
+                if not finite:
+                    raise _non_finite_loss(run, epoch, f"loss is {loss.item()}")
+                scaled = loss / cfg.accum_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if updates:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                _after_update(run)
+            shown_loss = loss.item()
+            loss_sum += shown_loss * images.shape[0]
+        if shown_loss is not None:
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(
+                loss=f"{shown_loss:.3f}", lr=f"{run.current_lr():.2e}", img_s=f"{seen / max(elapsed, 1e-9):.0f}"
+            )
+            if progress is not None:
+                progress.update(index + 1, seen, loss_sum)
         # within the epoch only, and after an update (no gradient is accumulated); the epoch's end checkpoints anyway
         due = clock_due or (every_steps > 0 and run.step % every_steps == 0)
         if updates and due and index + 1 < batches_per_epoch:
             seconds = seconds_before + time.perf_counter() - started
             _save_within_epoch(run, epoch, index + 1, seen, loss_sum, seconds, counter)
+    if pending:  # cuda_graph=true, the epoch's last batches skipped as undecodable: their updates' losses
+        loss_sum += _read_graphed_losses(run, epoch, pending)
     return seen, loss_sum, seconds_before + time.perf_counter() - started
+
+
+def _after_update(run: _Run) -> None:
+    """After an optimiser update: count it, set the next update's learning rates, update the EMA weights."""
+    run.step += 1
+    run.scheduler.step_update(num_updates=run.step)
+    if run.ema is not None:
+        run.ema.update(run.model, step=run.step)
+
+
+def _read_graphed_losses(run: _Run, epoch: int, pending: int) -> float:
+    """cuda_graph=true: the summed loss (x batch size) of the last ``pending`` updates, read from the device; raises
+    ``FloatingPointError`` if one of them was NaN or inf."""
+    total, non_finite = run.graphed.read()
+    if non_finite:
+        raise _non_finite_loss(run, epoch, f"a loss was NaN or inf within the last {pending} updates")
+    return total
+
+
+def _non_finite_loss(run: _Run, epoch: int, what: str) -> FloatingPointError:
+    """The error that stops a run whose loss went NaN or inf (``what`` says which), naming the last checkpoint."""
+    checkpoint_path = run.checkpoint_path
+    last_good = str(checkpoint_path) if checkpoint_path.exists() else "none (no epoch finished yet)"
+    return FloatingPointError(
+        f"{what} at epoch {epoch + 1}, step {run.step} (lr {run.current_lr():.3e}; NaN or inf on at least one "
+        f"process); stopping without writing anything. Last good checkpoint: {last_good}"
+    )
 
 
 class _ProgressLog:
@@ -658,13 +737,16 @@ class _ProgressLog:
         self.interval = float(run.cfg.get("log_interval_s") or 0.0)
         self.started = self.last = time.perf_counter()
 
+    def due(self) -> bool:
+        """Whether the next :meth:`update` logs a line."""
+        return self.interval > 0 and time.perf_counter() - self.last >= self.interval
+
     def update(self, done: int, seen: int, loss_sum: float) -> None:
         """After batch number ``done`` of the epoch (``seen`` samples, ``loss_sum`` their summed loss): log a line
         if ``log_interval_s`` has passed since the last one (or the epoch's start)."""
-        now = time.perf_counter()
-        if self.interval <= 0 or now - self.last < self.interval:
+        if not self.due():
             return
-        self.last = now
+        now = self.last = time.perf_counter()
         elapsed = max(now - self.started, 1e-9)
         batches_per_s = (done - self.start) / elapsed
         eta = (self.batches - done) / batches_per_s if batches_per_s > 0 else math.inf
@@ -738,7 +820,7 @@ def _checkpoint_state(run: _Run, epoch: int, rng: list[dict], in_epoch: dict[str
     ``in_epoch`` (None at an epoch's end; the position within the next epoch otherwise)."""
     return {
         "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "optimizer": host_learning_rates(run.optimizer.state_dict()),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "epoch": epoch,
