@@ -128,13 +128,29 @@ def test_without_biases(layout):
     _check(_layout(x, layout), params, _layout(dy, layout), torch.float32)
 
 
-def test_identity_slice_is_copied_bit_for_bit():
-    x, params, dy = _inputs((1, 17, 5, 9), 1, 3, 7, torch.float32, seed=3)  # identity 14: groups of 1
+# (shape, gc), float32 (groups of at most 4): identity 14 in groups of 1 (element path); identity 12 in 3 groups on a
+# map wider than a strip, copied 4 groups per step (the fourth masked off); identity 48 in 12 groups, copied 8 per
+# step (the second step half masked)
+@pytest.mark.parametrize("shape,gc", [((1, 17, 5, 9), 1), ((2, 24, 9, 10), 4), ((1, 72, 3, 11), 8)], ids=str)
+def test_identity_slice_is_copied_bit_for_bit(shape, gc):
+    x, params, dy = _inputs(shape, gc, 3, 7, torch.float32, seed=3)
     x, dy = _layout(x, "channels_last"), _layout(dy, "channels_last")
     y = inception_dwconv2d_forward(x, *params)
     dx = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])[0]
-    assert torch.equal(y[:, :14], x[:, :14])
-    assert torch.equal(dx[:, :14], dy[:, :14])
+    identity = shape[1] - 3 * gc
+    assert torch.equal(y[:, :identity], x[:, :identity])
+    assert torch.equal(dx[:, :identity], dy[:, :identity])
+
+
+def test_identity_groups_per_step():
+    """The identity slice goes 32 channels (64 bytes of bf16) per step on the vector path, fewer when it is
+    narrower (a power of two of groups); on the element path as many as the branches' CG."""
+    assert _inception._identity_groups(4, 4, 15, 1) == 8  # InceptionNeXt-T stage 1: 60 channels, 2 steps
+    assert _inception._identity_groups(8, 8, 60, 1) == 4  # stage 4: 480 channels, 15 steps
+    assert _inception._identity_groups(8, 8, 3, 2) == 4
+    assert _inception._identity_groups(2, 2, 1, 1) == 1
+    assert _inception._identity_groups(8, 8, 0, 4) == 1  # no identity slice: the loop does not run
+    assert _inception._identity_groups(1, 1, 7, 2) == 2
 
 
 def test_weight_gradient_sums_several_chunks_deterministically():

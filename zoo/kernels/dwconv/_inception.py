@@ -7,11 +7,12 @@ vector per thread and position (16 bytes of bf16 at LANES = 8); no group straddl
 per channel.
 
 Forward (and input gradient: the same kernel with the taps flipped and no bias): one launch. A program takes a
-block of anchors and walks every channel, CG groups per step: the identity groups are copied, then each branch's
-groups are convolved. A thread owns one anchor, a strip of T outputs along the axis its branch slides on (a row
-strip for the identity, the square and the 1 x band branch; a column strip for the band x 1 branch) x one group,
-and keeps the strip's outputs in registers while the input window passes once per kernel row: each loaded vector
-feeds up to (taps along the strip) FMAs. Kernel sizes and strip lengths are constexprs (the tap loops unroll; a
+block of anchors and walks every channel: the identity slice is copied IDG groups per step (the threads of a warp
+copy 64-byte runs of each position's channels), then each branch's groups are convolved, CG groups per step. A
+thread owns one anchor, a strip of T outputs along the axis its branch slides on (a row strip for the identity,
+the square and the 1 x band branch; a column strip for the band x 1 branch) x one group, and keeps the strip's
+outputs in registers while the input window passes once per kernel row: each loaded vector feeds up to (taps
+along the strip) FMAs. Kernel sizes and strip lengths are constexprs (the tap loops unroll; a
 strip that spans the whole map, ``FULL_*``, drops the taps on the zero padding at compile time). The weights are
 read from the module's own tensors once per program and group, out of the tap loops: no table to build or cache
 (see ``notes`` in docs/design.md for the trade-off).
@@ -266,27 +267,33 @@ def _inception_kernel(
     INT64: tl.constexpr,
     BLOCK_A: tl.constexpr,
     CG: tl.constexpr,
+    IDG: tl.constexpr,
 ):
     """The whole mixer for one block of anchors, every channel: forward (src x, dst y) or input gradient (FLIP:
     src dy, dst dx, no bias; the identity slice of dx is that of dy). Channels in groups of LANES (a power of two
     that divides C - 3 gc and gc: every slice is whole groups). Spatial strides in units of VEC channels (VEC =
-    LANES: channels_last with LANES-aligned strides and s_c = d_c = 1; else 1)."""
+    LANES: channels_last with LANES-aligned strides and s_c = d_c = 1; else 1). IDG: identity groups per step."""
     pid = tl.program_id(0)
-    CH: tl.constexpr = LANES * CG
-    ch = tl.arange(0, CH)
     # row strips: identity, square, 1 x band
     n, r, c0, valid = _row_anchors(pid, N, H, W, TW, FULL_W, BLOCK_A)
     sbase = index(n, INT64) * s_n + index(r, INT64) * s_h + index(c0, INT64) * s_w
     dbase = index(n, INT64) * d_n + index(r, INT64) * d_h + index(c0, INT64) * d_w
+    # the identity slice: IDG groups of LANES channels per step ([anchors, IDG, LANES] tiles), so that the threads
+    # of a warp copy whole runs of each position's channels (channels_last: 64 contiguous bytes of bf16 per
+    # position and step, not one 8- or 16-byte vector per thread at positions TW apart); the mask is per group
     id_groups = id_channels // LANES
-    for g0 in range(0, id_groups, CG):
-        c = g0 * LANES + ch
-        for j in tl.static_range(TW):
+    group = tl.arange(0, IDG)
+    lane = tl.arange(0, LANES)
+    for g0 in range(0, id_groups, IDG):
+        g = g0 + group
+        c = (g[:, None] * LANES + lane[None, :])[None, :, :]
+        g_ok = (g < id_groups)[:, None][None, :, :]
+        for j in range(TW):  # a loop, not unrolled: TW tiles of 32 channels would all be in flight (spills)
             ok = valid if FULL_W else valid & (c0 + j < W)
-            mask = ok[:, None]
-            src = src_ptr + ((sbase + j * s_w) * VEC)[:, None] + (index(c, INT64) * s_c)[None, :]
+            mask = ok[:, None, None] & g_ok
+            src = src_ptr + ((sbase + j * s_w) * VEC)[:, None, None] + index(c, INT64) * s_c
             values = tl.load(src, mask=mask)
-            tl.store(dst_ptr + ((dbase + j * d_w) * VEC)[:, None] + (index(c, INT64) * d_c)[None, :], values, mask=mask)
+            tl.store(dst_ptr + ((dbase + j * d_w) * VEC)[:, None, None] + index(c, INT64) * d_c, values, mask=mask)
     first = id_channels
     _branch_groups(
         src_ptr, dst_ptr, w_hw, b_hw, sbase, dbase, r, c0, valid, H, W, s_c, s_h, s_w, d_c, d_w, first, gc, SQUARE,
@@ -664,11 +671,21 @@ def _mixer_config(strips: int, groups: int, id_groups: int) -> tuple[int, int]:
     return threads // cg, cg
 
 
+def _identity_groups(lanes: int, vec: int, id_groups: int, cg: int) -> int:
+    """Groups of the identity slice copied per step: 64 bytes of bf16 per position (32 channels, a power of two
+    of groups, no more than the slice has) on the vector path; on the element path (NCHW, VEC = 1) the CG of the
+    branches (there the positions, not the channels, are contiguous)."""
+    if vec == 1:
+        return cg
+    return max(1, min(32 // lanes, triton.next_power_of_2(max(id_groups, 1))))
+
+
 def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool) -> None:
     n, channels, h, w = dst.shape
     geometry = _geometry(src, gc, square, dst)
     strips = max(_strip_counts(n, h, w, geometry))
-    block_a, cg = _mixer_config(strips, gc // geometry["LANES"], (channels - 3 * gc) // geometry["LANES"])
+    id_groups = (channels - 3 * gc) // geometry["LANES"]
+    block_a, cg = _mixer_config(strips, gc // geometry["LANES"], id_groups)
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
     launchable(_inception_kernel)[(triton.cdiv(strips, block_a),)](
@@ -694,6 +711,7 @@ def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: in
         HAS_BIAS=biases[0] is not None,
         BLOCK_A=block_a,
         CG=cg,
+        IDG=_identity_groups(geometry["LANES"], geometry["VEC"], id_groups, cg),
         num_warps=_WARPS,
         **geometry,
     )
@@ -836,6 +854,7 @@ def _forward_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple
         HAS_BIAS=not flip,
         BLOCK_A=128 // cg,
         CG=cg,
+        IDG=_identity_groups(geometry["LANES"], geometry["VEC"], (c - 3 * gc) // geometry["LANES"], cg),
         **geometry,
     )
 
@@ -938,15 +957,17 @@ def benchmark_specs() -> list:
         cg_chosen = _mixer_config(strips, groups, (c - 3 * gc) // lanes)[1] if not INTERPRETER else 1
         for cg in sorted({1, cg_chosen}):
             programs = triton.cdiv(strips, threads // cg)
-            trips = [triton.cdiv((c - 3 * gc) // lanes, cg)] + [triton.cdiv(groups, cg)] * 3
+            idg = _identity_groups(lanes, geometry["VEC"], (c - 3 * gc) // lanes, cg)
+            trips = [triton.cdiv((c - 3 * gc) // lanes, idg)] + [triton.cdiv(groups, cg)] * 3
             work = Work(
                 case,
                 "MAC",
                 macs / programs,
-                (tuple(trips),),
+                (tuple(trips), (geometry["TW"],)),
                 f"MACs = N gc (3x3 + 1x11 + 11x1 taps on map) = {macs}; programs = cdiv({strips} strips of "
                 f"{geometry['TW']} x 1 / 1 x {geometry['TH']} outputs, {threads // cg} per program) = {programs}; "
-                f"loops over groups of {lanes} channels, {cg} per step: identity, square, 1 x band, band x 1: {trips}",
+                f"loops over groups of {lanes} channels, {idg} per identity step and {cg} per branch step: identity, "
+                f"square, 1 x band, band x 1: {trips}; in the identity's, the {geometry['TW']} positions of a strip",
             )
             for flip, direction in ((False, "fwd"), (True, "bwd")):
                 specs.append(
