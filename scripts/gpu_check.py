@@ -143,6 +143,8 @@ TEST_FAMILIES = (
     PytestFamily("rational", "tests/kernels/test_rational.py", "test_triton_matches_reference_in_same_dtype and 32"),
     PytestFamily("dwconv", "tests/kernels/test_dwconv.py", "test_dwconv2d_equals_nn_conv2d_without_bias and triton", 2),
     PytestFamily("training", "tests/training/test_train_step.py", "bad_modes or restored"),  # the CUDA-graph step
+    # every op under torch.compile on CUDA: its kernels traced into the graph, compiled and launched by Inductor
+    PytestFamily("traced", "tests/kernels/test_traced_ops.py", "symbolic", 2, 100.0),
 )
 
 

@@ -19,13 +19,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from tests.helpers import assert_relative_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cases():
     """name -> (function of fake CUDA tensors calling one registered op, its inputs). Imported in the subprocess."""
-    import torch
 
     ops = torch.ops.zoo
     cuda = "cuda"
@@ -105,7 +107,6 @@ def _cases():
 def _describe(graph, outputs, expected) -> dict:
     """What a traced graph holds: its kernels, any op left opaque, the inputs a kernel writes to, and whether the
     outputs have the shapes, dtypes and strides of the registered op's fake implementation."""
-    import torch
 
     placeholders = {n.name for n in graph.graph.nodes if n.op == "placeholder"}
     kernels, opaque, written_inputs, source_errors = [], [], [], []
@@ -181,7 +182,6 @@ def _inductor_source_error(kernel, arguments: dict) -> str:
 
 def _symbolic(mode, t):
     """A fake CUDA tensor like ``t`` whose sizes are all symbolic."""
-    import torch
     from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
 
     context = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * t.dim())
@@ -192,7 +192,6 @@ def _symbolic(mode, t):
 
 def main(names: list[str], dynamic: bool) -> None:
     """Trace each named case (fake CUDA tensors, sm_90 target) and print one JSON line per case."""
-    import torch
     import triton
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -285,3 +284,72 @@ def test_symbolic_shapes_and_the_switch_keep_ops_opaque():
         *_trace(["s4d_kernel"], ZOO_TRACE_KERNELS="0").values(),
     ):
         assert row["opaque"] and not row["kernels"], row
+
+
+def _gpu_cases(device: str = "cuda") -> dict:
+    """name -> (function of tensors calling one public op with backend="triton", its leaf tensors on ``device``)
+    at small shapes whose kernels compile in seconds; float32 except where the op's fast path is half precision."""
+    from zoo.kernels import dwconv2d, group_rational, inception_dwconv2d, s4d_kernel
+    from zoo.kernels.fftconv import fftconv
+    from zoo.kernels.neighborhood import neighborhood_attention
+
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape, scale=1.0, dtype=torch.float32, channels_last=False):
+        t = (scale * torch.randn(*shape, generator=gen)).to(device, dtype)
+        return (t.to(memory_format=torch.channels_last) if channels_last else t).requires_grad_(True)
+
+    bf16 = torch.bfloat16
+    s4d = [torch.rand(8, generator=gen) - 6.0, torch.randn(8, 16, 2, generator=gen)]
+    s4d += [torch.rand(8, 16, generator=gen) - 1.0, 3.14 * torch.arange(16.0).expand(8, 16).contiguous()]
+    return {
+        "group_rational": (
+            lambda x, a, b: group_rational(x, a, b, backend="triton"),
+            [leaf(4, 50, 192), leaf(1, 6, scale=0.5), leaf(8, 4, scale=0.5)],
+        ),
+        "dwconv2d": (
+            lambda x, w, b: dwconv2d(x, w, b, backend="triton"),
+            [leaf(2, 64, 15, 15, channels_last=True), leaf(64, 1, 3, 3), leaf(64)],
+        ),
+        "inception_dwconv2d": (
+            lambda x, *p: inception_dwconv2d(x, *p, backend="triton"),
+            [leaf(2, 96, 14, 14, dtype=bf16, channels_last=True)]
+            + [
+                leaf(*shape, dtype=bf16)
+                for shape in ((12, 1, 3, 3), (12,), (12, 1, 1, 11), (12,), (12, 1, 11, 1), (12,))
+            ],
+        ),
+        "s4d_kernel": (
+            lambda *p: s4d_kernel(*p, L=300, backend="triton"),
+            [t.to(device).requires_grad_(True) for t in s4d],
+        ),
+        "fftconv": (
+            lambda u, k, d: fftconv(u, k, d, activation="gelu", backend="triton"),
+            [leaf(2, 8, 300), leaf(8, 300, scale=1 / 300), leaf(8)],
+        ),
+        "neighborhood_attention_2d_bias": (
+            lambda q, k, v, rpb: neighborhood_attention(q, k, v, kernel_size=5, rpb=rpb, backend="triton"),
+            [leaf(2, 9, 11, 2, 32, dtype=bf16) for _ in range(3)] + [leaf(2, 9, 9, dtype=bf16)],
+        ),
+    }
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "name",
+    ["group_rational", "dwconv2d", "inception_dwconv2d", "s4d_kernel", "fftconv", "neighborhood_attention_2d_bias"],
+)
+def test_inductor_runs_the_traced_kernels_like_eager(name):
+    """On a GPU: torch.compile (Inductor, fullgraph, static shapes) of the op - its kernels traced, compiled and
+    launched by Inductor - gives the eager output and gradients (the same kernels; the autotuner may pick other
+    tiles, so reductions may add in another order)."""
+    fn, inputs = _gpu_cases()[name]
+    results = []
+    for run in (fn, torch.compile(fn, fullgraph=True, dynamic=False)):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        y = run(*leaves)
+        grads = torch.autograd.grad(y, leaves, torch.full_like(y, 0.5))
+        results.append((y, *grads))
+    for eager, compiled in zip(*results, strict=True):
+        assert_relative_error(compiled.float(), eager.float(), 1e-2 if eager.dtype == torch.bfloat16 else 1e-4)

@@ -205,7 +205,7 @@ def derived_from_weight(weight: torch.Tensor, key: Hashable, build: Callable[[],
 # Registered ops that torch.compile traces into their kernels (issue 21)
 # ----------------------------------------------------------------------------------------------------------------
 
-DECOMPOSE_ENV_VAR = "ZOO_TRACE_KERNELS"
+TRACE_KERNELS_ENV_VAR = "ZOO_TRACE_KERNELS"
 _TRACING_KERNELS = threading.local()
 
 
@@ -221,9 +221,7 @@ def launchable(kernel: Any) -> Any:
     """``kernel`` (a ``triton.jit`` function or ``triton.autotune`` wrapper) as the launcher should call it:
     itself when running, ``torch.library.wrap_triton(kernel)`` while :func:`tracing_kernels`, so that the launch
     enters the graph as a Triton-kernel node which Inductor compiles and launches itself."""
-    if getattr(_TRACING_KERNELS, "on", False):
-        return torch.library.wrap_triton(kernel)
-    return kernel
+    return torch.library.wrap_triton(kernel) if tracing_kernels() else kernel
 
 
 def _decomposes(args: tuple, kwargs: dict) -> bool:
@@ -231,7 +229,7 @@ def _decomposes(args: tuple, kwargs: dict) -> bool:
     tensors of static shapes (a launcher picks tiles from concrete sizes; with symbolic sizes, and on CPU tensors,
     where the interpreter cannot run on fake tensors, the op stays one opaque node), unless ``ZOO_TRACE_KERNELS=0``.
     """
-    if os.environ.get(DECOMPOSE_ENV_VAR, "1") == "0":
+    if os.environ.get(TRACE_KERNELS_ENV_VAR, "1") == "0":
         return False
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
     return any(t.device.type == "cuda" for t in tensors) and all(
