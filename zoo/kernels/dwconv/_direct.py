@@ -5,8 +5,12 @@ loop unrolls and every index is a compile-time constant. A program covers ``ROWS
 ``G * BW`` output columns x ``BLOCK_C`` channels of one image; each thread owns a few channels (``V`` =
 BLOCK_C * G / (32 * num_warps), contiguous in channels_last: one 8- or 16-byte load per column) x ``BW``
 output columns. The program walks down its input rows once: each input row is loaded and converted to fp32
-once (``BW + KW - 1`` columns, a window in registers) and feeds every output row it touches, KH rotating rows of
-accumulators (a tuple; the rotation is unrolled KH steps per loop trip so that no register moves). The KH x KW
+once (``BW + KW - 1`` columns, a window in registers) and feeds every output row it touches: KH rows of
+accumulators in flight (a tuple indexed by age: each step, row kh takes kernel row kh on top of what row kh - 1
+held, and the oldest row is complete). One input row per loop trip: the shift is renaming in SSA (no register
+moves), and the loop body stays KH times smaller than an unrolled rotation's, which made Triton's compile take
+80 s at 7 x 7 and 8 minutes at 11 x 11 (its coalescing pass grows with the square of the body's memory operations;
+2 s at 7 x 7 now). The KH x KW
 weights of the thread's channels are loaded once per program from the ``[C, 1, kh, kw]`` weight (no table).
 The window's columns are loop-invariant pointers, so a load or store costs one address instruction for its row;
 bf16 pairs are unpacked with one instruction per element (inline PTX; the plain conversion under the
@@ -14,8 +18,8 @@ interpreter).
 
 Borders: the loop only visits input rows on the map (rows off the map are zeros: skipped), so rows need no masks
 in the loop; a program whose column window and channel block lie inside the map runs unmasked loads and stores,
-the others (scalar branch per program) the masked copy of the same loop. The last KH - 1 steps (fewer than a
-loop trip) and the final stores run after the loop, masked.
+the others (scalar branch per program) the masked copy of the same loop. After the loop the rows still in flight
+are stored (their remaining input rows are off the map), masked.
 
 Dilation d: the output columns of a thread are d apart (o, o + d, ...), and so are the rows a program walks, so
 the input window is again a run of BW + KW - 1 consecutive taps' columns: a program works on one residue class
@@ -24,7 +28,7 @@ the input window is again a run of BW + KW - 1 consecutive taps' columns: a prog
 Input gradient (stride 1, "same" padding, odd kernel): dx = the correlation of dy with the kernel flipped on both
 axes; ``flip`` reads the weights in reverse tap order, nothing else changes. ``flip``, ``has_bias`` and ``ROWS``
 are runtime arguments, so one compile per kernel size, layout and dtype serves the forward (with or without a
-bias), the input gradient and every autotuned row count (at 7 x 7 a compile takes about a minute).
+bias), the input gradient and every autotuned row count.
 
 NCHW and other strides: the same kernel (lanes still run over channels; in NCHW the loads are 2-byte scalars,
 each thread's columns contiguous in one row; static cost 1.7 instructions per FFMA at 3 x 3, 1.25 at 7 x 7).
@@ -73,27 +77,28 @@ def _load_row(cols, row_off, col_ok, c_ok, row_ok, MASKED: tl.constexpr, N: tl.c
 
 
 @triton.jit
-def _step(acc, xs, w, bias, u: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr):
-    """One input row into the KH rotating accumulator rows (``acc[slot * BW + t]``, column t): at step u of a
-    trip, slot j takes kernel row (u - j) mod KH; kernel row 0 starts a new output row (from the bias)."""
+def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr):
+    """One input row into the KH output rows in flight: after input row s, ``acc[kh * BW + t]`` is output row
+    s - kh (column t), which has taken kernel rows 0..kh. So row kh takes kernel row kh of this input row on top of
+    what row kh - 1 held before it (row 0 starts from the bias), and row KH - 1 is complete."""
     new = ()
-    for slot in tl.static_range(KH):
+    for kh in tl.static_range(KH):
         for t in tl.static_range(BW):
-            if (u - slot + KH) % KH == 0:
+            if kh == 0:
                 a = bias
             else:
-                a = acc[slot * BW + t]
+                a = acc[(kh - 1) * BW + t]
             for kw in tl.static_range(KW):
-                a = a + xs[t + kw] * w[((u - slot + KH) % KH) * KW + kw]
+                a = a + xs[t + kw] * w[kh * KW + kw]
             new = new + (a,)
     return new
 
 
 @triton.jit
-def _store_row(acc, slot: tl.constexpr, cols, row_off, out_ok, c_ok, ok, MASKED: tl.constexpr, BW: tl.constexpr):
-    """Store accumulator row ``slot`` (BW columns) where the scalar ``ok`` holds (and, MASKED, inside the map)."""
+def _store_row(acc, row: tl.constexpr, cols, row_off, out_ok, c_ok, ok, MASKED: tl.constexpr, BW: tl.constexpr):
+    """Store accumulator row ``row`` (BW columns) where the scalar ``ok`` holds (and, MASKED, inside the map)."""
     for t in tl.static_range(BW):
-        v = acc[slot * BW + t].to(cols[t].dtype.element_ty)
+        v = acc[row * BW + t].to(cols[t].dtype.element_ty)
         if MASKED:
             tl.store(cols[t] + row_off, v, mask=out_ok[t] & c_ok & ok)
         else:
@@ -104,7 +109,6 @@ def _store_row(acc, slot: tl.constexpr, cols, row_off, out_ok, c_ok, ok, MASKED:
 def _walk_rows(
     acc,
     w,
-    bias,
     src_cols,
     dst_cols,
     src_step,
@@ -115,58 +119,33 @@ def _walk_rows(
     col_ok,
     out_ok,
     c_ok,
+    bias,
     MASKED: tl.constexpr,
     KH: tl.constexpr,
     KW: tl.constexpr,
     BW: tl.constexpr,
 ):
-    """Steps s_lo..s_hi (input row r0 - KH // 2 + s, all on the map) in whole trips of KH; output row m = s - KH + 1
-    is complete after step s. Returns the accumulators (:func:`_finish_rows` does the rest)."""
-    trips = (s_hi - s_lo + 1) // KH
-    for i in range(trips):
-        base = s_lo + i * KH
-        for u in tl.static_range(KH):
-            s = base + u
-            xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1)
-            acc = _step(acc, xs, w, bias, u, KH, KW, BW)
-            m = s - (KH - 1)
-            ok = (m >= 0) & (m < rows)
-            _store_row(acc, (u + 1) % KH, dst_cols, m * dst_step, out_ok, c_ok, ok, MASKED, BW)
+    """Steps s_lo..s_hi (input row r0 - KH // 2 + s, all on the map), one per loop trip: the row's window feeds the
+    KH output rows in flight (:func:`_step`), and output row m = s - KH + 1, now complete, is stored. One step per
+    trip keeps the loop body (and Triton's compile time, which grows with the square of its memory operations)
+    KH times smaller than unrolling the rotation would; the rows in flight shift by one age per step in SSA,
+    without register moves. Returns the accumulators (:func:`_finish_rows` stores the rest)."""
+    for s in range(s_lo, s_hi + 1):
+        xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1)
+        acc = _step(acc, xs, w, bias, KH, KW, BW)
+        m = s - (KH - 1)
+        _store_row(acc, KH - 1, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), MASKED, BW)
     return acc
 
 
 @triton.jit
-def _finish_rows(
-    acc,
-    w,
-    bias,
-    src_cols,
-    dst_cols,
-    src_step,
-    dst_step,
-    s_lo,
-    s_hi,
-    rows,
-    col_ok,
-    out_ok,
-    c_ok,
-    KH: tl.constexpr,
-    KW: tl.constexpr,
-    BW: tl.constexpr,
-):
-    """After the loop (one copy for both of its versions): the last < KH steps, masked past s_hi, and the output
-    rows still in the accumulators."""
-    base = s_lo + (s_hi - s_lo + 1) // KH * KH
-    for u in tl.static_range(KH - 1):
-        s = base + u
-        xs = _load_row(src_cols, s * src_step, col_ok, c_ok, s <= s_hi, True, BW + KW - 1)
-        acc = _step(acc, xs, w, bias, u, KH, KW, BW)
-        m = s - (KH - 1)
-        ok = (m >= 0) & (m < rows)
-        _store_row(acc, (u + 1) % KH, dst_cols, m * dst_step, out_ok, c_ok, ok, True, BW)
-    for j in tl.static_range(KH - 1):
-        m = base + j
-        _store_row(acc, j, dst_cols, m * dst_step, out_ok, c_ok, m < rows, True, BW)
+def _finish_rows(acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH: tl.constexpr, BW: tl.constexpr):
+    """After the loop (one copy for both of its versions): the rows still in flight, output rows s_hi - kh for
+    kh < KH - 1, are complete where they lie on the segment (their remaining input rows are off the map; past the
+    segment's last row they are not stored)."""
+    for kh in tl.static_range(KH - 1):
+        m = s_hi - kh
+        _store_row(acc, kh, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), True, BW)
 
 
 @triton.jit(do_not_specialize=["flip", "has_bias"])  # 0 and 1 would be two specialisations, two compiles
@@ -203,9 +182,8 @@ def _direct_kernel(
     channel block, column strip, column phase (mod dil_w), row segment of ROWS rows, row phase (mod dil_h), image.
 
     flip, has_bias and ROWS are runtime values: they change a few instructions per program (the weights' and the
-    bias's addresses, the segment's extent), and as constexprs they multiplied the compiles of this kernel, which
-    take a minute each at 7 x 7 (Triton's coalescing pass grows with the square of the unrolled row loop), by six:
-    forward with and without a bias, input gradient, two row-segment sizes."""
+    bias's addresses, the segment's extent), and as constexprs they would multiply the compiles of this kernel by
+    six: forward with and without a bias, input gradient, two row-segment sizes."""
     pid = tl.program_id(0)
     c_blocks = tl.cdiv(C, BLOCK_C)
     sub_h = tl.cdiv(H, dil_h)
@@ -264,62 +242,15 @@ def _direct_kernel(
         interior = (cb * BLOCK_C + BLOCK_C <= C) & (j0 >= PW) & (j0 + G * BW + PW <= Ws)
         if interior:
             acc = _walk_rows(
-                acc,
-                w,
-                bias,
-                src_cols,
-                dst_cols,
-                src_step,
-                dst_step,
-                s_lo,
-                s_hi,
-                rows,
-                col_ok,
-                out_ok,
-                c_ok,
-                False,
-                KH,
-                KW,
-                BW,
-            )
+                acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, rows, col_ok, out_ok, c_ok, bias, False,
+                KH, KW, BW,
+            )  # fmt: skip
         else:
             acc = _walk_rows(
-                acc,
-                w,
-                bias,
-                src_cols,
-                dst_cols,
-                src_step,
-                dst_step,
-                s_lo,
-                s_hi,
-                rows,
-                col_ok,
-                out_ok,
-                c_ok,
-                True,
-                KH,
-                KW,
-                BW,
-            )
-        _finish_rows(
-            acc,
-            w,
-            bias,
-            src_cols,
-            dst_cols,
-            src_step,
-            dst_step,
-            s_lo,
-            s_hi,
-            rows,
-            col_ok,
-            out_ok,
-            c_ok,
-            KH,
-            KW,
-            BW,
-        )
+                acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, rows, col_ok, out_ok, c_ok, bias, True,
+                KH, KW, BW,
+            )  # fmt: skip
+        _finish_rows(acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH, BW)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -524,13 +455,14 @@ def _interior_fraction(n: int, c: int, h: int, k: int, meta: dict) -> float:
 
 
 def _average_loop_trips(h: int, k: int, rows: int) -> float:
-    """Mean trip count of the row loop over the row segments of a map of height h (s_lo..s_hi in trips of k)."""
+    """Mean trip count of the row loop over the row segments of a map of height h (s_lo..s_hi, one input row per
+    trip)."""
     pad = (k - 1) // 2
     trips = []
     for r0 in range(0, h, rows):
         length = min(rows, h - r0)
         s_lo, s_hi = max(pad - r0, 0), min(length + k - 2, h - 1 - r0 + pad)
-        trips.append((s_hi - s_lo + 1) // k)
+        trips.append(s_hi - s_lo + 1)
     return sum(trips) / len(trips)
 
 
@@ -561,7 +493,7 @@ def benchmark_specs() -> list:
                     macs / programs,
                     ((trips * inner, trips * (1 - inner)),),
                     f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {taps_on_map(h, k)}^2 = {macs}; programs = "
-                    f"{programs}; row loop {trips:g} trips of {k} rows, unmasked in {inner:.3f} of the programs",
+                    f"{programs}; row loop {trips:g} trips of one input row, unmasked in {inner:.3f} of the programs",
                 )
                 label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**meta)
                 for flip in (False, True):
