@@ -67,6 +67,7 @@ class KernelSpec:
     uses_dot: bool = False  # matrix-shaped kernels: the PTX must use the tensor cores
     work: Work | None = None  # a benchmark shape: the spec is in the loop report
     ci: bool = True  # compiled by tests/kernels/test_compile_targets.py (``--ci``); else by the CLI only
+    maxnreg: int | None = None  # the configuration's register bound (``triton.Config(maxnreg=...)``), if any
 
 
 def jit_hint(value: Any) -> str:
@@ -97,6 +98,7 @@ def launch_spec(
     uses_dot: bool = False,
     work: Work | None = None,
     ci: bool = False,
+    maxnreg: int | None = None,
 ) -> KernelSpec:
     """A spec from the arguments a launcher passes, by name: pointers as their type (``"*bf16"``), ints and floats
     as their values, constexprs as their values (which parameters are constexpr is read from ``fn``). Ints get the
@@ -113,7 +115,7 @@ def launch_spec(
         for p in fn.params
         if not p.is_constexpr
     }
-    return KernelSpec(name, fn, signature, constexprs, num_warps, num_stages, uses_dot, work, ci)
+    return KernelSpec(name, fn, signature, constexprs, num_warps, num_stages, uses_dot, work, ci, maxnreg)
 
 
 @dataclass
@@ -174,6 +176,7 @@ def _compile_key(spec: KernelSpec, arch: int) -> tuple:
         tuple(sorted((k, repr(v)) for k, v in spec.constexprs.items())),
         spec.num_warps,
         spec.num_stages,
+        spec.maxnreg,
         arch,
     )
 
@@ -211,7 +214,11 @@ def compile_kernel(spec: KernelSpec, arch: int):
     compiled = triton.compile(
         source,
         target=GPUTarget("cuda", arch, 32),
-        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+        options={
+            "num_warps": spec.num_warps,
+            "num_stages": spec.num_stages,
+            **({"maxnreg": spec.maxnreg} if spec.maxnreg else {}),
+        },
     )
     _COMPILED[key] = compiled
     return compiled

@@ -262,25 +262,35 @@ def _direct_kernel(
 _NAMES = ("ROWS", "BW", "G", "BLOCK_C")
 
 
+# With one or two warps per program ptxas bounds the registers for occupancy (128 or 168 on sm_80), and the bands and
+# the 9 x 9 kernels spilled there; the bound 255 lets it keep them (the benchmarked tiles stay at 113-168 registers).
+MAXNREG = 255
+
+
 def _config(rows: int, bw: int, g: int, v: int, warps: int):
-    return triton.Config(
-        dict(zip(_NAMES, (rows, bw, g, v * 32 * warps // g), strict=True)), num_warps=warps, num_stages=1
-    )
+    meta = dict(zip(_NAMES, (rows, bw, g, v * 32 * warps // g), strict=True))
+    return triton.Config(meta, num_warps=warps, num_stages=1, maxnreg=MAXNREG)
 
 
-def _tile(kernel: tuple[int, int], layout: str) -> tuple[int, int]:
+def _tile(kernel: tuple[int, int], layout: str, int64: bool = False) -> tuple[int, int]:
     """(V channels per thread, BW columns per thread): the most channels whose KH KW V weights and KH BW V
-    accumulators stay within 120 registers (the window, pointers and masks take about as many again)."""
+    accumulators stay within 120 registers (the window, pointers and masks take about as many again). In NCHW,
+    whose loads are scalars, the window's BW + KW - 1 columns count too (within 160: fp16 bands spilled on sm_80
+    with 8 channels); with 64-bit offsets (tensors of 2^31 elements and more) one channel per thread, as every
+    channel's column offsets then take two registers."""
     kh, kw = kernel
     bw = 8 if kh == 1 or (layout == "nchw" and kh * kw <= 9) else 4
     if kh * kw >= 81:
         bw = 2
-    v = next(v for v in (8, 4, 2, 1) if v == 1 or (kh * kw + kh * bw) * v <= 120)
-    return v, bw
+    if int64:
+        return 1, bw
+    if layout == "nchw":
+        return next(v for v in (8, 4, 2, 1) if v == 1 or (kh * kw + kh * bw + bw + kw - 1) * v <= 160), bw
+    return next(v for v in (8, 4, 2, 1) if v == 1 or (kh * kw + kh * bw) * v <= 120), bw
 
 
-def _gpu_configs(kernel: tuple[int, int], layout: str) -> list:
-    v, bw = _tile(kernel, layout)
+def _gpu_configs(kernel: tuple[int, int], layout: str, int64: bool = False) -> list:
+    v, bw = _tile(kernel, layout, int64)
     tiles = []
     for rows, warps in ((32, 1), (64, 1)):
         g = max(1, v * 32 * warps // 128)  # channel blocks of at most 128
@@ -288,21 +298,22 @@ def _gpu_configs(kernel: tuple[int, int], layout: str) -> list:
     return tiles
 
 
-def configs(kernel: tuple[int, int], layout: str) -> list:
-    """The autotune configurations of one kernel shape and layout (one small fixed tile under the interpreter)."""
+def configs(kernel: tuple[int, int], layout: str, int64: bool = False) -> list:
+    """The autotune configurations of one kernel shape, layout and offset width (one small fixed tile under the
+    interpreter)."""
     if INTERPRETER:
         return [triton.Config(dict(ROWS=5, BW=2, G=2, BLOCK_C=8), num_warps=1)]
-    return _gpu_configs(kernel, layout)
+    return _gpu_configs(kernel, layout, int64)
 
 
 _KEY = ["C", "H", "W", "dil_h", "dil_w"]
 _tuned: dict = {}
 
 
-def _kernel_for(kernel: tuple[int, int], layout: str):
-    key = (kernel, layout)
+def _kernel_for(kernel: tuple[int, int], layout: str, int64: bool):
+    key = (kernel, layout, int64)
     if key not in _tuned:
-        _tuned[key] = triton.autotune(configs(kernel, layout), key=_KEY)(_direct_kernel)
+        _tuned[key] = triton.autotune(configs(kernel, layout, int64), key=_KEY)(_direct_kernel)
     return _tuned[key]
 
 
@@ -345,7 +356,8 @@ def _launch(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, dilat
     def grid(meta):
         return (_programs(dst.shape, dilation, meta),)
 
-    launchable(_kernel_for(kernel, layout_of(src)))[grid](
+    int64 = needs_int64(src, dst)
+    launchable(_kernel_for(kernel, layout_of(src), int64))[grid](
         src,
         weight,
         weight if bias is None else bias,
@@ -361,7 +373,7 @@ def _launch(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, dilat
         int(bias is not None),
         KH=kernel[0],
         KW=kernel[1],
-        INT64=needs_int64(src, dst),
+        INT64=int64,
     )
 
 
@@ -420,10 +432,10 @@ def aot_specs() -> list:
     specs = []
     for kernel in SHAPES:
         for layout in ("channels_last", "nchw"):
-            config = _gpu_configs(kernel, layout)[0]
             variants = [("bf16", False, False), ("bf16", True, False), ("fp32", False, False), ("fp16", False, False)]
             variants.append(("bf16", True, True))
             for dtype, flip, strided in variants:
+                config = _gpu_configs(kernel, layout, int64=strided)[0]
                 tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
                 constexprs = dict(KH=kernel[0], KW=kernel[1], INT64=strided, **tile)
                 label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**config.kwargs)
@@ -438,6 +450,7 @@ def aot_specs() -> list:
                         num_warps=config.num_warps,
                         num_stages=config.num_stages,
                         ci=ci,
+                        maxnreg=config.maxnreg,
                     )
                 )
     return specs
@@ -525,6 +538,7 @@ def benchmark_specs() -> list:
                             num_stages=config.num_stages,
                             work=work,
                             ci=False,
+                            maxnreg=config.maxnreg,
                         )
                     )
     return specs
