@@ -289,78 +289,20 @@ def _dwconv_wgrad_kernel(
                 last_x = _floor_div(W - 1 + pad_w - (NU - 1) * dil_w - phase * STRIDE_W, step * STRIDE_W)
                 last_y = _floor_div(Wo - 1 - (TILE_W - 1) * dil_w - phase, step)
                 m_hi = tl.maximum(tl.minimum(tl.minimum(last_x, last_y) + 1, tiles), m_lo)
-                for w0 in range(phase, phase + m_lo * step, step):
+                # the border tiles, m in [0, m_lo) and [m_hi, tiles), in one loop (one masked copy of the tile
+                # in the code: the coalescing pass's compile time grows with the square of the code's memory
+                # operations), then the interior
+                for i in range(0, m_lo + tiles - m_hi):
+                    w0 = phase + tl.where(i < m_lo, i, m_hi + i - m_lo) * step
                     acc, acc_bias = _column_tile(
-                        acc,
-                        acc_bias,
-                        g_base,
-                        x_bases,
-                        w0,
-                        0,
-                        W,
-                        Wo,
-                        g_w,
-                        x_w,
-                        dil_w,
-                        pad_w,
-                        KR,
-                        KW,
-                        STRIDE_W,
-                        TILE_W,
-                        INT64,
-                        True,
-                        0,
-                        0,
-                        False,
-                    )
+                        acc, acc_bias, g_base, x_bases, w0, 0, W, Wo, g_w, x_w, dil_w, pad_w, KR, KW, STRIDE_W, TILE_W,
+                        INT64, True, 0, 0, False,
+                    )  # fmt: skip
                 for w0 in range(phase + m_lo * step, phase + m_hi * step, step):
                     acc, acc_bias = _column_tile(
-                        acc,
-                        acc_bias,
-                        g_base,
-                        x_bases,
-                        w0,
-                        0,
-                        W,
-                        Wo,
-                        g_w,
-                        x_w,
-                        dil_w,
-                        pad_w,
-                        KR,
-                        KW,
-                        STRIDE_W,
-                        TILE_W,
-                        INT64,
-                        False,
-                        0,
-                        0,
-                        False,
-                    )
-                for w0 in range(phase + m_hi * step, phase + tiles * step, step):
-                    acc, acc_bias = _column_tile(
-                        acc,
-                        acc_bias,
-                        g_base,
-                        x_bases,
-                        w0,
-                        0,
-                        W,
-                        Wo,
-                        g_w,
-                        x_w,
-                        dil_w,
-                        pad_w,
-                        KR,
-                        KW,
-                        STRIDE_W,
-                        TILE_W,
-                        INT64,
-                        True,
-                        0,
-                        0,
-                        False,
-                    )
+                        acc, acc_bias, g_base, x_bases, w0, 0, W, Wo, g_w, x_w, dil_w, pad_w, KR, KW, STRIDE_W, TILE_W,
+                        INT64, False, 0, 0, False,
+                    )  # fmt: skip
 
     # this program's partial sums: partial[strip, tap, c] (tap TAPS: the bias)
     out = partial_ptr + strip.to(tl.int64) * ((TAPS + 1) * C) + c
@@ -662,11 +604,11 @@ def aot_specs() -> list:
 
 
 def _column_tiles(w: int, out_w: int, kernel_w: int, stride_w: int, dilation_w: int, tile_w: int) -> tuple[int, ...]:
-    """(left border, interior, right border) column tiles of a row step on the general (masked) path, summed over
-    the phases: the trip counts of the kernel's three column loops (the same arithmetic)."""
+    """(border, interior) column tiles of a row step on the general (masked) path, summed over the phases: the trip
+    counts of the kernel's two column loops (the same arithmetic; the border loop takes both ends of the row)."""
     pad = dilation_w * (kernel_w - 1) // 2
     window = (tile_w - 1) * stride_w + kernel_w
-    counts = [0, 0, 0]
+    counts = [0, 0]
     for phase in range(dilation_w):
         step = tile_w * dilation_w
         tiles = max(-(-(out_w - phase) // step), 0)
@@ -674,7 +616,7 @@ def _column_tiles(w: int, out_w: int, kernel_w: int, stride_w: int, dilation_w: 
         last_x = (w - 1 + pad - (window - 1) * dilation_w - phase * stride_w) // (step * stride_w)
         last_y = (out_w - 1 - (tile_w - 1) * dilation_w - phase) // step
         hi = max(min(min(last_x, last_y) + 1, tiles), lo)
-        counts = [counts[0] + lo, counts[1] + hi - lo, counts[2] + tiles - hi]
+        counts = [counts[0] + lo + tiles - hi, counts[1] + hi - lo]
     return tuple(counts)
 
 
@@ -701,7 +643,7 @@ def benchmark_specs() -> list:
                 columns = ()
             elif config["EDGES"]:  # first and last tiles of a row in the row loop, the interior ones in a loop
                 columns = ((h - (k - 1) // 2) // config["TILE_W"] - 1,)
-            else:  # the masked path: left border, interior, right border loops (each with its trips)
+            else:  # the masked path: the border loop (both ends of the row), then the interior loop
                 columns = _column_tiles(h, h, k, 1, 1, config["TILE_W"])
             taps = (k * k + 1) / (strips * row_blocks)  # the last program of a channel block: every tap
             chunks = triton.cdiv(strips, config["BLOCK_S"])
@@ -714,7 +656,8 @@ def benchmark_specs() -> list:
                 f"{row_blocks} kernel-row blocks x cdiv({c}, {config['BLOCK_C']}) x {strips} strips = {programs}; "
                 f"loops: row steps cdiv({n * h}, {config['BLOCK_S']}) / {strips} = {steps:g}; column tiles of "
                 f"{config['TILE_W']} in loops {columns} (EDGES: the interior ones, (h - pad) // TILE_W - 1; the "
-                f"first and last of a row are in the row loop; else left border, interior, right border); the reduction ({k * k + 1} taps, once per channel "
+                f"first and last of a row are in the row loop; else the borders, then the interior); the reduction "
+                f"({k * k + 1} taps, once per channel "
                 f"block: {taps:.3g} per program) x cdiv({strips}, {config['BLOCK_S']}) = {chunks} strip chunks",
             )
             specs.append(
