@@ -19,7 +19,9 @@ interpreter).
 Borders: the loop only visits input rows on the map (rows off the map are zeros: skipped), so rows need no masks
 in the loop; a program whose column window and channel block lie inside the map runs unmasked loads and stores,
 the others (scalar branch per program) the masked copy of the same loop. After the loop the rows still in flight
-are stored (their remaining input rows are off the map), masked.
+are stored (their remaining input rows are off the map), masked. On maps up to ``WHOLE_ROW_MAX`` wide, 3 x 3 and
+5 x 5 kernels compile for the map's width (``FW``): one strip of the whole row, its off-map columns known at compile
+time (no column masks), where every program would otherwise be a border program.
 
 Dilation d: the output columns of a thread are d apart (o, o + d, ...), and so are the rows a program walks, so
 the input window is again a run of BW + KW - 1 consecutive taps' columns: a program works on one residue class
@@ -61,26 +63,33 @@ SHAPES = tuple((k, k) for k in KERNEL_SIZES) + tuple((1, k) for k in KERNEL_SIZE
 
 
 @triton.jit
-def _load_row(cols, row_off, col_ok, c_ok, row_ok, MASKED: tl.constexpr, N: tl.constexpr):
+def _load_row(
+    cols, row_off, col_ok, c_ok, row_ok, MASKED: tl.constexpr, N: tl.constexpr, FW: tl.constexpr, PW: tl.constexpr
+):
     """The N columns of one input row's window as fp32 tiles [G, BLOCK_C] (a tuple): ``cols[q]`` points at column q
     of the first row, ``row_off`` (a scalar) moves to this row. MASKED: columns off the map, channels past C and
-    rows past the last (``row_ok``, a scalar) read zero."""
+    rows past the last (``row_ok``, a scalar) read zero. FW > 0 (a whole row of FW columns per strip): the columns
+    off the map are known at compile time, not loaded (a placeholder that :func:`_step` never reads)."""
     xs = ()
     for q in tl.static_range(N):
         ptrs = cols[q] + row_off
-        if MASKED:
-            v = tl.load(ptrs, mask=col_ok[q] & c_ok & row_ok, other=0.0)
+        if FW > 0 and (q < PW or q - PW >= FW):
+            xs = xs + (0.0,)
+        elif FW > 0 and MASKED:
+            xs = xs + (to_f32(tl.load(ptrs, mask=c_ok & row_ok, other=0.0)),)
+        elif MASKED:
+            xs = xs + (to_f32(tl.load(ptrs, mask=col_ok[q] & c_ok & row_ok, other=0.0)),)
         else:
-            v = tl.load(ptrs)
-        xs = xs + (to_f32(v),)
+            xs = xs + (to_f32(tl.load(ptrs)),)
     return xs
 
 
 @triton.jit
-def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr):
+def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr, FW: tl.constexpr):
     """One input row into the KH output rows in flight: after input row s, ``acc[kh * BW + t]`` is output row
     s - kh (column t), which has taken kernel rows 0..kh. So row kh takes kernel row kh of this input row on top of
-    what row kh - 1 held before it (row 0 starts from the bias), and row KH - 1 is complete."""
+    what row kh - 1 held before it (row 0 starts from the bias), and row KH - 1 is complete. With FW > 0 the taps on
+    columns off the map are not issued."""
     new = ()
     for kh in tl.static_range(KH):
         for t in tl.static_range(BW):
@@ -89,17 +98,23 @@ def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr
             else:
                 a = acc[(kh - 1) * BW + t]
             for kw in tl.static_range(KW):
-                a = a + xs[t + kw] * w[kh * KW + kw]
+                if FW == 0 or (t + kw >= (KW - 1) // 2 and t + kw - (KW - 1) // 2 < FW):
+                    a = a + xs[t + kw] * w[kh * KW + kw]
             new = new + (a,)
     return new
 
 
 @triton.jit
-def _store_row(acc, row: tl.constexpr, cols, row_off, out_ok, c_ok, ok, MASKED: tl.constexpr, BW: tl.constexpr):
-    """Store accumulator row ``row`` (BW columns) where the scalar ``ok`` holds (and, MASKED, inside the map)."""
+def _store_row(
+    acc, row: tl.constexpr, cols, row_off, out_ok, c_ok, ok, MASKED: tl.constexpr, BW: tl.constexpr, FW: tl.constexpr
+):
+    """Store accumulator row ``row`` (BW columns) where the scalar ``ok`` holds (and, MASKED, inside the map; with
+    FW > 0 every column is)."""
     for t in tl.static_range(BW):
         v = acc[row * BW + t].to(cols[t].dtype.element_ty)
-        if MASKED:
+        if FW > 0 and MASKED:
+            tl.store(cols[t] + row_off, v, mask=c_ok & ok)
+        elif MASKED:
             tl.store(cols[t] + row_off, v, mask=out_ok[t] & c_ok & ok)
         else:
             tl.store(cols[t] + row_off, v, mask=ok)
@@ -124,6 +139,7 @@ def _walk_rows(
     KH: tl.constexpr,
     KW: tl.constexpr,
     BW: tl.constexpr,
+    FW: tl.constexpr,
 ):
     """Steps s_lo..s_hi (input row r0 - KH // 2 + s, all on the map), one per loop trip: the row's window feeds the
     KH output rows in flight (:func:`_step`), and output row m = s - KH + 1, now complete, is stored. One step per
@@ -131,21 +147,23 @@ def _walk_rows(
     KH times smaller than unrolling the rotation would; the rows in flight shift by one age per step in SSA,
     without register moves. Returns the accumulators (:func:`_finish_rows` stores the rest)."""
     for s in range(s_lo, s_hi + 1):
-        xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1)
-        acc = _step(acc, xs, w, bias, KH, KW, BW)
+        xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1, FW, (KW - 1) // 2)
+        acc = _step(acc, xs, w, bias, KH, KW, BW, FW)
         m = s - (KH - 1)
-        _store_row(acc, KH - 1, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), MASKED, BW)
+        _store_row(acc, KH - 1, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), MASKED, BW, FW)
     return acc
 
 
 @triton.jit
-def _finish_rows(acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH: tl.constexpr, BW: tl.constexpr):
+def _finish_rows(
+    acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH: tl.constexpr, BW: tl.constexpr, FW: tl.constexpr
+):
     """After the loop (one copy for both of its versions): the rows still in flight, output rows s_hi - kh for
     kh < KH - 1, are complete where they lie on the segment (their remaining input rows are off the map; past the
     segment's last row they are not stored)."""
     for kh in tl.static_range(KH - 1):
         m = s_hi - kh
-        _store_row(acc, kh, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), True, BW)
+        _store_row(acc, kh, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), True, BW, FW)
 
 
 @triton.jit(do_not_specialize=["flip", "has_bias"])  # 0 and 1 would be two specialisations, two compiles
@@ -176,6 +194,7 @@ def _direct_kernel(
     BW: tl.constexpr,
     G: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    FW: tl.constexpr = 0,
 ):
     """dst = src (*) weight (+ bias where has_bias) at stride 1 with "same" padding and dilation (dil_h, dil_w);
     flip: the kernel flipped on both axes (the input gradient, src = dy, dst = dx). Program id, fastest first:
@@ -183,7 +202,11 @@ def _direct_kernel(
 
     flip, has_bias and ROWS are runtime values: they change a few instructions per program (the weights' and the
     bias's addresses, the segment's extent), and as constexprs they would multiply the compiles of this kernel by
-    six: forward with and without a bias, input gradient, two row-segment sizes."""
+    six: forward with and without a bias, input gradient, two row-segment sizes.
+
+    FW > 0: the map is FW columns wide, dilation 1 along the columns, one strip of G = 1 x BW = FW columns: the
+    columns off the map are known at compile time (no column masks; their loads and taps are left out), and only a
+    partial channel block takes the masked loop."""
     pid = tl.program_id(0)
     c_blocks = tl.cdiv(C, BLOCK_C)
     sub_h = tl.cdiv(H, dil_h)
@@ -239,18 +262,21 @@ def _direct_kernel(
             acc = acc + (bias,)
         s_lo = tl.maximum(PH - r0, 0)  # steps whose input row is on the map
         s_hi = tl.minimum(rows + KH - 2, Hs - 1 - r0 + PH)
-        interior = (cb * BLOCK_C + BLOCK_C <= C) & (j0 >= PW) & (j0 + G * BW + PW <= Ws)
+        if FW > 0:
+            interior = cb * BLOCK_C + BLOCK_C <= C
+        else:
+            interior = (cb * BLOCK_C + BLOCK_C <= C) & (j0 >= PW) & (j0 + G * BW + PW <= Ws)
         if interior:
             acc = _walk_rows(
                 acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, rows, col_ok, out_ok, c_ok, bias, False,
-                KH, KW, BW,
+                KH, KW, BW, FW,
             )  # fmt: skip
         else:
             acc = _walk_rows(
                 acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, rows, col_ok, out_ok, c_ok, bias, True,
-                KH, KW, BW,
+                KH, KW, BW, FW,
             )  # fmt: skip
-        _finish_rows(acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH, BW)
+        _finish_rows(acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH, BW, FW)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -272,16 +298,17 @@ def _config(rows: int, bw: int, g: int, v: int, warps: int):
     return triton.Config(meta, num_warps=warps, num_stages=1, maxnreg=MAXNREG)
 
 
-def _tile(kernel: tuple[int, int], layout: str, int64: bool = False) -> tuple[int, int]:
+def _tile(kernel: tuple[int, int], layout: str, int64: bool = False, bw: int | None = None) -> tuple[int, int]:
     """(V channels per thread, BW columns per thread): the most channels whose KH KW V weights and KH BW V
     accumulators stay within 120 registers (the window, pointers and masks take about as many again). In NCHW,
     whose loads are scalars, the window's BW + KW - 1 columns count too (within 160: fp16 bands spilled on sm_80
     with 8 channels); with 64-bit offsets (tensors of 2^31 elements and more) one channel per thread, as every
-    channel's column offsets then take two registers."""
+    channel's column offsets then take two registers. ``bw``: the columns per thread, when given (a whole row)."""
     kh, kw = kernel
-    bw = 8 if kh == 1 or (layout == "nchw" and kh * kw <= 9) else 4
-    if kh * kw >= 81:
-        bw = 2
+    if bw is None:
+        bw = 8 if kh == 1 or (layout == "nchw" and kh * kw <= 9) else 4
+        if kh * kw >= 81:
+            bw = 2
     if int64:
         return 1, bw
     if layout == "nchw":
@@ -289,32 +316,43 @@ def _tile(kernel: tuple[int, int], layout: str, int64: bool = False) -> tuple[in
     return next(v for v in (8, 4, 2, 1) if v == 1 or (kh * kw + kh * bw) * v <= 120), bw
 
 
-def _gpu_configs(kernel: tuple[int, int], layout: str, int64: bool = False) -> list:
-    v, bw = _tile(kernel, layout, int64)
+def _gpu_configs(kernel: tuple[int, int], layout: str, int64: bool = False, fw: int = 0) -> list:
+    v, bw = _tile(kernel, layout, int64, bw=fw or None)
     tiles = []
     for rows, warps in ((32, 1), (64, 1)):
-        g = max(1, v * 32 * warps // 128)  # channel blocks of at most 128
+        g = 1 if fw else max(1, v * 32 * warps // 128)  # channel blocks of at most 128; one strip of a whole row
         tiles.append(_config(rows, bw, g, v, warps))
     return tiles
 
 
-def configs(kernel: tuple[int, int], layout: str, int64: bool = False) -> list:
-    """The autotune configurations of one kernel shape, layout and offset width (one small fixed tile under the
-    interpreter)."""
+def configs(kernel: tuple[int, int], layout: str, int64: bool = False, fw: int = 0) -> list:
+    """The autotune configurations of one kernel shape, layout, offset width and whole-row width (``fw``, 0: any
+    width; one small fixed tile under the interpreter)."""
     if INTERPRETER:
-        return [triton.Config(dict(ROWS=5, BW=2, G=2, BLOCK_C=8), num_warps=1)]
-    return _gpu_configs(kernel, layout, int64)
+        return [triton.Config(dict(ROWS=5, BW=fw or 2, G=1 if fw else 2, BLOCK_C=8), num_warps=1)]
+    return _gpu_configs(kernel, layout, int64, fw)
 
 
 _KEY = ["C", "H", "W", "dil_h", "dil_w"]
 _tuned: dict = {}
 
 
-def _kernel_for(kernel: tuple[int, int], layout: str, int64: bool):
-    key = (kernel, layout, int64)
+def _kernel_for(kernel: tuple[int, int], layout: str, int64: bool, fw: int):
+    key = (kernel, layout, int64, fw)
     if key not in _tuned:
-        _tuned[key] = triton.autotune(configs(kernel, layout, int64), key=_KEY)(_direct_kernel)
+        _tuned[key] = triton.autotune(configs(kernel, layout, int64, fw), key=_KEY)(_direct_kernel)
     return _tuned[key]
+
+
+# Maps this narrow (the 14 x 14 and 7 x 7 stages) take one strip of the whole row for these kernels: no column masks
+# (every program of such a map is a border program otherwise). Larger kernels would hold too many accumulators.
+WHOLE_ROW_MAX = 16
+WHOLE_ROW_KERNELS = ((3, 3), (5, 5))
+
+
+def whole_row(kernel: tuple[int, int], width: int, dilation_w: int) -> int:
+    """The whole-row width FW the launch compiles for (0: the general strips)."""
+    return width if tuple(kernel) in WHOLE_ROW_KERNELS and dilation_w == 1 and width <= WHOLE_ROW_MAX else 0
 
 
 def _programs(shape, dilation, meta) -> int:
@@ -357,7 +395,8 @@ def _launch(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, dilat
         return (_programs(dst.shape, dilation, meta),)
 
     int64 = needs_int64(src, dst)
-    launchable(_kernel_for(kernel, layout_of(src), int64))[grid](
+    fw = whole_row(kernel, w, dilation[1])
+    launchable(_kernel_for(kernel, layout_of(src), int64, fw))[grid](
         src,
         weight,
         weight if bias is None else bias,
@@ -374,6 +413,7 @@ def _launch(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, dilat
         KH=kernel[0],
         KW=kernel[1],
         INT64=int64,
+        FW=fw,
     )
 
 
@@ -404,7 +444,7 @@ def _signature(dtype: str, layout: str, strided: bool) -> dict[str, str]:
     unit = {"channels_last": {"s_c", "d_c"}, "nchw": {"s_w", "d_w"}}[layout]
     signature = {}
     for name in _direct_kernel.arg_names:
-        if name in _NAMES and name != "ROWS" or name in ("KH", "KW", "INT64"):
+        if name in _NAMES and name != "ROWS" or name in ("KH", "KW", "INT64", "FW"):
             continue
         if name in ("flip", "has_bias"):
             signature[name] = "i32"
@@ -424,7 +464,8 @@ def _signature(dtype: str, layout: str, strided: bool) -> dict[str, str]:
 def aot_specs() -> list:
     """Coverage specs (the package's ``aot_specs`` adds every module's :func:`benchmark_specs`): the first GPU configuration of every kernel shape (k x k, 1 x k, k x 1, k = 3..11) in both
     layouts: bf16 forward (bias) and input gradient (flipped), fp32 and fp16 forward, and the input gradient in bf16
-    with arbitrary strides and dilation and 64-bit offsets. (Each configuration of 3 x 3 and 7 x 7 is compiled by
+    with arbitrary strides and dilation and 64-bit offsets; the whole-row variants (``whole_row``: 3 x 3 and
+    5 x 5 on maps 14 and 7 wide) in bf16 and fp32. (Each configuration of 3 x 3 and 7 x 7 is compiled by
     :func:`benchmark_specs`; the direction changes only the weights' addresses.) The 3 x 3 channels_last bf16
     specs are compiled in the tests (``ci``)."""
     from zoo.kernels._aot import KernelSpec
@@ -437,7 +478,7 @@ def aot_specs() -> list:
             for dtype, flip, strided in variants:
                 config = _gpu_configs(kernel, layout, int64=strided)[0]
                 tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
-                constexprs = dict(KH=kernel[0], KW=kernel[1], INT64=strided, **tile)
+                constexprs = dict(KH=kernel[0], KW=kernel[1], INT64=strided, FW=0, **tile)
                 label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**config.kwargs)
                 ci = layout == "channels_last" and kernel == (3, 3) and dtype == "bf16" and not strided
                 specs.append(
@@ -453,15 +494,36 @@ def aot_specs() -> list:
                         maxnreg=config.maxnreg,
                     )
                 )
+    for kernel in WHOLE_ROW_KERNELS:
+        for fw in (14, 7):
+            for layout in ("channels_last", "nchw"):
+                config = _gpu_configs(kernel, layout, fw=fw)[0]
+                tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
+                label = "R{ROWS},BW{BW},G{G},C{BLOCK_C},FW{fw}".format(fw=fw, **config.kwargs)
+                for dtype in ("bf16", "fp32"):
+                    specs.append(
+                        KernelSpec(
+                            name=f"_direct_kernel[{dtype},{layout},K{kernel[0]}x{kernel[1]},{label},"
+                            f"w{config.num_warps},fwd]",
+                            fn=_direct_kernel,
+                            signature=_signature(dtype, layout, False),
+                            constexprs=dict(KH=kernel[0], KW=kernel[1], INT64=False, FW=fw, **tile),
+                            num_warps=config.num_warps,
+                            num_stages=config.num_stages,
+                            ci=(kernel, fw, layout, dtype) == ((3, 3), 14, "channels_last", "bf16"),
+                            maxnreg=config.maxnreg,
+                        )
+                    )
     return specs
 
 
-def _interior_fraction(n: int, c: int, h: int, k: int, meta: dict) -> float:
-    """The share of programs that take the unmasked loop (column window and channel block inside the map)."""
+def _interior_fraction(n: int, c: int, h: int, k: int, meta: dict, fw: int = 0) -> float:
+    """The share of programs that take the unmasked loop (column window and channel block inside the map; with a
+    whole-row strip, ``fw``, the channel block alone)."""
     strip = meta["G"] * meta["BW"]
     pad = (k - 1) // 2
     strips = triton.cdiv(h, strip)
-    inner_strips = sum(1 for s in range(strips) if s * strip >= pad and s * strip + strip + pad <= h)
+    inner_strips = strips if fw else sum(1 for s in range(strips) if s * strip >= pad and s * strip + strip + pad <= h)
     blocks = triton.cdiv(c, meta["BLOCK_C"])
     full_blocks = c // meta["BLOCK_C"]
     return inner_strips / strips * full_blocks / blocks
@@ -484,7 +546,7 @@ def benchmark_specs() -> list:
     gradient, every GPU configuration): the arguments the launcher passes there and the useful multiply-adds per
     program (the taps that land on the map, :func:`taps_on_map`). The row loop is compiled twice (unmasked, then
     masked for border programs); each copy's trips are the mean over all programs (its share of programs x the
-    mean trip count)."""
+    mean trip count). 3 x 3 at 14 x 14 compiles for the whole row (``whole_row``), as the launcher does."""
     from zoo.kernels._aot import Work, launch_spec
 
     specs = []
@@ -493,13 +555,14 @@ def benchmark_specs() -> list:
             continue
         case = f"B{n}xC{c}x{h}x{h}xK{k}"
         macs = n * c * taps_on_map(h, k) ** 2
+        fw = whole_row((k, k), h, 1)
         for layout in ("channels_last", "nchw"):
             strides = meta_strides((n, c, h, h), layout)
-            for config in _gpu_configs((k, k), layout):
+            for config in _gpu_configs((k, k), layout, fw=fw):
                 meta = config.kwargs
                 programs = _programs((n, c, h, h), (1, 1), meta)
                 trips = _average_loop_trips(h, k, meta["ROWS"])
-                inner = _interior_fraction(n, c, h, k, meta)
+                inner = _interior_fraction(n, c, h, k, meta, fw)
                 work = Work(
                     case,
                     "MAC",
@@ -508,7 +571,7 @@ def benchmark_specs() -> list:
                     f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {taps_on_map(h, k)}^2 = {macs}; programs = "
                     f"{programs}; row loop {trips:g} trips of one input row, unmasked in {inner:.3f} of the programs",
                 )
-                label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**meta)
+                label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**meta) + (f",FW{fw}" if fw else "")
                 for flip in (False, True):
                     args = dict(
                         src_ptr="*bf16",
@@ -526,6 +589,7 @@ def benchmark_specs() -> list:
                         flip=int(flip),
                         has_bias=int(not flip),
                         INT64=False,
+                        FW=fw,
                         **meta,
                     )
                     specs.append(
