@@ -24,11 +24,13 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     )
 
 
-def assert_relative_error(actual: torch.Tensor, expected: torch.Tensor, bound: float) -> None:
-    """||actual - expected|| / ||expected|| <= bound (for reductions, where summation order differs)."""
+def assert_relative_error(actual: torch.Tensor, expected: torch.Tensor, bound: float, floor: float = 1e-30) -> None:
+    """||actual - expected|| / max(||expected||, floor) <= bound (for reductions, where summation order differs).
+    ``floor``: the size of the summed terms, for sums that can cancel to near zero (their rounding error is relative
+    to the terms, not to the result)."""
     actual, expected = actual.double(), expected.double()
     assert torch.isfinite(actual).all(), f"non-finite values in {actual}"
-    error = (actual - expected).norm() / expected.norm().clamp_min(1e-30)
+    error = (actual - expected).norm() / expected.norm().clamp_min(floor)
     if error > bound:
         worst = (actual - expected).abs().flatten().argmax().item()
         raise AssertionError(

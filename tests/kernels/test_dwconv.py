@@ -48,8 +48,8 @@ def _check(y, grads, y64, grads64, dtype):
     bound = 1e-5 if dtype == torch.float32 else 1e-2  # reductions of dtype products, summed in fp32
     for g, g64 in zip(grads[1:], grads64[1:], strict=True):
         assert (g is None) == (g64 is None)
-        if g is not None:
-            assert_relative_error(g, g64, bound)
+        if g is not None:  # sums of O(1) products (randn inputs): a bias gradient over a few positions can cancel
+            assert_relative_error(g, g64, bound, floor=1.0)
 
 
 # ---------------------------------------------------------------------------------------------------- dwconv2d
@@ -146,7 +146,7 @@ def _mixer_inputs(shape, gc, square, band, dtype, seed=0):
 def test_inception_mixer_matches_float64_reference(shape, gc, square, band, dtype, layout):
     x, params = _mixer_inputs(shape, gc, square, band, dtype)
     x = in_layout(x, layout)
-    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    dy = torch.randn(shape, generator=torch.Generator().manual_seed(7)).to(DEVICE, dtype)
     y, grads = _grads(lambda *a: inception_dwconv2d(*a, backend="triton"), (x, *params), dy)
     y64, grads64 = _grads(
         lambda *a: inception_dwconv2d(*a, backend="torch"), (x.double(), *(p.double() for p in params)), dy.double()
