@@ -53,6 +53,11 @@ def _cases():
             ops.dwconv2d_backward,
             (t(2, 8, 9, 9, channels_last=True), t(2, 8, 9, 9, channels_last=True), t(8, 1, 7, 7), [1, 1], [1, 1]),
         ),
+        "dwconv2d_whole_row": (ops.dwconv2d, (t(2, 8, 9, 9), t(8, 1, 3, 3), t(8), [1, 1], [1, 1])),
+        "dwconv2d_whole_row_backward": (
+            ops.dwconv2d_backward,
+            (t(2, 8, 9, 9), t(2, 8, 9, 9), t(8, 1, 3, 3), [1, 1], [1, 1]),
+        ),
         "dwconv2d_igemm": (ops.dwconv2d, (t(2, 8, 14, 14, channels_last=True), t(8, 1, 13, 13), t(8), [1, 1], [1, 1])),
         "dwconv2d_igemm_backward": (
             ops.dwconv2d_backward,
@@ -245,6 +250,8 @@ CASES = [
     "group_rational_backward",
     "dwconv2d_direct",
     "dwconv2d_direct_backward",
+    "dwconv2d_whole_row",
+    "dwconv2d_whole_row_backward",
     "dwconv2d_igemm",
     "dwconv2d_igemm_backward",
     "dwconv2d_generic",
