@@ -468,53 +468,42 @@ def aot_specs() -> list:
     5 x 5 on maps 14 and 7 wide) in bf16 and fp32. (Each configuration of 3 x 3 and 7 x 7 is compiled by
     :func:`benchmark_specs`; the direction changes only the weights' addresses.) The 3 x 3 channels_last bf16
     specs are compiled in the tests (``ci``)."""
-    from zoo.kernels._aot import KernelSpec
-
     specs = []
     for kernel in SHAPES:
         for layout in ("channels_last", "nchw"):
             variants = [("bf16", False, False), ("bf16", True, False), ("fp32", False, False), ("fp16", False, False)]
             variants.append(("bf16", True, True))
             for dtype, flip, strided in variants:
-                config = _gpu_configs(kernel, layout, int64=strided)[0]
-                tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
-                constexprs = dict(KH=kernel[0], KW=kernel[1], INT64=strided, FW=0, **tile)
-                label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**config.kwargs)
                 ci = layout == "channels_last" and kernel == (3, 3) and dtype == "bf16" and not strided
-                specs.append(
-                    KernelSpec(
-                        name=f"_direct_kernel[{dtype},{layout},K{kernel[0]}x{kernel[1]},{label},"
-                        f"w{config.num_warps},{'bwd' if flip else 'fwd'}{',strided' if strided else ''}]",
-                        fn=_direct_kernel,
-                        signature=_signature(dtype, layout, strided),
-                        constexprs=constexprs,
-                        num_warps=config.num_warps,
-                        num_stages=config.num_stages,
-                        ci=ci,
-                        maxnreg=config.maxnreg,
-                    )
-                )
+                specs.append(_coverage_spec(kernel, layout, dtype, flip, strided, 0, ci))
     for kernel in WHOLE_ROW_KERNELS:
         for fw in (14, 7):
             for layout in ("channels_last", "nchw"):
-                config = _gpu_configs(kernel, layout, fw=fw)[0]
-                tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
-                label = "R{ROWS},BW{BW},G{G},C{BLOCK_C},FW{fw}".format(fw=fw, **config.kwargs)
                 for dtype in ("bf16", "fp32"):
-                    specs.append(
-                        KernelSpec(
-                            name=f"_direct_kernel[{dtype},{layout},K{kernel[0]}x{kernel[1]},{label},"
-                            f"w{config.num_warps},fwd]",
-                            fn=_direct_kernel,
-                            signature=_signature(dtype, layout, False),
-                            constexprs=dict(KH=kernel[0], KW=kernel[1], INT64=False, FW=fw, **tile),
-                            num_warps=config.num_warps,
-                            num_stages=config.num_stages,
-                            ci=(kernel, fw, layout, dtype) == ((3, 3), 14, "channels_last", "bf16"),
-                            maxnreg=config.maxnreg,
-                        )
-                    )
+                    ci = (kernel, fw, layout, dtype) == ((3, 3), 14, "channels_last", "bf16")
+                    specs.append(_coverage_spec(kernel, layout, dtype, False, False, fw, ci))
     return specs
+
+
+def _coverage_spec(kernel, layout: str, dtype: str, flip: bool, strided: bool, fw: int, ci: bool):
+    """The first GPU configuration of one kernel shape, layout, dtype, direction, stride variant (arbitrary strides
+    and 64-bit offsets) and whole-row width (0: the general strips)."""
+    from zoo.kernels._aot import KernelSpec
+
+    config = _gpu_configs(kernel, layout, int64=strided, fw=fw)[0]
+    tile = {name: value for name, value in config.kwargs.items() if name != "ROWS"}
+    label = "R{ROWS},BW{BW},G{G},C{BLOCK_C}".format(**config.kwargs) + (f",FW{fw}" if fw else "")
+    return KernelSpec(
+        name=f"_direct_kernel[{dtype},{layout},K{kernel[0]}x{kernel[1]},{label},"
+        f"w{config.num_warps},{'bwd' if flip else 'fwd'}{',strided' if strided else ''}]",
+        fn=_direct_kernel,
+        signature=_signature(dtype, layout, strided),
+        constexprs=dict(KH=kernel[0], KW=kernel[1], INT64=strided, FW=fw, **tile),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+        ci=ci,
+        maxnreg=config.maxnreg,
+    )
 
 
 def _interior_fraction(n: int, c: int, h: int, k: int, meta: dict, fw: int = 0) -> float:
