@@ -828,10 +828,11 @@ def _na_bwd_q_kernel(
     SCATTER_ASM: tl.constexpr,
 ):
     """Backward for one query box: first delta = rowsum(dO * O) of its queries (without a bias: computed here and
-    stored to ``delta_ptr`` for the dk/dv kernel, launched after this one; with one, read), then dq = scale sum_k ds k over the key boxes of its windows; with a
-    bias, the logit gradients ds also go to dlogit [B, heads, N, prod(K)] (float32) at each key's window slot (a
-    separable index: per-key minus per-query), for the rpb gradient (summed per relative offset by the
-    launcher)."""
+    stored to ``delta_ptr`` for the dk/dv kernel, launched after this one; with one, read), then dq = scale sum_k
+    ds k over the key boxes of its windows; with a bias, the logit gradients ds also go to dlogit [B, heads, N,
+    prod(K)] (float32) at each key's window slot (a separable index: per-key minus per-query), for the rpb gradient
+    (summed per relative offset by the launcher; inline PTX stores them, or ``tl.store`` where SCATTER_ASM is off:
+    the interpreter and the variant a torch.compile graph launches)."""
     TQN: tl.constexpr = TQ0 * TQ1 * TQ2
     TKN: tl.constexpr = TK0 * TK1 * TK2
     RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)

@@ -86,15 +86,12 @@ class GraphedUpdates:
         device = self.rates[0].device
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.non_finite = torch.zeros((), dtype=torch.bool, device=device)
-        self.shape: tuple[torch.Size, torch.Size] | None = None
 
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
         """One update on (images, targets); returns the loss on the device (do not read it on the host)."""
         self._copy_learning_rates()
-        shape = (images.shape, targets.shape)
-        if self.shape is None:
-            self.shape = shape
-        loss = self.step(images, targets) if shape == self.shape else self.step.update_eagerly(images, targets)
+        replays = self.step.replays(images, targets)
+        loss = self.step(images, targets) if replays else self.step.update_eagerly(images, targets)
         self.loss_sum.add_(loss.double(), alpha=images.shape[0])
         self.non_finite.logical_or_(~torch.isfinite(loss))
         return loss

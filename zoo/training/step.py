@@ -91,6 +91,14 @@ class TrainStep:
         read and write those same tensors): for a batch of another shape between replays."""
         return self._eager_step(inputs, targets, set_to_none=self.mode != "graph")
 
+    def replays(self, inputs: Tensor, targets: Tensor) -> bool:
+        """Whether a graph-mode call on these shapes captures or replays the graph (False: another shape than the
+        captured one, which :meth:`__call__` refuses and :meth:`update_eagerly` takes)."""
+        if self._static is None:
+            return True
+        static_inputs, static_targets, _ = self._static
+        return inputs.shape == static_inputs.shape and targets.shape == static_targets.shape
+
     def __call__(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """One update on (inputs, targets); returns the loss (0-dim, on the device; in graph mode the static
         buffer the next replay overwrites: clone it to keep it)."""
@@ -99,7 +107,7 @@ class TrainStep:
         if self._graph is None:
             self._capture(inputs, targets)
         static_inputs, static_targets, static_loss = self._static
-        if inputs.shape != static_inputs.shape or targets.shape != static_targets.shape:
+        if not self.replays(inputs, targets):
             raise ValueError(
                 f"a captured step replays one shape: inputs {list(static_inputs.shape)} and targets "
                 f"{list(static_targets.shape)}, got {list(inputs.shape)} and {list(targets.shape)}"

@@ -62,6 +62,13 @@ SHAPES = tuple((k, k) for k in KERNEL_SIZES) + tuple((1, k) for k in KERNEL_SIZE
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@triton.constexpr_function
+def _on_map(q, pw, fw):
+    """Whether window column ``q`` (the column ``q - pw`` of the strip) can be on the map: always for the general
+    strips (``fw == 0``, masked at run time where needed); for a whole-row strip of ``fw`` columns, known here."""
+    return fw == 0 or pw <= q < pw + fw
+
+
 @triton.jit
 def _load_row(
     cols, row_off, col_ok, c_ok, row_ok, MASKED: tl.constexpr, N: tl.constexpr, FW: tl.constexpr, PW: tl.constexpr
@@ -73,7 +80,7 @@ def _load_row(
     xs = ()
     for q in tl.static_range(N):
         ptrs = cols[q] + row_off
-        if FW > 0 and (q < PW or q - PW >= FW):
+        if not _on_map(q, PW, FW):
             xs = xs + (0.0,)
         elif FW > 0 and MASKED:
             xs = xs + (to_f32(tl.load(ptrs, mask=c_ok & row_ok, other=0.0)),)
@@ -98,7 +105,7 @@ def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr
             else:
                 a = acc[(kh - 1) * BW + t]
             for kw in tl.static_range(KW):
-                if FW == 0 or (t + kw >= (KW - 1) // 2 and t + kw - (KW - 1) // 2 < FW):
+                if _on_map(t + kw, (KW - 1) // 2, FW):
                     a = a + xs[t + kw] * w[kh * KW + kw]
             new = new + (a,)
     return new
