@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from tests.helpers import DEVICE, in_layout
+from zoo.kernels._backend import ticket_counters
 from zoo.kernels.dwconv import _igemm
-from zoo.kernels.dwconv._common import ticket_counters
 from zoo.kernels.dwconv.reference import dwconv2d_reference
 
 # the relative rounding error of one conversion from fp32: half an ulp (round to nearest), but a whole one for bf16,

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.helpers import DEVICE
+from zoo.kernels._backend import ticket_counters
 from zoo.kernels.dwconv import _wgrad, dwconv2d
-from zoo.kernels.dwconv._common import ticket_counters
 from zoo.kernels.dwconv.reference import dwconv2d_reference
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")

@@ -169,8 +169,6 @@ SMALL_OPS = {
     ),
     "s4d_kernel_zoh": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="zoh", backend="triton")),
     "s4d_kernel_bilinear": (_s4d_params, lambda t: s4d_kernel(*t, L=21, method="bilinear", backend="triton")),
-    # without a bias (with one, the bias gradient's reduction over the batch is not folded into the kernels yet:
-    # test_neighborhood_forward_with_a_bias_is_one_launch)
     "neighborhood_attention_1d_causal": (
         lambda: _leaves(*(torch.randn(2, 11, 2, 16) for _ in range(3))),
         lambda t: neighborhood_attention(*t, kernel_size=5, is_causal=True, backend="triton"),
@@ -178,6 +176,15 @@ SMALL_OPS = {
     "neighborhood_attention_2d_dilated": (
         lambda: _leaves(*(torch.randn(1, 7, 9, 2, 16) for _ in range(3))),
         lambda t: neighborhood_attention(*t, kernel_size=3, dilation=2, backend="triton"),
+    ),
+    # with a bias: its gradient is summed over the batch and per offset by the dk/dv launch's extra programs
+    "neighborhood_attention_2d_bias": (
+        lambda: _leaves(*(torch.randn(3, 7, 9, 2, 16) for _ in range(3)), torch.randn(2, 5, 9)),
+        lambda t: neighborhood_attention(*t[:3], kernel_size=(3, 5), dilation=(2, 1), rpb=t[3], backend="triton"),
+    ),
+    "neighborhood_attention_3d_bias": (
+        lambda: _leaves(*(torch.randn(2, 3, 6, 5, 1, 16) for _ in range(3)), torch.randn(1, 5, 5, 5)),
+        lambda t: neighborhood_attention(*t[:3], kernel_size=3, rpb=t[3], backend="triton"),
     ),
 }
 

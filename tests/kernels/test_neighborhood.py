@@ -12,6 +12,7 @@ import torch
 
 import zoo.kernels._backend as backend_module
 from tests.helpers import DEVICE, assert_close, assert_relative_error
+from zoo.kernels._backend import ticket_counters
 from zoo.kernels.neighborhood import (
     na1d,
     na2d,
@@ -186,17 +187,22 @@ def test_non_contiguous_inputs():
         na_backward(dy, q, k, v, out, lse[:, :1], 3, 1, False, rpb)
 
 
-def test_bias_gradient_over_batch_chunks(monkeypatch):
-    """A buffer budget smaller than one batch item: the logit gradients go one item at a time."""
+@pytest.mark.parametrize("items", [1, 2])
+def test_bias_gradient_over_batch_groups(monkeypatch, items):
+    """A buffer budget of fewer batch items than the batch (3): each dq program sums the logit gradients of its
+    group's items in place (1 item: one group of all three; 2 items: groups {0, 2} and {1}); the bias gradient's
+    programs leave their ticket counters at zero for the next launch."""
     import zoo.kernels.neighborhood as na_module
 
-    monkeypatch.setattr(na_module, "DLOGIT_BYTES", 1)
     case = ((4, 6), 2, 16, 3, (1, 2), False, True)
+    heads, tokens, window = 2, 4 * 6, 3 * 3
+    monkeypatch.setattr(na_module, "DLOGIT_BYTES", items * heads * tokens * window * 4)
     inputs = _inputs(case, torch.float32, batch=3, seed=9)
-    dy = torch.randn(inputs[0].shape, device=DEVICE)
+    dy = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(10)).to(DEVICE)
     y, grads = _grads(_attention(case, "triton"), inputs, dy)
     y64, grads64 = _grads(_attention(case, "torch"), [t.double() for t in inputs], dy.double())
     _check(y, grads, y64, grads64, torch.float32)
+    assert torch.count_nonzero(ticket_counters(inputs[0].device, heads * 5 * 5)) == 0
 
 
 def test_backward_takes_an_output_gradient_of_another_dtype():

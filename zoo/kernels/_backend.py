@@ -217,6 +217,28 @@ def tracing_kernels() -> bool:
     return getattr(_TRACING_KERNELS, "on", False)
 
 
+_TICKETS: dict[tuple, torch.Tensor] = {}
+
+
+def ticket_counters(device: torch.device, size: int) -> torch.Tensor:
+    """The int32 ticket counters of the one-launch reductions (the depthwise weight gradients, the neighborhood
+    attention's bias gradient) on this device and stream.
+
+    Each program of such a reduction writes its partial sums, then takes a ticket (one acq_rel atomic on its
+    group's counter); the program that draws the last ticket adds the partials in a fixed order (deterministic)
+    and resets the counter to zero. So the counters are zero between launches: allocated once (grown when a
+    launch needs more groups), never cleared by a memset launch. Launches on one stream run in order and share
+    them; each stream has its own. A traced call (``tracing_kernels``) allocates zeroed counters in its graph."""
+    if tracing_kernels():
+        return torch.zeros(size, dtype=torch.int32, device=device)
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    counters = _TICKETS.get(key)
+    if counters is None or counters.numel() < size:
+        counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
+        _TICKETS[key] = counters
+    return counters
+
+
 def launchable(kernel: Any) -> Any:
     """``kernel`` (a ``triton.jit`` function or ``triton.autotune`` wrapper) as the launcher should call it:
     itself when running, ``torch.library.wrap_triton(kernel)`` while :func:`tracing_kernels`, so that the launch

@@ -14,18 +14,18 @@ spatial axis of length n with kernel size k (odd, >= 3), dilation d and a causal
 with an optional relative position bias ``rpb`` [heads, 2 k0 - 1 (, 2 k1 - 1 (, 2 k2 - 1))] (not with causal).
 
 The Triton kernels are fused (FlashAttention-style online softmax over each query's neighbourhood; the attention
-matrix is never materialised, except that the backward with a bias stores the float32 logit gradients of a
-chunk of the batch, [chunk, heads, N, prod(kernel_size)] (at most 256 MiB, or one batch item), to sum them per
-relative offset). A program owns a box of one dilation group (group coordinates) and walks only the boxes that
+matrix is never materialised, except that the backward with a bias stores the float32 logit gradients of the
+batch, [groups, heads, prod(kernel_size), N] (at most 256 MiB: each of the ``groups`` entries sums several items
+where the batch does not fit), to sum them per relative offset). A program owns a box of one dilation group (group coordinates) and walks only the boxes that
 its windows reach (key boxes covering the union of a query box's windows; the query boxes whose windows reach a
 key box). Kernel sizes, causal flags, head_dim and the boxes are compile-time constants; the per-pair work is kept
 to a minimum: the window mask is separable (per axis, one unsigned range check of key minus window start, from a
 per-query and a per-key vector), the bias index is one subtraction (per-key minus per-query index into a padded,
 pre-scaled copy of rpb that every walked offset lands in, so the gather needs no mask), loads are clamped into
 the map instead of masked, and with head_dim <= 32 a forward program serves two heads with one mask and index.
-The backward recomputes the probabilities from the saved log-sum-exp: one kernel per key box walks the queries
-that can see it (dk, dv), one per query box walks its keys (dq, and the logit gradients that make drpb, summed per
-relative offset afterwards).
+The backward recomputes the probabilities from the saved log-sum-exp in two launches: one kernel per query box
+walks its keys (delta, dq, and the logit gradients), then one per key box walks the queries that can see it (dk,
+dv), and with a bias that launch's extra programs sum the logit gradients per relative offset into drpb.
 
 Layout of this file (the kernel contract, docs/design.md §2): input checks, the reference, the Triton kernels, the
 launchers, the registered op and the public functions ``na1d``, ``na2d``, ``na3d``. ``backend="auto"`` on CPU tensors
@@ -35,7 +35,7 @@ runs the blocked dense path of zoo/kernels/neighborhood_cpu.py.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -55,6 +55,7 @@ from zoo.kernels._backend import (
     launchable,
     requested_backend,
     resolve_backend,
+    ticket_counters,
     tl,
     tracing_kernels,
     triton,
@@ -402,10 +403,10 @@ def _gather_bias(rows, cols, ASM: tl.constexpr):
 
 
 @triton.jit
-def _scatter_logits(rows, cols, x, mask, ASM: tl.constexpr):
-    """Store x [queries, keys] (float32) at ``rows[q] + cols[k]`` where ``mask``. On a GPU inline PTX in the
-    layout the values are in (no trip through shared memory to a store layout): one wide multiply-add, a
-    predicate and a store per pair."""
+def _store_logits(rows, cols, x, mask, ASM: tl.constexpr):
+    """Store x [queries, keys] (float32) at ``rows[q] + cols[k]`` where ``mask``: on a GPU inline PTX in the layout
+    the values are in (no trip through shared memory to a store layout), one wide multiply-add, a predicate and a
+    store per pair."""
     if ASM:
         addr = rows.to(tl.int64)[:, None] + (cols.to(tl.int64) * 4)[None, :]
         tl.inline_asm_elementwise(
@@ -418,6 +419,135 @@ def _scatter_logits(rows, cols, x, mask, ASM: tl.constexpr):
         )
     else:
         tl.store(rows[:, None] + cols[None, :], x, mask=mask)
+
+
+@triton.jit
+def _scatter_logits(rows, cols, x, mask, accumulate, ACCUMULATE: tl.constexpr, ASM: tl.constexpr):
+    """``_store_logits``, or with ACCUMULATE added to the values there where ``accumulate`` (a scalar: the
+    program wrote them for an earlier batch item; each (query, slot) belongs to one program and one thread, so
+    the read-add-write needs no atomic): on a GPU a second predicate, a predicated load and an add per pair
+    more."""
+    if not ACCUMULATE:
+        _store_logits(rows, cols, x, mask, ASM)
+    elif ASM:
+        addr = rows.to(tl.int64)[:, None] + (cols.to(tl.int64) * 4)[None, :]
+        tl.inline_asm_elementwise(
+            "{ .reg .pred p, a; .reg .f32 t; setp.ne.b32 p, $3, 0; setp.ne.b32 a, $4, 0; "
+            "mov.f32 t, 0f00000000; @a ld.global.f32 t, [$1]; add.f32 t, t, $2; @p st.global.f32 [$1], t; "
+            "mov.u32 $0, 0; }",
+            "=r,l,f,r,r",
+            [addr, x, mask.to(tl.int32), (mask & accumulate).to(tl.int32)],
+            dtype=tl.int32,
+            is_pure=False,
+            pack=1,
+        )
+    else:
+        ptrs = rows[:, None] + cols[None, :]
+        prior = tl.load(ptrs, mask=mask & accumulate, other=0.0)
+        tl.store(ptrs, x + prior, mask=mask)
+
+
+@triton.jit
+def _axis_slot(i, r, n, d, K: tl.constexpr):
+    """Along one axis: the window slot of the key at rpb index ``r`` (0 .. 2K - 2; offset r - (K - 1)) from the
+    query at absolute coordinate ``i`` of an axis of n tokens and dilation d (outside [0, K): no such key in its
+    window). The key's group coordinate is c + r - (K - 1), its slot that minus the window start."""
+    if K == 1:
+        slot = r + 0 * i
+    else:
+        c = i // d
+        n_group = (n - i % d + d - 1) // d
+        slot = r - (K - 1) + c - _window_start(c, n_group, K, False)
+    return slot
+
+
+@triton.jit
+def _axis_range(r, n, d, K: tl.constexpr):
+    """[lo, hi): along one axis, the absolute coordinates of the queries whose window holds a key at rpb index r
+    (a query's class u = c - start(c) runs 0 .. K - 1 over the axis: u < K // 2 on the first (K // 2) d
+    coordinates, d each, K // 2 inside, u > K // 2 on the last ones; the key's slot is r - (K - 1) + u, so the
+    classes with a slot in [0, K) are one run of them, one run of coordinates)."""
+    H: tl.constexpr = K // 2
+    u_lo = tl.maximum(K - 1 - r, 0)
+    u_hi = tl.minimum(2 * K - 2 - r, K - 1)
+    lo = tl.where(u_lo <= H, u_lo * d, n - (K - u_lo) * d)
+    hi = tl.where(u_hi < H, (u_hi + 1) * d, tl.where(u_hi == H, n - H * d, n - (K - 1 - u_hi) * d))
+    return lo, hi
+
+
+@triton.jit
+def _bias_grad(
+    w,
+    dlogit_ptr,
+    drpb_ptr,
+    partial_ptr,
+    counter_ptr,
+    heads,
+    groups,
+    chunks,
+    chunk_trips,
+    n0,
+    n1,
+    n2,
+    d0,
+    d1,
+    d2,
+    K0: tl.constexpr,
+    K1: tl.constexpr,
+    K2: tl.constexpr,
+    BLOCK: tl.constexpr,
+    GROUPS: tl.constexpr,
+    FIN_BLOCK: tl.constexpr,
+):
+    """Chunk w % chunks of drpb[h, r], hr = w // chunks = h R + r (R = prod(2 K_a - 1); none past heads R): the
+    sum over the batch groups and over the queries whose window holds offset r (a box, ``_axis_range``) of the
+    logit gradient at that offset's window slot, from dlogit [groups, heads, prod(K), N] (float32, queries
+    contiguous: a block of queries with one slot is one coalesced load; each entry belongs to one offset). The
+    trips over (box row, block of BLOCK queries, step of GROUPS groups) are split into chunks of ``chunk_trips``;
+    each chunk writes its partial sum and takes a ticket (one acq_rel atomic); the last adds the partials in chunk
+    order (deterministic), stores drpb[h, r] in its dtype and resets the counter."""
+    R1: tl.constexpr = 2 * K1 - 1
+    R2: tl.constexpr = 2 * K2 - 1
+    R: tl.constexpr = (2 * K0 - 1) * R1 * R2
+    KK: tl.constexpr = K0 * K1 * K2
+    hr = w // chunks
+    if hr < heads * R:
+        h = hr // R
+        r = hr % R
+        r0, r1, r2 = r // (R1 * R2), (r // R2) % R1, r % R2
+        lo0, hi0 = _axis_range(r0, n0, d0, K0)
+        lo1, hi1 = _axis_range(r1, n1, d1, K1)
+        lo2, hi2 = _axis_range(r2, n2, d2, K2)
+        width = hi2 - lo2
+        inner = (hi1 - lo1) * width
+        blocks = tl.cdiv(inner, BLOCK)
+        steps = tl.cdiv(groups, GROUPS)
+        N = n0 * n1 * n2
+        first = (w % chunks) * chunk_trips
+        last = tl.minimum(first + chunk_trips, (hi0 - lo0) * blocks * steps)
+        acc = tl.zeros([GROUPS, BLOCK], dtype=tl.float32)
+        for t in range(first, last):
+            i0 = lo0 + t // (blocks * steps)
+            j = ((t // steps) % blocks) * BLOCK + tl.arange(0, BLOCK)
+            g = (t % steps) * GROUPS + tl.arange(0, GROUPS)
+            i1 = lo1 + j // width
+            i2 = lo2 + j % width
+            slot = (_axis_slot(i0, r0, n0, d0, K0) * K1 + _axis_slot(i1, r1, n1, d1, K1)) * K2
+            slot += _axis_slot(i2, r2, n2, d2, K2)
+            ptrs = dlogit_ptr + ((g * heads + h).to(tl.int64) * (KK * N))[:, None]
+            ptrs += (slot.to(tl.int64) * N + (i0 * n1 + i1) * n2 + i2)[None, :]
+            acc += tl.load(ptrs, mask=(g < groups)[:, None] & (j < inner)[None, :], other=0.0)
+        tl.store(partial_ptr + w, tl.sum(tl.sum(acc, axis=1), axis=0))
+        tl.debug_barrier()  # the partial is written before the ticket is taken
+        ticket = tl.atomic_add(counter_ptr + hr, 1, sem="acq_rel", scope="gpu")
+        if ticket == chunks - 1:  # the last chunk of this offset: every partial is visible
+            c = tl.arange(0, FIN_BLOCK)
+            total = tl.zeros([FIN_BLOCK], dtype=tl.float32)
+            for start in range(0, chunks, FIN_BLOCK):
+                mask = start + c < chunks
+                total += tl.load(partial_ptr + hr * chunks + start + c, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(drpb_ptr + hr, tl.sum(total, axis=0).to(drpb_ptr.dtype.element_ty))
+            tl.store(counter_ptr + hr, 0)  # ready for the next launch
 
 
 @triton.jit
@@ -621,7 +751,15 @@ def _na_bwd_kv_kernel(
     delta_ptr,
     dk_ptr,
     dv_ptr,
+    dlogit_ptr,
+    drpb_ptr,
+    partial_ptr,
+    counter_ptr,
     heads,
+    batch_heads,
+    groups,
+    chunks,
+    chunk_trips,
     scale,
     n0,
     n1,
@@ -678,10 +816,25 @@ def _na_bwd_kv_kernel(
     BLOCK_D: tl.constexpr,
     EXACT_DOT: tl.constexpr,
     ASM: tl.constexpr,
+    BIAS_BLOCK: tl.constexpr,
+    BIAS_GROUPS: tl.constexpr,
+    BIAS_FIN_BLOCK: tl.constexpr,
 ):
     """Backward for one key box: dv = sum_q p dO and dk = scale sum_q ds q over the query boxes whose windows
     can hold its keys (dk and dv share the strides sg_*; unit head_dim stride). The mask and the bias index are
-    separable per axis, as in the forward; loads are clamped into the map instead of masked."""
+    separable per axis, as in the forward; loads are clamped into the map instead of masked.
+
+    With a bias, the programs past the batch x heads rows of the grid (``batch_heads``) compute drpb instead, a
+    chunk of one offset of one head each (``_bias_grad``), from the logit gradients the dq kernel wrote before
+    this launch."""
+    if tl.program_id(0) >= batch_heads:
+        if HAS_RPB:
+            w = (tl.program_id(0) - batch_heads) * tl.num_programs(1) + tl.program_id(1)
+            _bias_grad(
+                w, dlogit_ptr, drpb_ptr, partial_ptr, counter_ptr, heads, groups, chunks, chunk_trips, n0, n1, n2,
+                d0, d1, d2, K0, K1, K2, BIAS_BLOCK, BIAS_GROUPS, BIAS_FIN_BLOCK,
+            )  # fmt: skip
+        return
     TQN: tl.constexpr = TQ0 * TQ1 * TQ2
     TKN: tl.constexpr = TK0 * TK1 * TK2
     RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)
@@ -763,6 +916,8 @@ def _na_bwd_q_kernel(
     dq_ptr,
     dlogit_ptr,
     heads,
+    batch,
+    groups,
     scale,
     n0,
     n1,
@@ -826,20 +981,25 @@ def _na_bwd_q_kernel(
     EXACT_DOT: tl.constexpr,
     ASM: tl.constexpr,
     SCATTER_ASM: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
 ):
-    """Backward for one query box: first delta = rowsum(dO * O) of its queries (without a bias: computed here and
-    stored to ``delta_ptr`` for the dk/dv kernel, launched after this one; with one, read), then dq = scale sum_k
-    ds k over the key boxes of its windows; with a bias, the logit gradients ds also go to dlogit [B, heads, N,
-    prod(K)] (float32) at each key's window slot (a separable index: per-key minus per-query), for the rpb gradient
-    (summed per relative offset by the launcher; inline PTX stores them, or ``tl.store`` where SCATTER_ASM is off:
-    the interpreter and the variant a torch.compile graph launches)."""
+    """Backward for one query box of one head, for the batch items g, g + groups, ... of its group g: delta =
+    rowsum(dO * O) of its queries (stored to ``delta_ptr`` for the dk/dv kernel, launched after this one), then
+    dq = scale sum_k ds k over the key boxes of its windows; with a bias, the logit gradients ds also go to dlogit
+    [groups, heads, prod(K), N] (float32) at each (key's window slot, query) (a separable index: per-key plus
+    per-query), for the rpb gradient that the dk/dv launch's extra programs sum per relative offset
+    (``_bias_grad``). With groups = batch (the buffer holds the batch; always without a bias) a program has one
+    item; else (ACCUMULATE) the program sums its items' gradients in place. Inline PTX scatters them, or
+    ``tl.load``/``tl.store`` where SCATTER_ASM is off: the interpreter and the variant a torch.compile graph
+    launches."""
     TQN: tl.constexpr = TQ0 * TQ1 * TQ2
     TKN: tl.constexpr = TK0 * TK1 * TK2
+    KK: tl.constexpr = K0 * K1 * K2
     RPB_HEAD: tl.constexpr = _bias_extent(TQ0, K0, TK0) * _bias_extent(TQ1, K1, TK1) * _bias_extent(TQ2, K2, TK2)
     g0, t0, g1, t1, g2, t2 = _split_tile(tl.program_id(1), d0, d1, d2, tiles0, tiles1, tiles2)
-    bh = tl.program_id(0)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
+    gh = tl.program_id(0)
+    group = gh // heads
+    h = (gh % heads).to(tl.int64)
     ng0, ng1, ng2 = (n0 - g0 + d0 - 1) // d0, (n1 - g1 + d1 - 1) // d1, (n2 - g2 + d2 - 1) // d2
     f0, f1, f2 = t0 * TQ0, t1 * TQ1, t2 * TQ2
     qc0 = _axis_coords(f0, TQ1 * TQ2, TQ0, TQN)
@@ -857,61 +1017,70 @@ def _na_bwd_q_kernel(
     n_tiles = tl.where(empty, 0, tl.cdiv(hi0 - lo0, TK0) * nk1 * nk2)
 
     dd = tl.arange(0, BLOCK_D)
+    N = n0 * n1 * n2
     n_flat = _flat_index(
         tl.minimum(qc0, ng0 - 1), tl.minimum(qc1, ng1 - 1), tl.minimum(qc2, ng2 - 1), g0, g1, g2, d0, d1, d2, n1, n2
     )
-    row = bh.to(tl.int64) * (n0 * n1 * n2)
-    do_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
-    do = _load_rows(do_ptr + b * sdo_b + h * sdo_h, do_rows, dd, sdo_d, HEAD_DIM, BLOCK_D, False)
-    if HAS_RPB:  # the launcher computed delta: beside the bias's registers this spilled on sm_80
-        delta = tl.load(delta_ptr + row + n_flat)
-    else:
-        o_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, so_0, so_1, so_2)
-        o = _load_rows(out_ptr + b * so_b + h * so_h, o_rows, dd, so_d, HEAD_DIM, BLOCK_D, False)
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-        tl.store(delta_ptr + row + n_flat, delta, mask=q_ok)
-    q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
-    q = _load_rows(q_ptr + b * s_b + h * s_h, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False)
-    lse = tl.load(lse_ptr + row + n_flat)
-    k_base = k_ptr + b * sk_b + h * sk_h
-    v_base = v_ptr + b * sv_b + h * sv_h
     bias_q = (
         rpb_ptr
         + h * RPB_HEAD
         + _bias_origin(TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
         - _bias_coord(qc0, qc1, qc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
     )
-    # the window slot of a key: sum_a (kc_a - ws_a) S_a, S the row-major strides of [K0, K1, K2]
-    slot_q = dlogit_ptr + (row + n_flat) * (K0 * K1 * K2) - ((ws0 * K1 + ws1) * K2 + ws2)
-    dq = tl.zeros([TQN, BLOCK_D], dtype=tl.float32)
+    # dlogit's index of (query, key): (slot) N + query, slot = sum_a (kc_a - ws_a) S_a with S the row-major
+    # strides of [K0, K1, K2]: per-query rows minus the window start's slot, per-key columns
+    slot_q = dlogit_ptr + gh.to(tl.int64) * (KK * N) + n_flat - ((ws0 * K1 + ws1) * K2 + ws2) * N
     scale2 = scale * 1.4426950408889634
-    for t in range(0, n_tiles):
-        kc0 = _axis_coords(lo0 + (t // (nk1 * nk2)) * TK0, TK1 * TK2, TK0, TKN)
-        kc1 = _axis_coords(lo1 + ((t // nk2) % nk1) * TK1, TK2, TK1, TKN)
-        kc2 = _axis_coords(lo2 + (t % nk2) * TK2, 1, TK2, TKN)
-        k_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sk_0, sk_1, sk_2)
-        v_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sv_0, sv_1, sv_2)
-        kt = _load_rows(k_base, k_rows, dd, sk_d, HEAD_DIM, BLOCK_D, True)
-        vt = _load_rows(v_base, v_rows, dd, sv_d, HEAD_DIM, BLOCK_D, True)
-        ok = _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0, K1, K2)
-        s = _dot(q, kt, EXACT_DOT)
-        if HAS_RPB:
-            bias_k = _bias_coord(kc0, kc1, kc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
-            s = s * scale2 + _gather_bias(bias_q, bias_k, ASM)
-        else:
-            s = s * scale2
-        p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
-        ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
-        dq += _dot(ds.to(kt.dtype), tl.trans(kt), EXACT_DOT)
-        if HAS_RPB:
-            slot_k = (kc0 * K1 + kc1) * K2 + kc2
-            _scatter_logits(slot_q, slot_k, ds, ok & q_ok[:, None], SCATTER_ASM)
-    g_off = b * sg_b + h * sg_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
-    q_mask = q_ok[:, None] & (dd < HEAD_DIM)[None, :]
-    tl.store(dq_ptr + g_off[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
+    if ACCUMULATE:
+        items = tl.cdiv(batch - group, groups)
+    else:
+        items = 1  # groups = batch: one item, no loop in the compiled code
+    for step in range(0, items):
+        b = group.to(tl.int64) + step * groups
+        row = (b * heads + h) * N
+        # the row offsets here, not before the loop: they would stay live through the walk (spills on sm_80)
+        do_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sdo_0, sdo_1, sdo_2)
+        o_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, so_0, so_1, so_2)
+        q_rows = _clamped_offsets(qc0, qc1, qc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, s_0, s_1, s_2)
+        do = _load_rows(do_ptr + b * sdo_b + h * sdo_h, do_rows, dd, sdo_d, HEAD_DIM, BLOCK_D, False)
+        o = _load_rows(out_ptr + b * so_b + h * so_h, o_rows, dd, so_d, HEAD_DIM, BLOCK_D, False)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        tl.store(delta_ptr + row + n_flat, delta, mask=q_ok)
+        q = _load_rows(q_ptr + b * s_b + h * s_h, q_rows, dd, s_d, HEAD_DIM, BLOCK_D, False)
+        lse = tl.load(lse_ptr + row + n_flat)
+        k_base = k_ptr + b * sk_b + h * sk_h
+        v_base = v_ptr + b * sv_b + h * sv_h
+        dq = tl.zeros([TQN, BLOCK_D], dtype=tl.float32)
+        for t in range(0, n_tiles):
+            kc0 = _axis_coords(lo0 + (t // (nk1 * nk2)) * TK0, TK1 * TK2, TK0, TKN)
+            kc1 = _axis_coords(lo1 + ((t // nk2) % nk1) * TK1, TK2, TK1, TKN)
+            kc2 = _axis_coords(lo2 + (t % nk2) * TK2, 1, TK2, TKN)
+            k_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sk_0, sk_1, sk_2)
+            v_rows = _clamped_offsets(kc0, kc1, kc2, g0, g1, g2, ng0, ng1, ng2, d0, d1, d2, sv_0, sv_1, sv_2)
+            kt = _load_rows(k_base, k_rows, dd, sk_d, HEAD_DIM, BLOCK_D, True)
+            vt = _load_rows(v_base, v_rows, dd, sv_d, HEAD_DIM, BLOCK_D, True)
+            ok = _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0, K1, K2)
+            s = _dot(q, kt, EXACT_DOT)
+            if HAS_RPB:
+                bias_k = _bias_coord(kc0, kc1, kc2, TQ0, TQ1, TQ2, K0, K1, K2, TK0, TK1, TK2)
+                s = s * scale2 + _gather_bias(bias_q, bias_k, ASM)
+            else:
+                s = s * scale2
+            p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
+            ds = p * (_dot(do, vt, EXACT_DOT) - delta[:, None])
+            dq += _dot(ds.to(kt.dtype), tl.trans(kt), EXACT_DOT)
+            if HAS_RPB:
+                slot_k = ((kc0 * K1 + kc1) * K2 + kc2) * N
+                _scatter_logits(slot_q, slot_k, ds, ok & q_ok[:, None], step > 0, ACCUMULATE, SCATTER_ASM)
+        g_off = b * sg_b + h * sg_h + _offsets(qc0, qc1, qc2, g0, g1, g2, d0, d1, d2, sg_0, sg_1, sg_2)
+        q_mask = q_ok[:, None] & (dd < HEAD_DIM)[None, :]
+        tl.store(dq_ptr + g_off[:, None] + dd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_mask)
 
 
-DLOGIT_BYTES = 1 << 28  # the backward's buffer of logit gradients (with a bias): 256 MiB at most per launch
+# The backward's buffer of logit gradients (with a bias): 256 MiB at most; when the batch does not fit, each dq
+# program sums the items of its group of the batch in place
+DLOGIT_BYTES = 1 << 28
+BIAS_CHUNK_TRIPS = 2 if INTERPRETER else 16  # load trips per program of the bias gradient (several chunks in tests)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1022,6 +1191,12 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     else:
         own = _OWN_GPU_SMALL[dims] if problem["block_d"] > 64 else _OWN_GPU[dims]
         cap, warps, stages = (64 if problem["block_d"] <= 32 else 32), 4, (3 if dims == 3 else 2)
+        # with a bias, fewer stages where more spill on sm_80 (the bias gradient's programs share the dk/dv
+        # kernel; the dq kernel computes delta)
+        if kernel is _na_bwd_kv_kernel and has_rpb and 32 < problem["block_d"] <= 64:
+            stages = 1
+        if kernel is _na_bwd_q_kernel and has_rpb and dims == 3:
+            stages = 1
     other = _cover(own, ks, cap)
     tq, tk = (other, own) if kernel is _na_bwd_kv_kernel else (own, other)
     config = dict(
@@ -1047,10 +1222,17 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     )
     if forward:
         config["HPP"] = hpp
+    if kernel is _na_bwd_kv_kernel:
+        # the bias gradient's programs load [BIAS_GROUPS batch groups, BIAS_BLOCK queries] at a time and add
+        # BIAS_FIN_BLOCK chunks' partials at a time
+        config.update(BIAS_BLOCK=64 * warps, BIAS_GROUPS=8, BIAS_FIN_BLOCK=16)
+        if INTERPRETER:  # several blocks, steps and chunks on the tests' small inputs
+            config.update(BIAS_BLOCK=16, BIAS_GROUPS=2, BIAS_FIN_BLOCK=2)
     if kernel is _na_bwd_q_kernel:
         # the logit scatter's inline PTX is a store that torch.compile's analysis of a traced kernel cannot see
         # (it would then assume that the kernel writes to every input, and copy them first): tl.store there
         config["SCATTER_ASM"] = not INTERPRETER and not tracing_kernels()
+        config["ACCUMULATE"] = False  # the launcher's choice (batch groups)
     return config
 
 
@@ -1058,19 +1240,6 @@ def _boxes(config: dict, kernel) -> tuple[tuple[int, int, int], tuple[int, int, 
     """(own box, walked box) of a launch configuration."""
     tq, tk = (tuple(config[f"{p}{a}"] for a in range(3)) for p in ("TQ", "TK"))
     return (tk, tq) if kernel is _na_bwd_kv_kernel else (tq, tk)
-
-
-def _bias_index(spatial: tuple, ks: tuple, ds: tuple, cs: tuple, device: torch.device) -> Tensor:
-    """The flat rpb index of every (query, window slot), [N K] (``neighborhood_table``'s third table), cached per
-    problem: the bias gradient's scatter needs it on every backward call (a traced call builds it in its graph)."""
-    if tracing_kernels():
-        return neighborhood_table(spatial, ks, ds, cs, device)[2].flatten()
-    return _cached_bias_index(spatial, ks, ds, cs, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_bias_index(spatial: tuple, ks: tuple, ds: tuple, cs: tuple, device: torch.device) -> Tensor:
-    return neighborhood_table(spatial, ks, ds, cs, device)[2].flatten()
 
 
 def _bias_table(rpb: Tensor | None, like: Tensor, constexprs: dict) -> Tensor:
@@ -1152,8 +1321,10 @@ def na_backward(
     scale: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Triton backward: (dq, dk, dv, drpb) in the dtypes of the inputs (drpb an empty tensor without rpb), from
-    the forward's ``out`` and ``lse``. dk and dv come from one kernel over key tiles, dq (and the logit gradients
-    that give drpb, summed per relative offset) from one over query tiles; no atomics in the kernels."""
+    the forward's ``out`` and ``lse``. Two launches: dq (and delta, and the logit gradients that give drpb) from
+    one kernel over query tiles, then dk and dv from one over key tiles, whose extra programs (with a bias) sum the
+    logit gradients per relative offset. No atomics on data (one ticket per program of the bias gradient, whose
+    last chunk adds the partial sums in a fixed order: deterministic)."""
     ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
     check_float_tensor("grad_out", grad_out)
     if grad_out.shape != q.shape or out.shape != q.shape or grad_out.device != q.device:
@@ -1172,66 +1343,114 @@ def na_backward(
     if q.numel() == 0:
         return dq, dk, dv, (torch.zeros_like(rpb) if rpb is not None else q.new_empty(0))
     problem = _problem(q, ks, ds, cs)
-    with device_guard(q.device):
-        # delta = rowsum(dO * O): without a bias written by the dq kernel (which loads dO anyway), read by the dk/dv
-        # kernel after it; with a bias computed here (in the dq kernel it spilled on sm_80)
-        if rpb is None:
-            delta = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)
-        else:
-            delta = (grad_out.float() * out.float()).sum(-1).reshape(B, N, heads).transpose(1, 2).contiguous()
-        common = (heads, scale, *problem["spatial"], *problem["dilation"])
-        inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
-        q_strides = (*inputs, *_strides(out), *_strides(dq, with_last=False))
-        kv_strides = (*inputs, *_strides(dq, with_last=False))  # dk, dv have dq's layout
-        has_rpb = rpb is not None
-        config = _launch_config(problem, heads, has_rpb, _na_bwd_q_kernel)
-        if rpb is None:
-            grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], B * heads)
-            launchable(_na_bwd_q_kernel)[grid](
-                q, k, v, q, grad_out, out, lse, delta, dq, lse, *common, *tiles, *q_strides, **config
-            )
-            _backward_dk_dv(q, k, v, None, grad_out, lse, delta, dk, dv, problem, common, kv_strides)
-            return dq, dk, dv, q.new_empty(0)
-        # With a bias, the logit gradients of a chunk of the batch go to a float32 [chunk, heads, N, K] buffer
-        # (at most DLOGIT_BYTES, or one batch item), summed per relative offset after each chunk.
+    q_config = _launch_config(problem, heads, rpb is not None, _na_bwd_q_kernel)
+    kv_config = _launch_config(problem, heads, rpb is not None, _na_bwd_kv_kernel)
+    q_grid, q_tiles = _grid(problem, _boxes(q_config, _na_bwd_q_kernel)[0], B * heads)
+    kv_grid, kv_tiles = _grid(problem, _boxes(kv_config, _na_bwd_kv_kernel)[0], B * heads)
+    delta = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)  # written by the dq kernel
+    groups, chunks, dlogit, drpb, partial, counters = B, 1, lse, q, lse, lse  # without a bias: unused
+    if rpb is not None:
+        # the logit gradients of the batch (or summed over each group of it, where the batch does not fit), from
+        # the dq kernel; the dk/dv launch's extra programs (rows past batch x heads) sum them per relative offset
+        # into drpb, in chunks per (head, offset) joined by a ticket
         K = math.prod(ks)
-        chunk = max(1, min(B, DLOGIT_BYTES // (heads * N * K * 4)))
-        dlogit = torch.empty((chunk, heads, N, K), dtype=torch.float32, device=q.device)
-        bias = _bias_index(tuple(q.shape[1:-2]), tuple(ks), tuple(ds), tuple(cs), q.device)
-        drpb = torch.zeros((heads, rpb[0].numel()), dtype=torch.float32, device=q.device)
-        table = _bias_table(rpb, q, config)
-        for b0 in range(0, B, chunk):
-            b1 = min(b0 + chunk, B)
-            grid, tiles = _grid(problem, _boxes(config, _na_bwd_q_kernel)[0], (b1 - b0) * heads)
-            launchable(_na_bwd_q_kernel)[grid](
-                q[b0:b1],
-                k[b0:b1],
-                v[b0:b1],
-                table,
-                grad_out[b0:b1],
-                out[b0:b1],
-                lse[b0:b1],
-                delta[b0:b1],
-                dq[b0:b1],
-                dlogit,
-                *common,
-                *tiles,
-                *q_strides,
-                **config,
-            )
-            drpb.index_add_(1, bias, dlogit[: b1 - b0].sum(0).flatten(1))
-        _backward_dk_dv(q, k, v, rpb, grad_out, lse, delta, dk, dv, problem, common, kv_strides)
-    return dq, dk, dv, drpb.view(rpb.shape).to(rpb.dtype)
+        groups = _batch_groups(B, heads, N, K)
+        q_config["ACCUMULATE"] = groups < B
+        dlogit = torch.empty((groups, heads, K, N), dtype=torch.float32, device=q.device)
+        drpb = torch.empty(rpb.shape, dtype=rpb.dtype, device=q.device)
+        offsets = heads * math.prod(2 * kk - 1 for kk in ks)
+        chunks = _bias_chunks(problem, groups, kv_config)
+        partial = torch.empty(offsets * chunks, dtype=torch.float32, device=q.device)
+        counters = ticket_counters(q.device, offsets)
+        kv_grid = (kv_grid[0] + triton.cdiv(offsets * chunks, kv_grid[1]), kv_grid[1])
+    common = (*problem["spatial"], *problem["dilation"])
+    inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
+    with device_guard(q.device):
+        launchable(_na_bwd_q_kernel)[(groups * heads, q_grid[1])](
+            q,
+            k,
+            v,
+            _bias_table(rpb, q, q_config),
+            grad_out,
+            out,
+            lse,
+            delta,
+            dq,
+            dlogit,
+            heads,
+            B,
+            groups,
+            scale,
+            *common,
+            *q_tiles,
+            *inputs,
+            *_strides(out),
+            *_strides(dq, with_last=False),
+            **q_config,
+        )
+        launchable(_na_bwd_kv_kernel)[kv_grid](
+            q,
+            k,
+            v,
+            _bias_table(rpb, q, kv_config),
+            grad_out,
+            lse,
+            delta,
+            dk,
+            dv,
+            dlogit,
+            drpb,
+            partial,
+            counters,
+            heads,
+            B * heads,
+            groups,
+            chunks,
+            BIAS_CHUNK_TRIPS,
+            scale,
+            *common,
+            *kv_tiles,
+            *inputs,
+            *_strides(dq, with_last=False),  # dk, dv have dq's layout
+            **kv_config,
+        )
+    return dq, dk, dv, (drpb if rpb is not None else q.new_empty(0))
 
 
-def _backward_dk_dv(q, k, v, rpb, grad_out, lse, delta, dk, dv, problem, common, strides) -> None:
-    """The dk/dv kernel, launched after the dq kernel has written ``delta``."""
-    config = _launch_config(problem, q.shape[-2], rpb is not None, _na_bwd_kv_kernel)
-    grid, tiles = _grid(problem, _boxes(config, _na_bwd_kv_kernel)[0], q.shape[0] * q.shape[-2])
-    table = _bias_table(rpb, q, config)
-    launchable(_na_bwd_kv_kernel)[grid](
-        q, k, v, table, grad_out, lse, delta, dk, dv, *common, *tiles, *strides, **config
-    )
+def _bias_chunks(problem: dict, groups: int, kv_config: dict) -> int:
+    """Chunks per (head, offset) of the bias gradient's programs: the largest box of queries (offset 0: the map)
+    over ``groups`` batch groups, in trips of [BIAS_GROUPS, BIAS_BLOCK] loads (``_bias_grad``), BIAS_CHUNK_TRIPS
+    trips per chunk."""
+    n0, n1, n2 = problem["spatial"]
+    trips = n0 * triton.cdiv(n1 * n2, kv_config["BIAS_BLOCK"]) * triton.cdiv(groups, kv_config["BIAS_GROUPS"])
+    return triton.cdiv(trips, BIAS_CHUNK_TRIPS)
+
+
+def _bias_trips(problem: dict, groups: int, kv_config: dict) -> int:
+    """Load trips of the bias gradient's programs of one head, over all offsets (the loop report's count; mirrors
+    ``_axis_range``: the queries of offset r along an axis of n tokens, dilation d and kernel k are the classes
+    u = k - 1 - r .. 2 k - 2 - r in [0, k): d coordinates each, n - 2 (k // 2) d for u = k // 2)."""
+
+    def extent(r: int, n: int, d: int, k: int) -> int:
+        return sum(
+            n - 2 * (k // 2) * d if u == k // 2 else d for u in range(max(k - 1 - r, 0), min(2 * k - 2 - r, k - 1) + 1)
+        )
+
+    steps = triton.cdiv(groups, kv_config["BIAS_GROUPS"])
+    trips = 0
+    for r0, r1, r2 in itertools.product(*(range(2 * k - 1) for k in problem["kernel"])):
+        e0, e1, e2 = (
+            extent(r, n, d, k)
+            for r, n, d, k in zip((r0, r1, r2), problem["spatial"], problem["dilation"], problem["kernel"], strict=True)
+        )
+        trips += e0 * triton.cdiv(e1 * e2, kv_config["BIAS_BLOCK"]) * steps
+    return trips
+
+
+def _batch_groups(batch: int, heads: int, tokens: int, window: int) -> int:
+    """The batch items whose float32 logit gradients [heads, window, tokens] the backward's buffer holds: the
+    batch, or as many as DLOGIT_BYTES takes (at least one)."""
+    return max(1, min(batch, DLOGIT_BYTES // (heads * tokens * window * 4)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1440,10 +1659,10 @@ def aot_specs() -> list:
     """Compile specs (zoo/kernels/_aot.py): the forward and both backward kernels at the GPU tiles of 1-, 2- and 3-D
     problems, for q, k, v in bf16, fp16 and fp32 with a bias, bf16 causal without one, and the 2-D kernels at
     head_dim 64 and 128; contiguous [B, *spatial, heads, head_dim] tensors (unit head_dim stride, the other
-    strides multiples of 16), float32 bias, log-sum-exp and buffers."""
+    strides multiples of 16), float32 bias (and its gradient), log-sum-exp and buffers."""
     from zoo.kernels._aot import KernelSpec
 
-    fp32_buffers = {"rpb_ptr", "lse_ptr", "delta_ptr", "dlogit_ptr"}
+    fp32_buffers = {"rpb_ptr", "lse_ptr", "delta_ptr", "dlogit_ptr", "drpb_ptr"}
     variants = [(dims, dtype, True, False, 32, 2) for dims in (1, 2, 3) for dtype in ("bf16", "fp16", "fp32")]
     variants += [(dims, "bf16", False, True, 32, 2) for dims in (1, 2, 3)]
     variants += [(2, "bf16", True, False, 64, 2), (2, "bf16", True, False, 128, 2), (2, "bf16", True, False, 48, 2)]
@@ -1492,6 +1711,13 @@ def aot_specs() -> list:
             constexprs={**traced.constexprs, "SCATTER_ASM": False},
         )
     )  # the variant a torch.compile graph launches (_launch_config)
+    specs.append(
+        dataclasses.replace(
+            traced,
+            name="_na_bwd_q_kernel[2d,bf16,D32,rpb,accumulate]",
+            constexprs={**traced.constexprs, "ACCUMULATE": True},
+        )
+    )  # a batch whose logit gradients do not fit the buffer (_batch_groups)
     return specs + benchmark_specs()
 
 
@@ -1569,8 +1795,36 @@ def benchmark_specs() -> list:
                 )
             ]
             (rows, boxes), tiles = _grid(problem, own, B * heads // hpp)
+            walk = math.prod(mean for _, mean in axes)
+            walks = f"{' x '.join(f'{mean:g}' for _, mean in axes)} = {walk:g}"
+            K = math.prod(problem["kernel"])
+            groups = _batch_groups(B, heads, math.prod(spatial), K) if bias else B
+            values = {"heads": heads, "batch": B, "batch_heads": B * heads, "groups": groups, "chunks": 1}
+            if fn is _na_bwd_q_kernel and groups < B:  # a loop over the batch items of a group around the walk
+                rows = groups * heads
+                constexprs["ACCUMULATE"] = True
+                trips = (B / groups, walk)
+                loops = f"{B / groups:g} batch items of {walks} key boxes of {math.prod(other)}"
+            elif fn is _na_bwd_kv_kernel and bias:  # extra programs after the key boxes: the bias gradient
+                offsets = heads * math.prod(2 * k - 1 for k in problem["kernel"])
+                chunks = _bias_chunks(problem, groups, constexprs)
+                extra = triton.cdiv(offsets * chunks, boxes)
+                loads = heads * _bias_trips(problem, groups, constexprs)
+                finals = triton.cdiv(chunks, constexprs["BIAS_FIN_BLOCK"])
+                everyone = (rows + extra) * boxes
+                trips = ((walk * rows / (rows + extra), loads / everyone, offsets * finals / everyone),)
+                loops = (
+                    f"{rows} x {boxes} programs walk {walks} query boxes of {math.prod(other)}; {extra} x {boxes} "
+                    f"more sum the bias gradients of {offsets} (head, offset) pairs over {groups} batch items in "
+                    f"{chunks} chunks, {loads} loads of [{constexprs['BIAS_GROUPS']}, {constexprs['BIAS_BLOCK']}] "
+                    f"in all, and the last chunk of each adds the partials in {finals} loads"
+                )
+                values["chunks"] = chunks
+                rows += extra
+            else:
+                trips = (walk,)
+                loops = f"loop over the {'key' if by_query else 'query'} boxes of {math.prod(other)}: {walks}"
             programs = rows * boxes
-            trips = math.prod(mean for _, mean in axes)
             num_warps = constexprs.pop("num_warps")
             num_stages = constexprs.pop("num_stages")
             pointers = dict.fromkeys(
@@ -1581,27 +1835,28 @@ def benchmark_specs() -> list:
                 lse_ptr="*fp32",
                 delta_ptr="*fp32",
                 dlogit_ptr="*fp32",
+                drpb_ptr="*fp32" if bias else "*bf16",
+                partial_ptr="*fp32" if bias else "*bf16",
+                counter_ptr="*i32" if bias else "*bf16",
             )
-            values = {
+            values.update(
                 **pointers,
                 **sizes,
                 **strides,
                 **dict(zip(("tiles0", "tiles1", "tiles2"), tiles, strict=True)),
-                "heads": heads,
-                "scale": head_dim**-0.5,
-                "scale2": head_dim**-0.5 * LOG2E,
+                scale=head_dim**-0.5,
+                scale2=head_dim**-0.5 * LOG2E,
+                chunk_trips=BIAS_CHUNK_TRIPS,
                 **constexprs,
-            }
+            )
             names = {p.name for p in fn.params}
-            walked = "key" if by_query else "query"
             work = Work(
                 case,
                 "pair",
                 pairs / programs,
-                (trips,),
+                trips,
                 f"pairs = B heads N prod(kernel) = {B} x {heads} x {math.prod(spatial)} x {kernel}^{dims} = {pairs}; "
-                f"programs = {rows} x {boxes} boxes of {math.prod(own)} = {programs}; loop over the {walked} boxes "
-                f"of {math.prod(other)}: {' x '.join(f'{mean:g}' for _, mean in axes)} = {trips:g} per program",
+                f"programs = {rows} x {boxes} boxes of {math.prod(own)} = {programs}; {loops} per program",
             )
             label = f"{dims}d,bf16,D{head_dim}," + ("rpb" if bias else "plain")
             specs.append(

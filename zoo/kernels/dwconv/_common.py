@@ -1,6 +1,5 @@
 """Helpers shared by the depthwise-convolution kernels: Triton routines (offsets, the generic tap loop, the bf16
-widening ``to_f32``), launcher helpers (layouts, output allocation, 64-bit offsets, the one-launch reductions'
-``ticket_counters``) and the benchmark shapes and useful-work arithmetic of the loop report (zoo/kernels/_aot.py)."""
+widening ``to_f32``), launcher helpers (layouts, output allocation, 64-bit offsets) and the benchmark shapes and useful-work arithmetic of the loop report (zoo/kernels/_aot.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_float_tensor, check_triton_dtypes, tl, tracing_kernels, triton
+from zoo.kernels._backend import INTERPRETER, check_float_tensor, check_triton_dtypes, tl, triton
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton tile routines
@@ -273,24 +272,3 @@ def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], 
 
 # The forward (bias) and input-gradient (transposed, no bias) variants of a convolution kernel.
 CONV_FLAGS = ({"TRANSPOSED": False, "HAS_BIAS": True}, {"TRANSPOSED": True, "HAS_BIAS": False})
-
-
-_TICKETS: dict[tuple, Tensor] = {}
-
-
-def ticket_counters(device: torch.device, size: int) -> Tensor:
-    """The int32 ticket counters of the one-launch reductions (weight gradients) on this device and stream.
-
-    Each program of such a reduction writes its partial sums, then takes a ticket (one acq_rel atomic on its
-    group's counter); the program that draws the last ticket adds the partials in a fixed order (deterministic)
-    and resets the counter to zero. So the counters are zero between launches: allocated once (grown when a
-    launch needs more groups), never cleared by a memset launch. Launches on one stream run in order and share
-    them; each stream has its own. A traced call (``tracing_kernels``) allocates zeroed counters in its graph."""
-    if tracing_kernels():
-        return torch.zeros(size, dtype=torch.int32, device=device)
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
-    counters = _TICKETS.get(key)
-    if counters is None or counters.numel() < size:
-        counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
-        _TICKETS[key] = counters
-    return counters

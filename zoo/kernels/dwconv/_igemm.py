@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, launchable, tl, triton
+from zoo.kernels._backend import INTERPRETER, launchable, ticket_counters, tl, triton
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
@@ -42,7 +42,6 @@ from zoo.kernels.dwconv._common import (
     positions_per_program,
     strides4,
     taps_on_map,
-    ticket_counters,
 )
 
 MIN_KERNEL = 13  # smaller kernels waste most of a tensor-core tile on the band's zeros: the direct kernels take them

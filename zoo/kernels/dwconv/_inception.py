@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, launchable, tl, triton
+from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, launchable, ticket_counters, tl, triton
 from zoo.kernels.dwconv._checks import check_inception_inputs
 from zoo.kernels.dwconv._common import (
     INCEPTION_BENCHMARKS,
@@ -46,7 +46,6 @@ from zoo.kernels.dwconv._common import (
     needs_int64,
     strides4,
     taps_on_map,
-    ticket_counters,
     to_f32,
 )
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, launchable, tl, tracing_kernels, triton
+from zoo.kernels._backend import INTERPRETER, launchable, ticket_counters, tl, tracing_kernels, triton
 from zoo.kernels.dwconv._checks import output_size, pair, same_padding
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
@@ -40,7 +40,6 @@ from zoo.kernels.dwconv._common import (
     needs_int64,
     strides4,
     taps_on_map,
-    ticket_counters,
 )
 
 
