@@ -16,9 +16,10 @@ F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 # columns x 8 channels: no map size is a multiple of it, channel counts 3, 5, 6 leave a partial channel block,
 # and the maps with C = 8 and W >= 4 + 2 (k - 1) have programs whose window lies inside the map (the unmasked
 # loop; the row loop makes several trips at 5 rows). Maps smaller than the kernel, dilations up to 7 (past the map),
-# 1 x k and k x 1 bands, fp32 / bf16 / fp16, channels_last, NCHW and a strided view with no unit stride. 3 x 3 and
-# 5 x 5 maps at most WHOLE_ROW_MAX wide take one whole-row strip (FW, no column masks; C = 5 and 3 leave a partial
-# channel block, the masked loop); the two maps 18 and 19 wide take the general strips.
+# 1 x k and k x 1 bands, fp32 / bf16 / fp16, channels_last, NCHW and a strided view with no unit stride. 3 x 3,
+# 5 x 5 and 7 x 7 maps at most WHOLE_ROW_MAX wide take one whole-row strip (FW, no column masks; C = 5 and 3 leave a
+# partial channel block, the masked loop; 7 x 7 on a map 5 wide has a strip narrower than the kernel); the maps 18
+# and 19 wide take the general strips.
 CASES = [
     ((1, 8, 6, 19), (3, 3), (1, 1), BF16, "channels_last", True),
     ((1, 3, 5, 18), (5, 5), (1, 1), F32, "nchw", True),
@@ -28,6 +29,7 @@ CASES = [
     ((1, 8, 9, 11), (5, 5), (1, 1), F16, "channels_last", True),
     ((1, 3, 8, 9), (5, 5), (2, 2), BF16, "strided", True),
     ((1, 8, 7, 11), (7, 7), (1, 1), BF16, "channels_last", False),
+    ((1, 8, 6, 19), (7, 7), (1, 1), F32, "channels_last", True),
     ((1, 3, 4, 5), (7, 7), (1, 1), F32, "nchw", True),
     ((1, 3, 7, 10), (9, 9), (1, 1), F32, "channels_last", True),
     ((1, 2, 5, 4), (11, 11), (1, 1), BF16, "channels_last", True),
@@ -125,13 +127,14 @@ def test_empty_batch_launches_nothing():
 
 
 def test_narrow_maps_take_the_whole_row_strip():
-    """3 x 3 and 5 x 5 kernels on maps up to WHOLE_ROW_MAX wide at column dilation 1 compile for the map's width;
+    """3 x 3, 5 x 5 and 7 x 7 kernels on maps up to WHOLE_ROW_MAX wide at column dilation 1 compile for the map's width;
     everything else takes the general strips."""
     assert _direct.whole_row((3, 3), 14, 1) == 14
     assert _direct.whole_row((5, 5), 7, 1) == 7
     assert _direct.whole_row((3, 3), _direct.WHOLE_ROW_MAX + 1, 1) == 0
     assert _direct.whole_row((3, 3), 14, 2) == 0
-    assert _direct.whole_row((7, 7), 14, 1) == 0
+    assert _direct.whole_row((7, 7), 14, 1) == 14
+    assert _direct.whole_row((9, 9), 14, 1) == 0
     assert _direct.whole_row((1, 3), 14, 1) == 0
 
 

@@ -150,6 +150,18 @@ def test_sibling_loops_take_their_own_trip_counts():
     assert report["hot"]["where"] == "loop 0x0040-0x0050"
 
 
+def test_the_masked_copy_of_a_loop_is_the_one_with_predicated_loads():
+    """A loop compiled twice (unmasked and masked) in either order: {"unmasked": a, "masked": b} gives b runs to
+    the copy with a predicated global load, wherever the compiler placed it."""
+    unmasked = ["LDG.E R6, desc[UR4][R8.64]", "FFMA R1, R6, R3, R1"]
+    masked = ["@!P2 LDG.E R6, desc[UR4][R8.64]", "FFMA R1, R6, R3, R1"]
+    for first, second, runs in ((unmasked, masked, [3, 1]), (masked, unmasked, [1, 3])):
+        lines = ["S2R R0, SR_TID.X", *first, "@P0 BRA 0x10", *second, "@P1 BRA 0x40", "EXIT"]
+        instructions = parse_sass(_sass(lines))[""]
+        report = static_cost(instructions, num_warps=1, units_per_program=32, trips=({"unmasked": 3, "masked": 1},))
+        assert [loop["runs_per_program"] for loop in report["loops"]] == runs
+
+
 def test_classification_of_compiler_idioms():
     lines = [
         "HFMA2.MMA R5, -RZ, RZ, 0, 0",  # a constant put in a register

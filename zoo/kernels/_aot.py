@@ -43,7 +43,8 @@ class Work:
     ``per_program``: useful units per program, the launch's total over its number of programs (masked lanes,
     padded taps and wasted logits are not units); ``trips``: the average trip count of the loops by nesting depth,
     outermost first (a loop at depth d runs trips[0] x ... x trips[d - 1] times per program; an entry may be a
-    tuple, one per loop of that depth in address order); ``formula``: how both were computed, in words."""
+    tuple, one per loop of that depth in address order, or ``{"unmasked": a, "masked": b}`` for a loop compiled
+    twice, told apart by the masked copy's predicated loads); ``formula``: how both were computed, in words."""
 
     case: str
     unit: str

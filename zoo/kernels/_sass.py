@@ -15,7 +15,9 @@ Method:
       I = top + sum over loops L of own(L) * runs(L),   runs(L) = trips[0] * ... * trips[depth(L) - 1]
 
   with ``top`` the instructions outside every loop, run once, and ``trips`` the average trip counts by loop depth
-  at the benchmarked shape, which the op states (its kernel file, beside ``aot_specs()``). A loop the compiler
+  at the benchmarked shape, which the op states (its kernel file, beside ``aot_specs()``): one number per depth,
+  a tuple (one per loop of that depth, in address order), or ``{"unmasked": a, "masked": b}`` for a loop compiled
+  twice, whose masked copy is the one with predicated global loads (the compiler may place either first). A loop the compiler
   unrolled is not in the SASS; its work is inside its parent's body (or in ``top``), so it is counted all the
   same.
 * The useful work a thread covers in one program is U = (useful units per program) / (32 * num_warps): a direct
@@ -419,7 +421,12 @@ def count_instructions(instructions: list[Instruction]) -> dict:
     }
 
 
-def _trip_table(roots: list[Loop], trips: tuple) -> dict[int, float]:
+def _masked(loop: Loop, instructions: list[Instruction]) -> bool:
+    """Whether the loop's own code has a predicated global load (the masked copy of a loop compiled twice)."""
+    return any(i.predicate and i.op == "LDG" for i in loop.own(instructions))
+
+
+def _trip_table(roots: list[Loop], trips: tuple, instructions: list[Instruction]) -> dict[int, float]:
     """Runs per program of every loop (by start address) from per-depth trip counts."""
     table: dict[int, float] = {}
 
@@ -430,7 +437,9 @@ def _trip_table(roots: list[Loop], trips: tuple) -> dict[int, float]:
                 f"counts were given for {len(trips)} depth(s)"
             )
         entry = trips[loop.depth - 1]
-        if isinstance(entry, tuple):
+        if isinstance(entry, dict):
+            entry = entry["masked" if _masked(loop, instructions) else "unmasked"]
+        elif isinstance(entry, tuple):
             position = index_at_depth.get(loop.depth, 0)
             index_at_depth[loop.depth] = position + 1
             if position >= len(entry):
@@ -471,7 +480,7 @@ def static_cost(
     top = [i for i in instructions if not any(root.contains(i.address) for root in roots)]
     known = units_per_program is not None
     if known:
-        runs = _trip_table(roots, tuple(trips))
+        runs = _trip_table(roots, tuple(trips), instructions)
     else:  # no trip counts: rank the loops by depth, then size
         runs = {loop.start: float("nan") for loop in loops}
     regions = [("top", None, top, 1.0)] + [

@@ -19,8 +19,8 @@ interpreter).
 Borders: the loop only visits input rows on the map (rows off the map are zeros: skipped), so rows need no masks
 in the loop; a program whose column window and channel block lie inside the map runs unmasked loads and stores,
 the others (scalar branch per program) the masked copy of the same loop. After the loop the rows still in flight
-are stored (their remaining input rows are off the map), masked. On maps up to ``WHOLE_ROW_MAX`` wide, 3 x 3 and
-5 x 5 kernels compile for the map's width (``FW``): one strip of the whole row, its off-map columns known at compile
+are stored (their remaining input rows are off the map), masked. On maps up to ``WHOLE_ROW_MAX`` wide, 3 x 3, 5 x 5
+and 7 x 7 kernels compile for the map's width (``FW``): one strip of the whole row, its off-map columns known at compile
 time (no column masks), where every program would otherwise be a border program.
 
 Dilation d: the output columns of a thread are d apart (o, o + d, ...), and so are the rows a program walks, so
@@ -98,7 +98,8 @@ def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr
     what row kh - 1 held before it (row 0 starts from the bias), and row KH - 1 is complete. With FW > 0 the taps on
     columns off the map are not issued."""
     new = ()
-    for kh in tl.static_range(KH):
+    for kh in tl.static_range(KH - 1, -1, -1):  # oldest row first: each takes its predecessor's registers
+        row = ()
         for t in tl.static_range(BW):
             if kh == 0:
                 a = bias
@@ -107,7 +108,8 @@ def _step(acc, xs, w, bias, KH: tl.constexpr, KW: tl.constexpr, BW: tl.constexpr
             for kw in tl.static_range(KW):
                 if _on_map(t + kw, (KW - 1) // 2, FW):
                     a = a + xs[t + kw] * w[kh * KW + kw]
-            new = new + (a,)
+            row = row + (a,)
+        new = row + new
     return new
 
 
@@ -137,7 +139,6 @@ def _walk_rows(
     dst_step,
     s_lo,
     s_hi,
-    rows,
     col_ok,
     out_ok,
     c_ok,
@@ -156,8 +157,8 @@ def _walk_rows(
     for s in range(s_lo, s_hi + 1):
         xs = _load_row(src_cols, s * src_step, col_ok, c_ok, True, MASKED, BW + KW - 1, FW, (KW - 1) // 2)
         acc = _step(acc, xs, w, bias, KH, KW, BW, FW)
-        m = s - (KH - 1)
-        _store_row(acc, KH - 1, dst_cols, m * dst_step, out_ok, c_ok, (m >= 0) & (m < rows), MASKED, BW, FW)
+        m = s - (KH - 1)  # below rows: s_hi <= rows + KH - 2
+        _store_row(acc, KH - 1, dst_cols, m * dst_step, out_ok, c_ok, m >= 0, MASKED, BW, FW)
     return acc
 
 
@@ -275,12 +276,12 @@ def _direct_kernel(
             interior = (cb * BLOCK_C + BLOCK_C <= C) & (j0 >= PW) & (j0 + G * BW + PW <= Ws)
         if interior:
             acc = _walk_rows(
-                acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, rows, col_ok, out_ok, c_ok, bias, False,
+                acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, col_ok, out_ok, c_ok, bias, False,
                 KH, KW, BW, FW,
             )  # fmt: skip
         else:
             acc = _walk_rows(
-                acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, rows, col_ok, out_ok, c_ok, bias, True,
+                acc, w, src_cols, dst_cols, src_step, dst_step, s_lo, s_hi, col_ok, out_ok, c_ok, bias, True,
                 KH, KW, BW, FW,
             )  # fmt: skip
         _finish_rows(acc, dst_cols, dst_step, s_hi, rows, out_ok, c_ok, KH, BW, FW)
@@ -352,9 +353,10 @@ def _kernel_for(kernel: tuple[int, int], layout: str, int64: bool, fw: int):
 
 
 # Maps this narrow (the 14 x 14 and 7 x 7 stages) take one strip of the whole row for these kernels: no column masks
-# (every program of such a map is a border program otherwise). Larger kernels would hold too many accumulators.
+# (every program of such a map is a border program otherwise). 7 x 7 x 14 columns holds 98 accumulators and 49
+# weights per channel (one channel per thread: 239-255 registers); larger kernels would hold too many.
 WHOLE_ROW_MAX = 16
-WHOLE_ROW_KERNELS = ((3, 3), (5, 5))
+WHOLE_ROW_KERNELS = ((3, 3), (5, 5), (7, 7))
 
 
 def whole_row(kernel: tuple[int, int], width: int, dilation_w: int) -> int:
@@ -471,8 +473,8 @@ def _signature(dtype: str, layout: str, strided: bool) -> dict[str, str]:
 def aot_specs() -> list:
     """Coverage specs (the package's ``aot_specs`` adds every module's :func:`benchmark_specs`): the first GPU configuration of every kernel shape (k x k, 1 x k, k x 1, k = 3..11) in both
     layouts: bf16 forward (bias) and input gradient (flipped), fp32 and fp16 forward, and the input gradient in bf16
-    with arbitrary strides and dilation and 64-bit offsets; the whole-row variants (``whole_row``: 3 x 3 and
-    5 x 5 on maps 14 and 7 wide) in bf16 and fp32. (Each configuration of 3 x 3 and 7 x 7 is compiled by
+    with arbitrary strides and dilation and 64-bit offsets; the whole-row variants (``whole_row``: 3 x 3, 5 x 5
+    and 7 x 7 on maps 14 and 7 wide) in bf16 and fp32. (Each configuration of 3 x 3 and 7 x 7 is compiled by
     :func:`benchmark_specs`; the direction changes only the weights' addresses.) The 3 x 3 channels_last bf16
     specs are compiled in the tests (``ci``)."""
     specs = []
@@ -540,8 +542,8 @@ def _average_loop_trips(h: int, k: int, rows: int) -> float:
 def benchmark_specs() -> list:
     """Loop-report specs at the benchmarked shapes with K = 3 and 7 (bf16, both layouts, forward and input
     gradient, every GPU configuration): the arguments the launcher passes there and the useful multiply-adds per
-    program (the taps that land on the map, :func:`taps_on_map`). The row loop is compiled twice (unmasked, then
-    masked for border programs); each copy's trips are the mean over all programs (its share of programs x the
+    program (the taps that land on the map, :func:`taps_on_map`). The row loop is compiled twice (unmasked, and
+    masked for border programs: the copy with predicated loads); each copy's trips are the mean over all programs (its share of programs x the
     mean trip count). 3 x 3 at 14 x 14 compiles for the whole row (``whole_row``), as the launcher does."""
     from zoo.kernels._aot import Work, launch_spec
 
@@ -563,7 +565,7 @@ def benchmark_specs() -> list:
                     case,
                     "MAC",
                     macs / programs,
-                    ((trips * inner, trips * (1 - inner)),),
+                    ({"unmasked": trips * inner, "masked": trips * (1 - inner)},),
                     f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {taps_on_map(h, k)}^2 = {macs}; programs = "
                     f"{programs}; row loop {trips:g} trips of one input row, unmasked in {inner:.3f} of the programs",
                 )
