@@ -52,3 +52,16 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["compiled", "eager"])
+def cpu_compile_mode(request, monkeypatch):
+    """Run the CPU paths' math compiled by ``torch.compile`` (the default; the test inputs are small, so the size
+    threshold is lifted) or eagerly (``ZOO_CPU_COMPILE=0``); zoo/kernels/_cpu_compile.py. The value is the mode."""
+    import zoo.kernels._cpu_compile as compile_module
+
+    monkeypatch.setenv(compile_module.COMPILE_ENV_VAR, "1" if request.param == "compiled" else "0")
+    monkeypatch.setattr(compile_module, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(compile_module, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(compile_module, "_COMPILE_WORKED", [])
+    return request.param

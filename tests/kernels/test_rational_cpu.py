@@ -8,30 +8,25 @@ from __future__ import annotations
 import pytest
 import torch
 
+import zoo.kernels._cpu_compile as compile_module
 import zoo.kernels.rational as rational_module
-import zoo.kernels.rational_cpu as cpu_module
 from tests.helpers import assert_relative_error
 from zoo.kernels.rational import group_rational, group_rational_reference
-from zoo.kernels.rational_cpu import rational_backward_math, rational_forward_math
+from zoo.kernels.rational_cpu import group_rational_cpu, rational_backward_math, rational_forward_math
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 # (shape of x, groups): KAT-like rows of 8 groups, a 1-D input, one group, 4-D input
 CASES = [((3, 7, 40), 8), ((40,), 8), ((5, 12), 1), ((2, 3, 5, 12), 4)]
-MODES = ["compiled", "eager"]
 # forward: elementwise relative tolerance; gradients: ||error|| / ||reference|| (sums in another order)
 FORWARD_RTOL = {torch.float32: 1e-5, torch.float64: 1e-13, torch.bfloat16: 1e-2}
 GRAD_BOUND = {torch.float32: 1e-5, torch.float64: 1e-13, torch.bfloat16: 1e-2}
 
 
-@pytest.fixture(params=MODES)
-def mode(request, monkeypatch):
-    """Run the CPU path compiled (the default) or eagerly (``ZOO_CPU_COMPILE=0``)."""
-    monkeypatch.setenv(cpu_module.COMPILE_ENV_VAR, "1" if request.param == "compiled" else "0")
-    monkeypatch.setattr(cpu_module, "COMPILE_MIN_ELEMENTS", 0)  # the test inputs are small
-    monkeypatch.setattr(cpu_module, "_COMPILE_FAILED", [])
-    monkeypatch.setattr(cpu_module, "_COMPILE_WORKED", [])
-    return request.param
+@pytest.fixture
+def mode(cpu_compile_mode):
+    """Run the CPU path compiled (the default) or eagerly (``ZOO_CPU_COMPILE=0``): tests/conftest.py."""
+    return cpu_compile_mode
 
 
 def _inputs(shape, groups, dtype, seed=0):
@@ -70,14 +65,14 @@ def test_forward_and_gradients_match_reference(mode, shape, groups, dtype):
 
 
 def test_compiled_mode_compiles_without_falling_back(mode):
-    """In the compiled mode the forward and backward run compiled (no failure recorded, one entry per kind)."""
+    """In the compiled mode the forward and backward run compiled (no failure recorded, an entry for each)."""
     x, a, b, dy = _inputs((4, 3, 16), 8, torch.float32)
     _run(x, a, b, dy, "auto")
-    assert cpu_module._COMPILE_FAILED == []
-    assert cpu_module.compile_enabled() == (mode == "compiled")
+    assert compile_module._COMPILE_FAILED == []
+    assert compile_module.compile_enabled() == (mode == "compiled")
     if mode == "compiled":
-        kinds = {key[0] for key in cpu_module._COMPILED if key[-1] == torch.get_num_threads()}
-        assert kinds == {"forward", "backward"} and cpu_module._COMPILE_WORKED
+        kinds = {key[0] for key in compile_module._COMPILED if key[-1] == torch.get_num_threads()}
+        assert {"rational_forward", "rational_backward"} <= kinds and compile_module._COMPILE_WORKED
 
 
 def test_bfloat16_input_matches_reference(mode):
@@ -131,7 +126,7 @@ def test_auto_dispatches_to_the_cpu_path_and_torch_to_the_reference(monkeypatch)
 
     def spy(*args):
         calls.append(args[0].shape)
-        return cpu_module.group_rational_cpu(*args)
+        return group_rational_cpu(*args)
 
     monkeypatch.setattr(rational_module, "group_rational_cpu", spy)
     x, a, b, _ = _inputs((3, 16), 8, torch.float32)
@@ -153,11 +148,11 @@ def test_empty_input_and_bad_input():
 
 def test_compile_failure_falls_back_to_eager(monkeypatch):
     """A failed compile (no C++ compiler, say) warns once and runs the same math eagerly from then on."""
-    monkeypatch.setenv(cpu_module.COMPILE_ENV_VAR, "1")
-    monkeypatch.setattr(cpu_module, "_COMPILE_FAILED", [])
-    monkeypatch.setattr(cpu_module, "_COMPILE_WORKED", [])
-    monkeypatch.setattr(cpu_module, "_COMPILED", {})
-    monkeypatch.setattr(cpu_module, "COMPILE_MIN_ELEMENTS", 0)
+    monkeypatch.setenv(compile_module.COMPILE_ENV_VAR, "1")
+    monkeypatch.setattr(compile_module, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(compile_module, "_COMPILE_WORKED", [])
+    monkeypatch.setattr(compile_module, "_COMPILED", {})
+    monkeypatch.setattr(compile_module, "COMPILE_MIN_ELEMENTS", 0)
 
     def broken(*args, **kwargs):
         def fail(*a, **k):
@@ -169,7 +164,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
     x, a, b, dy = _inputs((4, 16), 8, torch.float32)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         actual = _run(x, a, b, dy, "auto")
-    assert not cpu_module.compile_enabled()
+    assert not compile_module.compile_enabled()
     _compare(actual, _run(x, a, b, dy, "torch"), torch.float32)
 
 
@@ -201,14 +196,14 @@ def test_jit_trace_records_the_reference():
 def test_small_calls_run_eagerly(monkeypatch):
     """Below COMPILE_MIN_ELEMENTS nothing is compiled (the compile would cost more than it saves), with the same
     results."""
-    monkeypatch.setenv(cpu_module.COMPILE_ENV_VAR, "1")
-    monkeypatch.setattr(cpu_module, "_COMPILED", {})
+    monkeypatch.setenv(compile_module.COMPILE_ENV_VAR, "1")
+    monkeypatch.setattr(compile_module, "_COMPILED", {})
     x = torch.randn(3, 5, 8, requires_grad=True)
     a, b = torch.randn(1, 6, requires_grad=True), torch.randn(2, 4, requires_grad=True)
-    assert x.numel() < cpu_module.COMPILE_MIN_ELEMENTS
+    assert x.numel() < compile_module.COMPILE_MIN_ELEMENTS
     y = group_rational(x, a, b)
     grads = torch.autograd.grad(y.sum(), (x, a, b))
-    assert cpu_module._COMPILED == {}
+    assert compile_module._COMPILED == {}
     y_ref = group_rational_reference(x, a, b)
     torch.testing.assert_close(y, y_ref)
     for g, g_ref in zip(grads, torch.autograd.grad(y_ref.sum(), (x, a, b)), strict=True):

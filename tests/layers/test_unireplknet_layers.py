@@ -228,6 +228,47 @@ def test_block_drop_path_and_backward():
     assert not missing, missing
 
 
+@pytest.mark.parametrize("deploy", [False, True], ids=["training-form", "deployed"])
+def test_cpu_inference_activation_is_the_modules_function(cpu_compile_mode, deploy):
+    """CPU inference with backend="auto" runs GELU + GRN as one function (compiled, or eagerly: the fixture); it
+    equals the modules' result, with GRN's beta in the training form and without it deployed."""
+    block = _randomise(UniRepLKNetBlock(12, 3, deploy=deploy), seed=3)
+    h = _input((2, 5, 7, 48))
+    with torch.no_grad():
+        expected = block.act(h)
+        actual = block._activation(h)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    assert (expected - torch.nn.functional.gelu(h)).abs().max() > 0.1  # GRN's scale and shift matter
+
+
+def test_cpu_activation_dispatch(monkeypatch):
+    """The fused function runs for CPU inference on backend="auto" only: with a gradient wanted, on
+    backend="torch" (or ZOO_BACKEND=torch) and under torch.compile the modules run."""
+    import zoo.kernels._cpu_compile as compile_module
+
+    calls = []
+    real_run = compile_module.run
+
+    def spy(kind, fn, *args):
+        calls.append(kind)
+        return real_run(kind, fn, *args)
+
+    monkeypatch.setattr(compile_module, "run", spy)
+    block = _randomise(UniRepLKNetBlock(8, 3, deploy=True))
+    x = _input((1, 8, 5, 5))
+    with torch.no_grad():
+        expected = block(x)
+    assert calls == ["gelu_grn_deployed"]
+    block(x.requires_grad_())  # a gradient wanted: the modules, recorded by autograd
+    assert calls == ["gelu_grn_deployed"]
+    with torch.no_grad():
+        monkeypatch.setenv("ZOO_BACKEND", "torch")
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)
+        monkeypatch.delenv("ZOO_BACKEND")
+        torch.testing.assert_close(torch.compile(block, fullgraph=True)(x), expected, rtol=1e-5, atol=1e-5)
+    assert calls == ["gelu_grn_deployed"]
+
+
 # ------------------------------------------------------------------------------------------------ backends, errors
 
 

@@ -31,6 +31,7 @@ from zoo.kernels._backend import (
     triton,
     triton_op,
 )
+from zoo.kernels._cpu_compile import tracing
 from zoo.kernels.rational_cpu import group_rational_cpu
 
 NUMERATOR_TERMS = 6  # a0..a5: numerator order m = 5
@@ -548,12 +549,6 @@ class _GroupRationalFunction(torch.autograd.Function):
         return group_rational_backward(grad_output, *ctx.saved_tensors)
 
 
-def _tracing() -> bool:
-    """Whether torch.compile / torch.export or torch.jit.trace is tracing: they take the reference, whose ops they
-    record (Inductor fuses them itself), rather than the CPU path's compiled function."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
-
-
 def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto") -> Tensor:
     """Group-rational activation F(x) over the last dimension of ``x`` (see the module docstring).
 
@@ -579,7 +574,7 @@ def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tens
             function=_GroupRationalFunction,
             launcher=group_rational_forward,
         )
-    if x.device.type == "cpu" and requested_backend(backend) == "auto" and not _tracing():
+    if x.device.type == "cpu" and requested_backend(backend) == "auto" and not tracing():
         check_group_rational_inputs(x, weight_numerator, weight_denominator)
         if x.numel():  # the fused CPU path (zoo/kernels/rational_cpu.py)
             return group_rational_cpu(x, weight_numerator, weight_denominator)

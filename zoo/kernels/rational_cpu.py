@@ -12,7 +12,7 @@ and writes the backward out by hand (:func:`rational_backward_math`): with q = d
     dx = q (N'(x) - y D'(|x|) s(x)),   da_i = sum q x^i,   db_j = -s(b_j) sum_group q y |x|^(j+1)
 
 (s the sign with s(0) = +1, the op's convention for |x| and |b|). Both functions are written once in PyTorch and
-run one of two ways, chosen per call:
+run one of two ways, chosen per call (zoo/kernels/_cpu_compile.py):
 
 * **compiled** (the default where it works, for calls on at least ``COMPILE_MIN_ELEMENTS`` elements): each
   function compiled once per (kind, dtype, thread count) by
@@ -32,13 +32,10 @@ Arithmetic in float32 (float64 for float64 inputs), outputs in the dtypes of the
 
 from __future__ import annotations
 
-import os
-import types
-import warnings
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
+
+from zoo.kernels._cpu_compile import COMPILE_ENV_VAR, compile_enabled, run
 
 __all__ = [
     "COMPILE_ENV_VAR",
@@ -47,24 +44,6 @@ __all__ = [
     "rational_backward_math",
     "rational_forward_math",
 ]
-
-COMPILE_ENV_VAR = "ZOO_CPU_COMPILE"  # "0": never torch.compile the CPU paths (read at every call)
-# Calls on fewer elements run eagerly: the compile (seconds, once per process and kind) pays back only on large
-# activations (KAT-T at 224 px, batch 8: 0.3M and 1.2M elements), while the eager Horner passes over a small one take
-# well under a millisecond; training on the 8 px digits (at most 0.25M elements a call) and the tests never compile.
-COMPILE_MIN_ELEMENTS = 1 << 18
-
-_COMPILED: dict[tuple, Callable] = {}
-_COMPILE_FAILED: list[str] = []  # the first failure's message; non-empty: compiling is off for this process
-_COMPILE_WORKED: list[str] = []  # non-empty once a compiled call returned: later failures are per call
-
-
-def compile_enabled() -> bool:
-    """Whether the CPU paths use ``torch.compile`` now: not switched off by ``ZOO_CPU_COMPILE=0``, no compile has
-    failed in this process, and ``torch.compile`` is supported here."""
-    if os.environ.get(COMPILE_ENV_VAR, "1").strip() == "0" or _COMPILE_FAILED:
-        return False
-    return torch._dynamo.is_dynamo_supported()
 
 
 def _sign(t: Tensor) -> Tensor:
@@ -136,42 +115,6 @@ def rational_backward_math(dy: Tensor, x: Tensor, a: Tensor, b: Tensor) -> tuple
     return dx.to(x.dtype), torch.stack(da).reshape(a.shape).to(a.dtype), db.to(b.dtype)
 
 
-def _compiled(kind: str, fn: Callable, args: tuple[Tensor, ...]) -> Callable:
-    """``fn`` compiled once per (kind, dtypes, thread count): Inductor's C++ loops take their thread count when they
-    are generated. Each key compiles its own copy of ``fn`` (a new code object): Dynamo keeps its compiled entries,
-    and their recompile limit, per code object."""
-    key = (kind, *(t.dtype for t in args), torch.get_num_threads())
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
-        compiled = _COMPILED[key] = torch.compile(copy, dynamic=True, fullgraph=True)
-    return compiled
-
-
-def _run(kind: str, fn: Callable, *args: Tensor):
-    """``fn(*args)`` compiled when :func:`compile_enabled` and the call is large (``COMPILE_MIN_ELEMENTS``), eagerly
-    otherwise. A compile that fails before any has
-    worked (no C++ compiler, say) switches compiling off for the process, with a warning; a later failure (a
-    recompile limit on an unusual shape, say) runs that call eagerly."""
-    args = tuple(t.detach().contiguous() for t in args)  # one compiled graph per dtype: no grad or stride guards
-    if args[0].numel() >= COMPILE_MIN_ELEMENTS and compile_enabled():
-        try:
-            out = _compiled(kind, fn, args)(*args)
-            if not _COMPILE_WORKED:
-                _COMPILE_WORKED.append(kind)
-            return out
-        except Exception as error:  # noqa: BLE001 - any compile failure falls back to the same math, eagerly
-            if not _COMPILE_WORKED:
-                _COMPILE_FAILED.append(f"{type(error).__name__}: {error}")
-                warnings.warn(
-                    f"torch.compile of the CPU group-rational failed ({_COMPILE_FAILED[0][:300]}); running it "
-                    f"eagerly (set {COMPILE_ENV_VAR}=0 to skip the attempt)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-    return fn(*args)
-
-
 class _GroupRationalCPU(torch.autograd.Function):
     """Autograd for the CPU path: the forward saves x and the coefficients, the backward recomputes N, D from them
     (one fused loop) instead of keeping intermediates."""
@@ -179,13 +122,13 @@ class _GroupRationalCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x3: Tensor, a: Tensor, b: Tensor) -> Tensor:
         ctx.save_for_backward(x3, a, b)
-        return _run("forward", rational_forward_math, x3, a, b)
+        return run("rational_forward", rational_forward_math, x3, a, b)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x3, a, b = ctx.saved_tensors
-        return _run("backward", rational_backward_math, grad_output.contiguous(), x3, a, b)
+        return run("rational_backward", rational_backward_math, grad_output, x3, a, b)
 
 
 def group_rational_cpu(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
@@ -198,5 +141,5 @@ def group_rational_cpu(x: Tensor, weight_numerator: Tensor, weight_denominator: 
     if torch.is_grad_enabled() and any(t.requires_grad for t in args):
         y = _GroupRationalCPU.apply(*args)
     else:
-        y = _run("forward", rational_forward_math, *args)
+        y = run("rational_forward", rational_forward_math, *args)
     return y.reshape(x.shape)

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from zoo.kernels import _cpu_compile
+from zoo.kernels._backend import requested_backend
 from zoo.kernels.dwconv import dwconv2d
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "UniRepLKNetBlock",
     "dilate_kernel",
     "fuse_bn",
+    "gelu_grn",
 ]
 
 # kernel size K: (branch kernel sizes, branch dilations); every branch covers r (k - 1) + 1 <= K
@@ -244,9 +247,12 @@ class SEBlock(nn.Module):
         self.channels = channels
 
     def forward(self, x: Tensor) -> Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.up(F.relu(self.down(s)))
-        return x * torch.sigmoid(s)
+        # the 1x1 convolutions of a 1x1 map as matrix products on [N, C] (the same weights): a convolution call
+        # costs about 0.1 ms on the CPU for this tiny product, 54 of them per UniRepLKNet-T forward
+        s = x.mean((2, 3))
+        s = F.relu(F.linear(s, self.down.weight.flatten(1), self.down.bias))
+        s = F.linear(s, self.up.weight.flatten(1), self.up.bias)
+        return x * torch.sigmoid(s)[:, :, None, None]
 
 
 class GRN(nn.Module):
@@ -272,6 +278,22 @@ class GRN(nn.Module):
         nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
         out = (self.gamma * nx + 1) * x
         return out + self.beta if self.use_bias else out
+
+
+def gelu_grn(h: Tensor, gamma: Tensor, beta: Tensor | None = None) -> Tensor:
+    """``GRN(GELU(h))`` on NHWC ``h`` as one function (the block's activation, ``act``): what the CPU path compiles
+    into a few fused loops (GELU and the squares' sums in one pass, the scale in a second) instead of the modules'
+    seven passes over the 4C-wide hidden tensor. Same math as :class:`GRN` on CPU float32: the norm as the root
+    of the summed squares."""
+    a = F.gelu(h)
+    gx = (a * a).sum(dim=(1, 2), keepdim=True).sqrt()
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    out = (gamma * nx + 1) * a
+    return out if beta is None else out + beta
+
+
+def _gelu_grn_deployed(h: Tensor, gamma: Tensor) -> Tensor:
+    return gelu_grn(h, gamma)
 
 
 class NCHWtoNHWC(nn.Module):
@@ -352,9 +374,31 @@ class UniRepLKNetBlock(nn.Module):
         """True once the block is in its inference form (no batch norm, no GRN beta, no layer scale)."""
         return len(self.pwconv2) == 2 and isinstance(self.norm, nn.Identity)
 
+    def _activation(self, h: Tensor) -> Tensor:
+        """``self.act(h)``; on the CPU, in inference (no gradient wanted) with ``backend="auto"``, the same function
+        compiled into fused loops (:func:`gelu_grn`, zoo/kernels/_cpu_compile.py): UniRepLKNet-T's CPU inference
+        at batch 8 takes about 7% less time (scripts/benchmark_cpu.py)."""
+        gelu, grn = self.act
+        fused = (
+            not isinstance(h, torch.fx.Proxy)  # FX symbolic tracing records the modules
+            and h.device.type == "cpu"
+            and h.dtype in (torch.float32, torch.float64)
+            and type(gelu) is nn.GELU
+            and gelu.approximate == "none"
+            and type(grn) is GRN
+            and not (torch.is_grad_enabled() and (h.requires_grad or grn.gamma.requires_grad))
+            and requested_backend(self.backend) == "auto"
+            and not _cpu_compile.tracing()
+        )
+        if not fused:
+            return self.act(h)
+        if grn.use_bias:
+            return _cpu_compile.run("gelu_grn", gelu_grn, h, grn.gamma, grn.beta)
+        return _cpu_compile.run("gelu_grn_deployed", _gelu_grn_deployed, h, grn.gamma)
+
     def forward(self, x: Tensor) -> Tensor:
         y = self.se(self.norm(self.dwconv(x)))
-        y = self.pwconv2(self.act(self.pwconv1(y)))
+        y = self.pwconv2(self._activation(self.pwconv1(y)))
         if self.gamma is not None:
             y = self.gamma.view(1, -1, 1, 1) * y
         return x + self.drop_path(y)
