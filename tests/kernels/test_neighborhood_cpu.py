@@ -170,6 +170,22 @@ def test_non_contiguous_views_of_a_fused_projection_and_an_empty_batch():
     assert na2d(empty, empty, empty, 7, rpb=torch.zeros(2, 13, 13)).shape == empty.shape
 
 
+def test_tables_cached_in_inference_mode_serve_a_later_training_call(monkeypatch):
+    """A model run first under torch.inference_mode, then trained in the same process: the index tables cached by
+    the first call are ordinary tensors, which the training call's backward can save."""
+    monkeypatch.setattr(cpu_module, "_PLANS", {})
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 9, 11, 2, 16, generator=gen) for _ in range(3))
+    rpb = torch.randn(2, 5, 5, generator=gen)
+    with torch.inference_mode():
+        first = na2d(q, k, v, 3, 2, rpb=rpb)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, rpb)]
+    out = na2d(*leaves[:3], 3, 2, rpb=leaves[3])
+    out.square().sum().backward()
+    torch.testing.assert_close(out.detach(), first)
+    assert all(t.grad is not None for t in leaves)
+
+
 # ------------------------------------------------------------------------------------------------- the dispatch
 
 

@@ -17,9 +17,9 @@ Method:
   with ``top`` the instructions outside every loop, run once, and ``trips`` the average trip counts by loop depth
   at the benchmarked shape, which the op states (its kernel file, beside ``aot_specs()``): one number per depth,
   a tuple (one per loop of that depth, in address order), or ``{"unmasked": a, "masked": b}`` for a loop compiled
-  twice, whose masked copy is the one with predicated global loads (the compiler may place either first). A loop the compiler
-  unrolled is not in the SASS; its work is inside its parent's body (or in ``top``), so it is counted all the
-  same.
+  twice, whose masked copy is the one with predicated global loads (the compiler may place either first). A loop
+  the compiler unrolled is not in the SASS; its work is inside its parent's body (or in ``top``), so it is
+  counted all the same.
 * The useful work a thread covers in one program is U = (useful units per program) / (32 * num_warps): a direct
   convolution counts the multiply-adds of the taps that land on the map, attention the query-key pairs inside
   the windows, elementwise kernels the elements. Padded taps, masked lanes and wasted logits are not units, so

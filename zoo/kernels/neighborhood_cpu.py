@@ -178,14 +178,16 @@ _PLANS: dict[tuple, _Plan] = {}
 
 @torch.compiler.assume_constant_result  # torch.compile runs it while tracing and keeps the tables as constants
 def _plan(spatial: tuple, kernel_size: tuple, dilation: tuple, is_causal: tuple, blocks: tuple, device: str) -> _Plan:
-    """The cached tables of one problem (built on the CPU, moved to ``device`` once)."""
+    """The cached tables of one problem (built on the CPU, moved to ``device`` once). Built outside inference mode
+    even when the first call runs in it: an inference tensor cannot be saved for a later training call's backward."""
     key = (spatial, kernel_size, dilation, is_causal, blocks, device)
     plan = _PLANS.get(key)
     if plan is None:
-        cpu = _build_plan(*key[:5])
-        plan = _Plan(
-            **{name: value.to(device) if isinstance(value, Tensor) else value for name, value in vars(cpu).items()}
-        )
+        with torch.inference_mode(False):
+            cpu = _build_plan(*key[:5])
+            plan = _Plan(
+                **{name: value.to(device) if isinstance(value, Tensor) else value for name, value in vars(cpu).items()}
+            )
         _PLANS[key] = plan
     return plan
 
