@@ -319,6 +319,23 @@ def test_autocast_keeps_a_float32_bias():
 
 
 @pytest.mark.gpu
+def test_gpu_bias_gradient_over_batch_groups(monkeypatch):
+    """On the GPU: a buffer of one batch item for a batch of three (the dq kernel's in-place sums over its group,
+    inline PTX) at a model size, and the bias gradient's chunked programs with their tickets, twice in a row (the
+    counters reset themselves)."""
+    import zoo.kernels.neighborhood as na_module
+
+    case = ((56, 56), 2, 32, 7, 1, False, True)
+    monkeypatch.setattr(na_module, "DLOGIT_BYTES", 2 * 56 * 56 * 49 * 4)
+    inputs = _inputs(case, torch.bfloat16, batch=3, seed=11)
+    dy = torch.randn(inputs[0].shape, device=DEVICE).to(torch.bfloat16)
+    y64, grads64 = _grads(_attention(case, "torch"), [t.double() for t in inputs], dy.double())
+    for _ in range(2):
+        y, grads = _grads(_attention(case, "triton"), inputs, dy)
+        _check(y, grads, y64, grads64, torch.bfloat16)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize(
     "case",
