@@ -205,6 +205,19 @@ def test_bias_gradient_over_batch_groups(monkeypatch, items):
     assert torch.count_nonzero(ticket_counters(inputs[0].device, heads * 5 * 5)) == 0
 
 
+def test_bias_gradient_beyond_32_bit_offsets_is_refused(monkeypatch):
+    """More logits per head and item than the dq kernel's 32-bit slot offsets reach: a clear error, not a wrong
+    gradient (the limit lowered here to this small case's 3 x 6 x 9 logits)."""
+    import zoo.kernels.neighborhood as na_module
+
+    monkeypatch.setattr(na_module, "MAX_BIAS_LOGITS", 3 * 6 * 9)
+    case = ((3, 6), 1, 16, 3, 1, False, True)
+    q, k, v, rpb = _inputs(case, torch.float32, batch=1)
+    out, lse = na_forward(q, k, v, 3, 1, False, rpb)
+    with pytest.raises(ValueError, match="needs 64-bit offsets for its gradient.*backend='torch'"):
+        na_backward(torch.ones_like(out), q, k, v, out, lse, 3, 1, False, rpb)
+
+
 def test_backward_takes_an_output_gradient_of_another_dtype():
     """Called directly, the backward casts dO to the dtype of q (its dots pair dO with v)."""
     q, k, v, rpb = _inputs(((11,), 1, 16, 3, 1, False, False), torch.bfloat16, seed=8)

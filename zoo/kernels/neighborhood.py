@@ -1080,6 +1080,7 @@ def _na_bwd_q_kernel(
 # The backward's buffer of logit gradients (with a bias): 256 MiB at most; when the batch does not fit, each dq
 # program sums the items of its group of the batch in place
 DLOGIT_BYTES = 1 << 28
+MAX_BIAS_LOGITS = 1 << 31  # logits per head and item with a bias: the dq kernel's slot offsets are 32-bit
 BIAS_CHUNK_TRIPS = 2 if INTERPRETER else 16  # load trips per program of the bias gradient (several chunks in tests)
 
 
@@ -1354,6 +1355,11 @@ def na_backward(
         # the dq kernel; the dk/dv launch's extra programs (rows past batch x heads) sum them per relative offset
         # into drpb, in chunks per (head, offset) joined by a ticket
         K = math.prod(ks)
+        if K * N >= MAX_BIAS_LOGITS:
+            raise ValueError(
+                f"a relative position bias with {N} tokens and a window of {K} needs 64-bit offsets for its gradient "
+                f"({K * N} logits per head); use backend='torch'"
+            )
         groups = _batch_groups(B, heads, N, K)
         q_config["ACCUMULATE"] = groups < B
         dlogit = torch.empty((groups, heads, K, N), dtype=torch.float32, device=q.device)
