@@ -528,7 +528,7 @@ def _bias_grad(
         last = tl.minimum(first + chunk_trips, (hi0 - lo0) * blocks)
         g = tl.arange(0, GROUPS)
         group_rows = (g.to(tl.int64) * (heads * KK * N))[:, None]  # [GROUPS, 1] offsets of the groups of a step
-        step_size = GROUPS * heads * KK * N
+        step_size = GROUPS * heads * (KK * N).to(tl.int64)
         acc = tl.zeros([GROUPS, BLOCK], dtype=tl.float32)
         for t in range(first, last):  # a block of BLOCK queries of one axis-0 row of the box
             i0 = lo0 + t // blocks
@@ -537,7 +537,8 @@ def _bias_grad(
             i2 = lo2 + j % width
             slot = (_axis_slot(i0, r0, n0, d0, K0) * K1 + _axis_slot(i1, r1, n1, d1, K1)) * K2
             slot += _axis_slot(i2, r2, n2, d2, K2)
-            ptrs = dlogit_ptr + h * (KK * N) + group_rows + (slot.to(tl.int64) * N + (i0 * n1 + i1) * n2 + i2)[None, :]
+            queries = slot.to(tl.int64) * N + (i0 * n1 + i1) * n2 + i2
+            ptrs = dlogit_ptr + h.to(tl.int64) * (KK * N) + group_rows + queries[None, :]
             ok = (j < inner)[None, :]
             # the index math above serves every step of GROUPS groups (a loop the compiler keeps: one loop per
             # depth for the loop report)
