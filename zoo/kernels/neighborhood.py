@@ -503,10 +503,9 @@ def _bias_grad(
     sum over the batch groups and over the queries whose window holds offset r (a box, ``_axis_range``) of the
     logit gradient at that offset's window slot, from dlogit [groups, heads, prod(K), N] (float32, queries
     contiguous: a block of queries with one slot is one coalesced load; each entry belongs to one offset). The
-    trips over (box row, block of BLOCK queries) are split into chunks of ``chunk_trips``; a trip computes the
-    block's offsets once and loads them for every step of GROUPS batch groups (an inner loop). Each chunk writes
-    its partial sum and takes a ticket (one acq_rel atomic); the last adds the partials in chunk order
-    (deterministic), stores drpb[h, r] in its dtype and resets the counter."""
+    trips over (box row, block of BLOCK queries, step of GROUPS groups) are split into chunks of ``chunk_trips``;
+    each chunk writes its partial sum and takes a ticket (one acq_rel atomic); the last adds the partials in chunk
+    order (deterministic), stores drpb[h, r] in its dtype and resets the counter."""
     R1: tl.constexpr = 2 * K1 - 1
     R2: tl.constexpr = 2 * K2 - 1
     R: tl.constexpr = (2 * K0 - 1) * R1 * R2
@@ -525,26 +524,19 @@ def _bias_grad(
         steps = tl.cdiv(groups, GROUPS)
         N = n0 * n1 * n2
         first = (w % chunks) * chunk_trips
-        last = tl.minimum(first + chunk_trips, (hi0 - lo0) * blocks)
-        g = tl.arange(0, GROUPS)
-        group_rows = (g.to(tl.int64) * (heads * KK * N))[:, None]  # [GROUPS, 1] offsets of the groups of a step
-        step_size = GROUPS * heads * (KK * N).to(tl.int64)
+        last = tl.minimum(first + chunk_trips, (hi0 - lo0) * blocks * steps)
         acc = tl.zeros([GROUPS, BLOCK], dtype=tl.float32)
-        for t in range(first, last):  # a block of BLOCK queries of one axis-0 row of the box
-            i0 = lo0 + t // blocks
-            j = (t % blocks) * BLOCK + tl.arange(0, BLOCK)
+        for t in range(first, last):
+            i0 = lo0 + t // (blocks * steps)
+            j = ((t // steps) % blocks) * BLOCK + tl.arange(0, BLOCK)
+            g = (t % steps) * GROUPS + tl.arange(0, GROUPS)
             i1 = lo1 + j // width
             i2 = lo2 + j % width
             slot = (_axis_slot(i0, r0, n0, d0, K0) * K1 + _axis_slot(i1, r1, n1, d1, K1)) * K2
             slot += _axis_slot(i2, r2, n2, d2, K2)
-            queries = slot.to(tl.int64) * N + (i0 * n1 + i1) * n2 + i2
-            ptrs = dlogit_ptr + h.to(tl.int64) * (KK * N) + group_rows + queries[None, :]
-            ok = (j < inner)[None, :]
-            # the index math above serves every step of GROUPS groups (a loop the compiler keeps: one loop per
-            # depth for the loop report)
-            for step in tl.range(0, steps, loop_unroll_factor=1):
-                acc += tl.load(ptrs, mask=((step * GROUPS + g) < groups)[:, None] & ok, other=0.0)
-                ptrs += step_size
+            ptrs = dlogit_ptr + ((g * heads + h).to(tl.int64) * (KK * N))[:, None]
+            ptrs += (slot.to(tl.int64) * N + (i0 * n1 + i1) * n2 + i2)[None, :]
+            acc += tl.load(ptrs, mask=(g < groups)[:, None] & (j < inner)[None, :], other=0.0)
         tl.store(partial_ptr + w, tl.sum(tl.sum(acc, axis=1), axis=0))
         tl.debug_barrier()  # the partial is written before the ticket is taken
         ticket = tl.atomic_add(counter_ptr + hr, 1, sem="acq_rel", scope="gpu")
@@ -1089,9 +1081,7 @@ def _na_bwd_q_kernel(
 # program sums the items of its group of the batch in place
 DLOGIT_BYTES = 1 << 28
 MAX_BIAS_LOGITS = 1 << 31  # logits per head and item with a bias: the dq kernel's slot offsets are 32-bit
-# blocks of queries per program of the bias gradient (each loaded for every batch group: 16 loads a program at
-# a batch of 64); the interpreter's one block a chunk gives the tests several chunks per offset
-BIAS_CHUNK_TRIPS = 1 if INTERPRETER else 2
+BIAS_CHUNK_TRIPS = 2 if INTERPRETER else 16  # load trips per program of the bias gradient (several chunks in tests)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1202,12 +1192,10 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     else:
         own = _OWN_GPU_SMALL[dims] if problem["block_d"] > 64 else _OWN_GPU[dims]
         cap, warps, stages = (64 if problem["block_d"] <= 32 else 32), 4, (3 if dims == 3 else 2)
-        # with a bias, fewer stages (and for a masked head_dim of 48-64, smaller own boxes) where more spill on
-        # sm_80: the bias gradient's programs share the dk/dv kernel, the dq kernel computes delta
+        # with a bias, fewer stages where more spill on sm_80 (the bias gradient's programs share the dk/dv
+        # kernel; the dq kernel computes delta)
         if kernel is _na_bwd_kv_kernel and has_rpb and 32 < problem["block_d"] <= 64:
             stages = 1
-            if problem["head_dim"] < problem["block_d"]:
-                own = _OWN_GPU_SMALL[dims]
         if kernel is _na_bwd_q_kernel and has_rpb and dims == 3:
             stages = 1
     other = _cover(own, ks, cap)
@@ -1437,15 +1425,15 @@ def na_backward(
 
 def _bias_chunks(problem: dict, groups: int, kv_config: dict) -> int:
     """Chunks per (head, offset) of the bias gradient's programs: the largest box of queries (offset 0: the map)
-    in trips of BIAS_BLOCK queries (``_bias_grad``; each loads them for every batch group), BIAS_CHUNK_TRIPS trips
-    per chunk."""
+    over ``groups`` batch groups, in trips of [BIAS_GROUPS, BIAS_BLOCK] loads (``_bias_grad``), BIAS_CHUNK_TRIPS
+    trips per chunk."""
     n0, n1, n2 = problem["spatial"]
-    return triton.cdiv(n0 * triton.cdiv(n1 * n2, kv_config["BIAS_BLOCK"]), BIAS_CHUNK_TRIPS)
+    trips = n0 * triton.cdiv(n1 * n2, kv_config["BIAS_BLOCK"]) * triton.cdiv(groups, kv_config["BIAS_GROUPS"])
+    return triton.cdiv(trips, BIAS_CHUNK_TRIPS)
 
 
-def _bias_trips(problem: dict, kv_config: dict) -> int:
-    """Trips (blocks of BIAS_BLOCK queries) of the bias gradient's programs of one head, over all offsets (the loop
-    report's count; mirrors
+def _bias_trips(problem: dict, groups: int, kv_config: dict) -> int:
+    """Load trips of the bias gradient's programs of one head, over all offsets (the loop report's count; mirrors
     ``_axis_range``: the queries of offset r along an axis of n tokens, dilation d and kernel k are the classes
     u = k - 1 - r .. 2 k - 2 - r in [0, k): d coordinates each, n - 2 (k // 2) d for u = k // 2)."""
 
@@ -1454,13 +1442,14 @@ def _bias_trips(problem: dict, kv_config: dict) -> int:
             n - 2 * (k // 2) * d if u == k // 2 else d for u in range(max(k - 1 - r, 0), min(2 * k - 2 - r, k - 1) + 1)
         )
 
+    steps = triton.cdiv(groups, kv_config["BIAS_GROUPS"])
     trips = 0
     for r0, r1, r2 in itertools.product(*(range(2 * k - 1) for k in problem["kernel"])):
         e0, e1, e2 = (
             extent(r, n, d, k)
             for r, n, d, k in zip((r0, r1, r2), problem["spatial"], problem["dilation"], problem["kernel"], strict=True)
         )
-        trips += e0 * triton.cdiv(e1 * e2, kv_config["BIAS_BLOCK"])
+        trips += e0 * triton.cdiv(e1 * e2, kv_config["BIAS_BLOCK"]) * steps
     return trips
 
 
@@ -1826,17 +1815,15 @@ def benchmark_specs() -> list:
                 offsets = heads * math.prod(2 * k - 1 for k in problem["kernel"])
                 chunks = _bias_chunks(problem, groups, constexprs)
                 extra = triton.cdiv(offsets * chunks, boxes)
-                loads = heads * _bias_trips(problem, constexprs)
-                steps = triton.cdiv(groups, constexprs["BIAS_GROUPS"])
+                loads = heads * _bias_trips(problem, groups, constexprs)
                 finals = triton.cdiv(chunks, constexprs["BIAS_FIN_BLOCK"])
                 everyone = (rows + extra) * boxes
-                trips = ((walk * rows / (rows + extra), loads / everyone, offsets * finals / everyone), (steps,))
+                trips = ((walk * rows / (rows + extra), loads / everyone, offsets * finals / everyone),)
                 loops = (
                     f"{rows} x {boxes} programs walk {walks} query boxes of {math.prod(other)}; {extra} x {boxes} "
                     f"more sum the bias gradients of {offsets} (head, offset) pairs over {groups} batch items in "
-                    f"{chunks} chunks, {loads} blocks of {constexprs['BIAS_BLOCK']} queries in all, each loaded "
-                    f"for {steps} steps of {constexprs['BIAS_GROUPS']} groups, and the last chunk of each adds the "
-                    f"partials in {finals} loads"
+                    f"{chunks} chunks, {loads} loads of [{constexprs['BIAS_GROUPS']}, {constexprs['BIAS_BLOCK']}] "
+                    f"in all, and the last chunk of each adds the partials in {finals} loads"
                 )
                 values["chunks"] = chunks
                 rows += extra
