@@ -198,6 +198,13 @@ def test_one_forward_launch_and_at_most_two_backward(name, count):
     assert backward.triton, _describe(backward)  # the work runs in Triton, not in ATen ops
 
 
+def test_group_rational_backward_is_one_launch(count):
+    """The backward kernel's last program adds the coefficient gradients' partial sums (no second kernel)."""
+    make, call = SMALL_OPS["group_rational"]
+    forward, backward = _measure(count, call, make())
+    assert forward.launches == 1 and backward.launches == 1, f"{_describe(forward)}; {_describe(backward)}"
+
+
 # (bidirectional, D / gates / GELU on)
 FFTCONV_CASES = [(False, True), (True, True), (False, False), (True, False)]
 

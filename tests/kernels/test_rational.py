@@ -7,18 +7,22 @@ import torch
 
 import zoo.kernels._backend as backend_module
 from tests.helpers import DEVICE, assert_close, assert_relative_error
+from zoo.kernels._backend import ticket_counters
 from zoo.kernels.rational import group_rational, group_rational_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 BACKENDS = ["torch", "triton"]
-# (shape of x, groups): KAT's 3 x 7 x 40 with 8 groups of 5; a single row; a 1-D input; groups of 96 (kat_b's
-# width 768 in 8 groups: forward tiles spanning groups, masked backward lanes); a group of 136 (three backward
-# column blocks of 64); 4-D input; rows spread over several backward programs, each looping over several tiles.
+# (shape of x, groups): KAT's 3 x 7 x 40 with 8 groups of 5 (masked backward lanes); a single row; a 1-D input;
+# groups of 96 (kat_b's width 768 in 8 groups: forward tiles spanning groups, three backward column blocks of 32);
+# groups of 48 in backward column blocks of 16 over two row programs; a group of 136 (three backward column blocks
+# of 64, the last one masked); 4-D input; rows spread over several backward programs, each looping over several
+# tiles.
 CASES = [
     ((3, 7, 40), 8),
     ((1, 40), 8),
     ((40,), 8),
     ((2, 768), 8),
+    ((4, 9, 96), 2),
     ((3, 272), 2),
     ((2, 3, 5, 12), 4),
     ((5, 13, 16), 2),
@@ -80,6 +84,22 @@ def test_triton_matches_reference_in_same_dtype(dtype):
     assert_close(dx_t, dx_r, dtype, scale=float(dx_r.abs().max()))
     assert_relative_error(da_t, da_r, 1e-4)
     assert_relative_error(db_t, db_r, 1e-4)
+
+
+def test_backward_is_deterministic_and_leaves_the_tickets_at_zero():
+    """The last program adds the partial sums in a fixed order: two calls give the same bits; it resets the ticket
+    counter, or the next call's programs would never see the last ticket (the coefficient gradients would be left
+    unwritten)."""
+    torch.manual_seed(9)
+    x = torch.randn(40, 96, device=DEVICE)
+    dy = torch.randn_like(x)
+    a, b = _coefficients(2, seed=9)
+    first = _run(x, a, b, dy, "triton")
+    assert torch.count_nonzero(ticket_counters(x.device, 1)) == 0
+    second = _run(x, a, b, dy, "triton")
+    for u, v in zip(first, second, strict=True):
+        assert torch.equal(u, v)
+    _check_against_reference64(x, a, b, dy, "triton", torch.float32)
 
 
 @pytest.mark.parametrize("layout", ["permuted", "strided-rows", "strided-columns", "expanded-grad"])

@@ -48,12 +48,14 @@ from torch import Tensor
 from zoo.kernels._backend import (
     INTERPRETER,
     TRITON_DTYPES,
+    cdiv,
     check_float_tensor,
     check_triton_device,
     check_triton_dtypes,
     device_guard,
     dispatch_triton,
     launchable,
+    next_power_of_2,
     resolve_backend,
     tl,
     triton,
@@ -644,7 +646,7 @@ def dk_tile(k_len: int) -> tuple[int, int]:
     """(BLOCK_D, BLOCK_T) of the direct path's kernel-gradient programs for a kernel of k_len taps per side."""
     if INTERPRETER:
         return BLOCK_D, BLOCK_T
-    block_d = min(BLOCK_D_GPU[0], triton.next_power_of_2(k_len))
+    block_d = min(BLOCK_D_GPU[0], next_power_of_2(k_len))
     return block_d, BLOCK_D_GPU[0] * BLOCK_D_GPU[1] // block_d
 
 
@@ -744,7 +746,7 @@ def _forward(
             n = fft_length(L, k_len)
             rows = B * H + H
             buf = torch.empty((rows, n), dtype=torch.float32, device=u.device)
-            launchable(_fftconv_prologue_kernel)[(rows, triton.cdiv(n, BLOCK_L))](
+            launchable(_fftconv_prologue_kernel)[(rows, cdiv(n, BLOCK_L))](
                 u,
                 gin,
                 k,
@@ -763,7 +765,7 @@ def _forward(
             )
             spectra = torch.fft.rfft(buf)
             conv = torch.fft.irfft(spectra[: B * H].view(B, H, -1) * spectra[B * H :], n=n)
-        launchable(_fftconv_fwd_kernel)[(B * H, triton.cdiv(L, BLOCK_L))](
+        launchable(_fftconv_fwd_kernel)[(B * H, cdiv(L, BLOCK_L))](
             conv,
             k,
             u,
@@ -873,7 +875,7 @@ def fftconv_backward(
     flags = dict(HAS_D=D is not None, HAS_GATE_IN=gate_in is not None, DIRECT=direct, BIDIRECTIONAL=bidirectional)
     with device_guard(u.device):
         buf = torch.empty((rows, n), dtype=torch.float32, device=u.device)
-        launchable(_fftconv_bwd_epilogue_kernel)[(rows, triton.cdiv(n, BLOCK_L))](
+        launchable(_fftconv_bwd_epilogue_kernel)[(rows, cdiv(n, BLOCK_L))](
             grad_output,
             conv if has_z else buf,
             k,
@@ -902,11 +904,11 @@ def fftconv_backward(
         if direct:
             corr = buf  # not read: the input kernel sums the taps
             block_d, block_t = dk_tile(k_len)
-            dk_programs = H * (2 if bidirectional else 1) * triton.cdiv(k_len, block_d)
+            dk_programs = H * (2 if bidirectional else 1) * cdiv(k_len, block_d)
         else:
             freqs = n // 2 + 1
             products = torch.empty((BH + H, freqs), dtype=torch.complex64, device=u.device)
-            launchable(_fftconv_bwd_spectral_kernel)[(H, triton.cdiv(freqs, BLOCK_F))](
+            launchable(_fftconv_bwd_spectral_kernel)[(H, cdiv(freqs, BLOCK_F))](
                 torch.view_as_real(torch.fft.rfft(buf)),
                 torch.view_as_real(products),
                 B,
@@ -916,9 +918,9 @@ def fftconv_backward(
                 num_warps=NUM_WARPS,
             )
             corr = torch.fft.irfft(products, n=n)
-            dk_programs = H * triton.cdiv(k_len, BLOCK_L)
+            dk_programs = H * cdiv(k_len, BLOCK_L)
             block_d, block_t = BLOCK_D, BLOCK_T  # unused by the FFT path
-        launchable(_fftconv_bwd_input_kernel)[(BH * triton.cdiv(L, BLOCK_L) + dk_programs,)](
+        launchable(_fftconv_bwd_input_kernel)[(BH * cdiv(L, BLOCK_L) + dk_programs,)](
             corr,
             buf,
             k,
@@ -1222,7 +1224,7 @@ def benchmark_specs() -> list:
         direct = use_direct(k_len)
         n = L if direct else fft_length(L, k_len)
         freqs = n // 2 + 1
-        block_d = min(BLOCK_D_GPU[0], triton.next_power_of_2(k_len)) if direct else BLOCK_D_GPU[0]
+        block_d = min(BLOCK_D_GPU[0], next_power_of_2(k_len)) if direct else BLOCK_D_GPU[0]
         block_t = BLOCK_D_GPU[0] * BLOCK_D_GPU[1] // block_d
         rows, elements = B * H, B * H * L
         macs = B * H * sum(min(t + 1, k_len) for t in range(L))
@@ -1258,10 +1260,10 @@ def benchmark_specs() -> list:
         )
         if direct:
             values["conv_ptr"] = "*bf16"  # the direct path passes u (not read)
-        position_blocks, padded_blocks = triton.cdiv(L, BLOCK_L_GPU), triton.cdiv(n, BLOCK_L_GPU)
+        position_blocks, padded_blocks = cdiv(L, BLOCK_L_GPU), cdiv(n, BLOCK_L_GPU)
         launches = []  # (kernel, programs, units, unit, trips)
         if direct:
-            dk_programs = H * triton.cdiv(k_len, block_d)
+            dk_programs = H * cdiv(k_len, block_d)
             launches += [
                 (_fftconv_fwd_kernel, rows * position_blocks, macs, "MAC", (k_len,)),
                 (_fftconv_bwd_epilogue_kernel, rows * position_blocks, elements, "element", ()),
@@ -1270,18 +1272,18 @@ def benchmark_specs() -> list:
                     rows * position_blocks + dk_programs,
                     2 * macs,
                     "MAC",
-                    ((k_len, B), triton.cdiv(L, block_t)),  # input taps | batch, then positions
+                    ((k_len, B), cdiv(L, block_t)),  # input taps | batch, then positions
                 ),
             ]
         else:
-            dk_programs = H * triton.cdiv(k_len, BLOCK_L_GPU)
+            dk_programs = H * cdiv(k_len, BLOCK_L_GPU)
             launches += [
                 (_fftconv_prologue_kernel, (rows + H) * padded_blocks, elements, "element", ()),
                 (_fftconv_fwd_kernel, rows * position_blocks, elements, "element", ()),
                 (_fftconv_bwd_epilogue_kernel, (2 * rows + H) * padded_blocks, elements, "element", ()),
                 (
                     _fftconv_bwd_spectral_kernel,
-                    H * triton.cdiv(freqs, BLOCK_F_GPU),
+                    H * cdiv(freqs, BLOCK_F_GPU),
                     2 * rows * freqs,
                     "complex product",
                     (B,),

@@ -46,6 +46,7 @@ from torch import Tensor
 from zoo.kernels._backend import (
     INTERPRETER,
     TRITON_DTYPES,
+    cdiv,
     check_float_tensor,
     check_triton_device,
     check_triton_dtypes,
@@ -53,6 +54,7 @@ from zoo.kernels._backend import (
     device_guard,
     dispatch_triton,
     launchable,
+    next_power_of_2,
     requested_backend,
     resolve_backend,
     ticket_counters,
@@ -1124,7 +1126,7 @@ def _problem(q: Tensor, ks, ds, cs) -> dict:
         causal=_three(cs, False),
         dims=dims,
         head_dim=q.shape[-1],
-        block_d=max(16, triton.next_power_of_2(q.shape[-1])),
+        block_d=max(16, next_power_of_2(q.shape[-1])),
         fp32=q.dtype == torch.float32,
     )
 
@@ -1133,9 +1135,7 @@ def _grid(problem: dict, box: tuple[int, int, int], rows: int) -> tuple[tuple[in
     """(grid, boxes per dilation group and axis) for boxes of ``box`` group coordinates. Axis 0 (up to 2^31 - 1
     programs) holds the batch x heads rows: the programs that run together read neighbouring heads of one tile;
     axis 1 (up to 65535) the boxes."""
-    tiles = tuple(
-        triton.cdiv(triton.cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box, strict=True)
-    )
+    tiles = tuple(cdiv(cdiv(n, d), t) for n, d, t in zip(problem["spatial"], problem["dilation"], box, strict=True))
     boxes = math.prod(d * t for d, t in zip(problem["dilation"], tiles, strict=True))
     if boxes > 65535:
         raise ValueError(
@@ -1368,7 +1368,7 @@ def na_backward(
         chunks = _bias_chunks(problem, groups, kv_config)
         partial = torch.empty(offsets * chunks, dtype=torch.float32, device=q.device)
         counters = ticket_counters(q.device, offsets)
-        kv_grid = (kv_grid[0] + triton.cdiv(offsets * chunks, kv_grid[1]), kv_grid[1])
+        kv_grid = (kv_grid[0] + cdiv(offsets * chunks, kv_grid[1]), kv_grid[1])
     common = (*problem["spatial"], *problem["dilation"])
     inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     with device_guard(q.device):
@@ -1428,8 +1428,8 @@ def _bias_chunks(problem: dict, groups: int, kv_config: dict) -> int:
     over ``groups`` batch groups, in trips of [BIAS_GROUPS, BIAS_BLOCK] loads (``_bias_grad``), BIAS_CHUNK_TRIPS
     trips per chunk."""
     n0, n1, n2 = problem["spatial"]
-    trips = n0 * triton.cdiv(n1 * n2, kv_config["BIAS_BLOCK"]) * triton.cdiv(groups, kv_config["BIAS_GROUPS"])
-    return triton.cdiv(trips, BIAS_CHUNK_TRIPS)
+    trips = n0 * cdiv(n1 * n2, kv_config["BIAS_BLOCK"]) * cdiv(groups, kv_config["BIAS_GROUPS"])
+    return cdiv(trips, BIAS_CHUNK_TRIPS)
 
 
 def _bias_trips(problem: dict, groups: int, kv_config: dict) -> int:
@@ -1442,14 +1442,14 @@ def _bias_trips(problem: dict, groups: int, kv_config: dict) -> int:
             n - 2 * (k // 2) * d if u == k // 2 else d for u in range(max(k - 1 - r, 0), min(2 * k - 2 - r, k - 1) + 1)
         )
 
-    steps = triton.cdiv(groups, kv_config["BIAS_GROUPS"])
+    steps = cdiv(groups, kv_config["BIAS_GROUPS"])
     trips = 0
     for r0, r1, r2 in itertools.product(*(range(2 * k - 1) for k in problem["kernel"])):
         e0, e1, e2 = (
             extent(r, n, d, k)
             for r, n, d, k in zip((r0, r1, r2), problem["spatial"], problem["dilation"], problem["kernel"], strict=True)
         )
-        trips += e0 * triton.cdiv(e1 * e2, kv_config["BIAS_BLOCK"]) * steps
+        trips += e0 * cdiv(e1 * e2, kv_config["BIAS_BLOCK"]) * steps
     return trips
 
 
@@ -1814,9 +1814,9 @@ def benchmark_specs() -> list:
             elif fn is _na_bwd_kv_kernel and bias:  # extra programs after the key boxes: the bias gradient
                 offsets = heads * math.prod(2 * k - 1 for k in problem["kernel"])
                 chunks = _bias_chunks(problem, groups, constexprs)
-                extra = triton.cdiv(offsets * chunks, boxes)
+                extra = cdiv(offsets * chunks, boxes)
                 loads = heads * _bias_trips(problem, groups, constexprs)
-                finals = triton.cdiv(chunks, constexprs["BIAS_FIN_BLOCK"])
+                finals = cdiv(chunks, constexprs["BIAS_FIN_BLOCK"])
                 everyone = (rows + extra) * boxes
                 trips = ((walk * rows / (rows + extra), loads / everyone, offsets * finals / everyone),)
                 loops = (

@@ -20,13 +20,17 @@ from torch import Tensor
 from zoo.kernels._backend import (
     INTERPRETER,
     TRITON_DTYPES,
+    cdiv,
     check_triton_device,
     check_triton_dtypes,
     device_guard,
     dispatch_triton,
     launchable,
+    libdevice,
+    next_power_of_2,
     requested_backend,
     resolve_backend,
+    ticket_counters,
     tl,
     triton,
     triton_op,
@@ -121,8 +125,8 @@ def group_rational_reference(x: Tensor, weight_numerator: Tensor, weight_denomin
 # (each column gathers its group's |b| from a 4 x G table that stays in L1).
 # Backward: program (r, c) covers `rows_per_program` rows of BLOCK_D columns of ONE group
 # (c = group * col_blocks + column block), so it reduces its coefficient gradients over the whole block in
-# registers and writes one partial sum of 10 values; a one-program kernel adds the partials up (no atomics,
-# deterministic).
+# registers and writes one partial sum of 10 values; the last program of each group adds the group's partials,
+# and the last group the numerator's (tickets; no atomics on data, deterministic): one launch.
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -158,12 +162,14 @@ def _numerator_denominator(x, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3):
 
 
 @triton.jit
-def _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3):
-    """P'(x) and Q'(x), with d|x|/dx = +1 at x = 0."""
-    dp = a1 + x * (2.0 * a2 + x * (3.0 * a3 + x * (4.0 * a4 + x * (5.0 * a5))))
-    sign_x = tl.where(x < 0, -1.0, 1.0)
-    dq = sign_x * (b0 + ax * (2.0 * b1 + ax * (3.0 * b2 + ax * (4.0 * b3))))
-    return dp, dq
+def _reciprocal(q, APPROX: tl.constexpr):
+    """1 / q for the denominator q >= 1. ``APPROX`` (GPU launches): ``div.approx`` (MUFU.RCP and a multiply, 2 ulp
+    like ``div.full``, four instructions fewer per element; beyond 2^126, where the float32 numerator has
+    overflowed too, it gives 0 instead of a tiny quotient). Otherwise ``div.full`` (the interpreter, which has no
+    libdevice)."""
+    if APPROX:
+        return libdevice.fast_dividef(1.0, q)
+    return 1.0 / q
 
 
 @triton.jit
@@ -191,6 +197,7 @@ def _group_rational_fwd_kernel(
     stride_xc,
     TILE: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -203,7 +210,42 @@ def _group_rational_fwd_kernel(
     p, q, _ax = _numerator_denominator(
         x.to(tl.float32), a0, a1, a2, a3, a4, a5, b0[None, :], b1[None, :], b2[None, :], b3[None, :]
     )
-    tl.store(y_ptr + rows[:, None] * D + cols[None, :], (p / q).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        y_ptr + rows[:, None] * D + cols[None, :], (p * _reciprocal(q, APPROX)).to(y_ptr.dtype.element_ty), mask=mask
+    )
+
+
+@triton.jit
+def _finish_group(partial_ptr, numerator_ptr, b_ptr, db_ptr, group, partials_per_group, BLOCK: tl.constexpr):
+    """The last program of ``group``: add the group's partial sums (``partials_per_group`` contiguous rows of 10) in
+    a fixed order, store the denominator part times sign(b) (+1 at 0) as the group's gradient, in the weights'
+    dtype, and the numerator part (shared by all groups) to ``numerator_ptr[group, :6]`` for the last group. The
+    partials are other programs' stores: read from L2 (``.cg``), after the ticket's acquire."""
+    k = tl.arange(0, 16)
+    acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
+    base = partial_ptr + group.to(tl.int64) * partials_per_group * 10
+    for start in range(0, partials_per_group, BLOCK):
+        idx = start + tl.arange(0, BLOCK)
+        mask = (idx < partials_per_group)[:, None] & (k < 10)[None, :]
+        acc += tl.load(base + idx[:, None] * 10 + k[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+    total = tl.sum(acc, axis=0)
+    is_denominator = (k >= 6) & (k < 10)
+    b = tl.load(b_ptr + group * 4 + (k - 6), mask=is_denominator, other=0.0)
+    d_denominator = total * tl.where(b < 0, -1.0, 1.0)
+    tl.store(db_ptr + group * 4 + (k - 6), d_denominator.to(db_ptr.dtype.element_ty), mask=is_denominator)
+    tl.store(numerator_ptr + group * 16 + k, total, mask=k < 6)
+
+
+@triton.jit
+def _finish_numerator(numerator_ptr, da_ptr, groups, BLOCK: tl.constexpr):
+    """The last group to finish: add the groups' numerator sums in group order; store them in the weights' dtype."""
+    k = tl.arange(0, 16)
+    acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
+    for start in range(0, groups, BLOCK):
+        g = start + tl.arange(0, BLOCK)
+        mask = (g < groups)[:, None] & (k < 6)[None, :]
+        acc += tl.load(numerator_ptr + g[:, None] * 16 + k[None, :], mask=mask, other=0.0, cache_modifier=".cg")
+    tl.store(da_ptr + k, tl.sum(acc, axis=0).to(da_ptr.dtype.element_ty), mask=k < 6)
 
 
 @triton.jit
@@ -214,6 +256,9 @@ def _group_rational_bwd_kernel(
     a_ptr,
     b_ptr,
     partial_ptr,
+    counter_ptr,
+    da_ptr,
+    db_ptr,
     n_rows,
     D,
     group_size,
@@ -224,9 +269,18 @@ def _group_rational_bwd_kernel(
     stride_dyc,
     TILE: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    FIN_BLOCK: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
-    """dx per element; per program, the 10 coefficient-gradient sums of its block (6 numerator, 4 denominator
-    before the sign of b), written to ``partial_ptr[pid_c, pid_r, :]``: reduced in registers, no atomics."""
+    """dx per element, and the coefficient gradients in the same launch: each program reduces the 10 sums of its
+    block (6 numerator, 4 denominator before the sign of b) in registers, writes them to
+    ``partial_ptr[pid_c, pid_r, :]`` and takes a ticket on its group's counter (one acq_rel atomic); the program
+    that draws the group's last ticket adds the group's partials in a fixed order and writes its denominator
+    gradient, then takes a ticket on ``counter_ptr[groups]``; the last group adds the numerator sums
+    (deterministic, no atomics on data). Each resets its counter for the next launch.
+
+    The loop body works from the powers x^2..x^5 (|x|^3 = |x^3|): P, Q, P' and Q' are sums of coefficient x power
+    products, and each of the 10 sums takes one FFMA per element (docs/design.md §21)."""
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -237,6 +291,9 @@ def _group_rational_bwd_kernel(
     col_mask = cols_in_group < group_size
     a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
     b0, b1, b2, b3 = _denominator_coefficients(b_ptr, group, True)
+    # P'(x) = a1 + 2 a2 x + ... + 5 a5 x^4 and dQ/d|x| = |b0| + 2 |b1| |x| + 3 |b2| x^2 + 4 |b3| |x|^3
+    da2, da3, da4, da5 = 2.0 * a2, 3.0 * a3, 4.0 * a4, 5.0 * a5
+    db1, db2, db3 = 2.0 * b1, 3.0 * b2, 4.0 * b3
     zero = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
     acc_b0, acc_b1, acc_b2, acc_b3 = zero, zero, zero, zero
@@ -256,35 +313,34 @@ def _group_rational_bwd_kernel(
         mask = (rows < row_end)[:, None] & col_mask[None, :]
         x_next = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask)
         dy_next = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask)
-        p, q, ax = _numerator_denominator(x, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
-        dp, dq = _derivatives(x, ax, a1, a2, a3, a4, a5, b0, b1, b2, b3)
-        inv_q = 1.0 / q
+        ax = tl.abs(x)
+        x2 = x * x
+        x3 = x2 * x
+        x4 = x2 * x2
+        x5 = x4 * x
+        ax3 = tl.abs(x3)
+        p = a0 + a1 * x + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x5
+        q = 1.0 + b0 * ax + b1 * x2 + b2 * ax3 + b3 * x4  # >= 1
+        dp = a1 + da2 * x + da3 * x2 + da4 * x3 + da5 * x4
+        dq_dax = b0 + db1 * ax + db2 * x2 + db3 * ax3
+        dq = tl.where(x < 0, -dq_dax, dq_dax)  # d|x|/dx = +1 at x = 0
+        inv_q = _reciprocal(q, APPROX)
         f = p * inv_q
-        dy_over_q = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
-        dx = (dp - f * dq) * dy_over_q
+        g = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
+        dx = (dp - f * dq) * g
         tl.store(dx_ptr + tile_rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_mask)
-        # dL/da_i = dy * x^i / Q
-        numerator_term = dy_over_q
-        acc_a0 += numerator_term
-        numerator_term *= x
-        acc_a1 += numerator_term
-        numerator_term *= x
-        acc_a2 += numerator_term
-        numerator_term *= x
-        acc_a3 += numerator_term
-        numerator_term *= x
-        acc_a4 += numerator_term
-        numerator_term *= x
-        acc_a5 += numerator_term
-        # dL/d|b_j| = -dy * F / Q * |x|^(j+1)
-        denominator_term = -dy_over_q * f * ax
-        acc_b0 += denominator_term
-        denominator_term *= ax
-        acc_b1 += denominator_term
-        denominator_term *= ax
-        acc_b2 += denominator_term
-        denominator_term *= ax
-        acc_b3 += denominator_term
+        # dL/da_i = dy x^i / Q; dL/d|b_j| = -dy F |x|^(j+1) / Q
+        acc_a0 += g
+        acc_a1 += g * x
+        acc_a2 += g * x2
+        acc_a3 += g * x3
+        acc_a4 += g * x4
+        acc_a5 += g * x5
+        h = g * f
+        acc_b0 -= h * ax
+        acc_b1 -= h * x2
+        acc_b2 -= h * ax3
+        acc_b3 -= h * x4
     out = partial_ptr + (pid_c * tl.num_programs(0) + pid_r) * 10
     tl.store(out + 0, _tile_sum(acc_a0))
     tl.store(out + 1, _tile_sum(acc_a1))
@@ -296,29 +352,21 @@ def _group_rational_bwd_kernel(
     tl.store(out + 7, _tile_sum(acc_b1))
     tl.store(out + 8, _tile_sum(acc_b2))
     tl.store(out + 9, _tile_sum(acc_b3))
-
-
-@triton.jit
-def _coefficient_grads_kernel(partial_ptr, b_ptr, da_ptr, db_ptr, groups, partials_per_group, BLOCK: tl.constexpr):
-    """One program: add up each group's partial sums (contiguous), apply sign(b) (+1 at 0) to the denominator
-    part, and sum the numerator part over groups (the numerator is shared). Writes in the weights' dtype."""
-    k = tl.arange(0, 16)
-    is_numerator = k < 6
-    is_denominator = (k >= 6) & (k < 10)
-    d_numerator = tl.zeros((16,), dtype=tl.float32)
-    for group in range(groups):
-        acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
-        base = partial_ptr + group * partials_per_group * 10
-        for start in range(0, partials_per_group, BLOCK):
-            idx = start + tl.arange(0, BLOCK)
-            mask = (idx < partials_per_group)[:, None] & (k < 10)[None, :]
-            acc += tl.load(base + idx[:, None] * 10 + k[None, :], mask=mask, other=0.0)
-        total = tl.sum(acc, axis=0)
-        d_numerator += tl.where(is_numerator, total, 0.0)
-        b = tl.load(b_ptr + group * 4 + (k - 6), mask=is_denominator, other=0.0)
-        d_denominator = total * tl.where(b < 0, -1.0, 1.0)
-        tl.store(db_ptr + group * 4 + (k - 6), d_denominator.to(db_ptr.dtype.element_ty), mask=is_denominator)
-    tl.store(da_ptr + k, d_numerator.to(da_ptr.dtype.element_ty), mask=is_numerator)
+    # The last program of the group adds its partials (one ticket per program on the group's counter); the last
+    # group to finish adds the groups' numerator sums (a second ticket, on counter[groups]): two short serial steps
+    # after the main loop instead of one program walking every partial. Each resets its counter for the next launch.
+    tl.debug_barrier()  # every thread's partial stores come before the ticket (release)
+    ticket = tl.atomic_add(counter_ptr + group, 1, sem="acq_rel", scope="gpu")
+    if ticket == col_blocks * tl.num_programs(0) - 1:
+        groups = tl.num_programs(1) // col_blocks
+        numerator_ptr = partial_ptr + tl.num_programs(0).to(tl.int64) * tl.num_programs(1) * 10
+        _finish_group(partial_ptr, numerator_ptr, b_ptr, db_ptr, group, col_blocks * tl.num_programs(0), FIN_BLOCK)
+        tl.atomic_xchg(counter_ptr + group, 0)
+        tl.debug_barrier()  # the group's numerator sums come before its ticket
+        finished = tl.atomic_add(counter_ptr + groups, 1, sem="acq_rel", scope="gpu")
+        if finished == groups - 1:
+            _finish_numerator(numerator_ptr, da_ptr, groups, 16)
+            tl.atomic_xchg(counter_ptr + groups, 0)
 
 
 def _configs(tiles_and_warps: tuple[tuple[int, int], ...]) -> list:
@@ -351,21 +399,28 @@ _group_rational_bwd = triton.autotune(configs=_BWD_CONFIGS, key=["D", "group_siz
 
 def _forward_block_d(width: int) -> int:
     """Columns per forward tile: the whole row up to 256 columns."""
-    return min(triton.next_power_of_2(width), 256)
+    return min(next_power_of_2(width), 256)
 
 
 def _backward_block_d(group_size: int) -> int:
-    """Columns per backward tile (within one group): a group of <= 64 channels in one tile; wider groups in
-    tiles of 128 when that leaves at most a quarter of the lanes idle, else of 64 (narrower rows waste memory
-    transactions)."""
+    """Columns per backward tile (within one group). The widest power of two from 16 to 128 that divides the group
+    leaves no lane idle (groups of 96 in tiles of 32, of 48 in tiles of 16: rows of at least 32 bytes, a whole
+    memory sector in 16-bit dtypes). Other groups: one tile up to 64 channels; wider groups in tiles of 128 when
+    that leaves at most a quarter of the lanes idle, else of 64 (narrower rows waste memory transactions)."""
+    for block in (128, 64, 32, 16):
+        if group_size % block == 0:
+            return block
     if group_size <= 64:
-        return triton.next_power_of_2(group_size)
+        return next_power_of_2(group_size)
     for block in (128, 64):
-        padded = triton.cdiv(group_size, block) * block
+        padded = cdiv(group_size, block) * block
         if 4 * (padded - group_size) <= padded:
             return block
     return 64
 
+
+# Rows of partial sums the last backward program of a group adds per step.
+_FIN_BLOCK = 64
 
 # Elements of x each backward program reduces (rows_per_program * BLOCK_D): enough tiles per program to amortise
 # the final reduction, few enough that the grid fills the GPU many times over.
@@ -408,7 +463,7 @@ def group_rational_forward(
     n_rows = x2.shape[0]
 
     def grid(meta):
-        return (triton.cdiv(n_rows, meta["TILE"] // block_d), triton.cdiv(width, block_d))
+        return (cdiv(n_rows, meta["TILE"] // block_d), cdiv(width, block_d))
 
     with device_guard(x.device):
         launchable(_group_rational_fwd)[grid](
@@ -422,6 +477,7 @@ def group_rational_forward(
             x2.stride(0),
             x2.stride(1),
             BLOCK_D=block_d,
+            APPROX=not INTERPRETER,
         )
     return y
 
@@ -453,11 +509,12 @@ def group_rational_backward(
     dy2 = grad_output.reshape(-1, width)
     a, b = _as_fp32_contiguous(weight_numerator), _as_fp32_contiguous(weight_denominator)
     block_d = _backward_block_d(group_size) if block_d is None else _check_block_d(block_d, _BWD_CONFIGS)
-    col_blocks = triton.cdiv(group_size, block_d)
+    col_blocks = cdiv(group_size, block_d)
     n_rows = x2.shape[0]
     rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
-    row_programs = triton.cdiv(n_rows, rows_per_program)
-    partials = torch.empty((groups * col_blocks, row_programs, 10), dtype=torch.float32, device=x.device)
+    row_programs = cdiv(n_rows, rows_per_program)
+    # [groups x col_blocks, row_programs, 10] partial sums, then [groups, 16] numerator sums per group
+    partials = torch.empty(groups * (col_blocks * row_programs * 10 + 16), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
         launchable(_group_rational_bwd)[(row_programs, groups * col_blocks)](
             x2,
@@ -466,6 +523,9 @@ def group_rational_backward(
             a,
             b,
             partials,
+            ticket_counters(x.device, groups + 1),
+            d_numerator,
+            d_denominator,
             n_rows,
             width,
             group_size,
@@ -475,15 +535,8 @@ def group_rational_backward(
             dy2.stride(0),
             dy2.stride(1),
             BLOCK_D=block_d,
-        )
-        launchable(_coefficient_grads_kernel)[(1,)](
-            partials,
-            b,
-            d_numerator,
-            d_denominator,
-            groups,
-            col_blocks * row_programs,
-            BLOCK=64 if INTERPRETER else 256,
+            FIN_BLOCK=_FIN_BLOCK,
+            APPROX=not INTERPRETER,
         )
     return dx, d_numerator, d_denominator
 
@@ -592,7 +645,8 @@ KAT_WIDTHS = (192, 384, 768, 1536, 3072)  # the dims and 4x MLP widths of kat_t/
 def aot_specs() -> list:
     """Compile specs (zoo/kernels/_aot.py): every autotune configuration of the forward and backward kernels at the
     column tiles the KAT widths use, for bf16 (the training dtype), and at the widest tile for fp32/fp16; one
-    spec per kernel with no stride specialisation (non-contiguous inputs); the final reduction kernel."""
+    spec per kernel with no stride specialisation (non-contiguous inputs). The backward's last program adds the
+    coefficient gradients' partial sums itself (no second kernel)."""
     from zoo.kernels._aot import KernelSpec
 
     fwd_block_ds = sorted({_forward_block_d(width) for width in KAT_WIDTHS})
@@ -610,27 +664,15 @@ def aot_specs() -> list:
         "stride_dyc": "i32:1",
     }
     strided = dict.fromkeys(contiguous, "i32")
-    specs = [
-        KernelSpec(
-            name="_coefficient_grads_kernel[fp32]",
-            fn=_coefficient_grads_kernel,
-            signature={
-                "partial_ptr": "*fp32:16",
-                "b_ptr": "*fp32:16",
-                "da_ptr": "*fp32:16",
-                "db_ptr": "*fp32:16",
-                "groups": "i32",
-                "partials_per_group": "i32",
-            },
-            constexprs={"BLOCK": 256},
-        )
-    ]
+
+    specs = []
     for dtype in ("bf16", "fp32", "fp16"):
         pointers = dict.fromkeys(("x_ptr", "y_ptr", "dy_ptr", "dx_ptr"), f"*{dtype}:16")
-        pointers.update(dict.fromkeys(("a_ptr", "b_ptr", "partial_ptr"), "*fp32:16"))
-        for kernel, configs, block_ds in (
-            (_group_rational_fwd_kernel, _FWD_CONFIGS, fwd_block_ds),
-            (_group_rational_bwd_kernel, _BWD_CONFIGS, bwd_block_ds),
+        pointers.update(dict.fromkeys(("a_ptr", "b_ptr", "partial_ptr", "da_ptr", "db_ptr"), "*fp32:16"))
+        pointers["counter_ptr"] = "*i32:16"
+        for kernel, configs, block_ds, constexprs in (
+            (_group_rational_fwd_kernel, _FWD_CONFIGS, fwd_block_ds, {"APPROX": True}),
+            (_group_rational_bwd_kernel, _BWD_CONFIGS, bwd_block_ds, {"APPROX": True, "FIN_BLOCK": _FIN_BLOCK}),
         ):
             if dtype != "bf16":
                 block_ds = block_ds[-1:]
@@ -649,7 +691,7 @@ def aot_specs() -> list:
                         f"w{config.num_warps}{label}]",
                         fn=kernel,
                         signature=signature,
-                        constexprs={**config.kwargs, "BLOCK_D": block_d},
+                        constexprs={**config.kwargs, "BLOCK_D": block_d, **constexprs},
                         num_warps=config.num_warps,
                     )
                 )
@@ -661,7 +703,7 @@ RATIONAL_BENCHMARKS = ((128 * 197, 768, 8), (128 * 197, 3072, 8))  # scripts/ben
 
 def benchmark_specs() -> list:
     """Loop-report specs (zoo/kernels/_aot.py --loops): every autotune configuration of the forward and backward
-    kernels, and the coefficient reduction, at KAT's benchmarked MLP inputs (B 128 x L 197 rows of D channels, 8
+    kernels at KAT's benchmarked MLP inputs (B 128 x L 197 rows of D channels, 8
     groups, bf16, contiguous), with the arguments the launchers pass and the useful work of a program: the
     elements of x it covers (idle lanes of a column tile wider than a group are cost); the backward loops over
     its rows in steps of TILE / BLOCK_D. The first configuration of each kernel at D 768 is compiled in the tests
@@ -671,6 +713,7 @@ def benchmark_specs() -> list:
     specs = []
     pointers = dict.fromkeys(("x_ptr", "y_ptr", "dy_ptr", "dx_ptr"), "*bf16")
     pointers.update(dict.fromkeys(("a_ptr", "b_ptr", "partial_ptr", "da_ptr", "db_ptr"), "*fp32"))
+    pointers["counter_ptr"] = "*i32"
     for n_rows, width, groups in RATIONAL_BENCHMARKS:
         case = f"B128xL197x{width}"
         group_size = width // groups
@@ -678,7 +721,7 @@ def benchmark_specs() -> list:
         block_d = _forward_block_d(width)
         for index, config in enumerate(_FWD_CONFIGS):
             tile = config.kwargs["TILE"]
-            programs = triton.cdiv(n_rows, tile // block_d) * triton.cdiv(width, block_d)
+            programs = cdiv(n_rows, tile // block_d) * cdiv(width, block_d)
             args = dict(
                 **{name: pointers[name] for name in ("x_ptr", "y_ptr", "a_ptr", "b_ptr")},
                 n_rows=n_rows,
@@ -688,6 +731,7 @@ def benchmark_specs() -> list:
                 stride_xc=1,
                 TILE=tile,
                 BLOCK_D=block_d,
+                APPROX=True,
             )
             specs.append(
                 launch_spec(
@@ -703,16 +747,29 @@ def benchmark_specs() -> list:
                 )
             )
         block_d = _backward_block_d(group_size)
-        col_blocks = triton.cdiv(group_size, block_d)
+        col_blocks = cdiv(group_size, block_d)
         rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
-        row_programs = triton.cdiv(n_rows, rows_per_program)
+        row_programs = cdiv(n_rows, rows_per_program)
         for index, config in enumerate(_BWD_CONFIGS):
             tile = config.kwargs["TILE"]
             programs = row_programs * groups * col_blocks
             lengths = [min(rows_per_program, n_rows - start) for start in range(0, n_rows, rows_per_program)]
-            trips = sum(triton.cdiv(length, tile // block_d) for length in lengths) / row_programs
+            trips = sum(cdiv(length, tile // block_d) for length in lengths) / row_programs
             args = dict(
-                **{name: pointers[name] for name in ("x_ptr", "dy_ptr", "dx_ptr", "a_ptr", "b_ptr", "partial_ptr")},
+                **{
+                    name: pointers[name]
+                    for name in (
+                        "x_ptr",
+                        "dy_ptr",
+                        "dx_ptr",
+                        "a_ptr",
+                        "b_ptr",
+                        "partial_ptr",
+                        "counter_ptr",
+                        "da_ptr",
+                        "db_ptr",
+                    )
+                },
                 n_rows=n_rows,
                 D=width,
                 group_size=group_size,
@@ -723,11 +780,17 @@ def benchmark_specs() -> list:
                 stride_dyc=1,
                 TILE=tile,
                 BLOCK_D=block_d,
+                FIN_BLOCK=_FIN_BLOCK,
+                APPROX=True,
             )
+            partials_per_group = col_blocks * row_programs
+            final_trips = cdiv(partials_per_group, _FIN_BLOCK)
             formula = (
                 f"elements = {elements}; programs = {row_programs} row chunks of {rows_per_program} x {groups} groups "
                 f"x {col_blocks} column blocks of {block_d} ({group_size} channels per group) = {programs}; loop over "
-                f"a chunk's rows in steps of {tile // block_d}: {trips:g}"
+                f"a chunk's rows in steps of {tile // block_d}: {trips:g}; the last program of each group loops over "
+                f"cdiv({partials_per_group}, {_FIN_BLOCK}) = {final_trips} blocks of its partials ({groups} of the "
+                f"{programs} programs), the last group once over the groups' numerator sums"
             )
             specs.append(
                 launch_spec(
@@ -736,31 +799,14 @@ def benchmark_specs() -> list:
                     args,
                     num_warps=config.num_warps,
                     num_stages=config.num_stages,
-                    work=Work(case, "element", elements / programs, (trips,), formula),
+                    work=Work(
+                        case,
+                        "element",
+                        elements / programs,
+                        ((trips, groups * final_trips / programs, 1 / programs),),
+                        formula,
+                    ),
                     ci=index == 0 and width == 768,
                 )
             )
-        partials_per_group = col_blocks * row_programs
-        block = 256
-        values = groups * partials_per_group * 10
-        specs.append(
-            launch_spec(
-                f"_coefficient_grads_kernel[fp32,B{block}]@{case}",
-                _coefficient_grads_kernel,
-                dict(
-                    **{name: pointers[name] for name in ("partial_ptr", "b_ptr", "da_ptr", "db_ptr")},
-                    groups=groups,
-                    partials_per_group=partials_per_group,
-                    BLOCK=block,
-                ),
-                work=Work(
-                    case,
-                    "partial",
-                    values,
-                    (groups, triton.cdiv(partials_per_group, block)),
-                    f"partial sums added = groups x {partials_per_group} x 10 = {values}; one program; loops over the "
-                    f"{groups} groups and cdiv({partials_per_group}, {block}) blocks of partials",
-                ),
-            )
-        )
     return specs

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from zoo.kernels._backend import (
     INTERPRETER,
+    cdiv,
     check_triton_device,
     device_guard,
     dispatch_triton,
@@ -534,8 +535,8 @@ def _l_per_program(L: int, parallel_programs: int) -> int:
     each covering at least 1024 positions (which also spreads the float64 coefficients each program forms)."""
     if INTERPRETER:
         return 16  # several chunks even for tiny test lengths
-    chunks = max(1, min(triton.cdiv(1024, parallel_programs), triton.cdiv(L, 1024)))
-    return triton.cdiv(L, chunks)
+    chunks = max(1, min(cdiv(1024, parallel_programs), cdiv(L, 1024)))
+    return cdiv(L, chunks)
 
 
 def s4d_kernel_forward(
@@ -550,7 +551,7 @@ def s4d_kernel_forward(
         return K.zero_()
 
     per_program = _l_per_program(L, H)
-    chunks = triton.cdiv(L, per_program)
+    chunks = cdiv(L, per_program)
     scratch = torch.empty((H, chunks, 4, N2), dtype=torch.float32, device=log_dt.device)
     with device_guard(log_dt.device):
         launchable(_s4d_fwd)[(H, chunks)](
@@ -584,8 +585,8 @@ def s4d_kernel_backward(
         raise ValueError(f"grad_K must be on the device of log_dt ({log_dt.device}), got {grad_K.device}")
     if H == 0 or N2 == 0:
         return (torch.zeros_like(log_dt), torch.zeros_like(C), torch.zeros_like(log_A_real), torch.zeros_like(A_imag))
-    per_program = _l_per_program(L, H * triton.cdiv(N2, 32))
-    chunks = triton.cdiv(L, per_program)
+    per_program = _l_per_program(L, H * cdiv(N2, 32))
+    chunks = cdiv(L, per_program)
     device = log_dt.device
     partial = torch.empty((chunks, 4, H, N2), dtype=torch.float32, device=device)
     d_log_dt = torch.empty((H,), dtype=torch.float32, device=device)
@@ -596,7 +597,7 @@ def s4d_kernel_backward(
     zoh = method == "zoh"
 
     def grid(meta):
-        return (H, triton.cdiv(N2, meta["BLOCK_N"]), chunks)
+        return (H, cdiv(N2, meta["BLOCK_N"]), chunks)
 
     with device_guard(device):
         launchable(_s4d_bwd)[grid](
@@ -813,10 +814,10 @@ def benchmark_specs() -> list:
         N2 = N // 2
         case = f"H{H}xN{N}xL{L}"
         terms = H * N2 * L
-        per_program = _l_per_program(L, H * triton.cdiv(N2, 32))
-        chunks = triton.cdiv(L, per_program)
+        per_program = _l_per_program(L, H * cdiv(N2, 32))
+        chunks = cdiv(L, per_program)
         fwd_per_program = _l_per_program(L, H)
-        fwd_chunks = triton.cdiv(L, fwd_per_program)
+        fwd_chunks = cdiv(L, fwd_per_program)
         for kernel, configs in (
             (_s4d_vandermonde_fwd_kernel, _FWD_CONFIGS),
             (_s4d_vandermonde_bwd_kernel, _BWD_CONFIGS),
@@ -831,22 +832,22 @@ def benchmark_specs() -> list:
                     l_per_program = fwd_per_program
                     programs = H * fwd_chunks
                     lengths = [min(fwd_per_program, L - start) for start in range(0, L, fwd_per_program)]
-                    trips = (triton.cdiv(N2, block_n), sum(triton.cdiv(n, block_l) for n in lengths) / fwd_chunks)
+                    trips = (cdiv(N2, block_n), sum(cdiv(n, block_l) for n in lengths) / fwd_chunks)
                     what = (
                         f"programs = H x {fwd_chunks} chunks of {fwd_per_program} = {programs}; loop over "
                         f"cdiv({N2}, {block_n}) mode blocks, inside over the chunk in steps of {block_l}"
                     )
                 elif kernel is _s4d_vandermonde_bwd_kernel:
-                    programs = H * triton.cdiv(N2, block_n) * chunks
+                    programs = H * cdiv(N2, block_n) * chunks
                     lengths = [min(per_program, L - start) for start in range(0, L, per_program)]
-                    trips = (sum(triton.cdiv(length, block_l) for length in lengths) / chunks,)
+                    trips = (sum(cdiv(length, block_l) for length in lengths) / chunks,)
                     what = (
                         f"programs = H cdiv(N2, {block_n}) x {chunks} chunks of {per_program} = {programs}; loop over "
                         f"a chunk in steps of {block_l}"
                     )
                 else:
                     unit, units, programs = "mode", H * N2, H
-                    trips = (triton.cdiv(N2, block_n), chunks)
+                    trips = (cdiv(N2, block_n), chunks)
                     what = (
                         f"programs = H = {H}; loop over cdiv({N2}, {block_n}) mode blocks, inside over {chunks} chunks"
                     )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_float_tensor, check_triton_dtypes, tl, triton
+from zoo.kernels._backend import INTERPRETER, cdiv, check_float_tensor, check_triton_dtypes, tl, triton
 
 # ----------------------------------------------------------------------------------------------------------------
 # Triton tile routines
@@ -191,8 +191,8 @@ def positions_per_program(n_positions: int, parallel_programs: int) -> int:
     (about 1000), each reducing at least 512 positions so the partial sums stay small."""
     if INTERPRETER:
         return 16  # several chunks even on tiny test inputs
-    chunks = max(1, min(triton.cdiv(1024, parallel_programs), triton.cdiv(n_positions, 512)))
-    return triton.cdiv(n_positions, chunks)
+    chunks = max(1, min(cdiv(1024, parallel_programs), cdiv(n_positions, 512)))
+    return cdiv(n_positions, chunks)
 
 
 def strides4(t: Tensor) -> tuple[int, int, int, int]:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, launchable, tl, triton
+from zoo.kernels._backend import INTERPRETER, cdiv, launchable, tl, triton
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
@@ -366,14 +366,14 @@ def whole_row(kernel: tuple[int, int], width: int, dilation_w: int) -> int:
 
 def _programs(shape, dilation, meta) -> int:
     n, c, h, w = shape
-    sub_h, sub_w = triton.cdiv(h, dilation[0]), triton.cdiv(w, dilation[1])
+    sub_h, sub_w = cdiv(h, dilation[0]), cdiv(w, dilation[1])
     return (
         n
         * dilation[0]
-        * triton.cdiv(sub_h, meta["ROWS"])
+        * cdiv(sub_h, meta["ROWS"])
         * dilation[1]
-        * triton.cdiv(sub_w, meta["G"] * meta["BW"])
-        * triton.cdiv(c, meta["BLOCK_C"])
+        * cdiv(sub_w, meta["G"] * meta["BW"])
+        * cdiv(c, meta["BLOCK_C"])
     )
 
 
@@ -520,9 +520,9 @@ def _interior_fraction(n: int, c: int, h: int, k: int, meta: dict, fw: int = 0) 
     whole-row strip, ``fw``, the channel block alone)."""
     strip = meta["G"] * meta["BW"]
     pad = (k - 1) // 2
-    strips = triton.cdiv(h, strip)
+    strips = cdiv(h, strip)
     inner_strips = strips if fw else sum(1 for s in range(strips) if s * strip >= pad and s * strip + strip + pad <= h)
-    blocks = triton.cdiv(c, meta["BLOCK_C"])
+    blocks = cdiv(c, meta["BLOCK_C"])
     full_blocks = c // meta["BLOCK_C"]
     return inner_strips / strips * full_blocks / blocks
 

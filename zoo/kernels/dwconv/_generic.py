@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, launchable, tl, triton
+from zoo.kernels._backend import INTERPRETER, cdiv, launchable, tl, triton
 from zoo.kernels.dwconv._checks import same_padding
 from zoo.kernels.dwconv._common import (
     CONV_FLAGS,
@@ -140,7 +140,7 @@ def generic_conv(
     padding = same_padding(kernel, dilation)
 
     def grid(meta):
-        return (triton.cdiv(n_positions, meta["BLOCK_P"]) * triton.cdiv(channels, meta["BLOCK_C"]),)
+        return (cdiv(n_positions, meta["BLOCK_P"]) * cdiv(channels, meta["BLOCK_C"]),)
 
     launchable(_dwconv[layout_of(src)])[grid](
         src,
@@ -195,7 +195,7 @@ def benchmark_specs() -> list:
             ci = (k, h) == (7, 56)
             for config in CONV_CONFIGS[layout]:
                 block_p, block_c = config.kwargs["BLOCK_P"], config.kwargs["BLOCK_C"]
-                programs = triton.cdiv(positions, block_p) * triton.cdiv(c, block_c)
+                programs = cdiv(positions, block_p) * cdiv(c, block_c)
                 work = Work(
                     case,
                     "MAC",

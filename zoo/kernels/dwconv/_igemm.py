@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, launchable, ticket_counters, tl, triton
+from zoo.kernels._backend import INTERPRETER, cdiv, launchable, next_power_of_2, ticket_counters, tl, triton
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
@@ -342,8 +342,8 @@ def _launch_conv(src: Tensor, weight: Tensor, bias: Tensor | None, dst: Tensor, 
     kh, kw = weight.shape[2], weight.shape[3]
 
     def grid(meta):
-        tiles = triton.cdiv(n, meta["BLOCK_G"]) * triton.cdiv(h, meta["BLOCK_R"]) * triton.cdiv(w, meta["BLOCK_N"])
-        return (tiles * triton.cdiv(channels, meta["BLOCK_C"]),)
+        tiles = cdiv(n, meta["BLOCK_G"]) * cdiv(h, meta["BLOCK_R"]) * cdiv(w, meta["BLOCK_N"])
+        return (tiles * cdiv(channels, meta["BLOCK_C"]),)
 
     launchable(_conv[layout_of(src)])[grid](
         src,
@@ -384,13 +384,13 @@ def input_grad(grad_output: Tensor, weight: Tensor, dx: Tensor, stride, dilation
 def _chunks(n_rows: int, width: int, channels: int) -> tuple[int, int]:
     """(map rows per program, chunks) of the weight gradient over ``n_rows`` rows (images x rows) of ``width``
     columns: the same for every configuration (the partial buffer does not depend on the tile)."""
-    per_program = triton.cdiv(positions_per_program(n_rows * width, triton.cdiv(channels, 8)), width)
-    return per_program, triton.cdiv(n_rows, per_program)
+    per_program = cdiv(positions_per_program(n_rows * width, cdiv(channels, 8)), width)
+    return per_program, cdiv(n_rows, per_program)
 
 
 def _tap_blocks(kh: int, kw: int) -> tuple[int, int]:
     """(BLOCK_J, BLOCK_I): the GEMM's tap dimensions, powers of two >= 16 with a spare row j = kw (the bias)."""
-    return max(16, triton.next_power_of_2(kw + 1)), max(16, triton.next_power_of_2(kh))
+    return max(16, next_power_of_2(kw + 1)), max(16, next_power_of_2(kh))
 
 
 def weight_grad(x: Tensor, grad_output: Tensor, weight: Tensor, stride, dilation) -> tuple[Tensor, Tensor]:
@@ -408,7 +408,7 @@ def weight_grad(x: Tensor, grad_output: Tensor, weight: Tensor, stride, dilation
     block_j, block_i = _tap_blocks(kh, kw)
 
     def grid(meta):
-        return (chunks, triton.cdiv(channels, meta["BLOCK_C"]))
+        return (chunks, cdiv(channels, meta["BLOCK_C"]))
 
     launchable(_wgrad[layout_of(x)])[grid](
         x,
@@ -572,9 +572,9 @@ def _conv_trips(n: int, h: int, w: int, k: int, config) -> tuple[float, float, i
     chunks = []
     for w0 in range(0, w, block_n):
         col_lo, col_hi = max(w0 - pad, 0), min(min(w0 + block_n, w) + pad, w)
-        chunks.append(triton.cdiv(col_hi - col_lo, block_k))
+        chunks.append(cdiv(col_hi - col_lo, block_k))
     mean_rows = sum(rows) / len(rows)
-    return mean_rows, sum(chunks) / len(chunks), triton.cdiv(n, block_g) * len(rows) * len(chunks)
+    return mean_rows, sum(chunks) / len(chunks), cdiv(n, block_g) * len(rows) * len(chunks)
 
 
 def benchmark_specs() -> list:
@@ -597,7 +597,7 @@ def benchmark_specs() -> list:
             representative = (layout, h, k) == ("channels_last", 56, 13)
             for config in _CONV_CONFIGS[layout]:
                 mean_rows, mean_chunks, tiles = _conv_trips(n, h, h, k, config)
-                programs = tiles * triton.cdiv(c, config.kwargs["BLOCK_C"])
+                programs = tiles * cdiv(c, config.kwargs["BLOCK_C"])
                 work = Work(
                     case,
                     "MAC",
@@ -623,10 +623,10 @@ def benchmark_specs() -> list:
             per_program, chunks = _chunks(n * h, h, c)
             for config in _WGRAD_CONFIGS[layout]:
                 block_c, block_w = config.kwargs["BLOCK_C"], config.kwargs["BLOCK_W"]
-                programs = chunks * triton.cdiv(c, block_c)
+                programs = chunks * cdiv(c, block_c)
                 rows = n * h / chunks
-                steps = triton.cdiv(h, block_w)
-                tap_steps = triton.cdiv(k * k + 1, _REDUCE_BLOCK)
+                steps = cdiv(h, block_w)
+                tap_steps = cdiv(k * k + 1, _REDUCE_BLOCK)
                 work = Work(
                     case,
                     "MAC",

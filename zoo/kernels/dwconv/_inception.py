@@ -33,7 +33,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, check_triton_device, device_guard, launchable, ticket_counters, tl, triton
+from zoo.kernels._backend import (
+    INTERPRETER,
+    cdiv,
+    check_triton_device,
+    device_guard,
+    launchable,
+    next_power_of_2,
+    ticket_counters,
+    tl,
+    triton,
+)
 from zoo.kernels.dwconv._checks import check_inception_inputs
 from zoo.kernels.dwconv._common import (
     INCEPTION_BENCHMARKS,
@@ -599,7 +609,7 @@ def _strip_length(size: int) -> tuple[int, bool]:
     whether the strip is the whole axis (maps of at most 8: the taps on the padding vanish at compile time)."""
     if size <= 8:
         return size, True
-    length = min((7, 8, 6, 5, 4), key=lambda t: triton.cdiv(size, t) * t - size)
+    length = min((7, 8, 6, 5, 4), key=lambda t: cdiv(size, t) * t - size)
     return length, False
 
 
@@ -649,8 +659,8 @@ def _geometry(x: Tensor, gc: int, square: int, *others: Tensor) -> dict:
 
 def _strip_counts(n: int, h: int, w: int, geometry: dict) -> tuple[int, int]:
     """(row strips, column strips) of a map."""
-    rows = n * h * (1 if geometry["FULL_W"] else triton.cdiv(w, geometry["TW"]))
-    columns = n * w * (1 if geometry["FULL_H"] else triton.cdiv(h, geometry["TH"]))
+    rows = n * h * (1 if geometry["FULL_W"] else cdiv(w, geometry["TW"]))
+    columns = n * w * (1 if geometry["FULL_H"] else cdiv(h, geometry["TH"]))
     return rows, columns
 
 
@@ -664,7 +674,7 @@ def _mixer_config(strips: int, groups: int, id_groups: int) -> tuple[int, int]:
         2 * cg <= 16
         and groups % (2 * cg) == 0
         and id_groups % (2 * cg) == 0
-        and triton.cdiv(strips, threads // cg) < _TARGET_PROGRAMS
+        and cdiv(strips, threads // cg) < _TARGET_PROGRAMS
     ):
         cg *= 2
     return threads // cg, cg
@@ -676,7 +686,7 @@ def _identity_groups(lanes: int, vec: int, id_groups: int, cg: int) -> int:
     branches (there the positions, not the channels, are contiguous)."""
     if vec == 1:
         return cg
-    return max(1, min(32 // lanes, triton.next_power_of_2(max(id_groups, 1))))
+    return max(1, min(32 // lanes, next_power_of_2(max(id_groups, 1))))
 
 
 def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool) -> None:
@@ -687,7 +697,7 @@ def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: in
     block_a, cg = _mixer_config(strips, gc // geometry["LANES"], id_groups)
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
-    launchable(_inception_kernel)[(triton.cdiv(strips, block_a),)](
+    launchable(_inception_kernel)[(cdiv(strips, block_a),)](
         src,
         dst,
         w_hw,
@@ -744,7 +754,7 @@ def inception_dwconv2d_forward(
 def _wgrad_chunks(strips: int, block_a: int, slots: int) -> int:
     """Chunks of strip blocks per group: enough programs to fill the GPU, each with at least _WGRAD_BLOCKS blocks of
     strips where the map allows (the program's final reduction over its threads then weighs little)."""
-    return max(1, min(triton.cdiv(_WGRAD_TARGET_PROGRAMS, slots), triton.cdiv(strips, block_a * _WGRAD_BLOCKS)))
+    return max(1, min(cdiv(_WGRAD_TARGET_PROGRAMS, slots), cdiv(strips, block_a * _WGRAD_BLOCKS)))
 
 
 def _wgrad_layout(square: int, band: int, gc: int, lanes: int) -> tuple[bool, int, int]:
@@ -754,7 +764,7 @@ def _wgrad_layout(square: int, band: int, gc: int, lanes: int) -> tuple[bool, in
     split = square * square * lanes > 96
     groups = gc // lanes
     slots = groups * (square if split else 1) + 2 * groups
-    return split, slots, triton.next_power_of_2(8 * (max(square if split else square * square, band) + 1))
+    return split, slots, next_power_of_2(8 * (max(square if split else square * square, band) + 1))
 
 
 def inception_dwconv2d_backward(
@@ -955,9 +965,9 @@ def benchmark_specs() -> list:
         strips = max(rows, columns)
         cg_chosen = _mixer_config(strips, groups, (c - 3 * gc) // lanes)[1] if not INTERPRETER else 1
         for cg in sorted({1, cg_chosen}):
-            programs = triton.cdiv(strips, threads // cg)
+            programs = cdiv(strips, threads // cg)
             idg = _identity_groups(lanes, geometry["VEC"], (c - 3 * gc) // lanes, cg)
-            trips = [triton.cdiv((c - 3 * gc) // lanes, idg)] + [triton.cdiv(groups, cg)] * 3
+            trips = [cdiv((c - 3 * gc) // lanes, idg)] + [cdiv(groups, cg)] * 3
             work = Work(
                 case,
                 "MAC",
@@ -981,14 +991,13 @@ def benchmark_specs() -> list:
                 )
         args = _wgrad_args("bf16", shape, gc, "channels_last", kernels)
         chunks = args["chunks"]
-        blocks = [triton.cdiv(rows, threads), triton.cdiv(rows, threads), triton.cdiv(columns, threads)]
+        blocks = [cdiv(rows, threads), cdiv(rows, threads), cdiv(columns, threads)]
         per_chunk = [
-            sum(min(b, (q + 1) * triton.cdiv(b, chunks)) - min(b, q * triton.cdiv(b, chunks)) for q in range(chunks))
-            / chunks
+            sum(min(b, (q + 1) * cdiv(b, chunks)) - min(b, q * cdiv(b, chunks)) for q in range(chunks)) / chunks
             for b in blocks
         ]
         trips = [t / 3 for t in per_chunk]  # a third of the programs run each branch's loop
-        trips.append(triton.cdiv(chunks, 16) / chunks)  # the last program of a group adds the chunks' partials
+        trips.append(cdiv(chunks, 16) / chunks)  # the last program of a group adds the chunks' partials
         programs = chunks * _wgrad_layout(*kernels, gc, lanes)[1]
         work = Work(
             case,

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, launchable, ticket_counters, tl, tracing_kernels, triton
+from zoo.kernels._backend import INTERPRETER, cdiv, launchable, ticket_counters, tl, tracing_kernels, triton
 from zoo.kernels.dwconv._checks import output_size, pair, same_padding
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
@@ -358,7 +358,7 @@ def _config(
     tile_w = 8 if taps <= 49 else 4
     if stride_w == 2:  # a window of 2 TILE_W + KW - 2 columns
         tile_w = 4 if taps <= 9 else 3
-    if tile_w == 8 and triton.cdiv(out_w, 7) * 7 < triton.cdiv(out_w, 8) * 8:
+    if tile_w == 8 and cdiv(out_w, 7) * 7 < cdiv(out_w, 8) * 8:
         tile_w = 7
     if whole_row:
         tile_w = out_w
@@ -377,13 +377,13 @@ MIN_TILES = 8  # column tiles of BLOCK_S rows per program at least (the partial 
 def _strips(rows: int, block_s: int, tiles_per_step: int, programs_per_strip: int) -> tuple[int, int]:
     """(rows per strip, strips): about PROGRAMS programs, each taking whole steps of ``block_s`` rows and at least
     MIN_TILES column tiles."""
-    steps = triton.cdiv(rows, block_s)
+    steps = cdiv(rows, block_s)
     if INTERPRETER:
         per_strip = 1  # several strips even on tiny test inputs
     else:
-        per_strip = triton.cdiv(steps, max(1, triton.cdiv(PROGRAMS, programs_per_strip)))
-        per_strip = min(steps, max(per_strip, triton.cdiv(MIN_TILES, tiles_per_step)))
-    return per_strip * block_s, triton.cdiv(steps, per_strip)
+        per_strip = cdiv(steps, max(1, cdiv(PROGRAMS, programs_per_strip)))
+        per_strip = min(steps, max(per_strip, cdiv(MIN_TILES, tiles_per_step)))
+    return per_strip * block_s, cdiv(steps, per_strip)
 
 
 def _plan(x_shape, x_strides, g_shape, g_strides, kernel, stride, dilation, element_size: int) -> dict:
@@ -401,9 +401,9 @@ def _plan(x_shape, x_strides, g_shape, g_strides, kernel, stride, dilation, elem
     edges = stride[1] == 1 and dilation[1] == 1 and w >= tile_w + pad_w and covered >= w - tile_w
     config["EDGES"] = edges and not whole_row
     config["WHOLE_ROW"] = whole_row
-    row_blocks = triton.cdiv(kernel[0], config["KR"])
-    channel_blocks = triton.cdiv(channels, config["BLOCK_C"])
-    tiles_per_step = triton.cdiv(out_w, config["TILE_W"])
+    row_blocks = cdiv(kernel[0], config["KR"])
+    channel_blocks = cdiv(channels, config["BLOCK_C"])
+    tiles_per_step = cdiv(out_w, config["TILE_W"])
     rows_per_strip, strips = _strips(max(n * out_h, 1), config["BLOCK_S"], tiles_per_step, row_blocks * channel_blocks)
     zx_c = 1 if x_strides[1] == 1 else 0  # channels_last: the zeros keep the channel vector contiguous
     zg_c = 1 if g_strides[1] == 1 else 0
@@ -637,7 +637,7 @@ def benchmark_specs() -> list:
             config = launch["config"]
             row_blocks, channel_blocks, strips = launch["grid"]
             programs = row_blocks * channel_blocks * strips
-            steps = triton.cdiv(n * h, config["BLOCK_S"]) / strips
+            steps = cdiv(n * h, config["BLOCK_S"]) / strips
             if config["WHOLE_ROW"]:  # one column tile per row step: no column loop
                 columns = ()
             elif config["EDGES"]:  # first and last tiles of a row in the row loop, the interior ones in a loop
@@ -645,7 +645,7 @@ def benchmark_specs() -> list:
             else:  # the masked path: the border loop (both ends of the row), then the interior loop
                 columns = _column_tiles(h, h, k, 1, 1, config["TILE_W"])
             taps = (k * k + 1) / (strips * row_blocks)  # the last program of a channel block: every tap
-            chunks = triton.cdiv(strips, config["BLOCK_S"])
+            chunks = cdiv(strips, config["BLOCK_S"])
             work = Work(
                 case,
                 "MAC",
