@@ -44,7 +44,11 @@ import triton  # noqa: E402
 
 from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
-from zoo.kernels.rational import group_rational_reference  # noqa: E402
+from zoo.kernels.norm_rational import (  # noqa: E402
+    layer_norm_group_rational,
+    layer_norm_group_rational_reference,
+)
+from zoo.kernels.rational import group_rational, group_rational_reference  # noqa: E402
 from zoo.kernels.ssm import s4d_kernel_reference  # noqa: E402
 from zoo.training.step import TrainStep  # noqa: E402
 
@@ -311,6 +315,68 @@ def bench_rational(
             (x, a, b),
             dy,
             {"fwd": 2 * element, "fwd+bwd": 5 * element},
+        )
+    return rows
+
+
+def norm_rational_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
+    """(case name, shape of x, groups): KAT's norm2 -> mlp.act1 at batch 128 (kat_t's and kat_b's widths)."""
+    if small:
+        return [("B2xL17x48", (2, 17, 48), 8)]
+    return [("B128xL197x192", (128, 197, 192), 8), ("B128xL197x768", (128, 197, 768), 8)]
+
+
+def bench_norm_rational(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows for zoo::layer_norm_group_rational as KAT's blocks run it under autocast: float32 x in, ``dtype`` out
+    and a ``dtype`` gradient back. Implementations: the reference (eager, compiled), "triton" (the fused op) and
+    "triton-unfused" (torch's layer_norm, then the Triton group_rational writing ``dtype``: the blocks' path before
+    the fusion). ``kernels`` is accepted for the OPS interface; no frozen baseline has this op."""
+    del kernels
+    rows = []
+    for case, shape, groups in _pick_cases(norm_rational_cases(small), cases):
+        channels = shape[-1]
+        x = torch.randn(shape, device=device, requires_grad=True)
+        params = [
+            (1.0 + 0.1 * torch.randn(channels, device=device)).requires_grad_(),
+            (0.1 * torch.randn(channels, device=device)).requires_grad_(),
+            torch.randn(1, 6, device=device, requires_grad=True),
+            torch.randn(groups, 4, device=device, requires_grad=True),
+        ]
+        dy = torch.randn(shape, dtype=dtype, device=device)
+
+        def unfused(x, weight, bias, a, b):
+            u = torch.nn.functional.layer_norm(x, (x.shape[-1],), weight, bias, 1e-6)
+            return group_rational(u, a, b, backend="triton", out_dtype=dtype)
+
+        run: dict[str, Callable] = {
+            "reference": lambda *t: layer_norm_group_rational_reference(*t, 1e-6, dtype),
+            "triton": lambda *t: layer_norm_group_rational(*t, 1e-6, dtype, backend="triton"),
+            "triton-unfused": unfused,
+        }
+        if compile_reference:
+            run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)
+        n = x.numel()
+        out = torch.empty((), dtype=dtype).element_size()
+        rows += _op_rows(
+            "layer_norm_group_rational",
+            case,
+            dtype,
+            device,
+            _pick_impls(run, impls),
+            (x, *params),
+            (x, *params),
+            dy,
+            # forward: x in float32, y out; backward: x, dy in, dx out (the statistics and partials not counted)
+            {"fwd": n * (4 + out), "fwd+bwd": n * (4 + out) + n * (4 + out + 4)},
         )
     return rows
 
@@ -722,6 +788,7 @@ def bench_neighborhood(
 
 CASES = {
     "rational": rational_cases,
+    "norm_rational": norm_rational_cases,
     "dwconv": dwconv_cases,
     "inception": inception_cases,
     "ssm": ssm_cases,
@@ -741,6 +808,7 @@ def case_names(op: str, small: bool, device: torch.device) -> list[str]:
 
 OPS = {
     "rational": bench_rational,
+    "norm_rational": bench_norm_rational,
     "dwconv": bench_dwconv,
     "inception": bench_inception,
     "ssm": bench_ssm,

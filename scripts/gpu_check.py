@@ -141,6 +141,7 @@ TEST_FAMILIES = (
         "neighborhood", "tests/kernels/test_neighborhood.py", "test_backward_takes_an_output_gradient_of_another", 4
     ),
     PytestFamily("rational", "tests/kernels/test_rational.py", "test_triton_matches_reference_in_same_dtype and 32"),
+    PytestFamily("norm_rational", "tests/kernels/test_norm_rational.py", "test_non_contiguous_inputs and permuted"),
     PytestFamily("dwconv", "tests/kernels/test_dwconv.py", "test_dwconv2d_equals_nn_conv2d_without_bias and triton", 2),
     PytestFamily("training", "tests/training/test_train_step.py", "bad_modes or restored"),  # the CUDA-graph step
     # every op under torch.compile on CUDA: its kernels traced into the graph, compiled and launched by Inductor
@@ -172,6 +173,13 @@ OP_FAMILIES = (
         budget_s=40,
     ),
     OpFamily("rational", ("B128xL197x768", "B128xL197x3072"), (("B1xL5x16", (1, 5, 16), 8),), budget_s=20),
+    OpFamily(
+        "norm_rational",
+        ("*",),
+        (("B1xL5x16", (1, 5, 16), 8),),
+        impls=("reference", "triton", "triton-unfused"),
+        budget_s=20,
+    ),
     OpFamily(
         "dwconv",
         ("*",),

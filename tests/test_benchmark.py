@@ -24,6 +24,7 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     combos = {(r["op"], r["impl"], r["pass_"]) for r in data["ops"]}
     impls = {
         "group_rational": {"reference", "reference+compile", "triton"},
+        "layer_norm_group_rational": {"reference", "reference+compile", "triton", "triton-unfused"},
         "dwconv2d": {"reference", "triton"},
         "inception_dwconv2d": {"reference", "reference+compile", "triton"},
         "s4d_kernel": {"reference", "reference+compile", "triton"},

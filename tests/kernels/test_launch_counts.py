@@ -24,6 +24,7 @@ from zoo.kernels._backend import INTERPRETER
 from zoo.kernels.dwconv import dwconv2d, inception_dwconv2d
 from zoo.kernels.fftconv import fftconv
 from zoo.kernels.neighborhood import neighborhood_attention
+from zoo.kernels.norm_rational import layer_norm_group_rational
 from zoo.kernels.rational import group_rational
 from zoo.kernels.ssm import s4d_kernel
 
@@ -144,6 +145,12 @@ SMALL_OPS = {
     "group_rational": (
         lambda: _leaves(torch.randn(2, 16), 0.5 * torch.randn(1, 6), 0.5 * torch.randn(2, 4)),
         lambda t: group_rational(*t, backend="triton"),
+    ),
+    "layer_norm_group_rational": (
+        lambda: _leaves(
+            torch.randn(3, 16), torch.randn(16), torch.randn(16), 0.5 * torch.randn(1, 6), torch.randn(2, 4)
+        ),
+        lambda t: layer_norm_group_rational(*t, out_dtype=torch.bfloat16, backend="triton"),
     ),
     "dwconv2d_channels_last": (
         lambda: _leaves(

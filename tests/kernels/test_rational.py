@@ -252,6 +252,44 @@ def test_triton_on_meta_device_is_an_error():
         )
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_out_dtype_rounds_the_float32_result_once(out_dtype, backend):
+    """out_dtype gives F(x) rounded once from float32 (what a cast of the float32 result gives), and x's gradient
+    in x's dtype from a gradient in out_dtype; the coefficient gradients match the float64 reference."""
+    torch.manual_seed(10)
+    x = torch.randn(4, 9, 96, device=DEVICE)
+    dy = torch.randn(4, 9, 96, device=DEVICE).to(out_dtype)
+    a, b = _coefficients(2, seed=10)
+    leaves = [t.clone().requires_grad_(True) for t in (x, a, b)]
+    y = group_rational(*leaves, backend=backend, out_dtype=out_dtype)
+    assert y.dtype == out_dtype
+    y.backward(dy)
+    assert leaves[0].grad.dtype == torch.float32
+    y64, dx64, da64, db64 = _reference64(x, a, b, dy.float())
+    assert_close(y, y64, out_dtype, scale=float(y64.abs().max()))
+    assert_close(leaves[0].grad, dx64, torch.float32, scale=float(dx64.abs().max()))
+    assert_relative_error(leaves[1].grad, da64, 1e-4)
+    assert_relative_error(leaves[2].grad, db64, 1e-4)
+    if backend == "torch" or DEVICE.type == "cuda":  # the interpreter rounds to bf16 by truncation, a GPU to nearest
+        assert torch.equal(y, group_rational(x, a, b, backend=backend).to(out_dtype))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.int32, "bfloat16"], ids=str)
+def test_bad_out_dtype_is_a_type_error(out_dtype):
+    a, b = _coefficients(2)
+    x = torch.randn(3, 8, device=DEVICE)
+    for backend in BACKENDS:
+        with pytest.raises(TypeError, match="out_dtype must be None or a floating-point torch.dtype"):
+            group_rational(x, a, b, backend=backend, out_dtype=out_dtype)
+
+
+def test_triton_rejects_float64_out_dtype():
+    a, b = _coefficients(2)
+    with pytest.raises(TypeError, match="writes out_dtype in"):
+        group_rational(torch.randn(3, 8, device=DEVICE), a, b, backend="triton", out_dtype=torch.float64)
+
+
 # ------------------------------------------------------------------------------------------------ registration
 
 
@@ -267,6 +305,15 @@ def test_opcheck_forward_and_backward(layout):
     torch.library.opcheck(
         torch.ops.zoo.group_rational.default, (x.requires_grad_(), a.requires_grad_(), b.requires_grad_())
     )
+    torch.library.opcheck(torch.ops.zoo.group_rational_backward.default, (dy, x.detach(), a.detach(), b.detach()))
+
+
+def test_opcheck_with_out_dtype():
+    torch.manual_seed(4)
+    x = torch.randn(3, 7, 40, device=DEVICE, requires_grad=True)
+    a, b = (t.requires_grad_() for t in _coefficients(8))
+    torch.library.opcheck(torch.ops.zoo.group_rational.default, (x, a, b, torch.bfloat16))
+    dy = torch.randn(3, 7, 40, device=DEVICE).to(torch.bfloat16)
     torch.library.opcheck(torch.ops.zoo.group_rational_backward.default, (dy, x.detach(), a.detach(), b.detach()))
 
 
@@ -293,15 +340,22 @@ def test_torch_compile_fullgraph(backend):
     dy = torch.randn(3, 7, 40, device=DEVICE)
 
     def fn(x, a, b):
-        return group_rational(x * 2.0, a, b, backend=backend) + 1.0
+        y = group_rational(x * 2.0, a, b, backend=backend) + 1.0
+        return y, group_rational(x, a, b, backend=backend, out_dtype=torch.bfloat16)
+
+    def loss(y, y16):
+        return (y * dy).sum() + (y16.float() * dy).sum()
 
     compiled = torch.compile(fn, fullgraph=True)
     eager_out = [t.detach().clone().requires_grad_(True) for t in (x, a, b)]
     comp_out = [t.detach().clone().requires_grad_(True) for t in (x, a, b)]
-    fn(*eager_out).backward(dy)
-    y = compiled(*comp_out)
-    y.backward(dy)
-    assert_close(y, fn(x, a, b), torch.float32)
+    loss(*fn(*eager_out)).backward()
+    y, y16 = compiled(*comp_out)
+    loss(y, y16).backward()
+    expected, expected16 = fn(x, a, b)
+    assert_close(y, expected, torch.float32)
+    assert y16.dtype == torch.bfloat16
+    assert_close(y16, expected16, torch.bfloat16, scale=float(expected16.abs().max()))
     for eager, comp in zip(eager_out, comp_out, strict=True):
         assert_relative_error(comp.grad, eager.grad, 1e-5)
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cases():
-    """name -> (function of fake CUDA tensors calling one registered op, its inputs). Imported in the subprocess."""
+    """name -> (a registered op, its tensor inputs[, its other arguments by keyword]). Imported in the subprocess."""
 
     ops = torch.ops.zoo
     cuda = "cuda"
@@ -44,9 +44,34 @@ def _cases():
     mixer = (t(2, 16, 9, 9, channels_last=True), t(4, 1, 3, 3), t(4), t(4, 1, 1, 11), t(4), t(4, 1, 11, 1), t(4))
     return {
         "group_rational": (ops.group_rational, (t(4, 64), t(1, 6, dtype=f32), t(8, 4, dtype=f32))),
+        # KAN's act1 under autocast: float32 in, bf16 out
+        "group_rational_out_dtype": (
+            ops.group_rational,
+            (t(4, 64, dtype=f32), t(1, 6, dtype=f32), t(8, 4, dtype=f32)),
+            {"out_dtype": torch.bfloat16},
+        ),
         "group_rational_backward": (
             ops.group_rational_backward,
             (t(4, 64), t(4, 64), t(1, 6, dtype=f32), t(8, 4, dtype=f32)),
+        ),
+        # KAT's norm2 -> act1 under autocast: float32 in, bf16 out
+        "layer_norm_group_rational": (
+            ops.layer_norm_group_rational,
+            (t(6, 48, dtype=f32), t(48, dtype=f32), t(48, dtype=f32), t(1, 6, dtype=f32), t(8, 4, dtype=f32)),
+            {"eps": 1e-6, "out_dtype": torch.bfloat16},
+        ),
+        "layer_norm_group_rational_backward": (
+            ops.layer_norm_group_rational_backward,
+            (
+                t(6, 48),
+                t(6, 48, dtype=f32),
+                t(6, dtype=f32),
+                t(6, dtype=f32),
+                t(48, dtype=f32),
+                t(48, dtype=f32),
+                t(1, 6, dtype=f32),
+                t(8, 4, dtype=f32),
+            ),
         ),
         "dwconv2d_direct": (ops.dwconv2d, (t(2, 8, 9, 9, channels_last=True), t(8, 1, 7, 7), t(8), [1, 1], [1, 1])),
         "dwconv2d_direct_backward": (
@@ -217,7 +242,8 @@ def main(names: list[str], dynamic: bool) -> None:
     with mode:
         cases = _cases()
         for name in names:
-            op, args = cases[name]
+            op, args, *options = cases[name]  # options: keyword arguments that are not tensors
+            kwargs = options[0] if options else {}
             if dynamic:  # every size symbolic
                 args = tuple(_symbolic(mode, a) if isinstance(a, torch.Tensor) else a for a in args)
             graphs = []
@@ -226,9 +252,9 @@ def main(names: list[str], dynamic: bool) -> None:
                 graphs.append(gm)
                 return gm
 
-            outputs = aot_function(lambda *a, op=op: op(*a), fw_compiler=keep)(*args)
+            outputs = aot_function(lambda *a, op=op, kwargs=kwargs: op(*a, **kwargs), fw_compiler=keep)(*args)
             outputs = tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
-            fake = op.default(*args)  # the registered fake implementation's outputs (FakeTensorMode is on)
+            fake = op.default(*args, **kwargs)  # the registered fake implementation's outputs (FakeTensorMode is on)
             expected = tuple(fake) if isinstance(fake, (tuple, list)) else (fake,)
             print(json.dumps({"name": name, **_describe(graphs[0], outputs, expected)}), flush=True)
 
@@ -247,6 +273,9 @@ def _trace(names: list[str], dynamic: bool = False, **env: str) -> dict[str, dic
 
 CASES = [
     "group_rational",
+    "group_rational_out_dtype",
+    "layer_norm_group_rational",
+    "layer_norm_group_rational_backward",
     "group_rational_backward",
     "dwconv2d_direct",
     "dwconv2d_direct_backward",

@@ -118,6 +118,39 @@ def test_kan_backends_agree_forward_and_backward():
     assert (grads_triton["act1.weight_denominator"] != 0).any()
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_kan_under_autocast_act1_writes_the_autocast_dtype(backend):
+    """Under autocast act1 writes fc1's compute dtype itself: the same output and gradients as casting its float32
+    result (the computation it replaces), in one pass less; without autocast it keeps the input's dtype."""
+    torch.manual_seed(2)
+    mlp = KAN(16, 32, backend=backend)
+    with torch.no_grad():
+        mlp.act1.weight_denominator.add_(0.3)  # not the identity
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    seen = []
+    mlp.act1.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mlp(x)
+        expected_y = mlp.fc2(mlp.act2(mlp.fc1(mlp.act1(x).to(torch.bfloat16))))
+    assert seen == [torch.bfloat16, torch.float32]
+    torch.testing.assert_close(y, expected_y, rtol=0, atol=0)
+    (gx,) = torch.autograd.grad(y.float().square().sum(), x)
+    (expected_gx,) = torch.autograd.grad(expected_y.float().square().sum(), x)
+    torch.testing.assert_close(gx, expected_gx, rtol=0, atol=0)
+    assert mlp(x).dtype == torch.float32 and seen[-1] == torch.float32
+
+
+def test_kan_under_autocast_compiles_fullgraph():
+    torch.manual_seed(3)
+    mlp = KAN(16, 32, backend="torch")
+    x = torch.randn(2, 5, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = mlp(x)
+        compiled = torch.compile(mlp, fullgraph=True)(x)
+    assert compiled.dtype == expected.dtype == torch.bfloat16
+    assert_close(compiled.float(), expected.float(), torch.bfloat16, scale=float(expected.detach().abs().max()))
+
+
 def test_kan_fx_traces_with_group_rational_as_leaf():
     from timm.models import create_feature_extractor
 

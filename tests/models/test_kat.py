@@ -13,7 +13,7 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import get_notrace_modules
 
 import zoo
-from tests.helpers import DEVICE, assert_close, count_parameters, images
+from tests.helpers import DEVICE, assert_close, assert_relative_error, count_parameters, images
 from zoo.layers import GroupRational
 from zoo.models.kat import KAT
 
@@ -214,3 +214,40 @@ def test_logits_equal_with_torch_and_triton_backends():
     x = images(2, 32).to(DEVICE)  # the GPU where there is one, else the CPU through the Triton interpreter
     with torch.no_grad():
         assert_close(triton_model(x), reference(x), torch.float32, scale=10.0)
+
+
+def test_blocks_fuse_norm2_and_act1_on_the_triton_path(monkeypatch):
+    """Where the activations run Triton, each block's norm2 -> mlp.act1 is one fused op (called once per block),
+    with the unfused model's output and every parameter's gradient; under autocast it writes fc1's dtype."""
+    import zoo.layers.kan as kan_module
+
+    calls = []
+    fused = kan_module.layer_norm_group_rational
+    monkeypatch.setattr(
+        kan_module, "layer_norm_group_rational", lambda *a, **k: calls.append(k.get("backend")) or fused(*a, **k)
+    )
+    torch.manual_seed(4)
+    config = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=2, num_classes=5)
+    models = {backend: KAT(backend=backend, **config).to(DEVICE) for backend in ("torch", "triton")}
+    with torch.no_grad():
+        for block in models["torch"].blocks:  # away from the identity init, so that act1 and norm2 matter
+            block.mlp.act1.weight_denominator.add_(0.2)
+            block.norm2.weight.mul_(1.3)
+    models["triton"].load_state_dict(models["torch"].state_dict(), strict=True)
+    x = images(2, 32).to(DEVICE)
+    outputs = {}
+    for backend, model in models.items():
+        y = model(x)
+        y.square().sum().backward()
+        outputs[backend] = y.detach()
+    assert calls == ["triton", "triton"]  # once per block, on the Triton path only
+    assert_close(outputs["triton"], outputs["torch"], torch.float32, scale=10.0)
+    expected = dict(models["torch"].named_parameters())
+    for name, parameter in models["triton"].named_parameters():
+        assert_relative_error(parameter.grad, expected[name].grad, 1e-4)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        seen = []
+        hook = models["triton"].blocks[0].mlp.fc1.register_forward_pre_hook(lambda m, a: seen.append(a[0].dtype))
+        models["triton"](x)
+        hook.remove()
+    assert seen == [torch.bfloat16]

@@ -281,7 +281,8 @@ def all_specs() -> list[KernelSpec]:
 
     # by module path: `kernels` exports the function `fftconv`, which shadows the module of that name
     modules = [
-        import_module(f"zoo.kernels.{name}") for name in ("rational", "dwconv", "ssm", "fftconv", "neighborhood")
+        import_module(f"zoo.kernels.{name}")
+        for name in ("rational", "norm_rational", "dwconv", "ssm", "fftconv", "neighborhood")
     ]
     return [spec for module in modules for spec in module.aot_specs()]
 

@@ -49,8 +49,12 @@ __all__ = [
 ]
 
 
-def check_group_rational_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> None:
+def check_group_rational_inputs(
+    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, out_dtype: torch.dtype | None = None
+) -> None:
     """Raise ``TypeError``/``ValueError`` naming what was expected when the inputs do not fit the op."""
+    if out_dtype is not None and not (isinstance(out_dtype, torch.dtype) and out_dtype.is_floating_point):
+        raise TypeError(f"out_dtype must be None or a floating-point torch.dtype, got {out_dtype!r}")
     for name, t in (("x", x), ("weight_numerator", weight_numerator), ("weight_denominator", weight_denominator)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -94,19 +98,22 @@ def _abs_unit_slope_at_zero(t: Tensor) -> Tensor:
     return t * torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
 
 
-def group_rational_reference(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+def group_rational_reference(
+    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, out_dtype: torch.dtype | None = None
+) -> Tensor:
     """Plain-PyTorch group-rational activation; defines the meaning of the op and serves as its CPU path.
 
     Args:
         x: any shape ``[..., D]``, floating point; D divisible by ``num_groups``.
         weight_numerator: ``[1, 6]`` coefficients a0..a5, shared by all groups.
         weight_denominator: ``[num_groups, 4]`` coefficients b0..b3, one row per group.
+        out_dtype: the result's dtype (default: that of ``x``), rounded to once from the float32 result.
 
     Returns:
-        ``F(x)`` with the shape and dtype of ``x``. Arithmetic is in float32 (float64 for float64 inputs);
+        ``F(x)`` with the shape of ``x`` and dtype ``out_dtype``. Arithmetic is in float32 (float64 for float64 inputs);
         gradients flow through autograd with the +1-at-zero convention for |x| and |b|.
     """
-    check_group_rational_inputs(x, weight_numerator, weight_denominator)
+    check_group_rational_inputs(x, weight_numerator, weight_denominator, out_dtype)
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     groups = weight_denominator.shape[0]
     xg = x.to(compute_dtype).unflatten(-1, (groups, x.shape[-1] // groups))  # [..., G, D/G]
@@ -115,7 +122,7 @@ def group_rational_reference(x: Tensor, weight_numerator: Tensor, weight_denomin
     ax = _abs_unit_slope_at_zero(xg)
     numerator = sum(a[i] * xg**i for i in range(NUMERATOR_TERMS))
     denominator = 1 + sum(b[:, j] * ax ** (j + 1) for j in range(DENOMINATOR_TERMS))
-    return (numerator / denominator).flatten(-2).to(x.dtype)
+    return (numerator / denominator).flatten(-2).to(out_dtype or x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -170,6 +177,32 @@ def _reciprocal(q, APPROX: tl.constexpr):
     if APPROX:
         return libdevice.fast_dividef(1.0, q)
     return 1.0 / q
+
+
+@triton.jit
+def _backward_terms(
+    x, dy, a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0, b1, b2, b3, db1, db2, db3, APPROX: tl.constexpr
+):
+    """dy x F'(x) and the ten per-element terms of the coefficient gradients, dL/da_i = dy x^i / Q (i = 0..5) and
+    dL/d|b_j| = -dy F |x|^(j+1) / Q (j = 0..3), fp32. From the powers x^2..x^5 computed once (|x|^3 = |x^3|): P, Q,
+    P' and dQ/d|x| are sums of coefficient x power products (``da_i`` = i a_i, ``db_j`` = (j + 1) |b_j|), and a
+    caller's ``acc += term`` is one FFMA (docs/design.md §21). Elements with dy = 0 (masked) give zeros."""
+    ax = tl.abs(x)
+    x2 = x * x
+    x3 = x2 * x
+    x4 = x2 * x2
+    x5 = x4 * x
+    ax3 = tl.abs(x3)
+    p = a0 + a1 * x + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x5
+    q = 1.0 + b0 * ax + b1 * x2 + b2 * ax3 + b3 * x4  # >= 1
+    dp = a1 + da2 * x + da3 * x2 + da4 * x3 + da5 * x4
+    dq_dax = b0 + db1 * ax + db2 * x2 + db3 * ax3
+    dq = tl.where(x < 0, -dq_dax, dq_dax)  # d|x|/dx = +1 at x = 0
+    inv_q = _reciprocal(q, APPROX)
+    f = p * inv_q
+    g = dy * inv_q  # dL/dP
+    h = g * f
+    return (dp - f * dq) * g, g, g * x, g * x2, g * x3, g * x4, g * x5, -h * ax, -h * x2, -h * ax3, -h * x4
 
 
 @triton.jit
@@ -279,8 +312,7 @@ def _group_rational_bwd_kernel(
     gradient, then takes a ticket on ``counter_ptr[groups]``; the last group adds the numerator sums
     (deterministic, no atomics on data). Each resets its counter for the next launch.
 
-    The loop body works from the powers x^2..x^5 (|x|^3 = |x^3|): P, Q, P' and Q' are sums of coefficient x power
-    products, and each of the 10 sums takes one FFMA per element (docs/design.md §21)."""
+    The loop body is :func:`_backward_terms` (docs/design.md §21)."""
     BLOCK_N: tl.constexpr = TILE // BLOCK_D
     pid_r = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -313,34 +345,20 @@ def _group_rational_bwd_kernel(
         mask = (rows < row_end)[:, None] & col_mask[None, :]
         x_next = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask)
         dy_next = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask)
-        ax = tl.abs(x)
-        x2 = x * x
-        x3 = x2 * x
-        x4 = x2 * x2
-        x5 = x4 * x
-        ax3 = tl.abs(x3)
-        p = a0 + a1 * x + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x5
-        q = 1.0 + b0 * ax + b1 * x2 + b2 * ax3 + b3 * x4  # >= 1
-        dp = a1 + da2 * x + da3 * x2 + da4 * x3 + da5 * x4
-        dq_dax = b0 + db1 * ax + db2 * x2 + db3 * ax3
-        dq = tl.where(x < 0, -dq_dax, dq_dax)  # d|x|/dx = +1 at x = 0
-        inv_q = _reciprocal(q, APPROX)
-        f = p * inv_q
-        g = dy * inv_q  # dL/dP; masked elements have dy = 0 and add nothing below
-        dx = (dp - f * dq) * g
+        dx, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = _backward_terms(
+            x, dy, a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0, b1, b2, b3, db1, db2, db3, APPROX
+        )
         tl.store(dx_ptr + tile_rows[:, None] * D + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=tile_mask)
-        # dL/da_i = dy x^i / Q; dL/d|b_j| = -dy F |x|^(j+1) / Q
-        acc_a0 += g
-        acc_a1 += g * x
-        acc_a2 += g * x2
-        acc_a3 += g * x3
-        acc_a4 += g * x4
-        acc_a5 += g * x5
-        h = g * f
-        acc_b0 -= h * ax
-        acc_b1 -= h * x2
-        acc_b2 -= h * ax3
-        acc_b3 -= h * x4
+        acc_a0 += t0
+        acc_a1 += t1
+        acc_a2 += t2
+        acc_a3 += t3
+        acc_a4 += t4
+        acc_a5 += t5
+        acc_b0 += t6
+        acc_b1 += t7
+        acc_b2 += t8
+        acc_b3 += t9
     out = partial_ptr + (pid_c * tl.num_programs(0) + pid_r) * 10
     tl.store(out + 0, _tile_sum(acc_a0))
     tl.store(out + 1, _tile_sum(acc_a1))
@@ -427,9 +445,16 @@ _FIN_BLOCK = 64
 _BWD_ELEMENTS_PER_PROGRAM = 512 if INTERPRETER else 16384
 
 
-def _check_triton_inputs(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> None:
-    check_group_rational_inputs(x, weight_numerator, weight_denominator)
+def _check_triton_inputs(
+    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, out_dtype: torch.dtype | None = None
+) -> None:
+    check_group_rational_inputs(x, weight_numerator, weight_denominator, out_dtype)
     check_triton_dtypes("the Triton group-rational kernel takes", {"x": x})
+    if out_dtype is not None and out_dtype not in TRITON_DTYPES:
+        raise TypeError(
+            f"the Triton group-rational kernel writes out_dtype in {[str(d) for d in TRITON_DTYPES]}, got "
+            f"{out_dtype}; use backend='torch' for other dtypes"
+        )
     check_triton_device(x.device)
 
 
@@ -446,15 +471,20 @@ def _check_block_d(block_d: int, configs: list) -> int:
 
 
 def group_rational_forward(
-    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, block_d: int | None = None
+    x: Tensor,
+    weight_numerator: Tensor,
+    weight_denominator: Tensor,
+    out_dtype: torch.dtype | None = None,
+    block_d: int | None = None,
 ) -> Tensor:
-    """Triton forward: F(x), shape and dtype of ``x``, contiguous. Validates its inputs.
+    """Triton forward: F(x), shape of ``x``, dtype ``out_dtype`` (default: that of ``x``), contiguous. Validates its
+    inputs.
 
     ``block_d`` (columns per tile, a power of two) overrides the default choice; for tuning experiments.
     """
-    _check_triton_inputs(x, weight_numerator, weight_denominator)
+    _check_triton_inputs(x, weight_numerator, weight_denominator, out_dtype)
     width = x.shape[-1]
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
     if x.numel() == 0:
         return y
     x2 = x.reshape(-1, width)  # a view where the strides allow one (any column stride is fine)
@@ -487,8 +517,9 @@ def group_rational_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Triton backward: (dx, d weight_numerator, d weight_denominator).
 
-    dx has the dtype of ``x``; the coefficient gradients are accumulated in float32 and returned in the dtype
-    of their coefficients. ``block_d`` overrides the column tile (tuning experiments).
+    dx has the dtype of ``x`` (``grad_output`` may have another: that of the forward's ``out_dtype``); the
+    coefficient gradients are accumulated in float32 and returned in the dtype of their coefficients. ``block_d``
+    overrides the column tile (tuning experiments).
     """
     _check_triton_inputs(x, weight_numerator, weight_denominator)
     if grad_output.shape != x.shape:
@@ -547,14 +578,16 @@ def group_rational_backward(
 
 
 @triton_op("zoo::group_rational")
-def _group_rational_op(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
-    return group_rational_forward(x, weight_numerator, weight_denominator)
+def _group_rational_op(
+    x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, out_dtype: torch.dtype | None = None
+) -> Tensor:
+    return group_rational_forward(x, weight_numerator, weight_denominator, out_dtype)
 
 
 @_group_rational_op.register_fake
-def _(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
-    check_group_rational_inputs(x, weight_numerator, weight_denominator)
-    return x.new_empty(x.shape)
+def _(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+    check_group_rational_inputs(x, weight_numerator, weight_denominator, out_dtype)
+    return x.new_empty(x.shape, dtype=out_dtype or x.dtype)
 
 
 @triton_op("zoo::group_rational_backward")
@@ -574,13 +607,13 @@ def _(grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominat
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, weight_numerator, weight_denominator = inputs
+    x, weight_numerator, weight_denominator, _out_dtype = inputs
     ctx.save_for_backward(x, weight_numerator, weight_denominator)
 
 
 def _backward(ctx, grad_output: Tensor):
     x, weight_numerator, weight_denominator = ctx.saved_tensors
-    return torch.ops.zoo.group_rational_backward(grad_output, x, weight_numerator, weight_denominator)
+    return *torch.ops.zoo.group_rational_backward(grad_output, x, weight_numerator, weight_denominator), None
 
 
 _group_rational_op.register_autograd(_backward, setup_context=_setup_context)
@@ -592,17 +625,26 @@ class _GroupRationalFunction(torch.autograd.Function):
     ``zoo::group_rational`` instead; both run the same launchers."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor) -> Tensor:
+    def forward(
+        ctx, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, out_dtype: torch.dtype | None
+    ) -> Tensor:
         ctx.save_for_backward(x, weight_numerator, weight_denominator)
-        return group_rational_forward(x, weight_numerator, weight_denominator)
+        return group_rational_forward(x, weight_numerator, weight_denominator, out_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return group_rational_backward(grad_output, *ctx.saved_tensors)
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        return *group_rational_backward(grad_output, *ctx.saved_tensors), None
 
 
-def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, backend: str = "auto") -> Tensor:
+def group_rational(
+    x: Tensor,
+    weight_numerator: Tensor,
+    weight_denominator: Tensor,
+    backend: str = "auto",
+    *,
+    out_dtype: torch.dtype | None = None,
+) -> Tensor:
     """Group-rational activation F(x) over the last dimension of ``x`` (see the module docstring).
 
     Args:
@@ -612,26 +654,33 @@ def group_rational(x: Tensor, weight_numerator: Tensor, weight_denominator: Tens
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` (see :mod:`zoo.kernels._backend`); on CPU tensors
             ``"auto"`` runs the fused CPU path of :mod:`zoo.kernels.rational_cpu` (same results, one pass where a
             C++ compiler is available), ``"torch"`` the reference.
+        out_dtype: the result's dtype, default that of ``x``. The float32 result is rounded to it once, so that
+            ``group_rational(x, a, b, out_dtype=torch.bfloat16)`` equals ``group_rational(x, a, b).bfloat16()``
+            without the second pass (KAN's first activation writes what autocast's ``fc1`` reads); the gradient of
+            ``x`` keeps the dtype of ``x``.
 
     Returns:
-        A tensor of the shape and dtype of ``x``; differentiable in all three inputs.
+        A tensor of the shape of ``x`` and dtype ``out_dtype``; differentiable in the three tensors.
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
+    if resolve_backend(backend, x, TRITON_DTYPES) == "triton" and (
+        out_dtype is None or out_dtype in TRITON_DTYPES or requested_backend(backend) == "triton"
+    ):  # the launchers validate their inputs
         return dispatch_triton(
             x,
             weight_numerator,
             weight_denominator,
+            out_dtype,
             op=torch.ops.zoo.group_rational,
             function=_GroupRationalFunction,
             launcher=group_rational_forward,
         )
     if x.device.type == "cpu" and requested_backend(backend) == "auto" and not tracing():
-        check_group_rational_inputs(x, weight_numerator, weight_denominator)
+        check_group_rational_inputs(x, weight_numerator, weight_denominator, out_dtype)
         if x.numel():  # the fused CPU path (zoo/kernels/rational_cpu.py)
-            return group_rational_cpu(x, weight_numerator, weight_denominator)
-    return group_rational_reference(x, weight_numerator, weight_denominator)
+            return group_rational_cpu(x, weight_numerator, weight_denominator).to(out_dtype or x.dtype)
+    return group_rational_reference(x, weight_numerator, weight_denominator, out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from zoo.kernels._backend import TRITON_DTYPES, resolve_backend
+from zoo.kernels.norm_rational import layer_norm_group_rational
 from zoo.layers.rational import GroupRational
 
 
@@ -65,6 +67,47 @@ class KAN(nn.Module):
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias, **factory)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.drop1(self.act1(x))
+        x = self.drop1(self.act1(x, out_dtype=_linear_input_dtype(x)))
+        return self._after_act1(x)
+
+    def forward_normed(self, x: Tensor, norm: nn.Module) -> Tensor:
+        """``self(norm(x))``; a LayerNorm and ``act1`` run as one Triton op where ``act1`` runs Triton
+        (:func:`zoo.kernels.norm_rational.layer_norm_group_rational`: the normalised activation never reaches memory,
+        one launch instead of two each way). KAT's blocks call this for ``mlp(norm2(x))``."""
+        if not _fusable(x, norm, self.act1):
+            return self(norm(x))
+        y = layer_norm_group_rational(
+            x,
+            norm.weight,
+            norm.bias,
+            self.act1.weight_numerator,
+            self.act1.weight_denominator,
+            norm.eps,
+            _linear_input_dtype(x),
+            backend=self.act1.backend,
+        )
+        return self._after_act1(self.drop1(y))
+
+    def _after_act1(self, x: Tensor) -> Tensor:
         x = self.drop2(self.act2(self.fc1(x)))
         return self.fc2(self.norm(x))
+
+
+def _fusable(x: Tensor, norm: nn.Module, act: GroupRational) -> bool:
+    """Whether ``act(norm(x))`` can run as the fused Triton op: ``act`` would run Triton on ``x`` (CUDA, or the
+    interpreter when asked for) and ``norm`` is an affine LayerNorm over the last dimension (timm's included)."""
+    if isinstance(x, torch.fx.Proxy) or not isinstance(norm, nn.LayerNorm):
+        return False
+    if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (x.shape[-1],):
+        return False
+    return resolve_backend(act.backend, x, TRITON_DTYPES) == "triton"
+
+
+def _linear_input_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype a linear layer computes ``x`` in: autocast's where it is on for ``x``'s device, else None (keep
+    ``x``'s). KAN's act1 writes it itself (its float32 result rounded once, as fc1's cast would), which saves a
+    pass over the activation and one over its gradient. None while FX traces (a proxy has no device)."""
+    if isinstance(x, torch.fx.Proxy):
+        return None
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None

@@ -105,13 +105,17 @@ class GroupRational(nn.Module):
         self.weight_numerator.copy_(torch.tensor(coefficients.numerator).view(1, NUMERATOR_TERMS))
         self.weight_denominator.copy_(torch.tensor(coefficients.denominator).expand(self.num_groups, -1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+        """F(x) in ``out_dtype`` (default: the dtype of ``x``), rounded once from float32 (see
+        :func:`zoo.kernels.rational.group_rational`)."""
         if x.dim() == 0 or x.shape[-1] % self.num_groups:
             raise ValueError(
                 f"GroupRational expects input [..., D] with D divisible by num_groups={self.num_groups}, "
                 f"got shape {list(x.shape)}"
             )
-        return group_rational(x, self.weight_numerator, self.weight_denominator, backend=self.backend)
+        return group_rational(
+            x, self.weight_numerator, self.weight_denominator, backend=self.backend, out_dtype=out_dtype
+        )
 
     def extra_repr(self) -> str:
         return f"num_groups={self.num_groups}, init={self.init!r}, backend={self.backend!r}"

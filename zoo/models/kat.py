@@ -17,7 +17,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from timm.models.vision_transformer import checkpoint_filter_fn as vit_checkpoint_filter_fn
 from torch import nn
 
@@ -26,7 +26,17 @@ from zoo.layers.rational import GroupRational, variance_preserving_gain
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
 
-__all__ = ["KAT", "checkpoint_filter_fn", "kat_t", "kat_s", "kat_b"]
+__all__ = ["KAT", "KATBlock", "checkpoint_filter_fn", "kat_t", "kat_s", "kat_b"]
+
+
+class KATBlock(Block):
+    """timm's ViT block whose MLP half is ``mlp.forward_normed(x, norm2)``: the same modules, keys and function, with
+    ``norm2`` and the KAN's first activation one Triton op where the activations run Triton
+    (:meth:`zoo.layers.KAN.forward_normed`). Arguments after ``x`` go to the attention as timm passes them."""
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), *args, **kwargs)))
+        return x + self.drop_path2(self.ls2(self.mlp.forward_normed(x, self.norm2)))
 
 
 class KAT(VisionTransformer):
@@ -55,6 +65,7 @@ class KAT(VisionTransformer):
         if weight_init not in ("kan", "skip"):
             raise ValueError(f"weight_init must be 'kan' or 'skip', got {weight_init!r}")
         mlp_layer = partial(KAN, num_groups=num_groups, act_init=act_init, backend=backend)
+        kwargs.setdefault("block_fn", KATBlock)
         super().__init__(mlp_layer=mlp_layer, weight_init="skip", **kwargs)
         self.num_groups = num_groups
         self.act_init = act_init
