@@ -165,6 +165,16 @@ def check_triton_dtypes(
             )
 
 
+def check_triton_out_dtype(kernel: str, out_dtype: torch.dtype | None) -> None:
+    """Raise ``TypeError`` unless ``out_dtype`` (None: the input's dtype) is one the Triton kernels write;
+    ``kernel`` names them in the message, e.g. ``"group-rational kernel"``."""
+    if out_dtype is not None and out_dtype not in TRITON_DTYPES:
+        raise TypeError(
+            f"the Triton {kernel} writes out_dtype in {[str(d) for d in TRITON_DTYPES]}, got {out_dtype}; use "
+            "backend='torch' for other dtypes"
+        )
+
+
 def dispatch_triton(
     *args: Any,
     op: Callable[..., Any],

@@ -25,6 +25,7 @@ from zoo.kernels._backend import (
     cdiv,
     check_triton_device,
     check_triton_dtypes,
+    check_triton_out_dtype,
     device_guard,
     dispatch_triton,
     launchable,
@@ -362,11 +363,7 @@ def _check_triton_inputs(x, norm_weight, norm_bias, weight_numerator, weight_den
         x, norm_weight, norm_bias, weight_numerator, weight_denominator, eps, out_dtype
     )
     check_triton_dtypes("the Triton LayerNorm + group-rational kernel takes", {"x": x})
-    if out_dtype is not None and out_dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"the Triton LayerNorm + group-rational kernel writes out_dtype in {[str(d) for d in TRITON_DTYPES]}, "
-            f"got {out_dtype}; use backend='torch' for other dtypes"
-        )
+    check_triton_out_dtype("LayerNorm + group-rational kernel", out_dtype)
     if x.shape[-1] > MAX_CHANNELS:
         raise ValueError(f"the Triton kernel normalises rows of at most {MAX_CHANNELS} channels, got {x.shape[-1]}")
     check_triton_device(x.device)

@@ -23,6 +23,7 @@ from zoo.kernels._backend import (
     cdiv,
     check_triton_device,
     check_triton_dtypes,
+    check_triton_out_dtype,
     device_guard,
     dispatch_triton,
     launchable,
@@ -450,11 +451,7 @@ def _check_triton_inputs(
 ) -> None:
     check_group_rational_inputs(x, weight_numerator, weight_denominator, out_dtype)
     check_triton_dtypes("the Triton group-rational kernel takes", {"x": x})
-    if out_dtype is not None and out_dtype not in TRITON_DTYPES:
-        raise TypeError(
-            f"the Triton group-rational kernel writes out_dtype in {[str(d) for d in TRITON_DTYPES]}, got "
-            f"{out_dtype}; use backend='torch' for other dtypes"
-        )
+    check_triton_out_dtype("group-rational kernel", out_dtype)
     check_triton_device(x.device)
 
 
