@@ -147,6 +147,7 @@ def _norm_rational_fwd_kernel(
     coefficients) are loaded once per program."""
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
+    inv_c = 1.0 / C
     w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     beta = tl.load(beta_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
@@ -159,9 +160,9 @@ def _norm_rational_fwd_kernel(
         row_mask = rows < row_end
         mask = row_mask[:, None] & col_mask[None, :]
         x = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask).to(tl.float32)
-        mean = tl.sum(x, axis=1) / C
+        mean = tl.sum(x, axis=1) * inv_c
         centred = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) * inv_c + eps)
         u = centred * rstd[:, None] * w + beta
         p, q, _au = _numerator_denominator(u, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
         y = p * _reciprocal(q, APPROX)
@@ -197,6 +198,7 @@ def _norm_rational_bwd_kernel(
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_C)
     col_mask = cols < C
+    inv_c = 1.0 / C
     w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     beta = tl.load(beta_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
@@ -236,8 +238,8 @@ def _norm_rational_bwd_kernel(
         acc_b3 += t9
         # LayerNorm's backward: dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = du w
         dxhat = du * w
-        mean_dxhat = tl.sum(dxhat, axis=1) / C
-        mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / C
+        mean_dxhat = tl.sum(dxhat, axis=1) * inv_c
+        mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) * inv_c
         dx = (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None]) * rstd[:, None]
         tl.store(dx_ptr + rows[:, None] * C + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
     out = partial_ptr + pid.to(tl.int64) * 12 * C + cols
