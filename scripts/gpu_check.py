@@ -95,7 +95,7 @@ import time
 import traceback
 import xml.etree.ElementTree as ElementTree
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -154,7 +154,9 @@ class OpFamily:
     """Tier 2: rows of one ``benchmark.OPS`` function."""
 
     name: str  # the benchmark.OPS key
-    cases: tuple[str, ...]  # the cases to run on a GPU: fnmatch patterns over benchmark.case_names(name, ...)
+    # the cases to run on a GPU: fnmatch patterns over benchmark.case_names(name, ...), run in the patterns' order
+    # (what matters most first: a family stopped by its budget keeps the rows of the cases it finished)
+    cases: tuple[str, ...]
     smoke: tuple[tuple, ...]  # --smoke: tiny case tuples, in the format of benchmark.<op>_cases
     impls: tuple[str, ...] = ("reference", "triton")
     baselines: tuple[str, ...] = ()  # frozen kernel packages timed beside this checkout's, as "triton@<tag>"
@@ -182,7 +184,12 @@ OP_FAMILIES = (
     ),
     OpFamily(
         "dwconv",
-        ("*",),
+        (
+            "*xK13",
+            "*xK31",
+            "*xK3",
+            "*",
+        ),  # the large kernels' targets first (the 7 x 7 weight gradient compiles longest)
         (("B1xC4x5x5xK3", (1, 4, 5, 5), 3),),
         baselines=("issue19",),
         baseline_cases=("*xK31", "B1xC4x5x5xK3"),
@@ -190,6 +197,14 @@ OP_FAMILIES = (
     ),
     OpFamily("inception", ("*",), (("B1xC8x4x4", (1, 8, 4, 4)),), baselines=("issue19",), budget_s=25),
 )
+
+
+def ordered_cases(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The names matching any pattern, in the order of the first pattern each matches (then the names' order)."""
+    picked: list[str] = []
+    for pattern in patterns:
+        picked += [n for n in names if fnmatch.fnmatchcase(n, pattern) and n not in picked]
+    return picked
 
 
 @dataclass(frozen=True)
@@ -906,7 +921,7 @@ def _op_family(family: OpFamily, ctx: dict, notes: list[str]) -> Iterator[tuple[
         cases = list(family.smoke)
     else:
         names = bm.case_names(family.name, False, device)
-        cases = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in family.cases)]
+        cases = ordered_cases(names, family.cases)
         if not cases:
             raise LookupError(f"no case of {names} matches {family.cases}")
     for case in cases:

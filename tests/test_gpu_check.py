@@ -225,3 +225,17 @@ def test_a_frozen_baseline_runs_beside_this_checkouts_kernels(tmp_path):
     x = torch.randn(1, 4, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(4, 1, 3, 3, device=DEVICE), torch.randn(4, device=DEVICE)
     torch.testing.assert_close(baseline.dwconv2d(x, w, b, backend="triton"), dwconv.dwconv2d(x, w, b, backend="triton"))
+
+
+def test_op_cases_run_in_the_order_of_their_patterns():
+    """A family's cases run in the order of its patterns (what matters most first), each once."""
+    check = _load("gpu_check")
+    names = ["B64xC384x56x56xK3", "B64xC384x56x56xK7", "B64xC384x56x56xK13", "B64xC768x14x14xK13", "B64xC768x14x14xK3"]
+    assert check.ordered_cases(names, ("*xK13", "*xK3", "*")) == [
+        "B64xC384x56x56xK13",
+        "B64xC768x14x14xK13",
+        "B64xC384x56x56xK3",
+        "B64xC768x14x14xK3",
+        "B64xC384x56x56xK7",
+    ]
+    assert check.ordered_cases(names, ("*xK5",)) == []
