@@ -170,3 +170,21 @@ def test_rows_up_to_whole_row_max_are_one_tile():
     assert not config(_wgrad.WHOLE_ROW_MAX, stride=(2, 2))["WHOLE_ROW"]
     assert not config(_wgrad.WHOLE_ROW_MAX, dilation=(2, 2))["WHOLE_ROW"]
     assert not config(_wgrad.WHOLE_ROW_MAX, layout=torch.channels_last)["WHOLE_ROW"]
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+def test_merged_borders_with_an_overlapping_last_tile(layout, monkeypatch):
+    """MERGED (7 x 7 at stride and dilation 1): the first and last tiles of a row in one masked copy. With 4-column
+    tiles (the interpreter's are 3, where the last tile never overlaps an earlier one at 7 x 7) an 11-column row has
+    tiles at 0 and 4, and a last one at 7 whose output column 7 the tile at 4 already covered: it must read zeros
+    there (the mask on the output gradient's columns), as the GPU's 8-column tiles do on 59-column rows."""
+    config = _wgrad._config
+
+    def four_columns(*args, **kwargs):
+        return {**config(*args, **kwargs), "TILE_W": 4}
+
+    monkeypatch.setattr(_wgrad, "_config", four_columns)
+    plan = _wgrad._plan((1, 3, 5, 11), (165, 1, 33, 3), (1, 3, 5, 11), (165, 1, 33, 3), (7, 7), (1, 1), (1, 1), 4)
+    assert plan["config"]["EDGES"] and plan["config"]["MERGED"]
+    x, dy = _inputs((1, 3, 5, 11), (7, 7), 1, 1, torch.float32, layout, seed=5)
+    _check(x, dy, (7, 7), (1, 1), (1, 1))

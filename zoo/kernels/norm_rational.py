@@ -112,11 +112,12 @@ def layer_norm_group_rational_reference(
 # 2. Triton kernels
 #
 # Forward: a program walks a chunk of rows, BLOCK_M whole rows at a time (BLOCK_C >= C columns in registers):
-# normalises them, applies F and stores y, the rows' mean and 1 / std. Backward: program p walks a chunk of rows, BLOCK_M at a time: u and F'(u) from x and the
-# saved statistics, du = dy F'(u), dx from du by LayerNorm's backward (two row sums), and keeps per column the sums
-# of du xhat, du and the ten coefficient terms; it writes them as partial[p, 12, C]. The second kernel adds the
-# partials of a block of columns per program (the LayerNorm gradients), and the program that draws the last ticket
-# adds the columns of each group (the rational's coefficients).
+# normalises them, applies F and stores y, the rows' mean and 1 / std. Backward: program p walks a chunk of rows,
+# BLOCK_M at a time: u and F'(u) from x and the saved statistics, du = dy F'(u), dx from du by LayerNorm's backward
+# (two row sums), and keeps per column the sums of du xhat, du and the ten coefficient terms; it writes them as
+# partial[p, 12, C]. The second kernel adds the partials of a block of columns per program (the LayerNorm
+# gradients), and the program that draws the last ticket adds the columns of each group (the rational's
+# coefficients).
 # ----------------------------------------------------------------------------------------------------------------
 
 PARTIAL_ROWS = 12  # d norm_weight, d norm_bias, then the ten coefficient terms of rational.py's _backward_terms

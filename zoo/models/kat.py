@@ -2,7 +2,8 @@
 
 Registered with timm as ``kat_t``, ``kat_s``, ``kat_b`` (the official ``kat_{tiny,small,base}_patch16_224``).
 The model is timm's ``VisionTransformer`` (patch 16, class token, qkv bias, LayerNorm eps 1e-6, mlp ratio 4)
-with :class:`zoo.layers.KAN` as its MLP, so state-dict keys equal the official checkpoints'
+with :class:`zoo.layers.KAN` as its MLP (and :class:`KATBlock`, timm's block with ``norm2`` and the KAN's first
+activation fused on the Triton path), so state-dict keys equal the official checkpoints'
 (``blocks.{i}.mlp.{fc1,act1,act2,fc2}``) and timm's ViT machinery (``forward_intermediates``, features,
 gradient checkpointing, ``reset_classifier``, ...) applies unchanged.
 """

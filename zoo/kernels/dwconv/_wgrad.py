@@ -12,12 +12,14 @@ loaded once: a sliding window in registers) and issues every multiply-add those 
 channels off the tensor read a cached run of zeros (their base pointers are redirected once per row step), so no
 column tile masks rows or channels. At stride and dilation 1 (EDGES) the first tile of a row starts at column 0 and
 the last ends at the last column: the window columns off the map are known at compile time, neither loaded nor
-multiplied, and every tile loads without masks; an NCHW row of at most ``WHOLE_ROW_MAX`` columns (the 14 x 14
-and 7 x 7 stages) is a single tile with both borders known at compile time (WHOLE_ROW: no column loop). Otherwise
-(stride 2, dilation, some narrow maps) the border tiles mask their columns and the interior ones do not; dilation
-along the columns is handled by walking them in phases (columns w, w + d, w + 2d, ... in one tile), so the window
-still slides by whole columns. No runtime division or modulo in the column loops. NCHW runs the same kernel: its unit stride is then along the row, where a
-thread's window lies (immediate load offsets); channels_last loads vectors along the channels.
+multiplied, and every tile loads without masks (from 7 x 7 at 8-column tiles the first and last tiles share one
+masked copy of the tile instead, which compiles five times faster); an NCHW row of at most ``WHOLE_ROW_MAX``
+columns (the 14 x 14 and 7 x 7 stages) is a single tile with both borders known at compile time (WHOLE_ROW: no
+column loop). Otherwise (stride 2, dilation, some narrow maps) the border tiles mask their columns and the interior
+ones do not; dilation along the columns is handled by walking them in phases (columns w, w + d, w + 2d, ... in one
+tile), so the window still slides by whole columns. No runtime division or modulo in the column loops. NCHW runs the
+same kernel: its unit stride is then along the row, where a thread's window lies (immediate load offsets);
+channels_last loads vectors along the channels.
 
 Every program writes its fp32 partial sums (its taps and, for the first kernel-row block, the sum of dy) to
 ``partial[strip, tap, c]``, then takes a ticket (one acq_rel atomic per program on its channel block's counter,
@@ -85,7 +87,9 @@ def _column_tile(
     dys = ()
     for t in tl.static_range(TILE_W):
         ow = w0 + t * dil_w
-        if MASKED:
+        if MASKED and DY_FROM:
+            dy = tl.load(g_base + index(ow, INT64) * g_w, mask=(ow < Wo) & (ow >= dy_from), other=0.0)
+        elif MASKED:
             dy = tl.load(g_base + index(ow, INT64) * g_w, mask=ow < Wo, other=0.0)
         elif DY_FROM:
             dy = tl.load(g_base + index(ow, INT64) * g_w, mask=ow >= dy_from, other=0.0)
@@ -158,6 +162,7 @@ def _dwconv_wgrad_kernel(
     TILE_W: tl.constexpr,
     EDGES: tl.constexpr,
     WHOLE_ROW: tl.constexpr,
+    MERGED: tl.constexpr,
 ):
     """Grid (kernel-row blocks, channel blocks, strips); see the module docstring. ``zx_ptr`` / ``zg_ptr``: zeros
     of x's / dy's dtype spanning a row (channel stride ``zx_c`` / ``zg_c``: 1 in channels_last, else 0); the rows
@@ -196,7 +201,9 @@ def _dwconv_wgrad_kernel(
             )
             x_bases = x_bases + (tl.where(ih_ok[:, None] & c_mask[None, :], x_real, zx_ptr + (c * zx_c)[None, :]),)
         PAD: tl.constexpr = (KW - 1) // 2
-        if EDGES or WHOLE_ROW:
+        # MERGED (EDGES from 7 x 7, see merged_borders): the first and last tiles come after the interior ones, in
+        # one masked copy of the tile
+        if WHOLE_ROW or (EDGES and not MERGED):
             # stride and dilation 1. EDGES: a row at least TILE_W + PAD wide (the launcher checks that these tiles
             # leave no gap): a first tile at column 0 (the PAD window columns left of the map skipped), interior
             # tiles, and a last tile ending at the last column (the PAD columns right of the map skipped; the
@@ -204,78 +211,27 @@ def _dwconv_wgrad_kernel(
             # (TILE_W == W == Wo), the PAD columns on both sides skipped.
             FIRST_HI: tl.constexpr = PAD if WHOLE_ROW else 0
             acc, acc_bias = _column_tile(
-                acc,
-                acc_bias,
-                g_base,
-                x_bases,
-                0,
-                0,
-                W,
-                Wo,
-                g_w,
-                x_w,
-                1,
-                PAD,
-                KR,
-                KW,
-                1,
-                TILE_W,
-                INT64,
-                False,
-                PAD,
-                FIRST_HI,
-                False,
-            )
+                acc, acc_bias, g_base, x_bases, 0, 0, W, Wo, g_w, x_w, 1, PAD, KR, KW, 1, TILE_W, INT64, False, PAD,
+                FIRST_HI, False,
+            )  # fmt: skip
         if EDGES:
             covered = ((W - PAD) // TILE_W) * TILE_W
             for w0 in range(TILE_W, covered, TILE_W):
                 acc, acc_bias = _column_tile(
-                    acc,
-                    acc_bias,
-                    g_base,
-                    x_bases,
-                    w0,
-                    0,
-                    W,
-                    Wo,
-                    g_w,
-                    x_w,
-                    1,
-                    PAD,
-                    KR,
-                    KW,
-                    1,
-                    TILE_W,
-                    INT64,
-                    False,
-                    0,
-                    0,
-                    False,
-                )
-            if covered < W:
+                    acc, acc_bias, g_base, x_bases, w0, 0, W, Wo, g_w, x_w, 1, PAD, KR, KW, 1, TILE_W, INT64, False, 0,
+                    0, False,
+                )  # fmt: skip
+            if MERGED:  # the first tile (column 0) and the last (ending at the last column), masked
+                for border in range(0, tl.where(covered < W, 2, 1)):
+                    acc, acc_bias = _column_tile(
+                        acc, acc_bias, g_base, x_bases, border * (W - TILE_W), border * covered, W, Wo, g_w, x_w, 1,
+                        PAD, KR, KW, 1, TILE_W, INT64, True, 0, 0, True,
+                    )  # fmt: skip
+            elif covered < W:
                 acc, acc_bias = _column_tile(
-                    acc,
-                    acc_bias,
-                    g_base,
-                    x_bases,
-                    W - TILE_W,
-                    covered,
-                    W,
-                    Wo,
-                    g_w,
-                    x_w,
-                    1,
-                    PAD,
-                    KR,
-                    KW,
-                    1,
-                    TILE_W,
-                    INT64,
-                    False,
-                    0,
-                    PAD,
-                    True,
-                )
+                    acc, acc_bias, g_base, x_bases, W - TILE_W, covered, W, Wo, g_w, x_w, 1, PAD, KR, KW, 1, TILE_W,
+                    INT64, False, 0, PAD, True,
+                )  # fmt: skip
         elif not WHOLE_ROW:
             for phase in range(0, dil_w):
                 # tiles w0 = phase + m step; the interior ones (every column of the window on the map, every output
@@ -365,6 +321,16 @@ def _config(
     return dict(BLOCK_S=16, BLOCK_C=8 * per_thread, TILE_W=tile_w, KR=kr, num_warps=4)
 
 
+def merged_borders(taps: int, tile_w: int) -> bool:
+    """Whether an EDGES program computes the first and last tiles of a row with one masked copy of the tile (MERGED;
+    their skipped window columns read zeros) instead of two unmasked ones: from 7 x 7 at 8-column tiles (the 56 x 56
+    stages), where that compiles in 8 s instead of 41 on this machine's CPU (the coalescing pass's time grows with
+    the cube of the code's size) for 5-15% more instructions per multiply-add; smaller kernels compile fast enough,
+    and 5 x 5, or 7 x 7 at 7-column tiles, spill when merged. The interpreter (3-column tiles) merges from 7 x 7 too,
+    so that the tests run both forms."""
+    return taps > 25 and (tile_w >= 8 or INTERPRETER)
+
+
 # NCHW rows at most this wide (at stride and dilation 1) are one column tile: both borders' off-map window columns
 # are then known at compile time and the row step has no column loop (the 14 x 14 and 7 x 7 stages). Not in
 # channels_last, whose threads hold up to 8 channels: a 14-column tile there reached 255 registers at 7 x 7 for a
@@ -401,6 +367,7 @@ def _plan(x_shape, x_strides, g_shape, g_strides, kernel, stride, dilation, elem
     edges = stride[1] == 1 and dilation[1] == 1 and w >= tile_w + pad_w and covered >= w - tile_w
     config["EDGES"] = edges and not whole_row
     config["WHOLE_ROW"] = whole_row
+    config["MERGED"] = config["EDGES"] and merged_borders(config["KR"] * kernel[1], tile_w)
     row_blocks = cdiv(kernel[0], config["KR"])
     channel_blocks = cdiv(channels, config["BLOCK_C"])
     tiles_per_step = cdiv(out_w, config["TILE_W"])
@@ -622,8 +589,8 @@ def _column_tiles(w: int, out_w: int, kernel_w: int, stride_w: int, dilation_w: 
 def benchmark_specs() -> list:
     """Loop-report specs of the weight-gradient kernel at the benchmarked shapes (both layouts; K = 13 and 31 run
     the generic variant, one kernel row per program): the launcher's arguments there and the useful
-    multiply-adds per program (taps on the map, :func:`taps_on_map`). Loops: the row steps of a strip (with the
-    first and last column tile of the row) and, inside, the interior column tiles; the last program of each channel block adds the strips' partial
+    multiply-adds per program (taps on the map, :func:`taps_on_map`). Loops: the row steps of a strip and, inside,
+    its column tiles; the last program of each channel block adds the strips' partial
     sums (taps x strip chunks, averaged over the programs). The K = 3, 56 x 56 specs (both layouts) are compiled
     by the tests too (``ci``)."""
     from zoo.kernels._aot import Work, launch_spec
@@ -640,8 +607,9 @@ def benchmark_specs() -> list:
             steps = cdiv(n * h, config["BLOCK_S"]) / strips
             if config["WHOLE_ROW"]:  # one column tile per row step: no column loop
                 columns = ()
-            elif config["EDGES"]:  # first and last tiles of a row in the row loop, the interior ones in a loop
-                columns = ((h - (k - 1) // 2) // config["TILE_W"] - 1,)
+            elif config["EDGES"]:  # the interior tiles' loop; MERGED, then the first and last tiles' loop
+                covered = (h - (k - 1) // 2) // config["TILE_W"] * config["TILE_W"]
+                columns = (covered // config["TILE_W"] - 1,) + ((2 if covered < h else 1,) if config["MERGED"] else ())
             else:  # the masked path: the border loop (both ends of the row), then the interior loop
                 columns = _column_tiles(h, h, k, 1, 1, config["TILE_W"])
             taps = (k * k + 1) / (strips * row_blocks)  # the last program of a channel block: every tap
@@ -654,8 +622,9 @@ def benchmark_specs() -> list:
                 f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {taps_on_map(h, k)}^2 = {macs}; programs = "
                 f"{row_blocks} kernel-row blocks x cdiv({c}, {config['BLOCK_C']}) x {strips} strips = {programs}; "
                 f"loops: row steps cdiv({n * h}, {config['BLOCK_S']}) / {strips} = {steps:g}; column tiles of "
-                f"{config['TILE_W']} in loops {columns} (EDGES: the interior ones, (h - pad) // TILE_W - 1; the "
-                f"first and last of a row are in the row loop; else the borders, then the interior); the reduction "
+                f"{config['TILE_W']} in loops {columns} (EDGES: the interior ones, (h - pad) // TILE_W - 1, then "
+                f"from 7 x 7 at 8-column tiles the first and last of the row, else those are in the row loop; the "
+                f"masked path: the borders, then the interior); the reduction "
                 f"({k * k + 1} taps, once per channel "
                 f"block: {taps:.3g} per program) x cdiv({strips}, {config['BLOCK_S']}) = {chunks} strip chunks",
             )
