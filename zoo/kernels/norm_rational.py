@@ -38,6 +38,7 @@ from zoo.kernels._backend import (
     triton_op,
 )
 from zoo.kernels.rational import (
+    _as_fp32_contiguous,
     _backward_terms,
     _denominator_coefficients,
     _load_tile,
@@ -340,20 +341,26 @@ def _tiles(channels: int) -> tuple[int, int]:
     return max(1, _TILE // block_c), block_c
 
 
-_SM_COUNT: dict[int, int] = {}
+_SM_COUNT: dict[torch.device, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``, looked up once per device; the interpreter's stand-in on CPU tensors,
+    an H200's for fake CUDA tensors traced without a GPU (tests/kernels/test_traced_ops.py)."""
+    sms = _SM_COUNT.get(device)
+    if sms is None:
+        if device.type == "cuda" and torch.cuda.is_available():
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+        else:
+            sms = _INTERPRETER_SMS if INTERPRETER else _H200_SMS
+        _SM_COUNT[device] = sms
+    return sms
 
 
 def _programs(device: torch.device, n_rows: int, block_m: int, per_sm: int) -> tuple[int, int]:
     """(programs, rows per program, a multiple of BLOCK_M): about ``per_sm`` programs per SM, each a chunk of rows
     (its per-column parameters loaded once; the backward's partial sums written once)."""
-    if device.type == "cuda" and torch.cuda.is_available():
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        if index not in _SM_COUNT:
-            _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-        sms = _SM_COUNT[index]
-    else:  # the interpreter; or fake CUDA tensors traced without a GPU (tests/kernels/test_traced_ops.py)
-        sms = _INTERPRETER_SMS if INTERPRETER else _H200_SMS
-    rows = _rows_per_program(n_rows, block_m, sms * per_sm)
+    rows = _rows_per_program(n_rows, block_m, _sm_count(device) * per_sm)
     return cdiv(n_rows, rows), rows
 
 
@@ -370,10 +377,6 @@ def _check_triton_inputs(x, norm_weight, norm_bias, weight_numerator, weight_den
     if x.shape[-1] > MAX_CHANNELS:
         raise ValueError(f"the Triton kernel normalises rows of at most {MAX_CHANNELS} channels, got {x.shape[-1]}")
     check_triton_device(x.device)
-
-
-def _fp32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
 def layer_norm_group_rational_forward(
@@ -406,8 +409,8 @@ def layer_norm_group_rational_forward(
             rstd,
             norm_weight.contiguous(),
             norm_bias.contiguous(),
-            _fp32(weight_numerator),
-            _fp32(weight_denominator),
+            _as_fp32_contiguous(weight_numerator),
+            _as_fp32_contiguous(weight_denominator),
             n_rows,
             channels,
             channels // weight_denominator.shape[0],
@@ -457,7 +460,7 @@ def layer_norm_group_rational_backward(
     block_m, block_c = _tiles(channels)
     programs, rows_per_program = _programs(x.device, n_rows, block_m, _BWD_PROGRAMS_PER_SM)
     partials = torch.empty(programs * 12 * channels + 10 * channels, dtype=torch.float32, device=x.device)
-    b = _fp32(weight_denominator)
+    b = _as_fp32_contiguous(weight_denominator)
     with device_guard(x.device):
         launchable(_norm_rational_bwd_kernel)[(programs,)](
             x2,
@@ -467,7 +470,7 @@ def layer_norm_group_rational_backward(
             rstd,
             norm_weight.contiguous(),
             norm_bias.contiguous(),
-            _fp32(weight_numerator),
+            _as_fp32_contiguous(weight_numerator),
             b,
             partials,
             n_rows,
