@@ -125,6 +125,25 @@ PARTIAL_ROWS = 12  # d norm_weight, d norm_bias, then the ten coefficient terms 
 
 
 @triton.jit
+def _column_parameters(w_ptr, beta_ptr, b_ptr, cols, col_mask, group_size):
+    """A part's per-column parameters, fp32 rows [1, part]: the LayerNorm's weight and bias and |b0|..|b3| of each
+    column's group (0 on masked columns)."""
+    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    beta = tl.load(beta_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    b0, b1, b2, b3 = _denominator_coefficients(b_ptr, cols // group_size, col_mask)
+    return w, beta, b0[None, :], b1[None, :], b2[None, :], b3[None, :]
+
+
+@triton.jit
+def _row_sums(hi, lo, BLOCK_M: tl.constexpr, BLOCK_HI: tl.constexpr, BLOCK_LO: tl.constexpr):
+    """Sums of the rows of a tile held as two parts [BLOCK_M, BLOCK_HI] and [BLOCK_M, BLOCK_LO], BLOCK_LO dividing
+    BLOCK_HI: runs of BLOCK_HI / BLOCK_LO columns of the first part are added in registers, then to the second part,
+    so that each row is reduced across lanes once."""
+    folded = tl.sum(tl.reshape(hi, (BLOCK_M, BLOCK_LO, BLOCK_HI // BLOCK_LO)), axis=2)
+    return tl.sum(folded + lo, axis=1)
+
+
+@triton.jit
 def _norm_rational_fwd_kernel(
     x_ptr,
     y_ptr,
@@ -142,35 +161,120 @@ def _norm_rational_fwd_kernel(
     stride_xc,
     eps,
     BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_HI: tl.constexpr,
+    BLOCK_LO: tl.constexpr,
     APPROX: tl.constexpr,
 ):
-    """A chunk of rows, BLOCK_M at a time; the per-column parameters (the LayerNorm's, each column's group
-    coefficients) are loaded once per program."""
-    cols = tl.arange(0, BLOCK_C)
-    col_mask = cols < C
+    """A chunk of rows, BLOCK_M at a time, each row as two parts: columns [0, BLOCK_HI) (all < C) and
+    [BLOCK_HI, BLOCK_HI + BLOCK_LO) (masked at C); the per-column parameters are loaded once per program."""
+    hi = tl.arange(0, BLOCK_HI)
+    lo = BLOCK_HI + tl.arange(0, BLOCK_LO)
+    lo_in = (lo < C)[None, :]
     inv_c = 1.0 / C
-    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    beta = tl.load(beta_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
-    b0, b1, b2, b3 = _denominator_coefficients(b_ptr, cols // group_size, col_mask)
-    b0, b1, b2, b3 = b0[None, :], b1[None, :], b2[None, :], b3[None, :]
+    w_hi, beta_hi, b0_hi, b1_hi, b2_hi, b3_hi = _column_parameters(w_ptr, beta_ptr, b_ptr, hi, hi < C, group_size)
+    w_lo, beta_lo, b0_lo, b1_lo, b2_lo, b3_lo = _column_parameters(w_ptr, beta_ptr, b_ptr, lo, lo < C, group_size)
     row_begin = tl.program_id(0).to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_begin + rows_per_program, n_rows)
     for row_start in range(row_begin, row_end, BLOCK_M):
         rows = row_start + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
-        mask = row_mask[:, None] & col_mask[None, :]
-        x = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask).to(tl.float32)
-        mean = tl.sum(x, axis=1) * inv_c
-        centred = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) * inv_c + eps)
-        u = centred * rstd[:, None] * w + beta
-        p, q, _au = _numerator_denominator(u, a0, a1, a2, a3, a4, a5, b0, b1, b2, b3)
-        y = p * _reciprocal(q, APPROX)
-        tl.store(y_ptr + rows[:, None] * C + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        mask_hi = row_mask[:, None] & (hi < BLOCK_HI)[None, :]
+        mask_lo = row_mask[:, None] & lo_in
+        x_hi = _load_tile(x_ptr, rows, hi, stride_xr, stride_xc, mask_hi).to(tl.float32)
+        x_lo = _load_tile(x_ptr, rows, lo, stride_xr, stride_xc, mask_lo).to(tl.float32)
+        mean = _row_sums(x_hi, x_lo, BLOCK_M, BLOCK_HI, BLOCK_LO) * inv_c
+        centred_hi = x_hi - mean[:, None]  # masked rows: x = 0, mean = 0
+        centred_lo = tl.where(lo_in, x_lo - mean[:, None], 0.0)
+        variance = _row_sums(centred_hi * centred_hi, centred_lo * centred_lo, BLOCK_M, BLOCK_HI, BLOCK_LO) * inv_c
+        rstd = 1.0 / tl.sqrt(variance + eps)
+        u_hi = centred_hi * rstd[:, None] * w_hi + beta_hi
+        u_lo = centred_lo * rstd[:, None] * w_lo + beta_lo
+        p_hi, q_hi, _au = _numerator_denominator(u_hi, a0, a1, a2, a3, a4, a5, b0_hi, b1_hi, b2_hi, b3_hi)
+        p_lo, q_lo, _au = _numerator_denominator(u_lo, a0, a1, a2, a3, a4, a5, b0_lo, b1_lo, b2_lo, b3_lo)
+        y_rows = y_ptr + rows[:, None] * C
+        tl.store(y_rows + hi[None, :], (p_hi * _reciprocal(q_hi, APPROX)).to(y_ptr.dtype.element_ty), mask=mask_hi)
+        tl.store(y_rows + lo[None, :], (p_lo * _reciprocal(q_lo, APPROX)).to(y_ptr.dtype.element_ty), mask=mask_lo)
         tl.store(mean_ptr + rows, mean, mask=row_mask)
         tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+
+@triton.jit
+def _norm_rational_bwd_part(
+    x_ptr,
+    dy_ptr,
+    rows,
+    cols,
+    mask,
+    stride_xr,
+    stride_xc,
+    stride_dyr,
+    stride_dyc,
+    mean,
+    rstd,
+    w,
+    beta,
+    a0,
+    a1,
+    a2,
+    a3,
+    a4,
+    a5,
+    da2,
+    da3,
+    da4,
+    da5,
+    b0,
+    b1,
+    b2,
+    b3,
+    APPROX: tl.constexpr,
+):
+    """One part of a tile: xhat, dxhat = dy F'(u) w and the twelve per-element terms of the parameter gradients
+    (du xhat, du, then rational.py's ten), zeros where masked (dy = 0 there)."""
+    x = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask).to(tl.float32)
+    dy = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask).to(tl.float32)
+    xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+    du, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = _backward_terms(
+        xhat * w + beta,
+        dy,
+        a0,
+        a1,
+        a2,
+        a3,
+        a4,
+        a5,
+        da2,
+        da3,
+        da4,
+        da5,
+        b0,
+        b1,
+        b2,
+        b3,
+        2.0 * b1,
+        3.0 * b2,
+        4.0 * b3,
+        APPROX,
+    )
+    return xhat, du * w, du * xhat, du, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9
+
+
+@triton.jit
+def _store_column_sums(out, cols, col_mask, C, s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11):
+    """Column sums of the twelve accumulators of a part: row k of the program's [12, C] partial block."""
+    tl.store(out + cols, tl.sum(s0, axis=0), mask=col_mask)
+    tl.store(out + C + cols, tl.sum(s1, axis=0), mask=col_mask)
+    tl.store(out + 2 * C + cols, tl.sum(s2, axis=0), mask=col_mask)
+    tl.store(out + 3 * C + cols, tl.sum(s3, axis=0), mask=col_mask)
+    tl.store(out + 4 * C + cols, tl.sum(s4, axis=0), mask=col_mask)
+    tl.store(out + 5 * C + cols, tl.sum(s5, axis=0), mask=col_mask)
+    tl.store(out + 6 * C + cols, tl.sum(s6, axis=0), mask=col_mask)
+    tl.store(out + 7 * C + cols, tl.sum(s7, axis=0), mask=col_mask)
+    tl.store(out + 8 * C + cols, tl.sum(s8, axis=0), mask=col_mask)
+    tl.store(out + 9 * C + cols, tl.sum(s9, axis=0), mask=col_mask)
+    tl.store(out + 10 * C + cols, tl.sum(s10, axis=0), mask=col_mask)
+    tl.store(out + 11 * C + cols, tl.sum(s11, axis=0), mask=col_mask)
 
 
 @triton.jit
@@ -194,69 +298,109 @@ def _norm_rational_bwd_kernel(
     stride_dyr,
     stride_dyc,
     BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_HI: tl.constexpr,
+    BLOCK_LO: tl.constexpr,
     APPROX: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    cols = tl.arange(0, BLOCK_C)
-    col_mask = cols < C
+    hi = tl.arange(0, BLOCK_HI)
+    lo = BLOCK_HI + tl.arange(0, BLOCK_LO)
+    lo_in = (lo < C)[None, :]
     inv_c = 1.0 / C
-    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    beta = tl.load(beta_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     a0, a1, a2, a3, a4, a5 = _numerator_coefficients(a_ptr)
     da2, da3, da4, da5 = 2.0 * a2, 3.0 * a3, 4.0 * a4, 5.0 * a5
-    b0, b1, b2, b3 = _denominator_coefficients(b_ptr, cols // group_size, col_mask)
-    b0, b1, b2, b3 = b0[None, :], b1[None, :], b2[None, :], b3[None, :]
-    db1, db2, db3 = 2.0 * b1, 3.0 * b2, 4.0 * b3
-    zero = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
-    acc_w, acc_beta = zero, zero
-    acc_a0, acc_a1, acc_a2, acc_a3, acc_a4, acc_a5 = zero, zero, zero, zero, zero, zero
-    acc_b0, acc_b1, acc_b2, acc_b3 = zero, zero, zero, zero
+    w_hi, beta_hi, b0_hi, b1_hi, b2_hi, b3_hi = _column_parameters(w_ptr, beta_ptr, b_ptr, hi, hi < C, group_size)
+    w_lo, beta_lo, b0_lo, b1_lo, b2_lo, b3_lo = _column_parameters(w_ptr, beta_ptr, b_ptr, lo, lo < C, group_size)
+    zero_hi = tl.zeros((BLOCK_M, BLOCK_HI), dtype=tl.float32)
+    zero_lo = tl.zeros((BLOCK_M, BLOCK_LO), dtype=tl.float32)
+    h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11 = (zero_hi,) * 12
+    l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11 = (zero_lo,) * 12
     row_begin = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_begin + rows_per_program, n_rows)
     for row_start in range(row_begin, row_end, BLOCK_M):
         rows = row_start + tl.arange(0, BLOCK_M)
         row_mask = rows < row_end
-        mask = row_mask[:, None] & col_mask[None, :]
-        x = _load_tile(x_ptr, rows, cols, stride_xr, stride_xc, mask).to(tl.float32)
-        dy = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask).to(tl.float32)
+        mask_hi = row_mask[:, None] & (hi < BLOCK_HI)[None, :]
+        mask_lo = row_mask[:, None] & lo_in
         mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
-        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
-        du, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = _backward_terms(
-            xhat * w + beta, dy, a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0, b1, b2, b3, db1, db2, db3, APPROX
-        )  # masked elements: dy = 0, so du and every term are 0
-        acc_w += du * xhat
-        acc_beta += du
-        acc_a0 += t0
-        acc_a1 += t1
-        acc_a2 += t2
-        acc_a3 += t3
-        acc_a4 += t4
-        acc_a5 += t5
-        acc_b0 += t6
-        acc_b1 += t7
-        acc_b2 += t8
-        acc_b3 += t9
-        # LayerNorm's backward: dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = du w
-        dxhat = du * w
-        mean_dxhat = tl.sum(dxhat, axis=1) * inv_c
-        mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) * inv_c
-        dx = (dxhat - mean_dxhat[:, None] - xhat * mean_dxhat_xhat[:, None]) * rstd[:, None]
-        tl.store(dx_ptr + rows[:, None] * C + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
-    out = partial_ptr + pid.to(tl.int64) * 12 * C + cols
-    tl.store(out, tl.sum(acc_w, axis=0), mask=col_mask)
-    tl.store(out + C, tl.sum(acc_beta, axis=0), mask=col_mask)
-    tl.store(out + 2 * C, tl.sum(acc_a0, axis=0), mask=col_mask)
-    tl.store(out + 3 * C, tl.sum(acc_a1, axis=0), mask=col_mask)
-    tl.store(out + 4 * C, tl.sum(acc_a2, axis=0), mask=col_mask)
-    tl.store(out + 5 * C, tl.sum(acc_a3, axis=0), mask=col_mask)
-    tl.store(out + 6 * C, tl.sum(acc_a4, axis=0), mask=col_mask)
-    tl.store(out + 7 * C, tl.sum(acc_a5, axis=0), mask=col_mask)
-    tl.store(out + 8 * C, tl.sum(acc_b0, axis=0), mask=col_mask)
-    tl.store(out + 9 * C, tl.sum(acc_b1, axis=0), mask=col_mask)
-    tl.store(out + 10 * C, tl.sum(acc_b2, axis=0), mask=col_mask)
-    tl.store(out + 11 * C, tl.sum(acc_b3, axis=0), mask=col_mask)
+        xhat_hi, dxhat_hi, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11 = _norm_rational_bwd_part(
+            x_ptr,
+            dy_ptr,
+            rows,
+            hi,
+            mask_hi,
+            stride_xr,
+            stride_xc,
+            stride_dyr,
+            stride_dyc,
+            mean,
+            rstd,
+            w_hi,
+            beta_hi,
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            da2,
+            da3,
+            da4,
+            da5,
+            b0_hi,
+            b1_hi,
+            b2_hi,
+            b3_hi,
+            APPROX,
+        )
+        h0, h1, h2, h3 = h0 + t0, h1 + t1, h2 + t2, h3 + t3
+        h4, h5, h6, h7 = h4 + t4, h5 + t5, h6 + t6, h7 + t7
+        h8, h9, h10, h11 = h8 + t8, h9 + t9, h10 + t10, h11 + t11
+        xhat_lo, dxhat_lo, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11 = _norm_rational_bwd_part(
+            x_ptr,
+            dy_ptr,
+            rows,
+            lo,
+            mask_lo,
+            stride_xr,
+            stride_xc,
+            stride_dyr,
+            stride_dyc,
+            mean,
+            rstd,
+            w_lo,
+            beta_lo,
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            da2,
+            da3,
+            da4,
+            da5,
+            b0_lo,
+            b1_lo,
+            b2_lo,
+            b3_lo,
+            APPROX,
+        )
+        l0, l1, l2, l3 = l0 + t0, l1 + t1, l2 + t2, l3 + t3
+        l4, l5, l6, l7 = l4 + t4, l5 + t5, l6 + t6, l7 + t7
+        l8, l9, l10, l11 = l8 + t8, l9 + t9, l10 + t10, l11 + t11
+        # LayerNorm's backward: dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))
+        mean_dxhat = _row_sums(dxhat_hi, dxhat_lo, BLOCK_M, BLOCK_HI, BLOCK_LO) * inv_c
+        mean_dxhat_xhat = _row_sums(dxhat_hi * xhat_hi, dxhat_lo * xhat_lo, BLOCK_M, BLOCK_HI, BLOCK_LO) * inv_c
+        dx_hi = (dxhat_hi - mean_dxhat[:, None] - xhat_hi * mean_dxhat_xhat[:, None]) * rstd[:, None]
+        dx_lo = (dxhat_lo - mean_dxhat[:, None] - xhat_lo * mean_dxhat_xhat[:, None]) * rstd[:, None]
+        dx_rows = dx_ptr + rows[:, None] * C
+        tl.store(dx_rows + hi[None, :], dx_hi.to(dx_ptr.dtype.element_ty), mask=mask_hi)
+        tl.store(dx_rows + lo[None, :], dx_lo.to(dx_ptr.dtype.element_ty), mask=mask_lo)
+    out = partial_ptr + pid.to(tl.int64) * 12 * C
+    _store_column_sums(out, hi, hi < C, C, h0, h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11)
+    _store_column_sums(out, lo, lo < C, C, l0, l1, l2, l3, l4, l5, l6, l7, l8, l9, l10, l11)
 
 
 @triton.jit
@@ -320,12 +464,11 @@ def _norm_rational_grads_kernel(
 # 3. Launchers
 # ----------------------------------------------------------------------------------------------------------------
 
-# A tile is BLOCK_M rows of BLOCK_C >= C columns, 1024 elements (256 on the interpreter): 8 per thread in the
-# forward (4 warps: a row's two sums cost few instructions per element), 4 in the backward (8 warps: it keeps twelve
-# fp32 sums per element and nine per-column parameters in registers).
-_TILE = 256 if INTERPRETER else 1024
-_FWD_WARPS = 4
-_BWD_WARPS = 8
+# Elements of a tile per thread: 12 in the forward (a row's two sums over many elements), 6 in the backward (it
+# keeps twelve fp32 sums per element and nine per-column parameters in registers: 240-255 registers, two programs
+# per SM). Tiles of 4 warps, more for rows too wide for that (docs/design.md §21).
+_FWD_PER_THREAD = 2 if INTERPRETER else 12
+_BWD_PER_THREAD = 2 if INTERPRETER else 6
 # Programs per SM, each a chunk of rows: the backward's partial sums are 12 C floats per program, so few of them;
 # the forward's programs take about 60 registers a thread, so several share an SM and hide each other's loads.
 _BWD_PROGRAMS_PER_SM = 2
@@ -335,10 +478,17 @@ _H200_SMS = 132  # the AOT specs' GPU, and traced graphs without one
 _BLOCK_P, _BLOCK_CC = (16, 32) if INTERPRETER else (64, 64)
 
 
-def _tiles(channels: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_C): the whole row (a power of two >= C) and as many rows as fill the tile."""
-    block_c = max(16, next_power_of_2(channels))
-    return max(1, _TILE // block_c), block_c
+def _tiles(channels: int, per_thread: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_HI, BLOCK_LO, num_warps). A row is two power-of-two parts, the largest power of two < C and
+    the rest rounded up to one: at C = 3 x 2^k (KAT's widths) both are full and no lane idles, where one power of
+    two >= C would leave a quarter idle. BLOCK_M is the power of two of rows that gives 4 warps about
+    ``per_thread`` elements a thread each; rows wider than that take more warps (at most 16)."""
+    block_hi = max(1, next_power_of_2(channels) // 2)
+    block_lo = max(1, next_power_of_2(channels - block_hi))
+    width = block_hi + block_lo
+    block_m = max(1, next_power_of_2(4 * 32 * per_thread // width + 1) // 2)
+    num_warps = min(16, max(4, next_power_of_2(cdiv(block_m * width, 32 * per_thread))))
+    return block_m, block_hi, block_lo, num_warps
 
 
 _SM_COUNT: dict[torch.device, int] = {}
@@ -399,7 +549,7 @@ def layer_norm_group_rational_forward(
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     if n_rows == 0:
         return y, mean, rstd
-    block_m, block_c = _tiles(channels)
+    block_m, block_hi, block_lo, num_warps = _tiles(channels, _FWD_PER_THREAD)
     programs, rows_per_program = _programs(x.device, n_rows, block_m, _FWD_PROGRAMS_PER_SM)
     with device_guard(x.device):
         launchable(_norm_rational_fwd_kernel)[(programs,)](
@@ -419,9 +569,10 @@ def layer_norm_group_rational_forward(
             x2.stride(1),
             float(eps),
             BLOCK_M=block_m,
-            BLOCK_C=block_c,
+            BLOCK_HI=block_hi,
+            BLOCK_LO=block_lo,
             APPROX=not INTERPRETER,
-            num_warps=_FWD_WARPS,
+            num_warps=num_warps,
         )
     return y, mean, rstd
 
@@ -457,7 +608,7 @@ def layer_norm_group_rational_backward(
     n_rows = x2.shape[0]
     if n_rows == 0:
         return dx, *(g.zero_() for g in grads)
-    block_m, block_c = _tiles(channels)
+    block_m, block_hi, block_lo, num_warps = _tiles(channels, _BWD_PER_THREAD)
     programs, rows_per_program = _programs(x.device, n_rows, block_m, _BWD_PROGRAMS_PER_SM)
     partials = torch.empty(programs * 12 * channels + 10 * channels, dtype=torch.float32, device=x.device)
     b = _as_fp32_contiguous(weight_denominator)
@@ -482,9 +633,10 @@ def layer_norm_group_rational_backward(
             dy2.stride(0),
             dy2.stride(1),
             BLOCK_M=block_m,
-            BLOCK_C=block_c,
+            BLOCK_HI=block_hi,
+            BLOCK_LO=block_lo,
             APPROX=not INTERPRETER,
-            num_warps=_BWD_WARPS,
+            num_warps=num_warps,
         )
         launchable(_norm_rational_grads_kernel)[(cdiv(channels, _BLOCK_CC), PARTIAL_ROWS)](
             partials,
@@ -658,7 +810,8 @@ def aot_specs() -> list:
     n_rows = _BENCHMARK_ROWS
     for channels in NORM_WIDTHS:
         groups = 8
-        block_m, block_c = _tiles(channels)
+        block_m, block_hi, block_lo, fwd_warps = _tiles(channels, _FWD_PER_THREAD)
+        bwd_block_m, _hi, _lo, bwd_warps = _tiles(channels, _BWD_PER_THREAD)
         variants = [("fp32", "bf16", "bf16")]
         if channels == 768:
             variants += [("bf16", "bf16", "bf16"), ("fp32", "fp32", "fp32")]
@@ -684,7 +837,8 @@ def aot_specs() -> list:
                 stride_xr=channels,
                 stride_xc=1,
                 BLOCK_M=block_m,
-                BLOCK_C=block_c,
+                BLOCK_HI=block_hi,
+                BLOCK_LO=block_lo,
                 APPROX=True,
             )
             specs.append(
@@ -692,7 +846,7 @@ def aot_specs() -> list:
                     f"_norm_rational_fwd_kernel[{label}]@{case}",
                     _norm_rational_fwd_kernel,
                     dict(common, y_ptr=f"*{y_dtype}", rows_per_program=fwd_rows, eps=1e-6),
-                    num_warps=_FWD_WARPS,
+                    num_warps=fwd_warps,
                     work=Work(
                         case,
                         "element",
@@ -704,15 +858,16 @@ def aot_specs() -> list:
                     ci=ci,
                 )
             )
-            rows_per_program = _rows_per_program(n_rows, block_m, _H200_SMS * _BWD_PROGRAMS_PER_SM)
+            rows_per_program = _rows_per_program(n_rows, bwd_block_m, _H200_SMS * _BWD_PROGRAMS_PER_SM)
             bwd_programs = cdiv(n_rows, rows_per_program)
-            trips = n_rows / bwd_programs / block_m
+            trips = n_rows / bwd_programs / bwd_block_m
             specs.append(
                 launch_spec(
                     f"_norm_rational_bwd_kernel[{label}]@{case}",
                     _norm_rational_bwd_kernel,
                     dict(
                         common,
+                        BLOCK_M=bwd_block_m,
                         dy_ptr=f"*{dy_dtype}",
                         dx_ptr=f"*{x_dtype}",
                         partial_ptr="*fp32",
@@ -720,14 +875,14 @@ def aot_specs() -> list:
                         stride_dyr=channels,
                         stride_dyc=1,
                     ),
-                    num_warps=_BWD_WARPS,
+                    num_warps=bwd_warps,
                     work=Work(
                         case,
                         "element",
                         elements / bwd_programs,
                         (trips,),
                         f"{elements} elements / {bwd_programs} programs (2 per SM of an H200) of {rows_per_program} "
-                        f"rows, in steps of {block_m}: {trips:g}",
+                        f"rows, in steps of {bwd_block_m}: {trips:g}",
                     ),
                     ci=ci,
                 )
