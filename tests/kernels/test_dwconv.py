@@ -17,6 +17,7 @@ from zoo.kernels.dwconv import (
     inception_dwconv2d,
     inception_dwconv2d_reference,
 )
+from zoo.kernels.dwconv._checks import same_padding, tap_dilation
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LAYOUTS = ["nchw", "channels_last", "strided"]
@@ -329,6 +330,25 @@ def test_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
     assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
     for g_t, g_r in zip(grads_t, grads_r, strict=True):
         assert_relative_error(g_t, g_r, 2e-2)
+
+
+@pytest.mark.parametrize("kernel,dilation,taken", [((7, 1), (2, 3), (2, 1)), ((1, 5), (4, 2), (1, 2))], ids=str)
+def test_band_dilation_along_its_one_tap_axis_changes_nothing(kernel, dilation, taken):
+    """A k x 1 (1 x k) kernel dilated along its one-tap axis computes what F.conv2d computes with that dilation; the
+    launchers drop it (``tap_dilation``), so the call takes that axis's undilated kernels."""
+    assert tap_dilation(kernel, dilation) == taken
+    torch.manual_seed(5)
+    x = torch.randn(2, 3, 9, 10, device=DEVICE)
+    weight, bias = torch.randn(3, 1, *kernel, device=DEVICE), torch.randn(3, device=DEVICE)
+    dy = torch.randn(2, 3, 9, 10, device=DEVICE)
+    y, grads = _grads(lambda *a: dwconv2d(*a, 1, dilation, backend="triton"), (x, weight, bias), dy)
+    padding = same_padding(kernel, dilation)
+    y64, grads64 = _grads(
+        lambda x, w, b: F.conv2d(x, w, b, 1, padding, dilation, groups=3),
+        (x.double(), weight.double(), bias.double()),
+        dy.double(),
+    )
+    _check(y, grads, y64, grads64, torch.float32)
 
 
 def test_reference_matches_conv2d_semantics_in_float64():

@@ -53,7 +53,8 @@ def _check_same_device(x: Tensor, **others: Tensor | None) -> None:
 def check_dwconv2d_inputs(
     x: Tensor, weight: Tensor, bias: Tensor | None, stride: int | Sequence[int], dilation: int | Sequence[int]
 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """Validate the inputs of :func:`dwconv2d`; return ((kh, kw), stride, dilation) as pairs."""
+    """Validate the inputs of :func:`dwconv2d`; return ((kh, kw), stride, dilation) as pairs, the dilation as
+    :func:`tap_dilation` gives it."""
     check_float_tensor("x", x)
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W] (any memory format), got shape {list(x.shape)}")
@@ -66,7 +67,13 @@ def check_dwconv2d_inputs(
         raise ValueError(f"stride must be 1 or 2 per axis, got {stride}")
     if any(d < 1 for d in dilation):
         raise ValueError(f"dilation must be >= 1 per axis, got {dilation}")
-    return kernel, stride, dilation
+    return kernel, stride, tap_dilation(kernel, dilation)
+
+
+def tap_dilation(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:
+    """The dilation with 1 along an axis of one tap (k x 1 and 1 x k kernels), where it changes nothing (no
+    padding, the same output): such a call takes the kernels of an undilated axis (unmasked column tiles)."""
+    return tuple(1 if k == 1 else d for k, d in zip(kernel, dilation, strict=True))
 
 
 def same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int]:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from zoo.kernels._backend import INTERPRETER, cdiv, launchable, ticket_counters, tl, tracing_kernels, triton
-from zoo.kernels.dwconv._checks import output_size, pair, same_padding
+from zoo.kernels.dwconv._checks import output_size, pair, same_padding, tap_dilation
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
     index,
@@ -296,14 +296,17 @@ def _config(
     kernel: tuple[int, int], layout: str, out_w: int, stride_w: int, element_size: int, whole_row: bool
 ) -> dict:
     """Tile of a kernel size, layout and element size: BLOCK_S rows x BLOCK_C channels (4 warps), TILE_W output
-    columns per step (8 or 7, whichever wastes fewer columns of the row; 4 beyond 49 taps; 4 or 3 at stride 2; the
-    whole row when ``whole_row``: see :data:`WHOLE_ROW_MAX`), KR
-    kernel rows per program (all of them up to 11, then one: the generic case), num_warps. A thread keeps the
+    columns per step (8 or 7, whichever wastes fewer columns of the row; 4 beyond 49 taps a program, but for
+    channels_last 11 x 11; 4 or 3 at stride 2; the whole row when ``whole_row``: see :data:`WHOLE_ROW_MAX`), KR
+    kernel rows per program (all of them up to 9 x 9 and the bands, 6 of 11 at 11 x 11, then one: the generic case),
+    num_warps. A thread keeps the
     accumulators of all its taps for its channels in registers; the channels per thread shrink as the taps grow
     (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the bands, 2 channels at 7 x 7 and for the
     k x 1 bands from k = 5) and never pass one 16-byte vector (fp32: 4)."""
     kh, kw = kernel
     kr = kh if kh <= 11 and kw <= 11 else 1
+    if kr * kw > 100:  # 11 x 11: two programs of 6 and 5 kernel rows (121 accumulators a thread spilled)
+        kr = cdiv(kr, 2)
     if INTERPRETER:
         return dict(BLOCK_S=4, BLOCK_C=4, TILE_W=out_w if whole_row else 3, KR=kr, num_warps=1)
     taps = kr * kw
@@ -313,7 +316,7 @@ def _config(
     per_thread = min(per_thread, 16 // element_size)  # at most one 16-byte vector (fp32: 4 channels)
     if layout == "nchw":
         per_thread = max(1, per_thread // 2)  # scalar loads along the row: fewer registers per element
-    tile_w = 8 if taps <= 49 else 4
+    tile_w = 8 if taps <= 49 or (taps <= 66 and layout == "channels_last") else 4  # NCHW 11 x 11 spills at 8
     if stride_w == 2:  # a window of 2 TILE_W + KW - 2 columns
         tile_w = 4 if taps <= 9 else 3
     if tile_w == 8 and cdiv(out_w, 7) * 7 < cdiv(out_w, 8) * 8:
@@ -477,6 +480,7 @@ def _variants() -> list[tuple[int, int]]:
 
 def _args(n, c, h, w, kernel, stride, dilation, layout, dtype, strided, weight_dtype=None) -> tuple[dict, dict, str]:
     """(arguments as the launcher passes them, its plan, a label) for a call on an [n, c, h, w] input."""
+    dilation = tap_dilation(kernel, dilation)
     out_h = output_size(h, kernel[0], stride[0], dilation[0])
     out_w = output_size(w, kernel[1], stride[1], dilation[1])
     x_strides = meta_strides((n, c, h, w), layout)
