@@ -112,7 +112,8 @@ def layer_norm_group_rational_reference(
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Triton kernels
 #
-# Forward: a program walks a chunk of rows, BLOCK_M whole rows at a time (BLOCK_C >= C columns in registers):
+# Forward: a program walks a chunk of rows, BLOCK_M whole rows at a time (each row as two power-of-two parts of
+# BLOCK_HI and BLOCK_LO columns, in registers):
 # normalises them, applies F and stores y, the rows' mean and 1 / std. Backward: program p walks a chunk of rows,
 # BLOCK_M at a time: u and F'(u) from x and the saved statistics, du = dy F'(u), dx from du by LayerNorm's backward
 # (two row sums), and keeps per column the sums of du xhat, du and the ten coefficient terms; it writes them as
@@ -470,7 +471,7 @@ def _norm_rational_grads_kernel(
 _FWD_PER_THREAD = 2 if INTERPRETER else 12
 _BWD_PER_THREAD = 2 if INTERPRETER else 6
 # Programs per SM, each a chunk of rows: the backward's partial sums are 12 C floats per program, so few of them;
-# the forward's programs take about 60 registers a thread, so several share an SM and hide each other's loads.
+# the forward's programs take about 125 registers a thread, so 3-4 share an SM and hide each other's loads.
 _BWD_PROGRAMS_PER_SM = 2
 _FWD_PROGRAMS_PER_SM = 4
 _INTERPRETER_SMS = 3  # several programs on small test inputs
