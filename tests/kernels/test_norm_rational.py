@@ -7,7 +7,7 @@ import torch
 
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.kernels._backend import ticket_counters
-from zoo.kernels.norm_rational import layer_norm_group_rational
+from zoo.kernels.norm_rational import NORM_WIDTHS, _tiles, layer_norm_group_rational
 from zoo.kernels.rational import group_rational
 
 BACKENDS = ["torch", "triton"]
@@ -105,6 +105,22 @@ def test_non_contiguous_inputs(layout):
         x = torch.randn(3, 5, 16, device=DEVICE)
         dy = torch.ones((), device=DEVICE).expand(3, 5, 16)
     _check(x, params, dy, "triton")
+
+
+@pytest.mark.parametrize("per_thread", [6, 12])
+def test_a_row_is_two_power_of_two_parts_covering_it(per_thread):
+    """KAT's widths (3 x 2^k) split into two full parts (no idle column); any width into parts that cover it with
+    less padding than one power-of-two tile; 4 warps, more only for rows wider than their tile."""
+    for channels in NORM_WIDTHS:
+        block_m, hi, lo, warps = _tiles(channels, per_thread)
+        assert (hi, lo, warps) == (2 * channels // 3, channels // 3, 4)
+        assert block_m * channels <= 4 * 32 * per_thread < 2 * block_m * channels
+    for channels in (3, 16, 44, 100, 1000, 8192):
+        block_m, hi, lo, warps = _tiles(channels, per_thread)
+        assert all(n & (n - 1) == 0 for n in (block_m, hi, lo, warps))
+        assert lo <= hi < channels <= hi + lo <= 2 ** (channels - 1).bit_length()
+        assert 4 <= warps <= 16 and block_m >= 1
+    assert _tiles(1, per_thread)[1:3] == (1, 1)  # one column and a masked one
 
 
 def test_backward_is_deterministic_and_leaves_the_tickets_at_zero():
