@@ -7,7 +7,13 @@ import torch
 
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.kernels._backend import ticket_counters
-from zoo.kernels.norm_rational import NORM_WIDTHS, _tiles, layer_norm_group_rational
+from zoo.kernels.norm_rational import (
+    NORM_WIDTHS,
+    _tiles,
+    layer_norm_group_rational,
+    layer_norm_group_rational_backward,
+    layer_norm_group_rational_forward,
+)
 from zoo.kernels.rational import group_rational
 
 BACKENDS = ["torch", "triton"]
@@ -166,6 +172,19 @@ def test_triton_refuses_rows_wider_than_a_tile():
     weight, bias, a, b = _parameters(8200, 8)
     with pytest.raises(ValueError, match="rows of at most 8192 channels"):
         layer_norm_group_rational(x, weight, bias, a, b, backend="triton")
+
+
+def test_the_public_backward_checks_its_gradient():
+    """layer_norm_group_rational_backward checks grad_output (the autograd path, whose forward checked the rest and
+    whose gradient autograd shapes, skips the checks)."""
+    x = torch.randn(3, 16, device=DEVICE)
+    params = _parameters(16, 2)
+    _y, mean, rstd = layer_norm_group_rational_forward(x, *params)
+    for dy in (torch.randn(3, 8, device=DEVICE), torch.ones(3, 16, dtype=torch.long, device=DEVICE)):
+        with pytest.raises(
+            ValueError, match=r"grad_output must be a floating-point tensor of the shape of x \[3, 16\]"
+        ):
+            layer_norm_group_rational_backward(dy, x, mean, rstd, *params)
 
 
 def test_opcheck_forward_and_backward():

@@ -15,6 +15,8 @@ registered op.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -479,6 +481,7 @@ _H200_SMS = 132  # the AOT specs' GPU, and traced graphs without one
 _BLOCK_P, _BLOCK_CC = (16, 32) if INTERPRETER else (64, 64)
 
 
+@functools.cache
 def _tiles(channels: int, per_thread: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_HI, BLOCK_LO, num_warps). A row is two power-of-two parts, the largest power of two < C and
     the rest rounded up to one: at C = 3 x 2^k (KAT's widths) both are full and no lane idles, where one power of
@@ -597,6 +600,22 @@ def layer_norm_group_rational_backward(
             f"grad_output must be a floating-point tensor of the shape of x {list(x.shape)} on {x.device}, got "
             f"{grad_output.dtype} {list(grad_output.shape)} on {grad_output.device}"
         )
+    return _launch_backward(grad_output, x, mean, rstd, norm_weight, norm_bias, weight_numerator, weight_denominator)
+
+
+def _launch_backward(
+    grad_output: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    norm_weight: Tensor,
+    norm_bias: Tensor,
+    weight_numerator: Tensor,
+    weight_denominator: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`layer_norm_group_rational_backward` without checking its inputs: for the eager autograd Function,
+    whose forward checked them and made ``mean`` and ``rstd`` (autograd passes a gradient of the output's shape,
+    dtype and device)."""
     channels = x.shape[-1]
     groups = weight_denominator.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -741,7 +760,7 @@ class _NormRationalFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor):
-        return *layer_norm_group_rational_backward(grad_output, *ctx.saved_tensors), None, None
+        return *_launch_backward(grad_output, *ctx.saved_tensors), None, None
 
 
 def _forward_only(x, norm_weight, norm_bias, weight_numerator, weight_denominator, eps, out_dtype) -> Tensor:

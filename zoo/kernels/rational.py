@@ -525,6 +525,16 @@ def group_rational_backward(
         raise ValueError(f"grad_output must be on the device of x ({x.device}), got {grad_output.device}")
     if not grad_output.is_floating_point():
         raise TypeError(f"grad_output must have a floating-point dtype, got {grad_output.dtype}")
+    if block_d is not None:
+        _check_block_d(block_d, _BWD_CONFIGS)
+    return _launch_backward(grad_output, x, weight_numerator, weight_denominator, block_d)
+
+
+def _launch_backward(
+    grad_output: Tensor, x: Tensor, weight_numerator: Tensor, weight_denominator: Tensor, block_d: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`group_rational_backward` without checking its inputs: for the eager autograd Function, whose forward
+    checked them (autograd passes a gradient of the output's shape, dtype and device)."""
     width = x.shape[-1]
     groups = weight_denominator.shape[0]
     group_size = width // groups
@@ -536,7 +546,7 @@ def group_rational_backward(
     x2 = x.reshape(-1, width)
     dy2 = grad_output.reshape(-1, width)
     a, b = _as_fp32_contiguous(weight_numerator), _as_fp32_contiguous(weight_denominator)
-    block_d = _backward_block_d(group_size) if block_d is None else _check_block_d(block_d, _BWD_CONFIGS)
+    block_d = _backward_block_d(group_size) if block_d is None else block_d
     col_blocks = cdiv(group_size, block_d)
     n_rows = x2.shape[0]
     rows_per_program = max(1, _BWD_ELEMENTS_PER_PROGRAM // block_d)
@@ -631,7 +641,7 @@ class _GroupRationalFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        return *group_rational_backward(grad_output, *ctx.saved_tensors), None
+        return *_launch_backward(grad_output, *ctx.saved_tensors), None
 
 
 def group_rational(
