@@ -263,7 +263,12 @@ def ticket_counters(device: torch.device, size: int) -> torch.Tensor:
     them; each stream has its own. A traced call (``tracing_kernels``) allocates zeroed counters in its graph."""
     if tracing_kernels():
         return torch.zeros(size, dtype=torch.int32, device=device)
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    stream = 0
+    if device.type == "cuda":  # the raw stream handle, as Triton's launcher reads it (no Stream object per call)
+        stream = torch._C._cuda_getCurrentRawStream(
+            torch.cuda.current_device() if device.index is None else device.index
+        )
+    key = (device, stream)
     counters = _TICKETS.get(key)
     if counters is None or counters.numel() < size:
         counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
