@@ -202,36 +202,11 @@ def _norm_rational_fwd_kernel(
         tl.store(rstd_ptr + rows, rstd, mask=row_mask)
 
 
+# fmt: off
 @triton.jit
 def _norm_rational_bwd_part(
-    x_ptr,
-    dy_ptr,
-    rows,
-    cols,
-    mask,
-    stride_xr,
-    stride_xc,
-    stride_dyr,
-    stride_dyc,
-    mean,
-    rstd,
-    w,
-    beta,
-    a0,
-    a1,
-    a2,
-    a3,
-    a4,
-    a5,
-    da2,
-    da3,
-    da4,
-    da5,
-    b0,
-    b1,
-    b2,
-    b3,
-    APPROX: tl.constexpr,
+    x_ptr, dy_ptr, rows, cols, mask, stride_xr, stride_xc, stride_dyr, stride_dyc, mean, rstd, w, beta,
+    a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0, b1, b2, b3, APPROX: tl.constexpr,
 ):
     """One part of a tile: xhat, dxhat = dy F'(u) w and the twelve per-element terms of the parameter gradients
     (du xhat, du, then rational.py's ten), zeros where masked (dy = 0 there)."""
@@ -239,28 +214,11 @@ def _norm_rational_bwd_part(
     dy = _load_tile(dy_ptr, rows, cols, stride_dyr, stride_dyc, mask).to(tl.float32)
     xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
     du, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = _backward_terms(
-        xhat * w + beta,
-        dy,
-        a0,
-        a1,
-        a2,
-        a3,
-        a4,
-        a5,
-        da2,
-        da3,
-        da4,
-        da5,
-        b0,
-        b1,
-        b2,
-        b3,
-        2.0 * b1,
-        3.0 * b2,
-        4.0 * b3,
+        xhat * w + beta, dy, a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0, b1, b2, b3, 2.0 * b1, 3.0 * b2, 4.0 * b3,
         APPROX,
     )
     return xhat, du * w, du * xhat, du, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9
+# fmt: on
 
 
 @triton.jit
@@ -328,68 +286,16 @@ def _norm_rational_bwd_kernel(
         mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
         xhat_hi, dxhat_hi, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11 = _norm_rational_bwd_part(
-            x_ptr,
-            dy_ptr,
-            rows,
-            hi,
-            mask_hi,
-            stride_xr,
-            stride_xc,
-            stride_dyr,
-            stride_dyc,
-            mean,
-            rstd,
-            w_hi,
-            beta_hi,
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            da2,
-            da3,
-            da4,
-            da5,
-            b0_hi,
-            b1_hi,
-            b2_hi,
-            b3_hi,
-            APPROX,
-        )
+            x_ptr, dy_ptr, rows, hi, mask_hi, stride_xr, stride_xc, stride_dyr, stride_dyc, mean, rstd, w_hi,
+            beta_hi, a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0_hi, b1_hi, b2_hi, b3_hi, APPROX,
+        )  # fmt: skip
         h0, h1, h2, h3 = h0 + t0, h1 + t1, h2 + t2, h3 + t3
         h4, h5, h6, h7 = h4 + t4, h5 + t5, h6 + t6, h7 + t7
         h8, h9, h10, h11 = h8 + t8, h9 + t9, h10 + t10, h11 + t11
         xhat_lo, dxhat_lo, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9, t10, t11 = _norm_rational_bwd_part(
-            x_ptr,
-            dy_ptr,
-            rows,
-            lo,
-            mask_lo,
-            stride_xr,
-            stride_xc,
-            stride_dyr,
-            stride_dyc,
-            mean,
-            rstd,
-            w_lo,
-            beta_lo,
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            da2,
-            da3,
-            da4,
-            da5,
-            b0_lo,
-            b1_lo,
-            b2_lo,
-            b3_lo,
-            APPROX,
-        )
+            x_ptr, dy_ptr, rows, lo, mask_lo, stride_xr, stride_xc, stride_dyr, stride_dyc, mean, rstd, w_lo,
+            beta_lo, a0, a1, a2, a3, a4, a5, da2, da3, da4, da5, b0_lo, b1_lo, b2_lo, b3_lo, APPROX,
+        )  # fmt: skip
         l0, l1, l2, l3 = l0 + t0, l1 + t1, l2 + t2, l3 + t3
         l4, l5, l6, l7 = l4 + t4, l5 + t5, l6 + t6, l7 + t7
         l8, l9, l10, l11 = l8 + t8, l9 + t9, l10 + t10, l11 + t11
