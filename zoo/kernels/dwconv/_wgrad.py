@@ -301,8 +301,8 @@ def _config(
     kernel rows per program (all of them up to 9 x 9 and the bands, 6 of 11 at 11 x 11, then one: the generic case),
     num_warps. A thread keeps the
     accumulators of all its taps for its channels in registers; the channels per thread shrink as the taps grow
-    (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the bands, 2 channels at 7 x 7 and for the
-    k x 1 bands from k = 5) and never pass one 16-byte vector (fp32: 4)."""
+    (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the 1 x k bands, 2 channels at 7 x 7 and
+    for the k x 1 bands) and never pass one 16-byte vector (fp32: 4)."""
     kh, kw = kernel
     kr = kh if kh <= 11 and kw <= 11 else 1
     if kr * kw > 100:  # 11 x 11: two programs of 6 and 5 kernel rows (121 accumulators a thread spilled)
@@ -311,7 +311,7 @@ def _config(
         return dict(BLOCK_S=4, BLOCK_C=4, TILE_W=out_w if whole_row else 3, KR=kr, num_warps=1)
     taps = kr * kw
     per_thread = 8 if taps <= 11 else 4 if taps <= 25 else 2 if taps <= 49 else 1  # channels x rows per thread
-    if kw == 1 and kr > 3:  # tall bands: the compiler hoists every kernel row's loads; 4 or 8 channels spilled
+    if kw == 1 and kr > 1:  # k x 1 bands: the compiler hoists every kernel row's loads; 4 or 8 channels spilled
         per_thread = 2
     per_thread = min(per_thread, 16 // element_size)  # at most one 16-byte vector (fp32: 4 channels)
     if layout == "nchw":
