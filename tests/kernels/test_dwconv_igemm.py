@@ -164,3 +164,14 @@ def test_fp32_strided_and_64_bit_launches_keep_to_the_small_configuration():
     assert candidates(torch.bfloat16, int64=True) == ["small"]
     assert candidates(torch.bfloat16, s_c=3, s_w=5) == ["small"]  # no unit stride in the source
     assert candidates(torch.bfloat16, d_c=3, d_w=5) == ["small"]  # nor in the destination
+
+
+def test_weight_gradient_with_64_bit_offsets_keeps_the_small_tiles():
+    """With 64-bit offsets the weight gradient's autotuner sees only tiles of at most 32 elements per warp (the
+    8 x 32 tile spilled under Triton 3.6); otherwise every configuration."""
+    from zoo.kernels.dwconv._common import make_configs
+
+    configs = make_configs(((8, 16, 4), (8, 32, 4), (16, 16, 8)), ("BLOCK_C", "BLOCK_W"))
+    assert _igemm._wgrad_candidates(configs, False) == configs
+    kept = _igemm._prune_wgrad_configs(configs, {"INT64": True})
+    assert [(c.kwargs["BLOCK_C"], c.kwargs["BLOCK_W"], c.num_warps) for c in kept] == [(8, 16, 4), (16, 16, 8)]

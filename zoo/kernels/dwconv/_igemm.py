@@ -303,10 +303,24 @@ def _prune_conv_configs(configs: list, named_args: dict, **kwargs) -> list:
     return configs
 
 
+def _wgrad_candidates(configs: list, int64: bool) -> list:
+    """The weight gradient's configurations for a launch: with 64-bit offsets (one 64-bit address per element)
+    those of at most 32 elements per warp (the 8-channel x 32-column tile spilled 8-32 bytes at k = 31 under
+    Triton 3.6), else all."""
+    if not int64:
+        return configs
+    return [c for c in configs if c.kwargs["BLOCK_C"] * c.kwargs["BLOCK_W"] <= 32 * c.num_warps]
+
+
+def _prune_wgrad_configs(configs: list, named_args: dict, **kwargs) -> list:
+    """The autotuner's candidates for one weight-gradient launch (:func:`_wgrad_candidates`)."""
+    return _wgrad_candidates(configs, {**named_args, **kwargs}["INT64"])
+
+
 _REDUCE_BLOCK = 64 if INTERPRETER else 256  # taps per step of the last program's reduction
 
 _CONV_KEY = ["C", "H", "W", "KH", "KW", "FLIP", "s_c", "s_w", "d_c", "d_w", "INT64"]
-_WGRAD_KEY = ["C", "H", "W", "KH", "KW"]
+_WGRAD_KEY = ["C", "H", "W", "KH", "KW", "INT64"]
 _conv = {
     layout: triton.autotune(configs, key=_CONV_KEY, prune_configs_by={"early_config_prune": _prune_conv_configs})(
         _igemm_conv_kernel
@@ -314,7 +328,10 @@ _conv = {
     for layout, configs in _CONV_CONFIGS.items()
 }
 _wgrad = {
-    layout: triton.autotune(configs, key=_WGRAD_KEY)(_igemm_wgrad_kernel) for layout, configs in _WGRAD_CONFIGS.items()
+    layout: triton.autotune(configs, key=_WGRAD_KEY, prune_configs_by={"early_config_prune": _prune_wgrad_configs})(
+        _igemm_wgrad_kernel
+    )
+    for layout, configs in _WGRAD_CONFIGS.items()
 }
 
 
@@ -516,7 +533,7 @@ def aot_specs() -> list:
     """Compile specs of every variant the launchers can compile: both layouts; the forward and input-gradient
     kernels in bf16 with every configuration, in fp16 with the first, and (as ``_prune_conv_configs`` leaves
     them) fp32 and maps with arbitrary strides and 64-bit offsets with the last; the weight gradient with every
-    configuration in bf16, strided and not, and the first in fp32 and fp16; each at the two tap-block sizes (16:
+    configuration in bf16 (strided: as ``_prune_wgrad_configs`` leaves them), and the first in fp32 and fp16; each at the two tap-block sizes (16:
     K 13 and 15; 32: K 17 to 31). Plus the benchmark specs (the first configuration of the channels_last
     K = 13, 56 x 56 case is compiled in the tests too, ``ci``)."""
     from zoo.kernels._aot import launch_spec
@@ -543,8 +560,8 @@ def aot_specs() -> list:
                 )
         variants = [
             ("bf16", config, strided, k)
-            for config in _WGRAD_CONFIGS[layout]
             for strided in (False, True)
+            for config in _wgrad_candidates(_WGRAD_CONFIGS[layout], strided)
             for k in (13, 31)
         ]
         variants += [(dtype, _WGRAD_CONFIGS[layout][0], False, k) for dtype in ("fp32", "fp16") for k in (13, 31)]
