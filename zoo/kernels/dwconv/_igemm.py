@@ -533,9 +533,9 @@ def aot_specs() -> list:
     """Compile specs of every variant the launchers can compile: both layouts; the forward and input-gradient
     kernels in bf16 with every configuration, in fp16 with the first, and (as ``_prune_conv_configs`` leaves
     them) fp32 and maps with arbitrary strides and 64-bit offsets with the last; the weight gradient with every
-    configuration in bf16 (strided: as ``_prune_wgrad_configs`` leaves them), and the first in fp32 and fp16; each at the two tap-block sizes (16:
-    K 13 and 15; 32: K 17 to 31). Plus the benchmark specs (the first configuration of the channels_last
-    K = 13, 56 x 56 case is compiled in the tests too, ``ci``)."""
+    configuration in bf16 (strided: those ``_prune_wgrad_configs`` leaves), and the first in fp32 and fp16; each
+    at the two tap-block sizes (16: K 13 and 15; 32: K 17 to 31). Plus the benchmark specs (the first configuration
+    of the channels_last K = 13, 56 x 56 case is compiled in the tests too, ``ci``)."""
     from zoo.kernels._aot import launch_spec
 
     specs = []

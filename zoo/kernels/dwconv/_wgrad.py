@@ -299,10 +299,9 @@ def _config(
     columns per step (8 or 7, whichever wastes fewer columns of the row; 4 beyond 49 taps a program, but for
     channels_last 11 x 11; 4 or 3 at stride 2; the whole row when ``whole_row``: see :data:`WHOLE_ROW_MAX`), KR
     kernel rows per program (all of them up to 9 x 9 and the bands, 6 of 11 at 11 x 11, then one: the generic case),
-    num_warps. A thread keeps the
-    accumulators of all its taps for its channels in registers; the channels per thread shrink as the taps grow
-    (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the 1 x k bands, 2 channels at 7 x 7 and
-    for the k x 1 bands) and never pass one 16-byte vector (fp32: 4)."""
+    num_warps. A thread keeps the accumulators of all its taps for its channels in registers; the channels per
+    thread shrink as the taps grow (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the 1 x k
+    bands, 2 channels at 7 x 7 and for the k x 1 bands) and never pass one 16-byte vector (fp32: 4)."""
     kh, kw = kernel
     kr = kh if kh <= 11 and kw <= 11 else 1
     if kr * kw > 100:  # 11 x 11: two programs of 6 and 5 kernel rows (121 accumulators a thread spilled)
