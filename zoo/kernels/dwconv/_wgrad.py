@@ -297,20 +297,21 @@ def _config(
 ) -> dict:
     """Tile of a kernel size, layout and element size: BLOCK_S rows x BLOCK_C channels (4 warps), TILE_W output
     columns per step (8 or 7, whichever wastes fewer columns of the row; 4 beyond 49 taps a program, but for
-    channels_last 11 x 11; 4 or 3 at stride 2; the whole row when ``whole_row``: see :data:`WHOLE_ROW_MAX`), KR
+    channels_last 11 x 11; 4 or 3 at stride 2; the whole row when ``whole_row``, see :data:`WHOLE_ROW_MAX`, and
+    for a k x 1 kernel on a narrower row), KR
     kernel rows per program (all of them up to 9 x 9 and the bands, 6 of 11 at 11 x 11, then one: the generic case),
     num_warps. A thread keeps the accumulators of all its taps for its channels in registers; the channels per
     thread shrink as the taps grow (channels_last: 8 channels = one 16-byte bf16 vector at 3 x 3 and the 1 x k
-    bands, 2 channels at 7 x 7 and for the k x 1 bands) and never pass one 16-byte vector (fp32: 4)."""
+    bands, 2 channels at 7 x 7 and for the k x 1 bands from k = 5) and never pass one 16-byte vector (fp32: 4)."""
     kh, kw = kernel
     kr = kh if kh <= 11 and kw <= 11 else 1
     if kr * kw > 100:  # 11 x 11: two programs of 6 and 5 kernel rows (121 accumulators a thread spilled)
         kr = cdiv(kr, 2)
     if INTERPRETER:
-        return dict(BLOCK_S=4, BLOCK_C=4, TILE_W=out_w if whole_row else 3, KR=kr, num_warps=1)
+        return _whole_narrow_rows(dict(BLOCK_S=4, BLOCK_C=4, TILE_W=3, KR=kr, num_warps=1), kw, out_w, whole_row)
     taps = kr * kw
     per_thread = 8 if taps <= 11 else 4 if taps <= 25 else 2 if taps <= 49 else 1  # channels x rows per thread
-    if kw == 1 and kr > 1:  # k x 1 bands: the compiler hoists every kernel row's loads; 4 or 8 channels spilled
+    if kw == 1 and kr > 3:  # tall bands: the compiler hoists every kernel row's loads; 4 or 8 channels spilled
         per_thread = 2
     per_thread = min(per_thread, 16 // element_size)  # at most one 16-byte vector (fp32: 4 channels)
     if layout == "nchw":
@@ -320,9 +321,17 @@ def _config(
         tile_w = 4 if taps <= 9 else 3
     if tile_w == 8 and cdiv(out_w, 7) * 7 < cdiv(out_w, 8) * 8:
         tile_w = 7
-    if whole_row:
-        tile_w = out_w
-    return dict(BLOCK_S=16, BLOCK_C=8 * per_thread, TILE_W=tile_w, KR=kr, num_warps=4)
+    config = dict(BLOCK_S=16, BLOCK_C=8 * per_thread, TILE_W=tile_w, KR=kr, num_warps=4)
+    return _whole_narrow_rows(config, kw, out_w, whole_row)
+
+
+def _whole_narrow_rows(config: dict, kw: int, out_w: int, whole_row: bool) -> dict:
+    """``config`` with a tile of the whole row when ``whole_row``, and for a k x 1 kernel on a row narrower than
+    the tile (it reads no column off the map, so the first tile is the whole row and the launcher takes the
+    unmasked EDGES path)."""
+    if whole_row or (kw == 1 and out_w < config["TILE_W"]):
+        config["TILE_W"] = out_w
+    return config
 
 
 def merged_borders(taps: int, tile_w: int) -> bool:
