@@ -162,6 +162,41 @@ def test_the_masked_copy_of_a_loop_is_the_one_with_predicated_loads():
         assert [loop["runs_per_program"] for loop in report["loops"]] == runs
 
 
+def test_guarded_loops_count_their_regions_by_entries():
+    """One part per program: the first part's loop (0x40-0x60) sits in a region that a forward branch at 0x10
+    skips (to 0x70), the second part's (0xa0-0xb0) after a conditional EXIT at 0x80. By hand, entered 1/4 and
+    3/4 with 2 and 1 trips: top 0x00, 0x10, 0x70, 0x80 = 4; the guard regions' own code 0x20-0x30 (2) and
+    0x90, 0xc0 (2); 4 + 2 x 0.25 + 2 x 0.75 + 3 x 0.5 + 2 x 0.75 = 9 instructions per program."""
+    lines = ["S2R R0, SR_TID.X", "@P0 BRA 0x70", "IMAD R2, R0, 0x4, RZ", "LEA R4, P1, R2, R6, 0x1"]
+    lines += ["LDG.E R6, desc[UR4][R4.64]", "FFMA R1, R6, R3, R1", "@P1 BRA 0x40", "ISETP.NE.AND P2, PT, R0, 0x4, PT"]
+    lines += ["@P2 EXIT", "IMAD R7, R0, 0x8, RZ", "FFMA R8, R7, R3, R8", "@P3 BRA 0xa0", "EXIT"]
+    instructions = parse_sass(_sass(lines))[""]
+    first, second = find_loops(instructions)
+    assert (first.start, first.end, second.start, second.end) == (0x40, 0x60, 0xA0, 0xB0)
+    trips = (({"entered": 0.25, "trips": 2}, {"entered": 0.75, "trips": 1}),)
+    report = static_cost(instructions, num_warps=1, units_per_program=32, trips=trips)
+    assert report["top_instructions"] == 4
+    assert [(g["instructions"], g["runs_per_program"]) for g in report["guards"]] == [(2, 0.25), (2, 0.75)]
+    assert [loop["runs_per_program"] for loop in report["loops"]] == [0.5, 0.75]
+    assert report["program"]["instructions"] == 9 and report["program"]["ffma"] == 1.25
+    with pytest.raises(ValueError, match="no conditional forward branch"):  # a loop that no guard skips
+        static_cost(instructions[2:], num_warps=1, units_per_program=32, trips=({"entered": 1, "trips": 1},))
+
+
+def test_the_last_loop_of_an_if_elif_chain_is_guarded_by_the_previous_target():
+    """``if a: loop 1 else: loop 2``: the branch at 0x10 skips loop 1's region (0x20-0x50) to 0x60, where the
+    else region (0x60-0x90) starts; loop 2 has no guard of its own. By hand, entered 1/4 (4 trips) and 3/4 (2
+    trips): top 0x00, 0x10 = 2; regions 0x20, 0x50 and 0x60, 0x90; 2 + 2 x 0.25 + 2 x 0.75 + 2 x 1 + 2 x 1.5 = 9."""
+    lines = ["S2R R0, SR_TID.X", "@P0 BRA 0x60", "IMAD R2, R0, 0x4, RZ", "FFMA R1, R6, R3, R1", "@P1 BRA 0x30"]
+    lines += ["EXIT", "IMAD R7, R0, 0x8, RZ", "FFMA R8, R7, R3, R8", "@P3 BRA 0x70", "EXIT"]
+    instructions = parse_sass(_sass(lines))[""]
+    trips = (({"entered": 0.25, "trips": 4}, {"entered": 0.75, "trips": 2}),)
+    report = static_cost(instructions, num_warps=1, units_per_program=32, trips=trips)
+    assert report["top_instructions"] == 2
+    assert [(g["instructions"], g["runs_per_program"]) for g in report["guards"]] == [(2, 0.25), (2, 0.75)]
+    assert report["program"]["instructions"] == 9 and report["program"]["ffma"] == 2.5
+
+
 def test_classification_of_compiler_idioms():
     lines = [
         "HFMA2.MMA R5, -RZ, RZ, 0, 0",  # a constant put in a register

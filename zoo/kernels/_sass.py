@@ -20,6 +20,15 @@ Method:
   twice, whose masked copy is the one with predicated global loads (the compiler may place either first). A loop
   the compiler unrolled is not in the SASS; its work is inside its parent's body (or in ``top``), so it is
   counted all the same.
+* A kernel that runs one of several parts per program (``if part == ...``) compiles each part's loop inside a
+  region that a conditional forward branch skips (or after a conditional ``EXIT``, for the last part): the
+  code the compiler hoisted out of the loop lives there too and runs only in that part's programs. An outermost
+  loop's entry ``{"entered": e, "trips": t}`` says so: its guard region is entered e times per program (the
+  share of the programs that run the part) and the loop runs t trips per entry; the region's code outside the
+  loop counts e times, not once. The guard is the nearest conditional forward branch before the loop (after the
+  previous outermost loop) whose target lies past the loop and not past the next outermost loop; the last loop
+  of an if / elif chain has none of its own, and its region starts at the previous guard's target (or after a
+  conditional ``EXIT`` before it); a ``ValueError`` when there is none.
 * The useful work a thread covers in one program is U = (useful units per program) / (32 * num_warps): a direct
   convolution counts the multiply-adds of the taps that land on the map, attention the query-key pairs inside
   the windows, elementwise kernels the elements. Padded taps, masked lanes and wasted logits are not units, so
@@ -48,6 +57,7 @@ __all__ = [
     "Loop",
     "count_instructions",
     "find_loops",
+    "guard_regions",
     "parse_sass",
     "static_cost",
 ]
@@ -426,9 +436,45 @@ def _masked(loop: Loop, instructions: list[Instruction]) -> bool:
     return any(i.predicate and i.op == "LDG" for i in loop.own(instructions))
 
 
-def _trip_table(roots: list[Loop], trips: tuple, instructions: list[Instruction]) -> dict[int, float]:
-    """Runs per program of every loop (by start address) from per-depth trip counts."""
+def guard_regions(roots: list[Loop], instructions: list[Instruction]) -> dict[int, tuple[int, int]]:
+    """The regions [first, last] (addresses, the loop included) in which the outermost loops are guarded, by the
+    loop's start address (see the module docstring): after a conditional forward branch that skips to past the
+    loop (and not past the next outermost loop), up to its target; for the last loop, from the target of the
+    previous loop's guard when nothing falls through into it (the ``else`` of an if / elif chain: the code before
+    it ends in an unconditional ``EXIT`` or branch), or after a conditional ``EXIT`` before the loop, to the end
+    of the code. Loops without a guard are absent."""
+    regions: dict[int, tuple[int, int]] = {}
+    previous_target = None
+    for position, loop in enumerate(roots):
+        after = roots[position - 1].end if position else -1
+        last_loop = position + 1 == len(roots)
+        limit = instructions[-1].address + 1 if last_loop else roots[position + 1].start
+        before = [i for i in instructions if after < i.address < loop.start and i.predicate]
+        guard = next(
+            (i for i in reversed(before) if i.op == "BRA" and loop.end < (i.branch_target() or -1) <= limit), None
+        )
+        if guard is not None:
+            regions[loop.start] = (guard.address + 1, guard.branch_target() - 1)
+            previous_target = guard.branch_target()
+            continue
+        falls_through = [i for i in instructions if i.address < (previous_target or 0)][-1:]
+        is_else = bool(falls_through) and not falls_through[0].predicate and falls_through[0].op in ("EXIT", "BRA")
+        if last_loop and is_else and after < previous_target <= loop.start:
+            regions[loop.start] = (previous_target, instructions[-1].address)
+        elif last_loop and any(i.op == "EXIT" for i in before):
+            exit_ = next(i for i in reversed(before) if i.op == "EXIT")
+            regions[loop.start] = (exit_.address + 1, instructions[-1].address)
+        previous_target = None
+    return regions
+
+
+def _trip_table(
+    roots: list[Loop], trips: tuple, instructions: list[Instruction]
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Runs per program of every loop (by start address) from per-depth trip counts, and the entries per program
+    of the guarded outermost loops' regions (by the loop's start address)."""
     table: dict[int, float] = {}
+    entered: dict[int, float] = {}
 
     def visit(loop: Loop, outer_runs: float, index_at_depth: dict[int, int]) -> None:
         if loop.depth > len(trips):
@@ -437,14 +483,21 @@ def _trip_table(roots: list[Loop], trips: tuple, instructions: list[Instruction]
                 f"counts were given for {len(trips)} depth(s)"
             )
         entry = trips[loop.depth - 1]
-        if isinstance(entry, dict):
-            entry = entry["masked" if _masked(loop, instructions) else "unmasked"]
-        elif isinstance(entry, tuple):
+        if isinstance(entry, tuple):
             position = index_at_depth.get(loop.depth, 0)
             index_at_depth[loop.depth] = position + 1
             if position >= len(entry):
                 raise ValueError(f"more loops at depth {loop.depth} than the {len(entry)} trip counts given")
             entry = entry[position]
+        if isinstance(entry, dict) and "entered" in entry:
+            if loop.depth != 1:
+                raise ValueError(
+                    f"only outermost loops have guards; the loop at {loop.start:#x} is at depth {loop.depth}"
+                )
+            entered[loop.start] = float(entry["entered"])
+            entry = float(entry["entered"]) * float(entry["trips"])
+        elif isinstance(entry, dict):
+            entry = entry["masked" if _masked(loop, instructions) else "unmasked"]
         runs = outer_runs * float(entry)
         table[loop.start] = runs
         for child in loop.children:
@@ -453,7 +506,7 @@ def _trip_table(roots: list[Loop], trips: tuple, instructions: list[Instruction]
     counters: dict[int, int] = {}
     for root in roots:
         visit(root, 1.0, counters)
-    return table
+    return table, entered
 
 
 def _per(value: float, units: float) -> float | None:
@@ -477,15 +530,35 @@ def static_cost(
     Raises ``ValueError`` when the SASS nests deeper than ``trips`` says."""
     roots = find_loops(instructions)
     loops = [loop for root in roots for loop in root.walk()]
-    top = [i for i in instructions if not any(root.contains(i.address) for root in roots)]
     known = units_per_program is not None
+    entered: dict[int, float] = {}
     if known:
-        runs = _trip_table(roots, tuple(trips), instructions)
+        runs, entered = _trip_table(roots, tuple(trips), instructions)
     else:  # no trip counts: rank the loops by depth, then size
         runs = {loop.start: float("nan") for loop in loops}
-    regions = [("top", None, top, 1.0)] + [
-        (f"loop {loop.start:#06x}-{loop.end:#06x}", loop, loop.own(instructions), runs[loop.start]) for loop in loops
-    ]
+    outside = [i for i in instructions if not any(root.contains(i.address) for root in roots)]
+    guards = []  # (name, code of the guard region outside its loop, entries per program)
+    regions_of = guard_regions(roots, instructions) if entered else {}
+    for root in roots:
+        if root.start in entered:
+            if root.start not in regions_of:
+                raise ValueError(
+                    f"the loop at {root.start:#x}-{root.end:#x} is said to be guarded (entered), but no conditional "
+                    f"forward branch or EXIT before it skips it"
+                )
+            first, last = regions_of[root.start]
+            code = [i for i in outside if first <= i.address <= last]
+            guards.append((f"guard of {root.start:#06x}", code, entered[root.start]))
+    guarded = {i.address for _, code, _ in guards for i in code}
+    top = [i for i in outside if i.address not in guarded]
+    regions = (
+        [("top", None, top, 1.0)]
+        + [(name, None, code, runs_) for name, code, runs_ in guards]
+        + [
+            (f"loop {loop.start:#06x}-{loop.end:#06x}", loop, loop.own(instructions), runs[loop.start])
+            for loop in loops
+        ]
+    )
     if known:
         hot = max(regions, key=lambda r: len(r[2]) * r[3])
     elif loops:
@@ -507,6 +580,7 @@ def static_cost(
             for loop in loops
         ],
         "top_instructions": len(top),
+        "guards": [{"where": name, "instructions": len(code), "runs_per_program": r} for name, code, r in guards],
         "hot": {
             "where": where,
             "depth": hot_loop.depth if hot_loop else 0,
