@@ -457,11 +457,12 @@ def guard_regions(roots: list[Loop], instructions: list[Instruction]) -> dict[in
             regions[loop.start] = (guard.address + 1, guard.branch_target() - 1)
             previous_target = guard.branch_target()
             continue
-        falls_through = [i for i in instructions if i.address < (previous_target or 0)][-1:]
-        is_else = bool(falls_through) and not falls_through[0].predicate and falls_through[0].op in ("EXIT", "BRA")
-        if last_loop and is_else and after < previous_target <= loop.start:
-            regions[loop.start] = (previous_target, instructions[-1].address)
-        elif last_loop and any(i.op == "EXIT" for i in before):
+        if last_loop and previous_target is not None and after < previous_target <= loop.start:
+            ends_before = [i for i in instructions if i.address < previous_target][-1]  # falls through, or not
+            if not ends_before.predicate and ends_before.op in ("EXIT", "BRA"):
+                regions[loop.start] = (previous_target, instructions[-1].address)
+                continue
+        if last_loop and any(i.op == "EXIT" for i in before):
             exit_ = next(i for i in reversed(before) if i.op == "EXIT")
             regions[loop.start] = (exit_.address + 1, instructions[-1].address)
         previous_target = None
