@@ -143,11 +143,11 @@ def test_identity_slice_is_copied_bit_for_bit(shape, gc):
 
 
 def test_identity_groups_per_step():
-    """The identity slice goes 32 channels (64 bytes of bf16) per step on the vector path, fewer when it is
+    """The identity slice goes 16 channels (32 bytes of bf16) per step on the vector path, fewer when it is
     narrower (a power of two of groups); on the element path as many as the branches' CG."""
-    assert _inception._identity_groups(4, 4, 15, 1) == 8  # InceptionNeXt-T stage 1: 60 channels, 2 steps
-    assert _inception._identity_groups(8, 8, 60, 1) == 4  # stage 4: 480 channels, 15 steps
-    assert _inception._identity_groups(8, 8, 3, 2) == 4
+    assert _inception._identity_groups(4, 4, 15, 1) == 4  # InceptionNeXt-T stage 1: 60 channels, 4 steps
+    assert _inception._identity_groups(8, 8, 60, 1) == 2  # stage 4: 480 channels, 30 steps
+    assert _inception._identity_groups(8, 8, 3, 2) == 2
     assert _inception._identity_groups(2, 2, 1, 1) == 1
     assert _inception._identity_groups(8, 8, 0, 4) == 1  # no identity slice: the loop does not run
     assert _inception._identity_groups(1, 1, 7, 2) == 2
@@ -202,10 +202,56 @@ def test_strip_length(size, length, full):
     assert _inception._strip_length(size) == (length, full)
 
 
-def test_groups_per_step_divide_every_slice():
-    """Several groups per step only on small maps, and only a power of two that divides the groups of a branch
-    and of the identity (the kernel masks no channel)."""
-    assert _inception._mixer_config(20, 4, 0) == (32, 4)
-    assert _inception._mixer_config(20, 2, 2) == (64, 2)
-    assert _inception._mixer_config(20, 3, 6) == (128, 1)
-    assert _inception._mixer_config(10**7, 4, 4) == (128, 1)
+def test_groups_per_step_divide_the_branch_groups():
+    """Up to four groups of a position side by side in a warp on a GPU (16 on the interpreter), a power of two that
+    divides a branch's groups (the kernel masks no channel); BLOCK_A x CG = 128 threads."""
+    assert _inception._mixer_config(3, 4) == (128, 1)  # InceptionNeXt-T stages 1-2
+    assert _inception._mixer_config(6, 4) == (64, 2)  # stage 3
+    assert _inception._mixer_config(12, 4) == (32, 4)  # stage 4
+    assert _inception._mixer_config(16, 4) == (32, 4)
+    assert _inception._mixer_config(1, 4) == (128, 1)
+    assert _inception._mixer_config(16, 16) == (8, 16)
+
+
+def test_parts_of_a_block():
+    """The grid is blocks x parts: the identity's parts, as many as a branch has (or one per step of IDG groups if
+    it has fewer; the last step partly masked), then three branches' parts (runs of part_steps steps of CG
+    groups)."""
+    parts = _inception._mixer_parts
+    assert parts(15, 4, 3, 1, 1) == (2, 3)  # InceptionNeXt-T stage 1, one step per part: 4 identity steps in 2
+    assert parts(15, 4, 3, 1, 3) == (1, 1)  # a slice per part
+    assert parts(60, 2, 12, 4, 1) == (3, 3)  # stage 4: the identity's 30 steps in 3 parts of 10
+    assert parts(60, 2, 12, 4, 2) == (2, 2)
+    assert parts(30, 2, 6, 2, 2) == (2, 2)  # stage 3: 15 identity steps in 2 parts of 8 and 7
+    assert parts(0, 1, 4, 4, 1) == (0, 1)  # no identity slice
+    assert parts(7, 1, 20, 1, 3) == (7, 7)  # 7 identity steps of one group: 7 parts
+    assert _inception._programs_per_block(60, 2, 12, 4, 1) == 12
+
+
+def test_steps_per_part_reach_the_target_programs():
+    """The most steps per part that still give the target number of programs, one when none does; InceptionNeXt-T
+    at batch 128 on a GPU (396 programs): whole slices at stages 1 and 2 (448 and 112 blocks x 4 parts), two of
+    the three steps at stage 3 (56 blocks x 8 parts), one at stage 4 (28 x 12)."""
+    target = _inception._GPU_TARGET_PROGRAMS
+    assert _inception._part_steps(448, 15, 4, 3, 1, target) == 3
+    assert _inception._part_steps(112, 15, 2, 3, 1, target) == 3
+    assert _inception._part_steps(56, 30, 2, 6, 2, target) == 2
+    assert _inception._part_steps(28, 60, 2, 12, 4, target) == 1
+    assert _inception._part_steps(1, 60, 2, 12, 4, 1) == 3  # the interpreter's target: a slice per program
+
+
+@pytest.mark.parametrize("part_steps", [1, 2])
+@pytest.mark.parametrize(
+    "shape,gc,layout", [((2, 64, 5, 6), 16, "nchw"), ((1, 96, 4, 5), 32, "channels_last"), ((1, 64, 3, 11), 8,
+    "channels_last"), ((2, 22, 7, 10), 6, "strided")], ids=str
+)  # fmt: skip
+def test_parts_of_one_or_two_steps(monkeypatch, part_steps, shape, gc, layout):
+    """The GPU's partitions (parts of one step of at most 4 groups; also two steps, the last part short) under the
+    interpreter, which runs larger steps and whole slices per program by default: identity steps with a masked
+    tail (64: 40 identity channels in steps of 4 groups of 4), 4 groups per step (gc 32 in groups of 8; NCHW's gc
+    16 in groups of one), 2 (gc 6, strided)."""
+    monkeypatch.setattr(_inception, "_part_steps", lambda *args: part_steps)
+    monkeypatch.setattr(_inception, "_MAX_GROUPS_PER_STEP", _inception._GPU_MAX_GROUPS_PER_STEP)
+    x, params, dy = _inputs(shape, gc, 3, 7, torch.float32, seed=6)
+    x, dy = _layout(x, layout), _layout(dy, layout)
+    _check(x, params, dy, torch.float32)

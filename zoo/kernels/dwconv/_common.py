@@ -134,6 +134,12 @@ def to_f32(x):
 # Launcher helpers
 # ----------------------------------------------------------------------------------------------------------------
 
+# The register bound of the depthwise kernels' configurations (``triton.Config(maxnreg=...)``). Left to itself, ptxas
+# bounds a kernel's registers for occupancy where it judges a spill cheap (128 or 168 a thread on sm_80; with one
+# or two warps per program for the direct kernel's bands and 9 x 9 kernels, and for the mixer's stage-3 forward and
+# fp32 input gradient), and spills; the bound 255 lets it keep every value in registers.
+MAXNREG = 255
+
 
 def make_configs(rows: tuple[tuple[int, ...], ...], names: tuple[str, ...], num_stages: int | None = None) -> list:
     """``triton.Config`` s from rows of (the values of ``names``..., num_warps); ``num_stages`` when given."""

@@ -43,6 +43,7 @@ from torch import Tensor
 from zoo.kernels._backend import INTERPRETER, cdiv, launchable, tl, triton
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
+    MAXNREG,
     index,
     layout_of,
     meta_strides,
@@ -294,11 +295,6 @@ def _direct_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 _NAMES = ("ROWS", "BW", "G", "BLOCK_C")
-
-
-# With one or two warps per program ptxas bounds the registers for occupancy (128 or 168 on sm_80), and the bands and
-# the 9 x 9 kernels spilled there; the bound 255 lets it keep them (the benchmarked tiles stay at 113-168 registers).
-MAXNREG = 255
 
 
 def _config(rows: int, bw: int, g: int, v: int, warps: int):

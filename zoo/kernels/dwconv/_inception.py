@@ -6,15 +6,17 @@ slice is whole groups (InceptionNeXt-T: 8 at stages 2-4, 4 at stage 1 where gc =
 vector per thread and position (16 bytes of bf16 at LANES = 8); no group straddles two slices, nothing is masked
 per channel.
 
-Forward (and input gradient: the same kernel with the taps flipped and no bias): one launch. A program takes a
-block of anchors and walks every channel: the identity slice is copied IDG groups per step (the threads of a warp
-copy 64-byte runs of each position's channels), then each branch's groups are convolved, CG groups per step. A
-thread owns one anchor, a strip of T outputs along the axis its branch slides on (a row strip for the identity,
-the square and the 1 x band branch; a column strip for the band x 1 branch) x one group, and keeps the strip's
+Forward (and input gradient: the same kernel with the taps flipped and no bias): one launch over (blocks of
+anchors) x (parts). A part is a run of steps of one slice: of the identity, copied IDG groups per step (the threads
+of a warp copy 32-byte runs of each position's channels), or of one branch, convolved CG groups per step; the
+launcher picks the steps per part so that the grid fills the GPU (a program that walked every channel of its
+anchors would be a long serial chain, and there would be fewer such programs than SMs from 28 x 28 on). A thread
+owns one anchor, a strip of T outputs along the axis its branch slides on (a row strip for the identity, the
+square and the 1 x band branch; a column strip for the band x 1 branch) x one group, and keeps the strip's
 outputs in registers while the input window passes once per kernel row: each loaded vector feeds up to (taps
-along the strip) FMAs. Kernel sizes and strip lengths are constexprs (the tap loops unroll; a
-strip that spans the whole map, ``FULL_*``, drops the taps on the zero padding at compile time). The weights are
-read from the module's own tensors once per program and group, out of the tap loops: no table to build or cache
+along the strip) FMAs. Kernel sizes and strip lengths are constexprs (the taps along a row unroll; a strip that
+spans the whole map, ``FULL_*``, drops the taps on the zero padding at compile time). The weights are read from
+the module's own tensors once per program, group and kernel row, out of the tap loops: no table to build or cache
 (see ``notes`` in docs/design.md for the trade-off).
 
 Weight and bias gradients: one launch over (chunks of strip blocks) x (the groups of the three branches). A thread
@@ -47,6 +49,7 @@ from zoo.kernels._backend import (
 from zoo.kernels.dwconv._checks import check_inception_inputs
 from zoo.kernels.dwconv._common import (
     INCEPTION_BENCHMARKS,
+    MAXNREG,
     check_grad_output,
     check_triton_dtype,
     empty_like_format,
@@ -137,14 +140,18 @@ def _strip_conv(
     output j = bias + sum over (ki, kj) of w[ki, kj] src[cross + ki - KX // 2, pos0 + j + kj - KA // 2] (zero off
     the map). The strip's window is walked once per kernel row: each loaded vector updates the up to KA outputs
     it reaches (a sliding window in registers). FLIP reads the taps reversed (the input gradient). The weights
-    (channels ``lane`` of the slice) are loaded once per kernel row, out of the window loop."""
+    (channels ``lane`` of the slice) are loaded once per kernel row, out of the window loop.
+
+    The kernel rows are a loop, not unrolled: unrolled, the compiler issues every row's window loads and weights
+    up front (a 3 x 3 strip of 7 at 8 channels: 27 16-byte loads and 72 weights at once), and the square branch's
+    input gradient spilled at 255 registers."""
     init = tl.zeros((BLOCK_A, CH), dtype=tl.float32)
     if HAS_BIAS:
         init += tl.load(b_ptr + lane).to(tl.float32)[None, :]
     acc = ()
     for _j in tl.static_range(T):
         acc = acc + (init,)
-    for ki in tl.static_range(KX):
+    for ki in tl.range(0, KX, loop_unroll_factor=1):
         taps = _row_weights(w_ptr, lane, ki, KX, KA, FLIP)
         rr = cross + (ki - KX // 2)
         row_ok = valid & (rr >= 0) & (rr < cross_len)
@@ -194,27 +201,58 @@ def _store_strip(
 
 
 @triton.jit
-def _branch_groups(
+def _part_groups(part, part_steps, steps, G: tl.constexpr):
+    """Groups [lo, hi) of part ``part`` of a slice walked in ``steps`` steps of G groups, ``part_steps`` steps per
+    part. ``part_steps`` is a runtime value (not specialised), so each part's walk stays a loop in the compiled
+    code, which the static report weighs by its trips (a provable single trip would be unrolled into the part's
+    set-up code)."""
+    lo = part * part_steps
+    return lo * G, tl.minimum(lo + part_steps, steps) * G
+
+
+@triton.jit
+def _strips(block, N, H, W, s_n, s_h, s_w, d_n, d_h, d_w, ROWS: tl.constexpr, T: tl.constexpr, FULL: tl.constexpr,
+            INT64: tl.constexpr, BLOCK_A: tl.constexpr):  # fmt: skip
+    """A block of row strips (ROWS) or column strips as (source offset, destination offset, cross coordinate,
+    first position along the strip, valid, cross extent, along extent, source cross / along strides, destination
+    along stride)."""
+    if ROWS:
+        n, cross, pos0, valid = _row_anchors(block, N, H, W, T, FULL, BLOCK_A)
+        sbase = index(n, INT64) * s_n + index(cross, INT64) * s_h + index(pos0, INT64) * s_w
+        dbase = index(n, INT64) * d_n + index(cross, INT64) * d_h + index(pos0, INT64) * d_w
+        return sbase, dbase, cross, pos0, valid, H, W, s_h, s_w, d_w
+    else:
+        n, pos0, cross, valid = _column_anchors(block, N, H, W, T, FULL, BLOCK_A)
+        sbase = index(n, INT64) * s_n + index(pos0, INT64) * s_h + index(cross, INT64) * s_w
+        dbase = index(n, INT64) * d_n + index(pos0, INT64) * d_h + index(cross, INT64) * d_w
+        return sbase, dbase, cross, pos0, valid, W, H, s_w, s_h, d_h
+
+
+@triton.jit
+def _branch_part(
     src_ptr,
     dst_ptr,
     w_ptr,
     b_ptr,
-    sbase,
-    dbase,
-    cross,
-    pos0,
-    valid,
-    cross_len,
-    along_len,
+    block,
+    N,
+    H,
+    W,
+    s_n,
     s_c,
-    s_cross,
-    s_along,
+    s_h,
+    s_w,
+    d_n,
     d_c,
-    d_along,
+    d_h,
+    d_w,
     first,
-    gc,
+    part,
+    part_steps,
+    steps,
     KX: tl.constexpr,
     KA: tl.constexpr,
+    ROWS: tl.constexpr,
     T: tl.constexpr,
     FULL: tl.constexpr,
     FLIP: tl.constexpr,
@@ -225,11 +263,16 @@ def _branch_groups(
     BLOCK_A: tl.constexpr,
     CG: tl.constexpr,
 ):
-    """Every group of LANES channels of one branch (channels [first, first + gc), both multiples of LANES), CG
-    groups per step (CG divides the branch's groups: no masks)."""
+    """Part ``part`` of one branch (channels from ``first``, a multiple of LANES; a KX x KA kernel sliding along
+    row strips, ROWS, or column strips) for one block of strips: its run of ``part_steps`` of the branch's
+    ``steps`` steps of CG groups of LANES channels (CG divides the branch's groups: no masks)."""
     CH: tl.constexpr = LANES * CG
     ch = tl.arange(0, CH)
-    for g0 in range(0, gc // LANES, CG):
+    sbase, dbase, cross, pos0, valid, cross_len, along_len, s_cross, s_along, d_along = _strips(
+        block, N, H, W, s_n, s_h, s_w, d_n, d_h, d_w, ROWS, T, FULL, INT64, BLOCK_A
+    )
+    lo, hi = _part_groups(part, part_steps, steps, CG)
+    for g0 in range(lo, hi, CG):
         lane = g0 * LANES + ch
         c = (first // LANES + g0) * LANES + ch
         acc = _strip_conv(
@@ -240,6 +283,35 @@ def _branch_groups(
 
 
 @triton.jit
+def _identity_part(
+    src_ptr, dst_ptr, block, N, H, W, s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w, id_groups, part, part_steps, id_steps,
+    TW: tl.constexpr, FULL_W: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, INT64: tl.constexpr,
+    BLOCK_A: tl.constexpr, IDG: tl.constexpr,
+):  # fmt: skip
+    """Part ``part`` of the identity slice (its run of ``part_steps`` of ``id_steps`` steps of IDG groups) for one
+    block of row strips, copied in [anchors, IDG, LANES] tiles so that the threads of
+    a warp copy whole runs of each position's channels (channels_last: 32 contiguous bytes of bf16 per position,
+    not one 8- or 16-byte vector per thread at positions TW apart); the mask is per group."""
+    group = tl.arange(0, IDG)
+    lane = tl.arange(0, LANES)
+    sbase, dbase, _, c0, valid, _, _, _, _, _ = _strips(
+        block, N, H, W, s_n, s_h, s_w, d_n, d_h, d_w, True, TW, FULL_W, INT64, BLOCK_A
+    )
+    lo, hi = _part_groups(part, part_steps, id_steps, IDG)
+    for g0 in range(lo, hi, IDG):
+        g = g0 + group
+        c = (g[:, None] * LANES + lane[None, :])[None, :, :]
+        g_ok = (g < id_groups)[:, None][None, :, :]
+        for j in tl.static_range(TW):
+            ok = valid if FULL_W else valid & (c0 + j < W)
+            mask = ok[:, None, None] & g_ok
+            src = src_ptr + ((sbase + j * s_w) * VEC)[:, None, None] + index(c, INT64) * s_c
+            values = tl.load(src, mask=mask)
+            dst = dst_ptr + ((dbase + j * d_w) * VEC)[:, None, None] + index(c, INT64) * d_c
+            tl.store(dst, values, mask=mask)
+
+
+@triton.jit(do_not_specialize=["part_steps"])  # 1 on a GPU: specialised, the parts' loops would be inlined
 def _inception_kernel(
     src_ptr,
     dst_ptr,
@@ -255,6 +327,7 @@ def _inception_kernel(
     C,
     id_channels,
     gc,
+    part_steps,
     s_n,
     s_c,
     s_h,
@@ -278,50 +351,51 @@ def _inception_kernel(
     CG: tl.constexpr,
     IDG: tl.constexpr,
 ):
-    """The whole mixer for one block of anchors, every channel: forward (src x, dst y) or input gradient (FLIP:
-    src dy, dst dx, no bias; the identity slice of dx is that of dy). Channels in groups of LANES (a power of two
-    that divides C - 3 gc and gc: every slice is whole groups). Spatial strides in units of VEC channels (VEC =
-    LANES: channels_last with LANES-aligned strides and s_c = d_c = 1; else 1). IDG: identity groups per step."""
+    """One part of the mixer for one block of anchors: forward (src x, dst y) or input gradient (FLIP: src dy, dst
+    dx, no bias; the identity slice of dx is that of dy). Channels in groups of LANES (a power of two that divides
+    C - 3 gc and gc: every slice is whole groups). Spatial strides in units of VEC channels (VEC = LANES:
+    channels_last with LANES-aligned strides and s_c = d_c = 1; else 1).
+
+    The grid is (blocks of anchors) x (parts), parts fastest, so that the parts of a block run side by side and
+    L2 serves the lines they share once. The identity slice is walked in steps of IDG groups, each branch in steps
+    of CG groups; a part is a run of ``part_steps`` steps of one of them: the identity's parts, then the square's,
+    the 1 x band's and the band x 1's. A thread walks one part's groups, not every channel: the launcher sets
+    ``part_steps`` so that the grid fills the GPU (programs that each walked all channels would be long serial
+    chains, and too few at 28 x 28 and below)."""
     pid = tl.program_id(0)
-    # row strips: identity, square, 1 x band
-    n, r, c0, valid = _row_anchors(pid, N, H, W, TW, FULL_W, BLOCK_A)
-    sbase = index(n, INT64) * s_n + index(r, INT64) * s_h + index(c0, INT64) * s_w
-    dbase = index(n, INT64) * d_n + index(r, INT64) * d_h + index(c0, INT64) * d_w
-    # the identity slice: IDG groups of LANES channels per step ([anchors, IDG, LANES] tiles), so that the threads
-    # of a warp copy whole runs of each position's channels (channels_last: 64 contiguous bytes of bf16 per
-    # position and step, not one 8- or 16-byte vector per thread at positions TW apart); the mask is per group
+    steps = gc // (LANES * CG)  # of each branch
+    branch_parts = tl.cdiv(steps, part_steps)
+    # the identity in as many parts as a branch (or one per step, if it has fewer): its steps are cheaper
     id_groups = id_channels // LANES
-    group = tl.arange(0, IDG)
-    lane = tl.arange(0, LANES)
-    for g0 in range(0, id_groups, IDG):
-        g = g0 + group
-        c = (g[:, None] * LANES + lane[None, :])[None, :, :]
-        g_ok = (g < id_groups)[:, None][None, :, :]
-        for j in range(TW):  # a loop, not unrolled: TW tiles of 32 channels would all be in flight (spills)
-            ok = valid if FULL_W else valid & (c0 + j < W)
-            mask = ok[:, None, None] & g_ok
-            src = src_ptr + ((sbase + j * s_w) * VEC)[:, None, None] + index(c, INT64) * s_c
-            values = tl.load(src, mask=mask)
-            tl.store(dst_ptr + ((dbase + j * d_w) * VEC)[:, None, None] + index(c, INT64) * d_c, values, mask=mask)
-    first = id_channels
-    _branch_groups(
-        src_ptr, dst_ptr, w_hw, b_hw, sbase, dbase, r, c0, valid, H, W, s_c, s_h, s_w, d_c, d_w, first, gc, SQUARE,
-        SQUARE, TW, FULL_W, FLIP, HAS_BIAS, LANES, VEC, INT64, BLOCK_A, CG,
-    )  # fmt: skip
-    first += gc
-    _branch_groups(
-        src_ptr, dst_ptr, w_w, b_w, sbase, dbase, r, c0, valid, H, W, s_c, s_h, s_w, d_c, d_w, first, gc, 1, BAND,
-        TW, FULL_W, FLIP, HAS_BIAS, LANES, VEC, INT64, BLOCK_A, CG,
-    )  # fmt: skip
-    first += gc
-    # column strips: band x 1
-    n, r0, col, valid = _column_anchors(pid, N, H, W, TH, FULL_H, BLOCK_A)
-    sbase = index(n, INT64) * s_n + index(r0, INT64) * s_h + index(col, INT64) * s_w
-    dbase = index(n, INT64) * d_n + index(r0, INT64) * d_h + index(col, INT64) * d_w
-    _branch_groups(
-        src_ptr, dst_ptr, w_h, b_h, sbase, dbase, col, r0, valid, W, H, s_c, s_w, s_h, d_c, d_h, first, gc, 1, BAND,
-        TH, FULL_H, FLIP, HAS_BIAS, LANES, VEC, INT64, BLOCK_A, CG,
-    )  # fmt: skip
+    id_steps = tl.cdiv(id_groups, IDG)
+    id_part_steps = tl.maximum(tl.cdiv(id_steps, branch_parts), 1)
+    id_parts = tl.cdiv(id_steps, id_part_steps)
+    block = pid // (id_parts + 3 * branch_parts)
+    part = pid - block * (id_parts + 3 * branch_parts)
+    # one part per program, chosen by an if / elif chain: nothing is live from one part's code into another's
+    if part < id_parts:
+        _identity_part(
+            src_ptr, dst_ptr, block, N, H, W, s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w, id_groups, part, id_part_steps,
+            id_steps, TW, FULL_W, LANES, VEC, INT64, BLOCK_A, IDG,
+        )  # fmt: skip
+    elif part < id_parts + branch_parts:
+        _branch_part(
+            src_ptr, dst_ptr, w_hw, b_hw, block, N, H, W, s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w, id_channels,
+            part - id_parts, part_steps, steps, SQUARE, SQUARE, True, TW, FULL_W, FLIP, HAS_BIAS, LANES, VEC, INT64,
+            BLOCK_A, CG,
+        )  # fmt: skip
+    elif part < id_parts + 2 * branch_parts:
+        _branch_part(
+            src_ptr, dst_ptr, w_w, b_w, block, N, H, W, s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w, id_channels + gc,
+            part - id_parts - branch_parts, part_steps, steps, 1, BAND, True, TW, FULL_W, FLIP, HAS_BIAS, LANES, VEC,
+            INT64, BLOCK_A, CG,
+        )  # fmt: skip
+    else:
+        _branch_part(
+            src_ptr, dst_ptr, w_h, b_h, block, N, H, W, s_n, s_c, s_h, s_w, d_n, d_c, d_h, d_w, id_channels + 2 * gc,
+            part - id_parts - 2 * branch_parts, part_steps, steps, 1, BAND, False, TH, FULL_H, FLIP, HAS_BIAS, LANES,
+            VEC, INT64, BLOCK_A, CG,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -595,13 +669,24 @@ def _inception_wgrad_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 # One anchor and one group per thread, BLOCK_A x CG = 32 x warps. The interpreter (CPU tests) runs the same tiles:
-# few large programs are fastest there, and its small targets still give several groups per step and several
-# chunks per group on small test inputs.
+# few large programs are fastest there, and its small targets still give several chunks per group on small test
+# inputs.
 _WARPS = 4
-_TARGET_PROGRAMS = 8 if INTERPRETER else 2 * 132  # forward: at least two programs per SM of an H100
+# A GPU: up to 64 contiguous bytes of bf16 per position and branch step (4 groups of 8 channels), and enough
+# programs for about one wave of three programs per SM (132 SMs on an H100 / H200; 170-255 registers a thread).
+# The interpreter runs fewer, larger steps and programs faster: larger steps, a whole slice per program.
+_GPU_MAX_GROUPS_PER_STEP = 4
+_GPU_TARGET_PROGRAMS = 3 * 132
+_MAX_GROUPS_PER_STEP = 16 if INTERPRETER else _GPU_MAX_GROUPS_PER_STEP
+_TARGET_PROGRAMS = 1 if INTERPRETER else _GPU_TARGET_PROGRAMS
 _WGRAD_TARGET_PROGRAMS = 24 if INTERPRETER else 4 * 132
 _WGRAD_BLOCKS = 1 if INTERPRETER else 16
 _FIN_BLOCK = 4 if INTERPRETER else 16
+
+
+# The mixer's one configuration: its tiles are fixed by the launcher (nothing to tune); the register bound keeps
+# ptxas from trading registers for occupancy (the stage-3 forward and the fp32 input gradient spilled on sm_80).
+_mixer_kernel = triton.autotune([triton.Config({}, num_warps=_WARPS, maxnreg=MAXNREG)], key=[])(_inception_kernel)
 
 
 def _strip_length(size: int) -> tuple[int, bool]:
@@ -664,40 +749,62 @@ def _strip_counts(n: int, h: int, w: int, geometry: dict) -> tuple[int, int]:
     return rows, columns
 
 
-def _mixer_config(strips: int, groups: int, id_groups: int) -> tuple[int, int]:
-    """(BLOCK_A, CG): one anchor and one group per thread; CG groups per step when there are too few strips to
-    fill the GPU (small maps), a power of two up to 16 that divides the groups of a branch and of the identity (no
-    partly idle steps, no masks)."""
-    threads = 32 * _WARPS
+def _mixer_config(groups: int, max_cg: int) -> tuple[int, int]:
+    """(BLOCK_A, CG): one anchor and one group per thread, CG groups of a position side by side in a warp (the
+    largest power of two up to ``max_cg`` that divides a branch's groups: no partly idle steps, no masks), so that
+    a warp reads and writes runs of CG x LANES contiguous channels per position on the vector path rather than
+    one vector per position (a 32-byte sector per 16 bytes used at CG 1, LANES 8)."""
     cg = 1
-    while (
-        2 * cg <= 16
-        and groups % (2 * cg) == 0
-        and id_groups % (2 * cg) == 0
-        and cdiv(strips, threads // cg) < _TARGET_PROGRAMS
-    ):
+    while 2 * cg <= max_cg and groups % (2 * cg) == 0:
         cg *= 2
-    return threads // cg, cg
+    return 32 * _WARPS // cg, cg
 
 
 def _identity_groups(lanes: int, vec: int, id_groups: int, cg: int) -> int:
-    """Groups of the identity slice copied per step: 64 bytes of bf16 per position (32 channels, a power of two
+    """Groups of the identity slice copied per step: 32 bytes of bf16 per position (16 channels, a power of two
     of groups, no more than the slice has) on the vector path; on the element path (NCHW, VEC = 1) the CG of the
     branches (there the positions, not the channels, are contiguous)."""
     if vec == 1:
         return cg
-    return max(1, min(32 // lanes, next_power_of_2(max(id_groups, 1))))
+    return max(1, min(16 // lanes, next_power_of_2(max(id_groups, 1))))
+
+
+def _mixer_parts(id_groups: int, idg: int, groups: int, cg: int, part_steps: int) -> tuple[int, int]:
+    """(identity parts, parts per branch) of a block of anchors, as the kernel counts them: each branch's steps of
+    CG groups in runs of ``part_steps``; the identity's steps of IDG groups in as many parts as a branch has (one
+    per step if it has fewer)."""
+    branch_parts = cdiv(groups // cg, part_steps)
+    id_steps = cdiv(id_groups, idg)
+    return cdiv(id_steps, max(cdiv(id_steps, branch_parts), 1)), branch_parts
+
+
+def _programs_per_block(id_groups: int, idg: int, groups: int, cg: int, part_steps: int) -> int:
+    id_parts, branch_parts = _mixer_parts(id_groups, idg, groups, cg, part_steps)
+    return id_parts + 3 * branch_parts
+
+
+def _part_steps(blocks: int, id_groups: int, idg: int, groups: int, cg: int, target: int) -> int:
+    """Steps per part: the most that still give ``target`` programs (longer programs amortise what each program
+    sets up: its anchors, the window's addresses and masks), else one (as many programs as there can be)."""
+    for part_steps in range(max(groups // cg, 1), 1, -1):
+        if blocks * _programs_per_block(id_groups, idg, groups, cg, part_steps) >= target:
+            return part_steps
+    return 1
 
 
 def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool) -> None:
     n, channels, h, w = dst.shape
     geometry = _geometry(src, gc, square, dst)
     strips = max(_strip_counts(n, h, w, geometry))
-    id_groups = (channels - 3 * gc) // geometry["LANES"]
-    block_a, cg = _mixer_config(strips, gc // geometry["LANES"], id_groups)
+    lanes = geometry["LANES"]
+    id_groups = (channels - 3 * gc) // lanes
+    block_a, cg = _mixer_config(gc // lanes, _MAX_GROUPS_PER_STEP)
+    idg = _identity_groups(lanes, geometry["VEC"], id_groups, cg)
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
-    launchable(_inception_kernel)[(cdiv(strips, block_a),)](
+    blocks = cdiv(strips, block_a)
+    part_steps = _part_steps(blocks, id_groups, idg, gc // lanes, cg, _TARGET_PROGRAMS)
+    launchable(_mixer_kernel)[(blocks * _programs_per_block(id_groups, idg, gc // lanes, cg, part_steps),)](
         src,
         dst,
         w_hw,
@@ -712,6 +819,7 @@ def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: in
         channels,
         channels - 3 * gc,
         gc,
+        part_steps,
         *_strides(src, geometry["VEC"]),
         *_strides(dst, geometry["VEC"]),
         SQUARE=square,
@@ -720,8 +828,7 @@ def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: in
         HAS_BIAS=biases[0] is not None,
         BLOCK_A=block_a,
         CG=cg,
-        IDG=_identity_groups(geometry["LANES"], geometry["VEC"], id_groups, cg),
-        num_warps=_WARPS,
+        IDG=idg,
         **geometry,
     )
 
@@ -856,6 +963,7 @@ def _forward_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple
         C=c,
         id_channels=c - 3 * gc,
         gc=gc,
+        part_steps="i32",
         **named_strides(("s", "d"), strides),
         SQUARE=kernels[0],
         BAND=kernels[1],
@@ -905,28 +1013,32 @@ def aot_specs() -> list:
     from zoo.kernels._aot import launch_spec
 
     specs = []
-    # (dtype, layout, shape, gc, groups per step, (square, band), compiled in the tests): InceptionNeXt-T's stages
-    # 1 (gc = 12: groups of 4) and 3, a whole-map 7 x 7 stage, atto's split (groups of 2, band 9), NCHW, fp32 (groups
-    # of 4), square 5 with band 7 (the weight gradient one kernel row per program)
+    # (dtype, layout, shape, gc, (square, band), compiled in the tests): InceptionNeXt-T's stages 1 (gc = 12: 3
+    # groups of 4, one per step) and 3 (6 groups of 8, two per step), a whole-map 7 x 7 stage (12 groups, four per
+    # step), atto's split (groups of 2, band 9), NCHW, fp32 (groups of 4), square 5 with band 7 (the weight
+    # gradient one kernel row per program); the groups per step are the launcher's
     cases = [
-        ("bf16", "channels_last", (8, 96, 56, 56), 12, 1, (3, 11), True),
-        ("bf16", "channels_last", (8, 384, 14, 14), 48, 2, (3, 11), False),
-        ("bf16", "channels_last", (8, 768, 7, 7), 96, 4, (3, 11), True),
-        ("bf16", "channels_last", (8, 40, 56, 56), 10, 1, (3, 9), False),
-        ("bf16", "nchw", (8, 96, 28, 28), 12, 1, (3, 11), True),
-        ("fp32", "channels_last", (8, 192, 28, 28), 24, 1, (3, 11), True),
-        ("fp16", "channels_last", (8, 192, 13, 13), 24, 1, (5, 7), True),
+        ("bf16", "channels_last", (8, 96, 56, 56), 12, (3, 11), True),
+        ("bf16", "channels_last", (8, 384, 14, 14), 48, (3, 11), False),
+        ("bf16", "channels_last", (8, 768, 7, 7), 96, (3, 11), True),
+        ("bf16", "channels_last", (8, 40, 56, 56), 10, (3, 9), False),
+        ("bf16", "nchw", (8, 96, 28, 28), 12, (3, 11), True),
+        ("fp32", "channels_last", (8, 192, 28, 28), 24, (3, 11), True),
+        ("fp16", "channels_last", (8, 192, 13, 13), 24, (5, 7), True),
     ]
-    for dtype, layout, shape, gc, cg, kernels, ci in cases:
+    for dtype, layout, shape, gc, kernels, ci in cases:
         label = f"{dtype},{layout},{shape[2]}x{shape[3]},gc{gc},k{kernels[0]}-{kernels[1]}"
+        geometry = _spec_geometry(*shape, gc, layout, dtype, kernels[0])[0]
+        cg = _mixer_config(gc // geometry["LANES"], _GPU_MAX_GROUPS_PER_STEP)[1]
         for flip, direction in ((False, "fwd"), (True, "bwd")):
             specs.append(
                 launch_spec(
                     f"_inception_kernel[{label},{direction},A{128 // cg},G{cg},w4]",
                     _inception_kernel,
                     _forward_args(dtype, shape, gc, layout, kernels, flip, cg),
-                    num_warps=4,
+                    num_warps=_WARPS,
                     ci=ci,
+                    maxnreg=MAXNREG,
                 )
             )
         specs.append(
@@ -963,20 +1075,30 @@ def benchmark_specs() -> list:
         groups = gc // lanes
         rows, columns = _strip_counts(n, h, w, geometry)
         strips = max(rows, columns)
-        cg_chosen = _mixer_config(strips, groups, (c - 3 * gc) // lanes)[1] if not INTERPRETER else 1
+        cg_chosen = _mixer_config(groups, _GPU_MAX_GROUPS_PER_STEP)[1]
+        id_groups = (c - 3 * gc) // lanes
         for cg in sorted({1, cg_chosen}):
-            programs = cdiv(strips, threads // cg)
-            idg = _identity_groups(lanes, geometry["VEC"], (c - 3 * gc) // lanes, cg)
-            trips = [cdiv((c - 3 * gc) // lanes, idg)] + [cdiv(groups, cg)] * 3
+            idg = _identity_groups(lanes, geometry["VEC"], id_groups, cg)
+            blocks = cdiv(strips, threads // cg)
+            id_steps, steps = cdiv(id_groups, idg), groups // cg
+            part_steps = _part_steps(blocks, id_groups, idg, groups, cg, _GPU_TARGET_PROGRAMS)
+            id_parts, branch_parts = _mixer_parts(id_groups, idg, groups, cg, part_steps)
+            parts = id_parts + 3 * branch_parts
+            programs = blocks * parts
+            # each part's loop sits in a region its guard skips in the other parts' programs
+            identity = {"entered": id_parts / parts, "trips": id_steps / id_parts}
+            branch = {"entered": branch_parts / parts, "trips": steps / branch_parts}
             work = Work(
                 case,
                 "MAC",
                 macs / programs,
-                (tuple(trips), (geometry["TW"],)),
+                ((identity, branch, branch, branch), (kernels[0],)),
                 f"MACs = N gc (3x3 + 1x11 + 11x1 taps on map) = {macs}; programs = cdiv({strips} strips of "
-                f"{geometry['TW']} x 1 / 1 x {geometry['TH']} outputs, {threads // cg} per program) = {programs}; "
-                f"loops over groups of {lanes} channels, {idg} per identity step and {cg} per branch step: identity, "
-                f"square, 1 x band, band x 1: {trips}; in the identity's, the {geometry['TW']} positions of a strip",
+                f"{geometry['TW']} x 1 / 1 x {geometry['TH']} outputs, {threads // cg} per block) = {blocks} blocks "
+                f"x {parts} parts (the identity's {id_steps} steps of {idg} groups of {lanes} channels in {id_parts}, "
+                f"each branch's {steps} steps of {cg} groups in {branch_parts}) = {programs}; loops: identity, square, "
+                f"1 x band, band x 1, each entered in its parts' programs (trips per entry: {id_steps / id_parts:g}, "
+                f"{steps / branch_parts:g}); in the identity's, the {geometry['TW']} positions of a strip",
             )
             for flip, direction in ((False, "fwd"), (True, "bwd")):
                 specs.append(
@@ -984,9 +1106,10 @@ def benchmark_specs() -> list:
                         f"_inception_kernel[bf16,channels_last,{direction},A{threads // cg},G{cg},w4]@{case}",
                         _inception_kernel,
                         _forward_args("bf16", shape, gc, "channels_last", kernels, flip, cg),
-                        num_warps=4,
+                        num_warps=_WARPS,
                         work=work,
                         ci=c == 96 and cg == cg_chosen,
+                        maxnreg=MAXNREG,
                     )
                 )
         args = _wgrad_args("bf16", shape, gc, "channels_last", kernels)
