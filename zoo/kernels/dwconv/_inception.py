@@ -792,9 +792,11 @@ def _part_steps(blocks: int, id_groups: int, idg: int, groups: int, cg: int, tar
     return 1
 
 
-def _launch_mixer(src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool) -> None:
+def _launch_mixer(
+    src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool, geometry: dict
+) -> None:
+    """One launch of the mixer kernel (``geometry``: :func:`_geometry` of at least ``src`` and ``dst``)."""
     n, channels, h, w = dst.shape
-    geometry = _geometry(src, gc, square, dst)
     strips = max(_strip_counts(n, h, w, geometry))
     lanes = geometry["LANES"]
     id_groups = (channels - 3 * gc) // lanes
@@ -854,7 +856,7 @@ def inception_dwconv2d_forward(
         weights = tuple(t.contiguous() for t in (weight_hw, weight_w, weight_h))
         biases = tuple(None if b is None else b.contiguous() for b in (bias_hw, bias_w, bias_h))
         with device_guard(x.device):
-            _launch_mixer(x, y, weights, biases, gc, square, band, flip=False)
+            _launch_mixer(x, y, weights, biases, gc, square, band, False, _geometry(x, gc, square, y))
     return y
 
 
@@ -881,10 +883,20 @@ def inception_dwconv2d_backward(
     d weight_h, d bias_h), the weight gradients in the weights' dtype. Two launches: the input gradient (the
     mixer kernel with the taps flipped), and the weight and bias gradients of the three branches (reduced to
     their final values inside that launch)."""
-    gc, square, band = check_inception_inputs(x, weight_hw, None, weight_w, None, weight_h, None)
+    check_inception_inputs(x, weight_hw, None, weight_w, None, weight_h, None)
     check_triton_dtype(x=x, weight_hw=weight_hw, weight_w=weight_w, weight_h=weight_h)
     check_triton_device(x.device)
     check_grad_output(grad_output, x.shape, x)
+    return launch_inception_backward(grad_output, x, weight_hw, weight_w, weight_h)
+
+
+def launch_inception_backward(
+    grad_output: Tensor, x: Tensor, weight_hw: Tensor, weight_w: Tensor, weight_h: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`inception_dwconv2d_backward` without validating its inputs: for the eager autograd Function, whose
+    forward validated them (autograd passes a gradient of the output's shape, dtype and device). Host time counts
+    here: the late stages' mixers are short."""
+    gc, square, band = weight_hw.shape[0], weight_hw.shape[2], weight_w.shape[3]
     dx = empty_like_format(x, x.shape)
     weights = tuple(t.contiguous() for t in (weight_hw, weight_w, weight_h))
     if x.numel() == 0:
@@ -892,14 +904,14 @@ def inception_dwconv2d_backward(
         return (dx, *zeros[0], *zeros[1], *zeros[2])
     grads = [(torch.empty_like(wt), torch.empty(gc, dtype=wt.dtype, device=wt.device)) for wt in weights]
     n, channels, h, w = x.shape
-    geometry = _geometry(x, gc, square, grad_output)
+    geometry = _geometry(x, gc, square, grad_output, dx)  # dx: x's format, so its vector path agrees with x's
     vec = geometry["VEC"]
     block_a = 32 * _WARPS
     split, slots, row = _wgrad_layout(square, band, gc, geometry["LANES"])
     chunks = _wgrad_chunks(min(_strip_counts(n, h, w, geometry)), block_a, slots)
     partial = torch.empty((slots, chunks, row), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
-        _launch_mixer(grad_output, dx, weights, (None, None, None), gc, square, band, flip=True)
+        _launch_mixer(grad_output, dx, weights, (None, None, None), gc, square, band, True, geometry)
         launchable(_inception_wgrad_kernel)[(chunks, slots)](
             x,
             grad_output,

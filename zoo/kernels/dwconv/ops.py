@@ -30,7 +30,11 @@ from zoo.kernels.dwconv import _direct, _generic, _igemm, _wgrad
 from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
 from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format, layout_of
 from zoo.kernels.dwconv._cpu import dwconv2d_cpu
-from zoo.kernels.dwconv._inception import inception_dwconv2d_backward, inception_dwconv2d_forward
+from zoo.kernels.dwconv._inception import (
+    inception_dwconv2d_backward,
+    inception_dwconv2d_forward,
+    launch_inception_backward,
+)
 from zoo.kernels.dwconv.reference import dwconv2d_reference, inception_dwconv2d_reference
 
 
@@ -231,7 +235,7 @@ class _InceptionFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
-        dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h = inception_dwconv2d_backward(grad_output, *ctx.saved_tensors)
+        dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h = launch_inception_backward(grad_output, *ctx.saved_tensors)
         if not ctx.has_bias:
             db_hw = db_w = db_h = None
         return dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h
