@@ -18,6 +18,7 @@ from zoo.kernels.dwconv import (
     inception_dwconv2d_reference,
 )
 from zoo.kernels.dwconv._checks import same_padding, tap_dilation
+from zoo.kernels.dwconv._common import needs_int64
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 LAYOUTS = ["nchw", "channels_last", "strided"]
@@ -113,6 +114,17 @@ def test_dwconv2d_empty_batch():
     assert y.shape == (0, 4, 5, 5)
     y.sum().backward()
     assert torch.count_nonzero(weight.grad) == 0 and torch.count_nonzero(bias.grad) == 0
+
+
+def test_64_bit_offsets_only_where_an_offset_reaches_2_to_the_31():
+    """needs_int64 answers from the strides' reach, not the storage: meta tensors, nothing allocated."""
+    assert not needs_int64(torch.empty(3, 5), torch.empty(0, 7))
+    assert needs_int64(torch.empty(3, 5), torch.empty(2, 2**30 + 1, device="meta"))  # reach 2^31 + 1
+    assert not needs_int64(torch.empty(2, 2**30 - 1, device="meta"))  # reach 2^31 - 3
+    huge = torch.empty(2**32, device="meta")
+    assert not needs_int64(huge[2**31 : 2**31 + 10])  # a small view of a large storage: reach 9
+    assert needs_int64(huge.as_strided((2, 3), (2**31, 1)))
+    assert not needs_int64(torch.empty(1).expand(2**31, 4))  # stride 0: every element is the same one
 
 
 # ------------------------------------------------------------------------------------------ inception mixer

@@ -184,12 +184,18 @@ def weight_table(weight: Tensor) -> Tensor:
 
 
 def needs_int64(*tensors: Tensor) -> bool:
-    """Whether some element offset of these tensors reaches 2^31 (the kernels then compute offsets in 64 bits)."""
-    return any(
-        sum((size - 1) * abs(step) for size, step in zip(t.shape, t.stride(), strict=True)) >= 2**31 - 1
-        for t in tensors
-        if t.numel()
-    )
+    """Whether some element offset of these tensors reaches 2^31 (the kernels then compute offsets in 64 bits).
+    Every element lies in the tensor's storage, so a storage of fewer elements past the view's offset answers
+    without walking the strides (a launcher calls this on every call: host time)."""
+    limit = 2**31 - 1
+    for t in tensors:
+        if not t.numel():
+            continue
+        if t.untyped_storage().nbytes() // t.element_size() - t.storage_offset() <= limit:
+            continue
+        if sum((size - 1) * step for size, step in zip(t.shape, t.stride(), strict=True)) >= limit:
+            return True
+    return False
 
 
 def positions_per_program(n_positions: int, parallel_programs: int) -> int:

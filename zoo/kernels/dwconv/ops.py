@@ -67,9 +67,29 @@ def dwconv2d_forward(
     dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     """Triton forward of :func:`dwconv2d`; the output has the dtype and memory format of ``x``."""
+    kernel, stride, dilation = _check_triton_inputs(x, weight, bias, stride, dilation)
+    return _launch_forward(x, weight, bias, kernel, stride, dilation)
+
+
+def _check_triton_inputs(
+    x: Tensor, weight: Tensor, bias: Tensor | None, stride: int | Sequence[int], dilation: int | Sequence[int]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """:func:`check_dwconv2d_inputs` and the Triton kernels' dtypes and device; ((kh, kw), stride, dilation)."""
     kernel, stride, dilation = check_dwconv2d_inputs(x, weight, bias, stride, dilation)
     check_triton_dtype(x=x, weight=weight, bias=bias)
     check_triton_device(x.device)
+    return kernel, stride, dilation
+
+
+def _launch_forward(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Tensor:
+    """:func:`dwconv2d_forward` on validated inputs (the pairs :func:`_check_triton_inputs` returns)."""
     y = empty_like_format(x, _output_shape(x, kernel, stride, dilation))
     if y.numel():
         with device_guard(x.device):
@@ -92,10 +112,21 @@ def dwconv2d_backward(
 
     dx has the dtype and memory format of ``x``; the weight and bias gradients are reduced in float32 and
     returned in the dtype of ``weight`` (the bias gradient is computed whether or not there is a bias)."""
-    kernel, stride, dilation = check_dwconv2d_inputs(x, weight, None, stride, dilation)
-    check_triton_dtype(x=x, weight=weight)
-    check_triton_device(x.device)
+    kernel, stride, dilation = _check_triton_inputs(x, weight, None, stride, dilation)
     check_grad_output(grad_output, _output_shape(x, kernel, stride, dilation), x)
+    return _launch_backward(grad_output, x, weight, kernel, stride, dilation)
+
+
+def _launch_backward(
+    grad_output: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`dwconv2d_backward` on validated inputs: also for the eager autograd Function, whose forward validated
+    them (autograd passes a gradient of the output's shape, dtype and device; host time counts)."""
     dx = empty_like_format(x, x.shape)
     if grad_output.numel() == 0:
         return dx.zero_(), torch.zeros_like(weight), weight.new_zeros(x.shape[1])
@@ -212,14 +243,15 @@ class _DwConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, dilation):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias, ctx.stride, ctx.dilation = bias is not None, stride, dilation
-        return dwconv2d_forward(x, weight, bias, stride, dilation)
+        ctx.has_bias = bias is not None
+        ctx.geometry = _check_triton_inputs(x, weight, bias, stride, dilation)  # (kernel, stride, dilation)
+        return _launch_forward(x, weight, bias, *ctx.geometry)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
-        dx, dw, db = dwconv2d_backward(grad_output, x, weight, ctx.stride, ctx.dilation)
+        dx, dw, db = _launch_backward(grad_output, x, weight, *ctx.geometry)
         return dx, dw, db if ctx.has_bias else None, None, None
 
 
