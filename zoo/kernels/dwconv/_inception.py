@@ -679,8 +679,13 @@ _GPU_MAX_GROUPS_PER_STEP = 4
 _GPU_TARGET_PROGRAMS = 3 * 132
 _MAX_GROUPS_PER_STEP = 16 if INTERPRETER else _GPU_MAX_GROUPS_PER_STEP
 _TARGET_PROGRAMS = 1 if INTERPRETER else _GPU_TARGET_PROGRAMS
+# The weight gradient: up to four programs per SM, each reducing at least 4 blocks of strips. A program's final
+# reduction over its threads costs about 2200 instructions, so 4 blocks give 3.2 / 3.2 / 3.5 / 3.6 instructions
+# per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 / 2.7 / 2.8 at 16 blocks; but 16 left
+# 63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked (now 252 / 126 / 72: 1.5-2.7x fewer
+# instructions per busy SM at stages 2-4).
 _WGRAD_TARGET_PROGRAMS = 24 if INTERPRETER else 4 * 132
-_WGRAD_BLOCKS = 1 if INTERPRETER else 16
+_WGRAD_BLOCKS = 1 if INTERPRETER else 4
 _FIN_BLOCK = 4 if INTERPRETER else 16
 
 
