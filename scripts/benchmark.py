@@ -381,6 +381,68 @@ def bench_norm_rational(
     return rows
 
 
+def _autocast(fn: Callable, device: torch.device, dtype: torch.dtype) -> Callable:
+    """``fn`` run under autocast to ``dtype`` on ``device``'s type."""
+
+    def run(*inputs):
+        with torch.autocast(device.type, dtype=dtype):
+            return fn(*inputs)
+
+    return run
+
+
+def mlp_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
+    """(case name, shape of x, groups): KAT-T's MLP sub-block (width 192, hidden 768) at batch 128, 197 tokens."""
+    if small:
+        return [("B1xL5x16", (1, 5, 16), 8)]
+    return [("B128xL197x192", (128, 197, 192), 8)]
+
+
+def bench_mlp(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows for the MLP sub-block of a block, ``mlp(norm2(x))``, as KAT's and ViT's blocks run it under autocast
+    (float32 x in, ``dtype`` out): "triton" is KAT's (``KAN.forward_normed``: the LayerNorm + act1 op, fc1, the
+    Triton act2, fc2), "vit" is ViT's (LayerNorm, fc1, GELU, fc2: timm's ``Mlp``). The backward computes the
+    gradients of x and of every parameter. Their device times differ by what KAT does beyond a ViT (the rational
+    units and their coefficient gradients, and act2's passes over the hidden activations): what fusing act2 into
+    fc1 / fc2 could save (issue 21). ``compile_reference`` and ``kernels`` are accepted for the OPS interface."""
+    del compile_reference, kernels
+    from timm.layers import Mlp
+
+    from zoo.layers.kan import KAN
+
+    rows = []
+    for case, shape, groups in _pick_cases(mlp_cases(small), cases):
+        width = shape[-1]
+        torch.manual_seed(0)
+        norm = torch.nn.LayerNorm(width, eps=1e-6).to(device)
+        kan = KAN(width, 4 * width, num_groups=groups, backend="triton").to(device)
+        mlp = Mlp(width, 4 * width, act_layer=torch.nn.GELU).to(device)
+        x = torch.randn(shape, device=device, requires_grad=True)
+        dy = torch.randn(shape, dtype=dtype, device=device)
+
+        blocks = {
+            "triton": (_autocast(lambda t, kan=kan, norm=norm: kan.forward_normed(t, norm), device, dtype), kan),
+            "vit": (_autocast(lambda t, mlp=mlp, norm=norm: mlp(norm(t)), device, dtype), mlp),
+        }
+        n = x.numel()
+        out = dy.element_size()
+        # the floor without the hidden activations: forward x in (float32), y out; backward dy in, dx out, x again
+        moved = {"fwd": n * (4 + out), "fwd+bwd": n * (4 + out) + n * (out + 4 + 4)}
+        for label, (fn, module) in _pick_impls(blocks, impls).items():
+            params = (*norm.parameters(), *module.parameters())
+            rows += _op_rows("mlp", case, dtype, device, {label: fn}, (x,), (x, *params), dy, moved)
+    return rows
+
+
 def dwconv_cases(small: bool) -> list[tuple[str, tuple[int, ...], int]]:
     """(case name, shape of x, kernel size): the issue's depthwise shapes, batch 64, channels_last."""
     if small:
@@ -789,6 +851,7 @@ def bench_neighborhood(
 CASES = {
     "rational": rational_cases,
     "norm_rational": norm_rational_cases,
+    "mlp": mlp_cases,
     "dwconv": dwconv_cases,
     "inception": inception_cases,
     "ssm": ssm_cases,
@@ -809,6 +872,7 @@ def case_names(op: str, small: bool, device: torch.device) -> list[str]:
 OPS = {
     "rational": bench_rational,
     "norm_rational": bench_norm_rational,
+    "mlp": bench_mlp,
     "dwconv": bench_dwconv,
     "inception": bench_inception,
     "ssm": bench_ssm,

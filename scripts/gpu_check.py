@@ -182,6 +182,7 @@ OP_FAMILIES = (
         impls=("reference", "triton", "triton-unfused"),
         budget_s=20,
     ),
+    OpFamily("mlp", ("*",), (("B1xL5x16", (1, 5, 16), 8),), impls=("triton", "vit"), budget_s=20),
     OpFamily(
         "dwconv",
         (

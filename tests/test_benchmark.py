@@ -25,6 +25,7 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     impls = {
         "group_rational": {"reference", "reference+compile", "triton"},
         "layer_norm_group_rational": {"reference", "reference+compile", "triton", "triton-unfused"},
+        "mlp": {"triton", "vit"},
         "dwconv2d": {"reference", "triton"},
         "inception_dwconv2d": {"reference", "reference+compile", "triton"},
         "s4d_kernel": {"reference", "reference+compile", "triton"},
