@@ -162,7 +162,7 @@ def test_weight_gradient_sums_several_chunks_deterministically():
     geometry = _inception._geometry(x, gc, 3, dy)
     rows, columns = _inception._strip_counts(shape[0], shape[2], shape[3], geometry)
     slots = _inception._wgrad_layout(3, 11, gc, geometry["LANES"])[1]
-    assert _inception._wgrad_chunks(min(rows, columns), 32 * _inception._WARPS, slots) > 1
+    assert _inception._wgrad_chunks(min(rows, columns), 32 * _inception._WARPS, slots, 132) > 1
     _, first = _check(x, params, dy, torch.float32)
     second = inception_dwconv2d_backward(dy, x, params[0], params[2], params[4])
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))

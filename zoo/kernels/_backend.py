@@ -249,6 +249,23 @@ def tracing_kernels() -> bool:
     return getattr(_TRACING_KERNELS, "on", False)
 
 
+# The SMs of an H100 / H200, the GPUs the ahead-of-time specs describe: the stand-in where there is no GPU to ask.
+H200_SMS = 132
+_SM_COUNTS: dict[torch.device, int] = {}
+
+
+def sm_count(device: torch.device, stand_in: int = H200_SMS) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (asked once per device), for launchers that size their grids
+    to fill the GPU; ``stand_in`` where there is no such GPU (CPU tensors under the interpreter, fake CUDA tensors
+    traced without a GPU)."""
+    sms = _SM_COUNTS.get(device)
+    if sms is None:
+        if device.type != "cuda" or not torch.cuda.is_available():
+            return stand_in
+        sms = _SM_COUNTS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return sms
+
+
 _TICKETS: dict[tuple, torch.Tensor] = {}
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.kernels._backend import (
+    H200_SMS,
     INTERPRETER,
     TRITON_DTYPES,
     cdiv,
@@ -34,6 +35,7 @@ from zoo.kernels._backend import (
     next_power_of_2,
     requested_backend,
     resolve_backend,
+    sm_count,
     ticket_counters,
     tl,
     triton,
@@ -383,7 +385,6 @@ _BWD_PER_THREAD = 2 if INTERPRETER else 6
 _BWD_PROGRAMS_PER_SM = 2
 _FWD_PROGRAMS_PER_SM = 4
 _INTERPRETER_SMS = 3  # several programs on small test inputs
-_H200_SMS = 132  # the AOT specs' GPU, and traced graphs without one
 _BLOCK_P, _BLOCK_CC = (16, 32) if INTERPRETER else (64, 64)
 
 
@@ -401,20 +402,10 @@ def _tiles(channels: int, per_thread: int) -> tuple[int, int, int, int]:
     return block_m, block_hi, block_lo, num_warps
 
 
-_SM_COUNT: dict[torch.device, int] = {}
-
-
 def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device``, looked up once per device; the interpreter's stand-in on CPU tensors,
-    an H200's for fake CUDA tensors traced without a GPU (tests/kernels/test_traced_ops.py)."""
-    sms = _SM_COUNT.get(device)
-    if sms is None:
-        if device.type == "cuda" and torch.cuda.is_available():
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-        else:
-            sms = _INTERPRETER_SMS if INTERPRETER else _H200_SMS
-        _SM_COUNT[device] = sms
-    return sms
+    """Streaming multiprocessors of ``device``; the interpreter's stand-in on CPU tensors, an H200's for fake CUDA
+    tensors traced without a GPU (tests/kernels/test_traced_ops.py)."""
+    return sm_count(device, _INTERPRETER_SMS if INTERPRETER else H200_SMS)
 
 
 def _programs(device: torch.device, n_rows: int, block_m: int, per_sm: int) -> tuple[int, int]:
@@ -747,7 +738,7 @@ def aot_specs() -> list:
             label = f"{x_dtype}->{y_dtype},C{channels}"
             ci = training and channels == 768
             elements = n_rows * channels
-            fwd_rows = _rows_per_program(n_rows, block_m, _H200_SMS * _FWD_PROGRAMS_PER_SM)
+            fwd_rows = _rows_per_program(n_rows, block_m, H200_SMS * _FWD_PROGRAMS_PER_SM)
             programs = cdiv(n_rows, fwd_rows)
             common = dict(
                 x_ptr=f"*{x_dtype}",
@@ -784,7 +775,7 @@ def aot_specs() -> list:
                     ci=ci,
                 )
             )
-            rows_per_program = _rows_per_program(n_rows, bwd_block_m, _H200_SMS * _BWD_PROGRAMS_PER_SM)
+            rows_per_program = _rows_per_program(n_rows, bwd_block_m, H200_SMS * _BWD_PROGRAMS_PER_SM)
             bwd_programs = cdiv(n_rows, rows_per_program)
             trips = n_rows / bwd_programs / bwd_block_m
             specs.append(

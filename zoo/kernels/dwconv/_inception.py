@@ -36,12 +36,14 @@ import torch
 from torch import Tensor
 
 from zoo.kernels._backend import (
+    H200_SMS,
     INTERPRETER,
     cdiv,
     check_triton_device,
     device_guard,
     launchable,
     next_power_of_2,
+    sm_count,
     ticket_counters,
     tl,
     triton,
@@ -673,18 +675,19 @@ def _inception_wgrad_kernel(
 # inputs.
 _WARPS = 4
 # A GPU: up to 64 contiguous bytes of bf16 per position and branch step (4 groups of 8 channels), and enough
-# programs for about one wave of three programs per SM (132 SMs on an H100 / H200; 170-255 registers a thread).
-# The interpreter runs fewer, larger steps and programs faster: larger steps, a whole slice per program.
+# programs for about one wave of three programs per SM (170-255 registers a thread; the specs: an H100 / H200's
+# 132 SMs). The interpreter runs fewer, larger steps and programs faster: larger steps, a whole slice per program.
 _GPU_MAX_GROUPS_PER_STEP = 4
-_GPU_TARGET_PROGRAMS = 3 * 132
+_PROGRAMS_PER_SM = 3
+_GPU_TARGET_PROGRAMS = _PROGRAMS_PER_SM * H200_SMS
 _MAX_GROUPS_PER_STEP = 16 if INTERPRETER else _GPU_MAX_GROUPS_PER_STEP
-_TARGET_PROGRAMS = 1 if INTERPRETER else _GPU_TARGET_PROGRAMS
-# The weight gradient: up to four programs per SM, each reducing at least 4 blocks of strips. A program's final
+# The weight gradient: up to four programs per SM (24 in all under the interpreter), each reducing at least 4
+# blocks of strips. A program's final
 # reduction over its threads costs about 2200 instructions, so 4 blocks give 3.2 / 3.2 / 3.5 / 3.6 instructions
 # per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 / 2.7 / 2.8 at 16 blocks; but 16 left
 # 63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked (now 252 / 126 / 72: 1.5-2.7x fewer
 # instructions per busy SM at stages 2-4).
-_WGRAD_TARGET_PROGRAMS = 24 if INTERPRETER else 4 * 132
+_WGRAD_PROGRAMS_PER_SM = 4
 _WGRAD_BLOCKS = 1 if INTERPRETER else 4
 _FIN_BLOCK = 4 if INTERPRETER else 16
 
@@ -810,7 +813,8 @@ def _launch_mixer(
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
     blocks = cdiv(strips, block_a)
-    part_steps = _part_steps(blocks, id_groups, idg, gc // lanes, cg, _TARGET_PROGRAMS)
+    target = 1 if INTERPRETER else _PROGRAMS_PER_SM * sm_count(dst.device)
+    part_steps = _part_steps(blocks, id_groups, idg, gc // lanes, cg, target)
     launchable(_mixer_kernel)[(blocks * _programs_per_block(id_groups, idg, gc // lanes, cg, part_steps),)](
         src,
         dst,
@@ -865,10 +869,12 @@ def inception_dwconv2d_forward(
     return y
 
 
-def _wgrad_chunks(strips: int, block_a: int, slots: int) -> int:
-    """Chunks of strip blocks per group: enough programs to fill the GPU, each with at least _WGRAD_BLOCKS blocks of
-    strips where the map allows (the program's final reduction over its threads then weighs little)."""
-    return max(1, min(cdiv(_WGRAD_TARGET_PROGRAMS, slots), cdiv(strips, block_a * _WGRAD_BLOCKS)))
+def _wgrad_chunks(strips: int, block_a: int, slots: int, sms: int) -> int:
+    """Chunks of strip blocks per group: enough programs to fill a GPU of ``sms`` SMs, each with at least
+    _WGRAD_BLOCKS blocks of strips where the map allows (the program's final reduction over its threads then
+    weighs less)."""
+    target = 24 if INTERPRETER else _WGRAD_PROGRAMS_PER_SM * sms
+    return max(1, min(cdiv(target, slots), cdiv(strips, block_a * _WGRAD_BLOCKS)))
 
 
 def _wgrad_layout(square: int, band: int, gc: int, lanes: int) -> tuple[bool, int, int]:
@@ -913,7 +919,7 @@ def launch_inception_backward(
     vec = geometry["VEC"]
     block_a = 32 * _WARPS
     split, slots, row = _wgrad_layout(square, band, gc, geometry["LANES"])
-    chunks = _wgrad_chunks(min(_strip_counts(n, h, w, geometry)), block_a, slots)
+    chunks = _wgrad_chunks(min(_strip_counts(n, h, w, geometry)), block_a, slots, sm_count(x.device))
     partial = torch.empty((slots, chunks, row), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
         _launch_mixer(grad_output, dx, weights, (None, None, None), gc, square, band, True, geometry)
@@ -1010,7 +1016,7 @@ def _wgrad_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple) 
         C=c,
         id_channels=c - 3 * gc,
         gc=gc,
-        chunks=_wgrad_chunks(min(_strip_counts(n, h, w, geometry)), 128, slots),
+        chunks=_wgrad_chunks(min(_strip_counts(n, h, w, geometry)), 128, slots, H200_SMS),
         **named_strides(("x", "g"), strides),
         SQUARE=kernels[0],
         BAND=kernels[1],
