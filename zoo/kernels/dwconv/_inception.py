@@ -674,19 +674,19 @@ def _inception_wgrad_kernel(
 # few large programs are fastest there, and its small targets still give several chunks per group on small test
 # inputs.
 _WARPS = 4
-# A GPU: up to 64 contiguous bytes of bf16 per position and branch step (4 groups of 8 channels), and enough
-# programs for about one wave of three programs per SM (170-255 registers a thread; the specs: an H100 / H200's
-# 132 SMs). The interpreter runs fewer, larger steps and programs faster: larger steps, a whole slice per program.
+# The forward on a GPU: up to 64 contiguous bytes of bf16 per position and branch step (4 groups of 8 channels),
+# and enough programs for about one wave of three programs per SM (170-255 registers a thread; the specs assume an
+# H100 / H200's 132 SMs). The interpreter runs fewer, larger programs faster: larger steps, a whole slice per
+# program.
 _GPU_MAX_GROUPS_PER_STEP = 4
 _PROGRAMS_PER_SM = 3
 _GPU_TARGET_PROGRAMS = _PROGRAMS_PER_SM * H200_SMS
 _MAX_GROUPS_PER_STEP = 16 if INTERPRETER else _GPU_MAX_GROUPS_PER_STEP
 # The weight gradient: up to four programs per SM (24 in all under the interpreter), each reducing at least 4
-# blocks of strips. A program's final
-# reduction over its threads costs about 2200 instructions, so 4 blocks give 3.2 / 3.2 / 3.5 / 3.6 instructions
-# per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 / 2.7 / 2.8 at 16 blocks; but 16 left
-# 63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked (now 252 / 126 / 72: 1.5-2.7x fewer
-# instructions per busy SM at stages 2-4).
+# blocks of strips. A program's final reduction over its threads costs about 2200 instructions, so 4 blocks give
+# 3.2 / 3.2 / 3.5 / 3.6 instructions per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 /
+# 2.7 / 2.8 at 16 blocks; but 16 left 63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked
+# (now 252 / 126 / 72: 1.5-2.7x fewer instructions per busy SM at stages 2-4).
 _WGRAD_PROGRAMS_PER_SM = 4
 _WGRAD_BLOCKS = 1 if INTERPRETER else 4
 _FIN_BLOCK = 4 if INTERPRETER else 16
