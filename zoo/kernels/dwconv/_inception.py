@@ -291,9 +291,10 @@ def _identity_part(
     BLOCK_A: tl.constexpr, IDG: tl.constexpr,
 ):  # fmt: skip
     """Part ``part`` of the identity slice (its run of ``part_steps`` of ``id_steps`` steps of IDG groups) for one
-    block of row strips, copied in [anchors, IDG, LANES] tiles so that the threads of
-    a warp copy whole runs of each position's channels (channels_last: 32 contiguous bytes of bf16 per position,
-    not one 8- or 16-byte vector per thread at positions TW apart); the mask is per group."""
+    block of row strips, copied in [anchors, IDG, LANES] tiles so that the threads of a warp copy whole runs of each
+    position's channels (channels_last: 32 contiguous bytes of bf16 per position, not one 8- or 16-byte vector per
+    thread at positions TW apart); the mask is per group. A strip's TW positions unroll (at 32 channels a step they
+    spilled at stage 1)."""
     group = tl.arange(0, IDG)
     lane = tl.arange(0, LANES)
     sbase, dbase, _, c0, valid, _, _, _, _, _ = _strips(
