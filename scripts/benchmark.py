@@ -41,6 +41,7 @@ if not torch.cuda.is_available():  # the Triton rows run through the interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
@@ -228,10 +229,12 @@ def _op_rows(
     moved: dict[str, int],
     flops: dict[str, int] | None = None,
     passes: tuple[str, ...] = ("fwd", "fwd+bwd"),
+    host_impls: Collection[str] = (),
 ) -> list[OpRow]:
     """Rows of one case: ``impl(*inputs)`` forward (no grad) and forward+backward (the gradients of
     ``grad_inputs`` for the output gradient ``dy``), eager and (on a GPU) as CUDA-graph replays. With ``flops``
-    (the useful floating-point operations of each pass), the note gives the achieved TFLOP/s."""
+    (the useful floating-point operations of each pass), the note gives the achieved TFLOP/s. The host time per
+    call is measured for the Triton implementations and those in ``host_impls``."""
     rows = []
     for impl, fn in impls.items():
 
@@ -247,7 +250,7 @@ def _op_rows(
                 continue
             ms = _time_ms(run, device)
             graph_ms = _graph_ms(run, device, ms)
-            host_us = _host_us(run, device) if impl.startswith("triton") else None
+            host_us = _host_us(run, device) if impl.startswith("triton") or impl in host_impls else None
             notes = ["interpreter"] if impl.startswith("triton") and device.type == "cpu" else []
             if host_us is not None:
                 notes.append(f"host {host_us:.0f} us/call")
@@ -378,6 +381,77 @@ def bench_norm_rational(
             # forward: x in float32, y out; backward: x, dy in, dx out (the statistics and partials not counted)
             {"fwd": n * (4 + out), "fwd+bwd": n * (4 + out) + n * (4 + out + 4)},
         )
+    return rows
+
+
+@triton.jit
+def _empty_kernel(ptr):
+    """Stores one zero: a launch with no work to speak of (the host-time probe's)."""
+    tl.store(ptr, 0.0)
+
+
+class _ProbeFunction(torch.autograd.Function):
+    """An op built as the zoo's eager Triton paths are (a torch.autograd.Function whose Python forward and backward
+    each allocate their output and make one Triton launch) that does no work: its host time is the overhead every
+    such op pays."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty_like(x)
+        _empty_kernel[(1,)](y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        dx = torch.empty_like(dy)
+        _empty_kernel[(1,)](dx)
+        return dx
+
+
+def host_probe_cases(small: bool) -> list[tuple[str]]:
+    """One case: a one-element float32 tensor (the probe measures the host, not the device)."""
+    del small
+    return [("empty",)]
+
+
+def bench_host_probe(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows that split an eager Triton op's host time into its parts, with ops that do no work (float32, one
+    element, whatever ``dtype``): "triton" is :class:`_ProbeFunction` (forward: the Function, an allocation and one
+    Triton launch; forward+backward adds the autograd engine calling a Python backward, which makes the second
+    launch); "torch" is ``x * 1.0`` (one ATen launch forward, one in C++ autograd's backward). Their host times (the
+    note's ``host N us/call``) against those of the real ops say how much of an op's host time is Triton's launch,
+    how much the Python autograd, and how much the op's own launcher. ``compile_reference`` and ``kernels`` are
+    accepted for the OPS interface. "triton-launch" (forward only) is the bare launch of the empty kernel."""
+    del small, dtype, compile_reference, kernels
+    rows = []
+    for case in _pick_cases(host_probe_cases(False), cases):
+        x = torch.zeros(1, device=device, requires_grad=True)
+        dy = torch.ones(1, device=device)
+        buffer = torch.zeros(1, device=device)
+
+        def launch(t: torch.Tensor, buffer: torch.Tensor = buffer) -> torch.Tensor:
+            _empty_kernel[(1,)](buffer)
+            return buffer
+
+        moved = {"fwd": 4, "fwd+bwd": 8}  # the one float stored per launch
+        for probes, passes in (
+            ({"triton-launch": launch}, ("fwd",)),
+            ({"triton": _ProbeFunction.apply, "torch": lambda t: t * 1.0}, ("fwd", "fwd+bwd")),
+        ):
+            picked = _pick_impls(probes, impls)
+            rows += _op_rows(
+                "host_probe", case[0], torch.float32, device, picked, (x,), (x,), dy, moved, passes=passes,
+                host_impls=picked,
+            )  # fmt: skip
     return rows
 
 
@@ -852,6 +926,7 @@ CASES = {
     "rational": rational_cases,
     "norm_rational": norm_rational_cases,
     "mlp": mlp_cases,
+    "host_probe": host_probe_cases,
     "dwconv": dwconv_cases,
     "inception": inception_cases,
     "ssm": ssm_cases,
@@ -873,6 +948,7 @@ OPS = {
     "rational": bench_rational,
     "norm_rational": bench_norm_rational,
     "mlp": bench_mlp,
+    "host_probe": bench_host_probe,
     "dwconv": bench_dwconv,
     "inception": bench_inception,
     "ssm": bench_ssm,

@@ -22,6 +22,7 @@ OP_ROWS = {
     "rational": ("group_rational", "bfloat16"),
     "norm_rational": ("layer_norm_group_rational", "bfloat16"),
     "mlp": ("mlp", "bfloat16"),
+    "host_probe": ("host_probe", "float32"),
     "dwconv": ("dwconv2d", "bfloat16"),
     "inception": ("inception_dwconv2d", "bfloat16"),
     "ssm": ("s4d_kernel", "float32"),
@@ -82,8 +83,10 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     # rows of every family that ran, none of those that failed before measuring
     ops = {r["op"] for r in data["ops"]}
     assert ops == {OP_ROWS[f.name][0] for f in check.OP_FAMILIES if f"ops:{f.name}" not in injected}
-    assert {r["impl"] for r in data["ops"]} == {"reference", "triton", "triton-unfused", "triton@issue19", "vit"}
+    impls = {"reference", "triton", "triton-unfused", "triton@issue19", "vit", "torch", "triton-launch"}
+    assert {r["impl"] for r in data["ops"]} == impls
     assert {r["op"] for r in data["ops"] if r["impl"] == "vit"} == {"mlp"}
+    assert {r["op"] for r in data["ops"] if r["impl"] == "torch"} == {"host_probe"}
     assert {r["op"] for r in data["ops"] if r["impl"] == "triton-unfused"} == {"layer_norm_group_rational"}
     with_baseline = {r["op"] for r in data["ops"] if r["impl"] == "triton@issue19"}
     assert with_baseline == {"dwconv2d", "inception_dwconv2d"}  # the families that list it
