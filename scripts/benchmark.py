@@ -425,12 +425,12 @@ def bench_host_probe(
     kernels: Mapping[str, str] | None = None,
 ) -> list[OpRow]:
     """Rows that split an eager Triton op's host time into its parts, with ops that do no work (float32, one
-    element, whatever ``dtype``): "triton" is :class:`_ProbeFunction` (forward: the Function, an allocation and one
-    Triton launch; forward+backward adds the autograd engine calling a Python backward, which makes the second
-    launch); "torch" is ``x * 1.0`` (one ATen launch forward, one in C++ autograd's backward). Their host times (the
-    note's ``host N us/call``) against those of the real ops say how much of an op's host time is Triton's launch,
-    how much the Python autograd, and how much the op's own launcher. ``compile_reference`` and ``kernels`` are
-    accepted for the OPS interface. "triton-launch" (forward only) is the bare launch of the empty kernel."""
+    element, whatever ``dtype``): "triton-launch" (forward only) is a bare launch of an empty Triton kernel;
+    "triton" is :class:`_ProbeFunction` (forward: the Function, an allocation and one such launch; forward+backward
+    adds the autograd engine calling a Python backward, which makes the second launch); "torch" is ``x * 1.0`` (one
+    ATen launch forward, one in C++ autograd's backward). Their host times (the note's ``host N us/call``) against
+    those of the real ops say how much of an op's host time is Triton's launch, how much the Python autograd, and how
+    much the op's own launcher. ``compile_reference`` and ``kernels`` are accepted for the OPS interface."""
     del small, dtype, compile_reference, kernels
     rows = []
     for case in _pick_cases(host_probe_cases(False), cases):
