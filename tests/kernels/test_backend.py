@@ -265,3 +265,25 @@ def test_every_op_is_covered():
         if isinstance(obj, type) and issubclass(obj, torch.autograd.Function) and obj.__module__ == module.__name__
     }
     assert functions == {(case.module.__name__, case.function) for case in OP_CASES}
+
+
+def test_sm_count_asks_a_cuda_device_and_stands_in_elsewhere(monkeypatch):
+    """Grids sized to the GPU: a CUDA device's own SM count (asked once), the stand-in (an H200's by default)
+    for CPU tensors and for CUDA tensors traced without a GPU."""
+    cpu = torch.device("cpu")
+    assert backend_module.sm_count(cpu) == backend_module.H200_SMS == 132
+    assert backend_module.sm_count(cpu, 3) == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend_module.sm_count(torch.device("cuda", 0), 7) == 7
+    asked = []
+
+    def properties(device):
+        asked.append(device)
+        return types.SimpleNamespace(multi_processor_count=78)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(backend_module, "_SM_COUNTS", {})
+    gpu = torch.device("cuda", 1)
+    assert backend_module.sm_count(gpu) == backend_module.sm_count(gpu, 3) == 78
+    assert asked == [gpu]  # cached per device
