@@ -126,6 +126,7 @@ class Timing:
     model_rep_ms: int = 4000
     cpu_warmup: bool = True  # CPU: one untimed call first, then cpu_samples timed calls (median)
     cpu_samples: int = 3
+    once: bool = False  # each timed function runs once, untimed (NaN, no graph or host time): compile-only runs
 
 
 TIMING = Timing()  # read at every call: replace it (scripts/gpu_check.py does) to shorten or lengthen the runs
@@ -135,7 +136,12 @@ def _time_ms(
     fn: Callable[[], object], device: torch.device, warmup_ms: int | None = None, rep_ms: int | None = None
 ) -> float:
     """Median milliseconds of ``fn``: CUDA events via do_bench on a GPU, wall clock on a CPU (``TIMING`` gives
-    the budgets not passed)."""
+    the budgets not passed); NaN after a single untimed call with ``TIMING.once``."""
+    if TIMING.once:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return math.nan
     if device.type == "cuda":
         warmup_ms = TIMING.warmup_ms if warmup_ms is None else warmup_ms
         rep_ms = TIMING.rep_ms if rep_ms is None else rep_ms
@@ -153,7 +159,7 @@ def _time_ms(
 def _graph_ms(fn: Callable[[], object], device: torch.device, eager_ms: float | None = None) -> float | None:
     """Median milliseconds of CUDA-graph replays of ``fn``: the device time without host launch overhead. None on a
     CPU, and for calls slower than ``TIMING.graph_max_ms`` (given ``eager_ms``), where launch gaps do not count."""
-    if device.type != "cuda":
+    if device.type != "cuda" or TIMING.once:
         return None
     if TIMING.graph_max_ms is not None and eager_ms is not None and eager_ms > TIMING.graph_max_ms:
         return None
@@ -167,8 +173,9 @@ HOST_CALLS = 32  # calls per host-time sample: few enough launches that the GPU'
 def _host_us(fn: Callable[[], object], device: torch.device, samples: int = 5) -> float | None:
     """Median host microseconds per eager call of ``fn`` (Python, dispatch, launches): ``HOST_CALLS`` calls queued
     without waiting, timed on the host clock, the device drained between samples. While the queue has room the
-    host never waits for the GPU, so this is the host's cost whatever the device time. None on a CPU."""
-    if device.type != "cuda":
+    host never waits for the GPU, so this is the host's cost whatever the device time. None on a CPU and with
+    ``TIMING.once``."""
+    if device.type != "cuda" or TIMING.once:
         return None
     fn()
     times = []

@@ -17,6 +17,17 @@ Tiers, in this order (each family of each tier is one step; a failing step is re
    through ``benchmark.bench_model``, in a second worker process.
 4. ``readme``: the results table (``benchmark.render_markdown``) over ``benchmarks/results/`` and this run's file.
 
+Warm-up (``Check.warm``). On a fresh machine the Triton cache is empty, and a tier's worker would compile its
+kernels one after another, on one core, inside its families' budgets (seconds to tens of seconds each: the
+depthwise weight gradients, the mixer, every autotuned configuration). So before the ops and the models tier time
+anything, ``--warm`` processes (default half the CPU cores; at most ``WARM_PROCESSES``) run the tier's units once,
+untimed, each unit in one process (a claim file per unit): every case of the op families with their Triton
+implementations only, every Triton-backed model's steps but the CUDA graph's. They fill Triton's (and Inductor's)
+on-disk caches with the very kernels the worker launches next (same code, shapes and device), on all cores at
+once. The warm-up ends when every unit is done, or at ``WARM_SHARE`` of the time left to the tier (the processes
+are killed; what they compiled stays cached); its results are discarded, and its summary (units warmed, failures,
+seconds) is the results file's ``check.warm``.
+
 The results JSON (``benchmark.py``'s format, plus a ``check`` section: settings, every family's status, the
 targets) is rewritten atomically after every row, so a run that is cut off keeps what it measured. The last
 output lines are one line per target (``TARGETS``): the measured ratio and the threshold, "not met", or "not
@@ -110,6 +121,8 @@ SMOKE_SLACK = 3.0  # --smoke: tier and family budgets x3 (a loaded 2-core CI mac
 BUDGET_S = 290.0
 HARD_KILL_GRACE_S = 10.0  # a family's worker is killed this long after its budget's signal
 AUTOTUNE_MS = (5, 20)  # do_bench(warmup, rep) per autotuned configuration (Triton's default: 25, 100)
+WARM_PROCESSES = {"ops": 8, "models": 4}  # a tier's warm-up processes at most (a model's training step each)
+WARM_SHARE = 0.6  # of the time left to a tier, what its warm-up may take
 
 # Benchmark cases the targets name (scripts/benchmark.py's case names at full size)
 DWCONV_SIZES = ("B64xC384x56x56", "B64xC768x14x14")
@@ -846,19 +859,12 @@ def worker_main(args: argparse.Namespace) -> None:
             if blocked:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
-    bm = _benchmark()
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sizes = SMOKE_SIZES if args.smoke else GPU_SIZES
-    bm.TIMING = bm.Timing(**sizes.timing)
-    if device.type == "cuda":
-        quick_autotune()
-    dtype = getattr(torch, args.dtype)
+    context = _worker_context(args)
+    bm, device = context["bm"], context["device"]
     injections = _parse_injections(args.inject_failure)
     budgets = _parse_budgets(args.family_budget)
-    context = dict(bm=bm, device=device, dtype=dtype, sizes=sizes, smoke=args.smoke, shared={})
-    context["baseline_dir"] = args.baseline_dir
     if args.worker == "ops":
         copy_bw = bm.copy_bandwidth_gbps(device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
@@ -896,6 +902,81 @@ def worker_main(args: argparse.Namespace) -> None:
     proto.close()
 
 
+def _worker_context(args: argparse.Namespace, once: bool = False) -> dict:
+    """What a worker's families run with: benchmark.py (its ``TIMING`` set for this mode; ``once``: every timed
+    call runs once, untimed), the device, dtype and sizes; autotuning shortened on a GPU."""
+    bm = _benchmark()
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = SMOKE_SIZES if args.smoke else GPU_SIZES
+    bm.TIMING = bm.Timing(**sizes.timing, once=once)
+    if device.type == "cuda":
+        quick_autotune()
+    dtype = getattr(torch, args.dtype)
+    return dict(
+        bm=bm, device=device, dtype=dtype, sizes=sizes, smoke=args.smoke, shared={}, baseline_dir=args.baseline_dir
+    )
+
+
+def claim(folder: Path, unit: int) -> bool:
+    """Take unit ``unit`` of a warm-up: True for the one process whose claim file in ``folder`` is new."""
+    try:
+        os.close(os.open(folder / str(unit), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def warm_main(args: argparse.Namespace) -> None:
+    """A warm-up process of tier ``args.warm_worker`` (see :meth:`Check.warm`): runs the Triton implementations of
+    each case of the op families ``args.only`` (or the Triton-backed models' steps, each mode but the CUDA graph's),
+    once each and untimed, taking the units one at a time by creating a claim file in ``args.claims`` (a unit
+    another process claimed is skipped). Prints ``units N``, then one line per unit: ``warmed ...`` or
+    ``warm-up of ... failed ...``."""
+    import torch
+
+    ctx = _worker_context(args, once=True)
+    only = set(args.only.split(","))
+    units: list[tuple] = []
+    for family in (f for f in FAMILIES[args.warm_worker] if f.name in only):
+        if args.warm_worker == "ops":
+            units += [(family, case) for case in _op_cases(family, ctx)]
+        else:
+            units += [
+                (family, e) for e in family.entries if e.backend.startswith("triton") and (e.smoke or not args.smoke)
+            ]
+    print(f"units {len(units)}", flush=True)
+    kernels: dict[str, dict[str, str]] = {}
+    for index, (family, item) in enumerate(units):
+        if not claim(args.claims, index):
+            continue
+        label = f"{args.warm_worker}:{family.name} " + (
+            (item if isinstance(item, str) else item[0])
+            if args.warm_worker == "ops"
+            else f"{item.model} ({item.backend})"
+        )
+        start = time.monotonic()
+        try:
+            if args.warm_worker == "ops":
+                if family.name not in kernels:
+                    kernels[family.name] = _op_kernels(family, ctx, [])
+                impls = {i for i in set(family.impls) | set(kernels[family.name]) if i.startswith("triton")}
+                _op_case(family, item, ctx, kernels[family.name], impls)
+            else:
+                _model_rows(family, item, ctx, [m for m in family.modes if m != "train-graph"])
+            print(f"warmed {label} in {time.monotonic() - start:.1f} s", flush=True)
+        except Exception as exc:  # the timing worker meets it again and reports it
+            print(
+                f"warm-up of {label} failed after {time.monotonic() - start:.1f} s: {type(exc).__name__}: {exc}"[:500]
+            )
+            if ctx["device"].type == "cuda" and not _cuda_healthy(torch):
+                print("warm-up process stopped: its CUDA context is unusable", flush=True)
+                return
+        if ctx["device"].type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def _cuda_healthy(torch) -> bool:
     """Whether CUDA still works in this process (after a failure: an illegal access poisons the context)."""
     try:
@@ -905,9 +986,9 @@ def _cuda_healthy(torch) -> bool:
         return False
 
 
-def _op_family(family: OpFamily, ctx: dict, notes: list[str]) -> Iterator[tuple[str, list[dict]]]:
-    """The rows of one op family, case by case (benchmark.OPS[family.name] restricted to the targets' cases)."""
-    bm, device = ctx["bm"], ctx["device"]
+def _op_kernels(family: OpFamily, ctx: dict, notes: list[str]) -> dict[str, str]:
+    """The kernel packages an op family times: this checkout's as "triton", each frozen baseline it lists as
+    "triton@<tag>" (imported here; a missing one is noted)."""
     kernels = {"triton": "zoo.kernels"}
     for tag in family.baselines:
         package = load_baseline(tag, ctx["baseline_dir"])
@@ -918,28 +999,43 @@ def _op_family(family: OpFamily, ctx: dict, notes: list[str]) -> Iterator[tuple[
             frozen = ctx["baseline_dir"] / tag / "frozen.json"
             info = json.loads(frozen.read_text()) if frozen.exists() else {}
             notes.append(f"baseline {tag}: {info.get('rev', '?')} frozen on {info.get('date', '?')}, as triton@{tag}")
-    impls = set(family.impls) | set(kernels)
+    return kernels
+
+
+def _op_cases(family: OpFamily, ctx: dict) -> list:
+    """The cases an op family runs, in order: the targets' case names on a GPU, the tiny tuples with --smoke."""
     if ctx["smoke"]:
-        cases = list(family.smoke)
-    else:
-        names = bm.case_names(family.name, False, device)
-        cases = ordered_cases(names, family.cases)
-        if not cases:
-            raise LookupError(f"no case of {names} matches {family.cases}")
-    for case in cases:
-        name = case if isinstance(case, str) else case[0]
-        here = dict(kernels)
-        if not any(fnmatch.fnmatchcase(name, p) for p in family.baseline_cases):
-            here = {"triton": kernels["triton"]}
-        rows = bm.OPS[family.name](
-            ctx["smoke"],
-            ctx["dtype"],
-            device,
-            "reference+compile" in impls,
-            cases=[case],
-            impls=impls,
-            kernels=here,
-        )
+        return list(family.smoke)
+    names = ctx["bm"].case_names(family.name, False, ctx["device"])
+    cases = ordered_cases(names, family.cases)
+    if not cases:
+        raise LookupError(f"no case of {names} matches {family.cases}")
+    return cases
+
+
+def _op_case(family: OpFamily, case, ctx: dict, kernels: dict[str, str], impls: set[str]) -> list:
+    """The rows (benchmark.OpRow) of one case of an op family: ``impls``, with the baselines of ``kernels`` where
+    the family's ``baseline_cases`` name the case."""
+    name = case if isinstance(case, str) else case[0]
+    if not any(fnmatch.fnmatchcase(name, p) for p in family.baseline_cases):
+        kernels = {"triton": kernels["triton"]}
+    return ctx["bm"].OPS[family.name](
+        ctx["smoke"],
+        ctx["dtype"],
+        ctx["device"],
+        "reference+compile" in impls,
+        cases=[case],
+        impls=impls,
+        kernels=kernels,
+    )
+
+
+def _op_family(family: OpFamily, ctx: dict, notes: list[str]) -> Iterator[tuple[str, list[dict]]]:
+    """The rows of one op family, case by case (benchmark.OPS[family.name] restricted to the targets' cases)."""
+    kernels = _op_kernels(family, ctx, notes)
+    impls = set(family.impls) | set(kernels)
+    for case in _op_cases(family, ctx):
+        rows = _op_case(family, case, ctx, kernels, impls)
         for row in rows:
             row.fraction_of_copy_bw = row.gbps / ctx["copy_bw"] if ctx.get("copy_bw") else None
             row.fraction_of_datasheet_bw = row.gbps / ctx["datasheet"] if ctx.get("datasheet") else None
@@ -949,53 +1045,60 @@ def _op_family(family: OpFamily, ctx: dict, notes: list[str]) -> Iterator[tuple[
 def _model_family(family: ModelFamily, ctx: dict, notes: list[str]) -> Iterator[tuple[str, list[dict]]]:
     """The train and infer rows of each model of a family; a peer measured earlier in this worker (same model,
     arguments, layout and sizes) is shared, not measured again."""
-    import timm
-
-    import zoo  # noqa: F401  (registers the zoo's models with timm)
-
-    bm, sizes, shared = ctx["bm"], ctx["sizes"], ctx["shared"]
+    shared = ctx["shared"]
     for entry in family.entries:
         if ctx["smoke"] and not entry.smoke:
             notes.append(f"{entry.model} ({entry.backend}) left out of --smoke (minutes through the interpreter)")
             continue
-        kwargs = dict(entry.kwargs, **(SMOKE_MODEL_KWARGS.get(entry.model, {}) if ctx["smoke"] else {}))
-        batch, size = (sizes.seq_batch, sizes.seq_len) if family.sequence else (sizes.batch, sizes.img_size)
         key = json.dumps(
-            [
-                entry.model,
-                entry.backend,
-                kwargs,
-                family.sequence,
-                family.channels_last,
-                family.size_kwarg,
-                batch,
-                size,
-                family.modes,
-            ],
-            sort_keys=True,
-            default=str,
+            [entry.model, entry.backend, _model_setup(family, entry, ctx), family.modes], sort_keys=True, default=str
         )
         if key in shared:
             source, rows = shared[key]
             rows = [replace(r, group=family.name, note=f"measured once, for {source}") for r in rows]
         else:
-            rows = bm.bench_model(
-                family.name,
-                entry.model,
-                kwargs,
-                entry.backend,
-                batch,
-                size,
-                ctx["dtype"],
-                ctx["device"],
-                timm,
-                sequence=SEQUENCE if family.sequence else {},
-                channels_last=family.channels_last,
-                size_kwarg=family.size_kwarg,
-                modes=family.modes,
-            )
+            rows = _model_rows(family, entry, ctx, family.modes)
             shared[key] = (family.name, rows)
         yield "models", [asdict(r) for r in rows]
+
+
+def _model_setup(family: ModelFamily, entry: ModelEntry, ctx: dict) -> dict:
+    """How a model of a family is built and fed: its constructor arguments (tiny with --smoke), batch, size and
+    layout."""
+    sizes = ctx["sizes"]
+    batch, size = (sizes.seq_batch, sizes.seq_len) if family.sequence else (sizes.batch, sizes.img_size)
+    return dict(
+        kwargs=dict(entry.kwargs, **(SMOKE_MODEL_KWARGS.get(entry.model, {}) if ctx["smoke"] else {})),
+        batch=batch,
+        size=size,
+        sequence=SEQUENCE if family.sequence else {},
+        channels_last=family.channels_last,
+        size_kwarg=family.size_kwarg,
+    )
+
+
+def _model_rows(family: ModelFamily, entry: ModelEntry, ctx: dict, modes: Sequence[str]) -> list:
+    """The rows (benchmark.ModelRow) of one model of a family in ``modes``."""
+    import timm
+
+    import zoo  # noqa: F401  (registers the zoo's models with timm)
+
+    setup = _model_setup(family, entry, ctx)
+    return ctx["bm"].bench_model(
+        family.name,
+        entry.model,
+        setup["kwargs"],
+        entry.backend,
+        setup["batch"],
+        setup["size"],
+        ctx["dtype"],
+        ctx["device"],
+        timm,
+        sequence=setup["sequence"],
+        channels_last=setup["channels_last"],
+        size_kwarg=setup["size_kwarg"],
+        modes=modes,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the parent
@@ -1059,6 +1162,7 @@ class Check:
                 injected=args.inject_failure,
             ),
             tiers={},
+            warm={},
             families=[],
             targets=[],
         )
@@ -1239,6 +1343,8 @@ class Check:
         """Tiers 2 and 3: workers over the tier's families until all are done or time runs out; a crashed
         worker is replaced by a fresh one for the families it left."""
         remaining = [f.name for f in FAMILIES[tier] if self.selected(tier, f.name)]
+        if remaining and self.args.warm:
+            self.warm(tier, remaining, deadline)
         slack = SMOKE_SLACK if self.args.smoke else 1.0
         budgets = {f.name: f.budget_s * slack for f in FAMILIES[tier]}
         overrides = _parse_budgets(self.args.family_budget).items()
@@ -1251,6 +1357,52 @@ class Check:
                 break
         for name in remaining:
             self.finish_family(tier, name, "skipped", None, f"out of time (tier {tier} deadline) or no worker")
+
+    def warm(self, tier: str, families: list[str], deadline: float) -> None:
+        """Compile a tier's kernels on several cores before its worker times anything: ``--warm`` processes (at
+        most ``WARM_PROCESSES[tier]``; :func:`warm_main`) run the Triton implementations of each case of
+        ``families`` (ops), or each Triton-backed model's steps (models), once, untimed, each unit in one process,
+        filling Triton's (and Inductor's) on-disk caches, which the timing worker then reads instead of compiling
+        one kernel after another. They stop when every unit is done, or at ``WARM_SHARE`` of the time left to the
+        tier (killed: what they compiled stays cached). Their results are thrown away; a unit that fails here is
+        logged and fails again, reported, in the worker."""
+        processes = min(self.args.warm, WARM_PROCESSES[tier])
+        start = time.monotonic()
+        stop = start + WARM_SHARE * max(0.0, deadline - start)
+        claims = self.work / f"warm-{tier}"
+        claims.mkdir()
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--warm-worker", tier, "--only", ",".join(families)]
+        cmd += ["--claims", str(claims), "--dtype", self.args.dtype, "--baseline-dir", str(self.args.baseline_dir)]
+        cmd += ["--smoke"] if self.args.smoke else []
+        logs = [self.work / f"warm-{tier}-{i}.log" for i in range(processes)]
+        procs = []
+        for log in logs:
+            with open(log, "w") as handle:
+                procs.append(
+                    subprocess.Popen(
+                        cmd, cwd=ROOT, env=self._env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                )
+            self.children.add(procs[-1])
+        self.log(f"[{tier}] warm-up: {processes} processes over {', '.join(families)}")
+        while any(proc.poll() is None for proc in procs) and time.monotonic() < stop:
+            time.sleep(0.2)
+        stopped = sum(proc.poll() is None for proc in procs)
+        for proc in procs:
+            self.kill(proc)
+        lines = [line for log in logs for line in log.read_text(errors="replace").splitlines()]
+        units = max((int(line.split()[1]) for line in lines if re.fullmatch(r"units \d+", line)), default=0)
+        warmed = sum(line.startswith("warmed ") for line in lines)
+        failed = [line for line in lines if line.startswith("warm-up ")]
+        seconds = time.monotonic() - start
+        self.payload["check"]["warm"][tier] = dict(
+            processes=processes, units=units, warmed=warmed, failed=failed[:20], seconds=round(seconds, 1)
+        )
+        self.save()
+        cut = f"; {stopped} processes stopped at the warm-up deadline" if stopped else ""
+        self.log(f"[{tier}] warm-up: {warmed} of {units} units in {seconds:.1f} s{cut}")
+        for line in failed:
+            self.log(f"    {line}")
 
     def _worker(self, tier: str, remaining: list[str], budgets: dict[str, float], deadline: float) -> bool:
         """One worker process over ``remaining`` (families are removed as they finish); True if any finished."""
@@ -1467,6 +1619,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tiers", type=lambda s: tuple(s.split(",")), default=TIERS, help="tiers to run (a,b,..)")
     parser.add_argument("--families", nargs="*", default=[], help="only these families (TIER:FAMILY patterns)")
     parser.add_argument("--test-parallel", type=int, default=0, help="pytest processes at once in tier 1")
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=None,
+        help="warm-up processes before the ops and models tiers (0: none; default half the CPU cores, 1 with --smoke)",
+    )
     parser.add_argument("--inject-failure", action="append", default=[], help="TIER:FAMILY[:raise|crash|hang|stall]")
     parser.add_argument("--family-budget", action="append", default=[], help="TIER:FAMILY=SECONDS (override)")
     parser.add_argument("--no-log", action="store_true", help="no gpu-check.log beside the results")
@@ -1484,7 +1642,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker", choices=TIERS[1:], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", default="", help=argparse.SUPPRESS)
     parser.add_argument("--proto-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--warm-worker", choices=TIERS[1:], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--claims", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.warm is None:
+        args.warm = 1 if args.smoke else max(1, (os.cpu_count() or 2) // 2)
     if args.budget is None:
         args.budget = BUDGET_S * (SMOKE_SLACK if args.smoke else 1.0)
     if args.tier_budgets is None:
@@ -1501,6 +1663,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
         worker_main(args)
+        return 0
+    if args.warm_worker:
+        warm_main(args)
         return 0
     if args.freeze_baseline:
         try:

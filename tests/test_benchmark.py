@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +70,19 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
     # each zoo row is compared with every timm peer of its family
     row = next(line for line in table.splitlines() if line.startswith("| inceptionnext_t | torch | infer |"))
     assert "x convnext_tiny, " in row and "x inception_next_tiny |" in row
+
+
+def test_timing_once_runs_each_function_once_untimed(monkeypatch):
+    """``Timing(once=True)``, gpu_check's warm-up: one call, NaN milliseconds (on a GPU also no graph replays or
+    host-time samples, which a CPU never takes)."""
+    benchmark = sys.modules.get("benchmark")
+    if benchmark is None:
+        spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+        benchmark = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = benchmark
+        spec.loader.exec_module(benchmark)
+    monkeypatch.setattr(benchmark, "TIMING", benchmark.Timing(once=True))
+    calls = []
+    device = torch.device("cpu")
+    assert math.isnan(benchmark._time_ms(lambda: calls.append(1), device))
+    assert calls == [1]

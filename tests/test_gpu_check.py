@@ -98,6 +98,15 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     }
     assert all(r["ms"] > 0 for r in data["ops"] + data["models"])
 
+    # before the ops and models workers timed anything, the warm-up ran each of their Triton units once
+    warm = data["check"]["warm"]
+    assert set(warm) == {"ops", "models"}
+    assert warm["ops"]["units"] == sum(len(f.smoke) for f in check.OP_FAMILIES)
+    triton_models = [e for f in check.MODEL_FAMILIES for e in f.entries if e.backend.startswith("triton") and e.smoke]
+    assert warm["models"]["units"] == len(triton_models) > 0
+    assert all(tier["warmed"] == tier["units"] and not tier["failed"] for tier in warm.values()), warm
+    assert "[ops] warm-up: 1 processes over ssm, " in proc.stdout
+
     # the target lines come last, one per target, in the table's order
     lines = proc.stdout.strip().splitlines()[-len(check.TARGETS) :]
     assert [line.split()[1] for line in lines] == [t.name for t in check.TARGETS]
@@ -230,6 +239,12 @@ def test_a_frozen_baseline_runs_beside_this_checkouts_kernels(tmp_path):
     x = torch.randn(1, 4, 5, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(4, 1, 3, 3, device=DEVICE), torch.randn(4, device=DEVICE)
     torch.testing.assert_close(baseline.dwconv2d(x, w, b, backend="triton"), dwconv.dwconv2d(x, w, b, backend="triton"))
+
+
+def test_each_warm_up_unit_goes_to_one_process(tmp_path):
+    check = _load("gpu_check")
+    assert check.claim(tmp_path, 0) and check.claim(tmp_path, 1)
+    assert not check.claim(tmp_path, 0) and not check.claim(tmp_path, 1)
 
 
 def test_op_cases_run_in_the_order_of_their_patterns():
