@@ -22,9 +22,9 @@ kernels one after another, on one core, inside its families' budgets (seconds to
 depthwise weight gradients, the mixer, every autotuned configuration). So before the ops and the models tier time
 anything, ``--warm`` processes (default half the CPU cores; at most ``WARM_PROCESSES``) run the tier's units once,
 untimed, each unit in one process (a claim file per unit): every case of the op families with their Triton
-implementations only, every Triton-backed model's steps but the CUDA graph's. They fill Triton's (and Inductor's)
-on-disk caches with the very kernels the worker launches next (same code, shapes and device), on all cores at
-once. The warm-up ends when every unit is done, or at ``WARM_SHARE`` of the time left to the tier (the processes
+implementations only, the steps (but the CUDA graph's) of every Triton-backed model and of every model that is
+compiled (``train-compile``). They fill Triton's (and Inductor's) on-disk caches with the very kernels the
+worker launches next (same code, shapes and device), on all cores at once. The warm-up ends when every unit is done, or at ``WARM_SHARE`` of the time left to the tier (the processes
 are killed; what they compiled stays cached); its results are discarded, and its summary (units warmed, failures,
 seconds) is the results file's ``check.warm``.
 
@@ -919,6 +919,12 @@ def _worker_context(args: argparse.Namespace, once: bool = False) -> dict:
     )
 
 
+def warms(family: ModelFamily, entry: ModelEntry, smoke: bool) -> bool:
+    """Whether the models tier's warm-up runs ``entry``: a Triton-backed model (kernels to compile), or any model
+    of a family that compiles with Inductor (its graphs); not one that --smoke leaves out."""
+    return (entry.backend.startswith("triton") or "train-compile" in family.modes) and (entry.smoke or not smoke)
+
+
 def claim(folder: Path, unit: int) -> bool:
     """Take unit ``unit`` of a warm-up: True for the one process whose claim file in ``folder`` is new."""
     try:
@@ -930,8 +936,8 @@ def claim(folder: Path, unit: int) -> bool:
 
 def warm_main(args: argparse.Namespace) -> None:
     """A warm-up process of tier ``args.warm_worker`` (see :meth:`Check.warm`): runs the Triton implementations of
-    each case of the op families ``args.only`` (or the Triton-backed models' steps, each mode but the CUDA graph's),
-    once each and untimed, taking the units one at a time by creating a claim file in ``args.claims`` (a unit
+    each case of the op families ``args.only`` (or the steps of the models :func:`warms` picks, each mode but the
+    CUDA graph's), once each and untimed, taking the units one at a time by creating a claim file in ``args.claims`` (a unit
     another process claimed is skipped). Prints ``units N``, then one line per unit: ``warmed ...`` or
     ``warm-up of ... failed ...``."""
     import torch
@@ -943,9 +949,7 @@ def warm_main(args: argparse.Namespace) -> None:
         if args.warm_worker == "ops":
             units += [(family, case) for case in _op_cases(family, ctx)]
         else:
-            units += [
-                (family, e) for e in family.entries if e.backend.startswith("triton") and (e.smoke or not args.smoke)
-            ]
+            units += [(family, e) for e in family.entries if warms(family, e, args.smoke)]
     print(f"units {len(units)}", flush=True)
     kernels: dict[str, dict[str, str]] = {}
     for index, (family, item) in enumerate(units):
@@ -1361,8 +1365,8 @@ class Check:
     def warm(self, tier: str, families: list[str], deadline: float) -> None:
         """Compile a tier's kernels on several cores before its worker times anything: ``--warm`` processes (at
         most ``WARM_PROCESSES[tier]``; :func:`warm_main`) run the Triton implementations of each case of
-        ``families`` (ops), or each Triton-backed model's steps (models), once, untimed, each unit in one process,
-        filling Triton's (and Inductor's) on-disk caches, which the timing worker then reads instead of compiling
+        ``families`` (ops), or the steps of each model :func:`warms` picks (models), once, untimed, each unit in one
+        process, filling Triton's (and Inductor's) on-disk caches, which the timing worker then reads instead of compiling
         one kernel after another. They stop when every unit is done, or at ``WARM_SHARE`` of the time left to the
         tier (killed: what they compiled stays cached). Their results are thrown away; a unit that fails here is
         logged and fails again, reported, in the worker."""

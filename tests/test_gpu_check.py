@@ -102,8 +102,9 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     warm = data["check"]["warm"]
     assert set(warm) == {"ops", "models"}
     assert warm["ops"]["units"] == sum(len(f.smoke) for f in check.OP_FAMILIES)
-    triton_models = [e for f in check.MODEL_FAMILIES for e in f.entries if e.backend.startswith("triton") and e.smoke]
-    assert warm["models"]["units"] == len(triton_models) > 0
+    warmed_models = [(f.name, e.model) for f in check.MODEL_FAMILIES for e in f.entries if check.warms(f, e, True)]
+    assert warmed_models == [("kat", "kat_t"), ("kat-compile", "kat_t"), ("kat-compile", "vit_tiny_patch16_224")]
+    assert warm["models"]["units"] == len(warmed_models)
     assert all(tier["warmed"] == tier["units"] and not tier["failed"] for tier in warm.values()), warm
     assert "[ops] warm-up: 1 processes over ssm, " in proc.stdout
 
