@@ -4,6 +4,7 @@ dispatch every op shares (registered op / launcher / autograd.Function) and the 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import types
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import torch
 import zoo.kernels._backend as backend_module
 from tests.helpers import DEVICE
 from zoo.kernels import fftconv, neighborhood, rational, ssm
-from zoo.kernels._backend import check_triton_dtypes, requested_backend, resolve_backend
+from zoo.kernels._backend import cdiv, check_triton_dtypes, requested_backend, resolve_backend, tl, triton
 from zoo.kernels.dwconv import ops as dwconv
 
 
@@ -287,3 +288,63 @@ def test_sm_count_asks_a_cuda_device_and_stands_in_elsewhere(monkeypatch):
     gpu = torch.device("cuda", 1)
     assert backend_module.sm_count(gpu) == backend_module.sm_count(gpu, 3) == 78
     assert asked == [gpu]  # cached per device
+
+
+@triton.jit
+def _fill_block_kernel(out_ptr, n, BLOCK: tl.constexpr):
+    """out[:n] = BLOCK: the output tells which configuration ran."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, tl.full([BLOCK], BLOCK, tl.int32), mask=offs < n)
+
+
+def _tuned_fill(pre_hook=None):
+    """An autotuned kernel whose benchmark (no GPU here) times BLOCK 8 at 2 ms and BLOCK 16 at 1 ms: it picks 16."""
+    configs = [triton.Config({"BLOCK": b}, pre_hook=pre_hook) for b in (8, 16)]
+    timings = itertools.cycle((2.0, 1.0))  # the autotuner benchmarks its configurations in order
+
+    def do_bench(kernel_call, quantiles=None, **kwargs):
+        kernel_call()
+        ms = next(timings)
+        return [ms] * len(quantiles) if quantiles else ms
+
+    return triton.autotune(configs, key=["n"], do_bench=do_bench)(_fill_block_kernel)
+
+
+def _counting_runs(tuner, monkeypatch) -> list:
+    runs, run = [], tuner.run
+    monkeypatch.setattr(tuner, "run", lambda *args, **kwargs: (runs.append(1), run(*args, **kwargs))[1])
+    return runs
+
+
+def _grid(meta):
+    return (cdiv(20, meta["BLOCK"]),)
+
+
+def test_an_autotuned_kernel_is_launched_with_the_autotuners_choice_asked_once_per_key(monkeypatch):
+    tuner = _tuned_fill()
+    runs = _counting_runs(tuner, monkeypatch)
+    launch = backend_module.launchable(tuner)
+    assert backend_module.launchable(tuner) is launch  # one per kernel
+    out = torch.zeros(20, dtype=torch.int32)
+    launch[_grid](out, 20)
+    chosen = tuner.best_config.kwargs["BLOCK"]
+    assert chosen == 16 and len(runs) == 1 and (out == chosen).all()
+    out.zero_()
+    launch[_grid](out, 20)  # the same key: straight to the kernel, with the chosen configuration
+    assert len(runs) == 1 and (out == chosen).all()
+    launch[_grid](torch.zeros(20, dtype=torch.int32), 19)  # another value of the key argument
+    assert len(runs) == 2
+    launch[_grid](torch.zeros(20, dtype=torch.float32), 20)  # another dtype
+    assert len(runs) == 3
+    launch[_grid](out, 20)
+    assert len(runs) == 3 and (out == chosen).all()
+
+
+def test_an_autotuned_configuration_with_a_pre_hook_always_goes_through_the_autotuner(monkeypatch):
+    hooks = []
+    tuner = _tuned_fill(pre_hook=lambda nargs: hooks.append(1))
+    runs = _counting_runs(tuner, monkeypatch)
+    out = torch.zeros(20, dtype=torch.int32)
+    for _ in range(2):
+        backend_module.launchable(tuner)[_grid](out, 20)
+    assert len(runs) == 2 and (out == tuner.best_config.kwargs["BLOCK"]).all()

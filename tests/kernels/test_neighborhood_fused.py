@@ -13,7 +13,6 @@ import torch
 
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.kernels.neighborhood import (
-    _bias_extent,
     _bias_table,
     _boxes,
     _cover,
@@ -22,6 +21,7 @@ from zoo.kernels.neighborhood import (
     _na_bwd_q_kernel,
     _na_fwd_kernel,
     _problem,
+    bias_extent,
     na_backward,
     na_forward,
     neighborhood_attention,
@@ -131,7 +131,7 @@ def test_bias_table_places_every_offset(dims):
     for kernel in (_na_fwd_kernel, _na_bwd_kv_kernel, _na_bwd_q_kernel):
         config = _launch_config(problem, 2, True, kernel)
         table = _bias_table(rpb, q, config)
-        extents = [_bias_extent(config[f"TQ{a}"], config[f"K{a}"], config[f"TK{a}"]) for a in range(3)]
+        extents = [bias_extent(config[f"TQ{a}"], config[f"K{a}"], config[f"TK{a}"]) for a in range(3)]
         assert table.shape == (2, *extents) and table.dtype == torch.float32 and table.is_contiguous()
         start = [(e - 1) // 2 - (k - 1) for e, k in zip(extents, problem["kernel"], strict=True)]
         inner = table[(slice(None), *(slice(s, s + 2 * k - 1) for s, k in zip(start, problem["kernel"], strict=True)))]

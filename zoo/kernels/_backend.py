@@ -20,6 +20,7 @@ registered custom op under ``torch.compile``, the forward launcher when no gradi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import weakref
@@ -294,10 +295,52 @@ def ticket_counters(device: torch.device, size: int) -> torch.Tensor:
 
 
 def launchable(kernel: Any) -> Any:
-    """``kernel`` (a ``triton.jit`` function or ``triton.autotune`` wrapper) as the launcher should call it:
-    itself when running, ``torch.library.wrap_triton(kernel)`` while :func:`tracing_kernels`, so that the launch
-    enters the graph as a Triton-kernel node which Inductor compiles and launches itself."""
-    return torch.library.wrap_triton(kernel) if tracing_kernels() else kernel
+    """``kernel`` (a ``triton.jit`` function or ``triton.autotune`` wrapper) as the launcher should call it
+    (``launchable(kernel)[grid](*args, **constexprs)``): ``torch.library.wrap_triton(kernel)`` while
+    :func:`tracing_kernels`, so that the launch enters the graph as a Triton-kernel node which Inductor compiles and
+    launches itself; an autotuned kernel through its :class:`TunedLaunch`; else the kernel itself."""
+    if tracing_kernels():
+        return torch.library.wrap_triton(kernel)
+    if HAS_TRITON and isinstance(kernel, triton.runtime.Autotuner):
+        tuned = kernel.__dict__.get("_zoo_tuned_launch")
+        if tuned is None:
+            tuned = kernel._zoo_tuned_launch = TunedLaunch(kernel)
+        return tuned
+    return kernel
+
+
+class TunedLaunch:
+    """Launches of an autotuned kernel that skip the autotuner's per-call work once it has chosen.
+
+    ``triton.autotune``'s wrapper spends several microseconds of host time on every launch before the kernel's own
+    launch path: a dict of all the arguments, a pass over them for their key (a quadratic one for its name filter)
+    and the name of every tensor's dtype; for the 20-40 arguments of the depthwise and attention kernels, as long
+    as Triton's launch itself (scripts/host_time.py). The first launch of each key goes through the autotuner
+    (which benchmarks the configurations of a key it has not seen) and keeps the configuration it chose; later
+    ones launch the kernel with it directly. The key is at least as fine as the autotuner's: the values of its key
+    arguments and the dtype of every argument. A configuration with a ``pre_hook`` always goes through the
+    autotuner."""
+
+    def __init__(self, tuner: Any):
+        self.tuner = tuner
+        self.key_args = [(tuner.arg_names.index(name), name) for name in tuner.keys]
+        self.chosen: dict[tuple, dict] = {}
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        return functools.partial(self._launch, grid)
+
+    def _launch(self, grid: Any, *args: Any, **kwargs: Any) -> None:
+        key = (
+            tuple(args[i] if i < len(args) else kwargs[name] for i, name in self.key_args),
+            tuple(getattr(a, "dtype", None) for a in args),
+        )
+        config = self.chosen.get(key)
+        if config is not None:
+            self.tuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **config)
+            return
+        self.tuner[grid](*args, **kwargs)
+        if self.tuner.best_config.pre_hook is None:
+            self.chosen[key] = self.tuner.best_config.all_kwargs()
 
 
 def _decomposes(args: tuple, kwargs: dict) -> bool:

@@ -35,6 +35,7 @@ runs the blocked dense path of zoo/kernels/neighborhood_cpu.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -327,13 +328,17 @@ def _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0: tl.constexpr, K1: tl.constexpr, K
     return ok
 
 
-@triton.constexpr_function
-def _bias_extent(tq, k, tk):
+def bias_extent(tq: int, k: int, tk: int) -> int:
     """Length of one axis of the padded bias table of a kernel with query boxes of ``tq`` and key boxes of ``tk``
     coordinates: every key-minus-query offset a pair of walked boxes can form lies in [-R, R], R = tq + tk + k
-    (1 for a padding axis), so the bias gather needs no mask. A constexpr function: a compile-time constant in
-    the kernels (a ``@triton.jit`` helper returns a tensor on Triton 3.6) and the same function on the host."""
+    (1 for a padding axis), so the bias gather needs no mask. The launchers call it; the kernels call
+    :func:`_bias_extent`, the same function as a constexpr function."""
     return 1 if k == 1 else 2 * (tq + tk + k) + 1
+
+
+# A compile-time constant in the kernels (a ``@triton.jit`` helper returns a tensor on Triton 3.6); the host calls
+# bias_extent itself (the wrapper costs microseconds per call).
+_bias_extent = triton.constexpr_function(bias_extent)
 
 
 @triton.jit
@@ -1093,7 +1098,13 @@ BIAS_CHUNK_TRIPS = 2 if INTERPRETER else 16  # load trips per program of the bia
 
 def _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     checked = check_na_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
-    check_triton_dtypes("the Triton neighborhood attention takes", {"q, k, v": q})  # k, v have the dtype of q (checked)
+    _check_triton_support(q)
+    return checked
+
+
+def _check_triton_support(q: Tensor) -> None:
+    """What the kernels take beyond :func:`check_na_inputs` (which checked that k and v match q)."""
+    check_triton_dtypes("the Triton neighborhood attention takes", {"q, k, v": q})
     lo, hi = HEAD_DIM_RANGE
     if not lo <= q.shape[-1] <= hi:
         raise ValueError(
@@ -1101,7 +1112,6 @@ def _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
             f"(q {list(q.shape)}); use backend='torch' for other head sizes"
         )
     check_triton_device(q.device)
-    return checked
 
 
 def _three(values: Sequence, fill) -> tuple:
@@ -1111,9 +1121,9 @@ def _three(values: Sequence, fill) -> tuple:
 
 def _strides(t: Tensor, with_last: bool = True) -> tuple[int, ...]:
     """(batch, three spatial, heads[, head_dim]) strides of a [B, *spatial, heads, head_dim] tensor."""
-    dims = t.dim() - 3
-    strides = (t.stride(0), *_three(t.stride()[1 : 1 + dims], 0), t.stride(-2))
-    return (*strides, t.stride(-1)) if with_last else strides
+    st = t.stride()
+    strides = (st[0], *_three(st[1:-2], 0), st[-2])
+    return (*strides, st[-1]) if with_last else strides
 
 
 def _problem(q: Tensor, ks, ds, cs) -> dict:
@@ -1176,7 +1186,16 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     """Every constexpr of a launch of ``kernel`` with num_warps and num_stages: the kernel sizes, causal flags,
     head_dim, the query box TQ* and key box TK* (the own box and the walked boxes that cover its windows' reach),
     heads per program HPP (forward only: 2 when head_dim <= 32 and the heads pair up, so that the mask and the
-    bias index serve both)."""
+    bias index serve both). A new dict (the launcher may set more), copied from a cache of the configurations
+    already worked out (host time per call)."""
+    return dict(_cached_launch_config(tuple(problem.items()), heads, has_rpb, kernel, tracing_kernels()))
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_launch_config(problem_items: tuple, heads: int, has_rpb: bool, kernel, tracing: bool) -> dict:
+    """:func:`_launch_config`'s configuration (``tracing``: whether a traced graph will launch it); callers copy
+    it."""
+    problem = dict(problem_items)
     dims, ks = problem["dims"], problem["kernel"]
     forward = kernel is _na_fwd_kernel
     hpp, stages = 1, 3
@@ -1232,7 +1251,7 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     if kernel is _na_bwd_q_kernel:
         # the logit scatter's inline PTX is a store that torch.compile's analysis of a traced kernel cannot see
         # (it would then assume that the kernel writes to every input, and copy them first): tl.store there
-        config["SCATTER_ASM"] = not INTERPRETER and not tracing_kernels()
+        config["SCATTER_ASM"] = not INTERPRETER and not tracing
         config["ACCUMULATE"] = False  # the launcher's choice (batch groups)
     return config
 
@@ -1254,7 +1273,7 @@ def _bias_table(rpb: Tensor | None, like: Tensor, constexprs: dict) -> Tensor:
     pad = []
     for axis in (2, 1, 0):  # F.pad lists the last axis first
         tq, kk, tk = constexprs[f"TQ{axis}"], constexprs[f"K{axis}"], constexprs[f"TK{axis}"]
-        extent = _bias_extent(tq, kk, tk)
+        extent = bias_extent(tq, kk, tk)
         before = (extent - 1) // 2 - (kk - 1)
         pad += [before, extent - before - (2 * kk - 1)]
 
@@ -1278,6 +1297,11 @@ def na_forward(
     """Triton forward: (out [B, *spatial, heads, head_dim] contiguous in the dtype of q, lse [B, heads, N] float32:
     the base-2 log-sum-exp of each query's logits, kept for the backward)."""
     ks, ds, cs, scale = _check_triton_inputs(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+    return _launch_forward(q, k, v, ks, ds, cs, rpb, scale)
+
+
+def _launch_forward(q: Tensor, k: Tensor, v: Tensor, ks, ds, cs, rpb: Tensor | None, scale: float):
+    """:func:`na_forward` on checked inputs (``ks``, ``ds``, ``cs``: per-axis tuples; ``scale`` a float)."""
     B, heads = q.shape[0], q.shape[-2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, heads, math.prod(q.shape[1:-2])), dtype=torch.float32, device=q.device)
@@ -1339,6 +1363,16 @@ def na_backward(
         raise ValueError(
             f"lse must be the forward's float32 [B, heads, N] = {[B, heads, N]}, got {lse.dtype} {list(lse.shape)}"
         )
+    return _launch_backward(grad_out, q, k, v, out, lse, ks, ds, cs, rpb, scale)
+
+
+def _launch_backward(
+    grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, ks, ds, cs, rpb, scale
+):
+    """:func:`na_backward` on checked inputs: for the eager autograd Function, whose forward checked them (autograd
+    passes a gradient of the output's shape and device)."""
+    B, heads = q.shape[0], q.shape[-2]
+    N = math.prod(q.shape[1:-2])
     grad_out, lse = grad_out.to(q.dtype), lse.contiguous()  # the dots pair dO with v in one dtype
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
     if q.numel() == 0:
@@ -1533,26 +1567,30 @@ def _na_traced(q, k, v, rpb, kernel_size, dilation, is_causal, scale) -> Tensor:
 
 def _na_inference(q, k, v, rpb, kernel_size, dilation, is_causal, scale) -> Tensor:
     """:func:`na_forward` in the argument order of ``zoo::neighborhood_attention``, without the log-sum-exp (no
-    backward will need it; for :func:`dispatch_triton`)."""
-    return na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)[0]
+    backward will need it; for :func:`dispatch_triton`), on the arguments :func:`neighborhood_attention` checked."""
+    _check_triton_support(q)
+    return _launch_forward(q, k, v, tuple(kernel_size), tuple(dilation), tuple(is_causal), rpb, scale)[0]
 
 
 class _NAFunction(torch.autograd.Function):
-    """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call);
-    ``torch.compile`` traces the registered op ``zoo::neighborhood_attention``; both run the same launchers."""
+    """Eager autograd of the Triton path: the launchers are called directly (fewer dispatches per call), on the
+    arguments :func:`neighborhood_attention` checked (not checked again); ``torch.compile`` traces the registered
+    op ``zoo::neighborhood_attention``; both run the same launchers."""
 
     @staticmethod
     def forward(ctx, q, k, v, rpb, kernel_size, dilation, is_causal, scale):
-        out, lse = na_forward(q, k, v, kernel_size, dilation, is_causal, rpb, scale)
+        # the arguments are check_na_inputs' (neighborhood_attention checked them): per-axis lists, a float scale
+        _check_triton_support(q)
+        ctx.checked = (tuple(kernel_size), tuple(dilation), tuple(is_causal), scale)
+        out, lse = _launch_forward(q, k, v, *ctx.checked[:3], rpb, scale)
         ctx.save_for_backward(q, k, v, rpb, out, lse)
-        ctx.args = (kernel_size, dilation, is_causal, scale)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         q, k, v, rpb, out, lse = ctx.saved_tensors
-        dq, dk, dv, drpb = na_backward(grad_out, q, k, v, out, lse, *ctx.args[:3], rpb, ctx.args[3])
+        dq, dk, dv, drpb = _launch_backward(grad_out, q, k, v, out, lse, *ctx.checked[:3], rpb, ctx.checked[3])
         return dq, dk, dv, (None if rpb is None else drpb), None, None, None, None
 
 
