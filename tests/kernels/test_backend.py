@@ -348,3 +348,12 @@ def test_an_autotuned_configuration_with_a_pre_hook_always_goes_through_the_auto
     for _ in range(2):
         backend_module.launchable(tuner)[_grid](out, 20)
     assert len(runs) == 2 and (out == tuner.best_config.kwargs["BLOCK"]).all()
+
+
+def test_an_autotuned_kernel_with_one_configuration_never_asks_the_autotuner(monkeypatch):
+    tuner = triton.autotune([triton.Config({"BLOCK": 16})], key=["n"])(_fill_block_kernel)
+    runs = _counting_runs(tuner, monkeypatch)
+    out = torch.zeros(20, dtype=torch.int32)
+    for n in (20, 19):
+        backend_module.launchable(tuner)[_grid](out, n)
+    assert not runs and (out == 16).all()

@@ -318,18 +318,23 @@ class TunedLaunch:
     as Triton's launch itself (scripts/host_time.py). The first launch of each key goes through the autotuner
     (which benchmarks the configurations of a key it has not seen) and keeps the configuration it chose; later
     ones launch the kernel with it directly. The key is at least as fine as the autotuner's: the values of its key
-    arguments and the dtype of every argument. A configuration with a ``pre_hook`` always goes through the
-    autotuner."""
+    arguments and the dtype of every argument; a kernel with one configuration needs none. A configuration with a
+    ``pre_hook`` always goes through the autotuner."""
 
     def __init__(self, tuner: Any):
         self.tuner = tuner
         self.key_args = [(tuner.arg_names.index(name), name) for name in tuner.keys]
         self.chosen: dict[tuple, dict] = {}
+        only = tuner.configs[0] if len(tuner.configs) == 1 else None
+        self.only = only.all_kwargs() if only is not None and only.pre_hook is None else None
 
     def __getitem__(self, grid: Any) -> Callable[..., None]:
         return functools.partial(self._launch, grid)
 
     def _launch(self, grid: Any, *args: Any, **kwargs: Any) -> None:
+        if self.only is not None:
+            self.tuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **self.only)
+            return
         key = (
             tuple(args[i] if i < len(args) else kwargs[name] for i, name in self.key_args),
             tuple(getattr(a, "dtype", None) for a in args),

@@ -32,6 +32,8 @@ kernels one element at a time (``VEC = 1``), with no layout copy.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -698,6 +700,7 @@ _FIN_BLOCK = 4 if INTERPRETER else 16
 _mixer_kernel = triton.autotune([triton.Config({}, num_warps=_WARPS, maxnreg=MAXNREG)], key=[])(_inception_kernel)
 
 
+@functools.lru_cache(maxsize=64)
 def _strip_length(size: int) -> tuple[int, bool]:
     """Outputs per thread along an axis of the map (4..8, the fewest padded positions, ties to the longer), and
     whether the strip is the whole axis (maps of at most 8: the taps on the padding vanish at compile time)."""
