@@ -336,8 +336,9 @@ class TunedLaunch:
             self.tuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **self.only)
             return
         key = (
-            tuple(args[i] if i < len(args) else kwargs[name] for i, name in self.key_args),
+            tuple(args[i] if i < len(args) else kwargs.get(name) for i, name in self.key_args),
             tuple(getattr(a, "dtype", None) for a in args),
+            tuple(getattr(a, "dtype", None) for a in kwargs.values()),
         )
         config = self.chosen.get(key)
         if config is not None:
