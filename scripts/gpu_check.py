@@ -24,9 +24,10 @@ anything, ``--warm`` processes (default half the CPU cores; at most ``WARM_PROCE
 untimed, each unit in one process (a claim file per unit): every case of the op families with their Triton
 implementations only, the steps (but the CUDA graph's) of every Triton-backed model and of every model that is
 compiled (``train-compile``). They fill Triton's (and Inductor's) on-disk caches with the very kernels the
-worker launches next (same code, shapes and device), on all cores at once. The warm-up ends when every unit is done, or at ``WARM_SHARE`` of the time left to the tier (the processes
-are killed; what they compiled stays cached); its results are discarded, and its summary (units warmed, failures,
-seconds) is the results file's ``check.warm``.
+worker launches next (same code, shapes and device), on all cores at once. The warm-up ends when every unit is
+done, or at ``WARM_SHARE`` of the time left to the tier (the processes are killed; what they compiled stays
+cached); its results are discarded, and its summary (units warmed, failures, seconds) is the results file's
+``check.warm``.
 
 The results JSON (``benchmark.py``'s format, plus a ``check`` section: settings, every family's status, the
 targets) is rewritten atomically after every row, so a run that is cut off keeps what it measured. The last
@@ -937,9 +938,9 @@ def claim(folder: Path, unit: int) -> bool:
 def warm_main(args: argparse.Namespace) -> None:
     """A warm-up process of tier ``args.warm_worker`` (see :meth:`Check.warm`): runs the Triton implementations of
     each case of the op families ``args.only`` (or the steps of the models :func:`warms` picks, each mode but the
-    CUDA graph's), once each and untimed, taking the units one at a time by creating a claim file in ``args.claims`` (a unit
-    another process claimed is skipped). Prints ``units N``, then one line per unit: ``warmed ...`` or
-    ``warm-up of ... failed ...``."""
+    CUDA graph's), once each and untimed, taking the units one at a time by creating a claim file in
+    ``args.claims`` (a unit another process claimed is skipped). Prints ``units N``, then one line per unit:
+    ``warmed ...`` or ``warm-up of ... failed ...``."""
     import torch
 
     ctx = _worker_context(args, once=True)
@@ -1366,8 +1367,8 @@ class Check:
         """Compile a tier's kernels on several cores before its worker times anything: ``--warm`` processes (at
         most ``WARM_PROCESSES[tier]``; :func:`warm_main`) run the Triton implementations of each case of
         ``families`` (ops), or the steps of each model :func:`warms` picks (models), once, untimed, each unit in one
-        process, filling Triton's (and Inductor's) on-disk caches, which the timing worker then reads instead of compiling
-        one kernel after another. They stop when every unit is done, or at ``WARM_SHARE`` of the time left to the
+        process, filling Triton's (and Inductor's) on-disk caches, which the timing worker then reads instead of
+        compiling one kernel after another. They stop when every unit is done, or at ``WARM_SHARE`` of the time left to the
         tier (killed: what they compiled stays cached). Their results are thrown away; a unit that fails here is
         logged and fails again, reported, in the worker."""
         processes = min(self.args.warm, WARM_PROCESSES[tier])
