@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.kernels._aot import jit_hint
+from zoo.kernels._aot import jit_hint, warps_per_sm
 from zoo.kernels._sass import count_instructions, find_loops, parse_sass, static_cost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,6 +212,21 @@ def test_classification_of_compiler_idioms():
     assert [i.category() for i in instructions] == ["move", "convert", "convert", "move", "int", "mma", "load", "load"]
     assert instructions[5].mma_macs() == 16 * 8 * 16 / 32
     assert [i.memory_key() for i in instructions[6:]] == ["LDGSTS.128", "LDSM.128"]
+
+
+@pytest.mark.parametrize(
+    "registers, num_warps, shared_bytes, warps, limit",
+    [
+        (48, 4, 1024, 40, "registers: 48 x 32 = 1536 a warp, 6144 a program, 10 programs in 65536"),
+        (255, 4, 0, 8, "registers: 255 rounds up to 256 a thread, 32768 a program, 2 programs"),
+        (168, 4, 0, 12, "registers: 5376 a warp, 21504 a program, 3 programs"),
+        (64, 4, 100 * 1024, 8, "shared memory: 233472 // (102400 + 1024) = 2 programs"),
+        (16, 32, 0, 64, "warps: 2 programs of 32"),
+        (16, 1, 0, 32, "programs: at most 32 an SM"),
+    ],
+)
+def test_theoretical_occupancy_on_sm90(registers, num_warps, shared_bytes, warps, limit):
+    assert warps_per_sm(registers, num_warps, shared_bytes) == warps, limit
 
 
 def test_jit_hints_match_triton_specialisation():

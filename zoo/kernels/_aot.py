@@ -290,6 +290,31 @@ def all_specs() -> list[KernelSpec]:
 # ------------------------------------------------------------------------------------------------ the loop report
 
 
+# What one SM of an H100 / H200 (sm_90) holds at once: the occupancy limits of the CUDA programming guide.
+SM90_REGISTERS = 65536  # 32-bit registers per SM
+SM90_REGISTER_UNIT = 256  # registers are given to a warp in blocks of this many (8 per thread)
+SM90_MAX_WARPS = 64
+SM90_MAX_CTAS = 32
+SM90_SHARED_BYTES = 228 * 1024  # per SM, of which each resident CTA also reserves 1 KB
+SM90_CTA_RESERVED_SHARED = 1024
+
+
+def warps_per_sm(registers: int, num_warps: int, shared_bytes: int) -> int:
+    """The theoretical occupancy of a kernel on sm_90: warps resident per SM, the fewest that its registers per
+    thread, warps per program and shared memory per program allow (64 at most). A memory-bound kernel with few
+    resident warps must keep many loads in flight per warp to reach the bandwidth; the report cannot see whether it
+    does."""
+    per_warp = -(-registers * 32 // SM90_REGISTER_UNIT) * SM90_REGISTER_UNIT
+    ctas = min(SM90_MAX_CTAS, SM90_MAX_WARPS // num_warps, SM90_REGISTERS // max(per_warp * num_warps, 1))
+    if shared_bytes:
+        ctas = min(ctas, SM90_SHARED_BYTES // (shared_bytes + SM90_CTA_RESERVED_SHARED))
+    return ctas * num_warps
+
+
+def _occupancy(row: dict) -> int:
+    return warps_per_sm(row["registers"], row["num_warps"], row["shared_bytes"])
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -343,9 +368,15 @@ on padding or done twice. `share` is the hot region's part of all the program's 
 JSON also holds its loops, trip counts, the formula with its numbers, how the units were counted, registers
 and opcode counts.
 
-What it cannot see: every instruction counts one, whatever its latency or throughput; memory stalls, occupancy,
-cache hits and bank conflicts are invisible, and so is the tensor cores' own time; both sides of a branch
-outside loops are counted. Compare versions of a kernel with it; time them on a GPU (`scripts/benchmark.py`).
+`warps/SM` is the theoretical occupancy on sm_90: the warps that fit on one SM at once given the program's
+registers per thread (allocated 8 at a time), warps and shared memory (at most 64; `warps_per_sm` in
+zoo/kernels/_aot.py). A memory-bound kernel with few of them hides the memory's latency only if each warp keeps
+several loads in flight.
+
+What it cannot see: every instruction counts one, whatever its latency or throughput; memory stalls, achieved
+occupancy, cache hits and bank conflicts are invisible, and so is the tensor cores' own time; both sides of a
+branch outside loops are counted. Compare versions of a kernel with it; time them on a GPU
+(`scripts/benchmark.py`).
 """
 
 
@@ -363,8 +394,8 @@ def render_loop_table(data: dict) -> str:
         "",
         "| kernel [variant] | case | unit | best of | config | hot | instr | FFMA | MMA | memory | overhead "
         "| instr/FMA "
-        "| instr/unit | range | FMA/unit | MMA MAC/unit |",
-        "|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|---|---:|---:|",
+        "| instr/unit | range | FMA/unit | MMA MAC/unit | warps/SM |",
+        "|---|---|---|---:|---|---|---:|---:|---|---|---|---:|---:|---|---:|---:|---:|",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -379,21 +410,21 @@ def render_loop_table(data: dict) -> str:
             f"{hot['where']} | "
             f"{hot['instructions']} | {ffma} | {mma} | {memory} | {overhead} | {_fmt(hot['instructions_per_fma'])} | "
             f"{_fmt(best['per_unit']['instructions'])} | {_fmt(min(values))}-{_fmt(max(values))} | "
-            f"{_fmt(best['per_unit']['fma'], 2)} | {_fmt(best['per_unit']['mma_macs'], 1)} |"
+            f"{_fmt(best['per_unit']['fma'], 2)} | {_fmt(best['per_unit']['mma_macs'], 1)} | {_occupancy(best)} |"
         )
     lines += [
         "",
         "## Every configuration",
         "",
-        "| spec | case | regs | hot | runs | instr | FFMA | MMA | memory | instr/FMA | share | instr/unit | FMA/unit "
-        "| MMA MAC/unit | units/thread |",
-        "|---|---|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        "| spec | case | regs | warps/SM | hot | runs | instr | FFMA | MMA | memory | instr/FMA | share | instr/unit "
+        "| FMA/unit | MMA MAC/unit | units/thread |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         hot = row["hot"]
         ffma, mma, memory, _ = _hot_summary(hot)
         lines.append(
-            f"| `{row['name'].split('@')[0]}` | {row['case']} | {row['registers']} | {hot['where']} | "
+            f"| `{row['name'].split('@')[0]}` | {row['case']} | {row['registers']} | {_occupancy(row)} | {hot['where']} | "
             f"{_fmt(hot['runs_per_program'], 2)} | {hot['instructions']} | {ffma} | {mma} | {memory} | "
             f"{_fmt(hot['instructions_per_fma'])} | {_fmt(hot['share'], 2)} | "
             f"{_fmt(row['per_unit']['instructions'])} | "
