@@ -2,6 +2,7 @@
 
     python scripts/host_time.py                           # every op family below, benchmark.py's small cases
     python scripts/host_time.py --ops rational --calls 500
+    python scripts/host_time.py --out benchmarks/results/cpu  # also <cpu>-<date>-host-time.json there
 
 An eager Triton op spends host time in its own Python (validation, allocations, the launch geometry), in autograd
 (the ``torch.autograd.Function`` and its backward node) and in Triton's launch path (``JITFunction.run``: binding
@@ -23,7 +24,10 @@ answers what Triton 3.6 and 3.8 ask; another version may ask more (an ``Attribut
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402  (scripts/benchmark.py: the ops' cases and their calls)
+from _host import commit, cpu_name, load, slug  # noqa: E402
 
 import zoo.kernels._backend as backend  # noqa: E402
 
@@ -118,16 +123,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", nargs="*", choices=sorted(IMPLS), default=list(IMPLS), help="op families")
     parser.add_argument("--calls", type=int, default=200, help="timed calls per row (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=None, help="also write <cpu>-<date>-host-time.json here")
     args = parser.parse_args(argv)
     install_stand_in()
+    results = dict(
+        device=cpu_name(),
+        date=_dt.date.today().isoformat(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        commit=commit(),
+        load_average_before=load(),
+        settings=dict(calls=args.calls, launch="stubbed (stand-in sm_90 driver)"),
+    )
     rows = host_rows(args.ops, args.calls)
+    results["rows"] = [
+        dict(op=r.op, case=r.case, dtype=r.dtype, pass_=r.pass_, impl=r.impl, host_us=round(r.ms * 1e3, 1))
+        for r in rows
+    ]
+    results["load_average_after"] = load()
     print(
-        f"Host time per eager call, {benchmark.platform.processor() or 'this CPU'}, Triton {triton.__version__}, "
-        f"launch calls stubbed (scripts/host_time.py)\n"
+        f"Host time per eager call, {results['device']}, Triton {triton.__version__}, launch calls stubbed "
+        "(scripts/host_time.py)\n"
     )
     print("| op | case | dtype | pass | impl | host us |\n|---|---|---|---|---|---:|")
-    for r in rows:
-        print(f"| {r.op} | {r.case} | {r.dtype} | {r.pass_} | {r.impl} | {r.ms * 1e3:.1f} |")
+    for r in results["rows"]:
+        print(f"| {r['op']} | {r['case']} | {r['dtype']} | {r['pass_']} | {r['impl']} | {r['host_us']:.1f} |")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{slug(results['device'])}-{results['date']}-host-time.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {path}")
     return 0
 
 
