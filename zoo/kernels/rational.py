@@ -395,13 +395,17 @@ def _configs(tiles_and_warps: tuple[tuple[int, int], ...]) -> list:
 # A program step covers TILE elements: TILE // BLOCK_D rows of BLOCK_D columns (BLOCK_D <= 256 <= TILE).
 # Autotuned on the GPU, keyed on the widths (not the batch). The backward keeps ten fp32 accumulators per
 # element in registers, so its tiles stay at <= 8 elements per thread (no spills:
-# tests/kernels/test_compile_targets.py). One fixed small tile under the interpreter keeps CPU tests fast.
+# tests/kernels/test_compile_targets.py); at 8 a thread holds about 205 registers (8 resident warps per SM), at 4
+# about 110 (16), at 2 (TILE 256 over 4 warps) 64 (32 warps: the loop report's warps/SM): fewer instructions
+# per element against more warps to hide the memory's latency, which the autotuner weighs on the GPU (the
+# backward measured 37% of copy bandwidth on an H200 with the first five). One fixed small tile under the
+# interpreter keeps CPU tests fast.
 if INTERPRETER:
     _FWD_CONFIGS = _configs(((256, 1),))
     _BWD_CONFIGS = _configs(((128, 1),))
 else:
     _FWD_CONFIGS = _configs(((1024, 4), (2048, 4), (2048, 8), (4096, 4), (4096, 8)))
-    _BWD_CONFIGS = _configs(((256, 2), (512, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8)))
+    _BWD_CONFIGS = _configs(((256, 2), (512, 2), (512, 4), (1024, 4), (1024, 8), (2048, 8), (256, 4)))
 
 _group_rational_fwd = triton.autotune(configs=_FWD_CONFIGS, key=["D", "group_size", "BLOCK_D"])(
     _group_rational_fwd_kernel
