@@ -345,9 +345,10 @@ def test_an_autotuned_configuration_with_a_pre_hook_always_goes_through_the_auto
     tuner = _tuned_fill(pre_hook=lambda nargs: hooks.append(1))
     runs = _counting_runs(tuner, monkeypatch)
     out = torch.zeros(20, dtype=torch.int32)
-    for _ in range(2):
-        backend_module.launchable(tuner)[_grid](out, 20)
-    assert len(runs) == 2 and (out == tuner.best_config.kwargs["BLOCK"]).all()
+    backend_module.launchable(tuner)[_grid](out, 20)
+    before = len(hooks)
+    backend_module.launchable(tuner)[_grid](out, 20)  # the same key, through the autotuner: its hook runs
+    assert len(runs) == 2 and len(hooks) == before + 1 and (out == tuner.best_config.kwargs["BLOCK"]).all()
 
 
 def test_an_autotuned_kernel_with_one_configuration_never_asks_the_autotuner(monkeypatch):
