@@ -1368,9 +1368,9 @@ class Check:
         most ``WARM_PROCESSES[tier]``; :func:`warm_main`) run the Triton implementations of each case of
         ``families`` (ops), or the steps of each model :func:`warms` picks (models), once, untimed, each unit in one
         process, filling Triton's (and Inductor's) on-disk caches, which the timing worker then reads instead of
-        compiling one kernel after another. They stop when every unit is done, or at ``WARM_SHARE`` of the time left to the
-        tier (killed: what they compiled stays cached). Their results are thrown away; a unit that fails here is
-        logged and fails again, reported, in the worker."""
+        compiling one kernel after another. They stop when every unit is done, or at ``WARM_SHARE`` of the time left
+        to the tier (killed: what they compiled stays cached). Their results are thrown away; a unit that fails here
+        is logged and fails again, reported, in the worker."""
         processes = min(self.args.warm, WARM_PROCESSES[tier])
         start = time.monotonic()
         stop = start + WARM_SHARE * max(0.0, deadline - start)

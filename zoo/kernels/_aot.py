@@ -424,7 +424,8 @@ def render_loop_table(data: dict) -> str:
         hot = row["hot"]
         ffma, mma, memory, _ = _hot_summary(hot)
         lines.append(
-            f"| `{row['name'].split('@')[0]}` | {row['case']} | {row['registers']} | {_occupancy(row)} | {hot['where']} | "
+            f"| `{row['name'].split('@')[0]}` | {row['case']} | {row['registers']} | {_occupancy(row)} | "
+            f"{hot['where']} | "
             f"{_fmt(hot['runs_per_program'], 2)} | {hot['instructions']} | {ffma} | {mma} | {memory} | "
             f"{_fmt(hot['instructions_per_fma'])} | {_fmt(hot['share'], 2)} | "
             f"{_fmt(row['per_unit']['instructions'])} | "
