@@ -1186,16 +1186,7 @@ def _launch_config(problem: dict, heads: int, has_rpb: bool, kernel) -> dict:
     """Every constexpr of a launch of ``kernel`` with num_warps and num_stages: the kernel sizes, causal flags,
     head_dim, the query box TQ* and key box TK* (the own box and the walked boxes that cover its windows' reach),
     heads per program HPP (forward only: 2 when head_dim <= 32 and the heads pair up, so that the mask and the
-    bias index serve both). A new dict (the launcher may set more), copied from a cache of the configurations
-    already worked out (host time per call)."""
-    return dict(_cached_launch_config(tuple(problem.items()), heads, has_rpb, kernel, tracing_kernels()))
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_launch_config(problem_items: tuple, heads: int, has_rpb: bool, kernel, tracing: bool) -> dict:
-    """:func:`_launch_config`'s configuration (``tracing``: whether a traced graph will launch it); callers copy
-    it."""
-    problem = dict(problem_items)
+    bias index serve both). The launchers cache it in their plans (:func:`_forward_plan`, :func:`_backward_plan`)."""
     dims, ks = problem["dims"], problem["kernel"]
     forward = kernel is _na_fwd_kernel
     hpp, stages = 1, 3
@@ -1251,7 +1242,7 @@ def _cached_launch_config(problem_items: tuple, heads: int, has_rpb: bool, kerne
     if kernel is _na_bwd_q_kernel:
         # the logit scatter's inline PTX is a store that torch.compile's analysis of a traced kernel cannot see
         # (it would then assume that the kernel writes to every input, and copy them first): tl.store there
-        config["SCATTER_ASM"] = not INTERPRETER and not tracing
+        config["SCATTER_ASM"] = not INTERPRETER and not tracing_kernels()
         config["ACCUMULATE"] = False  # the launcher's choice (batch groups)
     return config
 
@@ -1308,8 +1299,7 @@ def _launch_forward(q: Tensor, k: Tensor, v: Tensor, ks, ds, cs, rpb: Tensor | N
     if out.numel() == 0:
         return out, lse
     problem = _problem(q, ks, ds, cs)
-    constexprs = _launch_config(problem, heads, rpb is not None, _na_fwd_kernel)
-    grid, tiles = _grid(problem, _boxes(constexprs, _na_fwd_kernel)[0], B * heads // constexprs["HPP"])
+    constexprs, grid, tiles = _forward_plan(tuple(problem.items()), B, heads, rpb is not None, tracing_kernels())
     with device_guard(q.device):
         launchable(_na_fwd_kernel)[grid](
             q,
@@ -1378,31 +1368,25 @@ def _launch_backward(
     if q.numel() == 0:
         return dq, dk, dv, (torch.zeros_like(rpb) if rpb is not None else q.new_empty(0))
     problem = _problem(q, ks, ds, cs)
-    q_config = _launch_config(problem, heads, rpb is not None, _na_bwd_q_kernel)
-    kv_config = _launch_config(problem, heads, rpb is not None, _na_bwd_kv_kernel)
-    q_grid, q_tiles = _grid(problem, _boxes(q_config, _na_bwd_q_kernel)[0], B * heads)
-    kv_grid, kv_tiles = _grid(problem, _boxes(kv_config, _na_bwd_kv_kernel)[0], B * heads)
+    window = math.prod(ks)
+    if rpb is not None and window * N >= MAX_BIAS_LOGITS:
+        raise ValueError(
+            f"a relative position bias with {N} tokens and a window of {window} needs 64-bit offsets for its "
+            f"gradient ({window * N} logits per head); use backend='torch'"
+        )
+    groups = B if rpb is None else _batch_groups(B, heads, N, window)
+    plan = _backward_plan(tuple(problem.items()), B, heads, rpb is not None, groups, tracing_kernels())
+    q_config, kv_config, q_grid, q_tiles, kv_grid, kv_tiles, chunks, offsets = plan
     delta = torch.empty((B, heads, N), dtype=torch.float32, device=q.device)  # written by the dq kernel
-    groups, chunks, dlogit, drpb, partial, counters = B, 1, lse, q, lse, lse  # without a bias: unused
+    dlogit, drpb, partial, counters = lse, q, lse, lse  # without a bias: unused
     if rpb is not None:
         # the logit gradients of the batch (or summed over each group of it, where the batch does not fit), from
         # the dq kernel; the dk/dv launch's extra programs (rows past batch x heads) sum them per relative offset
         # into drpb, in chunks per (head, offset) joined by a ticket
-        K = math.prod(ks)
-        if K * N >= MAX_BIAS_LOGITS:
-            raise ValueError(
-                f"a relative position bias with {N} tokens and a window of {K} needs 64-bit offsets for its gradient "
-                f"({K * N} logits per head); use backend='torch'"
-            )
-        groups = _batch_groups(B, heads, N, K)
-        q_config["ACCUMULATE"] = groups < B
-        dlogit = torch.empty((groups, heads, K, N), dtype=torch.float32, device=q.device)
+        dlogit = torch.empty((groups, heads, window, N), dtype=torch.float32, device=q.device)
         drpb = torch.empty(rpb.shape, dtype=rpb.dtype, device=q.device)
-        offsets = heads * math.prod(2 * kk - 1 for kk in ks)
-        chunks = _bias_chunks(problem, groups, kv_config)
         partial = torch.empty(offsets * chunks, dtype=torch.float32, device=q.device)
         counters = ticket_counters(q.device, offsets)
-        kv_grid = (kv_grid[0] + cdiv(offsets * chunks, kv_grid[1]), kv_grid[1])
     common = (*problem["spatial"], *problem["dilation"])
     inputs = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
     with device_guard(q.device):
@@ -1455,6 +1439,35 @@ def _launch_backward(
             **kv_config,
         )
     return dq, dk, dv, (drpb if rpb is not None else q.new_empty(0))
+
+
+@functools.lru_cache(maxsize=256)
+def _forward_plan(problem_items: tuple, batch: int, heads: int, has_rpb: bool, tracing: bool) -> tuple:
+    """(constexprs, grid, tiles) of a forward launch, from its sizes (:func:`_problem`'s items) and whether a traced
+    graph will launch it (:func:`tracing_kernels`); cached, for the launcher's host time per call. Read-only."""
+    problem = dict(problem_items)
+    constexprs = _launch_config(problem, heads, has_rpb, _na_fwd_kernel)
+    grid, tiles = _grid(problem, _boxes(constexprs, _na_fwd_kernel)[0], batch * heads // constexprs["HPP"])
+    return constexprs, grid, tiles
+
+
+@functools.lru_cache(maxsize=256)
+def _backward_plan(problem_items: tuple, batch: int, heads: int, has_rpb: bool, groups: int, tracing: bool) -> tuple:
+    """What a backward launch decides from its sizes, its batch groups (:func:`_batch_groups`) and whether a traced
+    graph will launch it, cached (read-only): the dq and the dk/dv kernels' configurations, grids and tiles, and
+    with a bias the chunks per (head, offset) and the number of such pairs, whose programs extend the dk/dv grid."""
+    problem = dict(problem_items)
+    q_config = _launch_config(problem, heads, has_rpb, _na_bwd_q_kernel)
+    kv_config = _launch_config(problem, heads, has_rpb, _na_bwd_kv_kernel)
+    q_grid, q_tiles = _grid(problem, _boxes(q_config, _na_bwd_q_kernel)[0], batch * heads)
+    kv_grid, kv_tiles = _grid(problem, _boxes(kv_config, _na_bwd_kv_kernel)[0], batch * heads)
+    chunks, offsets = 1, 0
+    if has_rpb:
+        q_config["ACCUMULATE"] = groups < batch
+        offsets = heads * math.prod(2 * kk - 1 for kk in problem["kernel"])
+        chunks = _bias_chunks(problem, groups, kv_config)
+        kv_grid = (kv_grid[0] + cdiv(offsets * chunks, kv_grid[1]), kv_grid[1])
+    return q_config, kv_config, q_grid, q_tiles, kv_grid, kv_tiles, chunks, offsets
 
 
 def _bias_chunks(problem: dict, groups: int, kv_config: dict) -> int:
