@@ -15,10 +15,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from zoo.kernels._aot import jit_hint, warps_per_sm
+from zoo.kernels._aot import _launch_hint, jit_hint, warps_per_sm
 from zoo.kernels._sass import count_instructions, find_loops, parse_sass, static_cost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,6 +240,20 @@ def test_jit_hints_match_triton_specialisation():
         expected = "i32:1" if kind == "constexpr" else kind + (":16" if hint == "D" else "")
         assert jit_hint(value) == expected, value
     assert jit_hint("*bf16") == "*bf16:16" and jit_hint(0.5) == "fp32"
+
+
+@pytest.mark.parametrize(("specialize", "align"), [(True, True), (True, False), (False, True), (False, False)])
+def test_launch_hints_follow_do_not_specialize_and_do_not_specialize_on_alignment(specialize, align):
+    """A kernel parameter in ``do_not_specialize`` / ``do_not_specialize_on_alignment`` gets the spec's type the
+    JIT gives it at launch (Triton's own routine, with the flags its binder passes)."""
+    native = pytest.importorskip("triton._C.libtriton").native_specialize_impl
+    from triton.backends.nvidia.compiler import CUDABackend
+
+    param = SimpleNamespace(do_not_specialize=not specialize, do_not_specialize_on_alignment=not align)
+    for value in (1, 3, 16, 56, 3136, 2**31 + 16):
+        kind, hint = native(CUDABackend, value, False, specialize, align)[:2]
+        expected = "i32:1" if kind == "constexpr" else kind + (":16" if hint == "D" else "")
+        assert _launch_hint(param, value) == expected, value
 
 
 def _benchmark_module():

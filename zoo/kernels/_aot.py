@@ -90,6 +90,14 @@ def jit_hint(value: Any) -> str:
     raise TypeError(f"no JIT type for {value!r}")
 
 
+def _launch_hint(param: Any, value: Any) -> str:
+    """:func:`jit_hint` of ``value`` as the JIT specialises kernel parameter ``param`` (a ``KernelParam``)."""
+    hint = jit_hint(value)
+    if param.do_not_specialize or (param.do_not_specialize_on_alignment and hint.endswith(":16")):
+        return hint.split(":")[0]
+    return hint
+
+
 def launch_spec(
     name: str,
     fn: Any,
@@ -103,19 +111,16 @@ def launch_spec(
 ) -> KernelSpec:
     """A spec from the arguments a launcher passes, by name: pointers as their type (``"*bf16"``), ints and floats
     as their values, constexprs as their values (which parameters are constexpr is read from ``fn``). Ints get the
-    JIT's launch-time specialisation (:func:`jit_hint`; none for the kernel's ``do_not_specialize`` arguments), so
-    the spec compiles what the JIT would compile for that launch."""
+    JIT's launch-time specialisation (:func:`jit_hint`; none for the kernel's ``do_not_specialize`` arguments, no
+    divisibility for its ``do_not_specialize_on_alignment`` ones), so the spec compiles what the JIT would compile
+    for that launch."""
     names = [p.name for p in fn.params]
     unknown = set(args) - set(names)
     missing = set(names) - set(args)
     if unknown or missing:
         raise ValueError(f"{name}: unknown arguments {sorted(unknown)}, missing {sorted(missing)}")
     constexprs = {p.name: args[p.name] for p in fn.params if p.is_constexpr}
-    signature = {
-        p.name: jit_hint(args[p.name]).split(":")[0] if p.do_not_specialize else jit_hint(args[p.name])
-        for p in fn.params
-        if not p.is_constexpr
-    }
+    signature = {p.name: _launch_hint(p, args[p.name]) for p in fn.params if not p.is_constexpr}
     return KernelSpec(name, fn, signature, constexprs, num_warps, num_stages, uses_dot, work, ci, maxnreg)
 
 

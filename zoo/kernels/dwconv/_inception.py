@@ -316,7 +316,17 @@ def _identity_part(
             tl.store(dst, values, mask=mask)
 
 
-@triton.jit(do_not_specialize=["part_steps"])  # 1 on a GPU: specialised, the parts' loops would be inlined
+# Sizes and the strides other than the channels' (which are in units of VEC: the vectors' alignment is known without
+# them) compile without their divisibility by 16: otherwise two stages whose constexprs agree compile twice (gc 24
+# at InceptionNeXt-T's stage 2, 48 at stage 3; the same code). part_steps is 1 on a GPU: specialised, the parts'
+# loops would be inlined.
+_SIZES_AND_STRIDES = ("N", "H", "W", "C", "id_channels", "gc")
+
+
+@triton.jit(
+    do_not_specialize=["part_steps"],
+    do_not_specialize_on_alignment=[*_SIZES_AND_STRIDES, "s_n", "s_h", "s_w", "d_n", "d_h", "d_w"],
+)
 def _inception_kernel(
     src_ptr,
     dst_ptr,
@@ -559,7 +569,10 @@ def _store_gradients(
     tl.store(db_ptr + lane, total.to(db_ptr.dtype.element_ty), mask=in_slice & (tap == MAXT) & with_bias)
 
 
-@triton.jit
+@triton.jit(  # chunks: 1 on a small batch, more on a large one (one compile)
+    do_not_specialize=["chunks"],
+    do_not_specialize_on_alignment=[*_SIZES_AND_STRIDES, "x_n", "x_h", "x_w", "g_n", "g_h", "g_w"],
+)
 def _inception_wgrad_kernel(
     x_ptr,
     g_ptr,

@@ -119,7 +119,9 @@ def _column_tile(
     return updated, acc_bias
 
 
-@triton.jit
+# one strip (a small batch on a small map) and several would be two specialisations, two compiles of one tile; the
+# dilations stay specialised (at 1 the masked path's loop over column phases is compiled out)
+@triton.jit(do_not_specialize=["strips"])
 def _dwconv_wgrad_kernel(
     x_ptr,
     dy_ptr,
