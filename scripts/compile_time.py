@@ -1,0 +1,218 @@
+"""What a model's first step compiles, and how long each compile takes, measured on a machine without a GPU.
+
+    python scripts/compile_time.py unireplknet_t                    # one training step, batch 2
+    python scripts/compile_time.py inceptionnext_t kat_t --batch 32   # each model in a process of its own
+    python scripts/compile_time.py nat_m --inference --out benchmarks/results/cpu
+
+The first step of a model on a GPU compiles every Triton kernel variant it launches, one after another on one CPU
+core (cached on disk afterwards): a minute for ``unireplknet_t``, most of it in the depthwise weight gradients.
+This script runs one step of an image model with ``backend="triton"`` through Triton's real compile path for a
+stand-in sm_90 GPU (scripts/host_time.py: CPU tensors, launch calls that do nothing, an empty Triton cache of its
+own), and lists each compile: the kernel, its constexprs, the runtime arguments the JIT specialised (a value of 1
+becomes a constant; ``/16``: a pointer or integer divisible by 16), and the seconds it took.
+
+**Compiled more than once** lists kernels compiled with the same constexprs but different specialisations, and
+the arguments that differed: each is a second compile of what is nearly the same code, typically an argument
+that is 1 in some calls (one strip on a small batch, an undilated branch) and larger in others. List such an
+argument in the kernel's ``do_not_specialize`` when the constant buys nothing in the compiled code (compare the
+loop report, ``python -m zoo.kernels._aot --loops``), as ``_dwconv_wgrad_kernel`` does with ``strips``.
+
+Compile times depend on this machine's CPU and the Triton version (printed); the kernels and their count do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import host_time  # noqa: E402  (sets TRITON_INTERPRET=0 before triton is imported; the stand-in driver)
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.compiler  # noqa: E402
+from _host import commit, cpu_name, slug  # noqa: E402
+
+
+@dataclass
+class Compile:
+    """One kernel variant compiled: its constexprs and options (warps, stages; an autotuner compiles each of its
+    configurations), the runtime arguments specialised at launch, the seconds."""
+
+    kernel: str
+    seconds: float
+    constexprs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+    specialised: dict = field(default_factory=dict)  # argument -> "=1" (a constant) or "/16" (divisible by 16)
+
+
+OPTIONS = ("num_warps", "num_stages", "maxnreg")  # the compile options that tell an autotuner's configurations apart
+
+
+def _describe(src) -> tuple[dict, dict]:
+    """(constexprs, specialised runtime arguments) of an ``ASTSource`` about to be compiled."""
+    params = src.fn.params
+    constexprs, specialised = {}, {}
+    for key, value in src.constants.items():
+        index = key[0] if isinstance(key, tuple) else key
+        param = params[index] if isinstance(index, int) else next(p for p in params if p.name == index)
+        if param.is_constexpr:
+            constexprs[param.name] = (
+                value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+            )
+        else:
+            specialised[param.name] = f"={value}"
+    for key, attrs in src.attrs.items():
+        index = key[0] if isinstance(key, tuple) else key
+        if any(name == "tt.divisibility" for name, _ in attrs):
+            specialised.setdefault(params[index].name, "/16")
+    return constexprs, specialised
+
+
+def record_compiles(echo: bool = False) -> list[Compile]:
+    """From now on, time every Triton compile of this process into the returned (growing) list; ``echo``: also
+    print each to stderr as it finishes (progress: a model's first step compiles for up to minutes)."""
+    compiles: list[Compile] = []
+    compile_fn = triton.compiler.compile
+
+    def timed(src, *args, **kwargs):
+        start = time.perf_counter()
+        result = compile_fn(src, *args, **kwargs)
+        if hasattr(src, "fn"):  # an ASTSource (a kernel), not IR text
+            constexprs, specialised = _describe(src)
+            options = {k: v for k, v in (kwargs.get("options") or {}).items() if k in OPTIONS and v is not None}
+            compiles.append(Compile(src.fn.__name__, time.perf_counter() - start, constexprs, options, specialised))
+            if echo:
+                print(f"  {compiles[-1].seconds:6.1f} s  {src.fn.__name__}", file=sys.stderr, flush=True)
+        return result
+
+    triton.compiler.compile = timed  # JITFunction looks it up here when it first compiles
+    return compiles
+
+
+def compiled_more_than_once(compiles: list[Compile]) -> list[dict]:
+    """Kernels compiled more than once with the same constexprs and options: each group's compiles, and the runtime
+    arguments whose specialisation differs between them (what ``do_not_specialize`` would merge)."""
+    groups: dict[str, list[Compile]] = {}
+    for c in compiles:
+        groups.setdefault(c.kernel + json.dumps([c.constexprs, c.options], sort_keys=True), []).append(c)
+    found = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        names = sorted({name for c in group for name in c.specialised})
+        differing = [name for name in names if len({c.specialised.get(name, "") for c in group}) > 1]
+        found.append(
+            dict(
+                kernel=group[0].kernel,
+                constexprs=group[0].constexprs,
+                options=group[0].options,
+                compiles=len(group),
+                seconds=round(sum(c.seconds for c in group), 2),
+                differing={name: [c.specialised.get(name, "-") for c in group] for name in differing},
+            )
+        )
+    return found
+
+
+def first_step(name: str, batch: int, train: bool) -> list[Compile]:
+    """Compile what one step of model ``name`` (``backend="triton"``, bf16 autocast, channels_last, an image batch
+    of the model's input size) launches; the compiles, in order."""
+    import zoo
+
+    compiles = record_compiles(echo=True)
+    model = zoo.create_model(name, backend="triton").to(memory_format=torch.channels_last)
+    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    images = torch.randn(batch, *size).to(memory_format=torch.channels_last)
+    model.train(train)
+    with torch.autocast("cpu", dtype=torch.bfloat16), nullcontext() if train else torch.no_grad():
+        out = model(images)
+    if train:
+        out.float().sum().backward()
+    return compiles
+
+
+def _print_model(result: dict) -> None:
+    compiles = result["compiles"]
+    total = sum(c["seconds"] for c in compiles)
+    print(f"\n{result['model']} ({result['step']}, batch {result['batch']}): {len(compiles)} compiles, {total:.1f} s")
+    print("\n| s | kernel | constexprs | options | specialised to 1 |\n|---:|---|---|---|---|")
+    for c in compiles:
+        constexprs = ", ".join(f"{k}={v}" for k, v in c["constexprs"].items())
+        options = ", ".join(f"{k}={v}" for k, v in c["options"].items())
+        ones = ", ".join(k for k, v in c["specialised"].items() if v == "=1")
+        print(f"| {c['seconds']:.1f} | {c['kernel']} | {constexprs} | {options} | {ones} |")
+    if result["compiled_more_than_once"]:
+        print("\nCompiled more than once (same constexprs and options):")
+        for d in result["compiled_more_than_once"]:
+            print(f"  {d['kernel']} x{d['compiles']} ({d['seconds']:.1f} s), differing: {d['differing']}")
+
+
+def measure(name: str, batch: int, train: bool) -> dict:
+    """One model's first step in this process (its Triton cache must start empty: see :func:`main`)."""
+    host_time.install_stand_in()
+    start = time.perf_counter()
+    compiles = first_step(name, batch, train)
+    return dict(
+        model=name,
+        batch=batch,
+        step="training" if train else "inference",
+        seconds=round(time.perf_counter() - start, 2),
+        compiles=[asdict(c) | {"seconds": round(c.seconds, 2)} for c in compiles],
+        compiled_more_than_once=compiled_more_than_once(compiles),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="registered image models, e.g. unireplknet_t")
+    parser.add_argument("--batch", type=int, default=2, help="images per step (default %(default)s)")
+    parser.add_argument("--inference", action="store_true", help="a forward without gradients, not a training step")
+    parser.add_argument("--out", type=Path, default=None, help="also write <cpu>-<date>-compile-time.json here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, JSON on stdout
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(measure(args.models[0], args.batch, not args.inference)))
+        return 0
+    results = dict(
+        device=cpu_name(),
+        date=_dt.date.today().isoformat(),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        commit=commit(),
+        settings=dict(batch=args.batch, target="sm_90 (stand-in driver)"),
+        models=[],
+    )
+    print(f"First-step compiles, {results['device']}, Triton {triton.__version__} (scripts/compile_time.py)")
+    for name in args.models:  # a process and an empty Triton cache each: no model reuses another's compiles
+        with tempfile.TemporaryDirectory(prefix="zoo-compile-time-") as cache:
+            cmd = [sys.executable, __file__, name, "--batch", str(args.batch), "--worker"]
+            cmd += ["--inference"] if args.inference else []
+            env = dict(os.environ, TRITON_CACHE_DIR=cache)
+            print(f"\n{name}: compiling ...", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)  # its progress: our stderr
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: the step failed (exit {proc.returncode})")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["models"].append(result)
+        _print_model(result)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / f"{slug(results['device'])}-{results['date']}-compile-time.json"
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""scripts/compile_time.py: the Triton compiles of a model's first step, without a GPU (the stand-in sm_90 driver
+of scripts/host_time.py). Asserts which kernels compile and what the report says about them, never the times."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def test_a_kernel_compiled_twice_for_a_specialised_argument_is_reported_with_that_argument():
+    from compile_time import Compile, compiled_more_than_once
+
+    tile = {"TILE": 256}
+    compiles = [
+        Compile("k", 2.0, tile, {"num_warps": 4}, {"x_ptr": "/16", "strips": "=1"}),
+        Compile("k", 3.0, tile, {"num_warps": 4}, {"x_ptr": "/16"}),
+        Compile("k", 1.0, tile, {"num_warps": 8}, {"x_ptr": "/16"}),  # another configuration: a compile of its own
+        Compile("k", 1.0, {"TILE": 512}, {"num_warps": 4}, {}),  # other constexprs: another variant
+        Compile("other", 1.0, tile, {"num_warps": 4}, {}),
+    ]
+    (found,) = compiled_more_than_once(compiles)
+    assert found["kernel"] == "k" and found["compiles"] == 2 and found["seconds"] == 5.0
+    assert found["constexprs"] == tile and found["options"] == {"num_warps": 4}
+    assert found["differing"] == {"strips": ["=1", "-"]}
+
+
+def test_the_first_training_step_of_kat_t_compiles_its_rational_kernels_for_sm_90(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "scripts/compile_time.py", "kat_t", "--batch", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (written,) = tmp_path.glob("*-compile-time.json")
+    results = json.loads(written.read_text())
+    assert results["triton"] and results["settings"] == {"batch": 1, "target": "sm_90 (stand-in driver)"}
+    (model,) = results["models"]
+    assert model["model"] == "kat_t" and model["step"] == "training"
+    kernels = {c["kernel"] for c in model["compiles"]}
+    # KAT's blocks: LayerNorm + act1 fused, act2 alone; forward and backward each (the autotuners' configurations)
+    assert {"_norm_rational_fwd_kernel", "_norm_rational_bwd_kernel"} <= kernels
+    assert {"_group_rational_fwd_kernel", "_group_rational_bwd_kernel"} <= kernels
+    forward = next(c for c in model["compiles"] if c["kernel"] == "_group_rational_fwd_kernel")
+    assert {"TILE", "BLOCK_D", "APPROX"} <= set(forward["constexprs"]) and forward["options"]["num_warps"] > 0
+    assert all(c["seconds"] > 0 for c in model["compiles"])
+    # every compile was reported as it finished (progress on stderr), and the table lists each
+    assert proc.stderr.count("_rational_") == sum("_rational_" in c["kernel"] for c in model["compiles"])
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "_kernel" in line]
+    assert len(table) == len(model["compiles"])
