@@ -13,9 +13,11 @@ becomes a constant; ``/16``: a pointer or integer divisible by 16), and the seco
 
 **Compiled more than once** lists kernels compiled with the same constexprs but different specialisations, and
 the arguments that differed: each is a second compile of what is nearly the same code, typically an argument
-that is 1 in some calls (one strip on a small batch, an undilated branch) and larger in others. List such an
-argument in the kernel's ``do_not_specialize`` when the constant buys nothing in the compiled code (compare the
-loop report, ``python -m zoo.kernels._aot --loops``), as ``_dwconv_wgrad_kernel`` does with ``strips``.
+that is 1 in some calls (one strip on a small batch, an undilated branch) and larger in others, or a size
+divisible by 16 in some. List such an argument in the kernel's ``do_not_specialize`` (or
+``do_not_specialize_on_alignment``) when the constant buys nothing in the compiled code (compare the loop report,
+``python -m zoo.kernels._aot --loops``), as ``_dwconv_wgrad_kernel`` does with ``strips`` and the Inception
+mixer's kernels with their sizes.
 
 Compile times depend on this machine's CPU and the Triton version (printed); the kernels and their count do not.
 """
@@ -35,8 +37,9 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+if __name__ == "__main__":  # a program: Triton's compiled path, set before triton is imported (not on import)
+    os.environ["TRITON_INTERPRET"] = "0"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import host_time  # noqa: E402  (sets TRITON_INTERPRET=0 before triton is imported; the stand-in driver)
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.compiler  # noqa: E402
@@ -159,6 +162,8 @@ def _print_model(result: dict) -> None:
 
 def measure(name: str, batch: int, train: bool) -> dict:
     """One model's first step in this process (its Triton cache must start empty: see :func:`main`)."""
+    import host_time  # scripts/host_time.py: the stand-in driver
+
     host_time.install_stand_in()
     start = time.perf_counter()
     compiles = first_step(name, batch, train)

@@ -316,16 +316,16 @@ def _identity_part(
             tl.store(dst, values, mask=mask)
 
 
-# Sizes and the strides other than the channels' (which are in units of VEC: the vectors' alignment is known without
-# them) compile without their divisibility by 16: otherwise two stages whose constexprs agree compile twice (gc 24
-# at InceptionNeXt-T's stage 2, 48 at stage 3; the same code). part_steps is 1 on a GPU: specialised, the parts'
+# The sizes, and the strides but the channels' (in units of VEC, so the vectors' alignment is known without them),
+# compile without their divisibility by 16: otherwise two stages whose constexprs agree compile twice (gc 24 at
+# InceptionNeXt-T's stage 2, 48 at stage 3; the same code). part_steps is 1 on a GPU: specialised, the parts'
 # loops would be inlined.
-_SIZES_AND_STRIDES = ("N", "H", "W", "C", "id_channels", "gc")
+_SIZES = ("N", "H", "W", "C", "id_channels", "gc")
 
 
 @triton.jit(
     do_not_specialize=["part_steps"],
-    do_not_specialize_on_alignment=[*_SIZES_AND_STRIDES, "s_n", "s_h", "s_w", "d_n", "d_h", "d_w"],
+    do_not_specialize_on_alignment=[*_SIZES, "s_n", "s_h", "s_w", "d_n", "d_h", "d_w"],
 )
 def _inception_kernel(
     src_ptr,
@@ -571,7 +571,7 @@ def _store_gradients(
 
 @triton.jit(  # chunks: 1 on a small batch, more on a large one (one compile)
     do_not_specialize=["chunks"],
-    do_not_specialize_on_alignment=[*_SIZES_AND_STRIDES, "x_n", "x_h", "x_w", "g_n", "g_h", "g_w"],
+    do_not_specialize_on_alignment=[*_SIZES, "x_n", "x_h", "x_w", "g_n", "g_h", "g_w"],
 )
 def _inception_wgrad_kernel(
     x_ptr,
