@@ -3,8 +3,9 @@
 Compilation needs the real Triton JIT (not the interpreter the other tests use on a CPU), so it runs in a
 subprocess: ``python -m zoo.kernels._aot --ci --json``. The registers and spills are printed in the test summary.
 
-``--ci`` is every coverage spec plus one representative configuration per kernel of the benchmark-shape specs
-(``KernelSpec.ci``): the other benchmark configurations (the loop report's, ``--loops``) add about 120
+``--ci`` is the specs marked ``KernelSpec.ci``: the coverage specs (of the depthwise convolution's hundreds of
+variants only the first configuration of each list, none of the implicit GEMM's) plus one representative
+configuration per kernel of the benchmark-shape specs. The others (the loop report's, ``--loops``) add hundreds of
 compilations per target, which CI's two cores cannot afford; ``python -m zoo.kernels._aot`` compiles them all.
 """
 

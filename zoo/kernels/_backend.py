@@ -105,8 +105,9 @@ def requested_backend(backend: str = "auto") -> str:
 def resolve_backend(backend: str, tensor: torch.Tensor, triton_dtypes: tuple[torch.dtype, ...] | None = None) -> str:
     """Return ``"triton"`` or ``"torch"``: the backend that will run an op on ``tensor``.
 
-    ``triton_dtypes``: the dtypes the op's kernels take; ``auto`` picks the reference for any other dtype
-    (e.g. float64 on CUDA). Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
+    ``triton_dtypes``: the dtypes the op's kernels take; ``auto`` picks ``"torch"`` for any other dtype (e.g.
+    float64 on CUDA) and on CPU tensors, where the ops that have a CPU path (docs/design.md §17) take it in place
+    of the reference. Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
     """
     choice = requested_backend(backend)
     if choice == "auto":

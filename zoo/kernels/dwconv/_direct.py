@@ -290,8 +290,9 @@ def _direct_kernel(
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configurations: (ROWS, BW, G, BLOCK_C, num_warps). A thread holds KH * KW * V weights and KH * BW * V
-# accumulators (V channels); the GPU tiles keep that near 170 registers: 8 channels (16-byte bf16 loads) up to
-# 3 x 3, fewer as the kernel grows. NCHW threads read 2-byte scalars anyway: one channel, wider column runs.
+# accumulators (V channels); the GPU tiles keep those within 120 registers (_tile): 8 channels (16-byte bf16 loads)
+# for the 1 x k bands up to 7, 4 (8-byte loads) at 3 x 3, fewer as the kernel grows. NCHW threads read 2-byte
+# scalars anyway: one channel, wider column runs.
 # ----------------------------------------------------------------------------------------------------------------
 
 _NAMES = ("ROWS", "BW", "G", "BLOCK_C")

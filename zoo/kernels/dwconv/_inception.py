@@ -17,7 +17,7 @@ outputs in registers while the input window passes once per kernel row: each loa
 along the strip) FMAs. Kernel sizes and strip lengths are constexprs (the taps along a row unroll; a strip that
 spans the whole map, ``FULL_*``, drops the taps on the zero padding at compile time). The weights are read from
 the module's own tensors once per program, group and kernel row, out of the tap loops: no table to build or cache
-(see ``notes`` in docs/design.md for the trade-off).
+(docs/design.md §12, the mixer's "Weights" paragraph, for the trade-off).
 
 Weight and bias gradients: one launch over (chunks of strip blocks) x (the groups of the three branches). A thread
 sums dy x (shifted x) for every tap of its group over its strips in registers; the program reduces over its
