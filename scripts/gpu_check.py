@@ -6,7 +6,8 @@
     python scripts/gpu_check.py --readme-only                      # benchmarks/README.md from benchmarks/results/
     python scripts/gpu_check.py --freeze-baseline TAG [--baseline-rev REV]   # "today's" kernels, for later runs
 
-Tiers, in this order (each family of each tier is one step; a failing step is reported and the next one runs):
+Tiers, in this order (each family of each tier is one step; a failing step is reported and the next one runs;
+``--families`` selects families and sets their order within each tier, :func:`by_priority`):
 
 1. ``tests``: the ``gpu``-marked tests of each op file and of the training step (``TEST_FAMILIES``), one pytest
    process per file, all at once (``--smoke``: one process for all); their autotuning is shortened (this file is
@@ -215,11 +216,14 @@ OP_FAMILIES = (
 )
 
 
-def ordered_cases(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """The names matching any pattern, in the order of the first pattern each matches (then the names' order)."""
+def ordered_cases(
+    names: Sequence[str], patterns: Sequence[str], matches: Callable[[str, str], bool] = fnmatch.fnmatchcase
+) -> list[str]:
+    """The names matching any pattern (``matches(name, pattern)``, shell-style by default), in the order of the
+    first pattern each matches (then the names' order): an op family's cases, the check's families."""
     picked: list[str] = []
     for pattern in patterns:
-        picked += [n for n in names if fnmatch.fnmatchcase(n, pattern) and n not in picked]
+        picked += [n for n in names if matches(n, pattern) and n not in picked]
     return picked
 
 
@@ -841,7 +845,28 @@ def _parse_budgets(values: list[str]) -> dict[str, float]:
     return out
 
 
+def _selects(pattern: str, tier: str, name: str) -> bool:
+    """Whether a ``--families`` pattern (``TIER:FAMILY``, shell-style, or a bare family name) selects a family."""
+    return fnmatch.fnmatchcase(f"{tier}:{name}", pattern) or pattern == name
+
+
+def by_priority(tier: str, names: list[str], patterns: list[str]) -> list[str]:
+    """``names`` (the families of ``tier`` that ``patterns`` select, in the tier's order) in the order of the first
+    ``--families`` pattern that selects each: what a command lists first runs first, before the tier's time runs
+    out. Among the families one pattern selects, and without patterns, the tier's order stays."""
+    if not patterns:
+        return list(names)
+    return ordered_cases(names, patterns, lambda name, pattern: _selects(pattern, tier, name))
+
+
 # ------------------------------------------------------------------------------------------------ worker
+
+
+def _families_in_order(tier: str, only: str) -> list:
+    """The families of ``tier`` named in ``only`` (``--only``: comma-separated), in that order (the check's
+    priority, :func:`by_priority`)."""
+    by_name = {f.name: f for f in FAMILIES[tier]}
+    return [by_name[name] for name in only.split(",") if name in by_name]
 
 
 def worker_main(args: argparse.Namespace) -> None:
@@ -872,8 +897,7 @@ def worker_main(args: argparse.Namespace) -> None:
         datasheet = next((v for k, v in bm.DATASHEET_BANDWIDTH_GBPS.items() if k in name), None)
         context.update(copy_bw=copy_bw, datasheet=datasheet)
         emit("info", copy_bandwidth_gbps=copy_bw, datasheet_bandwidth_gbps=datasheet)
-    only = set(args.only.split(","))
-    for family in [f for f in FAMILIES[args.worker] if f.name in only]:
+    for family in _families_in_order(args.worker, args.only):
         key = f"{args.worker}:{family.name}"
         budget = budgets.get(key, family.budget_s * (SMOKE_SLACK if args.smoke else 1.0))
         emit("start", family=family.name, budget_s=budget)
@@ -944,9 +968,8 @@ def warm_main(args: argparse.Namespace) -> None:
     import torch
 
     ctx = _worker_context(args, once=True)
-    only = set(args.only.split(","))
     units: list[tuple] = []
-    for family in (f for f in FAMILIES[args.warm_worker] if f.name in only):
+    for family in _families_in_order(args.warm_worker, args.only):
         if args.warm_worker == "ops":
             units += [(family, case) for case in _op_cases(family, ctx)]
         else:
@@ -1210,8 +1233,11 @@ class Check:
 
     def selected(self, tier: str, name: str) -> bool:
         """Whether ``--families`` selects this family (all by default)."""
-        key = f"{tier}:{name}"
-        return not self.args.families or any(fnmatch.fnmatchcase(key, p) or p == name for p in self.args.families)
+        return not self.args.families or any(_selects(p, tier, name) for p in self.args.families)
+
+    def in_priority(self, tier: str, names: list[str]) -> list[str]:
+        """:func:`by_priority` of ``names`` under this run's ``--families``."""
+        return by_priority(tier, names, self.args.families)
 
     def tier_deadline(self, index: int) -> float:
         """The monotonic deadline of tier ``index``: cumulative tier budgets, capped by ``--budget``."""
@@ -1240,10 +1266,10 @@ class Check:
         its own crash), with --smoke one for all families (interpreter start-up costs more than the tests)."""
         overrides = _parse_budgets(self.args.family_budget)
         slack = SMOKE_SLACK if self.args.smoke else 1.0
+        names = self.in_priority("tests", [f.name for f in TEST_FAMILIES if self.selected("tests", f.name)])
+        by_name = {f.name: f for f in TEST_FAMILIES}
         families = [
-            replace(f, budget_s=overrides.get(f"tests:{f.name}", f.budget_s * slack))
-            for f in TEST_FAMILIES
-            if self.selected("tests", f.name)
+            replace(by_name[n], budget_s=overrides.get(f"tests:{n}", by_name[n].budget_s * slack)) for n in names
         ]
         injected = _parse_injections(self.args.inject_failure)
         plain = [f for f in families if f"tests:{f.name}" not in injected]
@@ -1347,7 +1373,7 @@ class Check:
     def run_workers(self, tier: str, deadline: float) -> None:
         """Tiers 2 and 3: workers over the tier's families until all are done or time runs out; a crashed
         worker is replaced by a fresh one for the families it left."""
-        remaining = [f.name for f in FAMILIES[tier] if self.selected(tier, f.name)]
+        remaining = self.in_priority(tier, [f.name for f in FAMILIES[tier] if self.selected(tier, f.name)])
         if remaining and self.args.warm:
             self.warm(tier, remaining, deadline)
         slack = SMOKE_SLACK if self.args.smoke else 1.0
@@ -1622,7 +1648,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"seconds per tier, tests,ops,models (cumulative deadlines; default {TIER_BUDGETS_S}, x3 with --smoke)",
     )
     parser.add_argument("--tiers", type=lambda s: tuple(s.split(",")), default=TIERS, help="tiers to run (a,b,..)")
-    parser.add_argument("--families", nargs="*", default=[], help="only these families (TIER:FAMILY patterns)")
+    parser.add_argument(
+        "--families",
+        nargs="*",
+        default=[],
+        help="only these families (TIER:FAMILY patterns); within a tier they run in this order",
+    )
     parser.add_argument("--test-parallel", type=int, default=0, help="pytest processes at once in tier 1")
     parser.add_argument(
         "--warm",

@@ -260,3 +260,18 @@ def test_op_cases_run_in_the_order_of_their_patterns():
         "B64xC384x56x56xK7",
     ]
     assert check.ordered_cases(names, ("*xK5",)) == []
+
+
+def test_families_run_in_the_order_the_command_lists_them():
+    """--families sets each tier's order (what the next GPU session needs most first); a pattern that selects
+    several keeps the tier's order among them, and without --families the tier's order stays."""
+    check = _load("gpu_check")
+    ops = [f.name for f in check.OP_FAMILIES]
+    patterns = ["ops:inception", "tests:neighborhood", "dwconv", "ops:rational", "ops:*", "models:kat"]
+    ordered = check.by_priority("ops", ops, patterns)
+    assert ordered[:3] == ["inception", "dwconv", "rational"]
+    assert ordered[3:] == [name for name in ops if name not in ("inception", "dwconv", "rational")]
+    assert check.by_priority("tests", ["dwconv", "neighborhood"], patterns) == ["neighborhood", "dwconv"]
+    assert check.by_priority("ops", ops, []) == ops
+    # the worker and the warm-up take their families in the order of --only
+    assert [f.name for f in check._families_in_order("ops", "inception,rational,unknown")] == ["inception", "rational"]
