@@ -15,14 +15,15 @@ with an optional relative position bias ``rpb`` [heads, 2 k0 - 1 (, 2 k1 - 1 (, 
 
 The Triton kernels are fused (FlashAttention-style online softmax over each query's neighbourhood; the attention
 matrix is never materialised, except that the backward with a bias stores the float32 logit gradients of the
-batch, [groups, heads, prod(kernel_size), N] (at most 256 MiB: each of the ``groups`` entries sums several items
-where the batch does not fit), to sum them per relative offset). A program owns a box of one dilation group (group coordinates) and walks only the boxes that
+batch, [groups, heads, prod(kernel_size), N] (at most 256 MiB unless one item alone is larger: each of the
+``groups`` entries sums several items where the batch does not fit), to sum them per relative offset). A program owns a box of one dilation group (group coordinates) and walks only the boxes that
 its windows reach (key boxes covering the union of a query box's windows; the query boxes whose windows reach a
 key box). Kernel sizes, causal flags, head_dim and the boxes are compile-time constants; the per-pair work is kept
 to a minimum: the window mask is separable (per axis, one unsigned range check of key minus window start, from a
 per-query and a per-key vector), the bias index is one subtraction (per-key minus per-query index into a padded,
 pre-scaled copy of rpb that every walked offset lands in, so the gather needs no mask), loads are clamped into
-the map instead of masked, and with head_dim <= 32 a forward program serves two heads with one mask and index.
+the map instead of masked, and in 2-D / 3-D bf16 / fp16 with head_dim <= 32 and an even head count a forward
+program serves two heads with one mask and index.
 The backward recomputes the probabilities from the saved log-sum-exp in two launches: one kernel per query box
 walks its keys (delta, dq, and the logit gradients), then one per key box walks the queries that can see it (dk,
 dv), and with a bias that launch's extra programs sum the logit gradients per relative offset into drpb.
@@ -235,7 +236,7 @@ def na_reference(
 #
 # Every kernel sees three spatial axes (a 1-D or 2-D problem has leading axes of length 1, kernel 1, dilation 1).
 # A tile is a box of TILE0 x TILE1 x TILE2 group coordinates of one dilation group, flattened row-major; the
-# program ids are (tile over groups and boxes, batch * heads). Logits are carried in base 2 (scaled by log2 e).
+# program ids are (batch * heads, tile over groups and boxes). Logits are carried in base 2 (scaled by log2 e).
 # ----------------------------------------------------------------------------------------------------------------
 
 LOG2E = 1.4426950408889634

@@ -130,7 +130,7 @@ def group_rational_reference(
 # 2. Triton kernels
 #
 # Forward: program (i, j) covers BLOCK_N rows x BLOCK_D columns of the [N, D] view of x, columns spanning groups
-# (each column gathers its group's |b| from a 4 x G table that stays in L1).
+# (each column gathers its group's |b| from the [G, 4] table, which stays in L1).
 # Backward: program (r, c) covers `rows_per_program` rows of BLOCK_D columns of ONE group
 # (c = group * col_blocks + column block), so it reduces its coefficient gradients over the whole block in
 # registers and writes one partial sum of 10 values; the last program of each group adds the group's partials,

@@ -165,8 +165,8 @@ def _arg(x, y):
 def _cos_sin64(x):
     """(cos x, sin x) in float64 with no slow path (libdevice's cos/sin keep a Payne-Hanek reduction on a
     local-memory stack): x = q pi/2 + r with q = round(2 x / pi) and r by fdlibm's three-part Cody-Waite split of
-    pi/2 (33 + 33 + 53 bits: exact products for |q| < 2^20, |x| < 1.6e6), |r| <= pi/4; Taylor series to r^17 /
-    r^18 (remainders below 1e-17 relative); the quadrant q mod 4 picks the signs."""
+    pi/2 (33 + 33 + 33 bits: exact products for |q| < 2^20, |x| < 1.6e6), |r| <= pi/4; Taylor series to r^17 /
+    r^16 (remainders below 1e-17 relative); the quadrant q mod 4 picks the signs."""
     q = tl.floor(x * 0.6366197723675814 + 0.5)
     r = x - q * 1.57079632673412561417
     r = r - q * 6.07710050630396597660e-11
@@ -414,7 +414,7 @@ def _s4d_chain_rule_kernel(
     ZOH: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """The second backward kernel, one program per channel h: adds the chunks of ``partial`` (float64) into the
+    """The second backward kernel, one program per channel h: adds the chunks of ``partial`` (float32, summed in float64) into the
     coefficient gradients G_C' and G_z (G = dL/dRe + i dL/dIm) and applies the chain rule to the parameters in
     float64 (for a holomorphic w = f(u): G_u = G_w conj(f'(u)); for a real x: dL/dx = Re(G_w conj(f'(x)))),
     looping over all modes of the channel in blocks of BLOCK_N so that d log_dt (a sum over the modes) is reduced

@@ -14,11 +14,13 @@ padding, concatenated back. The fused kernel writes every slice of the output in
 
 The Triton kernels read any strides (NCHW and channels_last without a layout copy; the output takes the memory
 format of the input), load fp32/bf16/fp16 and accumulate in fp32. Per call (``ops._path``, docs/design.md §12):
-kernels of 13 and more at stride 1 run an implicit GEMM on the tensor cores (``_igemm``); k x k, 1 x k and k x 1
+kernels of 13 and more along both axes at stride 1 without dilation run an implicit GEMM on the tensor cores
+(``_igemm``); k x k, 1 x k and k x 1
 kernels up to 11 at stride 1 a register-blocked kernel with the kernel size a compile-time constant (``_direct``);
 the rest the generic kernel (``_generic``). Weight gradients (``_wgrad``, ``_igemm``, the mixer's) are one launch
 each: every program writes its partial sums, and the one that draws the last ticket adds them in a fixed order
-(deterministic, no per-element atomics). Forward one launch, backward two.
+(deterministic, no per-element atomics). Forward one launch, backward two (the generic fallback, for shapes the
+models do not use, adds a per-call transpose of the weights).
 
 Layout of this package (the kernel contract, docs/design.md §2): ``reference`` (the meaning), ``_checks`` (input
 validation), ``_common`` (shared tile routines, launcher and spec helpers), one module per kernel family

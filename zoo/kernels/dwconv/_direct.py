@@ -541,7 +541,7 @@ def benchmark_specs() -> list:
     gradient, every GPU configuration): the arguments the launcher passes there and the useful multiply-adds per
     program (the taps that land on the map, :func:`taps_on_map`). The row loop is compiled twice (unmasked, and
     masked for border programs: the copy with predicated loads); each copy's trips are the mean over all programs (its share of programs x the
-    mean trip count). 3 x 3 at 14 x 14 compiles for the whole row (``whole_row``), as the launcher does."""
+    mean trip count). 3 x 3 and 7 x 7 at 14 x 14 compile for the whole row (``whole_row``), as the launcher does."""
     from zoo.kernels._aot import Work, launch_spec
 
     specs = []

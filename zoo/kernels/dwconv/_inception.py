@@ -317,9 +317,9 @@ def _identity_part(
 
 
 # The sizes, and the strides but the channels' (in units of VEC, so the vectors' alignment is known without them),
-# compile without their divisibility by 16: otherwise two stages whose constexprs agree compile twice (gc 24 at
-# InceptionNeXt-T's stage 2, 48 at stage 3; the same code). part_steps is 1 on a GPU: specialised, the parts'
-# loops would be inlined.
+# compile without their divisibility by 16: otherwise two stages whose constexprs agree compile twice (the weight
+# gradient at InceptionNeXt-T's stages 2 and 3: gc 24 and 48; the same code). part_steps is often 1 (always at
+# 7 x 7): specialised, the parts' loops would be inlined.
 _SIZES = ("N", "H", "W", "C", "id_channels", "gc")
 
 
@@ -614,7 +614,8 @@ def _inception_wgrad_kernel(
     FIN_BLOCK: tl.constexpr,
 ):
     """Weight and bias gradients of the three branches in one launch. Program (chunk, slot); the slots are the
-    8-channel groups that meet the square branch's slice, then the 1 x band's, then the band x 1's. Each program
+    LANES-channel groups of the square branch's slice (one slot per group and kernel row with SPLIT), then the
+    1 x band's, then the band x 1's. Each program
     writes its group's fp32 partial sums over its chunk ([slot, chunk, ROW]: tap t of lane l at t * 8 + l, the
     bias after the most taps of a branch) and takes a ticket (one acq_rel atomic); the last program of a group adds
     the chunks' partials in chunk order and writes the gradients in the weights' dtype, then resets the ticket."""
@@ -715,7 +716,8 @@ _mixer_kernel = triton.autotune([triton.Config({}, num_warps=_WARPS, maxnreg=MAX
 
 @functools.lru_cache(maxsize=64)
 def _strip_length(size: int) -> tuple[int, bool]:
-    """Outputs per thread along an axis of the map (4..8, the fewest padded positions, ties to the longer), and
+    """Outputs per thread along an axis of the map (4..8, the fewest padded positions; ties go to 7, then to 8, 6,
+    5, 4), and
     whether the strip is the whole axis (maps of at most 8: the taps on the padding vanish at compile time)."""
     if size <= 8:
         return size, True
@@ -1047,8 +1049,8 @@ def _wgrad_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple) 
 
 def aot_specs() -> list:
     """Coverage compile specs (bf16, the training dtype, unless named): the forward / input-gradient kernel and the
-    weight-gradient kernel for channels_last with 8, 4 and 2 channels per group, strips of 7 and 8 and whole-map
-    strips, 1 to 16 groups per step, and NCHW (one element at a time); fp32 and fp16 once each. The benchmark shapes
+    weight-gradient kernel for channels_last with 8, 4 and 2 channels per group, strips of 7 and whole-map strips,
+    1 to 4 groups per step (the identity's up to 8), and NCHW (one element at a time); fp32 and fp16 once each. The benchmark shapes
     are in :func:`benchmark_specs`."""
     from zoo.kernels._aot import launch_spec
 
