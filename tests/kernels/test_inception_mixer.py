@@ -111,6 +111,8 @@ def test_float32_matches_the_float64_reference(shape, gc, square, band, layout):
     "dtype,layout,shape,gc,square,band",
     [
         (torch.bfloat16, "channels_last", (1, 24, 6, 9), 4, 3, 11),
+        # groups of 8 on a map 16 wide: the forward's strips of 8, the weight gradient's of 4 (_wgrad_geometry)
+        (torch.bfloat16, "channels_last", (1, 40, 9, 16), 8, 3, 11),
         (torch.bfloat16, "strided", (1, 13, 5, 6), 2, 5, 7),
         (torch.float16, "channels_last", (1, 16, 7, 5), 4, 5, 7),
         (torch.float16, "nchw", (1, 11, 5, 9), 3, 3, 11),
@@ -200,6 +202,16 @@ def test_group_width_divides_every_slice(identity, gc, lanes):
                                               (14, 7, False), (9, 5, False), (13, 7, False)])  # fmt: skip
 def test_strip_length(size, length, full):
     assert _inception._strip_length(size) == (length, full)
+
+
+def test_the_weight_gradient_takes_strips_of_at_most_7_at_8_channels_per_group():
+    """Its tap sums, window and output gradients of a strip of 8 at 8 channels spilled (the forward's do not)."""
+    geometry = dict(LANES=8, VEC=8, TW=8, TH=8, FULL_W=False, FULL_H=False, INT64=False)
+    assert _inception._wgrad_geometry(geometry, 48, 32) == dict(geometry, TW=4, TH=6)  # the fewest padded, <= 7
+    assert _inception._wgrad_geometry(dict(geometry, LANES=4, VEC=4), 48, 32) == dict(geometry, LANES=4, VEC=4)
+    whole = dict(geometry, TW=8, TH=8, FULL_W=True, FULL_H=True)  # whole-map strips of 8 keep their length
+    assert _inception._wgrad_geometry(whole, 8, 8) == whole
+    assert _inception._strip_length(56, 7) == (7, False) and _inception._strip_length(64, 7) == (4, False)
 
 
 def test_groups_per_step_divide_the_branch_groups():

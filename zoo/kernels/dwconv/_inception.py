@@ -715,14 +715,25 @@ _mixer_kernel = triton.autotune([triton.Config({}, num_warps=_WARPS, maxnreg=MAX
 
 
 @functools.lru_cache(maxsize=64)
-def _strip_length(size: int) -> tuple[int, bool]:
-    """Outputs per thread along an axis of the map (4..8, the fewest padded positions; ties go to 7, then to 8, 6,
-    5, 4), and
-    whether the strip is the whole axis (maps of at most 8: the taps on the padding vanish at compile time)."""
+def _strip_length(size: int, longest: int = 8) -> tuple[int, bool]:
+    """Outputs per thread along an axis of the map (4..``longest``, the fewest padded positions; ties go to 7, then
+    to 8, 6, 5, 4), and whether the strip is the whole axis (maps of at most 8: the taps on the padding vanish at
+    compile time)."""
     if size <= 8:
         return size, True
-    length = min((7, 8, 6, 5, 4), key=lambda t: cdiv(size, t) * t - size)
+    length = min((t for t in (7, 8, 6, 5, 4) if t <= longest), key=lambda t: cdiv(size, t) * t - size)
     return length, False
+
+
+def _wgrad_geometry(geometry: dict, h: int, w: int) -> dict:
+    """The weight gradient's constexprs: the mixer's, with strips of at most 7 at 8 channels per group. A strip of
+    8 (maps 16-64 wide, 96: InceptionNeXt at 256 and 384 px) holds 8 output gradients, a 17- or 18-vector window
+    and the tap sums of 8 channels: 255 registers and 8-16 bytes spilled on sm_80 and sm_90, where 7 takes 243-246
+    registers and whole-map strips of 8 (their padded taps compiled away) 222."""
+    if geometry["LANES"] < 8:
+        return geometry
+    (tw, full_w), (th, full_h) = _strip_length(w, 7), _strip_length(h, 7)
+    return dict(geometry, TW=tw, FULL_W=full_w, TH=th, FULL_H=full_h)
 
 
 def _lanes(id_channels: int, gc: int, itemsize: int = 2) -> int:
@@ -935,10 +946,11 @@ def launch_inception_backward(
     grads = [(torch.empty_like(wt), torch.empty(gc, dtype=wt.dtype, device=wt.device)) for wt in weights]
     n, channels, h, w = x.shape
     geometry = _geometry(x, gc, square, grad_output, dx)  # dx: x's format, so its vector path agrees with x's
+    wgrad_geometry = _wgrad_geometry(geometry, h, w)
     vec = geometry["VEC"]
     block_a = 32 * _WARPS
     split, slots, row = _wgrad_layout(square, band, gc, geometry["LANES"])
-    chunks = _wgrad_chunks(min(_strip_counts(n, h, w, geometry)), block_a, slots, sm_count(x.device))
+    chunks = _wgrad_chunks(min(_strip_counts(n, h, w, wgrad_geometry)), block_a, slots, sm_count(x.device))
     partial = torch.empty((slots, chunks, row), dtype=torch.float32, device=x.device)
     with device_guard(x.device):
         _launch_mixer(grad_output, dx, weights, (None, None, None), gc, square, band, True, geometry)
@@ -966,7 +978,8 @@ def launch_inception_backward(
             BLOCK_A=block_a,
             FIN_BLOCK=_FIN_BLOCK,
             num_warps=_WARPS,
-            **geometry,
+            maxnreg=MAXNREG,  # unbounded, ptxas held stage 1's strips of 8 to 128 registers and spilled 40 bytes
+            **wgrad_geometry,
         )
     return (dx, *grads[0], *grads[1], *grads[2])
 
@@ -1022,6 +1035,7 @@ def _wgrad_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple) 
     """The arguments the backward passes to the weight-gradient kernel (pointers as types)."""
     n, c, h, w = shape
     geometry, strides = _spec_geometry(n, c, h, w, gc, layout, dtype, kernels[0])
+    geometry = _wgrad_geometry(geometry, h, w)
     split, slots, row = _wgrad_layout(*kernels, gc, geometry["LANES"])
     return dict(
         x_ptr=f"*{dtype}",
@@ -1049,18 +1063,21 @@ def _wgrad_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple) 
 
 def aot_specs() -> list:
     """Coverage compile specs (bf16, the training dtype, unless named): the forward / input-gradient kernel and the
-    weight-gradient kernel for channels_last with 8, 4 and 2 channels per group, strips of 7 and whole-map strips,
-    1 to 4 groups per step (the identity's up to 8), and NCHW (one element at a time); fp32 and fp16 once each. The benchmark shapes
-    are in :func:`benchmark_specs`."""
+    weight-gradient kernel for channels_last with 8, 4 and 2 channels per group, strips of 7 and 8 and whole-map
+    strips, 1 to 4 groups per step (the identity's up to 8), and NCHW (one element at a time); fp32 and fp16 once
+    each. The benchmark shapes are in :func:`benchmark_specs`."""
     from zoo.kernels._aot import launch_spec
 
     specs = []
     # (dtype, layout, shape, gc, (square, band), compiled in the tests): InceptionNeXt-T's stages 1 (gc = 12: 3
     # groups of 4, one per step) and 3 (6 groups of 8, two per step), a whole-map 7 x 7 stage (12 groups, four per
     # step), atto's split (groups of 2, band 9), NCHW, fp32 (groups of 4), square 5 with band 7 (the weight
-    # gradient one kernel row per program); the groups per step are the launcher's
+    # gradient one kernel row per program), stages 1 and 2 at 256 px (strips of 8; at 8 channels per group the
+    # weight gradient's of 4, _wgrad_geometry); the groups per step are the launcher's
     cases = [
         ("bf16", "channels_last", (8, 96, 56, 56), 12, (3, 11), True),
+        ("bf16", "channels_last", (8, 96, 64, 64), 12, (3, 11), True),
+        ("bf16", "channels_last", (8, 192, 32, 32), 24, (3, 11), True),
         ("bf16", "channels_last", (8, 384, 14, 14), 48, (3, 11), False),
         ("bf16", "channels_last", (8, 768, 7, 7), 96, (3, 11), True),
         ("bf16", "channels_last", (8, 40, 56, 56), 10, (3, 9), False),
@@ -1090,6 +1107,7 @@ def aot_specs() -> list:
                 _wgrad_args(dtype, shape, gc, layout, kernels),
                 num_warps=4,
                 ci=ci,
+                maxnreg=MAXNREG,
             )
         )
     return specs
@@ -1156,6 +1174,7 @@ def benchmark_specs() -> list:
                 )
         args = _wgrad_args("bf16", shape, gc, "channels_last", kernels)
         chunks = args["chunks"]
+        rows, columns = _strip_counts(n, h, w, _wgrad_geometry(geometry, h, w))
         blocks = [cdiv(rows, threads), cdiv(rows, threads), cdiv(columns, threads)]
         per_chunk = [
             sum(min(b, (q + 1) * cdiv(b, chunks)) - min(b, q * cdiv(b, chunks)) for q in range(chunks)) / chunks
@@ -1181,6 +1200,7 @@ def benchmark_specs() -> list:
                 num_warps=4,
                 work=work,
                 ci=c == 96,
+                maxnreg=MAXNREG,
             )
         )
     return specs
