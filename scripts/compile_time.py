@@ -3,13 +3,17 @@
     python scripts/compile_time.py unireplknet_t                    # one training step, batch 2
     python scripts/compile_time.py inceptionnext_t kat_t --batch 32   # each model in a process of its own
     python scripts/compile_time.py nat_m --inference --out benchmarks/results/cpu
+    python scripts/compile_time.py inceptionnext_t --img-size 384 --arch 80   # fine-tuning size, an A100
 
 The first step of a model on a GPU compiles every Triton kernel variant it launches, one after another on one CPU
 core (cached on disk afterwards): a minute for ``unireplknet_t``, most of it in the depthwise weight gradients.
 This script runs one step of an image model with ``backend="triton"`` through Triton's real compile path for a
 stand-in sm_90 GPU (scripts/host_time.py: CPU tensors, launch calls that do nothing, an empty Triton cache of its
 own), and lists each compile: the kernel, its constexprs, the runtime arguments the JIT specialised (a value of 1
-becomes a constant; ``/16``: a pointer or integer divisible by 16), and the seconds it took.
+becomes a constant; ``/16``: a pointer or integer divisible by 16), its registers and spilled bytes per thread
+(read from the cubin), and the seconds it took. ``--img-size`` and ``--arch`` (80: an A100, 90: an H100 / H200)
+show what another input size or GPU compiles: **Spills** lists every variant that spilled (the kernels' ahead-of-time
+specs cover the models' usual sizes; a size they miss can take a tile the specs never compiled).
 
 **Compiled more than once** lists kernels compiled with the same constexprs but different specialisations, and
 the arguments that differed: each is a second compile of what is nearly the same code, typically an argument
@@ -44,6 +48,9 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.compiler  # noqa: E402
 from _host import commit, cpu_name, slug  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from zoo.kernels._aot import cubin_usage  # noqa: E402
 
 
 @dataclass
@@ -56,6 +63,8 @@ class Compile:
     constexprs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
     specialised: dict = field(default_factory=dict)  # argument -> "=1" (a constant) or "/16" (divisible by 16)
+    registers: int = 0
+    spill_bytes: int = 0
 
 
 OPTIONS = ("num_warps", "num_stages", "maxnreg")  # the compile options that tell an autotuner's configurations apart
@@ -91,9 +100,11 @@ def record_compiles(echo: bool = False) -> list[Compile]:
         start = time.perf_counter()
         result = compile_fn(src, *args, **kwargs)
         if hasattr(src, "fn"):  # an ASTSource (a kernel), not IR text
+            seconds = time.perf_counter() - start
             constexprs, specialised = _describe(src)
             options = {k: v for k, v in (kwargs.get("options") or {}).items() if k in OPTIONS and v is not None}
-            compiles.append(Compile(src.fn.__name__, time.perf_counter() - start, constexprs, options, specialised))
+            registers, spill_bytes, _ = cubin_usage(result.asm["cubin"])
+            compiles.append(Compile(src.fn.__name__, seconds, constexprs, options, specialised, registers, spill_bytes))
             if echo:
                 print(f"  {compiles[-1].seconds:6.1f} s  {src.fn.__name__}", file=sys.stderr, flush=True)
         return result
@@ -127,14 +138,20 @@ def compiled_more_than_once(compiles: list[Compile]) -> list[dict]:
     return found
 
 
-def first_step(name: str, batch: int, train: bool) -> list[Compile]:
+def first_step(name: str, batch: int, train: bool, img_size: int | None = None) -> list[Compile]:
     """Compile what one step of model ``name`` (``backend="triton"``, bf16 autocast, channels_last, an image batch
-    of the model's input size) launches; the compiles, in order."""
+    of the model's input size, or ``img_size``) launches; the compiles, in order."""
     import zoo
 
     compiles = record_compiles(echo=True)
-    model = zoo.create_model(name, backend="triton").to(memory_format=torch.channels_last)
-    size = tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 224, 224)))
+    model = zoo.create_model(name, backend="triton")
+    cfg = getattr(model, "pretrained_cfg", {})
+    size = tuple(cfg.get("input_size", (3, 224, 224)))
+    if img_size is not None and img_size != size[-1]:
+        size = (size[0], img_size, img_size)
+        if cfg.get("fixed_input_size"):  # a ViT's position embedding: built for the size
+            model = zoo.create_model(name, backend="triton", img_size=img_size)
+    model = model.to(memory_format=torch.channels_last)
     images = torch.randn(batch, *size).to(memory_format=torch.channels_last)
     model.train(train)
     with torch.autocast("cpu", dtype=torch.bfloat16), nullcontext() if train else torch.no_grad():
@@ -147,29 +164,45 @@ def first_step(name: str, batch: int, train: bool) -> list[Compile]:
 def _print_model(result: dict) -> None:
     compiles = result["compiles"]
     total = sum(c["seconds"] for c in compiles)
-    print(f"\n{result['model']} ({result['step']}, batch {result['batch']}): {len(compiles)} compiles, {total:.1f} s")
-    print("\n| s | kernel | constexprs | options | specialised to 1 |\n|---:|---|---|---|---|")
+    print(
+        f"\n{result['model']} ({result['step']}, batch {result['batch']}, {result['img_size']} px, sm_{result['arch']}): "
+        f"{len(compiles)} compiles, {total:.1f} s"
+    )
+    print(
+        "\n| s | kernel | constexprs | options | specialised to 1 | regs | spill B |\n|---:|---|---|---|---|---:|---:|"
+    )
     for c in compiles:
         constexprs = ", ".join(f"{k}={v}" for k, v in c["constexprs"].items())
         options = ", ".join(f"{k}={v}" for k, v in c["options"].items())
         ones = ", ".join(k for k, v in c["specialised"].items() if v == "=1")
-        print(f"| {c['seconds']:.1f} | {c['kernel']} | {constexprs} | {options} | {ones} |")
+        print(f"| {c['seconds']:.1f} | {c['kernel']} | {constexprs} | {options} | {ones} | {c['registers']} | "
+              f"{c['spill_bytes']} |")  # fmt: skip
+    spilled = [c for c in compiles if c["spill_bytes"]]
+    print("\nSpills: " + ("none" if not spilled else ""))
+    for c in spilled:
+        print(
+            f"  {c['kernel']} {c['constexprs']} {c['options']}: {c['spill_bytes']} bytes at {c['registers']} registers"
+        )
     if result["compiled_more_than_once"]:
         print("\nCompiled more than once (same constexprs and options):")
         for d in result["compiled_more_than_once"]:
             print(f"  {d['kernel']} x{d['compiles']} ({d['seconds']:.1f} s), differing: {d['differing']}")
 
 
-def measure(name: str, batch: int, train: bool) -> dict:
-    """One model's first step in this process (its Triton cache must start empty: see :func:`main`)."""
+def measure(name: str, batch: int, train: bool, img_size: int | None = None, arch: int = 90) -> dict:
+    """One model's first step in this process, compiled for ``sm_{arch}`` (its Triton cache must start empty: see
+    :func:`main`)."""
     import host_time  # scripts/host_time.py: the stand-in driver
 
+    host_time.STAND_IN_TARGET = GPUTarget("cuda", arch, 32)
     host_time.install_stand_in()
     start = time.perf_counter()
-    compiles = first_step(name, batch, train)
+    compiles = first_step(name, batch, train, img_size)
     return dict(
         model=name,
         batch=batch,
+        img_size=img_size or "default",
+        arch=arch,
         step="training" if train else "inference",
         seconds=round(time.perf_counter() - start, 2),
         compiles=[asdict(c) | {"seconds": round(c.seconds, 2)} for c in compiles],
@@ -182,11 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("models", nargs="+", help="registered image models, e.g. unireplknet_t")
     parser.add_argument("--batch", type=int, default=2, help="images per step (default %(default)s)")
     parser.add_argument("--inference", action="store_true", help="a forward without gradients, not a training step")
+    parser.add_argument("--img-size", type=int, default=None, help="square images of this size (default: the model's)")
+    parser.add_argument("--arch", type=int, choices=(80, 90), default=90, help="compile for sm_80 or sm_90 (default)")
     parser.add_argument("--out", type=Path, default=None, help="also write <cpu>-<date>-compile-time.json here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, JSON on stdout
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.models[0], args.batch, not args.inference)))
+        print(json.dumps(measure(args.models[0], args.batch, not args.inference, args.img_size, args.arch)))
         return 0
     results = dict(
         device=cpu_name(),
@@ -195,14 +230,15 @@ def main(argv: list[str] | None = None) -> int:
         triton=triton.__version__,
         python=platform.python_version(),
         commit=commit(),
-        settings=dict(batch=args.batch, target="sm_90 (stand-in driver)"),
+        settings=dict(batch=args.batch, img_size=args.img_size, target=f"sm_{args.arch} (stand-in driver)"),
         models=[],
     )
     print(f"First-step compiles, {results['device']}, Triton {triton.__version__} (scripts/compile_time.py)")
     for name in args.models:  # a process and an empty Triton cache each: no model reuses another's compiles
         with tempfile.TemporaryDirectory(prefix="zoo-compile-time-") as cache:
-            cmd = [sys.executable, __file__, name, "--batch", str(args.batch), "--worker"]
+            cmd = [sys.executable, __file__, name, "--batch", str(args.batch), "--arch", str(args.arch), "--worker"]
             cmd += ["--inference"] if args.inference else []
+            cmd += ["--img-size", str(args.img_size)] if args.img_size else []
             env = dict(os.environ, TRITON_CACHE_DIR=cache)
             print(f"\n{name}: compiling ...", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)  # its progress: our stderr
@@ -213,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_model(result)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{slug(results['device'])}-{results['date']}-compile-time.json"
+        size = f"-{args.img_size}px" if args.img_size else ""
+        path = args.out / f"{slug(results['device'])}-{results['date']}-compile-time{size}-sm{args.arch}.json"
         path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"\nwrote {path}")
     return 0

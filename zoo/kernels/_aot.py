@@ -230,15 +230,20 @@ def compile_kernel(spec: KernelSpec, arch: int):
     return compiled
 
 
+def cubin_usage(cubin: bytes) -> tuple[int, int, int]:
+    """(registers, spill bytes, shared bytes) of a compiled kernel: spills are the stack frame plus local memory
+    per thread (ptxas puts spilled registers on the stack frame)."""
+    usage = _resource_usage(cubin)
+    return usage["REG"], usage.get("STACK", 0) + usage.get("LOCAL", 0), usage.get("SHARED", 0)
+
+
 def compile_spec(spec: KernelSpec, arch: int) -> CompileReport:
     """Compile one configuration for ``sm_{arch}`` and report its registers, spills and shared memory."""
     compiled = compile_kernel(spec, arch)
-    usage = _resource_usage(compiled.asm["cubin"])
     matrix = None
     if spec.uses_dot:
         matrix = MATRIX_INSTRUCTIONS[arch] in compiled.asm["ptx"]
-    spill = usage.get("STACK", 0) + usage.get("LOCAL", 0)  # ptxas puts spilled registers on the stack frame
-    return CompileReport(spec.name, arch, usage["REG"], spill, usage.get("SHARED", 0), matrix)
+    return CompileReport(spec.name, arch, *cubin_usage(compiled.asm["cubin"]), matrix)
 
 
 def loop_report(spec: KernelSpec, arch: int = LOOP_ARCH) -> dict:

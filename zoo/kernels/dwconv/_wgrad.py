@@ -37,6 +37,7 @@ from zoo.kernels._backend import INTERPRETER, cdiv, launchable, ticket_counters,
 from zoo.kernels.dwconv._checks import output_size, pair, same_padding, tap_dilation
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
+    MAXNREG,
     index,
     meta_strides,
     needs_int64,
@@ -121,7 +122,7 @@ def _column_tile(
 
 # one strip (a small batch on a small map) and several would be two specialisations, two compiles of one tile; the
 # dilations stay specialised (at 1 the masked path's loop over column phases is compiled out)
-@triton.jit(do_not_specialize=["strips"])
+@triton.jit(do_not_specialize=["strips", "dil_h", "dil_w"])
 def _dwconv_wgrad_kernel(
     x_ptr,
     dy_ptr,
@@ -391,9 +392,15 @@ def _plan(x_shape, x_strides, g_shape, g_strides, kernel, stride, dilation, elem
     zg_c = 1 if g_strides[1] == 1 else 0
     span = channels + config["BLOCK_C"]
     zeros = (span * zx_c + w * abs(x_strides[3]) + 1, span * zg_c + out_w * abs(g_strides[3]) + 1)
+    # Register bound: ptxas's own choice for the models' paths (EDGES, whole rows: given 255 it took up to twice the
+    # registers for the same code, fewer programs per SM); 255 for the general masked path and fp32, where its own
+    # choice (72 to 128 registers) spilled 16-24 bytes (NCHW K = 31 on sm_90, channels_last fp32 3 x 3 on sm_80)
+    general = not (config["EDGES"] or config["WHOLE_ROW"])
+    options = {"maxnreg": MAXNREG} if general or element_size == 4 else {}
     return dict(
         layout=layout,
         config=config,
+        options=options,
         grid=(row_blocks, channel_blocks, strips),
         rows_per_strip=rows_per_strip,
         strips=strips,
@@ -467,6 +474,7 @@ def weight_grad(
         STRIDE_W=stride[1],
         INT64=needs_int64(x, grad_output),
         **config,
+        **plan["options"],
     )
     return dw, db
 
@@ -559,6 +567,7 @@ def aot_specs() -> list:
             sizes = (32, 14) if layout == "nchw" else (32,)  # 14: one tile per row (NCHW only)
             cases = [("bf16", None, (1, 1), (1, 1), False, size) for size in sizes]
             cases.append(("bf16", None, (1, 1), (2, 2), False, 6))
+            cases.append(("bf16", None, (1, 1), (1, 1), False, 7))  # a 7 x 7 stage: the masked path, undilated
             if kernel in ((3, 3), (7, 7)):
                 cases += [("bf16", None, (1, 1), (1, 1), False, 28), ("bf16", None, (2, 2), (2, 2), True, 32)]
                 cases += [("fp32", None, (1, 1), (1, 1), False, 32), ("fp16", None, (1, 1), (1, 1), False, 32)]
@@ -576,6 +585,7 @@ def aot_specs() -> list:
                         _dwconv_wgrad_kernel,
                         args,
                         num_warps=launch["num_warps"],
+                        **launch["options"],
                         ci=layout == "channels_last"
                         and size == 32
                         and not weight_dtype
@@ -630,11 +640,15 @@ def benchmark_specs() -> list:
                 columns = _column_tiles(h, h, k, 1, 1, config["TILE_W"])
             taps = (k * k + 1) / (strips * row_blocks)  # the last program of a channel block: every tap
             chunks = cdiv(strips, config["BLOCK_S"])
+            if config["EDGES"] or config["WHOLE_ROW"]:
+                trips = ((steps, taps), (*columns, chunks))
+            else:  # inside the row loop, the loop over the dilation's column phases (one here) holds the column loops
+                trips = ((steps, taps), (1, chunks), columns)
             work = Work(
                 case,
                 "MAC",
                 macs / programs,
-                ((steps, taps), (*columns, chunks)),
+                trips,
                 f"MACs = N C (taps on map per axis)^2 = {n} x {c} x {taps_on_map(h, k)}^2 = {macs}; programs = "
                 f"{row_blocks} kernel-row blocks x cdiv({c}, {config['BLOCK_C']}) x {strips} strips = {programs}; "
                 f"loops: row steps cdiv({n * h}, {config['BLOCK_S']}) / {strips} = {steps:g}; column tiles of "
@@ -650,6 +664,7 @@ def benchmark_specs() -> list:
                     _dwconv_wgrad_kernel,
                     args,
                     num_warps=launch["num_warps"],
+                    **launch["options"],
                     work=work,
                     ci=(k, h) == (3, 56),  # K = 3 compiles fastest: CI's compile budget
                 )
