@@ -3,6 +3,7 @@ one copy for scripts/benchmark_cpu.py, scripts/benchmark_onnx.py and scripts/tra
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -47,3 +48,11 @@ def percentile(values: list[float], q: float) -> float:
     """The q-quantile (0..1) of ``values`` by the nearest rank."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def write_results(out: Path, results: dict, kind: str) -> Path:
+    """Write ``results`` (a dict with ``device`` and ``date``) as ``out/<device>-<date>-<kind>.json``; its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{slug(results['device'])}-{results['date']}-{kind}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return path

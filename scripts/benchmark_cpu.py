@@ -43,7 +43,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._host import commit, cpu_name, load, percentile, slug  # noqa: E402
+from scripts._host import commit, cpu_name, load, percentile, write_results  # noqa: E402
 
 # model -> (peer, constructor arguments for inference, for the training step)
 MODELS = {
@@ -424,10 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["models"] = run_models(args)
     results["load_average_after"] = load()
     results["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    suffix = args.what + ("-quick" if args.quick else "")
-    path = args.out / f"{slug(results['device'])}-{results['date']}-{suffix}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(args.out, results, args.what + ("-quick" if args.quick else ""))
     print_readme_rows(results)
     print(f"\nresults: {path} ({results['seconds']} s)")
     return results

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts._host import commit, cpu_name, load, percentile, slug  # noqa: E402
+from scripts._host import commit, cpu_name, load, percentile, write_results  # noqa: E402
 
 DEFAULT_MODELS = ("inceptionnext_t", "unireplknet_t")
 DEPLOY_ARGS = {"unireplknet": dict(deploy=True)}  # model-name prefix -> constructor arguments of the deployed form
@@ -152,9 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "commit": commit(),
         "models": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{slug(results['device'])}-{results['date']}-{args.threads}threads.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = write_results(args.out, results, f"{args.threads}threads")
     print(
         f"{results['device']}, {args.threads} threads, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
     )

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.compiler  # noqa: E402
-from _host import commit, cpu_name, slug  # noqa: E402
+from _host import commit, cpu_name, write_results  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from zoo.kernels._aot import cubin_usage  # noqa: E402
@@ -248,11 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         results["models"].append(result)
         _print_model(result)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         size = f"-{args.img_size}px" if args.img_size else ""
-        path = args.out / f"{slug(results['device'])}-{results['date']}-compile-time{size}-sm{args.arch}.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {path}")
+        print(f"\nwrote {write_results(args.out, results, f'compile-time{size}-sm{args.arch}')}")
     return 0
 
 

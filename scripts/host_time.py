@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -40,7 +39,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark  # noqa: E402  (scripts/benchmark.py: the ops' cases and their calls)
-from _host import commit, cpu_name, load, slug  # noqa: E402
+from _host import commit, cpu_name, load, write_results  # noqa: E402
 
 import zoo.kernels._backend as backend  # noqa: E402
 
@@ -151,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results["rows"]:
         print(f"| {r['op']} | {r['case']} | {r['dtype']} | {r['pass_']} | {r['impl']} | {r['host_us']:.1f} |")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{slug(results['device'])}-{results['date']}-host-time.json"
-        path.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {path}")
+        print(f"\nwrote {write_results(args.out, results, 'host-time')}")
     return 0
 
 
