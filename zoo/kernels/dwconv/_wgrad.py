@@ -120,8 +120,9 @@ def _column_tile(
     return updated, acc_bias
 
 
-# one strip (a small batch on a small map) and several would be two specialisations, two compiles of one tile; the
-# dilations stay specialised (at 1 the masked path's loop over column phases is compiled out)
+# one strip (a small batch on a small map) and several would be two specialisations, two compiles of one tile; so
+# would dilations of 1 and 2 (UniRepLKNet's branches), and specialised at 1 the masked path spilled (docs/design.md
+# §18)
 @triton.jit(do_not_specialize=["strips", "dil_h", "dil_w"])
 def _dwconv_wgrad_kernel(
     x_ptr,
