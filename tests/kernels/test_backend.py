@@ -358,3 +358,27 @@ def test_an_autotuned_kernel_with_one_configuration_never_asks_the_autotuner(mon
     for n in (20, 19):
         backend_module.launchable(tuner)[_grid](out, n)
     assert not runs and (out == 16).all()
+
+
+def test_once_differentiable_runs_the_backward_as_is_and_refuses_a_second_differentiation():
+    grad_modes = []
+
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        @backend_module.once_differentiable
+        def backward(ctx, grad):
+            grad_modes.append(torch.is_grad_enabled())
+            return grad * 2
+
+    x = torch.randn(3, requires_grad=True)
+    (grad,) = torch.autograd.grad(Double.apply(x).sum(), x)
+    assert torch.equal(grad, torch.full((3,), 2.0)) and grad_modes == [False]
+    upstream = torch.ones(3, requires_grad=True)  # a gradient that is itself differentiable
+    (grad,) = torch.autograd.grad(Double.apply(x), x, upstream, create_graph=True)  # torch's wrapper: no_grad
+    assert torch.equal(grad, torch.full((3,), 2.0)) and grad_modes == [False, False]
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()

@@ -38,6 +38,7 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 try:  # Triton ships with PyTorch on Linux; elsewhere the reference still works.
     import triton
     import triton.language as tl
+    from triton import knobs as triton_knobs
     from triton.language.extra.cuda import libdevice
 
     HAS_TRITON = True
@@ -205,6 +206,22 @@ def dispatch_triton(
     return function.apply(*args)
 
 
+def once_differentiable(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.autograd.function.once_differentiable`` for a Function's ``backward``, without its cost in the usual
+    case: a backward runs with grad mode off unless ``create_graph=True``, and then torch's wrapper (which runs the
+    backward under ``no_grad`` and makes a second differentiation raise) has nothing to do but enter ``no_grad``
+    (3-4 us of host time per call, scripts/host_time.py). With grad mode on, torch's wrapper runs."""
+    guarded = torch.autograd.function.once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Any) -> Any:
+        if torch.is_grad_enabled():
+            return guarded(ctx, *grads)
+        return backward(ctx, *grads)
+
+    return wrapper
+
+
 # Tables derived from weights (the padded, pre-scaled attention bias): (id(weight), key) -> (weakref, version, table)
 _DERIVED: dict[tuple[int, Hashable], tuple[weakref.ref, int, torch.Tensor]] = {}
 _DERIVED_MAX = 64
@@ -299,7 +316,8 @@ def launchable(kernel: Any) -> Any:
     """``kernel`` (a ``triton.jit`` function or ``triton.autotune`` wrapper) as the launcher should call it
     (``launchable(kernel)[grid](*args, **constexprs)``): ``torch.library.wrap_triton(kernel)`` while
     :func:`tracing_kernels`, so that the launch enters the graph as a Triton-kernel node which Inductor compiles and
-    launches itself; an autotuned kernel through its :class:`TunedLaunch`; else the kernel itself."""
+    launches itself; an autotuned kernel through its :class:`TunedLaunch`; a compiled (not interpreted) kernel
+    through its :class:`FastLaunch`; else (the interpreter) the kernel itself."""
     if tracing_kernels():
         return torch.library.wrap_triton(kernel)
     if HAS_TRITON and isinstance(kernel, triton.runtime.Autotuner):
@@ -307,7 +325,97 @@ def launchable(kernel: Any) -> Any:
         if tuned is None:
             tuned = kernel._zoo_tuned_launch = TunedLaunch(kernel)
         return tuned
-    return kernel
+    return _fast_launch(kernel)
+
+
+FAST_LAUNCH_ENV_VAR = "ZOO_FAST_LAUNCH"
+
+
+def _fast_launch(fn: Any) -> Any:
+    """The :class:`FastLaunch` of a compiled ``triton.jit`` function (one per function), or ``fn`` itself: under
+    the interpreter, and when ``ZOO_FAST_LAUNCH=0`` (read once, at import: a switch for telling whether a problem
+    on a GPU comes from this launch path)."""
+    if not _FAST_LAUNCH_ON or not isinstance(fn, triton.runtime.JITFunction):
+        return fn
+    fast = fn.__dict__.get("_zoo_fast_launch")
+    if fast is None:
+        fast = fn._zoo_fast_launch = FastLaunch(fn)
+    return fast
+
+
+class FastLaunch:
+    """Launches of a compiled ``triton.jit`` function that skip most of ``JITFunction.run``'s per-call work.
+
+    Triton's launch path spends about 8 us of host time per launch on this project's kernels (scripts/host_time.py,
+    an AMD EPYC core): its binder (the arguments' specialisation: 2-3 us for 10-15 arguments), a string key for its
+    kernel cache (1 us), knob and hook look-ups, the check that the globals a kernel read have not changed, and
+    launch metadata for profiler hooks. Here the binder still runs (Triton's own specialisation, so a launch picks
+    the binary Triton would), its result is looked up as a tuple in this function's own cache, and the binary's
+    launcher is called as ``JITFunction.run`` calls it (and as Inductor's generated code does): about 3 us. The
+    first launch of each specialisation, and every launch while a launch hook, a pre-run hook or a stage-inspection
+    hook is set, goes through ``JITFunction.run``, which compiles or loads the binary this cache then keeps. Not
+    checked per launch: that the module globals a kernel read are unchanged (this project's kernels read constants
+    only)."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+        self.binaries: dict[tuple, Any] = {}
+
+    def __getitem__(self, grid: Any) -> Callable[..., None]:
+        return functools.partial(self.launch, grid)
+
+    def launch(self, grid: Any, *args: Any, **kwargs: Any) -> None:
+        """``fn[grid](*args, **kwargs)``."""
+        fn = self.fn
+        runtime = triton_knobs.runtime
+        if (
+            fn.pre_run_hooks
+            or _hooked(runtime.launch_enter_hook)
+            or _hooked(runtime.launch_exit_hook)
+            or getattr(runtime, "add_stages_inspection_hook", None) is not None  # Triton 3.8: custom passes
+        ):
+            fn.run(*args, grid=grid, warmup=False, **kwargs)
+            return
+        device = triton.runtime.driver.active.get_current_device()
+        bound, specialization, options = fn.device_caches[device][4](*args, **kwargs)
+        key = (
+            device,
+            tuple(specialization),
+            tuple(options.items()),
+            runtime.debug,
+            triton_knobs.compilation.instrumentation_mode,
+        )
+        binary = self.binaries.get(key)
+        if binary is None:
+            binary = fn.run(*args, grid=grid, warmup=False, **kwargs)
+            if binary is not None and not hasattr(binary, "result"):  # not a compile still under way
+                self.binaries[key] = binary
+            return
+        if callable(grid):
+            grid = grid(bound)
+        size = len(grid)
+        binary.run(
+            grid[0],
+            grid[1] if size > 1 else 1,
+            grid[2] if size > 2 else 1,
+            triton.runtime.driver.active.get_current_stream(device),
+            binary.function,
+            binary.packed_metadata,
+            None,  # launch metadata and hooks: none set (above)
+            None,
+            None,
+            *bound.values(),
+        )
+
+
+def _hooked(hook: Any) -> bool:
+    """Whether a Triton launch hook is set: a ``HookChain`` with calls (Triton 3.6 / 3.8), or any other value
+    but None."""
+    calls = getattr(hook, "calls", None)
+    return bool(calls) if isinstance(calls, list) else hook is not None
+
+
+_FAST_LAUNCH_ON = HAS_TRITON and os.environ.get(FAST_LAUNCH_ENV_VAR, "1") != "0"
 
 
 class TunedLaunch:
@@ -318,12 +426,14 @@ class TunedLaunch:
     and the name of every tensor's dtype; for the 20-40 arguments of the depthwise and attention kernels, as long
     as Triton's launch itself (scripts/host_time.py). The first launch of each key goes through the autotuner
     (which benchmarks the configurations of a key it has not seen) and keeps the configuration it chose; later
-    ones launch the kernel with it directly. The key is at least as fine as the autotuner's: the values of its key
-    arguments and the dtype of every argument; a kernel with one configuration needs none. A configuration with a
-    ``pre_hook`` always goes through the autotuner."""
+    ones launch the kernel with it directly (through its :class:`FastLaunch` when compiled). The key is at least
+    as fine as the autotuner's: the values of its key arguments and the dtype of every argument; a kernel with one
+    configuration needs none. A configuration with a ``pre_hook`` always goes through the autotuner."""
 
     def __init__(self, tuner: Any):
         self.tuner = tuner
+        kernel = _fast_launch(tuner.fn)
+        self.launch = kernel.launch if isinstance(kernel, FastLaunch) else lambda grid, *a, **k: kernel[grid](*a, **k)
         self.key_args = [(tuner.arg_names.index(name), name) for name in tuner.keys]
         self.chosen: dict[tuple, dict] = {}
         only = tuner.configs[0] if len(tuner.configs) == 1 else None
@@ -334,16 +444,16 @@ class TunedLaunch:
 
     def _launch(self, grid: Any, *args: Any, **kwargs: Any) -> None:
         if self.only is not None:
-            self.tuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **self.only)
+            self.launch(grid, *args, **kwargs, **self.only)
             return
         key = (
-            tuple(args[i] if i < len(args) else kwargs.get(name) for i, name in self.key_args),
-            tuple(getattr(a, "dtype", None) for a in args),
-            tuple(getattr(a, "dtype", None) for a in kwargs.values()),
+            tuple([args[i] if i < len(args) else kwargs.get(name) for i, name in self.key_args]),
+            tuple([getattr(a, "dtype", None) for a in args]),
+            tuple([getattr(a, "dtype", None) for a in kwargs.values()]),
         )
         config = self.chosen.get(key)
         if config is not None:
-            self.tuner.fn.run(*args, grid=grid, warmup=False, **kwargs, **config)
+            self.launch(grid, *args, **kwargs, **config)
             return
         self.tuner[grid](*args, **kwargs)
         if self.tuner.best_config.pre_hook is None:

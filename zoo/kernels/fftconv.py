@@ -56,6 +56,7 @@ from zoo.kernels._backend import (
     dispatch_triton,
     launchable,
     next_power_of_2,
+    once_differentiable,
     resolve_backend,
     tl,
     triton,
@@ -1047,7 +1048,7 @@ class _FFTConvFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_output):
         u, k, D, gate_in, gate_out, z = ctx.saved_tensors
         grads = fftconv_backward(grad_output, u, k, D, ctx.bidirectional, ctx.activation, gate_in, gate_out, conv=z)

@@ -57,6 +57,7 @@ from zoo.kernels._backend import (
     dispatch_triton,
     launchable,
     next_power_of_2,
+    once_differentiable,
     requested_backend,
     resolve_backend,
     ticket_counters,
@@ -1601,7 +1602,7 @@ class _NAFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, rpb, out, lse = ctx.saved_tensors
         dq, dk, dv, drpb = _launch_backward(grad_out, q, k, v, out, lse, *ctx.checked[:3], rpb, ctx.checked[3])

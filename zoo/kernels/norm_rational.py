@@ -33,6 +33,7 @@ from zoo.kernels._backend import (
     dispatch_triton,
     launchable,
     next_power_of_2,
+    once_differentiable,
     requested_backend,
     resolve_backend,
     sm_count,
@@ -655,7 +656,7 @@ class _NormRationalFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_output: Tensor):
         return *_launch_backward(grad_output, *ctx.saved_tensors), None, None
 

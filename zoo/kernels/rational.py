@@ -29,6 +29,7 @@ from zoo.kernels._backend import (
     launchable,
     libdevice,
     next_power_of_2,
+    once_differentiable,
     requested_backend,
     resolve_backend,
     ticket_counters,
@@ -643,7 +644,7 @@ class _GroupRationalFunction(torch.autograd.Function):
         return group_rational_forward(x, weight_numerator, weight_denominator, out_dtype)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         return *_launch_backward(grad_output, *ctx.saved_tensors), None
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from zoo.kernels._backend import once_differentiable
 from zoo.kernels._cpu_compile import COMPILE_ENV_VAR, compile_enabled, run
 
 __all__ = [
@@ -125,7 +126,7 @@ class _GroupRationalCPU(torch.autograd.Function):
         return run("rational_forward", rational_forward_math, x3, a, b)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_output: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x3, a, b = ctx.saved_tensors
         return run("rational_backward", rational_backward_math, grad_output, x3, a, b)

@@ -36,6 +36,7 @@ from zoo.kernels._backend import (
     device_guard,
     dispatch_triton,
     launchable,
+    once_differentiable,
     resolve_backend,
     tl,
     triton,
@@ -695,7 +696,7 @@ class _S4DKernelFunction(torch.autograd.Function):
         return s4d_kernel_forward(log_dt, C, log_A_real, A_imag, L, method)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_K):
         return (*s4d_kernel_backward(grad_K, *ctx.saved_tensors, ctx.L, ctx.method), None, None)
 

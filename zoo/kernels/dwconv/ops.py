@@ -22,6 +22,7 @@ from zoo.kernels._backend import (
     check_triton_device,
     device_guard,
     dispatch_triton,
+    once_differentiable,
     requested_backend,
     resolve_backend,
     triton_op,
@@ -248,7 +249,7 @@ class _DwConv2dFunction(torch.autograd.Function):
         return _launch_forward(x, weight, bias, *ctx.geometry)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         dx, dw, db = _launch_backward(grad_output, x, weight, *ctx.geometry)
@@ -265,7 +266,7 @@ class _InceptionFunction(torch.autograd.Function):
         return inception_dwconv2d_forward(x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable
     def backward(ctx, grad_output):
         dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h = launch_inception_backward(grad_output, *ctx.saved_tensors)
         if not ctx.has_bias:

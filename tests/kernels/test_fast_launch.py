@@ -1,0 +1,119 @@
+"""zoo.kernels._backend.FastLaunch: a compiled kernel's launch that skips most of ``JITFunction.run`` must launch
+the binary Triton's own path would, with the same grid and arguments, for every specialisation (pointer alignment,
+integers equal to 1 or divisible by 16, dtypes, constexprs), and leave launches to Triton while a launch hook is
+set. Without a GPU: a subprocess compiles for a stand-in sm_90 GPU (scripts/host_time.py's driver) and records each
+launch call instead of making it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, "scripts")  # run from the repository root
+    import host_time
+    host_time.install_stand_in()
+
+    import torch
+    import triton
+    import triton.compiler.compiler as triton_compiler
+    import triton.language as tl
+    from zoo.kernels import _backend
+
+    launches = []
+
+    def recording_handles(self):  # host_time's _no_launch, but the launch call records its binary and arguments
+        if self.module is None:
+            self.module = self.function = 0
+            self._run = lambda *args, binary=self: launches.append((binary, args))
+
+    triton_compiler.CompiledKernel._init_handles = recording_handles
+
+    @triton.jit
+    def scale(x_ptr, y_ptr, n, stride, factor, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + offs * stride, mask=offs < n)
+        tl.store(y_ptr + offs, x * factor, mask=offs < n)
+
+    def recorded(launch):
+        launches.clear()
+        launch()
+        (call,) = launches
+        return call
+
+    def same(a, b):
+        return a is b if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) else a == b
+
+    fast = _backend.launchable(scale)
+    assert isinstance(fast, _backend.FastLaunch) and _backend.launchable(scale) is fast
+    buffers = {dtype: torch.zeros(80, dtype=dtype) for dtype in (torch.bfloat16, torch.float32)}
+    out = torch.zeros(80)
+    cases = {
+        "aligned": (buffers[torch.bfloat16], out, 48, 1, 2.0, 16),
+        "misaligned x": (buffers[torch.bfloat16][1:], out, 48, 1, 2.0, 16),
+        "n = 1": (buffers[torch.bfloat16], out, 1, 1, 2.0, 16),
+        "n % 16 != 0": (buffers[torch.bfloat16], out, 47, 1, 2.0, 16),
+        "stride 2": (buffers[torch.bfloat16], out, 32, 2, 2.0, 16),
+        "float32 x": (buffers[torch.float32], out, 48, 1, 2.0, 16),
+        "BLOCK 32": (buffers[torch.bfloat16], out, 48, 1, 2.0, 32),
+        "another factor": (buffers[torch.bfloat16], out, 48, 1, 0.5, 16),
+    }
+    binaries = {}
+    for rounds in range(2):  # the first launch of a specialisation goes through JITFunction.run, later ones do not
+        for name, (*args, block) in cases.items():
+            grid = lambda meta: (triton.cdiv(args[2], meta["BLOCK"]),)
+            binary, fast_args = recorded(lambda: fast[grid](*args, BLOCK=block))
+            reference, ref_args = recorded(lambda: scale.run(*args, grid=grid, warmup=False, BLOCK=block))
+            assert binary is reference, name
+            # grid, stream, function, metadata; then (past the launch metadata and hooks, which the fast path
+            # leaves out: no hook is set) every argument
+            assert fast_args[:6] == ref_args[:6], name
+            assert not rounds or fast_args[6:9] == (None, None, None), name
+            assert len(fast_args) == len(ref_args) and all(map(same, fast_args[9:], ref_args[9:])), name
+            assert binaries.setdefault(name, binary) is binary, name  # kept, not recompiled
+    # the cache tells specialisations apart: each case compiled a binary of its own but the float's value, which
+    # Triton does not specialise on
+    distinct = {id(binaries[name]) for name in cases if name != "another factor"}
+    assert len(distinct) == len(fast.binaries) == len(cases) - 1
+    assert binaries["another factor"] is binaries["aligned"]
+
+    # a launch hook (a profiler's) must see every launch: with one set, the launch goes through JITFunction.run,
+    # which hands the launcher its launch metadata and the hook (the launcher calls it; the recording one does not)
+    hook = lambda metadata: None
+    triton.knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        *args, block = cases["aligned"]
+        _, hooked_args = recorded(lambda: fast[(3,)](*args, BLOCK=block))
+    finally:
+        triton.knobs.runtime.launch_enter_hook.remove(hook)
+    assert hooked_args[6] is not None and hooked_args[7] is triton.knobs.runtime.launch_enter_hook
+
+    # an autotuned kernel launches its chosen configuration through the fast path
+    tuned = triton.autotune([triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})], key=["n"])(scale)
+    *args, _ = cases["aligned"]
+    grid = lambda meta: (triton.cdiv(48, meta["BLOCK"]),)
+    _backend.launchable(tuned)[grid](*args)
+    chosen = tuned.best_config.kwargs["BLOCK"]
+    binary, fast_args = recorded(lambda: _backend.launchable(tuned)[grid](*args))
+    assert fast_args[0] == triton.cdiv(48, chosen) and fast_args[-1] == chosen
+    assert binary in _backend.launchable(scale).binaries.values()
+    print("ok")
+    """
+)
+
+
+def test_fast_launch_launches_the_binary_and_arguments_of_tritons_own_launch_path(tmp_path):
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path / "triton-cache"), PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    env.pop("ZOO_FAST_LAUNCH", None)
+    script = tmp_path / "fast_launch_check.py"  # a file: triton.jit reads its kernels' source
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
