@@ -117,3 +117,17 @@ def test_fast_launch_launches_the_binary_and_arguments_of_tritons_own_launch_pat
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_zoo_fast_launch_0_leaves_launches_to_triton():
+    check = (
+        "from zoo.kernels import _backend, rational; fn = rational._group_rational_bwd.fn; "
+        "print(type(_backend.launchable(fn)).__name__)"
+    )
+    kinds = {}
+    for value in ("0", "1"):
+        env = dict(os.environ, TRITON_INTERPRET="0", ZOO_FAST_LAUNCH=value, PYTHONPATH=str(ROOT))
+        proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        kinds[value] = proc.stdout.strip()
+    assert kinds == {"0": "JITFunction", "1": "FastLaunch"}

@@ -329,6 +329,7 @@ def launchable(kernel: Any) -> Any:
 
 
 FAST_LAUNCH_ENV_VAR = "ZOO_FAST_LAUNCH"
+_FAST_LAUNCH_ON = HAS_TRITON and os.environ.get(FAST_LAUNCH_ENV_VAR, "1") != "0"
 
 
 def _fast_launch(fn: Any) -> Any:
@@ -351,7 +352,7 @@ class FastLaunch:
     kernel cache (1 us), knob and hook look-ups, the check that the globals a kernel read have not changed, and
     launch metadata for profiler hooks. Here the binder still runs (Triton's own specialisation, so a launch picks
     the binary Triton would), its result is looked up as a tuple in this function's own cache, and the binary's
-    launcher is called as ``JITFunction.run`` calls it (and as Inductor's generated code does): about 3 us. The
+    launcher is called as ``JITFunction.run`` calls it: about 4 us. The
     first launch of each specialisation, and every launch while a launch hook, a pre-run hook or a stage-inspection
     hook is set, goes through ``JITFunction.run``, which compiles or loads the binary this cache then keeps. Not
     checked per launch: that the module globals a kernel read are unchanged (this project's kernels read constants
@@ -413,9 +414,6 @@ def _hooked(hook: Any) -> bool:
     but None."""
     calls = getattr(hook, "calls", None)
     return bool(calls) if isinstance(calls, list) else hook is not None
-
-
-_FAST_LAUNCH_ON = HAS_TRITON and os.environ.get(FAST_LAUNCH_ENV_VAR, "1") != "0"
 
 
 class TunedLaunch:
