@@ -43,6 +43,7 @@ if not torch.cuda.is_available():  # the Triton rows run through the interpreter
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
+from zoo.kernels._backend import launchable, once_differentiable  # noqa: E402
 from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
 from zoo.kernels.norm_rational import (  # noqa: E402
@@ -399,19 +400,20 @@ def _empty_kernel(ptr):
 
 class _ProbeFunction(torch.autograd.Function):
     """An op built as the zoo's eager Triton paths are (a torch.autograd.Function whose Python forward and backward
-    each allocate their output and make one Triton launch) that does no work: its host time is the overhead every
-    such op pays."""
+    each allocate their output and make one launch through ``launchable``, the backward marked
+    ``once_differentiable``) that does no work: its host time is the overhead every such op pays."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty_like(x)
-        _empty_kernel[(1,)](y)
+        launchable(_empty_kernel)[(1,)](y)
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
         dx = torch.empty_like(dy)
-        _empty_kernel[(1,)](dx)
+        launchable(_empty_kernel)[(1,)](dx)
         return dx
 
 
@@ -432,9 +434,11 @@ def bench_host_probe(
     kernels: Mapping[str, str] | None = None,
 ) -> list[OpRow]:
     """Rows that split an eager Triton op's host time into its parts, with ops that do no work (float32, one
-    element, whatever ``dtype``): "triton-launch" (forward only) is a bare launch of an empty Triton kernel;
-    "triton" is :class:`_ProbeFunction` (forward: the Function, an allocation and one such launch; forward+backward
-    adds the autograd engine calling a Python backward, which makes the second launch); "torch" is ``x * 1.0`` (one
+    element, whatever ``dtype``): "triton-launch" (forward only) is a bare launch of an empty Triton kernel through
+    Triton's ``JITFunction.run``, "fast-launch" the same launch through ``launchable`` (the zoo's ``FastLaunch``,
+    docs/design.md §19); "triton" is :class:`_ProbeFunction` (forward: the Function, an allocation and one
+    ``launchable`` launch; forward+backward adds the autograd engine calling a Python backward, which makes the
+    second launch); "torch" is ``x * 1.0`` (one
     ATen launch forward, one in C++ autograd's backward). Their host times (the note's ``host N us/call``) against
     those of the real ops say how much of an op's host time is Triton's launch, how much the Python autograd, and how
     much the op's own launcher. ``compile_reference`` and ``kernels`` are accepted for the OPS interface."""
@@ -449,9 +453,13 @@ def bench_host_probe(
             _empty_kernel[(1,)](buffer)
             return buffer
 
+        def fast_launch(t: torch.Tensor, buffer: torch.Tensor = buffer) -> torch.Tensor:
+            launchable(_empty_kernel)[(1,)](buffer)
+            return buffer
+
         moved = {"fwd": 4, "fwd+bwd": 8}  # the one float stored per launch
         for probes, passes in (
-            ({"triton-launch": launch}, ("fwd",)),
+            ({"triton-launch": launch, "fast-launch": fast_launch}, ("fwd",)),
             ({"triton": _ProbeFunction.apply, "torch": lambda t: t * 1.0}, ("fwd", "fwd+bwd")),
         ):
             picked = _pick_impls(probes, impls)

@@ -198,7 +198,9 @@ OP_FAMILIES = (
         budget_s=20,
     ),
     OpFamily("mlp", ("*",), (("B1xL5x16", (1, 5, 16), 8),), impls=("triton", "vit"), budget_s=20),
-    OpFamily("host_probe", ("*",), (("empty",),), impls=("triton-launch", "triton", "torch"), budget_s=10),
+    OpFamily(
+        "host_probe", ("*",), (("empty",),), impls=("triton-launch", "fast-launch", "triton", "torch"), budget_s=10
+    ),
     OpFamily(
         "dwconv",
         (

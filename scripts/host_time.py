@@ -48,7 +48,7 @@ import zoo.kernels._backend as backend  # noqa: E402
 IMPLS = {
     "rational": ("triton",),
     "norm_rational": ("triton", "triton-unfused"),
-    "host_probe": ("triton-launch", "triton", "torch"),
+    "host_probe": ("triton-launch", "fast-launch", "triton", "torch"),
     "dwconv": ("triton",),
     "inception": ("triton",),
     "ssm": ("triton",),

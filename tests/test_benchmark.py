@@ -29,7 +29,7 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
         "group_rational": {"reference", "reference+compile", "triton"},
         "layer_norm_group_rational": {"reference", "reference+compile", "triton", "triton-unfused"},
         "mlp": {"triton", "vit"},
-        "host_probe": {"triton", "torch"},  # and triton-launch, forward only (below)
+        "host_probe": {"triton", "torch"},  # and triton-launch and fast-launch, forward only (below)
         "dwconv2d": {"reference", "triton"},
         "inception_dwconv2d": {"reference", "reference+compile", "triton"},
         "s4d_kernel": {"reference", "reference+compile", "triton"},
@@ -39,7 +39,7 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
         "neighborhood_attention": {"reference", "triton"},
     }
     expected = {(op, i, p) for op, names in impls.items() for i in names for p in ("fwd", "fwd+bwd")}
-    assert combos == expected | {("host_probe", "triton-launch", "fwd")}
+    assert combos == expected | {("host_probe", "triton-launch", "fwd"), ("host_probe", "fast-launch", "fwd")}
     assert all(r["ms"] > 0 and r["bytes_moved"] > 0 for r in data["ops"])
     assert all("TFLOP/s" in r["note"] for r in data["ops"] if r["op"] == "neighborhood_attention")
     table = (out / "README.md").read_text()

@@ -83,7 +83,7 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     # rows of every family that ran, none of those that failed before measuring
     ops = {r["op"] for r in data["ops"]}
     assert ops == {OP_ROWS[f.name][0] for f in check.OP_FAMILIES if f"ops:{f.name}" not in injected}
-    impls = {"reference", "triton", "triton-unfused", "triton@issue19", "vit", "torch", "triton-launch"}
+    impls = {"reference", "triton", "triton-unfused", "triton@issue19", "vit", "torch", "triton-launch", "fast-launch"}
     assert {r["impl"] for r in data["ops"]} == impls
     assert {r["op"] for r in data["ops"] if r["impl"] == "vit"} == {"mlp"}
     assert {r["op"] for r in data["ops"] if r["impl"] == "torch"} == {"host_probe"}

@@ -23,6 +23,7 @@ def test_host_time_runs_the_compiled_launch_path_without_a_gpu(tmp_path):
     rows = [r for r in rows if r and r[0] == "host_probe"]
     assert {(r[3], r[4]) for r in rows} == {
         ("fwd", "triton-launch"),
+        ("fwd", "fast-launch"),
         ("fwd", "triton"),
         ("fwd+bwd", "triton"),
         ("fwd", "torch"),
