@@ -12,6 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+import zoo.kernels._backend as backend_module
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
@@ -131,3 +135,12 @@ def test_zoo_fast_launch_0_leaves_launches_to_triton():
         assert proc.returncode == 0, proc.stderr[-3000:]
         kinds[value] = proc.stdout.strip()
     assert kinds == {"0": "JITFunction", "1": "FastLaunch"}
+
+
+@pytest.mark.parametrize(
+    "version, supported",
+    [("3.6.0", True), ("3.7.1", True), ("3.8.0", True), ("3.8.0+git1a2b3c", True), ("3.5.1", False),
+     ("3.9.0", False), ("4.0.0", False), ("", False), ("main", False)],
+)  # fmt: skip
+def test_fast_launch_follows_only_the_triton_releases_it_was_checked_against(version, supported):
+    assert backend_module.fast_launch_supported(version) is supported

@@ -329,13 +329,31 @@ def launchable(kernel: Any) -> Any:
 
 
 FAST_LAUNCH_ENV_VAR = "ZOO_FAST_LAUNCH"
-_FAST_LAUNCH_ON = HAS_TRITON and os.environ.get(FAST_LAUNCH_ENV_VAR, "1") != "0"
+# The Triton releases whose JITFunction.run FastLaunch follows (tested: 3.6 and 3.8); others launch through
+# JITFunction.run, correct but slower, until checked (tests/kernels/test_fast_launch.py under that release).
+FAST_LAUNCH_TRITON = ((3, 6), (3, 8))
+
+
+def fast_launch_supported(version: str) -> bool:
+    """Whether Triton ``version`` (e.g. ``"3.6.0"``, ``"3.8.0+git1234"``) is in :data:`FAST_LAUNCH_TRITON`."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return False
+    return FAST_LAUNCH_TRITON[0] <= major_minor <= FAST_LAUNCH_TRITON[1]
+
+
+_FAST_LAUNCH_ON = (
+    HAS_TRITON
+    and os.environ.get(FAST_LAUNCH_ENV_VAR, "1") != "0"
+    and fast_launch_supported(getattr(triton, "__version__", ""))
+)
 
 
 def _fast_launch(fn: Any) -> Any:
     """The :class:`FastLaunch` of a compiled ``triton.jit`` function (one per function), or ``fn`` itself: under
-    the interpreter, and when ``ZOO_FAST_LAUNCH=0`` (read once, at import: a switch for telling whether a problem
-    on a GPU comes from this launch path)."""
+    the interpreter, with a Triton release outside :data:`FAST_LAUNCH_TRITON`, and when ``ZOO_FAST_LAUNCH=0``
+    (read once, at import: a switch for telling whether a problem on a GPU comes from this launch path)."""
     if not _FAST_LAUNCH_ON or not isinstance(fn, triton.runtime.JITFunction):
         return fn
     fast = fn.__dict__.get("_zoo_fast_launch")
