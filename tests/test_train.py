@@ -295,3 +295,30 @@ def test_paper_recipes_compose(model, experiment, drop_path):
     assert (cfg.mixup.mixup_alpha, cfg.mixup.cutmix_alpha, cfg.mixup.label_smoothing) == (0.8, 1.0, 0.1)
     assert cfg.data.augment == {"auto_augment": "rand-m9-mstd0.5", "re_prob": 0.25}
     assert cfg.ema.enabled and cfg.model.kwargs.drop_path_rate == drop_path
+
+
+def test_precompile_runs_once_on_cuda_by_default_and_leaves_the_run_unchanged(tmp_path, monkeypatch):
+    from zoo.training import trainer
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert trainer._precompiles(_compose(tmp_path), cuda)
+    assert not trainer._precompiles(_compose(tmp_path), cpu)
+    assert not trainer._precompiles(_compose(tmp_path, "precompile=false"), cuda)
+    assert not trainer._precompiles(_compose(tmp_path, "compile=true"), cuda)
+
+    # forced on the CPU (where the pass compiles nothing): one pass, before the first update, that changes nothing
+    plain = train(_compose(tmp_path / "plain", "epochs=1", "deterministic=true"))
+    calls = []
+
+    def counted(forward_loss, model, workers=None):
+        calls.append(workers)
+        return trainer_precompile(forward_loss, model, workers)
+
+    trainer_precompile = trainer.precompile
+    monkeypatch.setattr(trainer, "_precompiles", lambda cfg, device: True)
+    monkeypatch.setattr(trainer, "precompile", counted)
+    precompiled = train(_compose(tmp_path / "precompiled", "epochs=1", "deterministic=true"))
+    assert len(calls) == 1 and calls[0] >= 1
+    assert precompiled["final_top1"] == plain["final_top1"]
+    before, after = _model_state(Path(plain["checkpoint"])), _model_state(Path(precompiled["checkpoint"]))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -108,6 +108,51 @@ SCRIPT = textwrap.dedent(
     binary, fast_args = recorded(lambda: _backend.launchable(tuned)[grid](*args))
     assert fast_args[0] == triton.cdiv(48, chosen) and fast_args[-1] == chosen
     assert binary in _backend.launchable(scale).binaries.values()
+
+    # compile_only(): launches compile in a thread pool, once per specialisation, and launch nothing; afterwards the
+    # first real launch of each compiles nothing
+    compiled = []
+    compile_fn = triton.compiler.compile
+
+    def counted(src, *args, **kwargs):
+        compiled.append(src.fn.__name__)
+        return compile_fn(src, *args, **kwargs)
+
+    triton.compiler.compile = counted  # JITFunction looks it up here when it compiles
+
+    @triton.jit
+    def shift(x_ptr, y_ptr, n, stride, factor, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs * stride, mask=offs < n) + factor, mask=offs < n)
+
+    tuned_shift = triton.autotune([triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})], key=["n"])(shift)
+    launches.clear()
+    with _backend.compile_only(workers=2) as session:
+        for name in ("aligned", "misaligned x", "aligned"):  # the second "aligned" queues nothing
+            *args, block = cases[name]
+            _backend.launchable(shift)[(3,)](*args, BLOCK=block)
+        _backend.launchable(tuned_shift)[grid](*cases["n = 1"][:-1])  # both configurations the autotuner would try
+    assert launches == [] and len(session.queued) == 4 and sorted(compiled) == ["shift"] * 4
+    for name in ("aligned", "misaligned x"):
+        *args, block = cases[name]
+        recorded(lambda: _backend.launchable(shift)[(3,)](*args, BLOCK=block))
+    _backend.launchable(tuned_shift)[grid](*cases["n = 1"][:-1])  # the autotuner runs both: compiled already
+    assert len(compiled) == 4, compiled
+
+    # an error inside propagates as it is; the context cannot nest
+    try:
+        with _backend.compile_only():
+            raise KeyError("inside")
+    except KeyError as error:
+        assert error.args == ("inside",)
+    with _backend.compile_only():
+        try:
+            with _backend.compile_only():
+                pass
+        except RuntimeError as error:
+            assert "already open" in str(error)
+        else:
+            raise AssertionError("a nested compile_only() was allowed")
     print("ok")
     """
 )

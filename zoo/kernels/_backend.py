@@ -387,7 +387,8 @@ class FastLaunch:
         """``fn[grid](*args, **kwargs)``."""
         fn = self.fn
         runtime = triton_knobs.runtime
-        if (
+        compiling = _COMPILING
+        if compiling is None and (
             fn.pre_run_hooks
             or _hooked(runtime.launch_enter_hook)
             or _hooked(runtime.launch_exit_hook)
@@ -405,6 +406,12 @@ class FastLaunch:
             triton_knobs.compilation.instrumentation_mode,
         )
         binary = self.binaries.get(key)
+        if compiling is not None:  # compile_only(): compile in its pool, launch nothing
+            if binary is None:
+                compiling.submit(
+                    (id(fn), key), device, functools.partial(fn.run, *args, grid=grid, warmup=True, **kwargs)
+                )
+            return
         if binary is None:
             binary = fn.run(*args, grid=grid, warmup=False, **kwargs)
             if binary is not None and not hasattr(binary, "result"):  # not a compile still under way
@@ -434,6 +441,63 @@ def _hooked(hook: Any) -> bool:
     return bool(calls) if isinstance(calls, list) else hook is not None
 
 
+class _CompileSession:
+    """The compiles that :func:`compile_only` queued: one per kernel and specialisation, in a thread pool."""
+
+    def __init__(self, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="zoo-compile")
+        self.queued: dict[tuple, Any] = {}
+
+    def submit(self, key: tuple, device: int, compile_: Callable[[], Any]) -> None:
+        if key not in self.queued:
+            self.queued[key] = self.pool.submit(_compile_on, device, compile_)
+
+    def wait(self) -> None:
+        try:
+            for future in list(self.queued.values()):
+                future.result()
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _compile_on(device: int, compile_: Callable[[], Any]) -> Any:
+    """``compile_()`` in a pool thread, with ``device`` current there (a thread starts on device 0)."""
+    triton.runtime.driver.active.set_current_device(device)
+    return compile_()
+
+
+_COMPILING: _CompileSession | None = None
+
+
+@contextlib.contextmanager
+def compile_only(workers: int | None = None):
+    """Inside this context every launch of a compiled (not interpreted) Triton kernel through :func:`launchable`
+    compiles its binary instead of running, in a pool of ``workers`` threads (default: the CPU count; Triton's
+    compiler releases the GIL); an autotuned kernel compiles every configuration its autotuner would try. Leaving
+    waits for the compiles (raising the first error) and returns; the kernels' later launches find their binaries
+    in Triton's cache. The ops still run everything else, so their outputs hold whatever memory they were given.
+    An error inside the context propagates as it is (the compiles not yet started are dropped).
+
+    Process-wide (the autograd engine runs backwards on threads of its own): every thread's launches compile only
+    while the context is open. Yields the session; ``len(session.queued)`` is the number of compiles queued. For
+    :meth:`zoo.training.step.TrainStep.precompile`, which runs a step this way before the first real one."""
+    global _COMPILING
+    if _COMPILING is not None:
+        raise RuntimeError("compile_only() is already open")
+    session = _CompileSession(workers or os.cpu_count() or 1)
+    _COMPILING = session
+    try:
+        yield session
+    except BaseException:  # the pass failed: its error, not the compiles', and no wait for them
+        _COMPILING = None
+        session.pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    _COMPILING = None
+    session.wait()
+
+
 class TunedLaunch:
     """Launches of an autotuned kernel that skip the autotuner's per-call work once it has chosen.
 
@@ -449,7 +513,8 @@ class TunedLaunch:
     def __init__(self, tuner: Any):
         self.tuner = tuner
         kernel = _fast_launch(tuner.fn)
-        self.launch = kernel.launch if isinstance(kernel, FastLaunch) else lambda grid, *a, **k: kernel[grid](*a, **k)
+        self.compiled = isinstance(kernel, FastLaunch)
+        self.launch = kernel.launch if self.compiled else lambda grid, *a, **k: kernel[grid](*a, **k)
         self.key_args = [(tuner.arg_names.index(name), name) for name in tuner.keys]
         self.chosen: dict[tuple, dict] = {}
         only = tuner.configs[0] if len(tuner.configs) == 1 else None
@@ -459,6 +524,14 @@ class TunedLaunch:
         return functools.partial(self._launch, grid)
 
     def _launch(self, grid: Any, *args: Any, **kwargs: Any) -> None:
+        if _COMPILING is not None and self.compiled:  # compile_only(): every configuration the autotuner would try
+            tuner = self.tuner
+            configs = tuner.configs
+            if tuner.early_config_prune:
+                configs = tuner.early_config_prune(configs, dict(zip(tuner.arg_names, args, strict=False)), **kwargs)
+            for config in configs:
+                self.launch(grid, *args, **kwargs, **config.all_kwargs())
+            return
         if self.only is not None:
             self.launch(grid, *args, **kwargs, **self.only)
             return

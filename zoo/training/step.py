@@ -26,8 +26,34 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from zoo.kernels._backend import compile_only
+
 MODES = ("eager", "compile", "graph")
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture (allocator and autotuning settle)
+
+
+def precompile(forward_loss: Callable[[], Tensor], model: nn.Module, workers: int | None = None) -> int:
+    """Compile the Triton kernels of a training step before running it: ``forward_loss()`` (the step's forward and
+    loss on a batch of the step's shapes) and its backward run once with every Triton launch compiling instead of
+    running (:func:`zoo.kernels._backend.compile_only`), in ``workers`` threads (default: the CPU count). A first
+    step otherwise compiles its kernels one after another as it reaches them: 25 compiles and 41-47 s of one CPU
+    core for unireplknet_t, 11 and about 30 s for inceptionnext_t (docs/design.md §18).
+
+    The model's buffers (BatchNorm statistics) and the RNG state are restored afterwards and no ``.grad`` is
+    written; the PyTorch ops of that pass run for real on whatever the skipped kernels left in their outputs.
+    Returns the number of compiles queued (0 where nothing launches compiled Triton kernels: the CPU paths, the
+    interpreter)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
+    cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), compile_only(workers) as session:
+        loss = forward_loss()
+        if params and loss.requires_grad:
+            torch.autograd.grad(loss, params, allow_unused=True)
+    with torch.no_grad():
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+    return len(session.queued)
 
 
 def cross_entropy_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -76,6 +102,15 @@ class TrainStep:
         autocast = torch.autocast(device_type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with autocast:
             return self.loss_fn(self.model(inputs), targets)
+
+    def precompile(self, inputs: Tensor, targets: Tensor, workers: int | None = None) -> int:
+        """Compile the Triton kernels a step on batches shaped like (``inputs``, ``targets``) launches, in
+        ``workers`` threads, before the first step (:func:`precompile`: nothing of the model's state changes).
+        Nothing to do in ``"compile"`` mode, where Inductor compiles the kernels itself. Returns the number of
+        compiles queued."""
+        if self.mode == "compile":
+            return 0
+        return precompile(lambda: self._forward_loss(inputs, targets), self.model, workers)
 
     def _eager_step(self, inputs: Tensor, targets: Tensor, set_to_none: bool = True) -> Tensor:
         self.optimizer.zero_grad(set_to_none=set_to_none)

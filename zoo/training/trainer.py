@@ -64,6 +64,7 @@ from zoo.training.graphed import CAPTURABLE_OPTIMIZERS, GraphedUpdates, host_lea
 from zoo.training.model_args import build_model_kwargs
 from zoo.training.optim import create_optimizer
 from zoo.training.report import save_run_report
+from zoo.training.step import precompile
 
 log = logging.getLogger("zoo.train")
 
@@ -218,6 +219,7 @@ class _Run:
     in_epoch: dict[str, Any] | None = None
     last_checkpoint_time: float = field(default_factory=time.monotonic)  # for checkpoint_every_minutes
     graphed: GraphedUpdates | None = None  # cuda_graph=true: the updates by CUDA-graph replay
+    precompile: bool = False  # precompile=true on CUDA, until the first batch has precompiled the step's kernels
 
     @property
     def device(self) -> torch.device:
@@ -252,6 +254,9 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     run.ddp_model = run.train_model
     if cfg.compile:  # every family traces as one graph (tests/training/test_train_step.py); DDP splits its graph
         run.train_model = torch.compile(run.train_model, fullgraph=not ctx.enabled)
+    # the first batch compiles the step's Triton kernels in parallel before its update (eager and graph updates;
+    # compiled ones get theirs from Inductor)
+    run.precompile = _precompiles(cfg, run.device)
     if cfg.get("cuda_graph"):
         run.graphed = GraphedUpdates(
             run.model,
@@ -638,6 +643,9 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
         clock_due = every_s > 0 and ctx.is_main and time.monotonic() - run.last_checkpoint_time >= every_s
         shown_loss = None  # the loss the progress bar shows, once it is on the host
         seen += images.shape[0]
+        if run.precompile:
+            run.precompile = False
+            _precompile(run, images, targets, lengths)
         if run.graphed is not None:  # one replay per update; the losses are read every cuda_graph_sync updates
             if lengths is not None:
                 raise ValueError("cuda_graph=true takes fixed-length batches; this data pads variable lengths")
@@ -694,6 +702,29 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
     if pending:  # cuda_graph=true, the epoch's last batches skipped as undecodable: their updates' losses
         loss_sum += _read_graphed_losses(run, epoch, pending)
     return seen, loss_sum, seconds_before + time.perf_counter() - started
+
+
+def _precompiles(cfg: Any, device: torch.device) -> bool:
+    """Whether a run precompiles its first update's Triton kernels: ``precompile=true`` (the default), on CUDA (the
+    CPU paths compile nothing) and not with ``compile=true`` (Inductor compiles its own kernels)."""
+    return bool(cfg.get("precompile", True)) and device.type == "cuda" and not cfg.compile
+
+
+def _precompile(run: _Run, images: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor | None) -> None:
+    """``precompile=true``: compile the Triton kernels of an update on this batch's shapes in parallel threads
+    before the update runs (:func:`zoo.training.step.precompile`; the model's state is left as it was)."""
+    amp_dtype = run.amp_dtype
+
+    def forward_loss() -> torch.Tensor:
+        with torch.autocast(run.device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
+            return run.criterion(*flatten_positions(call_model(run.model, images, lengths), targets))
+
+    # the processes of a node share its cores (LOCAL_WORLD_SIZE, set by torchrun; else the whole world)
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or run.ctx.world_size)
+    started = time.perf_counter()
+    compiled = precompile(forward_loss, run.model, workers=max(1, (os.cpu_count() or 1) // max(1, processes)))
+    if run.ctx.is_main and compiled:
+        log.info("precompile: %d Triton kernel compiles in %.1f s", compiled, time.perf_counter() - started)
 
 
 def _after_update(run: _Run) -> None:
