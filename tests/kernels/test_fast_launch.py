@@ -139,6 +139,20 @@ SCRIPT = textwrap.dedent(
     _backend.launchable(tuned_shift)[grid](*cases["n = 1"][:-1])  # the autotuner runs both: compiled already
     assert len(compiled) == 4, compiled
 
+    # a configuration that fails to compile as Triton's autotuner tolerates (it drops it) does not fail the pass
+    @triton.jit
+    def capped(x_ptr, y_ptr, n, stride, factor, BLOCK: tl.constexpr):
+        tl.static_assert(BLOCK <= 16)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs, tl.load(x_ptr + offs * stride, mask=offs < n) * factor, mask=offs < n)
+
+    tuned_capped = triton.autotune([triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 32})], key=["n"])(capped)
+    with _backend.compile_only(workers=2) as session:
+        _backend.launchable(tuned_capped)[grid](*cases["aligned"][:-1])
+    assert len(session.queued) == 2
+    _backend.launchable(tuned_capped)[grid](*cases["aligned"][:-1])  # the autotuner drops BLOCK 32 again
+    assert tuned_capped.best_config.kwargs["BLOCK"] == 16
+
     # an error inside propagates as it is; the context cannot nest
     try:
         with _backend.compile_only():

@@ -11,9 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
-from zoo.training.step import TrainStep
+from zoo.training.step import TrainStep, precompile
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,3 +78,19 @@ def test_precompile_is_a_no_op_in_compile_mode():
     step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.1), mode="compile")
     assert step.precompile(torch.randn(4, 3), torch.tensor([0, 1, 1, 0])) == 0
     assert model.weight.grad is None
+
+
+def test_precompile_restores_the_buffers_also_when_the_pass_fails():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def forward_loss():
+        model(torch.randn(4, 3) * 5 + 2)  # moves the BatchNorm statistics
+        raise ValueError("in the pass")
+
+    with pytest.raises(ValueError, match="in the pass"):
+        precompile(forward_loss, model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert precompile(lambda: model(torch.randn(4, 3)).sum(), model) == 0  # nothing compiled Triton: the CPU
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())

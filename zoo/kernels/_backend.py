@@ -372,7 +372,7 @@ class FastLaunch:
     the binary Triton would), its result is looked up as a tuple in this function's own cache, and the binary's
     launcher is called as ``JITFunction.run`` calls it: about 4 us. The
     first launch of each specialisation, and every launch while a launch hook, a pre-run hook or a stage-inspection
-    hook is set, goes through ``JITFunction.run``, which compiles or loads the binary this cache then keeps. Not
+    hook is set (outside :func:`compile_only`, which never launches), goes through ``JITFunction.run``, which compiles or loads the binary this cache then keeps. Not
     checked per launch: that the module globals a kernel read are unchanged (this project's kernels read constants
     only)."""
 
@@ -408,6 +408,8 @@ class FastLaunch:
         binary = self.binaries.get(key)
         if compiling is not None:  # compile_only(): compile in its pool, launch nothing
             if binary is None:
+                args = tuple(_PointerArg(a) if isinstance(a, torch.Tensor) else a for a in args)
+                kwargs = {k: _PointerArg(v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
                 compiling.submit(
                     (id(fn), key), device, functools.partial(fn.run, *args, grid=grid, warmup=True, **kwargs)
                 )
@@ -441,6 +443,20 @@ def _hooked(hook: Any) -> bool:
     return bool(calls) if isinstance(calls, list) else hook is not None
 
 
+class _PointerArg:
+    """What Triton's specialisation reads of a tensor argument, its dtype and address (``data_ptr``), without the
+    tensor: a compile queued by :func:`compile_only` must not keep the pass's tensors alive until it starts (the
+    backward's temporaries would pile up)."""
+
+    __slots__ = ("dtype", "_address")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.dtype, self._address = tensor.dtype, tensor.data_ptr()
+
+    def data_ptr(self) -> int:
+        return self._address
+
+
 class _CompileSession:
     """The compiles that :func:`compile_only` queued: one per kernel and specialisation, in a thread pool."""
 
@@ -449,10 +465,11 @@ class _CompileSession:
 
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="zoo-compile")
         self.queued: dict[tuple, Any] = {}
+        self.tolerant = False  # set while an autotuned kernel queues its configurations
 
     def submit(self, key: tuple, device: int, compile_: Callable[[], Any]) -> None:
         if key not in self.queued:
-            self.queued[key] = self.pool.submit(_compile_on, device, compile_)
+            self.queued[key] = self.pool.submit(_compile_on, device, compile_, self.tolerant)
 
     def wait(self) -> None:
         try:
@@ -462,20 +479,47 @@ class _CompileSession:
             self.pool.shutdown(cancel_futures=True)
 
 
-def _compile_on(device: int, compile_: Callable[[], Any]) -> Any:
-    """``compile_()`` in a pool thread, with ``device`` current there (a thread starts on device 0)."""
+def _compile_on(device: int, compile_: Callable[[], Any], tolerant: bool) -> Any:
+    """``compile_()`` in a pool thread, with ``device`` current there (a thread starts on device 0). ``tolerant``
+    (an autotuner's configuration): the errors for which Triton's autotuner drops a configuration instead of
+    failing (it times them as infinitely slow) drop the compile; the real launch meets them again, as it would."""
     triton.runtime.driver.active.set_current_device(device)
-    return compile_()
+    if not tolerant:
+        return compile_()
+    from triton.compiler.errors import CompileTimeAssertionFailure
+    from triton.runtime.errors import OutOfResources, PTXASError
+
+    try:
+        return compile_()
+    except (OutOfResources, CompileTimeAssertionFailure, PTXASError):
+        return None
 
 
 _COMPILING: _CompileSession | None = None
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and job schedulers set), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without sched_getaffinity (macOS)
+        return max(1, os.cpu_count() or 1)
+
+
+def fast_launch_on() -> bool:
+    """Whether compiled kernels launch through :class:`FastLaunch` (and so whether :func:`compile_only` can keep
+    them from running): off under ``ZOO_FAST_LAUNCH=0`` and with a Triton release outside
+    :data:`FAST_LAUNCH_TRITON`."""
+    return _FAST_LAUNCH_ON
+
+
 @contextlib.contextmanager
 def compile_only(workers: int | None = None):
     """Inside this context every launch of a compiled (not interpreted) Triton kernel through :func:`launchable`
-    compiles its binary instead of running, in a pool of ``workers`` threads (default: the CPU count; Triton's
-    compiler releases the GIL); an autotuned kernel compiles every configuration its autotuner would try. Leaving
+    compiles its binary instead of running, in a pool of ``workers`` threads (default: :func:`available_cpus`;
+    Triton's compiler releases the GIL); an autotuned kernel compiles every configuration its autotuner would try
+    (one that fails as the autotuner tolerates, e.g. out of resources, is dropped). Needs :func:`fast_launch_on`:
+    without it the launches run as usual. Leaving
     waits for the compiles (raising the first error) and returns; the kernels' later launches find their binaries
     in Triton's cache. The ops still run everything else, so their outputs hold whatever memory they were given.
     An error inside the context propagates as it is (the compiles not yet started are dropped).
@@ -486,7 +530,7 @@ def compile_only(workers: int | None = None):
     global _COMPILING
     if _COMPILING is not None:
         raise RuntimeError("compile_only() is already open")
-    session = _CompileSession(workers or os.cpu_count() or 1)
+    session = _CompileSession(workers or available_cpus())
     _COMPILING = session
     try:
         yield session
@@ -529,8 +573,12 @@ class TunedLaunch:
             configs = tuner.configs
             if tuner.early_config_prune:
                 configs = tuner.early_config_prune(configs, dict(zip(tuner.arg_names, args, strict=False)), **kwargs)
-            for config in configs:
-                self.launch(grid, *args, **kwargs, **config.all_kwargs())
+            _COMPILING.tolerant = True
+            try:
+                for config in configs:
+                    self.launch(grid, *args, **kwargs, **config.all_kwargs())
+            finally:
+                _COMPILING.tolerant = False
             return
         if self.only is not None:
             self.launch(grid, *args, **kwargs, **self.only)

@@ -26,7 +26,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from zoo.kernels._backend import compile_only
+from zoo.kernels._backend import compile_only, fast_launch_on
 
 MODES = ("eager", "compile", "graph")
 WARMUP_STEPS = 3  # eager steps on a side stream before a capture (allocator and autotuning settle)
@@ -39,20 +39,27 @@ def precompile(forward_loss: Callable[[], Tensor], model: nn.Module, workers: in
     step otherwise compiles its kernels one after another as it reaches them: 25 compiles and 41-47 s of one CPU
     core for unireplknet_t, 11 and about 30 s for inceptionnext_t (docs/design.md §18).
 
-    The model's buffers (BatchNorm statistics) and the RNG state are restored afterwards and no ``.grad`` is
-    written; the PyTorch ops of that pass run for real on whatever the skipped kernels left in their outputs.
-    Returns the number of compiles queued (0 where nothing launches compiled Triton kernels: the CPU paths, the
-    interpreter)."""
+    The model's buffers (BatchNorm statistics) and the RNG state are restored afterwards, also when the pass
+    raises, and no ``.grad`` is written; the PyTorch ops of that pass run for real on whatever the skipped kernels
+    left in their outputs. Returns the number of compiles queued (kernels already in Triton's cache count: they load
+    from it), 0 where nothing launches compiled Triton kernels (the CPU paths, the interpreter) and, without running
+    the pass, where :func:`zoo.kernels._backend.fast_launch_on` is false."""
+    if not fast_launch_on():  # the pass would launch every kernel for real: nothing to gain
+        return 0
     params = [p for p in model.parameters() if p.requires_grad]
     buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
     cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda), compile_only(workers) as session:
-        loss = forward_loss()
-        if params and loss.requires_grad:
-            torch.autograd.grad(loss, params, allow_unused=True)
-    with torch.no_grad():
-        for buffer, saved in buffers:
-            buffer.copy_(saved)
+    try:
+        # anomaly mode off: the pass computes on what the skipped kernels left, NaN included
+        with torch.random.fork_rng(devices=cuda), torch.autograd.set_detect_anomaly(False):
+            with compile_only(workers) as session:
+                loss = forward_loss()
+                if params and loss.requires_grad:
+                    torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     return len(session.queued)
 
 

@@ -41,6 +41,7 @@ from zoo._io import atomic_write
 from zoo.data import create_loaders
 from zoo.data.loaders import SkipCounter
 from zoo.data.registry import DatasetInfo
+from zoo.kernels._backend import available_cpus
 from zoo.training.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -722,9 +723,10 @@ def _precompile(run: _Run, images: torch.Tensor, targets: torch.Tensor, lengths:
     # the processes of a node share its cores (LOCAL_WORLD_SIZE, set by torchrun; else the whole world)
     processes = int(os.environ.get("LOCAL_WORLD_SIZE") or run.ctx.world_size)
     started = time.perf_counter()
-    compiled = precompile(forward_loss, run.model, workers=max(1, (os.cpu_count() or 1) // max(1, processes)))
-    if run.ctx.is_main and compiled:
-        log.info("precompile: %d Triton kernel compiles in %.1f s", compiled, time.perf_counter() - started)
+    queued = precompile(forward_loss, run.model, workers=max(1, available_cpus() // max(1, processes)))
+    if run.ctx.is_main and queued:
+        log.info("precompile: %d Triton kernels compiled or loaded from the cache in %.1f s", queued,
+                 time.perf_counter() - started)  # fmt: skip
 
 
 def _after_update(run: _Run) -> None:
