@@ -35,7 +35,7 @@ WARMUP_STEPS = 3  # eager steps on a side stream before a capture (allocator and
 def precompile(forward_loss: Callable[[], Tensor], model: nn.Module, workers: int | None = None) -> int:
     """Compile the Triton kernels of a training step before running it: ``forward_loss()`` (the step's forward and
     loss on a batch of the step's shapes) and its backward run once with every Triton launch compiling instead of
-    running (:func:`zoo.kernels._backend.compile_only`), in ``workers`` threads (default: the CPU count). A first
+    running (:func:`zoo.kernels._backend.compile_only`), in ``workers`` threads (default: the CPUs it may use). A first
     step otherwise compiles its kernels one after another as it reaches them: 25 compiles and 41-47 s of one CPU
     core for unireplknet_t, 11 and about 30 s for inceptionnext_t (docs/design.md §18).
 
