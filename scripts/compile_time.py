@@ -4,6 +4,7 @@
     python scripts/compile_time.py inceptionnext_t kat_t --batch 32   # each model in a process of its own
     python scripts/compile_time.py nat_m --inference --out benchmarks/results/cpu
     python scripts/compile_time.py inceptionnext_t --img-size 384 --arch 80   # fine-tuning size, an A100
+    python scripts/compile_time.py unireplknet_t --precompile 2   # train.py's precompile pass first, 2 threads
 
 The first step of a model on a GPU compiles every Triton kernel variant it launches, one after another on one CPU
 core (cached on disk afterwards): a minute for ``unireplknet_t``, most of it in the depthwise weight gradients.
@@ -138,10 +139,15 @@ def compiled_more_than_once(compiles: list[Compile]) -> list[dict]:
     return found
 
 
-def first_step(name: str, batch: int, train: bool, img_size: int | None = None) -> list[Compile]:
+def first_step(
+    name: str, batch: int, train: bool, img_size: int | None = None, precompile_workers: int = 0
+) -> tuple[list[Compile], dict | None]:
     """Compile what one step of model ``name`` (``backend="triton"``, bf16 autocast, channels_last, an image batch
-    of the model's input size, or ``img_size``) launches; the compiles, in order."""
+    of the model's input size, or ``img_size``) launches; the compiles in order (as they finish), and with
+    ``precompile_workers`` the precompile pass that ran first (:func:`zoo.training.step.precompile`, that many
+    threads): its compiles queued, its seconds, and the compiles the step itself then made."""
     import zoo
+    from zoo.training.step import precompile
 
     compiles = record_compiles(echo=True)
     model = zoo.create_model(name, backend="triton")
@@ -154,11 +160,23 @@ def first_step(name: str, batch: int, train: bool, img_size: int | None = None) 
     model = model.to(memory_format=torch.channels_last)
     images = torch.randn(batch, *size).to(memory_format=torch.channels_last)
     model.train(train)
-    with torch.autocast("cpu", dtype=torch.bfloat16), nullcontext() if train else torch.no_grad():
-        out = model(images)
+
+    def forward_loss() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16), nullcontext() if train else torch.no_grad():
+            return model(images).float().sum()
+
+    pass_ = None
+    if precompile_workers:
+        start = time.perf_counter()
+        queued = precompile(forward_loss, model, precompile_workers)
+        pass_ = dict(workers=precompile_workers, queued=queued, seconds=round(time.perf_counter() - start, 2))
+        done = len(compiles)
+    loss = forward_loss()
     if train:
-        out.float().sum().backward()
-    return compiles
+        loss.backward()
+    if pass_ is not None:
+        pass_["step_compiles"] = len(compiles) - done
+    return compiles, pass_
 
 
 def _print_model(result: dict) -> None:
@@ -168,6 +186,13 @@ def _print_model(result: dict) -> None:
         f"\n{result['model']} ({result['step']}, batch {result['batch']}, {result['img_size']} px, sm_{result['arch']}): "
         f"{len(compiles)} compiles, {total:.1f} s"
     )
+    if result.get("precompile"):
+        p = result["precompile"]
+        print(
+            f"precompile: {p['queued']} compiles queued, {p['seconds']:.1f} s in {p['workers']} threads (the compiles' "
+            f"own seconds add up to {total:.1f}); the step then compiled {p['step_compiles']}; first step in all "
+            f"{result['seconds']:.1f} s"
+        )
     print(
         "\n| s | kernel | constexprs | options | specialised to 1 | regs | spill B |\n|---:|---|---|---|---|---:|---:|"
     )
@@ -189,15 +214,17 @@ def _print_model(result: dict) -> None:
             print(f"  {d['kernel']} x{d['compiles']} ({d['seconds']:.1f} s), differing: {d['differing']}")
 
 
-def measure(name: str, batch: int, train: bool, img_size: int | None = None, arch: int = 90) -> dict:
+def measure(
+    name: str, batch: int, train: bool, img_size: int | None = None, arch: int = 90, precompile_workers: int = 0
+) -> dict:
     """One model's first step in this process, compiled for ``sm_{arch}`` (its Triton cache must start empty: see
-    :func:`main`)."""
+    :func:`main`), after a precompile pass in ``precompile_workers`` threads if not 0."""
     import host_time  # scripts/host_time.py: the stand-in driver
 
     host_time.STAND_IN_TARGET = GPUTarget("cuda", arch, 32)
     host_time.install_stand_in()
     start = time.perf_counter()
-    compiles = first_step(name, batch, train, img_size)
+    compiles, pass_ = first_step(name, batch, train, img_size, precompile_workers)
     return dict(
         model=name,
         batch=batch,
@@ -205,6 +232,7 @@ def measure(name: str, batch: int, train: bool, img_size: int | None = None, arc
         arch=arch,
         step="training" if train else "inference",
         seconds=round(time.perf_counter() - start, 2),
+        precompile=pass_,
         compiles=[asdict(c) | {"seconds": round(c.seconds, 2)} for c in compiles],
         compiled_more_than_once=compiled_more_than_once(compiles),
     )
@@ -217,11 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inference", action="store_true", help="a forward without gradients, not a training step")
     parser.add_argument("--img-size", type=int, default=None, help="square images of this size (default: the model's)")
     parser.add_argument("--arch", type=int, choices=(80, 90), default=90, help="compile for sm_80 or sm_90 (default)")
+    parser.add_argument(
+        "--precompile",
+        type=int,
+        default=0,
+        metavar="THREADS",
+        help="first a precompile pass in this many threads (zoo.training.step.precompile; train.py's default)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write <cpu>-<date>-compile-time.json here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one model, JSON on stdout
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(measure(args.models[0], args.batch, not args.inference, args.img_size, args.arch)))
+        result = measure(args.models[0], args.batch, not args.inference, args.img_size, args.arch, args.precompile)
+        print(json.dumps(result))
         return 0
     results = dict(
         device=cpu_name(),
@@ -230,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         triton=triton.__version__,
         python=platform.python_version(),
         commit=commit(),
-        settings=dict(batch=args.batch, img_size=args.img_size, target=f"sm_{args.arch} (stand-in driver)"),
+        settings=dict(
+            batch=args.batch,
+            img_size=args.img_size,
+            target=f"sm_{args.arch} (stand-in driver)",
+            precompile_threads=args.precompile,
+        ),
         models=[],
     )
     print(f"First-step compiles, {results['device']}, Triton {triton.__version__} (scripts/compile_time.py)")
@@ -239,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, name, "--batch", str(args.batch), "--arch", str(args.arch), "--worker"]
             cmd += ["--inference"] if args.inference else []
             cmd += ["--img-size", str(args.img_size)] if args.img_size else []
+            cmd += ["--precompile", str(args.precompile)] if args.precompile else []
             env = dict(os.environ, TRITON_CACHE_DIR=cache)
             print(f"\n{name}: compiling ...", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)  # its progress: our stderr
@@ -249,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         _print_model(result)
     if args.out:
         size = f"-{args.img_size}px" if args.img_size else ""
-        print(f"\nwrote {write_results(args.out, results, f'compile-time{size}-sm{args.arch}')}")
+        threads = f"-precompile{args.precompile}" if args.precompile else ""
+        print(f"\nwrote {write_results(args.out, results, f'compile-time{size}-sm{args.arch}{threads}')}")
     return 0
 
 

@@ -44,8 +44,10 @@ def test_the_first_training_step_of_kat_t_compiles_its_rational_kernels_for_sm_8
         "batch": 1,
         "img_size": 64,
         "target": "sm_80 (stand-in driver)",
+        "precompile_threads": 0,
     }
     (model,) = results["models"]
+    assert model["precompile"] is None
     assert model["model"] == "kat_t" and model["step"] == "training"
     assert model["img_size"] == 64 and model["arch"] == 80
     kernels = {c["kernel"] for c in model["compiles"]}
@@ -61,3 +63,21 @@ def test_the_first_training_step_of_kat_t_compiles_its_rational_kernels_for_sm_8
     assert proc.stderr.count("_rational_") == sum("_rational_" in c["kernel"] for c in model["compiles"])
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "_kernel" in line]
     assert len(table) == len(model["compiles"])
+
+
+def test_with_a_precompile_pass_the_step_itself_compiles_nothing(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("TRITON_INTERPRET", None)
+    cmd = [sys.executable, "scripts/compile_time.py", "kat_t", "--batch", "1", "--img-size", "64", "--precompile", "2"]
+    proc = subprocess.run(
+        cmd + ["--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (written,) = tmp_path.glob("*-compile-time-64px-sm90-precompile2.json")
+    results = json.loads(written.read_text())
+    assert results["settings"]["precompile_threads"] == 2
+    (model,) = results["models"]
+    passed = model["precompile"]
+    assert passed["workers"] == 2 and passed["queued"] == len(model["compiles"]) > 0 and passed["step_compiles"] == 0
+    assert 0 < passed["seconds"] <= model["seconds"]
+    assert f"precompile: {passed['queued']} compiles queued" in proc.stdout
