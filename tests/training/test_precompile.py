@@ -91,6 +91,6 @@ def test_precompile_restores_the_buffers_also_when_the_pass_fails():
     with pytest.raises(ValueError, match="in the pass"):
         precompile(forward_loss, model)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert precompile(lambda: model(torch.randn(4, 3)).sum(), model) == 0  # nothing compiled Triton: the CPU
+    assert precompile(lambda: model(torch.randn(4, 3)), model) == 0  # nothing compiled Triton: the CPU
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())

@@ -54,8 +54,8 @@ def precompile(forward_loss: Callable[[], Tensor], model: nn.Module, workers: in
         with torch.random.fork_rng(devices=cuda), torch.autograd.set_detect_anomaly(False):
             with compile_only(workers) as session:
                 loss = forward_loss()
-                if params and loss.requires_grad:
-                    torch.autograd.grad(loss, params, allow_unused=True)
+                if params and loss.requires_grad:  # a non-scalar result: the gradient of its sum
+                    torch.autograd.grad(loss, params, torch.ones_like(loss), allow_unused=True)
     finally:
         with torch.no_grad():
             for buffer, saved in buffers:
