@@ -5,6 +5,8 @@ tensors follow the schedule, and (on a GPU) its updates follow eager ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import timm
 import torch
@@ -27,7 +29,15 @@ FAMILIES = {
 STEPS = 3
 
 
-def _losses(name: str, mode: str, steps: int = STEPS, device: str = "cpu", **optimizer_kwargs) -> list[float]:
+def _losses(
+    name: str,
+    mode: str,
+    steps: int = STEPS,
+    device: str = "cpu",
+    before_steps: Callable[[TrainStep, torch.Tensor, torch.Tensor], object] | None = None,
+    **optimizer_kwargs,
+) -> list[float]:
+    """The losses of ``steps`` updates of the reduced ``name``; ``before_steps(step, inputs, targets)`` runs first."""
     kwargs, (channels, side) = FAMILIES[name]
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs).to(device).train()
@@ -36,6 +46,8 @@ def _losses(name: str, mode: str, steps: int = STEPS, device: str = "cpu", **opt
     inputs = torch.randn(4, channels, side, side, generator=generator).to(device)
     targets = torch.randint(0, 10, (4,), generator=generator).to(device)
     step = TrainStep(model, optimizer, mode=mode)
+    if before_steps is not None:
+        before_steps(step, inputs, targets)
     return [float(step(inputs, targets)) for _ in range(steps)]
 
 
@@ -93,6 +105,32 @@ def test_graph_step_follows_eager(name):
     eager = _losses(name, "eager", device="cuda", capturable=True)
     graphed = _losses(name, "graph", device="cuda", capturable=True)
     assert graphed == pytest.approx(eager, rel=1e-3), (eager, graphed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["kat_t", "s4d_t"])
+def test_precompile_on_a_gpu_leaves_the_steps_as_they_were(name, monkeypatch):
+    """TrainStep.precompile on CUDA (compiles in threads; the pass computes on what the skipped kernels left): the
+    eager updates after it give the losses of updates without it, and compile nothing."""
+    import triton
+
+    plain = _losses(name, "eager", device="cuda")
+    compiles = []
+    compile_fn = triton.compiler.compile
+
+    def counted(src, *args, **kwargs):
+        compiles.append(getattr(getattr(src, "fn", None), "__name__", "ir"))
+        return compile_fn(src, *args, **kwargs)
+
+    def precompile_then_count(step, inputs, targets):
+        step.precompile(inputs, targets)
+        compiles.clear()
+
+    monkeypatch.setattr(triton.compiler, "compile", counted)  # JITFunction looks it up here when it compiles
+    precompiled = _losses(name, "eager", device="cuda", before_steps=precompile_then_count)
+    assert precompiled == pytest.approx(plain, rel=1e-5), (plain, precompiled)
+    assert compiles == [], compiles
 
 
 def _scheduled_adamw(model: torch.nn.Module, **kwargs):
