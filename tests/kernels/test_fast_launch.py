@@ -1,8 +1,8 @@
 """zoo.kernels._backend.FastLaunch: a compiled kernel's launch that skips most of ``JITFunction.run`` must launch
 the binary Triton's own path would, with the same grid and arguments, for every specialisation (pointer alignment,
 integers equal to 1 or divisible by 16, dtypes, constexprs), and leave launches to Triton while a launch hook is
-set. Without a GPU: a subprocess compiles for a stand-in sm_90 GPU (scripts/host_time.py's driver) and records each
-launch call instead of making it."""
+set; inside compile_only() its launches compile in threads and launch nothing. Without a GPU: a subprocess compiles
+for a stand-in sm_90 GPU (scripts/host_time.py's driver) and records each launch call instead of making it."""
 
 from __future__ import annotations
 

@@ -519,10 +519,10 @@ def compile_only(workers: int | None = None):
     compiles its binary instead of running, in a pool of ``workers`` threads (default: :func:`available_cpus`;
     Triton's compiler releases the GIL); an autotuned kernel compiles every configuration its autotuner would try
     (one that fails as the autotuner tolerates, e.g. out of resources, is dropped). Needs :func:`fast_launch_on`:
-    without it the launches run as usual. Leaving
-    waits for the compiles (raising the first error) and returns; the kernels' later launches find their binaries
-    in Triton's cache. The ops still run everything else, so their outputs hold whatever memory they were given.
-    An error inside the context propagates as it is (the compiles not yet started are dropped).
+    without it the launches run as usual. Leaving waits for the compiles (raising the first error) and returns; the
+    kernels' later launches find their binaries in Triton's cache. The ops still run everything else, so their
+    outputs hold whatever memory they were given. An error inside the context propagates as it is (the compiles not
+    yet started are dropped).
 
     Process-wide (the autograd engine runs backwards on threads of its own): every thread's launches compile only
     while the context is open. Yields the session; ``len(session.queued)`` is the number of compiles queued. For
