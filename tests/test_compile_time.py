@@ -30,16 +30,21 @@ def test_a_kernel_compiled_twice_for_a_specialised_argument_is_reported_with_tha
     assert found["differing"] == {"strips": ["=1", "-"]}
 
 
-def test_the_first_training_step_of_kat_t_compiles_its_rational_kernels_for_sm_80_at_64_px(tmp_path):
+def _kat_t_at_64_px(out: Path, *options: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+    """compile_time.py on kat_t's first training step at batch 1, 64 px, with ``options``: the process, and the
+    results file it wrote to ``out`` (parsed, and its name)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "scripts/compile_time.py", "kat_t", "--batch", "1", "--img-size", "64", "--arch", "80"]
-    proc = subprocess.run(
-        cmd + ["--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    cmd = [sys.executable, "scripts/compile_time.py", "kat_t", "--batch", "1", "--img-size", "64", *options]
+    proc = subprocess.run(cmd + ["--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (written,) = tmp_path.glob("*-compile-time-64px-sm80.json")
-    results = json.loads(written.read_text())
+    (written,) = out.glob("*-compile-time-64px-*.json")
+    return proc, json.loads(written.read_text()), written.name
+
+
+def test_the_first_training_step_of_kat_t_compiles_its_rational_kernels_for_sm_80_at_64_px(tmp_path):
+    proc, results, name = _kat_t_at_64_px(tmp_path, "--arch", "80")
+    assert name.endswith("-compile-time-64px-sm80.json")
     assert results["triton"] and results["settings"] == {
         "batch": 1,
         "img_size": 64,
@@ -66,15 +71,8 @@ def test_the_first_training_step_of_kat_t_compiles_its_rational_kernels_for_sm_8
 
 
 def test_with_a_precompile_pass_the_step_itself_compiles_nothing(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop("TRITON_INTERPRET", None)
-    cmd = [sys.executable, "scripts/compile_time.py", "kat_t", "--batch", "1", "--img-size", "64", "--precompile", "2"]
-    proc = subprocess.run(
-        cmd + ["--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    (written,) = tmp_path.glob("*-compile-time-64px-sm90-precompile2.json")
-    results = json.loads(written.read_text())
+    proc, results, name = _kat_t_at_64_px(tmp_path, "--precompile", "2")
+    assert name.endswith("-compile-time-64px-sm90-precompile2.json")
     assert results["settings"]["precompile_threads"] == 2
     (model,) = results["models"]
     passed = model["precompile"]
