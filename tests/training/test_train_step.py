@@ -111,8 +111,10 @@ def test_graph_step_follows_eager(name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", ["kat_t", "s4d_t"])
 def test_precompile_on_a_gpu_leaves_the_steps_as_they_were(name, monkeypatch):
-    """TrainStep.precompile on CUDA (compiles in threads; the pass computes on what the skipped kernels left): the
-    eager updates after it give the losses of updates without it, and compile nothing."""
+    """TrainStep.precompile on CUDA (compiles in threads; the pass computes on what the skipped kernels left) leaves
+    the model's state exactly as it was and writes no gradient; the eager updates after it compile nothing and give
+    the losses of updates without it (within the GPU tolerance of the graph test: attention's backward may sum in
+    another order from run to run)."""
     import triton
 
     plain = _losses(name, "eager", device="cuda")
@@ -124,12 +126,15 @@ def test_precompile_on_a_gpu_leaves_the_steps_as_they_were(name, monkeypatch):
         return compile_fn(src, *args, **kwargs)
 
     def precompile_then_count(step, inputs, targets):
+        before = {k: v.clone() for k, v in step.model.state_dict().items()}
         step.precompile(inputs, targets)
+        assert all(torch.equal(v, before[k]) for k, v in step.model.state_dict().items())
+        assert all(p.grad is None for p in step.model.parameters())
         compiles.clear()
 
     monkeypatch.setattr(triton.compiler, "compile", counted)  # JITFunction looks it up here when it compiles
     precompiled = _losses(name, "eager", device="cuda", before_steps=precompile_then_count)
-    assert precompiled == pytest.approx(plain, rel=1e-5), (plain, precompiled)
+    assert precompiled == pytest.approx(plain, rel=1e-3), (plain, precompiled)
     assert compiles == [], compiles
 
 
