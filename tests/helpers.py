@@ -1,4 +1,4 @@
-"""Shared test helpers: the device under test and dtype-aware comparisons."""
+"""Shared test helpers: the device under test, dtype-aware comparisons, a reduced model of every family."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ TOLERANCES = {
     torch.bfloat16: dict(rtol=1.6e-2, atol=1e-2),
     torch.float16: dict(rtol=2e-3, atol=1e-3),
     torch.float64: dict(rtol=1e-10, atol=1e-10),
+}
+
+# A reduced member of each model family and its input (channels, side: [B, C, side, side]; the sequence models
+# read pixel sequences), small enough for a few CPU training steps in a test, without dropout (torch.compile draws
+# its dropout masks from another generator than eager mode does: tests/training/test_train_step.py).
+REDUCED_MODELS = {
+    "kat_t": (dict(embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4), (3, 16)),
+    "inceptionnext_a": (dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128]), (3, 32)),
+    "unireplknet_a": (dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64]), (3, 32)),
+    "nat_m": (dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]), (3, 32)),
+    "dinat_m": (dict(embed_dim=16, depths=[2, 2, 1, 1], num_heads=[1, 2, 2, 4]), (3, 32)),
+    "s4d_t": (dict(d_model=32, n_layers=2, d_state=16, in_chans=1, dropout=0.0), (1, 8)),
+    "longconv_t": (dict(d_model=32, n_layers=2, in_chans=1, l_max=64, dropout=0.0, kernel_dropout=0.0), (1, 8)),
 }
 
 # Kernels run on the GPU where there is one, else on the CPU through the Triton interpreter.

@@ -12,20 +12,10 @@ import timm
 import torch
 
 import zoo  # noqa: F401  (registers the zoo's models with timm)
+from tests.helpers import REDUCED_MODELS
 from zoo.training.graphed import GraphedUpdates, host_learning_rates
 from zoo.training.step import TrainStep, cross_entropy_loss
 
-# A reduced member of each family and its input ([B, C, H, W]; the sequence models read pixel sequences), without
-# dropout: torch.compile draws its dropout masks from another generator than eager mode does.
-FAMILIES = {
-    "kat_t": (dict(embed_dim=32, depth=2, num_heads=2, img_size=16, patch_size=4), (3, 16)),
-    "inceptionnext_a": (dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128]), (3, 32)),
-    "unireplknet_a": (dict(depths=[1, 1, 1, 1], dims=[16, 32, 48, 64]), (3, 32)),
-    "nat_m": (dict(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]), (3, 32)),
-    "dinat_m": (dict(embed_dim=16, depths=[2, 2, 1, 1], num_heads=[1, 2, 2, 4]), (3, 32)),
-    "s4d_t": (dict(d_model=32, n_layers=2, d_state=16, in_chans=1, dropout=0.0), (1, 8)),
-    "longconv_t": (dict(d_model=32, n_layers=2, in_chans=1, l_max=64, dropout=0.0, kernel_dropout=0.0), (1, 8)),
-}
 STEPS = 3
 
 
@@ -38,7 +28,7 @@ def _losses(
     **optimizer_kwargs,
 ) -> list[float]:
     """The losses of ``steps`` updates of the reduced ``name``; ``before_steps(step, inputs, targets)`` runs first."""
-    kwargs, (channels, side) = FAMILIES[name]
+    kwargs, (channels, side) = REDUCED_MODELS[name]
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **optimizer_kwargs)
@@ -51,7 +41,7 @@ def _losses(
     return [float(step(inputs, targets)) for _ in range(steps)]
 
 
-@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("name", sorted(REDUCED_MODELS))
 def test_compiled_step_follows_eager(name):
     """Three AdamW updates: the compiled forward/backward (fullgraph=True) gives the eager losses within 1e-4
     relative (Inductor fuses and reorders float32 reductions; nothing else differs), and the loss falls."""
@@ -179,7 +169,7 @@ def test_graphed_updates_keep_the_schedule_in_device_tensors():
 def test_graphed_updates_follow_eager_updates():
     """GraphedUpdates (replays; one batch of another size runs eagerly between them) gives the losses of eager
     AdamW updates under the same schedule, read back from the device every two updates."""
-    kwargs, (channels, side) = FAMILIES["kat_t"]
+    kwargs, (channels, side) = REDUCED_MODELS["kat_t"]
     generator = torch.Generator().manual_seed(3)
     sizes = [4, 4, 4, 3, 4, 4, 4, 4]
     batches = [
