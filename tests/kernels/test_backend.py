@@ -71,6 +71,55 @@ def test_triton_where_it_cannot_run(monkeypatch):
         resolve_backend("triton", torch.empty(1))
 
 
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """``fake_gpu(capability, hip=False)``: CUDA device 0 reports that compute capability (and a ROCm build of
+    torch with ``hip``), for :func:`unsupported_gpu`'s per-device cache, cleared around the test."""
+    monkeypatch.delenv("ZOO_BACKEND", raising=False)
+    monkeypatch.setattr(backend_module, "HAS_TRITON", True)
+
+    def fake(capability: tuple[int, int], hip: bool = False) -> types.SimpleNamespace:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Test GPU")
+        monkeypatch.setattr(torch.version, "hip", "7.0" if hip else None)
+        backend_module.unsupported_gpu.cache_clear()
+        # resolve_backend reads only the device and dtype of its tensor
+        return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
+
+    yield fake
+    backend_module.unsupported_gpu.cache_clear()
+
+
+@pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (10, 0)])
+def test_auto_runs_triton_on_nvidia_gpus_from_ampere_on(fake_gpu, capability):
+    tensor = fake_gpu(capability)
+    assert backend_module.unsupported_gpu(0) is None
+    assert resolve_backend("auto", tensor) == "triton"
+    assert resolve_backend("triton", tensor) == "triton"
+
+
+@pytest.mark.parametrize(
+    ("capability", "hip", "reason"),
+    [
+        ((7, 5), False, r"Test GPU \(compute capability 7\.5; Triton runs on NVIDIA GPUs of 8\.0 and newer\)"),
+        ((7, 0), False, r"Test GPU \(compute capability 7\.0; Triton runs on NVIDIA GPUs of 8\.0 and newer\)"),
+        ((9, 4), True, r"Test GPU \(an AMD GPU: the kernels hold NVIDIA inline PTX\)"),
+    ],
+)
+def test_auto_runs_the_reference_on_gpus_the_kernels_do_not_support(fake_gpu, capability, hip, reason):
+    """A T4 (7.5), a V100 (7.0) or an AMD GPU: ``auto`` runs the reference, ``triton`` is an error that says why
+    and what to use instead."""
+    tensor = fake_gpu(capability, hip)
+    assert resolve_backend("auto", tensor) == "torch"
+    with pytest.raises(ValueError, match=f"backend='triton' cannot run on {reason}; use backend='torch'"):
+        resolve_backend("triton", tensor)
+
+
+@pytest.mark.gpu
+def test_the_gpu_under_test_runs_the_kernels():
+    assert backend_module.unsupported_gpu(torch.cuda.current_device()) is None
+
+
 # ------------------------------------------------------------------------------------------- the Triton dispatch
 #
 # Every op's public function runs its Triton path through `dispatch_triton`: the registered op while compiling,

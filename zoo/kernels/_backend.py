@@ -5,8 +5,9 @@ Backends:
 * ``"torch"``: the plain-PyTorch reference (any device; autograd through PyTorch).
 * ``"triton"``: the hand-written Triton kernels. Needs a CUDA tensor, or a CPU tensor with the Triton
   interpreter switched on (``TRITON_INTERPRET=1`` set before ``zoo.kernels`` is imported).
-* ``"auto"``: Triton when the tensor is on CUDA and Triton is installed, the reference otherwise. The
-  interpreter is never picked by ``auto``: it is only used when ``"triton"`` is asked for explicitly.
+* ``"auto"``: Triton when the tensor is on a CUDA GPU the kernels run on (NVIDIA, compute capability 8.0 and
+  newer: :func:`unsupported_gpu`) and Triton is installed, the reference otherwise. The interpreter is never picked
+  by ``auto``: it is only used when ``"triton"`` is asked for explicitly.
 
 Precedence: an explicit ``backend=`` argument (anything but ``"auto"``), then the environment variable
 ``ZOO_BACKEND`` (read at every call), then ``auto``. Asking for ``triton`` where it cannot run raises a
@@ -105,16 +106,43 @@ def requested_backend(backend: str = "auto") -> str:
     return _check_name(env, f"environment variable {ENV_VAR}")
 
 
+# The oldest NVIDIA GPUs the kernels run on: Triton supports compute capability 8.0 and newer (its README's
+# "Supported Hardware"), and the kernels' bf16 arithmetic and tensor-core paths assume it. Older GPUs (T4, V100)
+# and AMD GPUs (ROCm builds of torch also call their devices "cuda"; the kernels hold NVIDIA inline PTX) run the
+# references under ``auto``.
+MIN_CAPABILITY = (8, 0)
+
+
+@functools.cache
+def unsupported_gpu(index: int) -> str | None:
+    """Why the Triton kernels cannot run on CUDA device ``index`` (a phrase for an error message), or None where
+    they can. Cached per device: every op call asks."""
+    if torch.version.hip is not None:
+        return f"{torch.cuda.get_device_name(index)} (an AMD GPU: the kernels hold NVIDIA inline PTX)"
+    capability = torch.cuda.get_device_capability(index)
+    if capability < MIN_CAPABILITY:
+        major, minor = capability
+        return (
+            f"{torch.cuda.get_device_name(index)} (compute capability {major}.{minor}; Triton runs on NVIDIA GPUs of "
+            f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} and newer)"
+        )
+    return None
+
+
+def _device_index(device: torch.device) -> int:
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
 def resolve_backend(backend: str, tensor: torch.Tensor, triton_dtypes: tuple[torch.dtype, ...] | None = None) -> str:
     """Return ``"triton"`` or ``"torch"``: the backend that will run an op on ``tensor``.
 
     ``triton_dtypes``: the dtypes the op's kernels take; ``auto`` picks ``"torch"`` for any other dtype (e.g.
-    float64 on CUDA) and on CPU tensors, where the ops that have a CPU path (docs/design.md §17) take it in place
-    of the reference. Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
+    float64 on CUDA), on GPUs the kernels do not run on (:func:`unsupported_gpu`) and on CPU tensors, where the
+    ops that have a CPU path (docs/design.md §17) take it in place of the reference. Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
     """
     choice = requested_backend(backend)
     if choice == "auto":
-        if not HAS_TRITON or tensor.device.type != "cuda":
+        if not HAS_TRITON or tensor.device.type != "cuda" or unsupported_gpu(_device_index(tensor.device)):
             return "torch"
         return "triton" if triton_dtypes is None or tensor.dtype in triton_dtypes else "torch"
     if choice == "triton":
@@ -127,7 +155,12 @@ def check_triton_device(device: torch.device) -> None:
     interpreter."""
     if not HAS_TRITON:
         raise ValueError("backend='triton' was asked for, but Triton is not installed; use backend='torch'")
-    if device.type == "cuda" or (device.type == "cpu" and INTERPRETER):
+    if device.type == "cuda":
+        reason = unsupported_gpu(_device_index(device))
+        if reason:
+            raise ValueError(f"backend='triton' cannot run on {reason}; use backend='torch'")
+        return
+    if device.type == "cpu" and INTERPRETER:
         return
     if device.type == "cpu":
         raise ValueError(
