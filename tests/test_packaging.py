@@ -36,7 +36,7 @@ def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def wheel(tmp_path_factory) -> Path:
     """The wheel, built from a copy of what the build reads (the checkout itself stays clean)."""
     source = tmp_path_factory.mktemp("source")
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, source / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("zoo", "configs"):
@@ -59,6 +59,9 @@ def test_the_wheel_holds_only_the_zoo_package_with_every_subpackage_and_config(w
     assert wheel.name.startswith(f"{DISTRIBUTION}-")
     entry_points = zipfile.ZipFile(wheel).read(f"{info}/entry_points.txt").decode()
     assert "zoo-train = zoo.cli:train" in entry_points and "zoo-eval = zoo.cli:evaluate" in entry_points
+    licenses = [name for name in names if name.startswith(f"{info}/") and name.endswith("/LICENSE")]
+    assert licenses, "the wheel carries no LICENSE"
+    assert zipfile.ZipFile(wheel).read(licenses[0]).decode() == (ROOT / "LICENSE").read_text()
 
 
 @pytest.fixture(scope="module")
