@@ -60,6 +60,24 @@ def test_kat_round_trip(tmp_path):
     _same_outputs(model, rebuilt, torch.randn(2, 3, 32, 32))
 
 
+def test_a_one_channel_model_with_its_own_normalisation_exports_without_timms_channel_warning(tmp_path, caplog):
+    """train.py exports the digits models (1 channel, RGB architectures) with the task's mean and std: timm's
+    warning that it averaged the architecture's RGB mean and std would be about values the export replaces. Without
+    a mean and std of the caller's, timm's averaged ones are exported and its warning stays."""
+    model = timm.create_model("kat_t", in_chans=1, img_size=8, patch_size=2, num_classes=10)
+    with caplog.at_level("WARNING", logger="timm.data.model_config"):
+        out = export_model(model, tmp_path / "own", "kat_t", pretrained_cfg=dict(mean=[0.3], std=[0.4]))
+    assert not [r for r in caplog.records if r.name == "timm.data.model_config"]
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert (cfg["mean"], cfg["std"], cfg["input_size"]) == ([0.3], [0.4], [1, 8, 8])
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="timm.data.model_config"):
+        out = export_model(model, tmp_path / "averaged", "kat_t")
+    assert any("does not match 1 channels" in r.getMessage() for r in caplog.records)
+    assert len(json.loads((out / "config.json").read_text())["pretrained_cfg"]["mean"]) == 1
+
+
 def test_resnet_round_trip_with_extra_model_args_and_cfg(tmp_path):
     torch.manual_seed(0)
     model = _perturbed(timm.create_model("resnet18", num_classes=3))

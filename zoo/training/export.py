@@ -13,7 +13,9 @@ loads the weights only with ``pretrained=True``.)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,23 @@ def _timm_config(model: torch.nn.Module, model_args: dict[str, Any]) -> dict[str
         path = Path(tmp) / CONFIG_NAME
         save_config_for_hf(model, path, model_args=dict(model_args) or None)
         return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def _without_channel_warnings():
+    """Silence timm's "Pretrained mean / std does not match N channels" while it writes the config of a model
+    whose input channels differ from its architecture's pretrained cfg (a 1-channel model of an RGB architecture:
+    timm averages the cfg's mean and std). For callers that give their own mean and std, which replace those."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "does not match" not in record.getMessage()
+
+    logger = logging.getLogger("timm.data.model_config")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _fallback_config(model: torch.nn.Module, architecture: str, model_args: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +169,9 @@ def export_model(
         if key in model_args and isinstance(current, int) and model_args[key] != current:
             raise ValueError(f"model_args {key}={model_args[key]!r} disagrees with the model's {key}={current}")
 
-    config = _timm_config(model, model_args)
+    own_normalisation = {"mean", "std"} <= set(pretrained_cfg or {})
+    with _without_channel_warnings() if own_normalisation else contextlib.nullcontext():
+        config = _timm_config(model, model_args)
     if config is None:
         config = _fallback_config(model, arch, model_args)
     config["architecture"] = arch
