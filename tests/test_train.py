@@ -165,6 +165,25 @@ def test_bad_names_are_clear_errors(tmp_path):
         train(_compose(tmp_path / "d", "epochs=1", "amp=fp8"))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=0", r"epochs must be a whole number >= 1, got 0"),
+        ("batch_size=2.5", r"batch_size must be a whole number >= 1, got 2.5"),
+        ("eval_batch_size=0", r"eval_batch_size must be a whole number >= 1 \(or null\), got 0"),
+        ("accum_steps=0", r"accum_steps must be a whole number >= 1, got 0"),
+        ("num_workers=-1", r"num_workers must be a whole number >= 0, got -1"),
+        ("log_interval_s=-5", r"log_interval_s must be a number >= 0, got -5"),
+        ("checkpoint_every=true", r"checkpoint_every must be a whole number >= 0, got True"),
+        ("grad_clip=0", r"grad_clip must be null or a positive number, got 0"),
+    ],
+)
+def test_settings_out_of_range_are_clear_errors_before_any_work(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train(_compose(tmp_path / "run", "epochs=1", override))
+    assert not (tmp_path / "run").exists()
+
+
 def test_cuda_graph_says_what_it_needs(tmp_path):
     """cuda_graph=true refuses, before any work and in one message, everything a captured update cannot do."""
     overrides = ("epochs=1", "cuda_graph=true", "accum_steps=2", "amp=fp16", "optim=sgd")

@@ -281,6 +281,40 @@ def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------------------ set-up
 
 
+# The numeric settings of configs/train.yaml and the least value each takes: (least, whole number, may be null).
+# Checked before any work, so that a bad value is one clear error, not an assertion deep in timm or torch.
+_SETTING_BOUNDS = {
+    "epochs": (1, True, False),
+    "batch_size": (1, True, False),
+    "eval_batch_size": (1, True, True),
+    "accum_steps": (1, True, False),
+    "num_workers": (0, True, False),
+    "img_size": (1, True, True),
+    "cuda_graph_sync": (1, True, False),
+    "log_interval_s": (0, False, False),
+    "checkpoint_every": (0, True, False),
+    "checkpoint_every_minutes": (0, False, False),
+}
+
+
+def _check_settings(cfg: Any) -> None:
+    """Raise ``ValueError`` naming the first setting out of its range (``_SETTING_BOUNDS``), an unknown ``amp``, or
+    a ``grad_clip`` that is not null or positive."""
+    if cfg.amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
+    for key, (least, whole, nullable) in _SETTING_BOUNDS.items():
+        value = cfg.get(key)
+        if value is None and nullable:
+            continue
+        number = isinstance(value, int) if whole else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number or value < least:
+            kind = "a whole number" if whole else "a number"
+            null = " (or null)" if nullable else ""
+            raise ValueError(f"{key} must be {kind} >= {least}{null}, got {value!r}")
+    if cfg.grad_clip is not None and not (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip > 0):
+        raise ValueError(f"grad_clip must be null or a positive number, got {cfg.grad_clip!r}")
+
+
 def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
     """Set-up: check the settings, seed, read the fine-tuning source and the checkpoint to resume from, make the
     run directory and the loaders, then the model (fine-tuning weights, frozen parts, device, DDP), optimiser,
@@ -289,10 +323,7 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
     Exact resume depends on the order of what draws random numbers here (the model's init, then under DDP the
     per-rank reseed): a resumed run repeats it before :func:`_resume` restores the saved RNG states.
     """
-    if cfg.amp not in AMP_DTYPES:
-        raise ValueError(f"amp must be one of null, bf16, fp16; got {cfg.amp!r}")
-    if cfg.accum_steps < 1:
-        raise ValueError(f"accum_steps must be >= 1, got {cfg.accum_steps}")
+    _check_settings(cfg)
     if cfg.get("cuda_graph"):
         _check_cuda_graph(cfg, ctx)
     seed_everything(cfg.seed, cfg.deterministic)
