@@ -138,7 +138,8 @@ def resolve_backend(backend: str, tensor: torch.Tensor, triton_dtypes: tuple[tor
 
     ``triton_dtypes``: the dtypes the op's kernels take; ``auto`` picks ``"torch"`` for any other dtype (e.g.
     float64 on CUDA), on GPUs the kernels do not run on (:func:`unsupported_gpu`) and on CPU tensors, where the
-    ops that have a CPU path (docs/design.md §17) take it in place of the reference. Raises ``ValueError`` when ``"triton"`` is asked for but cannot run on this device.
+    ops that have a CPU path (docs/design.md §17) take it in place of the reference. Raises ``ValueError`` when
+    ``"triton"`` is asked for but cannot run on this device.
     """
     choice = requested_backend(backend)
     if choice == "auto":
