@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -152,6 +153,34 @@ def test_corrupt_and_mismatched_checkpoints_are_errors(tmp_path):
         train(_compose(tmp_path / "y", "epochs=2", "model.kwargs.embed_dim=64", f"resume={good['run_dir']}"))
     with pytest.raises(FileNotFoundError):
         train(_compose(tmp_path / "z", "epochs=1", f"resume={tmp_path / 'nowhere'}"))
+
+
+def test_the_run_directory_keeps_the_log_also_when_resumed(tmp_path, caplog):
+    """The run directory's train.log holds the run's log lines wherever the directory is (``run_dir=`` outside
+    Hydra's output directory), a resumed run appends to it (here one that had finished: it says there is nothing
+    to train), and a handler already writing there (Hydra's own) is not doubled."""
+    caplog.set_level(logging.INFO, logger="zoo.train")
+    run_dir = tmp_path / "run"
+    train(_compose(run_dir, "epochs=1"))
+    first = (run_dir / "train.log").read_text().splitlines()
+    assert sum("epoch 1/1: {" in line for line in first) == 1
+
+    hydra_like = logging.FileHandler(run_dir / "train.log")
+    logging.getLogger().addHandler(hydra_like)
+    try:
+        summary = train(_compose(tmp_path / "elsewhere", "epochs=1", f"resume={run_dir}"))
+    finally:
+        logging.getLogger().removeHandler(hydra_like)
+        hydra_like.close()
+    assert summary["run_dir"] == str(run_dir)
+    lines = (run_dir / "train.log").read_text().splitlines()
+    assert lines[: len(first)] == first
+    finished = [line for line in lines[len(first) :] if "has trained all 1 epochs: nothing to train" in line]
+    assert len(finished) == 1
+    assert logging.getLogger().handlers.count(hydra_like) == 0 and not any(
+        isinstance(h, logging.FileHandler) and h.baseFilename == str(run_dir / "train.log")
+        for h in logging.getLogger().handlers
+    ), "the run's handler outlived the run"
 
 
 def test_bad_names_are_clear_errors(tmp_path):

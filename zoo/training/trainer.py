@@ -22,7 +22,7 @@ import os
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,10 +243,22 @@ class _Run:
 
 def _train(cfg: Any, ctx: Any) -> dict[str, Any] | None:
     """The run of :func:`train` in an initialised (possibly distributed) context: set up, resume, then per epoch
-    train and evaluate/checkpoint; rank 0 exports and returns the summary."""
-    run, resume_state = _set_up(cfg, ctx)
+    train and evaluate/checkpoint; rank 0 exports and returns the summary. Rank 0 logs to the run directory's
+    ``train.log`` from the moment it is known (:func:`_logging_to`)."""
+    with ExitStack() as stack:
+        return _train_logged(cfg, ctx, stack)
+
+
+def _train_logged(cfg: Any, ctx: Any, stack: ExitStack) -> dict[str, Any] | None:
+    run, resume_state = _set_up(cfg, ctx, stack)
     if resume_state is not None:
         _resume(run, resume_state)
+        if ctx.is_main and run.start_epoch >= cfg.epochs:
+            log.info(
+                "%s has trained all %d epochs: nothing to train (a larger epochs= goes on); the summary follows",
+                run.run_dir,
+                cfg.epochs,
+            )
     # The schedule is a function of the step (lr, warmup, per-layer lr_scale): set it for the first update; a
     # resumed run may change epochs or the schedule.
     run.scheduler.step_update(num_updates=run.step)
@@ -315,10 +327,35 @@ def _check_settings(cfg: Any) -> None:
         raise ValueError(f"grad_clip must be null or a positive number, got {cfg.grad_clip!r}")
 
 
-def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
+@contextmanager
+def _logging_to(path: Path):
+    """Also write the log records to ``path`` (appended) while the context is open, unless a handler writes there
+    already: Hydra's own ``train.log`` where the run directory is Hydra's output directory. So a run with
+    ``run_dir=`` elsewhere, and a resumed run (which goes on in its checkpoint's directory), keep their log beside
+    their checkpoints. The records are formatted as Hydra's file log formats them."""
+    root = logging.getLogger()
+    target = os.path.abspath(path)
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if any(h.baseFilename == target for h in files):
+        yield
+        return
+    handler = logging.FileHandler(target, mode="a")
+    handler.setFormatter(
+        files[0].formatter if files else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    )
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _set_up(cfg: Any, ctx: Any, stack: ExitStack) -> tuple[_Run, dict[str, Any] | None]:
     """Set-up: check the settings, seed, read the fine-tuning source and the checkpoint to resume from, make the
-    run directory and the loaders, then the model (fine-tuning weights, frozen parts, device, DDP), optimiser,
-    schedule, GradScaler, EMA and loss. Returns the run at step 0 and the checkpoint state (None: a new run).
+    run directory (rank 0 logs to its ``train.log`` from here on, until ``stack`` closes) and the loaders, then
+    the model (fine-tuning weights, frozen parts, device, DDP), optimiser, schedule, GradScaler, EMA and loss.
+    Returns the run at step 0 and the checkpoint state (None: a new run).
 
     Exact resume depends on the order of what draws random numbers here (the model's init, then under DDP the
     per-rank reseed): a resumed run repeats it before :func:`_resume` restores the saved RNG states.
@@ -333,6 +370,8 @@ def _set_up(cfg: Any, ctx: Any) -> tuple[_Run, dict[str, Any] | None]:
     inherited = inherited_model_args(source, cfg.model.name) if source is not None else {}
     img_size = cfg.img_size or inherited.get("img_size") or cfg.data.img_size
     run_dir, resume_state = _run_dir_and_resume_state(cfg, ctx)
+    if ctx.is_main:
+        stack.enter_context(_logging_to(run_dir / "train.log"))
     train_loader, eval_loader, info = _loaders(cfg, ctx, img_size)
 
     device = ctx.device
