@@ -155,11 +155,11 @@ def test_corrupt_and_mismatched_checkpoints_are_errors(tmp_path):
         train(_compose(tmp_path / "z", "epochs=1", f"resume={tmp_path / 'nowhere'}"))
 
 
-def test_the_run_directory_keeps_the_log_also_when_resumed(tmp_path, caplog):
+def test_the_run_directory_keeps_the_log_also_when_resumed(tmp_path):
     """The run directory's train.log holds the run's log lines wherever the directory is (``run_dir=`` outside
-    Hydra's output directory), a resumed run appends to it (here one that had finished: it says there is nothing
-    to train), and a handler already writing there (Hydra's own) is not doubled."""
-    caplog.set_level(logging.INFO, logger="zoo.train")
+    Hydra's output directory; the root logger at pytest's WARNING), a resumed run appends to it (here one that had
+    finished: it says there is nothing to train), and a handler already writing there (Hydra's own) is not
+    doubled."""
     run_dir = tmp_path / "run"
     train(_compose(run_dir, "epochs=1"))
     first = (run_dir / "train.log").read_text().splitlines()
@@ -175,12 +175,32 @@ def test_the_run_directory_keeps_the_log_also_when_resumed(tmp_path, caplog):
     assert summary["run_dir"] == str(run_dir)
     lines = (run_dir / "train.log").read_text().splitlines()
     assert lines[: len(first)] == first
-    finished = [line for line in lines[len(first) :] if "has trained all 1 epochs: nothing to train" in line]
+    finished = [line for line in lines[len(first) :] if "has trained 1 epochs (epochs=1): nothing to train" in line]
     assert len(finished) == 1
     assert logging.getLogger().handlers.count(hydra_like) == 0 and not any(
         isinstance(h, logging.FileHandler) and h.baseFilename == str(run_dir / "train.log")
         for h in logging.getLogger().handlers
     ), "the run's handler outlived the run"
+
+
+def test_the_run_log_with_logging_unconfigured(tmp_path):
+    """train() called from Python with logging left as it is: the run's train.log gets the zoo's INFO lines, and
+    stderr shows warnings (as Python's last-resort handler would), not INFO lines; nothing stays attached."""
+    script = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from zoo.training.trainer import _logging_to\n"
+        "log = logging.getLogger('zoo.train')\n"
+        f"with _logging_to(Path({str(tmp_path / 'train.log')!r})):\n"
+        "    log.info('an info line')\n"
+        "    log.warning('a warning line')\n"
+        "assert logging.getLogger().handlers == [] and logging.getLogger('zoo').level == logging.NOTSET\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    written = (tmp_path / "train.log").read_text()
+    assert "an info line" in written and "a warning line" in written
+    assert "a warning line" in result.stderr and "an info line" not in result.stderr
 
 
 def test_bad_names_are_clear_errors(tmp_path):

@@ -5,6 +5,7 @@ interpreter in which ``import triton`` fails as it does where Triton is not inst
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -57,19 +58,23 @@ def _run(code: str) -> str:
 
 @pytest.mark.timeout(900)
 def test_every_family_trains_without_triton_as_with_it():
-    """Without Triton the default backend runs the same CPU code as with it: the same losses and parameters after
-    two AdamW steps (float32 on one thread; 1e-6 relative leaves room for nothing but summation order), and no
-    kernel to precompile."""
+    """Without Triton every family trains (the loss falls over two AdamW steps) with no kernel to precompile. Where
+    Triton is installed, the default backend runs the same CPU code with it: the same losses and parameters
+    (float32 on one thread; 1e-6 relative leaves room for nothing but summation order)."""
     without = json.loads(_run(_HIDE_TRITON + _TRAIN).splitlines()[-1])
+    assert without.pop("has_triton") is False
+    for name, result in without.items():
+        assert result["precompiled"] == 0, name
+        assert result["losses"][1] < result["losses"][0], (name, result["losses"])
+    if importlib.util.find_spec("triton") is None:  # macOS, Windows: nothing to compare with
+        return
     with_triton = json.loads(_run(_TRAIN).splitlines()[-1])
-    assert without.pop("has_triton") is False and with_triton.pop("has_triton") is True
+    assert with_triton.pop("has_triton") is True
     assert set(without) == set(with_triton)
     for name, result in without.items():
         expected = with_triton[name]
-        assert result["precompiled"] == 0, name
         assert result["losses"] == pytest.approx(expected["losses"], rel=1e-6), name
         assert result["parameter_sum"] == pytest.approx(expected["parameter_sum"], rel=1e-6), name
-        assert result["losses"][1] < result["losses"][0], (name, result["losses"])
 
 
 # Every public op: backend="triton" raises a ValueError that names the missing Triton and the way out, before any

@@ -74,20 +74,20 @@ def test_triton_where_it_cannot_run(monkeypatch):
 @pytest.fixture
 def fake_gpu(monkeypatch):
     """``fake_gpu(capability, hip=False)``: CUDA device 0 reports that compute capability (and a ROCm build of
-    torch with ``hip``), for :func:`unsupported_gpu`'s per-device cache, cleared around the test."""
+    torch with ``hip``), with an empty per-device table of :func:`unsupported_gpu`."""
     monkeypatch.delenv("ZOO_BACKEND", raising=False)
     monkeypatch.setattr(backend_module, "HAS_TRITON", True)
 
     def fake(capability: tuple[int, int], hip: bool = False) -> types.SimpleNamespace:
+        monkeypatch.setattr(backend_module, "_GPU_SUPPORT", {})
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Test GPU")
         monkeypatch.setattr(torch.version, "hip", "7.0" if hip else None)
-        backend_module.unsupported_gpu.cache_clear()
         # resolve_backend reads only the device and dtype of its tensor
         return types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16)
 
-    yield fake
-    backend_module.unsupported_gpu.cache_clear()
+    return fake
 
 
 @pytest.mark.parametrize("capability", [(8, 0), (8, 9), (9, 0), (10, 0)])
@@ -113,6 +113,31 @@ def test_auto_runs_the_reference_on_gpus_the_kernels_do_not_support(fake_gpu, ca
     assert resolve_backend("auto", tensor) == "torch"
     with pytest.raises(ValueError, match=f"backend='triton' cannot run on {reason}; use backend='torch'"):
         resolve_backend("triton", tensor)
+
+
+@pytest.mark.parametrize("reason", ["Test GPU (compute capability 7.5; ...)", ""])
+def test_the_gpu_check_is_a_constant_under_torch_compile(monkeypatch, reason):
+    """torch.compile traces the ops' Python wrappers, resolve_backend included: the per-device answer must be a
+    constant of the graph, not a call it traces (the real one asks torch.cuda for the device's name, which it cannot
+    trace; the stand-in makes such a call too). fullgraph=True: any break is an error."""
+    monkeypatch.setattr(backend_module, "_GPU_SUPPORT", {})
+    monkeypatch.setattr(backend_module, "_why_unsupported", lambda index: reason + "" * torch.get_num_threads())
+
+    def pick(x):
+        return x + 1 if backend_module.unsupported_gpu(0) else x - 1
+
+    try:
+        assert torch.compile(pick, fullgraph=True, backend="eager")(torch.zeros(1)).item() == (1.0 if reason else -1.0)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_no_gpu_to_ask_on_a_machine_without_one(monkeypatch):
+    """Fake CUDA tensors traced on a machine without a GPU (tests/kernels/test_traced_ops.py): nothing to ask, the
+    kernels' path is traced."""
+    monkeypatch.setattr(backend_module, "_GPU_SUPPORT", {})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert backend_module.unsupported_gpu(0) is None
 
 
 @pytest.mark.gpu

@@ -113,10 +113,20 @@ def requested_backend(backend: str = "auto") -> str:
 MIN_CAPABILITY = (8, 0)
 
 
-@functools.cache
-def unsupported_gpu(index: int) -> str | None:
-    """Why the Triton kernels cannot run on CUDA device ``index`` (a phrase for an error message), or None where
-    they can. Cached per device: every op call asks."""
+_GPU_SUPPORT: dict[int, str] = {}  # device index -> why the kernels cannot run there ("" where they can)
+
+
+@torch.compiler.assume_constant_result  # a constant to torch.compile, which traces the ops' Python wrappers
+def _gpu_support(index: int) -> str:
+    reason = _GPU_SUPPORT.get(index)
+    if reason is None:
+        reason = _GPU_SUPPORT[index] = _why_unsupported(index)
+    return reason
+
+
+def _why_unsupported(index: int) -> str:
+    if not torch.cuda.is_available():  # fake CUDA tensors on a machine without a GPU (tracing): nothing to ask
+        return ""
     if torch.version.hip is not None:
         return f"{torch.cuda.get_device_name(index)} (an AMD GPU: the kernels hold NVIDIA inline PTX)"
     capability = torch.cuda.get_device_capability(index)
@@ -126,7 +136,14 @@ def unsupported_gpu(index: int) -> str | None:
             f"{torch.cuda.get_device_name(index)} (compute capability {major}.{minor}; Triton runs on NVIDIA GPUs of "
             f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} and newer)"
         )
-    return None
+    return ""
+
+
+def unsupported_gpu(index: int) -> str | None:
+    """Why the Triton kernels cannot run on CUDA device ``index`` (a phrase for an error message), or None where
+    they can (and on a machine without a GPU, where CUDA tensors are fake ones being traced). Asked once per device
+    and process: every op call asks; under ``torch.compile`` the answer is a constant of the graph."""
+    return _gpu_support(index) or None
 
 
 def _device_index(device: torch.device) -> int:
@@ -143,7 +160,8 @@ def resolve_backend(backend: str, tensor: torch.Tensor, triton_dtypes: tuple[tor
     """
     choice = requested_backend(backend)
     if choice == "auto":
-        if not HAS_TRITON or tensor.device.type != "cuda" or unsupported_gpu(_device_index(tensor.device)):
+        device = tensor.device
+        if not HAS_TRITON or device.type != "cuda" or _gpu_support(_device_index(device)):
             return "torch"
         return "triton" if triton_dtypes is None or tensor.dtype in triton_dtypes else "torch"
     if choice == "triton":
@@ -157,7 +175,7 @@ def check_triton_device(device: torch.device) -> None:
     if not HAS_TRITON:
         raise ValueError("backend='triton' was asked for, but Triton is not installed; use backend='torch'")
     if device.type == "cuda":
-        reason = unsupported_gpu(_device_index(device))
+        reason = _gpu_support(_device_index(device))
         if reason:
             raise ValueError(f"backend='triton' cannot run on {reason}; use backend='torch'")
         return

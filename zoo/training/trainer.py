@@ -255,8 +255,9 @@ def _train_logged(cfg: Any, ctx: Any, stack: ExitStack) -> dict[str, Any] | None
         _resume(run, resume_state)
         if ctx.is_main and run.start_epoch >= cfg.epochs:
             log.info(
-                "%s has trained all %d epochs: nothing to train (a larger epochs= goes on); the summary follows",
+                "%s has trained %d epochs (epochs=%d): nothing to train (a larger epochs= goes on); the summary follows",
                 run.run_dir,
+                run.start_epoch,
                 cfg.epochs,
             )
     # The schedule is a function of the step (lr, warmup, per-layer lr_scale): set it for the first update; a
@@ -319,7 +320,7 @@ def _check_settings(cfg: Any) -> None:
         if value is None and nullable:
             continue
         number = isinstance(value, int) if whole else isinstance(value, (int, float))
-        if isinstance(value, bool) or not number or value < least:
+        if isinstance(value, bool) or not number or not value >= least:  # `not >=`: NaN fails too
             kind = "a whole number" if whole else "a number"
             null = " (or null)" if nullable else ""
             raise ValueError(f"{key} must be {kind} >= {least}{null}, got {value!r}")
@@ -332,23 +333,36 @@ def _logging_to(path: Path):
     """Also write the log records to ``path`` (appended) while the context is open, unless a handler writes there
     already: Hydra's own ``train.log`` where the run directory is Hydra's output directory. So a run with
     ``run_dir=`` elsewhere, and a resumed run (which goes on in its checkpoint's directory), keep their log beside
-    their checkpoints. The records are formatted as Hydra's file log formats them."""
+    their checkpoints, formatted as Hydra's file log formats them.
+
+    The zoo's loggers log at least INFO meanwhile, so that the file gets the progress and epoch lines also where
+    logging was left unconfigured (root level WARNING); there, with no handler at all, warnings still reach stderr
+    as Python's last-resort handler would have shown them (a handler on the root logger replaces that one)."""
     root = logging.getLogger()
-    target = os.path.abspath(path)
+    target = os.path.realpath(path)
     files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    if any(h.baseFilename == target for h in files):
-        yield
-        return
-    handler = logging.FileHandler(target, mode="a")
-    handler.setFormatter(
-        files[0].formatter if files else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    )
-    root.addHandler(handler)
+    handlers: list[logging.Handler] = []
+    if not any(os.path.realpath(h.baseFilename) == target for h in files):
+        handlers.append(logging.FileHandler(target, mode="a"))
+        handlers[0].setFormatter(
+            files[0].formatter if files else logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+        )
+        if not root.handlers:
+            handlers.append(logging.StreamHandler(sys.stderr))
+            handlers[1].setLevel(logging.WARNING)
+    zoo_logger = logging.getLogger("zoo")
+    level = zoo_logger.level
+    if zoo_logger.getEffectiveLevel() > logging.INFO:
+        zoo_logger.setLevel(logging.INFO)
+    for handler in handlers:
+        root.addHandler(handler)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        zoo_logger.setLevel(level)
 
 
 def _set_up(cfg: Any, ctx: Any, stack: ExitStack) -> tuple[_Run, dict[str, Any] | None]:
