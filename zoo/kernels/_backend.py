@@ -424,11 +424,11 @@ class FastLaunch:
     kernel cache (1 us), knob and hook look-ups, the check that the globals a kernel read have not changed, and
     launch metadata for profiler hooks. Here the binder still runs (Triton's own specialisation, so a launch picks
     the binary Triton would), its result is looked up as a tuple in this function's own cache, and the binary's
-    launcher is called as ``JITFunction.run`` calls it: about 4 us. The
-    first launch of each specialisation, and every launch while a launch hook, a pre-run hook or a stage-inspection
-    hook is set (outside :func:`compile_only`, which never launches), goes through ``JITFunction.run``, which compiles or loads the binary this cache then keeps. Not
-    checked per launch: that the module globals a kernel read are unchanged (this project's kernels read constants
-    only)."""
+    launcher is called as ``JITFunction.run`` calls it: about 4 us. The first launch of each specialisation, and
+    every launch while a launch hook, a pre-run hook or a stage-inspection hook is set (outside
+    :func:`compile_only`, which never launches), goes through ``JITFunction.run``, which compiles or loads the
+    binary this cache then keeps. Not checked per launch: that the module globals a kernel read are unchanged (this
+    project's kernels read constants only)."""
 
     def __init__(self, fn: Any):
         self.fn = fn

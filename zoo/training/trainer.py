@@ -255,7 +255,7 @@ def _train_logged(cfg: Any, ctx: Any, stack: ExitStack) -> dict[str, Any] | None
         _resume(run, resume_state)
         if ctx.is_main and run.start_epoch >= cfg.epochs:
             log.info(
-                "%s has trained %d epochs (epochs=%d): nothing to train (a larger epochs= goes on); the summary follows",
+                "%s has trained %d epochs (epochs=%d): nothing to train (a larger epochs= goes on)",
                 run.run_dir,
                 run.start_epoch,
                 cfg.epochs,
