@@ -19,8 +19,10 @@ builds the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import fnmatch
+import functools
 import importlib
 import json
 import math
@@ -238,20 +240,24 @@ def _op_rows(
     flops: dict[str, int] | None = None,
     passes: tuple[str, ...] = ("fwd", "fwd+bwd"),
     host_impls: Collection[str] = (),
+    around: Mapping[str, Callable[[], contextlib.AbstractContextManager]] | None = None,
 ) -> list[OpRow]:
     """Rows of one case: ``impl(*inputs)`` forward (no grad) and forward+backward (the gradients of
     ``grad_inputs`` for the output gradient ``dy``), eager and (on a GPU) as CUDA-graph replays. With ``flops``
     (the useful floating-point operations of each pass), the note gives the achieved TFLOP/s. The host time per
-    call is measured for the Triton implementations and those in ``host_impls``."""
+    call is measured for the Triton implementations and those in ``host_impls``. ``around`` maps implementations
+    to a context each of their passes runs in, backward included (a launch setting being swept)."""
     rows = []
     for impl, fn in impls.items():
+        enter = (around or {}).get(impl, contextlib.nullcontext)
 
-        def forward(fn=fn):
-            with torch.no_grad():
+        def forward(fn=fn, enter=enter):
+            with enter(), torch.no_grad():
                 return fn(*inputs)
 
-        def forward_backward(fn=fn):
-            return torch.autograd.grad(fn(*inputs), grad_inputs, dy)
+        def forward_backward(fn=fn, enter=enter):
+            with enter():
+                return torch.autograd.grad(fn(*inputs), grad_inputs, dy)
 
         for pass_, run in (("fwd", forward), ("fwd+bwd", forward_backward)):
             if pass_ not in passes:
@@ -578,6 +584,22 @@ def inception_cases(small: bool) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"B128xC{c}x{h}x{h}", (128, c, h, h)) for c, h in ((96, 56), (192, 28), (384, 14), (768, 7))]
 
 
+# The mixer's grid targets (zoo.kernels.dwconv._inception.GridTargets: programs per SM) timed beside the default
+# on a GPU, one field changed at a time. They are runtime arguments, so the sweep compiles nothing. At
+# InceptionNeXt-T's stages 1-4 (B128, 132 SMs) the forward's programs are 1792 / 448 / 448 / 336 by default, 1792 /
+# 448 / 224 / 224 with f1, 1792 / 896 / 672 / 336 with f6 and 4928 / 1344 / 672 / 336 (one step per part) with f64;
+# the weight gradient's are 531 / 252 / 126 / 72 by default, 270 / 252 / 126 / 72 with w2, 1062 / 504 / 252 / 144
+# with w8b2 and 2115 / 1008 / 504 / 252 with w16b1.
+MIXER_GRID_SWEEP = {
+    "grid-f1": dict(forward=1),
+    "grid-f6": dict(forward=6),
+    "grid-f64": dict(forward=64),
+    "grid-w2": dict(weight_gradient=2),
+    "grid-w8b2": dict(weight_gradient=8, weight_gradient_blocks=2),
+    "grid-w16b1": dict(weight_gradient=16, weight_gradient_blocks=1),
+}
+
+
 def bench_inception(
     small: bool,
     dtype: torch.dtype,
@@ -589,10 +611,15 @@ def bench_inception(
     kernels: Mapping[str, str] | None = None,
 ) -> list[OpRow]:
     """Rows for zoo::inception_dwconv2d: the eager split / conv / cat path (reference, also compiled) and the
-    fused Triton mixer (square 3, band 11, 1/8 of the channels per branch), channels_last.
+    fused Triton mixer (square 3, band 11, 1/8 of the channels per branch), channels_last. Also this checkout's
+    mixer under each grid target of ``MIXER_GRID_SWEEP`` (implementation "grid-sweep", by default on a GPU only:
+    the interpreter ignores the targets; rows labelled by the targets' names: the forward's in both passes, the
+    weight gradient's in forward+backward).
 
     ``cases``, ``impls``, ``kernels``: which cases (names or tuples) and implementations to run, and the kernel
     packages to time as Triton implementations (default: this checkout's, "triton")."""
+    from zoo.kernels.dwconv._inception import grid_targets
+
     rows = []
     for case, shape in _pick_cases(inception_cases(small), cases):
         gc = shape[1] // 8
@@ -613,17 +640,30 @@ def bench_inception(
         if compile_reference:
             run["reference+compile"] = torch.compile(inception_dwconv2d_reference, fullgraph=True)
         element = x.element_size() * x.numel()
-        rows += _op_rows(
-            "inception_dwconv2d",
-            case,
-            dtype,
-            device,
-            _pick_impls(run, impls),
-            leaves,
-            leaves,
-            dy,
-            {"fwd": 2 * element, "fwd+bwd": 6 * element},
-        )
+        moved = {"fwd": 2 * element, "fwd+bwd": 6 * element}
+        rows += _op_rows("inception_dwconv2d", case, dtype, device, _pick_impls(run, impls), leaves, leaves, dy, moved)
+        sweep_asked = device.type == "cuda" if impls is None else "grid-sweep" in impls
+        if "triton" not in run or not sweep_asked:
+            continue
+        for weight_gradient in (False, True):
+            sweep = {
+                name: run["triton"]
+                for name, targets in MIXER_GRID_SWEEP.items()
+                if any(field.startswith("weight_gradient") for field in targets) == weight_gradient
+            }
+            rows += _op_rows(
+                "inception_dwconv2d",
+                case,
+                dtype,
+                device,
+                sweep,
+                leaves,
+                leaves,
+                dy,
+                moved,
+                passes=("fwd+bwd",) if weight_gradient else ("fwd", "fwd+bwd"),
+                around={name: functools.partial(grid_targets, **MIXER_GRID_SWEEP[name]) for name in sweep},
+            )
     return rows
 
 

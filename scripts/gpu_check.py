@@ -158,6 +158,7 @@ TEST_FAMILIES = (
     PytestFamily("rational", "tests/kernels/test_rational.py", "test_triton_matches_reference_in_same_dtype and 32"),
     PytestFamily("norm_rational", "tests/kernels/test_norm_rational.py", "test_non_contiguous_inputs and permuted"),
     PytestFamily("dwconv", "tests/kernels/test_dwconv.py", "test_dwconv2d_equals_nn_conv2d_without_bias and triton", 2),
+    PytestFamily("mixer", "tests/kernels/test_inception_mixer.py", "test_grid_targets", 4, 60.0),
     PytestFamily("training", "tests/training/test_train_step.py", "bad_modes or restored"),  # the CUDA-graph step
     # every op under torch.compile on CUDA: its kernels traced into the graph, compiled and launched by Inductor
     PytestFamily("traced", "tests/kernels/test_traced_ops.py", "symbolic", 2, 100.0),
@@ -214,7 +215,14 @@ OP_FAMILIES = (
         baseline_cases=("*xK31", "B1xC4x5x5xK3"),
         budget_s=50,
     ),
-    OpFamily("inception", ("*",), (("B1xC8x4x4", (1, 8, 4, 4)),), baselines=("issue19",), budget_s=25),
+    OpFamily(
+        "inception",
+        ("*",),
+        (("B1xC8x4x4", (1, 8, 4, 4)),),
+        impls=("reference", "triton", "grid-sweep"),  # grid-sweep: benchmark.MIXER_GRID_SWEEP's rows, no compiles
+        baselines=("issue19",),
+        budget_s=25,
+    ),
 )
 
 
@@ -377,6 +385,34 @@ def op_speedup(
     return ratio
 
 
+def op_best_of(
+    op: str, cases: tuple[str, ...], pass_: str, base: str, prefix: str, dtype: str = "bfloat16"
+) -> Callable[[dict], tuple[float, str]]:
+    """Ratio: ``base``'s device time over the fastest of "triton" and every implementation named ``prefix``...
+    (a launch setting swept) for ``op`` and ``pass_``, the worst over the cases matching ``cases``; the detail
+    names each case's fastest."""
+
+    def ratio(results: dict) -> tuple[float, str]:
+        rows = [r for r in results["ops"] if r["op"] == op and r["dtype"] == dtype and r["pass_"] == pass_]
+        values, winners = {}, []
+        for pattern in cases:
+            hits = sorted({r["case"] for r in rows if fnmatch.fnmatchcase(r["case"], pattern)})
+            for case in hits:
+                mine = {r["impl"]: r for r in rows if r["case"] == case}
+                tried = {i: r for i, r in mine.items() if i == "triton" or i.startswith(prefix)}
+                if base not in mine or not tried:
+                    raise NotMeasured(f"no {op} {pass_} rows of {base} and triton for {case}")
+                best = min(tried, key=lambda i: _device_ms(tried[i]))
+                values[case] = _device_ms(mine[base]) / _device_ms(tried[best])
+                winners.append(f"{case} {best}")
+            if not hits:
+                raise NotMeasured(f"no {op} {pass_} rows for {pattern}")
+        worst = min(values, key=values.get)
+        return values[worst], f"worst: {worst}; fastest: {', '.join(winners)}"
+
+    return ratio
+
+
 def host_budget(op: str, case: str, pass_: str, budget_us: float, dtype: str = "bfloat16"):
     """Ratio: ``budget_us`` over the host microseconds per eager call of the Triton row (``host_us``), so that a
     ratio >= 1 means within the budget."""
@@ -529,6 +565,14 @@ TARGETS = (
         "InceptionNeXt-T mixer fwd+bwd, every stage: today's Triton (baseline issue19) / this checkout's",
         op_speedup("inception_dwconv2d", MIXER_STAGES, ("fwd+bwd",), "triton@issue19"),
         2.0,
+    ),
+    Target(
+        "mixer_fwd_bwd_best_grid_vs_today",
+        19,
+        "ops:inception",
+        "as above, this checkout's mixer under the fastest of its grid targets per stage (benchmark.MIXER_GRID_SWEEP)",
+        op_best_of("inception_dwconv2d", MIXER_STAGES, "fwd+bwd", "triton@issue19", "grid-"),
+        None,
     ),
     Target(
         "unireplknet_t_train_triton_vs_torch",

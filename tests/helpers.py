@@ -1,8 +1,16 @@
-"""Shared test helpers: the device under test, dtype-aware comparisons, a reduced model of every family."""
+"""Shared test helpers: the device under test, dtype-aware comparisons, a reduced model of every family, the
+scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Elementwise results computed in fp32 and rounded to the dtype: a couple of units in the last place.
 TOLERANCES = {
@@ -121,3 +129,14 @@ def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         wide[..., ::2] = x
         return wide[..., ::2]
     return x.contiguous()
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as the module ``name``, loaded once per process (kept in ``sys.modules``, where
+    dataclasses look their module up)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import load_script
 
 
 def test_benchmark_smoke_writes_results_and_table(tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = benchmark  # dataclasses look their module up there
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmark")
     out = tmp_path / "results"
     results = benchmark.main(["--small", "--out", str(out)])
     files = list(out.glob("*.json"))
@@ -75,14 +70,47 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
 def test_timing_once_runs_each_function_once_untimed(monkeypatch):
     """``Timing(once=True)``, gpu_check's warm-up: one call, NaN milliseconds (on a GPU also no graph replays or
     host-time samples, which a CPU never takes)."""
-    benchmark = sys.modules.get("benchmark")
-    if benchmark is None:
-        spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-        benchmark = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = benchmark
-        spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmark")
     monkeypatch.setattr(benchmark, "TIMING", benchmark.Timing(once=True))
     calls = []
     device = torch.device("cpu")
     assert math.isnan(benchmark._time_ms(lambda: calls.append(1), device))
     assert calls == [1]
+
+
+def test_rows_run_both_passes_inside_their_context():
+    """``around`` (the mixer's grid sweep) holds for the whole pass: the forward and the backward that
+    ``autograd.grad`` runs after the implementation returns; other implementations run outside it."""
+    benchmark = load_script("benchmark")
+    seen: list[tuple[str, str, bool]] = []
+    inside = []
+
+    @contextlib.contextmanager
+    def setting():
+        inside.append(True)
+        try:
+            yield
+        finally:
+            inside.pop()
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, name):
+            ctx.name = name
+            seen.append((name, "forward", bool(inside)))
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, dy):
+            seen.append((ctx.name, "backward", bool(inside)))
+            return dy * 2, None
+
+    x = torch.randn(3, requires_grad=True)
+    impls = {name: (lambda t, name=name: Probe.apply(t, name)) for name in ("swept", "plain")}
+    rows = benchmark._op_rows(
+        "probe", "c", torch.float32, torch.device("cpu"), impls, (x,), (x,), torch.ones(3), {"fwd": 1, "fwd+bwd": 1},
+        around={"swept": setting},
+    )  # fmt: skip
+    assert [(r.impl, r.pass_) for r in rows] == [(i, p) for i in impls for p in ("fwd", "fwd+bwd")]
+    assert {(name, step) for name, step, _ in seen} == {(n, s) for n in impls for s in ("forward", "backward")}
+    assert all(flag == (name == "swept") for name, _, flag in seen)

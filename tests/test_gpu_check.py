@@ -9,13 +9,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from tests.helpers import DEVICE
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import DEVICE, ROOT, load_script
 
 # the op names of each tier-2 family's rows, and the dtype its targets read
 OP_ROWS = {
@@ -31,21 +28,10 @@ OP_ROWS = {
 }
 
 
-def _load(name: str):
-    """scripts/<name>.py as a module (gpu_check imports only the standard library at its top)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     """One --smoke run through the wrapper: a row for every family of every tier, rows from the families that ran,
     the README table, the target lines last; four families fail in the four ways the check must survive."""
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
     out = tmp_path / "out"
     injected = {
         "tests:fftconv": ("raise", "failed"),  # its pytest process fails; the other files' tests still run
@@ -84,7 +70,11 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     ops = {r["op"] for r in data["ops"]}
     assert ops == {OP_ROWS[f.name][0] for f in check.OP_FAMILIES if f"ops:{f.name}" not in injected}
     impls = {"reference", "triton", "triton-unfused", "triton@issue19", "vit", "torch", "triton-launch", "fast-launch"}
-    assert {r["impl"] for r in data["ops"]} == impls
+    sweep = load_script("benchmark").MIXER_GRID_SWEEP  # the mixer's grid settings, under the interpreter too when asked
+    assert {r["impl"] for r in data["ops"]} == impls | set(sweep)
+    swept = {(r["op"], r["impl"], r["pass_"]) for r in data["ops"] if r["impl"] in sweep}
+    passes = {name: ("fwd+bwd",) if "weight_gradient" in sweep[name] else ("fwd", "fwd+bwd") for name in sweep}
+    assert swept == {("inception_dwconv2d", name, p) for name in sweep for p in passes[name]}
     assert {r["op"] for r in data["ops"] if r["impl"] == "vit"} == {"mlp"}
     assert {r["op"] for r in data["ops"] if r["impl"] == "torch"} == {"host_probe"}
     assert {r["op"] for r in data["ops"] if r["impl"] == "triton-unfused"} == {"layer_norm_group_rational"}
@@ -127,8 +117,8 @@ def test_every_target_is_measured_by_the_tiers_rows():
     """Rows for every case and implementation the op families run (at full size, on a GPU) and every model row
     the model families produce: each target then has a ratio. Catches targets that name cases, impls or models the
     tiers do not run."""
-    check = _load("gpu_check")
-    benchmark = _load("benchmark")
+    check = load_script("gpu_check")
+    benchmark = load_script("benchmark")
     rows = []
     for family in check.OP_FAMILIES:
         op, dtype = OP_ROWS[family.name]
@@ -162,7 +152,7 @@ def test_every_target_is_measured_by_the_tiers_rows():
 
 def test_target_ratios_take_the_worst_case_and_name_what_is_missing():
     """Ratios use the device time, take the worst case, and refuse to judge when a named case is missing."""
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
 
     def row(case, impl, ms, pass_="fwd+bwd", graph_ms=None):
         return dict(op="dwconv2d", case=case, dtype="bfloat16", pass_=pass_, impl=impl, ms=ms, graph_ms=graph_ms)
@@ -203,9 +193,29 @@ def test_target_ratios_take_the_worst_case_and_name_what_is_missing():
     assert abs(value - 101 / 1000 * 5) < 1e-12
 
 
+def test_best_of_a_sweep_takes_each_cases_fastest_setting():
+    """``op_best_of``: per case the fastest of "triton" and the swept settings (device time), the worst case's
+    ratio, every case's winner named; a case without the base's rows is not measured."""
+    check = load_script("gpu_check")
+
+    def row(case, impl, ms):
+        return dict(op="mix", case=case, dtype="bfloat16", pass_="fwd+bwd", impl=impl, ms=ms, graph_ms=None)
+
+    rows = [row("S1", "old", 6.0), row("S1", "triton", 4.0), row("S1", "grid-a", 2.0), row("S1", "other", 1.0)]
+    rows += [row("S2", "old", 3.0), row("S2", "triton", 2.0), row("S2", "grid-a", 2.5)]
+    value, detail = check.op_best_of("mix", ("S*",), "fwd+bwd", "old", "grid-")(dict(ops=rows))
+    assert value == 1.5 and detail == "worst: S2; fastest: S1 grid-a, S2 triton"  # S1: 6 / 2 = 3 ("other" not swept)
+    try:
+        check.op_best_of("mix", ("S*",), "fwd+bwd", "old", "grid-")(dict(ops=rows[1:]))
+    except check.NotMeasured as missing:
+        assert "S1" in str(missing)
+    else:
+        raise AssertionError("a case without the base's rows must not be measured")
+
+
 def test_test_outcomes_are_read_from_plain_and_xdist_output():
     """Tier 1 reads outcomes from the verbose lines, so a pytest process killed at its budget still counts."""
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
     text = "\n".join(
         [
             "tests/kernels/test_ssm.py::test_a[zoh] PASSED                    [ 50%]",
@@ -224,7 +234,7 @@ def test_test_outcomes_are_read_from_plain_and_xdist_output():
 def test_a_frozen_baseline_runs_beside_this_checkouts_kernels(tmp_path):
     """--freeze-baseline copies zoo/kernels; loading renames the package and its registered ops, so the copy's
     Triton op runs beside this checkout's (here through the interpreter) and agrees with it."""
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
     folder = check.freeze_baseline("selftest", root=tmp_path)
     kernels = ROOT / "zoo" / "kernels"
     assert (folder / "dwconv" / "ops.py").read_text() == (kernels / "dwconv" / "ops.py").read_text()
@@ -243,14 +253,14 @@ def test_a_frozen_baseline_runs_beside_this_checkouts_kernels(tmp_path):
 
 
 def test_each_warm_up_unit_goes_to_one_process(tmp_path):
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
     assert check.claim(tmp_path, 0) and check.claim(tmp_path, 1)
     assert not check.claim(tmp_path, 0) and not check.claim(tmp_path, 1)
 
 
 def test_op_cases_run_in_the_order_of_their_patterns():
     """A family's cases run in the order of its patterns (what matters most first), each once."""
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
     names = ["B64xC384x56x56xK3", "B64xC384x56x56xK7", "B64xC384x56x56xK13", "B64xC768x14x14xK13", "B64xC768x14x14xK3"]
     assert check.ordered_cases(names, ("*xK13", "*xK3", "*")) == [
         "B64xC384x56x56xK13",
@@ -265,7 +275,7 @@ def test_op_cases_run_in_the_order_of_their_patterns():
 def test_families_run_in_the_order_the_command_lists_them():
     """--families sets each tier's order (what the next GPU session needs most first); a pattern that selects
     several keeps the tier's order among them, and without --families the tier's order stays."""
-    check = _load("gpu_check")
+    check = load_script("gpu_check")
     ops = [f.name for f in check.OP_FAMILIES]
     patterns = ["ops:inception", "tests:neighborhood", "dwconv", "ops:rational", "ops:*", "models:kat"]
     ordered = check.by_priority("ops", ops, patterns)

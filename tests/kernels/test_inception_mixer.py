@@ -244,12 +244,35 @@ def test_steps_per_part_reach_the_target_programs():
     """The most steps per part that still give the target number of programs, one when none does; InceptionNeXt-T
     at batch 128 on a GPU (396 programs): whole slices at stages 1 and 2 (448 and 112 blocks x 4 parts), two of
     the three steps at stage 3 (56 blocks x 8 parts), one at stage 4 (28 x 12)."""
-    target = _inception._GPU_TARGET_PROGRAMS
+    target = _inception.GridTargets().forward * 132
     assert _inception._part_steps(448, 15, 4, 3, 1, target) == 3
     assert _inception._part_steps(112, 15, 2, 3, 1, target) == 3
     assert _inception._part_steps(56, 30, 2, 6, 2, target) == 2
     assert _inception._part_steps(28, 60, 2, 12, 4, target) == 1
     assert _inception._part_steps(1, 60, 2, 12, 4, 1) == 3  # the interpreter's target: a slice per program
+
+
+def test_grid_targets_set_the_gpu_grid_and_are_restored(monkeypatch):
+    """On a GPU (the interpreter's own targets switched off here), the grid targets decide the mixer's steps per
+    part and the weight gradient's chunks; ``grid_targets`` changes them inside its block only, also when the block
+    raises. InceptionNeXt-T stage 1 at batch 128 on 132 SMs: 448 blocks of strips; 9 weight-gradient groups over
+    57344 strips in blocks of 128."""
+    monkeypatch.setattr(_inception, "INTERPRETER", False)
+    default = _inception.GRID
+
+    def stage1():
+        target = _inception.GRID.forward * 132
+        return _inception._part_steps(448, 15, 4, 3, 1, target), _inception._wgrad_chunks(57344, 128, 9, 132)
+
+    # defaults: 396 programs (whole slices: 448 x 4 >= 396); cdiv(4 x 132, 9) = 59 chunks (<= 57344 / 512)
+    assert stage1() == (3, 59)
+    with _inception.grid_targets(forward=64, weight_gradient=16, weight_gradient_blocks=1):
+        # 8448 programs: one step per part (448 x 11 = 4928, the most there are); cdiv(16 x 132, 9) = 235 chunks
+        assert stage1() == (1, 235)
+    with pytest.raises(RuntimeError), _inception.grid_targets(weight_gradient=8):
+        assert stage1() == (3, 112)  # cdiv(8 x 132, 9) = 118 chunks, at least 4 blocks each: 57344 / 512 = 112
+        raise RuntimeError
+    assert _inception.GRID is default and stage1() == (3, 59)
 
 
 @pytest.mark.parametrize("part_steps", [1, 2])
@@ -267,3 +290,26 @@ def test_parts_of_one_or_two_steps(monkeypatch, part_steps, shape, gc, layout):
     x, params, dy = _inputs(shape, gc, 3, 7, torch.float32, seed=6)
     x, dy = _layout(x, layout), _layout(dy, layout)
     _check(x, params, dy, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("channels,size", [(96, 56), (192, 28), (384, 14), (768, 7)], ids=str)
+def test_gpu_stages_match_reference_under_every_grid(channels, size):
+    """InceptionNeXt-T's four stages (bf16, channels_last, batch 8, gc = C / 8, square 3, band 11) on a GPU: the
+    vector path, the inline-PTX bf16 conversion and the weight gradient's tickets outside the interpreter, against
+    the float64 reference with the default grid targets and with the extremes of scripts/benchmark.py's sweep
+    (MIXER_GRID_SWEEP). Another grid splits the same per-output work differently, so the output and the input
+    gradient are the default's bit for bit; the weight gradients add their chunks in another order (checked
+    against the reference's bound)."""
+    shape, gc = (8, channels, size, size), channels // 8
+    x, params, dy = _inputs(shape, gc, 3, 11, torch.bfloat16, seed=3)
+    x, dy = _layout(x, "channels_last"), _layout(dy, "channels_last")
+    y, grads = _check(x, params, dy, torch.bfloat16)
+    sweep = (dict(forward=1), dict(forward=64, weight_gradient=16, weight_gradient_blocks=1), dict(weight_gradient=2))
+    for targets in sweep:
+        with _inception.grid_targets(**targets):
+            y_other, grads_other = _check(x, params, dy, torch.bfloat16)
+        assert torch.equal(y_other, y) and torch.equal(grads_other[0], grads[0]), targets

@@ -9,7 +9,6 @@ a subprocess, as in test_compile_targets.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import load_script
 from zoo.kernels._aot import _launch_hint, jit_hint, warps_per_sm
 from zoo.kernels._sass import count_instructions, find_loops, parse_sass, static_cost
 
@@ -256,14 +256,6 @@ def test_launch_hints_follow_do_not_specialize_and_do_not_specialize_on_alignmen
         assert _launch_hint(param, value) == expected, value
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("benchmark_cases", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _aot(*args: str, timeout: int = 600) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -283,7 +275,7 @@ def test_aot_specs_cover_the_benchmarked_cases():
     """Every case of scripts/benchmark.py has specs for the kernels it launches (the issue's list: dwconv at K 3,
     7 (the direct kernel), 13, 31 (the implicit GEMM) in both layouts, the mixer's four stages, 2-D attention with and without the bias, fftconv, s4d and
     group_rational at their sizes)."""
-    bench = _benchmark_module()
+    bench = load_script("benchmark")
     listed = _aot("--list")
     cases: dict[str, set[str]] = {}
     for row in listed:

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("hydra")  # the entry points' dependency (the GPU machine runs the kernel tests without it)
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from tests.helpers import load_script  # noqa: E402
 from zoo.training.checkpoint import load_checkpoint  # noqa: E402
 from zoo.training.trainer import train  # noqa: E402
 
@@ -165,11 +166,7 @@ def test_the_default_task_trains_compiled(model, tmp_path, one_intra_op_thread):
 
 
 def test_the_readme_table_goes_between_the_markers():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_defaults", ROOT / "scripts" / "train_defaults.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_defaults")
     assert set(script.MODELS) == set(DEFAULT_DATA)
     row = {"model": "s4d_t", "data": "sdigits", "size": "length 64", "epochs": 30, "minutes": 1.38, "final_top1": 97.5}
     info = {"cores": 2, "cpu": "a CPU", "torch": "2.x", "torch_threads": 2, "date": "2026-12-04"}

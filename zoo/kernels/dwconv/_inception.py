@@ -32,7 +32,10 @@ kernels one element at a time (``VEC = 1``), with no layout copy.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -687,25 +690,51 @@ def _inception_wgrad_kernel(
 # Launchers
 # ----------------------------------------------------------------------------------------------------------------
 
-# One anchor and one group per thread, BLOCK_A x CG = 32 x warps. The interpreter (CPU tests) runs the same tiles:
-# few large programs are fastest there, and its small targets still give several chunks per group on small test
-# inputs.
+# One anchor and one group per thread, BLOCK_A x CG = 32 x warps (the interpreter runs the same tiles).
 _WARPS = 4
-# The forward on a GPU: up to 64 contiguous bytes of bf16 per position and branch step (4 groups of 8 channels),
-# and enough programs for about one wave of three programs per SM (170-255 registers a thread; the specs assume an
-# H100 / H200's 132 SMs). The interpreter runs fewer, larger programs faster: larger steps, a whole slice per
-# program.
+# The forward on a GPU: up to 64 contiguous bytes of bf16 per position and branch step (4 groups of 8 channels).
 _GPU_MAX_GROUPS_PER_STEP = 4
-_PROGRAMS_PER_SM = 3
-_GPU_TARGET_PROGRAMS = _PROGRAMS_PER_SM * H200_SMS
 _MAX_GROUPS_PER_STEP = 16 if INTERPRETER else _GPU_MAX_GROUPS_PER_STEP
-# The weight gradient: up to four programs per SM (24 in all under the interpreter), each reducing at least 4
-# blocks of strips. A program's final reduction over its threads costs about 2200 instructions, so 4 blocks give
-# 3.2 / 3.2 / 3.5 / 3.6 instructions per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 /
-# 2.7 / 2.8 at 16 blocks; but 16 left 63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked
-# (now 252 / 126 / 72: 1.5-2.7x fewer instructions per busy SM at stages 2-4).
-_WGRAD_PROGRAMS_PER_SM = 4
-_WGRAD_BLOCKS = 1 if INTERPRETER else 4
+
+
+@dataclasses.dataclass(frozen=True)
+class GridTargets:
+    """How many programs the launchers aim at on a GPU, per SM. Each sets runtime arguments of the compiled kernels
+    (the forward's ``part_steps``, the weight gradient's ``chunks``, neither specialised), so another value
+    recompiles nothing: ``scripts/benchmark.py`` times a few (``bench_inception``'s grid sweep) beside these
+    defaults, which are heuristics not yet tuned on a GPU. The interpreter (CPU tests) ignores them: few large
+    programs are fastest there, and its small targets still give several parts and chunks on small test inputs.
+
+    ``forward``: programs of the mixer kernel (forward and input gradient): the most steps per part that still
+    give this many per SM, else one step per part. Three programs of 170-255 registers a thread fit an SM: about
+    one wave. ``weight_gradient`` and ``weight_gradient_blocks``: chunks of strip blocks per group for this many
+    programs per SM, each reducing at least that many blocks of strips where the map allows. A program's final
+    reduction over its threads costs about 2200 instructions, so 4 blocks give 3.2 / 3.2 / 3.5 / 3.6 instructions
+    per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 / 2.7 / 2.8 at 16 blocks; but 16 left
+    63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked (4 blocks: 252 / 126 / 72 programs,
+    1.5-2.7x fewer instructions per busy SM at stages 2-4)."""
+
+    forward: int = 3
+    weight_gradient: int = 4
+    weight_gradient_blocks: int = 4
+
+
+GRID = GridTargets()  # read at every launch; grid_targets() replaces it for a while
+
+
+@contextlib.contextmanager
+def grid_targets(**targets: int) -> Iterator[None]:
+    """Launch with other :class:`GridTargets` (fields as keywords) inside the ``with`` block, forward and backward
+    alike (``scripts/benchmark.py``'s grid sweep). Not thread-safe: a process-wide setting for measuring."""
+    global GRID
+    saved = GRID
+    GRID = dataclasses.replace(saved, **targets)
+    try:
+        yield
+    finally:
+        GRID = saved
+
+
 _FIN_BLOCK = 4 if INTERPRETER else 16
 
 
@@ -843,7 +872,7 @@ def _launch_mixer(
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
     blocks = cdiv(strips, block_a)
-    target = 1 if INTERPRETER else _PROGRAMS_PER_SM * sm_count(dst.device)
+    target = 1 if INTERPRETER else GRID.forward * sm_count(dst.device)
     part_steps = _part_steps(blocks, id_groups, idg, gc // lanes, cg, target)
     launchable(_mixer_kernel)[(blocks * _programs_per_block(id_groups, idg, gc // lanes, cg, part_steps),)](
         src,
@@ -899,12 +928,14 @@ def inception_dwconv2d_forward(
     return y
 
 
-def _wgrad_chunks(strips: int, block_a: int, slots: int, sms: int) -> int:
-    """Chunks of strip blocks per group: enough programs to fill a GPU of ``sms`` SMs, each with at least
-    _WGRAD_BLOCKS blocks of strips where the map allows (the program's final reduction over its threads then
-    weighs less)."""
-    target = 24 if INTERPRETER else _WGRAD_PROGRAMS_PER_SM * sms
-    return max(1, min(cdiv(target, slots), cdiv(strips, block_a * _WGRAD_BLOCKS)))
+def _wgrad_chunks(strips: int, block_a: int, slots: int, sms: int, grid: GridTargets | None = None) -> int:
+    """Chunks of strip blocks per group: enough programs to fill a GPU of ``sms`` SMs (``grid``'s targets, by
+    default :data:`GRID`), each with at least its minimum of blocks of strips where the map allows (the program's
+    final reduction over its threads then weighs less)."""
+    grid = GRID if grid is None else grid
+    target = 24 if INTERPRETER else grid.weight_gradient * sms
+    blocks = 1 if INTERPRETER else grid.weight_gradient_blocks
+    return max(1, min(cdiv(target, slots), cdiv(strips, block_a * blocks)))
 
 
 def _wgrad_layout(square: int, band: int, gc: int, lanes: int) -> tuple[bool, int, int]:
@@ -1049,7 +1080,7 @@ def _wgrad_args(dtype: str, shape: tuple, gc: int, layout: str, kernels: tuple) 
         C=c,
         id_channels=c - 3 * gc,
         gc=gc,
-        chunks=_wgrad_chunks(min(_strip_counts(n, h, w, geometry)), 128, slots, H200_SMS),
+        chunks=_wgrad_chunks(min(_strip_counts(n, h, w, geometry)), 128, slots, H200_SMS, GridTargets()),
         **named_strides(("x", "g"), strides),
         SQUARE=kernels[0],
         BAND=kernels[1],
@@ -1141,7 +1172,7 @@ def benchmark_specs() -> list:
             idg = _identity_groups(lanes, geometry["VEC"], id_groups, cg)
             blocks = cdiv(strips, threads // cg)
             id_steps, steps = cdiv(id_groups, idg), groups // cg
-            part_steps = _part_steps(blocks, id_groups, idg, groups, cg, _GPU_TARGET_PROGRAMS)
+            part_steps = _part_steps(blocks, id_groups, idg, groups, cg, GridTargets().forward * H200_SMS)
             id_parts, branch_parts = _mixer_parts(id_groups, idg, groups, cg, part_steps)
             parts = id_parts + 3 * branch_parts
             programs = blocks * parts
