@@ -706,12 +706,14 @@ class GridTargets:
     programs are fastest there, and its small targets still give several parts and chunks on small test inputs.
 
     ``forward``: programs of the mixer kernel (forward and input gradient): the most steps per part that still
-    give this many per SM, else one step per part. Three programs of 170-255 registers a thread fit an SM: about
-    one wave. ``weight_gradient`` and ``weight_gradient_blocks``: chunks of strip blocks per group for this many
-    programs per SM, each reducing at least that many blocks of strips where the map allows. A program's final
-    reduction over its threads costs about 2200 instructions, so 4 blocks give 3.2 / 3.2 / 3.5 / 3.6 instructions
-    per useful MAC at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 / 2.7 / 2.8 at 16 blocks; but 16 left
-    63 / 36 / 36 programs at stages 2-4, so at most half of the 132 SMs worked (4 blocks: 252 / 126 / 72 programs,
+    give this many per SM, else one step per part: about one wave where three programs fit an SM (168 registers a
+    thread at stage 1; two fit at stages 2-4, 192-250 registers: docs/design.md §12, "Occupancy").
+
+    ``weight_gradient`` and ``weight_gradient_blocks``: chunks of strip blocks per group for this many programs per
+    SM, each reducing at least that many blocks of strips where the map allows. A program's final reduction over
+    its threads costs about 2200 instructions, so 4 blocks give 3.2 / 3.2 / 3.5 / 3.6 instructions per useful MAC
+    at InceptionNeXt-T's stages 1-4 (sm_90) against 2.9 / 2.4 / 2.7 / 2.8 at 16 blocks; but 16 left 63 / 36 / 36
+    programs at stages 2-4, so at most half of the 132 SMs worked (4 blocks: 252 / 126 / 72 programs,
     1.5-2.7x fewer instructions per busy SM at stages 2-4)."""
 
     forward: int = 3
