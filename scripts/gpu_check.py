@@ -58,9 +58,9 @@ the others' time, and families past a tier's deadline are reported as skipped. T
 budget + 30 s (the check then stops its children and still writes the file and the target lines).
 
 - start-up, ~5 s: this process imports torch.
-- tests, <= 85 s (expected 40-75 s): about 50 tests on small shapes (batch 2-8), no timing; the five files run
-  at once in their own pytest processes (16 cores compile in parallel; pytest-xdist splits dwconv, fftconv and
-  neighborhood further), 80 s each at most; each autotuned configuration is timed with do_bench(warmup 5 ms,
+- tests, <= 85 s (expected 40-75 s): about 70 tests on small shapes (batch 2-16), no timing; the files run
+  at once in their own pytest processes (16 cores compile in parallel; pytest-xdist splits dwconv, the mixer,
+  fftconv, neighborhood and the traced ops further), 80 s each at most; each autotuned configuration is timed with do_bench(warmup 5 ms,
   rep 20 ms) instead of Triton's (25, 100). First compiles dominate (the Triton cache starts empty on a fresh
   machine), and they fill the on-disk cache for the next tiers.
 - ops, <= 100 s (expected ~85 s): only the targets' cases; the reference and Triton (and dense SDPA beside the
@@ -68,7 +68,8 @@ budget + 30 s (the check then stops its children and still writes the file and t
   forward+backward; eager do_bench(warmup 10 ms, rep 30 ms) and CUDA-graph replays of 20 ms for the device
   time, but no replays for calls over 5 ms (slow references: launch gaps do not matter there, and a graph of them
   costs ten calls); autotuning as in tier 1. dwconv (eight cases; the K=31 eager reference alone takes ~6 s) is
-  the longest, ~30 s with its baseline at K=31; the others take 5-15 s.
+  the longest, ~30 s with its baseline at K=31; the others take 5-15 s, the mixer's with its grid sweep (36 rows
+  under other grid targets, no compiles) about 15 s more.
 - models, <= 100 s (expected 70-90 s): batch 64 at 224 px instead of 128 (sequences: 32 x 2000 tokens), eager
   steps (no CUDA graphs), do_bench(warmup 100 ms, rep 400 ms) per row: at least 8 steps; each timm peer is
   measured once per layout and shared between families. unireplknet_t is the longest (~35 s: its first Triton
