@@ -265,7 +265,8 @@ def _op_rows(
             ms = _time_ms(run, device)
             graph_ms = _graph_ms(run, device, ms)
             host_us = _host_us(run, device) if impl.startswith("triton") or impl in host_impls else None
-            notes = ["interpreter"] if impl.startswith("triton") and device.type == "cpu" else []
+            triton_impl = impl.startswith("triton") or impl in (around or {})  # a Triton op under a setting
+            notes = ["interpreter"] if triton_impl and device.type == "cpu" else []
             if host_us is not None:
                 notes.append(f"host {host_us:.0f} us/call")
             if flops:
@@ -600,6 +601,14 @@ MIXER_GRID_SWEEP = {
 }
 
 
+def grid_sweep_passes(name: str) -> tuple[str, ...]:
+    """The passes a ``MIXER_GRID_SWEEP`` setting is timed in: forward+backward alone for the weight gradient's
+    targets (the forward does not run that kernel), both passes for the forward's."""
+    if any(field.startswith("weight_gradient") for field in MIXER_GRID_SWEEP[name]):
+        return ("fwd+bwd",)
+    return ("fwd", "fwd+bwd")
+
+
 def bench_inception(
     small: bool,
     dtype: torch.dtype,
@@ -643,14 +652,11 @@ def bench_inception(
         moved = {"fwd": 2 * element, "fwd+bwd": 6 * element}
         rows += _op_rows("inception_dwconv2d", case, dtype, device, _pick_impls(run, impls), leaves, leaves, dy, moved)
         sweep_asked = device.type == "cuda" if impls is None else "grid-sweep" in impls
-        if "triton" not in run or not sweep_asked:
+        checkout = (kernels or {}).get("triton", "zoo.kernels") == "zoo.kernels"  # whose GridTargets it sets
+        if "triton" not in run or not sweep_asked or not checkout:
             continue
-        for weight_gradient in (False, True):
-            sweep = {
-                name: run["triton"]
-                for name, targets in MIXER_GRID_SWEEP.items()
-                if any(field.startswith("weight_gradient") for field in targets) == weight_gradient
-            }
+        for passes in {grid_sweep_passes(name) for name in MIXER_GRID_SWEEP}:
+            sweep = {name: run["triton"] for name in MIXER_GRID_SWEEP if grid_sweep_passes(name) == passes}
             rows += _op_rows(
                 "inception_dwconv2d",
                 case,
@@ -661,7 +667,7 @@ def bench_inception(
                 leaves,
                 dy,
                 moved,
-                passes=("fwd+bwd",) if weight_gradient else ("fwd", "fwd+bwd"),
+                passes=passes,
                 around={name: functools.partial(grid_targets, **MIXER_GRID_SWEEP[name]) for name in sweep},
             )
     return rows

@@ -138,5 +138,9 @@ def load_script(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]  # not half a module for the next test
+            raise
     return sys.modules[name]

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def test_a_kernel_compiled_twice_for_a_specialised_argument_is_reported_with_that_argument():
-    from compile_time import Compile, compiled_more_than_once
+    compile_time = load_script("compile_time")
+    Compile, compiled_more_than_once = compile_time.Compile, compile_time.compiled_more_than_once
 
     tile = {"TILE": 256}
     compiles = [

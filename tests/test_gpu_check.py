@@ -4,7 +4,7 @@ made to fail on purpose; and the target table checked against the tiers' rows (n
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -70,11 +70,12 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     ops = {r["op"] for r in data["ops"]}
     assert ops == {OP_ROWS[f.name][0] for f in check.OP_FAMILIES if f"ops:{f.name}" not in injected}
     impls = {"reference", "triton", "triton-unfused", "triton@issue19", "vit", "torch", "triton-launch", "fast-launch"}
-    sweep = load_script("benchmark").MIXER_GRID_SWEEP  # the mixer's grid settings, under the interpreter too when asked
+    benchmark = load_script("benchmark")
+    sweep = benchmark.MIXER_GRID_SWEEP  # the mixer's grid settings, under the interpreter too when asked for
     assert {r["impl"] for r in data["ops"]} == impls | set(sweep)
     swept = {(r["op"], r["impl"], r["pass_"]) for r in data["ops"] if r["impl"] in sweep}
-    passes = {name: ("fwd+bwd",) if "weight_gradient" in sweep[name] else ("fwd", "fwd+bwd") for name in sweep}
-    assert swept == {("inception_dwconv2d", name, p) for name in sweep for p in passes[name]}
+    assert swept == {("inception_dwconv2d", n, p) for n in sweep for p in benchmark.grid_sweep_passes(n)}
+    assert all(r["note"] == "interpreter" for r in data["ops"] if r["impl"] in sweep)
     assert {r["op"] for r in data["ops"] if r["impl"] == "vit"} == {"mlp"}
     assert {r["op"] for r in data["ops"] if r["impl"] == "torch"} == {"host_probe"}
     assert {r["op"] for r in data["ops"] if r["impl"] == "triton-unfused"} == {"layer_norm_group_rational"}
@@ -126,6 +127,8 @@ def test_every_target_is_measured_by_the_tiers_rows():
         cases = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in family.cases)]
         assert cases, family
         impls = (*family.impls, *(f"triton@{tag}" for tag in family.baselines))
+        if "grid-sweep" in impls:  # the implementation that asks for the rows of every swept setting
+            impls = (*(i for i in impls if i != "grid-sweep"), *benchmark.MIXER_GRID_SWEEP)
         for case in cases:
             for impl in impls:
                 for pass_ in ("fwd", "fwd+bwd"):
@@ -195,7 +198,7 @@ def test_target_ratios_take_the_worst_case_and_name_what_is_missing():
 
 def test_best_of_a_sweep_takes_each_cases_fastest_setting():
     """``op_best_of``: per case the fastest of "triton" and the swept settings (device time), the worst case's
-    ratio, every case's winner named; a case without the base's rows is not measured."""
+    ratio, every case's winner named; a case without the base's rows or without swept rows is not measured."""
     check = load_script("gpu_check")
 
     def row(case, impl, ms):
@@ -205,12 +208,15 @@ def test_best_of_a_sweep_takes_each_cases_fastest_setting():
     rows += [row("S2", "old", 3.0), row("S2", "triton", 2.0), row("S2", "grid-a", 2.5)]
     value, detail = check.op_best_of("mix", ("S*",), "fwd+bwd", "old", "grid-")(dict(ops=rows))
     assert value == 1.5 and detail == "worst: S2; fastest: S1 grid-a, S2 triton"  # S1: 6 / 2 = 3 ("other" not swept)
-    try:
-        check.op_best_of("mix", ("S*",), "fwd+bwd", "old", "grid-")(dict(ops=rows[1:]))
-    except check.NotMeasured as missing:
-        assert "S1" in str(missing)
-    else:
-        raise AssertionError("a case without the base's rows must not be measured")
+    for missing_row in (0, 2):  # S1 without the base's row, without its only swept row
+        try:
+            check.op_best_of("mix", ("S*",), "fwd+bwd", "old", "grid-")(
+                dict(ops=rows[:missing_row] + rows[1 + missing_row :])
+            )
+        except check.NotMeasured as missing:
+            assert "S1" in str(missing)
+        else:
+            raise AssertionError(f"S1 without row {missing_row} must not be measured")
 
 
 def test_test_outcomes_are_read_from_plain_and_xdist_output():

@@ -253,16 +253,18 @@ def test_steps_per_part_reach_the_target_programs():
 
 
 def test_grid_targets_set_the_gpu_grid_and_are_restored(monkeypatch):
-    """On a GPU (the interpreter's own targets switched off here), the grid targets decide the mixer's steps per
-    part and the weight gradient's chunks; ``grid_targets`` changes them inside its block only, also when the block
-    raises. InceptionNeXt-T stage 1 at batch 128 on 132 SMs: 448 blocks of strips; 9 weight-gradient groups over
-    57344 strips in blocks of 128."""
+    """On a GPU (the interpreter's own targets switched off here), the grid targets decide the launchers' steps per
+    part and weight-gradient chunks; ``grid_targets`` changes them inside its block only, also when the block
+    raises, and refuses targets below one. InceptionNeXt-T stage 1 at batch 128 on 132 SMs: 448 blocks of strips;
+    9 weight-gradient groups over 57344 strips in blocks of 128."""
     monkeypatch.setattr(_inception, "INTERPRETER", False)
+    monkeypatch.setattr(_inception, "sm_count", lambda device: 132)
     default = _inception.GRID
 
     def stage1():
-        target = _inception.GRID.forward * 132
-        return _inception._part_steps(448, 15, 4, 3, 1, target), _inception._wgrad_chunks(57344, 128, 9, 132)
+        device = torch.device("cuda")  # only asked for its number of SMs
+        part_steps = _inception._launch_part_steps(448, 15, 4, 3, 1, device)
+        return part_steps, _inception._wgrad_chunks(57344, 128, 9, _inception.sm_count(device))
 
     # defaults: 396 programs (whole slices: 448 x 4 >= 396); cdiv(4 x 132, 9) = 59 chunks (<= 57344 / 512)
     assert stage1() == (3, 59)
@@ -273,6 +275,10 @@ def test_grid_targets_set_the_gpu_grid_and_are_restored(monkeypatch):
         assert stage1() == (3, 112)  # cdiv(8 x 132, 9) = 118 chunks, at least 4 blocks each: 57344 / 512 = 112
         raise RuntimeError
     assert _inception.GRID is default and stage1() == (3, 59)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="GridTargets.forward must be a positive int"):
+            _inception.GridTargets(forward=bad)
+    assert _inception.GRID is default
 
 
 @pytest.mark.parametrize("part_steps", [1, 2])
@@ -296,15 +302,29 @@ def test_parts_of_one_or_two_steps(monkeypatch, part_steps, shape, gc, layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("channels,size", [(96, 56), (192, 28), (384, 14), (768, 7)], ids=str)
-def test_gpu_stages_match_reference_under_every_grid(channels, size):
-    """InceptionNeXt-T's four stages (bf16, channels_last, batch 8, gc = C / 8, square 3, band 11) on a GPU: the
-    vector path, the inline-PTX bf16 conversion and the weight gradient's tickets outside the interpreter, against
-    the float64 reference with the default grid targets and with the extremes of scripts/benchmark.py's sweep
-    (MIXER_GRID_SWEEP). Another grid splits the same per-output work differently, so the output and the input
-    gradient are the default's bit for bit; the weight gradients add their chunks in another order (checked
-    against the reference's bound)."""
-    shape, gc = (8, channels, size, size), channels // 8
+@pytest.mark.parametrize("channels,size,batch", [(96, 56, 8), (192, 28, 8), (384, 14, 8), (768, 7, 32)], ids=str)
+def test_gpu_stages_match_reference_under_every_grid(monkeypatch, channels, size, batch):
+    """InceptionNeXt-T's four stages (bf16, channels_last, gc = C / 8, square 3, band 11) on a GPU: the vector
+    path, the inline-PTX bf16 conversion and the weight gradient's tickets outside the interpreter, against the
+    float64 reference with the default grid targets and the extremes of scripts/benchmark.py's sweep
+    (MIXER_GRID_SWEEP), launched as for a GPU of 8 SMs so that at these small batches the settings give other
+    grids (checked: at least two forward and two weight-gradient grids per stage). Another grid splits the same
+    per-output work differently, so the output and the input gradient are the default's bit for bit; the weight
+    gradients add their chunks in another order (checked against the reference's bound)."""
+    monkeypatch.setattr(_inception, "sm_count", lambda device: 8)
+    grids = []
+    launch = _inception.launchable
+
+    class Recorded:  # the launches' grids, in order: forward, input gradient, weight gradient
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return launch(self.kernel)[grid]
+
+    monkeypatch.setattr(_inception, "launchable", Recorded)
+    shape, gc = (batch, channels, size, size), channels // 8
     x, params, dy = _inputs(shape, gc, 3, 11, torch.bfloat16, seed=3)
     x, dy = _layout(x, "channels_last"), _layout(dy, "channels_last")
     y, grads = _check(x, params, dy, torch.bfloat16)
@@ -313,3 +333,5 @@ def test_gpu_stages_match_reference_under_every_grid(channels, size):
         with _inception.grid_targets(**targets):
             y_other, grads_other = _check(x, params, dy, torch.bfloat16)
         assert torch.equal(y_other, y) and torch.equal(grads_other[0], grads[0]), targets
+    assert len(grids) == 3 * (1 + len(sweep))
+    assert len(set(grids[0::3])) >= 2 and len(set(grids[2::3])) >= 2, grids

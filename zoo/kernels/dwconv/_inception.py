@@ -720,8 +720,15 @@ class GridTargets:
     weight_gradient: int = 4
     weight_gradient_blocks: int = 4
 
+    def __post_init__(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GridTargets.{name} must be a positive int, got {value!r}")
 
-GRID = GridTargets()  # read at every launch; grid_targets() replaces it for a while
+
+# Read at every eager launch; grid_targets() replaces it for a while. A graph fixes the grid it was traced or
+# captured with (torch.compile's traced kernels, CUDA graphs): a later change reaches it only through a new one.
+GRID = GridTargets()
 
 
 @contextlib.contextmanager
@@ -861,6 +868,13 @@ def _part_steps(blocks: int, id_groups: int, idg: int, groups: int, cg: int, tar
     return 1
 
 
+def _launch_part_steps(blocks: int, id_groups: int, idg: int, groups: int, cg: int, device: torch.device) -> int:
+    """The launch's steps per part (:func:`_part_steps`): for :data:`GRID`'s programs per SM of ``device``; under
+    the interpreter for one program (a whole slice per program)."""
+    target = 1 if INTERPRETER else GRID.forward * sm_count(device)
+    return _part_steps(blocks, id_groups, idg, groups, cg, target)
+
+
 def _launch_mixer(
     src: Tensor, dst: Tensor, weights, biases, gc: int, square: int, band: int, flip: bool, geometry: dict
 ) -> None:
@@ -874,8 +888,7 @@ def _launch_mixer(
     w_hw, w_w, w_h = weights
     b_hw, b_w, b_h = (w_hw if b is None else b for b in biases)
     blocks = cdiv(strips, block_a)
-    target = 1 if INTERPRETER else GRID.forward * sm_count(dst.device)
-    part_steps = _part_steps(blocks, id_groups, idg, gc // lanes, cg, target)
+    part_steps = _launch_part_steps(blocks, id_groups, idg, gc // lanes, cg, dst.device)
     launchable(_mixer_kernel)[(blocks * _programs_per_block(id_groups, idg, gc // lanes, cg, part_steps),)](
         src,
         dst,
