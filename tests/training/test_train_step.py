@@ -25,9 +25,11 @@ def _losses(
     steps: int = STEPS,
     device: str = "cpu",
     before_steps: Callable[[TrainStep, torch.Tensor, torch.Tensor], object] | None = None,
+    after_step: Callable[[TrainStep], object] | None = None,
     **optimizer_kwargs,
 ) -> list[float]:
-    """The losses of ``steps`` updates of the reduced ``name``; ``before_steps(step, inputs, targets)`` runs first."""
+    """The losses of ``steps`` updates of the reduced ``name``; ``before_steps(step, inputs, targets)`` runs first,
+    ``after_step(step)`` after each update."""
     kwargs, (channels, side) = REDUCED_MODELS[name]
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, **kwargs).to(device).train()
@@ -38,7 +40,12 @@ def _losses(
     step = TrainStep(model, optimizer, mode=mode)
     if before_steps is not None:
         before_steps(step, inputs, targets)
-    return [float(step(inputs, targets)) for _ in range(steps)]
+    losses = []
+    for _ in range(steps):
+        losses.append(float(step(inputs, targets)))
+        if after_step is not None:
+            after_step(step)
+    return losses
 
 
 @pytest.mark.parametrize("name", sorted(REDUCED_MODELS))
@@ -95,6 +102,36 @@ def test_graph_step_follows_eager(name):
     eager = _losses(name, "eager", device="cuda", capturable=True)
     graphed = _losses(name, "graph", device="cuda", capturable=True)
     assert graphed == pytest.approx(eager, rel=1e-3), (eager, graphed)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_replays_survive_dropped_gradients_and_move_versions():
+    """Between replays, ``zero_grad(set_to_none=True)`` (as an epoch's start did) cannot free the gradient tensors
+    the graph writes: the step gives the same tensors back before the next replay, which still follows the eager
+    losses; and every replay moves the parameters' version counters (caches of tables derived from a weight, such
+    as attention's bias, then rebuild)."""
+    captured = {}
+
+    def drop_gradients(step):
+        if not captured:
+            captured.update({p: p.grad for p in step.model.parameters() if p.grad is not None})
+        else:
+            assert all(p.grad is grad for p, grad in captured.items())
+        step.optimizer.zero_grad(set_to_none=True)
+
+    versions = []
+
+    def record_versions(step):
+        versions.append([p._version for p in step.model.parameters() if p.grad is not None])
+
+    eager = _losses("kat_t", "eager", device="cuda", capturable=True)
+    dropped = _losses("kat_t", "graph", device="cuda", capturable=True, after_step=drop_gradients)
+    assert dropped == pytest.approx(eager, rel=1e-3), (eager, dropped)
+    _losses("kat_t", "graph", device="cuda", capturable=True, after_step=record_versions)
+    assert len(versions) == STEPS
+    for before, after in zip(versions, versions[1:], strict=False):  # consecutive updates
+        assert all(b > a for a, b in zip(before, after, strict=True)), versions
 
 
 @pytest.mark.gpu
@@ -162,6 +199,42 @@ def test_graphed_updates_keep_the_schedule_in_device_tensors():
     assert [group["lr"] for group in saved["param_groups"]] == pytest.approx(expected, rel=1e-6)
     assert all(isinstance(group["lr"], float) for group in saved["param_groups"])
     assert optimizer.param_groups[0]["lr"] is rates[0]
+
+
+def test_graphed_updates_capture_on_the_first_full_batch():
+    """With ``capture_batch``, batches of another size before the first full one update eagerly (a short first
+    batch would otherwise fix the captured shape and send every full batch after it down the eager path); after
+    the capture, full batches replay and the others update eagerly. Checked on CPU with the step's graph calls
+    recorded in place of a GPU's capture and replays."""
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    graphed = GraphedUpdates(model, optimizer, cross_entropy_loss, capture_batch=4)
+    calls = []
+
+    class RecordedStep:
+        captured_shape = None
+
+        @property
+        def captured(self):
+            return self.captured_shape is not None
+
+        def replays(self, inputs, targets):
+            return self.captured_shape in (None, inputs.shape)
+
+        def __call__(self, inputs, targets):
+            calls.append(("capture" if self.captured_shape is None else "replay", len(inputs)))
+            self.captured_shape = inputs.shape
+            return torch.zeros(())
+
+        def update_eagerly(self, inputs, targets):
+            calls.append(("eager", len(inputs)))
+            return torch.zeros(())
+
+    graphed.step = RecordedStep()
+    for n in (3, 2, 4, 4, 3, 4):
+        graphed(torch.randn(n, 4), torch.zeros(n, dtype=torch.long))
+    expected = [("eager", 3), ("eager", 2), ("capture", 4), ("replay", 4), ("eager", 3), ("replay", 4)]
+    assert calls == expected
 
 
 @pytest.mark.gpu

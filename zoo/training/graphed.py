@@ -13,7 +13,13 @@ gradient clipping and the AdamW update in one CUDA graph) with what the training
   every ``cuda_graph_sync`` updates and whenever it logs or checkpoints, so a NaN is found at most that many
   updates late (the run then stops without writing anything, as in eager mode).
 * **Batches of another shape** (a loader that drops undecodable images) run one eager update on the same
-  gradient and state tensors instead of a replay.
+  gradient and state tensors instead of a replay; the step is captured on the first batch of the loader's size
+  (``capture_batch``), so that a short first batch does not fix the shape every replay needs.
+* **The captured tensors stay put.** The step holds the gradient tensors the graph writes and gives them back to
+  the parameters before each replay (a ``zero_grad(set_to_none=True)`` cannot free their memory), each replay
+  moves the parameters' version counters (caches of tables derived from a weight, such as attention's bias,
+  rebuild for the next eager evaluation), and the capture runs in ``thread_local`` mode (a DataLoader's
+  pin-memory thread keeps allocating meanwhile).
 
 Limits (checked by the trainer with a clear error): CUDA, one process, ``accum_steps=1``, ``amp`` null or bf16
 (fp16's GradScaler reads the gradients on the host), ``optim`` adam or adamw, fixed-length batches. Runs are not
@@ -69,6 +75,9 @@ class GraphedUpdates:
         loss_fn: ``loss_fn(model(images), targets)``, a 0-dim tensor.
         amp_dtype: autocast dtype of the forward (None or torch.bfloat16).
         grad_clip: the global gradient norm's bound (None: no clipping).
+        capture_batch: capture the step on the first batch of this many samples (the loader's batch size; earlier
+            batches of another size update eagerly), so that a short first batch (undecodable images skipped)
+            does not become the shape every later replay needs; None: the first batch.
     """
 
     def __init__(
@@ -78,8 +87,10 @@ class GraphedUpdates:
         loss_fn: Callable[[Tensor, Tensor], Tensor],
         amp_dtype: torch.dtype | None = None,
         grad_clip: float | None = None,
+        capture_batch: int | None = None,
     ) -> None:
         self.optimizer = optimizer
+        self.capture_batch = capture_batch
         self.rates = make_capturable(optimizer)
         self.values = [float(rate) for rate in self.rates]  # the host's copy of the rates
         self.step = TrainStep(model, optimizer, mode="graph", loss_fn=loss_fn, amp_dtype=amp_dtype, grad_clip=grad_clip)
@@ -90,7 +101,8 @@ class GraphedUpdates:
     def __call__(self, images: Tensor, targets: Tensor) -> Tensor:
         """One update on (images, targets); returns the loss on the device (do not read it on the host)."""
         self._copy_learning_rates()
-        replays = self.step.replays(images, targets)
+        captures = self.step.captured or self.capture_batch in (None, images.shape[0])
+        replays = captures and self.step.replays(images, targets)
         loss = self.step(images, targets) if replays else self.step.update_eagerly(images, targets)
         self.loss_sum.add_(loss.double(), alpha=images.shape[0])
         self.non_finite.logical_or_(~torch.isfinite(loss))

@@ -103,6 +103,7 @@ class TrainStep:
             self._forward = torch.compile(self._forward_loss, fullgraph=fullgraph, dynamic=False)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[Tensor, Tensor, Tensor] | None = None
+        self._grads: list[tuple[Tensor, Tensor]] = []  # graph mode: (parameter, the gradient the graph writes)
 
     def _forward_loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
         device_type = inputs.device.type
@@ -131,7 +132,21 @@ class TrainStep:
     def update_eagerly(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """One eager update whatever the mode, keeping the gradient tensors in graph mode (a captured step's replays
         read and write those same tensors): for a batch of another shape between replays."""
+        self._attach_static_grads()
         return self._eager_step(inputs, targets, set_to_none=self.mode != "graph")
+
+    def _attach_static_grads(self) -> None:
+        """Give every parameter back the gradient tensor the captured graph writes, where something replaced or
+        dropped it (``zero_grad(set_to_none=True)`` between replays). The step holds those tensors, so their memory,
+        which the graph addresses directly, is never freed while the graph lives."""
+        for param, grad in self._grads:
+            if param.grad is not grad:
+                param.grad = grad
+
+    @property
+    def captured(self) -> bool:
+        """Whether graph mode has captured its step (on the first :meth:`__call__`)."""
+        return self._graph is not None
 
     def replays(self, inputs: Tensor, targets: Tensor) -> bool:
         """Whether a graph-mode call on these shapes captures or replays the graph (False: another shape than the
@@ -154,9 +169,13 @@ class TrainStep:
                 f"a captured step replays one shape: inputs {list(static_inputs.shape)} and targets "
                 f"{list(static_targets.shape)}, got {list(inputs.shape)} and {list(targets.shape)}"
             )
+        self._attach_static_grads()
         static_inputs.copy_(inputs, non_blocking=True)
         static_targets.copy_(targets, non_blocking=True)
         self._graph.replay()
+        # the replay updated the parameters without moving their version counters, which caches of tables derived
+        # from a weight (zoo.kernels._backend.derived_from_weight: attention's bias) compare: move them (host only)
+        torch.autograd.graph.increment_version([param for param, _ in self._grads])
         return static_loss
 
     def _capture(self, inputs: Tensor, targets: Tensor) -> None:
@@ -179,9 +198,13 @@ class TrainStep:
         self._restore_optimizer_state(optimizer_state)
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=False)
-        with torch.cuda.graph(graph):
+        # thread_local: a DataLoader's pin-memory thread may allocate pinned memory or query events meanwhile, which
+        # the default global mode forbids (it would invalidate the capture)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_loss = self._eager_step(static_inputs, static_targets, set_to_none=False)
         self._graph, self._static = graph, (static_inputs, static_targets, static_loss)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self._grads = [(p, p.grad) for p in params if p.grad is not None]
 
     def _restore_optimizer_state(self, saved: dict) -> None:
         """Put the optimiser's state back to ``saved`` in place, keeping the tensors the warm-up created (a state

@@ -278,6 +278,7 @@ def _train_logged(cfg: Any, ctx: Any, stack: ExitStack) -> dict[str, Any] | None
             lambda outputs, targets: run.criterion(*flatten_positions(outputs, targets)),
             amp_dtype=run.amp_dtype,
             grad_clip=cfg.grad_clip,
+            capture_batch=cfg.batch_size,
         )
     run.config = _config_container(cfg)
     run.logger = _Logger(cfg, run.run_dir, run.config) if ctx.is_main else None
@@ -708,7 +709,8 @@ def _train_one_epoch(run: _Run, epoch: int) -> tuple[int, float, float]:
     progress = _ProgressLog(run, epoch, batches_per_epoch, start, seen) if ctx.is_main else None
     every_steps = int(cfg.get("checkpoint_every") or 0)
     every_s = 60.0 * float(cfg.get("checkpoint_every_minutes") or 0.0)
-    optimizer.zero_grad(set_to_none=True)
+    # graph mode keeps its gradient tensors: the captured step writes them in place (its replays zero them)
+    optimizer.zero_grad(set_to_none=run.graphed is None)
     pending, read_seen = 0, seen  # cuda_graph=true: updates whose losses are still on the device; samples read
     for index, batch in enumerate(bar, start=start):
         if counter is not None:
