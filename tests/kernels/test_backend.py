@@ -358,10 +358,12 @@ def test_sm_count_asks_a_cuda_device_and_stands_in_elsewhere(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(backend_module, "_SM_COUNTS", {})
     gpu = torch.device("cuda", 1)
     assert backend_module.sm_count(gpu) == backend_module.sm_count(gpu, 3) == 78
-    assert asked == [gpu]  # cached per device
+    assert backend_module.sm_count(torch.device("cuda")) == 78  # the current GPU, index 1: asked already
+    assert asked == [gpu]  # cached per GPU
 
 
 @triton.jit

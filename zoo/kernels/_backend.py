@@ -328,13 +328,15 @@ _SM_COUNTS: dict[torch.device, int] = {}
 
 
 def sm_count(device: torch.device, stand_in: int = H200_SMS) -> int:
-    """Streaming multiprocessors of a CUDA ``device`` (asked once per device), for launchers that size their grids
-    to fill the GPU; ``stand_in`` where there is no such GPU (CPU tensors under the interpreter, fake CUDA tensors
-    traced without a GPU)."""
+    """Streaming multiprocessors of a CUDA ``device`` (asked once per GPU; ``cuda`` without an index: the current
+    one), for launchers that size their grids to fill the GPU; ``stand_in`` where there is no such GPU (CPU tensors
+    under the interpreter, fake CUDA tensors traced without a GPU)."""
     sms = _SM_COUNTS.get(device)
     if sms is None:
         if device.type != "cuda" or not torch.cuda.is_available():
             return stand_in
+        if device.index is None:  # the current GPU's (not cached under "cuda": the current GPU may change)
+            return sm_count(torch.device("cuda", torch.cuda.current_device()), stand_in)
         sms = _SM_COUNTS[device] = torch.cuda.get_device_properties(device).multi_processor_count
     return sms
 
