@@ -298,6 +298,27 @@ CASES = [
 ]
 
 
+def test_constexpr_functions_are_bound_under_their_own_names():
+    """Every ``triton.constexpr_function`` of the kernels' modules is a global of its function's own name: Inductor
+    before torch 2.14 (the GPU machine's 2.11) writes the constexpr functions a traced kernel calls into the
+    kernel's source under their ``__name__``, so a kernel calling one under another name fails to compile there
+    (NameError), though 2.14's own copy renames it and the traced kernels below lower."""
+    import importlib
+    import pkgutil
+
+    import triton.runtime.jit
+
+    import zoo.kernels
+
+    names = [m.name for m in pkgutil.walk_packages(zoo.kernels.__path__, "zoo.kernels.")]
+    found = []
+    for module in map(importlib.import_module, names):
+        for name, value in vars(module).items():
+            if isinstance(value, triton.runtime.jit.ConstexprFunction):
+                found.append((module.__name__, name, value.fn.__name__))
+    assert found and all(name == fn_name for _, name, fn_name in found), found
+
+
 @pytest.fixture(scope="module")
 def traced() -> dict[str, dict]:
     return _trace(CASES)

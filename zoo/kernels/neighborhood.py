@@ -330,17 +330,20 @@ def _pair_ok(kc0, kc1, kc2, ws0, ws1, ws2, K0: tl.constexpr, K1: tl.constexpr, K
     return ok
 
 
-def bias_extent(tq: int, k: int, tk: int) -> int:
+def _bias_extent(tq: int, k: int, tk: int) -> int:
     """Length of one axis of the padded bias table of a kernel with query boxes of ``tq`` and key boxes of ``tk``
     coordinates: every key-minus-query offset a pair of walked boxes can form lies in [-R, R], R = tq + tk + k
-    (1 for a padding axis), so the bias gather needs no mask. The launchers call it; the kernels call
-    :func:`_bias_extent`, the same function as a constexpr function."""
+    (1 for a padding axis), so the bias gather needs no mask. The launchers call it as :func:`bias_extent`; the
+    kernels call ``_bias_extent``, the same function as a constexpr function."""
     return 1 if k == 1 else 2 * (tq + tk + k) + 1
 
 
-# A compile-time constant in the kernels (a ``@triton.jit`` helper returns a tensor on Triton 3.6); the host calls
-# bias_extent itself (the wrapper costs microseconds per call).
-_bias_extent = triton.constexpr_function(bias_extent)
+# The host's (the constexpr wrapper costs microseconds per call).
+bias_extent = _bias_extent
+# A compile-time constant in the kernels (a ``@triton.jit`` helper returns a tensor on Triton 3.6), bound under the
+# function's own name: Inductor before torch 2.14 writes a kernel's constexpr functions into its source under their
+# ``__name__``, so any other name is undefined there (torch 2.11: NameError '_bias_extent').
+_bias_extent = triton.constexpr_function(_bias_extent)
 
 
 @triton.jit
