@@ -103,7 +103,9 @@ class TrainStep:
             self._forward = torch.compile(self._forward_loss, fullgraph=fullgraph, dynamic=False)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[Tensor, Tensor, Tensor] | None = None
-        self._grads: list[tuple[Tensor, Tensor]] = []  # graph mode: (parameter, the gradient the graph writes)
+        # graph mode: the parameters the graph updates and the gradient tensors it writes (set at the capture)
+        self._params: list[Tensor] = []
+        self._grads: list[Tensor] = []
 
     def _forward_loss(self, inputs: Tensor, targets: Tensor) -> Tensor:
         device_type = inputs.device.type
@@ -139,7 +141,7 @@ class TrainStep:
         """Give every parameter back the gradient tensor the captured graph writes, where something replaced or
         dropped it (``zero_grad(set_to_none=True)`` between replays). The step holds those tensors, so their memory,
         which the graph addresses directly, is never freed while the graph lives."""
-        for param, grad in self._grads:
+        for param, grad in zip(self._params, self._grads, strict=True):
             if param.grad is not grad:
                 param.grad = grad
 
@@ -175,7 +177,7 @@ class TrainStep:
         self._graph.replay()
         # the replay updated the parameters without moving their version counters, which caches of tables derived
         # from a weight (zoo.kernels._backend.derived_from_weight: attention's bias) compare: move them (host only)
-        torch.autograd.graph.increment_version([param for param, _ in self._grads])
+        torch.autograd.graph.increment_version(self._params)
         return static_loss
 
     def _capture(self, inputs: Tensor, targets: Tensor) -> None:
@@ -204,7 +206,8 @@ class TrainStep:
             static_loss = self._eager_step(static_inputs, static_targets, set_to_none=False)
         self._graph, self._static = graph, (static_inputs, static_targets, static_loss)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self._grads = [(p, p.grad) for p in params if p.grad is not None]
+        self._params = [p for p in params if p.grad is not None]
+        self._grads = [p.grad for p in self._params]
 
     def _restore_optimizer_state(self, saved: dict) -> None:
         """Put the optimiser's state back to ``saved`` in place, keeping the tensors the warm-up created (a state
