@@ -16,6 +16,7 @@ from zoo.kernels.dwconv import (
     dwconv2d_reference,
     inception_dwconv2d,
     inception_dwconv2d_reference,
+    ops,
 )
 from zoo.kernels.dwconv._checks import same_padding, tap_dilation
 from zoo.kernels.dwconv._common import needs_int64
@@ -79,6 +80,33 @@ def test_dwconv2d_matches_float64_reference(shape, kernel, stride, dilation, dty
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         assert y.is_contiguous(memory_format=fmt) and grads[0].is_contiguous(memory_format=fmt)
     _check(y, grads, y64, grads64, dtype)
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,path",
+    [((13, 13), 1, "_igemm"), ((3, 3), 1, "_direct"), ((3, 5), 2, "_generic")],
+    ids=["igemm", "direct", "generic"],
+)
+def test_dwconv2d_non_contiguous_weight_and_bias_on_every_path(kernel, stride, path):
+    """Weight and bias as strided views (every other element of a larger tensor) through each kernel family."""
+    torch.manual_seed(2)
+    x = torch.randn(1, 3, 6, 7, device=DEVICE)
+    assert ops._path(x, kernel, (stride, stride), (1, 1)).__name__.endswith(path)
+    wide_weight = torch.randn(3, 1, kernel[0], 2 * kernel[1], device=DEVICE)
+    wide_bias = torch.randn(6, device=DEVICE)
+
+    def conv(backend):
+        def run(x, wide_weight, wide_bias):  # the views are taken here: _grads' leaves are contiguous copies
+            weight, bias = wide_weight[..., ::2], wide_bias[::2]
+            assert not weight.is_contiguous() and not bias.is_contiguous()
+            return dwconv2d(x, weight, bias, stride, backend=backend)
+
+        return run
+
+    dy = torch.randn(dwconv2d_reference(x, wide_weight[..., ::2], None, stride).shape, device=DEVICE)
+    y, grads = _grads(conv("triton"), (x, wide_weight, wide_bias), dy)
+    y64, grads64 = _grads(conv("torch"), (x.double(), wide_weight.double(), wide_bias.double()), dy.double())
+    _check(y, grads, y64, grads64, torch.float32)
 
 
 def test_dwconv2d_large_kernel_on_a_small_map():

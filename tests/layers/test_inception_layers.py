@@ -66,9 +66,10 @@ def test_torch_backend_equals_timms_mixer(config, channels_last):
     [(16, {}, False), (12, dict(band_kernel_size=9, branch_ratio=0.25), False), (16, {}, True)],
     ids=["C16-band11", "C12-band9-ratio0.25", "C16-band11-channels_last"],
 )
-def test_triton_backend_equals_torch_backend(channels, kwargs, channels_last):
+def test_triton_backend_equals_torch_backend(channels, kwargs, channels_last, monkeypatch):
     """The fused kernel (the Triton interpreter on CPU) against the split/conv/cat reference, forward and every
     gradient; a 5x7 map is smaller than the 11-tap band, so the zero padding is exercised too."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the reference's convolutions in fp32 on a GPU
     reference, _ = _pair(channels, backend="torch", **kwargs)
     fused = InceptionDWConv2d(channels, backend="triton", **kwargs)
     fused.load_state_dict(reference.state_dict())

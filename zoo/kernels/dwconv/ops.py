@@ -93,12 +93,13 @@ def _launch_forward(
     """:func:`dwconv2d_forward` on validated inputs (the pairs :func:`_check_triton_inputs` returns)."""
     y = empty_like_format(x, _output_shape(x, kernel, stride, dilation))
     if y.numel():
+        bias = None if bias is None else bias.contiguous()  # every path reads the bias as b_ptr + c
         with device_guard(x.device):
             path = _path(x, kernel, stride, dilation)
-            if path is _generic:
+            if path is _generic:  # reads the weight through its own table, any strides
                 _generic.generic_conv(x, weight, bias, y, kernel, stride, dilation, transposed=False)
             else:
-                path.forward(x, weight.contiguous(), None if bias is None else bias.contiguous(), y, stride, dilation)
+                path.forward(x, weight.contiguous(), bias, y, stride, dilation)
     return y
 
 
