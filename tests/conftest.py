@@ -43,6 +43,18 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(report.read_text().rstrip())
 
 
+@pytest.fixture(autouse=True)
+def _torch_algorithms_as_they_were():
+    """An in-process training run with ``deterministic=true`` turns on torch's deterministic algorithms for the
+    whole process (zoo/training/trainer.py ``seed_everything``); every test gets the mode it started with."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
 @pytest.fixture(scope="module")
 def one_intra_op_thread():
     """One intra-op thread while a module's tests run (``pytestmark = pytest.mark.usefixtures(...)``), or a test

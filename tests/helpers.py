@@ -1,13 +1,16 @@
 """Shared test helpers: the device under test, dtype-aware comparisons, a reduced model of every family, the
-scripts as modules."""
+scripts as modules, the attention kernel tests' dtype matrix."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +147,22 @@ def load_script(name: str) -> ModuleType:
             del sys.modules[name]  # not half a module for the next test
             raise
     return sys.modules[name]
+
+
+def cpu_only_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that must run as on a machine without a GPU (the CPU smoke runs of the
+    scripts): CUDA hidden, the Triton interpreter on."""
+    return dict(os.environ, CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1", **extra)
+
+
+def attention_dtype_cases(cases: list[tuple], dtypes: list[torch.dtype], case_id: Callable[[tuple], str]) -> list:
+    """``pytest.param(case, dtype)`` for the neighborhood-attention kernel tests' (spatial, heads, head_dim, kernel,
+    dilation, causal, rpb) cases: every case in float32, the 2-byte dtypes on all but the 3-D cases with a bias
+    (their loads, stores and conversions are the same code as the other cases'; under the interpreter such a case
+    takes about a minute per dtype, mostly in the bias gradient's programs)."""
+    return [
+        pytest.param(case, dtype, id=f"{case_id(case)}-{dtype}")
+        for case in cases
+        for dtype in dtypes
+        if dtype == torch.float32 or not (len(case[0]) == 3 and case[6])
+    ]

@@ -345,6 +345,7 @@ def test_every_op_is_covered():
 def test_sm_count_asks_a_cuda_device_and_stands_in_elsewhere(monkeypatch):
     """Grids sized to the GPU: a CUDA device's own SM count (asked once), the stand-in (an H200's by default)
     for CPU tensors and for CUDA tensors traced without a GPU."""
+    monkeypatch.setattr(backend_module, "_SM_COUNTS", {})  # on a GPU, earlier launches cached its count
     cpu = torch.device("cpu")
     assert backend_module.sm_count(cpu) == backend_module.H200_SMS == 132
     assert backend_module.sm_count(cpu, 3) == 3
@@ -401,16 +402,16 @@ def test_an_autotuned_kernel_is_launched_with_the_autotuners_choice_asked_once_p
     runs = _counting_runs(tuner, monkeypatch)
     launch = backend_module.launchable(tuner)
     assert backend_module.launchable(tuner) is launch  # one per kernel
-    out = torch.zeros(20, dtype=torch.int32)
+    out = torch.zeros(20, dtype=torch.int32, device=DEVICE)
     launch[_grid](out, 20)
     chosen = tuner.best_config.kwargs["BLOCK"]
     assert chosen == 16 and len(runs) == 1 and (out == chosen).all()
     out.zero_()
     launch[_grid](out, 20)  # the same key: straight to the kernel, with the chosen configuration
     assert len(runs) == 1 and (out == chosen).all()
-    launch[_grid](torch.zeros(20, dtype=torch.int32), 19)  # another value of the key argument
+    launch[_grid](torch.zeros(20, dtype=torch.int32, device=DEVICE), 19)  # another value of the key argument
     assert len(runs) == 2
-    launch[_grid](torch.zeros(20, dtype=torch.float32), 20)  # another dtype
+    launch[_grid](torch.zeros(20, dtype=torch.float32, device=DEVICE), 20)  # another dtype
     assert len(runs) == 3
     launch[_grid](out, 20)
     assert len(runs) == 3 and (out == chosen).all()
@@ -420,7 +421,7 @@ def test_an_autotuned_configuration_with_a_pre_hook_always_goes_through_the_auto
     hooks = []
     tuner = _tuned_fill(pre_hook=lambda nargs: hooks.append(1))
     runs = _counting_runs(tuner, monkeypatch)
-    out = torch.zeros(20, dtype=torch.int32)
+    out = torch.zeros(20, dtype=torch.int32, device=DEVICE)
     backend_module.launchable(tuner)[_grid](out, 20)
     before = len(hooks)
     backend_module.launchable(tuner)[_grid](out, 20)  # the same key, through the autotuner: its hook runs
@@ -430,7 +431,7 @@ def test_an_autotuned_configuration_with_a_pre_hook_always_goes_through_the_auto
 def test_an_autotuned_kernel_with_one_configuration_never_asks_the_autotuner(monkeypatch):
     tuner = triton.autotune([triton.Config({"BLOCK": 16})], key=["n"])(_fill_block_kernel)
     runs = _counting_runs(tuner, monkeypatch)
-    out = torch.zeros(20, dtype=torch.int32)
+    out = torch.zeros(20, dtype=torch.int32, device=DEVICE)
     for n in (20, 19):
         backend_module.launchable(tuner)[_grid](out, n)
     assert not runs and (out == 16).all()

@@ -155,8 +155,8 @@ def test_bidirectional_is_the_state_spaces_convention():
     full = F.pad(k[0], (0, 12)) + F.pad(k[1].flip(-1), (12, 0))
     expected = torch.fft.irfft(torch.fft.rfft(u, n=24) * torch.fft.rfft(full, n=24), n=24)[..., :12]
     torch.testing.assert_close(fftconv_reference(u, k, bidirectional=True), expected)
-    y = fftconv(u.float(), k.float(), bidirectional=True, backend="triton")
-    assert_close(y, expected, torch.float32, scale=float(expected.abs().max()))
+    y = fftconv(u.float().to(DEVICE), k.float().to(DEVICE), bidirectional=True, backend="triton")
+    assert_close(y, expected.to(DEVICE), torch.float32, scale=float(expected.abs().max()))
 
 
 def test_non_contiguous_inputs(path):

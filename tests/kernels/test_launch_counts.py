@@ -184,16 +184,17 @@ SMALL_OPS = {
         lambda t: neighborhood_attention(*t, kernel_size=5, is_causal=True, backend="triton"),
     ),
     "neighborhood_attention_2d_dilated": (
-        lambda: _leaves(*(torch.randn(1, 7, 9, 2, 16) for _ in range(3))),
+        lambda: _leaves(*(torch.randn(1, 6, 7, 1, 16) for _ in range(3))),
         lambda t: neighborhood_attention(*t, kernel_size=3, dilation=2, backend="triton"),
     ),
-    # with a bias: its gradient is summed over the batch and per offset by the dk/dv launch's extra programs
+    # with a bias: its gradient is summed over the batch and per offset by the dk/dv launch's extra programs (the
+    # smallest maps the windows fit: the interpreter runs a program per (head, offset, chunk))
     "neighborhood_attention_2d_bias": (
-        lambda: _leaves(*(torch.randn(3, 7, 9, 2, 16) for _ in range(3)), torch.randn(2, 5, 9)),
+        lambda: _leaves(*(torch.randn(2, 6, 5, 1, 16) for _ in range(3)), torch.randn(1, 5, 9)),
         lambda t: neighborhood_attention(*t[:3], kernel_size=(3, 5), dilation=(2, 1), rpb=t[3], backend="triton"),
     ),
     "neighborhood_attention_3d_bias": (
-        lambda: _leaves(*(torch.randn(2, 3, 6, 5, 1, 16) for _ in range(3)), torch.randn(1, 5, 5, 5)),
+        lambda: _leaves(*(torch.randn(1, 3, 3, 3, 1, 16) for _ in range(3)), torch.randn(1, 5, 5, 5)),
         lambda t: neighborhood_attention(*t[:3], kernel_size=3, rpb=t[3], backend="triton"),
     ),
 }

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import zoo.kernels._backend as backend_module
-from tests.helpers import DEVICE, assert_close, assert_relative_error
+from tests.helpers import DEVICE, assert_close, assert_relative_error, attention_dtype_cases
 from zoo.kernels._backend import ticket_counters
 from zoo.kernels.neighborhood import (
     na1d,
@@ -84,8 +84,8 @@ def _dense_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     ks, ds, cs = _axes(kernel_size, dims), _axes(dilation, dims), _axes(is_causal, dims)
     positions = list(itertools.product(*(range(n) for n in spatial)))
     N = len(positions)
-    mask = torch.zeros(N, N, dtype=torch.bool)
-    bias = torch.zeros(heads, N, N, dtype=torch.float64)
+    mask = torch.zeros(N, N, dtype=torch.bool, device=q.device)
+    bias = torch.zeros(heads, N, N, dtype=torch.float64, device=q.device)
     for a, pi in enumerate(positions):
         for b, pj in enumerate(positions):
             if all(
@@ -154,8 +154,7 @@ def _check(y, grads, y64, grads64, dtype):
             assert_relative_error(g, g64, GRAD_BOUNDS[dtype])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case,dtype", attention_dtype_cases(CASES, DTYPES, _case_id))
 def test_triton_matches_reference(case, dtype):
     inputs = _inputs(case, dtype)
     dy = torch.randn(inputs[0].shape, device=DEVICE).to(dtype)

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from tests.helpers import DEVICE, assert_close, assert_relative_error
+from tests.helpers import DEVICE, assert_close, assert_relative_error, attention_dtype_cases
+from zoo.kernels._backend import INTERPRETER
 from zoo.kernels.neighborhood import (
     _bias_table,
     _boxes,
@@ -66,8 +67,7 @@ def _grads(fn, inputs, dy):
     return y.detach(), [None if t is None else t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("case,dtype", attention_dtype_cases(CASES, [torch.float32, torch.bfloat16], _case_id))
 def test_fused_kernels_match_reference(case, dtype):
     _, _, _, ks, ds, cs, _ = case
     inputs = _inputs(case, dtype)
@@ -92,16 +92,19 @@ def test_two_heads_per_program_equal_one_head_at_a_time():
     """An even head count runs two heads per forward program; each head alone (one per program) gives the same
     output and log-sum-exp."""
     case = ((5, 6), 2, 16, 3, 1, False, True)
-    q, k, v, rpb = _inputs(case, torch.float32, seed=3)
+    dtype = torch.float32 if INTERPRETER else torch.bfloat16  # compiled float32 never pairs heads
+    q, k, v, rpb = _inputs(case, dtype, seed=3)
     problem = _problem(q, (3, 3), (1, 1), (False, False))
     assert _launch_config(problem, 2, True, _na_fwd_kernel)["HPP"] == 2
     assert _launch_config(problem, 1, True, _na_fwd_kernel)["HPP"] == 1
     out, lse = na_forward(q, k, v, 3, 1, False, rpb)
+    # bf16 (GPU): the pair's tiles may add in another order; an output differs by at most a rounding
+    out_tol, lse_tol = (1e-6, 1e-6) if dtype == torch.float32 else (1e-2, 1e-5)
     for h in range(2):
         one = [t[..., h : h + 1, :].contiguous() for t in (q, k, v)]
         out_h, lse_h = na_forward(*one, 3, 1, False, rpb[h : h + 1])
-        torch.testing.assert_close(out_h[..., 0, :], out[..., h, :], rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(lse_h[:, 0], lse[:, h], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(out_h[..., 0, :], out[..., h, :], rtol=out_tol, atol=out_tol)
+        torch.testing.assert_close(lse_h[:, 0], lse[:, h], rtol=lse_tol, atol=lse_tol)
 
 
 def test_backward_with_a_transposed_output_gradient_and_odd_heads():
@@ -155,6 +158,6 @@ def test_cover_and_boxes():
     for kernel in (_na_fwd_kernel, _na_bwd_kv_kernel, _na_bwd_q_kernel):
         config = _launch_config(problem, 2, False, kernel)
         own, walked = _boxes(config, kernel)
-        assert math.prod(walked) <= 16 and all(w >= 1 for w in walked)
+        assert math.prod(walked) <= (16 if INTERPRETER else 64) and all(w >= 1 for w in walked)
         tq = tuple(config[f"TQ{a}"] for a in range(3))
         assert tq == (walked if kernel is _na_bwd_kv_kernel else own)

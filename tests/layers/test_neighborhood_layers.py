@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import assert_close
+from tests.helpers import DEVICE, assert_close
 from zoo.kernels.neighborhood import na_reference
 from zoo.layers import NeighborhoodAttention1D, NeighborhoodAttention2D, NeighborhoodAttention3D
 
@@ -60,8 +60,8 @@ def test_small_inputs_are_padded_and_cropped():
 
 def test_backends_agree():
     torch.manual_seed(1)
-    layer = NeighborhoodAttention2D(32, 2, kernel_size=3, dilation=(2, 1)).eval()
-    x = torch.randn(1, 6, 5, 32)
+    layer = NeighborhoodAttention2D(32, 2, kernel_size=3, dilation=(2, 1)).eval().to(DEVICE)
+    x = torch.randn(1, 6, 5, 32, device=DEVICE)
     layer.backend = "torch"
     expected = layer(x)
     layer.backend = "triton"
