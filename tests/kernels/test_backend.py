@@ -459,3 +459,33 @@ def test_once_differentiable_runs_the_backward_as_is_and_refuses_a_second_differ
     assert torch.equal(grad, torch.full((3,), 2.0)) and grad_modes == [False, False]
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad.sum().backward()
+
+
+def test_a_table_derived_from_a_weight_is_rebuilt_when_the_weight_moves_and_while_a_graph_captures(monkeypatch):
+    """Cached until an in-place update moves the weight's version; built on every call (nothing cached) while a
+    CUDA graph captures, so that the graph records the build."""
+    weight = torch.zeros(3)
+    builds = []
+
+    def build():
+        builds.append(weight._version)
+        return weight * 2
+
+    first = backend_module.derived_from_weight(weight, "test", build)
+    assert backend_module.derived_from_weight(weight, "test", build) is first and len(builds) == 1
+    weight.add_(1)
+    assert torch.equal(backend_module.derived_from_weight(weight, "test", build), weight * 2) and len(builds) == 2
+    monkeypatch.setattr(backend_module, "capturing", lambda tensor: True)
+    captured = [backend_module.derived_from_weight(weight, "test", build) for _ in range(2)]
+    assert len(builds) == 4 and captured[0] is not captured[1]
+
+
+def test_a_grown_zero_buffer_keeps_the_one_it_replaces(monkeypatch):
+    """A captured CUDA graph keeps the address of the buffer it saw: growing the cache must not free it."""
+    monkeypatch.setattr(backend_module, "_REPLACED", [])
+    cache, cpu = {}, torch.device("cpu")
+    small = backend_module.cached_zeros(cache, "test", 3, 4, torch.int32, cpu)
+    assert small.numel() == 4 and backend_module.cached_zeros(cache, "test", 4, 4, torch.int32, cpu) is small
+    large = backend_module.cached_zeros(cache, "test", 5, 4, torch.int32, cpu)
+    assert large.numel() == 5 and cache["test"] is large and not large.any()
+    assert len(backend_module._REPLACED) == 1 and backend_module._REPLACED[0] is small

@@ -276,6 +276,27 @@ def once_differentiable(backward: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def capturing(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a CUDA tensor and the current stream is capturing a CUDA graph."""
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def cached_zeros(
+    cache: dict, key: Hashable, size: int, minimum: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """``cache[key]``, a buffer of zeros of at least ``size`` elements (kernels keep it zero), allocated with
+    max(size, minimum) elements when missing or too small. A buffer that a larger one replaces stays allocated
+    (``_REPLACED``): a CUDA graph captured with it reads and writes its memory at every replay."""
+    buffer = cache.get(key)
+    if buffer is None or buffer.numel() < size:
+        if buffer is not None:
+            _REPLACED.append(buffer)
+        buffer = cache[key] = torch.zeros(max(size, minimum), dtype=dtype, device=device)
+    return buffer
+
+
+_REPLACED: list[torch.Tensor] = []
+
 # Tables derived from weights (the padded, pre-scaled attention bias): (id(weight), key) -> (weakref, version, table)
 _DERIVED: dict[tuple[int, Hashable], tuple[weakref.ref, int, torch.Tensor]] = {}
 _DERIVED_MAX = 64
@@ -286,9 +307,14 @@ def derived_from_weight(weight: torch.Tensor, key: Hashable, build: Callable[[],
     (weight object, ``key``) and rebuilt once the weight's version counter moves (an in-place update such as an
     optimiser step) or the weight is gone, so that an inference call launches no table-building ops. Inference
     tensors (no version counter) build every call, and so does a traced call (:func:`tracing_kernels`). At most
-    ``_DERIVED_MAX`` tables, the oldest dropped first."""
+    ``_DERIVED_MAX`` tables, the oldest dropped first. While a CUDA graph captures (:func:`capturing`) it builds
+    without caching, so that the graph records the build and each replay rebuilds from the weights it updated (a
+    cached table would be read as it was at the capture)."""
     if tracing_kernels():
         return build()
+    if capturing(weight):
+        with torch.no_grad():
+            return build()
     try:
         version = weight._version
     except RuntimeError:  # an inference tensor
@@ -360,12 +386,7 @@ def ticket_counters(device: torch.device, size: int) -> torch.Tensor:
         stream = torch._C._cuda_getCurrentRawStream(
             torch.cuda.current_device() if device.index is None else device.index
         )
-    key = (device, stream)
-    counters = _TICKETS.get(key)
-    if counters is None or counters.numel() < size:
-        counters = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
-        _TICKETS[key] = counters
-    return counters
+    return cached_zeros(_TICKETS, (device, stream), size, 1024, torch.int32, device)
 
 
 def launchable(kernel: Any) -> Any:

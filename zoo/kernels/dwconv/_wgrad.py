@@ -33,7 +33,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from zoo.kernels._backend import INTERPRETER, cdiv, launchable, ticket_counters, tl, tracing_kernels, triton
+from zoo.kernels._backend import (
+    INTERPRETER,
+    cached_zeros,
+    cdiv,
+    launchable,
+    ticket_counters,
+    tl,
+    tracing_kernels,
+    triton,
+)
 from zoo.kernels.dwconv._checks import output_size, pair, same_padding, tap_dilation
 from zoo.kernels.dwconv._common import (
     DWCONV_BENCHMARKS,
@@ -419,11 +428,7 @@ def _zeros(device: torch.device, dtype: torch.dtype, size: int) -> Tensor:
     of a traced call)."""
     if tracing_kernels():
         return torch.zeros(size, dtype=dtype, device=device)
-    zeros = _ZEROS.get((device, dtype))
-    if zeros is None or zeros.numel() < size:
-        zeros = torch.zeros(max(size, 1 << 16), dtype=dtype, device=device)
-        _ZEROS[(device, dtype)] = zeros
-    return zeros
+    return cached_zeros(_ZEROS, (device, dtype), size, 1 << 16, dtype, device)
 
 
 def weight_grad(
