@@ -19,7 +19,7 @@ from zoo.kernels.rational import group_rational
 BACKENDS = ["torch", "triton"]
 # (shape of x, groups): KAT-like 3 x 7 x 40 in 8 groups of 5 (a row in parts of 32 + 8 columns); groups of 24
 # (kat_t's 192 in 8 groups, scaled down: 16 + 8); a single row; 37 rows over several backward programs, several row
-# tiles each; 4-D input; 44 columns (32 + 16, 4 of them masked) and 3 (2 + 2, 1 masked).
+# tiles each; 4-D input; 44 columns (32 + 16, 4 of them masked) and 3 (2 + 1, none masked).
 CASES = [
     ((3, 7, 40), 8),
     ((2, 9, 24), 8),
