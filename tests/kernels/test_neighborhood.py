@@ -84,8 +84,10 @@ def _dense_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
     ks, ds, cs = _axes(kernel_size, dims), _axes(dilation, dims), _axes(is_causal, dims)
     positions = list(itertools.product(*(range(n) for n in spatial)))
     N = len(positions)
-    mask = torch.zeros(N, N, dtype=torch.bool, device=q.device)
-    bias = torch.zeros(heads, N, N, dtype=torch.float64, device=q.device)
+    # built element by element on the CPU, then moved to q's device once
+    mask = torch.zeros(N, N, dtype=torch.bool)
+    bias = torch.zeros(heads, N, N, dtype=torch.float64)
+    rpb = None if rpb is None else rpb.detach().cpu()
     for a, pi in enumerate(positions):
         for b, pj in enumerate(positions):
             if all(
@@ -95,6 +97,7 @@ def _dense_attention(q, k, v, kernel_size, dilation, is_causal, rpb, scale):
                 if rpb is not None:
                     index = tuple((j - i) // dd + kk - 1 for i, j, kk, dd in zip(pi, pj, ks, ds, strict=True))
                     bias[:, a, b] = rpb[(slice(None), *index)].double()
+    mask, bias = mask.to(q.device), bias.to(q.device)
     qf, kf, vf = (t.double().reshape(B, N, heads, head_dim).transpose(1, 2) for t in (q, k, v))
     logits = (qf @ kf.transpose(-1, -2)) * scale + bias
     logits = logits.masked_fill(~mask, float("-inf"))
