@@ -1033,6 +1033,7 @@ MODELS = {
     ],
     "unireplknet": [
         ("unireplknet_t", {"backend": "triton"}, "triton"),
+        ("unireplknet_t", {"backend": "triton", "merge_branches": "always"}, "triton-merged"),
         ("unireplknet_t", {"backend": "torch"}, "torch"),
         ("unireplknet_t", {"backend": "triton", "deploy": True}, "triton-deployed"),
         ("unireplknet_t", {"backend": "torch", "deploy": True}, "torch-deployed"),

@@ -262,8 +262,9 @@ class ModelFamily:
 
 
 def _zoo(model: str, backend: str, smoke: bool = True, **kwargs) -> ModelEntry:
-    """A zoo model entry: ``backend`` is both the row label and the constructor's backend argument."""
-    return ModelEntry(model, backend, {"backend": backend.removesuffix("-deployed"), **kwargs}, smoke)
+    """A zoo model entry: ``backend`` is the row label, its first word the constructor's backend argument
+    ("triton-deployed": backend "triton")."""
+    return ModelEntry(model, backend, {"backend": backend.split("-")[0], **kwargs}, smoke)
 
 
 MODEL_FAMILIES = (
@@ -271,12 +272,15 @@ MODEL_FAMILIES = (
         "unireplknet",
         (
             _zoo("unireplknet_t", "triton", smoke=False),
+            # the Dilated Reparam Blocks' training form as one merged convolution (zoo/layers/dilated_reparam.py)
+            _zoo("unireplknet_t", "triton-merged", smoke=False, merge_branches="always"),
             ModelEntry("convnext_tiny", "timm"),
             _zoo("unireplknet_t", "torch"),
             _zoo("unireplknet_t", "triton-deployed", smoke=False, deploy=True),
         ),
         channels_last=True,
-        budget_s=45,
+        budget_s=75,
+        modes=("train", "train-graph", "infer"),
     ),
     ModelFamily(
         "nat",
@@ -590,6 +594,24 @@ TARGETS = (
         "unireplknet_t (Triton) training images/s / convnext_tiny's",
         model_speedup("unireplknet", "unireplknet_t", "triton", "convnext_tiny"),
         1.0,
+    ),
+    Target(
+        "unireplknet_t_train_merged_vs_branches",
+        19,
+        "models:unireplknet",
+        "unireplknet_t training images/s, Dilated Reparam Blocks merged / branch by branch (Triton; eager)",
+        model_speedup("unireplknet", "unireplknet_t", "triton-merged", "unireplknet_t", "triton"),
+        None,
+    ),
+    Target(
+        "unireplknet_t_train_graph_merged_vs_branches",
+        19,
+        "models:unireplknet",
+        "as above, the training step captured in a CUDA graph (no host time)",
+        model_speedup(
+            "unireplknet", "unireplknet_t", "triton-merged", "unireplknet_t", "triton", modes=("train-graph",)
+        ),
+        None,
     ),
     Target(
         "unireplknet_t_deployed_infer_vs_convnext_tiny",

@@ -13,6 +13,7 @@ from zoo.kernels.dwconv import (
     dwconv2d,
     dwconv2d_backward,
     dwconv2d_forward,
+    dwconv2d_grads,
     dwconv2d_reference,
     inception_dwconv2d,
     inception_dwconv2d_reference,
@@ -132,6 +133,32 @@ def test_dwconv2d_equals_nn_conv2d_without_bias(backend):
     assert_close(y, conv(x), torch.float32)
     y.sum().backward()
     assert conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_dwconv2d_grads_are_the_autograd_gradients(backend, dtype):
+    """``dwconv2d_grads`` (the three gradients without autograd, zoo/layers/dilated_reparam.py) against autograd
+    through the float64 reference: dx in the dtype and layout of x, the weight and bias gradients reduced in
+    float32 and returned in the weight's dtype on both backends; the gradients not asked for are None."""
+    x = in_layout(torch.randn(2, 5, 7, 6), "channels_last").to(DEVICE, dtype)
+    weight = torch.randn(5, 1, 5, 5, device=DEVICE)
+    dy = torch.randn(2, 5, 7, 6, device=DEVICE).to(dtype)
+    _, grads64 = _grads(
+        lambda x, w, b: dwconv2d_reference(x, w, b, dilation=2),
+        (x.double(), weight.double(), weight[:, 0, 0, 0].double()),
+        dy.double(),
+    )
+    dx, dw, db = dwconv2d_grads(dy, x, weight, dilation=2, backend=backend)
+    assert dx.dtype == dtype and dx.is_contiguous(memory_format=torch.channels_last)
+    assert dw.dtype == db.dtype == torch.float32
+    _check(torch.zeros(1), [dx, dw, db], torch.zeros(1), grads64, dtype)
+    only_dx = dwconv2d_grads(dy, x, weight, dilation=2, backend=backend, weight_grad=False)
+    only_dw = dwconv2d_grads(dy, x, weight, dilation=2, backend=backend, input_grad=False)
+    assert only_dx[1] is None and only_dx[2] is None and only_dw[0] is None
+    torch.testing.assert_close(only_dx[0], dx)
+    torch.testing.assert_close(only_dw[1], dw)
+    torch.testing.assert_close(only_dw[2], db)
 
 
 def test_dwconv2d_empty_batch():

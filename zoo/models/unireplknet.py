@@ -90,6 +90,9 @@ class UniRepLKNet(nn.Module):
         global_pool: ``"avg"`` or ``""`` (no pooling: ``forward_head`` returns NCHW, normalised over channels).
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` for every depthwise convolution.
         ffn_factor: MLP width in units of the block width (4).
+        merge_branches: when each Dilated Reparam Block runs as one merged convolution: ``"eval"`` (running
+            statistics), ``"always"`` (also in training: fewer passes, more host-side ops; for compiled or
+            CUDA-graph training) or ``"never"`` (zoo/layers/dilated_reparam.py).
         device, dtype: where and in which dtype to build the parameters (``device="meta"`` builds no storage).
     """
 
@@ -108,6 +111,7 @@ class UniRepLKNet(nn.Module):
         global_pool: str = "avg",
         backend: str = "auto",
         ffn_factor: int = 4,
+        merge_branches: str = "eval",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -162,6 +166,7 @@ class UniRepLKNet(nn.Module):
                         deploy=deploy,
                         backend=backend,
                         ffn_factor=ffn_factor,
+                        merge_branches=merge_branches,
                     )
                     for j in range(depths[i])
                 ]

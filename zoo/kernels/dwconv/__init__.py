@@ -34,9 +34,11 @@ from __future__ import annotations
 from zoo.kernels.dwconv import _direct, _generic, _igemm, _inception, _wgrad
 from zoo.kernels.dwconv._common import DWCONV_BENCHMARKS, INCEPTION_BENCHMARKS, taps_on_map
 from zoo.kernels.dwconv.ops import (
+    autocast_input,
     dwconv2d,
     dwconv2d_backward,
     dwconv2d_forward,
+    dwconv2d_grads,
     inception_dwconv2d,
     inception_dwconv2d_backward,
     inception_dwconv2d_forward,
@@ -44,6 +46,7 @@ from zoo.kernels.dwconv.ops import (
 from zoo.kernels.dwconv.reference import dwconv2d_reference, inception_dwconv2d_reference
 
 __all__ = [
+    "autocast_input",
     "DWCONV_BENCHMARKS",
     "INCEPTION_BENCHMARKS",
     "aot_specs",
@@ -51,6 +54,7 @@ __all__ = [
     "dwconv2d",
     "dwconv2d_backward",
     "dwconv2d_forward",
+    "dwconv2d_grads",
     "dwconv2d_reference",
     "inception_dwconv2d",
     "inception_dwconv2d_backward",

@@ -28,7 +28,13 @@ from zoo.kernels._backend import (
     triton_op,
 )
 from zoo.kernels.dwconv import _direct, _generic, _igemm, _wgrad
-from zoo.kernels.dwconv._checks import check_dwconv2d_inputs, check_inception_inputs, output_size, pair
+from zoo.kernels.dwconv._checks import (
+    check_dwconv2d_inputs,
+    check_inception_inputs,
+    output_size,
+    pair,
+    same_padding,
+)
 from zoo.kernels.dwconv._common import check_grad_output, check_triton_dtype, empty_like_format, layout_of
 from zoo.kernels.dwconv._cpu import dwconv2d_cpu
 from zoo.kernels.dwconv._inception import (
@@ -126,21 +132,73 @@ def _launch_backward(
     kernel: tuple[int, int],
     stride: tuple[int, int],
     dilation: tuple[int, int],
-) -> tuple[Tensor, Tensor, Tensor]:
+    input_grad: bool = True,
+    weight_grad: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """:func:`dwconv2d_backward` on validated inputs: also for the eager autograd Function, whose forward validated
-    them (autograd passes a gradient of the output's shape, dtype and device; host time counts)."""
-    dx = empty_like_format(x, x.shape)
+    them (autograd passes a gradient of the output's shape, dtype and device; host time counts). ``input_grad`` /
+    ``weight_grad`` False: that launch is skipped and its gradients are None (dx; d weight and d bias)."""
+    dx = empty_like_format(x, x.shape) if input_grad else None
+    dw = db = None
     if grad_output.numel() == 0:
-        return dx.zero_(), torch.zeros_like(weight), weight.new_zeros(x.shape[1])
+        if weight_grad:
+            dw, db = torch.zeros_like(weight), weight.new_zeros(x.shape[1])
+        return None if dx is None else dx.zero_(), dw, db
     weight = weight.contiguous()  # the specialised kernels index [C, 1, kh, kw] directly (a no-op for parameters)
     with device_guard(x.device):
         path = _path(x, kernel, stride, dilation)
-        if path is _generic:
+        if dx is not None and path is _generic:
             _generic.generic_conv(grad_output, weight, None, dx, kernel, stride, dilation, transposed=True)
-        else:
+        elif dx is not None:
             path.input_grad(grad_output, weight, dx, stride, dilation)
-        weight_grad = _igemm.weight_grad if path is _igemm else _wgrad.weight_grad
-        dw, db = weight_grad(x, grad_output, weight, stride, dilation)
+        if weight_grad:
+            launch = _igemm.weight_grad if path is _igemm else _wgrad.weight_grad
+            dw, db = launch(x, grad_output, weight, stride, dilation)
+    return dx, dw, db
+
+
+def dwconv2d_grads(
+    grad_output: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    dilation: int | Sequence[int] = 1,
+    backend: str = "auto",
+    *,
+    input_grad: bool = True,
+    weight_grad: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """The gradients of ``dwconv2d(x, weight, bias, stride=1, dilation=dilation)`` for the output gradient
+    ``grad_output``, without autograd, on the chosen backend: for backward passes built from several
+    convolutions' gradients (zoo/layers/dilated_reparam.py).
+
+    Returns:
+        ``(dx, d weight, d bias)``: dx in the dtype and memory format of ``x``, the others reduced in float32 and
+        returned in the dtype of ``weight``; ``input_grad=False`` gives None for dx, ``weight_grad=False`` None for
+        the other two (their launches are skipped; under ``torch.compile`` the registered backward computes all
+        three). ``grad_output`` is cast to the dtype of ``x``.
+    """
+    grad_output = grad_output.to(x.dtype)
+    if resolve_backend(requested_backend(backend), x, TRITON_DTYPES) == "triton":
+        if torch.compiler.is_compiling():
+            dx, dw, db = torch.ops.zoo.dwconv2d_backward(grad_output, x, weight, [1, 1], list(pair(dilation)))
+        else:
+            kernel, stride, dilation = _check_triton_inputs(x, weight, None, 1, dilation)
+            check_grad_output(grad_output, _output_shape(x, kernel, stride, dilation), x)
+            return _launch_backward(grad_output, x, weight, kernel, stride, dilation, input_grad, weight_grad)
+    else:
+        kernel, stride, dilation = check_dwconv2d_inputs(x, weight, None, 1, dilation)
+        geometry = (list(stride), list(same_padding(kernel, dilation)), list(dilation), False, [0, 0], x.shape[1])
+        dx = dw = db = None
+        if input_grad:
+            dx = torch.ops.aten.convolution_backward(
+                grad_output, x, weight.to(x.dtype), None, *geometry, [True, False, False]
+            )[0]
+        if weight_grad:  # reduced in float32 (ATen's 2-byte weight gradient is rounded to 2 bytes), as the kernels
+            acc = torch.promote_types(x.dtype, torch.float32)
+            _, dw, db = torch.ops.aten.convolution_backward(
+                grad_output.to(acc), x.to(acc), weight.to(acc), [x.shape[1]], *geometry, [False, True, True]
+            )
+            dw, db = dw.to(weight.dtype), db.to(weight.dtype)
     return dx, dw, db
 
 
@@ -275,7 +333,7 @@ class _InceptionFunction(torch.autograd.Function):
         return dx, dw_hw, db_hw, dw_w, db_w, dw_h, db_h
 
 
-def _autocast_input(x: Tensor) -> Tensor:
+def autocast_input(x: Tensor) -> Tensor:
     """Under autocast, the activation goes to the autocast dtype (as for ``F.conv2d``); the weights stay in their
     dtype (the kernels read them and accumulate in float32), so their gradients keep it too."""
     device_type = x.device.type
@@ -310,7 +368,7 @@ def dwconv2d(
         weight and bias.
     """
     check_float_tensor("x", x)
-    x = _autocast_input(x)
+    x = autocast_input(x)
     # the CPU path's test first, on the requested name: most CPU calls run the reference convolution anyway, and
     # the dispatch's own cost (about 1 us) is a few percent of a small one
     choice = requested_backend(backend)
@@ -353,7 +411,7 @@ def inception_dwconv2d(
             :mod:`zoo.kernels.dwconv._cpu` for the formulations measured against it).
     """
     check_float_tensor("x", x)
-    x = _autocast_input(x)
+    x = autocast_input(x)
     args = (x, weight_hw, bias_hw, weight_w, bias_w, weight_h, bias_h)
     if resolve_backend(backend, x, TRITON_DTYPES) == "triton":  # the launchers validate their inputs
         return dispatch_triton(

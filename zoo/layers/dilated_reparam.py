@@ -1,0 +1,270 @@
+"""The Dilated Reparam Block as one K x K convolution, in training as in eval (docs/design.md §12).
+
+The block (:class:`zoo.layers.unireplknet.DilatedReparamBlock`) sums B branches, ``out = sum_b BN_b(conv_b(x))``:
+the K x K depthwise convolution (branch 0) and depthwise convolutions of k_b x k_b taps at dilation r_b, all with
+"same" padding. Every BN is per-channel affine, so with a_b = gamma_b / s_b (s_b the branch's standard deviation:
+the batch's in training, the running one in eval) the block is one convolution,
+
+    out = conv_K(x, W) + c,    W = sum_b a_b E_b(w_b),    c = sum_b (beta_b - a_b mu_b),
+
+where E_b places a branch's taps on the K x K grid (tap (i, j) at P - p_b + r_b (i, j), P = (K - 1) / 2,
+p_b = r_b (k_b - 1) / 2). In eval this is what ``reparameterize`` computes once; here it runs per call and stays
+differentiable. In training mu_b and s_b are the statistics of the branch outputs y_b = conv_b(x), so the branches
+still run, but only for their statistics: their outputs are not normalised, scaled and summed (the training form's
+45 passes over a C x H x W tensor become 21), and the backward (:class:`_MergedTraining`) needs no BatchNorm
+backward and no per-branch output gradient:
+
+* g = d out; the merged convolution's input gradient conv_K^T(g; W) and weight-gradient correlation
+  C(o) = sum_p g_p x_(p + o) over the K x K grid (one call: ``dwconv2d_grads``) give d beta_b = sum g, and
+  sum g y_b = sum_t w_b,t C(E_b t), hence m_b = mean(g z_b) and d gamma_b = N m_b (N = batch x H x W);
+* BN's output gradient dy_b = a_b (g - mean g - z_b m_b) is, per channel, a_b g + k1_b y'_b + k0_b: its g part is
+  already in the merged gradients; its y'_b part is one transposed convolution of the stored y'_b with the
+  weight k1_b w_b and one weight-gradient correlation corr(x, y'_b) per branch; its constant part needs only the
+  batch-summed input (one transposed convolution of a map of ones, and the correlation of the ones with
+  sum_n x, both on one image).
+
+y'_b = conv_b(x) - mu_b is stored centred: the conv's bias is -mu_b (rounded to the dtype of x, as the conv applies
+it; delta_b = mu_b minus the applied value enters k0_b and the variance), and mu_b is computed before the branch
+runs from the batch-summed input (mu_b = sum_t w_b,t S(E_b t) / N, S the correlation of the ones with sum_n x).
+The variance is then mean(y'^2) - delta^2 in float32, without E[y^2] - mu^2's cancellation, and k1_b y'_b does not
+cancel against k0_b in low precision.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from zoo.kernels.dwconv import dwconv2d, dwconv2d_grads
+
+__all__ = [
+    "MERGE_BRANCHES",
+    "branch_tap_positions",
+    "check_merge_branches",
+    "layout_tensors",
+    "merge_branch_weights",
+    "merged_training_forward",
+    "update_running_stats",
+]
+
+
+def branch_tap_positions(kernel_size: int, branches: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Where each branch's taps lie on the K x K grid, flattened (row K + column), branch by branch, each branch's
+    taps in row-major order; and the branch of every tap. ``branches``: (k_b, r_b) per branch."""
+    centre = (kernel_size - 1) // 2
+    positions: list[int] = []
+    owners: list[int] = []
+    for b, (k, r) in enumerate(branches):
+        start = centre - r * (k - 1) // 2
+        if start < 0 or k % 2 == 0:
+            raise ValueError(f"branch {b}: {k} x {k} taps at dilation {r} do not fit a centred {kernel_size} grid")
+        for i in range(k):
+            for j in range(k):
+                positions.append((start + r * i) * kernel_size + start + r * j)
+                owners.append(b)
+    return positions, owners
+
+
+MERGE_BRANCHES = ("eval", "always", "never")  # when the block merges its branches (DilatedReparamBlock)
+
+
+def check_merge_branches(value: str) -> None:
+    """Raise ValueError unless ``value`` is one of :data:`MERGE_BRANCHES` (naming the closest)."""
+    if value not in MERGE_BRANCHES:
+        close = difflib.get_close_matches(str(value), MERGE_BRANCHES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"merge_branches must be one of {', '.join(map(repr, MERGE_BRANCHES))}, got {value!r}{hint}")
+
+
+_LAYOUTS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def layout_tensors(
+    kernel_size: int, branches: Sequence[tuple[int, int]], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """:func:`branch_tap_positions` as two long tensors on ``device``, built once per layout and device (so that a
+    call copies nothing to the device, and a captured CUDA graph's replays read the same tensors)."""
+    key = (kernel_size, tuple(branches), device)
+    hit = None if torch.compiler.is_compiling() else _LAYOUTS.get(key)
+    if hit is None:
+        positions, owners = branch_tap_positions(kernel_size, branches)
+        hit = torch.tensor(positions, device=device), torch.tensor(owners, device=device)
+        if not torch.compiler.is_compiling():
+            _LAYOUTS[key] = hit
+    return hit
+
+
+def _flat_weights(weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """The branches' weights ``[C, 1, k_b, k_b]`` side by side: ``[C, T]``, T the number of taps of all branches."""
+    return torch.cat([w.reshape(w.shape[0], -1) for w in weights], 1).to(dtype)
+
+
+def _per_tap(values: Tensor, tap_branch: Tensor) -> Tensor:
+    """A per-branch, per-channel ``[B, C]`` value for every tap: ``[C, T]``."""
+    return values.t().index_select(1, tap_branch)
+
+
+def _merge(flat: Tensor, scales: Tensor, positions: Tensor, tap_branch: Tensor, kernel_size: int) -> Tensor:
+    """sum_b scales[b] E_b(w_b) from the flattened weights ``flat`` ``[C, T]``: ``[C, 1, K, K]``."""
+    channels = flat.shape[0]
+    merged = flat.new_zeros(channels, kernel_size * kernel_size)
+    merged.index_add_(1, positions, flat * _per_tap(scales, tap_branch))
+    return merged.view(channels, 1, kernel_size, kernel_size)
+
+
+def merge_branch_weights(
+    weights: Sequence[Tensor], scales: Tensor, positions: Tensor, tap_branch: Tensor, kernel_size: int
+) -> Tensor:
+    """The K x K kernel ``sum_b scales[b, c] E_b(weights[b])`` (float32, or float64 for float64 weights),
+    differentiable: the branches' weights ``[C, 1, k_b, k_b]`` scaled per channel, dilated and centred on the grid.
+    ``positions`` and ``tap_branch``: :func:`branch_tap_positions` as long tensors on the weights' device."""
+    dtype = torch.float64 if scales.dtype == torch.float64 else torch.float32
+    return _merge(_flat_weights(weights, dtype), scales.to(dtype), positions, tap_branch, kernel_size)
+
+
+def _segment_sum(values: Tensor, tap_branch: Tensor, branches: int) -> Tensor:
+    """Per-branch sums over the taps of ``values`` ``[C, T]``: ``[B, C]``."""
+    sums = values.new_zeros(values.shape[0], branches)
+    return sums.index_add_(1, tap_branch, values).t()
+
+
+class _MergedTraining(torch.autograd.Function):
+    """The training form's forward and backward as described in the module docstring.
+
+    Inputs: x (in the compute dtype), the layout's ``positions`` and ``tap_branch``, gamma and beta stacked
+    ``[B, C]``, eps, the dilation of every branch, the backend, and the branch weights. Outputs: the block's output
+    and the batch statistics (mean and biased variance ``[B, C]``, float32), not differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, x, positions, tap_branch, gamma, beta, eps, dilations, backend, *weights):
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        channels, kernel_size = x.shape[1], weights[0].shape[-1]
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        x_sum = x.sum(0, keepdim=True, dtype=acc)
+        ones = torch.ones_like(x_sum)
+        grid = x_sum.new_empty(channels, 1, kernel_size, kernel_size)  # only its shape and dtype are read
+        # one image: ATen's convolution (a cuDNN call costs less host time than a Triton launch from Python)
+        _, window_sums, _ = dwconv2d_grads(ones, x_sum, grid, backend="torch", input_grad=False)
+        sums_per_tap = window_sums.view(channels, -1).index_select(1, positions)  # S(E_b t), [C, T]
+        flat = _flat_weights(weights, acc)
+        mean = _segment_sum(flat * sums_per_tap, tap_branch, len(weights)) / count  # [B, C]
+        bias = -mean.to(x.dtype)  # the conv applies its bias in the dtype of x
+        delta = mean + bias.to(acc)
+        centred, squares = [], []
+        for b, (weight, dilation) in enumerate(zip(weights, dilations, strict=True)):
+            y = dwconv2d(x, weight, bias[b], dilation=dilation, backend=backend)
+            centred.append(y)
+            squares.append(torch.linalg.vector_norm(y, 2, dim=(0, 2, 3), dtype=acc))
+        var = (torch.stack(squares).square_() / count - delta * delta).clamp_min_(0)
+        invstd = (var + eps).rsqrt_()
+        scale = gamma.to(acc) * invstd
+        merged = _merge(flat, scale, positions, tap_branch, kernel_size)
+        shift = (beta.to(acc) - scale * mean).sum(0)
+        out = dwconv2d(x, merged, shift, backend=backend)
+        ctx.save_for_backward(
+            x, merged, flat, sums_per_tap, scale, invstd, mean, delta, positions, tap_branch, *centred
+        )
+        shapes, dtypes = [w.shape for w in weights], [w.dtype for w in weights]
+        ctx.layout = (kernel_size, dilations, backend, count, gamma.dtype, beta.dtype, shapes, dtypes)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, merged, flat, sums_per_tap, scale, invstd, mean, delta, positions, tap_branch, *centred = ctx.saved_tensors
+        kernel_size, dilations, backend, count, gamma_dtype, beta_dtype, weight_shapes, weight_dtypes = ctx.layout
+        channels, branches = x.shape[1], len(centred)
+        dx, corr, grad_sum = dwconv2d_grads(grad_out, x, merged, backend=backend)
+        grad_mean = grad_sum / count
+        corr_per_tap = corr.view(channels, -1).index_select(1, positions)  # C(E_b t), [C, T]
+        grad_y = _segment_sum(flat * corr_per_tap, tap_branch, branches)  # sum g y_b (y_b without its bias)
+        m = (grad_y / count - mean * grad_mean) * invstd  # mean(g z_b)
+        k1 = -scale * m * invstd
+        k0 = -scale * grad_mean - k1 * delta
+        flat_k1 = flat * _per_tap(k1, tap_branch)
+        y_corrs, start = [], 0
+        for y, dilation, shape in zip(centred, dilations, weight_shapes, strict=True):
+            size = shape[-2] * shape[-1]
+            weight = flat_k1[:, start : start + size].reshape(shape)
+            dx_b, y_corr, _ = dwconv2d_grads(y, x, weight, dilation, backend)
+            dx.add_(dx_b)
+            y_corrs.append(y_corr.view(channels, size))
+            start += size
+        ones = x.new_ones((1, channels, *x.shape[2:]), dtype=flat.dtype)
+        constant = _merge(flat, k0, positions, tap_branch, kernel_size)
+        dx_constant, _, _ = dwconv2d_grads(ones, ones, constant, backend="torch", weight_grad=False)  # one image
+        dx.add_(dx_constant)
+        grad_flat = corr_per_tap * _per_tap(scale, tap_branch)
+        grad_flat.addcmul_(torch.cat(y_corrs, 1), _per_tap(k1, tap_branch))
+        grad_flat.addcmul_(sums_per_tap, _per_tap(k0, tap_branch))
+        grad_weights, start = [], 0
+        for shape, dtype in zip(weight_shapes, weight_dtypes, strict=True):
+            size = shape[-2] * shape[-1]
+            grad_weights.append(grad_flat[:, start : start + size].reshape(shape).to(dtype))
+            start += size
+        grad_gamma = (m * count).to(gamma_dtype)
+        grad_beta = grad_sum.expand(branches, channels).to(beta_dtype, copy=True)
+        return dx, None, None, grad_gamma, grad_beta, None, None, None, *grad_weights
+
+
+def merged_training_forward(
+    x: Tensor,
+    weights: Sequence[Tensor],
+    dilations: Sequence[int],
+    gamma: Tensor,
+    beta: Tensor,
+    eps: float,
+    positions: Tensor,
+    tap_branch: Tensor,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The block's training-mode output ``sum_b BN_b(conv_b(x))`` (batch statistics) as one merged convolution.
+
+    Args:
+        x: ``[N, C, H, W]`` in the dtype the convolutions run in (the autocast dtype under autocast).
+        weights: the branches' depthwise weights ``[C, 1, k_b, k_b]``, branch 0 the K x K one.
+        dilations: r_b per branch.
+        gamma, beta: the BNs' affine parameters stacked ``[B, C]``; eps: their (common) eps.
+        positions, tap_branch: :func:`branch_tap_positions` as long tensors on the device of x.
+        backend: of every depthwise convolution (see :func:`zoo.kernels.dwconv.dwconv2d`).
+
+    Returns:
+        The output (dtype and memory format of x), and the batch's per-branch mean and biased variance ``[B, C]``
+        (float32; float64 for float64 x), for the running statistics. Differentiable in x, the weights, gamma and
+        beta.
+    """
+    return _MergedTraining.apply(x, positions, tap_branch, gamma, beta, eps, tuple(dilations), backend, *weights)
+
+
+def update_running_stats(norms: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
+    """What a training-mode call of each ``norms[b]`` does to its running statistics, given the batch's mean and
+    biased variance ``[B, C]`` over ``count`` values per channel: ``num_batches_tracked`` + 1, then the running mean
+    and the running (unbiased) variance move towards the batch's by the momentum (1 / ``num_batches_tracked``
+    for momentum None). BNs not in training mode or without running statistics are left alone."""
+    updating = [(b, bn) for b, bn in enumerate(norms) if bn.training and bn.running_mean is not None]
+    if not updating:
+        return
+    with torch.no_grad():
+        tracked = [bn.num_batches_tracked for _, bn in updating if bn.num_batches_tracked is not None]
+        if tracked:
+            torch._foreach_add_(tracked, 1)
+        unbiased = var * (count / (count - 1))
+        running_means = [bn.running_mean for _, bn in updating]
+        running_vars = [bn.running_var for _, bn in updating]
+        momenta = {bn.momentum for _, bn in updating}
+        dtypes = {t.dtype for t in running_means + running_vars}
+        if len(momenta) == 1 and None not in momenta and len(dtypes) == 1:  # the usual case: two launches
+            (dtype,), (factor,) = dtypes, momenta
+            batch_means = mean.to(dtype).unbind(0)
+            batch_vars = unbiased.to(dtype).unbind(0)
+            torch._foreach_lerp_(running_means, [batch_means[b] for b, _ in updating], factor)
+            torch._foreach_lerp_(running_vars, [batch_vars[b] for b, _ in updating], factor)
+            return
+        for b, bn in updating:
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            bn.running_mean.lerp_(mean[b].to(bn.running_mean.dtype), factor)
+            bn.running_var.lerp_(unbiased[b].to(bn.running_var.dtype), factor)
