@@ -113,8 +113,9 @@ def test_merged_form_equals_the_branches_in_float64(kernel_size, mode):
 
 
 def test_merged_form_follows_each_batch_norm_setting():
-    """Momentum None (a cumulative average), no running statistics (batch statistics in eval too), and two
-    training steps (the running statistics and ``num_batches_tracked`` keep following the branches')."""
+    """Momentum None (a cumulative average), two training steps (the running statistics and
+    ``num_batches_tracked`` keep following the branches'), not tracking but keeping the buffers, and no running
+    statistics (batch statistics in eval too)."""
     block = _randomise(DilatedReparamBlock(3, 7, backend="torch", merge_branches="always").double()).train()
     for bn in [block.origin_bn] + [bn for *_, bn in block.branches()]:
         bn.momentum = None
@@ -122,6 +123,12 @@ def test_merged_form_follows_each_batch_norm_setting():
     _compare(block, _input((2, 3, 6, 7)), 1e-12, reference)
     _compare(block, _input((2, 3, 6, 7), seed=3), 1e-12, reference)
     assert int(block.origin_bn.num_batches_tracked) == 2
+    kept = copy.deepcopy(block)  # not tracking, buffers kept: training leaves them alone, eval reads them
+    for module in kept.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.track_running_stats = False
+    _compare(kept, _input((2, 3, 6, 7)), 1e-12)
+    _compare(kept.eval(), _input((2, 3, 6, 7)), 1e-12)
     untracked = _randomise(DilatedReparamBlock(3, 7, backend="torch", merge_branches="always").double())
     for module in untracked.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -130,8 +137,9 @@ def test_merged_form_follows_each_batch_norm_setting():
     _compare(untracked.eval(), _input((2, 3, 6, 7)), 1e-12)
 
 
-def test_parameter_gradients_accumulate_separately():
-    """Two backward passes leave each parameter twice its own gradient (no two BNs share a gradient tensor)."""
+def test_parameter_gradients_accumulate_separately_and_differentiate_once():
+    """Two backward passes leave each parameter twice its own gradient (no two BNs share a gradient tensor); a
+    second differentiation (a gradient penalty) raises instead of giving wrong second derivatives."""
     block = _randomise(DilatedReparamBlock(3, 7, backend="torch", merge_branches="always").double()).train()
     x = _input((2, 3, 6, 6))
     block(x).sum().backward()
@@ -139,6 +147,24 @@ def test_parameter_gradients_accumulate_separately():
     block(x).sum().backward()
     for name, p in block.named_parameters():
         torch.testing.assert_close(p.grad, 2 * first[name], rtol=1e-12, atol=1e-12)
+    x.requires_grad_()
+    (dx,) = torch.autograd.grad(block(x).pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        dx.square().sum().backward()
+
+
+def test_layout_cache_survives_inference_mode():
+    """The index tensors cached by a first call under ``torch.inference_mode`` serve later calls that record
+    autograd (an inference tensor cannot be saved for backward)."""
+    from zoo.layers import dilated_reparam
+
+    dilated_reparam._LAYOUTS.clear()
+    block = _randomise(DilatedReparamBlock(3, 7, backend="torch", merge_branches="always").double())
+    x = _input((2, 3, 6, 6))
+    with torch.inference_mode():
+        block.eval()(x)
+    for mode in ("eval", "train"):
+        _compare(getattr(block, mode)(), x, 1e-12)
 
 
 def test_falls_back_to_the_branches_where_the_merge_would_differ(monkeypatch):
@@ -227,15 +253,20 @@ def test_merged_form_on_the_triton_kernels(kernel_size, dtype):
     _compare(block, x.to(dtype), bound, reference.to(DEVICE), x)
 
 
-def test_merged_training_form_compiles_into_one_graph():
-    """``torch.compile(fullgraph=True)`` traces the merged training form (its autograd Function, the running
-    statistics' updates) and gives the eager output, gradients and statistics."""
-    block = _randomise(DilatedReparamBlock(3, 7, backend="torch", merge_branches="always")).train()
+@pytest.mark.parametrize("backend, compiler", [("torch", "inductor"), ("triton", "aot_eager")])
+def test_merged_training_form_compiles_into_one_graph(backend, compiler):
+    """``torch.compile(fullgraph=True)`` traces the merged training form (its autograd Function, the registered
+    depthwise ops of the Triton backend, the running statistics' updates) and gives the eager output, gradients
+    and statistics (Inductor on the PyTorch backend; the Triton ops' traced kernels run on a GPU only, so on the
+    interpreter the graph runs on ``aot_eager``)."""
+    if backend == "triton" and DEVICE.type == "cuda":
+        compiler = "inductor"
+    block = _randomise(DilatedReparamBlock(3, 7, backend=backend, merge_branches="always")).train().to(DEVICE)
     compiled = copy.deepcopy(block)
-    x = _input((2, 3, 6, 5), dtype=torch.float32)
-    grad = _input(x.shape, dtype=torch.float32, seed=2)
+    x = _input((2, 3, 6, 5), dtype=torch.float32).to(DEVICE)
+    grad = _input(x.shape, dtype=torch.float32, seed=2).to(DEVICE)
     out, grads = _run(block, x, grad, branches=False)
-    compiled.forward = torch.compile(compiled.forward, fullgraph=True)
+    compiled.forward = torch.compile(compiled.forward, fullgraph=True, backend=compiler)
     compiled_out, compiled_grads = _run(compiled, x, grad, branches=False)
     torch.testing.assert_close(compiled_out, out, rtol=1e-4, atol=1e-4)
     for name, value in grads.items():

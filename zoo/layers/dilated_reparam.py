@@ -20,35 +20,54 @@ backward and no per-branch output gradient:
 * BN's output gradient dy_b = a_b (g - mean g - z_b m_b) is, per channel, a_b g + k1_b y'_b + k0_b: its g part is
   already in the merged gradients; its y'_b part is one transposed convolution of the stored y'_b with the
   weight k1_b w_b and one weight-gradient correlation corr(x, y'_b) per branch; its constant part needs only the
-  batch-summed input (one transposed convolution of a map of ones, and the correlation of the ones with
-  sum_n x, both on one image).
+  batch-summed input: the correlation of a map of ones with sum_n x, and the transposed convolution of a map of
+  ones, both box sums of C x H x W or C x K x K values (float64 prefix sums).
 
 y'_b = conv_b(x) - mu_b is stored centred: the conv's bias is -mu_b (rounded to the dtype of x, as the conv applies
 it; delta_b = mu_b minus the applied value enters k0_b and the variance), and mu_b is computed before the branch
 runs from the batch-summed input (mu_b = sum_t w_b,t S(E_b t) / N, S the correlation of the ones with sum_n x).
 The variance is then mean(y'^2) - delta^2 in float32, without E[y^2] - mu^2's cancellation, and k1_b y'_b does not
-cancel against k0_b in low precision.
+cancel against k0_b in low precision. The g part does cancel against the constant part where g has a large mean
+per channel: the input gradient's low-precision rounding is relative to the size of g (in UniRepLKNet a BN follows
+the block, so g arrives centred; with mean(g) three times its spread, bf16's error grew from 1.2% to 4.4%).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
+from zoo.kernels._backend import once_differentiable
 from zoo.kernels.dwconv import dwconv2d, dwconv2d_grads
 
 __all__ = [
     "MERGE_BRANCHES",
+    "BranchLayout",
+    "branch_layout",
     "branch_tap_positions",
     "check_merge_branches",
-    "layout_tensors",
     "merge_branch_weights",
     "merged_training_forward",
     "update_running_stats",
 ]
+
+MERGE_BRANCHES = ("eval", "always", "never")  # when the block merges its branches (DilatedReparamBlock)
+
+
+def check_merge_branches(value: str) -> None:
+    """Raise ValueError unless ``value`` is one of :data:`MERGE_BRANCHES` (naming the closest)."""
+    if value not in MERGE_BRANCHES:
+        close = difflib.get_close_matches(str(value), MERGE_BRANCHES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"merge_branches must be one of {', '.join(map(repr, MERGE_BRANCHES))}, got {value!r}{hint}")
 
 
 def branch_tap_positions(kernel_size: int, branches: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
@@ -68,32 +87,60 @@ def branch_tap_positions(kernel_size: int, branches: Sequence[tuple[int, int]]) 
     return positions, owners
 
 
-MERGE_BRANCHES = ("eval", "always", "never")  # when the block merges its branches (DilatedReparamBlock)
+class BranchLayout(NamedTuple):
+    """Index tensors of one branch table on one device (:func:`branch_layout`). Every sum over taps is a gather
+    into a padded ``[C, B, .]`` tensor (a tap index, or T for a zero) and a sum along one axis: no scatter, so the
+    results do not depend on the order of atomic adds (the backward of a gather with distinct indices has none)."""
+
+    kernel_size: int
+    counts: tuple[int, ...]  # taps per branch (T in all)
+    positions: Tensor  # [T]: each tap's flat position on the K x K grid
+    grid_gather: Tensor  # [B K K]: the tap of branch b at grid position g, or T
+    segment_gather: Tensor  # [B most]: branch b's taps, padded with T
 
 
-def check_merge_branches(value: str) -> None:
-    """Raise ValueError unless ``value`` is one of :data:`MERGE_BRANCHES` (naming the closest)."""
-    if value not in MERGE_BRANCHES:
-        close = difflib.get_close_matches(str(value), MERGE_BRANCHES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"merge_branches must be one of {', '.join(map(repr, MERGE_BRANCHES))}, got {value!r}{hint}")
+_LAYOUTS: dict[tuple, BranchLayout] = {}
 
 
-_LAYOUTS: dict[tuple, tuple[Tensor, Tensor]] = {}
+def _cacheable() -> bool:
+    """Whether index tensors built now may be cached for later calls: not while ``torch.compile`` traces or fake
+    (or functional) tensors are being made, whose tensors a later real call cannot use."""
+    if torch.compiler.is_compiling():
+        return False
+    return not any(isinstance(m, (FakeTensorMode, FunctionalTensorMode)) for m in _get_current_dispatch_mode_stack())
 
 
-def layout_tensors(
-    kernel_size: int, branches: Sequence[tuple[int, int]], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """:func:`branch_tap_positions` as two long tensors on ``device``, built once per layout and device (so that a
-    call copies nothing to the device, and a captured CUDA graph's replays read the same tensors)."""
-    key = (kernel_size, tuple(branches), device)
-    hit = None if torch.compiler.is_compiling() else _LAYOUTS.get(key)
-    if hit is None:
-        positions, owners = branch_tap_positions(kernel_size, branches)
-        hit = torch.tensor(positions, device=device), torch.tensor(owners, device=device)
-        if not torch.compiler.is_compiling():
-            _LAYOUTS[key] = hit
+def branch_layout(kernel_size: int, branches: Sequence[tuple[int, int]], device: torch.device) -> BranchLayout:
+    """The :class:`BranchLayout` of ``branches`` ((k_b, r_b), branch 0 the K x K one) on ``device``: built once per
+    layout and device (a call then copies nothing to the device, and a captured CUDA graph's replays read the same
+    tensors); built without caching while ``torch.compile`` traces or fake tensors are made (:func:`_cacheable`)."""
+    key = (kernel_size, tuple(branches), torch.device(device))
+    cache = _cacheable()
+    hit = _LAYOUTS.get(key) if cache else None
+    if hit is not None:
+        return hit
+    positions, owners = branch_tap_positions(kernel_size, branches)
+    taps, grid = len(positions), kernel_size * kernel_size
+    counts = tuple(k * k for k, _ in branches)
+    grid_gather = [taps] * (len(branches) * grid)
+    for t, (position, b) in enumerate(zip(positions, owners, strict=True)):
+        grid_gather[b * grid + position] = t
+    most = max(counts)
+    segment_gather = [taps] * (len(branches) * most)
+    start = 0
+    for b, count in enumerate(counts):
+        segment_gather[b * most : b * most + count] = range(start, start + count)
+        start += count
+    with torch.inference_mode(False):  # cached tensors must be usable outside inference mode too
+        hit = BranchLayout(
+            kernel_size,
+            counts,
+            torch.tensor(positions, device=device),
+            torch.tensor(grid_gather, device=device),
+            torch.tensor(segment_gather, device=device),
+        )
+    if cache:
+        _LAYOUTS[key] = hit
     return hit
 
 
@@ -102,56 +149,122 @@ def _flat_weights(weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
     return torch.cat([w.reshape(w.shape[0], -1) for w in weights], 1).to(dtype)
 
 
-def _per_tap(values: Tensor, tap_branch: Tensor) -> Tensor:
+def _per_tap(values: Tensor, counts: Sequence[int]) -> Tensor:
     """A per-branch, per-channel ``[B, C]`` value for every tap: ``[C, T]``."""
-    return values.t().index_select(1, tap_branch)
+    return torch.cat([values[b, :, None].expand(-1, count) for b, count in enumerate(counts)], 1)
 
 
-def _merge(flat: Tensor, scales: Tensor, positions: Tensor, tap_branch: Tensor, kernel_size: int) -> Tensor:
+def _gather_planes(values: Tensor, index: Tensor, planes: int) -> Tensor:
+    """``values`` ``[C, T]`` gathered by ``index`` (T: zero) into ``[C, planes, len(index) / planes]``."""
+    padded = F.pad(values, (0, 1))
+    return padded.index_select(1, index).view(values.shape[0], planes, -1)
+
+
+def _merge(flat: Tensor, scales: Tensor, layout: BranchLayout) -> Tensor:
     """sum_b scales[b] E_b(w_b) from the flattened weights ``flat`` ``[C, T]``: ``[C, 1, K, K]``."""
-    channels = flat.shape[0]
-    merged = flat.new_zeros(channels, kernel_size * kernel_size)
-    merged.index_add_(1, positions, flat * _per_tap(scales, tap_branch))
-    return merged.view(channels, 1, kernel_size, kernel_size)
+    k = layout.kernel_size
+    planes = _gather_planes(flat * _per_tap(scales, layout.counts), layout.grid_gather, len(layout.counts))
+    return planes.sum(1).view(flat.shape[0], 1, k, k)
 
 
-def merge_branch_weights(
-    weights: Sequence[Tensor], scales: Tensor, positions: Tensor, tap_branch: Tensor, kernel_size: int
-) -> Tensor:
-    """The K x K kernel ``sum_b scales[b, c] E_b(weights[b])`` (float32, or float64 for float64 weights),
-    differentiable: the branches' weights ``[C, 1, k_b, k_b]`` scaled per channel, dilated and centred on the grid.
-    ``positions`` and ``tap_branch``: :func:`branch_tap_positions` as long tensors on the weights' device."""
-    dtype = torch.float64 if scales.dtype == torch.float64 else torch.float32
-    return _merge(_flat_weights(weights, dtype), scales.to(dtype), positions, tap_branch, kernel_size)
-
-
-def _segment_sum(values: Tensor, tap_branch: Tensor, branches: int) -> Tensor:
+def _segment_sum(values: Tensor, layout: BranchLayout) -> Tensor:
     """Per-branch sums over the taps of ``values`` ``[C, T]``: ``[B, C]``."""
-    sums = values.new_zeros(values.shape[0], branches)
-    return sums.index_add_(1, tap_branch, values).t()
+    return _gather_planes(values, layout.segment_gather, len(layout.counts)).sum(2).t()
+
+
+def merge_branch_weights(weights: Sequence[Tensor], scales: Tensor, layout: BranchLayout) -> Tensor:
+    """The K x K kernel ``sum_b scales[b, c] E_b(weights[b])`` in the dtype of ``scales`` ``[B, C]``,
+    differentiable: the branches' weights ``[C, 1, k_b, k_b]`` scaled per channel, dilated and centred on the grid
+    (:func:`branch_layout`)."""
+    return _merge(_flat_weights(weights, scales.dtype), scales, layout)
+
+
+def _box_corners(rows: Sequence[tuple[int, int]], cols: Sequence[tuple[int, int]], width: int) -> list[int]:
+    """Flat indices, on a (. + 1) x (``width`` + 1) prefix-sum grid, of the four corners of every rectangle
+    rows[a] x cols[b] ([start, end) ranges; rectangles row-major): all the (end, end) corners, then (start, end),
+    (end, start), (start, start)."""
+    stride = width + 1
+    pairs = [(r, c) for r in rows for c in cols]
+    return [
+        ri * stride + ci
+        for pick in ((1, 1), (0, 1), (1, 0), (0, 0))
+        for r, c in pairs
+        for ri, ci in [(r[pick[0]], c[pick[1]])]
+    ]
+
+
+class _Boxes(NamedTuple):
+    """Prefix-sum corners of the two box sums of one (K, H, W) on one device, and their signs."""
+
+    window: Tensor  # [4 K K]: per grid offset o, the map positions q with q - o on the map (on the H x W map)
+    transposed: Tensor  # [4 H W]: per map position q, the taps t with q - t + P on the map (on the K x K grid)
+    signs: Tensor  # [4, 1]: + - - +
+
+
+_BOXES: dict[tuple, _Boxes] = {}
+
+
+def _boxes(kernel_size: int, height: int, width: int, device: torch.device) -> _Boxes:
+    """:class:`_Boxes`, cached as :func:`branch_layout` caches its tensors."""
+    key = (kernel_size, height, width, torch.device(device))
+    cache = _cacheable()
+    hit = _BOXES.get(key) if cache else None
+    if hit is not None:
+        return hit
+    centre = (kernel_size - 1) // 2
+
+    def clamp(v: int, size: int) -> int:
+        return min(max(v, 0), size)
+
+    offsets = range(-centre, centre + 1)
+    window = _box_corners(
+        [(clamp(o, height), clamp(height + min(o, 0), height)) for o in offsets],
+        [(clamp(o, width), clamp(width + min(o, 0), width)) for o in offsets],
+        width,
+    )
+    transposed = _box_corners(
+        [(clamp(q + centre - height + 1, kernel_size), clamp(q + centre + 1, kernel_size)) for q in range(height)],
+        [(clamp(q + centre - width + 1, kernel_size), clamp(q + centre + 1, kernel_size)) for q in range(width)],
+        kernel_size,
+    )
+    with torch.inference_mode(False):
+        hit = _Boxes(
+            torch.tensor(window, device=device),
+            torch.tensor(transposed, device=device),
+            torch.tensor([[1.0], [-1.0], [-1.0], [1.0]], dtype=torch.float64, device=device),
+        )
+    if cache:
+        _BOXES[key] = hit
+    return hit
+
+
+def _box_sums(values: Tensor, corners: Tensor, signs: Tensor) -> Tensor:
+    """Sums of ``values`` ``[C, h, w]`` over rectangles given by their prefix-sum ``corners`` (:func:`_box_corners`):
+    ``[C, M]`` in float64, from 2-D prefix sums (exact for these sizes, unlike a convolution, which cuDNN may run in
+    TF32, and without atomics)."""
+    c = values.shape[0]
+    prefix = F.pad(values.double().cumsum(1).cumsum(2), (1, 0, 1, 0)).view(c, -1)
+    return (prefix.index_select(1, corners).view(c, 4, -1) * signs).sum(1)
 
 
 class _MergedTraining(torch.autograd.Function):
     """The training form's forward and backward as described in the module docstring.
 
-    Inputs: x (in the compute dtype), the layout's ``positions`` and ``tap_branch``, gamma and beta stacked
-    ``[B, C]``, eps, the dilation of every branch, the backend, and the branch weights. Outputs: the block's output
-    and the batch statistics (mean and biased variance ``[B, C]``, float32), not differentiable.
+    Inputs: x (in the compute dtype), gamma and beta stacked ``[B, C]``, eps, the dilation of every branch, the
+    :class:`BranchLayout`, the backend, and the branch weights. Outputs: the block's output and the batch
+    statistics (mean and biased variance ``[B, C]``, float32), not differentiable. Not twice differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, positions, tap_branch, gamma, beta, eps, dilations, backend, *weights):
+    def forward(ctx, x, gamma, beta, eps, dilations, layout, backend, *weights):
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        channels, kernel_size = x.shape[1], weights[0].shape[-1]
         count = x.shape[0] * x.shape[2] * x.shape[3]
-        x_sum = x.sum(0, keepdim=True, dtype=acc)
-        ones = torch.ones_like(x_sum)
-        grid = x_sum.new_empty(channels, 1, kernel_size, kernel_size)  # only its shape and dtype are read
-        # one image: ATen's convolution (a cuDNN call costs less host time than a Triton launch from Python)
-        _, window_sums, _ = dwconv2d_grads(ones, x_sum, grid, backend="torch", input_grad=False)
-        sums_per_tap = window_sums.view(channels, -1).index_select(1, positions)  # S(E_b t), [C, T]
+        x_sum = x.sum(0, dtype=acc)
+        boxes = _boxes(layout.kernel_size, x.shape[2], x.shape[3], x.device)
+        window_sums = _box_sums(x_sum, boxes.window, boxes.signs)  # correlation of a map of ones with x_sum
+        sums_per_tap = window_sums.index_select(1, layout.positions).to(acc)  # S(E_b t), [C, T]
         flat = _flat_weights(weights, acc)
-        mean = _segment_sum(flat * sums_per_tap, tap_branch, len(weights)) / count  # [B, C]
+        mean = _segment_sum(flat * sums_per_tap, layout) / count  # [B, C]
         bias = -mean.to(x.dtype)  # the conv applies its bias in the dtype of x
         delta = mean + bias.to(acc)
         centred, squares = [], []
@@ -162,30 +275,29 @@ class _MergedTraining(torch.autograd.Function):
         var = (torch.stack(squares).square_() / count - delta * delta).clamp_min_(0)
         invstd = (var + eps).rsqrt_()
         scale = gamma.to(acc) * invstd
-        merged = _merge(flat, scale, positions, tap_branch, kernel_size)
+        merged = _merge(flat, scale, layout)
         shift = (beta.to(acc) - scale * mean).sum(0)
         out = dwconv2d(x, merged, shift, backend=backend)
-        ctx.save_for_backward(
-            x, merged, flat, sums_per_tap, scale, invstd, mean, delta, positions, tap_branch, *centred
-        )
+        ctx.save_for_backward(x, merged, flat, sums_per_tap, scale, invstd, mean, delta, *centred)
         shapes, dtypes = [w.shape for w in weights], [w.dtype for w in weights]
-        ctx.layout = (kernel_size, dilations, backend, count, gamma.dtype, beta.dtype, shapes, dtypes)
+        ctx.layout = (layout, dilations, backend, count, gamma.dtype, beta.dtype, shapes, dtypes)
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_var):
-        x, merged, flat, sums_per_tap, scale, invstd, mean, delta, positions, tap_branch, *centred = ctx.saved_tensors
-        kernel_size, dilations, backend, count, gamma_dtype, beta_dtype, weight_shapes, weight_dtypes = ctx.layout
+        x, merged, flat, sums_per_tap, scale, invstd, mean, delta, *centred = ctx.saved_tensors
+        layout, dilations, backend, count, gamma_dtype, beta_dtype, weight_shapes, weight_dtypes = ctx.layout
         channels, branches = x.shape[1], len(centred)
         dx, corr, grad_sum = dwconv2d_grads(grad_out, x, merged, backend=backend)
         grad_mean = grad_sum / count
-        corr_per_tap = corr.view(channels, -1).index_select(1, positions)  # C(E_b t), [C, T]
-        grad_y = _segment_sum(flat * corr_per_tap, tap_branch, branches)  # sum g y_b (y_b without its bias)
+        corr_per_tap = corr.view(channels, -1).index_select(1, layout.positions)  # C(E_b t), [C, T]
+        grad_y = _segment_sum(flat * corr_per_tap, layout)  # sum g y_b (y_b without its bias)
         m = (grad_y / count - mean * grad_mean) * invstd  # mean(g z_b)
         k1 = -scale * m * invstd
         k0 = -scale * grad_mean - k1 * delta
-        flat_k1 = flat * _per_tap(k1, tap_branch)
+        flat_k1 = flat * _per_tap(k1, layout.counts)
         y_corrs, start = [], 0
         for y, dilation, shape in zip(centred, dilations, weight_shapes, strict=True):
             size = shape[-2] * shape[-1]
@@ -194,13 +306,12 @@ class _MergedTraining(torch.autograd.Function):
             dx.add_(dx_b)
             y_corrs.append(y_corr.view(channels, size))
             start += size
-        ones = x.new_ones((1, channels, *x.shape[2:]), dtype=flat.dtype)
-        constant = _merge(flat, k0, positions, tap_branch, kernel_size)
-        dx_constant, _, _ = dwconv2d_grads(ones, ones, constant, backend="torch", weight_grad=False)  # one image
-        dx.add_(dx_constant)
-        grad_flat = corr_per_tap * _per_tap(scale, tap_branch)
-        grad_flat.addcmul_(torch.cat(y_corrs, 1), _per_tap(k1, tap_branch))
-        grad_flat.addcmul_(sums_per_tap, _per_tap(k0, tap_branch))
+        constant = _merge(flat, k0, layout).view(channels, layout.kernel_size, layout.kernel_size)
+        boxes = _boxes(layout.kernel_size, x.shape[2], x.shape[3], x.device)
+        dx.add_(_box_sums(constant, boxes.transposed, boxes.signs).view(1, channels, *x.shape[2:]))  # conv^T of ones
+        grad_flat = corr_per_tap * _per_tap(scale, layout.counts)
+        grad_flat.addcmul_(torch.cat(y_corrs, 1), _per_tap(k1, layout.counts))
+        grad_flat.addcmul_(sums_per_tap, _per_tap(k0, layout.counts))
         grad_weights, start = [], 0
         for shape, dtype in zip(weight_shapes, weight_dtypes, strict=True):
             size = shape[-2] * shape[-1]
@@ -208,7 +319,7 @@ class _MergedTraining(torch.autograd.Function):
             start += size
         grad_gamma = (m * count).to(gamma_dtype)
         grad_beta = grad_sum.expand(branches, channels).to(beta_dtype, copy=True)
-        return dx, None, None, grad_gamma, grad_beta, None, None, None, *grad_weights
+        return dx, grad_gamma, grad_beta, None, None, None, None, *grad_weights
 
 
 def merged_training_forward(
@@ -218,8 +329,7 @@ def merged_training_forward(
     gamma: Tensor,
     beta: Tensor,
     eps: float,
-    positions: Tensor,
-    tap_branch: Tensor,
+    layout: BranchLayout,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The block's training-mode output ``sum_b BN_b(conv_b(x))`` (batch statistics) as one merged convolution.
@@ -229,23 +339,25 @@ def merged_training_forward(
         weights: the branches' depthwise weights ``[C, 1, k_b, k_b]``, branch 0 the K x K one.
         dilations: r_b per branch.
         gamma, beta: the BNs' affine parameters stacked ``[B, C]``; eps: their (common) eps.
-        positions, tap_branch: :func:`branch_tap_positions` as long tensors on the device of x.
+        layout: :func:`branch_layout` of the branches on the device of x.
         backend: of every depthwise convolution (see :func:`zoo.kernels.dwconv.dwconv2d`).
 
     Returns:
         The output (dtype and memory format of x), and the batch's per-branch mean and biased variance ``[B, C]``
-        (float32; float64 for float64 x), for the running statistics. Differentiable in x, the weights, gamma and
-        beta.
+        (float32; float64 for float64 x), for the running statistics. Differentiable once in x, the weights, gamma
+        and beta (a second differentiation raises).
     """
-    return _MergedTraining.apply(x, positions, tap_branch, gamma, beta, eps, tuple(dilations), backend, *weights)
+    return _MergedTraining.apply(x, gamma, beta, eps, tuple(dilations), layout, backend, *weights)
 
 
 def update_running_stats(norms: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
     """What a training-mode call of each ``norms[b]`` does to its running statistics, given the batch's mean and
     biased variance ``[B, C]`` over ``count`` values per channel: ``num_batches_tracked`` + 1, then the running mean
     and the running (unbiased) variance move towards the batch's by the momentum (1 / ``num_batches_tracked``
-    for momentum None). BNs not in training mode or without running statistics are left alone."""
-    updating = [(b, bn) for b, bn in enumerate(norms) if bn.training and bn.running_mean is not None]
+    for momentum None). BNs not in training mode, not tracking, or without running statistics are left alone."""
+    updating = [
+        (b, bn) for b, bn in enumerate(norms) if bn.training and bn.track_running_stats and bn.running_mean is not None
+    ]
     if not updating:
         return
     with torch.no_grad():

@@ -25,8 +25,9 @@ from zoo.kernels import _cpu_compile
 from zoo.kernels._backend import requested_backend
 from zoo.kernels.dwconv import autocast_input, dwconv2d
 from zoo.layers.dilated_reparam import (
+    BranchLayout,
+    branch_layout,
     check_merge_branches,
-    layout_tensors,
     merge_branch_weights,
     merged_training_forward,
     update_running_stats,
@@ -150,8 +151,9 @@ class DilatedReparamBlock(nn.Module):
             values up to rounding): ``"eval"`` (the default): with the BNs' running statistics only (one launch
             instead of every branch's convolution, BN and sum); ``"always"``, also with the batch's statistics in
             training (21 passes over the activations instead of 45 forward, about 48 instead of 63 backward, but
-            about twice the small host-side ops: for compiled or CUDA-graph training); ``"never"``: branch by
-            branch (:meth:`forward_branches`).
+            about twice the small host-side ops: for compiled or CUDA-graph training; its low-precision input
+            gradient assumes an output gradient centred per channel, as when a BN follows, as in UniRepLKNet);
+            ``"never"``: branch by branch (:meth:`forward_branches`).
     """
 
     def __init__(
@@ -206,7 +208,7 @@ class DilatedReparamBlock(nn.Module):
 
     def forward_branches(self, x: Tensor) -> Tensor:
         """The training form as the paper writes it (the reference): every branch's convolution and BN, summed."""
-        out = self.origin_bn(dwconv2d(x, self.lk_origin.weight, backend=self.backend))
+        out = self.origin_bn(dwconv2d(x, self.lk_origin.weight, self.lk_origin.bias, backend=self.backend))
         for _, r, conv, bn in self.branches():
             out = out + bn(dwconv2d(x, conv.weight, dilation=r, backend=self.backend))
         return out
@@ -230,9 +232,9 @@ class DilatedReparamBlock(nn.Module):
         batch_stats = {bn.training or bn.running_mean is None for bn in norms}
         return len(batch_stats) == 1 and (False in batch_stats or x.shape[0] * x.shape[2] * x.shape[3] > 1)
 
-    def _layout(self, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _layout(self, device: torch.device) -> BranchLayout:
         branches = [(self.kernel_size, 1), *zip(self.kernel_sizes, self.dilates, strict=True)]
-        return layout_tensors(self.kernel_size, branches, device)
+        return branch_layout(self.kernel_size, branches, device)
 
     def forward_merged(self, x: Tensor) -> Tensor:
         """The training form as one K x K convolution (zoo/layers/dilated_reparam.py): with the batch's
@@ -241,30 +243,32 @@ class DilatedReparamBlock(nn.Module):
         would deploy, built per call and differentiable)."""
         norms = self._norms()
         weights = [self.lk_origin.weight] + [conv.weight for _, _, conv, _ in self.branches()]
-        positions, tap_branch = self._layout(x.device)
+        layout = self._layout(x.device)
         gamma = torch.stack([bn.weight for bn in norms])
         beta = torch.stack([bn.bias for bn in norms])
         if self.origin_bn.training or self.origin_bn.running_mean is None:
             x = autocast_input(x)
             dilations = [1, *self.dilates]
             out, mean, var = merged_training_forward(
-                x, weights, dilations, gamma, beta, norms[0].eps, positions, tap_branch, self.backend
+                x, weights, dilations, gamma, beta, norms[0].eps, layout, self.backend
             )
             update_running_stats(norms, mean, var, x.shape[0] * x.shape[2] * x.shape[3])
-            return out  # the lk_origin bias of a hand-made mix of forms would cancel in origin_bn
-        weight, bias = self._eval_kernel(weights, norms, gamma, beta, positions, tap_branch)
+            return out  # the lk_origin bias of a hand-made mix of forms cancels in origin_bn
+        weight, bias = self._eval_kernel(weights, norms, gamma, beta, layout)
         return dwconv2d(x, weight, bias, backend=self.backend)
 
-    def _eval_kernel(self, weights, norms, gamma, beta, positions, tap_branch) -> tuple[Tensor, Tensor]:
+    def _eval_kernel(self, weights, norms, gamma, beta, layout: BranchLayout) -> tuple[Tensor, Tensor]:
         """The merged kernel and bias of the eval form (running statistics), differentiable, in float32 (float64
         for float64 parameters)."""
-        running_mean = torch.stack([bn.running_mean for bn in norms])
-        scale = gamma / (torch.stack([bn.running_var for bn in norms]) + norms[0].eps).sqrt()
-        weight = merge_branch_weights(weights, scale, positions, tap_branch, self.kernel_size)
-        bias = (beta - scale * running_mean).sum(0)
+        acc = torch.float64 if gamma.dtype == torch.float64 else torch.float32
+        running_mean = torch.stack([bn.running_mean for bn in norms]).to(acc)
+        running_var = torch.stack([bn.running_var for bn in norms]).to(acc)
+        scale = gamma.to(acc) / (running_var + norms[0].eps).sqrt()
+        weight = merge_branch_weights(weights, scale, layout)
+        bias = (beta.to(acc) - scale * running_mean).sum(0)
         if self.lk_origin.bias is not None:
-            bias = bias + scale[0] * self.lk_origin.bias
-        return weight, bias.to(weight.dtype)
+            bias = bias + scale[0] * self.lk_origin.bias.to(acc)
+        return weight, bias
 
     @torch.no_grad()
     def merged_kernel(self) -> tuple[Tensor, Tensor]:
@@ -275,7 +279,7 @@ class DilatedReparamBlock(nn.Module):
         weights = [self.lk_origin.weight] + [conv.weight for _, _, conv, _ in self.branches()]
         gamma = torch.stack([bn.weight for bn in norms])
         beta = torch.stack([bn.bias for bn in norms])
-        weight, bias = self._eval_kernel(weights, norms, gamma, beta, *self._layout(weights[0].device))
+        weight, bias = self._eval_kernel(weights, norms, gamma, beta, self._layout(weights[0].device))
         dtype = self.lk_origin.weight.dtype
         return weight.to(dtype), bias.to(dtype)
 

@@ -180,7 +180,9 @@ def dwconv2d_grads(
     grad_output = grad_output.to(x.dtype)
     if resolve_backend(requested_backend(backend), x, TRITON_DTYPES) == "triton":
         if torch.compiler.is_compiling():
-            dx, dw, db = torch.ops.zoo.dwconv2d_backward(grad_output, x, weight, [1, 1], list(pair(dilation)))
+            dx, dw, db = torch.ops.zoo.dwconv2d_backward(
+                grad_output, x, weight, [1, 1], list(pair(dilation, "dilation"))
+            )
         else:
             kernel, stride, dilation = _check_triton_inputs(x, weight, None, 1, dilation)
             check_grad_output(grad_output, _output_shape(x, kernel, stride, dilation), x)
