@@ -310,7 +310,8 @@ class DilatedReparamBlock(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, kernel_size={self.kernel_size}, branches={list(self.kernel_sizes)}/"
-            f"{list(self.dilates)}, deploy={self.deploy}, backend={self.backend!r}"
+            f"{list(self.dilates)}, deploy={self.deploy}, backend={self.backend!r}, "
+            f"merge_branches={self.merge_branches!r}"
         )
 
 
