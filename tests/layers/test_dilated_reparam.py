@@ -253,20 +253,16 @@ def test_merged_form_on_the_triton_kernels(kernel_size, dtype):
     _compare(block, x.to(dtype), bound, reference.to(DEVICE), x)
 
 
-@pytest.mark.parametrize("backend, compiler", [("torch", "inductor"), ("triton", "aot_eager")])
-def test_merged_training_form_compiles_into_one_graph(backend, compiler):
-    """``torch.compile(fullgraph=True)`` traces the merged training form (its autograd Function, the registered
-    depthwise ops of the Triton backend, the running statistics' updates) and gives the eager output, gradients
-    and statistics (Inductor on the PyTorch backend; the Triton ops' traced kernels run on a GPU only, so on the
-    interpreter the graph runs on ``aot_eager``)."""
-    if backend == "triton" and DEVICE.type == "cuda":
-        compiler = "inductor"
-    block = _randomise(DilatedReparamBlock(3, 7, backend=backend, merge_branches="always")).train().to(DEVICE)
+def test_merged_training_form_compiles_into_one_graph():
+    """``torch.compile(fullgraph=True)`` traces the merged training form (its autograd Function, the running
+    statistics' updates) and gives the eager output, gradients and statistics (on the PyTorch backend; the Triton
+    backend's depthwise gradients under ``torch.compile``: tests/kernels/test_dwconv.py)."""
+    block = _randomise(DilatedReparamBlock(3, 7, backend="torch", merge_branches="always")).train()
     compiled = copy.deepcopy(block)
-    x = _input((2, 3, 6, 5), dtype=torch.float32).to(DEVICE)
-    grad = _input(x.shape, dtype=torch.float32, seed=2).to(DEVICE)
+    x = _input((2, 3, 6, 5), dtype=torch.float32)
+    grad = _input(x.shape, dtype=torch.float32, seed=2)
     out, grads = _run(block, x, grad, branches=False)
-    compiled.forward = torch.compile(compiled.forward, fullgraph=True, backend=compiler)
+    compiled.forward = torch.compile(compiled.forward, fullgraph=True)
     compiled_out, compiled_grads = _run(compiled, x, grad, branches=False)
     torch.testing.assert_close(compiled_out, out, rtol=1e-4, atol=1e-4)
     for name, value in grads.items():
