@@ -308,7 +308,8 @@ class _MergedTraining(torch.autograd.Function):
             start += size
         constant = _merge(flat, k0, layout).view(channels, layout.kernel_size, layout.kernel_size)
         boxes = _boxes(layout.kernel_size, x.shape[2], x.shape[3], x.device)
-        dx.add_(_box_sums(constant, boxes.transposed, boxes.signs).view(1, channels, *x.shape[2:]))  # conv^T of ones
+        transposed_ones = _box_sums(constant, boxes.transposed, boxes.signs).to(flat.dtype)  # conv^T of ones
+        dx.add_(transposed_ones.view(1, channels, *x.shape[2:]))
         grad_flat = corr_per_tap * _per_tap(scale, layout.counts)
         grad_flat.addcmul_(torch.cat(y_corrs, 1), _per_tap(k1, layout.counts))
         grad_flat.addcmul_(sums_per_tap, _per_tap(k0, layout.counts))
