@@ -62,7 +62,7 @@ def _compare(block, x, bound, reference_block=None, reference_x=None):
     ``reference_x`` (default ``x``): output, gradients and buffers within ``bound`` (relative, per tensor)."""
     reference_block = copy.deepcopy(block) if reference_block is None else reference_block
     reference_x = x if reference_x is None else reference_x
-    grad = _input(x.shape, seed=2).to(x.dtype)
+    grad = _input(x.shape, seed=2).to(x.device, x.dtype)
     out, grads = _run(block, x, grad, branches=False)
     expected, expected_grads = _run(reference_block, reference_x, grad.to(reference_x.dtype), branches=True)
     assert out.dtype == x.dtype and out.is_contiguous(memory_format=torch.channels_last) == (
