@@ -35,8 +35,8 @@ the block, so g arrives centred; with mean(g) three times its spread, bf16's err
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -110,15 +110,30 @@ def _cacheable() -> bool:
     return not any(isinstance(m, (FakeTensorMode, FunctionalTensorMode)) for m in _get_current_dispatch_mode_stack())
 
 
-def branch_layout(kernel_size: int, branches: Sequence[tuple[int, int]], device: torch.device) -> BranchLayout:
-    """The :class:`BranchLayout` of ``branches`` ((k_b, r_b), branch 0 the K x K one) on ``device``: built once per
-    layout and device (a call then copies nothing to the device, and a captured CUDA graph's replays read the same
-    tensors); built without caching while ``torch.compile`` traces or fake tensors are made (:func:`_cacheable`)."""
-    key = (kernel_size, tuple(branches), torch.device(device))
+def _cached(store: dict, key: tuple, build: Callable[[], Any]) -> Any:
+    """``store[key]``, built by ``build()`` (outside inference mode: the tensors serve later autograd calls too)
+    when missing; built every time, and not stored, where :func:`_cacheable` says no. Index tensors built once
+    per key: a call then copies nothing to the device, and a captured CUDA graph's replays read the same tensors."""
     cache = _cacheable()
-    hit = _LAYOUTS.get(key) if cache else None
-    if hit is not None:
-        return hit
+    hit = store.get(key) if cache else None
+    if hit is None:
+        with torch.inference_mode(False):
+            hit = build()
+        if cache:
+            store[key] = hit
+    return hit
+
+
+def branch_layout(kernel_size: int, branches: Sequence[tuple[int, int]], device: torch.device) -> BranchLayout:
+    """The :class:`BranchLayout` of ``branches`` ((k_b, r_b), branch 0 the K x K one) on ``device``, cached per
+    layout and device (:func:`_cached`)."""
+    branches = tuple(branches)
+    return _cached(
+        _LAYOUTS, (kernel_size, branches, torch.device(device)), lambda: _build_layout(kernel_size, branches, device)
+    )
+
+
+def _build_layout(kernel_size: int, branches: Sequence[tuple[int, int]], device: torch.device) -> BranchLayout:
     positions, owners = branch_tap_positions(kernel_size, branches)
     taps, grid = len(positions), kernel_size * kernel_size
     counts = tuple(k * k for k, _ in branches)
@@ -131,17 +146,13 @@ def branch_layout(kernel_size: int, branches: Sequence[tuple[int, int]], device:
     for b, count in enumerate(counts):
         segment_gather[b * most : b * most + count] = range(start, start + count)
         start += count
-    with torch.inference_mode(False):  # cached tensors must be usable outside inference mode too
-        hit = BranchLayout(
-            kernel_size,
-            counts,
-            torch.tensor(positions, device=device),
-            torch.tensor(grid_gather, device=device),
-            torch.tensor(segment_gather, device=device),
-        )
-    if cache:
-        _LAYOUTS[key] = hit
-    return hit
+    return BranchLayout(
+        kernel_size,
+        counts,
+        torch.tensor(positions, device=device),
+        torch.tensor(grid_gather, device=device),
+        torch.tensor(segment_gather, device=device),
+    )
 
 
 def _flat_weights(weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -205,12 +216,12 @@ _BOXES: dict[tuple, _Boxes] = {}
 
 
 def _boxes(kernel_size: int, height: int, width: int, device: torch.device) -> _Boxes:
-    """:class:`_Boxes`, cached as :func:`branch_layout` caches its tensors."""
+    """:class:`_Boxes`, cached per (K, H, W, device) (:func:`_cached`)."""
     key = (kernel_size, height, width, torch.device(device))
-    cache = _cacheable()
-    hit = _BOXES.get(key) if cache else None
-    if hit is not None:
-        return hit
+    return _cached(_BOXES, key, lambda: _build_boxes(kernel_size, height, width, device))
+
+
+def _build_boxes(kernel_size: int, height: int, width: int, device: torch.device) -> _Boxes:
     centre = (kernel_size - 1) // 2
 
     def clamp(v: int, size: int) -> int:
@@ -227,15 +238,11 @@ def _boxes(kernel_size: int, height: int, width: int, device: torch.device) -> _
         [(clamp(q + centre - width + 1, kernel_size), clamp(q + centre + 1, kernel_size)) for q in range(width)],
         kernel_size,
     )
-    with torch.inference_mode(False):
-        hit = _Boxes(
-            torch.tensor(window, device=device),
-            torch.tensor(transposed, device=device),
-            torch.tensor([[1.0], [-1.0], [-1.0], [1.0]], dtype=torch.float64, device=device),
-        )
-    if cache:
-        _BOXES[key] = hit
-    return hit
+    return _Boxes(
+        torch.tensor(window, device=device),
+        torch.tensor(transposed, device=device),
+        torch.tensor([[1.0], [-1.0], [-1.0], [1.0]], dtype=torch.float64, device=device),
+    )
 
 
 def _box_sums(values: Tensor, corners: Tensor, signs: Tensor) -> Tensor:

@@ -216,11 +216,22 @@ class DilatedReparamBlock(nn.Module):
     def _norms(self) -> list[nn.BatchNorm2d]:
         return [self.origin_bn] + [bn for *_, bn in self.branches()]
 
+    def _branch_parameters(self) -> tuple[list[nn.BatchNorm2d], list[Tensor], Tensor, Tensor]:
+        """The BNs, the conv weights (branch 0 the K x K one) and the BNs' gamma and beta stacked ``[B, C]``."""
+        norms = self._norms()
+        weights = [self.lk_origin.weight] + [conv.weight for _, _, conv, _ in self.branches()]
+        return norms, weights, torch.stack([bn.weight for bn in norms]), torch.stack([bn.bias for bn in norms])
+
+    def _batch_statistics(self) -> bool:
+        """Whether the BNs normalise with the batch's statistics (``origin_bn``'s mode; :meth:`_mergeable` checks
+        that every BN agrees)."""
+        return self.origin_bn.training or self.origin_bn.running_mean is None
+
     def _merges(self, x: Tensor) -> bool:
         """Whether this call runs :meth:`forward_merged`: as ``merge_branches`` asks, where the BNs allow it."""
-        if self.merge_branches == "never" or not self._mergeable(x):
+        if self.merge_branches == "never" or (self.merge_branches == "eval" and self._batch_statistics()):
             return False
-        return self.merge_branches == "always" or not (self.origin_bn.training or self.origin_bn.running_mean is None)
+        return self._mergeable(x)
 
     def _mergeable(self, x: Tensor) -> bool:
         """Whether :meth:`forward_merged` computes what the branches would: plain affine ``nn.BatchNorm2d`` s (not
@@ -241,12 +252,9 @@ class DilatedReparamBlock(nn.Module):
         statistics (each branch's convolution then runs only for its mean and variance, and the running
         statistics are updated as each BN would), or with the running ones (the kernel :meth:`reparameterize`
         would deploy, built per call and differentiable)."""
-        norms = self._norms()
-        weights = [self.lk_origin.weight] + [conv.weight for _, _, conv, _ in self.branches()]
+        norms, weights, gamma, beta = self._branch_parameters()
         layout = self._layout(x.device)
-        gamma = torch.stack([bn.weight for bn in norms])
-        beta = torch.stack([bn.bias for bn in norms])
-        if self.origin_bn.training or self.origin_bn.running_mean is None:
+        if self._batch_statistics():
             x = autocast_input(x)
             dilations = [1, *self.dilates]
             out, mean, var = merged_training_forward(
@@ -275,10 +283,7 @@ class DilatedReparamBlock(nn.Module):
         """The deployed (weight [C, 1, K, K], bias [C]) equal to this block in eval mode, in the weights' dtype."""
         if self.deploy:
             return self.lk_origin.weight.detach(), self.lk_origin.bias.detach()
-        norms = self._norms()
-        weights = [self.lk_origin.weight] + [conv.weight for _, _, conv, _ in self.branches()]
-        gamma = torch.stack([bn.weight for bn in norms])
-        beta = torch.stack([bn.bias for bn in norms])
+        norms, weights, gamma, beta = self._branch_parameters()
         weight, bias = self._eval_kernel(weights, norms, gamma, beta, self._layout(weights[0].device))
         dtype = self.lk_origin.weight.dtype
         return weight.to(dtype), bias.to(dtype)

@@ -115,14 +115,18 @@ def dwconv2d_backward(
     weight: Tensor,
     stride: int | Sequence[int] = 1,
     dilation: int | Sequence[int] = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
+    *,
+    input_grad: bool = True,
+    weight_grad: bool = True,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Triton backward of :func:`dwconv2d`: (dx, d weight, d bias).
 
     dx has the dtype and memory format of ``x``; the weight and bias gradients are reduced in float32 and
-    returned in the dtype of ``weight`` (the bias gradient is computed whether or not there is a bias)."""
+    returned in the dtype of ``weight`` (the bias gradient is computed whether or not there is a bias).
+    ``input_grad`` / ``weight_grad`` False: that launch is skipped and its gradients are None."""
     kernel, stride, dilation = _check_triton_inputs(x, weight, None, stride, dilation)
     check_grad_output(grad_output, _output_shape(x, kernel, stride, dilation), x)
-    return _launch_backward(grad_output, x, weight, kernel, stride, dilation)
+    return _launch_backward(grad_output, x, weight, kernel, stride, dilation, input_grad, weight_grad)
 
 
 def _launch_backward(
@@ -184,9 +188,9 @@ def dwconv2d_grads(
                 grad_output, x, weight, [1, 1], list(pair(dilation, "dilation"))
             )
         else:
-            kernel, stride, dilation = _check_triton_inputs(x, weight, None, 1, dilation)
-            check_grad_output(grad_output, _output_shape(x, kernel, stride, dilation), x)
-            return _launch_backward(grad_output, x, weight, kernel, stride, dilation, input_grad, weight_grad)
+            return dwconv2d_backward(
+                grad_output, x, weight, 1, dilation, input_grad=input_grad, weight_grad=weight_grad
+            )
     else:
         kernel, stride, dilation = check_dwconv2d_inputs(x, weight, None, 1, dilation)
         geometry = (list(stride), list(same_padding(kernel, dilation)), list(dilation), False, [0, 0], x.shape[1])
