@@ -23,6 +23,7 @@ from tests.helpers import DEVICE
 from zoo.kernels._backend import INTERPRETER, FastLaunch
 from zoo.kernels.dwconv import dwconv2d, inception_dwconv2d
 from zoo.kernels.fftconv import fftconv
+from zoo.kernels.gelu_grn import gelu_grn
 from zoo.kernels.neighborhood import neighborhood_attention
 from zoo.kernels.norm_rational import layer_norm_group_rational
 from zoo.kernels.rational import group_rational
@@ -214,6 +215,19 @@ def test_group_rational_backward_is_one_launch(count):
     make, call = SMALL_OPS["group_rational"]
     forward, backward = _measure(count, call, make())
     assert forward.launches == 1 and backward.launches == 1, f"{_describe(forward)}; {_describe(backward)}"
+
+
+def test_gelu_grn_launches_two_kernels_each_way(count):
+    """GELU + GRN: two launches each way (the issue's bound of one forward launch does not hold here: each output
+    needs its sample's mean over every channel of norms over the whole map, a dependency across the grid's
+    programs, which a second launch resolves; the modules run 11 ATen ops forward and 22 backward, counted the
+    same way on the CPU)."""
+    gen = torch.Generator().manual_seed(2)
+    leaves = _leaves(torch.randn(2, 5, 7, 40, generator=gen), torch.randn(40, generator=gen), torch.randn(40))
+    forward, backward = _measure(count, lambda t: gelu_grn(*t, backend="triton"), leaves)
+    report = f"forward: {_describe(forward)}; backward: {_describe(backward)}"
+    assert len(forward.triton) == 2 and not forward.aten and not forward.fft, report
+    assert len(backward.triton) == 2 and not backward.aten and not backward.fft, report
 
 
 # (bidirectional, D / gates / GELU on)

@@ -73,6 +73,12 @@ def _cases():
                 t(8, 4, dtype=f32),
             ),
         ),
+        # UniRepLKNet's act under autocast: bf16 in and out, float32 gamma and beta
+        "gelu_grn": (ops.gelu_grn, (t(2, 5, 7, 40), t(1, 1, 1, 40, dtype=f32), t(1, 1, 1, 40, dtype=f32), 1e-6, None)),
+        "gelu_grn_backward": (
+            ops.gelu_grn_backward,
+            (t(2, 5, 7, 40), t(2, 5, 7, 40), t(2, 41, dtype=f32), t(1, 1, 1, 40, dtype=f32), None),
+        ),
         "dwconv2d_direct": (ops.dwconv2d, (t(2, 8, 9, 9, channels_last=True), t(8, 1, 7, 7), t(8), [1, 1], [1, 1])),
         "dwconv2d_direct_backward": (
             ops.dwconv2d_backward,
@@ -277,6 +283,8 @@ CASES = [
     "layer_norm_group_rational",
     "layer_norm_group_rational_backward",
     "group_rational_backward",
+    "gelu_grn",
+    "gelu_grn_backward",
     "dwconv2d_direct",
     "dwconv2d_direct_backward",
     "dwconv2d_whole_row",

@@ -22,8 +22,9 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from zoo.kernels import _cpu_compile
-from zoo.kernels._backend import requested_backend
+from zoo.kernels._backend import TRITON_DTYPES, requested_backend, resolve_backend
 from zoo.kernels.dwconv import autocast_input, dwconv2d
+from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
 from zoo.layers.dilated_reparam import (
     BranchLayout,
     branch_layout,
@@ -44,7 +45,6 @@ __all__ = [
     "UniRepLKNetBlock",
     "dilate_kernel",
     "fuse_bn",
-    "gelu_grn",
 ]
 
 # kernel size K: (branch kernel sizes, branch dilations); every branch covers r (k - 1) + 1 <= K
@@ -364,20 +364,12 @@ class GRN(nn.Module):
         return out + self.beta if self.use_bias else out
 
 
-def gelu_grn(h: Tensor, gamma: Tensor, beta: Tensor | None = None) -> Tensor:
-    """``GRN(GELU(h))`` on NHWC ``h`` as one function (the block's activation, ``act``): what the CPU path compiles
-    into a few fused loops (GELU and the squares' sums in one pass, the scale in a second) instead of the modules'
-    seven passes over the 4C-wide hidden tensor. Same math as :class:`GRN` on CPU float32: the norm as the root
-    of the summed squares."""
-    a = F.gelu(h)
-    gx = (a * a).sum(dim=(1, 2), keepdim=True).sqrt()
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-    out = (gamma * nx + 1) * a
-    return out if beta is None else out + beta
+def _gelu_grn(h: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
+    return gelu_grn_reference(h, gamma, beta)
 
 
 def _gelu_grn_deployed(h: Tensor, gamma: Tensor) -> Tensor:
-    return gelu_grn(h, gamma)
+    return gelu_grn_reference(h, gamma)
 
 
 class NCHWtoNHWC(nn.Module):
@@ -464,25 +456,44 @@ class UniRepLKNetBlock(nn.Module):
         return len(self.pwconv2) == 2 and isinstance(self.norm, nn.Identity)
 
     def _activation(self, h: Tensor) -> Tensor:
-        """``self.act(h)``; on the CPU, in inference (no gradient wanted) with ``backend="auto"``, the same function
-        compiled into fused loops (:func:`gelu_grn`, zoo/kernels/_cpu_compile.py): UniRepLKNet-T's CPU inference
-        at batch 8 takes about 7% less time (scripts/benchmark_cpu.py)."""
+        """``self.act(h)``, as one fused op where the modules are the standard pair (exact ``nn.GELU``, then
+        :class:`GRN`):
+
+        * where the block's backend runs Triton on ``h`` (CUDA tensors; the interpreter when asked for):
+          :func:`zoo.kernels.gelu_grn.gelu_grn`, two passes each way instead of the modules' seven forward and
+          about twelve backward, its result in the dtype the second Linear computes in (autocast's, or the
+          modules' own result dtype without autocast);
+        * on the CPU, in inference (no gradient wanted) with ``backend="auto"``: the op's reference compiled into
+          fused loops (zoo/kernels/_cpu_compile.py): UniRepLKNet-T's CPU inference at batch 8 takes about 7% less
+          time (scripts/benchmark_cpu.py).
+        """
         gelu, grn = self.act
-        fused = (
-            not isinstance(h, torch.fx.Proxy)  # FX symbolic tracing records the modules
-            and h.device.type == "cpu"
+        if (
+            isinstance(h, torch.fx.Proxy)  # FX symbolic tracing records the modules
+            or type(gelu) is not nn.GELU
+            or gelu.approximate != "none"
+            or type(grn) is not GRN
+        ):
+            return self.act(h)
+        beta = grn.beta if grn.use_bias else None
+        if resolve_backend(self.backend, h, TRITON_DTYPES) == "triton":
+            device_type = h.device.type
+            if torch.is_autocast_enabled(device_type):
+                out_dtype = torch.get_autocast_dtype(device_type)
+            else:
+                out_dtype = torch.promote_types(h.dtype, grn.gamma.dtype)
+            return gelu_grn(h, grn.gamma, beta, out_dtype=out_dtype, backend=self.backend)
+        fused_on_cpu = (
+            h.device.type == "cpu"
             and h.dtype in (torch.float32, torch.float64)
-            and type(gelu) is nn.GELU
-            and gelu.approximate == "none"
-            and type(grn) is GRN
             and not (torch.is_grad_enabled() and (h.requires_grad or grn.gamma.requires_grad))
             and requested_backend(self.backend) == "auto"
             and not _cpu_compile.tracing()
         )
-        if not fused:
+        if not fused_on_cpu:
             return self.act(h)
-        if grn.use_bias:
-            return _cpu_compile.run("gelu_grn", gelu_grn, h, grn.gamma, grn.beta)
+        if beta is not None:
+            return _cpu_compile.run("gelu_grn", _gelu_grn, h, grn.gamma, beta)
         return _cpu_compile.run("gelu_grn_deployed", _gelu_grn_deployed, h, grn.gamma)
 
     def forward(self, x: Tensor) -> Tensor:
