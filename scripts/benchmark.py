@@ -48,6 +48,7 @@ import triton.language as tl  # noqa: E402
 from zoo.kernels._backend import launchable, once_differentiable  # noqa: E402
 from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
+from zoo.kernels.gelu_grn import GRN_STAGES, gelu_grn, gelu_grn_reference  # noqa: E402
 from zoo.kernels.norm_rational import (  # noqa: E402
     layer_norm_group_rational,
     layer_norm_group_rational_reference,
@@ -333,6 +334,62 @@ def bench_rational(
             (x, a, b),
             dy,
             {"fwd": 2 * element, "fwd+bwd": 5 * element},
+        )
+    return rows
+
+
+def gelu_grn_cases(small: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """(case name, shape of h): UniRepLKNet-T's GELU + GRN at its four stages, batch 128, 224 px (NHWC, 4 C)."""
+    if small:
+        return [("B2x5x7x40", (2, 5, 7, 40))]
+    return [(f"B128x{side}x{side}x{channels}", (128, side, side, channels)) for side, channels in GRN_STAGES]
+
+
+def bench_gelu_grn(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows for zoo::gelu_grn as UniRepLKNet's blocks run it under autocast: ``dtype`` h in and out, float32 gamma
+    and beta. Implementations: the reference (eager, compiled), "triton" (the fused op) and "modules" (``nn.GELU``
+    then ``GRN``, the blocks' path before the fusion, whose result is float32, as under autocast). Bytes: what the
+    fused op's two passes each way must move (h read twice and y written; then h and dy read twice and dh
+    written), not the modules'. ``kernels`` is accepted for the OPS interface; no frozen baseline has this op."""
+    from zoo.layers.unireplknet import GRN
+
+    del kernels
+    rows = []
+    for case, shape in _pick_cases(gelu_grn_cases(small), cases):
+        channels = shape[-1]
+        h = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+        grn = GRN(channels).to(device)
+        with torch.no_grad():
+            grn.gamma.normal_(std=0.5)
+            grn.beta.normal_(std=0.1)
+        dy = torch.randn(shape, dtype=dtype, device=device)
+        run: dict[str, Callable] = {
+            "reference": lambda h, gamma, beta: gelu_grn_reference(h, gamma, beta),
+            "triton": lambda h, gamma, beta: gelu_grn(h, gamma, beta, backend="triton"),
+            "modules": lambda h, gamma, beta, grn=grn: grn(torch.nn.functional.gelu(h)),
+        }
+        if compile_reference:
+            run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)
+        element = h.element_size() * h.numel()
+        rows += _op_rows(
+            "gelu_grn",
+            case,
+            dtype,
+            device,
+            _pick_impls(run, impls),
+            (h, grn.gamma, grn.beta),
+            (h, grn.gamma, grn.beta),
+            dy,
+            {"fwd": 3 * element, "fwd+bwd": 8 * element},
         )
     return rows
 
@@ -986,6 +1043,7 @@ def bench_neighborhood(
 CASES = {
     "rational": rational_cases,
     "norm_rational": norm_rational_cases,
+    "gelu_grn": gelu_grn_cases,
     "mlp": mlp_cases,
     "host_probe": host_probe_cases,
     "dwconv": dwconv_cases,
@@ -1008,6 +1066,7 @@ def case_names(op: str, small: bool, device: torch.device) -> list[str]:
 OPS = {
     "rational": bench_rational,
     "norm_rational": bench_norm_rational,
+    "gelu_grn": bench_gelu_grn,
     "mlp": bench_mlp,
     "host_probe": bench_host_probe,
     "dwconv": bench_dwconv,

@@ -158,6 +158,7 @@ TEST_FAMILIES = (
     ),
     PytestFamily("rational", "tests/kernels/test_rational.py", "test_triton_matches_reference_in_same_dtype and 32"),
     PytestFamily("norm_rational", "tests/kernels/test_norm_rational.py", "test_non_contiguous_inputs and permuted"),
+    PytestFamily("gelu_grn", "tests/kernels/test_gelu_grn.py", "test_non_contiguous_inputs and permuted", 1, 40.0),
     PytestFamily("dwconv", "tests/kernels/test_dwconv.py", "test_dwconv2d_equals_nn_conv2d_without_bias and triton", 2),
     PytestFamily("mixer", "tests/kernels/test_inception_mixer.py", "test_grid_targets", 4, 60.0),
     PytestFamily("training", "tests/training/test_train_step.py", "bad_modes or restored"),  # the CUDA-graph step
@@ -198,6 +199,13 @@ OP_FAMILIES = (
         (("B1xL5x16", (1, 5, 16), 8),),
         impls=("reference", "triton", "triton-unfused"),
         budget_s=20,
+    ),
+    OpFamily(
+        "gelu_grn",
+        ("*",),
+        (("B1x2x3x16", (1, 2, 3, 16)),),
+        impls=("reference", "triton", "modules"),
+        budget_s=15,
     ),
     OpFamily("mlp", ("*",), (("B1xL5x16", (1, 5, 16), 8),), impls=("triton", "vit"), budget_s=20),
     OpFamily(
@@ -521,6 +529,14 @@ TARGETS = (
         "ops:rational",
         "group_rational fwd+bwd bf16 B128 L197 D768/D3072, eager reference / Triton, worst width",
         op_speedup("group_rational", ("*",), ("fwd+bwd",), "reference"),
+        None,
+    ),
+    Target(
+        "gelu_grn_fwd_bwd_vs_modules",
+        19,
+        "ops:gelu_grn",
+        "UniRepLKNet's GELU + GRN fwd+bwd bf16 B128 at UniRepLKNet-T's four stages, nn.GELU + GRN / Triton, worst",
+        op_speedup("gelu_grn", ("*",), ("fwd+bwd",), "modules"),
         None,
     ),
     Target(

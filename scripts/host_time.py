@@ -48,6 +48,7 @@ import zoo.kernels._backend as backend  # noqa: E402
 IMPLS = {
     "rational": ("triton",),
     "norm_rational": ("triton", "triton-unfused"),
+    "gelu_grn": ("triton", "modules"),
     "host_probe": ("triton-launch", "fast-launch", "triton", "torch"),
     "dwconv": ("triton",),
     "inception": ("triton",),

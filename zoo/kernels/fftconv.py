@@ -62,6 +62,7 @@ from zoo.kernels._backend import (
     triton,
     triton_op,
 )
+from zoo.kernels._gelu import gelu, gelu_and_slope
 
 ACTIVATIONS = ("none", "gelu")
 
@@ -169,14 +170,6 @@ def fftconv_reference(
 # two program ranges. The FFT buffers are contiguous float32 [rows, n] (n >= L + L': the zero padding is written
 # by the kernels, so torch.fft does not copy); the other tensors are read with any strides.
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _gelu_and_slope(z):
-    """Exact GELU z Phi(z) and its derivative Phi(z) + z phi(z)."""
-    cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
-    pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
-    return z * cdf, cdf + z * pdf
 
 
 @triton.jit
@@ -339,6 +332,7 @@ def _fftconv_fwd_kernel(
     BIDIRECTIONAL: tl.constexpr,
     STORE_Z: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     """The epilogue: y = act(z) * gate_out with z = conv[:L] + D v, stored contiguous in the dtype of y; with
     STORE_Z also z (float32 [B, H, L], for the backward of GELU / gate_out). The conv comes from the FFT buffer
@@ -378,7 +372,7 @@ def _fftconv_fwd_kernel(
     if STORE_Z:
         tl.store(z_ptr + r.to(tl.int64) * L + pos, z, mask=mask)
     if GELU:
-        z, _ = _gelu_and_slope(z)
+        z = gelu(z, APPROX)
     if HAS_GATE_OUT:
         gout = tl.load(gout_ptr + _row_offsets(r, H, sgo_b, sgo_h) + pos.to(tl.int64) * sgo_l, mask=mask, other=0.0)
         z *= gout.to(tl.float32)
@@ -424,6 +418,7 @@ def _fftconv_bwd_epilogue_kernel(
     DIRECT: tl.constexpr,
     BIDIRECTIONAL: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     """The first kernel of the backward. Rows r < B H: the gradients through the epilogue, dz (float32, zero-padded
     to n, row r of ``buf``) and d gate_out = dy act(z) (contiguous, dtype of gate_out). The pre-activation z is
@@ -467,7 +462,7 @@ def _fftconv_bwd_epilogue_kernel(
                     v, _ = _load_v(u_ptr, gin_ptr, r, pos, mask, H, su_b, su_h, su_l, sgi_b, sgi_h, sgi_l, HAS_GATE_IN)
                     z += tl.load(d_ptr + r % H).to(tl.float32) * v
             if GELU:
-                a, slope = _gelu_and_slope(z)
+                a, slope = gelu_and_slope(z, APPROX)
             else:
                 a = z
             if HAS_GATE_OUT:
@@ -790,6 +785,7 @@ def _forward(
             BIDIRECTIONAL=bidirectional,
             STORE_Z=store_z,
             BLOCK_L=BLOCK_L,
+            APPROX=not INTERPRETER,
             num_warps=NUM_WARPS,
         )
     return y, z
@@ -900,6 +896,7 @@ def fftconv_backward(
             GELU=activation == "gelu",
             HAS_Z=has_z,
             BLOCK_L=BLOCK_L,
+            APPROX=not INTERPRETER,
             num_warps=NUM_WARPS,
         )
         if direct:
@@ -1156,6 +1153,8 @@ def aot_specs() -> list:
             constexprs.update({name: value for name, value in blocks.items() if name in kernel.arg_names})
             if "DIRECT" in kernel.arg_names:
                 constexprs["DIRECT"] = direct
+            if "APPROX" in kernel.arg_names:
+                constexprs["APPROX"] = True
             label = ("all" if on else "plain") + (",direct" if direct else "") + (",strided" if strided else "")
             label += ",recompute" if on and "HAS_Z" in constexprs and not has_z else ""
             block = ",".join(f"{name[6:]}{constexprs[name]}" for name in blocks if name in constexprs)
@@ -1254,6 +1253,7 @@ def benchmark_specs() -> list:
             BLOCK_D=block_d,
             BLOCK_T=block_t,
             BLOCK_F=BLOCK_F_GPU,
+            APPROX=True,
             **dict.fromkeys(("u_ptr", "gin_ptr", "gout_ptr", "y_ptr", "dy_ptr", "du_ptr"), "*bf16"),
             **dict.fromkeys(sorted(FP32_POINTERS), "*fp32"),
             dgout_ptr="*bf16" if gated else "*fp32",

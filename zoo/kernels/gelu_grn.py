@@ -45,8 +45,8 @@ from zoo.kernels._backend import (
     triton,
     triton_op,
 )
+from zoo.kernels._gelu import gelu, gelu_and_slope
 from zoo.kernels.dwconv._common import to_f32
-from zoo.kernels.fftconv import _gelu_and_slope
 
 __all__ = ["gelu_grn", "gelu_grn_reference", "gelu_grn_forward", "gelu_grn_backward"]
 
@@ -127,12 +127,6 @@ def gelu_grn_reference(
 
 
 @triton.jit
-def _gelu(h):
-    a, _slope = _gelu_and_slope(h)
-    return a
-
-
-@triton.jit
 def _tile(base, rows, cols, stride_p, stride_c):
     """Pointers of a [BLOCK_P, BLOCK_C] tile: positions ``rows``, channels ``cols``."""
     return base + rows[:, None] * stride_p + cols[None, :] * stride_c
@@ -198,8 +192,12 @@ def _chunk(P, rows_per_chunk, BLOCK_P: tl.constexpr):
 
 
 @triton.jit
-def _squares_tile(h_base, rows, row_end, cols, C, stride_hp, stride_hc, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr):
-    a = _gelu(_load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C))
+def _squares_tile(
+    h_base, rows, row_end, cols, C, stride_hp, stride_hc, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr,
+    APPROX: tl.constexpr,
+):  # fmt: skip
+    h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    a = gelu(h, APPROX)
     return a * a
 
 
@@ -220,6 +218,7 @@ def _gelu_grn_sums_kernel(
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
     BLOCK_F: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     """Column sums of GELU(h)^2 per program (partial[b, k, :]); the sample's last program: the sample's row of
     stats, Gx[b, :] and then its scale 1 / (mean_c Gx + eps)."""
@@ -231,9 +230,9 @@ def _gelu_grn_sums_kernel(
     row_begin, full_end, row_end = _chunk(P, rows_per_chunk, BLOCK_P)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for start in range(row_begin, full_end, BLOCK_P):
-        acc += _squares_tile(h_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, False, EVEN_C)
+        acc += _squares_tile(h_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, False, EVEN_C, APPROX)
     if full_end < row_end:
-        acc += _squares_tile(h_base, full_end + offsets, row_end, cols, C, stride_hp, stride_hc, True, EVEN_C)
+        acc += _squares_tile(h_base, full_end + offsets, row_end, cols, C, stride_hp, stride_hc, True, EVEN_C, APPROX)
     partial_b = partial_ptr + b.to(tl.int64) * chunks * C
     _store_row(partial_b + tl.program_id(0) * C, tl.sum(acc, axis=0), cols, C, EVEN_C)
     tl.debug_barrier()  # every thread's sums come before the ticket (release)
@@ -256,9 +255,10 @@ def _gelu_grn_sums_kernel(
 @triton.jit
 def _apply_tile(
     h_base, y_base, rows, row_end, cols, C, stride_hp, stride_hc, stride_yp, factor, shift, MASK_ROWS: tl.constexpr,
-    EVEN_C: tl.constexpr, HAS_BETA: tl.constexpr,
+    EVEN_C: tl.constexpr, HAS_BETA: tl.constexpr, APPROX: tl.constexpr,
 ):  # fmt: skip
-    y = _gelu(_load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C))
+    h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    y = gelu(h, APPROX)
     y *= factor
     if HAS_BETA:
         y += shift
@@ -284,6 +284,7 @@ def _gelu_grn_apply_kernel(
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
     HAS_BETA: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     """y = GELU(h) (1 + gamma Gx scale) + beta over the program's chunk; y has unit channel stride."""
     b = tl.program_id(2)
@@ -299,23 +300,23 @@ def _gelu_grn_apply_kernel(
     for start in range(row_begin, full_end, BLOCK_P):
         _apply_tile(
             h_base, y_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, stride_yp, factor, shift, False,
-            EVEN_C, HAS_BETA,
+            EVEN_C, HAS_BETA, APPROX,
         )  # fmt: skip
     if full_end < row_end:
         _apply_tile(
             h_base, y_base, full_end + offsets, row_end, cols, C, stride_hp, stride_hc, stride_yp, factor, shift, True,
-            EVEN_C, HAS_BETA,
+            EVEN_C, HAS_BETA, APPROX,
         )  # fmt: skip
 
 
 @triton.jit
 def _grad_sums_tile(
     h_base, dy_base, rows, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc, MASK_ROWS: tl.constexpr,
-    EVEN_C: tl.constexpr,
+    EVEN_C: tl.constexpr, APPROX: tl.constexpr,
 ):  # fmt: skip
     h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
     dy = _load_tile(_tile(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
-    return dy * _gelu(h), dy
+    return dy * gelu(h, APPROX), dy
 
 
 @triton.jit
@@ -341,6 +342,7 @@ def _gelu_grn_grad_sums_kernel(
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
     BLOCK_F: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     """Column sums of dy GELU(h) and of dy per program (partial[b, k, 0 / 1, :]); the sample's last program: their
     totals over the chunks (total[b, 0 / 1, :]) and coef[b] = scale^2 / C sum_c gamma P Gx."""
@@ -356,14 +358,14 @@ def _gelu_grn_grad_sums_kernel(
     for start in range(row_begin, full_end, BLOCK_P):
         dya, dy = _grad_sums_tile(
             h_base, dy_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc, False,
-            EVEN_C,
+            EVEN_C, APPROX,
         )  # fmt: skip
         acc_p += dya
         acc_d += dy
     if full_end < row_end:
         dya, dy = _grad_sums_tile(
             h_base, dy_base, full_end + offsets, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc, True,
-            EVEN_C,
+            EVEN_C, APPROX,
         )  # fmt: skip
         acc_p += dya
         acc_d += dy
@@ -395,11 +397,11 @@ def _gelu_grn_grad_sums_kernel(
 @triton.jit
 def _grad_apply_tile(
     h_base, dy_base, dh_base, rows, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc, stride_gp, factor,
-    slope_gx, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr,
+    slope_gx, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr, APPROX: tl.constexpr,
 ):  # fmt: skip
     h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
     dy = _load_tile(_tile(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
-    a, slope = _gelu_and_slope(h)
+    a, slope = gelu_and_slope(h, APPROX)
     dh = (dy * factor + a * slope_gx) * slope
     _store_tile(_tile(dh_base, rows, cols, stride_gp, 1), dh, rows, row_end, cols, C, MASK_ROWS, EVEN_C)
 
@@ -431,6 +433,7 @@ def _gelu_grn_grad_apply_kernel(
     BLOCK_C: tl.constexpr,
     EVEN_C: tl.constexpr,
     BLOCK_B: tl.constexpr,
+    APPROX: tl.constexpr,
 ):
     """dh = (dy (1 + gamma Nx) + GELU(h) dGx / Gx) GELU'(h) over the program's chunk (dGx / Gx: 0 where Gx = 0);
     dh has unit channel stride. Programs (0, j, 0) also write d gamma and d beta of their channels."""
@@ -452,12 +455,12 @@ def _gelu_grn_grad_apply_kernel(
     for start in range(row_begin, full_end, BLOCK_P):
         _grad_apply_tile(
             h_base, dy_base, dh_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc,
-            stride_gp, factor, slope_gx, False, EVEN_C,
+            stride_gp, factor, slope_gx, False, EVEN_C, APPROX,
         )  # fmt: skip
     if full_end < row_end:
         _grad_apply_tile(
             h_base, dy_base, dh_base, full_end + offsets, row_end, cols, C, stride_hp, stride_hc, stride_dp,
-            stride_dc, stride_gp, factor, slope_gx, True, EVEN_C,
+            stride_dc, stride_gp, factor, slope_gx, True, EVEN_C, APPROX,
         )  # fmt: skip
     if (tl.program_id(0) == 0) & (b == 0):
         samples = tl.arange(0, BLOCK_B)
@@ -517,13 +520,21 @@ def _sm_count(device: torch.device) -> int:
     return sm_count(device, _INTERPRETER_SMS if INTERPRETER else H200_SMS)
 
 
-def _geometry(h: Tensor) -> tuple[Tensor, int, tuple[int, int, bool], int, int]:
-    """(h as [B, H W, C] (a view where the strides allow it), positions, blocks, chunks, rows per chunk)."""
+def _merged_map(t: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+    """(t, its strides over (sample, position, channel)): the positions of the H x W map as one axis, which needs
+    the row stride to be W times the column stride (any NHWC tensor, a permuted NCHW one); other layouts are
+    copied first."""
+    if t.stride(1) != t.shape[2] * t.stride(2):
+        t = t.contiguous()
+    return t, (t.stride(0), t.stride(2), t.stride(3))
+
+
+def _geometry(h: Tensor) -> tuple[int, tuple[int, int, bool], int, int]:
+    """(positions, blocks, chunks, rows per chunk) of ``h``."""
     batch, height, width, channels = h.shape
-    h3 = h.reshape(batch, height * width, channels)
     block_p, block_c, even_c = blocks = _blocks(channels)
     rows = _rows_per_chunk(height * width, batch * cdiv(channels, block_c), block_p, _sm_count(h.device))
-    return h3, height * width, blocks, cdiv(height * width, rows), rows
+    return height * width, blocks, cdiv(height * width, rows), rows
 
 
 def _check_triton_inputs(h, gamma, beta, eps, out_dtype) -> None:
@@ -533,17 +544,13 @@ def _check_triton_inputs(h, gamma, beta, eps, out_dtype) -> None:
     check_triton_device(h.device)
 
 
-def _parameter(t: Tensor) -> Tensor:
-    return t.reshape(-1).contiguous()
-
-
 def gelu_grn_forward(
     h: Tensor,
     gamma: Tensor,
     beta: Tensor | None = None,
     eps: float = GRN_EPS,
     out_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Triton forward: (y, stats): y of the shape of ``h`` in ``out_dtype`` (default: the dtype of ``h``),
     contiguous; ``stats`` float32 [B, C + 1], each sample's norms Gx and then its scale 1 / (mean_c Gx + eps) (for
     the backward). Two launches. Validates its inputs."""
@@ -554,22 +561,21 @@ def gelu_grn_forward(
         stats = torch.zeros(batch, channels + 1, dtype=torch.float32, device=h.device)
         stats[:, channels] = 1.0 / eps
         return y, stats
-    h3, positions, (block_p, block_c, even_c), chunks, rows = _geometry(h)
+    positions, (block_p, block_c, even_c), chunks, rows = _geometry(h)
+    h, strides = _merged_map(h)
     workspace = torch.empty(batch * (chunks * channels + channels + 1), dtype=torch.float32, device=h.device)
     stats = workspace[: batch * (channels + 1)].view(batch, channels + 1)
     partials = workspace[batch * (channels + 1) :]
-    gamma = _parameter(gamma)
     grid = (chunks, cdiv(channels, block_c), batch)
-    strides = (h3.stride(0), h3.stride(1), h3.stride(2))
     with device_guard(h.device):
         launchable(_gelu_grn_sums_kernel)[grid](
-            h3, partials, stats, ticket_counters(h.device, batch), positions, channels, rows, *strides, float(eps),
-            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_F=_BLOCK_F,
+            h, partials, stats, ticket_counters(h.device, batch), positions, channels, rows, *strides, float(eps),
+            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_F=_BLOCK_F, APPROX=not INTERPRETER,
         )  # fmt: skip
         launchable(_gelu_grn_apply_kernel)[grid](
-            h3, y, stats, gamma, gamma if beta is None else _parameter(beta), positions, channels, rows,
+            h, y, stats, gamma.contiguous(), gamma if beta is None else beta.contiguous(), positions, channels, rows,
             *strides, positions * channels, channels,
-            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, HAS_BETA=beta is not None,
+            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, HAS_BETA=beta is not None, APPROX=not INTERPRETER,
         )  # fmt: skip
     return y, stats
 
@@ -607,26 +613,25 @@ def _launch_backward(
     dbeta = torch.empty_like(gamma if beta is None else beta, memory_format=torch.contiguous_format)
     if h.numel() == 0:
         return dh, dgamma.zero_(), dbeta.zero_()
-    h3, positions, (block_p, block_c, even_c), chunks, rows = _geometry(h)
-    dy3 = grad_output.reshape(h3.shape)
+    positions, (block_p, block_c, even_c), chunks, rows = _geometry(h)
+    h, h_strides = _merged_map(h)
+    dy, dy_strides = _merged_map(grad_output)
     workspace = torch.empty(batch * (2 * chunks * channels + 2 * channels + 1), dtype=torch.float32, device=h.device)
     totals = workspace[: 2 * batch * channels]
     coef = workspace[2 * batch * channels : batch * (2 * channels + 1)]
     partials = workspace[batch * (2 * channels + 1) :]
-    gamma = _parameter(gamma)
+    gamma = gamma.contiguous()
     grid = (chunks, cdiv(channels, block_c), batch)
-    h_strides = (h3.stride(0), h3.stride(1), h3.stride(2))
-    dy_strides = (dy3.stride(0), dy3.stride(1), dy3.stride(2))
     with device_guard(h.device):
         launchable(_gelu_grn_grad_sums_kernel)[grid](
-            h3, dy3, partials, totals, coef, stats, gamma, ticket_counters(h.device, batch), positions, channels,
+            h, dy, partials, totals, coef, stats, gamma, ticket_counters(h.device, batch), positions, channels,
             rows, *h_strides, *dy_strides,
-            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_F=_BLOCK_F,
+            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_F=_BLOCK_F, APPROX=not INTERPRETER,
         )  # fmt: skip
         launchable(_gelu_grn_grad_apply_kernel)[grid](
-            h3, dy3, dh, totals, coef, stats, gamma, dgamma, dbeta, batch, positions, channels, rows, *h_strides,
+            h, dy, dh, totals, coef, stats, gamma, dgamma, dbeta, batch, positions, channels, rows, *h_strides,
             *dy_strides, positions * channels, channels,
-            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_B=_BLOCK_B,
+            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_B=_BLOCK_B, APPROX=not INTERPRETER,
         )  # fmt: skip
     return dh, dgamma, dbeta
 
@@ -780,6 +785,7 @@ def aot_specs() -> list:
                 BLOCK_P=block_p,
                 BLOCK_C=block_c,
                 EVEN_C=even_c,
+                APPROX=True,
             )
             units = batch * positions * channels / programs
             formula = (
