@@ -345,6 +345,12 @@ def gelu_grn_cases(small: bool) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"B128x{side}x{side}x{channels}", (128, side, side, channels)) for side, channels in GRN_STAGES]
 
 
+def _under_autocast(grn, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grn(GELU(h))`` as UniRepLKNet's blocks ran it under autocast (the norm on a float32 copy)."""
+    with torch.autocast(h.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        return grn(torch.nn.functional.gelu(h))
+
+
 def bench_gelu_grn(
     small: bool,
     dtype: torch.dtype,
@@ -357,7 +363,7 @@ def bench_gelu_grn(
 ) -> list[OpRow]:
     """Rows for zoo::gelu_grn as UniRepLKNet's blocks run it under autocast: ``dtype`` h in and out, float32 gamma
     and beta. Implementations: the reference (eager, compiled), "triton" (the fused op) and "modules" (``nn.GELU``
-    then ``GRN``, the blocks' path before the fusion, whose result is float32, as under autocast). Bytes: what the
+    then ``GRN`` under autocast, the blocks' path before the fusion: a float32 result). Bytes: what the
     fused op's two passes each way must move (h read twice and y written; then h and dy read twice and dh
     written), not the modules'. ``kernels`` is accepted for the OPS interface; no frozen baseline has this op."""
     from zoo.layers.unireplknet import GRN
@@ -375,7 +381,7 @@ def bench_gelu_grn(
         run: dict[str, Callable] = {
             "reference": lambda h, gamma, beta: gelu_grn_reference(h, gamma, beta),
             "triton": lambda h, gamma, beta: gelu_grn(h, gamma, beta, backend="triton"),
-            "modules": lambda h, gamma, beta, grn=grn: grn(torch.nn.functional.gelu(h)),
+            "modules": lambda h, gamma, beta, grn=grn: _under_autocast(grn, h, dtype),
         }
         if compile_reference:
             run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)

@@ -83,6 +83,7 @@ _OPS = """
 import torch
 import zoo.kernels as K
 from zoo.kernels.fftconv import fftconv
+from zoo.kernels.gelu_grn import gelu_grn
 from zoo.kernels.neighborhood import neighborhood_attention
 
 g = torch.Generator().manual_seed(0)
@@ -95,7 +96,7 @@ calls = {
     "group_rational": lambda backend: K.group_rational(x, a, b, backend=backend),
     "layer_norm_group_rational": lambda backend: K.layer_norm_group_rational(
         x, rand(16), rand(16), a, b, backend=backend),
-    "gelu_grn": lambda backend: K.gelu_grn(image.permute(0, 2, 3, 1), rand(8), rand(8), backend=backend),
+    "gelu_grn": lambda backend: gelu_grn(image.permute(0, 2, 3, 1), rand(8), rand(8), backend=backend),
     "dwconv2d": lambda backend: K.dwconv2d(image, rand(8, 1, 3, 3), backend=backend),
     "inception_dwconv2d": lambda backend: K.inception_dwconv2d(
         image, rand(2, 1, 3, 3), None, rand(2, 1, 1, 5), None, rand(2, 1, 5, 1), None, backend=backend),

@@ -72,21 +72,34 @@ def _gelu_kernel(x_ptr, y_ptr, slope_ptr, n, BLOCK: tl.constexpr, APPROX: tl.con
     tl.store(slope_ptr + offsets, slope, mask=offsets < n)
 
 
-def test_the_kernels_gelu_is_as_accurate_as_torchs():
-    """zoo/kernels/_gelu.py against float64 on a dense grid: GELU within 4e-7 absolute everywhere (PyTorch's float32
-    GELU: 3.8e-7), relative error below 2e-6 for x >= -4 (PyTorch's: 1e-3 near -4, where 1 + erf cancels), the
-    slope within 3e-7 absolute."""
-    x = torch.linspace(-12.0, 12.0, 200_001, device=DEVICE)
+@pytest.mark.parametrize(
+    "device",
+    [
+        pytest.param(DEVICE, id="here"),
+        pytest.param(
+            "cuda",
+            id="compiled",
+            marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+        ),
+    ],
+)
+def test_the_kernels_gelu_is_as_accurate_as_torchs(device):
+    """zoo/kernels/_gelu.py against float64 on a dense grid: GELU within 5e-7 absolute everywhere (PyTorch's float32
+    GELU: 3.8e-7; this one 3.8e-7 on the interpreter), relative error below 3e-6 for x >= -4 (PyTorch's: 1e-3 near
+    -4, where 1 + erf cancels; this one 1.9e-6 on the interpreter, about 2.1e-6 modelled with a GPU's approximate
+    exponential and reciprocal), the slope within 4e-7 absolute. "compiled": the GPU's kernels (``APPROX``)."""
+    x = torch.linspace(-12.0, 12.0, 200_001, device=device)
     y, slope = torch.empty_like(x), torch.empty_like(x)
-    _gelu_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, slope, x.numel(), BLOCK=1024, APPROX=not INTERPRETER)
+    approx = x.is_cuda and not INTERPRETER
+    _gelu_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, slope, x.numel(), BLOCK=1024, APPROX=approx)
     leaf = x.double().requires_grad_()
     expected = torch.nn.functional.gelu(leaf)
     (expected_slope,) = torch.autograd.grad(expected.sum(), leaf)
     expected = expected.detach()
-    assert (y.double() - expected).abs().max() < 4e-7
+    assert (y.double() - expected).abs().max() < 5e-7
     relative = ((y.double() - expected).abs() / expected.abs())[(x >= -4.0) & (expected != 0)]
-    assert relative.max() < 2e-6
-    assert (slope.double() - expected_slope).abs().max() < 3e-7
+    assert relative.max() < 3e-6
+    assert (slope.double() - expected_slope).abs().max() < 4e-7
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -202,6 +215,13 @@ def test_bad_inputs_raise_clear_errors(backend):
         gelu_grn(h, gamma, beta, out_dtype=torch.int8, backend=backend)
     with pytest.raises(TypeError, match="h must be a torch.Tensor"):
         gelu_grn(h.tolist(), gamma, beta, backend=backend)
+
+
+def test_triton_refuses_more_samples_than_the_grid_takes():
+    h = torch.zeros(65536, 1, 1, 16, device=DEVICE)
+    gamma, beta = _parameters(16)
+    with pytest.raises(ValueError, match="at most 65535 samples a call, got 65536"):
+        gelu_grn(h, gamma, beta, backend="triton")
 
 
 def test_the_public_backward_checks_its_inputs():

@@ -10,7 +10,9 @@ from zoo.kernels.dwconv import dwconv2d, dwconv2d_reference, inception_dwconv2d,
 from zoo.kernels.fftconv import (
     fftconv_reference,
 )  # the op itself: zoo.kernels.fftconv.fftconv (the name is the module's)
-from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
+from zoo.kernels.gelu_grn import (
+    gelu_grn_reference,
+)  # the op itself: zoo.kernels.gelu_grn.gelu_grn (the name is the module's)
 from zoo.kernels.norm_rational import layer_norm_group_rational, layer_norm_group_rational_reference
 from zoo.kernels.rational import group_rational, group_rational_reference
 from zoo.kernels.ssm import s4d_kernel, s4d_kernel_reference
@@ -20,7 +22,6 @@ __all__ = [
     "dwconv2d",
     "dwconv2d_reference",
     "fftconv_reference",
-    "gelu_grn",
     "gelu_grn_reference",
     "group_rational",
     "group_rational_reference",

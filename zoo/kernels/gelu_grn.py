@@ -537,10 +537,18 @@ def _geometry(h: Tensor) -> tuple[int, tuple[int, int, bool], int, int]:
     return height * width, blocks, cdiv(height * width, rows), rows
 
 
+MAX_BATCH = 65535  # the samples are the grid's third axis, which CUDA bounds
+
+
 def _check_triton_inputs(h, gamma, beta, eps, out_dtype) -> None:
     check_gelu_grn_inputs(h, gamma, beta, eps, out_dtype)
     check_triton_dtypes("the Triton GELU + GRN kernels take", {"h": h})
     check_triton_out_dtype("GELU + GRN kernels", out_dtype)
+    if h.shape[0] > MAX_BATCH:
+        raise ValueError(
+            f"the Triton GELU + GRN kernels take at most {MAX_BATCH} samples a call, got {h.shape[0]}; split the "
+            "batch or use backend='torch'"
+        )
     check_triton_device(h.device)
 
 

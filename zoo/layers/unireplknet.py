@@ -460,9 +460,9 @@ class UniRepLKNetBlock(nn.Module):
         :class:`GRN`):
 
         * where the block's backend runs Triton on ``h`` (CUDA tensors; the interpreter when asked for):
-          :func:`zoo.kernels.gelu_grn.gelu_grn`, two passes each way instead of the modules' seven forward and
-          about twelve backward, its result in the dtype the second Linear computes in (autocast's, or the
-          modules' own result dtype without autocast);
+          :func:`zoo.kernels.gelu_grn.gelu_grn`, two launches each way instead of the modules' 11 and 22 ATen
+          ops, its result in the dtype the second Linear computes in (autocast's, or the modules' own result dtype
+          without autocast);
         * on the CPU, in inference (no gradient wanted) with ``backend="auto"``: the op's reference compiled into
           fused loops (zoo/kernels/_cpu_compile.py): UniRepLKNet-T's CPU inference at batch 8 takes about 7% less
           time (scripts/benchmark_cpu.py).
