@@ -819,6 +819,14 @@ def aot_specs() -> list:
                 stride_dp=channels,
                 stride_dc=1,
             )
+            apply = dict(
+                common,
+                y_ptr=f"*{out}",
+                gamma_ptr="*fp32",
+                beta_ptr="*fp32",
+                stride_yb=positions * channels,
+                stride_yp=channels,
+            )
             specs += [
                 launch_spec(
                     f"_gelu_grn_sums_kernel[{label}]@{case}",
@@ -830,15 +838,7 @@ def aot_specs() -> list:
                 launch_spec(
                     f"_gelu_grn_apply_kernel[{label}]@{case}",
                     _gelu_grn_apply_kernel,
-                    dict(
-                        common,
-                        y_ptr=f"*{out}",
-                        gamma_ptr="*fp32",
-                        beta_ptr="*fp32",
-                        stride_yb=positions * channels,
-                        stride_yp=channels,
-                        HAS_BETA=True,
-                    ),
+                    dict(apply, HAS_BETA=True),
                     work=work,
                     ci=ci,
                 ),
@@ -871,15 +871,7 @@ def aot_specs() -> list:
                     launch_spec(
                         f"_gelu_grn_apply_kernel[{label},deployed]@{case}",
                         _gelu_grn_apply_kernel,
-                        dict(
-                            common,
-                            y_ptr=f"*{out}",
-                            gamma_ptr="*fp32",
-                            beta_ptr="*fp32",
-                            stride_yb=positions * channels,
-                            stride_yp=channels,
-                            HAS_BETA=False,
-                        ),
+                        dict(apply, HAS_BETA=False),
                         work=work,
                     )
                 )
