@@ -161,19 +161,33 @@ def test_zero_norms_give_finite_gradients(backend):
     _check(h, _parameters(16, seed=5), dy, backend)
 
 
+GPU_BLOCK_C = (256, 128, 64, 32, 16)  # the compiled kernels' choices of BLOCK_C, tiles of 2048 elements
+
+
 @pytest.mark.parametrize("channels", [16, 24, 40, 160, 320, 480, 2560])
 def test_blocks_and_chunks_cover_the_map(channels):
-    """BLOCK_C divides C where a power of two >= 16 does (UniRepLKNet's widths), else the last block is masked;
-    the chunks are whole tiles and cover every position, fewer of them as samples x blocks fill the grid."""
-    block_p, block_c, even = _blocks(channels)
-    assert block_c & (block_c - 1) == 0 and even == (channels % block_c == 0)
-    assert even or channels < 16 or channels % 16
-    for positions in (1, 7, 49, 3136):
+    """BLOCK_C divides C where one of the choices does (UniRepLKNet's widths), else the last block is masked; the
+    chunks are whole tiles and cover every position, fewer of them as samples x blocks fill the grid."""
+    for positions in (1, 7, 49, 196, 784, 3136):
+        block_p, block_c, even = _blocks(channels, positions, GPU_BLOCK_C, 2048)
+        assert block_c & (block_c - 1) == 0 and block_p * block_c == 2048 and even == (channels % block_c == 0)
+        assert even or channels % 16
         for batch in (1, 128):
             rows = _rows_per_chunk(positions, batch * -(-channels // block_c), block_p, 132)
             chunks = -(-positions // rows)
             assert rows % block_p == 0 and (chunks - 1) * rows < positions <= chunks * rows
-    assert _rows_per_chunk(3136, 1, block_p, 132) < _rows_per_chunk(3136, 1000, block_p, 132)
+        assert _rows_per_chunk(3136, 1, block_p, 132) < _rows_per_chunk(3136, 1000, block_p, 132)
+
+
+def test_tiles_pad_the_map_least():
+    """Of the BLOCK_C choices dividing C, the one whose tile height pads the positions least, the widest on a tie:
+    UniRepLKNet-T's four stages (4 C, H W)."""
+    tiles = {
+        (c, p): _blocks(c, p, GPU_BLOCK_C, 2048)[:2] for c, p in ((320, 3136), (640, 784), (1280, 196), (2560, 49))
+    }
+    assert tiles == {(320, 3136): (32, 64), (640, 784): (16, 128), (1280, 196): (8, 256), (2560, 49): (8, 256)}
+    assert _blocks(160, 3136, GPU_BLOCK_C, 2048)[:2] == (64, 32)  # unireplknet_a's stage 1: 32 is the widest divisor
+    assert _blocks(40, 49, GPU_BLOCK_C, 2048) == (32, 64, False)  # no choice divides 40: 64 with a masked block
 
 
 def test_backward_is_deterministic_and_leaves_the_tickets_at_zero():

@@ -436,7 +436,8 @@ def _gelu_grn_grad_apply_kernel(
     APPROX: tl.constexpr,
 ):
     """dh = (dy (1 + gamma Nx) + GELU(h) dGx / Gx) GELU'(h) over the program's chunk (dGx / Gx: 0 where Gx = 0);
-    dh has unit channel stride. Programs (0, j, 0) also write d gamma and d beta of their channels."""
+    dh has unit channel stride. Programs (0, j, 0) also write d gamma and d beta of their channels, summing
+    BLOCK_B samples a step (the launcher passes BLOCK_P: two tile-sized accumulators)."""
     b = tl.program_id(2)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     offsets = tl.arange(0, BLOCK_P)
@@ -485,27 +486,30 @@ def _gelu_grn_grad_apply_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 
 # A tile: BLOCK_P positions x BLOCK_C channels, 2048 elements over 4 warps (16 a thread; a row of 64 bf16 channels
-# is 128 bytes, 8 threads of 16-byte vectors). The interpreter takes small tiles, so that the tests' small maps
-# have several tiles, partial tiles and chunks.
-_MAX_BLOCK_C = 16 if INTERPRETER else 64
+# is 128 bytes, 8 threads of 16-byte vectors), BLOCK_C one of the powers of two from 16 to 256. The interpreter
+# takes small tiles of 16 channels, so that the tests' small maps have several tiles, partial tiles and chunks.
+_BLOCK_C_CHOICES = (16,) if INTERPRETER else (256, 128, 64, 32, 16)
 _TILE_ELEMENTS = 64 if INTERPRETER else 2048
 _BLOCK_F = 16 if INTERPRETER else 256  # channels per step of a sample's last program
-_BLOCK_B = 4 if INTERPRETER else 32  # samples per step of the d gamma / d beta sums
 _PROGRAMS_PER_SM = 8  # the chunks split a sample's map until the grid has about this many programs per SM
 _INTERPRETER_SMS = 3
 
 
 @functools.cache
-def _blocks(channels: int) -> tuple[int, int, bool]:
-    """(BLOCK_P, BLOCK_C, EVEN_C): BLOCK_C the largest power of two up to 64 that divides C, where that is at least
-    16 (UniRepLKNet's widths: 64, or 32 at widths 160 and 480 of the atto / femto sizes); else up to 64 channels
-    with the last block masked."""
-    block_c = _MAX_BLOCK_C
-    while block_c > 16 and channels % block_c:
-        block_c //= 2
-    if channels % block_c:
-        block_c = min(_MAX_BLOCK_C, next_power_of_2(channels))
-    return max(1, _TILE_ELEMENTS // block_c), block_c, channels % block_c == 0
+def _blocks(
+    channels: int, positions: int, choices: tuple[int, ...] = _BLOCK_C_CHOICES, tile: int = _TILE_ELEMENTS
+) -> tuple[int, int, bool]:
+    """(BLOCK_P, BLOCK_C, EVEN_C) of a tile of ``tile`` elements: of the ``choices`` of BLOCK_C that divide C, the
+    one whose BLOCK_P = tile / BLOCK_C pads the map's positions least (the chunk's partial last tile costs a whole
+    tile), the widest on a tie. UniRepLKNet-T's maps: 56 x 56 in 32 x 64 tiles, 28 x 28 in 16 x 128 (784 = 49 x
+    16), 14 x 14 in 8 x 256 (196 positions in 200 rows; 224 in tiles of 32), 7 x 7 in 8 x 256 (56 rows; 64).
+    Where no choice divides C, blocks of up to 64 channels, the last one masked."""
+    dividing = [c for c in choices if channels % c == 0]
+    if not dividing:
+        block_c = min(max(choices), 64, next_power_of_2(channels))
+        return max(1, tile // block_c), block_c, channels % block_c == 0
+    block_c = min(dividing, key=lambda c: (cdiv(positions, tile // c) * (tile // c), -c))
+    return max(1, tile // block_c), block_c, True
 
 
 def _rows_per_chunk(positions: int, tiles_elsewhere: int, block_p: int, sms: int) -> int:
@@ -532,7 +536,7 @@ def _merged_map(t: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
 def _geometry(h: Tensor) -> tuple[int, tuple[int, int, bool], int, int]:
     """(positions, blocks, chunks, rows per chunk) of ``h``."""
     batch, height, width, channels = h.shape
-    block_p, block_c, even_c = blocks = _blocks(channels)
+    block_p, block_c, even_c = blocks = _blocks(channels, height * width)
     rows = _rows_per_chunk(height * width, batch * cdiv(channels, block_c), block_p, _sm_count(h.device))
     return height * width, blocks, cdiv(height * width, rows), rows
 
@@ -639,7 +643,7 @@ def _launch_backward(
         launchable(_gelu_grn_grad_apply_kernel)[grid](
             h, dy, dh, totals, coef, stats, gamma, dgamma, dbeta, batch, positions, channels, rows, *h_strides,
             *dy_strides, positions * channels, channels,
-            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_B=_BLOCK_B, APPROX=not INTERPRETER,
+            BLOCK_P=block_p, BLOCK_C=block_c, EVEN_C=even_c, BLOCK_B=block_p, APPROX=not INTERPRETER,
         )  # fmt: skip
     return dh, dgamma, dbeta
 
@@ -771,11 +775,13 @@ def aot_specs() -> list:
     batch = _BENCHMARK_BATCH
     for stage, (side, channels) in enumerate(GRN_STAGES, start=1):
         positions = side * side
-        block_p, block_c, even_c = _blocks(channels)
+        block_p, block_c, even_c = _blocks(channels, positions)
         rows = _rows_per_chunk(positions, batch * cdiv(channels, block_c), block_p, H200_SMS)
         chunks = cdiv(positions, rows)
         programs = chunks * cdiv(channels, block_c) * batch
-        full_tiles, tail = divmod(min(rows, positions), block_p)
+        spans = [min(rows, positions - k * rows) for k in range(chunks)]  # the chunks' positions
+        full_tiles = sum(span // block_p for span in spans) / chunks
+        tail = sum(span % block_p > 0 for span in spans) / chunks
         variants = [("bf16", "bf16")] + ([("fp32", "fp32")] if stage == 3 else [])
         for dtype, out in variants:
             case = f"B{batch}x{side}x{side}x{channels}" + ("" if dtype == "bf16" else f"-{dtype}")
@@ -799,13 +805,13 @@ def aot_specs() -> list:
             formula = (
                 f"{batch} x {positions} x {channels} elements / {programs} programs ({chunks} chunks of {rows} "
                 f"positions x {cdiv(channels, block_c)} channel blocks x {batch} samples), tiles of {block_p} x "
-                f"{block_c}: {full_tiles} full"
+                f"{block_c}: {full_tiles:g} full a program"
             )
             # the sample's last program (1 in chunks x channel blocks) adds the partials: C / BLOCK_F steps of
             # `chunks`; the programs (0, j, 0) of the gradient (1 in chunks x samples) add d gamma over the samples
             finish = cdiv(channels, _BLOCK_F) / (chunks * cdiv(channels, block_c))
-            over_samples = cdiv(batch, _BLOCK_B) / (chunks * batch)
-            work = Work(case, "element", units, (full_tiles,), formula + (", one partial tile" if tail else ""))
+            over_samples = cdiv(batch, block_p) / (chunks * batch)
+            work = Work(case, "element", units, (full_tiles,), formula + f", {tail:g} partial (its code counted once)")
             finishing = Work(case, "element", units, ((full_tiles, finish), chunks), work.formula)
             summing = Work(case, "element", units, ((full_tiles, over_samples),), work.formula)
             sums = dict(common, counter_ptr="*i32", partial_ptr="*fp32")
@@ -860,7 +866,7 @@ def aot_specs() -> list:
                         B=batch,
                         stride_gb=positions * channels,
                         stride_gp=channels,
-                        BLOCK_B=_BLOCK_B,
+                        BLOCK_B=block_p,
                     ),
                     work=summing,
                     ci=ci,
