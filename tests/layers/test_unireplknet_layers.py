@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import get_notrace_modules
 
-from tests.helpers import DEVICE, assert_close
+from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.layers import DILATED_BRANCHES, DepthwiseConv2d, DilatedReparamBlock, UniRepLKNetBlock
 from zoo.layers.unireplknet import dilate_kernel
 
@@ -302,6 +302,40 @@ def test_torch_and_triton_backends_agree():
     with torch.no_grad():
         triton_block.reparameterize()
         assert_close(triton_block(x), y_ref.detach(), torch.float32, scale=10.0)
+
+
+@pytest.mark.parametrize("switch", ["fused", "ZOO_GELU_GRN=0"])
+def test_triton_blocks_run_gelu_grn_as_one_op(switch, monkeypatch):
+    """With the Triton backend the block's GELU + GRN is zoo.kernels.gelu_grn (its result in autocast's dtype under
+    autocast), with the modules' output and gradients (GRN's gamma and beta included); ZOO_GELU_GRN=0 runs the
+    modules."""
+    import zoo.layers.unireplknet as layers
+
+    calls = []
+    real = layers.gelu_grn
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("out_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "gelu_grn", spy)
+    if switch != "fused":
+        monkeypatch.setenv("ZOO_GELU_GRN", "0")
+    torch.manual_seed(1)
+    reference = _randomise(UniRepLKNetBlock(8, 3, backend="torch")).to(DEVICE)
+    block = UniRepLKNetBlock(8, 3, backend="triton").to(DEVICE).train(reference.training)
+    block.load_state_dict(reference.state_dict())
+    x = _input((2, 8, 5, 6)).to(DEVICE)
+    for layer in (reference, block):
+        layer(x.clone().requires_grad_()).square().sum().backward()
+    assert calls == ([] if switch != "fused" else [torch.float32])
+    assert_close(block(x).detach(), reference(x).detach(), torch.float32, scale=10.0)
+    for p, q in zip(reference.parameters(), block.parameters(), strict=True):
+        assert_relative_error(q.grad, p.grad, 1e-4)
+    if switch == "fused":
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16), torch.no_grad():
+            block(x)
+        assert calls[-1] == torch.bfloat16
 
 
 def test_bad_arguments_and_input():

@@ -16,6 +16,8 @@ on a block and then again on the block's children.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath
@@ -46,6 +48,10 @@ __all__ = [
     "dilate_kernel",
     "fuse_bn",
 ]
+
+# "0": the blocks run nn.GELU then GRN as modules where their backend runs Triton, instead of the fused op (read at
+# every call; a switch for telling a fault of the op from the rest of the Triton path on a GPU)
+GELU_GRN_ENV_VAR = "ZOO_GELU_GRN"
 
 # kernel size K: (branch kernel sizes, branch dilations); every branch covers r (k - 1) + 1 <= K
 DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -462,7 +468,7 @@ class UniRepLKNetBlock(nn.Module):
         * where the block's backend runs Triton on ``h`` (CUDA tensors; the interpreter when asked for):
           :func:`zoo.kernels.gelu_grn.gelu_grn`, two launches each way instead of the modules' 11 and 22 ATen
           ops, its result in the dtype the second Linear computes in (autocast's, or the modules' own result dtype
-          without autocast);
+          without autocast); ``ZOO_GELU_GRN=0`` in the environment runs the modules instead;
         * on the CPU, in inference (no gradient wanted) with ``backend="auto"``: the op's reference compiled into
           fused loops (zoo/kernels/_cpu_compile.py): UniRepLKNet-T's CPU inference at batch 8 takes about 7% less
           time (scripts/benchmark_cpu.py).
@@ -477,6 +483,8 @@ class UniRepLKNetBlock(nn.Module):
             return self.act(h)
         beta = grn.beta if grn.use_bias else None
         if resolve_backend(self.backend, h, TRITON_DTYPES) == "triton":
+            if os.environ.get(GELU_GRN_ENV_VAR, "1").strip() == "0":
+                return self.act(h)
             device_type = h.device.type
             if torch.is_autocast_enabled(device_type):
                 out_dtype = torch.get_autocast_dtype(device_type)
