@@ -190,6 +190,28 @@ def test_tiles_pad_the_map_least():
     assert _blocks(40, 49, GPU_BLOCK_C, 2048) == (32, 64, False)  # no choice divides 40: 64 with a masked block
 
 
+@pytest.mark.parametrize(
+    "shape,tile", [((2, 7, 7, 512), (8, 256)), ((2, 6, 6, 128), (16, 128)), ((1, 3, 3, 40), (32, 64))], ids=str
+)
+def test_the_compiled_kernels_tiles_on_the_interpreter(shape, tile, monkeypatch):
+    """The tiles a GPU launch takes (2048 elements; here 8 x 256 with a partial tile of 1 row, 16 x 128, and 32 x 64
+    with a masked channel block), run through the interpreter against the float64 reference."""
+    import zoo.kernels.gelu_grn as module
+
+    chosen = []
+
+    def gpu_blocks(channels, positions):
+        chosen.append(_blocks(channels, positions, GPU_BLOCK_C, 2048))
+        return chosen[-1]
+
+    monkeypatch.setattr(module, "_blocks", gpu_blocks)
+    monkeypatch.setattr(module, "_BLOCK_F", 256)
+    torch.manual_seed(10)
+    h = 1.5 * torch.randn(shape, device=DEVICE)
+    _check(h, _parameters(shape[-1], seed=10), torch.randn_like(h), "triton")
+    assert chosen and all(blocks[:2] == tile for blocks in chosen)
+
+
 def test_backward_is_deterministic_and_leaves_the_tickets_at_zero():
     torch.manual_seed(6)
     h = torch.randn(3, 4, 9, 48, device=DEVICE)
