@@ -379,7 +379,7 @@ def bench_gelu_grn(
             grn.beta.normal_(std=0.1)
         dy = torch.randn(shape, dtype=dtype, device=device)
         run: dict[str, Callable] = {
-            "reference": lambda h, gamma, beta: gelu_grn_reference(h, gamma, beta),
+            "reference": gelu_grn_reference,
             "triton": lambda h, gamma, beta: gelu_grn(h, gamma, beta, backend="triton"),
             "modules": lambda h, gamma, beta, grn=grn: _under_autocast(grn, h, dtype),
         }
