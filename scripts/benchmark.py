@@ -46,6 +46,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from zoo.kernels._backend import launchable, once_differentiable  # noqa: E402
+from zoo.kernels.batch_norm_add import BN_ADD_STAGES, batch_norm_add, batch_norm_add_reference  # noqa: E402
 from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
 from zoo.kernels.gelu_grn import GRN_STAGES, gelu_grn, gelu_grn_reference  # noqa: E402
@@ -396,6 +397,76 @@ def bench_gelu_grn(
             (h, grn.gamma, grn.beta),
             dy,
             {"fwd": 3 * element, "fwd+bwd": 8 * element},
+        )
+    return rows
+
+
+def batch_norm_add_cases(small: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """(case name, shape of the input): UniRepLKNet-T's block tail at its four stages, batch 128, 224 px (NCHW
+    shapes, channels_last memory)."""
+    if small:
+        return [("B2x40x5x7", (2, 40, 5, 7))]
+    return [(f"B128x{channels}x{side}x{side}", (128, channels, side, side)) for side, channels in BN_ADD_STAGES]
+
+
+def _tail_modules(bn, y: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``x + gamma * bn(y)``: UniRepLKNet's block tail as its modules run it (a float32 result for ``dtype`` y)."""
+    return x + gamma.view(1, -1, 1, 1) * bn(y)
+
+
+def bench_batch_norm_add(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows for zoo::batch_norm_add as UniRepLKNet's blocks run it in training under autocast: ``dtype`` input (the
+    second Linear's output), float32 residual, parameters and result, channels_last. Implementations: the reference
+    (eager, compiled), "triton" (the fused op) and "modules" (``nn.BatchNorm2d``, the layer scale's product and the
+    add: the blocks' path before the fusion). Bytes: what the fused op's passes must move (the input read twice,
+    the residual read and the result written; then the output gradient and the input read twice and the input
+    gradient written), not the modules'. ``kernels`` is accepted for the OPS interface; no frozen baseline has this
+    op."""
+    del kernels
+    rows = []
+    for case, shape in _pick_cases(batch_norm_add_cases(small), cases):
+        channels = shape[1]
+        y = torch.randn(shape, dtype=dtype, device=device).to(memory_format=torch.channels_last).requires_grad_()
+        x = torch.randn(shape, device=device).to(memory_format=torch.channels_last).requires_grad_()
+        bn = torch.nn.BatchNorm2d(channels).to(device)
+        gamma = torch.full((channels,), 0.5, device=device, requires_grad=True)
+        dy = torch.randn(shape, device=device).to(memory_format=torch.channels_last)
+        run: dict[str, Callable] = {
+            "reference": lambda y, x, w, b, g, bn=bn: batch_norm_add_reference(
+                y, x, bn.running_mean, bn.running_var, w, b, True, 0.1, 1e-5, g
+            ),
+            "triton": lambda y, x, w, b, g, bn=bn: batch_norm_add(
+                y, x, bn.running_mean, bn.running_var, w, b, True, 0.1, 1e-5, g, backend="triton"
+            ),
+            "modules": lambda y, x, w, b, g, bn=bn: _tail_modules(bn, y, x, g),
+        }
+        if compile_reference:
+            run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)
+        inputs = (y, x, bn.weight, bn.bias, gamma)
+        element = y.numel()
+        half, full = y.element_size(), 4
+        rows += _op_rows(
+            "batch_norm_add",
+            case,
+            dtype,
+            device,
+            _pick_impls(run, impls),
+            inputs,
+            inputs,
+            dy,
+            {
+                "fwd": element * (2 * half + 2 * full),
+                "fwd+bwd": element * (2 * half + 2 * full) + element * (2 * half + 2 * full + half),
+            },
         )
     return rows
 
@@ -1050,6 +1121,7 @@ CASES = {
     "rational": rational_cases,
     "norm_rational": norm_rational_cases,
     "gelu_grn": gelu_grn_cases,
+    "batch_norm_add": batch_norm_add_cases,
     "mlp": mlp_cases,
     "host_probe": host_probe_cases,
     "dwconv": dwconv_cases,
@@ -1073,6 +1145,7 @@ OPS = {
     "rational": bench_rational,
     "norm_rational": bench_norm_rational,
     "gelu_grn": bench_gelu_grn,
+    "batch_norm_add": bench_batch_norm_add,
     "mlp": bench_mlp,
     "host_probe": bench_host_probe,
     "dwconv": bench_dwconv,

@@ -49,6 +49,7 @@ IMPLS = {
     "rational": ("triton",),
     "norm_rational": ("triton", "triton-unfused"),
     "gelu_grn": ("triton", "modules"),
+    "batch_norm_add": ("triton", "modules"),
     "host_probe": ("triton-launch", "fast-launch", "triton", "torch"),
     "dwconv": ("triton",),
     "inception": ("triton",),

@@ -9,10 +9,9 @@ import torch
 from tests.helpers import DEVICE, assert_close, assert_relative_error
 from zoo.kernels._backend import INTERPRETER, ticket_counters, tl, triton
 from zoo.kernels._gelu import gelu_and_slope
+from zoo.kernels._sample_tiles import blocks, positions_per_chunk
 from zoo.kernels.gelu_grn import (
     GRN_STAGES,
-    _blocks,
-    _rows_per_chunk,
     gelu_grn,
     gelu_grn_backward,
     gelu_grn_forward,
@@ -169,25 +168,23 @@ def test_blocks_and_chunks_cover_the_map(channels):
     """BLOCK_C divides C where one of the choices does (UniRepLKNet's widths), else the last block is masked; the
     chunks are whole tiles and cover every position, fewer of them as samples x blocks fill the grid."""
     for positions in (1, 7, 49, 196, 784, 3136):
-        block_p, block_c, even = _blocks(channels, positions, GPU_BLOCK_C, 2048)
+        block_p, block_c, even = blocks(channels, positions, GPU_BLOCK_C, 2048)
         assert block_c & (block_c - 1) == 0 and block_p * block_c == 2048 and even == (channels % block_c == 0)
         assert even or channels % 16
         for batch in (1, 128):
-            rows = _rows_per_chunk(positions, batch * -(-channels // block_c), block_p, 132)
+            rows = positions_per_chunk(positions, batch * -(-channels // block_c), block_p, 132)
             chunks = -(-positions // rows)
             assert rows % block_p == 0 and (chunks - 1) * rows < positions <= chunks * rows
-        assert _rows_per_chunk(3136, 1, block_p, 132) < _rows_per_chunk(3136, 1000, block_p, 132)
+        assert positions_per_chunk(3136, 1, block_p, 132) < positions_per_chunk(3136, 1000, block_p, 132)
 
 
 def test_tiles_pad_the_map_least():
     """Of the BLOCK_C choices dividing C, the one whose tile height pads the positions least, the widest on a tie:
     UniRepLKNet-T's four stages (4 C, H W)."""
-    tiles = {
-        (c, p): _blocks(c, p, GPU_BLOCK_C, 2048)[:2] for c, p in ((320, 3136), (640, 784), (1280, 196), (2560, 49))
-    }
+    tiles = {(c, p): blocks(c, p, GPU_BLOCK_C, 2048)[:2] for c, p in ((320, 3136), (640, 784), (1280, 196), (2560, 49))}
     assert tiles == {(320, 3136): (32, 64), (640, 784): (16, 128), (1280, 196): (8, 256), (2560, 49): (8, 256)}
-    assert _blocks(160, 3136, GPU_BLOCK_C, 2048)[:2] == (64, 32)  # unireplknet_a's stage 1: 32 is the widest divisor
-    assert _blocks(40, 49, GPU_BLOCK_C, 2048) == (32, 64, False)  # no choice divides 40: 64 with a masked block
+    assert blocks(160, 3136, GPU_BLOCK_C, 2048)[:2] == (64, 32)  # unireplknet_a's stage 1: 32 is the widest divisor
+    assert blocks(40, 49, GPU_BLOCK_C, 2048) == (32, 64, False)  # no choice divides 40: 64 with a masked block
 
 
 @pytest.mark.parametrize(
@@ -196,15 +193,16 @@ def test_tiles_pad_the_map_least():
 def test_the_compiled_kernels_tiles_on_the_interpreter(shape, tile, monkeypatch):
     """The tiles a GPU launch takes (2048 elements; here 8 x 256 with a partial tile of 1 row, 16 x 128, and 32 x 64
     with a masked channel block), run through the interpreter against the float64 reference."""
+    import zoo.kernels._sample_tiles as tiles
     import zoo.kernels.gelu_grn as module
 
     chosen = []
 
     def gpu_blocks(channels, positions):
-        chosen.append(_blocks(channels, positions, GPU_BLOCK_C, 2048))
+        chosen.append(blocks(channels, positions, GPU_BLOCK_C, 2048))
         return chosen[-1]
 
-    monkeypatch.setattr(module, "_blocks", gpu_blocks)
+    monkeypatch.setattr(tiles, "blocks", gpu_blocks)
     monkeypatch.setattr(module, "_BLOCK_F", 256)
     torch.manual_seed(10)
     h = 1.5 * torch.randn(shape, device=DEVICE)

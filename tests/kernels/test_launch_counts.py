@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import zoo.kernels.fftconv as fftconv_module
 from tests.helpers import DEVICE
 from zoo.kernels._backend import INTERPRETER, FastLaunch
+from zoo.kernels.batch_norm_add import batch_norm_add
 from zoo.kernels.dwconv import dwconv2d, inception_dwconv2d
 from zoo.kernels.fftconv import fftconv
 from zoo.kernels.gelu_grn import gelu_grn
@@ -41,6 +42,7 @@ FREE_OPS = {
     "alias",
     "is_same_size",
     "set_",
+    "promote_types",  # a dtype from two dtypes
 }
 
 
@@ -227,6 +229,32 @@ def test_gelu_grn_launches_two_kernels_each_way(count):
     forward, backward = _measure(count, lambda t: gelu_grn(*t, backend="triton"), leaves)
     report = f"forward: {_describe(forward)}; backward: {_describe(backward)}"
     assert len(forward.triton) == 2 and not forward.aten and not forward.fft, report
+    assert len(backward.triton) == 2 and not backward.aten and not backward.fft, report
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+def test_batch_norm_add_launches_two_kernels_each_way(training, count):
+    """Batch norm + scale + residual add: two launches each way in training (one forward in eval), no ATen op, the
+    running statistics' step inside the first kernel (the batch's statistics span every sample: a dependency
+    across the grid's programs, which the second launch resolves; the modules run BN, the scale's product and the
+    add, and twice as many ops backward). The residual's gradient is the output's gradient itself."""
+    gen = torch.Generator().manual_seed(3)
+    running = [torch.zeros(40, device=DEVICE), torch.ones(40, device=DEVICE)]
+    leaves = _leaves(
+        torch.randn(3, 40, 5, 7, generator=gen),
+        torch.randn(3, 40, 5, 7, generator=gen),
+        torch.rand(40, generator=gen),
+        torch.randn(40, generator=gen),
+        torch.rand(40, generator=gen),
+    )
+
+    def call(t):
+        y, x, w, b, s = t
+        return batch_norm_add(y, x, *running, w, b, training, 0.1, 1e-5, s, backend="triton")
+
+    forward, backward = _measure(count, call, leaves)
+    report = f"forward: {_describe(forward)}; backward: {_describe(backward)}"
+    assert len(forward.triton) == (2 if training else 1) and not forward.aten and not forward.fft, report
     assert len(backward.triton) == 2 and not backward.aten and not backward.fft, report
 
 

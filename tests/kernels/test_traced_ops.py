@@ -79,6 +79,32 @@ def _cases():
             ops.gelu_grn_backward,
             (t(2, 5, 7, 40), t(2, 5, 7, 40), t(2, 41, dtype=f32), t(1, 1, 1, 40, dtype=f32), None),
         ),
+        # UniRepLKNet's block tail under autocast: bf16 input (the second Linear's), float32 residual and parameters
+        "batch_norm_add": (
+            ops.batch_norm_add,
+            (t(3, 40, 5, 7, channels_last=True), t(3, 40, 5, 7, dtype=f32, channels_last=True))
+            + (t(40, dtype=f32),) * 4
+            + (True, 0.1, 1e-5, t(40, dtype=f32), t(3, dtype=f32)),
+        ),
+        "batch_norm_add_eval": (
+            ops.batch_norm_add,
+            (t(3, 40, 5, 7, channels_last=True), t(3, 40, 5, 7, dtype=f32, channels_last=True))
+            + (t(40, dtype=f32),) * 4
+            + (False, 0.1, 1e-5, t(40, dtype=f32), None),
+        ),
+        "batch_norm_add_backward": (
+            ops.batch_norm_add_backward,
+            (
+                t(3, 40, 5, 7, dtype=f32, channels_last=True),
+                t(3, 40, 5, 7, channels_last=True),
+                t(2, 40, dtype=f32),
+                t(40, dtype=f32),
+                t(40, dtype=f32),
+                t(40, dtype=f32),
+                t(3, dtype=f32),
+                True,
+            ),
+        ),
         "dwconv2d_direct": (ops.dwconv2d, (t(2, 8, 9, 9, channels_last=True), t(8, 1, 7, 7), t(8), [1, 1], [1, 1])),
         "dwconv2d_direct_backward": (
             ops.dwconv2d_backward,
@@ -285,6 +311,9 @@ CASES = [
     "group_rational_backward",
     "gelu_grn",
     "gelu_grn_backward",
+    "batch_norm_add",
+    "batch_norm_add_eval",
+    "batch_norm_add_backward",
     "dwconv2d_direct",
     "dwconv2d_direct_backward",
     "dwconv2d_whole_row",
@@ -355,6 +384,7 @@ def _gpu_cases(device: str = "cuda") -> dict:
     """name -> (function of tensors calling one public op with backend="triton", its leaf tensors on ``device``)
     at small shapes whose kernels compile in seconds; float32 except where the op's fast path is half precision."""
     from zoo.kernels import dwconv2d, group_rational, inception_dwconv2d, s4d_kernel
+    from zoo.kernels.batch_norm_add import batch_norm_add
     from zoo.kernels.fftconv import fftconv
     from zoo.kernels.neighborhood import neighborhood_attention
 
@@ -392,6 +422,11 @@ def _gpu_cases(device: str = "cuda") -> dict:
             lambda u, k, d: fftconv(u, k, d, activation="gelu", backend="triton"),
             [leaf(2, 8, 300), leaf(8, 300, scale=1 / 300), leaf(8)],
         ),
+        "batch_norm_add": (
+            lambda y, x, w, b, s: batch_norm_add(y, x, None, None, w, b, True, 0.1, 1e-5, s, backend="triton"),
+            [leaf(4, 80, 14, 14, dtype=bf16, channels_last=True), leaf(4, 80, 14, 14, channels_last=True)]
+            + [leaf(80) for _ in range(3)],
+        ),
         "neighborhood_attention_2d_bias": (
             lambda q, k, v, rpb: neighborhood_attention(q, k, v, kernel_size=5, rpb=rpb, backend="triton"),
             [leaf(2, 9, 11, 2, 32, dtype=bf16) for _ in range(3)] + [leaf(2, 9, 9, dtype=bf16)],
@@ -403,7 +438,15 @@ def _gpu_cases(device: str = "cuda") -> dict:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
     "name",
-    ["group_rational", "dwconv2d", "inception_dwconv2d", "s4d_kernel", "fftconv", "neighborhood_attention_2d_bias"],
+    [
+        "group_rational",
+        "dwconv2d",
+        "inception_dwconv2d",
+        "s4d_kernel",
+        "fftconv",
+        "batch_norm_add",
+        "neighborhood_attention_2d_bias",
+    ],
 )
 def test_inductor_runs_the_traced_kernels_like_eager(name):
     """On a GPU: torch.compile (Inductor, fullgraph, static shapes) of the op - its kernels traced, compiled and

@@ -338,6 +338,105 @@ def test_triton_blocks_run_gelu_grn_as_one_op(switch, monkeypatch):
         assert calls[-1] == torch.bfloat16
 
 
+@pytest.mark.parametrize(
+    "case", ["train", "train-drop-path", "momentum-none", "eval", "not-tracking", "ZOO_BATCH_NORM_ADD=0"]
+)
+def test_triton_blocks_run_the_tail_as_one_op(case, monkeypatch):
+    """With the Triton backend, ``x + drop_path(gamma * BN(Linear_2(h)))`` is zoo.kernels.batch_norm_add (its result
+    float32 under autocast, as the modules'), with the modules' output, gradients, running statistics,
+    num_batches_tracked and stochastic depth's mask (the same draws under one seed); ZOO_BATCH_NORM_ADD=0 runs the
+    modules."""
+    import zoo.layers.unireplknet as layers
+
+    calls = []
+    real = layers.batch_norm_add
+
+    def spy(*args, **kwargs):
+        calls.append(args[6])  # training (batch statistics)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "batch_norm_add", spy)
+    if case == "ZOO_BATCH_NORM_ADD=0":
+        monkeypatch.setenv("ZOO_BATCH_NORM_ADD", "0")
+    drop_path = 0.5 if case == "train-drop-path" else 0.0
+    torch.manual_seed(2)
+    blocks = []
+    for backend in ("torch", "triton"):
+        block = _randomise(UniRepLKNetBlock(8, 3, drop_path=drop_path, backend=backend))
+        if case == "momentum-none":
+            block.pwconv2[2].momentum = None
+        if case == "not-tracking":
+            bn = block.pwconv2[2]
+            bn.track_running_stats, bn.running_mean, bn.running_var, bn.num_batches_tracked = False, None, None, None
+        blocks.append(block.to(DEVICE).train(case != "eval"))
+    reference, block = blocks
+    x = _input((3, 8, 5, 6)).to(DEVICE)
+    for step in range(2):
+        outputs = []
+        for layer in (reference, block):
+            torch.manual_seed(10 + step)  # the same drop-path draws
+            y = layer(x.clone().requires_grad_())
+            y.square().sum().backward()
+            outputs.append(y.detach())
+        assert_close(outputs[1], outputs[0], torch.float32, scale=10.0)
+    fused = case != "ZOO_BATCH_NORM_ADD=0"
+    assert calls == ([case != "eval"] * 2 if fused else [])
+    # in training, the last BN cancels most of the gradient of what shifts every position alike (pwconv1's bias
+    # comes out near zero): the gradients within 1e-4 of the largest one
+    largest = max(p.grad.abs().max().item() for p in reference.parameters())
+    for p, q in zip(reference.parameters(), block.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4 * largest)
+    for name, u in reference.state_dict().items():  # running statistics and num_batches_tracked
+        assert_close(block.state_dict()[name], u, torch.float32, scale=10.0)
+    if fused:
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16), torch.no_grad():
+            assert block(x).dtype == reference(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["bias None", "eps 0 in eval", "momentum 2", "float64 gamma", "hook on the BN", "hook on act", "global hook"],
+)
+def test_triton_blocks_run_the_modules_where_the_fused_ops_would_differ(change):
+    """Where a fused op would raise or skip something the modules do (hooks, BN settings the op does not take,
+    dtypes its kernels do not take), the Triton block runs the modules: its output equals the torch block's, and the
+    hooks run."""
+    torch.manual_seed(4)
+    blocks = [_randomise(UniRepLKNetBlock(8, 3, backend=backend)).to(DEVICE) for backend in ("torch", "triton")]
+    blocks[1].load_state_dict(blocks[0].state_dict())
+    calls, handles = [], []
+    for block in blocks:
+        bn = block.pwconv2[2]
+        block.train(change != "eps 0 in eval")
+        if change == "bias None":
+            bn.bias = None
+        elif change == "eps 0 in eval":
+            bn.eps = 0.0
+        elif change == "momentum 2":
+            bn.momentum = 2.0
+        elif change == "float64 gamma":
+            block.gamma.data = block.gamma.data.double()
+        elif change == "hook on the BN":
+            handles.append(bn.register_forward_hook(lambda *_: calls.append("bn")))
+        elif change == "hook on act":
+            handles.append(block.act[1].register_forward_pre_hook(lambda *_: calls.append("grn")))
+    if change == "global hook":
+        handles.append(torch.nn.modules.module.register_module_forward_hook(lambda *_: calls.append("any")))
+    x = _input((2, 8, 5, 6)).to(DEVICE)
+    outputs, hook_calls = [], []
+    try:
+        for block in blocks:
+            calls.clear()
+            outputs.append(block(x))
+            hook_calls.append(len(calls))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert_close(outputs[1].detach(), outputs[0].detach().to(outputs[1].dtype), torch.float32, scale=10.0)
+    if "hook" in change:  # both blocks ran the hooked modules
+        assert hook_calls[0] > 0 and hook_calls[1] == hook_calls[0], hook_calls
+
+
 def test_bad_arguments_and_input():
     with pytest.raises(ValueError, match=r"kernel_size in \[5, 7, 9, 11, 13, 15, 17\], got 19"):
         DilatedReparamBlock(8, 19)

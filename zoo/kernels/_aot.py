@@ -292,7 +292,16 @@ def all_specs() -> list[KernelSpec]:
     # by module path: `kernels` exports the function `fftconv`, which shadows the module of that name
     modules = [
         import_module(f"zoo.kernels.{name}")
-        for name in ("rational", "norm_rational", "gelu_grn", "dwconv", "ssm", "fftconv", "neighborhood")
+        for name in (
+            "rational",
+            "norm_rational",
+            "gelu_grn",
+            "batch_norm_add",
+            "dwconv",
+            "ssm",
+            "fftconv",
+            "neighborhood",
+        )
     ]
     return [spec for module in modules for spec in module.aot_specs()]
 

@@ -18,8 +18,6 @@ registered op.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,18 +33,28 @@ from zoo.kernels._backend import (
     device_guard,
     dispatch_triton,
     launchable,
-    next_power_of_2,
     once_differentiable,
     requested_backend,
     resolve_backend,
-    sm_count,
     ticket_counters,
     tl,
     triton,
     triton_op,
 )
 from zoo.kernels._gelu import gelu, gelu_and_slope
-from zoo.kernels.dwconv._common import to_f32
+from zoo.kernels._sample_tiles import (
+    MAX_BATCH,
+    blocks,
+    chunk_rows,
+    geometry,
+    load_row,
+    load_tile,
+    merged_positions,
+    positions_per_chunk,
+    store_row,
+    store_tile,
+    tile_pointers,
+)
 
 __all__ = ["gelu_grn", "gelu_grn_reference", "gelu_grn_forward", "gelu_grn_backward"]
 
@@ -111,9 +119,9 @@ def gelu_grn_reference(
 # ----------------------------------------------------------------------------------------------------------------
 # 2. Triton kernels
 #
-# Every kernel runs on the grid (chunks, channel blocks, samples): program (k, j, b) walks the positions
-# [k R, (k + 1) R) of sample b (R = rows_per_chunk, a multiple of BLOCK_P) in tiles of BLOCK_P positions x BLOCK_C
-# channels, the full tiles without masks and the chunk's last, partial tile masked.
+# Every kernel runs on the grid (chunks, channel blocks, samples) of zoo/kernels/_sample_tiles.py: program (k, j, b)
+# walks the positions [k R, (k + 1) R) of sample b (R = rows_per_chunk, a multiple of BLOCK_P) in tiles of BLOCK_P
+# positions x BLOCK_C channels, the full tiles without masks and the chunk's last, partial tile masked.
 #
 # Forward: the sums kernel writes each program's column sums of a^2 and takes a ticket on its sample's counter; the
 # program that draws the sample's last ticket adds the chunks' sums in chunk order, writes Gx[b, :] and the sample's
@@ -127,76 +135,11 @@ def gelu_grn_reference(
 
 
 @triton.jit
-def _tile(base, rows, cols, stride_p, stride_c):
-    """Pointers of a [BLOCK_P, BLOCK_C] tile: positions ``rows``, channels ``cols``."""
-    return base + rows[:, None] * stride_p + cols[None, :] * stride_c
-
-
-@triton.jit
-def _load_tile(ptr, rows, row_end, cols, C, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr):
-    """A [BLOCK_P, BLOCK_C] tile as float32, zero where masked: rows at ``row_end`` only for the partial tile,
-    columns at C only when C is not a multiple of BLOCK_C."""
-    if MASK_ROWS:
-        if EVEN_C:
-            x = tl.load(ptr, mask=(rows < row_end)[:, None], other=0.0)
-        else:
-            x = tl.load(ptr, mask=(rows < row_end)[:, None] & (cols < C)[None, :], other=0.0)
-    else:
-        if EVEN_C:
-            x = tl.load(ptr)
-        else:
-            x = tl.load(ptr, mask=(cols < C)[None, :], other=0.0)
-    return to_f32(x)
-
-
-@triton.jit
-def _store_tile(ptr, value, rows, row_end, cols, C, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr):
-    value = value.to(ptr.dtype.element_ty)
-    if MASK_ROWS:
-        if EVEN_C:
-            tl.store(ptr, value, mask=(rows < row_end)[:, None])
-        else:
-            tl.store(ptr, value, mask=(rows < row_end)[:, None] & (cols < C)[None, :])
-    else:
-        if EVEN_C:
-            tl.store(ptr, value)
-        else:
-            tl.store(ptr, value, mask=(cols < C)[None, :])
-
-
-@triton.jit
-def _store_row(ptr, value, cols, C, EVEN_C: tl.constexpr):
-    value = value.to(ptr.dtype.element_ty)
-    if EVEN_C:
-        tl.store(ptr + cols, value)
-    else:
-        tl.store(ptr + cols, value, mask=cols < C)
-
-
-@triton.jit
-def _load_row(ptr, cols, C, EVEN_C: tl.constexpr):
-    if EVEN_C:
-        x = tl.load(ptr + cols)
-    else:
-        x = tl.load(ptr + cols, mask=cols < C, other=0.0)
-    return x.to(tl.float32)
-
-
-@triton.jit
-def _chunk(P, rows_per_chunk, BLOCK_P: tl.constexpr):
-    """(first row, end of the full tiles, end) of this program's chunk of positions."""
-    row_begin = tl.program_id(0) * rows_per_chunk
-    row_end = tl.minimum(row_begin + rows_per_chunk, P)
-    full_end = row_begin + (row_end - row_begin) // BLOCK_P * BLOCK_P
-    return row_begin, full_end, row_end
-
-
-@triton.jit
 def _squares_tile(
     h_base, rows, row_end, cols, C, stride_hp, stride_hc, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr,
     APPROX: tl.constexpr,
 ):  # fmt: skip
-    h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    h = load_tile(tile_pointers(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
     a = gelu(h, APPROX)
     return a * a
 
@@ -227,14 +170,14 @@ def _gelu_grn_sums_kernel(
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     offsets = tl.arange(0, BLOCK_P)
     h_base = h_ptr + b.to(tl.int64) * stride_hb
-    row_begin, full_end, row_end = _chunk(P, rows_per_chunk, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for start in range(row_begin, full_end, BLOCK_P):
         acc += _squares_tile(h_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, False, EVEN_C, APPROX)
     if full_end < row_end:
         acc += _squares_tile(h_base, full_end + offsets, row_end, cols, C, stride_hp, stride_hc, True, EVEN_C, APPROX)
     partial_b = partial_ptr + b.to(tl.int64) * chunks * C
-    _store_row(partial_b + tl.program_id(0) * C, tl.sum(acc, axis=0), cols, C, EVEN_C)
+    store_row(partial_b + tl.program_id(0) * C, tl.sum(acc, axis=0), cols, C, EVEN_C)
     tl.debug_barrier()  # every thread's sums come before the ticket (release)
     ticket = tl.atomic_add(counter_ptr + b, 1, sem="acq_rel", scope="gpu")
     if ticket == chunks * tl.num_programs(1) - 1:
@@ -257,12 +200,12 @@ def _apply_tile(
     h_base, y_base, rows, row_end, cols, C, stride_hp, stride_hc, stride_yp, factor, shift, MASK_ROWS: tl.constexpr,
     EVEN_C: tl.constexpr, HAS_BETA: tl.constexpr, APPROX: tl.constexpr,
 ):  # fmt: skip
-    h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    h = load_tile(tile_pointers(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
     y = gelu(h, APPROX)
     y *= factor
     if HAS_BETA:
         y += shift
-    _store_tile(_tile(y_base, rows, cols, stride_yp, 1), y, rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    store_tile(tile_pointers(y_base, rows, cols, stride_yp, 1), y, rows, row_end, cols, C, MASK_ROWS, EVEN_C)
 
 
 @triton.jit
@@ -290,13 +233,13 @@ def _gelu_grn_apply_kernel(
     b = tl.program_id(2)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     offsets = tl.arange(0, BLOCK_P)
-    gamma = _load_row(gamma_ptr, cols, C, EVEN_C)
+    gamma = load_row(gamma_ptr, cols, C, EVEN_C)
     stats_b = stats_ptr + b.to(tl.int64) * (C + 1)
-    factor = (1.0 + gamma * _load_row(stats_b, cols, C, EVEN_C) * tl.load(stats_b + C))[None, :]
-    shift = _load_row(beta_ptr, cols, C, EVEN_C)[None, :]  # (gamma's row again when HAS_BETA is False: unused)
+    factor = (1.0 + gamma * load_row(stats_b, cols, C, EVEN_C) * tl.load(stats_b + C))[None, :]
+    shift = load_row(beta_ptr, cols, C, EVEN_C)[None, :]  # (gamma's row again when HAS_BETA is False: unused)
     h_base = h_ptr + b.to(tl.int64) * stride_hb
     y_base = y_ptr + b.to(tl.int64) * stride_yb
-    row_begin, full_end, row_end = _chunk(P, rows_per_chunk, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
     for start in range(row_begin, full_end, BLOCK_P):
         _apply_tile(
             h_base, y_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, stride_yp, factor, shift, False,
@@ -314,8 +257,8 @@ def _grad_sums_tile(
     h_base, dy_base, rows, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc, MASK_ROWS: tl.constexpr,
     EVEN_C: tl.constexpr, APPROX: tl.constexpr,
 ):  # fmt: skip
-    h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
-    dy = _load_tile(_tile(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    h = load_tile(tile_pointers(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
     return dy * gelu(h, APPROX), dy
 
 
@@ -352,7 +295,7 @@ def _gelu_grn_grad_sums_kernel(
     offsets = tl.arange(0, BLOCK_P)
     h_base = h_ptr + b.to(tl.int64) * stride_hb
     dy_base = dy_ptr + b.to(tl.int64) * stride_db
-    row_begin, full_end, row_end = _chunk(P, rows_per_chunk, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
     acc_p = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     acc_d = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for start in range(row_begin, full_end, BLOCK_P):
@@ -370,8 +313,8 @@ def _gelu_grn_grad_sums_kernel(
         acc_p += dya
         acc_d += dy
     partial_b = partial_ptr + b.to(tl.int64) * chunks * 2 * C
-    _store_row(partial_b + tl.program_id(0) * 2 * C, tl.sum(acc_p, axis=0), cols, C, EVEN_C)
-    _store_row(partial_b + tl.program_id(0) * 2 * C + C, tl.sum(acc_d, axis=0), cols, C, EVEN_C)
+    store_row(partial_b + tl.program_id(0) * 2 * C, tl.sum(acc_p, axis=0), cols, C, EVEN_C)
+    store_row(partial_b + tl.program_id(0) * 2 * C + C, tl.sum(acc_d, axis=0), cols, C, EVEN_C)
     tl.debug_barrier()  # every thread's sums come before the ticket (release)
     ticket = tl.atomic_add(counter_ptr + b, 1, sem="acq_rel", scope="gpu")
     if ticket == chunks * tl.num_programs(1) - 1:
@@ -399,11 +342,11 @@ def _grad_apply_tile(
     h_base, dy_base, dh_base, rows, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc, stride_gp, factor,
     slope_gx, MASK_ROWS: tl.constexpr, EVEN_C: tl.constexpr, APPROX: tl.constexpr,
 ):  # fmt: skip
-    h = _load_tile(_tile(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
-    dy = _load_tile(_tile(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    h = load_tile(tile_pointers(h_base, rows, cols, stride_hp, stride_hc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, MASK_ROWS, EVEN_C)
     a, slope = gelu_and_slope(h, APPROX)
     dh = (dy * factor + a * slope_gx) * slope
-    _store_tile(_tile(dh_base, rows, cols, stride_gp, 1), dh, rows, row_end, cols, C, MASK_ROWS, EVEN_C)
+    store_tile(tile_pointers(dh_base, rows, cols, stride_gp, 1), dh, rows, row_end, cols, C, MASK_ROWS, EVEN_C)
 
 
 @triton.jit
@@ -441,10 +384,10 @@ def _gelu_grn_grad_apply_kernel(
     b = tl.program_id(2)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     offsets = tl.arange(0, BLOCK_P)
-    gamma = _load_row(gamma_ptr, cols, C, EVEN_C)
+    gamma = load_row(gamma_ptr, cols, C, EVEN_C)
     stats_b = stats_ptr + b.to(tl.int64) * (C + 1)
-    gx = _load_row(stats_b, cols, C, EVEN_C)
-    p_sum = _load_row(total_ptr + b.to(tl.int64) * 2 * C, cols, C, EVEN_C)
+    gx = load_row(stats_b, cols, C, EVEN_C)
+    p_sum = load_row(total_ptr + b.to(tl.int64) * 2 * C, cols, C, EVEN_C)
     scale = tl.load(stats_b + C)
     factor = (1.0 + gamma * gx * scale)[None, :]
     d_gx = scale * gamma * p_sum - tl.load(coef_ptr + b)
@@ -452,7 +395,7 @@ def _gelu_grn_grad_apply_kernel(
     h_base = h_ptr + b.to(tl.int64) * stride_hb
     dy_base = dy_ptr + b.to(tl.int64) * stride_db
     dh_base = dh_ptr + b.to(tl.int64) * stride_gb
-    row_begin, full_end, row_end = _chunk(P, rows_per_chunk, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
     for start in range(row_begin, full_end, BLOCK_P):
         _grad_apply_tile(
             h_base, dy_base, dh_base, start + offsets, row_end, cols, C, stride_hp, stride_hc, stride_dp, stride_dc,
@@ -477,71 +420,22 @@ def _gelu_grn_grad_apply_kernel(
             totals = total_ptr + s[:, None] * 2 * C + cols[None, :]
             dgamma += nx * tl.load(totals, mask=mask, other=0.0)
             dbeta += tl.load(totals + C, mask=mask, other=0.0)
-        _store_row(dgamma_ptr, tl.sum(dgamma, axis=0), cols, C, EVEN_C)
-        _store_row(dbeta_ptr, tl.sum(dbeta, axis=0), cols, C, EVEN_C)
+        store_row(dgamma_ptr, tl.sum(dgamma, axis=0), cols, C, EVEN_C)
+        store_row(dbeta_ptr, tl.sum(dbeta, axis=0), cols, C, EVEN_C)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Launchers
 # ----------------------------------------------------------------------------------------------------------------
 
-# A tile: BLOCK_P positions x BLOCK_C channels, 2048 elements over 4 warps (16 a thread; a row of 64 bf16 channels
-# is 128 bytes, 8 threads of 16-byte vectors), BLOCK_C one of the powers of two from 16 to 256. The interpreter
-# takes small tiles of 16 channels, so that the tests' small maps have several tiles, partial tiles and chunks.
-_BLOCK_C_CHOICES = (16,) if INTERPRETER else (256, 128, 64, 32, 16)
-_TILE_ELEMENTS = 64 if INTERPRETER else 2048
 _BLOCK_F = 16 if INTERPRETER else 256  # channels per step of a sample's last program
-_PROGRAMS_PER_SM = 8  # the chunks split a sample's map until the grid has about this many programs per SM
-_INTERPRETER_SMS = 3
-
-
-@functools.cache
-def _blocks(
-    channels: int, positions: int, choices: tuple[int, ...] = _BLOCK_C_CHOICES, tile: int = _TILE_ELEMENTS
-) -> tuple[int, int, bool]:
-    """(BLOCK_P, BLOCK_C, EVEN_C) of a tile of ``tile`` elements: of the ``choices`` of BLOCK_C that divide C, the
-    one whose BLOCK_P = tile / BLOCK_C pads the map's positions least (the chunk's partial last tile costs a whole
-    tile), the widest on a tie. UniRepLKNet-T's maps: 56 x 56 in 32 x 64 tiles, 28 x 28 in 16 x 128 (784 = 49 x
-    16), 14 x 14 in 8 x 256 (196 positions in 200 rows; 224 in tiles of 32), 7 x 7 in 8 x 256 (56 rows; 64).
-    Where no choice divides C, blocks of up to 64 channels, the last one masked."""
-    dividing = [c for c in choices if channels % c == 0]
-    if not dividing:
-        block_c = min(max(choices), 64, next_power_of_2(channels))
-        return max(1, tile // block_c), block_c, channels % block_c == 0
-    block_c = min(dividing, key=lambda c: (cdiv(positions, tile // c) * (tile // c), -c))
-    return max(1, tile // block_c), block_c, True
-
-
-def _rows_per_chunk(positions: int, tiles_elsewhere: int, block_p: int, sms: int) -> int:
-    """Positions per chunk, a multiple of BLOCK_P: a sample's map is split into the fewest chunks that give the grid
-    about ``_PROGRAMS_PER_SM`` programs per SM (``tiles_elsewhere``: samples x channel blocks)."""
-    tiles = max(1, cdiv(positions, block_p))
-    chunks = min(tiles, max(1, cdiv(sms * _PROGRAMS_PER_SM, tiles_elsewhere)))
-    return cdiv(tiles, chunks) * block_p
-
-
-def _sm_count(device: torch.device) -> int:
-    return sm_count(device, _INTERPRETER_SMS if INTERPRETER else H200_SMS)
-
-
-def _merged_map(t: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
-    """(t, its strides over (sample, position, channel)): the positions of the H x W map as one axis, which needs
-    the row stride to be W times the column stride (any NHWC tensor, a permuted NCHW one); other layouts are
-    copied first."""
-    if t.stride(1) != t.shape[2] * t.stride(2):
-        t = t.contiguous()
-    return t, (t.stride(0), t.stride(2), t.stride(3))
 
 
 def _geometry(h: Tensor) -> tuple[int, tuple[int, int, bool], int, int]:
     """(positions, blocks, chunks, rows per chunk) of ``h``."""
     batch, height, width, channels = h.shape
-    block_p, block_c, even_c = blocks = _blocks(channels, height * width)
-    rows = _rows_per_chunk(height * width, batch * cdiv(channels, block_c), block_p, _sm_count(h.device))
-    return height * width, blocks, cdiv(height * width, rows), rows
-
-
-MAX_BATCH = 65535  # the samples are the grid's third axis, which CUDA bounds
+    tile, chunks, rows = geometry(batch, height * width, channels, h.device)
+    return height * width, tile, chunks, rows
 
 
 def _check_triton_inputs(h, gamma, beta, eps, out_dtype) -> None:
@@ -574,7 +468,7 @@ def gelu_grn_forward(
         stats[:, channels] = 1.0 / eps
         return y, stats
     positions, (block_p, block_c, even_c), chunks, rows = _geometry(h)
-    h, strides = _merged_map(h)
+    h, strides = merged_positions(h, 3)
     workspace = torch.empty(batch * (chunks * channels + channels + 1), dtype=torch.float32, device=h.device)
     stats = workspace[: batch * (channels + 1)].view(batch, channels + 1)
     partials = workspace[batch * (channels + 1) :]
@@ -626,8 +520,8 @@ def _launch_backward(
     if h.numel() == 0:
         return dh, dgamma.zero_(), dbeta.zero_()
     positions, (block_p, block_c, even_c), chunks, rows = _geometry(h)
-    h, h_strides = _merged_map(h)
-    dy, dy_strides = _merged_map(grad_output)
+    h, h_strides = merged_positions(h, 3)
+    dy, dy_strides = merged_positions(grad_output, 3)
     workspace = torch.empty(batch * (2 * chunks * channels + 2 * channels + 1), dtype=torch.float32, device=h.device)
     totals = workspace[: 2 * batch * channels]
     coef = workspace[2 * batch * channels : batch * (2 * channels + 1)]
@@ -775,8 +669,8 @@ def aot_specs() -> list:
     batch = _BENCHMARK_BATCH
     for stage, (side, channels) in enumerate(GRN_STAGES, start=1):
         positions = side * side
-        block_p, block_c, even_c = _blocks(channels, positions)
-        rows = _rows_per_chunk(positions, batch * cdiv(channels, block_c), block_p, H200_SMS)
+        block_p, block_c, even_c = blocks(channels, positions)
+        rows = positions_per_chunk(positions, batch * cdiv(channels, block_c), block_p, H200_SMS)
         chunks = cdiv(positions, rows)
         programs = chunks * cdiv(channels, block_c) * batch
         spans = [min(rows, positions - k * rows) for k in range(chunks)]  # the chunks' positions

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 
 from zoo.kernels import _cpu_compile
 from zoo.kernels._backend import TRITON_DTYPES, requested_backend, resolve_backend
+from zoo.kernels._sample_tiles import MAX_BATCH
+from zoo.kernels.batch_norm_add import batch_norm_add
 from zoo.kernels.dwconv import autocast_input, dwconv2d
 from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
 from zoo.layers.dilated_reparam import (
@@ -52,6 +54,9 @@ __all__ = [
 # "0": the blocks run nn.GELU then GRN as modules where their backend runs Triton, instead of the fused op (read at
 # every call; a switch for telling a fault of the op from the rest of the Triton path on a GPU)
 GELU_GRN_ENV_VAR = "ZOO_GELU_GRN"
+# "0": the blocks run the last BatchNorm, the layer scale, stochastic depth and the residual add as modules where
+# their backend runs Triton, instead of the fused op (zoo/kernels/batch_norm_add.py; read at every call)
+BATCH_NORM_ADD_ENV_VAR = "ZOO_BATCH_NORM_ADD"
 
 # kernel size K: (branch kernel sizes, branch dilations); every branch covers r (k - 1) + 1 <= K
 DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -378,6 +383,22 @@ def _gelu_grn_deployed(h: Tensor, gamma: Tensor) -> Tensor:
     return gelu_grn_reference(h, gamma)
 
 
+_DROP_PATHS = (nn.Identity, DropPath)
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether a forward or backward hook would see any of ``modules`` run (its own hooks or a global one): a fused
+    op that replaces them would skip the hooks, so the block runs the modules."""
+    if (
+        nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+        or nn.modules.module._global_backward_hooks
+        or nn.modules.module._global_backward_pre_hooks
+    ):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
+
+
 class NCHWtoNHWC(nn.Module):
     """``[N, C, H, W] -> [N, H, W, C]`` (a view)."""
 
@@ -479,6 +500,7 @@ class UniRepLKNetBlock(nn.Module):
             or type(gelu) is not nn.GELU
             or gelu.approximate != "none"
             or type(grn) is not GRN
+            or _hooked(self.act, gelu, grn)
         ):
             return self.act(h)
         beta = grn.beta if grn.use_bias else None
@@ -504,9 +526,72 @@ class UniRepLKNetBlock(nn.Module):
             return _cpu_compile.run("gelu_grn", _gelu_grn, h, grn.gamma, beta)
         return _cpu_compile.run("gelu_grn_deployed", _gelu_grn_deployed, h, grn.gamma)
 
+    def _fused_tail(self, h: Tensor, x: Tensor) -> bool:
+        """Whether :meth:`forward` runs ``x + drop_path(gamma * BN(Linear_2(h)))`` as :func:`batch_norm_add`: where
+        the block's backend runs Triton on ``h``, for the training form's standard modules (a plain
+        ``nn.BatchNorm2d`` with both or neither affine parameters and a positive eps: not SyncBatchNorm, whose
+        statistics span processes; timm's ``DropPath`` or none) without hooks, in the dtypes the kernels take, unless
+        ``ZOO_BATCH_NORM_ADD=0``. Otherwise (FX tracing included) the modules run."""
+        if isinstance(h, torch.fx.Proxy) or len(self.pwconv2) != 3:
+            return False
+        linear, permute, bn = self.pwconv2
+        if type(linear) is not nn.Linear or type(permute) is not NHWCtoNCHW or type(bn) is not nn.BatchNorm2d:
+            return False
+        if (bn.weight is None) != (bn.bias is None) or not bn.eps > 0 or type(self.drop_path) not in _DROP_PATHS:
+            return False
+        if bn.training and bn.momentum is not None and not 0.0 <= bn.momentum <= 1.0:
+            return False
+        if x.shape[0] * h.shape[1] * h.shape[2] <= 1 or x.shape[0] > MAX_BATCH:
+            return False  # (one value per channel: the modules raise BN's error; an empty batch)
+        dtypes = [x.dtype, linear.weight.dtype] + ([] if self.gamma is None else [self.gamma.dtype])
+        if any(dtype not in TRITON_DTYPES for dtype in dtypes) or _hooked(self.pwconv2, bn, self.drop_path):
+            return False
+        if resolve_backend(self.backend, h, TRITON_DTYPES) != "triton":
+            return False
+        return os.environ.get(BATCH_NORM_ADD_ENV_VAR, "1").strip() != "0"
+
+    def _tail(self, h: Tensor, x: Tensor) -> Tensor:
+        """``x + drop_path(gamma * BN(Linear_2(h)))`` as one op (two launches each way, instead of BN's, the
+        scale's, the drop path's and the add's), with ``nn.BatchNorm2d``'s bookkeeping (``num_batches_tracked``,
+        momentum None) and ``DropPath``'s per-sample mask (drawn as timm draws it, in the branch's dtype)."""
+        linear, permute, bn = self.pwconv2
+        y = permute(linear(h))
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # a cumulative average, as nn.BatchNorm2d computes it
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        training = bn.training or bn.running_mean is None
+        tracked = not bn.training or bn.track_running_stats
+        sample_scale = None
+        drop = self.drop_path
+        if isinstance(drop, DropPath) and drop.training and drop.drop_prob > 0.0:
+            keep = 1.0 - drop.drop_prob
+            branch_dtype = y.dtype if self.gamma is None else torch.promote_types(y.dtype, self.gamma.dtype)
+            sample_scale = torch.empty(x.shape[0], dtype=branch_dtype, device=x.device).bernoulli_(keep)
+            if keep > 0.0 and drop.scale_by_keep:
+                sample_scale.div_(keep)
+        return batch_norm_add(
+            y,
+            x,
+            bn.running_mean if tracked else None,
+            bn.running_var if tracked else None,
+            bn.weight,
+            bn.bias,
+            training,
+            momentum,
+            bn.eps,
+            scale=self.gamma,
+            sample_scale=sample_scale,
+            backend=self.backend,
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         y = self.se(self.norm(self.dwconv(x)))
-        y = self.pwconv2(self._activation(self.pwconv1(y)))
+        h = self._activation(self.pwconv1(y))
+        if self._fused_tail(h, x):
+            return self._tail(h, x)
+        y = self.pwconv2(h)
         if self.gamma is not None:
             y = self.gamma.view(1, -1, 1, 1) * y
         return x + self.drop_path(y)
