@@ -218,10 +218,20 @@ class DilatedReparamBlock(nn.Module):
         return self.forward_branches(x)
 
     def forward_branches(self, x: Tensor) -> Tensor:
-        """The training form as the paper writes it (the reference): every branch's convolution and BN, summed."""
+        """The training form as the paper writes it (the reference): every branch's convolution and BN, summed.
+        Where the backend runs Triton, each dilated branch's BN and its add into the sum are one
+        :func:`batch_norm_add` (two passes instead of BN's three and the add's; ``ZOO_BATCH_NORM_ADD=0`` runs
+        the modules)."""
         out = self.origin_bn(dwconv2d(x, self.lk_origin.weight, self.lk_origin.bias, backend=self.backend))
+        fused = (
+            not isinstance(x, torch.fx.Proxy)
+            and _fusable_batch(x.shape[0], x.shape[2], x.shape[3])
+            and resolve_backend(self.backend, x, TRITON_DTYPES) == "triton"
+            and _batch_norm_ops_on()
+        )
         for _, r, conv, bn in self.branches():
-            out = out + bn(dwconv2d(x, conv.weight, dilation=r, backend=self.backend))
+            y = dwconv2d(x, conv.weight, dilation=r, backend=self.backend)
+            out = _batch_norm_add(bn, y, out, self.backend) if fused and _fusable_norm(bn) else out + bn(y)
         return out
 
     def _norms(self) -> list[nn.BatchNorm2d]:
@@ -399,6 +409,61 @@ def _hooked(*modules: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
 
 
+def _fusable_norm(bn: nn.Module) -> bool:
+    """Whether :func:`batch_norm_add` computes what ``bn`` does: a plain ``nn.BatchNorm2d`` (not SyncBatchNorm, whose
+    statistics span processes, nor a subclass) with both or neither affine parameters, a positive eps and, while
+    training, a momentum in [0, 1] (or None), without hooks."""
+    if type(bn) is not nn.BatchNorm2d or (bn.weight is None) != (bn.bias is None) or not bn.eps > 0:
+        return False
+    if bn.training and bn.momentum is not None and not 0.0 <= bn.momentum <= 1.0:
+        return False
+    return not _hooked(bn)
+
+
+def _fusable_batch(batch: int, height: int, width: int) -> bool:
+    """Whether a batch of this size runs on :func:`batch_norm_add`'s kernels: more than one value per channel (else
+    the modules raise BN's error) and at most ``MAX_BATCH`` samples (the grid's limit)."""
+    return batch * height * width > 1 and batch <= MAX_BATCH
+
+
+def _batch_norm_ops_on() -> bool:
+    """``ZOO_BATCH_NORM_ADD`` is not "0" (read at every call)."""
+    return os.environ.get(BATCH_NORM_ADD_ENV_VAR, "1").strip() != "0"
+
+
+def _batch_norm_add(
+    bn: nn.BatchNorm2d,
+    input: Tensor,
+    residual: Tensor,
+    backend: str,
+    scale: Tensor | None = None,
+    sample_scale: Tensor | None = None,
+) -> Tensor:
+    """``residual + sample_scale * scale * bn(input)`` as :func:`batch_norm_add`, with ``nn.BatchNorm2d``'s own
+    bookkeeping: ``num_batches_tracked`` + 1 in training, momentum None as a cumulative average, the running
+    statistics used in eval and not tracked when ``track_running_stats`` is False."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    tracked = not bn.training or bn.track_running_stats
+    return batch_norm_add(
+        input,
+        residual,
+        bn.running_mean if tracked else None,
+        bn.running_var if tracked else None,
+        bn.weight,
+        bn.bias,
+        bn.training or bn.running_mean is None,
+        momentum,
+        bn.eps,
+        scale=scale,
+        sample_scale=sample_scale,
+        backend=backend,
+    )
+
+
 class NCHWtoNHWC(nn.Module):
     """``[N, C, H, W] -> [N, H, W, C]`` (a view)."""
 
@@ -528,41 +593,27 @@ class UniRepLKNetBlock(nn.Module):
 
     def _fused_tail(self, h: Tensor, x: Tensor) -> bool:
         """Whether :meth:`forward` runs ``x + drop_path(gamma * BN(Linear_2(h)))`` as :func:`batch_norm_add`: where
-        the block's backend runs Triton on ``h``, for the training form's standard modules (a plain
-        ``nn.BatchNorm2d`` with both or neither affine parameters and a positive eps: not SyncBatchNorm, whose
-        statistics span processes; timm's ``DropPath`` or none) without hooks, in the dtypes the kernels take, unless
-        ``ZOO_BATCH_NORM_ADD=0``. Otherwise (FX tracing included) the modules run."""
+        the block's backend runs Triton on ``h``, for the training form's standard modules (a BN that
+        :func:`_fusable_norm` accepts; timm's ``DropPath`` or none) without hooks, in the dtypes the kernels take,
+        unless ``ZOO_BATCH_NORM_ADD=0``. Otherwise (FX tracing included) the modules run."""
         if isinstance(h, torch.fx.Proxy) or len(self.pwconv2) != 3:
             return False
         linear, permute, bn = self.pwconv2
-        if type(linear) is not nn.Linear or type(permute) is not NHWCtoNCHW or type(bn) is not nn.BatchNorm2d:
+        if type(linear) is not nn.Linear or type(permute) is not NHWCtoNCHW or not _fusable_norm(bn):
             return False
-        if (bn.weight is None) != (bn.bias is None) or not bn.eps > 0 or type(self.drop_path) not in _DROP_PATHS:
+        if type(self.drop_path) not in _DROP_PATHS or not _fusable_batch(x.shape[0], h.shape[1], h.shape[2]):
             return False
-        if bn.training and bn.momentum is not None and not 0.0 <= bn.momentum <= 1.0:
-            return False
-        if x.shape[0] * h.shape[1] * h.shape[2] <= 1 or x.shape[0] > MAX_BATCH:
-            return False  # (one value per channel: the modules raise BN's error; an empty batch)
         dtypes = [x.dtype, linear.weight.dtype] + ([] if self.gamma is None else [self.gamma.dtype])
-        if any(dtype not in TRITON_DTYPES for dtype in dtypes) or _hooked(self.pwconv2, bn, self.drop_path):
+        if any(dtype not in TRITON_DTYPES for dtype in dtypes) or _hooked(self.pwconv2, self.drop_path):
             return False
-        if resolve_backend(self.backend, h, TRITON_DTYPES) != "triton":
-            return False
-        return os.environ.get(BATCH_NORM_ADD_ENV_VAR, "1").strip() != "0"
+        return resolve_backend(self.backend, h, TRITON_DTYPES) == "triton" and _batch_norm_ops_on()
 
     def _tail(self, h: Tensor, x: Tensor) -> Tensor:
         """``x + drop_path(gamma * BN(Linear_2(h)))`` as one op (two launches each way, instead of BN's, the
-        scale's, the drop path's and the add's), with ``nn.BatchNorm2d``'s bookkeeping (``num_batches_tracked``,
-        momentum None) and ``DropPath``'s per-sample mask (drawn as timm draws it, in the branch's dtype)."""
+        scale's, the drop path's and the add's), with ``DropPath``'s per-sample mask (drawn as timm draws it, in the
+        branch's dtype)."""
         linear, permute, bn = self.pwconv2
         y = permute(linear(h))
-        momentum = 0.0 if bn.momentum is None else bn.momentum
-        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            if bn.momentum is None:  # a cumulative average, as nn.BatchNorm2d computes it
-                momentum = 1.0 / float(bn.num_batches_tracked)
-        training = bn.training or bn.running_mean is None
-        tracked = not bn.training or bn.track_running_stats
         sample_scale = None
         drop = self.drop_path
         if isinstance(drop, DropPath) and drop.training and drop.drop_prob > 0.0:
@@ -571,20 +622,7 @@ class UniRepLKNetBlock(nn.Module):
             sample_scale = torch.empty(x.shape[0], dtype=branch_dtype, device=x.device).bernoulli_(keep)
             if keep > 0.0 and drop.scale_by_keep:
                 sample_scale.div_(keep)
-        return batch_norm_add(
-            y,
-            x,
-            bn.running_mean if tracked else None,
-            bn.running_var if tracked else None,
-            bn.weight,
-            bn.bias,
-            training,
-            momentum,
-            bn.eps,
-            scale=self.gamma,
-            sample_scale=sample_scale,
-            backend=self.backend,
-        )
+        return _batch_norm_add(bn, y, x, self.backend, self.gamma, sample_scale)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.se(self.norm(self.dwconv(x)))
