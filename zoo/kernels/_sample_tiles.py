@@ -132,14 +132,19 @@ def geometry(batch: int, positions: int, channels: int, device: torch.device) ->
     return tile, cdiv(positions, rows), rows
 
 
+def positions_merge(t: Tensor, channel_dim: int) -> bool:
+    """Whether the positions of a 4-D ``t`` (channels: dimension ``channel_dim``, 3 for NHWC, 1 for NCHW; the other
+    two: the map's rows and columns) are one axis of its strides: the row stride the width times the column stride
+    (any NHWC or channels_last tensor, a contiguous NCHW one; a size-1 dimension's stride does not matter)."""
+    row_dim, col_dim = (1, 2) if channel_dim == 3 else (2, 3)
+    return t.shape[col_dim] == 1 or t.shape[row_dim] == 1 or t.stride(row_dim) == t.shape[col_dim] * t.stride(col_dim)
+
+
 def merged_positions(t: Tensor, channel_dim: int) -> tuple[Tensor, tuple[int, int, int]]:
     """(t, its strides over (sample, position, channel)) for a 4-D ``t`` whose channels are dimension
-    ``channel_dim`` (3: NHWC, 1: NCHW) and whose two other dimensions are the map's rows and columns: the positions
-    as one axis, which needs the row stride to be the width times the column stride (any NHWC or channels_last
-    tensor, a contiguous NCHW one); other layouts are copied first."""
-    row_dim, col_dim = (1, 2) if channel_dim == 3 else (2, 3)
-    if t.shape[col_dim] == 1:  # a size-1 dimension's stride is arbitrary (contiguous() keeps it): the other's
-        return t, (t.stride(0), t.stride(row_dim), t.stride(channel_dim))
-    if t.shape[row_dim] > 1 and t.stride(row_dim) != t.shape[col_dim] * t.stride(col_dim):
+    ``channel_dim``: ``t`` itself where its positions merge (:func:`positions_merge`), else a contiguous copy."""
+    if not positions_merge(t, channel_dim):
         t = t.contiguous()
-    return t, (t.stride(0), t.stride(col_dim), t.stride(channel_dim))
+    row_dim, col_dim = (1, 2) if channel_dim == 3 else (2, 3)
+    position_dim = row_dim if t.shape[col_dim] == 1 else col_dim  # (a size-1 dimension's stride is arbitrary)
+    return t, (t.stride(0), t.stride(position_dim), t.stride(channel_dim))

@@ -49,6 +49,7 @@ from zoo.kernels._sample_tiles import (
     load_row,
     load_tile,
     merged_positions,
+    positions_merge,
     positions_per_chunk,
     store_row,
     store_tile,
@@ -629,11 +630,14 @@ def batch_norm_add_forward(
     return out, stats
 
 
-def _empty_outputs(input: Tensor, residual: Tensor, out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(out, the input's layout as the kernels take it): ``out`` in the residual's layout where its H and W merge
-    (else contiguous); shared with the fake implementations, so that both give the same strides."""
-    res, _ = merged_positions(residual, 1)
-    return torch.empty_like(res, dtype=out_dtype), merged_positions(input, 1)[0]
+def _output_like(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """An empty tensor of ``t``'s shape in ``dtype``: in ``t``'s layout where its positions merge, else contiguous
+    (as :func:`merged_positions` copies such a ``t``); the fake implementations give the same strides."""
+    return (
+        torch.empty_like(t, dtype=dtype)
+        if positions_merge(t, 1)
+        else torch.empty(t.shape, dtype=dtype, device=t.device)
+    )
 
 
 def _forward(
@@ -648,7 +652,7 @@ def _forward(
     batch, channels, height, width = input.shape
     positions = height * width
     update = training and running_mean is not None and input.numel() > 0
-    out, _ = _empty_outputs(input, residual, out_dtype)
+    out = _output_like(residual, out_dtype)
     x, x_strides = merged_positions(input, 1)
     res, res_strides = merged_positions(residual, 1)
     _, out_strides = merged_positions(out, 1)
@@ -709,14 +713,10 @@ def batch_norm_add_backward(
             f"{input.device}, got {grad_output.dtype} {list(grad_output.shape)} on {grad_output.device}"
         )
     channels = input.shape[1]
-    if (
-        stats.shape not in ((2, channels), (4, channels))
-        or stats.dtype != torch.float32
-        or stats.device != input.device
-    ):
+    if stats.shape != (2, channels) or stats.dtype != torch.float32 or stats.device != input.device:
         raise ValueError(
-            f"stats must be the forward's float32 [2, {channels}] (or [4, {channels}]) on {input.device}, got "
-            f"{stats.dtype} {list(stats.shape)} on {stats.device}"
+            f"stats must be the forward's float32 [2, {channels}] on {input.device}, got {stats.dtype} "
+            f"{list(stats.shape)} on {stats.device}"
         )
     for name, t in (("weight", weight), ("bias", bias), ("scale", scale)):
         _check_vector(name, t, channels, input.device)
@@ -732,8 +732,7 @@ def _launch_backward(grad_output, input, stats, weight, bias, scale, sample_scal
     checked them and made ``stats``)."""
     batch, channels, height, width = input.shape
     positions = height * width
-    _, x = _empty_outputs(input, input, input.dtype)
-    x, x_strides = merged_positions(x, 1)
+    x, x_strides = merged_positions(input, 1)
     dy, dy_strides = merged_positions(grad_output, 1)
     dx = torch.empty_like(x)
     _, dx_strides = merged_positions(dx, 1)
@@ -790,7 +789,7 @@ def _(input, residual, running_mean, running_var, weight, bias, training, moment
     check_batch_norm_add_inputs(
         input, residual, running_mean, running_var, weight, bias, training, momentum, eps, scale, sample_scale
     )
-    out, _ = _empty_outputs(input, residual, result_dtype(input, residual, scale))
+    out = _output_like(residual, result_dtype(input, residual, scale))
     channels = input.shape[1]
     update = training and running_mean is not None and input.numel() > 0
     return (
@@ -816,8 +815,7 @@ def _batch_norm_add_backward_op(
 
 @_batch_norm_add_backward_op.register_fake
 def _(grad_output, input, stats, weight, bias, scale, sample_scale, training):
-    _, x = _empty_outputs(input, input, input.dtype)
-    return torch.empty_like(x), input.new_empty((3, input.shape[1]), dtype=torch.float32)
+    return _output_like(input, input.dtype), input.new_empty((3, input.shape[1]), dtype=torch.float32)
 
 
 def _gradients(grad_output: Tensor, dx: Tensor, grads: Tensor, weight, bias, scale) -> tuple:
