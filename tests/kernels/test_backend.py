@@ -489,3 +489,32 @@ def test_a_grown_zero_buffer_keeps_the_one_it_replaces(monkeypatch):
     large = backend_module.cached_zeros(cache, "test", 5, 4, torch.int32, cpu)
     assert large.numel() == 5 and cache["test"] is large and not large.any()
     assert len(backend_module._REPLACED) == 1 and backend_module._REPLACED[0] is small
+
+
+@triton.jit
+def _int32_product_kernel(out_ptr, a, b):
+    tl.store(out_ptr, a * b)
+
+
+@pytest.mark.skipif(not backend_module.INTERPRETER, reason="a setting of Triton's interpreter")
+def test_the_interpreter_skips_only_overflow_checks_it_would_discard():
+    """``skip_discarded_overflow_checks`` (at import under the interpreter) turned the interpreter's overflow checks
+    off, and its premise holds: with them on, as Triton ships them, an int32 product past 2**31 does not stop the
+    kernel (the check is computed, then dropped without ``debug``); it wraps as on a GPU, either way."""
+    import dataclasses
+
+    from triton.runtime.interpreter import interpreter_builder
+
+    options = interpreter_builder.options
+    assert not options.debug and not options.sanitize_overflow
+    a = b = 65537  # a * b = 2**32 + 2**17 + 1
+    wrapped = (a * b + 2**31) % 2**32 - 2**31
+    assert wrapped == 2**17 + 1
+    for sanitize in (True, False):
+        out = torch.zeros(1, dtype=torch.int32)
+        interpreter_builder.options = dataclasses.replace(options, sanitize_overflow=sanitize)
+        try:
+            _int32_product_kernel[(1,)](out, a, b)
+        finally:
+            interpreter_builder.options = options
+        assert out.item() == wrapped

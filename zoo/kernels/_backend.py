@@ -73,6 +73,34 @@ except ImportError:  # tests/test_without_triton.py hides Triton to exercise thi
 INTERPRETER = HAS_TRITON and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def skip_discarded_overflow_checks() -> bool:
+    """Stop Triton's interpreter from computing integer-overflow checks that it then throws away.
+
+    With its options' ``sanitize_overflow`` (on by default) the interpreter widens every 32-bit integer add, sub
+    and mul of a kernel to 64 bits and compares the result with the int32 range, then hands the comparison to
+    ``device_assert``, which drops it unless ``debug`` is set; the interpreter's options never set it (a GPU build
+    drops the checks the same way). That dead work was about 40% of a neighborhood-attention test's time. Called
+    once at import under the interpreter; returns whether it changed the options (False where ``debug`` is on, or
+    where this Triton keeps them elsewhere: they are its internal state,
+    ``triton.runtime.interpreter.interpreter_builder.options``; tests/kernels/test_backend.py checks the premise)."""
+    import dataclasses
+
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "interpreter_builder", None)
+    options = getattr(builder, "options", None)
+    if not dataclasses.is_dataclass(options) or getattr(options, "debug", True):
+        return False
+    if not getattr(options, "sanitize_overflow", False):
+        return False
+    builder.options = dataclasses.replace(options, sanitize_overflow=False)
+    return True
+
+
+if INTERPRETER:
+    skip_discarded_overflow_checks()
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) of two non-negative ints, for launchers: ``triton.cdiv`` is a Triton constexpr function, about
     1.4 us per call from host code (this machine), several per launch. The same formula as Triton's, so that it also
