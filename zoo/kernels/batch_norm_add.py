@@ -216,10 +216,10 @@ def _chunk_span(r, chunks, P, rows_per_chunk):
 
 @triton.jit
 def _lerp(start, end, weight):
-    """``torch.lerp``'s two-branch form (exact at weight 0 and 1): the running statistics' step."""
-    if weight < 0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1.0 - weight)
+    """``torch.lerp``'s two-branch form (exact at weight 0 and 1): the running statistics' step. One expression, no
+    early return: Triton 3.6 fails to compile a helper that returns from both sides of a branch on a runtime
+    value."""
+    return tl.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
 
 
 @triton.jit

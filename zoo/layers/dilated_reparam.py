@@ -276,7 +276,9 @@ class _MergedTraining(torch.autograd.Function):
         delta = mean + bias.to(acc)
         centred, squares = [], []
         for b, (weight, dilation) in enumerate(zip(weights, dilations, strict=True)):
-            y = dwconv2d(x, weight, bias[b], dilation=dilation, backend=backend)
+            # bias[b].clone(): a tensor of its own, not a view (torch 2.11's Inductor cannot lower a convolution
+            # whose bias is a view: NotImplementedError in View.freeze_layout)
+            y = dwconv2d(x, weight, bias[b].clone(), dilation=dilation, backend=backend)
             centred.append(y)
             squares.append(torch.linalg.vector_norm(y, 2, dim=(0, 2, 3), dtype=acc))
         var = (torch.stack(squares).square_() / count - delta * delta).clamp_min_(0)
