@@ -11,6 +11,7 @@ compilations per target, which CI's two cores cannot afford; ``python -m zoo.ker
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -144,6 +145,27 @@ def test_large_depthwise_kernels_use_the_tensor_cores(reports):
         assert r["matrix_instruction"], r["name"]
 
 
+# Triton 3.6 (torch 2.11's, the GPU machine's) keeps an 8-byte stack frame in three attention specs on sm_80, none on
+# sm_90 (docs/design.md §18); under every other version, and in every other spec, nothing spills.
+TRITON_36_SM80_FRAMES = frozenset(
+    {"_na_fwd_kernel[2d,fp32,D32,rpb]", "_na_bwd_kv_kernel[2d,bf16,D48,rpb]", "_na_bwd_q_kernel[1d,fp32,D32,rpb]"}
+)
+
+
+def _known_frame(report: dict, triton_version: str) -> bool:
+    return (
+        triton_version.startswith("3.6.")
+        and report["arch"] == 80
+        and report["name"] in TRITON_36_SM80_FRAMES
+        and report["spill_bytes"] <= 8
+    )
+
+
 def test_no_register_spills(reports):
-    spilled = [f"{r['name']} sm_{r['arch']}: {r['spill_bytes']} B" for r in reports if r["spill_bytes"] > 0]
+    version = importlib.metadata.version("triton")
+    spilled = [
+        f"{r['name']} sm_{r['arch']}: {r['spill_bytes']} B"
+        for r in reports
+        if r["spill_bytes"] > 0 and not _known_frame(r, version)
+    ]
     assert not spilled, "register spills (local memory) in: " + ", ".join(spilled)
