@@ -135,6 +135,16 @@ class Timing:
 
 
 TIMING = Timing()  # read at every call: replace it (scripts/gpu_check.py does) to shorten or lengthen the runs
+# The compiled-reference rows' torch.compile backend, read at every call. The CPU smoke test sets "aot_eager":
+# Dynamo and AOT autograd trace each reference as for Inductor (a graph break still fails the row), without
+# Inductor's C++ code generation (about a minute of the smoke run; the ops' and models' compile tests run Inductor).
+COMPILE_BACKEND = "inductor"
+
+
+def compiled_reference(fn: Callable) -> Callable:
+    """``torch.compile(fn, fullgraph=True)`` with :data:`COMPILE_BACKEND`: the function of a
+    ``reference+compile`` row."""
+    return torch.compile(fn, fullgraph=True, backend=COMPILE_BACKEND)
 
 
 def _time_ms(
@@ -323,7 +333,7 @@ def bench_rational(
         for label, mod in _kernel_modules(kernels, "rational"):
             run[label] = lambda x, a, b, mod=mod: mod.group_rational(x, a, b, backend="triton")
         if compile_reference:
-            run["reference+compile"] = torch.compile(group_rational_reference, fullgraph=True)
+            run["reference+compile"] = compiled_reference(group_rational_reference)
         element = x.element_size() * x.numel()
         rows += _op_rows(
             "group_rational",
@@ -385,7 +395,7 @@ def bench_gelu_grn(
             "modules": lambda h, gamma, beta, grn=grn: _under_autocast(grn, h, dtype),
         }
         if compile_reference:
-            run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)
+            run["reference+compile"] = compiled_reference(run["reference"])
         element = h.element_size() * h.numel()
         rows += _op_rows(
             "gelu_grn",
@@ -450,7 +460,7 @@ def bench_batch_norm_add(
             "modules": lambda y, x, w, b, g, bn=bn: _tail_modules(bn, y, x, g),
         }
         if compile_reference:
-            run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)
+            run["reference+compile"] = compiled_reference(run["reference"])
         inputs = (y, x, bn.weight, bn.bias, gamma)
         element = y.numel()
         half, full = y.element_size(), 4
@@ -515,7 +525,7 @@ def bench_norm_rational(
             "triton-unfused": unfused,
         }
         if compile_reference:
-            run["reference+compile"] = torch.compile(run["reference"], fullgraph=True)
+            run["reference+compile"] = compiled_reference(run["reference"])
         n = x.numel()
         out = torch.empty((), dtype=dtype).element_size()
         rows += _op_rows(
@@ -781,7 +791,7 @@ def bench_inception(
         for label, mod in _kernel_modules(kernels, "dwconv"):
             run[label] = lambda *args, mod=mod: mod.inception_dwconv2d(*args, backend="triton")
         if compile_reference:
-            run["reference+compile"] = torch.compile(inception_dwconv2d_reference, fullgraph=True)
+            run["reference+compile"] = compiled_reference(inception_dwconv2d_reference)
         element = x.element_size() * x.numel()
         moved = {"fwd": 2 * element, "fwd+bwd": 6 * element}
         rows += _op_rows("inception_dwconv2d", case, dtype, device, _pick_impls(run, impls), leaves, leaves, dy, moved)
@@ -845,7 +855,7 @@ def bench_ssm(
         for label, mod in _kernel_modules(kernels, "ssm"):
             run[label] = lambda *p, L=L, mod=mod: mod.s4d_kernel(*p, L, backend="triton")
         if compile_reference:
-            run["reference+compile"] = torch.compile(lambda *p, L=L: s4d_kernel_reference(*p, L), fullgraph=True)
+            run["reference+compile"] = compiled_reference(lambda *p, L=L: s4d_kernel_reference(*p, L))
         rows += _op_rows(
             "s4d_kernel",
             case,
@@ -908,7 +918,7 @@ def bench_fftconv(
         for label, mod in _kernel_modules(kernels, "fftconv"):
             run[label] = lambda *args, mod=mod: triton_op(*args, mod=mod)
         if compile_reference:
-            run["reference+compile"] = torch.compile(reference, fullgraph=True)
+            run["reference+compile"] = compiled_reference(reference)
         element = u.element_size() * u.numel()
         streams = 1 + len(gates)
         rows += _op_rows(
@@ -987,7 +997,7 @@ def bench_sequence_layers(
             if device.type == "cuda":  # a whole layer through the interpreter takes minutes: GPU only
                 run["triton"] = with_backend("triton")
             if compile_reference:
-                run["reference+compile"] = with_backend("torch", torch.compile(forward, fullgraph=True))
+                run["reference+compile"] = with_backend("torch", compiled_reference(forward))
             leaves = (u, *layer.parameters())
             moved = {"fwd": 2 * element, "fwd+bwd": 5 * element}
             rows += _op_rows(op, case, dtype, device, _pick_impls(run, impls), leaves, leaves, dy, moved)

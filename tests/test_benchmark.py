@@ -15,11 +15,13 @@ from tests.helpers import ROOT, cpu_only_env, load_script
 
 def test_benchmark_smoke_writes_results_and_table(tmp_path):
     """``scripts/benchmark.py --small`` as on a machine without a GPU (a subprocess that sees none), one call per
-    row: every op and model row, the JSON and the table."""
+    row: every op and model row, the JSON and the table. The compiled-reference rows trace without Inductor's code
+    generation (``COMPILE_BACKEND``; the ops' and models' compile tests run Inductor on them)."""
     out = tmp_path / "results"
     run_smoke = (
         f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.helpers import load_script; "
         "benchmark = load_script('benchmark'); benchmark.TIMING = benchmark.Timing(cpu_warmup=False, cpu_samples=1); "
+        "benchmark.COMPILE_BACKEND = 'aot_eager'; "
         f"benchmark.main(['--small', '--out', {str(out)!r}])"
     )
     proc = subprocess.run(

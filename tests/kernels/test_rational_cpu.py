@@ -1,7 +1,8 @@
 """The CPU path of the group-rational activation (zoo/kernels/rational_cpu.py; what ``backend="auto"`` runs on CPU
 tensors): forward and the three gradients against the reference (``backend="torch"``), compiled (torch.compile's
-CPU backend) and eager (the fallback), float32 / float64 / bfloat16, zeros in x and b (the +1-at-zero convention),
-strided inputs; the dispatch, the fallback when a compile fails, autocast and a caller's torch.compile."""
+CPU backend) and eager (the fallback), float32 / float64 / bfloat16, zeros of both signs in x and b (the
++1-at-zero convention), strided inputs; the dispatch, the fallback when a compile fails, autocast and a caller's
+torch.compile."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def mode(cpu_compile_mode):
 def _inputs(shape, groups, dtype, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = (2 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype)
-    x.view(-1)[:3] = 0  # |x| at exactly 0
+    x.view(-1)[:3] = torch.tensor([0.0, -0.0, 0.0])  # |x| at exactly 0, of either sign: both take the +1 sign
     a = 0.5 * torch.randn(1, 6, generator=gen)
     b = 0.5 * torch.randn(groups, 4, generator=gen)
-    b[0, 1] = 0  # |b| at exactly 0: its gradient uses the +1 sign
+    b[0, 1], b[-1, 2] = 0.0, -0.0  # |b| at exactly 0: its gradient uses the +1 sign
     dy = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
     return x, a, b, dy
 
@@ -95,7 +96,7 @@ def test_strided_input_and_float64_coefficients(mode):
 def test_gradcheck_float64(mode):
     x, a, b, _ = _inputs((3, 8), 2, torch.float64)
     x.view(-1)[:3] = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)  # away from the kink of |x|
-    b[0, 1] = 0.2
+    b[0, 1], b[-1, 2] = 0.2, -0.4  # and of |b|
     leaves = [t.detach().double().requires_grad_(True) for t in (x, a, b)]
     assert torch.autograd.gradcheck(lambda *t: group_rational(*t), leaves)
 

@@ -48,8 +48,10 @@ __all__ = [
 
 
 def _sign(t: Tensor) -> Tensor:
-    """+1 where t >= 0, -1 elsewhere (the op's sign: +1 at 0)."""
-    return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
+    """+1 where t >= 0 (-0 too), -1 elsewhere: the op's sign, +1 at 0. In arithmetic, sign(sign(t) + 1/2): a
+    ``torch.where`` on a boolean mask runs over ten times slower on the CPU (eager), and Inductor folds away the
+    ``t + 0`` that would make ``copysign`` take -0 for +0."""
+    return t.sign().add_(0.5).sign_()
 
 
 def _compute(x: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,11 +82,10 @@ def rational_backward_math(dy: Tensor, x: Tensor, a: Tensor, b: Tensor) -> tuple
     [G, 4] (see the module docstring for the formulas). dx has the dtype of ``x``, da and db those of ``a``, ``b``;
     the sums are taken in the compute dtype."""
     xc, a6, bc = _compute(x, a, b)
-    g = dy.to(xc.dtype)
     sb = _sign(bc)
     bb = (bc * sb).unsqueeze(-1)  # |b| [G, 4, 1]
     sx = _sign(xc)
-    ax = xc * sx
+    ax = xc.abs()
     num = xc * a6[5]
     dnum = xc * (5 * a6[5])
     for i in (4, 3, 2, 1):
@@ -101,17 +102,15 @@ def rational_backward_math(dy: Tensor, x: Tensor, a: Tensor, b: Tensor) -> tuple
     for j in (2, 1):
         dden.add_((j + 1) * bb[:, j]).mul_(ax)
     dden.add_(bb[:, 0])
-    q = g.div(den)
+    q = dy.to(xc.dtype).div(den)
     y = num.div_(den)
-    dx = (q * dnum).sub_(q * y * dden * sx)
-    power, da = q, [q.sum()]
+    dx = dnum.sub_(dden.mul_(sx).mul_(y)).mul_(q)  # q (N' - y D' s(x)); in place, as every pass that can be
+    power, da = q.clone(), [q.sum()]
     for _ in range(5):
-        power = power * xc
-        da.append(power.sum())
-    power, db = q * y, []
+        da.append(power.mul_(xc).sum())
+    power, db = q.mul_(y), []
     for _ in range(4):
-        power = power * ax
-        db.append(power.sum((0, 2)))
+        db.append(power.mul_(ax).sum((0, 2)))
     db = torch.stack(db, -1).mul_(sb).neg_()
     return dx.to(x.dtype), torch.stack(da).reshape(a.shape).to(a.dtype), db.to(b.dtype)
 
