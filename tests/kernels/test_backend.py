@@ -518,3 +518,64 @@ def test_the_interpreter_skips_only_overflow_checks_it_would_discard():
         finally:
             interpreter_builder.options = options
         assert out.item() == wrapped
+
+
+@triton.jit
+def _add_three(x):
+    return x + 3
+
+
+@triton.jit
+def _helper_calls_kernel(out_ptr, helper: tl.constexpr):
+    offsets = tl.arange(0, 4)
+    x = offsets * 0
+    for _ in tl.static_range(3):
+        x = _add_three(x)
+    for _ in tl.static_range(2):
+        x = helper(x)
+    tl.store(out_ptr + offsets, x)
+
+
+_CORE_HELPER = '''
+import triton
+from triton.language import core
+
+
+@triton.jit
+def times_arange(x):
+    return x * core.arange(0, 4)
+'''
+
+
+@pytest.mark.skipif(not backend_module.INTERPRETER, reason="a setting of Triton's interpreter")
+def test_the_interpreter_patches_the_language_once_per_launch(monkeypatch, tmp_path):
+    """``skip_repeated_language_patches`` (at import under the interpreter): a launch patches ``triton.language``
+    once, its helpers' calls not again; a helper whose module uses a language module the launch's patch left alone
+    (here ``triton.language.core``, which this module does not hold) gets it patched, once a launch; after the
+    launch its builtins are Triton's own again."""
+    import importlib
+    import sys
+
+    from triton.runtime import interpreter
+
+    assert getattr(interpreter._patch_lang, "_zoo_wrapped", False)
+    patched, patch_lang = [], interpreter._patch_lang.__wrapped__
+
+    def counting(fn):
+        patched.append(fn.__name__)
+        return patch_lang(fn)
+
+    monkeypatch.setattr(interpreter, "_patch_lang", counting)
+    assert backend_module.skip_repeated_language_patches()
+    out = torch.zeros(4, dtype=torch.int32)
+    _helper_calls_kernel[(1,)](out, _add_three)
+    assert out.tolist() == [15] * 4 and patched == ["_helper_calls_kernel"]  # not again for the 5 helper calls
+
+    (tmp_path / "zoo_core_helper.py").write_text(_CORE_HELPER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    core_helper = importlib.import_module("zoo_core_helper")
+    monkeypatch.delitem(sys.modules, "zoo_core_helper")
+    patched.clear()
+    _helper_calls_kernel[(1,)](out, core_helper.times_arange)
+    assert out.tolist() == [0, 9, 36, 81] and patched == ["_helper_calls_kernel", "times_arange"]  # once a launch
+    assert tl.core.is_builtin(tl.arange)  # the launch's patch restored

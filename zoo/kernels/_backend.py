@@ -97,8 +97,62 @@ def skip_discarded_overflow_checks() -> bool:
     return True
 
 
+def skip_repeated_language_patches() -> bool:
+    """Stop Triton's interpreter from re-patching ``triton.language`` at every call of a ``@triton.jit`` helper.
+
+    The interpreter runs a kernel with the builtins of ``triton.language`` (the modules the kernel's globals hold:
+    ``tl``, ``tl.core``) replaced by its own, for the whole launch, and restores them after it. A helper called from
+    the kernel (an ``InterpretedFunction`` call) patches them again: about a millisecond scanning the modules'
+    members to replace nothing (the builtins are replaced already; the scope it records is never restored), about
+    40% of a neighborhood-attention test's time. This wraps the interpreter's ``_patch_lang``: while a launch's
+    patch is in force, a call for a function whose language modules are patched already (by the launch, or by a
+    helper of it that used another one, such as Triton's own ``tl.zeros``) returns an empty scope; every other call
+    patches as before. Called once at import under the interpreter; returns whether it installed
+    the wrapper (False where this Triton lacks ``_patch_lang`` or ``_LangPatchScope``, its internal state;
+    tests/kernels/test_backend.py checks the premise)."""
+    from triton.runtime import interpreter
+
+    patch_lang = getattr(interpreter, "_patch_lang", None)
+    scope_type = getattr(interpreter, "_LangPatchScope", None)
+    if patch_lang is None or scope_type is None or getattr(patch_lang, "_zoo_wrapped", False):
+        return False
+    language = (tl, tl.core)
+    launch: list[frozenset[int]] = []  # the language modules of the launch whose patch is in force, if one is
+    langs_of: dict[Any, frozenset[int]] = {}
+
+    def langs(fn: Any) -> frozenset[int]:
+        found = langs_of.get(fn)
+        if found is None:
+            found = langs_of[fn] = frozenset(id(v) for v in fn.__globals__.values() if any(v is m for m in language))
+        return found
+
+    def patch_once(fn: Any) -> Any:
+        needed = langs(fn)
+        if launch and needed <= launch[0]:
+            return scope_type()  # an empty scope: nothing to patch, nothing to restore
+        scope = patch_lang(fn)
+        if launch:  # a helper that uses a module the launch's patch left alone: patched as before, and for the
+            launch[0] |= needed  # rest of the launch (the interpreter never restores a helper's scope)
+            return scope
+        launch.append(needed)
+        restore = scope.restore
+
+        def restore_and_leave() -> None:
+            launch.clear()
+            restore()
+
+        scope.restore = restore_and_leave
+        return scope
+
+    patch_once._zoo_wrapped = True
+    patch_once.__wrapped__ = patch_lang
+    interpreter._patch_lang = patch_once
+    return True
+
+
 if INTERPRETER:
     skip_discarded_overflow_checks()
+    skip_repeated_language_patches()
 
 
 def cdiv(a: int, b: int) -> int:
