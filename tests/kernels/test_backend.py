@@ -536,7 +536,7 @@ def _helper_calls_kernel(out_ptr, helper: tl.constexpr):
     tl.store(out_ptr + offsets, x)
 
 
-_CORE_HELPER = '''
+_CORE_HELPER = """
 import triton
 from triton.language import core
 
@@ -544,7 +544,7 @@ from triton.language import core
 @triton.jit
 def times_arange(x):
     return x * core.arange(0, 4)
-'''
+"""
 
 
 @pytest.mark.skipif(not backend_module.INTERPRETER, reason="a setting of Triton's interpreter")
