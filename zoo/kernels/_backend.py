@@ -104,11 +104,11 @@ def skip_repeated_language_patches() -> bool:
     ``tl``, ``tl.core``) replaced by its own, for the whole launch, and restores them after it. A helper called from
     the kernel (an ``InterpretedFunction`` call) patches them again: about a millisecond scanning the modules'
     members to replace nothing (the builtins are replaced already; the scope it records is never restored), about
-    40% of a neighborhood-attention test's time. This wraps the interpreter's ``_patch_lang``: while a launch's
+    30% of a neighborhood-attention test's time. This wraps the interpreter's ``_patch_lang``: while a launch's
     patch is in force, a call for a function whose language modules are patched already (by the launch, or by a
     helper of it that used another one, such as Triton's own ``tl.zeros``) returns an empty scope; every other call
-    patches as before. Called once at import under the interpreter; returns whether it installed
-    the wrapper (False where this Triton lacks ``_patch_lang`` or ``_LangPatchScope``, its internal state;
+    patches as before. Called once at import under the interpreter; returns whether it installed the wrapper
+    (False where this Triton lacks ``_patch_lang`` or ``_LangPatchScope``, its internal state;
     tests/kernels/test_backend.py checks the premise)."""
     from triton.runtime import interpreter
 
