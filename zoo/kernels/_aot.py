@@ -297,6 +297,7 @@ def all_specs() -> list[KernelSpec]:
             "norm_rational",
             "gelu_grn",
             "batch_norm_add",
+            "batch_norm_se",
             "dwconv",
             "ssm",
             "fftconv",

@@ -72,9 +72,8 @@ def _check_vector(name: str, t: Tensor | None, size: int, device: torch.device, 
         raise ValueError(f"{name} must be on the device of input ({device}), got {t.device}")
 
 
-def check_batch_norm_add_inputs(
+def check_batch_norm_inputs(
     input: Tensor,
-    residual: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
     weight: Tensor | None,
@@ -82,23 +81,13 @@ def check_batch_norm_add_inputs(
     training: bool,
     momentum: float,
     eps: float,
-    scale: Tensor | None,
-    sample_scale: Tensor | None,
 ) -> None:
-    """Raise ``TypeError``/``ValueError`` naming what was expected when the inputs do not fit the op."""
+    """Raise ``TypeError``/``ValueError`` naming what was expected when the batch norm's inputs do not fit (the
+    checks this op and zoo/kernels/batch_norm_se.py share)."""
     if not isinstance(input, Tensor) or not input.is_floating_point():
         raise TypeError(f"input must be a floating-point torch.Tensor, got {getattr(input, 'dtype', type(input))}")
     if input.dim() != 4:
         raise ValueError(f"input must be [N, C, H, W], got shape {list(input.shape)}")
-    if not isinstance(residual, Tensor) or not residual.is_floating_point():
-        raise TypeError(
-            f"residual must be a floating-point torch.Tensor, got {getattr(residual, 'dtype', type(residual))}"
-        )
-    if residual.shape != input.shape or residual.device != input.device:
-        raise ValueError(
-            f"residual must have the shape and device of input ({list(input.shape)} on {input.device}), got "
-            f"{list(residual.shape)} on {residual.device}"
-        )
     channels = input.shape[1]
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must both be tensors or both be None")
@@ -109,11 +98,8 @@ def check_batch_norm_add_inputs(
         ("running_var", running_var),
         ("weight", weight),
         ("bias", bias),
-        ("scale", scale),
     ):
         _check_vector(name, t, channels, input.device)
-    if sample_scale is not None:
-        _check_vector("sample_scale", sample_scale, input.shape[0], input.device, "N")
     if not isinstance(training, bool):
         raise TypeError(f"training must be a bool, got {training!r}")
     if not training and running_mean is None:
@@ -129,6 +115,35 @@ def check_batch_norm_add_inputs(
         )
 
 
+def check_batch_norm_add_inputs(
+    input: Tensor,
+    residual: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    scale: Tensor | None,
+    sample_scale: Tensor | None,
+) -> None:
+    """Raise ``TypeError``/``ValueError`` naming what was expected when the inputs do not fit the op."""
+    check_batch_norm_inputs(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if not isinstance(residual, Tensor) or not residual.is_floating_point():
+        raise TypeError(
+            f"residual must be a floating-point torch.Tensor, got {getattr(residual, 'dtype', type(residual))}"
+        )
+    if residual.shape != input.shape or residual.device != input.device:
+        raise ValueError(
+            f"residual must have the shape and device of input ({list(input.shape)} on {input.device}), got "
+            f"{list(residual.shape)} on {residual.device}"
+        )
+    _check_vector("scale", scale, input.shape[1], input.device)
+    if sample_scale is not None:
+        _check_vector("sample_scale", sample_scale, input.shape[0], input.device, "N")
+
+
 def result_dtype(input: Tensor, residual: Tensor, scale: Tensor | None) -> torch.dtype:
     """The dtype of the op's result: the modules' ``residual + scale * bn(input)`` promotion."""
     dtype = torch.promote_types(residual.dtype, input.dtype)
@@ -138,6 +153,39 @@ def result_dtype(input: Tensor, residual: Tensor, scale: Tensor | None) -> torch
 # ----------------------------------------------------------------------------------------------------------------
 # 1. Reference
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def batch_norm_in(
+    compute: torch.dtype,
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+) -> Tensor:
+    """``F.batch_norm(input, ...)`` computed in ``compute`` (float32 or float64; autocast off), the running
+    statistics stepped in place in training as ``F.batch_norm`` steps them: the references' batch norm (this op's and
+    zoo/kernels/batch_norm_se.py's)."""
+    channels = input.shape[1]
+    per_channel = (1, channels, 1, 1)
+    x = input.to(compute)
+    if training:
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        if running_mean is not None and x.numel() > 0:  # (no step for an empty batch, as F.batch_norm)
+            count = x.numel() // channels
+            with torch.no_grad():
+                running_mean.lerp_(mean.reshape(running_mean.shape).to(running_mean.dtype), momentum)
+                unbiased = var * (count / (count - 1))
+                running_var.lerp_(unbiased.reshape(running_var.shape).to(running_var.dtype), momentum)
+    else:
+        mean, var = running_mean.reshape(channels).to(compute), running_var.reshape(channels).to(compute)
+    z = (x - mean.reshape(per_channel)) * torch.rsqrt(var + eps).reshape(per_channel)
+    if weight is not None:
+        z = z * weight.reshape(per_channel).to(compute) + bias.reshape(per_channel).to(compute)
+    return z
 
 
 def batch_norm_add_reference(
@@ -164,20 +212,7 @@ def batch_norm_add_reference(
     compute = torch.promote_types(torch.promote_types(input.dtype, residual.dtype), torch.float32)
     per_channel = (1, channels, 1, 1)
     with torch.autocast(input.device.type, enabled=False):
-        x = input.to(compute)
-        if training:
-            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            if running_mean is not None and x.numel() > 0:  # (no step for an empty batch, as F.batch_norm)
-                count = x.numel() // channels
-                with torch.no_grad():
-                    running_mean.lerp_(mean.reshape(running_mean.shape).to(running_mean.dtype), momentum)
-                    unbiased = var * (count / (count - 1))
-                    running_var.lerp_(unbiased.reshape(running_var.shape).to(running_var.dtype), momentum)
-        else:
-            mean, var = running_mean.reshape(channels).to(compute), running_var.reshape(channels).to(compute)
-        z = (x - mean.reshape(per_channel)) * torch.rsqrt(var + eps).reshape(per_channel)
-        if weight is not None:
-            z = z * weight.reshape(per_channel).to(compute) + bias.reshape(per_channel).to(compute)
+        z = batch_norm_in(compute, input, running_mean, running_var, weight, bias, training, momentum, eps)
         if scale is not None:
             z = z * scale.reshape(per_channel).to(compute)
         if sample_scale is not None:
@@ -208,9 +243,8 @@ def batch_norm_add_reference(
 
 
 @triton.jit
-def _chunk_span(r, chunks, P, rows_per_chunk):
-    """Positions in the chunk of partial row ``r`` (sample r // chunks, chunk r % chunks)."""
-    k = r % chunks
+def chunk_span(k, P, rows_per_chunk):
+    """Positions in chunk ``k`` of a sample's map, as float32."""
     return tl.minimum(rows_per_chunk, P - k * rows_per_chunk).to(tl.float32)
 
 
@@ -220,6 +254,90 @@ def _lerp(start, end, weight):
     early return: Triton 3.6 fails to compile a helper that returns from both sides of a branch on a runtime
     value."""
     return tl.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1.0 - weight))
+
+
+@triton.jit
+def chunk_mean_m2(x_base, P, C, rows_per_chunk, stride_xp, stride_xc, cols, BLOCK_P: tl.constexpr,
+                  BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
+    """(mean, M2) per channel of the program's chunk of positions, accumulated about the chunk's first row (a shift
+    from the data itself: a mean far from zero costs no precision)."""
+    offsets = tl.arange(0, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
+    shift_ptr = x_base + row_begin * stride_xp + cols * stride_xc
+    if EVEN_C:
+        shift = tl.load(shift_ptr).to(tl.float32)
+    else:
+        shift = tl.load(shift_ptr, mask=cols < C, other=0.0).to(tl.float32)
+    acc_s = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc_q = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in range(row_begin, full_end, BLOCK_P):
+        rows = start + offsets
+        d = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
+        d -= shift[None, :]
+        acc_s += d
+        acc_q += d * d
+    if full_end < row_end:
+        rows = full_end + offsets
+        d = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
+        d = tl.where((rows < row_end)[:, None], d - shift[None, :], 0.0)
+        acc_s += d
+        acc_q += d * d
+    span = (row_end - row_begin).to(tl.float32)
+    s = tl.sum(acc_s, axis=0)
+    return shift + s / span, tl.maximum(tl.sum(acc_q, axis=0) - s * s / span, 0.0)
+
+
+@triton.jit
+def batch_mean_var(partial_ptr, parts, chunks, P, rows_per_chunk, count, cols, C, BLOCK_P: tl.constexpr,
+                   BLOCK_C: tl.constexpr):  # fmt: skip
+    """The batch's mean and biased variance of the channels ``cols`` from the ``parts`` = N x chunks partial rows
+    (mean, M2) of :func:`chunk_mean_m2` (rows of 2 C values): Chan et al.'s pairwise formula in two passes, the
+    mean, then M2 = sum M2_i + n_i (mean_i - mean)^2, in a fixed order."""
+    rows = tl.arange(0, BLOCK_P)
+    col_mask = (cols < C)[None, :]
+    weighted = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for r0 in range(0, parts, BLOCK_P):
+        r = r0 + rows
+        mask = (r < parts)[:, None] & col_mask
+        means = tl.load(partial_ptr + r[:, None].to(tl.int64) * 2 * C + cols[None, :], mask=mask, other=0.0,
+                        cache_modifier=".cg")  # fmt: skip
+        weighted += means * chunk_span(r % chunks, P, rows_per_chunk)[:, None]
+    mean = tl.sum(weighted, axis=0) / count
+    m2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for r0 in range(0, parts, BLOCK_P):
+        r = r0 + rows
+        mask = (r < parts)[:, None] & col_mask
+        row_ptr = partial_ptr + r[:, None].to(tl.int64) * 2 * C + cols[None, :]
+        means = tl.load(row_ptr, mask=mask, other=0.0, cache_modifier=".cg")
+        dev = tl.where(mask, means - mean[None, :], 0.0)
+        m2 += tl.load(row_ptr + C, mask=mask, other=0.0, cache_modifier=".cg")
+        m2 += dev * dev * chunk_span(r % chunks, P, rows_per_chunk)[:, None]
+    return mean, tl.sum(m2, axis=0) / count
+
+
+@triton.jit
+def chunk_grad_sums(x_base, dy_base, mean, P, C, rows_per_chunk, stride_xp, stride_xc, stride_dp, stride_dc, cols,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
+    """(sum of dy, sum of dy (x - mean)) per channel over the program's chunk of positions."""
+    offsets = tl.arange(0, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
+    acc_d = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    acc_p = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in range(row_begin, full_end, BLOCK_P):
+        rows = start + offsets
+        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
+        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, False,
+                       EVEN_C)  # fmt: skip
+        acc_d += dy
+        acc_p += dy * (x - mean[None, :])
+    if full_end < row_end:  # masked rows load dy = 0 and add nothing
+        rows = full_end + offsets
+        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
+        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, True,
+                       EVEN_C)  # fmt: skip
+        acc_d += dy
+        acc_p += dy * (x - mean[None, :])
+    return tl.sum(acc_d, axis=0), tl.sum(acc_p, axis=0)
 
 
 @triton.jit
@@ -253,57 +371,17 @@ def _bn_add_sums_kernel(
     b = tl.program_id(2)
     chunks = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offsets = tl.arange(0, BLOCK_P)
     x_base = x_ptr + b.to(tl.int64) * stride_xb
-    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
-    shift_ptr = x_base + row_begin * stride_xp + cols * stride_xc
-    if EVEN_C:
-        shift = tl.load(shift_ptr).to(tl.float32)
-    else:
-        shift = tl.load(shift_ptr, mask=cols < C, other=0.0).to(tl.float32)
-    acc_s = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc_q = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for start in range(row_begin, full_end, BLOCK_P):
-        rows = start + offsets
-        d = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
-        d -= shift[None, :]
-        acc_s += d
-        acc_q += d * d
-    if full_end < row_end:
-        rows = full_end + offsets
-        d = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
-        d = tl.where((rows < row_end)[:, None], d - shift[None, :], 0.0)
-        acc_s += d
-        acc_q += d * d
-    span = (row_end - row_begin).to(tl.float32)
-    s = tl.sum(acc_s, axis=0)
+    chunk_mean, chunk_m2 = chunk_mean_m2(x_base, P, C, rows_per_chunk, stride_xp, stride_xc, cols, BLOCK_P, BLOCK_C,
+                                         EVEN_C)  # fmt: skip
     partial = partial_ptr + (b.to(tl.int64) * chunks + tl.program_id(0)) * 2 * C
-    store_row(partial, shift + s / span, cols, C, EVEN_C)
-    store_row(partial + C, tl.maximum(tl.sum(acc_q, axis=0) - s * s / span, 0.0), cols, C, EVEN_C)
+    store_row(partial, chunk_mean, cols, C, EVEN_C)
+    store_row(partial + C, chunk_m2, cols, C, EVEN_C)
     tl.debug_barrier()  # every thread's partials come before the ticket (release)
     ticket = tl.atomic_add(counter_ptr + tl.program_id(1), 1, sem="acq_rel", scope="gpu")
     if ticket == chunks * N - 1:
-        parts = N * chunks
-        rows = tl.arange(0, BLOCK_P)
-        col_mask = (cols < C)[None, :]
-        weighted = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for r0 in range(0, parts, BLOCK_P):
-            r = r0 + rows
-            mask = (r < parts)[:, None] & col_mask
-            means = tl.load(partial_ptr + r[:, None].to(tl.int64) * 2 * C + cols[None, :], mask=mask, other=0.0,
-                            cache_modifier=".cg")  # fmt: skip
-            weighted += means * _chunk_span(r, chunks, P, rows_per_chunk)[:, None]
-        mean = tl.sum(weighted, axis=0) / count
-        m2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for r0 in range(0, parts, BLOCK_P):
-            r = r0 + rows
-            mask = (r < parts)[:, None] & col_mask
-            row_ptr = partial_ptr + r[:, None].to(tl.int64) * 2 * C + cols[None, :]
-            means = tl.load(row_ptr, mask=mask, other=0.0, cache_modifier=".cg")
-            dev = tl.where(mask, means - mean[None, :], 0.0)
-            m2 += tl.load(row_ptr + C, mask=mask, other=0.0, cache_modifier=".cg")
-            m2 += dev * dev * _chunk_span(r, chunks, P, rows_per_chunk)[:, None]
-        var = tl.sum(m2, axis=0) / count
+        mean, var = batch_mean_var(partial_ptr, N * chunks, chunks, P, rows_per_chunk, count, cols, C, BLOCK_P,
+                                   BLOCK_C)  # fmt: skip
         store_row(stats_ptr, mean, cols, C, EVEN_C)
         store_row(stats_ptr + C, tl.div_rn(1.0, tl.sqrt_rn(var + eps)), cols, C, EVEN_C)
         if UPDATE_RUNNING:
@@ -454,30 +532,13 @@ def _bn_add_grad_sums_kernel(
     b = tl.program_id(2)
     chunks = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offsets = tl.arange(0, BLOCK_P)
     mean = load_row(stats_ptr, cols, C, EVEN_C)
     rstd = load_row(stats_ptr + C, cols, C, EVEN_C)
     x_base = x_ptr + b.to(tl.int64) * stride_xb
     dy_base = dy_ptr + b.to(tl.int64) * stride_db
-    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
-    acc_d = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    acc_p = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for start in range(row_begin, full_end, BLOCK_P):
-        rows = start + offsets
-        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
-        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, False,
-                       EVEN_C)  # fmt: skip
-        acc_d += dy
-        acc_p += dy * (x - mean[None, :])
-    if full_end < row_end:  # masked rows load dy = 0 and add nothing
-        rows = full_end + offsets
-        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
-        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, True,
-                       EVEN_C)  # fmt: skip
-        acc_d += dy
-        acc_p += dy * (x - mean[None, :])
-    s1 = tl.sum(acc_d, axis=0)
-    s2 = tl.sum(acc_p, axis=0) * rstd
+    s1, s2 = chunk_grad_sums(x_base, dy_base, mean, P, C, rows_per_chunk, stride_xp, stride_xc, stride_dp, stride_dc,
+                             cols, BLOCK_P, BLOCK_C, EVEN_C)  # fmt: skip
+    s2 *= rstd
     if HAS_SAMPLE_SCALE:
         sample_scale = tl.load(sample_scale_ptr + b).to(tl.float32)
         s1 *= sample_scale
