@@ -47,6 +47,7 @@ import triton.language as tl  # noqa: E402
 
 from zoo.kernels._backend import launchable, once_differentiable  # noqa: E402
 from zoo.kernels.batch_norm_add import BN_ADD_STAGES, batch_norm_add, batch_norm_add_reference  # noqa: E402
+from zoo.kernels.batch_norm_se import batch_norm_se, batch_norm_se_reference  # noqa: E402
 from zoo.kernels.dwconv import dwconv2d_reference, inception_dwconv2d_reference  # noqa: E402
 from zoo.kernels.fftconv import fftconv_reference  # noqa: E402
 from zoo.kernels.gelu_grn import GRN_STAGES, gelu_grn, gelu_grn_reference  # noqa: E402
@@ -477,6 +478,67 @@ def bench_batch_norm_add(
                 "fwd": element * (2 * half + 2 * full),
                 "fwd+bwd": element * (2 * half + 2 * full) + element * (2 * half + 2 * full + half),
             },
+        )
+    return rows
+
+
+def _norm_se_modules(bn, se, y: torch.Tensor) -> torch.Tensor:
+    """``se(bn(y))``: UniRepLKNet's BN after the depthwise convolution and its SE block, as its modules run them
+    (under autocast: the SE block's layers in bf16)."""
+    with torch.autocast(y.device.type, dtype=y.dtype, enabled=y.dtype != torch.float32):
+        return se(bn(y))
+
+
+def bench_batch_norm_se(
+    small: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile_reference: bool,
+    *,
+    cases: Sequence[str | tuple] | None = None,
+    impls: Collection[str] | None = None,
+    kernels: Mapping[str, str] | None = None,
+) -> list[OpRow]:
+    """Rows for zoo::batch_norm_se as UniRepLKNet's blocks run it in training under autocast: ``dtype`` input (the
+    depthwise convolution's output) and result, float32 parameters, channels_last, the SE block's width C / 4.
+    Implementations: the reference (eager, compiled), "triton" (the fused op) and "modules" (``nn.BatchNorm2d`` and
+    the block's ``SEBlock`` under autocast: the blocks' path before the fusion). Bytes: what the fused op's passes
+    must move (the input read twice and the result written; then the output gradient and the input read twice and
+    the input gradient written), not the modules'. Cases: :func:`batch_norm_add_cases` (the same stages)."""
+    del kernels
+    from zoo.layers.unireplknet import SEBlock
+
+    rows = []
+    for case, shape in _pick_cases(batch_norm_add_cases(small), cases):
+        channels = shape[1]
+        y = torch.randn(shape, dtype=dtype, device=device).to(memory_format=torch.channels_last).requires_grad_()
+        bn = torch.nn.BatchNorm2d(channels).to(device)
+        se = SEBlock(channels, max(1, channels // 4)).to(device)
+        dy = torch.randn(shape, dtype=dtype, device=device).to(memory_format=torch.channels_last)
+
+        def args(y, w, b, dw, db, uw, ub, bn=bn):
+            return (y, bn.running_mean, bn.running_var, w, b, True, 0.1, 1e-5, dw.flatten(1), db, uw.flatten(1), ub)
+
+        run: dict[str, Callable] = {
+            "reference": lambda *t: batch_norm_se_reference(*args(*t)),
+            "triton": lambda *t: batch_norm_se(*args(*t), backend="triton"),
+            "modules": lambda y, *_, bn=bn, se=se: _norm_se_modules(bn, se, y),
+        }
+        if compile_reference:
+            run["reference+compile"] = compiled_reference(run["reference"])
+        inputs = (y, bn.weight, bn.bias, se.down.weight, se.down.bias, se.up.weight, se.up.bias)
+        element = y.numel()
+        size = y.element_size()
+        rows += _op_rows(
+            "batch_norm_se",
+            case,
+            dtype,
+            device,
+            _pick_impls(run, impls),
+            inputs,
+            inputs,
+            dy,
+            {"fwd": element * 3 * size, "fwd+bwd": element * 3 * size + element * 5 * size},
         )
     return rows
 
@@ -1132,6 +1194,7 @@ CASES = {
     "norm_rational": norm_rational_cases,
     "gelu_grn": gelu_grn_cases,
     "batch_norm_add": batch_norm_add_cases,
+    "batch_norm_se": batch_norm_add_cases,
     "mlp": mlp_cases,
     "host_probe": host_probe_cases,
     "dwconv": dwconv_cases,
@@ -1156,6 +1219,7 @@ OPS = {
     "norm_rational": bench_norm_rational,
     "gelu_grn": bench_gelu_grn,
     "batch_norm_add": bench_batch_norm_add,
+    "batch_norm_se": bench_batch_norm_se,
     "mlp": bench_mlp,
     "host_probe": bench_host_probe,
     "dwconv": bench_dwconv,

@@ -160,6 +160,7 @@ TEST_FAMILIES = (
     PytestFamily("norm_rational", "tests/kernels/test_norm_rational.py", "test_non_contiguous_inputs and permuted"),
     PytestFamily("gelu_grn", "tests/kernels/test_gelu_grn.py", "test_non_contiguous_inputs and permuted", 1, 40.0),
     PytestFamily("batch_norm_add", "tests/kernels/test_batch_norm_add.py", "layouts", 1, 40.0),
+    PytestFamily("batch_norm_se", "tests/kernels/test_batch_norm_se.py", "layouts", 1, 40.0),
     PytestFamily("dwconv", "tests/kernels/test_dwconv.py", "test_dwconv2d_equals_nn_conv2d_without_bias and triton", 2),
     PytestFamily("mixer", "tests/kernels/test_inception_mixer.py", "test_grid_targets", 4, 60.0),
     PytestFamily("training", "tests/training/test_train_step.py", "bad_modes or restored"),  # the CUDA-graph step
@@ -210,6 +211,13 @@ OP_FAMILIES = (
     ),
     OpFamily(
         "batch_norm_add",
+        ("*",),
+        (("B2x40x5x7", (2, 40, 5, 7)),),
+        impls=("reference", "triton", "modules"),
+        budget_s=15,
+    ),
+    OpFamily(
+        "batch_norm_se",
         ("*",),
         (("B2x40x5x7", (2, 40, 5, 7)),),
         impls=("reference", "triton", "modules"),
@@ -554,6 +562,14 @@ TARGETS = (
         "UniRepLKNet's block tail (BN, layer scale, residual add) fwd+bwd B128 at UniRepLKNet-T's four stages, "
         "bf16 input under autocast, modules / Triton, worst",
         op_speedup("batch_norm_add", ("*",), ("fwd+bwd",), "modules"),
+        None,
+    ),
+    Target(
+        "batch_norm_se_fwd_bwd_vs_modules",
+        19,
+        "ops:batch_norm_se",
+        "UniRepLKNet's BN + SE block fwd+bwd bf16 B128 at UniRepLKNet-T's four stages, modules / Triton, worst",
+        op_speedup("batch_norm_se", ("*",), ("fwd+bwd",), "modules"),
         None,
     ),
     Target(

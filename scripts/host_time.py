@@ -50,6 +50,7 @@ IMPLS = {
     "norm_rational": ("triton", "triton-unfused"),
     "gelu_grn": ("triton", "modules"),
     "batch_norm_add": ("triton", "modules"),
+    "batch_norm_se": ("triton", "modules"),
     "host_probe": ("triton-launch", "fast-launch", "triton", "torch"),
     "dwconv": ("triton",),
     "inception": ("triton",),

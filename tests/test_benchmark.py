@@ -38,6 +38,7 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
         "layer_norm_group_rational": {"reference", "reference+compile", "triton", "triton-unfused"},
         "gelu_grn": {"reference", "reference+compile", "triton", "modules"},
         "batch_norm_add": {"reference", "reference+compile", "triton", "modules"},
+        "batch_norm_se": {"reference", "reference+compile", "triton", "modules"},
         "mlp": {"triton", "vit"},
         "host_probe": {"triton", "torch"},  # and triton-launch and fast-launch, forward only (below)
         "dwconv2d": {"reference", "triton"},

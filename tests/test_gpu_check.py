@@ -19,6 +19,7 @@ OP_ROWS = {
     "norm_rational": ("layer_norm_group_rational", "bfloat16"),
     "gelu_grn": ("gelu_grn", "bfloat16"),
     "batch_norm_add": ("batch_norm_add", "bfloat16"),
+    "batch_norm_se": ("batch_norm_se", "bfloat16"),
     "mlp": ("mlp", "bfloat16"),
     "host_probe": ("host_probe", "float32"),
     "dwconv": ("dwconv2d", "bfloat16"),
@@ -72,7 +73,7 @@ def test_smoke_runs_every_tier_and_reports_failing_families(tmp_path):
     ops = {r["op"] for r in data["ops"]}
     assert ops == {OP_ROWS[f.name][0] for f in check.OP_FAMILIES if f"ops:{f.name}" not in injected}
     impls = {"reference", "triton", "triton-unfused", "triton@issue19", "vit", "torch", "triton-launch", "fast-launch"}
-    impls |= {"modules"}  # gelu_grn's nn.GELU + GRN, batch_norm_add's BN + scale + add
+    impls |= {"modules"}  # gelu_grn's nn.GELU + GRN, batch_norm_add's BN + scale + add, batch_norm_se's BN + SE
     benchmark = load_script("benchmark")
     sweep = benchmark.MIXER_GRID_SWEEP  # the mixer's grid settings, under the interpreter too when asked for
     assert {r["impl"] for r in data["ops"]} == impls | set(sweep)

@@ -22,6 +22,7 @@ import zoo.kernels.fftconv as fftconv_module
 from tests.helpers import DEVICE
 from zoo.kernels._backend import INTERPRETER, FastLaunch
 from zoo.kernels.batch_norm_add import batch_norm_add
+from zoo.kernels.batch_norm_se import batch_norm_se
 from zoo.kernels.dwconv import dwconv2d, inception_dwconv2d
 from zoo.kernels.fftconv import fftconv
 from zoo.kernels.gelu_grn import gelu_grn
@@ -256,6 +257,42 @@ def test_batch_norm_add_launches_two_kernels_each_way(training, count):
     report = f"forward: {_describe(forward)}; backward: {_describe(backward)}"
     assert len(forward.triton) == (2 if training else 1) and not forward.aten and not forward.fft, report
     assert len(backward.triton) == 2 and not backward.aten and not backward.fft, report
+
+
+# the SE block's layers and the batch norm's parameter gradients from them, between the two kernels each way
+BATCH_NORM_SE_FORWARD_ATEN = ["addmm", "relu_", "addmm"]
+BATCH_NORM_SE_BACKWARD_ATEN = ["mm", "mm", "threshold_backward", "mm", "sum", "mm", "addmv", "mul", "sum", "add_"]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+def test_batch_norm_se_launches_two_kernels_each_way_around_the_se_layers(training, count):
+    """Batch norm + squeeze-and-excitation: two Triton launches each way, and between them the SE block's layers as
+    the ATen ops they are (the bound of one forward launch does not hold: the gate needs every channel's pool, a
+    matrix product across the channel blocks; forward two [N, C] x [C, R] products and the ReLU, backward four
+    products, the ReLU's gradient and the d bias / d weight sums of the pool's gradient). The modules make BN's
+    launches, the pool, the SE layers, the sigmoid and the product, and about twice as many ops backward."""
+    gen = torch.Generator().manual_seed(4)
+    running = [torch.zeros(40, device=DEVICE), torch.ones(40, device=DEVICE)]
+    leaves = _leaves(
+        torch.randn(3, 40, 5, 7, generator=gen),
+        torch.rand(40, generator=gen),
+        torch.randn(40, generator=gen),
+        torch.randn(10, 40, generator=gen),
+        torch.randn(10, generator=gen),
+        torch.randn(40, 10, generator=gen),
+        torch.randn(40, generator=gen),
+    )
+
+    def call(t):
+        y, w, b, dw, db, uw, ub = t
+        return batch_norm_se(y, *running, w, b, training, 0.1, 1e-5, dw, db, uw, ub, backend="triton")
+
+    forward, backward = _measure(count, call, leaves)
+    report = f"forward: {_describe(forward)}; backward: {_describe(backward)}"
+    names = [name.split(".")[1] for name in forward.aten]  # "aten.addmm.default" -> "addmm"
+    assert len(forward.triton) == 2 and names == BATCH_NORM_SE_FORWARD_ATEN and not forward.fft, report
+    names = [name.split(".")[1] for name in backward.aten]
+    assert len(backward.triton) == 2 and names == BATCH_NORM_SE_BACKWARD_ATEN and not backward.fft, report
 
 
 # (bidirectional, D / gates / GELU on)

@@ -105,6 +105,35 @@ def _cases():
                 True,
             ),
         ),
+        # UniRepLKNet's BN + SE under autocast: the depthwise convolution's bf16 output, float32 parameters
+        "batch_norm_se": (
+            ops.batch_norm_se,
+            (t(3, 40, 5, 7, channels_last=True),)
+            + (t(40, dtype=f32),) * 4
+            + (True, 0.1, 1e-5, t(10, 40, dtype=f32), t(10, dtype=f32), t(40, 10, dtype=f32), t(40, dtype=f32)),
+        ),
+        "batch_norm_se_eval": (
+            ops.batch_norm_se,
+            (t(3, 40, 5, 7, channels_last=True),)
+            + (t(40, dtype=f32),) * 4
+            + (False, 0.1, 1e-5, t(10, 40, dtype=f32), None, t(40, 10, dtype=f32), None),
+        ),
+        "batch_norm_se_backward": (
+            ops.batch_norm_se_backward,
+            (
+                t(3, 40, 5, 7, channels_last=True),
+                t(3, 40, 5, 7, channels_last=True),
+                t(2, 40, dtype=f32),
+                t(2, 3, 40, dtype=f32),
+                t(3, 10, dtype=f32),
+                t(3, 40, dtype=f32),
+                t(40, dtype=f32),
+                t(40, dtype=f32),
+                t(10, 40, dtype=f32),
+                t(40, 10, dtype=f32),
+                True,
+            ),
+        ),
         "dwconv2d_direct": (ops.dwconv2d, (t(2, 8, 9, 9, channels_last=True), t(8, 1, 7, 7), t(8), [1, 1], [1, 1])),
         "dwconv2d_direct_backward": (
             ops.dwconv2d_backward,
@@ -314,6 +343,9 @@ CASES = [
     "batch_norm_add",
     "batch_norm_add_eval",
     "batch_norm_add_backward",
+    "batch_norm_se",
+    "batch_norm_se_eval",
+    "batch_norm_se_backward",
     "dwconv2d_direct",
     "dwconv2d_direct_backward",
     "dwconv2d_whole_row",
@@ -385,6 +417,7 @@ def _gpu_cases(device: str = "cuda") -> dict:
     at small shapes whose kernels compile in seconds; float32 except where the op's fast path is half precision."""
     from zoo.kernels import dwconv2d, group_rational, inception_dwconv2d, s4d_kernel
     from zoo.kernels.batch_norm_add import batch_norm_add
+    from zoo.kernels.batch_norm_se import batch_norm_se
     from zoo.kernels.fftconv import fftconv
     from zoo.kernels.neighborhood import neighborhood_attention
 
@@ -427,6 +460,20 @@ def _gpu_cases(device: str = "cuda") -> dict:
             [leaf(4, 80, 14, 14, dtype=bf16, channels_last=True), leaf(4, 80, 14, 14, channels_last=True)]
             + [leaf(80) for _ in range(3)],
         ),
+        "batch_norm_se": (
+            lambda y, w, b, dw, db, uw, ub: batch_norm_se(
+                y, None, None, w, b, True, 0.1, 1e-5, dw, db, uw, ub, backend="triton"
+            ),  # fmt: skip
+            [
+                leaf(4, 80, 14, 14, dtype=bf16, channels_last=True),
+                leaf(80),
+                leaf(80),
+                leaf(20, 80, scale=0.2),
+                leaf(20),
+                leaf(80, 20, scale=0.2),
+                leaf(80),
+            ],  # fmt: skip
+        ),
         "neighborhood_attention_2d_bias": (
             lambda q, k, v, rpb: neighborhood_attention(q, k, v, kernel_size=5, rpb=rpb, backend="triton"),
             [leaf(2, 9, 11, 2, 32, dtype=bf16) for _ in range(3)] + [leaf(2, 9, 9, dtype=bf16)],
@@ -445,6 +492,7 @@ def _gpu_cases(device: str = "cuda") -> dict:
         "s4d_kernel",
         "fftconv",
         "batch_norm_add",
+        "batch_norm_se",
         "neighborhood_attention_2d_bias",
     ],
 )

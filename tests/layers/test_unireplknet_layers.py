@@ -338,18 +338,20 @@ def test_triton_blocks_run_gelu_grn_as_one_op(switch, monkeypatch):
         assert calls[-1] == torch.bfloat16
 
 
-def _spy_batch_norm_add(monkeypatch) -> list[bool]:
-    """The ``training`` argument (batch statistics) of every call the layers make to batch_norm_add, in order."""
+def _spy_batch_norm_add(monkeypatch, op: str = "batch_norm_add") -> list[bool]:
+    """The ``training`` argument (batch statistics) of every call the layers make to ``op`` (batch_norm_add or
+    batch_norm_se), in order."""
     import zoo.layers.unireplknet as layers
 
     calls = []
-    real = layers.batch_norm_add
+    real = getattr(layers, op)
+    training_index = {"batch_norm_add": 6, "batch_norm_se": 5}[op]
 
     def spy(*args, **kwargs):
-        calls.append(args[6])
+        calls.append(args[training_index])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(layers, "batch_norm_add", spy)
+    monkeypatch.setattr(layers, op, spy)
     return calls
 
 
@@ -399,6 +401,50 @@ def test_triton_blocks_run_the_tail_as_one_op(case, monkeypatch):
             assert block(x).dtype == reference(x).dtype == torch.float32
 
 
+@pytest.mark.parametrize("case", ["train", "momentum-none", "eval", "not-tracking", "ZOO_BATCH_NORM_SE=0"])
+def test_triton_blocks_run_the_norm_and_se_as_one_op(case, monkeypatch):
+    """With the Triton backend, ``se(norm(dwconv(x)))`` is zoo.kernels.batch_norm_se (its result bf16 under autocast,
+    as the modules'), with the modules' output, gradients, running statistics and num_batches_tracked;
+    ZOO_BATCH_NORM_SE=0 runs the modules."""
+    calls = _spy_batch_norm_add(monkeypatch, "batch_norm_se")
+    if case == "ZOO_BATCH_NORM_SE=0":
+        monkeypatch.setenv("ZOO_BATCH_NORM_SE", "0")
+    torch.manual_seed(3)
+    blocks = []
+    for backend in ("torch", "triton"):
+        block = _randomise(UniRepLKNetBlock(16, 3, backend=backend))
+        if case == "momentum-none":
+            block.norm.momentum = None
+        if case == "not-tracking":
+            bn = block.norm
+            bn.track_running_stats, bn.running_mean, bn.running_var, bn.num_batches_tracked = False, None, None, None
+        blocks.append(block.to(DEVICE).train(case != "eval"))
+    blocks[1].load_state_dict(blocks[0].state_dict())
+    reference, block = blocks
+    x = _input((3, 16, 3, 4)).to(DEVICE)
+    steps = 2 if case == "momentum-none" else 1  # (a cumulative average: its second step differs)
+    for _ in range(steps):
+        outputs = []
+        for layer in (reference, block):
+            y = layer(x.clone().requires_grad_())
+            y.square().sum().backward()
+            outputs.append(y.detach())
+        assert_close(outputs[1], outputs[0], torch.float32, scale=10.0)
+    fused = case != "ZOO_BATCH_NORM_SE=0"
+    assert calls == ([case != "eval"] * steps if fused else [])
+    largest = max(p.grad.abs().max().item() for p in reference.parameters())
+    for (name, p), q in zip(reference.named_parameters(), block.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4 * largest, msg=name)
+    for name, u in reference.state_dict().items():  # running statistics and num_batches_tracked
+        assert_close(block.state_dict()[name], u, torch.float32, scale=10.0)
+    if fused:
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16), torch.no_grad():
+            calls.clear()
+            block.pwconv1.register_forward_hook(lambda _m, args, _out: calls.append(args[0].dtype))
+            block(x)
+        assert calls == [case != "eval", torch.bfloat16]  # (the op's call, then the first Linear's input dtype)
+
+
 def _batch_norm_refuses_eps_0_in_eval() -> bool:
     """Whether this torch's ``F.batch_norm`` raises for eps 0 with running statistics (2.11-2.13 do; 2.14 only in
     training)."""
@@ -411,7 +457,16 @@ def _batch_norm_refuses_eps_0_in_eval() -> bool:
 
 @pytest.mark.parametrize(
     "change",
-    ["bias None", "eps 0 in eval", "momentum 2", "float64 gamma", "hook on the BN", "hook on act", "global hook"],
+    [
+        "bias None",
+        "eps 0 in eval",
+        "momentum 2",
+        "float64 gamma",
+        "hook on the BN",
+        "hook on act",
+        "hook on the SE",
+        "global hook",
+    ],
 )
 def test_triton_blocks_run_the_modules_where_the_fused_ops_would_differ(change):
     """Where a fused op would raise or skip something the modules do (hooks, BN settings the op does not take,
@@ -436,6 +491,8 @@ def test_triton_blocks_run_the_modules_where_the_fused_ops_would_differ(change):
             handles.append(bn.register_forward_hook(lambda *_: calls.append("bn")))
         elif change == "hook on act":
             handles.append(block.act[1].register_forward_pre_hook(lambda *_: calls.append("grn")))
+        elif change == "hook on the SE":
+            handles.append(block.se.register_forward_hook(lambda *_: calls.append("se")))
     if change == "global hook":
         handles.append(torch.nn.modules.module.register_module_forward_hook(lambda *_: calls.append("any")))
     x = _input((2, 8, 5, 6)).to(DEVICE)

@@ -9,6 +9,9 @@ from zoo.kernels._backend import BACKENDS, resolve_backend
 from zoo.kernels.batch_norm_add import (
     batch_norm_add_reference,
 )  # the op itself: zoo.kernels.batch_norm_add.batch_norm_add (the name is the module's)
+from zoo.kernels.batch_norm_se import (
+    batch_norm_se_reference,
+)  # the op itself: zoo.kernels.batch_norm_se.batch_norm_se (the name is the module's)
 from zoo.kernels.dwconv import dwconv2d, dwconv2d_reference, inception_dwconv2d, inception_dwconv2d_reference
 from zoo.kernels.fftconv import (
     fftconv_reference,
@@ -23,6 +26,7 @@ from zoo.kernels.ssm import s4d_kernel, s4d_kernel_reference
 __all__ = [
     "BACKENDS",
     "batch_norm_add_reference",
+    "batch_norm_se_reference",
     "dwconv2d",
     "dwconv2d_reference",
     "fftconv_reference",

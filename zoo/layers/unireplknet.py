@@ -27,6 +27,7 @@ from zoo.kernels import _cpu_compile
 from zoo.kernels._backend import TRITON_DTYPES, requested_backend, resolve_backend
 from zoo.kernels._sample_tiles import MAX_BATCH
 from zoo.kernels.batch_norm_add import batch_norm_add
+from zoo.kernels.batch_norm_se import batch_norm_se
 from zoo.kernels.dwconv import autocast_input, dwconv2d
 from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
 from zoo.layers.dilated_reparam import (
@@ -57,6 +58,9 @@ GELU_GRN_ENV_VAR = "ZOO_GELU_GRN"
 # "0": the blocks run the last BatchNorm, the layer scale, stochastic depth and the residual add as modules where
 # their backend runs Triton, instead of the fused op (zoo/kernels/batch_norm_add.py; read at every call)
 BATCH_NORM_ADD_ENV_VAR = "ZOO_BATCH_NORM_ADD"
+# "0": the blocks run the BatchNorm after the depthwise convolution and the SE block as modules where their backend
+# runs Triton, instead of the fused op (zoo/kernels/batch_norm_se.py; read at every call)
+BATCH_NORM_SE_ENV_VAR = "ZOO_BATCH_NORM_SE"
 
 # kernel size K: (branch kernel sizes, branch dilations); every branch covers r (k - 1) + 1 <= K
 DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -426,9 +430,31 @@ def _fusable_batch(batch: int, height: int, width: int) -> bool:
     return batch * height * width > 1 and batch <= MAX_BATCH
 
 
-def _batch_norm_ops_on() -> bool:
-    """``ZOO_BATCH_NORM_ADD`` is not "0" (read at every call)."""
-    return os.environ.get(BATCH_NORM_ADD_ENV_VAR, "1").strip() != "0"
+def _batch_norm_ops_on(env_var: str = BATCH_NORM_ADD_ENV_VAR) -> bool:
+    """The switch ``env_var`` (``ZOO_BATCH_NORM_ADD``, ``ZOO_BATCH_NORM_SE``) is not "0" (read at every call)."""
+    return os.environ.get(env_var, "1").strip() != "0"
+
+
+def _norm_arguments(bn: nn.BatchNorm2d) -> tuple:
+    """``(running_mean, running_var, weight, bias, training, momentum, eps)`` of a call that does what ``bn`` does,
+    with ``nn.BatchNorm2d``'s own bookkeeping done here: ``num_batches_tracked`` + 1 in training, momentum None as a
+    cumulative average, the running statistics used in eval and not tracked when ``track_running_stats`` is
+    False."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    tracked = not bn.training or bn.track_running_stats
+    return (
+        bn.running_mean if tracked else None,
+        bn.running_var if tracked else None,
+        bn.weight,
+        bn.bias,
+        bn.training or bn.running_mean is None,
+        momentum,
+        bn.eps,
+    )
 
 
 def _batch_norm_add(
@@ -439,28 +465,10 @@ def _batch_norm_add(
     scale: Tensor | None = None,
     sample_scale: Tensor | None = None,
 ) -> Tensor:
-    """``residual + sample_scale * scale * bn(input)`` as :func:`batch_norm_add`, with ``nn.BatchNorm2d``'s own
-    bookkeeping: ``num_batches_tracked`` + 1 in training, momentum None as a cumulative average, the running
-    statistics used in eval and not tracked when ``track_running_stats`` is False."""
-    momentum = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
-    tracked = not bn.training or bn.track_running_stats
+    """``residual + sample_scale * scale * bn(input)`` as :func:`batch_norm_add` (``bn``'s bookkeeping:
+    :func:`_norm_arguments`)."""
     return batch_norm_add(
-        input,
-        residual,
-        bn.running_mean if tracked else None,
-        bn.running_var if tracked else None,
-        bn.weight,
-        bn.bias,
-        bn.training or bn.running_mean is None,
-        momentum,
-        bn.eps,
-        scale=scale,
-        sample_scale=sample_scale,
-        backend=backend,
+        input, residual, *_norm_arguments(bn), scale=scale, sample_scale=sample_scale, backend=backend
     )
 
 
@@ -624,8 +632,35 @@ class UniRepLKNetBlock(nn.Module):
                 sample_scale.div_(keep)
         return _batch_norm_add(bn, y, x, self.backend, self.gamma, sample_scale)
 
+    def _fused_norm_se(self, y: Tensor) -> bool:
+        """Whether :meth:`forward` runs ``se(norm(y))`` as :func:`batch_norm_se`: where the block's backend runs
+        Triton on ``y``, for the training form's standard modules (a BN that :func:`_fusable_norm` accepts, the
+        :class:`SEBlock`) without hooks, in the dtypes the kernels take, unless ``ZOO_BATCH_NORM_SE=0``. Otherwise
+        (FX tracing, the deployed form included) the modules run."""
+        se = self.se
+        if isinstance(y, torch.fx.Proxy) or not _fusable_norm(self.norm) or type(se) is not SEBlock:
+            return False
+        if type(se.down) is not nn.Conv2d or type(se.up) is not nn.Conv2d or _hooked(se, se.down, se.up):
+            return False
+        if not _fusable_batch(y.shape[0], y.shape[2], y.shape[3]):
+            return False
+        dtypes = [y.dtype] + [p.dtype for p in se.parameters()]
+        if any(dtype not in TRITON_DTYPES for dtype in dtypes):
+            return False
+        return resolve_backend(self.backend, y, TRITON_DTYPES) == "triton" and _batch_norm_ops_on(BATCH_NORM_SE_ENV_VAR)
+
+    def _norm_se(self, y: Tensor) -> Tensor:
+        """``se(norm(y))`` as one op (two launches each way and the SE block's small layers, instead of BN's, the
+        pool's and the product's passes)."""
+        se = self.se
+        return batch_norm_se(
+            y, *_norm_arguments(self.norm), se.down.weight.flatten(1), se.down.bias, se.up.weight.flatten(1),
+            se.up.bias, backend=self.backend,
+        )  # fmt: skip
+
     def forward(self, x: Tensor) -> Tensor:
-        y = self.se(self.norm(self.dwconv(x)))
+        y = self.dwconv(x)
+        y = self._norm_se(y) if self._fused_norm_se(y) else self.se(self.norm(y))
         h = self._activation(self.pwconv1(y))
         if self._fused_tail(h, x):
             return self._tail(h, x)
