@@ -13,8 +13,8 @@ steps them), the running ones otherwise. The pool is a function of per-sample me
 kernel has anyway: ``pool = (sample_mean - mean) / sqrt(var + eps) * weight + bias``; so the op reads the input once
 for the statistics and once to write the output, where the modules make about six passes (BN's statistics and
 normalisation, the pool, the product). Backward: the sums of dy and dy (input - mean) per sample and channel, then
-one pass writing the input gradient. The SE block's matrix products ([N, C] x [C, R], tiny) stay cuBLAS calls between
-the kernels: 3 forward, 4 backward (docs/design.md §24). Computed in float32; the result in ``input``'s dtype.
+one pass writing the input gradient. The SE block's layers ([N, C] x [C, R] products, tiny) stay ATen ops between the
+kernels: 3 forward, 10 backward (docs/design.md §24). Computed in float32; the result in ``input``'s dtype.
 
 Layout of this file (the kernel contract, docs/design.md §2): the reference, the Triton kernels, the launchers, the
 registered op.
@@ -615,8 +615,8 @@ def batch_norm_se_backward(
     check_triton_dtypes("the Triton batch-norm + SE kernels take", {"input": input, "grad_output": grad_output})
     check_triton_device(input.device)
     return _launch_backward(
-        grad_output, input, stats, sample_stats.contiguous(), hidden.contiguous(), logit.contiguous(), weight, bias,
-        down_weight, up_weight, training,
+        grad_output, input, stats.contiguous(), sample_stats.contiguous(), hidden.contiguous(), logit.contiguous(),
+        weight, bias, down_weight, up_weight, training,
     )  # fmt: skip
 
 
