@@ -410,6 +410,17 @@ def test_gpu_stages_match_float64(side, channels):
     assert actual["out"].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gpu_masked_channels_and_eval_match_float64(training):
+    """The compiled kernels with a masked channel block (40 channels in blocks of 64) and the eval forward (the
+    running statistics read by the last program), batch 16."""
+    shape = (16, 40, 14, 14)
+    x = _input(shape, bf16, seed=14).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, device=DEVICE).to(bf16).contiguous(memory_format=torch.channels_last)
+    _check(x, dy, _parameters(40, 10, seed=14), "triton", training)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_reentrant_checkpointing(backend):
     """The backward unpacks its saved tensors once, as non-reentrant activation checkpointing (timm's

@@ -465,6 +465,10 @@ def _batch_norm_refuses_eps_0_in_eval() -> bool:
         "hook on the BN",
         "hook on act",
         "hook on the SE",
+        "BN1 bias None",
+        "BN1 momentum 2",
+        "hook on BN1",
+        "3 channels (no SE width)",
         "global hook",
     ],
 )
@@ -473,7 +477,8 @@ def test_triton_blocks_run_the_modules_where_the_fused_ops_would_differ(change):
     dtypes its kernels do not take), the Triton block runs the modules: its output equals the torch block's, and the
     hooks run."""
     torch.manual_seed(4)
-    blocks = [_randomise(UniRepLKNetBlock(8, 3, backend=backend)).to(DEVICE) for backend in ("torch", "triton")]
+    channels = 3 if change == "3 channels (no SE width)" else 8
+    blocks = [_randomise(UniRepLKNetBlock(channels, 3, backend=backend)).to(DEVICE) for backend in ("torch", "triton")]
     blocks[1].load_state_dict(blocks[0].state_dict())
     calls, handles = [], []
     for block in blocks:
@@ -493,9 +498,15 @@ def test_triton_blocks_run_the_modules_where_the_fused_ops_would_differ(change):
             handles.append(block.act[1].register_forward_pre_hook(lambda *_: calls.append("grn")))
         elif change == "hook on the SE":
             handles.append(block.se.register_forward_hook(lambda *_: calls.append("se")))
+        elif change == "BN1 bias None":
+            block.norm.bias = None
+        elif change == "BN1 momentum 2":
+            block.norm.momentum = 2.0
+        elif change == "hook on BN1":
+            handles.append(block.norm.register_forward_hook(lambda *_: calls.append("bn1")))
     if change == "global hook":
         handles.append(torch.nn.modules.module.register_module_forward_hook(lambda *_: calls.append("any")))
-    x = _input((2, 8, 5, 6)).to(DEVICE)
+    x = _input((2, channels, 5, 6)).to(DEVICE)
     if change == "eps 0 in eval" and _batch_norm_refuses_eps_0_in_eval():  # torch before 2.14 refuses it
         for block in blocks:  # both blocks raise torch's own error: the Triton one ran the modules too
             with pytest.raises(ValueError, match="eps"):

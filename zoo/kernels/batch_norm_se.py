@@ -264,9 +264,9 @@ def _bn_se_sums_kernel(
             sums, _second, mask = _sample_sums(partial_ptr, samples, N, chunks, P, rows_per_chunk, cols, C, True,
                                                BLOCK_S, BLOCK_C)  # fmt: skip
             xbar = (sums / P - mean[None, :]) * rstd[None, :]
-            row_ptr = sample_stats_ptr + samples.to(tl.int64)[:, None] * C + cols[None, :]
-            tl.store(row_ptr, xbar * weight[None, :] + bias[None, :], mask=mask)
-            tl.store(row_ptr + N * C, xbar, mask=mask)
+            rows = samples.to(tl.int64)[:, None]
+            tl.store(sample_stats_ptr + rows * C + cols[None, :], xbar * weight[None, :] + bias[None, :], mask=mask)
+            tl.store(sample_stats_ptr + (rows + N) * C + cols[None, :], xbar, mask=mask)  # (64-bit: N C may not fit)
         tl.atomic_xchg(counter_ptr + tl.program_id(1), 0)  # ready for the next launch
 
 

@@ -642,6 +642,8 @@ class UniRepLKNetBlock(nn.Module):
             return False
         if type(se.down) is not nn.Conv2d or type(se.up) is not nn.Conv2d or _hooked(se, se.down, se.up):
             return False
+        if se.down.out_channels == 0:  # (a block narrower than 4 channels: the op takes an SE width R >= 1)
+            return False
         if not _fusable_batch(y.shape[0], y.shape[2], y.shape[3]):
             return False
         dtypes = [y.dtype] + [p.dtype for p in se.parameters()]
