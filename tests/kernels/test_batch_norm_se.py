@@ -188,6 +188,27 @@ def test_reference_is_the_modules(training, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_the_se_layers_run_in_float32_under_autocast(backend):
+    """Under autocast (here the CPU's, bf16) the op still computes in float32, the SE block's layers included (bf16
+    layers would miss float32's tolerance by orders of magnitude), and returns the input's dtype."""
+    x = _input((2, 40, 5, 6), f32, seed=15)
+    p = _parameters(40, 10, seed=15)
+    dy = torch.randn(x.shape, device=DEVICE)
+    leaves = {name: p[name].clone().requires_grad_(True) for name in LEAVES[1:]}
+    x.requires_grad_(True)
+    with torch.autocast(DEVICE.type, dtype=bf16):  # (the backward outside it, as autocast's documentation asks)
+        out = batch_norm_se(x, None, None, leaves["weight"], leaves["bias"], True, 0.1, 1e-5,
+                            *(leaves[name] for name in SE_NAMES), backend=backend)  # fmt: skip
+    out.backward(dy)
+    expected = _float64(x, dy, p, True)
+    assert out.dtype == f32
+    assert_close(out, expected["out"], f32, scale=float(expected["out"].abs().max()))
+    assert_relative_error(x.grad, expected["input"], 1e-5)
+    for name in ("down_weight", "up_weight"):
+        assert_relative_error(leaves[name].grad, expected[name], 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["channels_last", "nchw", "strided-map"])
 def test_layouts(layout, backend):
     """channels_last and contiguous inputs give outputs in their layout; a map whose H and W do not merge (a

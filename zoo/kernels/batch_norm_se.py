@@ -22,6 +22,8 @@ registered op.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -487,9 +489,17 @@ def _check_triton_inputs(*inputs) -> None:
     check_triton_device(input.device)
 
 
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """A context with autocast off on ``device_type`` (the SE layers in float32): a null context where it is off
+    already, as in most backward passes (entering ``torch.autocast`` costs about 5 us of host time)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _excite(pool: Tensor, down_weight, down_bias, up_weight, up_bias) -> tuple[Tensor, Tensor]:
     """(hidden, logit): the SE block's layers on the pool [N, C], float32 (cuBLAS; autocast off)."""
-    with torch.autocast(pool.device.type, enabled=False):
+    with _autocast_off(pool.device.type):
         hidden = F.linear(pool, down_weight.float(), _to(down_bias, torch.float32)).relu_()
         logit = F.linear(hidden, up_weight.float(), _to(up_bias, torch.float32))
     return hidden, logit
@@ -643,7 +653,7 @@ def _launch_backward(
         partials = torch.empty(2 * channels * batch * chunks, dtype=torch.float32, device=input.device)
     else:
         sums.zero_()
-    with device_guard(input.device), torch.autocast(input.device.type, enabled=False):
+    with device_guard(input.device), _autocast_off(input.device.type):
         if batch:
             launchable(_bn_se_grad_sums_kernel)[grid](
                 x, dy, partials, stats, logit, dlogit, sums, ticket_counters(input.device, grid[1]), weight_arg,
