@@ -578,6 +578,28 @@ def _bn_add_grad_sums_kernel(
 
 
 @triton.jit
+def grad_apply_tiles(x_base, dy_base, dx_base, mean, k1, k2, k3, P, C, rows_per_chunk, stride_xp, stride_xc,
+                     stride_dp, stride_dc, stride_gp, stride_gc, cols, BLOCK_P: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
+    """dx = dy k1 + (x - mean) k2 + k3 over the program's chunk of positions (the coefficients [1, BLOCK_C] rows)."""
+    offsets = tl.arange(0, BLOCK_P)
+    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
+    for start in range(row_begin, full_end, BLOCK_P):
+        rows = start + offsets
+        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
+        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, False,
+                       EVEN_C)  # fmt: skip
+        dx_ptrs = tile_pointers(dx_base, rows, cols, stride_gp, stride_gc)
+        store_tile(dx_ptrs, dy * k1 + ((x - mean) * k2 + k3), rows, row_end, cols, C, False, EVEN_C)
+    if full_end < row_end:
+        rows = full_end + offsets
+        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
+        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, True,
+                       EVEN_C)  # fmt: skip
+        dx_ptrs = tile_pointers(dx_base, rows, cols, stride_gp, stride_gc)
+        store_tile(dx_ptrs, dy * k1 + ((x - mean) * k2 + k3), rows, row_end, cols, C, True, EVEN_C)
+
+
+@triton.jit
 def _bn_add_grad_apply_kernel(
     x_ptr,
     dy_ptr,
@@ -605,7 +627,6 @@ def _bn_add_grad_apply_kernel(
     """dinput = sample_scale dy k1 + (input - mean) k2 + k3 over the program's chunk."""
     b = tl.program_id(2)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offsets = tl.arange(0, BLOCK_P)
     mean = load_row(stats_ptr, cols, C, EVEN_C)[None, :]
     k1 = load_row(coef_ptr, cols, C, EVEN_C)
     if HAS_SAMPLE_SCALE:
@@ -613,24 +634,10 @@ def _bn_add_grad_apply_kernel(
     k1 = k1[None, :]
     k2 = load_row(coef_ptr + C, cols, C, EVEN_C)[None, :]
     k3 = load_row(coef_ptr + 2 * C, cols, C, EVEN_C)[None, :]
-    x_base = x_ptr + b.to(tl.int64) * stride_xb
-    dy_base = dy_ptr + b.to(tl.int64) * stride_db
-    dx_base = dx_ptr + b.to(tl.int64) * stride_gb
-    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
-    for start in range(row_begin, full_end, BLOCK_P):
-        rows = start + offsets
-        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
-        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, False,
-                       EVEN_C)  # fmt: skip
-        dx_ptrs = tile_pointers(dx_base, rows, cols, stride_gp, stride_gc)
-        store_tile(dx_ptrs, dy * k1 + ((x - mean) * k2 + k3), rows, row_end, cols, C, False, EVEN_C)
-    if full_end < row_end:
-        rows = full_end + offsets
-        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
-        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, True,
-                       EVEN_C)  # fmt: skip
-        dx_ptrs = tile_pointers(dx_base, rows, cols, stride_gp, stride_gc)
-        store_tile(dx_ptrs, dy * k1 + ((x - mean) * k2 + k3), rows, row_end, cols, C, True, EVEN_C)
+    b64 = b.to(tl.int64)
+    grad_apply_tiles(x_ptr + b64 * stride_xb, dy_ptr + b64 * stride_db, dx_ptr + b64 * stride_gb, mean, k1, k2, k3, P,
+                     C, rows_per_chunk, stride_xp, stride_xc, stride_dp, stride_dc, stride_gp, stride_gc, cols, BLOCK_P,
+                     EVEN_C)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -743,12 +750,19 @@ def _forward(
             HAS_SCALE=scale is not None, HAS_SAMPLE_SCALE=sample_scale is not None,
         )  # fmt: skip
     if update and in_place:
-        for running, written in ((running_mean, running_mean_arg), (running_var, running_var_arg)):
-            if written.data_ptr() != running.data_ptr():  # not contiguous: the step was taken in a copy
-                running.copy_(written.view(running.shape))
-            else:  # written by the kernel: moved as an in-place op would move it (caches keyed by version)
-                torch.autograd.graph.increment_version(running)
+        running_step_taken(running_mean, running_var, running_mean_arg, running_var_arg)
     return out, stats, steps
+
+
+def running_step_taken(running_mean: Tensor, running_var: Tensor, written_mean: Tensor, written_var: Tensor) -> None:
+    """After a kernel wrote the running statistics' step in place into ``written_mean`` / ``written_var``
+    (:func:`_vector` of the buffers): copied into the buffers where those were contiguous copies, else the buffers'
+    version counters moved, as an in-place op would move them (caches keyed by version)."""
+    for running, written in ((running_mean, written_mean), (running_var, written_var)):
+        if written.data_ptr() != running.data_ptr():
+            running.copy_(written.view(running.shape))
+        else:
+            torch.autograd.graph.increment_version(running)
 
 
 def _parameter_gradient(grad: Tensor, parameter: Tensor | None) -> Tensor | None:
@@ -996,6 +1010,27 @@ BN_ADD_STAGES = ((56, 80), (28, 160), (14, 320), (7, 640))
 _BENCHMARK_BATCH = 128
 
 
+def stage_launch(batch: int, side: int, channels: int) -> tuple:
+    """(case, elements a program, the formula in words, (BLOCK_P, BLOCK_C, EVEN_C), chunks, rows per chunk, full tiles
+    a program) of a launch over a [batch, channels, side, side] map on an H200's grid: the AOT specs' shapes (this
+    op's and zoo/kernels/batch_norm_se.py's)."""
+    positions = side * side
+    block_p, block_c, even_c = blocks(channels, positions)
+    rows = positions_per_chunk(positions, batch * cdiv(channels, block_c), block_p, H200_SMS)
+    chunks = cdiv(positions, rows)
+    programs = chunks * cdiv(channels, block_c) * batch
+    spans = [min(rows, positions - k * rows) for k in range(chunks)]
+    full_tiles = sum(span // block_p for span in spans) / chunks
+    tail = sum(span % block_p > 0 for span in spans) / chunks
+    formula = (
+        f"{batch} x {channels} x {positions} elements / {programs} programs ({chunks} chunks of {rows} positions "
+        f"x {cdiv(channels, block_c)} channel blocks x {batch} samples), tiles of {block_p} x {block_c}: "
+        f"{full_tiles:g} full a program, {tail:g} partial (its code counted once)"
+    )
+    units = batch * positions * channels / programs
+    return f"B{batch}x{channels}x{side}x{side}", units, formula, (block_p, block_c, even_c), chunks, rows, full_tiles
+
+
 def aot_specs() -> list:
     """Compile and loop-report specs: the four kernels at UniRepLKNet-T's four stages (B128, 224 px) as the block
     calls them under bf16 autocast in training (bf16 input and input gradient, float32 residual, output and output
@@ -1008,21 +1043,8 @@ def aot_specs() -> list:
     batch = _BENCHMARK_BATCH
     for stage, (side, channels) in enumerate(BN_ADD_STAGES, start=1):
         positions = side * side
-        block_p, block_c, even_c = blocks(channels, positions)
-        rows = positions_per_chunk(positions, batch * cdiv(channels, block_c), block_p, H200_SMS)
-        chunks = cdiv(positions, rows)
-        programs = chunks * cdiv(channels, block_c) * batch
-        spans = [min(rows, positions - k * rows) for k in range(chunks)]
-        full_tiles = sum(span // block_p for span in spans) / chunks
-        tail = sum(span % block_p > 0 for span in spans) / chunks
-        case = f"B{batch}x{channels}x{side}x{side}"
+        case, units, formula, (block_p, block_c, even_c), chunks, rows, full_tiles = stage_launch(batch, side, channels)
         ci = stage == 1
-        units = batch * positions * channels / programs
-        formula = (
-            f"{batch} x {channels} x {positions} elements / {programs} programs ({chunks} chunks of {rows} positions "
-            f"x {cdiv(channels, block_c)} channel blocks x {batch} samples), tiles of {block_p} x {block_c}: "
-            f"{full_tiles:g} full a program, {tail:g} partial (its code counted once)"
-        )
         # the channel block's last program (1 in chunks x samples) combines the N x chunks partials
         finish = cdiv(batch * chunks, block_p) / (chunks * batch)
         work = Work(case, "element", units, (full_tiles,), formula)

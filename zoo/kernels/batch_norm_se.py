@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zoo.kernels._backend import (
-    H200_SMS,
     TRITON_DTYPES,
     cdiv,
     check_triton_device,
@@ -46,13 +45,11 @@ from zoo.kernels._backend import (
 )
 from zoo.kernels._sample_tiles import (
     MAX_BATCH,
-    blocks,
     chunk_rows,
     geometry,
     load_row,
     load_tile,
     merged_positions,
-    positions_per_chunk,
     store_row,
     store_tile,
     tile_pointers,
@@ -69,6 +66,8 @@ from zoo.kernels.batch_norm_add import (
     chunk_grad_sums,
     chunk_mean_m2,
     chunk_span,
+    grad_apply_tiles,
+    running_step_taken,
 )
 
 __all__ = ["batch_norm_se", "batch_norm_se_reference", "batch_norm_se_forward", "batch_norm_se_backward"]
@@ -422,12 +421,11 @@ def _bn_se_grad_apply_kernel(
     batch norm's d weight and d bias)."""
     b = tl.program_id(2)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offsets = tl.arange(0, BLOCK_P)
     mean = load_row(stats_ptr, cols, C, EVEN_C)[None, :]
     rstd = load_row(stats_ptr + C, cols, C, EVEN_C)
-    scale = rstd
+    scale = rstd  # weight rstd
     if AFFINE:
-        scale *= load_row(weight_ptr, cols, C, EVEN_C)
+        scale = rstd * load_row(weight_ptr, cols, C, EVEN_C)
     k1 = (_gate(logit_ptr, b, cols, C, EVEN_C) * scale)[None, :]
     dpool = load_row(dpool_ptr + b.to(tl.int64) * C, cols, C, EVEN_C) / P
     if BATCH_STATS:
@@ -438,24 +436,10 @@ def _bn_se_grad_apply_kernel(
         k3 = scale * dpool
     k2 = k2[None, :]
     k3 = k3[None, :]
-    x_base = x_ptr + b.to(tl.int64) * stride_xb
-    dy_base = dy_ptr + b.to(tl.int64) * stride_db
-    dx_base = dx_ptr + b.to(tl.int64) * stride_gb
-    row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
-    for start in range(row_begin, full_end, BLOCK_P):
-        rows = start + offsets
-        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, False, EVEN_C)
-        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, False,
-                       EVEN_C)  # fmt: skip
-        dx_ptrs = tile_pointers(dx_base, rows, cols, stride_gp, stride_gc)
-        store_tile(dx_ptrs, dy * k1 + ((x - mean) * k2 + k3), rows, row_end, cols, C, False, EVEN_C)
-    if full_end < row_end:
-        rows = full_end + offsets
-        x = load_tile(tile_pointers(x_base, rows, cols, stride_xp, stride_xc), rows, row_end, cols, C, True, EVEN_C)
-        dy = load_tile(tile_pointers(dy_base, rows, cols, stride_dp, stride_dc), rows, row_end, cols, C, True,
-                       EVEN_C)  # fmt: skip
-        dx_ptrs = tile_pointers(dx_base, rows, cols, stride_gp, stride_gc)
-        store_tile(dx_ptrs, dy * k1 + ((x - mean) * k2 + k3), rows, row_end, cols, C, True, EVEN_C)
+    b64 = b.to(tl.int64)
+    grad_apply_tiles(x_ptr + b64 * stride_xb, dy_ptr + b64 * stride_db, dx_ptr + b64 * stride_gb, mean, k1, k2, k3, P,
+                     C, rows_per_chunk, stride_xp, stride_xc, stride_dp, stride_dc, stride_gp, stride_gc, cols, BLOCK_P,
+                     EVEN_C)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -573,11 +557,7 @@ def _forward(
             x, out, stats, logit, weight_arg, bias_arg, positions, channels, rows, *x_strides, *out_strides, **flags,
         )  # fmt: skip
     if update and in_place:
-        for running, written in ((running_mean, running_mean_arg), (running_var, running_var_arg)):
-            if written.data_ptr() != running.data_ptr():  # not contiguous: the step was taken in a copy
-                running.copy_(written.view(running.shape))
-            else:  # written by the kernel: moved as an in-place op would move it (caches keyed by version)
-                torch.autograd.graph.increment_version(running)
+        running_step_taken(running_mean, running_var, running_mean_arg, running_var_arg)
     return out, stats, sample_stats, hidden, logit, steps
 
 
@@ -893,26 +873,14 @@ def aot_specs() -> list:
     also the eval forward (running statistics). Useful work: an element of the input. Stage 1 is compiled in the
     tests too (``ci``)."""
     from zoo.kernels._aot import Work, launch_spec
-    from zoo.kernels.batch_norm_add import BN_ADD_STAGES
+    from zoo.kernels.batch_norm_add import BN_ADD_STAGES, stage_launch
 
     specs = []
     batch = _BENCHMARK_BATCH
     for stage, (side, channels) in enumerate(BN_ADD_STAGES, start=1):
         positions = side * side
-        block_p, block_c, even_c = blocks(channels, positions)
-        rows = positions_per_chunk(positions, batch * cdiv(channels, block_c), block_p, H200_SMS)
-        chunks = cdiv(positions, rows)
-        programs = chunks * cdiv(channels, block_c) * batch
-        spans = [min(rows, positions - k * rows) for k in range(chunks)]
-        full_tiles = sum(span // block_p for span in spans) / chunks
-        case = f"B{batch}x{channels}x{side}x{side}"
+        case, units, formula, (block_p, block_c, even_c), chunks, rows, full_tiles = stage_launch(batch, side, channels)
         ci = stage == 1
-        units = batch * positions * channels / programs
-        formula = (
-            f"{batch} x {channels} x {positions} elements / {programs} programs ({chunks} chunks of {rows} positions "
-            f"x {cdiv(channels, block_c)} channel blocks x {batch} samples), tiles of {block_p} x {block_c}: "
-            f"{full_tiles:g} full a program, the partial one's code counted once"
-        )
         # the channel block's last program (1 in chunks x samples) combines the N x chunks partials: two passes for
         # the batch statistics and one over the samples' tiles (chunks iterations each)
         finish = cdiv(batch * chunks, block_p) / (chunks * batch)
