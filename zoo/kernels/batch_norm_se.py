@@ -155,7 +155,7 @@ def _to(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 # The grid and tiles of zoo/kernels/_sample_tiles.py and the partial sums of zoo/kernels/batch_norm_add.py: each
 # program (chunk, channel block, sample) writes the sums of its chunk, takes a ticket on its channel block's
 # counter, and the block's last program combines the N x chunks partials in a fixed order - per channel for the
-# batch statistics, per (sample, channel) for what the SE block needs (tiles of BLOCK_P samples, the chunks summed
+# batch statistics, per (sample, channel) for what the SE block needs (steps of BLOCK_S samples, the chunks summed
 # in order). Deterministic; no atomics but the tickets.
 #
 # Forward: the sums kernel writes stats = (mean, 1 / sqrt(var + eps)) (the batch's, or the running statistics'),
