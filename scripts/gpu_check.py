@@ -88,6 +88,7 @@ backend of the convolution and attention models is left out there (minutes throu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import fnmatch
 import functools
@@ -270,6 +271,7 @@ class ModelEntry:
     backend: str  # "triton", "torch", "triton-deployed" (re-parameterised) or "timm" (a peer)
     kwargs: dict = field(default_factory=dict)
     smoke: bool = True  # run in --smoke (Triton backends of conv/attention models take minutes on the interpreter)
+    env: dict = field(default_factory=dict)  # environment variables set while the model is built and timed
 
 
 @dataclass(frozen=True)
@@ -285,10 +287,15 @@ class ModelFamily:
     modes: tuple[str, ...] = ("train", "infer")  # benchmark.bench_model's modes (it skips "train-graph" off CUDA)
 
 
-def _zoo(model: str, backend: str, smoke: bool = True, **kwargs) -> ModelEntry:
+def _zoo(model: str, backend: str, smoke: bool = True, env: dict | None = None, **kwargs) -> ModelEntry:
     """A zoo model entry: ``backend`` is the row label, its first word the constructor's backend argument
     ("triton-deployed": backend "triton")."""
-    return ModelEntry(model, backend, {"backend": backend.split("-")[0], **kwargs}, smoke)
+    return ModelEntry(model, backend, {"backend": backend.split("-")[0], **kwargs}, smoke, env or {})
+
+
+# UniRepLKNet's fused ops (GELU + GRN, BN + SE, the block tail and the branches' BN + add) switched off: the blocks
+# run their modules on the Triton backend (zoo/layers/unireplknet.py), the depthwise kernels unchanged
+UNIREPLKNET_MODULES_ENV = {"ZOO_GELU_GRN": "0", "ZOO_BATCH_NORM_ADD": "0", "ZOO_BATCH_NORM_SE": "0"}
 
 
 MODEL_FAMILIES = (
@@ -301,6 +308,8 @@ MODEL_FAMILIES = (
             ModelEntry("convnext_tiny", "timm"),
             _zoo("unireplknet_t", "torch"),
             _zoo("unireplknet_t", "triton-deployed", smoke=False, deploy=True),
+            # last (the first cut when time runs out): what the fused ops gain over the modules, model-wide
+            _zoo("unireplknet_t", "triton-modules", smoke=False, env=UNIREPLKNET_MODULES_ENV),
         ),
         channels_last=True,
         budget_s=75,
@@ -660,6 +669,14 @@ TARGETS = (
         model_speedup(
             "unireplknet", "unireplknet_t", "triton-merged", "unireplknet_t", "triton", modes=("train-graph",)
         ),
+        None,
+    ),
+    Target(
+        "unireplknet_t_train_fused_ops_vs_modules",
+        19,
+        "models:unireplknet",
+        "unireplknet_t training images/s (Triton), the fused GELU + GRN, BN + SE and BN + add ops / their modules",
+        model_speedup("unireplknet", "unireplknet_t", "triton", "unireplknet_t", "triton-modules"),
         None,
     ),
     Target(
@@ -1230,21 +1247,37 @@ def _model_rows(family: ModelFamily, entry: ModelEntry, ctx: dict, modes: Sequen
     import zoo  # noqa: F401  (registers the zoo's models with timm)
 
     setup = _model_setup(family, entry, ctx)
-    return ctx["bm"].bench_model(
-        family.name,
-        entry.model,
-        setup["kwargs"],
-        entry.backend,
-        setup["batch"],
-        setup["size"],
-        ctx["dtype"],
-        ctx["device"],
-        timm,
-        sequence=setup["sequence"],
-        channels_last=setup["channels_last"],
-        size_kwarg=setup["size_kwarg"],
-        modes=modes,
-    )
+    with _environment(entry.env):
+        return ctx["bm"].bench_model(
+            family.name,
+            entry.model,
+            setup["kwargs"],
+            entry.backend,
+            setup["batch"],
+            setup["size"],
+            ctx["dtype"],
+            ctx["device"],
+            timm,
+            sequence=setup["sequence"],
+            channels_last=setup["channels_last"],
+            size_kwarg=setup["size_kwarg"],
+            modes=modes,
+        )
+
+
+@contextlib.contextmanager
+def _environment(values: dict) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` inside the block, restored after it."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # ------------------------------------------------------------------------------------------------ the parent

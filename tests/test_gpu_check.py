@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -295,3 +296,30 @@ def test_families_run_in_the_order_the_command_lists_them():
     assert check.by_priority("ops", ops, []) == ops
     # the worker and the warm-up take their families in the order of --only
     assert [f.name for f in check._families_in_order("ops", "inception,rational,unknown")] == ["inception", "rational"]
+
+
+def test_the_modules_row_of_unireplknet_runs_with_every_fused_op_off(monkeypatch):
+    """models:unireplknet's "triton-modules" row is built and timed with the switches of every fused op of
+    zoo/layers/unireplknet.py at "0" (the names the layers read), and the environment is restored after it."""
+    from types import SimpleNamespace
+
+    from zoo.layers import unireplknet
+
+    check = load_script("gpu_check")
+    family = next(f for f in check.MODEL_FAMILIES if f.name == "unireplknet")
+    entry = next(e for e in family.entries if e.backend == "triton-modules")
+    switches = {unireplknet.GELU_GRN_ENV_VAR, unireplknet.BATCH_NORM_ADD_ENV_VAR, unireplknet.BATCH_NORM_SE_ENV_VAR}
+    assert set(entry.env) == switches and set(entry.env.values()) == {"0"}
+    seen = {}
+
+    def bench_model(*args, **kwargs):
+        seen.update({name: os.environ.get(name) for name in switches})
+        return []
+
+    monkeypatch.setenv(unireplknet.GELU_GRN_ENV_VAR, "1")
+    monkeypatch.delenv(unireplknet.BATCH_NORM_SE_ENV_VAR, raising=False)
+    sizes = SimpleNamespace(batch=2, img_size=32, seq_batch=2, seq_len=40)
+    ctx = dict(bm=SimpleNamespace(bench_model=bench_model), sizes=sizes, smoke=False, dtype=None, device=None)
+    check._model_rows(family, entry, ctx, ("train",))
+    assert seen == dict.fromkeys(switches, "0")
+    assert os.environ[unireplknet.GELU_GRN_ENV_VAR] == "1" and unireplknet.BATCH_NORM_SE_ENV_VAR not in os.environ
