@@ -579,7 +579,8 @@ def _bn_add_grad_sums_kernel(
 
 @triton.jit
 def grad_apply_tiles(x_base, dy_base, dx_base, mean, k1, k2, k3, P, C, rows_per_chunk, stride_xp, stride_xc,
-                     stride_dp, stride_dc, stride_gp, stride_gc, cols, BLOCK_P: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
+                     stride_dp, stride_dc, stride_gp, stride_gc, cols, BLOCK_P: tl.constexpr,
+                     EVEN_C: tl.constexpr):  # fmt: skip
     """dx = dy k1 + (x - mean) k2 + k3 over the program's chunk of positions (the coefficients [1, BLOCK_C] rows)."""
     offsets = tl.arange(0, BLOCK_P)
     row_begin, full_end, row_end = chunk_rows(P, rows_per_chunk, BLOCK_P)
