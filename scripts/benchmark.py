@@ -520,8 +520,8 @@ def bench_batch_norm_se(
             return (y, bn.running_mean, bn.running_var, w, b, True, 0.1, 1e-5, dw.flatten(1), db, uw.flatten(1), ub)
 
         run: dict[str, Callable] = {
-            "reference": lambda *t: batch_norm_se_reference(*args(*t)),
-            "triton": lambda *t: batch_norm_se(*args(*t), backend="triton"),
+            "reference": lambda *t, args=args: batch_norm_se_reference(*args(*t)),
+            "triton": lambda *t, args=args: batch_norm_se(*args(*t), backend="triton"),
             "modules": lambda y, *_, bn=bn, se=se: _norm_se_modules(bn, se, y),
         }
         if compile_reference:
