@@ -403,6 +403,40 @@ def test_logits_equal_with_torch_and_triton_backends(monkeypatch):
         assert_close(fused(x), expected, torch.float32, scale=10.0)
 
 
+def test_a_training_step_equal_with_torch_and_triton_backends(monkeypatch):
+    """The tiny UniRepLKNet above in training (batch statistics): on the Triton backend its blocks run the fused
+    GELU + GRN, BN + SE and BN + add ops and the branches' BN + add (the interpreter on CPU); the logits, every
+    parameter's gradient and the running statistics after the step equal the torch backend's (the modules)."""
+    import zoo.layers.unireplknet as layers
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    calls = []
+    for op in ("gelu_grn", "batch_norm_se", "batch_norm_add"):
+        real = getattr(layers, op)
+        monkeypatch.setattr(layers, op, lambda *a, real=real, op=op, **k: calls.append(op) or real(*a, **k))
+    torch.manual_seed(4)
+    small = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (7,), (5,), (3,)), num_classes=10)
+    models = [randomise(timm.create_model("unireplknet_a", backend="torch", **small)).to(DEVICE)]
+    models.append(timm.create_model("unireplknet_a", backend="triton", **small).to(DEVICE))
+    models[1].load_state_dict(models[0].state_dict())
+    x = images(2, 32).to(DEVICE)
+    logits = []
+    for model in models:
+        model.train()
+        out = model(x)
+        out.square().sum().backward()
+        logits.append(out.detach())
+    reference, fused = models
+    # each of the 4 blocks: GELU + GRN, BN + SE and the tail; the K = 7 block's 3 dilated branches (BN + add)
+    assert sorted(calls) == sorted(["gelu_grn"] * 4 + ["batch_norm_se"] * 4 + ["batch_norm_add"] * 7), calls
+    assert_close(logits[1], logits[0], torch.float32, scale=10.0)
+    largest = max(p.grad.abs().max().item() for p in reference.parameters())
+    for (name, p), q in zip(reference.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-4 * largest, msg=name)
+    for name, buffer in reference.state_dict().items():
+        assert_close(fused.state_dict()[name].double(), buffer.double(), torch.float32, scale=10.0)
+
+
 def test_bad_input_names_the_expected_layout(atto):
     with pytest.raises(ValueError, match=r"expects images \[N, C, H, W\] .* in_chans = 3, got shape \[3, 64, 64\]"):
         atto(torch.randn(3, 64, 64))
