@@ -950,11 +950,17 @@ def _registered(*inputs) -> Tensor:
     write to its inputs): copied into them here, graph ops under torch.compile."""
     out, _stats, steps = torch.ops.zoo.batch_norm_add(*inputs)
     _input, _residual, running_mean, running_var, *_ = inputs
+    copy_running_steps(steps, running_mean, running_var)
+    return out
+
+
+def copy_running_steps(steps: Tensor, running_mean: Tensor | None, running_var: Tensor | None) -> None:
+    """The registered ops' running-statistics step ([2, C]: new mean and variance; [0, C]: none) copied into the
+    buffers (this op's and zoo/kernels/batch_norm_se.py's)."""
     if steps.shape[0]:
         with torch.no_grad():
             running_mean.copy_(steps[0].view(running_mean.shape))
             running_var.copy_(steps[1].view(running_var.shape))
-    return out
 
 
 def batch_norm_add(

@@ -66,6 +66,7 @@ from zoo.kernels.batch_norm_add import (
     chunk_grad_sums,
     chunk_mean_m2,
     chunk_span,
+    copy_running_steps,
     grad_apply_tiles,
     running_step_taken,
 )
@@ -807,10 +808,7 @@ def _registered(*inputs) -> Tensor:
     write to its inputs): copied into them here, graph ops under torch.compile."""
     out, _stats, _sample_stats, _hidden, _logit, steps = torch.ops.zoo.batch_norm_se(*inputs)
     _input, running_mean, running_var, *_ = inputs
-    if steps.shape[0]:
-        with torch.no_grad():
-            running_mean.copy_(steps[0].view(running_mean.shape))
-            running_var.copy_(steps[1].view(running_var.shape))
+    copy_running_steps(steps, running_mean, running_var)
     return out
 
 
