@@ -1240,6 +1240,7 @@ MODELS = {
     "inceptionnext": [
         ("inceptionnext_t", {"backend": "triton"}, "triton"),
         ("inceptionnext_t", {"backend": "torch"}, "torch"),
+        ("inceptionnext_t", {"backend": "triton", "deploy": True}, "triton-deployed"),
         ("convnext_tiny", {}, "timm"),
         ("inception_next_tiny", {}, "timm"),
     ],

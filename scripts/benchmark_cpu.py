@@ -13,7 +13,7 @@ asserts a time.
     PYTHONPATH=. python scripts/benchmark_cpu.py all --quick   # the targets only (batch 8, all threads): minutes
 
 Models (random weights, 224 px): kat_t vs ``vit_tiny_patch16_224``; inceptionnext_t, unireplknet_t (deployed for
-inference, ``deploy=True``; its training form for the training step), nat_t and dinat_t vs ``convnext_tiny``.
+inference, ``deploy=True``; their training forms for the training step), nat_t and dinat_t vs ``convnext_tiny``.
 Modes: ``infer`` (eval, ``torch.inference_mode``) and ``train`` (train mode, forward, cross-entropy, backward and an
 SGD step). Timing is interleaved: after ``--warmup`` calls of each (the compile of the rational's CPU path
 happens there), every repetition times one call of every model of the group in turn, so that load from other
@@ -48,7 +48,7 @@ from scripts._host import commit, cpu_name, load, percentile, write_results  # n
 # model -> (peer, constructor arguments for inference, for the training step)
 MODELS = {
     "kat_t": ("vit_tiny_patch16_224", {}, {}),
-    "inceptionnext_t": ("convnext_tiny", {}, {}),
+    "inceptionnext_t": ("convnext_tiny", {"deploy": True}, {}),
     "unireplknet_t": ("convnext_tiny", {"deploy": True}, {}),
     "nat_t": ("convnext_tiny", {}, {}),
     "dinat_t": ("convnext_tiny", {}, {}),

@@ -1,11 +1,11 @@
 """CPU latency of models exported to ONNX (onnxruntime) against PyTorch eager, on the same CPU and thread count.
 
-Each model is built with random weights (UniRepLKNet in its deployed form, ``deploy=True``), exported with
-:func:`zoo.deploy.onnx.export_onnx` (dynamic batch, default opset) and timed at one batch size: PyTorch eager
-(``torch.inference_mode``, the ops' PyTorch paths, NCHW) and an onnxruntime CPU session (all graph optimisations),
-both limited to ``--threads`` threads. The two runtimes are timed in alternating rounds, so that load from other
-processes falls on both alike; each row reports the median (and the 10th / 90th percentiles) over all calls.
-The outputs of the two runtimes are compared as well (max abs error, in the results).
+Each model is built with random weights (UniRepLKNet and InceptionNeXt in their deployed forms, ``deploy=True``),
+exported with :func:`zoo.deploy.onnx.export_onnx` (dynamic batch, default opset) and timed at one batch size:
+PyTorch eager (``torch.inference_mode``, the ops' PyTorch paths, NCHW) and an onnxruntime CPU session (all graph
+optimisations), both limited to ``--threads`` threads. The two runtimes are timed in alternating rounds, so that
+load from other processes falls on both alike; each row reports the median (and the 10th / 90th percentiles) over
+all calls. The outputs of the two runtimes are compared as well (max abs error, in the results).
 
     PYTHONPATH=. python scripts/benchmark_onnx.py                    # inceptionnext_t, unireplknet_t, 2 threads
     PYTHONPATH=. python scripts/benchmark_onnx.py --models kat_t --threads 4 --batch 8
@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from scripts._host import commit, cpu_name, load, percentile, write_results  # noqa: E402
 
 DEFAULT_MODELS = ("inceptionnext_t", "unireplknet_t")
-DEPLOY_ARGS = {"unireplknet": dict(deploy=True)}  # model-name prefix -> constructor arguments of the deployed form
+# model-name prefix -> constructor arguments of the deployed form
+DEPLOY_ARGS = {"unireplknet": dict(deploy=True), "inceptionnext": dict(deploy=True)}
 
 
 def _build(name: str, num_classes: int) -> tuple[torch.nn.Module, str]:

@@ -26,7 +26,7 @@ _SMALL_SEQUENCE = dict(in_chans=1, num_classes=5, n_layers=2, d_model=8)
 # name -> (model kwargs, export_onnx kwargs, per-sample input shape)
 FAMILIES = {
     "kat_t": (dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5), {}, (3, 32, 32)),
-    "inceptionnext_t": (_SMALL_CONVNET, dict(input_size=64), (3, 64, 64)),
+    "inceptionnext_t": (_SMALL_CONVNET, dict(input_size=64, reparameterize=True), (3, 64, 64)),
     "unireplknet_a": (_SMALL_CONVNET, dict(input_size=64, reparameterize=True), (3, 64, 64)),
     "nat_m": (_SMALL_NAT, {}, (3, 64, 64)),
     "dinat_m": (_SMALL_NAT, {}, (3, 64, 64)),
@@ -82,8 +82,8 @@ def test_every_family_exports_and_matches_onnxruntime_at_two_batch_sizes(name, t
     generator = torch.Generator().manual_seed(2)
     for n in (1, 3):
         _assert_matches(session, model, torch.randn((n, *size), generator=generator))
-    if name == "unireplknet_a":  # exported deployed: no batch norm left; the model given keeps its training form
-        assert "BatchNormalization" not in ops and not model.deployed
+    if name in ("unireplknet_a", "inceptionnext_t"):  # exported deployed: no batch norm left (folded); the model
+        assert "BatchNormalization" not in ops and not model.deployed  # given keeps its training form
     if name in ("s4d_t", "longconv_t"):  # the default: a direct convolution, no DFT
         assert "Conv" in ops and "DFT" not in ops
 
@@ -109,8 +109,9 @@ def test_static_batch_export_with_triton_backend_modules(tmp_path):
     _assert_matches(_session(path), model.eval(), torch.randn(1, 3, 32, 32))
 
 
-def test_training_form_unireplknet_needs_reparameterising(tmp_path):
-    model = _model("unireplknet_a", **_SMALL_CONVNET)
+@pytest.mark.parametrize("name", ["unireplknet_a", "inceptionnext_t"])
+def test_training_form_needs_reparameterising(name, tmp_path):
+    model = _model(name, **_SMALL_CONVNET)
     with pytest.raises(ValueError, match="training form.*reparameterize"):
         export_onnx(model, tmp_path / "u.onnx", input_size=64)
     assert not (tmp_path / "u.onnx").exists()
@@ -122,7 +123,7 @@ def test_training_form_unireplknet_needs_reparameterising(tmp_path):
     ("name", "kwargs", "input_size", "match"),
     [
         ("kat_t", FAMILIES["kat_t"][0], 48, r"cannot take inputs of shape \[2, 3, 48, 48\].*doesn't match"),
-        ("inceptionnext_t", _SMALL_CONVNET, 16, r"cannot take inputs.*at least 32x32"),
+        ("inceptionnext_t", dict(_SMALL_CONVNET, deploy=True), 16, r"cannot take inputs.*at least 32x32"),
         ("s4d_t", dict(_SMALL_SEQUENCE, d_state=8, vocab_size=7), None, r"token ids: give input_size=\(L,\)"),
     ],
 )

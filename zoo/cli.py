@@ -82,8 +82,8 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 def _export_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zoo-export",
-        description="Export a zoo model to ONNX (standard operators only; UniRepLKNet deployed), checked by "
-        "onnx.checker. The last line of stdout is a JSON summary.",
+        description="Export a zoo model to ONNX (standard operators only; UniRepLKNet and InceptionNeXt deployed), "
+        "checked by onnx.checker. The last line of stdout is a JSON summary.",
     )
     parser.add_argument(
         "source",
@@ -112,7 +112,8 @@ def _export_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--training-form",
         action="store_true",
-        help="export a UniRepLKNet in the form it is in (default: re-parameterise it to its deployed form first)",
+        help="export a UniRepLKNet or InceptionNeXt in the form it is in (default: re-parameterise it to its "
+        "deployed form first)",
     )
     parser.add_argument(
         "--sequence-conv",
@@ -212,10 +213,10 @@ def export(argv: list[str] | None = None) -> None:
     """``zoo-export NAME_OR_CHECKPOINT OUT.onnx [--input-size C H W] [--opset N] ...``: export a model to ONNX.
 
     The source is a registered model name (with ``--model-arg KEY=VALUE`` constructor arguments and optionally
-    ``--pretrained-file``), a train.py checkpoint or run directory, or an export directory. A UniRepLKNet is
-    re-parameterised to its deployed form unless ``--training-form``. Bad input (an unknown name, a missing file,
-    an input size the model cannot take, a model that cannot be exported) prints ``zoo-export: error: ...`` and
-    exits with status 2. The last line of stdout is a JSON summary: onnx, architecture, source, input_shape,
+    ``--pretrained-file``), a train.py checkpoint or run directory, or an export directory. A UniRepLKNet or
+    InceptionNeXt is re-parameterised to its deployed form unless ``--training-form``. Bad input (an unknown name, a
+    missing file, an input size the model cannot take, a model that cannot be exported) prints ``zoo-export: error:
+    ...`` and exits with status 2. The last line of stdout is a JSON summary: onnx, architecture, source, input_shape,
     output_shape, opset, ops, verified, bytes.
     """
     from zoo.deploy.onnx import OnnxExportError

@@ -4,11 +4,13 @@ forward/backward, heads, intermediates, features, gradient checkpointing, FX) is
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from timm.layers import LayerNorm2d
 from timm.models import get_notrace_functions, get_notrace_modules
 
 import zoo
@@ -202,6 +204,99 @@ def test_optimizer_hooks(atto):
     groups = atto.group_matcher()
     assert groups["stem"] == r"^stem" and "blocks" in groups
     assert atto.group_matcher(coarse=True)["blocks"] == r"^stages\.(\d+)"
+
+
+# ------------------------------------------------------------------------------------------------ deployed form
+
+
+def _expected_deployed_keys(training: dict[str, torch.Tensor]) -> set[str]:
+    """The training form's keys less the folded norms' and layer scales', plus the biases the folds create."""
+    folded = [k.rsplit(".", 1)[0] for k in training if k.endswith(".running_var")]
+    kept = {k for k in training if not any(k.startswith(f"{norm}.") for norm in folded) and not k.endswith(".gamma")}
+    return kept | {"stem.0.bias"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deployed_form_equals_the_training_form_in_eval(atto, dtype):
+    """Every BN and layer scale folded (stem, downsampling, blocks); the logits and the stages' features agree in
+    eval mode; the form is idempotent, its keys are the training form's less the folded ones, and a deploy=True
+    model of the same variant takes its state dict strictly."""
+    training = copy.deepcopy(atto).to(dtype)
+    deployed = copy.deepcopy(training).reparameterize()
+    assert deployed.deployed and not training.deployed
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
+    assert set(deployed.state_dict()) == _expected_deployed_keys(training.state_dict())
+    x = images(2).to(dtype)
+    tolerance = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        expected = training(x)
+        assert expected.std() > 0.1  # the blocks matter: randomised statistics, affine terms and layer scales
+        torch.testing.assert_close(deployed(x), expected, **tolerance)
+        features = zip(deployed.forward_intermediates(x, intermediates_only=True),
+                       training.forward_intermediates(x, intermediates_only=True), strict=True)  # fmt: skip
+        for got, want in features:
+            torch.testing.assert_close(got, want, **tolerance)
+        state = {k: v.clone() for k, v in deployed.state_dict().items()}
+        deployed.reparameterize()  # a no-op once deployed
+        assert all(torch.equal(deployed.state_dict()[k], v) for k, v in state.items())
+        fresh = timm.create_model("inceptionnext_a", backend="torch", deploy=True).to(dtype).eval()
+        assert fresh.deployed and count_parameters(fresh) == count_parameters(deployed)
+        fresh.load_state_dict(state, strict=True)
+        torch.testing.assert_close(fresh(x), deployed(x), rtol=0, atol=0)
+
+
+def test_deployed_form_without_layer_scale_or_conv_biases():
+    """ls_init_value=0 (no gamma) and layers without biases: the folds create the biases they need."""
+    torch.manual_seed(1)
+    small = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), num_classes=5, ls_init_value=0)
+    model = randomise(timm.create_model("inceptionnext_a", backend="torch", **small)).double()
+    assert all(block.gamma is None for stage in model.stages for block in stage.blocks)
+    model.stem[0].bias = None
+    model.stages[1].downsample[1].bias = None
+    model.stages[2].blocks[0].mlp.fc1.bias = None
+    x = images(2, 32).double()
+    with torch.no_grad():
+        expected = model(x)
+        model.reparameterize()
+        assert model.stem[0].bias is not None and model.stages[2].blocks[0].mlp.fc1.bias is not None
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_deployed_parameter_counts(name):
+    """Each BN (the stem's, three downsampling ones, one per block) takes 2 C parameters with it, each layer scale
+    C: the deployed form has the official training form's count less those."""
+    _, depths, dims, training = VARIANTS[name]
+    folded = 2 * dims[0] + sum(2 * c for c in dims[:3]) + sum(3 * c * d for c, d in zip(dims, depths, strict=True))
+    model = timm.create_model(name, device="meta", deploy=True)
+    assert model.deployed and count_parameters(model) == training - folded
+
+
+@pytest.mark.parametrize("wrap", ["official", "ddp"])
+def test_training_checkpoint_loads_folded_into_a_deployed_model(tmp_path, atto, wrap):
+    state = _official_checkpoint(atto)
+    path = tmp_path / "inceptionnext_atto.pth"
+    torch.save(state if wrap == "official" else {"model": {f"module.{k}": v for k, v in state.items()}}, path)
+    loaded = timm.create_model(
+        "inceptionnext_a", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), backend="torch", deploy=True
+    ).eval()
+    assert loaded.deployed
+    x = images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), atto(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(loaded(x), copy.deepcopy(atto).reparameterize()(x), rtol=0, atol=0)
+
+
+def test_deployed_checkpoint_into_a_training_model_and_other_norms_are_clear_errors(atto):
+    deployed_state = copy.deepcopy(atto).reparameterize().state_dict()
+    with pytest.raises(ValueError, match="deployed .* form and the model in the training form: build the model with"):
+        checkpoint_filter_fn(deployed_state, timm.create_model("inceptionnext_a", device="meta"))
+    with pytest.raises(ValueError, match="needs nn.BatchNorm2d norm layers of one eps; this model has .*LayerNorm2d"):
+        timm.create_model("inceptionnext_a", norm_layer=LayerNorm2d, deploy=True, device="meta")
+    other = timm.create_model("inceptionnext_a", norm_layer=LayerNorm2d, device="meta")
+    with pytest.raises(ValueError, match="needs nn.BatchNorm2d"):
+        other.reparameterize()
+    assert not other.deployed and isinstance(other.stem[1], LayerNorm2d)  # left as it was
 
 
 # ------------------------------------------------------------------------------------------------ backends, input

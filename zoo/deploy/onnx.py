@@ -5,9 +5,10 @@ What the exported graph holds:
 * only standard ONNX operators. Every op runs its PyTorch path while the graph is captured (each module's
   ``backend`` is set to ``"torch"`` for the duration, then restored), so no custom Triton op (``torch.ops.zoo.*``)
   can reach the graph; one that does anyway is refused with :class:`OnnxExportError`.
-* UniRepLKNet in its deployed form: one depthwise convolution per block, no batch norm, no layer scale. A model
-  still in its training form is refused unless ``reparameterize=True`` (a re-parameterised copy is exported; the
-  model given is left as it is) or ``deploy=False`` (the training-form graph, equal in eval mode but slower).
+* UniRepLKNet and InceptionNeXt in their deployed forms (UniRepLKNet: one depthwise convolution per block; both:
+  no batch norm, no layer scale). A model still in its training form is refused unless ``reparameterize=True`` (a
+  re-parameterised copy is exported; the model given is left as it is) or ``deploy=False`` (the training-form graph,
+  equal in eval mode but slower).
 * S4D and LongConv layers with their convolution kernels materialised for the exported sequence length. S4D
   generates its kernel with complex arithmetic (``exp`` of complex numbers), which ONNX cannot express; the
   kernel depends only on the weights and the length, so it is computed once in PyTorch and stored in the graph.
@@ -175,7 +176,7 @@ def _architecture(model: nn.Module) -> str:
 
 def has_deployed_form(model: nn.Module) -> bool:
     """Whether ``model`` has a deployed (re-parameterised) form: a ``reparameterize()`` method and a ``deployed``
-    flag (UniRepLKNet)."""
+    flag (UniRepLKNet, InceptionNeXt)."""
     return callable(getattr(model, "reparameterize", None)) and isinstance(getattr(model, "deployed", None), bool)
 
 
@@ -427,8 +428,8 @@ def export_onnx(
         dynamic_batch: a symbolic batch dimension (the graph is captured at batch 2); False: batch 1, fixed.
         opset: the ONNX opset, :data:`MIN_OPSET` to the newest both torch's exporter and the installed onnx know
             (23 with torch 2.14); None: :data:`DEFAULT_OPSET`.
-        deploy: export a model that has a deployed form (UniRepLKNet) in that form; such a model still in its
-            training form is an error unless ``reparameterize``. False: export the form the model is in.
+        deploy: export a model that has a deployed form (UniRepLKNet, InceptionNeXt) in that form; such a model
+            still in its training form is an error unless ``reparameterize``. False: export the form the model is in.
         reparameterize: with ``deploy``, re-parameterise a copy of a training-form model and export that.
         sequence_conv: how the S4D / LongConv convolutions are exported: ``"direct"`` (a grouped ``Conv`` with the
             kernel materialised for the exported length) or ``"dft"`` (ONNX ``DFT``, the FFT of the PyTorch path,
@@ -441,7 +442,8 @@ def export_onnx(
 
     Raises:
         ValueError: an input size the model cannot take (the model's own error is chained), a bad ``opset`` or
-            ``sequence_conv``, a training-form UniRepLKNet with ``deploy`` and without ``reparameterize``.
+            ``sequence_conv``, a training-form UniRepLKNet or InceptionNeXt with ``deploy`` and without
+            ``reparameterize``.
         OnnxExportError: the model cannot be exported (the message names the op and the reason), or ``verify``
             found a mismatch.
         ImportError: onnx / onnxscript (or, for ``verify``, onnxruntime) is not installed (``pip install
@@ -462,7 +464,7 @@ def export_onnx(
             if not reparameterize:
                 raise ValueError(
                     f"{arch} is in its training form and deploy=True exports the deployed form: call "
-                    "model.reparameterize() first (or timm.utils.reparameterize_model(model)), pass "
+                    "model.reparameterize() first, pass "
                     "reparameterize=True to export a re-parameterised copy, or deploy=False to export the training "
                     "form as it is"
                 )

@@ -30,6 +30,7 @@ from zoo.kernels.batch_norm_add import batch_norm_add
 from zoo.kernels.batch_norm_se import batch_norm_se
 from zoo.kernels.dwconv import autocast_input, dwconv2d
 from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
+from zoo.layers.batch_norm_fold import batch_norm_affine, fold_after
 from zoo.layers.dilated_reparam import (
     BranchLayout,
     branch_layout,
@@ -76,10 +77,8 @@ DILATED_BRANCHES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 def fuse_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """The weight and bias of ``bn(conv(x))`` as one convolution (eval-mode statistics); weight ``[C_out, ...]``."""
-    scale = bn.weight / (bn.running_var + bn.eps).sqrt()
-    shift = bn.bias - bn.running_mean * scale
-    fused_bias = shift if bias is None else shift + bias * scale
-    return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), fused_bias
+    scale, shift = batch_norm_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    return fold_after(weight, bias, scale, shift)
 
 
 def dilate_kernel(weight: Tensor, dilation: int) -> Tensor:

@@ -9,6 +9,12 @@ official checkpoints' (``stem.{0,1}``, ``stages.{i}.downsample.{0,1}``,
 ``stages.{i}.blocks.{j}.{token_mixer.dwconv_{hw,w,h},norm,mlp.fc1,mlp.fc2,gamma}``, ``head.{fc1,norm,fc2}``), so
 timm's and the official weights load with ``strict=True``, and timm's MetaNeXt machinery (``forward_intermediates``,
 ``features_only``, gradient checkpointing, ``reset_classifier``, ``group_matcher``) applies unchanged.
+
+The deployed form (:meth:`InceptionNeXt.reparameterize`, or ``deploy=True`` to build it) folds every batch norm and
+layer scale into a neighbouring convolution: the stem's BN into the stem convolution, each downsampling BN into the
+2x2 convolution after it, each block's BN (after the mixer) into ``mlp.fc1`` and its ``gamma`` into ``mlp.fc2``.
+Equal to the training form in eval mode, it makes two passes fewer over each block's activations in inference; its
+state dict is the training form's without the BN and ``gamma`` keys.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models.inception_next import MetaNeXt
 from torch import Tensor, nn
 
+from zoo.layers.batch_norm_fold import batch_norm_affine, fold_after, fold_before
 from zoo.layers.inception import InceptionDWConv2d
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
@@ -30,6 +37,7 @@ from zoo.models._registry import register_model
 __all__ = [
     "InceptionNeXt",
     "checkpoint_filter_fn",
+    "deploy_state_dict",
     "inceptionnext_a",
     "inceptionnext_b",
     "inceptionnext_s",
@@ -66,6 +74,8 @@ class InceptionNeXt(MetaNeXt):
         band_kernel_size: length of the band branches (11; 9 for atto).
         branch_ratio: fraction of the channels per convolution branch (0.125; 0.25 for atto).
         backend: ``"auto"``, ``"triton"`` or ``"torch"`` for every mixer.
+        deploy: build the deployed form (module docstring; :meth:`reparameterize`), e.g. to load a deployed
+            checkpoint, or a training checkpoint folded on loading (:func:`checkpoint_filter_fn`).
         **kwargs: timm ``MetaNeXt`` arguments (``in_chans``, ``num_classes``, ``depths``, ``dims``,
             ``mlp_ratios``, ``drop_rate``, ``drop_path_rate``, ``ls_init_value``, ``global_pool``, ``device``,
             ``dtype``, ...). ``output_stride`` must stay 32: the fused mixer has no dilation. MetaNeXt takes no
@@ -78,6 +88,7 @@ class InceptionNeXt(MetaNeXt):
         band_kernel_size: int = 11,
         branch_ratio: float = 0.125,
         backend: str = "auto",
+        deploy: bool = False,
         **kwargs: Any,
     ) -> None:
         if "token_mixers" in kwargs:
@@ -98,6 +109,68 @@ class InceptionNeXt(MetaNeXt):
         self.backend = backend
         if self.num_classes == 0 and not isinstance(self.head.fc2, nn.Identity):
             self.head.fc2 = nn.Identity()  # timm 1.0.29 builds a Linear(hidden, 0) for num_classes=0
+        # the batch norms' common eps, for folding state dicts (deploy_state_dict); None where there is no such eps
+        norms = self._folded_norms()
+        eps = {m.eps for m in norms if type(m) is nn.BatchNorm2d}
+        self.norm_eps = eps.pop() if len(eps) == 1 and all(type(m) is nn.BatchNorm2d for m in norms) else None
+        if deploy:
+            self._deploy_modules()
+
+    # ------------------------------------------------------------------------------------------ deployed form
+
+    def _folded_norms(self) -> list[nn.Module]:
+        """The norms the deployed form folds: the stem's, the downsampling layers', the blocks'."""
+        norms = [self.stem[1]]
+        for stage in self.stages:
+            if isinstance(stage.downsample, nn.Sequential):
+                norms.append(stage.downsample[0])
+            norms += [block.norm for block in stage.blocks]
+        return norms
+
+    @property
+    def deployed(self) -> bool:
+        """True in the deployed form: no batch norm and no layer scale left to fold."""
+        return all(isinstance(norm, nn.Identity) for norm in self._folded_norms()) and all(
+            block.gamma is None for stage in self.stages for block in stage.blocks
+        )
+
+    def _check_foldable(self) -> None:
+        if self.norm_eps is None:
+            raise ValueError(
+                "InceptionNeXt's deployed form folds its norms into the convolutions beside them, which needs "
+                "nn.BatchNorm2d norm layers of one eps; this model has "
+                f"{sorted({type(m).__name__ for m in self._folded_norms()})}"
+            )
+
+    def _deploy_modules(self) -> None:
+        """Turn the modules into the deployed form's (weights not folded): the folded norms become identities, the
+        layer scales go, and the convolutions that absorb them gain a bias where they have none."""
+        self._check_foldable()
+        self.stem[1] = nn.Identity()
+        convs = [self.stem[0]]
+        for stage in self.stages:
+            if isinstance(stage.downsample, nn.Sequential):
+                stage.downsample[0] = nn.Identity()
+                convs.append(stage.downsample[1])
+            for block in stage.blocks:
+                block.norm = nn.Identity()
+                block.gamma = None
+                convs += [block.mlp.fc1, block.mlp.fc2]
+        for conv in convs:
+            if conv.bias is None:
+                conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels))
+
+    @torch.no_grad()
+    def reparameterize(self) -> InceptionNeXt:
+        """Switch to the deployed form in place (module docstring; idempotent); equal eval-mode outputs, up to
+        rounding. Returns the model."""
+        if self.deployed:
+            return self
+        self._check_foldable()
+        folded = deploy_state_dict(self.state_dict(), self.norm_eps)
+        self._deploy_modules()
+        self.load_state_dict(folded, strict=True)
+        return self
 
     def _check(self, x: Tensor) -> Tensor:
         min_size = self.feature_info[len(self.stages) - 1]["reduction"]
@@ -117,14 +190,60 @@ class InceptionNeXt(MetaNeXt):
         return self.forward_head(self.forward_features(x))
 
 
+def _is_training_form(state_dict: dict[str, Tensor]) -> bool:
+    return "stem.1.running_var" in state_dict
+
+
+def deploy_state_dict(state_dict: dict[str, Tensor], eps: float) -> dict[str, Tensor]:
+    """The deployed form's state dict (module docstring) from a training-form one whose batch norms have ``eps``:
+    each norm and layer scale folded into its convolution (zoo/layers/batch_norm_fold.py) in float64, rounded to
+    the convolution's dtype; every other entry as it is."""
+    out = dict(state_dict)
+
+    def norm(prefix: str) -> tuple[Tensor, Tensor]:
+        parts = [out.pop(f"{prefix}.{name}", None) for name in ("running_mean", "running_var", "weight", "bias")]
+        out.pop(f"{prefix}.num_batches_tracked", None)
+        mean, var, weight, bias = (None if t is None else t.double() for t in parts)
+        return batch_norm_affine(mean, var, weight, bias, eps)
+
+    def fold(conv: str, fold_fn, scale: Tensor, shift: Tensor) -> None:
+        weight = out[f"{conv}.weight"]
+        bias = out.get(f"{conv}.bias")
+        folded_weight, folded_bias = fold_fn(weight.double(), None if bias is None else bias.double(), scale, shift)
+        out[f"{conv}.weight"], out[f"{conv}.bias"] = folded_weight.to(weight.dtype), folded_bias.to(weight.dtype)
+
+    fold("stem.0", fold_after, *norm("stem.1"))
+    for key in [k for k in state_dict if k.endswith(".downsample.0.running_var")]:
+        stage = key[: -len(".downsample.0.running_var")]
+        fold(f"{stage}.downsample.1", fold_before, *norm(f"{stage}.downsample.0"))
+    for key in [k for k in state_dict if k.endswith(".norm.running_var") and ".blocks." in k]:
+        block = key[: -len(".norm.running_var")]  # the BN after the mixer
+        fold(f"{block}.mlp.fc1", fold_before, *norm(f"{block}.norm"))
+        gamma = out.pop(f"{block}.gamma", None)
+        if gamma is not None:
+            fold(f"{block}.mlp.fc2", fold_after, gamma.double(), torch.zeros_like(gamma, dtype=torch.float64))
+    return out
+
+
 def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapt a checkpoint to ``model``: timm's ``inception_next_*`` weights, the official sail-sg releases, ours.
 
     timm's ports and the official checkpoints (bare state dicts saved from the official ``MetaNeXt``) already
     carry exactly this model's keys. This unwraps a training checkpoint and strips a ``module.`` prefix
-    (:func:`zoo.models._checkpoint.unwrap_state_dict`).
+    (:func:`zoo.models._checkpoint.unwrap_state_dict`). A training-form checkpoint loads into a ``deploy=True``
+    model folded (:func:`deploy_state_dict`); a deployed one cannot go back to the training form (a clear error).
     """
-    return unwrap_state_dict(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
+    training_checkpoint = _is_training_form(state_dict)
+    model_deployed = getattr(model, "deployed", False)
+    if training_checkpoint and model_deployed:
+        return deploy_state_dict(state_dict, model.norm_eps)
+    if not training_checkpoint and not model_deployed and "stem.0.weight" in state_dict:
+        raise ValueError(
+            "this checkpoint is in InceptionNeXt's deployed (re-parameterised) form and the model in the training "
+            "form: build the model with deploy=True to load it (the batch norms cannot be recovered)"
+        )
+    return state_dict
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
