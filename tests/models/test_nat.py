@@ -16,7 +16,7 @@ from timm.models import get_notrace_functions, get_notrace_modules
 import zoo
 from tests.helpers import DEVICE, assert_close, count_parameters, images, randomise
 from zoo.layers import NeighborhoodAttention2D
-from zoo.models.nat import NAT, check_images, checkpoint_filter_fn, dinat_dilations, stage_sizes
+from zoo.models.nat import NAT, NATLayer, check_images, checkpoint_filter_fn, dinat_dilations, stage_sizes
 
 ROOT = Path(__file__).resolve().parents[2]
 # docs/semantics.md §5.6. name: (embed dim, depths, heads, mlp ratio, layer scale, parameters at 1000 classes)
@@ -189,6 +189,23 @@ def test_layer_scale_and_dilated_checkpoints_load_strictly(tmp_path):
             pretrained_cfg_overlay=dict(file=str(path)),
             **small,
         )
+
+
+def test_layer_scale_residuals_add_the_scaled_branches_and_keep_stochastic_depth():
+    """A layer with layer scale computes x + gamma1 NA(LN1(x)), then + gamma2 MLP(LN2(.)) (in eval one addcmul per
+    branch); in training its drop path still drops: at drop_path 1 every branch is dropped and the layer is x."""
+    torch.manual_seed(2)
+    layer = NATLayer(16, 2, kernel_size=3, layer_scale=0.5, backend="torch").double()
+    with torch.no_grad():
+        layer.gamma1.uniform_(0.2, 0.5)
+        layer.gamma2.uniform_(-0.5, -0.2)
+    x = torch.randn(2, 5, 6, 16, dtype=torch.float64)
+    with torch.no_grad():
+        mid = x + layer.gamma1 * layer.attn(layer.norm1(x))
+        expected = mid + layer.gamma2 * layer.mlp(layer.norm2(mid))
+        torch.testing.assert_close(layer.eval()(x), expected, rtol=1e-12, atol=1e-12)
+    dropping = NATLayer(16, 2, kernel_size=3, drop_path=1.0, layer_scale=0.5, backend="torch").double().train()
+    assert torch.equal(dropping(x), x)
 
 
 def test_checkpoint_filter_unwraps_the_containers(mini):

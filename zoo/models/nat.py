@@ -176,10 +176,17 @@ class NATLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.layer_scale:
-            x = x + self.drop_path(self.gamma1 * self.attn(self.norm1(x)))
-            return x + self.drop_path(self.gamma2 * self.mlp(self.norm2(x)))
+            x = self._scaled_residual(x, self.gamma1, self.attn(self.norm1(x)))
+            return self._scaled_residual(x, self.gamma2, self.mlp(self.norm2(x)))
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def _scaled_residual(self, x: Tensor, gamma: Tensor, y: Tensor) -> Tensor:
+        """``x + drop_path(gamma * y)``; where stochastic depth does nothing (eval mode, or no drop path) one
+        ``torch.addcmul``: one pass over the activations instead of the product's and the sum's."""
+        if isinstance(self.drop_path, nn.Identity) or not self.drop_path.training:
+            return torch.addcmul(x, gamma, y)
+        return x + self.drop_path(gamma * y)
 
 
 class NATLevel(nn.Module):
