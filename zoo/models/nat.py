@@ -183,7 +183,8 @@ class NATLayer(nn.Module):
 
     def _scaled_residual(self, x: Tensor, gamma: Tensor, y: Tensor) -> Tensor:
         """``x + drop_path(gamma * y)``; where stochastic depth does nothing (eval mode, or no drop path) one
-        ``torch.addcmul``: one pass over the activations instead of the product's and the sum's."""
+        ``torch.addcmul``: one kernel that reads x and y and writes the sum, instead of the product's and the sum's
+        (three passes over the activations instead of five)."""
         if isinstance(self.drop_path, nn.Identity) or not self.drop_path.training:
             return torch.addcmul(x, gamma, y)
         return x + self.drop_path(gamma * y)
