@@ -30,6 +30,7 @@ from zoo.kernels.batch_norm_add import batch_norm_add
 from zoo.kernels.batch_norm_se import batch_norm_se
 from zoo.kernels.dwconv import autocast_input, dwconv2d
 from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
+from zoo.layers._fused_modules import hooked, scaled_residual
 from zoo.layers.batch_norm_fold import batch_norm_affine, fold_after
 from zoo.layers.dilated_reparam import (
     BranchLayout,
@@ -399,19 +400,6 @@ def _gelu_grn_deployed(h: Tensor, gamma: Tensor) -> Tensor:
 _DROP_PATHS = (nn.Identity, DropPath)
 
 
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether a forward or backward hook would see any of ``modules`` run (its own hooks or a global one): a fused
-    op that replaces them would skip the hooks, so the block runs the modules."""
-    if (
-        nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
-        or nn.modules.module._global_backward_hooks
-        or nn.modules.module._global_backward_pre_hooks
-    ):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in modules)
-
-
 def _fusable_norm(bn: nn.Module) -> bool:
     """Whether :func:`batch_norm_add` computes what ``bn`` does: a plain ``nn.BatchNorm2d`` (not SyncBatchNorm, whose
     statistics span processes, nor a subclass) with both or neither affine parameters, a positive eps and, while
@@ -420,7 +408,7 @@ def _fusable_norm(bn: nn.Module) -> bool:
         return False
     if bn.training and bn.momentum is not None and not 0.0 <= bn.momentum <= 1.0:
         return False
-    return not _hooked(bn)
+    return not hooked(bn)
 
 
 def _fusable_batch(batch: int, height: int, width: int) -> bool:
@@ -572,7 +560,7 @@ class UniRepLKNetBlock(nn.Module):
             or type(gelu) is not nn.GELU
             or gelu.approximate != "none"
             or type(grn) is not GRN
-            or _hooked(self.act, gelu, grn)
+            or hooked(self.act, gelu, grn)
         ):
             return self.act(h)
         beta = grn.beta if grn.use_bias else None
@@ -611,7 +599,7 @@ class UniRepLKNetBlock(nn.Module):
         if type(self.drop_path) not in _DROP_PATHS or not _fusable_batch(x.shape[0], h.shape[1], h.shape[2]):
             return False
         dtypes = [x.dtype, linear.weight.dtype] + ([] if self.gamma is None else [self.gamma.dtype])
-        if any(dtype not in TRITON_DTYPES for dtype in dtypes) or _hooked(self.pwconv2, self.drop_path):
+        if any(dtype not in TRITON_DTYPES for dtype in dtypes) or hooked(self.pwconv2, self.drop_path):
             return False
         return resolve_backend(self.backend, h, TRITON_DTYPES) == "triton" and _batch_norm_ops_on()
 
@@ -639,7 +627,7 @@ class UniRepLKNetBlock(nn.Module):
         se = self.se
         if isinstance(y, torch.fx.Proxy) or not _fusable_norm(self.norm) or type(se) is not SEBlock:
             return False
-        if type(se.down) is not nn.Conv2d or type(se.up) is not nn.Conv2d or _hooked(se, se.down, se.up):
+        if type(se.down) is not nn.Conv2d or type(se.up) is not nn.Conv2d or hooked(se, se.down, se.up):
             return False
         if se.down.out_channels == 0:  # (a block narrower than 4 channels: the op takes an SE width R >= 1)
             return False
@@ -667,7 +655,7 @@ class UniRepLKNetBlock(nn.Module):
             return self._tail(h, x)
         y = self.pwconv2(h)
         if self.gamma is not None:
-            y = self.gamma.view(1, -1, 1, 1) * y
+            return scaled_residual(x, self.gamma.view(1, -1, 1, 1), y, self.drop_path)
         return x + self.drop_path(y)
 
     @torch.no_grad()

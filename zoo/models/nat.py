@@ -35,6 +35,7 @@ from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_c
 from torch import Tensor, nn
 
 from zoo._timm import feature_take_indices
+from zoo.layers._fused_modules import scaled_residual
 from zoo.layers.neighborhood import NeighborhoodAttention2D
 from zoo.models._checkpoint import unwrap_state_dict
 from zoo.models._registry import register_model
@@ -176,18 +177,10 @@ class NATLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.layer_scale:
-            x = self._scaled_residual(x, self.gamma1, self.attn(self.norm1(x)))
-            return self._scaled_residual(x, self.gamma2, self.mlp(self.norm2(x)))
+            x = scaled_residual(x, self.gamma1, self.attn(self.norm1(x)), self.drop_path)
+            return scaled_residual(x, self.gamma2, self.mlp(self.norm2(x)), self.drop_path)
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
-
-    def _scaled_residual(self, x: Tensor, gamma: Tensor, y: Tensor) -> Tensor:
-        """``x + drop_path(gamma * y)``; where stochastic depth does nothing (eval mode, or no drop path) one
-        ``torch.addcmul``: one kernel that reads x and y and writes the sum, instead of the product's and the sum's
-        (three passes over the activations instead of five)."""
-        if isinstance(self.drop_path, nn.Identity) or not self.drop_path.training:
-            return torch.addcmul(x, gamma, y)
-        return x + self.drop_path(gamma * y)
 
 
 class NATLevel(nn.Module):
