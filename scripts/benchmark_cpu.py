@@ -9,6 +9,8 @@ asserts a time.
     PYTHONPATH=. python scripts/benchmark_cpu.py models        # every model vs its peer: batch 1, 8; 1 and all threads
     PYTHONPATH=. python scripts/benchmark_cpu.py ops           # every op's CPU path vs its reference, model sizes
                                                                # (the mixer: a slice-writing candidate, not dispatched)
+    PYTHONPATH=. python scripts/benchmark_cpu.py models --models inceptionnext_t --modes infer --batches 8 \
+        --threads all --training-form                           # deployed vs training form vs the peer
     PYTHONPATH=. python scripts/benchmark_cpu.py first-call    # the rational's first-call (compile) cost
     PYTHONPATH=. python scripts/benchmark_cpu.py all --quick   # the targets only (batch 8, all threads): minutes
 
@@ -148,6 +150,11 @@ def run_models(args) -> list[dict]:
                         torch.manual_seed(0)
                         fns[label] = _model_step(_build(name, mode, backend), mode, batch)
                         forms[label] = "deployed" if mode == "infer" and MODELS.get(name, ("", {}))[1] else "as built"
+                    if args.training_form and mode == "infer" and MODELS.get(name, ("", {}))[1]:
+                        label = f"{name} (training form)"  # the deployed model's training form, as built
+                        torch.manual_seed(0)
+                        fns[label] = _model_step(_build(name, "train", "auto"), mode, batch)
+                        forms[label] = "training form"
                 print(f"{mode} batch {batch} threads {threads}: {', '.join(fns)} (load {load()})", flush=True)
                 timed = interleaved(fns, args.reps, args.warmup)
                 for label, result in timed.items():
@@ -387,6 +394,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (median over them)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reference", action="store_true", help="also our models on backend='torch'")
+    parser.add_argument(
+        "--training-form",
+        action="store_true",
+        help="inference: also the training form of the models timed deployed (InceptionNeXt, UniRepLKNet)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="the targets only: batch 8, all threads, inference, no neighborhood ops"
     )

@@ -109,6 +109,16 @@ def test_static_batch_export_with_triton_backend_modules(tmp_path):
     _assert_matches(_session(path), model.eval(), torch.randn(1, 3, 32, 32))
 
 
+def test_a_half_precision_model_is_folded_after_its_cast_to_float32(tmp_path):
+    """A bfloat16 training-form model is exported from a float32 copy folded afterwards: the file matches the model's
+    float32 values within the export's tolerance (folded in bfloat16 first, the logits moved by about 1e-3)."""
+    model = _model("inceptionnext_t", **_SMALL_CONVNET).to(torch.bfloat16)
+    path = export_onnx(model, tmp_path / "half.onnx", input_size=64, reparameterize=True)
+    assert "BatchNormalization" not in _op_types(path) and not model.deployed
+    assert model.stem[0].weight.dtype == torch.bfloat16  # the model given is left as it was
+    _assert_matches(_session(path), model.float().eval(), torch.randn(2, 3, 64, 64))
+
+
 @pytest.mark.parametrize("name", ["unireplknet_a", "inceptionnext_t"])
 def test_training_form_needs_reparameterising(name, tmp_path):
     model = _model(name, **_SMALL_CONVNET)

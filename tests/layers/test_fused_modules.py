@@ -3,6 +3,7 @@ does nothing and no hook would miss it."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from timm.layers import DropPath
 from torch import nn
@@ -16,13 +17,28 @@ def _inputs():
     return x, torch.rand(1, 4, 1, 1, generator=generator, dtype=torch.float64), y
 
 
-def test_scaled_residual_equals_the_formula_where_the_drop_path_is_idle():
+@pytest.fixture
+def addcmul_calls(monkeypatch) -> list[int]:
+    """Counts the calls of ``torch.addcmul`` (the one-kernel form)."""
+    calls = []
+    original = torch.addcmul
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "addcmul", counted)
+    return calls
+
+
+def test_scaled_residual_is_one_addcmul_where_the_drop_path_is_idle(addcmul_calls):
     x, gamma, y = _inputs()
     for drop_path in (nn.Identity(), DropPath(0.5).eval()):
         torch.testing.assert_close(scaled_residual(x, gamma, y, drop_path), x + gamma * y, rtol=1e-14, atol=1e-14)
+    assert len(addcmul_calls) == 2
 
 
-def test_scaled_residual_keeps_stochastic_depth_and_hooks():
+def test_scaled_residual_keeps_stochastic_depth_and_hooks(addcmul_calls):
     x, gamma, y = _inputs()
     assert torch.equal(scaled_residual(x, gamma, y, DropPath(1.0).train()), x)  # every sample's branch dropped
     calls = []
@@ -34,3 +50,4 @@ def test_scaled_residual_keeps_stochastic_depth_and_hooks():
         assert calls == [y.shape]  # the hook saw the drop path run
     finally:
         handle.remove()
+    assert not addcmul_calls  # neither took the one-kernel form

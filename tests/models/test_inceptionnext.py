@@ -5,6 +5,7 @@ forward/backward, heads, intermediates, features, gradient checkpointing, FX) is
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -291,12 +292,39 @@ def test_deployed_checkpoint_into_a_training_model_and_other_norms_are_clear_err
     deployed_state = copy.deepcopy(atto).reparameterize().state_dict()
     with pytest.raises(ValueError, match="deployed .* form and the model in the training form: build the model with"):
         checkpoint_filter_fn(deployed_state, timm.create_model("inceptionnext_a", device="meta"))
-    with pytest.raises(ValueError, match="needs nn.BatchNorm2d norm layers of one eps; this model has .*LayerNorm2d"):
+    with pytest.raises(ValueError, match="batch norms with running statistics .* this model has .*LayerNorm2d"):
         timm.create_model("inceptionnext_a", norm_layer=LayerNorm2d, deploy=True, device="meta")
     other = timm.create_model("inceptionnext_a", norm_layer=LayerNorm2d, device="meta")
-    with pytest.raises(ValueError, match="needs nn.BatchNorm2d"):
+    with pytest.raises(ValueError, match="batch norms with running statistics"):
         other.reparameterize()
     assert not other.deployed and isinstance(other.stem[1], LayerNorm2d)  # left as it was
+    no_running = timm.create_model(
+        "inceptionnext_a", norm_layer=partial(torch.nn.BatchNorm2d, track_running_stats=False), device="meta"
+    )
+    with pytest.raises(ValueError, match=r"track_running_stats=True"):
+        no_running.reparameterize()
+
+
+def test_models_with_other_norms_load_their_own_checkpoints():
+    """The filter's deployed-checkpoint check is about batch norms: a model built with another norm (no running
+    statistics) loads its own state dict through it."""
+    for norm_layer in (LayerNorm2d, partial(torch.nn.BatchNorm2d, track_running_stats=False)):
+        model = timm.create_model("inceptionnext_a", norm_layer=norm_layer, device="meta")
+        model.load_state_dict(checkpoint_filter_fn(dict(model.state_dict()), model), strict=True)
+
+
+def test_reparameterize_folds_with_the_norms_as_they_are_now(atto):
+    """An eps changed after construction is the one folded; the new modules follow the model's mode."""
+    model = copy.deepcopy(atto).double()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eps = 0.25
+    x = images(1).double()
+    with torch.no_grad():
+        expected = model(x)
+        model.reparameterize()
+        torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10)
+    assert model.norm_eps == 0.25 and not any(m.training for m in model.modules())
 
 
 # ------------------------------------------------------------------------------------------------ backends, input

@@ -457,6 +457,7 @@ def export_onnx(
     onnx = _import_onnx()
     arch = _architecture(model)
 
+    fold = False  # re-parameterise (a copy) before the export
     if has_deployed_form(model):
         if reparameterize and not deploy:
             raise ValueError("reparameterize=True goes with deploy=True (it exports the deployed form)")
@@ -468,13 +469,16 @@ def export_onnx(
                     "reparameterize=True to export a re-parameterised copy, or deploy=False to export the training "
                     "form as it is"
                 )
-            model = copy.deepcopy(model)
-            model.reparameterize()
+            fold = True
     elif reparameterize:
         raise ValueError(f"{arch} has no deployed form to re-parameterise into (reparameterize=True)")
     tensors = (*model.parameters(), *model.buffers())
     if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors):
         model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32)  # casts floating tensors only
+    elif fold:
+        model = copy.deepcopy(model)
+    if fold:  # after the cast: a half-precision model's folded weights are not rounded to its dtype
+        model.reparameterize()
 
     size = _resolve_input_size(model, input_size)
     batch = 2 if dynamic_batch else 1  # 2: torch.export specialises a dimension it sees as 1

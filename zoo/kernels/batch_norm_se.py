@@ -443,9 +443,36 @@ def _bn_se_grad_apply_kernel(
                      EVEN_C)  # fmt: skip
 
 
+@triton.jit
+def _bn_se_norm_grads_kernel(dpool_ptr, xbar_ptr, sums_ptr, grads_ptr, N, C, BLOCK_N: tl.constexpr,
+                             BLOCK_C: tl.constexpr):  # fmt: skip
+    """The batch norm's d weight and d bias (grads[0 / 1, :]) from the pool's gradient dpool and the samples' xbar
+    ([N, C] float32, contiguous): sums[2] + sum_n dpool xbar and sums[1] + sum_n dpool, in a fixed order."""
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    rows = tl.arange(0, BLOCK_N)
+    acc_w = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        n = n0 + rows
+        mask = (n < N)[:, None] & col_mask[None, :]
+        offsets = n[:, None].to(tl.int64) * C + cols[None, :]
+        dpool = tl.load(dpool_ptr + offsets, mask=mask, other=0.0)
+        acc_w += dpool * tl.load(xbar_ptr + offsets, mask=mask, other=0.0)
+        acc_b += dpool
+    d_weight = tl.sum(acc_w, axis=0) + tl.load(sums_ptr + 2 * C + cols, mask=col_mask, other=0.0)
+    d_bias = tl.sum(acc_b, axis=0) + tl.load(sums_ptr + C + cols, mask=col_mask, other=0.0)
+    tl.store(grads_ptr + cols, d_weight, mask=col_mask)
+    tl.store(grads_ptr + C + cols, d_bias, mask=col_mask)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 3. Launchers
 # ----------------------------------------------------------------------------------------------------------------
+
+
+# the d weight / d bias kernel's tile of [samples, channels] (a few programs of a few steps: N <= MAX_BATCH)
+_NORM_GRADS_BLOCK_N, _NORM_GRADS_BLOCK_C = 32, 64
 
 
 def sample_rows(block_p: int) -> int:
@@ -648,11 +675,11 @@ def _launch_backward(
         d_down_weight = d_hidden.t().mm(sample_stats[0])
         d_down_bias = d_hidden.sum(0)
         d_pool = d_hidden.mm(down_weight32)
-        # the batch norm's: d bias = sum_n gate S_d + sum_n dpool (= d_down_bias down_weight), d weight = sum_n gate
-        # S_x + sum_n dpool xbar
-        torch.addmv(sums[1], down_weight32.t(), d_down_bias, out=norm_grads[1])
-        torch.sum(d_pool * sample_stats[1], 0, out=norm_grads[0])
-        norm_grads[0].add_(sums[2])
+        # the batch norm's: d weight = sum_n gate S_x + sum_n dpool xbar, d bias = sum_n gate S_d + sum_n dpool
+        launchable(_bn_se_norm_grads_kernel)[(cdiv(channels, _NORM_GRADS_BLOCK_C),)](
+            d_pool, sample_stats[1], sums, norm_grads, batch, channels, BLOCK_N=_NORM_GRADS_BLOCK_N,
+            BLOCK_C=_NORM_GRADS_BLOCK_C,
+        )  # fmt: skip
         if batch:
             launchable(_bn_se_grad_apply_kernel)[grid](
                 x, dy, dx, stats, logit, d_pool, norm_grads, weight_arg, positions, channels, rows,
@@ -866,7 +893,7 @@ _BENCHMARK_BATCH = 128
 
 
 def aot_specs() -> list:
-    """Compile and loop-report specs: the four kernels at UniRepLKNet-T's four stages (B128, 224 px) as the block
+    """Compile and loop-report specs: the five kernels at UniRepLKNet-T's four stages (B128, 224 px) as the block
     calls them under bf16 autocast in training (bf16 input, output and gradients; float32 parameters); at stage 3
     also the eval forward (running statistics). Useful work: an element of the input. Stage 1 is compiled in the
     tests too (``ci``)."""
@@ -976,6 +1003,28 @@ def aot_specs() -> list:
                     BATCH_STATS=True,
                 ),
                 work=work,
+                ci=ci,
+            ),
+            launch_spec(
+                f"_bn_se_norm_grads_kernel[C{channels}]@{case}",
+                _bn_se_norm_grads_kernel,
+                dict(
+                    dpool_ptr="*fp32",
+                    xbar_ptr="*fp32",
+                    sums_ptr="*fp32",
+                    grads_ptr="*fp32",
+                    N=batch,
+                    C=channels,
+                    BLOCK_N=_NORM_GRADS_BLOCK_N,
+                    BLOCK_C=_NORM_GRADS_BLOCK_C,
+                ),
+                work=Work(
+                    case,
+                    "pool gradient",
+                    batch * channels / cdiv(channels, _NORM_GRADS_BLOCK_C),
+                    (cdiv(batch, _NORM_GRADS_BLOCK_N),),
+                    f"pool gradients = N C = {batch * channels}; programs = C / {_NORM_GRADS_BLOCK_C} rounded up",
+                ),
                 ci=ci,
             ),
         ]

@@ -1,4 +1,5 @@
-"""Computing what a few modules compute in fewer passes, where nothing could tell the difference (no hooks)."""
+"""Computing what a few modules compute in fewer passes, where no hook would miss a module's call (the results agree
+up to rounding)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def scaled_residual(x: Tensor, gamma: Tensor, y: Tensor, drop_path: nn.Module) -
     """``x + drop_path(gamma * y)`` (``gamma`` broadcastable to ``y``). Where the drop path does nothing (an
     ``nn.Identity``, or timm's ``DropPath`` in eval mode, without hooks) one ``torch.addcmul``: one kernel that reads
     x and y and writes the sum, instead of the product's and the sum's (three passes over the activations instead
-    of five)."""
+    of five where x, gamma and y share a dtype; a mixed dtype adds a cast either way). It rounds once where the
+    product and the sum round twice."""
     idle = type(drop_path) is nn.Identity or (type(drop_path) is DropPath and not drop_path.training)
     if idle and not hooked(drop_path):
         return torch.addcmul(x, gamma, y)

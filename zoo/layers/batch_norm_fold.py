@@ -45,6 +45,11 @@ def fold_before(weight: Tensor, bias: Tensor | None, scale: Tensor, shift: Tenso
     """(W', b') of ``x -> W (x * scale + shift) + b``: the per-channel affine map of a norm before the layer
     (``scale``, ``shift`` ``[C_in]``; W ``[C_out, C_in, ...]``, not grouped); ``bias`` None is 0. Exact for a
     convolution only without zero padding (module docstring)."""
+    if weight.shape[1] != scale.numel():
+        raise ValueError(
+            f"fold_before needs an ungrouped layer with one input channel per norm channel: weight {list(weight.shape)}"
+            f", {scale.numel()} norm channels"
+        )
     per_input = (1, -1, *([1] * (weight.dim() - 2)))
     shifted = (weight * shift.reshape(per_input)).flatten(1).sum(1)
     folded_bias = shifted if bias is None else bias + shifted

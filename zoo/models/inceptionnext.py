@@ -109,10 +109,8 @@ class InceptionNeXt(MetaNeXt):
         self.backend = backend
         if self.num_classes == 0 and not isinstance(self.head.fc2, nn.Identity):
             self.head.fc2 = nn.Identity()  # timm 1.0.29 builds a Linear(hidden, 0) for num_classes=0
-        # the batch norms' common eps, for folding state dicts (deploy_state_dict); None where there is no such eps
-        norms = self._folded_norms()
-        eps = {m.eps for m in norms if type(m) is nn.BatchNorm2d}
-        self.norm_eps = eps.pop() if len(eps) == 1 and all(type(m) is nn.BatchNorm2d for m in norms) else None
+        # the batch norms' common eps, with which a deploy=True model folds training checkpoints (deploy_state_dict)
+        self.norm_eps = self._batch_norm_eps()
         if deploy:
             self._deploy_modules()
 
@@ -134,31 +132,51 @@ class InceptionNeXt(MetaNeXt):
             block.gamma is None for stage in self.stages for block in stage.blocks
         )
 
-    def _check_foldable(self) -> None:
-        if self.norm_eps is None:
+    def _batch_norm_eps(self) -> float | None:
+        """The eps of the norms the deployed form folds, where they can be folded (batch norms with running
+        statistics, one eps); else None."""
+        norms = self._folded_norms()
+        if not all(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None for m in norms):
+            return None
+        eps = {m.eps for m in norms}
+        return eps.pop() if len(eps) == 1 else None
+
+    def _foldable_eps(self) -> float:
+        """:meth:`_batch_norm_eps` of the norms as they are now, or a ValueError saying why they cannot be folded."""
+        eps = self._batch_norm_eps()
+        if eps is None:
+            norms = self._folded_norms()
+            kinds = sorted({type(m).__name__ for m in norms})
+            eps_values = sorted({str(getattr(m, "eps", None)) for m in norms})
             raise ValueError(
-                "InceptionNeXt's deployed form folds its norms into the convolutions beside them, which needs "
-                "nn.BatchNorm2d norm layers of one eps; this model has "
-                f"{sorted({type(m).__name__ for m in self._folded_norms()})}"
+                "InceptionNeXt's deployed form folds its norms into the convolutions beside them, which needs batch "
+                f"norms with running statistics (track_running_stats=True) and one eps; this model has {kinds} with "
+                f"eps {eps_values}"
             )
+        return eps
 
     def _deploy_modules(self) -> None:
         """Turn the modules into the deployed form's (weights not folded): the folded norms become identities, the
         layer scales go, and the convolutions that absorb them gain a bias where they have none."""
-        self._check_foldable()
-        self.stem[1] = nn.Identity()
+        self._foldable_eps()
+
+        def identity() -> nn.Identity:
+            return nn.Identity().train(self.training)
+
+        self.stem[1] = identity()
         convs = [self.stem[0]]
         for stage in self.stages:
             if isinstance(stage.downsample, nn.Sequential):
-                stage.downsample[0] = nn.Identity()
+                stage.downsample[0] = identity()
                 convs.append(stage.downsample[1])
             for block in stage.blocks:
-                block.norm = nn.Identity()
+                block.norm = identity()
                 block.gamma = None
                 convs += [block.mlp.fc1, block.mlp.fc2]
         for conv in convs:
             if conv.bias is None:
-                conv.bias = nn.Parameter(conv.weight.new_zeros(conv.out_channels))
+                bias = conv.weight.new_zeros(conv.out_channels)
+                conv.bias = nn.Parameter(bias, requires_grad=conv.weight.requires_grad)
 
     @torch.no_grad()
     def reparameterize(self) -> InceptionNeXt:
@@ -166,7 +184,7 @@ class InceptionNeXt(MetaNeXt):
         rounding. Returns the model."""
         if self.deployed:
             return self
-        self._check_foldable()
+        self.norm_eps = self._foldable_eps()  # the norms as they are now (their eps may have been changed)
         folded = deploy_state_dict(self.state_dict(), self.norm_eps)
         self._deploy_modules()
         self.load_state_dict(folded, strict=True)
@@ -188,10 +206,6 @@ class InceptionNeXt(MetaNeXt):
         # Defined here (not inherited) so that torch.fx, tracing from this module's globals, keeps
         # ``check_images`` as a leaf call.
         return self.forward_head(self.forward_features(x))
-
-
-def _is_training_form(state_dict: dict[str, Tensor]) -> bool:
-    return "stem.1.running_var" in state_dict
 
 
 def deploy_state_dict(state_dict: dict[str, Tensor], eps: float) -> dict[str, Tensor]:
@@ -234,11 +248,11 @@ def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[s
     model folded (:func:`deploy_state_dict`); a deployed one cannot go back to the training form (a clear error).
     """
     state_dict = unwrap_state_dict(state_dict)
-    training_checkpoint = _is_training_form(state_dict)
     model_deployed = getattr(model, "deployed", False)
-    if training_checkpoint and model_deployed:
+    if model_deployed and "stem.1.running_var" in state_dict:  # a training-form checkpoint with batch norms
         return deploy_state_dict(state_dict, model.norm_eps)
-    if not training_checkpoint and not model_deployed and "stem.0.weight" in state_dict:
+    norm_keys = [k for k in model.state_dict() if k.startswith("stem.1.")]  # the model's stem norm's, if any
+    if norm_keys and "stem.0.weight" in state_dict and not any(k in state_dict for k in norm_keys):
         raise ValueError(
             "this checkpoint is in InceptionNeXt's deployed (re-parameterised) form and the model in the training "
             "form: build the model with deploy=True to load it (the batch norms cannot be recovered)"
