@@ -30,10 +30,15 @@ def slug(text: str) -> str:
 
 
 def commit() -> str:
-    """The checkout's short commit hash, or ``"unknown"`` outside a git checkout."""
+    """The checkout's short commit hash, with ``-dirty`` where tracked files differ from it (a result measured on
+    uncommitted code says so), or ``"unknown"`` outside a git checkout."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude", "*"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
