@@ -13,8 +13,9 @@ timm's and the official weights load with ``strict=True``, and timm's MetaNeXt m
 The deployed form (:meth:`InceptionNeXt.reparameterize`, or ``deploy=True`` to build it) folds every batch norm and
 layer scale into a neighbouring convolution: the stem's BN into the stem convolution, each downsampling BN into the
 2x2 convolution after it, each block's BN (after the mixer) into ``mlp.fc1`` and its ``gamma`` into ``mlp.fc2``.
-Equal to the training form in eval mode, it makes two passes fewer over each block's activations in inference; its
-state dict is the training form's without the BN and ``gamma`` keys.
+Equal to the training form in eval mode, it runs two elementwise kernels fewer per block in inference (the norm's
+and the scale's: four passes over the block's activations); its state dict is the training form's without the BN
+and ``gamma`` keys.
 """
 
 from __future__ import annotations
