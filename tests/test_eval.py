@@ -121,6 +121,27 @@ def test_model_with_pretrained_file(run, tmp_path):
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
 
 
+def test_deploy_evaluates_the_re_parameterised_form(run, tmp_path):
+    """deploy=true folds an InceptionNeXt (random weights, digits at 32 px) after loading: the same predictions as its
+    training form, metrics.json says so; a model without a deployed form is a clear error."""
+    from tests.helpers import randomise
+
+    small = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), in_chans=1, num_classes=10)
+    weights = tmp_path / "atto.pth"
+    torch.save(randomise(zoo.create_model("inceptionnext_a", **small)).state_dict(), weights)
+    kwargs = ["+model.kwargs.depths=[1,1,1,1]", "+model.kwargs.dims=[16,32,64,128]", "data.img_size=32"]
+    summaries = {}
+    for deploy in (False, True):
+        out_dir = tmp_path / f"deploy-{deploy}"
+        cfg = _eval_cfg(out_dir, "model=inceptionnext_a", f"pretrained_file={weights}", *kwargs, f"deploy={deploy}")
+        summaries[deploy] = run_eval(cfg)
+        assert json.loads((out_dir / "metrics.json").read_text())["deployed"] is deploy
+    assert summaries[True]["top1"] == pytest.approx(summaries[False]["top1"], abs=1e-9)
+    assert summaries[True]["loss"] == pytest.approx(summaries[False]["loss"], rel=1e-4)
+    with pytest.raises(ValueError, match="deploy=true evaluates .* kat_t has none"):
+        run_eval(_eval_cfg(tmp_path / "o", f"checkpoint={run['dir']}", "deploy=true"))
+
+
 def test_evaluate_classifier_counts_exactly():
     class Fixed(nn.Module):  # logits favour class (x + offset), second choice class x
         def forward(self, x):

@@ -430,6 +430,19 @@ def _eval_dataset(cfg: Any, img_size: int):
     return _subset(dataset, data.get("eval_subset"), "data.eval_subset"), class_names, collate_fn
 
 
+def _deploy(model: nn.Module, architecture: Any) -> None:
+    """``deploy=true``: re-parameterise ``model`` to its deployed form in place, or a ValueError for a model
+    without one."""
+    from zoo.deploy.onnx import has_deployed_form
+
+    if not has_deployed_form(model):
+        raise ValueError(
+            f"deploy=true evaluates a model's deployed (re-parameterised) form; {architecture} has none "
+            "(UniRepLKNet and InceptionNeXt have one)"
+        )
+    model.reparameterize()
+
+
 def run_eval(cfg: Any) -> dict[str, Any]:
     """Evaluate the model ``cfg`` names (see ``configs/eval.yaml``) on the test split of ``cfg.data``.
 
@@ -457,6 +470,8 @@ def run_eval(cfg: Any) -> dict[str, Any]:
     model, args = load_model_for_eval(
         cfg.get("checkpoint"), model_name, cfg.get("pretrained_file"), model_kwargs, trust=trust
     )
+    if cfg.get("deploy"):
+        _deploy(model, args.get("architecture"))
     img_size = args.get("img_size")
     if not isinstance(img_size, int):
         img_size = cfg.data.img_size
@@ -498,6 +513,7 @@ def run_eval(cfg: Any) -> dict[str, Any]:
         "device": str(device),
         "amp": cfg.amp,
         "batch_size": int(cfg.batch_size),
+        "deployed": bool(getattr(model, "deployed", False)),
     }
     metrics_file = atomic_write(out_dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
     return {
