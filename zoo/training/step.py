@@ -151,12 +151,15 @@ class TrainStep:
         return self._graph is not None
 
     def replays(self, inputs: Tensor, targets: Tensor) -> bool:
-        """Whether a graph-mode call on these shapes captures or replays the graph (False: another shape than the
-        captured one, which :meth:`__call__` refuses and :meth:`update_eagerly` takes)."""
+        """Whether a graph-mode call on these tensors captures or replays the graph (False: another shape, dtype or
+        device than the captured ones, which :meth:`__call__` refuses and :meth:`update_eagerly` takes)."""
         if self._static is None:
             return True
         static_inputs, static_targets, _ = self._static
-        return inputs.shape == static_inputs.shape and targets.shape == static_targets.shape
+        return all(
+            new.shape == static.shape and new.dtype == static.dtype and new.device == static.device
+            for new, static in ((inputs, static_inputs), (targets, static_targets))
+        )
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """One update on (inputs, targets); returns the loss (0-dim, on the device; in graph mode the static
@@ -168,13 +171,16 @@ class TrainStep:
         static_inputs, static_targets, static_loss = self._static
         if not self.replays(inputs, targets):
             raise ValueError(
-                f"a captured step replays one shape: inputs {list(static_inputs.shape)} and targets "
-                f"{list(static_targets.shape)}, got {list(inputs.shape)} and {list(targets.shape)}"
+                f"a captured step replays one shape, dtype and device: inputs {list(static_inputs.shape)} "
+                f"{static_inputs.dtype} and targets {list(static_targets.shape)} {static_targets.dtype} on "
+                f"{static_inputs.device}, got {list(inputs.shape)} {inputs.dtype} and {list(targets.shape)} "
+                f"{targets.dtype} on {inputs.device}"
             )
         self._attach_static_grads()
         static_inputs.copy_(inputs, non_blocking=True)
         static_targets.copy_(targets, non_blocking=True)
-        self._graph.replay()
+        with torch.cuda.device(static_inputs.device):
+            self._graph.replay()
         # the replay updated the parameters without moving their version counters, which caches of tables derived
         # from a weight (zoo.kernels._backend.derived_from_weight: attention's bias) compare: move them (host only)
         torch.autograd.graph.increment_version(self._params)
@@ -185,6 +191,10 @@ class TrainStep:
             raise ValueError("mode='graph' needs an optimiser created with capturable=True (Adam, AdamW)")
         if inputs.device.type != "cuda":
             raise RuntimeError(f"mode='graph' captures a CUDA graph: the inputs are on {inputs.device}")
+        with torch.cuda.device(inputs.device):  # the streams and the capture on the inputs' GPU, not the current one
+            self._capture_on_device(inputs, targets)
+
+    def _capture_on_device(self, inputs: Tensor, targets: Tensor) -> None:
         static_inputs = inputs.clone(memory_format=torch.preserve_format)
         static_targets = targets.clone()
         # the warm-up updates are undone, so that every call is one update (capture records, it does not run)
@@ -201,8 +211,11 @@ class TrainStep:
         graph = torch.cuda.CUDAGraph()
         self.optimizer.zero_grad(set_to_none=False)
         # thread_local: a DataLoader's pin-memory thread may allocate pinned memory or query events meanwhile, which
-        # the default global mode forbids (it would invalidate the capture)
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        # the default global mode forbids (it would invalidate the capture). On the warm-up's stream: the kernels'
+        # cached per-stream buffers (ticket counters, zero runs) were made and zeroed there, so the capture takes
+        # them from the cache; on a stream of its own it would allocate them inside the capture, where the zero fill
+        # only runs at the first replay (a capture that failed would leave them cached unzeroed)
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
             static_loss = self._eager_step(static_inputs, static_targets, set_to_none=False)
         self._graph, self._static = graph, (static_inputs, static_targets, static_loss)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
