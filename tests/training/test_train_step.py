@@ -67,6 +67,11 @@ def test_bad_modes_are_refused():
         TrainStep(model, torch.optim.AdamW(model.parameters()), mode="graph")(inputs, targets)
     with pytest.raises(RuntimeError, match="CUDA graph"):
         TrainStep(model, torch.optim.AdamW(model.parameters(), capturable=True), mode="graph")(inputs, targets)
+    cumulative = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, momentum=None))
+    with pytest.raises(ValueError, match=r"momentum=None .* on the host\): 1"):
+        TrainStep(cumulative, torch.optim.AdamW(cumulative.parameters(), capturable=True), mode="graph")(
+            inputs, targets
+        )
 
 
 def test_warm_up_optimizer_state_is_restored_in_place():

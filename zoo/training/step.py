@@ -189,6 +189,19 @@ class TrainStep:
     def _capture(self, inputs: Tensor, targets: Tensor) -> None:
         if not all(group.get("capturable", False) for group in self.optimizer.param_groups):
             raise ValueError("mode='graph' needs an optimiser created with capturable=True (Adam, AdamW)")
+        cumulative = [
+            name
+            for name, module in self.model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.training
+            and module.track_running_stats
+            and module.momentum is None
+        ]
+        if cumulative:  # nn.BatchNorm's cumulative average takes 1 / num_batches_tracked as a Python float
+            raise ValueError(
+                "mode='graph' cannot capture batch norms with momentum=None (their cumulative average reads "
+                f"num_batches_tracked on the host): {', '.join(cumulative[:3])}{' ...' if len(cumulative) > 3 else ''}"
+            )
         if inputs.device.type != "cuda":
             raise RuntimeError(f"mode='graph' captures a CUDA graph: the inputs are on {inputs.device}")
         with torch.cuda.device(inputs.device):  # the streams and the capture on the inputs' GPU, not the current one
