@@ -1298,7 +1298,11 @@ def bench_models(
         for name, kwargs, backend in MODELS[group]:
             if backend.startswith("triton") and device.type == "cpu":
                 continue
-            rows += bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=modes)
+            # a deployed (re-parameterised) form is for inference: no training rows
+            model_modes = [m for m in modes if m == "infer"] if backend.endswith("-deployed") else modes
+            rows += bench_model(
+                group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=model_modes
+            )
     return rows
 
 

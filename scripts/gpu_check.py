@@ -319,7 +319,7 @@ MODEL_FAMILIES = (
             _zoo("unireplknet_t", "triton-merged", smoke=False, merge_branches="always"),
             ModelEntry("convnext_tiny", "timm"),
             _zoo("unireplknet_t", "torch"),
-            _zoo("unireplknet_t", "triton-deployed", smoke=False, deploy=True),
+            _zoo("unireplknet_t", "triton-deployed", smoke=False, modes=("infer",), deploy=True),
             # last (the first cut when time runs out): what the fused ops gain over the modules, model-wide
             _zoo("unireplknet_t", "triton-modules", smoke=False, env=UNIREPLKNET_MODULES_ENV),
         ),

@@ -74,7 +74,8 @@ def test_benchmark_smoke_writes_results_and_table(tmp_path):
         ("nat", "nat_m", "torch"),
         ("nat", "convnext_tiny", "timm"),
     ]
-    assert models == {(*row, mode) for row in expected for mode in ("train", "infer")}
+    modes = {backend: ("infer",) if backend.endswith("-deployed") else ("train", "infer") for *_, backend in expected}
+    assert models == {(*row, mode) for row in expected for mode in modes[row[2]]}  # deployed forms: inference
     assert all(r["images_per_s"] > 0 for r in data["models"])
     assert "| kat_t | torch | train | 2 | 32 |" in table
     assert "| longconv_s | torch | train | 2 | 40 |" in table  # sequences: batch 2 of 40 tokens

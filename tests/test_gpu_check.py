@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.helpers import DEVICE, ROOT, cpu_only_env, load_script
@@ -325,13 +326,14 @@ def test_the_modules_row_of_unireplknet_runs_with_every_fused_op_off(monkeypatch
     assert os.environ[unireplknet.GELU_GRN_ENV_VAR] == "1" and unireplknet.BATCH_NORM_SE_ENV_VAR not in os.environ
 
 
-def test_the_deployed_inceptionnext_row_is_timed_in_inference_only():
-    """models:inceptionnext's "triton-deployed" entry (the folded form, deploy=True) asks benchmark.bench_model for
+@pytest.mark.parametrize("name", ["inceptionnext", "unireplknet"])
+def test_the_deployed_rows_are_timed_in_inference_only(name):
+    """A family's "triton-deployed" entry (the re-parameterised form, deploy=True) asks benchmark.bench_model for
     its inference row only; the family's other entries for every mode of the family."""
     from types import SimpleNamespace
 
     check = load_script("gpu_check")
-    family = next(f for f in check.MODEL_FAMILIES if f.name == "inceptionnext")
+    family = next(f for f in check.MODEL_FAMILIES if f.name == name)
     asked = {}
 
     def bench_model(group, model, kwargs, backend, *args, modes, **options):
