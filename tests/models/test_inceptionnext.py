@@ -286,6 +286,20 @@ def test_training_checkpoint_loads_folded_into_a_deployed_model(tmp_path, atto, 
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), atto(x), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(loaded(x), copy.deepcopy(atto).reparameterize()(x), rtol=0, atol=0)
+    # timm's feature extractor over the deployed form, from the same file, channels_last input
+    features = timm.create_model(
+        "inceptionnext_a",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path)),
+        backend="torch",
+        deploy=True,
+        features_only=True,
+    ).eval()
+    x = x.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = atto.forward_intermediates(x, intermediates_only=True)
+        for got, want in zip(features(x), expected, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_deployed_checkpoint_into_a_training_model_and_other_norms_are_clear_errors(atto):
