@@ -5,6 +5,7 @@ forward/backward, heads, intermediates, features, gradient checkpointing, FX) is
 from __future__ import annotations
 
 import copy
+import io
 from functools import partial
 from pathlib import Path
 
@@ -205,6 +206,43 @@ def test_optimizer_hooks(atto):
     groups = atto.group_matcher()
     assert groups["stem"] == r"^stem" and "blocks" in groups
     assert atto.group_matcher(coarse=True)["blocks"] == r"^stages\.(\d+)"
+
+
+# ------------------------------------------------------------------------------------------------ blocks
+
+
+def test_blocks_residual_in_one_kernel_equals_timms_block_in_training():
+    """Every block is an InceptionNeXtBlock (timm's MetaNeXtBlock, its layer-scaled residual one addcmul): in
+    training with stochastic depth it drops the samples timm's block drops (same seed) and gives its outputs and
+    every parameter's gradient; the model pickles whole."""
+    from timm.models.inception_next import MetaNeXtBlock
+
+    from zoo.models.inceptionnext import InceptionNeXtBlock
+
+    torch.manual_seed(5)
+    small = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), num_classes=5, drop_path_rate=0.5)
+    ours = randomise(timm.create_model("inceptionnext_a", backend="torch", **small)).double().train()
+    blocks = [block for stage in ours.stages for block in stage.blocks]
+    assert all(type(block) is InceptionNeXtBlock for block in blocks)
+    theirs = copy.deepcopy(ours)
+    for stage in theirs.stages:
+        for block in stage.blocks:
+            block.__class__ = MetaNeXtBlock  # timm's own forward
+    x = images(4, 32).double()
+    results = []
+    for model in (ours, theirs):
+        torch.manual_seed(11)
+        out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        results.append((out, grads))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    for got, want in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded.stages[0].blocks[0]) is InceptionNeXtBlock
 
 
 # ------------------------------------------------------------------------------------------------ deployed form

@@ -30,7 +30,7 @@ from zoo.kernels.batch_norm_add import batch_norm_add
 from zoo.kernels.batch_norm_se import batch_norm_se
 from zoo.kernels.dwconv import autocast_input, dwconv2d
 from zoo.kernels.gelu_grn import gelu_grn, gelu_grn_reference
-from zoo.layers._fused_modules import hooked, scaled_residual
+from zoo.layers._fused_modules import hooked, sample_keep_scale, scaled_residual
 from zoo.layers.batch_norm_fold import batch_norm_affine, fold_after
 from zoo.layers.dilated_reparam import (
     BranchLayout,
@@ -609,14 +609,8 @@ class UniRepLKNetBlock(nn.Module):
         branch's dtype)."""
         linear, permute, bn = self.pwconv2
         y = permute(linear(h))
-        sample_scale = None
-        drop = self.drop_path
-        if isinstance(drop, DropPath) and drop.training and drop.drop_prob > 0.0:
-            keep = 1.0 - drop.drop_prob
-            branch_dtype = y.dtype if self.gamma is None else torch.promote_types(y.dtype, self.gamma.dtype)
-            sample_scale = torch.empty(x.shape[0], dtype=branch_dtype, device=x.device).bernoulli_(keep)
-            if keep > 0.0 and drop.scale_by_keep:
-                sample_scale.div_(keep)
+        branch_dtype = y.dtype if self.gamma is None else torch.promote_types(y.dtype, self.gamma.dtype)
+        sample_scale = sample_keep_scale(self.drop_path, x.shape[0], branch_dtype, x.device)
         return _batch_norm_add(bn, y, x, self.backend, self.gamma, sample_scale)
 
     def _fused_norm_se(self, y: Tensor) -> bool:
