@@ -1,5 +1,5 @@
 """Computing what a few modules compute in fewer passes, where no hook would miss a module's call (the results agree
-up to rounding)."""
+up to rounding; docs/design.md §25)."""
 
 from __future__ import annotations
 

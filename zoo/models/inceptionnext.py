@@ -73,7 +73,8 @@ class InceptionNeXtBlock(MetaNeXtBlock):
     """timm's ``MetaNeXtBlock`` (the same modules, parameters and keys) whose layer-scaled residual
     ``shortcut + drop_path(gamma * mlp(norm(mixer(x))))`` is one kernel
     (:func:`zoo.layers._fused_modules.scaled_residual`: four passes fewer forward, two backward). timm's stages build
-    ``MetaNeXtBlock`` s; :class:`InceptionNeXt` makes each one of these (it adds no state, only this forward)."""
+    ``MetaNeXtBlock`` s; :class:`InceptionNeXt` makes each one of these (it adds no state, only this forward;
+    docs/design.md §25)."""
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
