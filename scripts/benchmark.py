@@ -1298,11 +1298,7 @@ def bench_models(
         for name, kwargs, backend in MODELS[group]:
             if backend.startswith("triton") and device.type == "cpu":
                 continue
-            # a deployed (re-parameterised) form is for inference: no training rows
-            model_modes = [m for m in modes if m == "infer"] if backend.endswith("-deployed") else modes
-            rows += bench_model(
-                group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=model_modes
-            )
+            rows += bench_model(group, name, kwargs, backend, group_batch, group_size, dtype, device, timm, modes=modes)
     return rows
 
 
@@ -1329,8 +1325,11 @@ def bench_model(
 
     ``sequence`` (token models: the vocabulary and class arguments; ``img_size`` is then the sequence length),
     ``channels_last`` and ``size_kwarg`` (pass ``img_size`` to the constructor) default to what ``group`` is in
-    ``SEQUENCE_GROUPS``, ``CHANNELS_LAST_GROUPS`` and KAT's group.
+    ``SEQUENCE_GROUPS``, ``CHANNELS_LAST_GROUPS`` and KAT's group. A ``backend`` label ending in ``-deployed`` (a
+    re-parameterised form, which is for inference) gets its ``"infer"`` row only.
     """
+    if backend.endswith("-deployed"):
+        modes = [m for m in modes if m == "infer"]
     if timm is None:
         import timm
 

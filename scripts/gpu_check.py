@@ -272,11 +272,6 @@ class ModelEntry:
     kwargs: dict = field(default_factory=dict)
     smoke: bool = True  # run in --smoke (Triton backends of conv/attention models take minutes on the interpreter)
     env: dict = field(default_factory=dict)  # environment variables set while the model is built and timed
-    modes: tuple[str, ...] | None = None  # the family's modes that this entry runs (None: all of them)
-
-    def modes_of(self, family: ModelFamily) -> list[str]:
-        """The modes this entry's rows are measured in: the family's, or those of them the entry names."""
-        return [m for m in family.modes if self.modes is None or m in self.modes]
 
 
 @dataclass(frozen=True)
@@ -292,17 +287,10 @@ class ModelFamily:
     modes: tuple[str, ...] = ("train", "infer")  # benchmark.bench_model's modes (it skips "train-graph" off CUDA)
 
 
-def _zoo(
-    model: str,
-    backend: str,
-    smoke: bool = True,
-    env: dict | None = None,
-    modes: tuple[str, ...] | None = None,
-    **kwargs,
-) -> ModelEntry:
+def _zoo(model: str, backend: str, smoke: bool = True, env: dict | None = None, **kwargs) -> ModelEntry:
     """A zoo model entry: ``backend`` is the row label, its first word the constructor's backend argument
-    ("triton-deployed": backend "triton")."""
-    return ModelEntry(model, backend, {"backend": backend.split("-")[0], **kwargs}, smoke, env or {}, modes)
+    ("triton-deployed": backend "triton"; benchmark.bench_model times a "-deployed" row in inference only)."""
+    return ModelEntry(model, backend, {"backend": backend.split("-")[0], **kwargs}, smoke, env or {})
 
 
 # UniRepLKNet's fused ops (GELU + GRN, BN + SE, the block tail and the branches' BN + add) switched off: the blocks
@@ -319,7 +307,7 @@ MODEL_FAMILIES = (
             _zoo("unireplknet_t", "triton-merged", smoke=False, merge_branches="always"),
             ModelEntry("convnext_tiny", "timm"),
             _zoo("unireplknet_t", "torch"),
-            _zoo("unireplknet_t", "triton-deployed", smoke=False, modes=("infer",), deploy=True),
+            _zoo("unireplknet_t", "triton-deployed", smoke=False, deploy=True),
             # last (the first cut when time runs out): what the fused ops gain over the modules, model-wide
             _zoo("unireplknet_t", "triton-modules", smoke=False, env=UNIREPLKNET_MODULES_ENV),
         ),
@@ -347,7 +335,7 @@ MODEL_FAMILIES = (
             ModelEntry("convnext_tiny", "timm"),
             ModelEntry("inception_next_tiny", "timm"),
             # last (the first cut when time runs out): the deployed form (BN and layer scales folded), inference only
-            _zoo("inceptionnext_t", "triton-deployed", smoke=False, modes=("infer",), deploy=True),
+            _zoo("inceptionnext_t", "triton-deployed", smoke=False, deploy=True),
         ),
         channels_last=True,
         budget_s=25,
@@ -1149,7 +1137,7 @@ def warm_main(args: argparse.Namespace) -> None:
                 impls = {i for i in set(family.impls) | set(kernels[family.name]) if i.startswith("triton")}
                 _op_case(family, item, ctx, kernels[family.name], impls)
             else:
-                _model_rows(family, item, ctx, [m for m in item.modes_of(family) if m != "train-graph"])
+                _model_rows(family, item, ctx, [m for m in family.modes if m != "train-graph"])
             print(f"warmed {label} in {time.monotonic() - start:.1f} s", flush=True)
         except Exception as exc:  # the timing worker meets it again and reports it
             print(
@@ -1236,15 +1224,13 @@ def _model_family(family: ModelFamily, ctx: dict, notes: list[str]) -> Iterator[
             notes.append(f"{entry.model} ({entry.backend}) left out of --smoke (minutes through the interpreter)")
             continue
         key = json.dumps(
-            [entry.model, entry.backend, _model_setup(family, entry, ctx), entry.modes_of(family)],
-            sort_keys=True,
-            default=str,
+            [entry.model, entry.backend, _model_setup(family, entry, ctx), family.modes], sort_keys=True, default=str
         )
         if key in shared:
             source, rows = shared[key]
             rows = [replace(r, group=family.name, note=f"measured once, for {source}") for r in rows]
         else:
-            rows = _model_rows(family, entry, ctx, entry.modes_of(family))
+            rows = _model_rows(family, entry, ctx, family.modes)
             shared[key] = (family.name, rows)
         yield "models", [asdict(r) for r in rows]
 

@@ -136,7 +136,8 @@ def test_deploy_evaluates_the_re_parameterised_form(run, tmp_path):
         cfg = _eval_cfg(out_dir, "model=inceptionnext_a", f"pretrained_file={weights}", *kwargs, f"deploy={deploy}")
         summaries[deploy] = run_eval(cfg)
         assert json.loads((out_dir / "metrics.json").read_text())["deployed"] is deploy
-    assert summaries[True]["top1"] == pytest.approx(summaries[False]["top1"], abs=1e-9)
+    # the same predictions up to rounding: an image whose two best logits tie within it may flip
+    assert summaries[True]["top1"] == pytest.approx(summaries[False]["top1"], abs=100 / 128 + 1e-9)
     assert summaries[True]["loss"] == pytest.approx(summaries[False]["loss"], rel=1e-4)
     with pytest.raises(ValueError, match="deploy=true evaluates .* kat_t has none"):
         run_eval(_eval_cfg(tmp_path / "o", f"checkpoint={run['dir']}", "deploy=true"))

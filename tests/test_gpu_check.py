@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from tests.helpers import DEVICE, ROOT, cpu_only_env, load_script
@@ -148,7 +147,7 @@ def test_every_target_is_measured_by_the_tiers_rows():
         dict(group=f.name, model=e.model, backend=e.backend, mode=mode, images_per_s=100.0)
         for f in check.MODEL_FAMILIES
         for e in f.entries
-        for mode in e.modes_of(f)
+        for mode in f.modes
     ]
     results = dict(ops=rows, models=models, check=dict(mode="gpu", families=[]))
     for entry in check.evaluate_targets(results):
@@ -324,27 +323,3 @@ def test_the_modules_row_of_unireplknet_runs_with_every_fused_op_off(monkeypatch
     check._model_rows(family, entry, ctx, ("train",))
     assert seen == dict.fromkeys(switches, "0")
     assert os.environ[unireplknet.GELU_GRN_ENV_VAR] == "1" and unireplknet.BATCH_NORM_SE_ENV_VAR not in os.environ
-
-
-@pytest.mark.parametrize("name", ["inceptionnext", "unireplknet"])
-def test_the_deployed_rows_are_timed_in_inference_only(name):
-    """A family's "triton-deployed" entry (the re-parameterised form, deploy=True) asks benchmark.bench_model for
-    its inference row only; the family's other entries for every mode of the family."""
-    from types import SimpleNamespace
-
-    check = load_script("gpu_check")
-    family = next(f for f in check.MODEL_FAMILIES if f.name == name)
-    asked = {}
-
-    def bench_model(group, model, kwargs, backend, *args, modes, **options):
-        asked[backend] = (list(modes), kwargs.get("deploy", False))
-        return []
-
-    sizes = SimpleNamespace(batch=2, img_size=32, seq_batch=2, seq_len=40)
-    ctx = dict(
-        bm=SimpleNamespace(bench_model=bench_model), sizes=sizes, smoke=False, dtype=None, device=None, shared={}
-    )
-    for _ in check._model_family(family, ctx, []):
-        pass
-    assert asked.pop("triton-deployed") == (["infer"], True)
-    assert asked and all(value == (list(family.modes), False) for value in asked.values())
