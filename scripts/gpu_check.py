@@ -50,7 +50,8 @@ model's first compile takes tens of seconds), so that a short run still measures
 same inputs in the same run; the copy is imported as the package ``zoo_baseline_TAG`` (its custom ops registered
 as ``zoo_baseline_TAG::*``), so both coexist. A missing baseline is noted and its targets are "not measured".
 
-Budget on one H100/H200 (estimates: never run on a GPU yet; the machine's start-up comes on top). Each tier has
+Budget on one H100/H200 (estimates, first set before any GPU run; the H200 runs of 2026-12-04 passed larger
+budgets, benchmarks/notes/h200-2026-12-04.md; the machine's start-up comes on top). Each tier has
 a deadline, cumulative from the start (``--tier-budgets``, default 85 / 185 / 285 s: time a tier leaves over goes
 to the next), and ``--budget`` (290 s) bounds the whole run; each family has its own budget (``budget_s`` in the
 tables: a signal in the worker, a hard kill 10 s later; a killed pytest process), so one slow family cannot take
@@ -71,13 +72,13 @@ budget + 30 s (the check then stops its children and still writes the file and t
   the longest, ~30 s with its baseline at K=31; the others take 5-15 s, the mixer's with its grid sweep (36 rows
   under other grid targets, no compiles) about 15 s more.
 - models, <= 100 s (expected 70-90 s): batch 64 at 224 px instead of 128 (sequences: 32 x 2000 tokens), eager
-  steps (no CUDA graphs), do_bench(warmup 100 ms, rep 400 ms) per row: at least 8 steps; each timm peer is
+  steps (and CUDA-graph steps where a family's ``modes`` name ``train-graph``), do_bench(warmup 100 ms, rep 400 ms) per row: at least 8 steps; each timm peer is
   measured once per layout and shared between families. unireplknet_t is the longest (~35 s: its first Triton
   step autotunes every kernel size and dilation; its reference backend runs hundreds of ms per step).
 - readme: < 1 s. Expected total ~3.5-4.5 minutes.
 
-Families run in the order of what has never been measured on a GPU first (S4D, FFT convolution, neighborhood
-attention; UniRepLKNet, NAT, S4D models), so a short run still answers the open questions.
+Families run in their tier's table order, or in the order ``--families`` lists them (:func:`by_priority`): what
+a run lists first is measured before the tier's time runs out.
 
 ``--smoke`` runs the same path on a CPU: the Triton interpreter, tiny case tuples, one timed call per row, a few
 interpreter tests per op file in tier 1 (the gpu-marked ones need CUDA), tiny model widths, every budget x3; the Triton

@@ -284,6 +284,27 @@ def test_inception_mixer_without_biases():
     _check(y, grads, y64, grads64, torch.float32)
 
 
+def test_inception_mixer_under_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
+    """As dwconv2d: under autocast the activation goes to bf16, identity channels included; the fp32 weights and
+    biases are read as they are and get fp32 gradients, x a float32 one; both backends agree."""
+    x, params = _mixer_inputs((2, 11, 6, 7), 2, 3, 5, torch.float32, seed=9)
+    results = {}
+    for backend in ("torch", "triton"):
+        leaves = [t.clone().requires_grad_() for t in (x, *params)]
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            y = inception_dwconv2d(*leaves, backend=backend)
+        assert y.dtype == torch.bfloat16
+        assert torch.equal(y[:, :5], x[:, :5].bfloat16())
+        y.float().sum().backward()
+        assert all(t.grad.dtype == torch.float32 for t in leaves)
+        results[backend] = (y, *(t.grad for t in leaves))
+    y_t, *grads_t = results["triton"]
+    y_r, *grads_r = results["torch"]
+    assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
+    for g_t, g_r in zip(grads_t, grads_r, strict=True):
+        assert_relative_error(g_t, g_r, 2e-2)
+
+
 # ------------------------------------------------------------------------------------------------- bad input
 
 

@@ -37,6 +37,18 @@ def _grads(fn, params, dK):
     return K.detach(), [t.grad for t in leaves]
 
 
+def _gradient_term_sizes(params, dK, L: int, method: str) -> list[float]:
+    """Per parameter, the norm of sum_(h, l) |dK[h, l] d K[h, l] / d p|: the size of the terms that the parameter's
+    gradient sums (float64 Jacobian of the reference). The float32 gradient's rounding is relative to it, not to the
+    gradient, which can cancel to a small fraction of it (the log_dt gradient of a 2 x 20 case to 1/250)."""
+    params64 = tuple(p.detach().double().cpu() for p in params)
+    jacobians = torch.autograd.functional.jacobian(
+        lambda *p: s4d_kernel(*p, L, method, backend="torch"), params64, vectorize=True
+    )
+    weights = dK.detach().double().cpu().abs().reshape(1, -1)
+    return [float((weights @ j.reshape(weights.shape[1], -1).abs()).norm()) for j in jacobians]
+
+
 def _spec_formula(params, L: int, method: str) -> torch.Tensor:
     """docs/semantics.md §4.1 written out with Python complex numbers in float64, one term at a time (bilinear: dA^l by
     repeated multiplication, the recurrence's impulse response)."""
@@ -69,9 +81,10 @@ def test_s4d_kernel_matches_float64_reference(H, N2, L, method):
     )
     assert K.dtype == torch.float32 and K.shape == (H, L)
     assert_close(K, K64, torch.float32, scale=float(K64.abs().max().clamp_min(1.0)))
-    for name, g, g64 in zip(("log_dt", "C", "log_A_real", "A_imag"), grads, grads64, strict=True):
+    terms = _gradient_term_sizes(params, dK, L, method)
+    for name, g, g64, size in zip(("log_dt", "C", "log_A_real", "A_imag"), grads, grads64, terms, strict=True):
         assert g.dtype == torch.float32 and g.shape == g64.shape, name
-        assert_relative_error(g, g64, 1e-4)
+        assert_relative_error(g, g64, 1e-4, floor=size)
 
 
 @pytest.mark.parametrize("method", METHODS)
