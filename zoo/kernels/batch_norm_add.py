@@ -316,6 +316,36 @@ def batch_mean_var(partial_ptr, parts, chunks, P, rows_per_chunk, count, cols, C
 
 
 @triton.jit
+def chunk_statistics_ticket(x_ptr, partial_ptr, counter_ptr, P, C, rows_per_chunk, stride_xb, stride_xp, stride_xc,
+                            cols, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
+    """The statistics kernels' first half: the (mean, M2) of the program's chunk (programs (k, j, b): chunk k of
+    sample b, channel block j) stored as partial[b chunks + k, 0 / 1, :], then the channel block's ticket, taken
+    after every thread's partials (acq_rel). Returns the ticket: the last of the N x chunks programs draws
+    N x chunks - 1 and finishes the statistics (:func:`batch_mean_var`); it resets the counter to 0 afterwards."""
+    b = tl.program_id(2)
+    x_base = x_ptr + b.to(tl.int64) * stride_xb
+    chunk_mean, chunk_m2 = chunk_mean_m2(x_base, P, C, rows_per_chunk, stride_xp, stride_xc, cols, BLOCK_P, BLOCK_C,
+                                         EVEN_C)  # fmt: skip
+    partial = partial_ptr + (b.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * 2 * C
+    store_row(partial, chunk_mean, cols, C, EVEN_C)
+    store_row(partial + C, chunk_m2, cols, C, EVEN_C)
+    tl.debug_barrier()  # every thread's partials come before the ticket (release)
+    return tl.atomic_add(counter_ptr + tl.program_id(1), 1, sem="acq_rel", scope="gpu")
+
+
+@triton.jit
+def running_statistics_step(running_mean_ptr, running_var_ptr, new_mean_ptr, new_var_ptr, mean, var, count, momentum,
+                            cols, C, EVEN_C: tl.constexpr):  # fmt: skip
+    """The running statistics' step towards the batch's ``mean`` and biased ``var`` over ``count`` values (the
+    variance made unbiased, as ``F.batch_norm`` does), written to new_mean / new_var."""
+    running_mean = load_row(running_mean_ptr, cols, C, EVEN_C)
+    running_var = load_row(running_var_ptr, cols, C, EVEN_C)
+    unbiased = var * (count / (count - 1.0))
+    store_row(new_mean_ptr, _lerp(running_mean, mean, momentum), cols, C, EVEN_C)
+    store_row(new_var_ptr, _lerp(running_var, unbiased, momentum), cols, C, EVEN_C)
+
+
+@triton.jit
 def chunk_grad_sums(x_base, dy_base, mean, P, C, rows_per_chunk, stride_xp, stride_xc, stride_dp, stride_dc, cols,
                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
     """(sum of dy, sum of dy (x - mean)) per channel over the program's chunk of positions."""
@@ -368,28 +398,18 @@ def _bn_add_sums_kernel(
     """Mean and M2 of the program's chunk per channel (partial[b chunks + k, 0 / 1, :]); the channel block's last
     program: the batch's mean and 1 / sqrt(var + eps) (stats[0 / 1, :]) and the running statistics' step, written
     to new_mean / new_var (the running statistics themselves, or rows of stats for the registered op)."""
-    b = tl.program_id(2)
     chunks = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    x_base = x_ptr + b.to(tl.int64) * stride_xb
-    chunk_mean, chunk_m2 = chunk_mean_m2(x_base, P, C, rows_per_chunk, stride_xp, stride_xc, cols, BLOCK_P, BLOCK_C,
-                                         EVEN_C)  # fmt: skip
-    partial = partial_ptr + (b.to(tl.int64) * chunks + tl.program_id(0)) * 2 * C
-    store_row(partial, chunk_mean, cols, C, EVEN_C)
-    store_row(partial + C, chunk_m2, cols, C, EVEN_C)
-    tl.debug_barrier()  # every thread's partials come before the ticket (release)
-    ticket = tl.atomic_add(counter_ptr + tl.program_id(1), 1, sem="acq_rel", scope="gpu")
+    ticket = chunk_statistics_ticket(x_ptr, partial_ptr, counter_ptr, P, C, rows_per_chunk, stride_xb, stride_xp,
+                                     stride_xc, cols, BLOCK_P, BLOCK_C, EVEN_C)  # fmt: skip
     if ticket == chunks * N - 1:
         mean, var = batch_mean_var(partial_ptr, N * chunks, chunks, P, rows_per_chunk, count, cols, C, BLOCK_P,
                                    BLOCK_C)  # fmt: skip
         store_row(stats_ptr, mean, cols, C, EVEN_C)
         store_row(stats_ptr + C, tl.div_rn(1.0, tl.sqrt_rn(var + eps)), cols, C, EVEN_C)
         if UPDATE_RUNNING:
-            running_mean = load_row(running_mean_ptr, cols, C, EVEN_C)
-            running_var = load_row(running_var_ptr, cols, C, EVEN_C)
-            unbiased = var * (count / (count - 1.0))
-            store_row(new_mean_ptr, _lerp(running_mean, mean, momentum), cols, C, EVEN_C)
-            store_row(new_var_ptr, _lerp(running_var, unbiased, momentum), cols, C, EVEN_C)
+            running_statistics_step(running_mean_ptr, running_var_ptr, new_mean_ptr, new_var_ptr, mean, var, count,
+                                    momentum, cols, C, EVEN_C)  # fmt: skip
         tl.atomic_xchg(counter_ptr + tl.program_id(1), 0)  # ready for the next launch
 
 

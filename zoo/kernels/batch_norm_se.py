@@ -57,17 +57,17 @@ from zoo.kernels._sample_tiles import (
 from zoo.kernels.batch_norm_add import (
     _affine,
     _check_vector,
-    _lerp,
     _output_like,
     _vector,
     batch_mean_var,
     batch_norm_in,
     check_batch_norm_inputs,
     chunk_grad_sums,
-    chunk_mean_m2,
     chunk_span,
+    chunk_statistics_ticket,
     copy_running_steps,
     grad_apply_tiles,
+    running_statistics_step,
     running_step_taken,
 )
 
@@ -233,28 +233,18 @@ def _bn_se_sums_kernel(
     statistics' without BATCH_STATS), the running statistics' step (new_mean / new_var), and per sample
     sample_stats[0, n, :] = the pool (the BN output's mean over the map), sample_stats[1, n, :] = xbar (the
     normalised input's mean)."""
-    b = tl.program_id(2)
     chunks = tl.num_programs(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    x_base = x_ptr + b.to(tl.int64) * stride_xb
-    chunk_mean, chunk_m2 = chunk_mean_m2(x_base, P, C, rows_per_chunk, stride_xp, stride_xc, cols, BLOCK_P, BLOCK_C,
-                                         EVEN_C)  # fmt: skip
-    partial = partial_ptr + (b.to(tl.int64) * chunks + tl.program_id(0)) * 2 * C
-    store_row(partial, chunk_mean, cols, C, EVEN_C)
-    store_row(partial + C, chunk_m2, cols, C, EVEN_C)
-    tl.debug_barrier()  # every thread's partials come before the ticket (release)
-    ticket = tl.atomic_add(counter_ptr + tl.program_id(1), 1, sem="acq_rel", scope="gpu")
+    ticket = chunk_statistics_ticket(x_ptr, partial_ptr, counter_ptr, P, C, rows_per_chunk, stride_xb, stride_xp,
+                                     stride_xc, cols, BLOCK_P, BLOCK_C, EVEN_C)  # fmt: skip
     if ticket == chunks * N - 1:
         if BATCH_STATS:
             mean, var = batch_mean_var(partial_ptr, N * chunks, chunks, P, rows_per_chunk, count, cols, C, BLOCK_P,
                                        BLOCK_C)  # fmt: skip
             rstd = tl.div_rn(1.0, tl.sqrt_rn(var + eps))
             if UPDATE_RUNNING:
-                running_mean = load_row(running_mean_ptr, cols, C, EVEN_C)
-                running_var = load_row(running_var_ptr, cols, C, EVEN_C)
-                unbiased = var * (count / (count - 1.0))
-                store_row(new_mean_ptr, _lerp(running_mean, mean, momentum), cols, C, EVEN_C)
-                store_row(new_var_ptr, _lerp(running_var, unbiased, momentum), cols, C, EVEN_C)
+                running_statistics_step(running_mean_ptr, running_var_ptr, new_mean_ptr, new_var_ptr, mean, var,
+                                        count, momentum, cols, C, EVEN_C)  # fmt: skip
         else:
             mean = load_row(running_mean_ptr, cols, C, EVEN_C)
             rstd = tl.div_rn(1.0, tl.sqrt_rn(load_row(running_var_ptr, cols, C, EVEN_C) + eps))
