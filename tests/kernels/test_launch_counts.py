@@ -169,6 +169,24 @@ SMALL_OPS = {
         lambda: _leaves(torch.randn(2, 8, 9, 9), torch.randn(8, 1, 3, 3), torch.randn(8)),
         lambda t: dwconv2d(*t, backend="triton"),
     ),
+    # the other kernel families: the implicit GEMM (13 x 13), the generic kernel (stride 2; it reads the weight
+    # in place, no transposed table), the direct kernel dilated
+    "dwconv2d_igemm": (
+        lambda: _leaves(
+            torch.randn(1, 8, 14, 14).to(memory_format=torch.channels_last), torch.randn(8, 1, 13, 13), torch.randn(8)
+        ),
+        lambda t: dwconv2d(*t, backend="triton"),
+    ),
+    "dwconv2d_generic_stride_2": (
+        lambda: _leaves(
+            torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last), torch.randn(8, 1, 3, 3), torch.randn(8)
+        ),
+        lambda t: dwconv2d(*t, stride=2, backend="triton"),
+    ),
+    "dwconv2d_dilated": (
+        lambda: _leaves(torch.randn(2, 8, 9, 9).to(memory_format=torch.channels_last), torch.randn(8, 1, 3, 3)),
+        lambda t: dwconv2d(*t, dilation=2, backend="triton"),
+    ),
     "inception_dwconv2d": (
         lambda: _leaves(
             torch.randn(1, 8, 6, 6),

@@ -41,7 +41,9 @@ def index(v, INT64: tl.constexpr):
 def conv_tile(
     src_ptr,
     w_ptr,
-    w_stride,
+    w_c,
+    w_h,
+    w_w,
     w_channel,
     w_mask,
     n,
@@ -69,10 +71,11 @@ def conv_tile(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """fp32 [BLOCK_P, BLOCK_C]: sum over taps of weight[tap, w_channel] * src[..., c] at the tap's position (zero
-    outside the map); src is read where ``c_mask``, the weights where ``w_mask`` (0 elsewhere).
+    """fp32 [BLOCK_P, BLOCK_C]: sum over taps of weight[w_channel, 0, kh, kw] * src[..., c] at the tap's position
+    (zero outside the map); src is read where ``c_mask``, the weights where ``w_mask`` (0 elsewhere).
 
-    ``w_ptr`` is a [taps, w_stride] table (channels contiguous: one vector load per tap). Forward
+    ``w_ptr`` is the module's [C, 1, KH, KW] weight with strides (w_c, ., w_h, w_w), read as it is: no transposed
+    table to build per call (a launch of its own), at the price of one load per channel and tap. Forward
     (TRANSPOSED=False): src is x, (row, col) an output position. Input gradient (TRANSPOSED=True): src is the
     output gradient, (row, col) an input position."""
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
@@ -97,7 +100,7 @@ def conv_tile(
                 ok = row_ok & (q >= 0) & (q < src_w)
             offsets = row_offset + index(q, INT64) * s_w
             values = tl.load(base + offsets[:, None], mask=ok[:, None] & c_mask[None, :], other=0.0)
-            weights = tl.load(w_ptr + (kh * KW + kw) * w_stride + w_channel, mask=w_mask, other=0.0)
+            weights = tl.load(w_ptr + kh * w_h + kw * w_w + w_channel * w_c, mask=w_mask, other=0.0)
             acc += values.to(tl.float32) * weights.to(tl.float32)[None, :]
     return acc
 
@@ -178,11 +181,6 @@ def check_grad_output(grad_output: Tensor, expected_shape: Sequence[int], x: Ten
     check_triton_dtype(grad_output=grad_output)
 
 
-def weight_table(weight: Tensor) -> Tensor:
-    """The weight as a contiguous [kh * kw, C] table: a tap's weights for a block of channels are one load."""
-    return weight.reshape(weight.shape[0], -1).t().contiguous()
-
-
 def needs_int64(*tensors: Tensor) -> bool:
     """Whether some element offset of these tensors reaches 2^31 (the kernels then compute offsets in 64 bits).
     Every element lies in the tensor's storage, so a storage of fewer elements past the view's offset answers
@@ -246,7 +244,7 @@ def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], 
 
     strides = {f"{t}_{d}" for t in ("s", "d", "x", "g") for d in ("n", "c", "h", "w")}
     divisible = strides | {"C", "n_positions", "positions_per_program"}
-    unit_stride = {"channels_last": {"s_c", "d_c", "x_c", "g_c"}, "nchw": {"s_w", "d_w", "x_w", "g_w"}}
+    unit_stride = {"channels_last": {"s_c", "d_c", "x_c", "g_c", "w_w"}, "nchw": {"s_w", "d_w", "x_w", "g_w", "w_w"}}
     specs = []
     for layout, configs in config_sets.items():
         variants = [("bf16", config, flags, False) for config in configs for flags in flag_sets]

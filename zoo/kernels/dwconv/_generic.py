@@ -24,7 +24,6 @@ from zoo.kernels.dwconv._common import (
     strides4,
     taps_on_map,
     tile_offsets,
-    weight_table,
 )
 
 
@@ -48,6 +47,9 @@ def _dwconv_kernel(
     d_c,
     d_h,
     d_w,
+    w_c,
+    w_h,
+    w_w,
     KH,
     KW,
     dil_h,
@@ -74,7 +76,9 @@ def _dwconv_kernel(
     acc = conv_tile(
         src_ptr,
         w_ptr,
-        C,
+        w_c,
+        w_h,
+        w_w,
         c,
         c_mask,
         n,
@@ -133,8 +137,8 @@ def generic_conv(
     transposed: bool,
 ) -> None:
     """Forward (src = x, dst = y) or input gradient (``transposed``: src = dy, dst = dx, no bias) of the depthwise
-    convolution by the generic kernel: any kernel size, stride, dilation and strides."""
-    w_table = weight_table(weight)
+    convolution by the generic kernel: any kernel size, stride, dilation and strides (the weight's too: it is read
+    in place, [C, 1, kh, kw], with no table to build)."""
     n, channels, dst_h, dst_w = dst.shape
     n_positions = n * dst_h * dst_w
     padding = same_padding(kernel, dilation)
@@ -144,8 +148,8 @@ def generic_conv(
 
     launchable(_dwconv[layout_of(src)])[grid](
         src,
-        w_table,
-        w_table if bias is None else bias,
+        weight,
+        weight if bias is None else bias,
         dst,
         n_positions,
         channels,
@@ -155,6 +159,9 @@ def generic_conv(
         dst_w,
         *strides4(src),
         *strides4(dst),
+        weight.stride(0),
+        weight.stride(2),
+        weight.stride(3),
         kernel[0],
         kernel[1],
         dilation[0],
@@ -211,6 +218,9 @@ def benchmark_specs() -> list:
                         n_positions=positions,
                         C=c,
                         **named_strides(("s", "d"), strides),
+                        w_c=k * k,
+                        w_h=k,
+                        w_w=1,
                         **size,
                         **stride,
                         TRANSPOSED=transposed,

@@ -102,7 +102,7 @@ def _launch_forward(
         bias = None if bias is None else bias.contiguous()  # every path reads the bias as b_ptr + c
         with device_guard(x.device):
             path = _path(x, kernel, stride, dilation)
-            if path is _generic:  # reads the weight through its own table, any strides
+            if path is _generic:  # reads the weight in place, any strides
                 _generic.generic_conv(x, weight, bias, y, kernel, stride, dilation, transposed=False)
             else:
                 path.forward(x, weight.contiguous(), bias, y, stride, dilation)
