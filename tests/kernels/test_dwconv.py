@@ -284,27 +284,6 @@ def test_inception_mixer_without_biases():
     _check(y, grads, y64, grads64, torch.float32)
 
 
-def test_inception_mixer_under_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
-    """As dwconv2d: under autocast the activation goes to bf16, identity channels included; the fp32 weights and
-    biases are read as they are and get fp32 gradients, x a float32 one; both backends agree."""
-    x, params = _mixer_inputs((2, 11, 6, 7), 2, 3, 5, torch.float32, seed=9)
-    results = {}
-    for backend in ("torch", "triton"):
-        leaves = [t.clone().requires_grad_() for t in (x, *params)]
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            y = inception_dwconv2d(*leaves, backend=backend)
-        assert y.dtype == torch.bfloat16
-        assert torch.equal(y[:, :5], x[:, :5].bfloat16())
-        y.float().sum().backward()
-        assert all(t.grad.dtype == torch.float32 for t in leaves)
-        results[backend] = (y, *(t.grad for t in leaves))
-    y_t, *grads_t = results["triton"]
-    y_r, *grads_r = results["torch"]
-    assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
-    for g_t, g_r in zip(grads_t, grads_r, strict=True):
-        assert_relative_error(g_t, g_r, 2e-2)
-
-
 # ------------------------------------------------------------------------------------------------- bad input
 
 
@@ -407,18 +386,14 @@ def test_torch_compile_fullgraph(backend):
         assert_relative_error(compiled.grad, eager.grad, 1e-5)
 
 
-def test_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
-    """Under autocast the activation goes to bf16 (as F.conv2d's would); the fp32 weights are read as they are
-    (accumulation in fp32) and get fp32 gradients; both backends agree."""
-    torch.manual_seed(8)
-    x = torch.randn(2, 6, 7, 5, device=DEVICE)
-    w = torch.randn(6, 1, 5, 5, device=DEVICE)
-    b = torch.randn(6, device=DEVICE)
+def _autocast_backends_agree(op, inputs) -> torch.Tensor:
+    """``op(*inputs, backend=...)`` under bf16 autocast on both backends, float32 ``inputs``: the output is bf16,
+    every input's gradient float32, and the backends agree. Returns the Triton output."""
     results = {}
     for backend in ("torch", "triton"):
-        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        leaves = [t.clone().requires_grad_() for t in inputs]
         with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-            y = dwconv2d(*leaves, backend=backend)
+            y = op(*leaves, backend=backend)
         assert y.dtype == torch.bfloat16
         y.float().sum().backward()
         assert all(t.grad.dtype == torch.float32 for t in leaves)
@@ -428,6 +403,25 @@ def test_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
     assert_close(y_t, y_r, torch.bfloat16, scale=float(y_r.abs().max()))
     for g_t, g_r in zip(grads_t, grads_r, strict=True):
         assert_relative_error(g_t, g_r, 2e-2)
+    return y_t
+
+
+def test_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
+    """Under autocast the activation goes to bf16 (as F.conv2d's would); the fp32 weights are read as they are
+    (accumulation in fp32) and get fp32 gradients; both backends agree."""
+    torch.manual_seed(8)
+    x = torch.randn(2, 6, 7, 5, device=DEVICE)
+    w = torch.randn(6, 1, 5, 5, device=DEVICE)
+    b = torch.randn(6, device=DEVICE)
+    _autocast_backends_agree(dwconv2d, (x, w, b))
+
+
+def test_inception_mixer_under_autocast_runs_in_the_autocast_dtype_with_fp32_weights():
+    """As dwconv2d: the activation goes to bf16, the identity channels too (bit for bit); the fp32 weights and biases
+    are read as they are and get fp32 gradients, x a float32 one; both backends agree."""
+    x, params = _mixer_inputs((2, 11, 6, 7), 2, 3, 5, torch.float32, seed=9)
+    y = _autocast_backends_agree(inception_dwconv2d, (x, *params))
+    assert torch.equal(y[:, :5], x[:, :5].bfloat16())  # C - 3 gc = 5 identity channels
 
 
 @pytest.mark.parametrize("kernel,dilation,taken", [((7, 1), (2, 3), (2, 1)), ((1, 5), (4, 2), (1, 2))], ids=str)
