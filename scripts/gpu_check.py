@@ -72,13 +72,14 @@ budget + 30 s (the check then stops its children and still writes the file and t
   the longest, ~30 s with its baseline at K=31; the others take 5-15 s, the mixer's with its grid sweep (36 rows
   under other grid targets, no compiles) about 15 s more.
 - models, <= 100 s (expected 70-90 s): batch 64 at 224 px instead of 128 (sequences: 32 x 2000 tokens), eager
-  steps (and CUDA-graph steps where a family's ``modes`` name ``train-graph``), do_bench(warmup 100 ms, rep 400 ms) per row: at least 8 steps; each timm peer is
-  measured once per layout and shared between families. unireplknet_t is the longest (~35 s: its first Triton
-  step autotunes every kernel size and dilation; its reference backend runs hundreds of ms per step).
+  steps (and CUDA-graph steps where a family's ``modes`` name ``train-graph``), do_bench(warmup 100 ms, rep
+  400 ms) per row: at least 8 steps; each timm peer is measured once per layout and shared between families.
+  unireplknet_t is the longest (~35 s: its first Triton step autotunes every kernel size and dilation; its
+  reference backend runs hundreds of ms per step).
 - readme: < 1 s. Expected total ~3.5-4.5 minutes.
 
-Families run in their tier's table order, or in the order ``--families`` lists them (:func:`by_priority`): what
-a run lists first is measured before the tier's time runs out.
+Families run in their tier's table order, or in the order ``--families`` lists them (:func:`by_priority`): what a run
+lists first is measured before the tier's time runs out.
 
 ``--smoke`` runs the same path on a CPU: the Triton interpreter, tiny case tuples, one timed call per row, a few
 interpreter tests per op file in tier 1 (the gpu-marked ones need CUDA), tiny model widths, every budget x3; the Triton

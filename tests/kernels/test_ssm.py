@@ -74,7 +74,7 @@ def _spec_formula(params, L: int, method: str) -> torch.Tensor:
 @pytest.mark.parametrize("H,N2,L", CASES, ids=str)
 def test_s4d_kernel_matches_float64_reference(H, N2, L, method):
     params = _params(H, N2)
-    dK = torch.randn(H, L, device=DEVICE)
+    dK = torch.randn(H, L, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     K, grads = _grads(lambda *p: s4d_kernel(*p, L, method, backend="triton"), params, dK)
     K64, grads64 = _grads(
         lambda *p: s4d_kernel(*p, L, method, backend="torch"), [p.double() for p in params], dK.double()
@@ -84,7 +84,7 @@ def test_s4d_kernel_matches_float64_reference(H, N2, L, method):
     terms = _gradient_term_sizes(params, dK, L, method)
     for name, g, g64, size in zip(("log_dt", "C", "log_A_real", "A_imag"), grads, grads64, terms, strict=True):
         assert g.dtype == torch.float32 and g.shape == g64.shape, name
-        assert_relative_error(g, g64, 1e-4, floor=size)
+        assert_relative_error(g, g64, 1e-4, floor=size)  # size >= |g64|: the error relative to the terms
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1,4 +1,4 @@
-"""Batch norm, a per-channel scale and a residual add, in two passes each way: the tail of UniRepLKNet's block
+"""Batch norm, a per-channel scale and a residual add, in two launches each way: the tail of UniRepLKNet's block
 (``x + gamma * BN(Linear_2(...))``, with stochastic depth's per-sample mask).
 
 For ``input`` and ``residual`` of shape [N, C, H, W]:
@@ -320,8 +320,8 @@ def chunk_statistics_ticket(x_ptr, partial_ptr, counter_ptr, P, C, rows_per_chun
                             cols, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):  # fmt: skip
     """The statistics kernels' first half: the (mean, M2) of the program's chunk (programs (k, j, b): chunk k of
     sample b, channel block j) stored as partial[b chunks + k, 0 / 1, :], then the channel block's ticket, taken
-    after every thread's partials (acq_rel). Returns the ticket: the last of the N x chunks programs draws
-    N x chunks - 1 and finishes the statistics (:func:`batch_mean_var`); it resets the counter to 0 afterwards."""
+    after every thread's partials (acq_rel). Returns the ticket: the caller that draws N x chunks - 1 (the last of
+    the N x chunks programs) finishes the statistics (:func:`batch_mean_var`) and resets the counter to 0."""
     b = tl.program_id(2)
     x_base = x_ptr + b.to(tl.int64) * stride_xb
     chunk_mean, chunk_m2 = chunk_mean_m2(x_base, P, C, rows_per_chunk, stride_xp, stride_xc, cols, BLOCK_P, BLOCK_C,
@@ -998,7 +998,7 @@ def batch_norm_add(
     backend: str = "auto",
 ) -> Tensor:
     """``residual + sample_scale[n] * scale[c] * F.batch_norm(input, running_mean, running_var, weight, bias,
-    training, momentum, eps)`` in two passes each way (see the module docstring).
+    training, momentum, eps)`` in two launches each way (see the module docstring).
 
     Args:
         input: ``[N, C, H, W]`` float16/bfloat16/float32 (float64 on the reference backend), any strides (a layout

@@ -1,5 +1,5 @@
-"""Batch norm then squeeze-and-excitation, in two passes each way: the middle of UniRepLKNet's block
-(``SE(BN(dwconv(x)))``).
+"""Batch norm then squeeze-and-excitation, in two launches forward and three backward (besides the SE layers'): the
+middle of UniRepLKNet's block (``SE(BN(dwconv(x)))``).
 
 For ``input`` of shape [N, C, H, W]:
 
@@ -844,8 +844,9 @@ def batch_norm_se(
     up_bias: Tensor | None,
     backend: str = "auto",
 ) -> Tensor:
-    """``SE(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps))`` in two passes
-    each way (see the module docstring), SE being squeeze-and-excitation: ``z * sigmoid(up(relu(down(pool(z)))))``.
+    """``SE(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps))`` in two
+    launches forward and three backward besides the SE layers' (see the module docstring), SE being
+    squeeze-and-excitation: ``z * sigmoid(up(relu(down(pool(z)))))``.
 
     Args:
         input: ``[N, C, H, W]`` float16/bfloat16/float32 (float64 on the reference backend), any strides (a layout

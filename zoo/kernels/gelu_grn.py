@@ -1,4 +1,4 @@
-"""GELU followed by global response normalisation, in two passes each way: UniRepLKNet's ``act`` (ConvNeXt V2's
+"""GELU followed by global response normalisation, in two launches each way: UniRepLKNet's ``act`` (ConvNeXt V2's
 GRN after the exact GELU).
 
 For ``h`` of shape [B, H, W, C] (NHWC, the first Linear's output), with ``a = GELU(h)`` (exact, erf):
@@ -623,7 +623,7 @@ def gelu_grn(
     out_dtype: torch.dtype | None = None,
     backend: str = "auto",
 ) -> Tensor:
-    """``GRN(GELU(h))`` (exact GELU; GRN as in ConvNeXt V2 and UniRepLKNet) in two passes each way (see the module
+    """``GRN(GELU(h))`` (exact GELU; GRN as in ConvNeXt V2 and UniRepLKNet) in two launches each way (see the module
     docstring).
 
     Args:

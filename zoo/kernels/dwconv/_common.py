@@ -44,8 +44,6 @@ def conv_tile(
     w_c,
     w_h,
     w_w,
-    w_channel,
-    w_mask,
     n,
     row,
     col,
@@ -71,14 +69,15 @@ def conv_tile(
     BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """fp32 [BLOCK_P, BLOCK_C]: sum over taps of weight[w_channel, 0, kh, kw] * src[..., c] at the tap's position
-    (zero outside the map); src is read where ``c_mask``, the weights where ``w_mask`` (0 elsewhere).
+    """fp32 [BLOCK_P, BLOCK_C]: sum over taps of weight[c, 0, kh, kw] * src[..., c] at the tap's position (zero
+    outside the map); channels ``c`` are read where ``c_mask`` (0 elsewhere).
 
     ``w_ptr`` is the module's [C, 1, KH, KW] weight with strides (w_c, ., w_h, w_w), read as it is: no transposed
     table to build per call (a launch of its own), at the price of one load per channel and tap. Forward
     (TRANSPOSED=False): src is x, (row, col) an output position. Input gradient (TRANSPOSED=True): src is the
     output gradient, (row, col) an input position."""
     acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    w_base = w_ptr + c * w_c  # 32-bit offsets: a depthwise weight has far fewer than 2^31 elements
     base = src_ptr + (index(n, INT64) * s_n)[:, None] + (index(c, INT64) * s_c)[None, :]
     for kh in range(KH):
         if TRANSPOSED:
@@ -99,8 +98,9 @@ def conv_tile(
                 q = col * STRIDE_W - pad_w + kw * dil_w
                 ok = row_ok & (q >= 0) & (q < src_w)
             offsets = row_offset + index(q, INT64) * s_w
+            # the tap's weights before its values: the other order spilled 8 bytes on Triton 3.6 (NCHW, strided)
+            weights = tl.load(w_base + kh * w_h + kw * w_w, mask=c_mask, other=0.0)
             values = tl.load(base + offsets[:, None], mask=ok[:, None] & c_mask[None, :], other=0.0)
-            weights = tl.load(w_ptr + kh * w_h + kw * w_w + w_channel * w_c, mask=w_mask, other=0.0)
             acc += values.to(tl.float32) * weights.to(tl.float32)[None, :]
     return acc
 

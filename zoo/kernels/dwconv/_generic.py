@@ -79,8 +79,6 @@ def _dwconv_kernel(
         w_c,
         w_h,
         w_w,
-        c,
-        c_mask,
         n,
         row,
         col,
