@@ -244,7 +244,7 @@ def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], 
 
     strides = {f"{t}_{d}" for t in ("s", "d", "x", "g") for d in ("n", "c", "h", "w")}
     divisible = strides | {"C", "n_positions", "positions_per_program"}
-    unit_stride = {"channels_last": {"s_c", "d_c", "x_c", "g_c", "w_w"}, "nchw": {"s_w", "d_w", "x_w", "g_w", "w_w"}}
+    unit_stride = {"channels_last": {"s_c", "d_c", "x_c", "g_c"}, "nchw": {"s_w", "d_w", "x_w", "g_w"}}
     specs = []
     for layout, configs in config_sets.items():
         variants = [("bf16", config, flags, False) for config in configs for flags in flag_sets]
@@ -262,6 +262,8 @@ def layout_specs(kernel, config_sets: dict[str, list], pointers: Sequence[str], 
                     signature[name] = "*fp32:16" if name == "partial_ptr" else f"*{dtype}:16"
                 elif name in unit_stride[layout]:
                     signature[name] = "i32:1"
+                elif name == "w_w":  # a weight's column stride: 1, or any (a strided view of a larger weight)
+                    signature[name] = "i32" if strided else "i32:1"
                 else:
                     signature[name] = "i32:16" if name in divisible and not strided else "i32"
             label = ",".join(f"{k[6:]}{v}" for k, v in config.kwargs.items())  # "BLOCK_P64" -> "P64"
